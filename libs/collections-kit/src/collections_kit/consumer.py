@@ -1,0 +1,259 @@
+"""The consumer loop: handle a polled batch in one transaction, then commit offsets.
+
+Order of effects per poll:
+1. claim the batch's event ids in the inbox (a duplicate is skipped, counted, not redone);
+2. run the handlers, which change state and stage outgoing messages;
+3. write the staged outbox rows; commit the database transaction;
+4. only then commit the Kafka offsets.
+A crash before 3 redoes everything; a crash between 3 and 4 redelivers the batch, and the
+inbox turns the redelivery into a no-op.
+
+A record that cannot be decoded or validated is dead-lettered (through the outbox, in the
+same transaction) with its reason and origin, and the loop carries on. A handler that
+raises is retried on its own with backoff and then dead-lettered; infrastructure failures
+(database or broker unreachable) are retried without limit, since dead-lettering good
+messages during an outage would lose them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy import Table, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from collections_kit import metrics
+from collections_kit.clock import Clock
+from collections_kit.contract import DeadLetter, Message
+from collections_kit.envelope import Envelope, MalformedMessageError, decode, printable_value
+from collections_kit.faults import crash_point
+from collections_kit.outbox import Tx, flush
+from collections_kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Tx, Envelope], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Item:
+    record: ConsumerRecord[bytes, bytes]
+    event_id: str
+    envelope: Envelope | None
+    error: MalformedMessageError | None
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | ConnectionError | OSError | KafkaError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        settings: ServiceSettings,
+        engine: AsyncEngine,
+        inbox: Table,
+        outbox: Table,
+        topics: Sequence[str],
+        handlers: dict[type[Message], Handler],
+        clock: Clock,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._inbox = inbox
+        self._outbox = outbox
+        self._schema = settings.db_schema
+        self._topics = [settings.topic_prefix + t for t in topics]
+        self._handlers = handlers
+        self._clock = clock
+        self._group = settings.group_id()
+        self._on_committed = on_committed
+        self.heartbeat = time.monotonic()
+        self.assigned: set[TopicPartition] = set()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self._group,
+            client_id=f"{self._group}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._settings.max_batch,
+            # Bounded so a poison flood cannot exhaust memory.
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                batches = await consumer.getmany(timeout_ms=500,
+                                                 max_records=self._settings.max_batch)
+                self.assigned = set(consumer.assignment())
+                if not batches:
+                    continue
+                started = time.perf_counter()
+                await self._handle_poll(batches)
+                crash_point("after_db_commit")
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                try:
+                    await consumer.commit(offsets)
+                except CommitFailedError:
+                    # Partitions moved to another replica mid-batch: it will redeliver them,
+                    # and the inbox makes that harmless.
+                    log.warning("offset commit failed after a rebalance; batch will be redelivered")
+                metrics.BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
+                self._observe_lag(consumer, offsets)
+                if self._on_committed is not None:
+                    self._on_committed()
+        finally:
+            await consumer.stop()
+
+    def _observe_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        for tp, position in offsets.items():
+            end = consumer.highwater(tp)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
+                    max(end - position, 0))
+
+    async def _handle_poll(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        items = [self._decode(record) for records in batches.values() for record in records]
+        backoff = self._settings.retry_backoff_s
+        while True:
+            try:
+                await self._in_one_transaction(items)
+                return
+            except Exception as exc:
+                if _is_infrastructure(exc):
+                    log.warning("infrastructure unavailable (%s); retrying batch in %.1fs",
+                                type(exc).__name__, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(max(backoff, 0.1) * 2, 10.0)
+                    continue
+                if len(items) == 1:
+                    await self._retry_then_dead_letter(items[0], exc)
+                    return
+                # One bad record must not hold back its neighbours: isolate it.
+                for item in items:
+                    await self._handle_poll_single(item)
+                return
+
+    async def _handle_poll_single(self, item: _Item) -> None:
+        backoff = self._settings.retry_backoff_s
+        while True:
+            try:
+                await self._in_one_transaction([item])
+                return
+            except Exception as exc:
+                if _is_infrastructure(exc):
+                    await asyncio.sleep(backoff)
+                    backoff = min(max(backoff, 0.1) * 2, 10.0)
+                    continue
+                await self._retry_then_dead_letter(item, exc)
+                return
+
+    async def _retry_then_dead_letter(self, item: _Item, first: Exception) -> None:
+        error: Exception = first
+        for attempt in range(2, self._settings.max_attempts + 1):
+            await asyncio.sleep(self._settings.retry_backoff_s * 2 ** (attempt - 2))
+            try:
+                await self._in_one_transaction([item])
+                return
+            except Exception as exc:
+                error = exc
+        log.error("handler failed %d times for %s@%s/%d; dead-lettering",
+                  self._settings.max_attempts, item.record.topic, item.record.partition,
+                  item.record.offset, exc_info=error)
+        reason = f"{type(error).__name__}: {error}"[:500]
+        failed = _Item(item.record, item.event_id, None,
+                       MalformedMessageError("handler_failed", reason))
+        while True:
+            try:
+                await self._in_one_transaction([failed])
+                return
+            except Exception as exc:
+                if not _is_infrastructure(exc):
+                    raise
+                await asyncio.sleep(1.0)
+
+    def _decode(self, record: Any) -> _Item:
+        origin_id = f"{record.topic}/{record.partition}/{record.offset}"
+        try:
+            envelope = decode(record.key, record.value, record.headers)
+        except MalformedMessageError as exc:
+            return _Item(record, origin_id, None, exc)
+        if type(envelope.data) not in self._handlers:
+            return _Item(record, origin_id, None, MalformedMessageError(
+                "unknown_type", f"{envelope.type} is not consumed from {record.topic}"))
+        return _Item(record, envelope.id, envelope, None)
+
+    async def _in_one_transaction(self, items: Sequence[_Item]) -> None:
+        async with self._engine.begin() as conn:
+            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
+                    topic_prefix=self._settings.topic_prefix)
+            fresh = await self._claim(tx, [item.event_id for item in items])
+            for item in items:
+                if item.event_id not in fresh:
+                    metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
+                                                     "duplicate").inc()
+                    continue
+                fresh.discard(item.event_id)  # a second copy in the same batch is a duplicate
+                if item.error is not None:
+                    self._dead_letter(tx, item.record, item.error)
+                    continue
+                assert item.envelope is not None
+                await self._handlers[type(item.envelope.data)](tx, item.envelope)
+                metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic, "handled").inc()
+            await flush(tx, self._outbox, self._schema)
+
+    async def _claim(self, tx: Tx, event_ids: list[str]) -> set[str]:
+        unique = list(dict.fromkeys(event_ids))
+        stmt = (
+            pg_insert(self._inbox)
+            .values([{"consumer": self._group, "event_id": e} for e in unique])
+            .on_conflict_do_nothing()
+            .returning(self._inbox.c.event_id)
+        )
+        return set((await tx.conn.execute(stmt)).scalars())
+
+    def _dead_letter(self, tx: Tx, record: Any, error: MalformedMessageError) -> None:
+        value, encoding = printable_value(record.value)
+        headers = {}
+        for name, raw in record.headers or ():
+            headers[str(name)] = printable_value(raw)[0][:1024]
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        letter = DeadLetter(
+            reason=error.reason, error_kind=error.kind,
+            consumer_group=self._group, origin_topic=record.topic,
+            origin_partition=record.partition, origin_offset=record.offset,
+            origin_key=key, origin_headers=headers, origin_value=value,
+            value_encoding=encoding,
+            failed_at=tx.now,
+        )
+        tx.publish(letter, event_id=f"dlq:{self._group}:{record.topic}/{record.partition}/"
+                   f"{record.offset}", subject=key or "")
+        metrics.DEAD_LETTERS.labels(self._group, error.kind).inc()
+        log.warning("dead-lettered %s/%d@%d: %s", record.topic, record.partition,
+                    record.offset, error.reason)
+
+
+async def ping_database(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

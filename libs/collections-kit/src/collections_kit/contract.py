@@ -1,0 +1,256 @@
+"""The messages of the public contract: one pydantic model per CloudEvents ``type``.
+
+These models are the single source of the JSON Schemas and the AsyncAPI document under
+``contracts/`` (``make contracts``). They describe the wire, not the domain: each service
+maps them onto its own domain types at its edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from collections_kit.money import Amount, CurrencyCode
+from collections_kit.topics import Topic
+
+LoanId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+Jurisdiction = Literal["CN", "US", "UK"]
+Channel = Literal["sms", "voice", "email", "letter"]
+Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
+
+
+class Message(BaseModel):
+    """Base of every payload: unknown fields are refused so that typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- inbound from the lending systems -----------------------------------------------------
+
+
+class LoanOverdue(Message):
+    """A loan is (still) overdue, as the lending system sees it on ``as_of``."""
+
+    loan_id: LoanId
+    borrower_id: LoanId
+    product: str = Field(default="consumer-loan", max_length=64)
+    currency: CurrencyCode
+    amount_overdue: Amount
+    outstanding_balance: Amount
+    days_past_due: int = Field(ge=0, le=36500)
+    as_of: AwareDatetime
+    borrower_time_zone: str = Field(max_length=64, examples=["Asia/Shanghai"])
+    jurisdiction: Jurisdiction
+
+
+class RepaymentReceived(Message):
+    repayment_id: LoanId
+    loan_id: LoanId
+    currency: CurrencyCode
+    amount: Amount
+    # The lending system's outstanding balance after applying this repayment.
+    outstanding_balance_after: Amount
+    received_at: AwareDatetime
+
+
+class RepaymentReversed(Message):
+    """A repayment bounced or was charged back: the money is owed again."""
+
+    repayment_id: LoanId
+    loan_id: LoanId
+    currency: CurrencyCode
+    amount: Amount
+    outstanding_balance_after: Amount
+    reversed_at: AwareDatetime
+    reason: str = Field(default="", max_length=200)
+
+
+class LedgerPostingBooked(Message):
+    """A posting the ledger booked. ``sequence`` counts 1, 2, 3... per loan without gaps.
+
+    ``amount`` is signed as its effect on what the borrower owes: a disbursement, interest or
+    a fee is positive, a repayment or write-off negative.
+    """
+
+    posting_id: LoanId
+    loan_id: LoanId
+    sequence: int = Field(ge=1)
+    kind: Literal["disbursement", "interest", "fee", "repayment", "reversal", "write_off"]
+    currency: CurrencyCode
+    amount: Amount
+    booked_at: AwareDatetime
+    # For repayments and reversals: the lending system's repayment id, so money in flight
+    # (seen on loans.repayment.v1, not yet booked) can be matched once it is booked.
+    repayment_id: LoanId | None = None
+
+
+# --- between our services -----------------------------------------------------------------
+
+
+class BalanceCheckRequested(Message):
+    check_id: str
+    loan_id: LoanId
+    currency: CurrencyCode
+    # What the workflow believes is owed; a difference beyond tolerance is reported.
+    expected_outstanding: Amount
+    requested_at: AwareDatetime
+
+
+class BalanceConfirmed(Message):
+    check_id: str
+    loan_id: LoanId
+    confirmation_id: str
+    currency: CurrencyCode
+    confirmed_outstanding: Amount
+    # The ledger sequence number the confirmation is based on.
+    ledger_watermark: int = Field(ge=0)
+    confirmed_at: AwareDatetime
+    valid_until: AwareDatetime
+    expected_outstanding: Amount
+
+
+class BalanceRefused(Message):
+    check_id: str
+    loan_id: LoanId
+    reason: Literal["nothing_owed", "unknown_loan", "projection_stale", "sequence_gap"]
+    detail: str = ""
+    ledger_watermark: int = Field(ge=0)
+    refused_at: AwareDatetime
+
+
+# --- outbound -------------------------------------------------------------------------------
+
+
+class ContactCommand(Message):
+    """Contact a party about a loan. Only ever emitted after a ledger confirmation."""
+
+    command_id: str
+    intent_id: str
+    case_id: str
+    loan_id: LoanId
+    borrower_id: LoanId
+    recipient: Literal["debtor", "guarantor"]
+    channel: Channel
+    stage: Stage
+    template: str
+    currency: CurrencyCode
+    amount_due: Amount
+    confirmation_id: str
+    ledger_watermark: int = Field(ge=0)
+    confirmation_valid_until: AwareDatetime
+    borrower_time_zone: str
+    jurisdiction: Jurisdiction
+    issued_at: AwareDatetime
+
+
+class ContactCancelled(Message):
+    """Every pending command for the loan (or the one named) must not be sent."""
+
+    loan_id: LoanId
+    command_id: str | None = None
+    reason: Literal["repaid", "settled", "closed", "held", "written_off"]
+    cancelled_at: AwareDatetime
+
+
+class ContactOutcome(Message):
+    command_id: str
+    intent_id: str
+    loan_id: LoanId
+    channel: Channel
+    outcome: Literal["sent", "delivered", "failed", "answered", "unanswered", "deferred",
+                     "blocked", "cancelled"]
+    reason: str = ""
+    rule: str = ""
+    occurred_at: AwareDatetime
+
+
+class CaseOpened(Message):
+    case_id: str
+    loan_id: LoanId
+    borrower_id: LoanId
+    stage: Stage
+    policy_version: str
+    opened_at: AwareDatetime
+
+
+class CaseStageChanged(Message):
+    case_id: str
+    loan_id: LoanId
+    from_stage: Stage
+    to_stage: Stage
+    cause: str
+    policy_version: str
+    changed_at: AwareDatetime
+
+
+class CaseClosed(Message):
+    case_id: str
+    loan_id: LoanId
+    outcome: Literal["repaid", "settled", "written_off", "closed"]
+    cause: str
+    closed_at: AwareDatetime
+
+
+class DeadLetter(Message):
+    """A message a consumer could not process, with where it came from and why."""
+
+    reason: str
+    error_kind: Literal["undecodable", "invalid", "unknown_type", "handler_failed"]
+    consumer_group: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    origin_key: str | None
+    origin_headers: dict[str, str]
+    # The original value as text when it is UTF-8, otherwise base64 (see value_encoding).
+    origin_value: str
+    value_encoding: Literal["utf-8", "base64"]
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    ce_type: str
+    topic: Topic
+    model: type[Message]
+    summary: str
+
+
+MESSAGES: tuple[MessageSpec, ...] = (
+    MessageSpec("loan.overdue.v1", Topic.LOANS_OVERDUE, LoanOverdue,
+                "A loan is overdue; published daily per delinquent loan by the lending system."),
+    MessageSpec("loan.repayment.received.v1", Topic.LOANS_REPAYMENT, RepaymentReceived,
+                "A repayment was received."),
+    MessageSpec("loan.repayment.reversed.v1", Topic.LOANS_REPAYMENT, RepaymentReversed,
+                "A repayment bounced or was reversed."),
+    MessageSpec("ledger.posting.booked.v1", Topic.LEDGER_POSTINGS, LedgerPostingBooked,
+                "The ledger booked a posting on a loan."),
+    MessageSpec("collections.balance-check.requested.v1", Topic.BALANCE_CHECKS,
+                BalanceCheckRequested, "The workflow asks ledger-sync to confirm a balance."),
+    MessageSpec("collections.balance.confirmed.v1", Topic.BALANCE_CONFIRMATIONS,
+                BalanceConfirmed, "Ledger-sync confirmed money is still owed."),
+    MessageSpec("collections.balance.refused.v1", Topic.BALANCE_CONFIRMATIONS, BalanceRefused,
+                "Ledger-sync would not confirm; no contact may follow."),
+    MessageSpec("collections.contact.commanded.v1", Topic.CONTACT_COMMANDS, ContactCommand,
+                "Contact a party; carries the ledger confirmation it rests on."),
+    MessageSpec("collections.contact.cancelled.v1", Topic.CONTACT_COMMANDS, ContactCancelled,
+                "Pending commands for the loan must not be sent."),
+    MessageSpec("collections.contact.outcome.v1", Topic.CONTACT_OUTCOMES, ContactOutcome,
+                "What the notifier did with a command."),
+    MessageSpec("collections.case.opened.v1", Topic.CASE_EVENTS, CaseOpened,
+                "A delinquent loan became a collections case."),
+    MessageSpec("collections.case.stage-changed.v1", Topic.CASE_EVENTS, CaseStageChanged,
+                "A case moved between stages."),
+    MessageSpec("collections.case.closed.v1", Topic.CASE_EVENTS, CaseClosed,
+                "A case left collections."),
+    MessageSpec("collections.dead-letter.v1", Topic.DLQ, DeadLetter,
+                "A message that could not be processed, with its origin and the reason."),
+)
+
+SPEC_BY_TYPE: dict[str, MessageSpec] = {spec.ce_type: spec for spec in MESSAGES}
+SPEC_BY_MODEL: dict[type[Message], MessageSpec] = {spec.model: spec for spec in MESSAGES}

@@ -1,0 +1,58 @@
+"""Database plumbing: engine factory and the inbox/outbox tables every service owns."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> AsyncEngine:
+    connect_args: dict[str, object] = {}
+    if schema:
+        # Each service sees its own schema first; it never reaches into another's tables.
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The plain libpq URL asyncpg wants, from a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
+    """The inbox (dedupe per consumer) and the transactional outbox, in ``metadata``'s schema."""
+    inbox = Table(
+        "inbox",
+        metadata,
+        Column("consumer", Text, nullable=False),
+        Column("event_id", Text, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        PrimaryKeyConstraint("consumer", "event_id"),
+    )
+    outbox = Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("topic", Text, nullable=False),
+        Column("key", LargeBinary, nullable=False),
+        Column("value", LargeBinary, nullable=False),
+        Column("headers", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    return inbox, outbox

@@ -1,0 +1,143 @@
+"""CloudEvents 1.0 in Kafka binary mode: attributes in ``ce_*`` headers, JSON payload.
+
+The record key is the loan id, so every event of one loan lands on one partition and is
+consumed in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from collections_kit.contract import SPEC_BY_MODEL, SPEC_BY_TYPE, Message
+
+CONTENT_TYPE = "application/json"
+# Kafka headers are bytes; anything larger than this in one header is refused as hostile.
+_MAX_HEADER_BYTES = 4096
+
+
+class MalformedMessageError(Exception):
+    """The record cannot be turned into a known, valid message; it goes to the DLQ."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Envelope:
+    id: str
+    type: str
+    source: str
+    time: datetime
+    subject: str
+    data: Message
+    # W3C trace context and other extension attributes travel as extra headers.
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+def encode(envelope: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Return ``(key, value, headers)`` for a Kafka record."""
+    spec = SPEC_BY_MODEL[type(envelope.data)]
+    if spec.ce_type != envelope.type:
+        raise ValueError(f"{type(envelope.data).__name__} is published as {spec.ce_type}")
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", envelope.id.encode()),
+        ("ce_source", envelope.source.encode()),
+        ("ce_type", envelope.type.encode()),
+        ("ce_time", envelope.time.isoformat().encode()),
+        ("ce_subject", envelope.subject.encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    headers.extend((f"ce_{k}", v.encode()) for k, v in sorted(envelope.extensions.items()))
+    return envelope.subject.encode(), envelope.data.model_dump_json().encode(), headers
+
+
+def decode_headers(raw: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        if len(value) > _MAX_HEADER_BYTES:
+            raise MalformedMessageError("undecodable", f"header {name!r} is larger than allowed")
+        try:
+            headers[name] = value.decode()
+        except UnicodeDecodeError as exc:
+            raise MalformedMessageError("undecodable", f"header {name!r} is not UTF-8") from exc
+    return headers
+
+
+_REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
+_CORE = {*_REQUIRED, "ce_time", "ce_subject"}
+
+
+def decode(
+    key: bytes | None, value: bytes | None, raw_headers: list[tuple[str, bytes]] | tuple[Any, ...]
+) -> Envelope:
+    """Parse and validate one record, or raise :class:`MalformedMessageError` saying why."""
+    headers = decode_headers(raw_headers)
+    missing = [h for h in _REQUIRED if h not in headers]
+    if missing:
+        raise MalformedMessageError(
+            "undecodable", f"missing CloudEvents headers: {', '.join(missing)}")
+    if headers["ce_specversion"] != "1.0":
+        raise MalformedMessageError(
+            "undecodable", f"unsupported specversion {headers['ce_specversion']}")
+    content_type = headers.get("content-type", CONTENT_TYPE).split(";")[0].strip()
+    if content_type != CONTENT_TYPE:
+        raise MalformedMessageError("undecodable", f"content-type {content_type!r} is not JSON")
+    spec = SPEC_BY_TYPE.get(headers["ce_type"])
+    if spec is None:
+        raise MalformedMessageError("unknown_type", f"unknown event type {headers['ce_type']!r}")
+    if value is None:
+        raise MalformedMessageError("undecodable", "record has no value")
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessageError("undecodable", f"payload is not JSON: {exc}") from exc
+    try:
+        data = spec.model.model_validate(payload)
+    except ValidationError as exc:
+        raise MalformedMessageError("invalid", _summarise(exc)) from exc
+    subject = headers.get("ce_subject") or (key.decode(errors="replace") if key else "")
+    try:
+        time = datetime.fromisoformat(headers["ce_time"]) if "ce_time" in headers else None
+    except ValueError as exc:
+        raise MalformedMessageError("invalid", "ce_time is not an RFC 3339 time") from exc
+    if time is None or time.tzinfo is None:
+        raise MalformedMessageError("invalid", "ce_time is required and must carry an offset")
+    loan_id = getattr(data, "loan_id", None)
+    if loan_id is not None and key is not None and key.decode(errors="replace") != loan_id:
+        raise MalformedMessageError("invalid", "record key differs from the payload's loan_id")
+    extensions = {k[3:]: v for k, v in headers.items() if k.startswith("ce_") and k not in _CORE}
+    extensions.pop("specversion", None)
+    return Envelope(
+        id=headers["ce_id"],
+        type=spec.ce_type,
+        source=headers["ce_source"],
+        time=time,
+        subject=subject,
+        data=data,
+        extensions=extensions,
+    )
+
+
+def _summarise(exc: ValidationError) -> str:
+    # Field paths and error kinds only: the offending values may be personal data.
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['type']}" for e in exc.errors()]
+    return "invalid payload: " + "; ".join(parts[:10])
+
+
+def printable_value(value: bytes | None) -> tuple[str, str]:
+    """The original value for a dead letter: text when UTF-8, else base64."""
+    if value is None:
+        return "", "utf-8"
+    try:
+        return value.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode(), "base64"

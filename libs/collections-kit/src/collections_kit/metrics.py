@@ -1,0 +1,32 @@
+"""Prometheus metrics shared by every service (labelled by service where it matters)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "collections_messages_consumed_total", "Records handled by a consumer",
+    ["consumer", "topic", "result"],
+)
+BATCH_SECONDS = Histogram(
+    "collections_consumer_batch_seconds", "Time to handle and commit one polled batch",
+    ["consumer"],
+)
+CONSUMER_LAG = Gauge(
+    "collections_consumer_lag", "Records behind the partition's end offset",
+    ["consumer", "topic", "partition"],
+)
+DEAD_LETTERS = Counter(
+    "collections_dead_letters_total", "Records sent to the dead-letter topic",
+    ["consumer", "kind"],
+)
+OUTBOX_PUBLISHED = Counter(
+    "collections_outbox_published_total", "Outbox rows published to Kafka", ["schema"],
+)
+OUTBOX_BACKLOG = Gauge(
+    "collections_outbox_backlog", "Rows in the last relayed batch (0 when drained)", ["schema"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "collections_outbox_oldest_age_seconds", "Age of the oldest row in the last relayed batch",
+    ["schema"],
+)

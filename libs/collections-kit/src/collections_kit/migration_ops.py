@@ -1,0 +1,46 @@
+"""Migration steps shared by the services' Alembic trees.
+
+Each function is a frozen, versioned step: change the tables through a new function,
+never by editing an old one, because applied migrations must stay reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+def schema_of(op: Any) -> str:
+    """The schema the service's migration runs for (set by ``collections_kit.migrate``)."""
+    schema: str = op.get_context().config.attributes["schema"]
+    return schema
+
+
+def create_plumbing_v1(op: Any, schema: str) -> None:
+    op.create_table(
+        "inbox",
+        sa.Column("consumer", sa.Text, nullable=False),
+        sa.Column("event_id", sa.Text, nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
+                  server_default=sa.func.now()),
+        sa.PrimaryKeyConstraint("consumer", "event_id"),
+        schema=schema,
+    )
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.LargeBinary, nullable=False),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column("headers", JSONB, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+                  server_default=sa.func.now()),
+        schema=schema,
+    )
+
+
+def drop_plumbing_v1(op: Any, schema: str) -> None:
+    op.drop_table("outbox", schema=schema)
+    op.drop_table("inbox", schema=schema)

@@ -1,0 +1,164 @@
+"""The transactional outbox and its relay.
+
+Handlers never produce to Kafka. They stage messages in the ``outbox`` table inside the
+same transaction as their state change; the relay publishes committed rows with an
+idempotent producer and deletes them. A crash at any point leaves either nothing or a row
+that will be (re)published: at-least-once on the wire, made exactly-once in effect by the
+consumers' inbox, because every message keeps its ``ce_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Table, delete, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from collections_kit import metrics
+from collections_kit.contract import SPEC_BY_MODEL, Message
+from collections_kit.db import asyncpg_dsn
+from collections_kit.envelope import Envelope, encode
+
+log = logging.getLogger(__name__)
+
+
+def notify_channel(schema: str) -> str:
+    return f"outbox_{schema}"
+
+
+@dataclass
+class Tx:
+    """One unit of work: a database transaction plus the messages it will publish."""
+
+    conn: AsyncConnection
+    now: datetime
+    source: str
+    topic_prefix: str
+    actor: str = "system"
+    staged: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish(self, data: Message, *, event_id: str, subject: str,
+                extensions: dict[str, str] | None = None) -> None:
+        spec = SPEC_BY_MODEL[type(data)]
+        key, value, headers = encode(Envelope(
+            id=event_id, type=spec.ce_type, source=self.source, time=self.now, subject=subject,
+            data=data, extensions=extensions or {},
+        ))
+        self.staged.append({
+            "topic": self.topic_prefix + spec.topic.value,
+            "key": key,
+            "value": value,
+            "headers": [[k, v.decode()] for k, v in headers],
+        })
+
+
+async def flush(tx: Tx, outbox: Table, schema: str) -> int:
+    """Write staged messages in one statement and wake the relays (delivered on commit)."""
+    if not tx.staged:
+        return 0
+    await tx.conn.execute(insert(outbox), tx.staged)
+    await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(schema)})
+    count = len(tx.staged)
+    tx.staged.clear()
+    return count
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in id order.
+
+    One replica relays at a time (a transaction-scoped advisory lock), which keeps
+    per-loan order on the wire; the others wait to be woken. Wake-ups come from
+    ``pg_notify`` at commit, so there is no fixed sleep on the hot path; the timed wait is
+    only a safety net should a notification be missed while the listener reconnects.
+    """
+
+    def __init__(self, engine: AsyncEngine, database_url: str, producer: Any, outbox: Table,
+                 schema: str, *, batch: int = 2000, safety_poll_s: float = 2.0) -> None:
+        self._engine = engine
+        self._dsn = asyncpg_dsn(database_url)
+        self._producer = producer
+        self._outbox = outbox
+        self._schema = schema
+        self._batch = batch
+        self._safety_poll_s = safety_poll_s
+        self._wake = asyncio.Event()
+        self.heartbeat = time.monotonic()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener: asyncpg.Connection | None = None
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await asyncpg.connect(self._dsn)
+                    await listener.add_listener(notify_channel(self._schema),
+                                                lambda *_: self._wake.set())
+                self._wake.clear()
+                published = await self.drain_once()
+                self.heartbeat = time.monotonic()
+                backoff = 0.1
+                if published < self._batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._safety_poll_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying in %.1fs", backoff)
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+                    listener = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close()
+
+    async def drain_once(self) -> int:
+        async with self._engine.begin() as conn:
+            got = await conn.scalar(
+                text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"),
+                {"k": f"outbox-relay:{self._schema}"},
+            )
+            if not got:
+                return 0
+            rows: Sequence[Any] = (await conn.execute(
+                select(self._outbox).order_by(self._outbox.c.id).limit(self._batch)
+            )).all()
+            if not rows:
+                self._observe_backlog(0, None)
+                return 0
+            futures = [
+                await self._producer.send(
+                    row.topic, value=row.value, key=row.key,
+                    headers=[(k, v.encode()) for k, v in row.headers],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            # Exactly the rows read: a transaction that commits a lower id later must not lose it.
+            await conn.execute(
+                delete(self._outbox).where(self._outbox.c.id.in_([row.id for row in rows]))
+            )
+            metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
+            self._observe_backlog(len(rows), rows[0].created_at)
+            return len(rows)
+
+    def _observe_backlog(self, size: int, oldest: datetime | None) -> None:
+        metrics.OUTBOX_BACKLOG.labels(self._schema).set(size)
+        if oldest is None:
+            metrics.OUTBOX_OLDEST_AGE.labels(self._schema).set(0)
+        else:
+            age = (datetime.now(oldest.tzinfo) - oldest).total_seconds()
+            metrics.OUTBOX_OLDEST_AGE.labels(self._schema).set(max(age, 0.0))

@@ -1,0 +1,164 @@
+"""The one shape every service runs in.
+
+A service's bootstrap builds a :class:`Runtime` (engine, producer, outbox relay, consumer
+loops, other workers such as timers) from its settings; :func:`make_app` wraps it in a
+FastAPI app whose lifespan starts and stops it, and adds ``/livez``, ``/readyz`` and
+``/metrics``. Nothing here is built at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from collections_kit import problems
+from collections_kit.consumer import ConsumerLoop
+from collections_kit.outbox import OutboxRelay
+from collections_kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+# A loop that has not beaten for this long is stuck: liveness fails and the pod restarts.
+STALL_AFTER_S = 60.0
+
+
+def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.service_name}-relay",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: ServiceSettings
+    engine: AsyncEngine
+    producer: AIOKafkaProducer
+    relay: OutboxRelay
+    loops: Sequence[ConsumerLoop]
+    workers: Sequence[Worker] = ()
+    # Extra state a service's routes need (its repositories, clock...).
+    state: dict[str, Any] = field(default_factory=dict)
+    on_fatal: Callable[[], None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    failed: bool = False
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self._stop.clear()
+        runnables: list[tuple[str, Worker]] = [("relay", self.relay.run)]
+        runnables += [(f"consumer-{i}", loop.run) for i, loop in enumerate(self.loops)]
+        runnables += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
+        for name, run in runnables:
+            task = asyncio.create_task(run(self._stop), name=name)
+            task.add_done_callback(self._on_done)
+            self._tasks.append(task)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stop.is_set():
+            return
+        # A background loop must never end on its own: crash loudly so it is restarted.
+        self.failed = True
+        log.error("background task %s ended unexpectedly", task.get_name(),
+                  exc_info=task.exception())
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=10)
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        await self.producer.stop()
+        await self.engine.dispose()
+
+    def live(self) -> bool:
+        if self.failed:
+            return False
+        now = time.monotonic()
+        beats = [self.relay.heartbeat, *(loop.heartbeat for loop in self.loops)]
+        return all(now - beat < STALL_AFTER_S for beat in beats)
+
+    async def ready(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            await asyncio.wait_for(self.producer.client.force_metadata_update(), timeout=2.0)
+        except Exception:
+            return False
+        return True
+
+
+def make_app(runtime: Runtime, *, title: str, version: str, description: str,
+             routers: Sequence[APIRouter] = (), manage_runtime: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_runtime:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                await runtime.stop()
+
+    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
+    app.state.runtime = runtime
+    problems.install(app)
+    ops = APIRouter(tags=["operations"])
+
+    @ops.get("/livez", summary="Liveness: the consumer loops and relay are beating")
+    async def livez() -> Response:
+        ok = runtime.live()
+        return Response("ok" if ok else "stalled", status_code=200 if ok else 503,
+                        media_type="text/plain")
+
+    @ops.get("/readyz", summary="Readiness: PostgreSQL and Kafka answer")
+    async def readyz() -> Response:
+        ok = await runtime.ready()
+        return Response("ready" if ok else "not ready", status_code=200 if ok else 503,
+                        media_type="text/plain")
+
+    @ops.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(ops)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> int:
+    """Run the app until SIGTERM; exit non-zero if a background loop died."""
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                            log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    runtime: Runtime = app.state.runtime
+
+    def fatal() -> None:
+        server.should_exit = True
+
+    runtime.on_fatal = fatal
+    server.run()
+    return 1 if runtime.failed else 0

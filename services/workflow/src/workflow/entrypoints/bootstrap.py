@@ -1,0 +1,49 @@
+"""Build the workflow service from its settings: the only place that wires adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collections_kit.clock import Clock, SystemClock
+from collections_kit.consumer import ConsumerLoop
+from collections_kit.db import make_engine
+from collections_kit.outbox import OutboxRelay
+from collections_kit.runtime import Runtime, make_app, make_producer
+from collections_kit.topics import Topic
+from fastapi import FastAPI
+
+from workflow.adapters.tables import inbox, outbox
+from workflow.app.handlers import WorkflowHandlers
+from workflow.domain.policy import PolicyBook
+from workflow.entrypoints.api import router
+from workflow.settings import WorkflowSettings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+CONSUMED = (Topic.LOANS_OVERDUE, Topic.LOANS_REPAYMENT, Topic.BALANCE_CONFIRMATIONS,
+            Topic.CONTACT_OUTCOMES)
+
+DESCRIPTION = """Drives each delinquent loan (a *case*) through its collection stages.
+
+Consumes overdue and repayment events, asks ledger-sync to confirm the balance before any
+contact, and emits contact commands only on confirmation. Every step is on the case
+timeline."""
+
+
+def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
+                  policies: PolicyBook | None = None) -> Runtime:
+    clock = clock or SystemClock()
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                         schema=settings.db_schema)
+    producer = make_producer(settings)
+    relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
+    handlers = WorkflowHandlers(policies or PolicyBook())
+    loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+                        topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
+                        clock=clock)
+    return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
+                   loops=[loop])
+
+
+def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
+    return make_app(runtime, title="Collections workflow", version="1.0.0",
+                    description=DESCRIPTION, routers=[router], manage_runtime=manage_runtime)

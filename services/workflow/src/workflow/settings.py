@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from collections_kit.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
+
+
+class WorkflowSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKFLOW_", extra="ignore", frozen=True)
+
+    service_name: str = "workflow"
+    db_schema: str = "workflow"
+    http_port: int = 8001
