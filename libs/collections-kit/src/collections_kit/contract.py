@@ -142,6 +142,7 @@ class ContactCommand(Message):
     amount_due: Amount
     confirmation_id: str
     ledger_watermark: int = Field(ge=0)
+    confirmed_at: AwareDatetime
     confirmation_valid_until: AwareDatetime
     borrower_time_zone: str
     jurisdiction: Jurisdiction

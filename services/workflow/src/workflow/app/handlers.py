@@ -96,7 +96,7 @@ class WorkflowHandlers:
             return
         event = m.BalanceConfirmed(env.id, data.check_id, data.confirmation_id,
                                    data.confirmed_outstanding, data.ledger_watermark,
-                                   data.valid_until)
+                                   data.confirmed_at, data.valid_until)
         decision = d.on_balance_confirmed(case, intent, event,
                                           self._policies.for_product(case.product), tx.now,
                                           _ids(env.id))
@@ -158,7 +158,7 @@ def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:
                 channel=intent.channel,
                 stage=intent.stage.value, template=intent.template, currency=case.currency,
                 amount_due=conf.confirmed_outstanding, confirmation_id=conf.confirmation_id,
-                ledger_watermark=conf.ledger_watermark,
+                ledger_watermark=conf.ledger_watermark, confirmed_at=conf.confirmed_at,
                 confirmation_valid_until=conf.valid_until,
                 borrower_time_zone=case.borrower_time_zone,
                 jurisdiction=case.jurisdiction,

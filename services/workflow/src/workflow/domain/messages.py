@@ -47,6 +47,7 @@ class BalanceConfirmed:
     confirmation_id: str
     confirmed_outstanding: Decimal
     ledger_watermark: int
+    confirmed_at: datetime
     valid_until: datetime
 
 
