@@ -7,7 +7,6 @@ import sys
 from collections_kit import logs
 from collections_kit.migrate import upgrade
 from collections_kit.runtime import serve
-
 from workflow.entrypoints.bootstrap import MIGRATIONS, build_runtime, create_app
 from workflow.settings import WorkflowSettings
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections_kit.settings import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from collections_kit.settings import ServiceSettings
 
 
 class WorkflowSettings(ServiceSettings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections_kit.db import plumbing_tables
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -16,6 +15,8 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from collections_kit.db import plumbing_tables
 
 metadata = MetaData()
 inbox, outbox = plumbing_tables(metadata)

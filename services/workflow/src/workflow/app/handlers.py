@@ -14,7 +14,6 @@ from collections_kit.clock import derived_id
 from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
-
 from workflow.adapters.repository import CaseRepository
 from workflow.domain import decide as d
 from workflow.domain import messages as m

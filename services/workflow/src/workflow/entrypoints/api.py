@@ -6,12 +6,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from collections_kit.money import Amount
-from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from collections_kit.money import Amount
+from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from workflow.adapters.repository import CaseRepository
 
 

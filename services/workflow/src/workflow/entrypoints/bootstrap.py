@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from collections_kit.clock import Clock, SystemClock
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.db import make_engine
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
-from fastapi import FastAPI
-
 from workflow.adapters.tables import inbox, outbox
 from workflow.app.handlers import WorkflowHandlers
 from workflow.domain.policy import PolicyBook

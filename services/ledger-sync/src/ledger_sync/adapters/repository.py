@@ -1,0 +1,107 @@
+"""The ledger projection in PostgreSQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger_sync.adapters.tables import (
+    balance_answers,
+    buffered_postings,
+    loan_balances,
+    repayments,
+)
+from ledger_sync.domain.ledger import Posting, Projection
+
+
+class LedgerRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def projection(self, loan_id: str, *, lock: bool = False) -> Projection | None:
+        stmt = select(loan_balances).where(loan_balances.c.loan_id == loan_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return Projection(row.loan_id, row.currency, row.balance, row.watermark, row.updated_at)
+
+    async def buffered(self, loan_id: str) -> tuple[Posting, ...]:
+        rows = await self._conn.execute(
+            select(buffered_postings).where(buffered_postings.c.loan_id == loan_id)
+            .order_by(buffered_postings.c.sequence))
+        return tuple(Posting(r.posting_id, r.loan_id, r.sequence, r.kind, r.currency, r.amount,
+                             r.booked_at, r.repayment_id) for r in rows)
+
+    async def has_gap(self, loan_id: str) -> bool:
+        count = await self._conn.scalar(
+            select(func.count()).select_from(buffered_postings)
+            .where(buffered_postings.c.loan_id == loan_id))
+        return bool(count)
+
+    async def save_projection(self, projection: Projection, applied: tuple[Posting, ...],
+                              still_buffered: tuple[Posting, ...]) -> None:
+        values = {"loan_id": projection.loan_id, "currency": projection.currency,
+                  "balance": projection.balance, "watermark": projection.watermark,
+                  "updated_at": projection.updated_at}
+        stmt = pg_insert(loan_balances).values(values)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[loan_balances.c.loan_id],
+            set_={k: stmt.excluded[k] for k in ("balance", "watermark", "updated_at")}))
+        await self._conn.execute(delete(buffered_postings).where(
+            buffered_postings.c.loan_id == projection.loan_id,
+            buffered_postings.c.sequence <= projection.watermark))
+        if still_buffered:
+            stmt = pg_insert(buffered_postings).values([{
+                "loan_id": p.loan_id, "sequence": p.sequence, "posting_id": p.posting_id,
+                "kind": p.kind, "currency": p.currency, "amount": p.amount,
+                "booked_at": p.booked_at, "repayment_id": p.repayment_id,
+            } for p in still_buffered])
+            await self._conn.execute(stmt.on_conflict_do_nothing())
+        booked = [p.repayment_id for p in applied if p.repayment_id and p.kind == "repayment"]
+        for repayment_id in booked:
+            await self.mark_booked(repayment_id, projection.loan_id)
+
+    async def mark_booked(self, repayment_id: str, loan_id: str) -> None:
+        stmt = pg_insert(repayments).values(repayment_id=repayment_id, loan_id=loan_id,
+                                            booked=True, reversed=False)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[repayments.c.repayment_id], set_={"booked": True}))
+
+    async def record_repayment(self, repayment_id: str, loan_id: str, amount: Decimal,
+                               received_at: Any) -> None:
+        stmt = pg_insert(repayments).values(repayment_id=repayment_id, loan_id=loan_id,
+                                            amount=amount, received_at=received_at,
+                                            booked=False, reversed=False)
+        # If the ledger booked it first, keep booked=true: it must not count twice.
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[repayments.c.repayment_id],
+            set_={"amount": amount, "received_at": received_at}))
+
+    async def record_reversal(self, repayment_id: str, loan_id: str) -> None:
+        stmt = pg_insert(repayments).values(repayment_id=repayment_id, loan_id=loan_id,
+                                            booked=False, reversed=True)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[repayments.c.repayment_id], set_={"reversed": True}))
+
+    async def money_in_flight(self, loan_id: str) -> Decimal:
+        total = await self._conn.scalar(
+            select(func.coalesce(func.sum(repayments.c.amount), 0)).where(and_(
+                repayments.c.loan_id == loan_id, repayments.c.booked.is_(False),
+                repayments.c.reversed.is_(False), repayments.c.amount.is_not(None))))
+        return Decimal(total or 0)
+
+    async def answer(self, check_id: str) -> Any:
+        return (await self._conn.execute(
+            select(balance_answers).where(balance_answers.c.check_id == check_id))).first()
+
+    async def save_answer(self, check_id: str, loan_id: str, answer_type: str,
+                          payload: dict[str, Any], at: Any) -> None:
+        await self._conn.execute(pg_insert(balance_answers).values(
+            check_id=check_id, loan_id=loan_id, answer_type=answer_type, payload=payload,
+            answered_at=at).on_conflict_do_nothing())
