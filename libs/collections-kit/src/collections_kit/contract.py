@@ -220,37 +220,44 @@ class MessageSpec:
     topic: Topic
     model: type[Message]
     summary: str
+    # Who publishes it: a system outside this repository or one of our services.
+    producer: str
 
+
+_LENDER, _LEDGER, _WORKFLOW, _LEDGER_SYNC, _NOTIFIER = (
+    "lending-system", "ledger", "workflow", "ledger-sync", "notifier")
 
 MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("loan.overdue.v1", Topic.LOANS_OVERDUE, LoanOverdue,
-                "A loan is overdue; published daily per delinquent loan by the lending system."),
+                "A loan is overdue; published daily per delinquent loan.", _LENDER),
     MessageSpec("loan.repayment.received.v1", Topic.LOANS_REPAYMENT, RepaymentReceived,
-                "A repayment was received."),
+                "A repayment was received.", _LENDER),
     MessageSpec("loan.repayment.reversed.v1", Topic.LOANS_REPAYMENT, RepaymentReversed,
-                "A repayment bounced or was reversed."),
+                "A repayment bounced or was reversed.", _LENDER),
     MessageSpec("ledger.posting.booked.v1", Topic.LEDGER_POSTINGS, LedgerPostingBooked,
-                "The ledger booked a posting on a loan."),
+                "The ledger booked a posting on a loan.", _LEDGER),
     MessageSpec("collections.balance-check.requested.v1", Topic.BALANCE_CHECKS,
-                BalanceCheckRequested, "The workflow asks ledger-sync to confirm a balance."),
+                BalanceCheckRequested, "The workflow asks for a balance confirmation.",
+                _WORKFLOW),
     MessageSpec("collections.balance.confirmed.v1", Topic.BALANCE_CONFIRMATIONS,
-                BalanceConfirmed, "Ledger-sync confirmed money is still owed."),
+                BalanceConfirmed, "Ledger-sync confirmed money is still owed.", _LEDGER_SYNC),
     MessageSpec("collections.balance.refused.v1", Topic.BALANCE_CONFIRMATIONS, BalanceRefused,
-                "Ledger-sync would not confirm; no contact may follow."),
+                "Ledger-sync would not confirm; no contact may follow.", _LEDGER_SYNC),
     MessageSpec("collections.contact.commanded.v1", Topic.CONTACT_COMMANDS, ContactCommand,
-                "Contact a party; carries the ledger confirmation it rests on."),
+                "Contact a party; carries the ledger confirmation it rests on.", _WORKFLOW),
     MessageSpec("collections.contact.cancelled.v1", Topic.CONTACT_COMMANDS, ContactCancelled,
-                "Pending commands for the loan must not be sent."),
+                "Pending commands for the loan must not be sent.", _WORKFLOW),
     MessageSpec("collections.contact.outcome.v1", Topic.CONTACT_OUTCOMES, ContactOutcome,
-                "What the notifier did with a command."),
+                "What the notifier did with a command.", _NOTIFIER),
     MessageSpec("collections.case.opened.v1", Topic.CASE_EVENTS, CaseOpened,
-                "A delinquent loan became a collections case."),
+                "A delinquent loan became a collections case.", _WORKFLOW),
     MessageSpec("collections.case.stage-changed.v1", Topic.CASE_EVENTS, CaseStageChanged,
-                "A case moved between stages."),
+                "A case moved between stages.", _WORKFLOW),
     MessageSpec("collections.case.closed.v1", Topic.CASE_EVENTS, CaseClosed,
-                "A case left collections."),
+                "A case left collections.", _WORKFLOW),
     MessageSpec("collections.dead-letter.v1", Topic.DLQ, DeadLetter,
-                "A message that could not be processed, with its origin and the reason."),
+                "A message that could not be processed, with its origin and the reason.",
+                "any consumer"),
 )
 
 SPEC_BY_TYPE: dict[str, MessageSpec] = {spec.ce_type: spec for spec in MESSAGES}

@@ -1,0 +1,124 @@
+"""Run the three services as real processes (demo, end-to-end tests, chaos).
+
+Each service is started exactly as in production: ``python -m <service> migrate`` then
+``python -m <service> serve``, configured only through its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICES: dict[str, tuple[str, str]] = {
+    # name: (python module, env prefix)
+    "workflow": ("workflow", "WORKFLOW_"),
+    "ledger-sync": ("ledger_sync", "LEDGER_SYNC_"),
+    "notifier": ("notifier", "NOTIFIER_"),
+}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def migrate(self) -> None:
+        module = SERVICES[self.name][0]
+        with self.log_path.open("ab") as log:
+            subprocess.run([sys.executable, "-m", module, "migrate"], env=self.env, check=True,
+                           stdout=log, stderr=subprocess.STDOUT, timeout=120)
+
+    def start(self) -> None:
+        module = SERVICES[self.name][0]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
+                                   f"see {self.log_path}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no offset commit, like a node dying."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Fleet:
+    database_url: str
+    kafka_bootstrap: str
+    topic_prefix: str
+    log_dir: Path
+    base_port: int = 18100
+    smtp_port: int = 2525
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    members: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for offset, (name, (_, prefix)) in enumerate(SERVICES.items()):
+            port = self.base_port + offset
+            env = {k: v for k, v in os.environ.items() if not k.startswith(
+                ("WORKFLOW_", "LEDGER_SYNC_", "NOTIFIER_", "COLLECTIONS_FAULT_"))}
+            env.update({
+                f"{prefix}DATABASE_URL": self.database_url,
+                f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                f"{prefix}TOPIC_PREFIX": self.topic_prefix,
+                f"{prefix}HTTP_PORT": str(port),
+                f"{prefix}LOG_LEVEL": "INFO",
+                "NOTIFIER_SMTP_PORT": str(self.smtp_port),
+            })
+            env.update(self.extra_env.get(name, {}))
+            self.members[name] = ServiceProcess(name, port, env, self.log_dir / f"{name}.log")
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.members[name]
+
+    def start(self) -> None:
+        for member in self.members.values():
+            member.migrate()
+        for member in self.members.values():
+            member.start()
+        for member in self.members.values():
+            member.wait_ready()
+
+    def stop(self) -> dict[str, int | None]:
+        return {name: member.stop() for name, member in self.members.items()}
