@@ -1,0 +1,61 @@
+"""Fixtures shared by every test suite.
+
+Integration and end-to-end tests run against the real local stack (``make stack-up``): a
+real Kafka broker and a real PostgreSQL. Each test gets its own database and its own topic
+prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if "/integration/" in path or "/contract/" in path:
+            item.add_marker(pytest.mark.integration)
+        if "/e2e/" in path:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict[str, str]:
+    """Start the local stack unless it runs already; return where to reach it."""
+    from scripts import stack as local_stack
+
+    local_stack.ensure_up()
+    return {
+        "kafka_bootstrap": os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP),
+        "database_url": os.environ.get("DATABASE_URL", local_stack.DATABASE_URL),
+    }
+
+
+@pytest.fixture
+async def database_url(stack: dict[str, str]) -> AsyncIterator[str]:
+    from tests.support import create_database, drop_database
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = await create_database(stack["database_url"], name)
+    yield url
+    await drop_database(stack["database_url"], name)
+
+
+@pytest.fixture
+async def topic_prefix(stack: dict[str, str]) -> AsyncIterator[str]:
+    from tests.support import create_topics, delete_topics
+
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    await create_topics(stack["kafka_bootstrap"], prefix)
+    yield prefix
+    await delete_topics(stack["kafka_bootstrap"], prefix)

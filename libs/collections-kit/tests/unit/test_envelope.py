@@ -1,0 +1,54 @@
+"""CloudEvents binary mode round trip and the reasons malformed records get."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collections_kit import contract as c
+from collections_kit.envelope import Envelope, MalformedMessageError, decode, encode
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def sample() -> Envelope:
+    data = c.RepaymentReceived(repayment_id="R1", loan_id="L1", currency="CNY",
+                               amount=Decimal("0.10"), outstanding_balance_after=Decimal("9.90"),
+                               received_at=NOW)
+    return Envelope("id-1", "loan.repayment.received.v1", "lender", NOW, "L1", data)
+
+
+def test_round_trip_keeps_exact_decimal_amounts() -> None:
+    key, value, headers = encode(sample())
+    assert key == b"L1"
+    assert b'"amount":"0.10"' in value
+    assert dict(headers)["ce_type"] == b"loan.repayment.received.v1"
+    decoded = decode(key, value, headers)
+    assert decoded.data == sample().data and decoded.id == "id-1"
+
+
+def test_a_float_amount_is_refused() -> None:
+    key, value, headers = encode(sample())
+    with pytest.raises(MalformedMessageError) as err:
+        decode(key, value.replace(b'"0.10"', b"0.1"), headers)
+    assert err.value.kind == "invalid" and "amount" in err.value.reason
+
+
+def test_a_key_that_differs_from_the_loan_is_refused() -> None:
+    _, value, headers = encode(sample())
+    with pytest.raises(MalformedMessageError):
+        decode(b"L2", value, headers)
+
+
+@given(st.binary(max_size=200), st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=40)),
+                                         max_size=8))
+def test_arbitrary_bytes_raise_only_malformed_message(value: bytes,
+                                                      headers: list[tuple[str, bytes]]) -> None:
+    try:
+        decode(b"L1", value, headers)
+    except MalformedMessageError as exc:
+        assert exc.reason
