@@ -96,10 +96,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = 30.0,
+async def eventually(check: Callable[[], Any], *, within: float = 30.0,
                      interval: float = 0.2) -> Any:
     """Await ``check()`` until it returns something truthy (async or not)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
@@ -108,7 +108,7 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 30.0,
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    raise AssertionError(f"condition not met within {within}s (last: {last!r})")
 
 
 async def migrate(migrations: Any, url: str, schema: str) -> None:

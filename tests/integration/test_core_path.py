@@ -177,7 +177,7 @@ async def test_a_crash_between_database_commit_and_offset_commit_duplicates_noth
                 entries = (await http.get("/v1/cases/L-crash/timeline")).json()["entries"]
                 checks = await _envelopes(stack, topic_prefix, Topic.BALANCE_CHECKS)
                 return len(entries) >= 1 and len(checks) >= WARNING_CONTACTS
-            await eventually(settled, timeout=60)
+            await eventually(settled, within=60)
             await asyncio.sleep(1.5)  # the redelivered batch has been handled by now
             case = (await http.get("/v1/cases/L-crash")).json()
             entries = (await http.get("/v1/cases/L-crash/timeline")).json()["entries"]
