@@ -43,7 +43,7 @@ def stack() -> dict[str, str]:
 
 @pytest.fixture
 async def database_url(stack: dict[str, str]) -> AsyncIterator[str]:
-    from tests.support import create_database, drop_database
+    from scripts.infra import create_database, drop_database
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = await create_database(stack["database_url"], name)
@@ -53,7 +53,7 @@ async def database_url(stack: dict[str, str]) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def topic_prefix(stack: dict[str, str]) -> AsyncIterator[str]:
-    from tests.support import create_topics, delete_topics
+    from scripts.infra import create_topics, delete_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}."
     await create_topics(stack["kafka_bootstrap"], prefix)

@@ -71,7 +71,7 @@ def overdue(loan_id: str, outstanding: Decimal, *, dpd: int = 5, currency: str =
         loan_id=loan_id, borrower_id=borrower_id or f"B-{loan_id}", currency=currency,
         amount_overdue=(outstanding / 10).quantize(Decimal("0.01")),
         outstanding_balance=outstanding, days_past_due=dpd, as_of=as_of or datetime.now(UTC),
-        borrower_time_zone=tz, jurisdiction=jurisdiction,  # type: ignore[arg-type]
+        borrower_time_zone=tz, jurisdiction=jurisdiction,
     )
 
 

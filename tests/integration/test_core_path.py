@@ -24,8 +24,9 @@ from collections_kit.topics import Topic
 from ledger_sync.entrypoints import bootstrap as ledger_sync_boot
 from ledger_sync.settings import LedgerSyncSettings
 from scripts import lending
+from scripts.infra import producer
 from scripts.services import ServiceProcess
-from tests.support import eventually, migrate, producer, read_topic
+from tests.support import eventually, migrate, read_topic
 from workflow.adapters.tables import cases, contact_intents, timeline
 from workflow.domain.policy import DEFAULT_POLICY, Stage
 from workflow.entrypoints import bootstrap as workflow_boot
@@ -48,8 +49,8 @@ async def services(stack: dict[str, str], database_url: str,
                    topic_prefix: str) -> AsyncIterator[tuple[Runtime, Runtime]]:
     common = {"database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
               "topic_prefix": topic_prefix}
-    wf_settings = WorkflowSettings(**common)
-    ls_settings = LedgerSyncSettings(**common)
+    wf_settings = WorkflowSettings.model_validate(common)
+    ls_settings = LedgerSyncSettings.model_validate(common)
     await migrate(workflow_boot.MIGRATIONS, database_url, wf_settings.db_schema)
     await migrate(ledger_sync_boot.MIGRATIONS, database_url, ls_settings.db_schema)
     async with running(workflow_boot.build_runtime(wf_settings)) as wf, \

@@ -1,0 +1,222 @@
+"""``make demo``: the three services doing their job on a 1,000-loan portfolio.
+
+Starts the local stack if needed, a real SMTP server on loopback and the three services as
+processes; publishes loan, ledger and repayment events through Kafka the way a lender
+would; waits until the system settles; prints what happened; stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from aiosmtpd.controller import Controller
+
+from scripts import lending
+from scripts import stack as local_stack
+from scripts.infra import create_database, create_topics, delete_topics, drop_database, producer
+from scripts.services import ROOT, Fleet
+
+LOANS = int(os.environ.get("DEMO_LOANS", "1000"))
+SMTP_PORT = int(os.environ.get("DEMO_SMTP_PORT", "2526"))
+# Borrowers spread over time zones, so that at any hour some are inside their contact window
+# and some are not: the notifier defers the latter to their next lawful moment.
+ZONES = (("CN", "Asia/Shanghai", "CNY"), ("US", "America/New_York", "USD"),
+         ("US", "America/Los_Angeles", "USD"), ("US", "Pacific/Honolulu", "USD"),
+         ("UK", "Europe/London", "GBP"))
+
+
+class MailSink:
+    """An SMTP server that only counts: the demo's stand-in for a mail relay."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.received += 1
+        return "250 OK"
+
+
+@dataclass
+class Loan:
+    loan_id: str
+    borrower_id: str
+    jurisdiction: str
+    zone: str
+    currency: str
+    principal: Decimal
+    kind: str  # contacted | repaid_early | repaid_later | unknown_to_ledger
+
+
+def portfolio(rng: random.Random) -> list[Loan]:
+    loans = []
+    for i in range(LOANS):
+        jurisdiction, zone, currency = ZONES[i % len(ZONES)]
+        roll = rng.random()
+        kind = ("repaid_early" if roll < 0.15 else "repaid_later" if roll < 0.25
+                else "unknown_to_ledger" if roll < 0.30 else "contacted")
+        loans.append(Loan(f"L-{i:06d}", f"B-{i:06d}", jurisdiction, zone, currency,
+                          Decimal(rng.randrange(2_000, 500_000)) / 100, kind))
+    return loans
+
+
+async def register_contacts(base_url: str, loans: list[Loan]) -> None:
+    """Contact details go to the notifier over REST: personal data never rides on Kafka."""
+    sem = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        async def put(loan: Loan) -> None:
+            n = int(loan.loan_id[2:])
+            body = {"language": "zh-CN" if loan.jurisdiction == "CN" else "en",
+                    "email": f"borrower{n}@example.com", "phone": f"+8613{n:09d}",
+                    "postal_address": f"{n} Example Road"}
+            async with sem:
+                response = await http.put(f"/v1/borrowers/{loan.borrower_id}/contact-details",
+                                          json=body)
+                response.raise_for_status()
+        await asyncio.gather(*(put(loan) for loan in loans))
+
+
+async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
+    """Settled = nothing awaits a confirmation and the picture is stable for 3 s."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    stable_since = time.monotonic()
+    async with httpx.AsyncClient(timeout=10) as http:
+        while time.monotonic() < deadline:
+            wf = (await http.get(f"{fleet['workflow'].base_url}/v1/summary")).json()
+            nt = (await http.get(f"{fleet['notifier'].base_url}/v1/contacts/summary")).json()
+            snapshot = {"workflow": wf, "notifier": nt}
+            awaiting = sum(i["count"] for i in wf["intents"]
+                           if i["status"] == "awaiting_confirmation")
+            if snapshot != last:
+                last, stable_since = snapshot, time.monotonic()
+            elif awaiting == 0 and time.monotonic() - stable_since > 3.0:
+                return snapshot
+            await asyncio.sleep(0.5)
+    raise TimeoutError("the system did not settle in time")
+
+
+def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
+                  elapsed: float) -> None:
+    wf, nt = snapshot["workflow"], snapshot["notifier"]
+    stages: Counter[str] = Counter()
+    for row in wf["cases"]:
+        label = row["stage"] if row["status"] == "open" else f"closed ({row['exit']})"
+        stages[label] += row["count"]
+    intents: Counter[str] = Counter()
+    for row in wf["intents"]:
+        intents[f"{row['status']}{'/' + row['reason'] if row['reason'] else ''}"] += row["count"]
+    kinds = Counter(loan.kind for loan in loans)
+    print("\n=== Collections demo summary ===")
+    print(f"loans published: {len(loans)}  ({', '.join(f'{k}: {v}' for k, v in kinds.items())})")
+    print(f"settled in {elapsed:.1f}s")
+    print("\nCases by stage:")
+    for label, count in sorted(stages.items()):
+        print(f"  {label:<28} {count:>6}")
+    print("\nContact intents (workflow):")
+    for label, count in sorted(intents.items()):
+        print(f"  {label:<40} {count:>6}")
+    print("\nContact decisions (notifier):")
+    for row in sorted(nt.get("by_decision", []), key=lambda r: (r["decision"], r["reason"])):
+        print(f"  {row['decision'] + ('/' + row['reason'] if row['reason'] else ''):<40} "
+              f"{row['count']:>6}")
+    sent = sum(r["count"] for r in nt.get("by_decision", []) if r["decision"] == "sent")
+    repaid = sum(v for k, v in intents.items() if "repaid" in k or "nothing_owed" in k) + sum(
+        r["count"] for r in nt.get("by_decision", [])
+        if r["decision"] == "cancelled" and "repaid" in r["reason"])
+    unconfirmed = sum(v for k, v in intents.items() if k.startswith("refused/")
+                      and "nothing_owed" not in k)
+    print("\nHeadline:")
+    print(f"  contacts sent                             {sent:>6}"
+          f"  (e-mails received by SMTP: {mails})")
+    print(f"  contacts suppressed, loan repaid          {repaid:>6}")
+    print(f"  contacts suppressed, balance unconfirmed  {unconfirmed:>6}")
+
+
+async def run() -> int:
+    started_stack = not local_stack.is_up()
+    local_stack.ensure_up()
+    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    run_id = uuid.uuid4().hex[:8]
+    db_name, prefix = f"demo_{run_id}", f"demo{run_id}."
+    database_url = await create_database(admin_url, db_name)
+    await create_topics(bootstrap, prefix, partitions=6)
+    sink = MailSink()
+    smtp = Controller(sink, hostname="127.0.0.1", port=SMTP_PORT)
+    smtp.start()
+    fleet = Fleet(database_url=database_url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                  log_dir=ROOT / ".cache" / "demo" / run_id, smtp_port=SMTP_PORT)
+    rng = random.Random(20261122)
+    loans = portfolio(rng)
+    try:
+        print(f"starting workflow, ledger-sync and notifier (logs in {fleet.log_dir})")
+        await asyncio.to_thread(fleet.start)
+        await register_contacts(fleet["notifier"].base_url, loans)
+        t0 = time.monotonic()
+        kafka = await producer(bootstrap)
+        lender = lending.Lender(kafka, prefix)
+        try:
+            now = datetime.now(UTC)
+            await lender.publish_many(
+                lending.disbursement(loan.loan_id, loan.principal, currency=loan.currency,
+                                     at=now - timedelta(days=60))
+                for loan in loans if loan.kind != "unknown_to_ledger")
+            # Paid, but the lending system's overdue feed has not caught up yet.
+            await lender.publish_many(
+                lending.repayment(loan.loan_id, loan.principal, Decimal("0"),
+                                  currency=loan.currency)
+                for loan in loans if loan.kind == "repaid_early")
+            await asyncio.sleep(1.0)
+            await lender.publish_many(
+                lending.overdue(loan.loan_id, loan.principal, dpd=5, currency=loan.currency,
+                                tz=loan.zone, jurisdiction=loan.jurisdiction, as_of=now,
+                                borrower_id=loan.borrower_id)
+                for loan in loans)
+            print(f"published {lender.sent} events; waiting for the first wave to settle")
+            await wait_until_settled(fleet)
+            # Second wave: some borrowers pay in full; the next day's overdue feed arrives
+            # for everyone (30 days past due now: formal notice for those still owing).
+            await lender.publish_many(
+                lending.repayment(loan.loan_id, loan.principal, Decimal("0"),
+                                  currency=loan.currency)
+                for loan in loans if loan.kind == "repaid_later")
+            await asyncio.sleep(1.0)
+            await lender.publish_many(
+                lending.overdue(loan.loan_id, loan.principal, dpd=30, currency=loan.currency,
+                                tz=loan.zone, jurisdiction=loan.jurisdiction,
+                                as_of=now + timedelta(days=1), borrower_id=loan.borrower_id)
+                for loan in loans if loan.kind in ("contacted", "repaid_later"))
+            print(f"published {lender.sent} events in all; waiting for the second wave")
+            snapshot = await wait_until_settled(fleet)
+        finally:
+            await kafka.stop()
+        print_summary(snapshot, sink.received, loans, time.monotonic() - t0)
+        return 0
+    finally:
+        codes = await asyncio.to_thread(fleet.stop)
+        smtp.stop()
+        await delete_topics(bootstrap, prefix)
+        await drop_database(admin_url, db_name)
+        if started_stack:
+            local_stack.ensure_down()
+        if any(code not in (0, None) for code in codes.values()):
+            print(f"a service exited badly: {codes}", file=sys.stderr)
+
+
+def main() -> int:
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
