@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = str(item.path)
-        if "/integration/" in path or "/contract/" in path:
+        if "/integration/" in path:
             item.add_marker(pytest.mark.integration)
         if "/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
