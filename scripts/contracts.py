@@ -138,8 +138,8 @@ async def _openapi_docs() -> dict[str, dict[str, Any]]:
     for name, module, settings in (("workflow", workflow, WorkflowSettings()),
                                    ("ledger-sync", ledger_sync, LedgerSyncSettings()),
                                    ("notifier", notifier, NotifierSettings())):
-        runtime = module.build_runtime(settings)  # type: ignore[attr-defined]
-        docs[name] = module.create_app(runtime, manage_runtime=False).openapi()  # type: ignore[attr-defined]
+        runtime = module.build_runtime(settings)
+        docs[name] = module.create_app(runtime, manage_runtime=False).openapi()
         await runtime.engine.dispose()
     return docs
 

@@ -1,0 +1,157 @@
+"""The notifier's tables (SQLAlchemy Core). The schema itself is in migrations/."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from collections_kit.db import plumbing_tables
+
+metadata = MetaData()
+inbox, outbox = plumbing_tables(metadata)
+
+ts = DateTime(timezone=True)
+
+# One row per contact command: its content and where it is in its life.
+dispatches = Table(
+    "dispatches",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("intent_id", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("borrower_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("amount_due", Numeric(20, 6), nullable=False),
+    Column("confirmation_id", Text, nullable=False),
+    Column("ledger_watermark", BigInteger, nullable=False),
+    Column("confirmed_at", ts, nullable=False),
+    Column("confirmation_valid_until", ts, nullable=False),
+    Column("borrower_time_zone", Text, nullable=False),
+    Column("jurisdiction", Text, nullable=False),
+    Column("issued_at", ts, nullable=False),
+    Column("status", Text, nullable=False),
+    # When the dispatcher should next look at the row: now for a new command, the window
+    # start for a deferral, the lease expiry while sending, the backoff after a failure.
+    Column("due_at", ts, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("decision_seq", Integer, nullable=False, server_default="0"),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("rule", Text, nullable=False, server_default=""),
+    # A safe error code (never the provider's text, which may quote the address).
+    Column("last_error", Text),
+    Column("received_at", ts, nullable=False),
+    Column("updated_at", ts, nullable=False),
+    CheckConstraint("status IN ('pending', 'deferred', 'sending', 'sent', 'failed', "
+                    "'blocked', 'cancelled')", name="ck_dispatches_status"),
+    Index("ix_dispatches_due", "due_at",
+          postgresql_where=text("status IN ('pending', 'deferred', 'sending')")),
+    Index("ix_dispatches_loan_status", "loan_id", "status"),
+)
+
+# Every decision taken on a command, in order: the audit trail behind /v1/contacts.
+contact_decisions = Table(
+    "contact_decisions",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("command_id", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("decision", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("policy_version", Text, nullable=False),
+    Column("at", ts, nullable=False),
+    Column("due_at", ts),
+    UniqueConstraint("command_id", "seq", name="uq_contact_decisions_command_seq"),
+    CheckConstraint("decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed')",
+                    name="ck_contact_decisions_decision"),
+    Index("ix_contact_decisions_loan", "loan_id", "id"),
+    Index("ix_contact_decisions_decision_reason", "decision", "reason"),
+)
+
+# Per loan, the latest workflow cancellation: commands issued up to then are never sent,
+# even if they arrive after it.
+loan_cancellations = Table(
+    "loan_cancellations",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("cancelled_at", ts, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("updated_at", ts, nullable=False),
+)
+
+# Cancellations that name one command, which may not have arrived yet.
+command_cancellations = Table(
+    "command_cancellations",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("cancelled_at", ts, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+repayments = Table(
+    "repayments",
+    metadata,
+    Column("repayment_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("amount", Numeric(20, 6), nullable=False),
+    Column("received_at", ts),
+    Column("reversed_at", ts),
+    Column("updated_at", ts, nullable=False),
+    Index("ix_repayments_loan_received", "loan_id", "received_at"),
+)
+
+# Personal data: reaches us by REST only, never on Kafka, never in a log line.
+contact_details = Table(
+    "contact_details",
+    metadata,
+    Column("borrower_id", Text, primary_key=True),
+    Column("language", Text, nullable=False),
+    Column("email", Text),
+    Column("phone", Text),
+    Column("postal_address", Text),
+    Column("guarantor_name", Text),
+    Column("guarantor_email", Text),
+    Column("guarantor_phone", Text),
+    Column("guarantor_postal_address", Text),
+    Column("updated_at", ts, nullable=False),
+)
+
+# What the stand-in for the SMS/voice/letter provider would have sent.
+recorded_sends = Table(
+    "recorded_sends",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("recorded_at", ts, nullable=False),
+    Index("ix_recorded_sends_loan", "loan_id"),
+)

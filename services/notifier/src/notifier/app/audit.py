@@ -1,0 +1,43 @@
+"""Every decision is stored and announced together, in the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from collections_kit import contract as c
+from collections_kit.clock import derived_id
+from collections_kit.outbox import Tx
+from notifier.adapters.repository import DecisionRecord, DispatchRepository
+from notifier.domain.model import Dispatch, DispatchStatus, Outcome
+
+STATUS_OF: dict[Outcome, DispatchStatus] = {
+    "sent": DispatchStatus.SENT,
+    "deferred": DispatchStatus.DEFERRED,
+    "blocked": DispatchStatus.BLOCKED,
+    "cancelled": DispatchStatus.CANCELLED,
+    "failed": DispatchStatus.FAILED,
+}
+
+
+async def record_decision(tx: Tx, repo: DispatchRepository, dispatch: Dispatch, *,
+                          outcome: Outcome, reason: str, rule: str, policy_version: str,
+                          cause_id: str | None = None, due_at: datetime | None = None,
+                          error: str | None = None) -> None:
+    """Store the decision and stage its ``ContactOutcome``.
+
+    The event id is derived, never random: from the causing event when there is one (a
+    replay of it yields the same id), else from the command and the decision's number,
+    which only advances when the transaction commits.
+    """
+    seq = await repo.record(
+        DecisionRecord(dispatch=dispatch, decision=outcome, reason=reason, rule=rule,
+                       policy_version=policy_version, at=tx.now, due_at=due_at),
+        status=STATUS_OF[outcome], error=error)
+    event_id = (derived_id(cause_id, f"outcome/{dispatch.command_id}") if cause_id
+                else derived_id(dispatch.command_id, f"decision/{seq}"))
+    request = dispatch.request
+    tx.publish(c.ContactOutcome(
+        command_id=request.command_id, intent_id=request.intent_id, loan_id=request.loan_id,
+        channel=request.channel, outcome=outcome, reason=reason, rule=rule,
+        occurred_at=tx.now,
+    ), event_id=event_id, subject=request.loan_id)

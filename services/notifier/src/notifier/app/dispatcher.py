@@ -1,0 +1,271 @@
+"""The dispatcher: takes due commands, decides, and hands the sendable ones to a channel.
+
+One pass:
+1. In one transaction: claim due rows (``FOR UPDATE SKIP LOCKED``, so two replicas never
+   take the same row), load their context, run the pure ``decide`` for each. Cancel, block
+   and defer are stored and announced right there; a send is marked ``sending`` with a
+   lease. Commit, so the mark is durable before anything leaves the building.
+2. Outside any transaction: call the channel, bounded by a timeout shorter than the lease
+   (otherwise another replica could take the row over while the call still runs).
+3. In a new transaction per row: ``sent``, or ``failed`` (permanent error or attempts used
+   up), or back to ``pending`` after a backoff; each final state stored and announced.
+
+A crash between 1 and 3 leaves the row ``sending``; once its lease runs out it is claimed
+and decided again (the window or a cancellation may have changed meanwhile) and, if still
+sendable, sent again with the same command id. That id is the idempotency key the channel
+hands the provider (SMTP Message-ID, provider dedupe key), so "at least once" on our side
+does not become "twice" for the person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from prometheus_client import Counter as PromCounter
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from collections_kit.clock import Clock
+from collections_kit.outbox import Tx, flush
+from notifier.adapters.repository import DispatchRepository
+from notifier.app.audit import record_decision
+from notifier.app.ports import Channel, OutgoingMessage, SendError
+from notifier.domain import templates
+from notifier.domain.decide import Defer, Send, decide
+from notifier.domain.model import ChannelName, ContactDetails, Dispatch, DispatchStatus
+from notifier.domain.policy import DispatchPolicy
+
+log = logging.getLogger(__name__)
+
+DECISIONS = PromCounter("notifier_contact_decisions_total",
+                        "Decisions the dispatcher took on contact commands",
+                        ["decision", "reason"])
+
+# Never spin: rows that are due but locked by another replica must not make us busy-wait.
+_MIN_IDLE_S = 0.02
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    opt_out_url: str
+    batch: int = 100
+    concurrency: int = 10
+    sending_lease: timedelta = timedelta(seconds=120)
+    max_attempts: int = 5
+    retry_backoff: timedelta = timedelta(seconds=30)
+    safety_poll_s: float = 1.0
+
+    @property
+    def send_timeout_s(self) -> float:
+        # Half the lease: the call is over, one way or the other, long before another
+        # replica may consider the row abandoned.
+        return self.sending_lease.total_seconds() / 2
+
+
+@dataclass(frozen=True)
+class _Planned:
+    dispatch: Dispatch
+    attempt: int
+    decision: Send
+    message: OutgoingMessage
+
+
+class Dispatcher:
+    def __init__(self, *, engine: AsyncEngine, outbox: Table, schema: str, source: str,
+                 topic_prefix: str, policy: DispatchPolicy,
+                 channels: Mapping[ChannelName, Channel], clock: Clock,
+                 config: DispatcherConfig) -> None:
+        self._engine = engine
+        self._outbox = outbox
+        self._schema = schema
+        self._source = source
+        self._topic_prefix = topic_prefix
+        self._policy = policy
+        self._channels = channels
+        self._clock = clock
+        self._config = config
+        self._wake = asyncio.Event()
+        self.heartbeat = time.monotonic()
+
+    def wake(self) -> None:
+        """New work may be due (the consumer committed a batch): look now, not at the poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                handled = await self.dispatch_once()
+                self.heartbeat = time.monotonic()
+                backoff = 0.1
+                if handled >= self._config.batch:
+                    continue  # more may be due right now
+                idle = await self._idle_for()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Frames only: an exception's text can quote statement parameters, which
+                # include addresses when the failing statement touched them.
+                log.error("dispatcher pass failed; retrying in %.1fs", backoff,
+                          extra={"error": type(exc).__name__,
+                                 "trace": "".join(traceback.format_tb(exc.__traceback__))})
+                idle = backoff
+                backoff = min(backoff * 2, 5.0)
+            await self._sleep(stop, idle)
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _idle_for(self) -> float:
+        """Until the earliest due row, but never longer than the safety poll."""
+        async with self._engine.connect() as conn:
+            due = await DispatchRepository(conn).next_due()
+        if due is None:
+            return self._config.safety_poll_s
+        wait = (due - self._clock.now()).total_seconds()
+        return min(max(wait, _MIN_IDLE_S), self._config.safety_poll_s)
+
+    async def dispatch_once(self) -> int:
+        """One pass; returns how many rows were claimed."""
+        planned, claimed = await self._decide_due()
+        if planned:
+            gate = asyncio.Semaphore(self._config.concurrency)
+
+            async def deliver(p: _Planned) -> None:
+                async with gate:
+                    await self._deliver(p)
+
+            results = await asyncio.gather(*(deliver(p) for p in planned),
+                                           return_exceptions=True)
+            for p, result in zip(planned, results, strict=True):
+                if isinstance(result, BaseException):
+                    # The row stays ``sending``; its lease brings it back.
+                    log.error("finishing a send failed", extra={
+                        "command_id": p.dispatch.command_id, "error": type(result).__name__})
+        return claimed
+
+    async def _decide_due(self) -> tuple[list[_Planned], int]:
+        config, policy = self._config, self._policy
+        outcomes: Counter[tuple[str, str]] = Counter()
+        async with self._engine.begin() as conn:
+            now = self._clock.now()
+            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
+            repo = DispatchRepository(conn)
+            batch = await repo.claim_due(now, config.batch)
+            if not batch:
+                return [], 0
+            since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
+            contexts = await repo.contexts(batch, repayments_since=since)
+            planned: list[_Planned] = []
+            for dispatch in batch:
+                ids = {"command_id": dispatch.command_id, "loan_id": dispatch.request.loan_id}
+                if dispatch.status is DispatchStatus.SENDING:
+                    log.warning("sending lease expired; deciding again", extra=ids)
+                context = contexts[dispatch.command_id]
+                decision = decide(dispatch.request, context, now, policy)
+                if isinstance(decision, Send) and dispatch.attempts >= config.max_attempts:
+                    # Lease expiries count as attempts: a call that hangs every time must
+                    # end somewhere rather than be retried forever.
+                    await record_decision(
+                        tx, repo, dispatch, outcome="failed", reason="attempts_exhausted",
+                        rule=f"channel.{dispatch.request.channel}",
+                        policy_version=policy.version)
+                    outcomes["failed", "attempts_exhausted"] += 1
+                    continue
+                if isinstance(decision, Send):
+                    assert context.details is not None  # decide sends only with an address
+                    attempt = await repo.mark_sending(
+                        dispatch, now=now, lease_until=now + config.sending_lease)
+                    planned.append(_Planned(dispatch, attempt, decision,
+                                            self._compose(dispatch, context.details)))
+                    continue
+                await record_decision(
+                    tx, repo, dispatch, outcome=decision.outcome, reason=decision.reason,
+                    rule=decision.rule, policy_version=policy.version,
+                    due_at=decision.until if isinstance(decision, Defer) else None)
+                outcomes[decision.outcome, decision.reason] += 1
+                log.info("contact %s", decision.outcome,
+                         extra={**ids, "reason": decision.reason, "rule": decision.rule})
+            await flush(tx, self._outbox, self._schema)
+        for (outcome, reason), n in outcomes.items():
+            DECISIONS.labels(outcome, reason).inc(n)
+        return planned, len(batch)
+
+    def _compose(self, dispatch: Dispatch, details: ContactDetails) -> OutgoingMessage:
+        request = dispatch.request
+        party = details.party(request.recipient)
+        address = details.address_for(request.recipient, request.channel)
+        assert party is not None and address is not None
+        text = templates.render(
+            request.template, details.language, channel=request.channel,
+            loan_id=request.loan_id, amount=request.amount_due, currency=request.currency,
+            opt_out_url=self._config.opt_out_url, name=party.name)
+        return OutgoingMessage(
+            command_id=request.command_id, loan_id=request.loan_id, channel=request.channel,
+            recipient=request.recipient, language=details.language, template=request.template,
+            address=address, subject=text.subject, body=text.body, name=party.name)
+
+    async def _deliver(self, planned: _Planned) -> None:
+        channel = planned.message.channel
+        error: SendError | None = None
+        try:
+            async with asyncio.timeout(self._config.send_timeout_s):
+                await self._channels[channel].send(planned.message)
+        except SendError as exc:
+            error = exc
+        except TimeoutError:
+            error = SendError("channel_timeout", permanent=False)
+        except Exception as exc:
+            # Unknown failure: its text is not ours to log, its kind is.
+            error = SendError(f"channel_error:{type(exc).__name__}", permanent=False)
+        await self._finish(planned, error)
+
+    async def _finish(self, planned: _Planned, error: SendError | None) -> None:
+        config, policy = self._config, self._policy
+        ids = {"command_id": planned.dispatch.command_id,
+               "loan_id": planned.dispatch.request.loan_id,
+               "channel": planned.message.channel, "attempt": planned.attempt}
+        outcome: tuple[str, str] | None = None
+        async with self._engine.begin() as conn:
+            now = self._clock.now()
+            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
+            repo = DispatchRepository(conn)
+            current = await repo.lock_sending(planned.dispatch.command_id, planned.attempt)
+            if current is None:
+                log.warning("lease lost before the send finished; the new owner decides",
+                            extra=ids)
+                return
+            if error is None:
+                await record_decision(tx, repo, current, outcome="sent",
+                                      reason=planned.decision.reason,
+                                      rule=planned.decision.rule,
+                                      policy_version=policy.version)
+                outcome = ("sent", planned.decision.reason)
+                log.info("contact sent", extra=ids)
+            elif error.permanent or planned.attempt >= config.max_attempts:
+                await record_decision(tx, repo, current, outcome="failed", reason=error.code,
+                                      rule=f"channel.{planned.message.channel}",
+                                      policy_version=policy.version, error=error.code)
+                outcome = ("failed", error.code)
+                log.warning("contact failed", extra={**ids, "error": error.code})
+            else:
+                delay = config.retry_backoff * 2 ** (planned.attempt - 1)
+                await repo.retry_later(current, now=now, due_at=now + delay, error=error.code)
+                log.warning("send failed; retrying later",
+                            extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()})
+            await flush(tx, self._outbox, self._schema)
+        if outcome is not None:
+            DECISIONS.labels(*outcome).inc()

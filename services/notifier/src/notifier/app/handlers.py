@@ -1,0 +1,89 @@
+"""Thin handlers: map the wire message to the domain and store it.
+
+Each runs inside the consumer's transaction (``Tx``). None of them calls anything outside
+the database: a command is only stored here; the dispatcher decides and sends it later, so
+a slow provider can never hold a Kafka partition back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from collections_kit import contract as c
+from collections_kit.consumer import Handler
+from collections_kit.envelope import Envelope
+from collections_kit.outbox import Tx
+from notifier.adapters.repository import DispatchRepository
+from notifier.app.audit import record_decision
+from notifier.domain.decide import RULE_CANCELLATION
+from notifier.domain.model import Cancellation, ContactRequest
+from notifier.domain.policy import DispatchPolicy
+
+log = logging.getLogger(__name__)
+
+
+def to_request(data: c.ContactCommand) -> ContactRequest:
+    return ContactRequest(
+        command_id=data.command_id, intent_id=data.intent_id, case_id=data.case_id,
+        loan_id=data.loan_id, borrower_id=data.borrower_id, recipient=data.recipient,
+        channel=data.channel, stage=data.stage, template=data.template,
+        currency=data.currency, amount_due=data.amount_due,
+        confirmation_id=data.confirmation_id, ledger_watermark=data.ledger_watermark,
+        confirmed_at=data.confirmed_at,
+        confirmation_valid_until=data.confirmation_valid_until,
+        borrower_time_zone=data.borrower_time_zone, jurisdiction=data.jurisdiction,
+        issued_at=data.issued_at,
+    )
+
+
+class NotifierHandlers:
+    def __init__(self, policy: DispatchPolicy) -> None:
+        self._policy = policy
+
+    def routes(self) -> dict[type[c.Message], Handler]:
+        return {
+            c.ContactCommand: self.command,
+            c.ContactCancelled: self.cancelled,
+            c.RepaymentReceived: self.repayment,
+            c.RepaymentReversed: self.reversal,
+        }
+
+    async def command(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.ContactCommand)
+        added = await DispatchRepository(tx.conn).add(to_request(data), now=tx.now)
+        log.info("contact command stored" if added else "contact command known already",
+                 extra={"command_id": data.command_id, "loan_id": data.loan_id,
+                        "channel": data.channel, "event_id": env.id})
+
+    async def cancelled(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.ContactCancelled)
+        repo = DispatchRepository(tx.conn)
+        cancellation = Cancellation(data.reason, data.cancelled_at, data.command_id)
+        # Remembered first, so a command issued before it but arriving after it is also
+        # stopped (the dispatcher checks the mark before anything else).
+        await repo.remember_cancellation(data.loan_id, cancellation, now=tx.now)
+        for dispatch in await repo.cancellable(data.loan_id):
+            if not cancellation.covers(dispatch.request):
+                continue
+            await record_decision(tx, repo, dispatch, outcome="cancelled", reason=data.reason,
+                                  rule=RULE_CANCELLATION,
+                                  policy_version=self._policy.version, cause_id=env.id)
+            log.info("contact cancelled by the workflow",
+                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
+                            "reason": data.reason})
+
+    async def repayment(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.RepaymentReceived)
+        await DispatchRepository(tx.conn).record_repayment(
+            repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
+            amount=data.amount, received_at=data.received_at, now=tx.now)
+
+    async def reversal(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.RepaymentReversed)
+        await DispatchRepository(tx.conn).reverse_repayment(
+            repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
+            amount=data.amount, reversed_at=data.reversed_at, now=tx.now)

@@ -1,0 +1,42 @@
+"""The notifier's port to the outside world: a channel that carries one message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from notifier.domain.model import ChannelName, Language, Recipient
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A rendered message, ready for a channel. Address, name and text are personal data."""
+
+    # Also the idempotency key towards the provider (the SMTP Message-ID, a provider's
+    # dedupe key): a retry after an unknown outcome must not reach the person twice.
+    command_id: str
+    loan_id: str
+    channel: ChannelName
+    recipient: Recipient
+    language: Language
+    template: str
+    address: str = field(repr=False)
+    subject: str = field(repr=False)
+    body: str = field(repr=False)
+    name: str | None = field(default=None, repr=False)
+
+
+class SendError(Exception):
+    """A channel could not deliver. ``code`` is safe to log and store; it never carries
+    the address or any text of the message."""
+
+    def __init__(self, code: str, *, permanent: bool) -> None:
+        super().__init__(code)
+        self.code = code
+        self.permanent = permanent
+
+
+class Channel(Protocol):
+    async def send(self, message: OutgoingMessage) -> None:
+        """Deliver or raise :class:`SendError`. Must be safe to repeat for one command."""
+        ...

@@ -1,0 +1,192 @@
+"""REST: borrowers' contact details (in, and out only masked) and the contact decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from collections_kit.clock import Clock
+from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
+from notifier.adapters.repository import ContactDetailsRepository, DispatchRepository
+from notifier.domain.masking import mask_email, mask_phone, mask_text
+from notifier.domain.model import ContactDetails, Party
+
+
+def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.runtime.engine
+    return engine
+
+
+def _clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.runtime.state["clock"]
+    return clock
+
+
+Engine = Annotated[AsyncEngine, Depends(_engine)]
+Now = Annotated[Clock, Depends(_clock)]
+_ID = r"^[A-Za-z0-9._:-]{1,64}$"
+BorrowerIdPath = Annotated[str, Path(pattern=_ID, examples=["B-000123"])]
+
+# Shape only: deliverability is the relay's business. No whitespace anywhere, which also
+# keeps header injection out of the SMTP envelope.
+Email = Annotated[str, StringConstraints(max_length=254,
+                                         pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# E.164: a plus, a country code not starting with 0, at most 15 digits in all.
+Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
+PostalAddress = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                 max_length=500)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class GuarantorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    email: Email | None = None
+    phone: Phone | None = None
+    postal_address: PostalAddress | None = None
+
+
+class ContactDetailsIn(BaseModel):
+    """The borrower's contact details; replaces what was stored before."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "language": "zh-CN", "email": "zhang.san@example.com", "phone": "+8613812341234",
+        "postal_address": "北京市朝阳区某路 1 号",
+        "guarantor": {"name": "李四", "phone": "+8613912345678"}}]})
+
+    language: Literal["zh-CN", "en"]
+    email: Email | None = None
+    phone: Phone | None = None
+    postal_address: PostalAddress | None = None
+    guarantor: GuarantorIn | None = None
+
+
+class GuarantorView(BaseModel):
+    name: str
+    email: str | None
+    phone: str | None
+    postal_address: str | None
+
+
+class ContactDetailsView(BaseModel):
+    """Masked: enough to recognise the details, not to use them."""
+
+    borrower_id: str
+    language: str
+    email: str | None
+    phone: str | None
+    postal_address: str | None
+    guarantor: GuarantorView | None
+    updated_at: datetime
+
+
+class DecisionView(BaseModel):
+    id: int
+    command_id: str
+    channel: str
+    recipient: str
+    decision: str
+    reason: str
+    rule: str
+    at: datetime
+    # For a deferral: when the contact is tried again.
+    due_at: datetime | None
+
+
+class ContactsPage(BaseModel):
+    loan_id: str
+    decisions: list[DecisionView]
+    next_after: int | None
+
+
+class DecisionCount(BaseModel):
+    decision: str
+    reason: str
+    rule: str
+    count: int
+
+
+class Summary(BaseModel):
+    by_decision: list[DecisionCount] = Field(
+        description="Decisions taken, by outcome, reason and rule")
+    totals: dict[str, int] = Field(description="Decisions taken, by outcome")
+    dispatches: dict[str, int] = Field(description="Contact commands by current status")
+
+
+router = APIRouter(prefix="/v1")
+# Routes that never answer 404 advertise only the validation problem.
+INVALID_ONLY: dict[int | str, dict[str, Any]] = {422: PROBLEM_RESPONSES[422]}
+
+
+def _masked(value: str | None) -> str | None:
+    return None if value is None else mask_text(value)
+
+
+@router.put("/borrowers/{borrower_id}/contact-details", status_code=204,
+            responses=INVALID_ONLY, tags=["contact details"],
+            summary="Store (replace) a borrower's contact details")
+async def put_contact_details(borrower_id: BorrowerIdPath, body: ContactDetailsIn,
+                              engine: Engine, clock: Now) -> Response:
+    g = body.guarantor
+    details = ContactDetails(
+        borrower_id=borrower_id, language=body.language,
+        debtor=Party(email=body.email, phone=body.phone, postal_address=body.postal_address),
+        guarantor=Party(name=g.name, email=g.email, phone=g.phone,
+                        postal_address=g.postal_address) if g else None)
+    async with engine.begin() as conn:
+        await ContactDetailsRepository(conn).put(details, now=clock.now())
+    return Response(status_code=204)
+
+
+@router.get("/borrowers/{borrower_id}/contact-details", response_model=ContactDetailsView,
+            responses=PROBLEM_RESPONSES, tags=["contact details"],
+            summary="A borrower's contact details, masked")
+async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine) -> ContactDetailsView:
+    async with engine.connect() as conn:
+        found = await ContactDetailsRepository(conn).get(borrower_id)
+    if found is None:
+        raise ProblemError(404, "No contact details",
+                           f"No contact details are stored for borrower {borrower_id}.",
+                           type_="https://collections.example/problems/no-contact-details")
+    details, updated_at = found
+    g = details.guarantor
+    return ContactDetailsView(
+        borrower_id=borrower_id, language=details.language,
+        email=mask_email(details.debtor.email) if details.debtor.email else None,
+        phone=mask_phone(details.debtor.phone) if details.debtor.phone else None,
+        postal_address=_masked(details.debtor.postal_address),
+        guarantor=GuarantorView(
+            name=mask_text(g.name or "", keep=1),
+            email=mask_email(g.email) if g.email else None,
+            phone=mask_phone(g.phone) if g.phone else None,
+            postal_address=_masked(g.postal_address)) if g else None,
+        updated_at=updated_at)
+
+
+@router.get("/contacts", response_model=ContactsPage, responses=INVALID_ONLY,
+            tags=["contacts"], summary="Every decision taken on a loan's contacts, oldest first")
+async def get_contacts(engine: Engine,
+                       loan_id: Annotated[str, Query(pattern=_ID, examples=["L-000123"])],
+                       after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                       limit: Annotated[int, Query(ge=1, le=500)] = 200) -> ContactsPage:
+    async with engine.connect() as conn:
+        rows = await DispatchRepository(conn).decisions_of(loan_id, after_id=after,
+                                                           limit=limit)
+    decisions = [DecisionView(
+        id=r.id, command_id=r.command_id, channel=r.channel, recipient=r.recipient,
+        decision=r.decision, reason=r.reason, rule=r.rule, at=r.at, due_at=r.due_at,
+    ) for r in rows]
+    return ContactsPage(loan_id=loan_id, decisions=decisions,
+                        next_after=decisions[-1].id if len(decisions) == limit else None)
+
+
+@router.get("/contacts/summary", response_model=Summary, tags=["reports"],
+            summary="Decisions by outcome and reason; commands by status")
+async def get_summary(engine: Engine) -> Summary:
+    async with engine.connect() as conn:
+        return Summary(**await DispatchRepository(conn).summary())

@@ -1,0 +1,83 @@
+"""Build the notifier from its settings: the only place that wires adapters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from collections_kit.clock import Clock, SystemClock
+from collections_kit.consumer import ConsumerLoop
+from collections_kit.db import make_engine
+from collections_kit.outbox import OutboxRelay
+from collections_kit.runtime import Runtime, make_app, make_producer
+from collections_kit.topics import Topic
+from notifier.adapters.email import SmtpChannel
+from notifier.adapters.recording import RecordingChannel
+from notifier.adapters.tables import inbox, outbox
+from notifier.app.dispatcher import Dispatcher, DispatcherConfig
+from notifier.app.handlers import NotifierHandlers
+from notifier.app.ports import Channel
+from notifier.domain.model import ChannelName
+from notifier.domain.policy import DispatchPolicy
+from notifier.entrypoints.api import router
+from notifier.settings import NotifierSettings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+CONSUMED = (Topic.CONTACT_COMMANDS, Topic.LOANS_REPAYMENT)
+
+DESCRIPTION = """Turns the workflow's contact commands into lawful contacts, or into
+recorded reasons why not.
+
+Just before sending it checks again: workflow cancellations, the ledger confirmation's
+validity, repayments the confirmation may not have seen, whether the recipient is a party
+at this stage, contact details, and the contact window in the borrower's own time zone.
+Every decision is recorded with its reason and rule and published as a contact outcome.
+Contact details arrive here by REST only; they never travel on Kafka."""
+
+
+def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
+                  policy: DispatchPolicy | None = None,
+                  channels: dict[ChannelName, Channel] | None = None) -> Runtime:
+    clock = clock or SystemClock()
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                         schema=settings.db_schema)
+    # Statements here carry addresses; a database error must not print them into a log.
+    engine.sync_engine.hide_parameters = True
+    producer = make_producer(settings)
+    relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
+    policy = policy or DispatchPolicy.of(
+        recheck_lookback=timedelta(seconds=settings.recheck_lookback_s))
+    if channels is None:
+        smtp = SmtpChannel(
+            host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
+            timeout_s=settings.smtp_timeout_s, username=settings.smtp_username,
+            password=(settings.smtp_password.get_secret_value()
+                      if settings.smtp_password else None),
+            use_tls=settings.smtp_use_tls, start_tls=settings.smtp_start_tls)
+        recorder = RecordingChannel(engine, clock)
+        channels = {"email": smtp, "sms": recorder, "voice": recorder, "letter": recorder}
+    dispatcher = Dispatcher(
+        engine=engine, outbox=outbox, schema=settings.db_schema,
+        source=settings.service_name, topic_prefix=settings.topic_prefix, policy=policy,
+        channels=channels, clock=clock,
+        config=DispatcherConfig(
+            opt_out_url=settings.opt_out_url, batch=settings.dispatch_batch,
+            concurrency=settings.dispatch_concurrency,
+            sending_lease=timedelta(seconds=settings.sending_lease_s),
+            max_attempts=settings.send_max_attempts,
+            retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
+            safety_poll_s=settings.dispatch_safety_poll_s))
+    loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+                        topics=[t.value for t in CONSUMED],
+                        handlers=NotifierHandlers(policy).routes(), clock=clock,
+                        on_committed=dispatcher.wake)
+    return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
+                   loops=[loop], workers=[dispatcher.run],
+                   state={"clock": clock, "dispatcher": dispatcher})
+
+
+def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
+    return make_app(runtime, title="Collections notifier", version="1.0.0",
+                    description=DESCRIPTION, routers=[router], manage_runtime=manage_runtime)

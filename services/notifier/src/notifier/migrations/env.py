@@ -1,0 +1,4 @@
+from collections_kit.migrate import run_env
+from notifier.adapters.tables import metadata
+
+run_env(metadata)

@@ -1,0 +1,345 @@
+"""The notifier's handlers, dispatcher, channels and REST API against a real PostgreSQL.
+
+Kafka stays out of it: handlers are called with a transaction like the consumer loop's, and
+the outcomes are read from the outbox, which is what the relay would publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from collections_kit import contract as c
+from collections_kit.clock import FixedClock
+from collections_kit.envelope import Envelope
+from collections_kit.outbox import Tx, flush
+from collections_kit.runtime import Runtime
+from notifier.adapters.tables import dispatches, outbox, recorded_sends
+from notifier.app.dispatcher import Dispatcher
+from notifier.app.handlers import NotifierHandlers
+from notifier.app.ports import OutgoingMessage, SendError
+from notifier.domain.policy import DispatchPolicy
+from notifier.entrypoints import bootstrap
+from notifier.settings import NotifierSettings
+from tests.support import migrate
+
+# 10:00 in Shanghai, 21:00 (outside the US window) in New York.
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+
+@dataclass
+class Mailbox:
+    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), _free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Notifier:
+    runtime: Runtime
+    clock: FixedClock
+    http: httpx.AsyncClient
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        dispatcher: Dispatcher = self.runtime.state["dispatcher"]
+        return dispatcher
+
+    async def deliver(self, message: c.Message, event_id: str) -> None:
+        """Run the handler as the consumer loop would: one transaction, outbox flushed."""
+        routes = NotifierHandlers(DispatchPolicy()).routes()
+        async with self.runtime.engine.begin() as conn:
+            tx = Tx(conn=conn, now=self.clock.now(), source="test", topic_prefix="")
+            subject = str(getattr(message, "loan_id", ""))
+            await routes[type(message)](tx, Envelope(
+                id=event_id, type="test", source="test", time=self.clock.now(),
+                subject=subject, data=message))
+            await flush(tx, outbox, "notifier")
+
+    async def outcomes(self) -> list[c.ContactOutcome]:
+        async with self.runtime.engine.connect() as conn:
+            rows = await conn.execute(select(outbox.c.value).order_by(outbox.c.id))
+            return [c.ContactOutcome.model_validate(json.loads(r.value)) for r in rows]
+
+    async def status(self, command_id: str) -> str:
+        async with self.runtime.engine.connect() as conn:
+            status = await conn.scalar(
+                select(dispatches.c.status).where(dispatches.c.command_id == command_id))
+        assert isinstance(status, str)
+        return status
+
+
+def _settings(database_url: str, smtp_port: int, **extra: Any) -> NotifierSettings:
+    return NotifierSettings(database_url=database_url, smtp_port=smtp_port,
+                            send_retry_backoff_s=0, **extra)
+
+
+@pytest.fixture
+async def notifier(database_url: str, mailbox: tuple[Mailbox, int]) -> AsyncIterator[Notifier]:
+    settings = _settings(database_url, mailbox[1])
+    await migrate(bootstrap.MIGRATIONS, database_url, settings.db_schema)
+    clock = FixedClock(NOW)
+    runtime = bootstrap.build_runtime(settings, clock=clock)
+    app = bootstrap.create_app(runtime, manage_runtime=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://notifier") as http:
+        yield Notifier(runtime, clock, http)
+    await runtime.engine.dispose()
+
+
+def command(command_id: str, loan_id: str = "L1", borrower_id: str = "B1", *,
+            at: datetime = NOW, **changes: Any) -> c.ContactCommand:
+    fields: dict[str, Any] = {
+        "command_id": command_id, "intent_id": f"i-{command_id}", "case_id": f"c-{loan_id}",
+        "loan_id": loan_id, "borrower_id": borrower_id, "recipient": "debtor",
+        "channel": "email", "stage": "warning", "template": "warning-reminder",
+        "currency": "CNY", "amount_due": Decimal("1234.50"), "confirmation_id": "conf-1",
+        "ledger_watermark": 3, "confirmed_at": at - timedelta(minutes=1),
+        "confirmation_valid_until": at + timedelta(minutes=30),
+        "borrower_time_zone": "Asia/Shanghai", "jurisdiction": "CN",
+        "issued_at": at - timedelta(minutes=1)}
+    fields.update(changes)
+    return c.ContactCommand(**fields)
+
+
+async def put_details(n: Notifier, borrower_id: str = "B1", **body: Any) -> None:
+    payload = {"language": "zh-CN", "email": "zhang.san@example.com",
+               "phone": "+8613812341234", "postal_address": "北京市朝阳区某路 1 号", **body}
+    response = await n.http.put(f"/v1/borrowers/{borrower_id}/contact-details", json=payload)
+    assert response.status_code == 204, response.text
+
+
+async def test_each_command_is_decided_once_recorded_and_announced(
+        notifier: Notifier, mailbox: tuple[Mailbox, int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await put_details(notifier)
+    await put_details(notifier, "B2", language="en", email="bob@example.com")
+    await notifier.deliver(command("C1"), "e1")
+    await notifier.deliver(command("C1"), "e1-again")  # the same command twice: stored once
+    await notifier.deliver(command("C2", channel="sms"), "e2")
+    await notifier.deliver(command("C3", "L2", "B2", jurisdiction="US", currency="USD",
+                                   borrower_time_zone="America/New_York"), "e3")
+    await notifier.deliver(command("C4", "L3", "NOBODY"), "e4")
+
+    assert await notifier.dispatcher.dispatch_once() == 4
+
+    box = mailbox[0]
+    assert len(box.messages) == 1
+    recipients, raw = box.messages[0]
+    assert recipients == ["zhang.san@example.com"]
+    assert b"Message-ID: <C1@lender.example>" in raw
+    async with notifier.runtime.engine.connect() as conn:
+        recorded = (await conn.execute(select(recorded_sends))).all()
+    assert [(r.command_id, r.channel, r.address) for r in recorded] == [
+        ("C2", "sms", "+8613812341234")]
+    assert "1,234.50 CNY" in recorded[0].body
+
+    outcomes = {o.command_id: (o.outcome, o.reason, o.rule) for o in await notifier.outcomes()}
+    assert outcomes == {
+        "C1": ("sent", "all_checks_passed", "CN.contact_window"),
+        "C2": ("sent", "all_checks_passed", "CN.contact_window"),
+        "C3": ("deferred", "outside_contact_window", "US.contact_window"),
+        "C4": ("blocked", "no_contact_details", "contact_details"),
+    }
+    page = (await notifier.http.get("/v1/contacts", params={"loan_id": "L2"})).json()
+    assert [(d["decision"], d["due_at"]) for d in page["decisions"]] == [
+        ("deferred", "2026-11-23T13:00:00Z")]  # 08:00 in New York
+    summary = (await notifier.http.get("/v1/contacts/summary")).json()
+    assert summary["totals"] == {"blocked": 1, "deferred": 1, "sent": 2}
+    masked = (await notifier.http.get("/v1/borrowers/B1/contact-details")).json()
+    assert masked["email"] == "z***@example.com" and masked["phone"] == "+86*******1234"
+
+    # Nothing is due until New York wakes up; at 08:00 there the deferral goes out.
+    assert await notifier.dispatcher.dispatch_once() == 0
+    notifier.clock.set(datetime(2026, 11, 23, 13, 0, tzinfo=UTC))
+    await notifier.deliver(command("C5", "L2", "B2", jurisdiction="US", currency="USD",
+                                   borrower_time_zone="America/New_York",
+                                   at=notifier.clock.now()), "e5")
+    assert await notifier.dispatcher.dispatch_once() == 2
+    assert await notifier.status("C5") == "sent"
+    # C3's confirmation lapsed while it waited: the workflow must confirm again.
+    assert await notifier.status("C3") == "cancelled"
+    # Our log lines carry ids, never contact details (mail.log is the test's SMTP server).
+    ours = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records
+                     if not r.name.startswith("mail.log"))
+    for secret in ("zhang.san", "bob@example.com", "13812341234", "朝阳区"):
+        assert secret not in ours
+
+
+async def test_a_cancellation_stops_pending_commands_and_late_ones_issued_before_it(
+        notifier: Notifier) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1"), "e1")
+    await notifier.deliver(c.ContactCancelled(loan_id="L1", reason="repaid",
+                                              cancelled_at=NOW), "e2")
+    assert await notifier.status("C1") == "cancelled"
+    # Issued before the cancellation, arrived after it.
+    await notifier.deliver(command("C2", issued_at=NOW - timedelta(minutes=5)), "e3")
+    await notifier.dispatcher.dispatch_once()
+    assert await notifier.status("C2") == "cancelled"
+    outcomes = [(o.command_id, o.outcome, o.reason) for o in await notifier.outcomes()]
+    assert outcomes == [("C1", "cancelled", "repaid"), ("C2", "cancelled", "repaid")]
+
+
+async def test_a_repayment_after_the_confirmation_cancels_unless_reversed(
+        notifier: Notifier) -> None:
+    await put_details(notifier)
+    for loan, repayment in (("L1", "R1"), ("L2", "R2")):
+        await notifier.deliver(c.RepaymentReceived(
+            repayment_id=repayment, loan_id=loan, currency="CNY", amount=Decimal("10"),
+            outstanding_balance_after=Decimal("990"),
+            received_at=NOW - timedelta(minutes=2)), f"pay-{loan}")
+    await notifier.deliver(c.RepaymentReversed(
+        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("1000"), reversed_at=NOW), "rev-L2")
+    await notifier.deliver(command("C1", "L1"), "e1")
+    await notifier.deliver(command("C2", "L2"), "e2")
+    await notifier.dispatcher.dispatch_once()
+    assert await notifier.status("C1") == "cancelled"
+    assert await notifier.status("C2") == "sent"
+
+
+async def test_two_dispatchers_never_take_the_same_row(
+        notifier: Notifier, mailbox: tuple[Mailbox, int], database_url: str) -> None:
+    await put_details(notifier)
+    for i in range(40):
+        await notifier.deliver(command(f"C{i:02d}", f"L{i:02d}"), f"e{i}")
+    replicas = [bootstrap.build_runtime(_settings(database_url, mailbox[1], dispatch_batch=5),
+                                        clock=notifier.clock) for _ in range(2)]
+    claimed = [0, 0]
+    try:
+        for _ in range(20):
+            got = await asyncio.gather(*(r.state["dispatcher"].dispatch_once()
+                                         for r in replicas))
+            claimed = [a + b for a, b in zip(claimed, got, strict=True)]
+            if sum(got) == 0:
+                break
+    finally:
+        for r in replicas:
+            await r.engine.dispose()
+    assert sum(claimed) == 40 and all(claimed), claimed
+    ids = [raw.split(b"Message-ID: <", 1)[1].split(b"@", 1)[0] for _, raw in mailbox[0].messages]
+    assert len(ids) == 40 and len(set(ids)) == 40
+    assert [o.outcome for o in await notifier.outcomes()] == ["sent"] * 40
+
+
+class Flaky:
+    """A channel that fails the first ``failures`` calls with a transient error."""
+
+    def __init__(self, failures: int, *, permanent: bool = False) -> None:
+        self.failures = failures
+        self.permanent = permanent
+        self.calls: list[str] = []
+
+    async def send(self, message: OutgoingMessage) -> None:
+        self.calls.append(message.command_id)
+        if len(self.calls) <= self.failures:
+            raise SendError("provider_503", permanent=self.permanent)
+
+
+async def _with_channel(database_url: str, smtp_port: int, channel: Flaky,
+                        **extra: Any) -> tuple[Runtime, Dispatcher]:
+    runtime = bootstrap.build_runtime(
+        _settings(database_url, smtp_port, **extra), clock=FixedClock(NOW),
+        channels={"email": channel, "sms": channel, "voice": channel, "letter": channel})
+    dispatcher: Dispatcher = runtime.state["dispatcher"]
+    return runtime, dispatcher
+
+
+async def test_transient_failures_are_retried_then_fail_for_good(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1"), "e1")
+    flaky = Flaky(failures=10)
+    runtime, dispatcher = await _with_channel(database_url, mailbox[1], flaky,
+                                              send_max_attempts=3)
+    try:
+        for _ in range(5):
+            await dispatcher.dispatch_once()
+    finally:
+        await runtime.engine.dispose()
+    assert flaky.calls == ["C1"] * 3
+    assert await notifier.status("C1") == "failed"
+    assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
+        ("failed", "provider_503", "channel.email")]
+
+
+async def test_a_row_abandoned_mid_send_is_taken_again_after_its_lease(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1"), "e1")
+    hanging = Flaky(failures=0)
+    runtime, dispatcher = await _with_channel(database_url, mailbox[1], hanging)
+    try:
+        # The first dispatcher marks the row "sending" and dies before calling the channel.
+        planned, claimed = await dispatcher._decide_due()
+        assert claimed == 1 and await notifier.status("C1") == "sending"
+        assert await notifier.dispatcher.dispatch_once() == 0  # leased: not taken
+        notifier.clock.set(NOW + timedelta(seconds=121))
+        assert await notifier.dispatcher.dispatch_once() == 1
+        assert await notifier.status("C1") == "sent"
+        # The late finisher finds the row owned by another attempt and changes nothing.
+        await dispatcher._finish(planned[0], None)
+    finally:
+        await runtime.engine.dispose()
+    assert [o.outcome for o in await notifier.outcomes()] == ["sent"]
+
+
+class Refusing:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        return f"550 5.1.1 <{address}> no such mailbox"
+
+
+async def test_a_refused_recipient_fails_at_once_and_the_address_stays_out_of_logs(
+        notifier: Notifier, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = _free_port()
+    controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
+    controller.start()
+    runtime = bootstrap.build_runtime(_settings(database_url, port), clock=notifier.clock)
+    try:
+        await put_details(notifier)
+        await notifier.deliver(command("C1"), "e1")
+        await runtime.state["dispatcher"].dispatch_once()
+    finally:
+        controller.stop()
+        await runtime.engine.dispose()
+    assert await notifier.status("C1") == "failed"
+    assert [(o.outcome, o.reason) for o in await notifier.outcomes()] == [
+        ("failed", "smtp_550")]
+    ours = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records
+                     if not r.name.startswith("mail.log"))
+    assert "zhang.san" not in ours

@@ -1,0 +1,86 @@
+"""Window arithmetic at its edges, message texts, masking, and the REST input's validation."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import ValidationError
+
+from notifier.domain import templates
+from notifier.domain.masking import mask_email, mask_phone, mask_text
+from notifier.domain.policy import ContactWindow
+from notifier.domain.window import first_instant_at, next_allowed
+from notifier.entrypoints.api import ContactDetailsIn
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def test_a_wall_time_inside_the_spring_gap_maps_to_the_transition() -> None:
+    # 2026-03-08 02:30 never shows on New York clocks: they jump from 02:00 EST to 03:00 EDT.
+    assert first_instant_at(date(2026, 3, 8), time(2, 30), NEW_YORK) == datetime(
+        2026, 3, 8, 7, 0, tzinfo=UTC)
+
+
+def test_a_repeated_wall_time_in_the_autumn_maps_to_its_first_occurrence() -> None:
+    # 01:30 shows twice on 2026-11-01: first in EDT (05:30 UTC), then in EST.
+    assert first_instant_at(date(2026, 11, 1), time(1, 30), NEW_YORK) == datetime(
+        2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
+def test_a_window_start_inside_a_gap_opens_at_the_transition() -> None:
+    window = ContactWindow(time(2, 30), time(21, 0))
+    at = datetime(2026, 3, 8, 1, 0, tzinfo=NEW_YORK)
+    assert next_allowed(at, NEW_YORK, window) == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
+
+
+def test_a_day_skipped_by_the_zone_is_skipped_by_the_window() -> None:
+    # Samoa skipped 2011-12-30 entirely when it moved across the date line.
+    apia = ZoneInfo("Pacific/Apia")
+    window = ContactWindow(time(8, 0), time(21, 0))
+    at = datetime(2011, 12, 29, 22, 0, tzinfo=apia)
+    assert next_allowed(at, apia, window) == datetime(2011, 12, 31, 8, 0, tzinfo=apia)
+
+
+def test_windows_must_be_within_one_day() -> None:
+    with pytest.raises(ValueError, match="start before it ends"):
+        ContactWindow(time(22, 0), time(8, 0))
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+@pytest.mark.parametrize("name", ["warning-reminder", "formal-notice", "guarantor-notice"])
+def test_every_template_names_the_amount_and_currency(language: str, name: str) -> None:
+    text = templates.render(name, language, channel="email", loan_id="L1",  # type: ignore[arg-type]
+                            amount=Decimal("12345.5"), currency="CNY",
+                            opt_out_url="https://lender.example/stop", name="Li")
+    assert "12,345.50 CNY" in text.body
+    assert "https://lender.example/stop" in text.body  # the opt-out line
+
+
+def test_letters_carry_no_electronic_opt_out_line() -> None:
+    text = templates.render("formal-notice", "en", channel="letter", loan_id="L1",
+                            amount=Decimal("1"), currency="USD", opt_out_url="https://x/stop")
+    assert "https://x/stop" not in text.body
+
+
+def test_masking_keeps_enough_to_recognise_and_no_more() -> None:
+    assert mask_email("zhang.san@example.com") == "z***@example.com"
+    assert mask_phone("+8613812341234") == "+86*******1234"
+    assert mask_text("北京市朝阳区某路 1 号") == "北京市***"
+    assert mask_text("李四", keep=1) == "李***"
+
+
+def test_contact_details_input_is_validated() -> None:
+    ok = ContactDetailsIn.model_validate({"language": "en", "email": "a@b.co",
+                                          "phone": "+14155550123"})
+    assert ok.phone == "+14155550123"
+    for bad in ({"language": "fr"}, {"language": "en", "email": "not-an-address"},
+                {"language": "en", "email": "a@b.co\r\nBcc: x@y.z"},
+                {"language": "en", "phone": "13812341234"},
+                {"language": "en", "phone": "+0123"},
+                {"language": "en", "guarantor": {"phone": "+14155550123"}},
+                {"language": "en", "fax": "+14155550123"}):
+        with pytest.raises(ValidationError):
+            ContactDetailsIn.model_validate(bad)
