@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 from scripts import lending
 from scripts import stack as local_stack
 from scripts.infra import create_database, create_topics, delete_topics, drop_database, producer
-from scripts.services import ROOT, Fleet
+from scripts.services import CLEAN_EXIT, ROOT, Fleet
 
 LOANS = int(os.environ.get("DEMO_LOANS", "1000"))
 SMTP_PORT = int(os.environ.get("DEMO_SMTP_PORT", "2526"))
@@ -210,7 +210,7 @@ async def run() -> int:
         await drop_database(admin_url, db_name)
         if started_stack:
             local_stack.ensure_down()
-        if any(code not in (0, None) for code in codes.values()):
+        if any(code not in CLEAN_EXIT for code in codes.values()):
             print(f"a service exited badly: {codes}", file=sys.stderr)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# uvicorn re-raises SIGTERM once its graceful shutdown is done, so that is a clean exit.
+CLEAN_EXIT = (0, -signal.SIGTERM, None)
 
 SERVICES: dict[str, tuple[str, str]] = {
     # name: (python module, env prefix)

@@ -23,7 +23,7 @@ from collections_kit.envelope import Envelope
 from collections_kit.topics import Topic
 from scripts import lending
 from scripts.infra import producer
-from scripts.services import Fleet
+from scripts.services import CLEAN_EXIT, Fleet
 from tests.support import eventually, read_topic
 
 SMTP_PORT = 2537
@@ -60,7 +60,7 @@ async def fleet(stack: dict[str, str], database_url: str, topic_prefix: str,
         yield fleet
     finally:
         codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in (0, None) for code in codes.values()), codes
+        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 def zone_at_midday() -> str:

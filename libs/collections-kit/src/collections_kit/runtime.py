@@ -149,16 +149,28 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     return app
 
 
-def serve(app: FastAPI, settings: ServiceSettings) -> int:
-    """Run the app until SIGTERM; exit non-zero if a background loop died."""
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                            log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    runtime: Runtime = app.state.runtime
+def serve(build_app: Callable[[], FastAPI], settings: ServiceSettings) -> int:
+    """Run the service until SIGTERM; exit non-zero if a background loop died.
 
-    def fatal() -> None:
-        server.should_exit = True
+    The app is built inside the event loop because the Kafka clients bind to the running
+    loop when they are created.
+    """
+    failed = False
 
-    runtime.on_fatal = fatal
-    server.run()
-    return 1 if runtime.failed else 0
+    async def main() -> None:
+        nonlocal failed
+        app = build_app()
+        config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                log_config=None, access_log=False, lifespan="on")
+        server = uvicorn.Server(config)
+        runtime: Runtime = app.state.runtime
+
+        def fatal() -> None:
+            server.should_exit = True
+
+        runtime.on_fatal = fatal
+        await server.serve()
+        failed = runtime.failed
+
+    asyncio.run(main())
+    return 1 if failed else 0

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
         upgrade(MIGRATIONS, settings.database_url, settings.db_schema)
         return 0
     if command == "serve":
-        return serve(create_app(build_runtime(settings)), settings)
+        return serve(lambda: create_app(build_runtime(settings)), settings)
     sys.stderr.write("usage: python -m ledger_sync [serve|migrate]\n")
     return 2
 
