@@ -126,10 +126,12 @@ def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
     print("\nContact intents (workflow):")
     for label, count in sorted(intents.items()):
         print(f"  {label:<40} {count:>6}")
+    decisions: Counter[str] = Counter()
+    for row in nt.get("by_decision", []):
+        decisions[row["decision"] + ("/" + row["reason"] if row["reason"] else "")] += row["count"]
     print("\nContact decisions (notifier):")
-    for row in sorted(nt.get("by_decision", []), key=lambda r: (r["decision"], r["reason"])):
-        print(f"  {row['decision'] + ('/' + row['reason'] if row['reason'] else ''):<40} "
-              f"{row['count']:>6}")
+    for label, count in sorted(decisions.items()):
+        print(f"  {label:<40} {count:>6}")
     sent = sum(r["count"] for r in nt.get("by_decision", []) if r["decision"] == "sent")
     repaid = sum(v for k, v in intents.items() if "repaid" in k or "nothing_owed" in k) + sum(
         r["count"] for r in nt.get("by_decision", [])
