@@ -27,6 +27,8 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
         connect_args=connect_args,
+        # Statement parameters can hold personal data; errors must not echo them into logs.
+        hide_parameters=True,
     )
 
 

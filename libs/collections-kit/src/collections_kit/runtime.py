@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
@@ -30,7 +30,15 @@ from collections_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class Worker(Protocol):
+    """A background loop: runs until ``stop`` is set and beats while it makes progress."""
+
+    heartbeat: float
+
+    def run(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]: ...
+
 # A loop that has not beaten for this long is stuck: liveness fails and the pod restarts.
 STALL_AFTER_S = 60.0
 
@@ -64,11 +72,8 @@ class Runtime:
     async def start(self) -> None:
         await self.producer.start()
         self._stop.clear()
-        runnables: list[tuple[str, Worker]] = [("relay", self.relay.run)]
-        runnables += [(f"consumer-{i}", loop.run) for i, loop in enumerate(self.loops)]
-        runnables += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
-        for name, run in runnables:
-            task = asyncio.create_task(run(self._stop), name=name)
+        for name, worker in self._named_workers():
+            task = asyncio.create_task(worker.run(self._stop), name=name)
             task.add_done_callback(self._on_done)
             self._tasks.append(task)
 
@@ -93,12 +98,17 @@ class Runtime:
         await self.producer.stop()
         await self.engine.dispose()
 
+    def _named_workers(self) -> list[tuple[str, Worker]]:
+        named: list[tuple[str, Worker]] = [("relay", self.relay)]
+        named += [(f"consumer-{i}", loop) for i, loop in enumerate(self.loops)]
+        named += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
+        return named
+
     def live(self) -> bool:
         if self.failed:
             return False
         now = time.monotonic()
-        beats = [self.relay.heartbeat, *(loop.heartbeat for loop in self.loops)]
-        return all(now - beat < STALL_AFTER_S for beat in beats)
+        return all(now - w.heartbeat < STALL_AFTER_S for _, w in self._named_workers())
 
     async def ready(self) -> bool:
         try:

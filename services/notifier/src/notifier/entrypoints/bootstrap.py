@@ -43,8 +43,6 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
     clock = clock or SystemClock()
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
                          schema=settings.db_schema)
-    # Statements here carry addresses; a database error must not print them into a log.
-    engine.sync_engine.hide_parameters = True
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     policy = policy or DispatchPolicy.of(
@@ -74,7 +72,7 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
                         handlers=NotifierHandlers(policy).routes(), clock=clock,
                         on_committed=dispatcher.wake)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[loop], workers=[dispatcher.run],
+                   loops=[loop], workers=[dispatcher],
                    state={"clock": clock, "dispatcher": dispatcher})
 
 
