@@ -45,7 +45,7 @@ unit: install
 test: lint contracts-check stack-up
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
-demo: stack-up
+demo: install
 	$(RUN) python -m scripts.demo
 
 clean: stack-down

@@ -140,6 +140,7 @@ async def _openapi_docs() -> dict[str, dict[str, Any]]:
                                    ("notifier", notifier, NotifierSettings())):
         runtime = module.build_runtime(settings)
         docs[name] = module.create_app(runtime, manage_runtime=False).openapi()
+        await runtime.producer.stop()
         await runtime.engine.dispose()
     return docs
 
