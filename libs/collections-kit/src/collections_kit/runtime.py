@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -118,6 +118,15 @@ class Runtime:
         except Exception:
             return False
         return True
+
+
+def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.runtime.engine
+    return engine
+
+
+# Route dependency: the service's engine, from the runtime the app was built with.
+EngineDep = Annotated[AsyncEngine, Depends(_engine)]
 
 
 def make_app(runtime: Runtime, *, title: str, version: str, description: str,

@@ -5,21 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.money import Amount
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
+from collections_kit.runtime import EngineDep as Engine
 from ledger_sync.adapters.repository import LedgerRepository
 
-
-def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
-
-
-Engine = Annotated[AsyncEngine, Depends(_engine)]
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
 
 

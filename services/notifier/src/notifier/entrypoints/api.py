@@ -7,18 +7,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
+from collections_kit.runtime import EngineDep as Engine
 from notifier.adapters.repository import ContactDetailsRepository, DispatchRepository
 from notifier.domain.masking import mask_email, mask_phone, mask_text
 from notifier.domain.model import ContactDetails, Party
-
-
-def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
 
 
 def _clock(request: Request) -> Clock:
@@ -26,7 +21,6 @@ def _clock(request: Request) -> Clock:
     return clock
 
 
-Engine = Annotated[AsyncEngine, Depends(_engine)]
 Now = Annotated[Clock, Depends(_clock)]
 _ID = r"^[A-Za-z0-9._:-]{1,64}$"
 BorrowerIdPath = Annotated[str, Path(pattern=_ID, examples=["B-000123"])]

@@ -6,21 +6,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.money import Amount
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
+from collections_kit.runtime import EngineDep as Engine
 from workflow.adapters.repository import CaseRepository
 
-
-def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
-
-
-Engine = Annotated[AsyncEngine, Depends(_engine)]
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
 
 
