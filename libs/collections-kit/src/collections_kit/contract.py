@@ -197,6 +197,47 @@ class CaseClosed(Message):
     closed_at: AwareDatetime
 
 
+HoldKind = Literal["hardship", "dispute", "breathing_space", "operator"]
+
+
+class CaseHeld(Message):
+    """A case is on hold: no escalation, no contact, until it is resumed (or the hold ends)."""
+
+    case_id: str
+    loan_id: LoanId
+    hold_id: str
+    kind: HoldKind
+    reason: str = Field(max_length=500)
+    # Breathing space ends by itself after its legal length; other holds need a resume.
+    until: AwareDatetime | None = None
+    actor: str
+    held_at: AwareDatetime
+
+
+class CaseResumed(Message):
+    case_id: str
+    loan_id: LoanId
+    hold_id: str
+    reason: str = Field(max_length=500)
+    actor: str
+    resumed_at: AwareDatetime
+
+
+class BalanceCorrected(Message):
+    """Reconciliation found the collections view drifted from the ledger.
+
+    ``nothing_owed`` tells the workflow to close the case (settled correction); ``drift``
+    carries the ledger's amount for the case to adopt.
+    """
+
+    loan_id: LoanId
+    kind: Literal["nothing_owed", "drift"]
+    currency: CurrencyCode
+    ledger_outstanding: Amount
+    ledger_watermark: int = Field(ge=0)
+    corrected_at: AwareDatetime
+
+
 class DeadLetter(Message):
     """A message a consumer could not process, with where it came from and why."""
 
@@ -255,6 +296,14 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 "A case moved between stages.", _WORKFLOW),
     MessageSpec("collections.case.closed.v1", Topic.CASE_EVENTS, CaseClosed,
                 "A case left collections.", _WORKFLOW),
+    MessageSpec("collections.case.held.v1", Topic.CASE_EVENTS, CaseHeld,
+                "A case was put on hold; nothing escalates or contacts until resumed.",
+                _WORKFLOW),
+    MessageSpec("collections.case.resumed.v1", Topic.CASE_EVENTS, CaseResumed,
+                "A hold ended; contact needs a fresh ledger confirmation.", _WORKFLOW),
+    MessageSpec("collections.balance.corrected.v1", Topic.BALANCE_CONFIRMATIONS,
+                BalanceCorrected, "Reconciliation corrected a case's balance from the ledger.",
+                _LEDGER_SYNC),
     MessageSpec("collections.dead-letter.v1", Topic.DLQ, DeadLetter,
                 "A message that could not be processed, with its origin and the reason.",
                 "any consumer"),
