@@ -1,18 +1,17 @@
-"""The workflow's decisions, without I/O."""
+"""The workflow's decisions for each kind of input, without I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from workflow.domain import decide as d
 from workflow.domain import messages as m
-from workflow.domain.model import CaseStatus, Exit, IntentStatus
-from workflow.domain.policy import DEFAULT_POLICY, STAGE_ORDER, Stage
+from workflow.domain.lifecycle import Phase
+from workflow.domain.model import Case, CaseStatus, ContactIntent, Exit, IntentStatus, TimerKind
+from workflow.domain.policy import DEFAULT_POLICY, Stage
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 POLICY = DEFAULT_POLICY
@@ -28,13 +27,24 @@ def overdue(dpd: int = 5, *, as_of: datetime = NOW, event_id: str = "e1",
                              Decimal(outstanding), dpd, as_of, "Asia/Shanghai", "CN")
 
 
+def run(case: Case | None, event: d.Input, intents: Sequence[ContactIntent] = (),
+        at: datetime = NOW) -> d.Decision:
+    return d.decide(case, list(intents), event, POLICY, at, ids)
+
+
 def opened() -> d.Decision:
-    return d.on_overdue(None, [], overdue(), POLICY, NOW, ids)
+    return run(None, overdue())
 
 
-def confirmation(check_id: str, *, valid_for: timedelta = timedelta(minutes=30)
-                 ) -> m.BalanceConfirmed:
-    return m.BalanceConfirmed("e2", check_id, "conf-1", Decimal("990.00"), 7, NOW,
+def open_case() -> Case:
+    case = opened().case
+    assert case is not None
+    return case
+
+
+def confirmation(check_id: str, *, valid_for: timedelta = timedelta(minutes=30),
+                 amount: str = "1000.00") -> m.BalanceConfirmed:
+    return m.BalanceConfirmed("e2", check_id, "conf-1", Decimal(amount), 7, NOW,
                               NOW + valid_for)
 
 
@@ -46,61 +56,63 @@ def test_a_first_overdue_report_opens_a_case_in_warning_and_asks_for_confirmatio
     assert all(i.status is IntentStatus.AWAITING_CONFIRMATION for i in decision.intents)
     checks = [e for e in decision.effects if isinstance(e, d.RequestBalanceCheck)]
     assert [c.intent for c in checks] == list(decision.intents)
-    # Nothing reaches the notifier before the ledger confirms.
     assert not any(isinstance(e, d.IssueContactCommand) for e in decision.effects)
+    assert {t.kind for t in decision.timers} == {TimerKind.STAGE_TIME_LIMIT}
 
 
 def test_an_overdue_report_no_newer_than_the_last_applied_changes_nothing() -> None:
-    case = opened().case
-    assert case is not None
-    stale = d.on_overdue(case, [], overdue(40, as_of=NOW), POLICY, NOW, ids)
+    stale = run(open_case(), overdue(40, as_of=NOW))
     assert stale.case is None and not stale.effects
     assert stale.timeline[0].kind == "stale_overdue_ignored"
 
 
 def test_escalation_moves_one_stage_per_report_even_when_far_past_due() -> None:
-    case = opened().case
-    assert case is not None
-    later = d.on_overdue(case, [], overdue(200, as_of=NOW + timedelta(days=1)), POLICY, NOW,
-                         ids)
+    later = run(open_case(), overdue(200, as_of=NOW + timedelta(days=1)))
     assert later.case is not None and later.case.stage is Stage.FORMAL_NOTICE
-    assert d.AnnounceStageChanged(Stage.WARNING, Stage.FORMAL_NOTICE, "days_past_due") \
+    assert d.AnnounceStageChanged(Stage.WARNING, Stage.FORMAL_NOTICE, "dpd_threshold") \
         in later.effects
+    assert {t.kind for t in later.timers} == {TimerKind.STAGE_TIME_LIMIT,
+                                              TimerKind.NOTICE_DEADLINE}
 
 
 def test_confirmation_turns_the_intent_into_a_command() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    result = d.on_balance_confirmed(decision.case, intent, confirmation(intent.intent_id),
-                                    POLICY, NOW, ids)
+    result = run(decision.case, confirmation(intent.check_id), decision.intents)
     (command,) = [e for e in result.effects if isinstance(e, d.IssueContactCommand)]
     assert command.intent.status is IntentStatus.COMMANDED
     assert command.intent.confirmation_id == "conf-1"
+
+
+def test_a_ledger_amount_beyond_tolerance_is_used_and_the_mismatch_recorded() -> None:
+    decision = opened()
+    assert decision.case is not None
+    intent = decision.intents[0]
+    result = run(decision.case, confirmation(intent.check_id, amount="700.00"),
+                 decision.intents)
+    assert result.case is not None and result.case.outstanding == Decimal("700.00")
+    assert "balance_mismatch" in [e.kind for e in result.timeline]
 
 
 def test_an_expired_confirmation_yields_no_command() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    result = d.on_balance_confirmed(decision.case, intent,
-                                    confirmation(intent.intent_id, valid_for=timedelta(0)),
-                                    POLICY, NOW, ids)
+    result = run(decision.case, confirmation(intent.check_id, valid_for=timedelta(0)),
+                 decision.intents)
     assert not result.effects and result.timeline[0].kind == "confirmation_expired"
 
 
 def test_full_repayment_closes_the_case_and_cancels_everything_pending() -> None:
     decision = opened()
     assert decision.case is not None
-    paid = d.on_repayment(decision.case, decision.intents,
-                          m.RepaymentReceived("e3", "R1", Decimal("1000"), Decimal("0"), NOW),
-                          POLICY, NOW)
+    paid = run(decision.case, m.RepaymentReceived("e3", "R1", Decimal("1000"), Decimal("0"),
+                                                  NOW), decision.intents)
     assert paid.case is not None and paid.case.exit is Exit.REPAID
     assert all(i.status is IntentStatus.CANCELLED for i in paid.intents)
     assert d.CancelContacts("repaid") in paid.effects
-    # A confirmation arriving afterwards must not produce a command.
-    late = d.on_balance_confirmed(paid.case, paid.intents[0],
-                                  confirmation(paid.intents[0].intent_id), POLICY, NOW, ids)
+    late = run(paid.case, confirmation(decision.intents[0].check_id), paid.intents)
     assert not late.effects
 
 
@@ -108,32 +120,129 @@ def test_ledger_saying_nothing_is_owed_closes_the_case() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    refused = d.on_balance_refused(decision.case, intent, decision.intents,
-                                   m.BalanceRefused("e4", intent.intent_id, "nothing_owed", ""),
-                                   POLICY, NOW)
+    refused = run(decision.case, m.BalanceRefused("e4", intent.check_id, "nothing_owed", ""),
+                  decision.intents)
     assert refused.case is not None and refused.case.status is CaseStatus.CLOSED
     assert not any(isinstance(e, d.IssueContactCommand) for e in refused.effects)
 
 
-def test_a_reversal_reopens_a_repaid_case_and_needs_a_new_confirmation() -> None:
+def test_a_stale_projection_schedules_a_recheck_with_backoff() -> None:
     decision = opened()
     assert decision.case is not None
-    closed = replace(decision.case, status=CaseStatus.CLOSED, exit=Exit.REPAID)
-    reopened = d.on_reversal(closed, m.RepaymentReversed("e5", "R1", Decimal("1000"),
-                                                         Decimal("1000"), NOW), POLICY, NOW, ids)
+    intent = decision.intents[0]
+    refused = run(decision.case,
+                  m.BalanceRefused("e5", intent.check_id, "projection_stale", "api down"),
+                  decision.intents)
+    (waiting,) = refused.intents
+    assert waiting.status is IntentStatus.AWAITING_RECHECK and waiting.attempts == 1
+    (timer,) = refused.timers
+    assert timer.kind is TimerKind.RECHECK and timer.due_at == NOW + POLICY.recheck_base
+    fired = run(decision.case, m.TimerFired("t1", "recheck", timer.token, timer.due_at),
+                (waiting,), at=timer.due_at)
+    (again,) = fired.intents
+    assert again.status is IntentStatus.AWAITING_CONFIRMATION
+    assert again.check_id != intent.check_id  # a new question for ledger-sync
+    assert [type(e) for e in fired.effects] == [d.RequestBalanceCheck]
+
+
+def test_a_reversal_reopens_a_repaid_case_and_needs_a_new_confirmation() -> None:
+    closed = replace(open_case(), status=CaseStatus.CLOSED, exit=Exit.REPAID)
+    reopened = run(closed, m.RepaymentReversed("e5", "R1", Decimal("1000"), Decimal("1000"),
+                                               NOW))
     assert reopened.case is not None and reopened.case.is_open
     assert reopened.case.stage is closed.stage
     assert all(isinstance(e, d.RequestBalanceCheck) for e in reopened.effects)
 
 
-@given(st.lists(st.tuples(st.integers(0, 400), st.integers(-3, 3)), min_size=1, max_size=30))
-def test_stages_only_ever_advance_one_at_a_time(reports: list[tuple[int, int]]) -> None:
-    case = opened().case
-    assert case is not None
-    for dpd, shift in reports:
-        as_of = case.last_overdue_as_of + timedelta(hours=shift)
-        decision = d.on_overdue(case, [], overdue(dpd, as_of=as_of), POLICY, NOW, ids)
-        if decision.case is not None:
-            step = STAGE_ORDER.index(decision.case.stage) - STAGE_ORDER.index(case.stage)
-            assert step in (0, 1)
-            case = decision.case
+def test_a_held_case_resumes_only_with_a_reason_and_reconfirms_first() -> None:
+    held = run(open_case(), m.RequestHold("k1", "hardship", "hospital", "agent:1"),
+               opened().intents)
+    assert held.case is not None and held.case.phase is Phase.HELD
+    assert d.CancelContacts("held") in held.effects
+    resumed = run(held.case, m.RequestResume("k2", "discharged", "agent:1"))
+    assert resumed.case is not None and resumed.case.is_open
+    kinds = [type(e) for e in resumed.effects]
+    assert d.RequestBalanceCheck in kinds and d.IssueContactCommand not in kinds
+    assert d.AnnounceResumed in kinds
+
+
+def test_a_dispute_resumes_only_after_verification() -> None:
+    held = run(open_case(), m.RequestHold("k1", "dispute", "borrower disputes", "agent:1"))
+    assert held.case is not None
+    refused = run(held.case, m.RequestResume("k2", "done", "agent:1"))
+    assert refused.rejected is not None
+    ok = run(held.case, m.RequestResume("k3", "done", "agent:1", "debt verified"))
+    assert ok.case is not None and ok.case.is_open
+
+
+def test_breathing_space_ends_by_itself_within_sixty_days() -> None:
+    held = run(open_case(), m.RequestHold("k1", "breathing_space", "debt advice", "agent:1",
+                                          until=NOW + timedelta(days=365)))
+    assert held.case is not None and held.case.hold is not None
+    assert held.case.hold.until == NOW + timedelta(days=60)
+    (timer,) = held.timers
+    expired = run(held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at),
+                  at=timer.due_at)
+    assert expired.case is not None and expired.case.is_open
+
+
+def test_the_ten_percent_down_six_month_plan_kept_to_the_end_settles_the_case() -> None:
+    case = replace(open_case(), outstanding=Decimal("500000"))
+    down = Decimal("50000")
+    monthly = Decimal("75000")
+    schedule = (m.InstalmentTerms(NOW + timedelta(days=1), down), *(
+        m.InstalmentTerms(NOW + timedelta(days=30 * (n + 1)), monthly) for n in range(6)))
+    plan = run(case, m.RecordArrangement("k1", "instalment_plan", schedule, "agent:1",
+                                         interest_reduction=Decimal("20000")))
+    assert plan.case is not None and plan.case.phase is Phase.ARRANGED
+    assert len(plan.timers) == 7
+    state, owed = plan.case, Decimal("500000")
+    for n, (timer, terms) in enumerate(zip(plan.timers, schedule, strict=True)):
+        owed -= terms.amount
+        paid = run(state, m.RepaymentReceived(f"r{n}", f"R{n}", terms.amount,
+                                              max(owed, Decimal("1.00") + 1), NOW))
+        state = paid.case or state
+        if n < 6:
+            kept = run(state, m.TimerFired(f"t{n}", "arrangement_due", timer.token,
+                                           timer.due_at), at=timer.due_at)
+            assert kept.timeline[0].kind == "instalment_kept"
+    assert state.status is CaseStatus.CLOSED and state.exit is Exit.SETTLED
+
+
+def test_a_missed_instalment_breaks_the_plan_and_escalates() -> None:
+    schedule = (m.InstalmentTerms(NOW + timedelta(days=1), Decimal("100")),
+                m.InstalmentTerms(NOW + timedelta(days=31), Decimal("900")))
+    plan = run(open_case(), m.RecordArrangement("k1", "instalment_plan", schedule, "agent:1"))
+    assert plan.case is not None
+    first = plan.timers[0]
+    broken = run(plan.case, m.TimerFired("t", "arrangement_due", first.token, first.due_at),
+                 at=first.due_at)
+    assert broken.case is not None and broken.case.stage is Stage.FORMAL_NOTICE
+    assert broken.case.arrangement is None
+
+
+def test_refusing_to_communicate_goes_to_litigation() -> None:
+    case = replace(open_case(), unanswered_contacts=POLICY.unanswered_limit - 1)
+    result = run(case, m.ContactOutcomeReported("e", "c1", "i1", "voice", "unanswered", ""))
+    assert result.case is not None and result.case.stage is Stage.LITIGATION
+
+
+def test_fraud_goes_straight_to_litigation_and_judgment_leads_to_enforcement() -> None:
+    fraud = run(open_case(), m.RequestEscalation("k1", "fraud", "forged documents", "agent:1"))
+    assert fraud.case is not None and fraud.case.stage is Stage.LITIGATION
+    early = run(fraud.case, m.RecordLegalMilestone("k2", "enforcement_applied", "X", "legal"))
+    assert early.rejected is not None
+    judged = run(fraud.case, m.RecordLegalMilestone("k3", "judgment", "(2026) 1", "legal"))
+    assert judged.case is not None
+    enforced = run(judged.case, m.RecordLegalMilestone("k4", "enforcement_applied", "E1",
+                                                       "legal"))
+    assert enforced.case is not None and enforced.case.stage is Stage.ENFORCEMENT
+
+
+def test_a_stale_stage_timer_does_nothing() -> None:
+    case = open_case()
+    moved = run(case, overdue(35, as_of=NOW + timedelta(days=1))).case
+    assert moved is not None
+    fired = run(moved, m.TimerFired("t", "stage_time_limit", str(case.stage_epoch), NOW))
+    assert fired.case is None and fired.timeline[0].kind == "timer_stale"
+    assert not d.timer_is_current(moved, TimerKind.STAGE_TIME_LIMIT, str(case.stage_epoch))

@@ -1,28 +1,77 @@
-"""Cases, intents and timeline in PostgreSQL."""
+"""Cases, intents, timers and the timeline in PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from workflow.adapters.tables import cases, contact_intents, timeline
+from collections_kit.clock import derived_id
+from workflow.adapters.tables import cases, contact_intents, timeline, timers
+from workflow.domain.decide import timer_is_current
 from workflow.domain.model import (
+    Arrangement,
+    ArrangementKind,
     Case,
     CaseStatus,
     ContactIntent,
     Exit,
+    Hold,
+    HoldKind,
+    Instalment,
     IntentStatus,
     TimelineEntry,
+    Timer,
+    TimerKind,
 )
 from workflow.domain.policy import Stage
 
 
-def _case(row: Any) -> Case:
+def _hold_json(hold: Hold | None) -> dict[str, Any] | None:
+    if hold is None:
+        return None
+    return {"hold_id": hold.hold_id, "kind": hold.kind.value, "reason": hold.reason,
+            "actor": hold.actor, "started_at": hold.started_at.isoformat(),
+            "until": hold.until.isoformat() if hold.until else None}
+
+
+def _hold(data: dict[str, Any] | None) -> Hold | None:
+    if not data:
+        return None
+    return Hold(hold_id=data["hold_id"], kind=HoldKind(data["kind"]), reason=data["reason"],
+                actor=data["actor"], started_at=datetime.fromisoformat(data["started_at"]),
+                until=datetime.fromisoformat(data["until"]) if data.get("until") else None)
+
+
+def _arrangement_json(a: Arrangement | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {"arrangement_id": a.arrangement_id, "kind": a.kind.value,
+            "schedule": [{"due_at": i.due_at.isoformat(), "amount": str(i.amount)}
+                         for i in a.schedule],
+            "created_at": a.created_at.isoformat(), "paid": str(a.paid),
+            "interest_reduction": str(a.interest_reduction)
+            if a.interest_reduction is not None else None, "note": a.note}
+
+
+def _arrangement(data: dict[str, Any] | None) -> Arrangement | None:
+    if not data:
+        return None
+    return Arrangement(
+        arrangement_id=data["arrangement_id"], kind=ArrangementKind(data["kind"]),
+        schedule=tuple(Instalment(datetime.fromisoformat(i["due_at"]), Decimal(i["amount"]))
+                       for i in data["schedule"]),
+        created_at=datetime.fromisoformat(data["created_at"]), paid=Decimal(data["paid"]),
+        interest_reduction=Decimal(data["interest_reduction"])
+        if data.get("interest_reduction") is not None else None, note=data.get("note", ""))
+
+
+def case_from_row(row: Any) -> Case:
     return Case(
         case_id=row.case_id, loan_id=row.loan_id, borrower_id=row.borrower_id,
         product=row.product, currency=row.currency, stage=Stage(row.stage),
@@ -31,16 +80,24 @@ def _case(row: Any) -> Case:
         days_past_due=row.days_past_due, last_overdue_as_of=row.last_overdue_as_of,
         borrower_time_zone=row.borrower_time_zone, jurisdiction=row.jurisdiction,
         policy_version=row.policy_version, opened_at=row.opened_at, updated_at=row.updated_at,
+        stage_epoch=row.stage_epoch, stage_entered_at=row.stage_entered_at,
+        outstanding_at_stage_entry=row.outstanding_at_stage_entry, hold=_hold(row.hold),
+        arrangement=_arrangement(row.arrangement),
+        unanswered_contacts=row.unanswered_contacts, milestones=tuple(row.milestones or ()),
     )
 
 
-def _intent(row: Any) -> ContactIntent:
+def intent_from_row(row: Any) -> ContactIntent:
     return ContactIntent(
         intent_id=row.intent_id, case_id=row.case_id, loan_id=row.loan_id,
         stage=Stage(row.stage), channel=row.channel, recipient=row.recipient,
         template=row.template, status=IntentStatus(row.status), created_at=row.created_at,
         reason=row.reason, command_id=row.command_id, confirmation_id=row.confirmation_id,
+        check_id=row.check_id, attempts=row.attempts,
     )
+
+
+_PENDING = (IntentStatus.AWAITING_CONFIRMATION.value, IntentStatus.AWAITING_RECHECK.value)
 
 
 class CaseRepository:
@@ -50,65 +107,36 @@ class CaseRepository:
     async def get(self, loan_id: str, *, lock: bool = False) -> Case | None:
         stmt = select(cases).where(cases.c.loan_id == loan_id)
         if lock:
-            # Serialises the handlers of one loan across replicas and the REST API.
+            # Serialises the handlers of one loan across replicas, timers and the REST API.
             stmt = stmt.with_for_update()
         row = (await self._conn.execute(stmt)).first()
-        return _case(row) if row else None
+        return case_from_row(row) if row else None
 
-    async def pending_intents(self, loan_id: str) -> list[ContactIntent]:
-        rows = await self._conn.execute(
-            select(contact_intents).where(
-                contact_intents.c.loan_id == loan_id,
-                contact_intents.c.status == IntentStatus.AWAITING_CONFIRMATION.value,
-            ))
-        return [_intent(r) for r in rows]
-
-    async def intent(self, intent_id: str) -> ContactIntent | None:
-        row = (await self._conn.execute(
-            select(contact_intents).where(contact_intents.c.intent_id == intent_id))).first()
-        return _intent(row) if row else None
+    async def intents_for(self, case_id: str, *, check_id: str | None = None,
+                          intent_id: str | None = None) -> list[ContactIntent]:
+        """The case's pending intents, plus the one a message names (whatever its status)."""
+        wanted: list[ColumnElement[bool]] = [contact_intents.c.status.in_(_PENDING)]
+        if check_id:
+            wanted.append(contact_intents.c.check_id == check_id)
+        if intent_id:
+            wanted.append(contact_intents.c.intent_id == intent_id)
+        rows = await self._conn.execute(select(contact_intents).where(
+            contact_intents.c.case_id == case_id, or_(*wanted)))
+        return [intent_from_row(r) for r in rows]
 
     async def intents_of(self, case_id: str) -> list[ContactIntent]:
         rows = await self._conn.execute(
             select(contact_intents).where(contact_intents.c.case_id == case_id)
             .order_by(contact_intents.c.created_at, contact_intents.c.intent_id))
-        return [_intent(r) for r in rows]
+        return [intent_from_row(r) for r in rows]
 
     async def save(self, case: Case | None, intents: Sequence[ContactIntent],
-                   entries: Sequence[TimelineEntry], subject: Case, *, at: datetime,
-                   actor: str) -> None:
+                   entries: Sequence[TimelineEntry], new_timers: Sequence[Timer],
+                   subject: Case, *, at: datetime, actor: str, cause_id: str) -> None:
         if case is not None:
-            values = {
-                "case_id": case.case_id, "loan_id": case.loan_id,
-                "borrower_id": case.borrower_id, "product": case.product,
-                "currency": case.currency, "stage": case.stage.value,
-                "status": case.status.value, "exit": case.exit.value if case.exit else None,
-                "outstanding": case.outstanding, "amount_overdue": case.amount_overdue,
-                "days_past_due": case.days_past_due,
-                "last_overdue_as_of": case.last_overdue_as_of,
-                "borrower_time_zone": case.borrower_time_zone,
-                "jurisdiction": case.jurisdiction, "policy_version": case.policy_version,
-                "opened_at": case.opened_at, "updated_at": case.updated_at,
-            }
-            stmt = pg_insert(cases).values(values)
-            await self._conn.execute(stmt.on_conflict_do_update(
-                index_elements=[cases.c.case_id],
-                set_={k: stmt.excluded[k] for k in values if k not in ("case_id", "opened_at")},
-            ))
+            await self._save_case(case)
         if intents:
-            rows = [{
-                "intent_id": i.intent_id, "case_id": i.case_id, "loan_id": i.loan_id,
-                "stage": i.stage.value, "channel": i.channel, "recipient": i.recipient,
-                "template": i.template, "status": i.status.value, "reason": i.reason,
-                "command_id": i.command_id, "confirmation_id": i.confirmation_id,
-                "created_at": i.created_at,
-            } for i in intents]
-            stmt = pg_insert(contact_intents).values(rows)
-            await self._conn.execute(stmt.on_conflict_do_update(
-                index_elements=[contact_intents.c.intent_id],
-                set_={k: stmt.excluded[k] for k in ("status", "reason", "command_id",
-                                                     "confirmation_id")},
-            ))
+            await self._save_intents(intents)
         if entries:
             await self._conn.execute(timeline.insert(), [{
                 "case_id": subject.case_id, "loan_id": subject.loan_id, "at": at,
@@ -119,6 +147,82 @@ class CaseRepository:
                 "status_after": e.status_after.value if e.status_after else None,
                 "policy_version": e.policy_version, "detail": e.detail,
             } for e in entries])
+        if new_timers:
+            await self._conn.execute(pg_insert(timers).values([{
+                "timer_id": derived_id(cause_id, f"timer/{t.kind}/{t.token}"),
+                "case_id": subject.case_id, "loan_id": subject.loan_id, "kind": t.kind.value,
+                "token": t.token, "due_at": t.due_at,
+            } for t in new_timers]).on_conflict_do_nothing())
+        if case is not None:
+            await self._supersede_stale_timers(case, at)
+
+    async def _save_case(self, case: Case) -> None:
+        values = {
+            "case_id": case.case_id, "loan_id": case.loan_id,
+            "borrower_id": case.borrower_id, "product": case.product,
+            "currency": case.currency, "stage": case.stage.value,
+            "status": case.status.value, "exit": case.exit.value if case.exit else None,
+            "outstanding": case.outstanding, "amount_overdue": case.amount_overdue,
+            "days_past_due": case.days_past_due,
+            "last_overdue_as_of": case.last_overdue_as_of,
+            "borrower_time_zone": case.borrower_time_zone,
+            "jurisdiction": case.jurisdiction, "policy_version": case.policy_version,
+            "opened_at": case.opened_at, "updated_at": case.updated_at,
+            "stage_epoch": case.stage_epoch, "stage_entered_at": case.stage_entered_at,
+            "outstanding_at_stage_entry": case.outstanding_at_stage_entry,
+            "hold": _hold_json(case.hold), "arrangement": _arrangement_json(case.arrangement),
+            "unanswered_contacts": case.unanswered_contacts,
+            "milestones": list(case.milestones),
+        }
+        stmt = pg_insert(cases).values(values)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[cases.c.case_id],
+            set_={k: stmt.excluded[k] for k in values if k not in ("case_id", "opened_at")},
+        ))
+
+    async def _save_intents(self, intents: Sequence[ContactIntent]) -> None:
+        rows = [{
+            "intent_id": i.intent_id, "case_id": i.case_id, "loan_id": i.loan_id,
+            "stage": i.stage.value, "channel": i.channel, "recipient": i.recipient,
+            "template": i.template, "status": i.status.value, "reason": i.reason,
+            "command_id": i.command_id, "confirmation_id": i.confirmation_id,
+            "created_at": i.created_at, "check_id": i.check_id, "attempts": i.attempts,
+        } for i in intents]
+        stmt = pg_insert(contact_intents).values(rows)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[contact_intents.c.intent_id],
+            set_={k: stmt.excluded[k] for k in ("status", "reason", "command_id",
+                                                 "confirmation_id", "check_id", "attempts")},
+        ))
+
+    async def _supersede_stale_timers(self, case: Case, at: datetime) -> None:
+        """Retire timers the new state made meaningless, and note the next action due."""
+        pending = (await self._conn.execute(select(
+            timers.c.timer_id, timers.c.kind, timers.c.token, timers.c.due_at).where(
+            timers.c.case_id == case.case_id, timers.c.fired_at.is_(None)))).all()
+        stale = [t.timer_id for t in pending
+                 if not timer_is_current(case, TimerKind(t.kind), t.token)]
+        if stale:
+            await self._conn.execute(update(timers).where(timers.c.timer_id.in_(stale))
+                                     .values(fired_at=at, outcome="superseded"))
+        live = [t.due_at for t in pending if t.timer_id not in stale]
+        await self._conn.execute(update(cases).where(cases.c.case_id == case.case_id)
+                                 .values(next_action_at=min(live) if live else None))
+
+    async def claim_due_timers(self, now: datetime, limit: int) -> list[Any]:
+        """Due timers no other replica holds; the caller fires them in this transaction."""
+        return list((await self._conn.execute(
+            select(timers).where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
+            .order_by(timers.c.due_at).limit(limit).with_for_update(skip_locked=True))).all())
+
+    async def mark_fired(self, timer_id: str, at: datetime) -> None:
+        await self._conn.execute(update(timers).where(timers.c.timer_id == timer_id)
+                                 .values(fired_at=at, outcome="fired"))
+
+    async def next_timer_due(self) -> datetime | None:
+        due: datetime | None = await self._conn.scalar(
+            select(func.min(timers.c.due_at)).where(timers.c.fired_at.is_(None)))
+        return due
 
     async def timeline_of(self, case_id: str, *, after_id: int = 0,
                           limit: int = 500) -> list[Any]:
@@ -126,6 +230,35 @@ class CaseRepository:
             select(timeline).where(timeline.c.case_id == case_id, timeline.c.id > after_id)
             .order_by(timeline.c.id).limit(limit))
         return list(rows)
+
+    async def list_cases(self, *, stage: str | None, status: str | None,
+                         dpd_min: int | None, dpd_max: int | None,
+                         next_action_before: datetime | None, after: str | None,
+                         limit: int) -> list[Case]:
+        """Keyset pagination on loan id: stable under inserts, cheap at any depth."""
+        conditions: list[ColumnElement[bool]] = []
+        if stage:
+            conditions.append(cases.c.stage == stage)
+        if status:
+            conditions.append(cases.c.status == status)
+        if dpd_min is not None:
+            conditions.append(cases.c.days_past_due >= dpd_min)
+        if dpd_max is not None:
+            conditions.append(cases.c.days_past_due <= dpd_max)
+        if next_action_before is not None:
+            conditions.append(cases.c.next_action_at <= next_action_before)
+        if after:
+            conditions.append(cases.c.loan_id > after)
+        rows = await self._conn.execute(
+            select(cases).where(and_(True, *conditions)).order_by(cases.c.loan_id).limit(limit))
+        return [case_from_row(r) for r in rows]
+
+    async def next_actions(self, case_ids: Sequence[str]) -> dict[str, datetime | None]:
+        if not case_ids:
+            return {}
+        rows = await self._conn.execute(select(cases.c.case_id, cases.c.next_action_at)
+                                        .where(cases.c.case_id.in_(case_ids)))
+        return {r.case_id: r.next_action_at for r in rows}
 
     async def summary(self) -> dict[str, Any]:
         by_stage = await self._conn.execute(

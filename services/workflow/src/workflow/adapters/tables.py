@@ -13,6 +13,8 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -41,7 +43,17 @@ cases = Table(
     Column("policy_version", Text, nullable=False),
     Column("opened_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("stage_epoch", Integer, nullable=False, server_default="0"),
+    Column("stage_entered_at", DateTime(timezone=True)),
+    Column("outstanding_at_stage_entry", Numeric(20, 6)),
+    Column("hold", JSONB),
+    Column("arrangement", JSONB),
+    Column("unanswered_contacts", Integer, nullable=False, server_default="0"),
+    Column("milestones", JSONB, nullable=False, server_default="[]"),
+    Column("next_action_at", DateTime(timezone=True)),
     Index("ix_cases_stage_status", "status", "stage"),
+    Index("ix_cases_next_action_at", "next_action_at"),
+    Index("ix_cases_dpd", "days_past_due"),
 )
 
 contact_intents = Table(
@@ -59,7 +71,37 @@ contact_intents = Table(
     Column("command_id", Text),
     Column("confirmation_id", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("check_id", Text, nullable=False, server_default=""),
+    Column("attempts", Integer, nullable=False, server_default="0"),
     Index("ix_contact_intents_loan_status", "loan_id", "status"),
+    Index("ix_contact_intents_check_id", "check_id"),
+    Index("ix_contact_intents_case", "case_id"),
+)
+
+timers = Table(
+    "timers",
+    metadata,
+    Column("timer_id", Text, primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True)),
+    # fired | superseded: a superseded timer was made stale by a later transition.
+    Column("outcome", Text),
+    Index("ix_timers_due_unfired", "due_at", postgresql_where=text("fired_at IS NULL")),
+    Index("ix_timers_case", "case_id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("request_hash", Text, nullable=False),
+    Column("status", Integer),
+    Column("body", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 timeline = Table(

@@ -1,7 +1,8 @@
 """Thin handlers: map the wire message to the domain, decide, save, stage effects.
 
-Each runs inside the consumer's transaction (``Tx``): the inbox row, the state change and
-the outbox rows commit together.
+Each runs inside a transaction (``Tx``): the consumer's, the timer worker's or a REST
+request's. The inbox row (or timer row, or idempotency key), the state change and the
+outbox rows commit together.
 """
 
 from __future__ import annotations
@@ -23,13 +24,34 @@ from workflow.domain.policy import PolicyBook
 log = logging.getLogger(__name__)
 
 
-def _ids(cause_id: str) -> Callable[[str], str]:
+def ids(cause_id: str) -> Callable[[str], str]:
     return lambda label: derived_id(cause_id, label)
 
 
-class WorkflowHandlers:
+class Workflow:
+    """The one way anything changes a case: lock it, decide, save, publish."""
+
     def __init__(self, policies: PolicyBook) -> None:
         self._policies = policies
+
+    async def run(self, tx: Tx, loan_id: str, event: d.Input, cause_id: str, *,
+                  check_id: str | None = None, intent_id: str | None = None
+                  ) -> tuple[Case | None, d.Decision]:
+        repo = CaseRepository(tx.conn)
+        case = await repo.get(loan_id, lock=True)
+        intents = (await repo.intents_for(case.case_id, check_id=check_id, intent_id=intent_id)
+                   if case else [])
+        product = case.product if case else getattr(event, "product", "")
+        decision = d.decide(case, intents, event, self._policies.for_product(product), tx.now,
+                            ids(cause_id))
+        if decision.rejected is None:
+            await apply(tx, repo, case, decision, cause_id)
+        return case, decision
+
+
+class WorkflowHandlers:
+    def __init__(self, workflow: Workflow) -> None:
+        self._workflow = workflow
 
     def routes(self) -> dict[type[c.Message], Handler]:
         return {
@@ -38,94 +60,61 @@ class WorkflowHandlers:
             c.RepaymentReversed: self.reversal,
             c.BalanceConfirmed: self.confirmed,
             c.BalanceRefused: self.refused,
+            c.BalanceCorrected: self.corrected,
             c.ContactOutcome: self.outcome,
         }
 
     async def overdue(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.LoanOverdue)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id, lock=True)
-        pending = await repo.pending_intents(data.loan_id) if case else []
-        event = m.OverdueReported(
+        await self._workflow.run(tx, data.loan_id, m.OverdueReported(
             event_id=env.id, loan_id=data.loan_id, borrower_id=data.borrower_id,
             product=data.product, currency=data.currency, amount_overdue=data.amount_overdue,
             outstanding=data.outstanding_balance, days_past_due=data.days_past_due,
             as_of=data.as_of, borrower_time_zone=data.borrower_time_zone,
-            jurisdiction=data.jurisdiction,
-        )
-        policy = self._policies.for_product(data.product)
-        decision = d.on_overdue(case, pending, event, policy, tx.now, _ids(env.id))
-        await apply(tx, repo, case, decision, env.id)
+            jurisdiction=data.jurisdiction), env.id)
 
     async def repayment(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.RepaymentReceived)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id, lock=True)
-        if case is None:
-            return  # a repayment on a loan we never chased concerns no case
-        event = m.RepaymentReceived(env.id, data.repayment_id, data.amount,
-                                    data.outstanding_balance_after, data.received_at)
-        decision = d.on_repayment(case, await repo.pending_intents(data.loan_id), event,
-                                  self._policies.for_product(case.product), tx.now)
-        await apply(tx, repo, case, decision, env.id)
+        # A repayment on a loan we never chased concerns no case: the decision says so.
+        await self._workflow.run(tx, data.loan_id, m.RepaymentReceived(
+            env.id, data.repayment_id, data.amount, data.outstanding_balance_after,
+            data.received_at), env.id)
 
     async def reversal(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.RepaymentReversed)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id, lock=True)
-        if case is None:
-            return
-        event = m.RepaymentReversed(env.id, data.repayment_id, data.amount,
-                                    data.outstanding_balance_after, data.reversed_at)
-        decision = d.on_reversal(case, event, self._policies.for_product(case.product),
-                                 tx.now, _ids(env.id))
-        await apply(tx, repo, case, decision, env.id)
+        await self._workflow.run(tx, data.loan_id, m.RepaymentReversed(
+            env.id, data.repayment_id, data.amount, data.outstanding_balance_after,
+            data.reversed_at), env.id)
 
     async def confirmed(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.BalanceConfirmed)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id, lock=True)
-        intent = await repo.intent(data.check_id)
-        if case is None or intent is None:
-            log.warning("confirmation for unknown check", extra={"check_id": data.check_id})
-            return
-        event = m.BalanceConfirmed(env.id, data.check_id, data.confirmation_id,
-                                   data.confirmed_outstanding, data.ledger_watermark,
-                                   data.confirmed_at, data.valid_until)
-        decision = d.on_balance_confirmed(case, intent, event,
-                                          self._policies.for_product(case.product), tx.now,
-                                          _ids(env.id))
-        await apply(tx, repo, case, decision, env.id)
+        await self._workflow.run(tx, data.loan_id, m.BalanceConfirmed(
+            env.id, data.check_id, data.confirmation_id, data.confirmed_outstanding,
+            data.ledger_watermark, data.confirmed_at, data.valid_until), env.id,
+            check_id=data.check_id)
 
     async def refused(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.BalanceRefused)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id, lock=True)
-        intent = await repo.intent(data.check_id)
-        if case is None or intent is None:
-            log.warning("refusal for unknown check", extra={"check_id": data.check_id})
-            return
-        event = m.BalanceRefused(env.id, data.check_id, data.reason, data.detail)
-        decision = d.on_balance_refused(case, intent, await repo.pending_intents(data.loan_id),
-                                        event, self._policies.for_product(case.product), tx.now)
-        await apply(tx, repo, case, decision, env.id)
+        await self._workflow.run(tx, data.loan_id, m.BalanceRefused(
+            env.id, data.check_id, data.reason, data.detail), env.id, check_id=data.check_id)
+
+    async def corrected(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.BalanceCorrected)
+        await self._workflow.run(tx, data.loan_id, m.BalanceCorrected(
+            env.id, data.kind, data.ledger_outstanding), env.id)
 
     async def outcome(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.ContactOutcome)
-        repo = CaseRepository(tx.conn)
-        case = await repo.get(data.loan_id)
-        if case is None:
-            return
-        event = m.ContactOutcomeReported(env.id, data.command_id, data.intent_id, data.channel,
-                                         data.outcome, data.reason)
-        decision = d.on_contact_outcome(case, event, self._policies.for_product(case.product))
-        await apply(tx, repo, case, decision, env.id)
+        await self._workflow.run(tx, data.loan_id, m.ContactOutcomeReported(
+            env.id, data.command_id, data.intent_id, data.channel, data.outcome, data.reason),
+            env.id, intent_id=data.intent_id)
 
 
 async def apply(tx: Tx, repo: CaseRepository, before: Case | None, decision: d.Decision,
@@ -134,19 +123,18 @@ async def apply(tx: Tx, repo: CaseRepository, before: Case | None, decision: d.D
     subject = decision.case or before
     if subject is None:
         return
-    await repo.save(decision.case, decision.intents, decision.timeline, subject, at=tx.now,
-                    actor=tx.actor)
+    await repo.save(decision.case, decision.intents, decision.timeline, decision.timers,
+                    subject, at=tx.now, actor=tx.actor, cause_id=cause_id)
     for n, effect in enumerate(decision.effects):
-        event_id = derived_id(cause_id, f"effect/{n}")
-        message = _message_for(effect, subject, tx)
-        tx.publish(message, event_id=event_id, subject=subject.loan_id)
+        tx.publish(_message_for(effect, subject, tx), event_id=derived_id(cause_id, f"effect/{n}"),
+                   subject=subject.loan_id)
 
 
 def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:
     match effect:
         case d.RequestBalanceCheck(intent=intent, expected_outstanding=expected):
             return c.BalanceCheckRequested(
-                check_id=intent.intent_id, loan_id=case.loan_id, currency=case.currency,
+                check_id=intent.check_id, loan_id=case.loan_id, currency=case.currency,
                 expected_outstanding=expected, requested_at=tx.now)
         case d.IssueContactCommand(intent=intent, confirmation=conf):
             assert intent.command_id is not None
@@ -176,4 +164,12 @@ def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:
         case d.AnnounceCaseClosed(exit=exit_, cause=cause):
             return c.CaseClosed(case_id=case.case_id, loan_id=case.loan_id,
                                 outcome=exit_.value, cause=cause, closed_at=tx.now)
+        case d.AnnounceHeld(hold=hold):
+            return c.CaseHeld(case_id=case.case_id, loan_id=case.loan_id, hold_id=hold.hold_id,
+                              kind=hold.kind.value, reason=hold.reason, until=hold.until,
+                              actor=hold.actor, held_at=tx.now)
+        case d.AnnounceResumed(hold=hold, reason=reason, actor=actor):
+            return c.CaseResumed(case_id=case.case_id, loan_id=case.loan_id,
+                                 hold_id=hold.hold_id, reason=reason, actor=actor,
+                                 resumed_at=tx.now)
     raise AssertionError(f"unhandled effect {effect!r}")

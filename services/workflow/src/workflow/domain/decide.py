@@ -1,18 +1,18 @@
-"""The workflow's decisions: ``(case, intents, message, policy, now) -> Decision``.
+"""The workflow's decisions: ``decide(case, intents, input, policy, now, new_id)``.
 
-Pure functions. They never read a clock or mint random ids: ``now`` is given and ids come
-from ``new_id(label)``, which the app derives from the causing event, so replaying an
-event yields the same decision to the letter.
+Pure. It never reads a clock or mints random ids: ``now`` is given and ids come from
+``new_id(label)``, which the app derives from the causing event or request, so replaying
+an input yields the same decision to the letter.
 
-Rules worth knowing (also in the README):
-- An overdue report older than (or as old as) the last one applied changes nothing.
-- A case escalates at most one stage per overdue report: no stage is skipped.
-- No contact command without a ledger confirmation for that very intent, and none for a
-  case that is not open or an intent that is no longer pending.
-- A full repayment (lending system's balance within tolerance) closes the case as repaid
-  and cancels every pending intent; a cancellation goes to the notifier too.
-- A reversal reopens a repaid case at the stage it left; its contacts need a new
-  confirmation, because the earlier ones were for money since repaid.
+How an input becomes a decision: it is mapped to a :class:`Trigger` (or handled as plain
+bookkeeping, such as a contact outcome), the lifecycle table gives the rule for the case's
+phase, and the rule is applied here. Rules worth knowing (also in the README):
+- An overdue report older than, or as old as, the last one applied changes nothing.
+- A case escalates at most one stage at a time; only suspected fraud, refusal to
+  communicate and an unreasonable proposal jump straight to litigation.
+- No contact command without a ledger confirmation for that very balance check, and none
+  for a case that is held or closed. Resuming and reopening re-confirm before any contact.
+- A timer scheduled under an older stage epoch, hold or arrangement does nothing.
 """
 
 from __future__ import annotations
@@ -21,19 +21,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from itertools import pairwise
 
 from workflow.domain import messages as m
+from workflow.domain.lifecycle import PRE_LEGAL, Phase, Rule, Trigger, transition
 from workflow.domain.model import (
+    Arrangement,
+    ArrangementKind,
     Case,
     CaseStatus,
     ContactIntent,
     Exit,
+    Hold,
+    HoldKind,
+    Instalment,
     IntentStatus,
     TimelineEntry,
+    Timer,
+    TimerKind,
 )
-from workflow.domain.policy import EscalationPolicy, Stage, next_stage
+from workflow.domain.policy import STAGE_ORDER, EscalationPolicy, Stage, next_stage
 
 NewId = Callable[[str], str]
+
+
+# --- effects: what the app turns into outgoing messages -----------------------------------
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ class IssueContactCommand:
 
 @dataclass(frozen=True)
 class CancelContacts:
-    reason: str
+    reason: str  # repaid | settled | closed | held | written_off
 
 
 @dataclass(frozen=True)
@@ -71,199 +83,586 @@ class AnnounceCaseClosed:
     cause: str
 
 
+@dataclass(frozen=True)
+class AnnounceHeld:
+    hold: Hold
+
+
+@dataclass(frozen=True)
+class AnnounceResumed:
+    hold: Hold
+    reason: str
+    actor: str
+
+
 Effect = (RequestBalanceCheck | IssueContactCommand | CancelContacts | AnnounceCaseOpened
-          | AnnounceStageChanged | AnnounceCaseClosed)
+          | AnnounceStageChanged | AnnounceCaseClosed | AnnounceHeld | AnnounceResumed)
+
+Input = (m.OverdueReported | m.RepaymentReceived | m.RepaymentReversed | m.BalanceConfirmed
+         | m.BalanceRefused | m.BalanceCorrected | m.ContactOutcomeReported | m.TimerFired
+         | m.RequestHold | m.RequestResume | m.RecordArrangement | m.RequestEscalation
+         | m.RecordLegalMilestone | m.RequestClosure)
 
 
 @dataclass(frozen=True)
 class Decision:
+    # The case to save (None: unchanged).
     case: Case | None
     # New or changed intents, to be saved.
     intents: tuple[ContactIntent, ...] = ()
     effects: tuple[Effect, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
+    timers: tuple[Timer, ...] = ()
+    # Set when a person's request is refused (HTTP 409); nothing else happens then.
+    rejected: str | None = None
+
+    def then(self, other: Decision) -> Decision:
+        return Decision(
+            case=other.case or self.case,
+            intents=_merge_intents(self.intents, other.intents),
+            effects=self.effects + other.effects,
+            timeline=self.timeline + other.timeline,
+            timers=self.timers + other.timers,
+            rejected=self.rejected or other.rejected,
+        )
 
 
-def _entry(kind: str, cause: str, before: Case | None, after: Case | None,
-           policy: EscalationPolicy, **detail: object) -> TimelineEntry:
+def _merge_intents(first: Sequence[ContactIntent],
+                   second: Sequence[ContactIntent]) -> tuple[ContactIntent, ...]:
+    merged = {i.intent_id: i for i in first}
+    merged.update({i.intent_id: i for i in second})
+    return tuple(merged.values())
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    policy: EscalationPolicy
+    now: datetime
+    new_id: NewId
+    cause: str
+
+
+def _entry(ctx: _Ctx, what: str, before: Case | None, after: Case | None,
+           **detail: object) -> TimelineEntry:
     return TimelineEntry(
-        kind=kind, cause=cause,
+        kind=what, cause=ctx.cause,
         stage_before=before.stage if before else None,
         stage_after=after.stage if after else None,
         status_before=before.status if before else None,
         status_after=after.status if after else None,
-        policy_version=policy.version,
-        detail=dict(detail),
+        policy_version=ctx.policy.version,
+        detail={k: v for k, v in detail.items() if v is not None},
     )
 
 
-def _plan_contacts(case: Case, policy: EscalationPolicy, now: datetime,
-                   new_id: NewId) -> tuple[tuple[ContactIntent, ...], tuple[Effect, ...]]:
-    intents = tuple(
-        ContactIntent(
-            intent_id=new_id(f"intent/{case.stage}/{i}"), case_id=case.case_id,
-            loan_id=case.loan_id, stage=case.stage, channel=plan.channel,
-            recipient=plan.recipient, template=plan.template,
-            status=IntentStatus.AWAITING_CONFIRMATION, created_at=now,
-        )
-        for i, plan in enumerate(policy.for_stage(case.stage).contacts)
+# --- building blocks --------------------------------------------------------------------
+
+
+def _plan_contacts(case: Case, ctx: _Ctx, label: str) -> Decision:
+    """Intents for the stage's contacts, each waiting for a ledger confirmation."""
+    intents = []
+    for i, plan in enumerate(ctx.policy.for_stage(case.stage).contacts):
+        intent_id = ctx.new_id(f"intent/{label}/{case.stage}/{i}")
+        intents.append(ContactIntent(
+            intent_id=intent_id, case_id=case.case_id, loan_id=case.loan_id, stage=case.stage,
+            channel=plan.channel, recipient=plan.recipient, template=plan.template,
+            status=IntentStatus.AWAITING_CONFIRMATION, created_at=ctx.now,
+            check_id=ctx.new_id(f"check/{label}/{case.stage}/{i}")))
+    return Decision(
+        case=None, intents=tuple(intents),
+        effects=tuple(RequestBalanceCheck(i, case.outstanding) for i in intents),
+        timeline=tuple(_entry(ctx, "contact_intent_recorded", case, case,
+                              intent_id=i.intent_id, channel=i.channel, recipient=i.recipient)
+                       for i in intents),
     )
-    return intents, tuple(RequestBalanceCheck(i, case.outstanding) for i in intents)
 
 
-def _cancel_pending(pending: Sequence[ContactIntent], reason: str) -> tuple[ContactIntent, ...]:
+def _cancel_pending(intents: Sequence[ContactIntent], reason: str) -> tuple[ContactIntent, ...]:
     return tuple(replace(i, status=IntentStatus.CANCELLED, reason=reason)
-                 for i in pending if i.is_pending)
+                 for i in intents if i.is_pending)
 
 
-def on_overdue(case: Case | None, pending: Sequence[ContactIntent], event: m.OverdueReported,
-               policy: EscalationPolicy, now: datetime, new_id: NewId) -> Decision:
-    cause = f"event:{event.event_id}"
+def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
+    timers = []
+    limit = ctx.policy.for_stage(case.stage).max_duration
+    if limit is not None:
+        timers.append(Timer(TimerKind.STAGE_TIME_LIMIT, ctx.now + limit, str(case.stage_epoch)))
+    if case.stage is Stage.FORMAL_NOTICE:
+        timers.append(Timer(TimerKind.NOTICE_DEADLINE,
+                            ctx.now + ctx.policy.notice_response_deadline,
+                            str(case.stage_epoch)))
+    return tuple(timers)
+
+
+def _enter_stage(case: Case, intents: Sequence[ContactIntent], target: Stage, ctx: _Ctx,
+                 trigger: Trigger, why: str) -> Decision:
+    moved = replace(case, stage=target, status=CaseStatus.OPEN, arrangement=None,
+                    stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
+                    outstanding_at_stage_entry=case.outstanding, unanswered_contacts=0,
+                    policy_version=ctx.policy.version, updated_at=ctx.now)
+    contacts = _plan_contacts(moved, ctx, f"stage-{moved.stage_epoch}")
+    return Decision(
+        case=moved, intents=_cancel_pending(intents, "superseded_by_stage_change"),
+        effects=(AnnounceStageChanged(case.stage, target, trigger.value),),
+        timeline=(_entry(ctx, "stage_changed", case, moved, trigger=trigger.value,
+                         why=why or None),),
+        timers=_stage_timers(moved, ctx),
+    ).then(contacts)
+
+
+def _close(case: Case, intents: Sequence[ContactIntent], exit_: Exit, ctx: _Ctx,
+           trigger: Trigger, **detail: object) -> Decision:
+    closed = replace(case, status=CaseStatus.CLOSED, exit=exit_, hold=None, arrangement=None,
+                     stage_epoch=case.stage_epoch + 1, policy_version=ctx.policy.version,
+                     updated_at=ctx.now)
+    return Decision(
+        case=closed, intents=_cancel_pending(intents, exit_.value),
+        effects=(CancelContacts(exit_.value), AnnounceCaseClosed(exit_, trigger.value)),
+        timeline=(_entry(ctx, "case_closed", case, closed, exit=exit_.value,
+                         trigger=trigger.value, **detail),),
+    )
+
+
+def _reopen(case: Case, ctx: _Ctx, kind: str, **detail: object) -> Decision:
+    """Back to collecting at the case's stage: every contact needs a fresh confirmation."""
+    reopened = replace(case, status=CaseStatus.OPEN, exit=None, hold=None,
+                       stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
+                       policy_version=ctx.policy.version, updated_at=ctx.now)
+    return Decision(case=reopened, timeline=(_entry(ctx, kind, case, reopened, **detail),),
+                    timers=_stage_timers(reopened, ctx)
+                    ).then(_plan_contacts(reopened, ctx, f"reopen-{reopened.stage_epoch}"))
+
+
+def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, ctx: _Ctx, *,
+           changed: bool = False, hold: Hold | None = None,
+           arrangement: Arrangement | None = None, actor: str = "system",
+           reason: str = "", **detail: object) -> Decision:
+    """Apply the lifecycle table's rule for ``trigger`` to ``case``.
+
+    ``changed`` says ``case`` already carries bookkeeping changes (balance, days past due)
+    that must be saved even when the rule itself changes nothing.
+    """
+    rule = transition(case.phase, trigger)
+    keep = case if changed else None
+    match rule.rule:
+        case Rule.REJECT:
+            return Decision(case=None, rejected=rule.why)
+        case Rule.IGNORE:
+            return Decision(case=keep, timeline=(_entry(
+                ctx, "ignored", case, case, trigger=trigger.value, why=rule.why, **detail),))
+        case Rule.STAY:
+            return Decision(case=keep, timeline=(_entry(
+                ctx, trigger.value, case, case, why=rule.why or None, **detail),))
+        case Rule.ADVANCE:
+            target = next_stage(case.stage)
+            assert target is not None, "the table never advances from the last stage"
+            return _enter_stage(case, intents, target, ctx, trigger, reason or rule.why)
+        case Rule.TO_LITIGATION:
+            return _enter_stage(case, intents, Stage.LITIGATION, ctx, trigger,
+                                reason or rule.why)
+        case Rule.TO_ENFORCEMENT:
+            return _enter_stage(case, intents, Stage.ENFORCEMENT, ctx, trigger,
+                                reason or rule.why)
+        case Rule.BREAK_ARRANGEMENT:
+            ended = replace(case, arrangement=None)
+            broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
+            target = next_stage(case.stage)
+            if Phase(case.stage.value) in PRE_LEGAL and target is not None:
+                decision = _enter_stage(ended, intents, target, ctx, trigger, "broken promise")
+                return Decision(case=None, timeline=(broken,)).then(decision)
+            return _restart_collecting(ended, ctx, broken)
+        case Rule.END_ARRANGEMENT:
+            ended = replace(case, arrangement=None)
+            return _restart_collecting(ended, ctx, _entry(ctx, "arrangement_kept", case, ended,
+                                                          **detail))
+        case Rule.CLOSE_REPAID:
+            return _close(case, intents, Exit.REPAID, ctx, trigger, **detail)
+        case Rule.CLOSE_SETTLED:
+            return _close(case, intents, Exit.SETTLED, ctx, trigger, actor=actor,
+                          reason=reason or None, **detail)
+        case Rule.CLOSE_WRITTEN_OFF:
+            return _close(case, intents, Exit.WRITTEN_OFF, ctx, trigger, actor=actor,
+                          reason=reason or None, **detail)
+        case Rule.CLOSE_CLOSED:
+            return _close(case, intents, Exit.CLOSED, ctx, trigger, actor=actor,
+                          reason=reason or None, **detail)
+        case Rule.HOLD:
+            assert hold is not None
+            held = replace(case, status=CaseStatus.HELD, hold=hold, arrangement=None,
+                           stage_epoch=case.stage_epoch + 1, updated_at=ctx.now)
+            expiry: tuple[Timer, ...] = (
+                (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ())
+            return Decision(
+                case=held, intents=_cancel_pending(intents, "held"),
+                effects=(CancelContacts("held"), AnnounceHeld(hold)),
+                timeline=(_entry(ctx, "case_held", case, held, hold_id=hold.hold_id,
+                                 kind=hold.kind.value, reason=hold.reason, actor=hold.actor,
+                                 until=hold.until.isoformat() if hold.until else None),),
+                timers=expiry)
+        case Rule.RESUME:
+            assert case.hold is not None
+            decision = _reopen(case, ctx, "case_resumed", hold_id=case.hold.hold_id,
+                               reason=reason or rule.why, actor=actor, **detail)
+            return decision.then(Decision(case=None, effects=(
+                AnnounceResumed(case.hold, reason or rule.why, actor),)))
+        case Rule.REOPEN:
+            return _reopen(case, ctx, "case_reopened", **detail)
+        case Rule.ARRANGE:
+            assert arrangement is not None
+            arranged = replace(case, arrangement=arrangement, updated_at=ctx.now)
+            timers = tuple(Timer(TimerKind.ARRANGEMENT_DUE, i.due_at,
+                                 f"{arrangement.arrangement_id}:{n}")
+                           for n, i in enumerate(arrangement.schedule))
+            return Decision(
+                case=arranged,
+                intents=_cancel_pending(intents, "superseded_by_arrangement"),
+                timeline=(_entry(ctx, "arrangement_recorded", case, arranged,
+                                 arrangement_id=arrangement.arrangement_id,
+                                 kind=arrangement.kind.value, total=str(arrangement.total),
+                                 instalments=len(arrangement.schedule), actor=actor,
+                                 interest_reduction=str(arrangement.interest_reduction)
+                                 if arrangement.interest_reduction is not None else None),),
+                timers=timers)
+    raise AssertionError(f"unhandled rule {rule.rule}")
+
+
+def _restart_collecting(case: Case, ctx: _Ctx, first: TimelineEntry) -> Decision:
+    restarted = replace(case, stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
+                        updated_at=ctx.now)
+    return Decision(case=restarted, timeline=(first,), timers=_stage_timers(restarted, ctx))
+
+
+# --- the decision ------------------------------------------------------------------------
+
+
+def decide(case: Case | None, intents: Sequence[ContactIntent], event: Input,
+           policy: EscalationPolicy, now: datetime, new_id: NewId) -> Decision:
+    """Decide what ``event`` does to ``case`` (None: the loan has no case yet)."""
+    cause = (f"request:{event.request_id}" if hasattr(event, "request_id")
+             else f"timer:{event.timer_id}" if isinstance(event, m.TimerFired)
+             else f"event:{event.event_id}")
+    ctx = _Ctx(policy, now, new_id, cause)
+    if isinstance(event, m.OverdueReported):
+        return _overdue(case, intents, event, ctx)
+    if case is None:
+        return Decision(case=None, rejected="no case for this loan")
+    match event:
+        case m.RepaymentReceived():
+            return _repayment(case, intents, event, ctx)
+        case m.RepaymentReversed():
+            reversed_ = replace(case, outstanding=event.outstanding_after, updated_at=now)
+            if event.outstanding_after <= policy.tolerance:
+                return Decision(case=None, timeline=(_entry(
+                    ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id),))
+            return apply_rule(reversed_, intents, Trigger.REPAYMENT_REVERSED, ctx, changed=True,
+                          repayment_id=event.repayment_id, amount=str(event.amount))
+        case m.BalanceConfirmed():
+            return _confirmed(case, intents, event, ctx)
+        case m.BalanceRefused():
+            return _refused(case, intents, event, ctx)
+        case m.BalanceCorrected():
+            if event.kind == "nothing_owed":
+                return apply_rule(case, intents, Trigger.LEDGER_NOTHING_OWED, ctx,
+                              correction="reconciliation")
+            corrected = replace(case, outstanding=event.ledger_outstanding, updated_at=now)
+            return Decision(case=corrected, timeline=(_entry(
+                ctx, "balance_corrected", case, corrected, from_=str(case.outstanding),
+                to=str(event.ledger_outstanding)),))
+        case m.ContactOutcomeReported():
+            return _outcome(case, intents, event, ctx)
+        case m.TimerFired():
+            return _timer(case, intents, event, ctx)
+        case m.RequestHold():
+            return _hold(case, intents, event, ctx)
+        case m.RequestResume():
+            if case.hold is not None and case.hold.kind is HoldKind.DISPUTE \
+                    and not event.verification_outcome:
+                return Decision(case=None, rejected="a disputed debt resumes only after its "
+                                "verification outcome is recorded")
+            return apply_rule(case, intents, Trigger.RESUME, ctx, actor=event.actor,
+                          reason=event.reason, verification=event.verification_outcome)
+        case m.RecordArrangement():
+            return _arrangement(case, intents, event, ctx)
+        case m.RequestEscalation():
+            trigger = {"manual": Trigger.MANUAL_ESCALATION, "fraud": Trigger.FRAUD_SUSPECTED,
+                       "proposal_unreasonable": Trigger.PROPOSAL_UNREASONABLE}[event.kind]
+            return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
+        case m.RecordLegalMilestone():
+            return _milestone(case, intents, event, ctx)
+        case m.RequestClosure():
+            trigger = {"settled": Trigger.SETTLE, "written_off": Trigger.WRITE_OFF,
+                       "closed": Trigger.CLOSE}[event.exit]
+            return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
+    raise AssertionError(f"unhandled input {event!r}")
+
+
+def _overdue(case: Case | None, intents: Sequence[ContactIntent], event: m.OverdueReported,
+             ctx: _Ctx) -> Decision:
     if case is None:
         opened = Case(
-            case_id=new_id("case"), loan_id=event.loan_id, borrower_id=event.borrower_id,
+            case_id=ctx.new_id("case"), loan_id=event.loan_id, borrower_id=event.borrower_id,
             product=event.product, currency=event.currency, stage=Stage.WARNING,
             status=CaseStatus.OPEN, exit=None, outstanding=event.outstanding,
             amount_overdue=event.amount_overdue, days_past_due=event.days_past_due,
             last_overdue_as_of=event.as_of, borrower_time_zone=event.borrower_time_zone,
-            jurisdiction=event.jurisdiction, policy_version=policy.version,
-            opened_at=now, updated_at=now,
-        )
-        intents, effects = _plan_contacts(opened, policy, now, new_id)
+            jurisdiction=event.jurisdiction, policy_version=ctx.policy.version,
+            opened_at=ctx.now, updated_at=ctx.now, stage_entered_at=ctx.now,
+            outstanding_at_stage_entry=event.outstanding)
         return Decision(
-            case=opened, intents=intents, effects=(AnnounceCaseOpened(), *effects),
-            timeline=(
-                _entry("case_opened", cause, None, opened, policy,
-                       days_past_due=event.days_past_due, outstanding=str(event.outstanding)),
-                *(_entry("contact_intent_recorded", cause, opened, opened, policy,
-                         intent_id=i.intent_id, channel=i.channel, recipient=i.recipient)
-                  for i in intents),
-            ),
-        )
+            case=opened, effects=(AnnounceCaseOpened(),),
+            timeline=(_entry(ctx, "case_opened", None, opened,
+                             days_past_due=event.days_past_due,
+                             outstanding=str(event.outstanding)),),
+            timers=_stage_timers(opened, ctx),
+        ).then(_plan_contacts(opened, ctx, "open"))
     if event.as_of <= case.last_overdue_as_of:
         return Decision(case=None, timeline=(_entry(
-            "stale_overdue_ignored", cause, case, case, policy,
-            as_of=event.as_of.isoformat(), applied_as_of=case.last_overdue_as_of.isoformat()),))
-    if not case.is_open:
+            ctx, "stale_overdue_ignored", case, case, as_of=event.as_of.isoformat(),
+            applied_as_of=case.last_overdue_as_of.isoformat()),))
+    if case.is_closed:
         return Decision(case=None, timeline=(_entry(
-            "overdue_after_close_ignored", cause, case, case, policy,
-            days_past_due=event.days_past_due),))
+            ctx, "overdue_after_close_ignored", case, case, days_past_due=event.days_past_due),))
     updated = replace(case, outstanding=event.outstanding, amount_overdue=event.amount_overdue,
                       days_past_due=event.days_past_due, last_overdue_as_of=event.as_of,
-                      updated_at=now)
+                      updated_at=ctx.now)
     target = next_stage(case.stage)
-    if target is None or event.days_past_due < policy.for_stage(target).min_days_past_due:
+    if target is None or event.days_past_due < ctx.policy.for_stage(target).min_days_past_due:
         return Decision(case=updated)
-    escalated = replace(updated, stage=target, policy_version=policy.version)
-    intents, effects = _plan_contacts(escalated, policy, now, new_id)
-    superseded = _cancel_pending(pending, "superseded_by_escalation")
-    return Decision(
-        case=escalated, intents=superseded + intents,
-        effects=(AnnounceStageChanged(case.stage, target, "days_past_due"), *effects),
-        timeline=(
-            _entry("stage_changed", cause, case, escalated, policy, trigger="days_past_due",
-                   days_past_due=event.days_past_due),
-            *(_entry("contact_intent_recorded", cause, escalated, escalated, policy,
-                     intent_id=i.intent_id, channel=i.channel, recipient=i.recipient)
-              for i in intents),
-        ),
-    )
+    return apply_rule(updated, intents, Trigger.DPD_THRESHOLD, ctx, changed=True,
+                  days_past_due=event.days_past_due)
 
 
-def on_balance_confirmed(case: Case, intent: ContactIntent, event: m.BalanceConfirmed,
-                         policy: EscalationPolicy, now: datetime, new_id: NewId) -> Decision:
-    cause = f"event:{event.event_id}"
-    if not case.is_open or not intent.is_pending:
-        return Decision(case=None, timeline=(_entry(
-            "confirmation_not_used", cause, case, case, policy, intent_id=intent.intent_id,
-            why="case closed" if not case.is_open else f"intent {intent.status}"),))
-    if event.valid_until <= now:
-        return Decision(case=None, timeline=(_entry(
-            "confirmation_expired", cause, case, case, policy, intent_id=intent.intent_id),))
-    commanded = replace(intent, status=IntentStatus.COMMANDED,
-                        command_id=new_id("command"), confirmation_id=event.confirmation_id)
-    return Decision(
-        case=replace(case, outstanding=event.confirmed_outstanding, updated_at=now),
-        intents=(commanded,),
-        effects=(IssueContactCommand(commanded, event),),
-        timeline=(_entry("contact_commanded", cause, case, case, policy,
-                         intent_id=intent.intent_id, command_id=commanded.command_id,
-                         channel=intent.channel, confirmation_id=event.confirmation_id,
-                         confirmed_outstanding=str(event.confirmed_outstanding),
-                         ledger_watermark=event.ledger_watermark),),
-    )
+def _repayment(case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReceived,
+               ctx: _Ctx) -> Decision:
+    amount = str(event.amount)
+    if event.outstanding_after <= ctx.policy.tolerance:
+        return apply_rule(case, intents, Trigger.FULL_REPAYMENT, ctx,
+                      repayment_id=event.repayment_id, amount=amount)
+    arrangement = case.arrangement
+    if arrangement is not None:
+        arrangement = replace(arrangement, paid=arrangement.paid + event.amount)
+    paid = replace(case, outstanding=event.outstanding_after, arrangement=arrangement,
+                   updated_at=ctx.now)
+    decision = apply_rule(paid, intents, Trigger.PARTIAL_REPAYMENT, ctx, changed=True,
+                      outstanding_after=str(event.outstanding_after),
+                      repayment_id=event.repayment_id, amount=amount)
+    if case.is_closed:
+        return decision
+    after = decision.case or paid
+    if arrangement is not None and arrangement.paid >= arrangement.total:
+        trigger = (Trigger.PLAN_COMPLETED if arrangement.kind is ArrangementKind.INSTALMENT_PLAN
+                   else Trigger.PROMISE_KEPT)
+        return decision.then(apply_rule(after, intents, trigger, ctx,
+                                    arrangement_id=arrangement.arrangement_id))
+    return decision.then(_maybe_step_back(after, ctx))
 
 
-def on_balance_refused(case: Case, intent: ContactIntent, pending: Sequence[ContactIntent],
-                       event: m.BalanceRefused, policy: EscalationPolicy,
-                       now: datetime) -> Decision:
-    cause = f"event:{event.event_id}"
-    if event.reason == "nothing_owed" and case.is_open:
-        # The ledger says the debt is gone: the case closes, whatever our own view was.
-        closed = replace(case, status=CaseStatus.CLOSED, exit=Exit.REPAID,
-                         outstanding=Decimal("0"), updated_at=now)
-        return Decision(
-            case=closed, intents=_cancel_pending(pending, "ledger_nothing_owed"),
-            effects=(CancelContacts("repaid"), AnnounceCaseClosed(Exit.REPAID, "ledger")),
-            timeline=(_entry("case_closed", cause, case, closed, policy,
-                             exit="repaid", trigger="ledger_nothing_owed",
-                             intent_id=intent.intent_id),),
-        )
-    if not intent.is_pending:
+def _maybe_step_back(case: Case, ctx: _Ctx) -> Decision:
+    """Policy: a pre-legal case steps back one stage when most of the debt was repaid."""
+    share = ctx.policy.step_back_below_share
+    entry = case.outstanding_at_stage_entry
+    if share is None or entry is None or case.phase not in PRE_LEGAL \
+            or case.stage is Stage.WARNING or case.outstanding > entry * share:
         return Decision(case=None)
-    refused = replace(intent, status=IntentStatus.REFUSED, reason=event.reason)
-    return Decision(case=None, intents=(refused,), timeline=(_entry(
-        "contact_suppressed", cause, case, case, policy, intent_id=intent.intent_id,
-        reason=event.reason, detail=event.detail),))
+    back = STAGE_ORDER[STAGE_ORDER.index(case.stage) - 1]
+    stepped = replace(case, stage=back, stage_epoch=case.stage_epoch + 1,
+                      stage_entered_at=ctx.now, outstanding_at_stage_entry=case.outstanding,
+                      updated_at=ctx.now)
+    return Decision(case=stepped, effects=(AnnounceStageChanged(case.stage, back,
+                                                                "partial_repayment"),),
+                    timeline=(_entry(ctx, "stage_stepped_back", case, stepped,
+                                     outstanding=str(case.outstanding)),),
+                    timers=_stage_timers(stepped, ctx))
 
 
-def on_repayment(case: Case, pending: Sequence[ContactIntent], event: m.RepaymentReceived,
-                 policy: EscalationPolicy, now: datetime) -> Decision:
-    cause = f"event:{event.event_id}"
-    if not case.is_open:
+def _confirmed(case: Case, intents: Sequence[ContactIntent], event: m.BalanceConfirmed,
+               ctx: _Ctx) -> Decision:
+    intent = next((i for i in intents if i.check_id == event.check_id), None)
+    if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION \
+            or not case.is_open:
+        why = ("case held" if case.status is CaseStatus.HELD else "case closed"
+               if case.is_closed else "intent no longer waits for this check")
         return Decision(case=None, timeline=(_entry(
-            "repayment_recorded", cause, case, case, policy, amount=str(event.amount),
-            repayment_id=event.repayment_id),))
-    if event.outstanding_after <= policy.tolerance:
-        closed = replace(case, status=CaseStatus.CLOSED, exit=Exit.REPAID,
-                         outstanding=event.outstanding_after, updated_at=now)
-        return Decision(
-            case=closed, intents=_cancel_pending(pending, "repaid"),
-            effects=(CancelContacts("repaid"), AnnounceCaseClosed(Exit.REPAID, "repayment")),
-            timeline=(_entry("case_closed", cause, case, closed, policy, exit="repaid",
-                             amount=str(event.amount), repayment_id=event.repayment_id),),
-        )
-    updated = replace(case, outstanding=event.outstanding_after, updated_at=now)
-    return Decision(case=updated, timeline=(_entry(
-        "partial_repayment", cause, case, updated, policy, amount=str(event.amount),
-        outstanding_after=str(event.outstanding_after), repayment_id=event.repayment_id),))
-
-
-def on_reversal(case: Case, event: m.RepaymentReversed, policy: EscalationPolicy,
-                now: datetime, new_id: NewId) -> Decision:
-    cause = f"event:{event.event_id}"
-    if case.status is CaseStatus.CLOSED and case.exit is Exit.REPAID \
-            and event.outstanding_after > policy.tolerance:
-        reopened = replace(case, status=CaseStatus.OPEN, exit=None,
-                           outstanding=event.outstanding_after, updated_at=now)
-        intents, effects = _plan_contacts(reopened, policy, now, new_id)
-        return Decision(
-            case=reopened, intents=intents, effects=effects,
-            timeline=(_entry("case_reopened", cause, case, reopened, policy,
-                             repayment_id=event.repayment_id, amount=str(event.amount)),),
-        )
-    if not case.is_open:
+            ctx, "confirmation_not_used", case, case, check_id=event.check_id, why=why),))
+    if event.valid_until <= ctx.now:
         return Decision(case=None, timeline=(_entry(
-            "reversal_recorded", cause, case, case, policy, repayment_id=event.repayment_id),))
-    updated = replace(case, outstanding=event.outstanding_after, updated_at=now)
-    return Decision(case=updated, timeline=(_entry(
-        "repayment_reversed", cause, case, updated, policy, repayment_id=event.repayment_id,
-        outstanding_after=str(event.outstanding_after)),))
+            ctx, "confirmation_expired", case, case, intent_id=intent.intent_id),))
+    commanded = replace(intent, status=IntentStatus.COMMANDED,
+                        command_id=ctx.new_id("command"), confirmation_id=event.confirmation_id)
+    entries = []
+    if abs(event.confirmed_outstanding - case.outstanding) > ctx.policy.tolerance:
+        entries.append(_entry(ctx, "balance_mismatch", case, case,
+                              expected=str(case.outstanding),
+                              ledger=str(event.confirmed_outstanding)))
+    updated = replace(case, outstanding=event.confirmed_outstanding, updated_at=ctx.now)
+    entries.append(_entry(ctx, "contact_commanded", case, updated, intent_id=intent.intent_id,
+                          command_id=commanded.command_id, channel=intent.channel,
+                          confirmation_id=event.confirmation_id,
+                          confirmed_outstanding=str(event.confirmed_outstanding),
+                          ledger_watermark=event.ledger_watermark))
+    return Decision(case=updated, intents=(commanded,),
+                    effects=(IssueContactCommand(commanded, event),), timeline=tuple(entries))
 
 
-def on_contact_outcome(case: Case, event: m.ContactOutcomeReported,
-                       policy: EscalationPolicy) -> Decision:
-    return Decision(case=None, timeline=(_entry(
-        f"contact_{event.outcome}", f"event:{event.event_id}", case, case, policy,
-        command_id=event.command_id, intent_id=event.intent_id, channel=event.channel,
-        reason=event.reason),))
+def _refused(case: Case, intents: Sequence[ContactIntent], event: m.BalanceRefused,
+             ctx: _Ctx) -> Decision:
+    if event.reason == "nothing_owed":
+        return apply_rule(case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, check_id=event.check_id)
+    intent = next((i for i in intents if i.check_id == event.check_id), None)
+    if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION:
+        return Decision(case=None)
+    # No confirmation on data the ledger cannot vouch for: ask again later, backing off.
+    delay = min(ctx.policy.recheck_base * 2 ** intent.attempts, ctx.policy.recheck_max)
+    waiting = replace(intent, status=IntentStatus.AWAITING_RECHECK, reason=event.reason,
+                      attempts=intent.attempts + 1)
+    return Decision(case=None, intents=(waiting,),
+                    timers=(Timer(TimerKind.RECHECK, ctx.now + delay,
+                                  f"{intent.intent_id}:{waiting.attempts}"),),
+                    timeline=(_entry(ctx, "contact_suppressed", case, case,
+                                     intent_id=intent.intent_id, reason=event.reason,
+                                     detail=event.detail or None,
+                                     recheck_at=(ctx.now + delay).isoformat()),))
+
+
+def _outcome(case: Case, intents: Sequence[ContactIntent], event: m.ContactOutcomeReported,
+             ctx: _Ctx) -> Decision:
+    entry = _entry(ctx, f"contact_{event.outcome}", case, case, command_id=event.command_id,
+                   intent_id=event.intent_id, channel=event.channel,
+                   reason=event.reason or None)
+    recorded = Decision(case=None, timeline=(entry,))
+    if event.outcome == "answered" and case.unanswered_contacts:
+        return Decision(case=replace(case, unanswered_contacts=0, updated_at=ctx.now),
+                        timeline=(entry,))
+    if event.outcome == "unanswered":
+        counted = replace(case, unanswered_contacts=case.unanswered_contacts + 1,
+                          updated_at=ctx.now)
+        if counted.unanswered_contacts >= ctx.policy.unanswered_limit:
+            return recorded.then(apply_rule(counted, intents, Trigger.REFUSED_TO_COMMUNICATE, ctx,
+                                        changed=True, unanswered=counted.unanswered_contacts))
+        return Decision(case=counted, timeline=(entry,))
+    if event.outcome == "cancelled" and event.reason == "confirmation_expired" and case.is_open:
+        # Deferred past its confirmation's validity: confirm the balance again, then contact.
+        original = next((i for i in intents if i.intent_id == event.intent_id), None)
+        if original is not None and original.stage is case.stage:
+            again = replace(original, intent_id=ctx.new_id("intent/reconfirm"),
+                            check_id=ctx.new_id("check/reconfirm"),
+                            status=IntentStatus.AWAITING_CONFIRMATION, created_at=ctx.now,
+                            command_id=None, confirmation_id=None, reason="", attempts=0)
+            return recorded.then(Decision(
+                case=None, intents=(again,),
+                effects=(RequestBalanceCheck(again, case.outstanding),),
+                timeline=(_entry(ctx, "contact_intent_recorded", case, case,
+                                 intent_id=again.intent_id, channel=again.channel,
+                                 recipient=again.recipient, why="reconfirm"),)))
+    return recorded
+
+
+def timer_is_current(case: Case, kind: TimerKind, token: str) -> bool:
+    """Would this timer still mean something if it fired now? Stale ones are superseded."""
+    if case.is_closed:
+        return False
+    if kind in (TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE):
+        return token == str(case.stage_epoch)
+    if kind is TimerKind.HOLD_EXPIRY:
+        return case.hold is not None and case.hold.hold_id == token
+    if kind is TimerKind.ARRANGEMENT_DUE:
+        return case.arrangement is not None and \
+            token.rpartition(":")[0] == case.arrangement.arrangement_id
+    return case.is_open  # RECHECK: the firing decides precisely
+
+
+def _timer(case: Case, intents: Sequence[ContactIntent], event: m.TimerFired,
+           ctx: _Ctx) -> Decision:
+    stale = Decision(case=None, timeline=(_entry(
+        ctx, "timer_stale", case, case, timer=event.kind, token=event.token),))
+    kind = TimerKind(event.kind)
+    if kind in (TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE):
+        if event.token != str(case.stage_epoch):
+            return stale
+        trigger = (Trigger.STAGE_TIME_LIMIT if kind is TimerKind.STAGE_TIME_LIMIT
+                   else Trigger.NOTICE_DEADLINE)
+        return apply_rule(case, intents, trigger, ctx)
+    if kind is TimerKind.HOLD_EXPIRY:
+        if case.hold is None or case.hold.hold_id != event.token:
+            return stale
+        return apply_rule(case, intents, Trigger.HOLD_EXPIRED, ctx, reason="hold expired")
+    if kind is TimerKind.ARRANGEMENT_DUE:
+        arrangement_id, _, index = event.token.rpartition(":")
+        arrangement = case.arrangement
+        if arrangement is None or arrangement.arrangement_id != arrangement_id:
+            return stale
+        if arrangement.covered(int(index)):
+            return Decision(case=None, timeline=(_entry(
+                ctx, "instalment_kept", case, case, arrangement_id=arrangement_id,
+                instalment=int(index)),))
+        return apply_rule(case, intents, Trigger.ARRANGEMENT_BROKEN, ctx,
+                      arrangement_id=arrangement_id, instalment=int(index),
+                      paid=str(arrangement.paid), due=str(arrangement.due_by(event.due_at)))
+    # RECHECK
+    intent_id, _, attempt = event.token.rpartition(":")
+    intent = next((i for i in intents if i.intent_id == intent_id), None)
+    if intent is None or intent.status is not IntentStatus.AWAITING_RECHECK \
+            or str(intent.attempts) != attempt or not case.is_open:
+        return stale
+    asking = replace(intent, status=IntentStatus.AWAITING_CONFIRMATION,
+                     check_id=ctx.new_id(f"check/recheck/{attempt}"))
+    return Decision(case=None, intents=(asking,),
+                    effects=(RequestBalanceCheck(asking, case.outstanding),),
+                    timeline=(_entry(ctx, "balance_rechecked", case, case,
+                                     intent_id=intent.intent_id, attempt=int(attempt)),))
+
+
+def _hold(case: Case, intents: Sequence[ContactIntent], event: m.RequestHold,
+          ctx: _Ctx) -> Decision:
+    kind = HoldKind(event.kind)
+    until = event.until
+    if kind is HoldKind.BREATHING_SPACE:
+        # The legal length is a ceiling: breathing space always ends by itself.
+        limit = ctx.now + ctx.policy.breathing_space
+        until = min(until, limit) if until else limit
+    hold = Hold(hold_id=ctx.new_id("hold"), kind=kind, reason=event.reason, actor=event.actor,
+                started_at=ctx.now, until=until)
+    return apply_rule(case, intents, Trigger.HOLD, ctx, hold=hold, actor=event.actor)
+
+
+def _arrangement(case: Case, intents: Sequence[ContactIntent], event: m.RecordArrangement,
+                 ctx: _Ctx) -> Decision:
+    kind = ArrangementKind(event.kind)
+    schedule = tuple(Instalment(t.due_at, t.amount) for t in event.schedule)
+    problem = None
+    if not schedule:
+        problem = "an arrangement needs at least one payment"
+    elif kind is ArrangementKind.PROMISE_TO_PAY and len(schedule) != 1:
+        problem = "a promise to pay has exactly one amount and date"
+    elif any(i.amount <= 0 for i in schedule):
+        problem = "every payment must be positive"
+    elif any(b.due_at <= a.due_at for a, b in pairwise(schedule)):
+        problem = "payment dates must increase"
+    elif schedule[-1].due_at <= ctx.now:
+        problem = "the last payment date is already past"
+    if problem:
+        return Decision(case=None, rejected=problem)
+    arrangement = Arrangement(
+        arrangement_id=ctx.new_id("arrangement"), kind=kind, schedule=schedule,
+        created_at=ctx.now, interest_reduction=event.interest_reduction, note=event.note)
+    return apply_rule(case, intents, Trigger.ARRANGEMENT_REQUESTED, ctx, arrangement=arrangement,
+                  actor=event.actor)
+
+
+def _milestone(case: Case, intents: Sequence[ContactIntent], event: m.RecordLegalMilestone,
+               ctx: _Ctx) -> Decision:
+    if event.milestone == "enforcement_applied":
+        if "judgment" not in case.milestones and case.phase is Phase.LITIGATION:
+            return Decision(case=None, rejected="enforcement needs a judgment on record")
+        decision = apply_rule(case, intents, Trigger.ENFORCEMENT_APPLIED, ctx, actor=event.actor,
+                          reason="judgment not honoured", reference=event.reference)
+        if decision.case is not None:
+            decision = replace(decision, case=replace(
+                decision.case, milestones=(*decision.case.milestones, event.milestone)))
+        return decision
+    if event.milestone in case.milestones:
+        return Decision(case=None, rejected=f"{event.milestone} is already recorded")
+    recorded = replace(case, milestones=(*case.milestones, event.milestone), updated_at=ctx.now)
+    return apply_rule(recorded, intents, Trigger.LEGAL_MILESTONE, ctx, changed=True,
+                  milestone=event.milestone, reference=event.reference, actor=event.actor,
+                  note=event.note or None)

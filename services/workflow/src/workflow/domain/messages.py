@@ -67,3 +67,80 @@ class ContactOutcomeReported:
     channel: str
     outcome: str
     reason: str
+
+
+@dataclass(frozen=True)
+class BalanceCorrected:
+    event_id: str
+    kind: str  # nothing_owed | drift
+    ledger_outstanding: Decimal
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    timer_id: str
+    kind: str
+    token: str
+    due_at: datetime
+
+
+# --- commands from people, through the REST API -------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestHold:
+    request_id: str
+    kind: str  # hardship | dispute | breathing_space | operator
+    reason: str
+    actor: str
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RequestResume:
+    request_id: str
+    reason: str
+    actor: str
+    # A dispute resumes only after its verification is recorded (CONC 7.14, Reg F).
+    verification_outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class InstalmentTerms:
+    due_at: datetime
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class RecordArrangement:
+    request_id: str
+    kind: str  # promise_to_pay | instalment_plan
+    schedule: tuple[InstalmentTerms, ...]
+    actor: str
+    interest_reduction: Decimal | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RequestEscalation:
+    request_id: str
+    kind: str  # manual | fraud | proposal_unreasonable
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class RecordLegalMilestone:
+    request_id: str
+    milestone: str  # registered | reviewed | suit_filed | judgment | enforcement_applied
+    reference: str
+    actor: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RequestClosure:
+    request_id: str
+    exit: str  # settled | written_off | closed
+    reason: str
+    actor: str

@@ -1,4 +1,4 @@
-"""The collections case and its contact intents: pure data, no I/O."""
+"""The collections case, its holds, arrangements, contact intents and timers: pure data."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from workflow.domain.lifecycle import Phase
 from workflow.domain.policy import Stage
 
 
 class CaseStatus(StrEnum):
     OPEN = "open"
+    HELD = "held"
     CLOSED = "closed"
 
 
@@ -23,12 +25,58 @@ class Exit(StrEnum):
     CLOSED = "closed"
 
 
-class IntentStatus(StrEnum):
-    # Waiting for ledger-sync; no command may leave until it confirms.
-    AWAITING_CONFIRMATION = "awaiting_confirmation"
-    COMMANDED = "commanded"
-    CANCELLED = "cancelled"
-    REFUSED = "refused"
+class HoldKind(StrEnum):
+    HARDSHIP = "hardship"
+    DISPUTE = "dispute"
+    BREATHING_SPACE = "breathing_space"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: str
+    kind: HoldKind
+    reason: str
+    actor: str
+    started_at: datetime
+    # Breathing space (and any dated hold) ends by itself at this time.
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Instalment:
+    due_at: datetime
+    amount: Decimal
+
+
+class ArrangementKind(StrEnum):
+    PROMISE_TO_PAY = "promise_to_pay"
+    INSTALMENT_PLAN = "instalment_plan"
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    arrangement_id: str
+    kind: ArrangementKind
+    # A promise is a plan of one instalment; a plan's first instalment is the down payment.
+    schedule: tuple[Instalment, ...]
+    created_at: datetime
+    # Repaid towards the arrangement since it was agreed, in several parts or one.
+    paid: Decimal = Decimal("0")
+    # Recorded, not applied: the ledger books the reduced interest.
+    interest_reduction: Decimal | None = None
+    note: str = ""
+
+    @property
+    def total(self) -> Decimal:
+        return sum((i.amount for i in self.schedule), Decimal("0"))
+
+    def due_by(self, at: datetime) -> Decimal:
+        return sum((i.amount for i in self.schedule if i.due_at <= at), Decimal("0"))
+
+    def covered(self, index: int) -> bool:
+        """Is every instalment up to and including ``index`` paid for?"""
+        return self.paid >= sum((i.amount for i in self.schedule[: index + 1]), Decimal("0"))
 
 
 @dataclass(frozen=True)
@@ -51,10 +99,45 @@ class Case:
     policy_version: str
     opened_at: datetime
     updated_at: datetime
+    # Bumped on every stage change, hold, resume and reopen: a timer scheduled under an
+    # older epoch is stale and does nothing when it fires.
+    stage_epoch: int = 0
+    stage_entered_at: datetime | None = None
+    # What was owed when the case entered its current stage (for stepping back).
+    outstanding_at_stage_entry: Decimal | None = None
+    hold: Hold | None = None
+    arrangement: Arrangement | None = None
+    unanswered_contacts: int = 0
+    milestones: tuple[str, ...] = ()
 
     @property
     def is_open(self) -> bool:
         return self.status is CaseStatus.OPEN
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status is CaseStatus.CLOSED
+
+    @property
+    def phase(self) -> Phase:
+        if self.status is CaseStatus.CLOSED:
+            assert self.exit is not None
+            return Phase(self.exit.value)
+        if self.status is CaseStatus.HELD:
+            return Phase.HELD
+        if self.arrangement is not None:
+            return Phase.ARRANGED
+        return Phase(self.stage.value)
+
+
+class IntentStatus(StrEnum):
+    # Waiting for ledger-sync; no command may leave until it confirms.
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    # The ledger could not answer (stale, gap, unknown): a re-check is scheduled.
+    AWAITING_RECHECK = "awaiting_recheck"
+    COMMANDED = "commanded"
+    CANCELLED = "cancelled"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -71,10 +154,31 @@ class ContactIntent:
     reason: str = ""
     command_id: str | None = None
     confirmation_id: str | None = None
+    # Each balance check has its own id, so a re-check is a new question to ledger-sync.
+    check_id: str = ""
+    attempts: int = 0
 
     @property
     def is_pending(self) -> bool:
-        return self.status is IntentStatus.AWAITING_CONFIRMATION
+        return self.status in (IntentStatus.AWAITING_CONFIRMATION,
+                               IntentStatus.AWAITING_RECHECK)
+
+
+class TimerKind(StrEnum):
+    STAGE_TIME_LIMIT = "stage_time_limit"
+    NOTICE_DEADLINE = "notice_deadline"
+    ARRANGEMENT_DUE = "arrangement_due"
+    HOLD_EXPIRY = "hold_expiry"
+    RECHECK = "recheck"
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A durable timer: fires once at or after ``due_at``; ``token`` says what it is for."""
+
+    kind: TimerKind
+    due_at: datetime
+    token: str
 
 
 @dataclass(frozen=True)

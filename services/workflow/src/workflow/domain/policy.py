@@ -7,6 +7,7 @@ policy never rewrites how an old decision is explained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -42,6 +43,8 @@ class StagePolicy:
     # A case escalates into this stage once days past due reach this number.
     min_days_past_due: int
     contacts: tuple[ContactPlan, ...]
+    # How long a case may sit in this stage before it escalates (None: no limit).
+    max_duration: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ class EscalationPolicy:
     stages: tuple[StagePolicy, ...]
     # Differences smaller than this are rounding, not debt: nobody is chased for cents.
     tolerance: Decimal
+    # The formal notice's deadline to respond before recourse to the guarantor.
+    notice_response_deadline: timedelta = timedelta(days=14)
+    # Unanswered or refused contact attempts that count as "refuses to communicate".
+    unanswered_limit: int = 6
+    # UK Debt Respite Scheme: breathing space lasts up to 60 days and ends by itself.
+    breathing_space: timedelta = timedelta(days=60)
+    # A partial repayment steps a pre-legal case back one stage when what is still owed
+    # falls to this share of the balance at escalation or less (None: never step back).
+    step_back_below_share: Decimal | None = Decimal("0.50")
+    # Retrying a balance check the ledger could not answer: base * 2**attempt, capped.
+    recheck_base: timedelta = timedelta(minutes=5)
+    recheck_max: timedelta = timedelta(hours=6)
 
     def for_stage(self, stage: Stage) -> StagePolicy:
         for policy in self.stages:
@@ -67,15 +82,16 @@ DEFAULT_POLICY = EscalationPolicy(
         StagePolicy(Stage.WARNING, 1, (
             ContactPlan("email", "debtor", "warning-reminder"),
             ContactPlan("sms", "debtor", "warning-reminder"),
-        )),
+        ), max_duration=timedelta(days=45)),
         StagePolicy(Stage.FORMAL_NOTICE, 30, (
             ContactPlan("letter", "debtor", "formal-notice"),
             ContactPlan("email", "debtor", "formal-notice"),
-        )),
+        ), max_duration=timedelta(days=45)),
         StagePolicy(Stage.GUARANTOR_RECOURSE, 60, (
             ContactPlan("letter", "guarantor", "guarantor-notice"),
-        )),
-        # Legal stages contact nobody directly: they emit case events for the legal systems.
+        ), max_duration=timedelta(days=60)),
+        # Legal stages contact nobody directly: they emit case events for the legal systems,
+        # and they advance by court milestones, never by the calendar.
         StagePolicy(Stage.LITIGATION, 90, ()),
         StagePolicy(Stage.ENFORCEMENT, 180, ()),
     ),

@@ -1,20 +1,43 @@
-"""REST for internal systems: read a case and its timeline."""
+"""REST for internal systems: read cases, put them on hold, record arrangements, escalate,
+record legal milestones, close. Writes are idempotent (``Idempotency-Key``) and every
+error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, Field
 
 from collections_kit.money import Amount
-from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
+from collections_kit.outbox import Tx
+from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import EngineDep as Engine
 from workflow.adapters.repository import CaseRepository
+from workflow.app.commands import Commands, KeyReusedError, Outcome
+from workflow.domain import decide as d
+from workflow.domain import messages as m
+from workflow.domain.model import Case, ContactIntent
 
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
+IdempotencyKey = Annotated[str, Header(
+    alias="Idempotency-Key", min_length=8, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
+    description="Unique per intended change; a retry with the same key replays the answer.",
+    examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"])]
+Actor = Annotated[str, Header(
+    alias="X-Actor", min_length=1, max_length=100,
+    description="Who asks (recorded on the timeline).", examples=["agent:li.wei"])]
+Reason = Annotated[str, Field(min_length=3, max_length=500,
+                              examples=["borrower hospitalised; documents received"])]
+
+CASE_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    **PROBLEM_RESPONSES,
+    409: {"model": Problem, "description": "Not allowed in the case's current phase",
+          "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+}
 
 
 class IntentView(BaseModel):
@@ -29,6 +52,30 @@ class IntentView(BaseModel):
     created_at: datetime
 
 
+class HoldView(BaseModel):
+    hold_id: str
+    kind: str
+    reason: str
+    actor: str
+    started_at: datetime
+    until: datetime | None
+
+
+class InstalmentView(BaseModel):
+    due_at: datetime
+    amount: Amount
+
+
+class ArrangementView(BaseModel):
+    arrangement_id: str
+    kind: str
+    schedule: list[InstalmentView]
+    total: Amount
+    paid: Amount
+    interest_reduction: Amount | None
+    note: str
+
+
 class CaseView(BaseModel):
     case_id: str
     loan_id: str
@@ -36,6 +83,7 @@ class CaseView(BaseModel):
     product: str
     stage: str
     status: str
+    phase: str
     exit: str | None
     currency: str
     outstanding: Amount
@@ -46,7 +94,30 @@ class CaseView(BaseModel):
     policy_version: str
     opened_at: datetime
     updated_at: datetime
+    stage_entered_at: datetime | None
+    hold: HoldView | None
+    arrangement: ArrangementView | None
+    milestones: list[str]
+    unanswered_contacts: int
+    next_action_at: datetime | None
     intents: list[IntentView]
+
+
+class CaseSummaryView(BaseModel):
+    case_id: str
+    loan_id: str
+    stage: str
+    status: str
+    phase: str
+    days_past_due: int
+    outstanding: Amount
+    currency: str
+    next_action_at: datetime | None
+
+
+class CasePage(BaseModel):
+    cases: list[CaseSummaryView]
+    next_after: str | None = Field(description="Pass as `after` for the next page.")
 
 
 class TimelineEntryView(BaseModel):
@@ -75,6 +146,58 @@ class Summary(BaseModel):
     intents: list[dict[str, Any]]
 
 
+class HoldRequest(BaseModel):
+    kind: Literal["hardship", "dispute", "breathing_space", "operator"]
+    reason: Reason
+    until: AwareDatetime | None = Field(
+        default=None, description="Ends the hold by itself. Breathing space always ends "
+                                  "within its legal length (60 days) even if not given.")
+
+
+class ResumeRequest(BaseModel):
+    reason: Reason
+    verification_outcome: str | None = Field(
+        default=None, max_length=500,
+        description="Required to resume a disputed debt: what the verification found.",
+        examples=["statement and contract sent; debt confirmed"])
+
+
+class InstalmentRequest(BaseModel):
+    due_at: AwareDatetime
+    amount: Amount
+
+
+class ArrangementRequest(BaseModel):
+    kind: Literal["promise_to_pay", "instalment_plan"]
+    schedule: list[InstalmentRequest] = Field(min_length=1, max_length=120)
+    interest_reduction: Amount | None = Field(
+        default=None, description="Recorded for the record; the ledger books it.")
+    note: str = Field(default="", max_length=500)
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "kind": "instalment_plan", "interest_reduction": "1200.00",
+        "note": "10% now, the rest over 6 months",
+        "schedule": [{"due_at": "2026-11-23T00:00:00Z", "amount": "5000.00"},
+                     {"due_at": "2026-12-23T00:00:00Z", "amount": "7500.00"}]}]}}
+
+
+class EscalationRequest(BaseModel):
+    kind: Literal["manual", "fraud", "proposal_unreasonable"]
+    reason: Reason
+
+
+class MilestoneRequest(BaseModel):
+    milestone: Literal["registered", "reviewed", "suit_filed", "judgment",
+                       "enforcement_applied"]
+    reference: str = Field(min_length=1, max_length=200, examples=["(2026) Hu 0101 Min Chu 123"])
+    note: str = Field(default="", max_length=500)
+
+
+class ClosureRequest(BaseModel):
+    exit: Literal["settled", "written_off", "closed"]
+    reason: Reason
+
+
 router = APIRouter(prefix="/v1", tags=["cases"])
 
 
@@ -83,8 +206,65 @@ def _not_found(loan_id: str) -> ProblemError:
                         type_="https://collections.example/problems/case-not-found")
 
 
+def _case_view(case: Case, intents: list[ContactIntent],
+               next_action_at: datetime | None) -> CaseView:
+    a = case.arrangement
+    return CaseView(
+        case_id=case.case_id, loan_id=case.loan_id, borrower_id=case.borrower_id,
+        product=case.product, stage=case.stage.value, status=case.status.value,
+        phase=case.phase.value, exit=case.exit.value if case.exit else None,
+        currency=case.currency, outstanding=Decimal(case.outstanding),
+        amount_overdue=Decimal(case.amount_overdue), days_past_due=case.days_past_due,
+        jurisdiction=case.jurisdiction, borrower_time_zone=case.borrower_time_zone,
+        policy_version=case.policy_version, opened_at=case.opened_at,
+        updated_at=case.updated_at, stage_entered_at=case.stage_entered_at,
+        hold=HoldView(hold_id=case.hold.hold_id, kind=case.hold.kind.value,
+                      reason=case.hold.reason, actor=case.hold.actor,
+                      started_at=case.hold.started_at, until=case.hold.until)
+        if case.hold else None,
+        arrangement=ArrangementView(
+            arrangement_id=a.arrangement_id, kind=a.kind.value,
+            schedule=[InstalmentView(due_at=i.due_at, amount=i.amount) for i in a.schedule],
+            total=a.total, paid=a.paid, interest_reduction=a.interest_reduction, note=a.note)
+        if a else None,
+        milestones=list(case.milestones), unanswered_contacts=case.unanswered_contacts,
+        next_action_at=next_action_at,
+        intents=[IntentView(
+            intent_id=i.intent_id, stage=i.stage.value, channel=i.channel,
+            recipient=i.recipient, status=i.status.value, reason=i.reason,
+            command_id=i.command_id, confirmation_id=i.confirmation_id,
+            created_at=i.created_at) for i in intents],
+    )
+
+
+@router.get("/cases", response_model=CasePage, responses=PROBLEM_RESPONSES,
+            summary="List cases, filtered, in loan-id order (keyset pagination)")
+async def list_cases(
+        engine: Engine,
+        stage: Annotated[Literal["warning", "formal_notice", "guarantor_recourse", "litigation",
+                                 "enforcement"] | None, Query()] = None,
+        status: Annotated[Literal["open", "held", "closed"] | None, Query()] = None,
+        dpd_min: Annotated[int | None, Query(ge=0, le=36500)] = None,
+        dpd_max: Annotated[int | None, Query(ge=0, le=36500)] = None,
+        next_action_before: Annotated[AwareDatetime | None, Query()] = None,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100) -> CasePage:
+    async with engine.connect() as conn:
+        repo = CaseRepository(conn)
+        found = await repo.list_cases(stage=stage, status=status, dpd_min=dpd_min,
+                                      dpd_max=dpd_max, next_action_before=next_action_before,
+                                      after=after, limit=limit)
+        next_actions = await repo.next_actions([c.case_id for c in found])
+    return CasePage(
+        cases=[CaseSummaryView(
+            case_id=c.case_id, loan_id=c.loan_id, stage=c.stage.value, status=c.status.value,
+            phase=c.phase.value, days_past_due=c.days_past_due, outstanding=c.outstanding,
+            currency=c.currency, next_action_at=next_actions.get(c.case_id)) for c in found],
+        next_after=found[-1].loan_id if len(found) == limit else None)
+
+
 @router.get("/cases/{loan_id}", response_model=CaseView, responses=PROBLEM_RESPONSES,
-            summary="A case with its contact intents")
+            summary="A case with its hold, arrangement and contact intents")
 async def get_case(loan_id: LoanIdPath, engine: Engine) -> CaseView:
     async with engine.connect() as conn:
         repo = CaseRepository(conn)
@@ -92,20 +272,8 @@ async def get_case(loan_id: LoanIdPath, engine: Engine) -> CaseView:
         if case is None:
             raise _not_found(loan_id)
         intents = await repo.intents_of(case.case_id)
-    return CaseView(
-        case_id=case.case_id, loan_id=case.loan_id, borrower_id=case.borrower_id,
-        product=case.product, stage=case.stage.value, status=case.status.value,
-        exit=case.exit.value if case.exit else None, currency=case.currency,
-        outstanding=Decimal(case.outstanding), amount_overdue=Decimal(case.amount_overdue),
-        days_past_due=case.days_past_due, jurisdiction=case.jurisdiction,
-        borrower_time_zone=case.borrower_time_zone, policy_version=case.policy_version,
-        opened_at=case.opened_at, updated_at=case.updated_at,
-        intents=[IntentView(
-            intent_id=i.intent_id, stage=i.stage.value, channel=i.channel,
-            recipient=i.recipient, status=i.status.value, reason=i.reason,
-            command_id=i.command_id, confirmation_id=i.confirmation_id,
-            created_at=i.created_at) for i in intents],
-    )
+        next_action = (await repo.next_actions([case.case_id])).get(case.case_id)
+    return _case_view(case, intents, next_action)
 
 
 @router.get("/cases/{loan_id}/timeline", response_model=TimelinePage,
@@ -133,3 +301,88 @@ async def get_timeline(loan_id: LoanIdPath, engine: Engine,
 async def get_summary(engine: Engine) -> Summary:
     async with engine.connect() as conn:
         return Summary(**await CaseRepository(conn).summary())
+
+
+# --- writes --------------------------------------------------------------------------------
+
+
+async def _command(request: Request, loan_id: str, key: str, actor: str, body: BaseModel,
+                   make: Any) -> JSONResponse:
+    commands: Commands = request.app.state.runtime.state["commands"]
+
+    async def render(outcome: Outcome, tx: Tx) -> dict[str, Any]:
+        if outcome.problem is not None:
+            title = "Case not found" if outcome.status == 404 else "Not allowed now"
+            return Problem(title=title, status=outcome.status, detail=outcome.problem,
+                           instance=str(request.url.path)).model_dump(exclude_none=True)
+        assert outcome.case is not None
+        repo = CaseRepository(tx.conn)
+        intents = await repo.intents_of(outcome.case.case_id)
+        view = _case_view(outcome.case, intents, None)
+        return view.model_dump(mode="json")
+
+    try:
+        status, payload = await commands.execute(
+            loan_id=loan_id, key=key, route=request.url.path,
+            body=body.model_dump(mode="json"), actor=actor, make=make, render=render)
+    except KeyReusedError as exc:
+        raise ProblemError(422, "Idempotency-Key reused",
+                           "This key was used for a different request.") from exc
+    media = PROBLEM_JSON if status >= 400 else "application/json"
+    return JSONResponse(payload, status_code=status, media_type=media)
+
+
+@router.post("/cases/{loan_id}/holds", response_model=CaseView, responses=CASE_PROBLEMS,
+             summary="Put a case on hold (hardship, dispute, breathing space, operator)")
+async def hold_case(loan_id: LoanIdPath, body: HoldRequest, request: Request,
+                    key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestHold(
+        request_id=rid, kind=body.kind, reason=body.reason, actor=actor, until=body.until))
+
+
+@router.post("/cases/{loan_id}/resume", response_model=CaseView, responses=CASE_PROBLEMS,
+             summary="Resume a held case; contacts wait for a fresh ledger confirmation")
+async def resume_case(loan_id: LoanIdPath, body: ResumeRequest, request: Request,
+                      key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestResume(
+        request_id=rid, reason=body.reason, actor=actor,
+        verification_outcome=body.verification_outcome))
+
+
+@router.post("/cases/{loan_id}/arrangements", response_model=CaseView, responses=CASE_PROBLEMS,
+             summary="Record a promise to pay or an instalment plan")
+async def record_arrangement(loan_id: LoanIdPath, body: ArrangementRequest, request: Request,
+                             key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RecordArrangement(
+        request_id=rid, kind=body.kind, actor=actor,
+        schedule=tuple(m.InstalmentTerms(i.due_at, i.amount) for i in body.schedule),
+        interest_reduction=body.interest_reduction, note=body.note))
+
+
+@router.post("/cases/{loan_id}/escalations", response_model=CaseView, responses=CASE_PROBLEMS,
+             summary="Escalate: one stage (manual), or to litigation (fraud, unreasonable "
+                     "proposal)")
+async def escalate_case(loan_id: LoanIdPath, body: EscalationRequest, request: Request,
+                        key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestEscalation(
+        request_id=rid, kind=body.kind, reason=body.reason, actor=actor))
+
+
+@router.post("/cases/{loan_id}/legal-milestones", response_model=CaseView,
+             responses=CASE_PROBLEMS, summary="Record a legal milestone (legal department)")
+async def record_milestone(loan_id: LoanIdPath, body: MilestoneRequest, request: Request,
+                           key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RecordLegalMilestone(
+        request_id=rid, milestone=body.milestone, reference=body.reference, actor=actor,
+        note=body.note))
+
+
+@router.post("/cases/{loan_id}/closure", response_model=CaseView, responses=CASE_PROBLEMS,
+             summary="Close a case: settled, written off, or closed by an operator")
+async def close_case(loan_id: LoanIdPath, body: ClosureRequest, request: Request,
+                     key: IdempotencyKey, actor: Actor) -> JSONResponse:
+    return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestClosure(
+        request_id=rid, exit=body.exit, reason=body.reason, actor=actor))
+
+
+__all__ = ["d", "router"]

@@ -13,7 +13,9 @@ from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
 from workflow.adapters.tables import inbox, outbox
-from workflow.app.handlers import WorkflowHandlers
+from workflow.app.commands import Commands
+from workflow.app.handlers import Workflow, WorkflowHandlers
+from workflow.app.timers import TimerWorker
 from workflow.domain.policy import PolicyBook
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
@@ -36,12 +38,16 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
                          schema=settings.db_schema)
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
-    handlers = WorkflowHandlers(policies or PolicyBook())
+    workflow = Workflow(policies or PolicyBook())
+    timer_worker = TimerWorker(engine, settings, clock, workflow)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
-                        topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
-                        clock=clock)
+                        topics=[t.value for t in CONSUMED],
+                        handlers=WorkflowHandlers(workflow).routes(), clock=clock,
+                        on_committed=timer_worker.wake)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[loop])
+                   loops=[loop], workers=[timer_worker],
+                   state={"clock": clock,
+                          "commands": Commands(engine, settings, clock, workflow)})
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
