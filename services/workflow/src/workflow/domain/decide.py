@@ -243,7 +243,8 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
     that must be saved even when the rule itself changes nothing.
     """
     rule = transition(case.phase, trigger)
-    keep = case if changed else None
+    # An exited case is absorbing: its bookkeeping does not move either.
+    keep = case if changed and not case.is_closed else None
     match rule.rule:
         case Rule.REJECT:
             return Decision(case=None, rejected=rule.why)
@@ -530,6 +531,8 @@ def _outcome(case: Case, intents: Sequence[ContactIntent], event: m.ContactOutco
                    intent_id=event.intent_id, channel=event.channel,
                    reason=event.reason or None)
     recorded = Decision(case=None, timeline=(entry,))
+    if case.is_closed:
+        return recorded
     if event.outcome == "answered" and case.unanswered_contacts:
         return Decision(case=replace(case, unanswered_contacts=0, updated_at=ctx.now),
                         timeline=(entry,))

@@ -1,0 +1,189 @@
+"""Invariants of the lifecycle under any sequence of inputs (hypothesis, stateful).
+
+- no stage is skipped, except by suspected fraud, refusal to communicate or an
+  unreasonable proposal (straight to litigation) and a judgment (to enforcement);
+- settled, written off and closed are absorbing; repaid is left only by a reversal;
+- a held case asks for no balance check and issues no contact;
+- no contact command without a ledger confirmation for that very pending check.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from workflow.domain import decide as d
+from workflow.domain import messages as m
+from workflow.domain.lifecycle import Phase
+from workflow.domain.model import Case, CaseStatus, ContactIntent, Exit, IntentStatus, Timer
+from workflow.domain.policy import DEFAULT_POLICY, STAGE_ORDER, Stage
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+JUMPS = {"fraud", "proposal_unreasonable", "refused", "enforcement_applied"}
+
+
+class CaseLifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = START
+        self.n = 0
+        self.case: Case | None = None
+        self.intents: dict[str, ContactIntent] = {}
+        self.timers: list[Timer] = []
+        self.as_of = START
+        self.outstanding = Decimal("10000")
+
+    def _id(self) -> str:
+        self.n += 1
+        return f"x{self.n}"
+
+    def _run(self, event: d.Input, why: str = "") -> None:
+        cause = self._id()
+        before = self.case
+        pending = [i for i in self.intents.values() if i.is_pending]
+        named = [i for i in self.intents.values() if not i.is_pending]
+        decision = d.decide(before, pending + named, event, DEFAULT_POLICY, self.now,
+                            lambda label: f"{cause}/{label}")
+        if decision.rejected is not None:
+            assert decision.case is None and not decision.effects
+            return
+        after = decision.case or before
+        self._check_transition(before, after, why)
+        if before is not None and before.phase is Phase.HELD and after is not None \
+                and after.phase is Phase.HELD:
+            assert not any(isinstance(e, d.RequestBalanceCheck | d.IssueContactCommand)
+                           for e in decision.effects)
+        for effect in decision.effects:
+            if isinstance(effect, d.IssueContactCommand):
+                assert isinstance(event, m.BalanceConfirmed)
+                assert effect.intent.check_id == event.check_id
+                previous = self.intents[effect.intent.intent_id]
+                assert previous.status is IntentStatus.AWAITING_CONFIRMATION
+                assert after is not None and after.is_open
+        for intent in decision.intents:
+            self.intents[intent.intent_id] = intent
+        self.timers.extend(decision.timers)
+        self.case = after
+
+    def _check_transition(self, before: Case | None, after: Case | None, why: str) -> None:
+        if before is None or after is None:
+            return
+        if before.status is CaseStatus.CLOSED:
+            if before.exit is Exit.REPAID and why == "reversal":
+                return
+            assert after == before, "an exited case must not change"
+            return
+        if after.status is CaseStatus.CLOSED:
+            return
+        step = STAGE_ORDER.index(after.stage) - STAGE_ORDER.index(before.stage)
+        if why in JUMPS:
+            assert step >= 0
+        elif why == "partial":
+            assert step in (-1, 0)
+        else:
+            assert step in (0, 1), (before.stage, after.stage, why)
+
+    @rule()
+    def open_or_report(self) -> None:
+        self.as_of += timedelta(days=1)
+        dpd = (self.as_of - START).days
+        self._run(m.OverdueReported(self._id(), "L1", "B1", "consumer-loan", "CNY",
+                                    Decimal("100"), self.outstanding, dpd, self.as_of,
+                                    "Asia/Shanghai", "CN"))
+
+    @rule(days=st.integers(0, 40))
+    def time_passes(self, days: int) -> None:
+        self.now += timedelta(days=days)
+        due = [t for t in self.timers if t.due_at <= self.now]
+        self.timers = [t for t in self.timers if t.due_at > self.now]
+        for timer in due:
+            if self.case is not None:
+                self._run(m.TimerFired(self._id(), timer.kind.value, timer.token, timer.due_at))
+
+    @precondition(lambda self: self.case is not None)
+    @rule(confirm=st.booleans(), reason=st.sampled_from(["nothing_owed", "projection_stale"]))
+    def ledger_answers(self, confirm: bool, reason: str) -> None:
+        waiting = [i for i in self.intents.values()
+                   if i.status is IntentStatus.AWAITING_CONFIRMATION]
+        if not waiting:
+            return
+        intent = waiting[0]
+        if confirm:
+            self._run(m.BalanceConfirmed(self._id(), intent.check_id, self._id(),
+                                         self.outstanding, 3, self.now,
+                                         self.now + timedelta(minutes=30)))
+        else:
+            self._run(m.BalanceRefused(self._id(), intent.check_id, reason, ""))
+
+    @precondition(lambda self: self.case is not None)
+    @rule(share=st.sampled_from(["0.3", "0.6", "1"]))
+    def borrower_pays(self, share: str) -> None:
+        amount = (self.outstanding * Decimal(share)).quantize(Decimal("1"))
+        self.outstanding -= amount
+        self._run(m.RepaymentReceived(self._id(), self._id(), amount, self.outstanding,
+                                      self.now), "partial")
+
+    @precondition(lambda self: self.case is not None)
+    @rule()
+    def payment_bounces(self) -> None:
+        self.outstanding += Decimal("500")
+        self._run(m.RepaymentReversed(self._id(), "R", Decimal("500"), self.outstanding,
+                                      self.now), "reversal")
+
+    @precondition(lambda self: self.case is not None)
+    @rule(outcome=st.sampled_from(["unanswered", "answered", "sent"]))
+    def contact_outcome(self, outcome: str) -> None:
+        self._run(m.ContactOutcomeReported(self._id(), "c", "i", "voice", outcome, ""),
+                  "refused")
+
+    @precondition(lambda self: self.case is not None)
+    @rule(kind=st.sampled_from(["hardship", "dispute", "breathing_space", "operator"]))
+    def hold(self, kind: str) -> None:
+        self._run(m.RequestHold(self._id(), kind, "reason", "agent"))
+
+    @precondition(lambda self: self.case is not None)
+    @rule(verified=st.booleans())
+    def resume(self, verified: bool) -> None:
+        self._run(m.RequestResume(self._id(), "reason", "agent",
+                                  "verified" if verified else None))
+
+    @precondition(lambda self: self.case is not None)
+    @rule(kind=st.sampled_from(["promise_to_pay", "instalment_plan"]))
+    def arrange(self, kind: str) -> None:
+        n = 1 if kind == "promise_to_pay" else 3
+        schedule = tuple(m.InstalmentTerms(self.now + timedelta(days=10 * (k + 1)),
+                                           Decimal("1000")) for k in range(n))
+        self._run(m.RecordArrangement(self._id(), kind, schedule, "agent"))
+
+    @precondition(lambda self: self.case is not None)
+    @rule(kind=st.sampled_from(["manual", "fraud", "proposal_unreasonable"]))
+    def escalate(self, kind: str) -> None:
+        self._run(m.RequestEscalation(self._id(), kind, "reason", "agent"),
+                  "" if kind == "manual" else kind)
+
+    @precondition(lambda self: self.case is not None)
+    @rule(milestone=st.sampled_from(["registered", "judgment", "enforcement_applied"]))
+    def legal(self, milestone: str) -> None:
+        self._run(m.RecordLegalMilestone(self._id(), milestone, "ref", "legal"), milestone)
+
+    @precondition(lambda self: self.case is not None)
+    @rule(exit_=st.sampled_from(["settled", "written_off", "closed"]))
+    def close(self, exit_: str) -> None:
+        self._run(m.RequestClosure(self._id(), exit_, "reason", "agent"))
+
+    @invariant()
+    def held_cases_have_a_hold_and_closed_ones_an_exit(self) -> None:
+        if self.case is None:
+            return
+        assert (self.case.status is CaseStatus.HELD) == (self.case.hold is not None)
+        assert (self.case.status is CaseStatus.CLOSED) == (self.case.exit is not None)
+        assert self.case.stage in Stage
+
+
+CaseLifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
+                                           deadline=None)
+TestCaseLifecycle = CaseLifecycle.TestCase
