@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -25,6 +27,20 @@ class NotifierSettings(ServiceSettings):
 
     # Where a person stops messages on a channel; printed in every electronic message.
     opt_out_url: str = "https://lender.example/contact-preferences"
+    # Who the texts and letters say is writing (the validation notice must name it).
+    collector_name: str = "The lender"
+    letter_sender: str = "The lender, Collections department"
+
+    # The SMS and voice provider's HTTP API. Unset: SMS and calls are only recorded.
+    provider_base_url: str | None = None
+    provider_api_key: SecretStr | None = None
+    provider_timeout_s: float = Field(default=5.0, gt=0)
+    provider_max_tries: int = Field(default=3, ge=1)
+    provider_backoff_s: float = Field(default=0.5, ge=0)
+
+    # More jurisdictions, or other numbers for a built-in one: a TOML file of the shape of
+    # notifier.domain.policy.BUILT_IN (see services/notifier/policy.example.toml).
+    policy_file: Path | None = None
 
     # How long before the ledger confirmation a repayment still voids it (see decide.py).
     recheck_lookback_s: float = Field(default=600.0, ge=0)
@@ -41,4 +57,10 @@ class NotifierSettings(ServiceSettings):
         # The call is cut at half the lease; an SMTP timeout beyond that would never fire.
         if self.smtp_timeout_s >= self.sending_lease_s / 2:
             raise ValueError("smtp_timeout_s must be shorter than half of sending_lease_s")
+        # Every try may time out and each wait is at most 5 s: all of it within the cut.
+        worst = self.provider_max_tries * self.provider_timeout_s + \
+            (self.provider_max_tries - 1) * 5.0
+        if worst >= self.sending_lease_s / 2:
+            raise ValueError("provider_max_tries x provider_timeout_s (plus backoff) must be "
+                             "shorter than half of sending_lease_s")
         return self

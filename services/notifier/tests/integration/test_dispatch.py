@@ -29,7 +29,7 @@ from collections_kit.runtime import Runtime
 from notifier.adapters.tables import dispatches, outbox, recorded_sends
 from notifier.app.dispatcher import Dispatcher
 from notifier.app.handlers import NotifierHandlers
-from notifier.app.ports import OutgoingMessage, SendError
+from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
@@ -263,10 +263,11 @@ class Flaky:
         self.permanent = permanent
         self.calls: list[str] = []
 
-    async def send(self, message: OutgoingMessage) -> None:
+    async def send(self, message: OutgoingMessage) -> Delivery:
         self.calls.append(message.command_id)
         if len(self.calls) <= self.failures:
             raise SendError("provider_503", permanent=self.permanent)
+        return Delivery()
 
 
 async def _with_channel(database_url: str, smtp_port: int, channel: Flaky,

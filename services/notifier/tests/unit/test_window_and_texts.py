@@ -59,10 +59,56 @@ def test_every_template_names_the_amount_and_currency(language: str, name: str) 
     assert "https://lender.example/stop" in text.body  # the opt-out line
 
 
-def test_letters_carry_no_electronic_opt_out_line() -> None:
+def test_letters_carry_no_electronic_opt_out_line_but_say_where_to_choose_channels() -> None:
     text = templates.render("formal-notice", "en", channel="letter", loan_id="L1",
                             amount=Decimal("1"), currency="USD", opt_out_url="https://x/stop")
-    assert "https://x/stop" not in text.body
+    assert "STOP" not in text.body
+    assert "To choose how we contact you, call us or visit https://x/stop." in text.body
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+@pytest.mark.parametrize("channel", ["email", "sms", "voice"])
+@pytest.mark.parametrize("name", ["warning-reminder", "formal-notice", "guarantor-notice",
+                                  "validation-notice"])
+def test_every_electronic_message_and_call_carries_its_opt_out(
+        language: str, channel: str, name: str) -> None:
+    text = templates.render(name, language, channel=channel,  # type: ignore[arg-type]
+                            loan_id="L1", amount=Decimal("10"), currency="USD",
+                            opt_out_url="https://x/stop")
+    line = templates.opt_out_line(language, channel, "https://x/stop")  # type: ignore[arg-type]
+    assert line in text.body and "https://x/stop" in line
+    if channel != "voice":
+        assert "STOP" in line
+
+
+def test_a_template_without_its_opt_out_line_is_refused_at_load() -> None:
+    broken = templates.Template("debtor", "s", "body without it", "{opt_out}", "{opt_out}")
+    templates._TEMPLATES[("broken", "en")] = broken
+    try:
+        with pytest.raises(ValueError, match="without its opt-out line"):
+            templates._check()
+    finally:
+        del templates._TEMPLATES[("broken", "en")]
+
+
+def test_sms_and_calls_use_their_short_forms() -> None:
+    sms = templates.render("warning-reminder", "en", channel="sms", loan_id="L1",
+                           amount=Decimal("10"), currency="USD", opt_out_url="u")
+    call = templates.render("warning-reminder", "en", channel="voice", loan_id="L1",
+                            amount=Decimal("10"), currency="USD", opt_out_url="u")
+    mail = templates.render("warning-reminder", "en", channel="email", loan_id="L1",
+                            amount=Decimal("10"), currency="USD", opt_out_url="u")
+    assert len(sms.body) < 200 < len(mail.body)
+    assert call.body.startswith("Hello, this is a reminder")
+
+
+def test_the_validation_notice_states_amount_collector_and_dispute_date() -> None:
+    text = templates.render("validation-notice", "en", channel="letter", loan_id="L9",
+                            amount=Decimal("1234.5"), currency="USD", opt_out_url="u",
+                            dispute_by=date(2026, 12, 28), collector="Acme Lending")
+    assert "Acme Lending is a debt collector" in text.body
+    assert "1,234.50 USD" in text.body
+    assert "by 2026-12-28" in text.body
 
 
 def test_masking_keeps_enough_to_recognise_and_no_more() -> None:

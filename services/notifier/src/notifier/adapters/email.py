@@ -12,7 +12,7 @@ from email.utils import formatdate
 
 import aiosmtplib
 
-from notifier.app.ports import OutgoingMessage, SendError
+from notifier.app.ports import Delivery, OutgoingMessage, SendError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class SmtpChannel:
         email.set_content(message.body)
         return email
 
-    async def send(self, message: OutgoingMessage) -> None:
+    async def send(self, message: OutgoingMessage) -> Delivery:
         email = self.compose(message)
         try:
             await aiosmtplib.send(
@@ -63,3 +63,4 @@ class SmtpChannel:
             raise SendError(f"smtp_unreachable:{type(exc).__name__}", permanent=False) from None
         log.info("e-mail handed to the SMTP relay",
                  extra={"command_id": message.command_id, "loan_id": message.loan_id})
+        return Delivery("sent")

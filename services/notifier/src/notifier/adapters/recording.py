@@ -1,7 +1,9 @@
-"""The stand-in for the SMS, voice and letter providers: it records what it would send.
+"""The stand-in for the SMS and voice providers when none is configured: it records what
+it would send.
 
 It behaves like a provider that dedupes on the command id: recording one command twice
 keeps the first, so a retry after an unknown outcome is harmless here as it must be there.
+No call is placed, so nobody answers one: a recorded call reports ``unanswered``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
 from notifier.adapters.tables import recorded_sends
-from notifier.app.ports import OutgoingMessage, SendError
+from notifier.app.ports import Delivery, OutgoingMessage, SendError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ class RecordingChannel:
         self._engine = engine
         self._clock = clock
 
-    async def send(self, message: OutgoingMessage) -> None:
+    async def send(self, message: OutgoingMessage) -> Delivery:
         try:
             # Its own transaction, like a call to a remote provider would be.
             async with self._engine.begin() as conn:
@@ -41,3 +43,4 @@ class RecordingChannel:
         log.info("send recorded", extra={"command_id": message.command_id,
                                          "loan_id": message.loan_id,
                                          "channel": message.channel})
+        return Delivery("unanswered" if message.channel == "voice" else "sent")

@@ -3,37 +3,127 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.adapters.tables import (
+    case_closures,
+    case_holds,
+    channel_opt_outs,
     command_cancellations,
+    contact_attempts,
     contact_decisions,
     contact_details,
     dispatches,
+    do_not_contact,
     loan_cancellations,
     repayments,
+    validation_notices,
 )
 from notifier.domain.model import (
     CANCELLABLE_STATUSES,
     OPEN_STATUSES,
+    PHONE_CHANNELS,
+    Attempt,
+    AttemptResult,
     Cancellation,
+    ChannelName,
+    Closure,
     ContactDetails,
     ContactRequest,
     Dispatch,
     DispatchContext,
     DispatchStatus,
+    Hold,
     Party,
+    Preferences,
     Repayment,
+    ValidationState,
+    number_key,
+    person_key,
 )
 
 _OPEN = [s.value for s in OPEN_STATUSES]
+# First key of the two-key advisory locks on people and numbers (a space of its own).
+_CONTACT_LOCK_NS = 0x4E54
+
+
+def _number_of(dispatch: Dispatch, details: ContactDetails | None) -> str | None:
+    if dispatch.request.channel not in PHONE_CHANNELS or details is None:
+        return None
+    phone = details.address_for(dispatch.request.recipient, dispatch.request.channel)
+    return number_key(phone) if phone else None
+
+
+def _hold(row: Any) -> Hold:
+    return Hold(hold_id=row.hold_id, kind=row.kind, held_at=row.held_at, until=row.until,
+                resumed_at=row.resumed_at)
+
+
+def _attempt(row: Any) -> Attempt:
+    return Attempt(command_id=row.command_id, loan_id=row.loan_id, person=row.person,
+                   channel=row.channel, at=row.attempted_at, result=row.result,
+                   number=row.number_key, settles_by=row.settles_by)
+
+
+@dataclass
+class BatchContext:
+    """What the dispatcher knows about one claimed batch, kept current while it decides:
+    an attempt or a validation notice planned for one command is seen by the next."""
+
+    details: dict[str, ContactDetails] = field(default_factory=dict)
+    cancellations: dict[str, list[Cancellation]] = field(
+        default_factory=lambda: defaultdict(list))
+    repayments: dict[str, list[Repayment]] = field(default_factory=lambda: defaultdict(list))
+    holds: dict[str, list[Hold]] = field(default_factory=lambda: defaultdict(list))
+    closures: dict[str, list[Closure]] = field(default_factory=lambda: defaultdict(list))
+    opt_outs: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    do_not_contact: set[str] = field(default_factory=set)
+    # (loan, person) -> (status, command id)
+    validation: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+
+    def note_attempt(self, attempt: Attempt) -> None:
+        self.attempts[attempt.command_id] = attempt
+
+    def note_validation_in_flight(self, dispatch: Dispatch) -> None:
+        r = dispatch.request
+        self.validation[(r.loan_id, person_key(r.borrower_id, r.recipient))] = (
+            "in_flight", r.command_id)
+
+    def number_of(self, dispatch: Dispatch) -> str | None:
+        return _number_of(dispatch, self.details.get(dispatch.request.borrower_id))
+
+    def for_dispatch(self, dispatch: Dispatch) -> DispatchContext:
+        r = dispatch.request
+        person = person_key(r.borrower_id, r.recipient)
+        number = self.number_of(dispatch)
+        status, owner = self.validation.get((r.loan_id, person), ("none", ""))
+        validation: ValidationState = (
+            "sent" if status == "sent"
+            # Its own notice, taken over after a lease: this command may carry it again.
+            else "in_flight" if status == "in_flight" and owner != r.command_id
+            else "none")
+        opted: frozenset[ChannelName] = frozenset(
+            c for c in ("sms", "voice", "email", "letter") if c in self.opt_outs.get(person, ()))
+        return DispatchContext(
+            cancellations=tuple(c for c in self.cancellations.get(r.loan_id, ())
+                                if c.command_id in (None, r.command_id)),
+            repayments=tuple(self.repayments.get(r.loan_id, ())),
+            details=self.details.get(r.borrower_id),
+            holds=tuple(self.holds.get(r.loan_id, ())),
+            closures=tuple(self.closures.get(r.loan_id, ())),
+            preferences=Preferences(opted_out=opted,
+                                    do_not_contact=person in self.do_not_contact),
+            attempts=tuple(a for a in self.attempts.values()
+                           if a.person == person or (number is not None and a.number == number)),
+            validation=validation)
 
 
 def _request(row: Any) -> ContactRequest:
@@ -159,6 +249,37 @@ class DispatchRepository:
             set_={"reversed_at": stmt.excluded.reversed_at,
                   "updated_at": stmt.excluded.updated_at}))
 
+    async def hold(self, *, hold_id: str, loan_id: str, case_id: str, kind: str,
+                   held_at: datetime, until: datetime | None, now: datetime) -> Hold:
+        stmt = pg_insert(case_holds).values(
+            hold_id=hold_id, loan_id=loan_id, case_id=case_id, kind=kind, held_at=held_at,
+            until=until, resumed_at=None, updated_at=now)
+        # A resume seen first left a row: complete it, keep its resumed_at.
+        row = (await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[case_holds.c.hold_id],
+            set_={"kind": stmt.excluded.kind, "held_at": stmt.excluded.held_at,
+                  "until": stmt.excluded.until, "updated_at": stmt.excluded.updated_at})
+            .returning(*case_holds.c))).one()
+        return _hold(row)
+
+    async def resume(self, *, hold_id: str, loan_id: str, case_id: str,
+                     resumed_at: datetime, now: datetime) -> None:
+        # Without the hold (not seen yet), what is known is kept: a hold of unknown kind
+        # that ended at ``resumed_at`` still voids every command issued before then.
+        stmt = pg_insert(case_holds).values(
+            hold_id=hold_id, loan_id=loan_id, case_id=case_id, kind="unknown",
+            held_at=resumed_at, until=None, resumed_at=resumed_at, updated_at=now)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[case_holds.c.hold_id],
+            set_={"resumed_at": stmt.excluded.resumed_at,
+                  "updated_at": stmt.excluded.updated_at}))
+
+    async def close_case(self, *, case_id: str, loan_id: str, outcome: str,
+                         closed_at: datetime) -> None:
+        await self._conn.execute(pg_insert(case_closures).values(
+            case_id=case_id, loan_id=loan_id, outcome=outcome, closed_at=closed_at)
+            .on_conflict_do_nothing(index_elements=[case_closures.c.case_id]))
+
     # --- the dispatcher ------------------------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int) -> list[Dispatch]:
@@ -175,55 +296,153 @@ class DispatchRepository:
             .with_for_update(skip_locked=True))
         return [_dispatch(r) for r in rows]
 
-    async def contexts(self, batch: Sequence[Dispatch], *,
-                       repayments_since: datetime) -> dict[str, DispatchContext]:
-        """The context of each command in ``batch``, by command id, in a few queries."""
+    async def contexts(self, batch: Sequence[Dispatch], *, repayments_since: datetime,
+                       attempts_since: datetime) -> BatchContext:
+        """The context of every command in ``batch``, in a few queries.
+
+        Takes the per-person and per-number advisory locks first (in one sorted order, so
+        two replicas cannot deadlock), then reads the attempts: whoever decides about a
+        person next waits for this transaction and then sees the attempts it records.
+        That is what makes check-and-count atomic across replicas.
+        """
         if not batch:
-            return {}
+            return BatchContext()
         loan_ids = sorted({d.request.loan_id for d in batch})
         command_ids = [d.command_id for d in batch]
         borrower_ids = sorted({d.request.borrower_id for d in batch})
+        details = {row.borrower_id: _details(row) for row in await self._conn.execute(
+            select(contact_details).where(contact_details.c.borrower_id.in_(borrower_ids)))}
 
-        by_loan: dict[str, list[Cancellation]] = defaultdict(list)
+        people: set[str] = set()
+        numbers: set[str] = set()
+        for d in batch:
+            people.add(person_key(d.request.borrower_id, d.request.recipient))
+            number = _number_of(d, details.get(d.request.borrower_id))
+            if number is not None:
+                numbers.add(number)
+        await self.lock_contact_keys([f"person:{p}" for p in people]
+                                     + [f"number:{n}" for n in numbers])
+
+        ctx = BatchContext(details=details)
         for row in await self._conn.execute(
                 select(loan_cancellations).where(loan_cancellations.c.loan_id.in_(loan_ids))):
-            by_loan[row.loan_id].append(Cancellation(row.reason, row.cancelled_at))
-        by_command: dict[str, Cancellation] = {}
+            ctx.cancellations[row.loan_id].append(Cancellation(row.reason, row.cancelled_at))
         for row in await self._conn.execute(
                 select(command_cancellations)
                 .where(command_cancellations.c.command_id.in_(command_ids))):
-            by_command[row.command_id] = Cancellation(row.reason, row.cancelled_at,
-                                                      row.command_id)
-        paid: dict[str, list[Repayment]] = defaultdict(list)
+            ctx.cancellations[row.loan_id].append(Cancellation(row.reason, row.cancelled_at,
+                                                               row.command_id))
         for row in await self._conn.execute(
                 select(repayments).where(
                     repayments.c.loan_id.in_(loan_ids),
                     or_(repayments.c.received_at > repayments_since,
                         repayments.c.received_at.is_(None)))):
-            paid[row.loan_id].append(Repayment(row.repayment_id, row.received_at,
-                                               row.reversed_at is not None))
-        details = {row.borrower_id: _details(row) for row in await self._conn.execute(
-            select(contact_details).where(contact_details.c.borrower_id.in_(borrower_ids)))}
+            ctx.repayments[row.loan_id].append(Repayment(row.repayment_id, row.received_at,
+                                                         row.reversed_at is not None))
+        for row in await self._conn.execute(
+                select(case_holds).where(case_holds.c.loan_id.in_(loan_ids))):
+            ctx.holds[row.loan_id].append(_hold(row))
+        for row in await self._conn.execute(
+                select(case_closures).where(case_closures.c.loan_id.in_(loan_ids))):
+            ctx.closures[row.loan_id].append(Closure(row.outcome, row.closed_at))
+        for row in await self._conn.execute(
+                select(channel_opt_outs).where(channel_opt_outs.c.borrower_id.in_(borrower_ids))):
+            ctx.opt_outs[person_key(row.borrower_id, row.party)].add(row.channel)
+        for row in await self._conn.execute(
+                select(do_not_contact).where(do_not_contact.c.borrower_id.in_(borrower_ids))):
+            ctx.do_not_contact.add(person_key(row.borrower_id, row.party))
+        for row in await self._conn.execute(
+                select(validation_notices).where(validation_notices.c.loan_id.in_(loan_ids))):
+            ctx.validation[(row.loan_id, row.person)] = (row.status, row.command_id)
+        conditions = [contact_attempts.c.person.in_(sorted(people))]
+        if numbers:
+            conditions.append(contact_attempts.c.number_key.in_(sorted(numbers)))
+        for row in await self._conn.execute(
+                select(contact_attempts).where(
+                    or_(*conditions), contact_attempts.c.attempted_at > attempts_since)):
+            ctx.note_attempt(_attempt(row))
+        return ctx
 
-        out: dict[str, DispatchContext] = {}
-        for d in batch:
-            own = by_command.get(d.command_id)
-            out[d.command_id] = DispatchContext(
-                cancellations=tuple(by_loan.get(d.request.loan_id, ()))
-                + ((own,) if own else ()),
-                repayments=tuple(paid.get(d.request.loan_id, ())),
-                details=details.get(d.request.borrower_id))
-        return out
+    async def lock_contact_keys(self, keys: Iterable[str]) -> None:
+        """Transaction-scoped advisory locks on people and numbers, in a fixed order."""
+        for key in sorted(set(keys)):
+            await self._conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:k))"),
+                                     {"ns": _CONTACT_LOCK_NS, "k": key})
 
     async def mark_sending(self, dispatch: Dispatch, *, now: datetime,
-                           lease_until: datetime) -> int:
-        """Hand the row to a channel; returns the attempt number that owns it."""
+                           lease_until: datetime, number: str | None = None,
+                           validation_notice: bool = False) -> int:
+        """Hand the row to a channel; returns the attempt number that owns it.
+
+        In the same transaction the contact is counted (a pending attempt, which every cap
+        counts as its worst case until the result is in) and, for a validation notice,
+        marked in flight so that other contacts keep waiting for it.
+        """
         attempt = dispatch.attempts + 1
+        request = dispatch.request
         await self._conn.execute(
             update(dispatches).where(dispatches.c.command_id == dispatch.command_id)
             .values(status=DispatchStatus.SENDING.value, due_at=lease_until, attempts=attempt,
                     updated_at=now))
+        person = person_key(request.borrower_id, request.recipient)
+        stmt = pg_insert(contact_attempts).values(
+            command_id=request.command_id, loan_id=request.loan_id, person=person,
+            channel=request.channel, number_key=number, attempted_at=now, result="pending",
+            settles_by=lease_until, updated_at=now)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[contact_attempts.c.command_id],
+            set_={"result": "pending", "attempted_at": now, "settles_by": lease_until,
+                  "number_key": number, "updated_at": now}))
+        if validation_notice:
+            vstmt = pg_insert(validation_notices).values(
+                loan_id=request.loan_id, person=person, command_id=request.command_id,
+                channel=request.channel, status="in_flight", updated_at=now)
+            await self._conn.execute(vstmt.on_conflict_do_update(
+                index_elements=[validation_notices.c.loan_id, validation_notices.c.person],
+                set_={"command_id": request.command_id, "channel": request.channel,
+                      "status": "in_flight", "updated_at": now},
+                where=validation_notices.c.status != "sent"))
         return attempt
+
+    async def settle_attempt(self, command_id: str, *, result: AttemptResult, now: datetime,
+                             provider_ref: str | None = None) -> None:
+        await self._conn.execute(
+            update(contact_attempts).where(contact_attempts.c.command_id == command_id)
+            .values(result=result, settles_by=None, provider_ref=provider_ref, updated_at=now))
+
+    async def validation_notice_sent(self, dispatch: Dispatch, *, now: datetime,
+                                     dispute_by: datetime | None, wake_rule: str) -> int:
+        """The notice is out: remember it and wake the contacts that waited for it."""
+        request = dispatch.request
+        person = person_key(request.borrower_id, request.recipient)
+        stmt = pg_insert(validation_notices).values(
+            loan_id=request.loan_id, person=person, command_id=request.command_id,
+            channel=request.channel, status="sent", sent_at=now, dispute_by=dispute_by,
+            updated_at=now)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[validation_notices.c.loan_id, validation_notices.c.person],
+            set_={"command_id": request.command_id, "channel": request.channel,
+                  "status": "sent", "sent_at": now, "dispute_by": dispute_by,
+                  "updated_at": now},
+            where=validation_notices.c.status != "sent"))
+        woken = await self._conn.execute(
+            update(dispatches).where(
+                dispatches.c.loan_id == request.loan_id,
+                dispatches.c.borrower_id == request.borrower_id,
+                dispatches.c.recipient == request.recipient,
+                dispatches.c.status == DispatchStatus.DEFERRED.value,
+                dispatches.c.rule == wake_rule)
+            .values(due_at=now, updated_at=now))
+        return int(woken.rowcount or 0)
+
+    async def validation_notice_failed(self, dispatch: Dispatch) -> None:
+        """The notice did not go out: the next letter or e-mail may carry it."""
+        request = dispatch.request
+        await self._conn.execute(validation_notices.delete().where(
+            validation_notices.c.loan_id == request.loan_id,
+            validation_notices.c.person == person_key(request.borrower_id, request.recipient),
+            validation_notices.c.command_id == request.command_id,
+            validation_notices.c.status == "in_flight"))
 
     async def lock_sending(self, command_id: str, attempt: int) -> Dispatch | None:
         """The row, if it is still ``sending`` for this very attempt.
@@ -260,6 +479,13 @@ class DispatchRepository:
             values["last_error"] = error
         await self._conn.execute(
             update(dispatches).where(dispatches.c.command_id == d.command_id).values(values))
+        if d.status is DispatchStatus.SENDING and status is not DispatchStatus.SENT:
+            # Taken over after its lease: whether the first try reached the person is not
+            # known, so it keeps counting, but no longer as in flight.
+            await self._conn.execute(
+                update(contact_attempts).where(contact_attempts.c.command_id == d.command_id,
+                                               contact_attempts.c.result == "pending")
+                .values(result="unknown", settles_by=None, updated_at=record.at))
         await self._conn.execute(contact_decisions.insert().values(
             command_id=d.command_id, seq=seq, loan_id=d.request.loan_id,
             channel=d.request.channel, recipient=d.request.recipient,
@@ -276,8 +502,14 @@ class DispatchRepository:
 
     async def decisions_of(self, loan_id: str, *, after_id: int = 0,
                            limit: int = 500) -> list[Any]:
+        # A sent decision shows what the channel reported (delivered, answered...).
+        delivery = case((contact_decisions.c.decision == "sent", contact_attempts.c.result),
+                        else_=None).label("delivery")
         rows = await self._conn.execute(
-            select(contact_decisions)
+            select(contact_decisions, delivery)
+            .select_from(contact_decisions.outerjoin(
+                contact_attempts,
+                contact_attempts.c.command_id == contact_decisions.c.command_id))
             .where(contact_decisions.c.loan_id == loan_id, contact_decisions.c.id > after_id)
             .order_by(contact_decisions.c.id).limit(limit))
         return list(rows)
@@ -323,3 +555,48 @@ class ContactDetailsRepository:
         row = (await self._conn.execute(
             select(contact_details).where(contact_details.c.borrower_id == borrower_id))).first()
         return (_details(row), row.updated_at) if row else None
+
+
+class PreferencesRepository:
+    """Opt-outs and do-not-contact, as the person asked through our systems."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def opt_out(self, borrower_id: str, party: str, channel: str, *, reason: str,
+                      now: datetime) -> None:
+        stmt = pg_insert(channel_opt_outs).values(
+            borrower_id=borrower_id, party=party, channel=channel, reason=reason,
+            created_at=now)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[channel_opt_outs.c.borrower_id, channel_opt_outs.c.party,
+                            channel_opt_outs.c.channel],
+            set_={"reason": stmt.excluded.reason}))
+
+    async def opt_in(self, borrower_id: str, party: str, channel: str) -> bool:
+        done = await self._conn.execute(channel_opt_outs.delete().where(
+            channel_opt_outs.c.borrower_id == borrower_id, channel_opt_outs.c.party == party,
+            channel_opt_outs.c.channel == channel))
+        return bool(done.rowcount)
+
+    async def stop_all(self, borrower_id: str, party: str, *, reason: str,
+                       now: datetime) -> None:
+        stmt = pg_insert(do_not_contact).values(borrower_id=borrower_id, party=party,
+                                                reason=reason, created_at=now)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[do_not_contact.c.borrower_id, do_not_contact.c.party],
+            set_={"reason": stmt.excluded.reason}))
+
+    async def allow(self, borrower_id: str, party: str) -> bool:
+        done = await self._conn.execute(do_not_contact.delete().where(
+            do_not_contact.c.borrower_id == borrower_id, do_not_contact.c.party == party))
+        return bool(done.rowcount)
+
+    async def of(self, borrower_id: str) -> tuple[list[Any], list[Any]]:
+        opt_outs = list(await self._conn.execute(
+            select(channel_opt_outs).where(channel_opt_outs.c.borrower_id == borrower_id)
+            .order_by(channel_opt_outs.c.party, channel_opt_outs.c.channel)))
+        stops = list(await self._conn.execute(
+            select(do_not_contact).where(do_not_contact.c.borrower_id == borrower_id)
+            .order_by(do_not_contact.c.party)))
+        return opt_outs, stops

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Table,
@@ -154,4 +155,107 @@ recorded_sends = Table(
     Column("body", Text, nullable=False),
     Column("recorded_at", ts, nullable=False),
     Index("ix_recorded_sends_loan", "loan_id"),
+)
+
+# --- lawful dispatch (revision 0002) -----------------------------------------------------
+
+# Every contact handed to a channel, with its result: what the frequency caps count. Kept
+# in the database so the caps hold across restarts and across replicas.
+contact_attempts = Table(
+    "contact_attempts",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    # "<borrower_id>:<debtor|guarantor>": who was contacted.
+    Column("person", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    # A pseudonym of the phone number (never the number), for per-number caps.
+    Column("number_key", Text),
+    Column("attempted_at", ts, nullable=False),
+    Column("result", Text, nullable=False),
+    Column("settles_by", ts),
+    Column("provider_ref", Text),
+    Column("updated_at", ts, nullable=False),
+    CheckConstraint("result IN ('pending', 'sent', 'delivered', 'answered', 'unanswered', "
+                    "'failed', 'unknown')", name="ck_contact_attempts_result"),
+    Index("ix_contact_attempts_person", "person", "attempted_at"),
+    Index("ix_contact_attempts_number", "number_key", "attempted_at",
+          postgresql_where=text("number_key IS NOT NULL")),
+)
+
+# Per debt and person: the Reg F validation notice, in flight or sent.
+validation_notices = Table(
+    "validation_notices",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("person", Text, primary_key=True),
+    Column("command_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("sent_at", ts),
+    Column("dispute_by", ts),
+    Column("updated_at", ts, nullable=False),
+    CheckConstraint("status IN ('in_flight', 'sent')", name="ck_validation_notices_status"),
+)
+
+# Holds from the workflow (CaseHeld / CaseResumed).
+case_holds = Table(
+    "case_holds",
+    metadata,
+    Column("hold_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("held_at", ts, nullable=False),
+    Column("until", ts),
+    Column("resumed_at", ts),
+    Column("updated_at", ts, nullable=False),
+    Index("ix_case_holds_loan", "loan_id"),
+)
+
+# Cases the workflow closed (CaseClosed).
+case_closures = Table(
+    "case_closures",
+    metadata,
+    Column("case_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("closed_at", ts, nullable=False),
+    Index("ix_case_closures_loan", "loan_id"),
+)
+
+# A person's wishes, managed over REST: a channel they opted out of...
+channel_opt_outs = Table(
+    "channel_opt_outs",
+    metadata,
+    Column("borrower_id", Text, primary_key=True),
+    Column("party", Text, primary_key=True),
+    Column("channel", Text, primary_key=True),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", ts, nullable=False),
+)
+
+# ...or no contact at all.
+do_not_contact = Table(
+    "do_not_contact",
+    metadata,
+    Column("borrower_id", Text, primary_key=True),
+    Column("party", Text, primary_key=True),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", ts, nullable=False),
+)
+
+# Letters rendered for print (personal data: the address is on them).
+letters = Table(
+    "letters",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("html", Text, nullable=False),
+    Column("pdf", LargeBinary, nullable=False),
+    Column("pdf_sha256", Text, nullable=False),
+    Column("rendered_at", ts, nullable=False),
+    Index("ix_letters_loan", "loan_id"),
 )

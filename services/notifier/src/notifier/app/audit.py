@@ -8,7 +8,7 @@ from collections_kit import contract as c
 from collections_kit.clock import derived_id
 from collections_kit.outbox import Tx
 from notifier.adapters.repository import DecisionRecord, DispatchRepository
-from notifier.domain.model import Dispatch, DispatchStatus, Outcome
+from notifier.domain.model import DeliveryStatus, Dispatch, DispatchStatus, Outcome
 
 STATUS_OF: dict[Outcome, DispatchStatus] = {
     "sent": DispatchStatus.SENT,
@@ -41,3 +41,19 @@ async def record_decision(tx: Tx, repo: DispatchRepository, dispatch: Dispatch, 
         channel=request.channel, outcome=outcome, reason=reason, rule=rule,
         occurred_at=tx.now,
     ), event_id=event_id, subject=request.loan_id)
+
+
+async def announce_delivery(tx: Tx, dispatch: Dispatch, status: DeliveryStatus) -> None:
+    """What the channel reported beyond "handed over": delivered, answered, unanswered.
+
+    Not a decision (the decision was to send), so it is not in the audit trail's decisions;
+    the attempt row keeps it for the caps, and the workflow hears it here.
+    """
+    if status == "sent":
+        return
+    request = dispatch.request
+    tx.publish(c.ContactOutcome(
+        command_id=request.command_id, intent_id=request.intent_id, loan_id=request.loan_id,
+        channel=request.channel, outcome=status, reason=f"provider_{status}",
+        rule=f"channel.{request.channel}", occurred_at=tx.now,
+    ), event_id=derived_id(dispatch.command_id, f"delivery/{status}"), subject=request.loan_id)

@@ -2,13 +2,17 @@
 
 One pass:
 1. In one transaction: claim due rows (``FOR UPDATE SKIP LOCKED``, so two replicas never
-   take the same row), load their context, run the pure ``decide`` for each. Cancel, block
-   and defer are stored and announced right there; a send is marked ``sending`` with a
-   lease. Commit, so the mark is durable before anything leaves the building.
+   take the same row), lock the people and phone numbers they would reach (advisory locks,
+   so two replicas never both squeeze under one frequency cap), load their context, run the
+   pure ``decide`` for each. Cancel, block and defer are stored and announced right there;
+   a send is marked ``sending`` with a lease and counted as a pending attempt. Commit, so
+   the mark and the count are durable before anything leaves the building.
 2. Outside any transaction: call the channel, bounded by a timeout shorter than the lease
    (otherwise another replica could take the row over while the call still runs).
-3. In a new transaction per row: ``sent``, or ``failed`` (permanent error or attempts used
-   up), or back to ``pending`` after a backoff; each final state stored and announced.
+3. In a new transaction per row: ``sent`` (with the attempt's result: delivered, answered,
+   unanswered), or ``failed`` (permanent error or attempts used up), or back to ``pending``
+   after a backoff; each final state stored and announced. A validation notice sent wakes
+   the contacts that waited for it.
 
 A crash between 1 and 3 leaves the row ``sending``; once its lease runs out it is claimed
 and decided again (the window or a cancellation may have changed meanwhile) and, if still
@@ -26,7 +30,7 @@ import traceback
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from prometheus_client import Counter as PromCounter
 from sqlalchemy import Table
@@ -35,12 +39,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from collections_kit.clock import Clock
 from collections_kit.outbox import Tx, flush
 from notifier.adapters.repository import DispatchRepository
-from notifier.app.audit import record_decision
-from notifier.app.ports import Channel, OutgoingMessage, SendError
+from notifier.app.audit import announce_delivery, record_decision
+from notifier.app.ports import Channel, Delivery, OutgoingMessage, SendError
 from notifier.domain import templates
 from notifier.domain.decide import Defer, Send, decide
-from notifier.domain.model import ChannelName, ContactDetails, Dispatch, DispatchStatus
+from notifier.domain.model import (
+    Attempt,
+    ChannelName,
+    ContactDetails,
+    Dispatch,
+    DispatchStatus,
+    person_key,
+)
 from notifier.domain.policy import DispatchPolicy
+from notifier.domain.window import load_zone
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,8 @@ _MIN_IDLE_S = 0.02
 @dataclass(frozen=True)
 class DispatcherConfig:
     opt_out_url: str
+    # Who the texts say is writing (the validation notice must name the collector).
+    collector_name: str = "The lender"
     batch: int = 100
     concurrency: int = 10
     sending_lease: timedelta = timedelta(seconds=120)
@@ -75,6 +89,17 @@ class _Planned:
     attempt: int
     decision: Send
     message: OutgoingMessage
+    # For a validation notice: the end of the dispute period it states.
+    dispute_by: datetime | None = None
+
+
+def _lookback(policy: DispatchPolicy) -> timedelta:
+    """How far back attempts can matter to any cap or quiet period (plus a day's margin
+    for a local calendar day that started before ``now - 24h``)."""
+    days = [1]
+    for rules in policy.jurisdictions.values():
+        days += [cap.days for cap in rules.caps] + [q.days for q in rules.quiet_periods]
+    return timedelta(days=max(days) + 1)
 
 
 class Dispatcher:
@@ -168,13 +193,14 @@ class Dispatcher:
             if not batch:
                 return [], 0
             since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
-            contexts = await repo.contexts(batch, repayments_since=since)
+            contexts = await repo.contexts(batch, repayments_since=since,
+                                           attempts_since=now - _lookback(policy))
             planned: list[_Planned] = []
             for dispatch in batch:
                 ids = {"command_id": dispatch.command_id, "loan_id": dispatch.request.loan_id}
                 if dispatch.status is DispatchStatus.SENDING:
                     log.warning("sending lease expired; deciding again", extra=ids)
-                context = contexts[dispatch.command_id]
+                context = contexts.for_dispatch(dispatch)
                 decision = decide(dispatch.request, context, now, policy)
                 if isinstance(decision, Send) and dispatch.attempts >= config.max_attempts:
                     # Lease expiries count as attempts: a call that hangs every time must
@@ -187,10 +213,22 @@ class Dispatcher:
                     continue
                 if isinstance(decision, Send):
                     assert context.details is not None  # decide sends only with an address
+                    lease_until = now + config.sending_lease
+                    number = contexts.number_of(dispatch)
                     attempt = await repo.mark_sending(
-                        dispatch, now=now, lease_until=now + config.sending_lease)
-                    planned.append(_Planned(dispatch, attempt, decision,
-                                            self._compose(dispatch, context.details)))
+                        dispatch, now=now, lease_until=lease_until, number=number,
+                        validation_notice=decision.validation_notice)
+                    # The next command in this batch for the same person sees this one.
+                    request = dispatch.request
+                    contexts.note_attempt(Attempt(
+                        command_id=request.command_id, loan_id=request.loan_id,
+                        person=person_key(request.borrower_id, request.recipient),
+                        channel=request.channel, at=now, result="pending", number=number,
+                        settles_by=lease_until))
+                    if decision.validation_notice:
+                        contexts.note_validation_in_flight(dispatch)
+                    planned.append(self._plan(dispatch, attempt, decision, context.details,
+                                              now))
                     continue
                 await record_decision(
                     tx, repo, dispatch, outcome=decision.outcome, reason=decision.reason,
@@ -204,26 +242,41 @@ class Dispatcher:
             DECISIONS.labels(outcome, reason).inc(n)
         return planned, len(batch)
 
-    def _compose(self, dispatch: Dispatch, details: ContactDetails) -> OutgoingMessage:
+    def _plan(self, dispatch: Dispatch, attempt: int, decision: Send,
+              details: ContactDetails, now: datetime) -> _Planned:
         request = dispatch.request
+        zone = load_zone(request.borrower_time_zone)
+        assert zone is not None  # decide sends only with a known zone
+        local_now = now.astimezone(zone)
+        dispute_by = None
+        if decision.validation_notice:
+            rules = self._policy.for_jurisdiction(request.jurisdiction)
+            assert rules is not None and rules.validation_notice is not None
+            dispute_by = local_now + timedelta(days=rules.validation_notice.dispute_days)
         party = details.party(request.recipient)
         address = details.address_for(request.recipient, request.channel)
         assert party is not None and address is not None
+        template = decision.template or request.template
         text = templates.render(
-            request.template, details.language, channel=request.channel,
+            template, details.language, channel=request.channel,
             loan_id=request.loan_id, amount=request.amount_due, currency=request.currency,
-            opt_out_url=self._config.opt_out_url, name=party.name)
-        return OutgoingMessage(
+            opt_out_url=self._config.opt_out_url, name=party.name,
+            dispute_by=dispute_by.date() if dispute_by else None,
+            collector=self._config.collector_name)
+        message = OutgoingMessage(
             command_id=request.command_id, loan_id=request.loan_id, channel=request.channel,
-            recipient=request.recipient, language=details.language, template=request.template,
-            address=address, subject=text.subject, body=text.body, name=party.name)
+            recipient=request.recipient, language=details.language, template=template,
+            address=address, subject=text.subject, body=text.body, name=party.name,
+            dated=local_now.date())
+        return _Planned(dispatch, attempt, decision, message, dispute_by)
 
     async def _deliver(self, planned: _Planned) -> None:
         channel = planned.message.channel
         error: SendError | None = None
+        delivery = Delivery()
         try:
             async with asyncio.timeout(self._config.send_timeout_s):
-                await self._channels[channel].send(planned.message)
+                delivery = await self._channels[channel].send(planned.message)
         except SendError as exc:
             error = exc
         except TimeoutError:
@@ -231,9 +284,10 @@ class Dispatcher:
         except Exception as exc:
             # Unknown failure: its text is not ours to log, its kind is.
             error = SendError(f"channel_error:{type(exc).__name__}", permanent=False)
-        await self._finish(planned, error)
+        await self._finish(planned, error, delivery)
 
-    async def _finish(self, planned: _Planned, error: SendError | None) -> None:
+    async def _finish(self, planned: _Planned, error: SendError | None,
+                      delivery: Delivery | None = None) -> None:
         config, policy = self._config, self._policy
         ids = {"command_id": planned.dispatch.command_id,
                "loan_id": planned.dispatch.request.loan_id,
@@ -249,13 +303,32 @@ class Dispatcher:
                             extra=ids)
                 return
             if error is None:
+                delivery = delivery or Delivery()
+                await repo.settle_attempt(current.command_id, result=delivery.status, now=now,
+                                          provider_ref=delivery.provider_ref)
                 await record_decision(tx, repo, current, outcome="sent",
                                       reason=planned.decision.reason,
                                       rule=planned.decision.rule,
                                       policy_version=policy.version)
+                await announce_delivery(tx, current, delivery.status)
+                if planned.decision.validation_notice:
+                    woken = await repo.validation_notice_sent(
+                        current, now=now, dispute_by=planned.dispute_by,
+                        wake_rule=planned.decision.rule)
+                    if woken:
+                        self.wake()
                 outcome = ("sent", planned.decision.reason)
-                log.info("contact sent", extra=ids)
-            elif error.permanent or planned.attempt >= config.max_attempts:
+                log.info("contact sent", extra={**ids, "delivery": delivery.status})
+                await flush(tx, self._outbox, self._schema)
+                DECISIONS.labels(*outcome).inc()
+                return
+            # A refusal reached nobody; anything else may have, and keeps counting.
+            await repo.settle_attempt(current.command_id,
+                                      result="failed" if error.permanent else "unknown",
+                                      now=now)
+            if planned.decision.validation_notice:
+                await repo.validation_notice_failed(current)
+            if error.permanent or planned.attempt >= config.max_attempts:
                 await record_decision(tx, repo, current, outcome="failed", reason=error.code,
                                       rule=f"channel.{planned.message.channel}",
                                       policy_version=policy.version, error=error.code)

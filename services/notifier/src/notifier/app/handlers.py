@@ -15,8 +15,8 @@ from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import record_decision
-from notifier.domain.decide import RULE_CANCELLATION
-from notifier.domain.model import Cancellation, ContactRequest
+from notifier.domain.decide import RULE_CANCELLATION, RULE_CLOSED, RULE_HOLD
+from notifier.domain.model import Cancellation, Closure, ContactRequest
 from notifier.domain.policy import DispatchPolicy
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,13 @@ class NotifierHandlers:
             c.ContactCancelled: self.cancelled,
             c.RepaymentReceived: self.repayment,
             c.RepaymentReversed: self.reversal,
+            c.CaseHeld: self.held,
+            c.CaseResumed: self.resumed,
+            c.CaseClosed: self.closed,
+            # Also on the case-events topic; the notifier needs nothing from them (a command
+            # carries its stage), but they must not be dead-lettered as unknown.
+            c.CaseOpened: self.ignored,
+            c.CaseStageChanged: self.ignored,
         }
 
     async def command(self, tx: Tx, env: Envelope) -> None:
@@ -87,3 +94,52 @@ class NotifierHandlers:
         await DispatchRepository(tx.conn).reverse_repayment(
             repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
             amount=data.amount, reversed_at=data.reversed_at, now=tx.now)
+
+    async def held(self, tx: Tx, env: Envelope) -> None:
+        """A hold stops everything: pending and deferred commands are cancelled now.
+
+        Cancelled rather than parked: the workflow re-confirms the balance on resume and
+        issues fresh commands, so an old one must never go out after the hold, with an
+        amount that may no longer be right. Commands arriving later that were issued before
+        the hold ended are stopped by the dispatcher, which sees the hold too.
+        """
+        data = env.data
+        assert isinstance(data, c.CaseHeld)
+        repo = DispatchRepository(tx.conn)
+        hold = await repo.hold(hold_id=data.hold_id, loan_id=data.loan_id,
+                               case_id=data.case_id, kind=data.kind, held_at=data.held_at,
+                               until=data.until, now=tx.now)
+        at = max(tx.now, data.held_at)
+        for dispatch in await repo.cancellable(data.loan_id):
+            if not hold.covers(dispatch.request, at):
+                continue
+            await record_decision(tx, repo, dispatch, outcome="cancelled",
+                                  reason=f"case_held_{data.kind}", rule=RULE_HOLD,
+                                  policy_version=self._policy.version, cause_id=env.id)
+        log.info("case held", extra={"loan_id": data.loan_id, "hold_id": data.hold_id,
+                                     "kind": data.kind})
+
+    async def resumed(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.CaseResumed)
+        await DispatchRepository(tx.conn).resume(
+            hold_id=data.hold_id, loan_id=data.loan_id, case_id=data.case_id,
+            resumed_at=data.resumed_at, now=tx.now)
+        log.info("case resumed", extra={"loan_id": data.loan_id, "hold_id": data.hold_id})
+
+    async def closed(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.CaseClosed)
+        repo = DispatchRepository(tx.conn)
+        await repo.close_case(case_id=data.case_id, loan_id=data.loan_id,
+                              outcome=data.outcome, closed_at=data.closed_at)
+        closure = Closure(data.outcome, data.closed_at)
+        for dispatch in await repo.cancellable(data.loan_id):
+            if not closure.covers(dispatch.request):
+                continue
+            await record_decision(tx, repo, dispatch, outcome="cancelled",
+                                  reason=f"case_closed_{data.outcome}", rule=RULE_CLOSED,
+                                  policy_version=self._policy.version, cause_id=env.id)
+
+    async def ignored(self, tx: Tx, env: Envelope) -> None:
+        return None

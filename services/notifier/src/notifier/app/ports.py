@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Protocol
 
-from notifier.domain.model import ChannelName, Language, Recipient
+from notifier.domain.model import ChannelName, DeliveryStatus, Language, Recipient
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,17 @@ class OutgoingMessage:
     subject: str = field(repr=False)
     body: str = field(repr=False)
     name: str | None = field(default=None, repr=False)
+    # The local date the message is dated (a letter prints it).
+    dated: date | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the channel knows once it has handed the message over."""
+
+    status: DeliveryStatus = "sent"
+    # The provider's own id for the message or call (safe to store and log).
+    provider_ref: str | None = None
 
 
 class SendError(Exception):
@@ -37,6 +49,7 @@ class SendError(Exception):
 
 
 class Channel(Protocol):
-    async def send(self, message: OutgoingMessage) -> None:
-        """Deliver or raise :class:`SendError`. Must be safe to repeat for one command."""
+    async def send(self, message: OutgoingMessage) -> Delivery:
+        """Deliver or raise :class:`SendError`. Must be safe to repeat for one command:
+        the command id is the idempotency key towards the provider."""
         ...

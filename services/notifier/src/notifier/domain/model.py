@@ -7,6 +7,7 @@ decision function sees only these types. Personal data (addresses, names) is kep
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -17,6 +18,19 @@ Recipient = Literal["debtor", "guarantor"]
 ChannelName = Literal["sms", "voice", "email", "letter"]
 Language = Literal["zh-CN", "en"]
 Outcome = Literal["sent", "deferred", "blocked", "cancelled", "failed"]
+# What a channel reports back. "sent": handed over, nothing more known (SMTP, print);
+# "delivered": the provider confirmed delivery; "answered"/"unanswered": a call's result.
+DeliveryStatus = Literal["sent", "delivered", "answered", "unanswered"]
+PHONE_CHANNELS: frozenset[ChannelName] = frozenset({"sms", "voice"})
+
+
+def number_key(phone: str) -> str:
+    """A stable pseudonym of a phone number, for counting attempts per number.
+
+    The clear number stays in ``contact_details`` only; the attempt log, which grows with
+    every contact and is kept for the audit period, holds this key instead.
+    """
+    return hashlib.sha256(f"tel:{phone}".encode()).hexdigest()[:32]
 
 
 class DispatchStatus(StrEnum):
@@ -124,12 +138,116 @@ class Cancellation:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A case on hold (from the workflow's ``CaseHeld``), and how it ended if it did."""
+
+    hold_id: str
+    kind: str
+    held_at: datetime
+    # Breathing space ends by itself; other holds end with a resume.
+    until: datetime | None = None
+    resumed_at: datetime | None = None
+
+    @property
+    def ends_at(self) -> datetime | None:
+        ends = [t for t in (self.until, self.resumed_at) if t is not None]
+        return min(ends) if ends else None
+
+    def covers(self, request: ContactRequest, now: datetime) -> bool:
+        """Whether the hold voids ``request``.
+
+        A hold in force stops everything. A hold that has ended still voids every command
+        issued before it ended: the workflow re-confirms the balance on resume and issues
+        fresh commands, so an old one parked through the hold must not go out after it.
+        """
+        # Known here means announced: in force even if our clock lags the workflow's.
+        ends = self.ends_at
+        return ends is None or now < ends or request.issued_at <= ends
+
+
+@dataclass(frozen=True)
+class Closure:
+    """The workflow closed the loan's case: nothing issued up to then may go out."""
+
+    outcome: str
+    closed_at: datetime
+
+    def covers(self, request: ContactRequest) -> bool:
+        return request.issued_at <= self.closed_at
+
+
+AttemptResult = Literal["pending", "sent", "delivered", "answered", "unanswered", "failed",
+                        "unknown"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One contact handed to a channel: what the frequency caps count.
+
+    ``pending`` is in flight (handed over, no result yet): it counts as the worst case for
+    every cap, so that two replicas deciding at once can never both squeeze under one.
+    ``unknown`` (the call timed out) counts the same way for good. ``failed`` means the
+    provider said it did not reach anyone, and does not count.
+    """
+
+    command_id: str
+    loan_id: str
+    person: str
+    channel: ChannelName
+    at: datetime
+    result: AttemptResult
+    number: str | None = None
+    # For a pending attempt: by when it has a result or its lease runs out.
+    settles_by: datetime | None = None
+
+    @property
+    def counted(self) -> bool:
+        return self.result != "failed"
+
+    @property
+    def maybe_connected(self) -> bool:
+        """Could have been a conversation (the worst case for an unknown result)."""
+        if self.channel != "voice":
+            return False
+        return self.result not in ("unanswered", "failed", "delivered")
+
+    @property
+    def maybe_unanswered(self) -> bool:
+        if self.channel != "voice":
+            return False
+        return self.result not in ("answered", "failed")
+
+
+def person_key(borrower_id: str, recipient: Recipient) -> str:
+    """Who is contacted: the debtor, or the guarantor of that debtor's loans."""
+    return f"{borrower_id}:{recipient}"
+
+
+ValidationState = Literal["not_required", "none", "in_flight", "sent"]
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What the person asked for: channels they opted out of, or no contact at all."""
+
+    opted_out: frozenset[ChannelName] = frozenset()
+    do_not_contact: bool = False
+
+
+@dataclass(frozen=True)
 class DispatchContext:
     """Everything the decision needs beyond the command, loaded before deciding."""
 
     cancellations: tuple[Cancellation, ...] = ()
     repayments: tuple[Repayment, ...] = ()
     details: ContactDetails | None = None
+    holds: tuple[Hold, ...] = ()
+    closures: tuple[Closure, ...] = ()
+    preferences: Preferences = Preferences()
+    # The contacts that the frequency caps may count: this person's, this number's.
+    attempts: tuple[Attempt, ...] = ()
+    # Whether a validation notice (Reg F 1006.34) went to this person about this debt.
+    validation: ValidationState = "none"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""REST: borrowers' contact details (in, and out only masked) and the contact decisions."""
+"""REST: borrowers' contact details (in, and out only masked), their contact preferences
+(opt-outs per channel, do-not-contact), and the contact decisions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from collections_kit.clock import Clock
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from collections_kit.runtime import EngineDep as Engine
-from notifier.adapters.repository import ContactDetailsRepository, DispatchRepository
+from notifier.adapters.repository import (
+    ContactDetailsRepository,
+    DispatchRepository,
+    PreferencesRepository,
+)
 from notifier.domain.masking import mask_email, mask_phone, mask_text
 from notifier.domain.model import ContactDetails, Party
 
@@ -90,6 +95,8 @@ class DecisionView(BaseModel):
     at: datetime
     # For a deferral: when the contact is tried again.
     due_at: datetime | None
+    # For a send: what the channel reported (sent, delivered, answered, unanswered).
+    delivery: str | None = None
 
 
 class ContactsPage(BaseModel):
@@ -110,6 +117,52 @@ class Summary(BaseModel):
         description="Decisions taken, by outcome, reason and rule")
     totals: dict[str, int] = Field(description="Decisions taken, by outcome")
     dispatches: dict[str, int] = Field(description="Contact commands by current status")
+
+
+PartyName = Literal["debtor", "guarantor"]
+ChannelPath = Annotated[Literal["sms", "voice", "email", "letter"], Path()]
+PartyQuery = Annotated[PartyName, Query(description="Whose wish: the debtor's or the "
+                                                    "guarantor's")]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+
+
+class OptOutIn(BaseModel):
+    """The person asked to receive nothing more on this channel."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"party": "debtor", "reason": "replied STOP to a text message"}]})
+
+    party: PartyName = "debtor"
+    reason: Reason = ""
+
+
+class DoNotContactIn(BaseModel):
+    """The person asked for no contact at all (on any channel)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"party": "debtor", "reason": "written request to cease communication"}]})
+
+    party: PartyName = "debtor"
+    reason: Reason = ""
+
+
+class OptOutView(BaseModel):
+    party: str
+    channel: str
+    reason: str
+    created_at: datetime
+
+
+class DoNotContactView(BaseModel):
+    party: str
+    reason: str
+    created_at: datetime
+
+
+class PreferencesView(BaseModel):
+    borrower_id: str
+    opt_outs: list[OptOutView]
+    do_not_contact: list[DoNotContactView]
 
 
 router = APIRouter(prefix="/v1")
@@ -162,6 +215,68 @@ async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine) -> Co
         updated_at=updated_at)
 
 
+@router.put("/borrowers/{borrower_id}/opt-outs/{channel}", status_code=204,
+            responses=INVALID_ONLY, tags=["contact preferences"],
+            summary="Opt a person out of one channel; pending contacts on it are blocked")
+async def put_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, body: OptOutIn,
+                      engine: Engine, clock: Now) -> Response:
+    async with engine.begin() as conn:
+        await PreferencesRepository(conn).opt_out(borrower_id, body.party, channel,
+                                                  reason=body.reason, now=clock.now())
+    return Response(status_code=204)
+
+
+@router.delete("/borrowers/{borrower_id}/opt-outs/{channel}", status_code=204,
+               responses=PROBLEM_RESPONSES, tags=["contact preferences"],
+               summary="Withdraw an opt-out (the person agreed to the channel again)")
+async def delete_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, engine: Engine,
+                         party: PartyQuery = "debtor") -> Response:
+    async with engine.begin() as conn:
+        found = await PreferencesRepository(conn).opt_in(borrower_id, party, channel)
+    if not found:
+        raise ProblemError(404, "No such opt-out",
+                           f"No {channel} opt-out is stored for this {party}.")
+    return Response(status_code=204)
+
+
+@router.put("/borrowers/{borrower_id}/do-not-contact", status_code=204,
+            responses=INVALID_ONLY, tags=["contact preferences"],
+            summary="Stop all contact with a person; pending contacts are blocked")
+async def put_do_not_contact(borrower_id: BorrowerIdPath, body: DoNotContactIn,
+                             engine: Engine, clock: Now) -> Response:
+    async with engine.begin() as conn:
+        await PreferencesRepository(conn).stop_all(borrower_id, body.party,
+                                                   reason=body.reason, now=clock.now())
+    return Response(status_code=204)
+
+
+@router.delete("/borrowers/{borrower_id}/do-not-contact", status_code=204,
+               responses=PROBLEM_RESPONSES, tags=["contact preferences"],
+               summary="Lift a do-not-contact")
+async def delete_do_not_contact(borrower_id: BorrowerIdPath, engine: Engine,
+                                party: PartyQuery = "debtor") -> Response:
+    async with engine.begin() as conn:
+        found = await PreferencesRepository(conn).allow(borrower_id, party)
+    if not found:
+        raise ProblemError(404, "No do-not-contact",
+                           f"No do-not-contact is stored for this {party}.")
+    return Response(status_code=204)
+
+
+@router.get("/borrowers/{borrower_id}/contact-preferences", response_model=PreferencesView,
+            responses=INVALID_ONLY, tags=["contact preferences"],
+            summary="A person's opt-outs and do-not-contact")
+async def get_preferences(borrower_id: BorrowerIdPath, engine: Engine) -> PreferencesView:
+    async with engine.connect() as conn:
+        opt_outs, stops = await PreferencesRepository(conn).of(borrower_id)
+    return PreferencesView(
+        borrower_id=borrower_id,
+        opt_outs=[OptOutView(party=r.party, channel=r.channel, reason=r.reason,
+                             created_at=r.created_at) for r in opt_outs],
+        do_not_contact=[DoNotContactView(party=r.party, reason=r.reason,
+                                         created_at=r.created_at) for r in stops])
+
+
 @router.get("/contacts", response_model=ContactsPage, responses=INVALID_ONLY,
             tags=["contacts"], summary="Every decision taken on a loan's contacts, oldest first")
 async def get_contacts(engine: Engine,
@@ -174,6 +289,7 @@ async def get_contacts(engine: Engine,
     decisions = [DecisionView(
         id=r.id, command_id=r.command_id, channel=r.channel, recipient=r.recipient,
         decision=r.decision, reason=r.reason, rule=r.rule, at=r.at, due_at=r.due_at,
+        delivery=r.delivery,
     ) for r in rows]
     return ContactsPage(loan_id=loan_id, decisions=decisions,
                         next_after=decisions[-1].id if len(decisions) == limit else None)

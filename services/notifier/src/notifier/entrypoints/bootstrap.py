@@ -2,39 +2,75 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 
 from collections_kit.clock import Clock, SystemClock
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.db import make_engine
 from collections_kit.outbox import OutboxRelay
-from collections_kit.runtime import Runtime, make_app, make_producer
+from collections_kit.runtime import Runtime, Worker, make_app, make_producer
 from collections_kit.topics import Topic
 from notifier.adapters.email import SmtpChannel
+from notifier.adapters.letters import PrintChannel
+from notifier.adapters.provider_http import HttpProviderChannel
 from notifier.adapters.recording import RecordingChannel
 from notifier.adapters.tables import inbox, outbox
 from notifier.app.dispatcher import Dispatcher, DispatcherConfig
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Channel
 from notifier.domain.model import ChannelName
-from notifier.domain.policy import DispatchPolicy
+from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
 from notifier.entrypoints.api import router
 from notifier.settings import NotifierSettings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-CONSUMED = (Topic.CONTACT_COMMANDS, Topic.LOANS_REPAYMENT)
+CONSUMED = (Topic.CONTACT_COMMANDS, Topic.LOANS_REPAYMENT, Topic.CASE_EVENTS)
 
 DESCRIPTION = """Turns the workflow's contact commands into lawful contacts, or into
 recorded reasons why not.
 
-Just before sending it checks again: workflow cancellations, the ledger confirmation's
-validity, repayments the confirmation may not have seen, whether the recipient is a party
-at this stage, contact details, and the contact window in the borrower's own time zone.
-Every decision is recorded with its reason and rule and published as a contact outcome.
-Contact details arrive here by REST only; they never travel on Kafka."""
+Just before sending it checks again: workflow cancellations, holds and closures, the
+ledger confirmation's validity, repayments the confirmation may not have seen, whether the
+recipient is a party at this stage, opt-outs and do-not-contact, contact details, the
+validation notice (Reg F), frequency caps and quiet periods, and the contact window in the
+borrower's own time zone. Every decision is recorded with its reason and rule and published
+as a contact outcome. Contact details and contact preferences arrive here by REST only; they
+never travel on Kafka."""
+
+
+class _ClientLifetime:
+    """Closes the provider's HTTP client when the runtime stops (a worker that only waits)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+        self.heartbeat = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=5.0)
+        finally:
+            await self._client.aclose()
+
+
+def load_policy(settings: NotifierSettings) -> DispatchPolicy:
+    """The built-in jurisdictions, plus (or overridden by) those of the policy file."""
+    policy = DispatchPolicy.of(recheck_lookback=timedelta(seconds=settings.recheck_lookback_s))
+    if settings.policy_file is None:
+        return policy
+    with settings.policy_file.open("rb") as f:
+        data = tomllib.load(f)
+    return policy.with_jurisdictions(jurisdictions_from_mapping(data.get("jurisdictions", {})))
 
 
 def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
@@ -45,8 +81,8 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
                          schema=settings.db_schema)
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
-    policy = policy or DispatchPolicy.of(
-        recheck_lookback=timedelta(seconds=settings.recheck_lookback_s))
+    policy = policy or load_policy(settings)
+    workers: list[Worker] = []
     if channels is None:
         smtp = SmtpChannel(
             host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
@@ -54,14 +90,25 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             password=(settings.smtp_password.get_secret_value()
                       if settings.smtp_password else None),
             use_tls=settings.smtp_use_tls, start_tls=settings.smtp_start_tls)
-        recorder = RecordingChannel(engine, clock)
-        channels = {"email": smtp, "sms": recorder, "voice": recorder, "letter": recorder}
+        phone: Channel = RecordingChannel(engine, clock)
+        if settings.provider_base_url:
+            headers = ({"Authorization": "Bearer "
+                        + settings.provider_api_key.get_secret_value()}
+                       if settings.provider_api_key else {})
+            client = httpx.AsyncClient(base_url=settings.provider_base_url, headers=headers,
+                                       timeout=settings.provider_timeout_s)
+            phone = HttpProviderChannel(client, max_tries=settings.provider_max_tries,
+                                        backoff_s=settings.provider_backoff_s)
+            workers.append(_ClientLifetime(client))
+        printer = PrintChannel(engine, clock, sender=settings.letter_sender)
+        channels = {"email": smtp, "sms": phone, "voice": phone, "letter": printer}
     dispatcher = Dispatcher(
         engine=engine, outbox=outbox, schema=settings.db_schema,
         source=settings.service_name, topic_prefix=settings.topic_prefix, policy=policy,
         channels=channels, clock=clock,
         config=DispatcherConfig(
-            opt_out_url=settings.opt_out_url, batch=settings.dispatch_batch,
+            opt_out_url=settings.opt_out_url, collector_name=settings.collector_name,
+            batch=settings.dispatch_batch,
             concurrency=settings.dispatch_concurrency,
             sending_lease=timedelta(seconds=settings.sending_lease_s),
             max_attempts=settings.send_max_attempts,
@@ -72,7 +119,7 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
                         handlers=NotifierHandlers(policy).routes(), clock=clock,
                         on_committed=dispatcher.wake)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[loop], workers=[dispatcher],
+                   loops=[loop], workers=[dispatcher, *workers],
                    state={"clock": clock, "dispatcher": dispatcher})
 
 
