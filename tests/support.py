@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from collections_kit.envelope import Envelope, MalformedMessageError, decode
+from collections_kit.runtime import Runtime
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Envelope | MalformedMessageError]:
@@ -59,6 +61,16 @@ async def eventually(check: Callable[[], Any], *, within: float = 30.0,
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s (last: {last!r})")
+
+
+@asynccontextmanager
+async def running(runtime: Runtime) -> AsyncIterator[Runtime]:
+    """A service's real runtime (consumer loops, relay, workers) in this process."""
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
 
 
 async def migrate(migrations: Any, url: str, schema: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,22 +25,13 @@ from ledger_sync.settings import LedgerSyncSettings
 from scripts import lending
 from scripts.infra import producer
 from scripts.services import ServiceProcess
-from tests.support import eventually, migrate, read_topic
+from tests.support import eventually, migrate, read_topic, running
 from workflow.adapters.tables import cases, contact_intents, timeline
 from workflow.domain.policy import DEFAULT_POLICY, Stage
 from workflow.entrypoints import bootstrap as workflow_boot
 from workflow.settings import WorkflowSettings
 
 WARNING_CONTACTS = len(DEFAULT_POLICY.for_stage(Stage.WARNING).contacts)
-
-
-@asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[Runtime]:
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
 
 
 @pytest.fixture

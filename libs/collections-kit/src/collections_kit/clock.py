@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 # Fixed namespace for ids derived from a cause: replaying the same cause yields the same ids,
@@ -31,6 +31,19 @@ class FixedClock:
 
     def set(self, at: datetime) -> None:
         self._at = at
+
+
+class OffsetClock:
+    """Real time shifted by an offset the tests move: timers come due without waiting."""
+
+    def __init__(self, offset: timedelta = timedelta(0)) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, by: timedelta) -> None:
+        self.offset += by
 
 
 def derived_id(cause_id: str, label: str) -> str:
