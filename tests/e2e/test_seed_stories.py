@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -109,7 +110,7 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
                                                      repayment_id=f"R-plan-{n}"))
         if n < 6:
             world.clock.advance(timedelta(days=30) if n else timedelta(days=2))
-            await eventually(lambda n=n: _count(world.kinds(loan), "instalment_kept", n + 1))
+            await eventually(partial(_count, world, loan, "instalment_kept", n + 1))
     case = await eventually(lambda: _closed(world, loan))
     assert case["exit"] == "settled"
     kinds = await world.kinds(loan)
@@ -188,9 +189,8 @@ async def test_fraud_goes_to_litigation_and_an_unhonoured_judgment_to_enforcemen
     assert kinds.count("stage_changed") == 2  # one jump for fraud, one for enforcement
 
 
-async def _count(kinds: Any, kind: str, n: int) -> bool:
-    found: list[str] = await kinds
-    return found.count(kind) >= n
+async def _count(world: World, loan: str, kind: str, n: int) -> bool:
+    return (await world.kinds(loan)).count(kind) >= n
 
 
 async def _closed(world: World, loan: str) -> dict[str, Any] | None:
