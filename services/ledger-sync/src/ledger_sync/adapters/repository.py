@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -13,9 +16,14 @@ from ledger_sync.adapters.tables import (
     balance_answers,
     buffered_postings,
     loan_balances,
+    pending_checks,
     repayments,
 )
 from ledger_sync.domain.ledger import Posting, Projection
+
+# First key of ledger-sync's two-key advisory locks (the second is a hash of the loan id):
+# keeps them apart from the kit's one-key locks (outbox relay, migrations).
+LOCK_NAMESPACE = 0x4C53  # "LS"
 
 
 class LedgerRepository:
@@ -29,7 +37,22 @@ class LedgerRepository:
         row = (await self._conn.execute(stmt)).first()
         if row is None:
             return None
-        return Projection(row.loan_id, row.currency, row.balance, row.watermark, row.updated_at)
+        return Projection(row.loan_id, row.currency, row.balance, row.watermark, row.updated_at,
+                          row.verified_at)
+
+    async def lock_projection(self, loan_id: str) -> Projection | None:
+        """The projection, locked against every other writer of this loan until commit.
+
+        A row lock cannot protect a row that does not exist yet, and two writers (the feed's
+        consumer and a repair from the ledger's API) may both be about to create it; so
+        without a row they serialise on a per-loan advisory lock and look again.
+        """
+        current = await self.projection(loan_id, lock=True)
+        if current is not None:
+            return current
+        await self._conn.execute(select(func.pg_advisory_xact_lock(
+            LOCK_NAMESPACE, func.hashtext(loan_id))))
+        return await self.projection(loan_id, lock=True)
 
     async def buffered(self, loan_id: str) -> tuple[Posting, ...]:
         rows = await self._conn.execute(
@@ -48,11 +71,12 @@ class LedgerRepository:
                               still_buffered: tuple[Posting, ...]) -> None:
         values = {"loan_id": projection.loan_id, "currency": projection.currency,
                   "balance": projection.balance, "watermark": projection.watermark,
-                  "updated_at": projection.updated_at}
+                  "updated_at": projection.updated_at, "verified_at": projection.verified_at}
         stmt = pg_insert(loan_balances).values(values)
         await self._conn.execute(stmt.on_conflict_do_update(
             index_elements=[loan_balances.c.loan_id],
-            set_={k: stmt.excluded[k] for k in ("balance", "watermark", "updated_at")}))
+            set_={k: stmt.excluded[k]
+                  for k in ("balance", "watermark", "updated_at", "verified_at")}))
         await self._conn.execute(delete(buffered_postings).where(
             buffered_postings.c.loan_id == projection.loan_id,
             buffered_postings.c.sequence <= projection.watermark))
@@ -105,3 +129,56 @@ class LedgerRepository:
         await self._conn.execute(pg_insert(balance_answers).values(
             check_id=check_id, loan_id=loan_id, answer_type=answer_type, payload=payload,
             answered_at=at).on_conflict_do_nothing())
+
+    # --- balance checks waiting for the ledger's API -------------------------------------
+
+    async def has_pending(self, loan_id: str) -> bool:
+        return bool(await self._conn.scalar(select(exists().where(
+            pending_checks.c.loan_id == loan_id))))
+
+    async def enqueue_check(self, check_id: str, loan_id: str, payload: dict[str, Any],
+                            at: datetime) -> None:
+        # The same check asked again while it waits stays one entry: it gets one answer.
+        await self._conn.execute(pg_insert(pending_checks).values(
+            check_id=check_id, loan_id=loan_id, payload=payload, queued_at=at,
+        ).on_conflict_do_nothing())
+
+    async def claim_pending(self, now: datetime, lease: timedelta, limit: int
+                            ) -> list[PendingCheck]:
+        """Lease up to ``limit`` waiting checks, oldest first, to this replica."""
+        free = or_(pending_checks.c.claimed_until.is_(None),
+                   pending_checks.c.claimed_until < now)
+        ids = (select(pending_checks.c.check_id).where(free)
+               .order_by(pending_checks.c.seq).limit(limit)
+               .with_for_update(skip_locked=True).scalar_subquery())
+        rows = await self._conn.execute(
+            update(pending_checks).where(pending_checks.c.check_id.in_(ids))
+            .values(claimed_until=now + lease, attempts=pending_checks.c.attempts + 1)
+            .returning(pending_checks.c.check_id, pending_checks.c.seq,
+                       pending_checks.c.loan_id, pending_checks.c.payload))
+        return sorted((PendingCheck(r.check_id, r.seq, r.loan_id, r.payload) for r in rows),
+                      key=lambda p: p.seq)
+
+    async def take_pending(self, check_ids: Sequence[str]) -> list[PendingCheck]:
+        """Remove and return those of ``check_ids`` still waiting (another replica may have
+        answered some after its lease ran out)."""
+        if not check_ids:
+            return []
+        rows = await self._conn.execute(
+            delete(pending_checks).where(pending_checks.c.check_id.in_(list(check_ids)))
+            .returning(pending_checks.c.check_id, pending_checks.c.seq,
+                       pending_checks.c.loan_id, pending_checks.c.payload))
+        return sorted((PendingCheck(r.check_id, r.seq, r.loan_id, r.payload) for r in rows),
+                      key=lambda p: p.seq)
+
+    async def waiting_loans(self, now: datetime) -> bool:
+        return bool(await self._conn.scalar(select(exists().where(or_(
+            pending_checks.c.claimed_until.is_(None), pending_checks.c.claimed_until < now)))))
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    check_id: str
+    seq: int
+    loan_id: str
+    payload: dict[str, Any]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
+    Identity,
     Integer,
     MetaData,
     Numeric,
@@ -28,6 +30,8 @@ loan_balances = Table(
     Column("balance", Numeric(20, 6), nullable=False),
     Column("watermark", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The ledger's API last agreed there was nothing beyond the watermark (0002).
+    Column("verified_at", DateTime(timezone=True)),
 )
 
 buffered_postings = Table(
@@ -64,4 +68,76 @@ balance_answers = Table(
     Column("answer_type", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("answered_at", DateTime(timezone=True), nullable=False),
+)
+
+# Balance checks waiting for the ledger's API (0002): the projection was stale, or an earlier
+# check for the same loan is still waiting (answers for one loan keep their order).
+pending_checks = Table(
+    "pending_checks",
+    metadata,
+    Column("check_id", Text, primary_key=True),
+    Column("seq", BigInteger, Identity(), nullable=False, unique=True),
+    Column("loan_id", Text, nullable=False, index=True),
+    # The BalanceCheckRequested as received, and the id of the event that carried it.
+    Column("payload", JSONB, nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    # A replica working on it holds a lease; one that dies lets the lease run out.
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+)
+
+# The workflow's open cases, from collections.case-events.v1 (0002).
+open_cases = Table(
+    "open_cases",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    # The last correction published for the case, so a pass does not repeat itself.
+    Column("last_correction_kind", Text),
+    Column("last_correction_outstanding", Numeric(20, 6)),
+    Column("last_correction_watermark", Integer),
+)
+
+# What the collections side last held as a loan's outstanding, as seen from here (0002).
+collections_views = Table(
+    "collections_views",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("currency", Text, nullable=False),
+    Column("outstanding", Numeric(20, 6), nullable=False),
+    # check (the workflow's expectation), confirmation or correction (ledger-sync's figure).
+    Column("source", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("finished_at", DateTime(timezone=True)),
+    # running | completed | abandoned (the replica died mid-pass)
+    Column("status", Text, nullable=False),
+    Column("examined", Integer, nullable=False, server_default="0"),
+    # Findings by kind: in_sync, nothing_owed, drift, skipped; and corrections published.
+    Column("counts", JSONB, nullable=False),
+)
+
+# One row per case a pass corrected or could not check; cases in sync are only counted.
+reconciliation_findings = Table(
+    "reconciliation_findings",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("case_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("published", Boolean, nullable=False),
+    Column("event_id", Text),
+    Column("currency", Text),
+    Column("collections_outstanding", Numeric(20, 6)),
+    Column("ledger_outstanding", Numeric(20, 6)),
+    Column("ledger_watermark", Integer, nullable=False),
+    Column("detail", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "loan_id"),
 )

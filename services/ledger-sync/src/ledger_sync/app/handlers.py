@@ -1,21 +1,42 @@
-"""Ledger-sync's handlers: keep the projection, answer balance checks."""
+"""Ledger-sync's handlers: keep the projection, answer balance checks, track open cases.
+
+Each runs inside the consumer's transaction (``Tx``). None of them talks HTTP: a check the
+projection cannot answer (stale, see ``domain.ledger.staleness``) is queued for the
+:class:`~ledger_sync.app.verifier.StaleCheckResolver`, which asks the ledger's API outside
+any transaction and answers then.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from collections_kit import contract as c
-from collections_kit.clock import derived_id
 from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
+from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
-from ledger_sync.domain.ledger import CheckPolicy, Confirm, Posting, answer_check, apply_posting
+from ledger_sync.app.answers import republish_previous, stage_answer
+from ledger_sync.domain.ledger import (
+    CheckPolicy,
+    FreshnessPolicy,
+    Posting,
+    answer_check,
+    apply_posting,
+    staleness,
+)
 
 
 class LedgerSyncHandlers:
-    def __init__(self, policy: CheckPolicy) -> None:
+    def __init__(self, policy: CheckPolicy, freshness: FreshnessPolicy | None = None,
+                 *, ledger_api: bool = False,
+                 on_enqueued: Callable[[], None] | None = None) -> None:
         self._policy = policy
+        self._freshness = freshness or FreshnessPolicy()
+        # With no ledger API there is nobody to ask: stale checks are refused at once.
+        self._ledger_api = ledger_api
+        self._on_enqueued = on_enqueued
 
     def routes(self) -> dict[type[c.Message], Handler]:
         return {
@@ -23,13 +44,20 @@ class LedgerSyncHandlers:
             c.RepaymentReceived: self.repayment,
             c.RepaymentReversed: self.reversal,
             c.BalanceCheckRequested: self.check,
+            c.CaseOpened: self.case_opened,
+            c.CaseClosed: self.case_closed,
+            # The rest of the case topic says nothing about whether a case is open; consumed
+            # (and ignored) so that it is not dead-lettered as an unknown type.
+            c.CaseStageChanged: self.ignore,
+            c.CaseHeld: self.ignore,
+            c.CaseResumed: self.ignore,
         }
 
     async def posting(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.LedgerPostingBooked)
         repo = LedgerRepository(tx.conn)
-        current = await repo.projection(data.loan_id, lock=True)
+        current = await repo.lock_projection(data.loan_id)
         posting = Posting(data.posting_id, data.loan_id, data.sequence, data.kind,
                           data.currency, data.amount, data.booked_at, data.repayment_id)
         result = apply_posting(current, await repo.buffered(data.loan_id), posting, tx.now)
@@ -49,34 +77,38 @@ class LedgerSyncHandlers:
     async def check(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.BalanceCheckRequested)
+        if await republish_previous(tx, data):
+            return
         repo = LedgerRepository(tx.conn)
+        # What the workflow believes is owed: reconciliation compares the ledger with it.
+        await CasesRepository(tx.conn).set_view(data.loan_id, data.currency,
+                                                data.expected_outstanding, "check", tx.now)
         projection = await repo.projection(data.loan_id, lock=True)
-        previous = await repo.answer(data.check_id)
-        answer: c.BalanceConfirmed | c.BalanceRefused
-        if previous is not None:
-            # The same check asked again gets the same answer, confirmation id and all.
-            model = c.BalanceConfirmed if previous.answer_type == "confirmed" else c.BalanceRefused
-            answer = model.model_validate(previous.payload)
-        else:
-            verdict = answer_check(projection, await repo.has_gap(data.loan_id),
-                                   await repo.money_in_flight(data.loan_id),
-                                   data.expected_outstanding, tx.now, self._policy)
-            if isinstance(verdict, Confirm):
-                answer = c.BalanceConfirmed(
-                    check_id=data.check_id, loan_id=data.loan_id,
-                    confirmation_id=derived_id(data.check_id, "confirmation"),
-                    currency=data.currency,
-                    confirmed_outstanding=verdict.outstanding,
-                    ledger_watermark=verdict.watermark, confirmed_at=tx.now,
-                    valid_until=verdict.valid_until,
-                    expected_outstanding=data.expected_outstanding)
-            else:
-                answer = c.BalanceRefused(
-                    check_id=data.check_id, loan_id=data.loan_id, reason=verdict.reason,
-                    detail=verdict.detail, ledger_watermark=verdict.watermark, refused_at=tx.now)
-            await repo.save_answer(
-                data.check_id, data.loan_id,
-                "confirmed" if isinstance(answer, c.BalanceConfirmed) else "refused",
-                json.loads(answer.model_dump_json()), tx.now)
-        # Keyed by the check: a repeated answer is a duplicate the workflow's inbox drops.
-        tx.publish(answer, event_id=derived_id(data.check_id, "answer"), subject=data.loan_id)
+        has_gap = await repo.has_gap(data.loan_id)
+        if self._ledger_api and (
+                await repo.has_pending(data.loan_id)
+                or staleness(projection, has_gap, tx.now, self._freshness) is not None):
+            # Behind an earlier waiting check for the loan too: one loan's answers keep their
+            # order and all rest on the same refreshed projection.
+            await repo.enqueue_check(data.check_id, data.loan_id,
+                                     json.loads(data.model_dump_json()), tx.now)
+            if self._on_enqueued is not None:
+                self._on_enqueued()
+            return
+        verdict = answer_check(projection, has_gap, await repo.money_in_flight(data.loan_id),
+                               data.expected_outstanding, tx.now, self._policy,
+                               currency=data.currency)
+        await stage_answer(tx, data, verdict, projection.currency if projection else None)
+
+    async def case_opened(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.CaseOpened)
+        await CasesRepository(tx.conn).case_opened(data.loan_id, data.case_id, data.opened_at)
+
+    async def case_closed(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.CaseClosed)
+        await CasesRepository(tx.conn).case_closed(data.loan_id, data.case_id)
+
+    async def ignore(self, tx: Tx, env: Envelope) -> None:
+        return None

@@ -1,0 +1,196 @@
+"""The scheduled reconciliation pass: open cases against the ledger, drift corrected by events.
+
+One replica runs a pass at a time: the pass holds a session-level advisory lock on a
+connection of its own (idle between statements, never an open transaction), so a replica
+that dies releases it with its connection. A replica whose tick finds that another ran a
+pass less than an interval ago skips its turn, so N replicas do not mean N passes.
+
+A pass walks the open cases in pages (keyset on loan id). Per page: the stale projections
+are refreshed from the ledger's API with no transaction open; then one short transaction
+compares each case (``domain.reconciliation.reconcile``), stages the corrections in the
+outbox and writes the page's findings to the run's report. A crash loses at most the page
+in progress, and the next pass redoes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Literal
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from collections_kit import contract as c
+from collections_kit.clock import Clock, derived_id, new_id
+from collections_kit.outbox import Tx, flush
+from ledger_sync.adapters.cases import CasesRepository, ReconciliationRepository
+from ledger_sync.adapters.ledger_api import LedgerApi
+from ledger_sync.adapters.repository import LOCK_NAMESPACE, LedgerRepository
+from ledger_sync.app.refresh import Fetched, UnknownToLedger, apply_fetched, fetch
+from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy, Projection, staleness
+from ledger_sync.domain.reconciliation import Finding, OpenCase, reconcile
+from ledger_sync.settings import LedgerSyncSettings
+
+log = logging.getLogger(__name__)
+
+# Liveness wants a beat at least this often, however long the interval between passes.
+_BEAT_S = 5.0
+
+
+class Reconciler:
+    def __init__(self, *, settings: LedgerSyncSettings, engine: AsyncEngine,
+                 api: LedgerApi | None, clock: Clock, policy: CheckPolicy,
+                 freshness: FreshnessPolicy, outbox: Table) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._api = api
+        self._clock = clock
+        self._policy = policy
+        self._freshness = freshness
+        self._outbox = outbox
+        self._interval = timedelta(seconds=settings.reconciliation_interval_s)
+        self.heartbeat = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deadline = time.monotonic() + self._interval.total_seconds()
+            while not stop.is_set() and time.monotonic() < deadline:
+                self.heartbeat = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           min(_BEAT_S, max(deadline - time.monotonic(), 0)))
+            if stop.is_set():
+                return
+            try:
+                await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The next tick tries again; the run stays "running" until a pass abandons it.
+                log.exception("reconciliation pass failed")
+
+    async def run_pass(self) -> str | None:
+        """One pass over every open case; the run id, or None if it was not this replica's
+        turn."""
+        key = (LOCK_NAMESPACE, func.hashtext("reconciliation"))
+        async with self._engine.connect() as lock_conn:
+            got = await lock_conn.scalar(select(func.pg_try_advisory_lock(*key)))
+            await lock_conn.commit()  # session lock: kept without an open transaction
+            if not got:
+                return None
+            try:
+                return await self._locked_pass()
+            finally:
+                # A broken connection has released the lock already, with the session.
+                with contextlib.suppress(Exception):
+                    await lock_conn.scalar(select(func.pg_advisory_unlock(*key)))
+                    await lock_conn.commit()
+
+    async def _locked_pass(self) -> str | None:
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            runs = ReconciliationRepository(conn)
+            last = await runs.last_started()
+            if last is not None and now - last < self._interval * 0.9:
+                return None  # another replica's pass is recent enough
+            await runs.abandon_running()
+            run_id = new_id()
+            await runs.start(run_id, now)
+        log.info("reconciliation pass started", extra={"run_id": run_id})
+        counts: Counter[str] = Counter()
+        examined, after = 0, ""
+        while True:
+            async with self._engine.connect() as conn:
+                page = await CasesRepository(conn).open_cases_page(
+                    after, self._settings.reconciliation_batch)
+            if not page:
+                break
+            why = await self._refresh_stale(page)
+            await self._reconcile_page(run_id, page, why, counts)
+            examined += len(page)
+            after = page[-1].loan_id
+            self.heartbeat = time.monotonic()
+        async with self._engine.begin() as conn:
+            await ReconciliationRepository(conn).progress(run_id, examined, dict(counts),
+                                                          finished_at=self._clock.now())
+        log.info("reconciliation pass finished", extra={"run_id": run_id, "examined": examined,
+                                                       **{f"n_{k}": v for k, v in counts.items()}})
+        return run_id
+
+    async def _refresh_stale(self, page: list[OpenCase]) -> dict[str, str]:
+        """Refresh the page's stale projections from the ledger; why each failed one failed."""
+        why: dict[str, str] = {}
+        async with self._engine.connect() as conn:
+            repo = LedgerRepository(conn)
+            stale: list[tuple[str, Projection | None]] = []
+            for case in page:
+                projection = await repo.projection(case.loan_id)
+                if staleness(projection, await repo.has_gap(case.loan_id), self._clock.now(),
+                             self._freshness) is not None:
+                    stale.append((case.loan_id, projection))
+        api = self._api
+        if api is None:
+            return {loan_id: "no ledger API configured" for loan_id, _ in stale}
+        gate = asyncio.Semaphore(self._settings.ledger_api_concurrency)
+
+        async def refresh(loan_id: str, projection: Projection | None) -> None:
+            async with gate:
+                fetched = await fetch(api, loan_id, projection)
+                if isinstance(fetched, Fetched):
+                    async with self._engine.begin() as conn:
+                        await apply_fetched(LedgerRepository(conn), loan_id, fetched,
+                                            self._clock.now())
+                    # Only read if the refresh left the projection stale.
+                    why[loan_id] = "the ledger's API did not close the gap"
+                elif isinstance(fetched, UnknownToLedger):
+                    why[loan_id] = "the ledger does not know this loan"
+                else:
+                    why[loan_id] = fetched.reason
+                self.heartbeat = time.monotonic()
+
+        await asyncio.gather(*(refresh(loan_id, projection) for loan_id, projection in stale))
+        return why
+
+    async def _reconcile_page(self, run_id: str, page: list[OpenCase], why: dict[str, str],
+                              counts: Counter[str]) -> None:
+        async with self._engine.begin() as conn:
+            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
+                    topic_prefix=self._settings.topic_prefix)
+            ledger, cases = LedgerRepository(conn), CasesRepository(conn)
+            report: list[tuple[OpenCase, Finding, str | None]] = []
+            for case in page:
+                projection = await ledger.projection(case.loan_id)
+                stale = staleness(projection, await ledger.has_gap(case.loan_id), tx.now,
+                                  self._freshness)
+                finding = reconcile(case, projection,
+                                    await ledger.money_in_flight(case.loan_id), stale,
+                                    why.get(case.loan_id, ""), self._policy)
+                event_id = None
+                if finding.publish:
+                    assert finding.outstanding is not None and finding.currency is not None
+                    kind: Literal["nothing_owed", "drift"] = (
+                        "nothing_owed" if finding.kind == "nothing_owed" else "drift")
+                    event_id = derived_id(run_id, f"correction/{case.loan_id}")
+                    tx.publish(c.BalanceCorrected(
+                        loan_id=case.loan_id, kind=kind, currency=finding.currency,
+                        ledger_outstanding=finding.outstanding,
+                        ledger_watermark=finding.watermark, corrected_at=tx.now),
+                        event_id=event_id, subject=case.loan_id)
+                    await cases.note_correction(case.loan_id, finding.kind, finding.outstanding,
+                                                finding.watermark)
+                    await cases.set_view(case.loan_id, finding.currency, finding.outstanding,
+                                         "correction", tx.now)
+                    counts["published"] += 1
+                counts[finding.kind] += 1
+                report.append((case, finding, event_id))
+            runs = ReconciliationRepository(conn)
+            await runs.record(run_id, report)
+            await runs.progress(run_id, sum(counts[k] for k in
+                                            ("in_sync", "nothing_owed", "drift", "skipped")),
+                                dict(counts))
+            await flush(tx, self._outbox, self._settings.db_schema)
