@@ -136,8 +136,9 @@ def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
     repaid = sum(v for k, v in intents.items() if "repaid" in k or "nothing_owed" in k) + sum(
         r["count"] for r in nt.get("by_decision", [])
         if r["decision"] == "cancelled" and "repaid" in r["reason"])
-    unconfirmed = sum(v for k, v in intents.items() if k.startswith("refused/")
-                      and "nothing_owed" not in k)
+    # Refused by the ledger for now (stale, gap, unknown loan): re-checked later with backoff.
+    unconfirmed = sum(v for k, v in intents.items()
+                      if k.startswith(("refused/", "awaiting_recheck/")) and "nothing_owed" not in k)
     print("\nHeadline:")
     print(f"  contacts sent                             {sent:>6}"
           f"  (e-mails received by SMTP: {mails})")

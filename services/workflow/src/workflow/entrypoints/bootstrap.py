@@ -12,6 +12,7 @@ from collections_kit.db import make_engine
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
+from workflow.adapters.policy_file import policy_book
 from workflow.adapters.tables import inbox, outbox
 from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
@@ -38,7 +39,7 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
                          schema=settings.db_schema)
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
-    workflow = Workflow(policies or PolicyBook())
+    workflow = Workflow(policies or policy_book(settings.policy_files))
     timer_worker = TimerWorker(engine, settings, clock, workflow)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED],
