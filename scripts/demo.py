@@ -138,7 +138,8 @@ def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
         if r["decision"] == "cancelled" and "repaid" in r["reason"])
     # Refused by the ledger for now (stale, gap, unknown loan): re-checked later with backoff.
     unconfirmed = sum(v for k, v in intents.items()
-                      if k.startswith(("refused/", "awaiting_recheck/")) and "nothing_owed" not in k)
+                      if k.startswith(("refused/", "awaiting_recheck/"))
+                      and "nothing_owed" not in k)
     print("\nHeadline:")
     print(f"  contacts sent                             {sent:>6}"
           f"  (e-mails received by SMTP: {mails})")
