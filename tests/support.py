@@ -78,3 +78,22 @@ async def migrate(migrations: Any, url: str, schema: str) -> None:
 
     # Alembic's env runs its own event loop; keep it off the test's loop.
     await asyncio.to_thread(upgrade, migrations, url, schema)
+
+
+async def mismatched_replays(engine: Any) -> list[str]:
+    """Loans whose stored case differs from the replay of its journal (should be none)."""
+    from sqlalchemy import select
+
+    from workflow.adapters.journal import journal_of, replay
+    from workflow.adapters.repository import case_from_row
+    from workflow.adapters.tables import cases
+    from workflow.domain.policy import PolicyBook
+
+    bad = []
+    async with engine.connect() as conn:
+        for row in (await conn.execute(select(cases))).all():
+            stored = case_from_row(row)
+            replayed = replay(await journal_of(conn, stored.case_id), PolicyBook())
+            if replayed != stored:
+                bad.append(stored.loan_id)
+    return bad

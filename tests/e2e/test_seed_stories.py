@@ -25,7 +25,7 @@ from ledger_sync.entrypoints import bootstrap as ledger_boot
 from ledger_sync.settings import LedgerSyncSettings
 from scripts import lending
 from scripts.infra import producer
-from tests.support import eventually, migrate, read_topic, running
+from tests.support import eventually, migrate, mismatched_replays, read_topic, running
 from workflow.domain.policy import DEFAULT_POLICY
 from workflow.entrypoints import bootstrap as workflow_boot
 from workflow.settings import WorkflowSettings
@@ -86,6 +86,8 @@ async def world(stack: dict[str, str], database_url: str,
                                          base_url="http://workflow") as http:
                 yield World(http, lending.Lender(kafka, topic_prefix), clock, stack,
                             topic_prefix)
+            # Every case equals the fold of the pure decisions over its journal.
+            assert await mismatched_replays(wf.engine) == []
     finally:
         await kafka.stop()
 

@@ -94,6 +94,19 @@ timers = Table(
     Index("ix_timers_case", "case_id"),
 )
 
+case_inputs = Table(
+    "case_inputs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("cause_id", Text, nullable=False),
+    Column("input_type", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Index("ix_case_inputs_case", "case_id", "id"),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

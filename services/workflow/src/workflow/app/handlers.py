@@ -15,6 +15,7 @@ from collections_kit.clock import derived_id
 from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
+from workflow.adapters.journal import record_input
 from workflow.adapters.repository import CaseRepository
 from workflow.domain import decide as d
 from workflow.domain import messages as m
@@ -46,6 +47,9 @@ class Workflow:
                             ids(cause_id))
         if decision.rejected is None:
             await apply(tx, repo, case, decision, cause_id)
+            subject = decision.case or case
+            if subject is not None:
+                await record_input(tx.conn, subject, event, cause_id, tx.now)
         return case, decision
 
 
