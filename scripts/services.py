@@ -85,6 +85,11 @@ class ServiceProcess:
 
 @dataclass
 class Fleet:
+    """The three services, each with ``replicas[name]`` processes in one consumer group.
+
+    Replica keys are ``workflow``, ``workflow-2``, ...; ``fleet["workflow"]`` is the first.
+    """
+
     database_url: str
     kafka_bootstrap: str
     topic_prefix: str
@@ -92,35 +97,67 @@ class Fleet:
     base_port: int = 18100
     smtp_port: int = 2525
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
     members: dict[str, ServiceProcess] = field(default_factory=dict)
+    _next_port: int = 0
 
     def __post_init__(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for offset, (name, (_, prefix)) in enumerate(SERVICES.items()):
-            port = self.base_port + offset
-            env = {k: v for k, v in os.environ.items() if not k.startswith(
-                ("WORKFLOW_", "LEDGER_SYNC_", "NOTIFIER_", "COLLECTIONS_FAULT_"))}
-            env.update({
-                f"{prefix}DATABASE_URL": self.database_url,
-                f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-                f"{prefix}TOPIC_PREFIX": self.topic_prefix,
-                f"{prefix}HTTP_PORT": str(port),
-                f"{prefix}LOG_LEVEL": "INFO",
-                "NOTIFIER_SMTP_PORT": str(self.smtp_port),
-            })
-            env.update(self.extra_env.get(name, {}))
-            self.members[name] = ServiceProcess(name, port, env, self.log_dir / f"{name}.log")
+        self._next_port = self.base_port
+        for name in SERVICES:
+            for _ in range(self.replicas.get(name, 1)):
+                self._add(name)
 
-    def __getitem__(self, name: str) -> ServiceProcess:
-        return self.members[name]
+    def _env(self, name: str, port: int) -> dict[str, str]:
+        prefix = SERVICES[name][1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(
+            ("WORKFLOW_", "LEDGER_SYNC_", "NOTIFIER_", "COLLECTIONS_FAULT_"))}
+        env.update({
+            f"{prefix}DATABASE_URL": self.database_url,
+            f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            f"{prefix}TOPIC_PREFIX": self.topic_prefix,
+            f"{prefix}HTTP_PORT": str(port),
+            f"{prefix}LOG_LEVEL": "INFO",
+            "NOTIFIER_SMTP_PORT": str(self.smtp_port),
+        })
+        env.update(self.extra_env.get(name, {}))
+        return env
+
+    def _add(self, name: str) -> ServiceProcess:
+        count = sum(1 for m in self.members.values() if m.name == name)
+        key = name if count == 0 else f"{name}-{count + 1}"
+        port = self._next_port
+        self._next_port += 1
+        member = ServiceProcess(name, port, self._env(name, port), self.log_dir / f"{key}.log")
+        self.members[key] = member
+        return member
+
+    def __getitem__(self, key: str) -> ServiceProcess:
+        return self.members[key]
+
+    def replicas_of(self, name: str) -> list[str]:
+        return [key for key, m in self.members.items() if m.name == name]
 
     def start(self) -> None:
+        migrated: set[str] = set()
         for member in self.members.values():
-            member.migrate()
+            if member.name not in migrated:
+                member.migrate()
+                migrated.add(member.name)
         for member in self.members.values():
             member.start()
         for member in self.members.values():
             member.wait_ready()
 
+    def add_replica(self, name: str) -> str:
+        """Start one more replica (forces a consumer-group rebalance)."""
+        member = self._add(name)
+        member.start()
+        member.wait_ready()
+        return next(k for k, m in self.members.items() if m is member)
+
+    def remove_replica(self, key: str) -> int | None:
+        return self.members.pop(key).stop()
+
     def stop(self) -> dict[str, int | None]:
-        return {name: member.stop() for name, member in self.members.items()}
+        return {key: member.stop() for key, member in self.members.items()}

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import metrics
 from collections_kit.clock import Clock
-from collections_kit.contract import DeadLetter, Message
+from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
 from collections_kit.envelope import Envelope, MalformedMessageError, decode, printable_value
 from collections_kit.faults import crash_point
 from collections_kit.outbox import Tx, flush
@@ -200,8 +200,12 @@ class ConsumerLoop:
         except MalformedMessageError as exc:
             return _Item(record, origin_id, None, exc)
         if type(envelope.data) not in self._handlers:
+            spec = SPEC_BY_MODEL[type(envelope.data)]
+            if self._settings.topic_prefix + spec.topic.value == record.topic:
+                # A contract message this service has no use for: claimed, then skipped.
+                return _Item(record, envelope.id, None, None)
             return _Item(record, origin_id, None, MalformedMessageError(
-                "unknown_type", f"{envelope.type} is not consumed from {record.topic}"))
+                "unknown_type", f"{envelope.type} does not belong on {record.topic}"))
         return _Item(record, envelope.id, envelope, None)
 
     async def _in_one_transaction(self, items: Sequence[_Item]) -> None:
@@ -218,7 +222,10 @@ class ConsumerLoop:
                 if item.error is not None:
                     self._dead_letter(tx, item.record, item.error)
                     continue
-                assert item.envelope is not None
+                if item.envelope is None:
+                    metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
+                                                     "ignored").inc()
+                    continue
                 await self._handlers[type(item.envelope.data)](tx, item.envelope)
                 metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic, "handled").inc()
             await flush(tx, self._outbox, self._schema)
