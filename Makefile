@@ -42,8 +42,13 @@ contracts-check: install
 unit: install
 	$(RUN) pytest -m "not integration and not e2e" -q $(PYTEST_ARGS)
 
-test: lint contracts-check stack-up
+test: lint contracts-check deploy-check stack-up
 	$(RUN) pytest -q $(PYTEST_ARGS)
+
+# Validates deploy/ (Dockerfiles, compose, Kustomize overlays, CRDs, alerts) offline.
+.PHONY: deploy-check
+deploy-check: install
+	$(RUN) python -m scripts.deploy_check
 
 demo: install
 	$(RUN) python -m scripts.demo

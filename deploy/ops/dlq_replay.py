@@ -1,0 +1,176 @@
+"""List, and on request replay, a consumer group's dead letters (docs/runbook.md).
+
+Runs anywhere Python and aiokafka are, e.g. inside a service pod, reading itself from stdin:
+
+    kubectl -n collections exec -i deploy/workflow -- python - \\
+        --bootstrap collections-kafka-bootstrap:9092 --group ledger-sync < deploy/ops/dlq_replay.py
+
+Without ``--apply`` it only reads ``collections.dlq.v1`` from the beginning (no consumer
+group, no offsets committed) and lists the group's dead letters. With ``--apply`` it
+re-publishes each selected letter's *original* record (same key, headers and value, so the
+same CloudEvents id) to its origin topic with an idempotent producer. For ``handler_failed``
+letters it first prints the inbox rows to delete: the consumer recorded those event ids when
+it dead-lettered them, and would otherwise skip the replay as a duplicate. Every other group
+reading the origin topic skips the replayed record through its own inbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+DLQ_TOPIC = "collections.dlq.v1"
+# DeadLetter truncates each origin header to this many characters.
+HEADER_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Letter:
+    dlq_offset: str
+    payload: dict[str, Any]
+
+    @property
+    def origin(self) -> tuple[str, int, int]:
+        p = self.payload
+        return p["origin_topic"], int(p["origin_partition"]), int(p["origin_offset"])
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.payload.get("origin_headers", {}).get("ce_id")
+        return str(value) if value is not None else None
+
+    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        p = self.payload
+        key = p["origin_key"].encode() if p.get("origin_key") is not None else None
+        value = (base64.b64decode(p["origin_value"]) if p["value_encoding"] == "base64"
+                 else p["origin_value"].encode())
+        headers = [(name, str(v).encode()) for name, v in p.get("origin_headers", {}).items()]
+        return key, value, headers
+
+    def truncated(self) -> bool:
+        return any(len(str(v)) >= HEADER_LIMIT
+                   for v in self.payload.get("origin_headers", {}).values())
+
+
+async def read_letters(bootstrap: str, topic: str) -> list[Letter]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                group_id=None, client_id="dlq-replay")
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            raise SystemExit(f"topic {topic} does not exist")
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        letters: list[Letter] = []
+
+        async def behind() -> bool:
+            for tp in partitions:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while await behind():
+            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= ends[tp] or record.value is None:
+                        continue
+                    try:
+                        payload = json.loads(record.value)
+                    except ValueError:
+                        print(f"skipping {tp.partition}@{record.offset}: not JSON",
+                              file=sys.stderr)
+                        continue
+                    letters.append(Letter(f"{tp.partition}@{record.offset}", payload))
+        return letters
+    finally:
+        await consumer.stop()
+
+
+def select(letters: list[Letter], args: argparse.Namespace) -> list[Letter]:
+    since = datetime.fromisoformat(args.since) if args.since else None
+    chosen: dict[tuple[str, int, int], Letter] = {}
+    for letter in letters:
+        p = letter.payload
+        if p.get("consumer_group") != args.group:
+            continue
+        if args.kind and p.get("error_kind") not in args.kind:
+            continue
+        if args.origin_topic and p.get("origin_topic") != args.origin_topic:
+            continue
+        if since and datetime.fromisoformat(p["failed_at"]) < since:
+            continue
+        chosen.setdefault(letter.origin, letter)  # one origin record, one replay
+    return list(chosen.values())
+
+
+async def replay(bootstrap: str, letters: list[Letter]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                acks="all", client_id="dlq-replay")
+    await producer.start()
+    sent = 0
+    try:
+        for letter in letters:
+            key, value, headers = letter.record()
+            topic, _, _ = letter.origin
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+            sent += 1
+    finally:
+        await producer.stop()
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--group", required=True, help="the consumer group: workflow, ...")
+    parser.add_argument("--topic-prefix", default="", help="the services' TOPIC_PREFIX")
+    parser.add_argument("--schema", help="the group's PostgreSQL schema (default: from --group)")
+    parser.add_argument("--kind", action="append",
+                        choices=["undecodable", "invalid", "unknown_type", "handler_failed"])
+    parser.add_argument("--origin-topic", help="only letters from this topic")
+    parser.add_argument("--since", help="only letters that failed at or after this ISO time")
+    parser.add_argument("--apply", action="store_true", help="re-publish (default: list only)")
+    args = parser.parse_args(argv)
+
+    letters = select(asyncio.run(read_letters(args.bootstrap, args.topic_prefix + DLQ_TOPIC)),
+                     args)
+    for letter in letters:
+        p = letter.payload
+        topic, partition, offset = letter.origin
+        print(f"{p['failed_at']}  {p['error_kind']:<14} {topic}/{partition}@{offset}  "
+              f"id={letter.event_id}  {p['reason'][:100]}")
+    print(f"{len(letters)} dead letters of group {args.group}")
+    skipped = [letter for letter in letters if letter.truncated()]
+    for letter in skipped:
+        print(f"not replayable, a header was truncated: {letter.origin}", file=sys.stderr)
+    replayable = [letter for letter in letters if not letter.truncated()]
+
+    handled = [letter.event_id for letter in replayable
+               if letter.payload["error_kind"] == "handler_failed" and letter.event_id]
+    if handled:
+        schema = args.schema or args.group.removeprefix(args.topic_prefix).replace("-", "_")
+        ids = ", ".join("'" + i.replace("'", "''") + "'" for i in handled)
+        print("\nBefore --apply, let the consumer accept these events again (on the primary):")
+        print(f"  DELETE FROM {schema}.inbox WHERE consumer = '{args.group}' "
+              f"AND event_id IN ({ids});")
+    if not args.apply:
+        return 0
+    sent = asyncio.run(replay(args.bootstrap, replayable))
+    print(f"replayed {sent} records to their origin topics")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``make deploy-check`` passes, and its checks catch the mistakes they are there for."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from scripts import deploy_check as dc
+
+
+def test_deploy_check_passes() -> None:
+    run = subprocess.run([sys.executable, "-m", "scripts.deploy_check"], cwd=dc.ROOT,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def facts() -> dc.Facts:
+    return dc.load_facts()
+
+
+@pytest.fixture(scope="module")
+def prod() -> dc.Rendered:
+    return dc.render(dc.ensure_kustomize(), "prod")
+
+
+def mutated(rendered: dc.Rendered) -> dc.Rendered:
+    return dc.Rendered(rendered.overlay, copy.deepcopy(rendered.docs),
+                       copy.deepcopy(rendered.kustomization))
+
+
+def doc(rendered: dc.Rendered, kind: str, name: str) -> dict[str, Any]:
+    found = rendered.named(kind, name)
+    assert found is not None
+    return found
+
+
+def test_the_rendered_overlays_pass_every_policy(prod: dc.Rendered, facts: dc.Facts) -> None:
+    assert dc.check_topics(prod, facts) == []
+    assert dc.check_services(prod, facts) == []
+    assert dc.check_workload_hygiene(prod) == []
+    assert dc.check_references(prod) == []
+    assert dc.check_alerts(prod, facts)[0] == []
+
+
+def test_a_contract_topic_without_kafkatopic_is_caught(prod: dc.Rendered,
+                                                       facts: dc.Facts) -> None:
+    r = mutated(prod)
+    r.docs = [d for d in r.docs if d.get("kind") != "KafkaTopic"
+              or d["spec"]["topicName"] != "collections.dlq.v1"]
+    assert any("collections.dlq.v1 has no KafkaTopic" in p for p in dc.check_topics(r, facts))
+
+
+def test_wrong_retention_and_fewer_partitions_are_caught(prod: dc.Rendered,
+                                                         facts: dc.Facts) -> None:
+    r = mutated(prod)
+    topic = doc(r, "KafkaTopic", "collections.dlq.v1")
+    topic["spec"]["config"]["retention.ms"] = 604800000
+    topic["spec"]["partitions"] = 3
+    problems = " ".join(dc.check_topics(r, facts))
+    assert "retention.ms" in problems
+    assert "partitions 3" in problems
+
+
+def test_missing_probe_and_limits_are_caught(prod: dc.Rendered, facts: dc.Facts) -> None:
+    r = mutated(prod)
+    container = dc.pod_spec(doc(r, "Deployment", "notifier"))["containers"][0]
+    del container["livenessProbe"]
+    del container["resources"]["limits"]
+    assert any("livenessProbe is missing" in p for p in dc.check_services(r, facts))
+    assert any("resources.limits.memory is missing" in p for p in dc.check_workload_hygiene(r))
+
+
+def test_root_containers_are_caught(prod: dc.Rendered) -> None:
+    r = mutated(prod)
+    spec = dc.pod_spec(doc(r, "Deployment", "workflow"))
+    spec["securityContext"]["runAsUser"] = 0
+    assert any("runAsUser must be a non-zero uid" in p for p in dc.check_workload_hygiene(r))
+
+
+def test_a_setting_the_service_does_not_know_is_caught(prod: dc.Rendered,
+                                                       facts: dc.Facts) -> None:
+    r = mutated(prod)
+    config = next(d for d in r.of_kind("ConfigMap")
+                  if d["metadata"]["name"].startswith("ledger-sync-config"))
+    config["data"]["LEDGER_SYNC_KAFKA_BOOTSTRAPS"] = "elsewhere:9092"
+    config["data"]["LEDGER_SYNC_HTTP_PORT"] = "9090"
+    problems = " ".join(dc.check_services(r, facts))
+    assert "LEDGER_SYNC_KAFKA_BOOTSTRAPS is not a setting" in problems
+
+
+def test_scaling_beyond_the_partitions_or_to_zero_is_caught(prod: dc.Rendered,
+                                                            facts: dc.Facts) -> None:
+    r = mutated(prod)
+    scaler = doc(r, "ScaledObject", "workflow")
+    scaler["spec"]["maxReplicaCount"] = 12
+    scaler["spec"]["minReplicaCount"] = 0
+    scaler["spec"]["triggers"][0]["metadata"]["consumerGroup"] = "workflow-v2"
+    problems = " ".join(dc.check_services(r, facts))
+    assert "exceeds the partition count" in problems
+    assert "minReplicaCount must be at least 1" in problems
+    assert "is not the service's group 'workflow'" in problems
+
+
+def test_a_missing_secret_is_caught(prod: dc.Rendered) -> None:
+    r = mutated(prod)
+    r.kustomization["metadata"]["annotations"][dc.EXTERNAL_SECRETS_ANNOTATION] = \
+        "collections-db-workflow"
+    assert any("Secret notifier-smtp is neither rendered" in p for p in dc.check_references(r))
+
+
+def test_an_alert_on_an_unknown_metric_is_caught(prod: dc.Rendered, facts: dc.Facts) -> None:
+    r = mutated(prod)
+    rule = doc(r, "PrometheusRule", "collections")["spec"]["groups"][0]["rules"][0]
+    rule["expr"] = 'sum(rate(collections_no_such_metric_total{job="x"}[5m])) > 0'
+    problems, _ = dc.check_alerts(r, facts)
+    assert any("collections_no_such_metric_total is not exported" in p for p in problems)
+
+
+def test_promql_metric_names_are_found() -> None:
+    expr = ('histogram_quantile(0.99, sum by (le, consumer) '
+            '(rate(collections_consumer_batch_seconds_bucket{consumer=~"a|b"}[10m]))) > 10 '
+            'unless on (consumer) up{job="workflow"} == 0')
+    assert dc.promql_metrics(expr) == {"collections_consumer_batch_seconds_bucket", "up"}
+
+
+def test_code_metrics_are_found_in_the_source(facts: dc.Facts) -> None:
+    assert {"collections_messages_consumed_total", "collections_consumer_batch_seconds_bucket",
+            "collections_consumer_lag"} <= facts.metrics
+
+
+def test_dockerignore_rules_follow_docker() -> None:
+    patterns = [(False, "*"), (True, "services"), (False, "services/*/tests"),
+                (False, "**/*.py[co]")]
+    assert not dc.docker_excluded("services/workflow/src/workflow/app.py", patterns)
+    assert dc.docker_excluded("services/workflow/tests/unit/test_x.py", patterns)
+    assert dc.docker_excluded("services/workflow/src/x.pyc", patterns)
+    assert dc.docker_excluded(".git/HEAD", patterns)
