@@ -48,11 +48,9 @@ class NotifierHandlers:
             c.RepaymentReversed: self.reversal,
             c.CaseHeld: self.held,
             c.CaseResumed: self.resumed,
+            # The other case events (opened, stage changed) are skipped by the consumer loop:
+            # a command carries its stage.
             c.CaseClosed: self.closed,
-            # Also on the case-events topic; the notifier needs nothing from them (a command
-            # carries its stage), but they must not be dead-lettered as unknown.
-            c.CaseOpened: self.ignored,
-            c.CaseStageChanged: self.ignored,
         }
 
     async def command(self, tx: Tx, env: Envelope) -> None:
@@ -116,6 +114,9 @@ class NotifierHandlers:
             await record_decision(tx, repo, dispatch, outcome="cancelled",
                                   reason=f"case_held_{data.kind}", rule=RULE_HOLD,
                                   policy_version=self._policy.version, cause_id=env.id)
+            log.info("contact cancelled: case held",
+                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
+                            "kind": data.kind})
         log.info("case held", extra={"loan_id": data.loan_id, "hold_id": data.hold_id,
                                      "kind": data.kind})
 
@@ -140,6 +141,6 @@ class NotifierHandlers:
             await record_decision(tx, repo, dispatch, outcome="cancelled",
                                   reason=f"case_closed_{data.outcome}", rule=RULE_CLOSED,
                                   policy_version=self._policy.version, cause_id=env.id)
-
-    async def ignored(self, tx: Tx, env: Envelope) -> None:
-        return None
+            log.info("contact cancelled: case closed",
+                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
+                            "outcome": data.outcome})
