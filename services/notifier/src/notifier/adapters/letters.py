@@ -1,7 +1,10 @@
 """Letters for print: HTML and PDF rendered here, stored for the print run, counted as sent.
 
-The PDF is drawn with reportlab. Chinese uses reportlab's built-in Adobe CID font
-(STSong-Light), which every PDF reader supplies, so no font file is needed on the host.
+The PDF is drawn with reportlab. Chinese uses, by default, Adobe's standard CID font
+STSong-Light by reference (not embedded): no font file is needed on the host, and Acrobat
+and print RIPs supply it, but a reader without any CJK font (poppler on a bare Linux) shows
+empty boxes. For print runs that require embedded fonts, ``NOTIFIER_LETTER_CJK_FONT`` names
+a TrueType font (.ttf or .ttc, e.g. WenQuanYi Zen Hei), which is then embedded (subset).
 Rendering is deterministic (``invariant``): re-rendering one command after a retry gives
 the same bytes and the same hash, and the stored row is simply replaced.
 """
@@ -13,6 +16,7 @@ import hashlib
 import io
 import logging
 from functools import cache
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from reportlab.lib.pagesizes import A4
@@ -20,6 +24,7 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,14 +40,18 @@ _CJK_FONT = "STSong-Light"
 
 
 @cache
-def _cjk_font() -> str:
-    pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
-    return _CJK_FONT
+def _cjk_font(path: Path | None = None) -> str:
+    if path is None:
+        pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
+        return _CJK_FONT
+    name = f"LetterCJK-{path.stem}"
+    pdfmetrics.registerFont(TTFont(name, str(path), subfontIndex=0))
+    return name
 
 
-def render_pdf(letter: Letter) -> bytes:
+def render_pdf(letter: Letter, cjk_font: Path | None = None) -> bytes:
     chinese = letter.language == "zh-CN"
-    font = _cjk_font() if chinese else "Times-Roman"
+    font = _cjk_font(cjk_font) if chinese else "Times-Roman"
     bold = font if chinese else "Times-Bold"
     wrap = "CJK" if chinese else None
     body = ParagraphStyle("body", fontName=font, fontSize=11, leading=16, spaceAfter=8,
@@ -79,15 +88,19 @@ def letter_of(message: OutgoingMessage, sender: str) -> Letter:
 class PrintChannel:
     """Renders the letter and hands it to print (the ``letters`` table is the print queue)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, sender: str) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, sender: str,
+                 cjk_font: Path | None = None) -> None:
         self._engine = engine
         self._clock = clock
         self._sender = sender
+        self._cjk_font = cjk_font
+        if cjk_font is not None:
+            _cjk_font(cjk_font)  # a missing or unusable font stops the start, not a letter
 
     async def send(self, message: OutgoingMessage) -> Delivery:
         letter = letter_of(message, self._sender)
         html = render_html(letter)
-        pdf = await asyncio.to_thread(render_pdf, letter)
+        pdf = await asyncio.to_thread(render_pdf, letter, self._cjk_font)
         digest = hashlib.sha256(pdf).hexdigest()
         try:
             async with self._engine.begin() as conn:

@@ -100,7 +100,8 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             phone = HttpProviderChannel(client, max_tries=settings.provider_max_tries,
                                         backoff_s=settings.provider_backoff_s)
             workers.append(_ClientLifetime(client))
-        printer = PrintChannel(engine, clock, sender=settings.letter_sender)
+        printer = PrintChannel(engine, clock, sender=settings.letter_sender,
+                               cjk_font=settings.letter_cjk_font)
         channels = {"email": smtp, "sms": phone, "voice": phone, "letter": printer}
     dispatcher = Dispatcher(
         engine=engine, outbox=outbox, schema=settings.db_schema,

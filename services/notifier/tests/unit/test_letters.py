@@ -1,0 +1,53 @@
+"""Letters for print: HTML escaped, PDF deterministic, Chinese with or without an embedded
+font."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from notifier.adapters.letters import render_pdf
+from notifier.domain import templates
+from notifier.domain.letters import Letter, render_html
+
+
+def letter(language: str = "en", **changes: object) -> Letter:
+    text = templates.render("formal-notice", language, channel="letter",  # type: ignore[arg-type]
+                            loan_id="L-1", amount=Decimal("99.5"), currency="CNY",
+                            opt_out_url="https://x/prefs")
+    fields: dict[str, object] = {
+        "command_id": "cmd-1", "loan_id": "L-1", "language": language,
+        "template": "formal-notice", "dated": date(2026, 11, 23), "subject": text.subject,
+        "body": text.body, "name": "Pat <Doe>", "address": "1 Main St, Springfield"}
+    fields.update(changes)
+    return Letter(**fields)  # type: ignore[arg-type]
+
+
+def test_the_html_letter_escapes_what_it_is_given() -> None:
+    html = render_html(letter())
+    assert "Pat &lt;Doe&gt;<br>1 Main St<br>Springfield" in html
+    assert "<h1>Formal notice: loan L-1</h1>" in html
+    assert "99.50 CNY" in html and "2026-11-23" in html
+
+
+def test_the_pdf_is_deterministic_so_a_retry_stores_the_same_letter() -> None:
+    first, again = render_pdf(letter()), render_pdf(letter())
+    assert first.startswith(b"%PDF") and first == again
+    assert render_pdf(letter(name="Someone Else")) != first
+
+
+def test_a_chinese_letter_refers_to_the_standard_cid_font_by_default() -> None:
+    pdf = render_pdf(letter("zh-CN", address="北京市朝阳区某路 1 号"))
+    assert b"STSong-Light" in pdf
+
+
+WQY = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+
+
+@pytest.mark.skipif(not WQY.exists(), reason="no TrueType CJK font on this host")
+def test_a_chinese_letter_can_embed_a_truetype_font() -> None:
+    pdf = render_pdf(letter("zh-CN", address="北京市朝阳区某路 1 号"), cjk_font=WQY)
+    assert b"STSong-Light" not in pdf and b"FontFile2" in pdf
