@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -112,10 +112,15 @@ class ConsumerLoop:
                 started = time.perf_counter()
                 await self._handle_poll(batches)
                 crash_point("after_db_commit")
-                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                # A rebalance during the batch may have moved partitions away: their new
+                # owner redelivers those records, and the inbox makes that harmless.
+                assigned = consumer.assignment()
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()
+                           if tp in assigned}
                 try:
-                    await consumer.commit(offsets)
-                except CommitFailedError:
+                    if offsets:
+                        await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError):
                     # Partitions moved to another replica mid-batch: it will redeliver them,
                     # and the inbox makes that harmless.
                     log.warning("offset commit failed after a rebalance; batch will be redelivered")
