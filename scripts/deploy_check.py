@@ -243,7 +243,9 @@ def ensure_kustomize() -> Path:
     with _lock(BIN_DIR / ".kustomize.lock"):
         if current():
             return binary
-        go = shutil.which("go")
+        go = shutil.which("go") or next(
+            (str(p) for p in (Path("/usr/local/go/bin/go"), Path("/usr/lib/go/bin/go"))
+             if p.exists()), None)
         if go is None:
             raise RuntimeError("kustomize is not installed and there is no Go toolchain to "
                                "build it; install Go or set KUSTOMIZE=/path/to/kustomize")
@@ -989,6 +991,13 @@ def check_compose(facts: Facts) -> tuple[list[str], str]:
             dockerfile = context / build.get("dockerfile", "Dockerfile")
             if not dockerfile.exists():
                 problems.append(f"compose service {name}: {dockerfile} does not exist")
+    for name, svc in services.items():
+        entrypoint = svc.get("entrypoint") or []
+        if list(entrypoint)[-2:] == ["python", "-c"] and svc.get("command"):
+            try:
+                compile(str(svc["command"][0]), f"compose service {name}", "exec")
+            except SyntaxError as exc:
+                problems.append(f"compose service {name}: its Python does not compile: {exc}")
     kafka = services.get("kafka", {})
     roles = str((kafka.get("environment") or {}).get("KAFKA_PROCESS_ROLES", ""))
     if "controller" not in roles:
@@ -1114,8 +1123,79 @@ def image_env(service: Service) -> dict[str, str]:
     return stage_env(stages[-1]) if stages else {}
 
 
-def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
+def dockerfile_problems(path: Path, service: Service,
+                        patterns: list[tuple[bool, str]]) -> list[str]:
+    """One service's Dockerfile: stages, user, final-stage contents, entrypoint, sources."""
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    problems: list[str] = []
+    bases, stages = dockerfile_stages(path)
+    if len(stages) < 2:
+        return [f"{rel}: must be multi-stage (a builder and a runtime stage)"]
+    final = stages[-1]
+    if bases[-1] != bases[0]:
+        problems.append(f"{rel}: the runtime stage ({bases[-1]}) must use the builder's "
+                        f"image ({bases[0]}): the virtualenv links to its interpreter")
+    if not re.search(r":[\w.-]+", bases[-1].rsplit("/", 1)[-1]) or bases[-1].endswith(
+            ":latest"):
+        problems.append(f"{rel}: base image {bases[-1]} must be pinned to a tag or digest")
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    uid = users[-1].split(":")[0] if users else ""
+    if not uid.isdigit() or int(uid) == 0:
+        problems.append(f"{rel}: the runtime stage must end as a numeric non-root USER "
+                        f"(found {users[-1] if users else 'none'})")
+    for c in final:
+        if c.cmd == "RUN" and BUILD_TOOLS.search(" ".join(c.value)):
+            problems.append(f"{rel}:{c.start_line}: build tools or an installer in the "
+                            f"runtime stage: {c.original[:80]}")
+        if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=") for f in c.flags):
+            problems.append(f"{rel}:{c.start_line}: the runtime stage copies from the "
+                            f"context; copy the built virtualenv from the builder instead")
+        if c.cmd == "COPY" and any(".cache" in v or v.endswith("/uv") for v in c.value):
+            problems.append(f"{rel}:{c.start_line}: copies a cache or uv into the runtime")
+    entry = [c for c in final if c.cmd == "ENTRYPOINT"]
+    if not entry or not entry[-1].json or list(entry[-1].value) != ["python", "-m",
+                                                                     service.package]:
+        problems.append(f"{rel}: ENTRYPOINT must be the exec form "
+                        f'["python", "-m", "{service.package}"]')
+    env = stage_env(final)
+    port = env.get(f"{service.env_prefix}HTTP_PORT")
+    exposed = {v.split("/")[0] for c in final if c.cmd == "EXPOSE" for v in c.value}
+    if port is None or port not in exposed:
+        problems.append(f"{rel}: EXPOSE must match {service.env_prefix}HTTP_PORT ({port})")
+    if env.get(f"{service.env_prefix}HTTP_HOST") not in {"0.0.0.0", "::"}:
+        problems.append(f"{rel}: set {service.env_prefix}HTTP_HOST=0.0.0.0 (the default "
+                        f"127.0.0.1 is unreachable from outside the container)")
+    builder_text = " ".join(" ".join(c.value) for stage in stages[:-1] for c in stage
+                            if c.cmd in {"RUN", "ENV"})
+    if "uv sync" not in builder_text or "--no-dev" not in builder_text \
+            or not ("--frozen" in builder_text or "UV_FROZEN 1" in builder_text
+                    or "UV_FROZEN=1" in builder_text):
+        problems.append(f"{rel}: the builder must `uv sync --no-dev` from the lock "
+                        f"(--frozen or UV_FROZEN=1)")
+    sources: list[str] = []
+    for stage in stages[:-1]:
+        for c in stage:
+            if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=")
+                                                    for f in c.flags):
+                sources += list(c.value[:-1])
+    for needed in ("uv.lock", "libs/collections-kit/", f"services/{service.name}/"):
+        if needed not in sources:
+            problems.append(f"{rel}: the builder must COPY {needed}")
+    for source in sources:
+        target = ROOT / source
+        if not target.exists():
+            problems.append(f"{rel}: COPY source {source} does not exist")
+            continue
+        files = [target] if target.is_file() else [p for p in target.rglob("*")
+                                                   if p.is_file()]
+        kept = [p for p in files if patterns and not docker_excluded(
+            str(p.relative_to(ROOT)), patterns)]
+        if patterns and not kept:
+            problems.append(f"{rel}: COPY {source}: .dockerignore excludes all of it")
+    return problems
 
+
+def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
     problems = []
     patterns = dockerignore_patterns()
     if not patterns:
@@ -1126,75 +1206,10 @@ def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
             problems.append(f".dockerignore lets {unwanted} into the build context")
     for service in facts.services.values():
         path = DOCKER / f"{service.name}.Dockerfile"
-        rel = path.relative_to(ROOT)
         if not path.exists():
-            problems.append(f"{rel} is missing")
+            problems.append(f"{path.relative_to(ROOT)} is missing")
             continue
-        bases, stages = dockerfile_stages(path)
-        if len(stages) < 2:
-            problems.append(f"{rel}: must be multi-stage (a builder and a runtime stage)")
-            continue
-        final = stages[-1]
-        if bases[-1] != bases[0]:
-            problems.append(f"{rel}: the runtime stage ({bases[-1]}) must use the builder's "
-                            f"image ({bases[0]}): the virtualenv links to its interpreter")
-        if not re.search(r":[\w.-]+", bases[-1].rsplit("/", 1)[-1]) or bases[-1].endswith(
-                ":latest"):
-            problems.append(f"{rel}: base image {bases[-1]} must be pinned to a tag or digest")
-        users = [c.value[0] for c in final if c.cmd == "USER"]
-        uid = users[-1].split(":")[0] if users else ""
-        if not uid.isdigit() or int(uid) == 0:
-            problems.append(f"{rel}: the runtime stage must end as a numeric non-root USER "
-                            f"(found {users[-1] if users else 'none'})")
-        for c in final:
-            if c.cmd == "RUN" and BUILD_TOOLS.search(" ".join(c.value)):
-                problems.append(f"{rel}:{c.start_line}: build tools or an installer in the "
-                                f"runtime stage: {c.original[:80]}")
-            if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=") for f in c.flags):
-                problems.append(f"{rel}:{c.start_line}: the runtime stage copies from the "
-                                f"context; copy the built virtualenv from the builder instead")
-            if c.cmd == "COPY" and any(".cache" in v or v.endswith("/uv") for v in c.value):
-                problems.append(f"{rel}:{c.start_line}: copies a cache or uv into the runtime")
-        entry = [c for c in final if c.cmd == "ENTRYPOINT"]
-        if not entry or not entry[-1].json or list(entry[-1].value) != ["python", "-m",
-                                                                         service.package]:
-            problems.append(f"{rel}: ENTRYPOINT must be the exec form "
-                            f'["python", "-m", "{service.package}"]')
-        env = stage_env(final)
-        port = env.get(f"{service.env_prefix}HTTP_PORT")
-        exposed = {v.split("/")[0] for c in final if c.cmd == "EXPOSE" for v in c.value}
-        if port is None or port not in exposed:
-            problems.append(f"{rel}: EXPOSE must match {service.env_prefix}HTTP_PORT ({port})")
-        if env.get(f"{service.env_prefix}HTTP_HOST") not in {"0.0.0.0", "::"}:
-            problems.append(f"{rel}: set {service.env_prefix}HTTP_HOST=0.0.0.0 (the default "
-                            f"127.0.0.1 is unreachable from outside the container)")
-        builder_text = " ".join(" ".join(c.value) for stage in stages[:-1] for c in stage
-                                if c.cmd in {"RUN", "ENV"})
-        if "uv sync" not in builder_text or "--no-dev" not in builder_text \
-                or not ("--frozen" in builder_text or "UV_FROZEN 1" in builder_text
-                        or "UV_FROZEN=1" in builder_text):
-            problems.append(f"{rel}: the builder must `uv sync --no-dev` from the lock "
-                            f"(--frozen or UV_FROZEN=1)")
-        sources: list[str] = []
-        for stage in stages[:-1]:
-            for c in stage:
-                if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=")
-                                                        for f in c.flags):
-                    sources += list(c.value[:-1])
-        for needed in ("uv.lock", "libs/collections-kit/", f"services/{service.name}/"):
-            if needed not in sources:
-                problems.append(f"{rel}: the builder must COPY {needed}")
-        for source in sources:
-            target = ROOT / source
-            if not target.exists():
-                problems.append(f"{rel}: COPY source {source} does not exist")
-                continue
-            files = [target] if target.is_file() else [p for p in target.rglob("*")
-                                                       if p.is_file()]
-            kept = [p for p in files if patterns and not docker_excluded(
-                str(p.relative_to(ROOT)), patterns)]
-            if patterns and not kept:
-                problems.append(f"{rel}: COPY {source}: .dockerignore excludes all of it")
+        problems += dockerfile_problems(path, service, patterns)
     return problems, f"{len(facts.services)} Dockerfiles (BuildKit parser), .dockerignore"
 
 

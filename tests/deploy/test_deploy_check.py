@@ -140,3 +140,42 @@ def test_dockerignore_rules_follow_docker() -> None:
     assert dc.docker_excluded("services/workflow/tests/unit/test_x.py", patterns)
     assert dc.docker_excluded("services/workflow/src/x.pyc", patterns)
     assert dc.docker_excluded(".git/HEAD", patterns)
+
+
+def test_unknown_fields_fail_the_schemas(prod: dc.Rendered) -> None:
+    r = mutated(prod)
+    container = dc.pod_spec(doc(r, "Deployment", "workflow"))["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")  # a typo
+    doc(r, "KafkaTopic", "loans.overdue.v1")["spec"]["partition"] = 6  # another
+    doc(r, "ScaledObject", "notifier")["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 5
+    problems = " ".join(dc.validate_schemas(r)[0])
+    assert "Deployment/workflow (Kubernetes 1.31.0)" in problems
+    assert "readinesProbe" in problems
+    assert "KafkaTopic/loans.overdue.v1" in problems and "'partition'" in problems
+    assert "ScaledObject/notifier" in problems and "is not of type 'string'" in problems
+
+
+def test_a_fat_or_root_final_stage_is_caught(tmp_path: Any, facts: dc.Facts) -> None:
+    service = facts.services["workflow"]
+    original = (dc.DOCKER / "workflow.Dockerfile").read_text()
+    broken = original.replace("USER 10001:10001", "USER root").replace(
+        "FROM ${PYTHON_IMAGE} AS runtime\n",
+        "FROM ${PYTHON_IMAGE} AS runtime\nRUN apt-get update && apt-get install -y gcc\n")
+    path = tmp_path / "workflow.Dockerfile"
+    path.write_text(broken)
+    problems = " ".join(dc.dockerfile_problems(path, service, dc.dockerignore_patterns()))
+    assert "numeric non-root USER" in problems
+    assert "build tools or an installer in the runtime stage" in problems
+    path.write_text(original)
+    assert dc.dockerfile_problems(path, service, dc.dockerignore_patterns()) == []
+
+
+def test_compose_settings_are_checked_against_the_code(facts: dc.Facts) -> None:
+    service = facts.services["notifier"]
+    env = dc.image_env(service) | {
+        "NOTIFIER_DATABASE_URL": "postgresql+asyncpg://u:p@postgres:5432/collections",
+        "NOTIFIER_KAFKA_BOOTSTRAP": "kafka:9092",
+        "NOTIFIER_SMTP_TIMEOUT_S": "100",  # must be shorter than half the sending lease (120)
+    }
+    problems = dc.settings_problems(service, env, "compose service notifier")
+    assert any("do not validate" in p for p in problems)
