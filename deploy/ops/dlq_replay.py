@@ -61,15 +61,22 @@ class Letter:
 
 
 async def read_letters(bootstrap: str, topic: str) -> list[Letter]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                group_id=None, client_id="dlq-replay")
+    # No group: every partition is assigned to us, nothing is committed.
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                group_id=None, auto_offset_reset="earliest",
+                                client_id="dlq-replay")
     await consumer.start()
     try:
         if topic not in await consumer.topics():
             raise SystemExit(f"topic {topic} does not exist")
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
+        partitions: list[TopicPartition] = []
+        for _ in range(100):
+            partitions = sorted(consumer.assignment())
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+        if not partitions:
+            raise SystemExit(f"no partitions of {topic} were assigned")
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         letters: list[Letter] = []
