@@ -89,6 +89,7 @@ KEDA_KAFKA_PARAMETERS = {
     "excludePersistentLag", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions",
     "partitionLimitation", "version", "sasl", "tls", "unsafeSsl",
 }
+COMPONENT = "app.kubernetes.io/component"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Words in a final-stage RUN that mean build tools or an installer in the runtime image.
 BUILD_TOOLS = re.compile(
@@ -646,6 +647,9 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
             continue
         if not selects(deployment["spec"]["selector"], pod_labels):
             problems.append(f"{where}: selector does not match the pod labels")
+        # The runbook's two-step apply selects on these labels.
+        if deployment["metadata"].get("labels", {}).get(COMPONENT) != "service":
+            problems.append(f"{where}: needs the label {COMPONENT}=service")
 
         # Probes: each kind, on the HTTP port, on the right path.
         port = http_port(main)
@@ -705,6 +709,8 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
             if job_container.get("image") != main.get("image"):
                 problems.append(f"{ident(job)}: image {job_container.get('image')} differs "
                                 f"from the Deployment's {main.get('image')}")
+            if job["metadata"].get("labels", {}).get(COMPONENT) != "migration":
+                problems.append(f"{ident(job)}: needs the label {COMPONENT}=migration")
             if job_container.get("args") != ["migrate"]:
                 problems.append(f"{ident(job)}: args must be [migrate]")
             if pod_spec(job).get("restartPolicy") not in {"Never", "OnFailure"}:
