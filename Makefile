@@ -8,13 +8,16 @@ UV ?= uv
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status lint test unit contracts contracts-check demo clean
+N ?= 20000
+
+.PHONY: chaos help install stack-up stack-down stack-status lint test unit contracts contracts-check demo clean
 
 help:
 	@echo "make demo       install, start the stack and services, run a 1,000-loan portfolio, print a summary"
 	@echo "make test       lint (ruff, mypy), contract check, unit + integration + end-to-end tests"
 	@echo "make stack-up   start Kafka (KRaft) and PostgreSQL locally;  make stack-down stops them"
 	@echo "make contracts  regenerate contracts/ (AsyncAPI, JSON Schemas, OpenAPI) from the code"
+	@echo "make chaos      reliability run: N loans (default 20000) under kills and restarts"
 
 install:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
@@ -52,6 +55,9 @@ deploy-check: install
 
 demo: install
 	$(RUN) python -m scripts.demo
+
+chaos: stack-up
+	$(RUN) python -m scripts.chaos --loans $(N)
 
 clean: stack-down
 	rm -rf .cache .venv
