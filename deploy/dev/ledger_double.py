@@ -71,7 +71,6 @@ class LedgerBook:
 
     postings: dict[str, list[PostingIn]] = field(default_factory=dict)
     availability: Availability = field(default_factory=Availability)
-    reads: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def book(self, loan_id: str, posting: PostingIn) -> None:
@@ -109,7 +108,6 @@ def create_app(book: LedgerBook) -> FastAPI:
     app = FastAPI(title="Ledger (test double)", version="1.0.0")
 
     async def gate() -> JSONResponse | None:
-        book.reads += 1
         if book.availability.delay_s:
             await asyncio.sleep(book.availability.delay_s)
         if not book.availability.up:

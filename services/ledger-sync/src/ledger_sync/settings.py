@@ -38,7 +38,7 @@ class LedgerSyncSettings(ServiceSettings):
     # Needs ledger_api_url: without it a stale projection could never be refreshed.
     projection_max_age_s: float | None = Field(default=None, gt=0)
     # A replica working on a waiting check holds it this long before another may take over.
-    pending_check_lease_s: float = Field(default=30.0, gt=0)
+    pending_check_lease_s: float = Field(default=60.0, gt=0)
     # Safety net for waiting checks enqueued by another replica (this one's are immediate).
     pending_check_poll_s: float = Field(default=1.0, gt=0)
 

@@ -25,20 +25,16 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
-from prometheus_client import Counter, Gauge
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from collections_kit.money import Amount, CurrencyCode
 from ledger_sync.adapters.breaker import CircuitBreaker
 from ledger_sync.domain.ledger import LedgerState, Posting
+from ledger_sync.metrics import LEDGER_API_BREAKER_OPEN as BREAKER_OPEN
+from ledger_sync.metrics import LEDGER_API_CALLS as CALLS
 
 log = logging.getLogger(__name__)
 
-CALLS = Counter("ledger_sync_ledger_api_calls_total",
-                "Attempts at the ledger's HTTP API, by endpoint and result",
-                ["endpoint", "result"])
-BREAKER_OPEN = Gauge("ledger_sync_ledger_api_breaker_open",
-                     "1 while the circuit breaker in front of the ledger's API is open")
 
 # Bounds a repair: a loan with more missing postings than this is left stale (and refused)
 # rather than holding a check for minutes.

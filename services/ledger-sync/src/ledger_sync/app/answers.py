@@ -11,12 +11,13 @@ from collections_kit.outbox import Tx
 from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
 from ledger_sync.domain.ledger import Confirm, Refuse
+from ledger_sync.metrics import CHECKS_ANSWERED
 
 log = logging.getLogger(__name__)
 
 
 async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm | Refuse,
-                       ledger_currency: str | None) -> None:
+                       ledger_currency: str | None, *, path: str) -> None:
     """Store the answer to ``check`` and stage it (plus a settled correction) for publishing.
 
     Event ids derive from the check: answered twice (a replay, or two replicas racing after
@@ -48,6 +49,8 @@ async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm 
         json.loads(answer.model_dump_json()), tx.now)
     # Keyed by the check: a repeated answer is a duplicate the workflow's inbox drops.
     tx.publish(answer, event_id=derived_id(check.check_id, "answer"), subject=check.loan_id)
+    CHECKS_ANSWERED.labels(path, "confirmed" if isinstance(verdict, Confirm)
+                           else verdict.reason).inc()
     if isinstance(verdict, Refuse) and verdict.reason == "nothing_owed":
         assert verdict.outstanding is not None and ledger_currency is not None
         # A settled correction, so the workflow closes the case rather than only dropping

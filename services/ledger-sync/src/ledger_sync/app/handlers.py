@@ -98,7 +98,8 @@ class LedgerSyncHandlers:
         verdict = answer_check(projection, has_gap, await repo.money_in_flight(data.loan_id),
                                data.expected_outstanding, tx.now, self._policy,
                                currency=data.currency)
-        await stage_answer(tx, data, verdict, projection.currency if projection else None)
+        await stage_answer(tx, data, verdict, projection.currency if projection else None,
+                           path="projection")
 
     async def case_opened(self, tx: Tx, env: Envelope) -> None:
         data = env.data

@@ -34,6 +34,7 @@ from ledger_sync.adapters.repository import LOCK_NAMESPACE, LedgerRepository
 from ledger_sync.app.refresh import Fetched, UnknownToLedger, apply_fetched, fetch
 from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy, Projection, staleness
 from ledger_sync.domain.reconciliation import Finding, OpenCase, reconcile
+from ledger_sync.metrics import RECONCILIATION_FINDINGS, RECONCILIATION_LAST_COMPLETED
 from ledger_sync.settings import LedgerSyncSettings
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Reconciler:
         async with self._engine.begin() as conn:
             await ReconciliationRepository(conn).progress(run_id, examined, dict(counts),
                                                           finished_at=self._clock.now())
+        RECONCILIATION_LAST_COMPLETED.set_to_current_time()
         log.info("reconciliation pass finished", extra={"run_id": run_id, "examined": examined,
                                                        **{f"n_{k}": v for k, v in counts.items()}})
         return run_id
@@ -187,6 +189,8 @@ class Reconciler:
                                          "correction", tx.now)
                     counts["published"] += 1
                 counts[finding.kind] += 1
+                RECONCILIATION_FINDINGS.labels(finding.kind, str(event_id is not None).lower()
+                                               ).inc()
                 report.append((case, finding, event_id))
             runs = ReconciliationRepository(conn)
             await runs.record(run_id, report)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 class StaleCheckResolver:
     def __init__(self, *, settings: LedgerSyncSettings, engine: AsyncEngine, api: LedgerApi,
                  clock: Clock, policy: CheckPolicy, freshness: FreshnessPolicy,
-                 outbox: Table, batch: int = 100) -> None:
+                 outbox: Table) -> None:
         self._settings = settings
         self._engine = engine
         self._api = api
@@ -60,7 +60,9 @@ class StaleCheckResolver:
         self._policy = policy
         self._freshness = freshness
         self._outbox = outbox
-        self._batch = batch
+        # A few rounds of the API's concurrency per lease: a slow ledger then cannot keep a
+        # batch past its lease (or this worker from beating) for long.
+        self._batch = settings.ledger_api_concurrency * 4
         self._lease = timedelta(seconds=settings.pending_check_lease_s)
         self._gate = asyncio.Semaphore(settings.ledger_api_concurrency)
         self._wake = asyncio.Event()
@@ -106,8 +108,15 @@ class StaleCheckResolver:
         by_loan: dict[str, list[PendingCheck]] = {}
         for check in claimed:
             by_loan.setdefault(check.loan_id, []).append(check)
-        await asyncio.gather(*(self._resolve_loan(loan_id, checks)
-                               for loan_id, checks in by_loan.items()))
+        results = await asyncio.gather(*(self._resolve_loan(loan_id, checks)
+                                         for loan_id, checks in by_loan.items()),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for error in failed:
+            # That loan's checks keep their lease and are retried when it runs out.
+            log.error("answering a waiting balance check failed", exc_info=error)
+        if failed and len(failed) == len(results):
+            raise failed[0]
         return len(claimed)
 
     async def _resolve_loan(self, loan_id: str, checks: Sequence[PendingCheck]) -> None:
@@ -125,6 +134,7 @@ class StaleCheckResolver:
                         topic_prefix=self._settings.topic_prefix)
                 await self._answer(tx, loan_id, checks, fetched)
                 await flush(tx, self._outbox, self._settings.db_schema)
+            self.heartbeat = time.monotonic()
 
     async def _answer(self, tx: Tx, loan_id: str, checks: Sequence[PendingCheck],
                       fetched: Fetch | None) -> None:
@@ -147,7 +157,8 @@ class StaleCheckResolver:
             else:
                 verdict = refuse_stale(stale, _why(fetched),
                                        projection.watermark if projection else 0)
-            await stage_answer(tx, check, verdict, projection.currency if projection else None)
+            await stage_answer(tx, check, verdict, projection.currency if projection else None,
+                               path="after_ledger_api")
 
 
 def _why(fetched: Fetch | None) -> str:
