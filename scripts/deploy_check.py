@@ -189,7 +189,8 @@ def load_facts() -> Facts:
 
 
 def exported_metrics() -> set[str]:
-    """Every series name the code's Prometheus metrics expose, found in the source (AST)."""
+    """Every series name the code's Prometheus metrics expose, found in the source (AST):
+    calls of prometheus_client's metric classes, under whatever name they were imported."""
     suffixes = {"Counter": ("_total", "_created"), "Gauge": ("",),
                 "Histogram": ("_bucket", "_sum", "_count", "_created"),
                 "Summary": ("", "_sum", "_count", "_created"), "Info": ("_info",), "Enum": ("",)}
@@ -199,14 +200,29 @@ def exported_metrics() -> set[str]:
             tree = ast.parse(source.read_text())
         except SyntaxError:
             continue
+        kinds: dict[str, str] = {}  # local name -> metric class
+        modules: set[str] = set()  # local names of the prometheus_client module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "prometheus_client":
+                kinds.update({a.asname or a.name: a.name for a in node.names
+                              if a.name in suffixes})
+            elif isinstance(node, ast.Import):
+                modules.update(a.asname or a.name for a in node.names
+                               if a.name == "prometheus_client")
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and node.args
                     and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
                 continue
             func = node.func
-            kind = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if kind not in suffixes:
+            if isinstance(func, ast.Name):
+                kind = kinds.get(func.id)
+            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                    and func.value.id in modules:
+                kind = func.attr if func.attr in suffixes else None
+            else:
+                kind = None
+            if kind is None:
                 continue
             base = node.args[0].value
             if kind == "Counter":
