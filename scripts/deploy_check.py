@@ -25,6 +25,9 @@ No Docker engine, no cluster and no schema site is needed:
 * **Dockerfiles**: parsed with BuildKit's own parser (the ``dockerfile`` wheel); multi-stage,
   numeric non-root USER, no build tools or installers in the final stage, locked ``uv sync``,
   and ``.dockerignore`` keeps what the COPYs need and drops ``.git``/``.venv``/``.cache``.
+  Each builder stage's ``uv`` commands are then run as written on a copy of the build
+  context (no Docker): the virtualenv must hold the service as a package with its
+  migrations, and ``python -m <package>`` must start.
 
 Run ``python -m scripts.deploy_check`` (``-v`` lists every passing check).
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import importlib
@@ -44,6 +48,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1217,6 +1222,80 @@ def dockerfile_problems(path: Path, service: Service,
     return problems
 
 
+def _copy_into(source: Path, dest: Path, patterns: list[tuple[bool, str]]) -> None:
+    """COPY of one context path, minus what .dockerignore drops."""
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*")
+                                                     if p.is_file())
+    for file in files:
+        if docker_excluded(str(file.relative_to(ROOT)), patterns):
+            continue
+        target = dest / file.name if source.is_file() else dest / file.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
+
+
+def dry_run_builder(service: Service) -> list[str]:
+    """Run the builder stage's ``uv`` commands as written, without Docker: on a copy of the
+    build context (after .dockerignore), with this machine's Python 3.11 and uv's cache. Then
+    the virtualenv must run ``python -m <package>`` and hold the Alembic migrations.
+    Not run: the base image, the RUN that installs uv, the runtime stage."""
+    path = DOCKER / f"{service.name}.Dockerfile"
+    _, stages = dockerfile_stages(path)
+    patterns = dockerignore_patterns()
+    uv = shutil.which("uv")
+    if uv is None:
+        return ["uv is not on PATH"]
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
+        context, venv = Path(tmp) / "src", Path(tmp) / "venv"
+        context.mkdir()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+        ran = 0
+        for c in stages[0]:
+            if c.cmd == "ENV":
+                values = list(c.value)
+                env.update(dict(zip(values[0::2], values[1::2], strict=False)))
+            elif c.cmd == "COPY" and not any(f.startswith("--from=") for f in c.flags):
+                *sources, dest = c.value
+                for source in sources:
+                    _copy_into(ROOT / source, context / dest, patterns)
+            elif c.cmd == "RUN" and " ".join(c.value).lstrip().startswith("uv "):
+                # The image's paths, mapped onto this machine.
+                env.update(UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable,
+                           UV_LINK_MODE="symlink")
+                command = " ".join(c.value).strip().replace("uv ", f"{uv} ", 1)
+                run = subprocess.run(["bash", "-c", command], cwd=context, env=env,
+                                     capture_output=True, text=True, check=False)
+                ran += 1
+                if run.returncode != 0:
+                    return [f"{path.name}:{c.start_line}: `{' '.join(c.value).strip()}` "
+                            f"failed: {run.stderr.strip()[-800:]}"]
+        if ran == 0:
+            return [f"{path.name}: the builder runs no uv command"]
+        package = next(venv.glob(f"lib/python*/site-packages/{service.package}"), None)
+        if package is None or not (package / "__init__.py").is_file():
+            problems.append(f"{path.name}: {service.package} is not installed as a package "
+                            f"(an editable install would need the sources in the image)")
+        elif not any((package / "migrations" / "versions").glob("*.py")):
+            problems.append(f"{path.name}: the installed {service.package} has no migrations")
+        # The entry point imports the whole service; an unknown command exits 2 with usage.
+        run = subprocess.run([str(venv / "bin" / "python"), "-m", service.package, "usage?"],
+                             cwd=tmp, capture_output=True, text=True, check=False,
+                             env={"PATH": os.environ.get("PATH", "")})
+        if run.returncode != 2 or "usage" not in run.stderr:
+            problems.append(f"{path.name}: `python -m {service.package}` fails in the built "
+                            f"virtualenv: {run.stderr.strip()[-400:]}")
+    return problems
+
+
+def check_builders(facts: Facts) -> tuple[list[str], str]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        results = pool.map(dry_run_builder, facts.services.values())
+    problems = [problem for result in results for problem in result]
+    return problems, "uv sync as in each builder stage; package, entry point, migrations"
+
+
 def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
     problems = []
     patterns = dockerignore_patterns()
@@ -1249,6 +1328,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     report.run("CRD schemas in deploy/schemas are valid JSON Schema", check_crd_schema_files)
     report.run("compose.yaml", partial(check_compose, facts))
     report.run("Dockerfiles", partial(check_dockerfiles, facts))
+    report.run("Dockerfiles: builder stages dry-run without Docker", partial(check_builders, facts))
     report.run("runbook", partial(check_runbook, facts))
 
     kustomize: Path | None = None
