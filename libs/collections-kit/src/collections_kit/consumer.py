@@ -42,6 +42,8 @@ from collections_kit.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Tx, Envelope], Awaitable[None]]
+# Handles a whole polled batch at once (one read of state, one write per table).
+BatchHandler = Callable[[Tx, Sequence[Envelope]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ConsumerLoop:
         handlers: dict[type[Message], Handler],
         clock: Clock,
         on_committed: Callable[[], None] | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -81,6 +84,7 @@ class ConsumerLoop:
         self._clock = clock
         self._group = settings.group_id()
         self._on_committed = on_committed
+        self._batch_handler = batch_handler
         self.heartbeat = time.monotonic()
         self.assigned: set[TopicPartition] = set()
 
@@ -218,6 +222,7 @@ class ConsumerLoop:
             tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
                     topic_prefix=self._settings.topic_prefix)
             fresh = await self._claim(tx, [item.event_id for item in items])
+            batch: list[Envelope] = []
             for item in items:
                 if item.event_id not in fresh:
                     metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
@@ -231,8 +236,14 @@ class ConsumerLoop:
                     metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
                                                      "ignored").inc()
                     continue
-                await self._handlers[type(item.envelope.data)](tx, item.envelope)
+                if self._batch_handler is not None:
+                    batch.append(item.envelope)
+                else:
+                    await self._handlers[type(item.envelope.data)](tx, item.envelope)
                 metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic, "handled").inc()
+            if batch:
+                assert self._batch_handler is not None
+                await self._batch_handler(tx, batch)
             await flush(tx, self._outbox, self._schema)
 
     async def _claim(self, tx: Tx, event_ids: list[str]) -> set[str]:

@@ -71,14 +71,6 @@ def decode_input(input_type: str, payload: dict[str, Any]) -> d.Input:
     return decoded
 
 
-async def record_input(conn: AsyncConnection, case: Case, event: d.Input, cause_id: str,
-                       at: datetime) -> None:
-    input_type, payload = encode_input(event)
-    await conn.execute(case_inputs.insert().values(
-        case_id=case.case_id, loan_id=case.loan_id, at=at, cause_id=cause_id,
-        input_type=input_type, payload=payload))
-
-
 async def journal_of(conn: AsyncConnection, case_id: str) -> list[Any]:
     rows = await conn.execute(select(case_inputs).where(case_inputs.c.case_id == case_id)
                               .order_by(case_inputs.c.id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
-from workflow.adapters.tables import cases, contact_intents, timeline, timers
+from workflow.adapters.tables import case_inputs, cases, contact_intents, timeline, timers
 from workflow.domain.decide import timer_is_current
 from workflow.domain.model import (
     Arrangement,
@@ -87,6 +88,82 @@ def case_from_row(row: Any) -> Case:
     )
 
 
+def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
+    return {
+        "case_id": case.case_id, "loan_id": case.loan_id, "borrower_id": case.borrower_id,
+        "product": case.product, "currency": case.currency, "stage": case.stage.value,
+        "status": case.status.value, "exit": case.exit.value if case.exit else None,
+        "outstanding": case.outstanding, "amount_overdue": case.amount_overdue,
+        "days_past_due": case.days_past_due, "last_overdue_as_of": case.last_overdue_as_of,
+        "borrower_time_zone": case.borrower_time_zone, "jurisdiction": case.jurisdiction,
+        "policy_version": case.policy_version, "opened_at": case.opened_at,
+        "updated_at": case.updated_at, "stage_epoch": case.stage_epoch,
+        "stage_entered_at": case.stage_entered_at,
+        "outstanding_at_stage_entry": case.outstanding_at_stage_entry,
+        "hold": _hold_json(case.hold), "arrangement": _arrangement_json(case.arrangement),
+        "unanswered_contacts": case.unanswered_contacts, "milestones": list(case.milestones),
+        "next_action_at": next_action_at,
+    }
+
+
+def _intent_values(i: ContactIntent) -> dict[str, Any]:
+    return {
+        "intent_id": i.intent_id, "case_id": i.case_id, "loan_id": i.loan_id,
+        "stage": i.stage.value, "channel": i.channel, "recipient": i.recipient,
+        "template": i.template, "status": i.status.value, "reason": i.reason,
+        "command_id": i.command_id, "confirmation_id": i.confirmation_id,
+        "created_at": i.created_at, "check_id": i.check_id, "attempts": i.attempts,
+    }
+
+
+@dataclass
+class BatchState:
+    """The cases a batch touches, in memory while its inputs are decided in order."""
+
+    cases: dict[str, Case]  # by loan id
+    intents: dict[str, dict[str, ContactIntent]] = field(default_factory=dict)  # by case id
+    # Unfired timers by case id: timer id -> (kind, token, due at).
+    timers: dict[str, dict[str, tuple[TimerKind, str, datetime]]] = field(
+        default_factory=dict)
+    changed_cases: dict[str, Case] = field(default_factory=dict)  # by case id
+    changed_intents: dict[str, ContactIntent] = field(default_factory=dict)
+    timeline_rows: list[dict[str, Any]] = field(default_factory=list)
+    new_timers: list[dict[str, Any]] = field(default_factory=list)
+    journal_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, before: Case | None, case: Case | None, intents: Sequence[ContactIntent],
+               entries: Sequence[TimelineEntry], new_timers: Sequence[Timer], *,
+               at: datetime, actor: str, cause_id: str) -> Case | None:
+        subject = case or before
+        if subject is None:
+            return None
+        if case is not None:
+            self.cases[case.loan_id] = case
+            self.changed_cases[case.case_id] = case
+        known = self.intents.setdefault(subject.case_id, {})
+        for intent in intents:
+            known[intent.intent_id] = intent
+            self.changed_intents[intent.intent_id] = intent
+        self.timeline_rows.extend({
+            "case_id": subject.case_id, "loan_id": subject.loan_id, "at": at,
+            "kind": e.kind, "cause": e.cause, "actor": actor,
+            "stage_before": e.stage_before.value if e.stage_before else None,
+            "stage_after": e.stage_after.value if e.stage_after else None,
+            "status_before": e.status_before.value if e.status_before else None,
+            "status_after": e.status_after.value if e.status_after else None,
+            "policy_version": e.policy_version, "detail": e.detail,
+        } for e in entries)
+        for t in new_timers:
+            timer_id = derived_id(cause_id, f"timer/{t.kind}/{t.token}")
+            self.timers.setdefault(subject.case_id, {})[timer_id] = (t.kind, t.token, t.due_at)
+            self.new_timers.append({
+                "timer_id": timer_id, "case_id": subject.case_id, "loan_id": subject.loan_id,
+                "kind": t.kind.value, "token": t.token, "due_at": t.due_at})
+        if new_timers and case is None:
+            self.changed_cases[subject.case_id] = subject  # its next action moved
+        return subject
+
+
 def intent_from_row(row: Any) -> ContactIntent:
     return ContactIntent(
         intent_id=row.intent_id, case_id=row.case_id, loan_id=row.loan_id,
@@ -130,84 +207,77 @@ class CaseRepository:
             .order_by(contact_intents.c.created_at, contact_intents.c.intent_id))
         return [intent_from_row(r) for r in rows]
 
-    async def save(self, case: Case | None, intents: Sequence[ContactIntent],
-                   entries: Sequence[TimelineEntry], new_timers: Sequence[Timer],
-                   subject: Case, *, at: datetime, actor: str, cause_id: str) -> None:
-        if case is not None:
-            await self._save_case(case)
-        if intents:
-            await self._save_intents(intents)
-        if entries:
-            await self._conn.execute(timeline.insert(), [{
-                "case_id": subject.case_id, "loan_id": subject.loan_id, "at": at,
-                "kind": e.kind, "cause": e.cause, "actor": actor,
-                "stage_before": e.stage_before.value if e.stage_before else None,
-                "stage_after": e.stage_after.value if e.stage_after else None,
-                "status_before": e.status_before.value if e.status_before else None,
-                "status_after": e.status_after.value if e.status_after else None,
-                "policy_version": e.policy_version, "detail": e.detail,
-            } for e in entries])
-        if new_timers:
-            await self._conn.execute(pg_insert(timers).values([{
-                "timer_id": derived_id(cause_id, f"timer/{t.kind}/{t.token}"),
-                "case_id": subject.case_id, "loan_id": subject.loan_id, "kind": t.kind.value,
-                "token": t.token, "due_at": t.due_at,
-            } for t in new_timers]).on_conflict_do_nothing())
-        if case is not None:
-            await self._supersede_stale_timers(case, at)
+    async def load_for_batch(self, loan_ids: Sequence[str], check_ids: Sequence[str],
+                             intent_ids: Sequence[str]) -> BatchState:
+        """Everything a batch of inputs for these loans decides on, in three queries.
 
-    async def _save_case(self, case: Case) -> None:
-        values = {
-            "case_id": case.case_id, "loan_id": case.loan_id,
-            "borrower_id": case.borrower_id, "product": case.product,
-            "currency": case.currency, "stage": case.stage.value,
-            "status": case.status.value, "exit": case.exit.value if case.exit else None,
-            "outstanding": case.outstanding, "amount_overdue": case.amount_overdue,
-            "days_past_due": case.days_past_due,
-            "last_overdue_as_of": case.last_overdue_as_of,
-            "borrower_time_zone": case.borrower_time_zone,
-            "jurisdiction": case.jurisdiction, "policy_version": case.policy_version,
-            "opened_at": case.opened_at, "updated_at": case.updated_at,
-            "stage_epoch": case.stage_epoch, "stage_entered_at": case.stage_entered_at,
-            "outstanding_at_stage_entry": case.outstanding_at_stage_entry,
-            "hold": _hold_json(case.hold), "arrangement": _arrangement_json(case.arrangement),
-            "unanswered_contacts": case.unanswered_contacts,
-            "milestones": list(case.milestones),
-        }
-        stmt = pg_insert(cases).values(values)
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[cases.c.case_id],
-            set_={k: stmt.excluded[k] for k in values if k not in ("case_id", "opened_at")},
-        ))
+        Cases are locked in loan-id order, the order every writer uses, so concurrent
+        batches and timers serialise per loan without deadlocking.
+        """
+        rows = (await self._conn.execute(
+            select(cases).where(cases.c.loan_id.in_(sorted(set(loan_ids))))
+            .order_by(cases.c.loan_id).with_for_update())).all()
+        state = BatchState({r.loan_id: case_from_row(r) for r in rows})
+        case_ids = [c.case_id for c in state.cases.values()]
+        if not case_ids:
+            return state
+        wanted: list[ColumnElement[bool]] = [contact_intents.c.status.in_(_PENDING)]
+        if check_ids:
+            wanted.append(contact_intents.c.check_id.in_(check_ids))
+        if intent_ids:
+            wanted.append(contact_intents.c.intent_id.in_(intent_ids))
+        for r in await self._conn.execute(select(contact_intents).where(
+                contact_intents.c.case_id.in_(case_ids), or_(*wanted))):
+            state.intents.setdefault(r.case_id, {})[r.intent_id] = intent_from_row(r)
+        for r in await self._conn.execute(select(
+                timers.c.timer_id, timers.c.case_id, timers.c.kind, timers.c.token,
+                timers.c.due_at).where(timers.c.case_id.in_(case_ids),
+                                       timers.c.fired_at.is_(None))):
+            state.timers.setdefault(r.case_id, {})[r.timer_id] = (
+                TimerKind(r.kind), r.token, r.due_at)
+        return state
 
-    async def _save_intents(self, intents: Sequence[ContactIntent]) -> None:
-        rows = [{
-            "intent_id": i.intent_id, "case_id": i.case_id, "loan_id": i.loan_id,
-            "stage": i.stage.value, "channel": i.channel, "recipient": i.recipient,
-            "template": i.template, "status": i.status.value, "reason": i.reason,
-            "command_id": i.command_id, "confirmation_id": i.confirmation_id,
-            "created_at": i.created_at, "check_id": i.check_id, "attempts": i.attempts,
-        } for i in intents]
-        stmt = pg_insert(contact_intents).values(rows)
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[contact_intents.c.intent_id],
-            set_={k: stmt.excluded[k] for k in ("status", "reason", "command_id",
-                                                 "confirmation_id", "check_id", "attempts")},
-        ))
-
-    async def _supersede_stale_timers(self, case: Case, at: datetime) -> None:
-        """Retire timers the new state made meaningless, and note the next action due."""
-        pending = (await self._conn.execute(select(
-            timers.c.timer_id, timers.c.kind, timers.c.token, timers.c.due_at).where(
-            timers.c.case_id == case.case_id, timers.c.fired_at.is_(None)))).all()
-        stale = [t.timer_id for t in pending
-                 if not timer_is_current(case, TimerKind(t.kind), t.token)]
-        if stale:
-            await self._conn.execute(update(timers).where(timers.c.timer_id.in_(stale))
+    async def write_batch(self, state: BatchState, at: datetime) -> None:
+        """Persist what a batch changed: one multi-row statement per table."""
+        superseded: list[str] = []
+        case_rows = []
+        for case in state.changed_cases.values():
+            live = []
+            for timer_id, (kind, token, due_at) in state.timers.get(case.case_id, {}).items():
+                if timer_is_current(case, kind, token):
+                    live.append(due_at)
+                else:
+                    superseded.append(timer_id)
+            case_rows.append(_case_values(case, min(live) if live else None))
+        if case_rows:
+            stmt = pg_insert(cases)
+            await self._conn.execute(stmt.on_conflict_do_update(
+                index_elements=[cases.c.case_id],
+                set_={k: stmt.excluded[k] for k in case_rows[0]
+                      if k not in ("case_id", "opened_at")}), case_rows)
+        if state.changed_intents:
+            stmt = pg_insert(contact_intents)
+            await self._conn.execute(stmt.on_conflict_do_update(
+                index_elements=[contact_intents.c.intent_id],
+                set_={k: stmt.excluded[k] for k in ("status", "reason", "command_id",
+                                                     "confirmation_id", "check_id",
+                                                     "attempts")}),
+                [_intent_values(i) for i in state.changed_intents.values()])
+        if state.timeline_rows:
+            await self._conn.execute(timeline.insert(), state.timeline_rows)
+        if state.new_timers:
+            await self._conn.execute(
+                pg_insert(timers).on_conflict_do_nothing(),
+                [{**row, "fired_at": at if row["timer_id"] in superseded else None,
+                  "outcome": "superseded" if row["timer_id"] in superseded else None}
+                 for row in state.new_timers])
+        stale_existing = [t for t in superseded
+                          if t not in {row["timer_id"] for row in state.new_timers}]
+        if stale_existing:
+            await self._conn.execute(update(timers).where(timers.c.timer_id.in_(stale_existing))
                                      .values(fired_at=at, outcome="superseded"))
-        live = [t.due_at for t in pending if t.timer_id not in stale]
-        await self._conn.execute(update(cases).where(cases.c.case_id == case.case_id)
-                                 .values(next_action_at=min(live) if live else None))
+        if state.journal_rows:
+            await self._conn.execute(case_inputs.insert(), state.journal_rows)
 
     async def claim_due_timers(self, now: datetime, limit: int) -> list[Any]:
         """Due timers no other replica holds; the caller fires them in this transaction."""

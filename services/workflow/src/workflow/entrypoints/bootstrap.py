@@ -41,10 +41,11 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     workflow = Workflow(policies or policy_book(settings.policy_files))
     timer_worker = TimerWorker(engine, settings, clock, workflow)
+    handlers = WorkflowHandlers(workflow)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
-                        topics=[t.value for t in CONSUMED],
-                        handlers=WorkflowHandlers(workflow).routes(), clock=clock,
-                        on_committed=timer_worker.wake)
+                        topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
+                        clock=clock, on_committed=timer_worker.wake,
+                        batch_handler=handlers.batch)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[timer_worker],
                    state={"clock": clock,
