@@ -32,16 +32,23 @@ _TYPES: dict[str, type[Any]] = {
 }
 
 
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _encode(value: Any) -> Any:
+    # Hot path (one call per consumed message): plain types first, field names cached.
+    if value is None or isinstance(value, str | int | bool):
+        return value
     if isinstance(value, Decimal):
         return {"$d": str(value)}
     if isinstance(value, datetime):
         return {"$t": value.isoformat()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
         return [_encode(v) for v in value]
-    return value
+    names = _FIELDS.get(type(value))
+    if names is None:
+        names = _FIELDS[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: _encode(getattr(value, name)) for name in names}
 
 
 def encode_input(event: d.Input) -> tuple[str, dict[str, Any]]:
