@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 N ?= 20000
 
-.PHONY: chaos help install stack-up stack-down stack-status lint test unit contracts contracts-check demo clean
+.PHONY: bench chaos help install stack-up stack-down stack-status lint test unit contracts contracts-check demo clean
 
 help:
 	@echo "make demo       install, start the stack and services, run a 1,000-loan portfolio, print a summary"
@@ -18,6 +18,7 @@ help:
 	@echo "make stack-up   start Kafka (KRaft) and PostgreSQL locally;  make stack-down stops them"
 	@echo "make contracts  regenerate contracts/ (AsyncAPI, JSON Schemas, OpenAPI) from the code"
 	@echo "make chaos      reliability run: N loans (default 20000) under kills and restarts"
+	@echo "make bench      performance against the machine's own baseline (bench/results/)"
 
 install:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
@@ -34,7 +35,7 @@ stack-status: install
 
 lint: install
 	$(RUN) ruff check .
-	$(RUN) mypy libs services scripts
+	$(RUN) mypy libs services scripts bench tests conftest.py
 
 contracts: install
 	$(RUN) python -m scripts.contracts
@@ -55,6 +56,9 @@ deploy-check: install
 
 demo: install
 	$(RUN) python -m scripts.demo
+
+bench: stack-up
+	$(RUN) python -m bench.run
 
 chaos: stack-up
 	$(RUN) python -m scripts.chaos --loans $(N)

@@ -1,0 +1,471 @@
+"""``make bench``: how close the system comes to this machine's own ceiling.
+
+Every figure comes from one run on the same broker and database:
+
+- ``baseline.kafka_msgs_per_s``: a plain aiokafka consume-then-produce loop, same message
+  size and producer settings as the services: the ceiling for any Python consumer here;
+- ``baseline.pg_rows_per_s``: batched inserts of case-sized rows;
+- ``ingest.events_per_s``: overdue events applied by the workflow (a real process: state
+  updated and committed), against 1,000,000 existing cases;
+- ``pipeline.loans_per_s``: loans from overdue event to contact dispatched, through the
+  balance check, the ledger confirmation and the notifier's compliance guard;
+- ``suppression_ms``: repayment produced → that loan's pending commands cancelled, under a
+  background load of 20% of the pipeline rate;
+- ``scale``: ingest rate with 10k, 100k and 1M existing cases, and each service's peak RSS.
+
+Sizes come from the environment (``BENCH_INGEST_EVENTS``, ``BENCH_PIPELINE_LOANS``,
+``BENCH_SCALE``...) so a quick run is possible; the defaults are the issue's. Results go to
+``bench/results/latest.json`` and ``bench/results/scale.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from collections_kit.db import asyncpg_dsn
+from scripts import lending
+from scripts import stack as local_stack
+from scripts.infra import create_database, create_topics, delete_topics, drop_database
+from scripts.services import ROOT, Fleet, ServiceProcess
+
+RESULTS = ROOT / "bench" / "results"
+POLICY = ROOT / "bench" / "policy-sms-only.toml"
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+@dataclass
+class Sizes:
+    baseline_msgs: int = env_int("BENCH_BASELINE_MSGS", 200_000)
+    pg_rows: int = env_int("BENCH_PG_ROWS", 200_000)
+    ingest_events: int = env_int("BENCH_INGEST_EVENTS", 1_000_000)
+    scale: tuple[int, ...] = tuple(int(x) for x in os.environ.get(
+        "BENCH_SCALE", "10000,100000,1000000").split(","))
+    scale_events: int = env_int("BENCH_SCALE_EVENTS", 100_000)
+    pipeline_loans: int = env_int("BENCH_PIPELINE_LOANS", 100_000)
+    suppression_samples: int = env_int("BENCH_SUPPRESSION_SAMPLES", 200)
+
+
+def zone_at_midday() -> str:
+    offset = max(min(12 - datetime.now(UTC).hour, 12), -12)
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
+
+
+def zone_at_night() -> str:
+    offset = max(min(2 - datetime.now(UTC).hour, 12), -12)
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
+
+
+def sample_record() -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    _, key, value, headers = lending.record_for(lending.overdue("L-0000001", Decimal("1234.56")))
+    return key, value, headers
+
+
+def producer(bootstrap: str) -> AIOKafkaProducer:
+    # The services' relay settings (collections_kit.runtime.make_producer).
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                            linger_ms=5, max_batch_size=256 * 1024)
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+
+async def baseline_kafka(bootstrap: str, n: int) -> float:
+    run = uuid.uuid4().hex[:8]
+    source, sink = f"bench{run}.in", f"bench{run}.out"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(t, 6, 1) for t in (source, sink)])
+    key, value, headers = sample_record()
+    p = producer(bootstrap)
+    await p.start()
+    try:
+        for _ in range(n):
+            await p.send(source, value=value, key=key, headers=headers)
+        await p.flush()
+        consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"b{run}",
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_poll_records=500)
+        await consumer.start()
+        done, started = 0, time.perf_counter()
+        while done < n:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            futures = [await p.send(sink, value=r.value, key=r.key, headers=r.headers)
+                       for records in batches.values() for r in records]
+            await asyncio.gather(*futures)
+            await consumer.commit()
+            done += len(futures)
+        elapsed = time.perf_counter() - started
+        await consumer.stop()
+    finally:
+        await p.stop()
+        await admin.delete_topics([source, sink])
+        await admin.close()
+    return n / elapsed
+
+
+async def baseline_pg(admin_url: str, n: int) -> float:
+    name = f"bench_pg_{uuid.uuid4().hex[:8]}"
+    url = await create_database(admin_url, name)
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("""CREATE TABLE cases (case_id text PRIMARY KEY, loan_id text UNIQUE,
+            borrower_id text, stage text, status text, outstanding numeric(20,6),
+            days_past_due int, as_of timestamptz, zone text, detail jsonb)""")
+        now = datetime.now(UTC)
+        rows = [(f"c{i}", f"L{i}", f"B{i}", "warning", "open", Decimal("1234.56"), 5, now,
+                 "Asia/Shanghai", '{"policy": "v1"}') for i in range(n)]
+        started = time.perf_counter()
+        for i in range(0, n, 500):
+            async with conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO cases VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb)",
+                    rows[i:i + 500])
+        return n / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+        await drop_database(admin_url, name)
+
+
+# --- the workflow's ingest ----------------------------------------------------------------------
+
+
+async def populate_cases(dsn: str, n: int) -> None:
+    """Existing cases, written straight into the table (setting up, not measuring)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("""
+            INSERT INTO workflow.cases (case_id, loan_id, borrower_id, product, currency, stage,
+              status, outstanding, amount_overdue, days_past_due, last_overdue_as_of,
+              borrower_time_zone, jurisdiction, policy_version, opened_at, updated_at,
+              stage_epoch, stage_entered_at, outstanding_at_stage_entry)
+            SELECT 'case-' || g, 'L-' || lpad(g::text, 7, '0'), 'B-' || g, 'consumer-loan',
+              'CNY', 'warning', 'open', 1234.56, 123.45, 5, now() - interval '1 day',
+              'Asia/Shanghai', 'CN', 'consumer-loan/2026-11-01', now(), now(), 1, now(), 1234.56
+            FROM generate_series(0, $1 - 1) g""", n)
+        await conn.execute("ANALYZE workflow.cases")
+    finally:
+        await conn.close()
+
+
+async def applied(dsn: str, since: datetime) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM workflow.cases WHERE last_overdue_as_of >= $1", since))
+    finally:
+        await conn.close()
+
+
+def rss_mb(member: ServiceProcess) -> float:
+    if member.process is None:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{member.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+async def ingest(admin_url: str, bootstrap: str, existing: int, events: int) -> dict[str, Any]:
+    """Overdue updates for ``events`` of ``existing`` cases, applied by a workflow process."""
+    run = uuid.uuid4().hex[:8]
+    name, prefix = f"bench_in_{run}", f"benchin{run}."
+    url = await create_database(admin_url, name)
+    dsn = asyncpg_dsn(url)
+    await create_topics(bootstrap, prefix, partitions=6)
+    fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18500)
+    workflow = fleet["workflow"]
+    try:
+        await asyncio.to_thread(workflow.migrate)
+        await populate_cases(dsn, existing)
+        as_of = datetime.now(UTC)
+        p = producer(bootstrap)
+        await p.start()
+        try:
+            for i in range(events):
+                loan = f"L-{i % existing:07d}"
+                data = lending.overdue(loan, Decimal("1234.56"), dpd=6,
+                                       as_of=as_of + timedelta(microseconds=i // existing))
+                topic, key, value, headers = lending.record_for(data)
+                await p.send(prefix + topic, value=value, key=key, headers=headers)
+            await p.flush()
+        finally:
+            await p.stop()
+        started = time.perf_counter()
+        workflow.start()
+        await asyncio.to_thread(workflow.wait_ready)
+        target = min(events, existing)
+        while await applied(dsn, as_of) < target:
+            await asyncio.sleep(0.5)
+        # Rounds beyond the first revisit the same cases: wait for the consumer to drain.
+        while events > existing and await _lag(bootstrap, prefix + "workflow") > 0:
+            await asyncio.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        return {"existing_cases": existing, "events": events,
+                "events_per_s": round(events / elapsed, 1),
+                "us_per_event": round(elapsed / events * 1e6, 1),
+                "workflow_rss_mb": rss_mb(workflow)}
+    finally:
+        await asyncio.to_thread(fleet.stop)
+        await delete_topics(bootstrap, prefix)
+        await drop_database(admin_url, name)
+
+
+async def _lag(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        if not committed:
+            return 1
+        ends = await consumer.end_offsets(list(committed))
+        return sum(ends[tp] - meta.offset for tp, meta in committed.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+# --- the whole pipeline -------------------------------------------------------------------------
+
+
+async def pipeline(admin_url: str, bootstrap: str, loans: int,
+                   samples: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    run = uuid.uuid4().hex[:8]
+    name, prefix = f"bench_pl_{run}", f"benchpl{run}."
+    url = await create_database(admin_url, name)
+    dsn = asyncpg_dsn(url)
+    await create_topics(bootstrap, prefix, partitions=6)
+    fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18510,
+                  extra_env={"workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
+                             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"}})
+    try:
+        await asyncio.to_thread(fleet.start)
+        await _register(fleet["notifier"].base_url, loans + samples)
+        zone = zone_at_midday()
+        p = producer(bootstrap)
+        await p.start()
+        lender = lending.Lender(p, prefix)
+        try:
+            await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"))
+                                      for i in range(loans + samples))
+            await _wait(dsn, "SELECT count(*) FROM ledger_sync.loan_balances", loans + samples)
+            started = time.perf_counter()
+            await lender.publish_many(lending.overdue(
+                f"P-{i:07d}", Decimal("900.00"), tz=zone, jurisdiction="UK", currency="GBP",
+                borrower_id=f"B-{i:07d}") for i in range(loans))
+            await _wait(dsn, "SELECT count(*) FROM notifier.contact_decisions "
+                             "WHERE decision = 'sent'", loans)
+            elapsed = time.perf_counter() - started
+            rate = loans / elapsed
+            suppression = await _suppression(lender, dsn, loans, samples, rate, prefix)
+        finally:
+            await p.stop()
+        rss = {key: rss_mb(member) for key, member in fleet.members.items()}
+        return ({"loans": loans, "loans_per_s": round(rate, 1)}, suppression, rss)
+    finally:
+        await asyncio.to_thread(fleet.stop)
+        await delete_topics(bootstrap, prefix)
+        await drop_database(admin_url, name)
+
+
+async def _register(base: str, n: int) -> None:
+    sem = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def put(i: int) -> None:
+            async with sem:
+                r = await http.put(f"{base}/v1/borrowers/B-{i:07d}/contact-details",
+                                   json={"language": "en", "phone": f"+4477009{i % 100000:05d}",
+                                         "email": f"b{i}@example.com"})
+                r.raise_for_status()
+        await asyncio.gather(*(put(i) for i in range(n)))
+
+
+async def _wait(dsn: str, sql: str, target: int, timeout: float = 1500) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while int(await conn.fetchval(sql)) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(sql)
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def _suppression(lender: lending.Lender, dsn: str, loans: int, samples: int,
+                       pipeline_rate: float, prefix: str) -> dict[str, Any]:
+    """Loans whose commands wait (their borrowers are asleep); then each is repaid."""
+    night = zone_at_night()
+    ids = [f"P-{loans + i:07d}" for i in range(samples)]
+    await lender.publish_many(lending.overdue(loan, Decimal("900.00"), tz=night,
+                                              jurisdiction="UK", currency="GBP",
+                                              borrower_id=f"B-{loans + i:07d}")
+                              for i, loan in enumerate(ids))
+    await _wait(dsn, "SELECT count(*) FROM notifier.dispatches WHERE status = 'deferred' "
+                     f"AND loan_id >= 'P-{loans:07d}'", samples)
+    background = asyncio.create_task(_background(lender, pipeline_rate * 0.2, loans))
+    latencies = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        for loan in ids:
+            produced = datetime.now(UTC)
+            await lender.publish(lending.repayment(loan, Decimal("900.00"), Decimal("0"),
+                                                   currency="GBP"))
+            while True:
+                at = await conn.fetchval(
+                    "SELECT max(at) FROM notifier.contact_decisions WHERE loan_id = $1 "
+                    "AND decision = 'cancelled'", loan)
+                if at is not None:
+                    latencies.append((at - produced).total_seconds() * 1000)
+                    break
+                await asyncio.sleep(0.002)
+    finally:
+        background.cancel()
+        await conn.close()
+    latencies.sort()
+    return {"samples": len(latencies), "background_loans_per_s": round(pipeline_rate * 0.2, 1),
+            "p50": round(statistics.median(latencies), 1),
+            "p99": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
+            "max": round(latencies[-1], 1)}
+
+
+async def _background(lender: lending.Lender, rate: float, first: int) -> None:
+    """Overdue events for loans without a case yet, at ``rate`` per second."""
+    n = 0
+    interval = 1 / max(rate, 1)
+    while True:
+        await lender.publish(lending.overdue(f"G-{n:07d}", Decimal("500.00"),
+                                             borrower_id=f"G-{n:07d}"))
+        n += 1
+        await asyncio.sleep(interval)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def chart(scale: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [s["existing_cases"] for s in scale]
+    ax.plot(xs, [s["events_per_s"] for s in scale], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("existing cases")
+    ax.set_ylabel("overdue events applied per second")
+    ax.set_title("Workflow ingest as the portfolio grows")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+async def run(sizes: Sizes) -> dict[str, Any]:
+    local_stack.ensure_up()
+    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    started = time.perf_counter()
+    print("baseline: kafka consume-produce loop ...", flush=True)
+    kafka = await baseline_kafka(bootstrap, sizes.baseline_msgs)
+    print("baseline: postgres batched inserts ...", flush=True)
+    pg = await baseline_pg(admin_url, sizes.pg_rows)
+    scale = []
+    for existing in sizes.scale:
+        events = sizes.ingest_events if existing == max(sizes.scale) else sizes.scale_events
+        print(f"ingest: {events} events over {existing} existing cases ...", flush=True)
+        scale.append(await ingest(admin_url, bootstrap, existing, events))
+    headline = scale[-1]
+    print(f"pipeline: {sizes.pipeline_loans} loans ...", flush=True)
+    flow, suppression, rss = await pipeline(admin_url, bootstrap, sizes.pipeline_loans,
+                                            sizes.suppression_samples)
+    first, last = scale[0], scale[-1]
+    result = {
+        "measured_at": datetime.now(UTC).isoformat(),
+        "machine": {"cores": os.cpu_count()},
+        "baseline": {"kafka_msgs_per_s": round(kafka, 1), "pg_rows_per_s": round(pg, 1)},
+        "ingest": {"events_per_s": headline["events_per_s"], "events": headline["events"],
+                   "existing_cases": headline["existing_cases"],
+                   "share_of_kafka_baseline": round(headline["events_per_s"] / kafka, 3)},
+        "pipeline": flow,
+        "suppression_ms": suppression,
+        "scale": {"runs": scale,
+                  "cost_ratio_largest_vs_smallest": round(
+                      last["us_per_event"] / first["us_per_event"], 3),
+                  "peak_rss_mb": {**rss, "workflow_ingest": max(s["workflow_rss_mb"]
+                                                                for s in scale)}},
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    result["floors"] = floors(result)
+    return result
+
+
+def floors(r: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "ingest >= 10000/s": r["ingest"]["events_per_s"] >= 10_000,
+        "ingest >= 0.35 x kafka baseline": r["ingest"]["share_of_kafka_baseline"] >= 0.35,
+        "pipeline >= 2000 loans/s": r["pipeline"]["loans_per_s"] >= 2_000,
+        "suppression p99 <= 100 ms": r["suppression_ms"]["p99"] <= 100,
+        "cost at largest <= 1.25 x smallest": r["scale"]["cost_ratio_largest_vs_smallest"]
+        <= 1.25,
+        "peak RSS <= 300 MB": all(v <= 300 for v in r["scale"]["peak_rss_mb"].values()),
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        ("baseline.kafka_msgs_per_s", r["baseline"]["kafka_msgs_per_s"]),
+        ("baseline.pg_rows_per_s", r["baseline"]["pg_rows_per_s"]),
+        ("ingest.events_per_s", r["ingest"]["events_per_s"]),
+        ("ingest / kafka baseline", r["ingest"]["share_of_kafka_baseline"]),
+        ("pipeline.loans_per_s", r["pipeline"]["loans_per_s"]),
+        ("suppression_ms p50 / p99 / max", f"{r['suppression_ms']['p50']} / "
+         f"{r['suppression_ms']['p99']} / {r['suppression_ms']['max']}"),
+        *((f"scale: {s['existing_cases']} cases", f"{s['events_per_s']} events/s "
+           f"({s['us_per_event']} us/event)") for s in r["scale"]["runs"]),
+        ("cost ratio largest / smallest", r["scale"]["cost_ratio_largest_vs_smallest"]),
+        ("peak RSS MB", r["scale"]["peak_rss_mb"]),
+    ]
+    lines = [f"| {k} | {v} |" for k, v in rows]
+    lines += [f"| floor: {k} | {'met' if ok else 'NOT met'} |" for k, ok in r["floors"].items()]
+    return "| figure | value |\n|---|---|\n" + "\n".join(lines)
+
+
+def main() -> int:
+    result = asyncio.run(run(Sizes()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    chart(result["scale"]["runs"], RESULTS / "scale.png")
+    print(table(result))
+    print(f"\nwrote {RESULTS / 'latest.json'} and {RESULTS / 'scale.png'} "
+          f"in {result['elapsed_s']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
