@@ -35,6 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.db import asyncpg_dsn, make_engine
 from collections_kit.envelope import MalformedMessageError, decode
 from collections_kit.topics import Topic
@@ -44,6 +45,10 @@ from scripts.infra import create_database, create_topics, delete_topics, drop_da
 from scripts.services import ROOT, SERVICES, Fleet
 from tests.provider_double import ProviderDouble
 from tests.support import mismatched_replays
+
+# The services trust the development signing key in dev: chaos calls them as a client.
+CHAOS_AUTH = dev_headers(["cases:write", "contacts:write"], subject="chaos",
+                         expires_in=24 * 3600)
 
 ZONES = (("CN", "Asia/Shanghai", "CNY"), ("US", "America/New_York", "USD"),
          ("US", "America/Los_Angeles", "USD"), ("UK", "Europe/London", "GBP"),
@@ -210,9 +215,9 @@ class Driver:
         for _ in range(20):  # a replica may be down: the key makes a retry safe
             member = self.fleet[self.rng.choice(self.fleet.replicas_of("workflow"))]
             try:
-                async with httpx.AsyncClient(timeout=10) as http:
+                async with httpx.AsyncClient(timeout=10, headers=CHAOS_AUTH) as http:
                     r = await http.post(f"{member.base_url}/v1/cases/{loan}/{path}", json=body,
-                                        headers={"Idempotency-Key": key, "X-Actor": "chaos"})
+                                        headers={"Idempotency-Key": key})
                 self.produced.rest_calls[f"{kind}:{r.status_code}"] += 1
                 return
             except httpx.HTTPError:
@@ -222,7 +227,7 @@ class Driver:
 
 async def register_borrowers(base: str, loans: int) -> None:
     sem = asyncio.Semaphore(16)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=CHAOS_AUTH) as http:
         async def put(i: int) -> None:
             async with sem:
                 r = await http.put(f"{base}/v1/borrowers/D-{i:06d}/contact-details", json={

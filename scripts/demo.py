@@ -22,12 +22,15 @@ from typing import Any
 import httpx
 from aiosmtpd.controller import Controller
 
+from collections_kit.auth import dev_headers
 from scripts import lending
 from scripts import stack as local_stack
 from scripts.infra import create_database, create_topics, delete_topics, drop_database, producer
 from scripts.services import CLEAN_EXIT, ROOT, Fleet
 
 LOANS = int(os.environ.get("DEMO_LOANS", "1000"))
+# The services trust the development signing key in dev: the demo is a client like any.
+DEMO_AUTH = dev_headers(["contacts:write", "admin"], subject="demo-loader")
 SMTP_PORT = int(os.environ.get("DEMO_SMTP_PORT", "2526"))
 # Borrowers spread over time zones, so that at any hour some are inside their contact window
 # and some are not: the notifier defers the latter to their next lawful moment.
@@ -73,7 +76,7 @@ def portfolio(rng: random.Random) -> list[Loan]:
 async def register_contacts(base_url: str, loans: list[Loan]) -> None:
     """Contact details go to the notifier over REST: personal data never rides on Kafka."""
     sem = asyncio.Semaphore(16)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
         async def put(loan: Loan) -> None:
             n = int(loan.loan_id[2:])
             body = {"language": "zh-CN" if loan.jurisdiction == "CN" else "en",
@@ -91,7 +94,7 @@ async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str
     deadline = time.monotonic() + within
     last: Any = None
     stable_since = time.monotonic()
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=DEMO_AUTH) as http:
         while time.monotonic() < deadline:
             wf = (await http.get(f"{fleet['workflow'].base_url}/v1/summary")).json()
             nt = (await http.get(f"{fleet['notifier'].base_url}/v1/contacts/summary")).json()

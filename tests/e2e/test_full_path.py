@@ -19,6 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.envelope import Envelope
 from collections_kit.topics import Topic
 from scripts import lending
@@ -80,7 +81,7 @@ async def commands_for(stack: dict[str, str], prefix: str, loan_id: str) -> list
 async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repayment(
         fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str) -> None:
     loan, borrower, email = "L-e2e-1", "B-e2e-1", "borrower.e2e@example.com"
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=dev_headers(subject="e2e-test")) as http:
         put = await http.put(
             f"{fleet['notifier'].base_url}/v1/borrowers/{borrower}/contact-details",
             json={"language": "en", "email": email, "phone": "+447700900123",

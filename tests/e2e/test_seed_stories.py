@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.clock import OffsetClock
 from collections_kit.envelope import Envelope
 from collections_kit.topics import Topic
@@ -51,7 +52,7 @@ class World:
                    key: str | None = None) -> httpx.Response:
         return await self.http.post(
             f"/v1/cases/{loan}/{path}", json=body,
-            headers={"Idempotency-Key": key or str(uuid.uuid4()), "X-Actor": "agent:test"})
+            headers={"Idempotency-Key": key or str(uuid.uuid4())})
 
     async def topic(self, topic: Topic) -> list[Envelope]:
         found = await read_topic(self.stack["kafka_bootstrap"], self.prefix + topic.value)
@@ -83,7 +84,8 @@ async def world(stack: dict[str, str], database_url: str,
                 running(ledger_boot.build_runtime(ls_settings, clock=clock)):
             app = workflow_boot.create_app(wf, manage_runtime=False)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://workflow") as http:
+                                         base_url="http://workflow",
+                                         headers=dev_headers(subject="agent:test")) as http:
                 yield World(http, lending.Lender(kafka, topic_prefix), clock, stack,
                             topic_prefix)
             # Every case equals the fold of the pure decisions over its journal.

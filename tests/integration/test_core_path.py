@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.envelope import Envelope
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
@@ -163,7 +164,8 @@ async def test_a_crash_between_database_commit_and_offset_commit_duplicates_noth
     workflow.start()
     try:
         await asyncio.to_thread(workflow.wait_ready)
-        async with httpx.AsyncClient(base_url=workflow.base_url) as http:
+        async with httpx.AsyncClient(base_url=workflow.base_url,
+                                     headers=dev_headers(["cases:read"])) as http:
             async def settled() -> bool:
                 entries = (await http.get("/v1/cases/L-crash/timeline")).json()["entries"]
                 checks = await _envelopes(stack, topic_prefix, Topic.BALANCE_CHECKS)

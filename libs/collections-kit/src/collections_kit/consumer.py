@@ -35,6 +35,7 @@ from collections_kit.clock import Clock
 from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
 from collections_kit.envelope import Envelope, MalformedMessageError, decode, printable_value
 from collections_kit.faults import crash_point
+from collections_kit.kafka import client_kwargs
 from collections_kit.outbox import Tx, flush
 from collections_kit.settings import ServiceSettings
 
@@ -51,6 +52,11 @@ class _Item:
     event_id: str
     envelope: Envelope | None
     error: MalformedMessageError | None
+
+
+def _record_size(record: Any) -> int:
+    return len(record.key or b"") + len(record.value or b"") + sum(
+        len(name) + len(value or b"") for name, value in record.headers or ())
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
@@ -90,7 +96,7 @@ class ConsumerLoop:
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             *self._topics,
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **client_kwargs(self._settings),
             group_id=self._group,
             client_id=f"{self._group}-consumer",
             enable_auto_commit=False,
@@ -203,10 +209,18 @@ class ConsumerLoop:
 
     def _decode(self, record: Any) -> _Item:
         origin_id = f"{record.topic}/{record.partition}/{record.offset}"
+        size = _record_size(record)
+        if size > self._settings.max_record_bytes:
+            return _Item(record, origin_id, None, MalformedMessageError(
+                "invalid", f"record of {size} bytes exceeds the limit of "
+                f"{self._settings.max_record_bytes} (value truncated here)"))
         try:
             envelope = decode(record.key, record.value, record.headers)
         except MalformedMessageError as exc:
             return _Item(record, origin_id, None, exc)
+        except Exception as exc:  # hostile input must never stop the loop
+            return _Item(record, origin_id, None,
+                         MalformedMessageError("undecodable", f"{type(exc).__name__}"))
         if type(envelope.data) not in self._handlers:
             spec = SPEC_BY_MODEL[type(envelope.data)]
             if self._settings.topic_prefix + spec.topic.value == record.topic:
@@ -257,6 +271,7 @@ class ConsumerLoop:
 
     def _dead_letter(self, tx: Tx, record: Any, error: MalformedMessageError) -> None:
         value, encoding = printable_value(record.value)
+        value = value[:self._settings.max_record_bytes]  # the DLQ must stay publishable
         headers = {}
         for name, raw in record.headers or ():
             headers[str(name)] = printable_value(raw)[0][:1024]

@@ -26,15 +26,17 @@ class ProblemError(Exception):
     """Raise from a route to answer with a problem document."""
 
     def __init__(self, status: int, title: str, detail: str | None = None,
-                 type_: str = "about:blank") -> None:
+                 type_: str = "about:blank", headers: dict[str, str] | None = None) -> None:
         super().__init__(detail or title)
         self.problem = Problem(type=type_, title=title, status=status, detail=detail)
+        self.headers = headers or {}
 
 
-def problem_response(problem: Problem, request: Request) -> JSONResponse:
+def problem_response(problem: Problem, request: Request,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
     body = problem.model_copy(update={"instance": str(request.url.path)})
     return JSONResponse(body.model_dump(exclude_none=True), status_code=problem.status,
-                        media_type=PROBLEM_JSON)
+                        media_type=PROBLEM_JSON, headers=headers)
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -43,15 +45,32 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, title in ((404, "Not found"), (422, "Invalid request"))
 }
 
+_CHALLENGE = {"WWW-Authenticate": {
+    "description": "RFC 6750 challenge: the error and, for 403, the scope needed.",
+    "schema": {"type": "string"}}}
+# Added by the runtime to every operation that needs a token (401, 403) or takes a body (413).
+AUTH_RESPONSES: dict[str, dict[str, Any]] = {
+    "401": {"description": "No valid bearer token (missing, malformed, expired, wrong "
+                           "audience or issuer)", "headers": _CHALLENGE,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+    "403": {"description": "The token lacks the scope this operation needs",
+            "headers": _CHALLENGE,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+}
+TOO_LARGE_RESPONSE: dict[str, Any] = {
+    "description": "The request body is larger than allowed",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
 
 def install(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
-        return problem_response(exc.problem, request)
+        return problem_response(exc.problem, request, exc.headers)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return problem_response(Problem(title=str(exc.detail), status=exc.status_code), request)
+        return problem_response(Problem(title=str(exc.detail), status=exc.status_code), request,
+                                dict(exc.headers) if exc.headers else None)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -24,7 +24,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import problems
+from collections_kit.auth import TokenVerifier
 from collections_kit.consumer import ConsumerLoop
+from collections_kit.kafka import client_kwargs
+from collections_kit.limits import BodySizeLimit
 from collections_kit.outbox import OutboxRelay
 from collections_kit.settings import ServiceSettings
 
@@ -45,7 +48,7 @@ STALL_AFTER_S = 60.0
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_kwargs(settings),
         client_id=f"{settings.service_name}-relay",
         enable_idempotence=True,
         acks="all",
@@ -143,6 +146,9 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
 
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     app.state.runtime = runtime
+    # Every route but the three below needs a bearer token (collections_kit.auth.require).
+    app.state.verifier = TokenVerifier(runtime.settings)
+    app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     problems.install(app)
     ops = APIRouter(tags=["operations"])
 
@@ -165,7 +171,30 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     app.include_router(ops)
     for router in routers:
         app.include_router(router)
+    _document_refusals(app)
     return app
+
+
+def _document_refusals(app: FastAPI) -> None:
+    """Every operation that needs a token answers 401 and 403; one with a body, 413."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                if operation.get("security"):
+                    for status, response in problems.AUTH_RESPONSES.items():
+                        responses.setdefault(status, response)
+                if "requestBody" in operation:
+                    responses.setdefault("413", problems.TOO_LARGE_RESPONSE)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def serve(build_app: Callable[[], FastAPI], settings: ServiceSettings) -> int:

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import select, text
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.clock import Clock, OffsetClock
 from collections_kit.envelope import Envelope
 from collections_kit.runtime import Runtime
@@ -142,7 +143,8 @@ async def rest(runtime: Runtime, path: str) -> httpx.Response:
     """Ask the service's own REST API, in-process."""
     app = bootstrap.create_app(runtime, manage_runtime=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://ledger-sync") as http:
+                                 base_url="http://ledger-sync",
+                                 headers=dev_headers(["cases:read", "admin"])) as http:
         return await http.get(path)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from collections_kit.pii import DEV_KID, KeyRing, dev_ring
 from collections_kit.settings import ServiceSettings
 
 
@@ -54,6 +55,26 @@ class NotifierSettings(ServiceSettings):
     dispatch_batch: int = Field(default=100, ge=1)
     dispatch_concurrency: int = Field(default=10, ge=1)
     dispatch_safety_poll_s: float = Field(default=1.0, gt=0)
+
+    # Personal data at rest (contact details, recorded sends, letters): AES-256-GCM keys,
+    # "kid1:<base64 32 bytes>,kid2:...", and the id of the one new values are sealed with
+    # (default: the last). Older keys stay listed until every value is re-sealed. Unset in
+    # dev and test: the built-in development key; prod refuses to start without keys.
+    pii_keys: SecretStr | None = None
+    pii_active_kid: str | None = None
+
+    def key_ring(self) -> KeyRing:
+        if self.pii_keys is None:
+            return dev_ring()
+        return KeyRing.parse(self.pii_keys.get_secret_value(), self.pii_active_kid)
+
+    @model_validator(mode="after")
+    def _pii_keys(self) -> NotifierSettings:
+        ring = self.key_ring()  # a malformed ring stops the start here
+        if self.environment == "prod" and (self.pii_keys is None or DEV_KID in ring.kids):
+            raise ValueError("environment=prod needs NOTIFIER_PII_KEYS (the development "
+                             "key is not allowed)")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> NotifierSettings:

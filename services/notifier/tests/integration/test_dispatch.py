@@ -22,10 +22,12 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.clock import FixedClock
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx, flush
 from collections_kit.runtime import Runtime
+from notifier.adapters.recording import open_recorded
 from notifier.adapters.tables import dispatches, outbox, recorded_sends
 from notifier.app.dispatcher import Dispatcher
 from notifier.app.handlers import NotifierHandlers
@@ -105,6 +107,10 @@ def _settings(database_url: str, smtp_port: int, **extra: Any) -> NotifierSettin
                             send_retry_backoff_s=0, **extra)
 
 
+# A client system's token: it may write and read contacts, but sees personal data masked.
+CLIENT = dev_headers(["cases:read", "contacts:write", "admin"])
+
+
 @pytest.fixture
 async def notifier(database_url: str, mailbox: tuple[Mailbox, int]) -> AsyncIterator[Notifier]:
     settings = _settings(database_url, mailbox[1])
@@ -113,7 +119,7 @@ async def notifier(database_url: str, mailbox: tuple[Mailbox, int]) -> AsyncIter
     runtime = bootstrap.build_runtime(settings, clock=clock)
     app = bootstrap.create_app(runtime, manage_runtime=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://notifier") as http:
+                                 base_url="http://notifier", headers=CLIENT) as http:
         yield Notifier(runtime, clock, http)
     await runtime.engine.dispose()
 
@@ -161,7 +167,8 @@ async def test_each_command_is_decided_once_recorded_and_announced(
     assert recipients == ["zhang.san@example.com"]
     assert b"Message-ID: <C1@lender.example>" in raw
     async with notifier.runtime.engine.connect() as conn:
-        recorded = (await conn.execute(select(recorded_sends))).all()
+        recorded = [open_recorded(r, notifier.runtime.state["pii"])
+                    for r in (await conn.execute(select(recorded_sends))).all()]
     assert [(r.command_id, r.channel, r.address) for r in recorded] == [
         ("C2", "sms", "+8613812341234")]
     assert "1,234.50 CNY" in recorded[0].body
@@ -180,6 +187,10 @@ async def test_each_command_is_decided_once_recorded_and_announced(
     assert summary["totals"] == {"blocked": 1, "deferred": 1, "sent": 2}
     masked = (await notifier.http.get("/v1/borrowers/B1/contact-details")).json()
     assert masked["email"] == "z***@example.com" and masked["phone"] == "+86*******1234"
+    assert masked["masked"] is True
+    clear = (await notifier.http.get("/v1/borrowers/B1/contact-details",
+                                     headers=dev_headers(["cases:read", "pii:read"]))).json()
+    assert clear["email"] == "zhang.san@example.com" and clear["masked"] is False
 
     # Nothing is due until New York wakes up; at 08:00 there the deferral goes out.
     assert await notifier.dispatcher.dispatch_once() == 0

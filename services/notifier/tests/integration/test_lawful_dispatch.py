@@ -21,11 +21,13 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
 from collections_kit.clock import FixedClock
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx, flush
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
+from notifier.adapters.letters import open_letter
 from notifier.adapters.provider_http import HttpProviderChannel
 from notifier.adapters.tables import contact_attempts, dispatches, letters, outbox
 from notifier.app.dispatcher import Dispatcher
@@ -187,7 +189,8 @@ async def put_details(http: httpx.AsyncClient, borrower_id: str, **body: Any) ->
 async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = bootstrap.create_app(runtime, manage_runtime=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://notifier") as http:
+                                 base_url="http://notifier",
+                                 headers=dev_headers(["cases:read", "contacts:write"])) as http:
         yield http
 
 
@@ -490,7 +493,8 @@ async def test_letters_are_rendered_to_html_and_pdf_and_counted_as_sent_to_print
     assert state["LT-US"] == ("sent", "validation_notice", "US.reg_f_validation_notice")
     assert state["LT-CN"] == ("sent", "all_checks_passed", "CN.contact_window")
     async with runtime.engine.connect() as conn:
-        rows = {r.command_id: r for r in await conn.execute(select(letters))}
+        rows = {r.command_id: open_letter(r, runtime.state["pii"])
+                for r in await conn.execute(select(letters))}
     us_letter, cn_letter = rows["LT-US"], rows["LT-CN"]
     assert us_letter.template == "validation-notice"
     assert us_letter.pdf.startswith(b"%PDF") and cn_letter.pdf.startswith(b"%PDF")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
+from collections_kit.auth import Principal, require
 from collections_kit.money import Amount
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from collections_kit.runtime import EngineDep as Engine
@@ -16,6 +17,8 @@ from ledger_sync.adapters.repository import LedgerRepository
 from ledger_sync.domain.ledger import FreshnessPolicy, staleness
 
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
+Reader = Annotated[Principal, require("cases:read")]
+Admin = Annotated[Principal, require("admin")]
 
 
 class BalanceView(BaseModel):
@@ -69,7 +72,8 @@ router = APIRouter(prefix="/v1")
 @router.get("/balances/{loan_id}", response_model=BalanceView, responses=PROBLEM_RESPONSES,
             tags=["balances"],
             summary="The ledger balance as projected here, net of payments in flight")
-async def get_balance(loan_id: LoanIdPath, engine: Engine, request: Request) -> BalanceView:
+async def get_balance(loan_id: LoanIdPath, engine: Engine, request: Request,
+                      _: Reader) -> BalanceView:
     async with engine.connect() as conn:
         repo = LedgerRepository(conn)
         projection = await repo.projection(loan_id)
@@ -97,7 +101,7 @@ async def get_balance(loan_id: LoanIdPath, engine: Engine, request: Request) -> 
 @router.get("/reconciliation/runs/latest", response_model=ReconciliationRunView,
             responses=PROBLEM_RESPONSES, tags=["reconciliation"],
             summary="The latest reconciliation pass: what it examined and what it changed")
-async def latest_reconciliation_run(engine: Engine) -> ReconciliationRunView:
+async def latest_reconciliation_run(engine: Engine, _: Admin) -> ReconciliationRunView:
     async with engine.connect() as conn:
         report = await ReconciliationRepository(conn).latest()
     if report is None:

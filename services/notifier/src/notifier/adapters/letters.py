@@ -15,8 +15,10 @@ import asyncio
 import hashlib
 import io
 import logging
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from reportlab.lib.pagesizes import A4
@@ -30,6 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
+from collections_kit.pii import KeyRing
 from notifier.adapters.tables import letters
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.letters import Letter, render_html
@@ -85,12 +88,35 @@ def letter_of(message: OutgoingMessage, sender: str) -> Letter:
                   name=message.name, address=message.address, sender=sender)
 
 
-class PrintChannel:
-    """Renders the letter and hands it to print (the ``letters`` table is the print queue)."""
+@dataclass(frozen=True)
+class StoredLetter:
+    command_id: str
+    template: str
+    html: str
+    pdf: bytes
+    pdf_sha256: str
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, sender: str,
+
+def open_letter(row: Any, ring: KeyRing) -> StoredLetter:
+    """A ``letters`` row with its HTML and PDF (name and address are on them) opened."""
+    return StoredLetter(
+        command_id=row.command_id, template=row.template,
+        html=ring.open(row.html, aad=f"letters.html:{row.command_id}") or "",
+        pdf=ring.open_bytes(row.pdf, aad=f"letters.pdf:{row.command_id}"),
+        pdf_sha256=row.pdf_sha256)
+
+
+class PrintChannel:
+    """Renders the letter and hands it to print (the ``letters`` table is the print queue).
+
+    The HTML and the PDF carry the name and postal address: both are sealed at rest; the
+    print run opens them with :func:`open_letter`.
+    """
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, sender: str, ring: KeyRing,
                  cjk_font: Path | None = None) -> None:
         self._engine = engine
+        self._ring = ring
         self._clock = clock
         self._sender = sender
         self._cjk_font = cjk_font
@@ -106,7 +132,9 @@ class PrintChannel:
             async with self._engine.begin() as conn:
                 stmt = pg_insert(letters).values(
                     command_id=letter.command_id, loan_id=letter.loan_id,
-                    language=letter.language, template=letter.template, html=html, pdf=pdf,
+                    language=letter.language, template=letter.template,
+                    html=self._ring.seal(html, aad=f"letters.html:{letter.command_id}"),
+                    pdf=self._ring.seal_bytes(pdf, aad=f"letters.pdf:{letter.command_id}"),
                     pdf_sha256=digest, rendered_at=self._clock.now())
                 await conn.execute(stmt.on_conflict_do_update(
                     index_elements=[letters.c.command_id],

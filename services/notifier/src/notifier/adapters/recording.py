@@ -9,21 +9,49 @@ No call is placed, so nobody answers one: a recorded call reports ``unanswered``
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
+from collections_kit.pii import KeyRing
 from notifier.adapters.tables import recorded_sends
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
 
 log = logging.getLogger(__name__)
 
 
+# Sealed at rest (collections_kit.pii), each bound to its column and command.
+SEALED = ("address", "subject", "body")
+
+
+def _aad(column: str, command_id: str) -> str:
+    return f"recorded_sends.{column}:{command_id}"
+
+
+@dataclass(frozen=True)
+class RecordedSend:
+    command_id: str
+    channel: str
+    address: str
+    subject: str
+    body: str
+
+
+def open_recorded(row: Any, ring: KeyRing) -> RecordedSend:
+    """A ``recorded_sends`` row with its personal data opened."""
+    clear = {c: ring.open(getattr(row, c), aad=_aad(c, row.command_id)) or ""
+             for c in SEALED}
+    return RecordedSend(command_id=row.command_id, channel=row.channel, **clear)
+
+
 class RecordingChannel:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, ring: KeyRing) -> None:
         self._engine = engine
         self._clock = clock
+        self._ring = ring
 
     async def send(self, message: OutgoingMessage) -> Delivery:
         try:
@@ -33,7 +61,11 @@ class RecordingChannel:
                     command_id=message.command_id, loan_id=message.loan_id,
                     channel=message.channel, recipient=message.recipient,
                     language=message.language, template=message.template,
-                    address=message.address, subject=message.subject, body=message.body,
+                    address=self._ring.seal(message.address,
+                                            aad=_aad("address", message.command_id)),
+                    subject=self._ring.seal(message.subject,
+                                            aad=_aad("subject", message.command_id)),
+                    body=self._ring.seal(message.body, aad=_aad("body", message.command_id)),
                     recorded_at=self._clock.now(),
                 ).on_conflict_do_nothing(index_elements=[recorded_sends.c.command_id]))
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from collections_kit.pii import KeyRing, PiiError
 from notifier.adapters.tables import (
     case_closures,
     case_holds,
@@ -48,6 +50,8 @@ from notifier.domain.model import (
     number_key,
     person_key,
 )
+
+log = logging.getLogger(__name__)
 
 _OPEN = [s.value for s in OPEN_STATUSES]
 # First key of the two-key advisory locks on people and numbers (a space of its own).
@@ -144,15 +148,29 @@ def _dispatch(row: Any) -> Dispatch:
                     attempts=row.attempts, decision_seq=row.decision_seq)
 
 
-def _details(row: Any) -> ContactDetails:
-    has_guarantor = any((row.guarantor_name, row.guarantor_email, row.guarantor_phone,
-                         row.guarantor_postal_address))
+# Personal data in contact_details, sealed at rest (collections_kit.pii); each value is
+# bound to its column and borrower.
+PII_COLUMNS = ("email", "phone", "postal_address", "guarantor_name", "guarantor_email",
+               "guarantor_phone", "guarantor_postal_address")
+
+
+def pii_aad(table: str, column: str, row_id: str) -> str:
+    return f"{table}.{column}:{row_id}"
+
+
+def _details(row: Any, ring: KeyRing) -> ContactDetails:
+    clear = {c: ring.open(getattr(row, c), aad=pii_aad("contact_details", c, row.borrower_id))
+             for c in PII_COLUMNS}
+    has_guarantor = any((clear["guarantor_name"], clear["guarantor_email"],
+                         clear["guarantor_phone"], clear["guarantor_postal_address"]))
     return ContactDetails(
         borrower_id=row.borrower_id, language=row.language,
-        debtor=Party(email=row.email, phone=row.phone, postal_address=row.postal_address),
-        guarantor=Party(name=row.guarantor_name, email=row.guarantor_email,
-                        phone=row.guarantor_phone,
-                        postal_address=row.guarantor_postal_address) if has_guarantor else None,
+        debtor=Party(email=clear["email"], phone=clear["phone"],
+                     postal_address=clear["postal_address"]),
+        guarantor=Party(name=clear["guarantor_name"], email=clear["guarantor_email"],
+                        phone=clear["guarantor_phone"],
+                        postal_address=clear["guarantor_postal_address"])
+        if has_guarantor else None,
     )
 
 
@@ -170,8 +188,10 @@ class DecisionRecord:
 
 
 class DispatchRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, ring: KeyRing | None = None) -> None:
         self._conn = conn
+        # Needed only to read contact details (contexts()).
+        self._ring = ring
 
     # --- commands in ---------------------------------------------------------------------
 
@@ -310,8 +330,18 @@ class DispatchRepository:
         loan_ids = sorted({d.request.loan_id for d in batch})
         command_ids = [d.command_id for d in batch]
         borrower_ids = sorted({d.request.borrower_id for d in batch})
-        details = {row.borrower_id: _details(row) for row in await self._conn.execute(
-            select(contact_details).where(contact_details.c.borrower_id.in_(borrower_ids)))}
+        if self._ring is None:
+            raise RuntimeError("DispatchRepository needs the PII key ring to read contacts")
+        details: dict[str, ContactDetails] = {}
+        for row in await self._conn.execute(
+                select(contact_details).where(contact_details.c.borrower_id.in_(borrower_ids))):
+            try:
+                details[row.borrower_id] = _details(row, self._ring)
+            except PiiError as exc:
+                # Unusable (key missing from the ring, or tampered): as good as none, so
+                # the contact is blocked for want of details rather than the batch stuck.
+                log.error("contact details do not open: %s", exc,
+                          extra={"borrower_id": row.borrower_id})
 
         people: set[str] = set()
         numbers: set[str] = set()
@@ -533,18 +563,24 @@ class DispatchRepository:
 
 
 class ContactDetailsRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, ring: KeyRing) -> None:
         self._conn = conn
+        self._ring = ring
 
     async def put(self, details: ContactDetails, *, now: datetime) -> None:
         guarantor = details.guarantor or Party()
-        values = {
-            "borrower_id": details.borrower_id, "language": details.language,
+        clear = {
             "email": details.debtor.email, "phone": details.debtor.phone,
             "postal_address": details.debtor.postal_address,
             "guarantor_name": guarantor.name, "guarantor_email": guarantor.email,
             "guarantor_phone": guarantor.phone,
-            "guarantor_postal_address": guarantor.postal_address, "updated_at": now,
+            "guarantor_postal_address": guarantor.postal_address,
+        }
+        values: dict[str, Any] = {
+            "borrower_id": details.borrower_id, "language": details.language,
+            "updated_at": now,
+            **{c: self._ring.seal(v, aad=pii_aad("contact_details", c, details.borrower_id))
+               for c, v in clear.items()},
         }
         stmt = pg_insert(contact_details).values(values)
         await self._conn.execute(stmt.on_conflict_do_update(
@@ -554,7 +590,7 @@ class ContactDetailsRepository:
     async def get(self, borrower_id: str) -> tuple[ContactDetails, datetime] | None:
         row = (await self._conn.execute(
             select(contact_details).where(contact_details.c.borrower_id == borrower_id))).first()
-        return (_details(row), row.updated_at) if row else None
+        return (_details(row, self._ring), row.updated_at) if row else None
 
 
 class PreferencesRepository:

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
 from collections_kit.outbox import Tx, flush
+from collections_kit.pii import KeyRing
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision
 from notifier.app.ports import Channel, Delivery, OutgoingMessage, SendError
@@ -106,8 +107,9 @@ class Dispatcher:
     def __init__(self, *, engine: AsyncEngine, outbox: Table, schema: str, source: str,
                  topic_prefix: str, policy: DispatchPolicy,
                  channels: Mapping[ChannelName, Channel], clock: Clock,
-                 config: DispatcherConfig) -> None:
+                 config: DispatcherConfig, ring: KeyRing) -> None:
         self._engine = engine
+        self._ring = ring
         self._outbox = outbox
         self._schema = schema
         self._source = source
@@ -188,7 +190,7 @@ class Dispatcher:
         async with self._engine.begin() as conn:
             now = self._clock.now()
             tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
-            repo = DispatchRepository(conn)
+            repo = DispatchRepository(conn, self._ring)
             batch = await repo.claim_due(now, config.batch)
             if not batch:
                 return [], 0

@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
+from collections_kit.pii import KeyRing
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from collections_kit.runtime import EngineDep as Engine
 from notifier.adapters.repository import (
@@ -26,7 +28,16 @@ def _clock(request: Request) -> Clock:
     return clock
 
 
+def _ring(request: Request) -> KeyRing:
+    ring: KeyRing = request.app.state.runtime.state["pii"]
+    return ring
+
+
 Now = Annotated[Clock, Depends(_clock)]
+Ring = Annotated[KeyRing, Depends(_ring)]
+Reader = Annotated[Principal, require("cases:read")]
+ContactsWriter = Annotated[Principal, require("contacts:write")]
+Admin = Annotated[Principal, require("admin")]
 _ID = r"^[A-Za-z0-9._:-]{1,64}$"
 BorrowerIdPath = Annotated[str, Path(pattern=_ID, examples=["B-000123"])]
 
@@ -73,7 +84,8 @@ class GuarantorView(BaseModel):
 
 
 class ContactDetailsView(BaseModel):
-    """Masked: enough to recognise the details, not to use them."""
+    """Masked (enough to recognise the details, not to use them) unless the caller holds
+    the ``pii:read`` scope."""
 
     borrower_id: str
     language: str
@@ -82,6 +94,7 @@ class ContactDetailsView(BaseModel):
     postal_address: str | None
     guarantor: GuarantorView | None
     updated_at: datetime
+    masked: bool = Field(description="Whether the personal data above is masked.")
 
 
 class DecisionView(BaseModel):
@@ -178,7 +191,8 @@ def _masked(value: str | None) -> str | None:
             responses=INVALID_ONLY, tags=["contact details"],
             summary="Store (replace) a borrower's contact details")
 async def put_contact_details(borrower_id: BorrowerIdPath, body: ContactDetailsIn,
-                              engine: Engine, clock: Now) -> Response:
+                              engine: Engine, clock: Now, ring: Ring,
+                              _: ContactsWriter) -> Response:
     g = body.guarantor
     details = ContactDetails(
         borrower_id=borrower_id, language=body.language,
@@ -186,22 +200,30 @@ async def put_contact_details(borrower_id: BorrowerIdPath, body: ContactDetailsI
         guarantor=Party(name=g.name, email=g.email, phone=g.phone,
                         postal_address=g.postal_address) if g else None)
     async with engine.begin() as conn:
-        await ContactDetailsRepository(conn).put(details, now=clock.now())
+        await ContactDetailsRepository(conn, ring).put(details, now=clock.now())
     return Response(status_code=204)
 
 
 @router.get("/borrowers/{borrower_id}/contact-details", response_model=ContactDetailsView,
             responses=PROBLEM_RESPONSES, tags=["contact details"],
-            summary="A borrower's contact details, masked")
-async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine) -> ContactDetailsView:
+            summary="A borrower's contact details: masked, or in full with pii:read")
+async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine, ring: Ring,
+                              caller: Reader) -> ContactDetailsView:
     async with engine.connect() as conn:
-        found = await ContactDetailsRepository(conn).get(borrower_id)
+        found = await ContactDetailsRepository(conn, ring).get(borrower_id)
     if found is None:
         raise ProblemError(404, "No contact details",
                            f"No contact details are stored for borrower {borrower_id}.",
                            type_="https://collections.example/problems/no-contact-details")
     details, updated_at = found
     g = details.guarantor
+    if caller.has("pii:read"):
+        return ContactDetailsView(
+            borrower_id=borrower_id, language=details.language, email=details.debtor.email,
+            phone=details.debtor.phone, postal_address=details.debtor.postal_address,
+            guarantor=GuarantorView(name=g.name or "", email=g.email, phone=g.phone,
+                                    postal_address=g.postal_address) if g else None,
+            updated_at=updated_at, masked=False)
     return ContactDetailsView(
         borrower_id=borrower_id, language=details.language,
         email=mask_email(details.debtor.email) if details.debtor.email else None,
@@ -212,14 +234,14 @@ async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine) -> Co
             email=mask_email(g.email) if g.email else None,
             phone=mask_phone(g.phone) if g.phone else None,
             postal_address=_masked(g.postal_address)) if g else None,
-        updated_at=updated_at)
+        updated_at=updated_at, masked=True)
 
 
 @router.put("/borrowers/{borrower_id}/opt-outs/{channel}", status_code=204,
             responses=INVALID_ONLY, tags=["contact preferences"],
             summary="Opt a person out of one channel; pending contacts on it are blocked")
 async def put_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, body: OptOutIn,
-                      engine: Engine, clock: Now) -> Response:
+                      engine: Engine, clock: Now, _: ContactsWriter) -> Response:
     async with engine.begin() as conn:
         await PreferencesRepository(conn).opt_out(borrower_id, body.party, channel,
                                                   reason=body.reason, now=clock.now())
@@ -230,7 +252,7 @@ async def put_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, body: O
                responses=PROBLEM_RESPONSES, tags=["contact preferences"],
                summary="Withdraw an opt-out (the person agreed to the channel again)")
 async def delete_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, engine: Engine,
-                         party: PartyQuery = "debtor") -> Response:
+                         _: ContactsWriter, party: PartyQuery = "debtor") -> Response:
     async with engine.begin() as conn:
         found = await PreferencesRepository(conn).opt_in(borrower_id, party, channel)
     if not found:
@@ -243,7 +265,7 @@ async def delete_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, engi
             responses=INVALID_ONLY, tags=["contact preferences"],
             summary="Stop all contact with a person; pending contacts are blocked")
 async def put_do_not_contact(borrower_id: BorrowerIdPath, body: DoNotContactIn,
-                             engine: Engine, clock: Now) -> Response:
+                             engine: Engine, clock: Now, _: ContactsWriter) -> Response:
     async with engine.begin() as conn:
         await PreferencesRepository(conn).stop_all(borrower_id, body.party,
                                                    reason=body.reason, now=clock.now())
@@ -254,7 +276,7 @@ async def put_do_not_contact(borrower_id: BorrowerIdPath, body: DoNotContactIn,
                responses=PROBLEM_RESPONSES, tags=["contact preferences"],
                summary="Lift a do-not-contact")
 async def delete_do_not_contact(borrower_id: BorrowerIdPath, engine: Engine,
-                                party: PartyQuery = "debtor") -> Response:
+                                _: ContactsWriter, party: PartyQuery = "debtor") -> Response:
     async with engine.begin() as conn:
         found = await PreferencesRepository(conn).allow(borrower_id, party)
     if not found:
@@ -266,7 +288,8 @@ async def delete_do_not_contact(borrower_id: BorrowerIdPath, engine: Engine,
 @router.get("/borrowers/{borrower_id}/contact-preferences", response_model=PreferencesView,
             responses=INVALID_ONLY, tags=["contact preferences"],
             summary="A person's opt-outs and do-not-contact")
-async def get_preferences(borrower_id: BorrowerIdPath, engine: Engine) -> PreferencesView:
+async def get_preferences(borrower_id: BorrowerIdPath, engine: Engine,
+                          _: Reader) -> PreferencesView:
     async with engine.connect() as conn:
         opt_outs, stops = await PreferencesRepository(conn).of(borrower_id)
     return PreferencesView(
@@ -279,7 +302,7 @@ async def get_preferences(borrower_id: BorrowerIdPath, engine: Engine) -> Prefer
 
 @router.get("/contacts", response_model=ContactsPage, responses=INVALID_ONLY,
             tags=["contacts"], summary="Every decision taken on a loan's contacts, oldest first")
-async def get_contacts(engine: Engine,
+async def get_contacts(engine: Engine, _: Reader,
                        loan_id: Annotated[str, Query(pattern=_ID, examples=["L-000123"])],
                        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                        limit: Annotated[int, Query(ge=1, le=500)] = 200) -> ContactsPage:
@@ -297,6 +320,6 @@ async def get_contacts(engine: Engine,
 
 @router.get("/contacts/summary", response_model=Summary, tags=["reports"],
             summary="Decisions by outcome and reason; commands by status")
-async def get_summary(engine: Engine) -> Summary:
+async def get_summary(engine: Engine, _: Admin) -> Summary:
     async with engine.connect() as conn:
         return Summary(**await DispatchRepository(conn).summary())

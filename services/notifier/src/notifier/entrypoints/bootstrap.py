@@ -82,6 +82,7 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     policy = policy or load_policy(settings)
+    ring = settings.key_ring()
     workers: list[Worker] = []
     if channels is None:
         smtp = SmtpChannel(
@@ -90,7 +91,7 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             password=(settings.smtp_password.get_secret_value()
                       if settings.smtp_password else None),
             use_tls=settings.smtp_use_tls, start_tls=settings.smtp_start_tls)
-        phone: Channel = RecordingChannel(engine, clock)
+        phone: Channel = RecordingChannel(engine, clock, ring)
         if settings.provider_base_url:
             headers = ({"Authorization": "Bearer "
                         + settings.provider_api_key.get_secret_value()}
@@ -100,7 +101,7 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             phone = HttpProviderChannel(client, max_tries=settings.provider_max_tries,
                                         backoff_s=settings.provider_backoff_s)
             workers.append(_ClientLifetime(client))
-        printer = PrintChannel(engine, clock, sender=settings.letter_sender,
+        printer = PrintChannel(engine, clock, sender=settings.letter_sender, ring=ring,
                                cjk_font=settings.letter_cjk_font)
         channels = {"email": smtp, "sms": phone, "voice": phone, "letter": printer}
     dispatcher = Dispatcher(
@@ -114,14 +115,14 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             sending_lease=timedelta(seconds=settings.sending_lease_s),
             max_attempts=settings.send_max_attempts,
             retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
-            safety_poll_s=settings.dispatch_safety_poll_s))
+            safety_poll_s=settings.dispatch_safety_poll_s), ring=ring)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED],
                         handlers=NotifierHandlers(policy).routes(), clock=clock,
                         on_committed=dispatcher.wake)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[dispatcher, *workers],
-                   state={"clock": clock, "dispatcher": dispatcher})
+                   state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:

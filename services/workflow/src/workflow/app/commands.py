@@ -51,8 +51,10 @@ class Commands:
                       actor: str, make: Callable[[str], d.Input],
                       render: Callable[[Outcome, Tx], Any]) -> tuple[int, dict[str, Any]]:
         """Run ``make(request_id)`` against the loan's case; return (status, JSON body)."""
+        # The actor is part of the request: another caller reusing a key is refused, never
+        # answered with the first caller's replay.
         request_hash = hashlib.sha256(json.dumps(
-            {"route": route, "loan_id": loan_id, "body": body}, sort_keys=True,
+            {"route": route, "loan_id": loan_id, "body": body, "actor": actor}, sort_keys=True,
             default=str).encode()).hexdigest()
         async with self._engine.begin() as conn:
             tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,

@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
+from collections_kit.auth import Principal, require
 from collections_kit.money import Amount
 from collections_kit.outbox import Tx
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
@@ -27,11 +28,13 @@ IdempotencyKey = Annotated[str, Header(
     alias="Idempotency-Key", min_length=8, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
     description="Unique per intended change; a retry with the same key replays the answer.",
     examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"])]
-Actor = Annotated[str, Header(
-    alias="X-Actor", min_length=1, max_length=100,
-    description="Who asks (recorded on the timeline).", examples=["agent:li.wei"])]
-Reason = Annotated[str, Field(min_length=3, max_length=500,
-                              examples=["borrower hospitalised; documents received"])]
+# The caller, from its bearer token; the token's subject is the actor on the timeline.
+Reader = Annotated[Principal, require("cases:read")]
+Writer = Annotated[Principal, require("cases:write")]
+Admin = Annotated[Principal, require("admin")]
+# Surrounding blanks do not count: a reason of spaces is no reason.
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+                   Field(examples=["borrower hospitalised; documents received"])]
 
 CASE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     **PROBLEM_RESPONSES,
@@ -240,7 +243,7 @@ def _case_view(case: Case, intents: list[ContactIntent],
 @router.get("/cases", response_model=CasePage, responses=PROBLEM_RESPONSES,
             summary="List cases, filtered, in loan-id order (keyset pagination)")
 async def list_cases(
-        engine: Engine,
+        engine: Engine, _: Reader,
         stage: Annotated[Literal["warning", "formal_notice", "guarantor_recourse", "litigation",
                                  "enforcement"] | None, Query()] = None,
         status: Annotated[Literal["open", "held", "closed"] | None, Query()] = None,
@@ -265,7 +268,7 @@ async def list_cases(
 
 @router.get("/cases/{loan_id}", response_model=CaseView, responses=PROBLEM_RESPONSES,
             summary="A case with its hold, arrangement and contact intents")
-async def get_case(loan_id: LoanIdPath, engine: Engine) -> CaseView:
+async def get_case(loan_id: LoanIdPath, engine: Engine, _: Reader) -> CaseView:
     async with engine.connect() as conn:
         repo = CaseRepository(conn)
         case = await repo.get(loan_id)
@@ -278,7 +281,7 @@ async def get_case(loan_id: LoanIdPath, engine: Engine) -> CaseView:
 
 @router.get("/cases/{loan_id}/timeline", response_model=TimelinePage,
             responses=PROBLEM_RESPONSES, summary="Every audited step of a case, oldest first")
-async def get_timeline(loan_id: LoanIdPath, engine: Engine,
+async def get_timeline(loan_id: LoanIdPath, engine: Engine, _: Reader,
                        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                        limit: Annotated[int, Query(ge=1, le=500)] = 200) -> TimelinePage:
     async with engine.connect() as conn:
@@ -298,7 +301,7 @@ async def get_timeline(loan_id: LoanIdPath, engine: Engine,
 
 @router.get("/summary", response_model=Summary, tags=["reports"],
             summary="Cases by status and stage, contact intents by status and reason")
-async def get_summary(engine: Engine) -> Summary:
+async def get_summary(engine: Engine, _: Admin) -> Summary:
     async with engine.connect() as conn:
         return Summary(**await CaseRepository(conn).summary())
 
@@ -335,7 +338,8 @@ async def _command(request: Request, loan_id: str, key: str, actor: str, body: B
 @router.post("/cases/{loan_id}/holds", response_model=CaseView, responses=CASE_PROBLEMS,
              summary="Put a case on hold (hardship, dispute, breathing space, operator)")
 async def hold_case(loan_id: LoanIdPath, body: HoldRequest, request: Request,
-                    key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                    key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestHold(
         request_id=rid, kind=body.kind, reason=body.reason, actor=actor, until=body.until))
 
@@ -343,7 +347,8 @@ async def hold_case(loan_id: LoanIdPath, body: HoldRequest, request: Request,
 @router.post("/cases/{loan_id}/resume", response_model=CaseView, responses=CASE_PROBLEMS,
              summary="Resume a held case; contacts wait for a fresh ledger confirmation")
 async def resume_case(loan_id: LoanIdPath, body: ResumeRequest, request: Request,
-                      key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                      key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestResume(
         request_id=rid, reason=body.reason, actor=actor,
         verification_outcome=body.verification_outcome))
@@ -352,7 +357,8 @@ async def resume_case(loan_id: LoanIdPath, body: ResumeRequest, request: Request
 @router.post("/cases/{loan_id}/arrangements", response_model=CaseView, responses=CASE_PROBLEMS,
              summary="Record a promise to pay or an instalment plan")
 async def record_arrangement(loan_id: LoanIdPath, body: ArrangementRequest, request: Request,
-                             key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                             key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RecordArrangement(
         request_id=rid, kind=body.kind, actor=actor,
         schedule=tuple(m.InstalmentTerms(i.due_at, i.amount) for i in body.schedule),
@@ -363,7 +369,8 @@ async def record_arrangement(loan_id: LoanIdPath, body: ArrangementRequest, requ
              summary="Escalate: one stage (manual), or to litigation (fraud, unreasonable "
                      "proposal)")
 async def escalate_case(loan_id: LoanIdPath, body: EscalationRequest, request: Request,
-                        key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                        key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestEscalation(
         request_id=rid, kind=body.kind, reason=body.reason, actor=actor))
 
@@ -371,7 +378,8 @@ async def escalate_case(loan_id: LoanIdPath, body: EscalationRequest, request: R
 @router.post("/cases/{loan_id}/legal-milestones", response_model=CaseView,
              responses=CASE_PROBLEMS, summary="Record a legal milestone (legal department)")
 async def record_milestone(loan_id: LoanIdPath, body: MilestoneRequest, request: Request,
-                           key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                           key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RecordLegalMilestone(
         request_id=rid, milestone=body.milestone, reference=body.reference, actor=actor,
         note=body.note))
@@ -380,7 +388,8 @@ async def record_milestone(loan_id: LoanIdPath, body: MilestoneRequest, request:
 @router.post("/cases/{loan_id}/closure", response_model=CaseView, responses=CASE_PROBLEMS,
              summary="Close a case: settled, written off, or closed by an operator")
 async def close_case(loan_id: LoanIdPath, body: ClosureRequest, request: Request,
-                     key: IdempotencyKey, actor: Actor) -> JSONResponse:
+                     key: IdempotencyKey, caller: Writer) -> JSONResponse:
+    actor = caller.subject
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestClosure(
         request_id=rid, exit=body.exit, reason=body.reason, actor=actor))
 
