@@ -108,7 +108,7 @@ async def baseline_kafka(bootstrap: str, n: int) -> float:
         done, started = 0, time.perf_counter()
         while done < n:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            futures = [await p.send(sink, value=r.value, key=r.key, headers=r.headers)
+            futures = [await p.send(sink, value=r.value, key=r.key, headers=list(r.headers))
                        for records in batches.values() for r in records]
             await asyncio.gather(*futures)
             await consumer.commit()
@@ -271,7 +271,8 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int,
         await p.start()
         lender = lending.Lender(p, prefix)
         try:
-            await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"))
+            await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"),
+                                                           currency="GBP")
                                       for i in range(loans + samples))
             await _wait(dsn, "SELECT count(*) FROM ledger_sync.loan_balances", loans + samples)
             started = time.perf_counter()
