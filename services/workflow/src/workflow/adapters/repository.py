@@ -189,18 +189,6 @@ class CaseRepository:
         row = (await self._conn.execute(stmt)).first()
         return case_from_row(row) if row else None
 
-    async def intents_for(self, case_id: str, *, check_id: str | None = None,
-                          intent_id: str | None = None) -> list[ContactIntent]:
-        """The case's pending intents, plus the one a message names (whatever its status)."""
-        wanted: list[ColumnElement[bool]] = [contact_intents.c.status.in_(_PENDING)]
-        if check_id:
-            wanted.append(contact_intents.c.check_id == check_id)
-        if intent_id:
-            wanted.append(contact_intents.c.intent_id == intent_id)
-        rows = await self._conn.execute(select(contact_intents).where(
-            contact_intents.c.case_id == case_id, or_(*wanted)))
-        return [intent_from_row(r) for r in rows]
-
     async def intents_of(self, case_id: str) -> list[ContactIntent]:
         rows = await self._conn.execute(
             select(contact_intents).where(contact_intents.c.case_id == case_id)
@@ -278,12 +266,6 @@ class CaseRepository:
                                      .values(fired_at=at, outcome="superseded"))
         if state.journal_rows:
             await self._conn.execute(case_inputs.insert(), state.journal_rows)
-
-    async def claim_due_timers(self, now: datetime, limit: int) -> list[Any]:
-        """Due timers no other replica holds; the caller fires them in this transaction."""
-        return list((await self._conn.execute(
-            select(timers).where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
-            .order_by(timers.c.due_at).limit(limit).with_for_update(skip_locked=True))).all())
 
     async def mark_fired(self, timer_id: str, at: datetime) -> None:
         await self._conn.execute(update(timers).where(timers.c.timer_id == timer_id)
