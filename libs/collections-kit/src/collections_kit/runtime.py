@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -144,7 +145,12 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
             if manage_runtime:
                 await runtime.stop()
 
-    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
+    # Production serves no interactive docs or schema: they would be the only routes
+    # without a token. The contract is published in contracts/openapi/ instead.
+    hidden: dict[str, Any] = ({"docs_url": None, "redoc_url": None, "openapi_url": None}
+                              if runtime.settings.environment == "prod" else {})
+    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan,
+                  **hidden)
     app.state.runtime = runtime
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)
@@ -152,19 +158,28 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     problems.install(app)
     ops = APIRouter(tags=["operations"])
 
-    @ops.get("/livez", summary="Liveness: the consumer loops and relay are beating")
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+    @ops.get("/livez", summary="Liveness: the consumer loops and relay are beating",
+             response_class=PlainTextResponse,
+             responses={200: {"description": "Beating", **text},
+                        503: {"description": "A loop is stalled or died", **text}})
     async def livez() -> Response:
         ok = runtime.live()
         return Response("ok" if ok else "stalled", status_code=200 if ok else 503,
                         media_type="text/plain")
 
-    @ops.get("/readyz", summary="Readiness: PostgreSQL and Kafka answer")
+    @ops.get("/readyz", summary="Readiness: PostgreSQL and Kafka answer",
+             response_class=PlainTextResponse,
+             responses={200: {"description": "Ready", **text},
+                        503: {"description": "PostgreSQL or Kafka does not answer", **text}})
     async def readyz() -> Response:
         ok = await runtime.ready()
         return Response("ready" if ok else "not ready", status_code=200 if ok else 503,
                         media_type="text/plain")
 
-    @ops.get("/metrics", summary="Prometheus metrics")
+    @ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format", **text}})
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -176,7 +191,8 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
 
 
 def _document_refusals(app: FastAPI) -> None:
-    """Every operation that needs a token answers 401 and 403; one with a body, 413."""
+    """Every operation that needs a token answers 401 and 403; one with a body, 400
+    (not even JSON) and 413."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -190,6 +206,7 @@ def _document_refusals(app: FastAPI) -> None:
                     for status, response in problems.AUTH_RESPONSES.items():
                         responses.setdefault(status, response)
                 if "requestBody" in operation:
+                    responses.setdefault("400", problems.MALFORMED_BODY_RESPONSE)
                     responses.setdefault("413", problems.TOO_LARGE_RESPONSE)
         app.openapi_schema = schema
         return schema

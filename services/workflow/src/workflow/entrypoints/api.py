@@ -4,13 +4,14 @@ error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
 
 from collections_kit.auth import Principal, require
 from collections_kit.money import Amount
@@ -23,6 +24,20 @@ from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.model import Case, ContactIntent
 
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    # pydantic would also take a number as Unix time; the contract says RFC 3339 text.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("expected an RFC 3339 date-time with an offset")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
 IdempotencyKey = Annotated[str, Header(
     alias="Idempotency-Key", min_length=8, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
@@ -32,8 +47,9 @@ IdempotencyKey = Annotated[str, Header(
 Reader = Annotated[Principal, require("cases:read")]
 Writer = Annotated[Principal, require("cases:write")]
 Admin = Annotated[Principal, require("admin")]
-# Surrounding blanks do not count: a reason of spaces is no reason.
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+# Blanks do not count: a reason needs at least three visible characters.
+Reason = Annotated[str, StringConstraints(min_length=3, max_length=500,
+                                          pattern=r"^(?:[ \t\r\n]*[^ \t\r\n]){3}[\s\S]*$"),
                    Field(examples=["borrower hospitalised; documents received"])]
 
 CASE_PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -152,7 +168,7 @@ class Summary(BaseModel):
 class HoldRequest(BaseModel):
     kind: Literal["hardship", "dispute", "breathing_space", "operator"]
     reason: Reason
-    until: AwareDatetime | None = Field(
+    until: Timestamp | None = Field(
         default=None, description="Ends the hold by itself. Breathing space always ends "
                                   "within its legal length (60 days) even if not given.")
 
@@ -166,7 +182,7 @@ class ResumeRequest(BaseModel):
 
 
 class InstalmentRequest(BaseModel):
-    due_at: AwareDatetime
+    due_at: Timestamp
     amount: Amount
 
 
@@ -249,7 +265,7 @@ async def list_cases(
         status: Annotated[Literal["open", "held", "closed"] | None, Query()] = None,
         dpd_min: Annotated[int | None, Query(ge=0, le=36500)] = None,
         dpd_max: Annotated[int | None, Query(ge=0, le=36500)] = None,
-        next_action_before: Annotated[AwareDatetime | None, Query()] = None,
+        next_action_before: Annotated[Timestamp | None, Query()] = None,
         after: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100) -> CasePage:
     async with engine.connect() as conn:
