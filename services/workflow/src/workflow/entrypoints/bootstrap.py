@@ -18,6 +18,7 @@ from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
 from workflow.domain.policy import PolicyBook
+from workflow.entrypoints import dead_letters
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
@@ -54,4 +55,5 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     return make_app(runtime, title="Collections workflow", version="1.0.0",
-                    description=DESCRIPTION, routers=[router], manage_runtime=manage_runtime)
+                    description=DESCRIPTION, routers=[router, dead_letters.router],
+                    manage_runtime=manage_runtime)
