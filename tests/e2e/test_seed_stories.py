@@ -210,3 +210,53 @@ async def _stage(world: World, loan: str, stage: str) -> dict[str, Any] | None:
 async def _has_cancel(world: World, loan: str, reason: str) -> bool:
     return any(isinstance(e.data, c.ContactCancelled) and e.data.loan_id == loan
                and e.data.reason == reason for e in await world.topic(Topic.CONTACT_COMMANDS))
+
+
+async def test_resume_and_closure_need_cases_write_a_reason_and_show_the_actor(
+        world: World) -> None:
+    loan = "L-audit"
+    await world.open_contacted_case(loan, Decimal("2000.00"))
+    held = await world.post(loan, "holds", {"kind": "operator", "reason": "complaint review"})
+    assert held.status_code == 200, held.text
+
+    async def resume_as(headers: dict[str, str], body: dict[str, Any]) -> httpx.Response:
+        return await world.http.post(f"/v1/cases/{loan}/resume", json=body,
+                                     headers={"Idempotency-Key": str(uuid.uuid4()), **headers})
+
+    reason = {"reason": "complaint answered"}
+    refusals = {
+        "missing": (await resume_as({"Authorization": ""}, reason), 401),
+        "expired": (await resume_as(dev_headers(["cases:write"], now=0), reason), 401),
+        "wrong audience": (await resume_as(dev_headers(["cases:write"],
+                                                       audience="notifier"), reason), 401),
+        "read-only": (await resume_as(dev_headers(["cases:read", "admin"]), reason), 403),
+        "no reason": (await resume_as(dev_headers(["cases:write"]), {}), 422),
+        "blank reason": (await resume_as(dev_headers(["cases:write"]), {"reason": "   "}),
+                         422),
+    }
+    for label, (response, status) in refusals.items():
+        assert response.status_code == status, (label, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json"), label
+    assert (await world.case(loan))["status"] == "held"
+
+    resumed = await resume_as(dev_headers(["cases:write"], subject="agent:li.wei"), reason)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "open"
+    no_reason = await world.http.post(
+        f"/v1/cases/{loan}/closure", json={"exit": "closed"},
+        headers={"Idempotency-Key": str(uuid.uuid4()),
+                 **dev_headers(["cases:write"], subject="agent:li.wei")})
+    assert no_reason.status_code == 422
+    closed = await world.http.post(
+        f"/v1/cases/{loan}/closure", json={"exit": "closed", "reason": "customer deceased"},
+        headers={"Idempotency-Key": str(uuid.uuid4()),
+                 **dev_headers(["cases:write"], subject="agent:zhao.min")})
+    assert closed.status_code == 200 and closed.json()["exit"] == "closed"
+
+    body = (await world.http.get(f"/v1/cases/{loan}/timeline?limit=500")).json()
+    by_kind = {e["kind"]: e for e in body["entries"]}
+    assert by_kind["case_resumed"]["actor"] == "agent:li.wei"
+    assert by_kind["case_resumed"]["detail"]["reason"] == "complaint answered"
+    closure = next(e for e in body["entries"] if e["status_after"] == "closed")
+    assert closure["actor"] == "agent:zhao.min"
+    assert closure["detail"]["reason"] == "customer deceased"
+    assert by_kind["case_held"]["actor"] == "agent:test"
