@@ -18,7 +18,8 @@ class ServiceSettings(BaseSettings):
     ``LEDGER_SYNC_``), so two services on one host never read each other's knobs.
     """
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # A settings error must not print the values it was given (passwords, keys).
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     service_name: str = "service"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:15432/collections"
