@@ -168,3 +168,41 @@ async def test_each_route_needs_its_scope(runtime: Runtime, method: str, path: s
     async with client(runtime, None) as anonymous:
         assert (await anonymous.get("/metrics")).status_code == 200
         assert (await anonymous.get("/livez")).status_code in (200, 503)
+
+
+async def test_after_a_key_rotation_reseal_moves_every_value_to_the_new_key(
+        database_url: str) -> None:
+    from collections_kit.pii import KeyRing
+    from notifier.adapters.reseal import reseal
+
+    old_key, new_key = base64.b64encode(b"o" * 32).decode(), base64.b64encode(b"n" * 32).decode()
+    old = NotifierSettings(database_url=database_url, pii_keys=f"k1:{old_key}")
+    await migrate(bootstrap.MIGRATIONS, database_url, old.db_schema)
+    runtime = bootstrap.build_runtime(old)
+    try:
+        async with client(runtime, ["contacts:write"]) as writer:
+            assert (await writer.put("/v1/borrowers/B-ROT/contact-details",
+                                     json=DETAILS)).status_code == 204
+    finally:
+        await runtime.producer.stop()
+        await runtime.engine.dispose()
+    # Step 1: the new key joins the ring and seals new values; old ones still open.
+    both = KeyRing.parse(f"k1:{old_key},k2:{new_key}")
+    runtime = bootstrap.build_runtime(old.model_copy(update={"pii_keys": None}))
+    try:
+        async with runtime.engine.connect() as conn:
+            found = await ContactDetailsRepository(conn, both).get("B-ROT")
+        assert found is not None and found[0].debtor.phone == "+447700900461"
+        # Step 2: re-seal; step 3: the old key can go.
+        assert await reseal(runtime.engine, both) == 7  # the seven columns
+        assert await reseal(runtime.engine, both) == 0
+        only_new = KeyRing.parse(f"k2:{new_key}")
+        async with runtime.engine.connect() as conn:
+            raw = (await conn.execute(select(contact_details))).one()
+            found = await ContactDetailsRepository(conn, only_new).get("B-ROT")
+        assert raw.email.startswith("pii1:k2:")
+        assert found is not None and found[0].guarantor is not None
+        assert found[0].guarantor.name == "Margaret Hamilton"
+    finally:
+        await runtime.producer.stop()
+        await runtime.engine.dispose()
