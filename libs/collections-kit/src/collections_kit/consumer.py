@@ -18,6 +18,7 @@ messages during an outage would lose them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -117,6 +118,7 @@ class ConsumerLoop:
                                                  max_records=self._settings.max_batch)
                 self.assigned = set(consumer.assignment())
                 if not batches:
+                    await self._observe_idle_lag(consumer)
                     continue
                 started = time.perf_counter()
                 await self._handle_poll(batches)
@@ -146,6 +148,15 @@ class ConsumerLoop:
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
                     max(end - position, 0))
+
+    async def _observe_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # An idle poll still refreshes the lag (a partition that never had a batch, or one
+        # whose last value is stale); positions are known locally, no broker round trip.
+        positions: dict[TopicPartition, int] = {}
+        for tp in self.assigned:
+            with contextlib.suppress(IllegalStateError, KafkaError):
+                positions[tp] = await consumer.position(tp)
+        self._observe_lag(consumer, positions)
 
     async def _handle_poll(self, batches: dict[TopicPartition, list[Any]]) -> None:
         items = [self._decode(record) for records in batches.values() for record in records]

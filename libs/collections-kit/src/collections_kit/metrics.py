@@ -24,9 +24,11 @@ OUTBOX_PUBLISHED = Counter(
     "collections_outbox_published_total", "Outbox rows published to Kafka", ["schema"],
 )
 OUTBOX_BACKLOG = Gauge(
-    "collections_outbox_backlog", "Rows in the last relayed batch (0 when drained)", ["schema"],
+    "collections_outbox_backlog",
+    "Rows waiting in the outbox table (counted up to 100,000)", ["schema"],
 )
 OUTBOX_OLDEST_AGE = Gauge(
-    "collections_outbox_oldest_age_seconds", "Age of the oldest row in the last relayed batch",
+    "collections_outbox_oldest_age_seconds",
+    "Age of the oldest row waiting in the outbox table (0 when drained)",
     ["schema"],
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -32,6 +33,7 @@ from ledger_sync.adapters.breaker import CircuitBreaker
 from ledger_sync.domain.ledger import LedgerState, Posting
 from ledger_sync.metrics import LEDGER_API_BREAKER_OPEN as BREAKER_OPEN
 from ledger_sync.metrics import LEDGER_API_CALLS as CALLS
+from ledger_sync.metrics import LEDGER_API_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +165,15 @@ class HttpLedgerApi:
             if not self.breaker.allow():
                 CALLS.labels(endpoint, "breaker_open").inc()
                 raise LedgerUnavailable(f"circuit open ({last})" if attempt else "circuit open")
+            started = time.perf_counter()
             try:
                 response = await self._http().get(path, params=params)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}"
                 self._failed(endpoint, "transport")
                 continue
+            finally:
+                LEDGER_API_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
             if response.status_code == 404:
                 self._succeeded(endpoint, "not_found")
                 return None

@@ -11,9 +11,11 @@ from collections_kit.outbox import Tx
 from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
 from ledger_sync.domain.ledger import Confirm, Refuse
-from ledger_sync.metrics import CHECKS_ANSWERED
+from ledger_sync.metrics import BALANCE_CHECK_FAILURES, BALANCE_CHECK_SECONDS, CHECKS_ANSWERED
 
 log = logging.getLogger(__name__)
+# Refusals that mean "could not check", not "nothing to collect".
+_TECHNICAL_REFUSALS = {"projection_stale", "sequence_gap"}
 
 
 async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm | Refuse,
@@ -51,6 +53,10 @@ async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm 
     tx.publish(answer, event_id=derived_id(check.check_id, "answer"), subject=check.loan_id)
     CHECKS_ANSWERED.labels(path, "confirmed" if isinstance(verdict, Confirm)
                            else verdict.reason).inc()
+    BALANCE_CHECK_SECONDS.labels(path).observe(
+        max((tx.now - check.requested_at).total_seconds(), 0.0))
+    if isinstance(verdict, Refuse) and verdict.reason in _TECHNICAL_REFUSALS:
+        BALANCE_CHECK_FAILURES.labels(verdict.reason).inc()
     if isinstance(verdict, Refuse) and verdict.reason == "nothing_owed":
         assert verdict.outstanding is not None and ledger_currency is not None
         # A settled correction, so the workflow closes the case rather than only dropping

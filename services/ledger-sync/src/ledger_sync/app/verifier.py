@@ -34,7 +34,14 @@ from collections_kit.outbox import Tx, flush
 from ledger_sync.adapters.ledger_api import LedgerApi
 from ledger_sync.adapters.repository import LedgerRepository, PendingCheck
 from ledger_sync.app.answers import stage_answer
-from ledger_sync.app.refresh import Fetch, Fetched, UnknownToLedger, apply_fetched, fetch
+from ledger_sync.app.refresh import (
+    Fetch,
+    Fetched,
+    Unavailable,
+    UnknownToLedger,
+    apply_fetched,
+    fetch,
+)
 from ledger_sync.domain.ledger import (
     CheckPolicy,
     Confirm,
@@ -44,6 +51,7 @@ from ledger_sync.domain.ledger import (
     refuse_stale,
     staleness,
 )
+from ledger_sync.metrics import BALANCE_CHECK_FAILURES
 from ledger_sync.settings import LedgerSyncSettings
 
 log = logging.getLogger(__name__)
@@ -129,6 +137,8 @@ class StaleCheckResolver:
             # No connection held from here until the ledger has answered (or not).
             fetched: Fetch | None = (await fetch(self._api, loan_id, projection)
                                      if stale is not None else None)
+            if isinstance(fetched, Unavailable):
+                BALANCE_CHECK_FAILURES.labels("ledger_unavailable").inc(len(checks))
             async with self._engine.begin() as conn:
                 tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
                         topic_prefix=self._settings.topic_prefix)

@@ -16,7 +16,7 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
@@ -26,6 +26,7 @@ from workflow.adapters.repository import CaseRepository
 from workflow.adapters.tables import outbox, timers
 from workflow.app.handlers import Workflow
 from workflow.domain import messages as m
+from workflow.metrics import TIMERS_OLDEST_OVERDUE, TIMERS_OVERDUE
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class TimerWorker:
         self._poll_s = poll_s
         self._wake = asyncio.Event()
         self.heartbeat = time.monotonic()
+        self._measured_at = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -52,6 +54,7 @@ class TimerWorker:
                 self._wake.clear()
                 fired = await self.fire_due()
                 self.heartbeat = time.monotonic()
+                await self._measure_overdue()
                 backoff = 0.5
                 if fired < self._batch:
                     with contextlib.suppress(TimeoutError):
@@ -62,6 +65,21 @@ class TimerWorker:
                 log.exception("timer worker failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    async def _measure_overdue(self) -> None:
+        """What is still past due after firing (at most once a second; the partial index on
+        unfired timers keeps both reads cheap)."""
+        if time.monotonic() - self._measured_at < 1.0:
+            return
+        self._measured_at = time.monotonic()
+        now = self._clock.now()
+        overdue = (timers.c.fired_at.is_(None)) & (timers.c.due_at <= now)
+        async with self._engine.connect() as conn:
+            count = await conn.scalar(select(func.count()).select_from(
+                select(timers.c.timer_id).where(overdue).limit(100_000).subquery()))
+            oldest = await conn.scalar(select(func.min(timers.c.due_at)).where(overdue))
+        TIMERS_OVERDUE.set(int(count or 0))
+        TIMERS_OLDEST_OVERDUE.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
 
     async def _sleep_for(self) -> float:
         async with self._engine.connect() as conn:

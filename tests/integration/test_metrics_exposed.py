@@ -1,0 +1,115 @@
+"""The metrics that matter are on ``/metrics`` of running services: the three runtimes run
+in-process against the real broker and PostgreSQL, a few loans (and one malformed record) go
+through, and each service's app answers ``/metrics`` with them."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from collections_kit.topics import Topic
+from ledger_sync.entrypoints import bootstrap as ledger_sync_boot
+from ledger_sync.settings import LedgerSyncSettings
+from notifier.entrypoints import bootstrap as notifier_boot
+from notifier.settings import NotifierSettings
+from scripts import lending
+from scripts.infra import producer
+from tests.support import eventually, migrate, running
+from workflow.entrypoints import bootstrap as workflow_boot
+from workflow.settings import WorkflowSettings
+
+# name -> must it have a sample already (a labelled series appears on its first event).
+SAMPLED = {
+    "collections_consumer_lag", "collections_outbox_backlog",
+    "collections_outbox_oldest_age_seconds", "collections_dead_letters_total",
+    "workflow_timers_overdue", "workflow_timers_oldest_overdue_seconds",
+    "ledger_sync_balance_checks_answered_total", "ledger_sync_balance_check_seconds_count",
+    "notifier_contact_decisions_total",
+}
+# Declared (HELP/TYPE on /metrics) but only sampled when the ledger API is called or fails.
+DECLARED = {"ledger_sync_ledger_api_seconds", "ledger_sync_ledger_api_calls_total",
+            "ledger_sync_balance_check_failures_total"}
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def apps(stack: dict[str, str], database_url: str,
+               topic_prefix: str) -> AsyncIterator[dict[str, FastAPI]]:
+    common = {"database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
+              "topic_prefix": topic_prefix, "environment": "test"}
+    wf = WorkflowSettings.model_validate(common)
+    ls = LedgerSyncSettings.model_validate(common)
+    nt = NotifierSettings.model_validate({**common, "smtp_port": _unused_port(),
+                                          "send_retry_backoff_s": 0})
+    await migrate(workflow_boot.MIGRATIONS, database_url, wf.db_schema)
+    await migrate(ledger_sync_boot.MIGRATIONS, database_url, ls.db_schema)
+    await migrate(notifier_boot.MIGRATIONS, database_url, nt.db_schema)
+    async with running(workflow_boot.build_runtime(wf)) as w, \
+            running(ledger_sync_boot.build_runtime(ls)) as s, \
+            running(notifier_boot.build_runtime(nt)) as n:
+        yield {"workflow": workflow_boot.create_app(w, manage_runtime=False),
+               "ledger-sync": ledger_sync_boot.create_app(s, manage_runtime=False),
+               "notifier": notifier_boot.create_app(n, manage_runtime=False)}
+
+
+async def _metrics(app: FastAPI) -> str:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://service") as client:
+        answer = await client.get("/metrics")
+        assert answer.status_code == 200
+        return answer.text
+
+
+def _sampled(text: str, name: str) -> bool:
+    return re.search(rf"^{re.escape(name)}(\{{| )", text, re.MULTILINE) is not None
+
+
+async def test_every_metric_that_matters_is_on_metrics(
+        apps: dict[str, FastAPI], stack: dict[str, str], topic_prefix: str) -> None:
+    p = await producer(stack["kafka_bootstrap"])
+    try:
+        lender = lending.Lender(p, topic_prefix)
+        for loan in ("L-m1", "L-m2"):
+            await lender.publish(lending.disbursement(loan, Decimal("800.00")))
+            await lender.publish(lending.overdue(loan, Decimal("800.00")))
+        await p.send_and_wait(topic_prefix + Topic.LOANS_OVERDUE.value, value=b"\x00",
+                              key=b"L-m3")
+    finally:
+        await p.stop()
+
+    async def all_sampled() -> set[str]:
+        text = await _metrics(apps["workflow"])
+        missing = {name for name in SAMPLED if not _sampled(text, name)}
+        return set() if missing else {"ok"}
+
+    try:
+        await eventually(all_sampled, within=60)
+    except AssertionError:
+        text = await _metrics(apps["workflow"])
+        raise AssertionError(
+            f"not sampled: {sorted(n for n in SAMPLED if not _sampled(text, n))}") from None
+
+    for name, app in apps.items():
+        text = await _metrics(app)
+        for metric in (SAMPLED | DECLARED):
+            base = metric.removesuffix("_count").removesuffix("_total")
+            assert re.search(rf"^# TYPE {base}(_total)? ", text, re.MULTILINE), (name, metric)
+        # Lag per partition of each consumer group, refreshed by idle polls too.
+        assert re.search(rf'collections_consumer_lag\{{consumer="{re.escape(topic_prefix)}'
+                         rf'{name}",partition="\d+",topic="[^"]+"\}}', text), name
+    workflow = await _metrics(apps["workflow"])
+    assert re.search(rf'collections_dead_letters_total\{{consumer="{re.escape(topic_prefix)}'
+                     r'workflow",kind="undecodable"\} 1\.0', workflow)
+    assert re.search(r'collections_outbox_backlog\{schema="workflow"\} \d', workflow)
