@@ -1,0 +1,68 @@
+"""Every route of every service, except the probes and metrics, refuses a caller without a
+valid token, and its OpenAPI operation names the scope it needs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from collections_kit.auth import SCOPES, dev_token
+
+OPEN = {"/livez", "/readyz", "/metrics"}
+
+
+async def _apps() -> AsyncIterator[tuple[str, FastAPI]]:
+    from ledger_sync.entrypoints import bootstrap as ledger_sync
+    from ledger_sync.settings import LedgerSyncSettings
+    from notifier.entrypoints import bootstrap as notifier
+    from notifier.settings import NotifierSettings
+    from workflow.entrypoints import bootstrap as workflow
+    from workflow.settings import WorkflowSettings
+
+    for name, module, settings in (("workflow", workflow, WorkflowSettings()),
+                                   ("ledger-sync", ledger_sync, LedgerSyncSettings()),
+                                   ("notifier", notifier, NotifierSettings())):
+        runtime = module.build_runtime(settings)
+        try:
+            yield name, module.create_app(runtime, manage_runtime=False)
+        finally:
+            await runtime.producer.stop()
+            await runtime.engine.dispose()
+
+
+def _operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, item in app.openapi()["paths"].items()
+            for method, op in item.items()]
+
+
+@pytest.mark.parametrize("token", ["none", "expired", "wrong audience", "garbage"])
+async def test_no_route_answers_without_a_valid_token(token: str) -> None:
+    headers = {
+        "none": {},
+        "expired": {"Authorization": f"Bearer {dev_token(now=0)}"},
+        "wrong audience": {"Authorization": f"Bearer {dev_token(audience='someone-else')}"},
+        "garbage": {"Authorization": "Bearer abc.def.ghi"},
+    }[token]
+    checked = 0
+    async for name, app in _apps():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=f"http://{name}") as http:
+            for method, path, op in _operations(app):
+                if path in OPEN:
+                    assert "security" not in op
+                    continue
+                scopes = [s for req in op["security"] for s in req["oauth2"]]
+                assert len(scopes) == 1 and scopes[0] in SCOPES, (name, path, scopes)
+                url = re.sub(r"\{[^}]+\}", "X-1", path)
+                response = await http.request(method, url, headers=headers,
+                                              json={} if "requestBody" in op else None)
+                assert response.status_code == 401, (name, method, path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.headers["www-authenticate"].startswith("Bearer ")
+                checked += 1
+    assert checked >= 20
