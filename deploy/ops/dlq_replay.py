@@ -3,7 +3,10 @@
 Runs anywhere Python and aiokafka are, e.g. inside a service pod, reading itself from stdin:
 
     kubectl -n collections exec -i deploy/workflow -- python - \\
-        --bootstrap collections-kafka-bootstrap:9092 --group ledger-sync < deploy/ops/dlq_replay.py
+        --env-prefix WORKFLOW_ --group ledger-sync < deploy/ops/dlq_replay.py
+
+(``--env-prefix`` connects as the pod's service does, TLS and SASL included; ``--bootstrap
+host:port`` instead connects in plaintext.)
 
 Without ``--apply`` it only reads ``collections.dlq.v1`` from the beginning (no consumer
 group, no offsets committed) and lists the group's dead letters. With ``--apply`` it
@@ -56,13 +59,31 @@ class Letter:
         return key, value, headers
 
     def truncated(self) -> bool:
-        return any(len(str(v)) >= HEADER_LIMIT
-                   for v in self.payload.get("origin_headers", {}).values())
+        # An oversized record's value is cut in its dead letter (max_record_bytes).
+        return "value truncated" in str(self.payload.get("reason", "")) or any(
+            len(str(v)) >= HEADER_LIMIT for v in self.payload.get("origin_headers", {}).values())
 
 
-async def read_letters(bootstrap: str, topic: str) -> list[Letter]:
+def connection(bootstrap: str | None, env_prefix: str | None) -> dict[str, Any]:
+    """Where and how to connect: inside a service pod, ``--env-prefix WORKFLOW_`` takes the
+    service's own Kafka settings (bootstrap, TLS, SASL) through the kit; ``--bootstrap``
+    alone connects in plaintext."""
+    kwargs: dict[str, Any] = {}
+    if env_prefix:
+        from collections_kit.kafka import client_kwargs
+        from collections_kit.settings import ServiceSettings
+
+        kwargs = client_kwargs(ServiceSettings(_env_prefix=env_prefix))
+    if bootstrap:
+        kwargs["bootstrap_servers"] = bootstrap
+    if "bootstrap_servers" not in kwargs:
+        raise SystemExit("give --bootstrap or --env-prefix")
+    return kwargs
+
+
+async def read_letters(kafka: dict[str, Any], topic: str) -> list[Letter]:
     # No group: every partition is assigned to us, nothing is committed.
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(topic, **kafka, enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest",
                                 client_id="dlq-replay")
     await consumer.start()
@@ -122,8 +143,8 @@ def select(letters: list[Letter], args: argparse.Namespace) -> list[Letter]:
     return list(chosen.values())
 
 
-async def replay(bootstrap: str, letters: list[Letter]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+async def replay(kafka: dict[str, Any], letters: list[Letter]) -> int:
+    producer = AIOKafkaProducer(**kafka, enable_idempotence=True,
                                 acks="all", client_id="dlq-replay")
     await producer.start()
     sent = 0
@@ -140,7 +161,9 @@ async def replay(bootstrap: str, letters: list[Letter]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (plaintext)")
+    parser.add_argument("--env-prefix", help="take the Kafka settings (bootstrap, TLS, SASL) "
+                                             "from a service's environment, e.g. WORKFLOW_")
     parser.add_argument("--group", required=True, help="the consumer group: workflow, ...")
     parser.add_argument("--topic-prefix", default="", help="the services' TOPIC_PREFIX")
     parser.add_argument("--schema", help="the group's PostgreSQL schema (default: from --group)")
@@ -151,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply", action="store_true", help="re-publish (default: list only)")
     args = parser.parse_args(argv)
 
-    letters = select(asyncio.run(read_letters(args.bootstrap, args.topic_prefix + DLQ_TOPIC)),
-                     args)
+    kafka = connection(args.bootstrap, args.env_prefix)
+    letters = select(asyncio.run(read_letters(kafka, args.topic_prefix + DLQ_TOPIC)), args)
     for letter in letters:
         p = letter.payload
         topic, partition, offset = letter.origin
@@ -174,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               f"AND event_id IN ({ids});")
     if not args.apply:
         return 0
-    sent = asyncio.run(replay(args.bootstrap, replayable))
+    sent = asyncio.run(replay(kafka, replayable))
     print(f"replayed {sent} records to their origin topics")
     return 0
 

@@ -47,9 +47,12 @@ Email = Annotated[str, StringConstraints(max_length=254,
                                          pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 # E.164: a plus, a country code not starting with 0, at most 15 digits in all.
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
-PostalAddress = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                 max_length=500)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# No silent stripping: what the schema says is what is accepted (a stripped 501-character
+# value would pass a 500-character limit), but blanks alone are refused.
+_VISIBLE = r"^[ \t\r\n]*[^ \t\r\n][\s\S]*$"
+PostalAddress = Annotated[str, StringConstraints(min_length=1, max_length=500,
+                                                 pattern=_VISIBLE)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_VISIBLE)]
 
 
 class GuarantorIn(BaseModel):
@@ -136,7 +139,7 @@ PartyName = Literal["debtor", "guarantor"]
 ChannelPath = Annotated[Literal["sms", "voice", "email", "letter"], Path()]
 PartyQuery = Annotated[PartyName, Query(description="Whose wish: the debtor's or the "
                                                     "guarantor's")]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
 class OptOutIn(BaseModel):
