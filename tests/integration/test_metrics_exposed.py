@@ -5,24 +5,15 @@ through, and each service's app answers ``/metrics`` with them."""
 from __future__ import annotations
 
 import re
-import socket
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from collections_kit.topics import Topic
-from ledger_sync.entrypoints import bootstrap as ledger_sync_boot
-from ledger_sync.settings import LedgerSyncSettings
-from notifier.entrypoints import bootstrap as notifier_boot
-from notifier.settings import NotifierSettings
 from scripts import lending
 from scripts.infra import producer
-from tests.support import eventually, migrate, running
-from workflow.entrypoints import bootstrap as workflow_boot
-from workflow.settings import WorkflowSettings
+from tests.support import eventually
 
 # name -> must it have a sample already (a labelled series appears on its first event).
 SAMPLED = {
@@ -35,33 +26,6 @@ SAMPLED = {
 # Declared (HELP/TYPE on /metrics) but only sampled when the ledger API is called or fails.
 DECLARED = {"ledger_sync_ledger_api_seconds", "ledger_sync_ledger_api_calls_total",
             "ledger_sync_balance_check_failures_total"}
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-async def apps(stack: dict[str, str], database_url: str,
-               topic_prefix: str) -> AsyncIterator[dict[str, FastAPI]]:
-    common = {"database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-              "topic_prefix": topic_prefix, "environment": "test"}
-    wf = WorkflowSettings.model_validate(common)
-    ls = LedgerSyncSettings.model_validate(common)
-    nt = NotifierSettings.model_validate({**common, "smtp_port": _unused_port(),
-                                          "send_retry_backoff_s": 0})
-    await migrate(workflow_boot.MIGRATIONS, database_url, wf.db_schema)
-    await migrate(ledger_sync_boot.MIGRATIONS, database_url, ls.db_schema)
-    await migrate(notifier_boot.MIGRATIONS, database_url, nt.db_schema)
-    async with running(workflow_boot.build_runtime(wf)) as w, \
-            running(ledger_sync_boot.build_runtime(ls)) as s, \
-            running(notifier_boot.build_runtime(nt)) as n:
-        yield {"workflow": workflow_boot.create_app(w, manage_runtime=False),
-               "ledger-sync": ledger_sync_boot.create_app(s, manage_runtime=False),
-               "notifier": notifier_boot.create_app(n, manage_runtime=False)}
 
 
 async def _metrics(app: FastAPI) -> str:

@@ -71,7 +71,8 @@ async def seed(fleet: Fleet, stack: dict[str, str], prefix: str) -> None:
 
 
 def fuzz(base_url: str, token: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).parent / "schemathesis"), "run",
+    command = [str(Path(sys.executable).parent / "schemathesis"),
+               "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
                f"{base_url}/openapi.json", "--header", f"Authorization: Bearer {token}",
                "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", SEED,
                "--no-color"]
@@ -91,7 +92,12 @@ async def test_schemathesis_finds_no_failure_in_any_service(
         summary = result.stdout.strip().splitlines()[-1:] if result.stdout else []
         print(f"{name}: exit {result.returncode} {summary}")
         if result.returncode != 0:
-            failed[name] = result.stdout[-6000:] + result.stderr[-2000:]
+            # The failure's header (operation and check) first: a long generated body
+            # can push it out of the tail.
+            out = result.stdout
+            start = max(out.find("FAILURES"), 0)
+            failed[name] = (out[start:start + 3000] + "\n...\n" + out[-3000:]
+                            + result.stderr[-2000:])
     assert not failed, "\n\n".join(f"=== {n}\n{out}" for n, out in failed.items())
     # Nothing the fuzzer sent made a service log an unhandled error.
     for log in (fleet.log_dir).glob("*.log"):

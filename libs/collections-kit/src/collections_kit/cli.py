@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from fastapi import FastAPI
 
-from collections_kit import logs
+from collections_kit import logs, tracing
 from collections_kit.migrate import upgrade
 from collections_kit.runtime import Runtime, serve
 from collections_kit.settings import ServiceSettings
@@ -26,7 +26,11 @@ def run(argv: list[str], *, settings: Callable[[], S], migrations: Path,
         upgrade(migrations, config.database_url, config.db_schema)
         return 0
     if command == "serve":
-        return serve(lambda: create_app(build_runtime(config)), config)
+        tracing.configure(config)
+        try:
+            return serve(lambda: create_app(build_runtime(config)), config)
+        finally:
+            tracing.shutdown()
     sys.stderr.write(f"usage: python -m {config.service_name.replace('-', '_')} "
                      "[serve|migrate]\n")
     return 2

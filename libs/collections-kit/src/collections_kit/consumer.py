@@ -27,11 +27,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from sqlalchemy import Table, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from collections_kit import metrics
+from collections_kit import metrics, tracing
 from collections_kit.clock import Clock
 from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
 from collections_kit.envelope import Envelope, MalformedMessageError, decode, printable_value
@@ -242,6 +244,25 @@ class ConsumerLoop:
         return _Item(record, envelope.id, envelope, None)
 
     async def _in_one_transaction(self, items: Sequence[_Item]) -> None:
+        spans: list[Span] = []
+        try:
+            await self._transaction(items, spans)
+        except BaseException as exc:
+            tracing.end(spans, exc)
+            raise
+        # Ended once committed: a span's duration covers the whole unit of work.
+        tracing.end(spans)
+
+    def _span(self, tx: Tx, item: _Item, envelope: Envelope, spans: list[Span]) -> Span:
+        record = item.record
+        span = tracing.start_consume(record.topic, record.partition, record.offset,
+                                     envelope.id, envelope.type, self._group,
+                                     envelope.extensions)
+        spans.append(span)
+        tx.causes[envelope.subject] = span
+        return span
+
+    async def _transaction(self, items: Sequence[_Item], spans: list[Span]) -> None:
         async with self._engine.begin() as conn:
             tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
                     topic_prefix=self._settings.topic_prefix)
@@ -260,10 +281,12 @@ class ConsumerLoop:
                     metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
                                                      "ignored").inc()
                     continue
+                span = self._span(tx, item, item.envelope, spans)
                 if self._batch_handler is not None:
                     batch.append(item.envelope)
                 else:
-                    await self._handlers[type(item.envelope.data)](tx, item.envelope)
+                    with trace.use_span(span, end_on_exit=False):
+                        await self._handlers[type(item.envelope.data)](tx, item.envelope)
                 metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic, "handled").inc()
             if batch:
                 assert self._batch_handler is not None

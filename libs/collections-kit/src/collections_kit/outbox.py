@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import Span
 from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from collections_kit import metrics
+from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
 from collections_kit.db import asyncpg_dsn
 from collections_kit.envelope import Envelope, encode
@@ -47,13 +48,17 @@ class Tx:
     topic_prefix: str
     actor: str = "system"
     staged: list[dict[str, Any]] = field(default_factory=list)
+    # subject (loan id) -> the span of the consumed message about it (set by the consumer),
+    # so a message staged by a batch handler continues the trace of the one that caused it.
+    causes: dict[str, Span] = field(default_factory=dict)
 
     def publish(self, data: Message, *, event_id: str, subject: str,
                 extensions: dict[str, str] | None = None) -> None:
         spec = SPEC_BY_MODEL[type(data)]
+        attributes = {**tracing.inject(self.causes.get(subject)), **(extensions or {})}
         key, value, headers = encode(Envelope(
             id=event_id, type=spec.ce_type, source=self.source, time=self.now, subject=subject,
-            data=data, extensions=extensions or {},
+            data=data, extensions=attributes,
         ))
         self.staged.append({
             "topic": self.topic_prefix + spec.topic.value,

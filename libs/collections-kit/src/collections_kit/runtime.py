@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from collections_kit import problems
+from collections_kit import problems, tracing
 from collections_kit.auth import TokenVerifier
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.kafka import client_kwargs
@@ -150,7 +150,7 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     hidden: dict[str, Any] = ({"docs_url": None, "redoc_url": None, "openapi_url": None}
                               if runtime.settings.environment == "prod" else {})
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan,
-                  **hidden)
+                  telemetry=tracing.HTTP_TELEMETRY, **hidden)
     app.state.runtime = runtime
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)

@@ -60,6 +60,13 @@ class ServiceSettings(BaseSettings):
     # Larger request bodies are refused with 413 before any route reads them.
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
 
+    # --- tracing (collections_kit.tracing) ---------------------------------------------------
+    # An OpenTelemetry collector's OTLP/HTTP base URL, e.g. http://otel-collector:4318;
+    # unset: no spans are recorded, trace context is still passed on.
+    otel_exporter_otlp_endpoint: str | None = None
+    # Share of new traces recorded; a trace started upstream keeps its caller's decision.
+    otel_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
     # dev and test trust the built-in development signing key (collections_kit.auth);
     # prod refuses to start without a real key source, issuer and (notifier) PII keys.
     environment: Environment = "dev"

@@ -41,10 +41,13 @@ Admin = Annotated[Principal, require("admin")]
 _ID = r"^[A-Za-z0-9._:-]{1,64}$"
 BorrowerIdPath = Annotated[str, Path(pattern=_ID, examples=["B-000123"])]
 
-# Shape only: deliverability is the relay's business. No whitespace anywhere, which also
-# keeps header injection out of the SMTP envelope.
+# Shape only: deliverability is the relay's business. No control character or space
+# anywhere, which also keeps header injection out of the SMTP envelope. Spelled as byte
+# ranges, not \s: the server's regex engine and Python's disagree on what \s covers, and
+# the published schema must mean what the server checks.
+_ADDR = r"[^@\x00-\x20\x7f]+"
 Email = Annotated[str, StringConstraints(max_length=254,
-                                         pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+                                         pattern=rf"^{_ADDR}@{_ADDR}\.{_ADDR}$")]
 # E.164: a plus, a country code not starting with 0, at most 15 digits in all.
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
 # No silent stripping: what the schema says is what is accepted (a stripped 501-character

@@ -39,7 +39,7 @@ from collections_kit.topics import Topic
 from workflow.adapters.tables import idempotency_keys, inbox
 
 Admin = Annotated[Principal, require("admin")]
-LetterId = Annotated[str, Path(pattern=r"^\d{1,6}-\d{1,19}$", examples=["0-42"],
+LetterId = Annotated[str, Path(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$", examples=["0-42"],
                                description="`<partition>-<offset>` on the DLQ topic")]
 IdempotencyKey = Annotated[str, Header(
     alias="Idempotency-Key", min_length=8, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
@@ -263,7 +263,7 @@ def _replayable_topic(runtime: Runtime, letter: DeadLetter) -> str:
             summary="Dead-lettered records of every consumer, in DLQ order (no values)")
 async def list_dead_letters(
         request: Request, _: Admin,
-        after: Annotated[str | None, Query(pattern=r"^\d{1,6}-\d{1,19}$")] = None,
+        after: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         group: Annotated[str | None, Query(max_length=200,
                                            description="Only this consumer group's")] = None,
