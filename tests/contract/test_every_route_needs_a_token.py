@@ -66,3 +66,27 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
                 assert response.headers["www-authenticate"].startswith("Bearer ")
                 checked += 1
     assert checked >= 20
+
+
+async def test_no_route_answers_a_token_without_its_scope() -> None:
+    """Every other scope is not enough: each route refuses with problem+json 403 and names
+    the scope it needs. Holding ``admin`` does not imply the others."""
+    checked = 0
+    async for name, app in _apps():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=f"http://{name}") as http:
+            for method, path, op in _operations(app):
+                if path in OPEN:
+                    continue
+                (needed,) = [s for req in op["security"] for s in req["oauth2"]]
+                others = [s for s in SCOPES if s != needed]
+                headers = {"Authorization": f"Bearer {dev_token(others)}"}
+                url = re.sub(r"\{[^}]+\}", "X-1", path)
+                response = await http.request(method, url, headers=headers,
+                                              json={} if "requestBody" in op else None)
+                assert response.status_code == 403, (name, method, path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert f'scope="{needed}"' in response.headers["www-authenticate"], (
+                    name, path, response.headers["www-authenticate"])
+                checked += 1
+    assert checked >= 20
