@@ -41,7 +41,7 @@ from collections_kit.envelope import MalformedMessageError, decode
 from collections_kit.topics import Topic
 from scripts import lending
 from scripts import stack as local_stack
-from scripts.infra import create_database, create_topics, delete_topics, drop_database
+from scripts.infra import create_database, create_topics, delete_topics, drop_database, read_to_end
 from scripts.services import ROOT, SERVICES, Fleet
 from tests.provider_double import ProviderDouble
 from tests.support import mismatched_replays
@@ -365,28 +365,13 @@ async def settle(cfg: Config, bootstrap: str, prefix: str, dsn: str, fleet: Flee
 
 
 async def read_all(bootstrap: str, topic: str) -> list[tuple[Any, Any]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        out: list[tuple[Any, Any]] = []
-        remaining = {tp for tp in parts if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                for r in records:
-                    try:
-                        out.append((r, decode(r.key, r.value, r.headers)))
-                    except MalformedMessageError as exc:
-                        out.append((r, exc))
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
+    out: list[tuple[Any, Any]] = []
+    for r in await read_to_end(bootstrap, [topic], within=600):
+        try:
+            out.append((r, decode(r.key, r.value, r.headers)))
+        except MalformedMessageError as exc:
+            out.append((r, exc))
+    return out
 
 
 async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, dsn: str,

@@ -3,8 +3,11 @@ a database per run, a topic set per prefix, a producer."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy.engine import make_url
 
@@ -55,3 +58,36 @@ async def producer(bootstrap: str) -> AIOKafkaProducer:
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await p.start()
     return p
+
+
+async def read_to_end(bootstrap: str, topics: Iterable[str], *,
+                      within: float = 120.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record on ``topics`` up to their end offsets as of the call, in partition
+    order. No consumer group, nothing committed. Raises if the end is not reached in
+    ``within`` seconds, rather than waiting forever on a partition that never gets there."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        deadline = time.monotonic() + within
+        while remaining:
+            if time.monotonic() > deadline:
+                behind = {f"{tp.topic}/{tp.partition}": (await consumer.position(tp), ends[tp])
+                          for tp in remaining}
+                raise TimeoutError(f"not read to the end in {within}s (position, end): "
+                                   f"{behind}")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(records)
+            # Every partition still open, not only those in this fetch.
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        return out
+    finally:
+        await consumer.stop()

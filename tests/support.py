@@ -8,44 +8,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from collections_kit.envelope import Envelope, MalformedMessageError, decode
 from collections_kit.runtime import Runtime
+from scripts.infra import read_to_end
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Envelope | MalformedMessageError]:
     """Everything on ``topic`` right now, decoded (or the decoding error)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p)
-                      for p in (consumer.partitions_for_topic(topic)
-                                or await _partitions(consumer, topic))]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        out: list[Envelope | MalformedMessageError] = []
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                for r in records:
-                    try:
-                        out.append(decode(r.key, r.value, r.headers))
-                    except MalformedMessageError as exc:
-                        out.append(exc)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
+    out: list[Envelope | MalformedMessageError] = []
+    for r in await read_to_end(bootstrap, [topic]):
+        try:
+            out.append(decode(r.key, r.value, r.headers))
+        except MalformedMessageError as exc:
+            out.append(exc)
+    return out
 
 
 async def eventually(check: Callable[[], Any], *, within: float = 30.0,

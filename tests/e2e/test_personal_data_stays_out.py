@@ -15,13 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 
 from collections_kit.auth import dev_headers
 from collections_kit.topics import topic_specs
 from scripts import lending
-from scripts.infra import producer
+from scripts.infra import producer, read_to_end
 from scripts.services import CLEAN_EXIT, Fleet
 from tests.support import eventually
 
@@ -88,29 +87,11 @@ def zone_at_midday() -> str:
 
 async def raw_records(bootstrap: str, prefix: str) -> list[bytes]:
     """Every key, value and header value on every topic of the run, as raw bytes."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = []
-        for spec in topic_specs(prefix=prefix):
-            await consumer._client.force_metadata_update()
-            partitions += [TopicPartition(spec.name, p)
-                           for p in consumer.partitions_for_topic(spec.name) or ()]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        out: list[bytes] = []
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                for r in records:
-                    out += [r.key or b"", r.value or b""]
-                    out += [v or b"" for _, v in r.headers]
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
+    out: list[bytes] = []
+    for r in await read_to_end(bootstrap, [spec.name for spec in topic_specs(prefix=prefix)]):
+        out += [r.key or b"", r.value or b""]
+        out += [v or b"" for _, v in r.headers]
+    return out
 
 
 async def test_no_phone_number_or_email_address_in_any_log_or_on_kafka(

@@ -29,7 +29,7 @@ from collections_kit.outbox import Tx, flush
 from collections_kit.runtime import Runtime
 from notifier.adapters.recording import open_recorded
 from notifier.adapters.tables import dispatches, outbox, recorded_sends
-from notifier.app.dispatcher import Dispatcher
+from notifier.app.dispatcher import Dispatcher, _Sent
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.policy import DispatchPolicy
@@ -323,7 +323,7 @@ async def test_a_row_abandoned_mid_send_is_taken_again_after_its_lease(
         assert await notifier.dispatcher.dispatch_once() == 1
         assert await notifier.status("C1") == "sent"
         # The late finisher finds the row owned by another attempt and changes nothing.
-        await dispatcher._finish(planned[0], None)
+        await dispatcher._finish_all([_Sent(planned[0], None, None)])
     finally:
         await runtime.engine.dispose()
     assert [o.outcome for o in await notifier.outcomes()] == ["sent"]

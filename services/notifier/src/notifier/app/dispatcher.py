@@ -28,7 +28,7 @@ import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,6 +92,15 @@ class _Planned:
     message: OutgoingMessage
     # For a validation notice: the end of the dispute period it states.
     dispute_by: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What the channel made of a planned send (``error`` None: handed over)."""
+
+    planned: _Planned
+    error: SendError | None
+    delivery: Delivery | None
 
 
 def _lookback(policy: DispatchPolicy) -> timedelta:
@@ -171,17 +180,12 @@ class Dispatcher:
         if planned:
             gate = asyncio.Semaphore(self._config.concurrency)
 
-            async def deliver(p: _Planned) -> None:
+            async def deliver(p: _Planned) -> _Sent:
                 async with gate:
-                    await self._deliver(p)
+                    return await self._deliver(p)
 
-            results = await asyncio.gather(*(deliver(p) for p in planned),
-                                           return_exceptions=True)
-            for p, result in zip(planned, results, strict=True):
-                if isinstance(result, BaseException):
-                    # The row stays ``sending``; its lease brings it back.
-                    log.error("finishing a send failed", extra={
-                        "command_id": p.dispatch.command_id, "error": type(result).__name__})
+            sent = await asyncio.gather(*(deliver(p) for p in planned))
+            await self._finish_all(sent)
         return claimed
 
     async def _decide_due(self) -> tuple[list[_Planned], int]:
@@ -272,7 +276,7 @@ class Dispatcher:
             dated=local_now.date())
         return _Planned(dispatch, attempt, decision, message, dispute_by)
 
-    async def _deliver(self, planned: _Planned) -> None:
+    async def _deliver(self, planned: _Planned) -> _Sent:
         channel = planned.message.channel
         error: SendError | None = None
         delivery = Delivery()
@@ -286,61 +290,96 @@ class Dispatcher:
         except Exception as exc:
             # Unknown failure: its text is not ours to log, its kind is.
             error = SendError(f"channel_error:{type(exc).__name__}", permanent=False)
-        await self._finish(planned, error, delivery)
+        return _Sent(planned, error, delivery)
 
-    async def _finish(self, planned: _Planned, error: SendError | None,
-                      delivery: Delivery | None = None) -> None:
-        config, policy = self._config, self._policy
-        ids = {"command_id": planned.dispatch.command_id,
-               "loan_id": planned.dispatch.request.loan_id,
-               "channel": planned.message.channel, "attempt": planned.attempt}
-        outcome: tuple[str, str] | None = None
+    async def _finish_all(self, sent: Sequence[_Sent]) -> None:
+        """Record a pass's sends in one transaction: one commit (one WAL flush) for the
+        whole pass instead of one per contact, which is what bounded the notifier's rate.
+
+        Until that commit the rows stay ``sending``: a crash before it brings them back
+        when their lease runs out, and the resend carries the same idempotency key. If the
+        batch fails for a reason other than the database, each row is recorded on its own,
+        so one bad row cannot hold back the others."""
+        try:
+            await self._finish_batch(sent)
+            return
+        except Exception as exc:
+            if len(sent) == 1:
+                self._finish_failed(sent[0], exc)
+                return
+            log.warning("recording a pass's sends together failed; one by one",
+                        extra={"error": type(exc).__name__, "rows": len(sent)})
+        for one in sent:
+            try:
+                await self._finish_batch([one])
+            except Exception as exc:
+                self._finish_failed(one, exc)
+
+    @staticmethod
+    def _finish_failed(sent: _Sent, exc: Exception) -> None:
+        # The row stays ``sending``; its lease brings it back.
+        log.error("finishing a send failed", extra={
+            "command_id": sent.planned.dispatch.command_id, "error": type(exc).__name__})
+
+    async def _finish_batch(self, sent: Sequence[_Sent]) -> None:
+        outcomes: list[tuple[str, str]] = []
+        woken = False
         async with self._engine.begin() as conn:
             now = self._clock.now()
             tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
             repo = DispatchRepository(conn)
-            current = await repo.lock_sending(planned.dispatch.command_id, planned.attempt)
-            if current is None:
-                log.warning("lease lost before the send finished; the new owner decides",
-                            extra=ids)
-                return
-            if error is None:
-                delivery = delivery or Delivery()
-                await repo.settle_attempt(current.command_id, result=delivery.status, now=now,
-                                          provider_ref=delivery.provider_ref)
-                await record_decision(tx, repo, current, outcome="sent",
-                                      reason=planned.decision.reason,
-                                      rule=planned.decision.rule,
-                                      policy_version=policy.version)
-                await announce_delivery(tx, current, delivery.status)
-                if planned.decision.validation_notice:
-                    woken = await repo.validation_notice_sent(
-                        current, now=now, dispute_by=planned.dispute_by,
-                        wake_rule=planned.decision.rule)
-                    if woken:
-                        self.wake()
-                outcome = ("sent", planned.decision.reason)
-                log.info("contact sent", extra={**ids, "delivery": delivery.status})
-                await flush(tx, self._outbox, self._schema)
-                DECISIONS.labels(*outcome).inc()
-                return
-            # A refusal reached nobody; anything else may have, and keeps counting.
-            await repo.settle_attempt(current.command_id,
-                                      result="failed" if error.permanent else "unknown",
-                                      now=now)
-            if planned.decision.validation_notice:
-                await repo.validation_notice_failed(current)
-            if error.permanent or planned.attempt >= config.max_attempts:
-                await record_decision(tx, repo, current, outcome="failed", reason=error.code,
-                                      rule=f"channel.{planned.message.channel}",
-                                      policy_version=policy.version, error=error.code)
-                outcome = ("failed", error.code)
-                log.warning("contact failed", extra={**ids, "error": error.code})
-            else:
-                delay = config.retry_backoff * 2 ** (planned.attempt - 1)
-                await repo.retry_later(current, now=now, due_at=now + delay, error=error.code)
-                log.warning("send failed; retrying later",
-                            extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()})
+            for one in sent:
+                outcome, wakes = await self._finish(tx, repo, one)
+                woken = woken or wakes
+                if outcome is not None:
+                    outcomes.append(outcome)
             await flush(tx, self._outbox, self._schema)
-        if outcome is not None:
+        for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
+        if woken:
+            self.wake()
+
+    async def _finish(self, tx: Tx, repo: DispatchRepository, sent: _Sent
+                      ) -> tuple[tuple[str, str] | None, bool]:
+        """One send's result, in the pass's transaction: (decision counted, wakes others)."""
+        config, policy, now = self._config, self._policy, tx.now
+        planned, error = sent.planned, sent.error
+        ids = {"command_id": planned.dispatch.command_id,
+               "loan_id": planned.dispatch.request.loan_id,
+               "channel": planned.message.channel, "attempt": planned.attempt}
+        current = await repo.lock_sending(planned.dispatch.command_id, planned.attempt)
+        if current is None:
+            log.warning("lease lost before the send finished; the new owner decides",
+                        extra=ids)
+            return None, False
+        if error is None:
+            delivery = sent.delivery or Delivery()
+            await repo.settle_attempt(current.command_id, result=delivery.status, now=now,
+                                      provider_ref=delivery.provider_ref)
+            await record_decision(tx, repo, current, outcome="sent",
+                                  reason=planned.decision.reason, rule=planned.decision.rule,
+                                  policy_version=policy.version)
+            await announce_delivery(tx, current, delivery.status)
+            woken = 0
+            if planned.decision.validation_notice:
+                woken = await repo.validation_notice_sent(
+                    current, now=now, dispute_by=planned.dispute_by,
+                    wake_rule=planned.decision.rule)
+            log.info("contact sent", extra={**ids, "delivery": delivery.status})
+            return ("sent", planned.decision.reason), bool(woken)
+        # A refusal reached nobody; anything else may have, and keeps counting.
+        await repo.settle_attempt(current.command_id,
+                                  result="failed" if error.permanent else "unknown", now=now)
+        if planned.decision.validation_notice:
+            await repo.validation_notice_failed(current)
+        if error.permanent or planned.attempt >= config.max_attempts:
+            await record_decision(tx, repo, current, outcome="failed", reason=error.code,
+                                  rule=f"channel.{planned.message.channel}",
+                                  policy_version=policy.version, error=error.code)
+            log.warning("contact failed", extra={**ids, "error": error.code})
+            return ("failed", error.code), False
+        delay = config.retry_backoff * 2 ** (planned.attempt - 1)
+        await repo.retry_later(current, now=now, due_at=now + delay, error=error.code)
+        log.warning("send failed; retrying later",
+                    extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()})
+        return None, False
