@@ -165,9 +165,10 @@ def workload(cfg: Config, rng: random.Random) -> list[list[tuple[str, Any]]]:
 
 class Driver:
     def __init__(self, cfg: Config, fleet: Fleet, producer: AIOKafkaProducer, prefix: str,
-                 rng: random.Random) -> None:
+                 rng: random.Random, faults: Faults) -> None:
         self.cfg, self.fleet, self.producer, self.prefix, self.rng = (
             cfg, fleet, producer, prefix, rng)
+        self.faults = faults
         self.produced = Produced()
 
     async def send(self, data: c.Message, event_id: str | None = None) -> None:
@@ -221,6 +222,9 @@ class Driver:
                 self.produced.rest_calls[f"{kind}:{r.status_code}"] += 1
                 return
             except httpx.HTTPError:
+                # Every workflow replica may have died by the fault hook: bring them back
+                # here too, or each REST call of the chunk would wait out its retries.
+                supervise(self.fleet, self.faults)
                 await asyncio.sleep(0.5)
         self.produced.rest_calls[f"{kind}:unreachable"] += 1
 
@@ -518,7 +522,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
                                     acks="all", linger_ms=5)
         await producer.start()
-        driver = Driver(cfg, fleet, producer, prefix, rng)
+        driver = Driver(cfg, fleet, producer, prefix, rng, faults)
         done = 0
         try:
             for items in rounds:
