@@ -71,7 +71,9 @@ def zone_at_midday() -> str:
 
 
 def zone_at_night() -> str:
-    offset = max(min(2 - datetime.now(UTC).hour, 12), -12)
+    # Local 02:xx: the offset wrapped into -12..+11 (clamping instead picked a daytime zone
+    # from 15:00 UTC on, and the suppression samples were sent rather than deferred).
+    offset = (2 - datetime.now(UTC).hour + 12) % 24 - 12
     return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
 
 

@@ -83,10 +83,10 @@ class LedgerSyncHandlers:
         # What the workflow believes is owed: reconciliation compares the ledger with it.
         await CasesRepository(tx.conn).set_view(data.loan_id, data.currency,
                                                 data.expected_outstanding, "check", tx.now)
-        projection = await repo.projection(data.loan_id, lock=True)
-        has_gap = await repo.has_gap(data.loan_id)
+        context = await repo.check_context(data.loan_id)
+        projection, has_gap = context.projection, context.has_gap
         if self._ledger_api and (
-                await repo.has_pending(data.loan_id)
+                context.has_pending
                 or staleness(projection, has_gap, tx.now, self._freshness) is not None):
             # Behind an earlier waiting check for the loan too: one loan's answers keep their
             # order and all rest on the same refreshed projection.
@@ -95,7 +95,7 @@ class LedgerSyncHandlers:
             if self._on_enqueued is not None:
                 self._on_enqueued()
             return
-        verdict = answer_check(projection, has_gap, await repo.money_in_flight(data.loan_id),
+        verdict = answer_check(projection, has_gap, context.money_in_flight,
                                data.expected_outstanding, tx.now, self._policy,
                                currency=data.currency)
         await stage_answer(tx, data, verdict, projection.currency if projection else None,
