@@ -20,6 +20,7 @@ from ledger_sync.adapters.repository import LedgerRepository
 from ledger_sync.app.answers import republish_previous, stage_answer
 from ledger_sync.domain.ledger import (
     CheckPolicy,
+    Confirm,
     FreshnessPolicy,
     Posting,
     answer_check,
@@ -80,9 +81,6 @@ class LedgerSyncHandlers:
         if await republish_previous(tx, data):
             return
         repo = LedgerRepository(tx.conn)
-        # What the workflow believes is owed: reconciliation compares the ledger with it.
-        await CasesRepository(tx.conn).set_view(data.loan_id, data.currency,
-                                                data.expected_outstanding, "check", tx.now)
         context = await repo.check_context(data.loan_id)
         projection, has_gap = context.projection, context.has_gap
         if self._ledger_api and (
@@ -90,6 +88,7 @@ class LedgerSyncHandlers:
                 or staleness(projection, has_gap, tx.now, self._freshness) is not None):
             # Behind an earlier waiting check for the loan too: one loan's answers keep their
             # order and all rest on the same refreshed projection.
+            await self._expected(tx, data)
             await repo.enqueue_check(data.check_id, data.loan_id,
                                      json.loads(data.model_dump_json()), tx.now)
             if self._on_enqueued is not None:
@@ -98,8 +97,18 @@ class LedgerSyncHandlers:
         verdict = answer_check(projection, has_gap, context.money_in_flight,
                                data.expected_outstanding, tx.now, self._policy,
                                currency=data.currency)
+        if not isinstance(verdict, Confirm):
+            await self._expected(tx, data)  # a confirmation records the ledger's amount
         await stage_answer(tx, data, verdict, projection.currency if projection else None,
                            path="projection")
+
+    @staticmethod
+    async def _expected(tx: Tx, data: c.BalanceCheckRequested) -> None:
+        """What the workflow believes is owed: reconciliation compares the ledger with it.
+        Written after the projection's lock, the order every writer of a loan uses (the
+        stale-check resolver locks the projection, then records the confirmation)."""
+        await CasesRepository(tx.conn).set_view(data.loan_id, data.currency,
+                                                data.expected_outstanding, "check", tx.now)
 
     async def case_opened(self, tx: Tx, env: Envelope) -> None:
         data = env.data

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import bindparam, case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -474,18 +474,51 @@ class DispatchRepository:
             validation_notices.c.command_id == request.command_id,
             validation_notices.c.status == "in_flight"))
 
-    async def lock_sending(self, command_id: str, attempt: int) -> Dispatch | None:
-        """The row, if it is still ``sending`` for this very attempt.
+    async def lock_sending_many(self, owners: Sequence[tuple[str, int]]
+                                ) -> dict[str, Dispatch]:
+        """The rows still ``sending`` for the very attempt given, locked, by command id.
 
-        Otherwise the lease ran out and another dispatcher took over: its outcome counts.
-        """
-        row = (await self._conn.execute(
-            select(dispatches).where(
-                dispatches.c.command_id == command_id,
-                dispatches.c.status == DispatchStatus.SENDING.value,
-                dispatches.c.attempts == attempt)
-            .with_for_update())).first()
-        return _dispatch(row) if row else None
+        Any other row's lease ran out and another dispatcher took over: its outcome counts.
+        Locked in command-id order, one statement for a whole pass."""
+        attempt_of = dict(owners)
+        rows = await self._conn.execute(
+            select(dispatches).where(dispatches.c.command_id.in_(sorted(attempt_of)),
+                                     dispatches.c.status == DispatchStatus.SENDING.value)
+            .order_by(dispatches.c.command_id).with_for_update())
+        found = (_dispatch(row) for row in rows)
+        return {d.command_id: d for d in found if d.attempts == attempt_of[d.command_id]}
+
+    async def record_sent_many(self, sent: Sequence[tuple[DecisionRecord, str, str | None]]
+                               ) -> list[int]:
+        """For each ``(decision, delivery result, provider ref)`` of dispatches that were
+        ``sending``: settle the attempt and record the ``sent`` decision, as
+        ``settle_attempt`` then ``record`` would, in three statements for all of them.
+        Returns each decision's sequence number."""
+        if not sent:
+            return []
+        at = sent[0][0].at
+        await self._conn.execute(
+            update(contact_attempts)
+            .where(contact_attempts.c.command_id == bindparam("b_command_id"))
+            .values(result=bindparam("b_result"), settles_by=None,
+                    provider_ref=bindparam("b_provider_ref"), updated_at=at),
+            [{"b_command_id": r.dispatch.command_id, "b_result": result,
+              "b_provider_ref": ref} for r, result, ref in sent])
+        seqs = [r.dispatch.decision_seq + 1 for r, _, _ in sent]
+        await self._conn.execute(
+            update(dispatches).where(dispatches.c.command_id == bindparam("b_command_id"))
+            .values(status=DispatchStatus.SENT.value, decision_seq=bindparam("b_seq"),
+                    reason=bindparam("b_reason"), rule=bindparam("b_rule"), updated_at=at),
+            [{"b_command_id": r.dispatch.command_id, "b_seq": seq, "b_reason": r.reason,
+              "b_rule": r.rule} for (r, _, _), seq in zip(sent, seqs, strict=True)])
+        await self._conn.execute(contact_decisions.insert(), [
+            {"command_id": r.dispatch.command_id, "seq": seq,
+             "loan_id": r.dispatch.request.loan_id, "channel": r.dispatch.request.channel,
+             "recipient": r.dispatch.request.recipient, "decision": r.decision,
+             "reason": r.reason, "rule": r.rule, "policy_version": r.policy_version,
+             "at": r.at, "due_at": r.due_at}
+            for (r, _, _), seq in zip(sent, seqs, strict=True)])
+        return seqs
 
     async def retry_later(self, dispatch: Dispatch, *, now: datetime, due_at: datetime,
                           error: str) -> None:

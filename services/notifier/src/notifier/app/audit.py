@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from collections_kit import contract as c
@@ -41,6 +42,25 @@ async def record_decision(tx: Tx, repo: DispatchRepository, dispatch: Dispatch, 
         channel=request.channel, outcome=outcome, reason=reason, rule=rule,
         occurred_at=tx.now,
     ), event_id=event_id, subject=request.loan_id)
+
+
+async def record_sent_many(tx: Tx, repo: DispatchRepository,
+                           sent: Sequence[tuple[Dispatch, str, str, DeliveryStatus, str | None]],
+                           *, policy_version: str) -> None:
+    """``record_decision(outcome="sent")`` for many dispatches that were ``sending``, with
+    the attempt settled: ``(dispatch, reason, rule, delivery status, provider ref)`` each.
+    The same rows and the same events (ids included) as one by one, in three statements."""
+    records = [(DecisionRecord(dispatch=d, decision="sent", reason=reason, rule=rule,
+                               policy_version=policy_version, at=tx.now), status, ref)
+               for d, reason, rule, status, ref in sent]
+    seqs = await repo.record_sent_many(records)
+    for (record, _, _), seq in zip(records, seqs, strict=True):
+        request = record.dispatch.request
+        tx.publish(c.ContactOutcome(
+            command_id=request.command_id, intent_id=request.intent_id,
+            loan_id=request.loan_id, channel=request.channel, outcome="sent",
+            reason=record.reason, rule=record.rule, occurred_at=tx.now,
+        ), event_id=derived_id(request.command_id, f"decision/{seq}"), subject=request.loan_id)
 
 
 async def announce_delivery(tx: Tx, dispatch: Dispatch, status: DeliveryStatus) -> None:

@@ -40,7 +40,7 @@ from collections_kit.clock import Clock
 from collections_kit.outbox import Tx, flush
 from collections_kit.pii import KeyRing
 from notifier.adapters.repository import DispatchRepository
-from notifier.app.audit import announce_delivery, record_decision
+from notifier.app.audit import announce_delivery, record_decision, record_sent_many
 from notifier.app.ports import Channel, Delivery, OutgoingMessage, SendError
 from notifier.domain import templates
 from notifier.domain.decide import Defer, Send, decide
@@ -48,6 +48,7 @@ from notifier.domain.model import (
     Attempt,
     ChannelName,
     ContactDetails,
+    DeliveryStatus,
     Dispatch,
     DispatchStatus,
     person_key,
@@ -328,30 +329,51 @@ class Dispatcher:
             now = self._clock.now()
             tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
             repo = DispatchRepository(conn)
+            owned = await repo.lock_sending_many(
+                [(one.planned.dispatch.command_id, one.planned.attempt) for one in sent])
+            # The common case, a plain send handed over, is recorded for all rows at once;
+            # failures and validation notices one by one.
+            plain: list[tuple[Dispatch, str, str, DeliveryStatus, str | None]] = []
             for one in sent:
-                outcome, wakes = await self._finish(tx, repo, one)
+                planned = one.planned
+                current = owned.get(planned.dispatch.command_id)
+                if current is None:
+                    log.warning("lease lost before the send finished; the new owner decides",
+                                extra={"command_id": planned.dispatch.command_id,
+                                       "loan_id": planned.dispatch.request.loan_id,
+                                       "attempt": planned.attempt})
+                    continue
+                if one.error is None and not planned.decision.validation_notice:
+                    delivery = one.delivery or Delivery()
+                    plain.append((current, planned.decision.reason, planned.decision.rule,
+                                  delivery.status, delivery.provider_ref))
+                    continue
+                outcome, wakes = await self._finish(tx, repo, one, current)
                 woken = woken or wakes
                 if outcome is not None:
                     outcomes.append(outcome)
+            await record_sent_many(tx, repo, plain, policy_version=self._policy.version)
+            for current, reason, _, status, _ in plain:
+                await announce_delivery(tx, current, status)
+                outcomes.append(("sent", reason))
+                log.info("contact sent", extra={
+                    "command_id": current.command_id, "loan_id": current.request.loan_id,
+                    "channel": current.request.channel, "delivery": status})
             await flush(tx, self._outbox, self._schema)
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
         if woken:
             self.wake()
 
-    async def _finish(self, tx: Tx, repo: DispatchRepository, sent: _Sent
+    async def _finish(self, tx: Tx, repo: DispatchRepository, sent: _Sent, current: Dispatch
                       ) -> tuple[tuple[str, str] | None, bool]:
-        """One send's result, in the pass's transaction: (decision counted, wakes others)."""
+        """One send's result, its row locked and still owned by this attempt, in the pass's
+        transaction: (decision counted, wakes others)."""
         config, policy, now = self._config, self._policy, tx.now
         planned, error = sent.planned, sent.error
         ids = {"command_id": planned.dispatch.command_id,
                "loan_id": planned.dispatch.request.loan_id,
                "channel": planned.message.channel, "attempt": planned.attempt}
-        current = await repo.lock_sending(planned.dispatch.command_id, planned.attempt)
-        if current is None:
-            log.warning("lease lost before the send finished; the new owner decides",
-                        extra=ids)
-            return None, False
         if error is None:
             delivery = sent.delivery or Delivery()
             await repo.settle_attempt(current.command_id, result=delivery.status, now=now,
