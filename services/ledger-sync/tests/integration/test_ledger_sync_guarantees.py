@@ -476,3 +476,20 @@ async def test_only_one_replica_runs_a_reconciliation_pass_at_a_time(harness: Ha
     assert sum(r is not None for r in runs) == 1
     assert again is None, "a pass ran less than an interval ago"
     assert count == 1
+
+
+async def test_case_events_in_one_batch_end_as_one_at_a_time_would(harness: Harness) -> None:
+    """Opened, opened again with a new case, closed: in one poll, applied in their order."""
+    first, second = case_opened("L-batch-1"), case_opened("L-batch-2")
+    again = first.model_copy(update={"case_id": "case-L-batch-1-reopened"})
+    closed = c.CaseClosed(case_id=second.case_id, loan_id="L-batch-2", outcome="repaid",
+                          cause="repaid in full", closed_at=datetime.now(UTC))
+    for message in (first, second, again, closed):  # published before the consumer starts:
+        await harness.lender.publish(message)       # one poll, one batch
+    async with running(await harness.runtime()) as ls:
+        async def settled() -> bool:
+            cases = await scalar(ls, "SELECT string_agg(loan_id || '=' || case_id, ',' "
+                                     "ORDER BY loan_id) FROM open_cases "
+                                     "WHERE loan_id LIKE 'L-batch-%'")
+            return bool(cases == "L-batch-1=case-L-batch-1-reopened")
+        await eventually(settled)

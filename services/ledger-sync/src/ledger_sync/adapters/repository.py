@@ -37,8 +37,10 @@ _CHECK_CONTEXT = text("""
         EXISTS (SELECT 1 FROM pending_checks c WHERE c.loan_id = :loan) AS has_pending,
         (SELECT coalesce(sum(r.amount), 0) FROM repayments r
           WHERE r.loan_id = :loan AND NOT r.booked AND NOT r.reversed
-            AND r.amount IS NOT NULL) AS in_flight
-    FROM (SELECT 1) AS one LEFT JOIN p ON true""")
+            AND r.amount IS NOT NULL) AS in_flight,
+        a.answer_type, a.payload AS answer_payload
+    FROM (SELECT 1) AS one LEFT JOIN p ON true
+        LEFT JOIN balance_answers a ON a.check_id = :check""")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,14 @@ class CheckContext:
     has_gap: bool
     has_pending: bool
     money_in_flight: Decimal
+    # The answer this very check already got (asked again: the same answer again).
+    previous: PreviousAnswer | None
+
+
+@dataclass(frozen=True)
+class PreviousAnswer:
+    answer_type: str
+    payload: dict[str, Any]
 
 
 class LedgerRepository:
@@ -84,19 +94,23 @@ class LedgerRepository:
         return tuple(Posting(r.posting_id, r.loan_id, r.sequence, r.kind, r.currency, r.amount,
                              r.booked_at, r.repayment_id) for r in rows)
 
-    async def check_context(self, loan_id: str) -> CheckContext:
-        """What answering a balance check reads, in one round trip: the projection (locked
-        until commit, as ``projection(lock=True)``), whether a sequence gap or an earlier
-        check waiting for the ledger's API holds the loan back, and the money in flight.
-        Four statements became one: per-statement round trips were most of ledger-sync's
-        cost under load (bench/)."""
-        row = (await self._conn.execute(_CHECK_CONTEXT, {"loan": loan_id})).one()
+    async def check_context(self, loan_id: str, check_id: str) -> CheckContext:
+        """What answering a balance check reads, in one round trip: the answer the check
+        already got if it was asked before, the projection (locked until commit, as
+        ``projection(lock=True)``), whether a sequence gap or an earlier check waiting for
+        the ledger's API holds the loan back, and the money in flight. Five statements
+        became one: per-statement round trips were most of ledger-sync's cost under load
+        (see the README's performance section)."""
+        row = (await self._conn.execute(_CHECK_CONTEXT,
+                                        {"loan": loan_id, "check": check_id})).one()
         projection = None
         if row.loan_id is not None:
             projection = Projection(row.loan_id, row.currency, row.balance, row.watermark,
                                     row.updated_at, row.verified_at)
+        previous = (PreviousAnswer(row.answer_type, row.answer_payload)
+                    if row.answer_type is not None else None)
         return CheckContext(projection, bool(row.has_gap), bool(row.has_pending),
-                            Decimal(row.in_flight or 0))
+                            Decimal(row.in_flight or 0), previous)
 
     async def has_gap(self, loan_id: str) -> bool:
         count = await self._conn.scalar(
@@ -156,10 +170,6 @@ class LedgerRepository:
                 repayments.c.loan_id == loan_id, repayments.c.booked.is_(False),
                 repayments.c.reversed.is_(False), repayments.c.amount.is_not(None))))
         return Decimal(total or 0)
-
-    async def answer(self, check_id: str) -> Any:
-        return (await self._conn.execute(
-            select(balance_answers).where(balance_answers.c.check_id == check_id))).first()
 
     async def save_answer(self, check_id: str, loan_id: str, answer_type: str,
                           payload: dict[str, Any], at: Any) -> None:

@@ -9,7 +9,7 @@ from collections_kit import contract as c
 from collections_kit.clock import derived_id
 from collections_kit.outbox import Tx
 from ledger_sync.adapters.cases import CasesRepository
-from ledger_sync.adapters.repository import LedgerRepository
+from ledger_sync.adapters.repository import LedgerRepository, PreviousAnswer
 from ledger_sync.domain.ledger import Confirm, Refuse
 from ledger_sync.metrics import BALANCE_CHECK_FAILURES, BALANCE_CHECK_SECONDS, CHECKS_ANSWERED
 
@@ -72,13 +72,8 @@ async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm 
                              tx.now)
 
 
-async def republish_previous(tx: Tx, check: c.BalanceCheckRequested) -> bool:
+def republish(tx: Tx, check: c.BalanceCheckRequested, previous: PreviousAnswer) -> None:
     """The same check asked again gets the same answer, confirmation id and all."""
-    repo = LedgerRepository(tx.conn)
-    previous = await repo.answer(check.check_id)
-    if previous is None:
-        return False
     model = c.BalanceConfirmed if previous.answer_type == "confirmed" else c.BalanceRefused
     answer = model.model_validate(previous.payload)
     tx.publish(answer, event_id=derived_id(check.check_id, "answer"), subject=check.loan_id)
-    return True

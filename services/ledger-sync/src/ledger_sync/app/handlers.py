@@ -17,7 +17,7 @@ from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
-from ledger_sync.app.answers import republish_previous, stage_answer
+from ledger_sync.app.answers import republish, stage_answer
 from ledger_sync.domain.ledger import (
     CheckPolicy,
     Confirm,
@@ -78,10 +78,11 @@ class LedgerSyncHandlers:
     async def check(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.BalanceCheckRequested)
-        if await republish_previous(tx, data):
-            return
         repo = LedgerRepository(tx.conn)
-        context = await repo.check_context(data.loan_id)
+        context = await repo.check_context(data.loan_id, data.check_id)
+        if context.previous is not None:
+            republish(tx, data, context.previous)
+            return
         projection, has_gap = context.projection, context.has_gap
         if self._ledger_api and (
                 context.has_pending
