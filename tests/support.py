@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,14 @@ async def read_topic(bootstrap: str, topic: str) -> list[Envelope | MalformedMes
         except MalformedMessageError as exc:
             out.append(exc)
     return out
+
+
+def unused_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def eventually(check: Callable[[], Any], *, within: float = 30.0,

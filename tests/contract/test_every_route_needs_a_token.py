@@ -40,6 +40,15 @@ def _operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
             for method, op in item.items()]
 
 
+async def _call(http: httpx.AsyncClient, method: str, path: str, op: dict[str, Any],
+                headers: dict[str, str]) -> httpx.Response:
+    """The operation with placeholder path parameters and, if it takes one, an empty body:
+    authentication comes before any of them is looked at."""
+    url = re.sub(r"\{[^}]+\}", "X-1", path)
+    return await http.request(method, url, headers=headers,
+                              json={} if "requestBody" in op else None)
+
+
 @pytest.mark.parametrize("token", ["none", "expired", "wrong audience", "garbage"])
 async def test_no_route_answers_without_a_valid_token(token: str) -> None:
     headers = {
@@ -58,9 +67,7 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
                     continue
                 scopes = [s for req in op["security"] for s in req["oauth2"]]
                 assert len(scopes) == 1 and scopes[0] in SCOPES, (name, path, scopes)
-                url = re.sub(r"\{[^}]+\}", "X-1", path)
-                response = await http.request(method, url, headers=headers,
-                                              json={} if "requestBody" in op else None)
+                response = await _call(http, method, path, op, headers)
                 assert response.status_code == 401, (name, method, path, response.text)
                 assert response.headers["content-type"] == "application/problem+json"
                 assert response.headers["www-authenticate"].startswith("Bearer ")
@@ -81,9 +88,7 @@ async def test_no_route_answers_a_token_without_its_scope() -> None:
                 (needed,) = [s for req in op["security"] for s in req["oauth2"]]
                 others = [s for s in SCOPES if s != needed]
                 headers = {"Authorization": f"Bearer {dev_token(others)}"}
-                url = re.sub(r"\{[^}]+\}", "X-1", path)
-                response = await http.request(method, url, headers=headers,
-                                              json={} if "requestBody" in op else None)
+                response = await _call(http, method, path, op, headers)
                 assert response.status_code == 403, (name, method, path, response.text)
                 assert response.headers["content-type"] == "application/problem+json"
                 assert f'scope="{needed}"' in response.headers["www-authenticate"], (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,16 +11,9 @@ from ledger_sync.entrypoints import bootstrap as ledger_sync_boot
 from ledger_sync.settings import LedgerSyncSettings
 from notifier.entrypoints import bootstrap as notifier_boot
 from notifier.settings import NotifierSettings
-from tests.support import migrate, running
+from tests.support import migrate, running, unused_port
 from workflow.entrypoints import bootstrap as workflow_boot
 from workflow.settings import WorkflowSettings
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ async def apps(stack: dict[str, str], database_url: str,
               "topic_prefix": topic_prefix, "environment": "test"}
     wf = WorkflowSettings.model_validate(common)
     ls = LedgerSyncSettings.model_validate(common)
-    nt = NotifierSettings.model_validate({**common, "smtp_port": _unused_port(),
+    nt = NotifierSettings.model_validate({**common, "smtp_port": unused_port(),
                                           "send_retry_backoff_s": 0})
     await migrate(workflow_boot.MIGRATIONS, database_url, wf.db_schema)
     await migrate(ledger_sync_boot.MIGRATIONS, database_url, ls.db_schema)

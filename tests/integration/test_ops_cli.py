@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,23 +18,16 @@ from typer.testing import CliRunner
 from collections_kit.auth import dev_token
 from collections_kit.runtime import Runtime
 from tests.integration.test_dead_letters_api import case_exists, publish_broken_overdue
-from tests.support import eventually, migrate, running
+from tests.support import eventually, migrate, running, unused_port
 from workflow import cli
 from workflow.entrypoints import bootstrap as workflow_boot
 from workflow.settings import WorkflowSettings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def workflow_url(stack: dict[str, str], database_url: str,
                        topic_prefix: str) -> AsyncIterator[tuple[Runtime, str]]:
-    port = _free_port()
+    port = unused_port()
     settings = WorkflowSettings.model_validate({
         "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
         "topic_prefix": topic_prefix, "environment": "test", "http_port": port})

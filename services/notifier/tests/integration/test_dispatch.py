@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
-from tests.support import migrate
+from tests.support import migrate, unused_port
 
 # 10:00 in Shanghai, 21:00 (outside the US window) in New York.
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
@@ -50,15 +49,9 @@ class Mailbox:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), _free_port()
+    box, port = Mailbox(), unused_port()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
     try:
@@ -338,7 +331,7 @@ class Refusing:
 async def test_a_refused_recipient_fails_at_once_and_the_address_stays_out_of_logs(
         notifier: Notifier, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    port = _free_port()
+    port = unused_port()
     controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
     controller.start()
     runtime = bootstrap.build_runtime(_settings(database_url, port), clock=notifier.clock)

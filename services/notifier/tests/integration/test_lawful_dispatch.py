@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from notifier.settings import NotifierSettings
 from scripts import lending
 from scripts.infra import producer
 from tests.provider_double import ProviderDouble
-from tests.support import eventually, migrate, read_topic
+from tests.support import eventually, migrate, read_topic, unused_port
 
 # 12:00 in New York, 01:00 the next day in Shanghai.
 NOON_NY = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
@@ -58,15 +57,9 @@ class Mailbox:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), _free_port()
+    box, port = Mailbox(), unused_port()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
     try:
