@@ -493,3 +493,44 @@ async def test_case_events_in_one_batch_end_as_one_at_a_time_would(harness: Harn
                                      "WHERE loan_id LIKE 'L-batch-%'")
             return bool(cases == "L-batch-1=case-L-batch-1-reopened")
         await eventually(settled)
+
+
+async def test_checks_answered_together_in_one_poll_match_one_at_a_time(
+        harness: Harness) -> None:
+    """Published before ledger-sync starts, so one poll holds them all: checks of several
+    loans are read and confirmed together, a second check of a loan in the run and a check
+    asked again still get exactly the answers one at a time would give."""
+    async with running(await harness.runtime()) as ls:
+        for loan, amount in (("L-run-1", "300.00"), ("L-run-2", "400.00")):
+            await harness.book(posting(loan, 1, amount, "disbursement"))
+        await eventually(lambda: projected(ls, "L-run-2", 1))
+        await harness.lender.publish(c.RepaymentReceived(
+            repayment_id="R-run-2", loan_id="L-run-2", currency="CNY",
+            amount=Decimal("400.00"), outstanding_balance_after=Decimal("0"),
+            received_at=datetime.now(UTC)))
+
+        async def in_flight() -> bool:
+            return bool(await scalar(ls, "SELECT count(*) FROM repayments "
+                                         "WHERE repayment_id = 'R-run-2'"))
+        await eventually(in_flight)
+    a = await harness.check("L-run-1", "300.00")
+    b = await harness.check("L-run-2", "400.00")  # repaid, not yet booked: in flight
+    u = await harness.check("L-run-unknown", "10.00")
+    a2 = await harness.check("L-run-1", "300.00")  # the same loan again: a new run
+    await harness.check("L-run-1", "300.00", check_id=a)  # asked again: the same answer
+    async with running(await harness.runtime()) as ls:
+        found = await eventually(lambda: harness.answers(a, b, u, a2))
+        await asyncio.sleep(1.0)
+        found = await harness.answers(a, b, u, a2)
+        views = await scalar(ls, "SELECT string_agg(loan_id || '=' || source, ',' ORDER BY "
+                                 "loan_id) FROM collections_views WHERE loan_id LIKE 'L-run%'")
+    first, again = found[a][0].data, found[a2][0].data
+    assert isinstance(first, c.BalanceConfirmed) and isinstance(again, c.BalanceConfirmed)
+    assert first.confirmed_outstanding == again.confirmed_outstanding == Decimal("300.00")
+    assert first.confirmation_id != again.confirmation_id
+    assert len({e.data.model_dump_json() for e in found[a]}) == 1  # republished as it was
+    refused = {k: found[k][0].data for k in (b, u)}
+    assert [getattr(r, "reason", None) for r in refused.values()] == ["nothing_owed",
+                                                                      "unknown_loan"]
+    # The confirmed loan shows the ledger's amount; the repaid one the settled correction.
+    assert views == "L-run-1=confirmation,L-run-2=correction,L-run-unknown=check"

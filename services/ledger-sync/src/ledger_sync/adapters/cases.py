@@ -49,13 +49,20 @@ class CasesRepository:
 
     async def set_view(self, loan_id: str, currency: str, outstanding: Decimal, source: str,
                        at: datetime) -> None:
-        stmt = pg_insert(collections_views).values(
-            loan_id=loan_id, currency=currency, outstanding=outstanding, source=source,
-            updated_at=at)
+        await self.set_views([(loan_id, currency, outstanding)], source, at)
+
+    async def set_views(self, views: Sequence[tuple[str, str, Decimal]], source: str,
+                        at: datetime) -> None:
+        """``(loan id, currency, outstanding)`` each, for distinct loans."""
+        if not views:
+            return
+        stmt = pg_insert(collections_views)
         await self._conn.execute(stmt.on_conflict_do_update(
             index_elements=[collections_views.c.loan_id],
             set_={k: stmt.excluded[k] for k in ("currency", "outstanding", "source",
-                                                 "updated_at")}))
+                                                 "updated_at")}),
+            [{"loan_id": loan, "currency": currency, "outstanding": outstanding,
+              "source": source, "updated_at": at} for loan, currency, outstanding in views])
 
     async def open_cases_page(self, after_loan_id: str, limit: int) -> list[OpenCase]:
         """Open cases in loan id order after ``after_loan_id`` (keyset paging)."""

@@ -25,22 +25,29 @@ from ledger_sync.domain.ledger import Posting, Projection
 # keeps them apart from the kit's one-key locks (outbox relay, migrations).
 LOCK_NAMESPACE = 0x4C53  # "LS"
 
-# The locking read stays inside the CTE: PostgreSQL refuses FOR UPDATE on the nullable side
-# of the outer join that keeps a row when the loan has no projection yet. The three
-# subqueries mean exactly has_gap(), has_pending() and money_in_flight().
-_CHECK_CONTEXT = text("""
-    WITH p AS MATERIALIZED (
-        SELECT loan_id, currency, balance, watermark, updated_at, verified_at
-        FROM loan_balances WHERE loan_id = :loan FOR UPDATE)
+# One row per requested check, in request order. The locking read is its own CTE (in loan
+# order, the order every locker uses): PostgreSQL refuses FOR UPDATE on the nullable side of
+# the outer join that keeps a check whose loan has no projection yet. The three subqueries
+# mean exactly has_gap(), has_pending() and money_in_flight().
+_CHECK_CONTEXTS = text("""
+    WITH req AS (
+        SELECT r.loan_id, r.check_id, r.n
+        FROM unnest(CAST(:loans AS text[]), CAST(:checks AS text[]))
+             WITH ORDINALITY AS r(loan_id, check_id, n)),
+    p AS MATERIALIZED (
+        SELECT b.loan_id, b.currency, b.balance, b.watermark, b.updated_at, b.verified_at
+        FROM loan_balances b WHERE b.loan_id = ANY(CAST(:loans AS text[]))
+        ORDER BY b.loan_id FOR UPDATE)
     SELECT p.loan_id, p.currency, p.balance, p.watermark, p.updated_at, p.verified_at,
-        EXISTS (SELECT 1 FROM buffered_postings b WHERE b.loan_id = :loan) AS has_gap,
-        EXISTS (SELECT 1 FROM pending_checks c WHERE c.loan_id = :loan) AS has_pending,
+        EXISTS (SELECT 1 FROM buffered_postings g WHERE g.loan_id = req.loan_id) AS has_gap,
+        EXISTS (SELECT 1 FROM pending_checks c WHERE c.loan_id = req.loan_id) AS has_pending,
         (SELECT coalesce(sum(r.amount), 0) FROM repayments r
-          WHERE r.loan_id = :loan AND NOT r.booked AND NOT r.reversed
+          WHERE r.loan_id = req.loan_id AND NOT r.booked AND NOT r.reversed
             AND r.amount IS NOT NULL) AS in_flight,
         a.answer_type, a.payload AS answer_payload
-    FROM (SELECT 1) AS one LEFT JOIN p ON true
-        LEFT JOIN balance_answers a ON a.check_id = :check""")
+    FROM req LEFT JOIN p ON p.loan_id = req.loan_id
+        LEFT JOIN balance_answers a ON a.check_id = req.check_id
+    ORDER BY req.n""")
 
 
 @dataclass(frozen=True)
@@ -94,23 +101,26 @@ class LedgerRepository:
         return tuple(Posting(r.posting_id, r.loan_id, r.sequence, r.kind, r.currency, r.amount,
                              r.booked_at, r.repayment_id) for r in rows)
 
-    async def check_context(self, loan_id: str, check_id: str) -> CheckContext:
-        """What answering a balance check reads, in one round trip: the answer the check
-        already got if it was asked before, the projection (locked until commit, as
-        ``projection(lock=True)``), whether a sequence gap or an earlier check waiting for
-        the ledger's API holds the loan back, and the money in flight. Five statements
-        became one: per-statement round trips were most of ledger-sync's cost under load
-        (see the README's performance section)."""
-        row = (await self._conn.execute(_CHECK_CONTEXT,
-                                        {"loan": loan_id, "check": check_id})).one()
-        projection = None
-        if row.loan_id is not None:
-            projection = Projection(row.loan_id, row.currency, row.balance, row.watermark,
-                                    row.updated_at, row.verified_at)
-        previous = (PreviousAnswer(row.answer_type, row.answer_payload)
-                    if row.answer_type is not None else None)
-        return CheckContext(projection, bool(row.has_gap), bool(row.has_pending),
-                            Decimal(row.in_flight or 0), previous)
+    async def check_contexts(self, checks: Sequence[tuple[str, str]]) -> list[CheckContext]:
+        """What answering each ``(loan id, check id)`` reads, for checks of distinct loans,
+        in one round trip: the answer the check already got if it was asked before, the
+        projection (locked until commit, as ``projection(lock=True)``), whether a sequence
+        gap or an earlier check waiting for the ledger's API holds the loan back, and the
+        money in flight. Per-statement round trips were most of ledger-sync's cost under
+        load (see the README's performance section)."""
+        rows = await self._conn.execute(_CHECK_CONTEXTS, {
+            "loans": [loan for loan, _ in checks], "checks": [check for _, check in checks]})
+        contexts = []
+        for row in rows:
+            projection = None
+            if row.loan_id is not None:
+                projection = Projection(row.loan_id, row.currency, row.balance, row.watermark,
+                                        row.updated_at, row.verified_at)
+            previous = (PreviousAnswer(row.answer_type, row.answer_payload)
+                        if row.answer_type is not None else None)
+            contexts.append(CheckContext(projection, bool(row.has_gap), bool(row.has_pending),
+                                         Decimal(row.in_flight or 0), previous))
+        return contexts
 
     async def has_gap(self, loan_id: str) -> bool:
         count = await self._conn.scalar(
@@ -173,9 +183,16 @@ class LedgerRepository:
 
     async def save_answer(self, check_id: str, loan_id: str, answer_type: str,
                           payload: dict[str, Any], at: Any) -> None:
-        await self._conn.execute(pg_insert(balance_answers).values(
-            check_id=check_id, loan_id=loan_id, answer_type=answer_type, payload=payload,
-            answered_at=at).on_conflict_do_nothing())
+        await self.save_answers([(check_id, loan_id, answer_type, payload)], at)
+
+    async def save_answers(self, answers: Sequence[tuple[str, str, str, dict[str, Any]]],
+                           at: Any) -> None:
+        """``(check id, loan id, answer type, payload)`` each; a check answered already
+        keeps its first answer."""
+        if answers:
+            await self._conn.execute(pg_insert(balance_answers).on_conflict_do_nothing(), [
+                {"check_id": check, "loan_id": loan, "answer_type": kind, "payload": payload,
+                 "answered_at": at} for check, loan, kind, payload in answers])
 
     # --- balance checks waiting for the ledger's API -------------------------------------
 

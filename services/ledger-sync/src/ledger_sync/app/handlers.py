@@ -9,7 +9,7 @@ any transaction and answers then.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from collections_kit import contract as c
 from collections_kit.consumer import Handler
@@ -17,7 +17,7 @@ from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
-from ledger_sync.app.answers import republish, stage_answer
+from ledger_sync.app.answers import republish, stage_answer, stage_confirmations
 from ledger_sync.domain.ledger import (
     CheckPolicy,
     Confirm,
@@ -75,33 +75,67 @@ class LedgerSyncHandlers:
         assert isinstance(data, c.RepaymentReversed)
         await LedgerRepository(tx.conn).record_reversal(data.repayment_id, data.loan_id)
 
+    async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """A polled batch, in its order, one message at a time, except that a run of
+        balance checks for distinct loans (the workflow asks for thousands at once) is read
+        and answered together. A check for a loan already in the run ends the run first, and
+        checks of different loans touch different rows: the outcome is exactly that of one
+        at a time."""
+        routes = self.routes()
+        run: dict[str, c.BalanceCheckRequested] = {}
+        for env in envelopes:
+            data = env.data
+            if isinstance(data, c.BalanceCheckRequested):
+                if data.loan_id in run:
+                    await self._checks(tx, list(run.values()))
+                    run.clear()
+                run[data.loan_id] = data
+                continue
+            if run:
+                await self._checks(tx, list(run.values()))
+                run.clear()
+            await routes[type(data)](tx, env)
+        if run:
+            await self._checks(tx, list(run.values()))
+
     async def check(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.BalanceCheckRequested)
+        await self._checks(tx, [data])
+
+    async def _checks(self, tx: Tx, checks: Sequence[c.BalanceCheckRequested]) -> None:
+        """Answer balance checks of distinct loans: one read for all of them, then each is
+        republished, queued for the ledger's API, refused, or confirmed (together)."""
         repo = LedgerRepository(tx.conn)
-        context = await repo.check_context(data.loan_id, data.check_id)
-        if context.previous is not None:
-            republish(tx, data, context.previous)
-            return
-        projection, has_gap = context.projection, context.has_gap
-        if self._ledger_api and (
-                context.has_pending
-                or staleness(projection, has_gap, tx.now, self._freshness) is not None):
-            # Behind an earlier waiting check for the loan too: one loan's answers keep their
-            # order and all rest on the same refreshed projection.
+        contexts = await repo.check_contexts([(d.loan_id, d.check_id) for d in checks])
+        confirmed: list[tuple[c.BalanceCheckRequested, Confirm]] = []
+        for data, context in zip(checks, contexts, strict=True):
+            if context.previous is not None:
+                republish(tx, data, context.previous)
+                continue
+            projection, has_gap = context.projection, context.has_gap
+            if self._ledger_api and (
+                    context.has_pending
+                    or staleness(projection, has_gap, tx.now, self._freshness) is not None):
+                # Behind an earlier waiting check for the loan too: one loan's answers keep
+                # their order and all rest on the same refreshed projection.
+                await self._expected(tx, data)
+                await repo.enqueue_check(data.check_id, data.loan_id,
+                                         json.loads(data.model_dump_json()), tx.now)
+                if self._on_enqueued is not None:
+                    self._on_enqueued()
+                continue
+            verdict = answer_check(projection, has_gap, context.money_in_flight,
+                                   data.expected_outstanding, tx.now, self._policy,
+                                   currency=data.currency)
+            if isinstance(verdict, Confirm):
+                confirmed.append((data, verdict))  # a confirmation records the ledger's amount
+                continue
             await self._expected(tx, data)
-            await repo.enqueue_check(data.check_id, data.loan_id,
-                                     json.loads(data.model_dump_json()), tx.now)
-            if self._on_enqueued is not None:
-                self._on_enqueued()
-            return
-        verdict = answer_check(projection, has_gap, context.money_in_flight,
-                               data.expected_outstanding, tx.now, self._policy,
-                               currency=data.currency)
-        if not isinstance(verdict, Confirm):
-            await self._expected(tx, data)  # a confirmation records the ledger's amount
-        await stage_answer(tx, data, verdict, projection.currency if projection else None,
-                           path="projection")
+            await stage_answer(tx, data, verdict, projection.currency if projection else None,
+                               path="projection")
+        if confirmed:
+            await stage_confirmations(tx, confirmed, path="projection")
 
     @staticmethod
     async def _expected(tx: Tx, data: c.BalanceCheckRequested) -> None:

@@ -91,6 +91,7 @@ def build_runtime(settings: LedgerSyncSettings, clock: Clock | None = None) -> R
                                   on_enqueued=resolver.note_enqueued if resolver else None)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
+                        batch_handler=handlers.batch,
                         clock=clock,
                         on_committed=resolver.after_commit if resolver else None)
     return LedgerSyncRuntime(
