@@ -479,7 +479,8 @@ async def test_only_one_replica_runs_a_reconciliation_pass_at_a_time(harness: Ha
 
 
 async def test_case_events_in_one_batch_end_as_one_at_a_time_would(harness: Harness) -> None:
-    """Opened, opened again with a new case, closed: in one poll, applied in their order."""
+    """Opened, opened again with a new case, closed: in one poll (a run of openings is
+    written in one statement), applied in their order."""
     first, second = case_opened("L-batch-1"), case_opened("L-batch-2")
     again = first.model_copy(update={"case_id": "case-L-batch-1-reopened"})
     closed = c.CaseClosed(case_id=second.case_id, loan_id="L-batch-2", outcome="repaid",

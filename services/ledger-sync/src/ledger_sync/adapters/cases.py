@@ -26,14 +26,20 @@ class CasesRepository:
         self._conn = conn
 
     async def case_opened(self, loan_id: str, case_id: str, at: datetime) -> None:
-        stmt = pg_insert(open_cases).values(loan_id=loan_id, case_id=case_id, opened_at=at)
+        await self.cases_opened([(loan_id, case_id, at)])
+
+    async def cases_opened(self, opened: Sequence[tuple[str, str, datetime]]) -> None:
+        """``(loan id, case id, opened at)`` each, for distinct loans (one statement cannot
+        upsert a row twice)."""
+        stmt = pg_insert(open_cases)
         # A newer case for the loan replaces the old one; its corrections start afresh.
         await self._conn.execute(stmt.on_conflict_do_update(
             index_elements=[open_cases.c.loan_id],
             set_={"case_id": stmt.excluded.case_id, "opened_at": stmt.excluded.opened_at,
                   "last_correction_kind": None, "last_correction_outstanding": None,
                   "last_correction_watermark": None},
-            where=open_cases.c.case_id != stmt.excluded.case_id))
+            where=open_cases.c.case_id != stmt.excluded.case_id),
+            [{"loan_id": loan, "case_id": case, "opened_at": at} for loan, case, at in opened])
 
     async def case_closed(self, loan_id: str, case_id: str) -> None:
         # Only that case: a late close of an older case must not forget a newer one.

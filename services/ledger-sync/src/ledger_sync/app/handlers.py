@@ -77,26 +77,37 @@ class LedgerSyncHandlers:
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
         """A polled batch, in its order, one message at a time, except that a run of
-        balance checks for distinct loans (the workflow asks for thousands at once) is read
-        and answered together. A check for a loan already in the run ends the run first, and
-        checks of different loans touch different rows: the outcome is exactly that of one
-        at a time."""
+        balance checks, or of case openings, for distinct loans (the workflow's daily run
+        opens cases and asks for balances by the thousand) is handled together. A message
+        of another kind, or for a loan already in the run, ends the run first; messages of
+        different loans touch different rows: the outcome is exactly that of one at a time."""
         routes = self.routes()
-        run: dict[str, c.BalanceCheckRequested] = {}
+        run: dict[str, c.BalanceCheckRequested | c.CaseOpened] = {}
+
+        async def flush() -> None:
+            items = list(run.values())
+            run.clear()
+            if not items:
+                return
+            if isinstance(items[0], c.BalanceCheckRequested):
+                await self._checks(tx, [i for i in items
+                                        if isinstance(i, c.BalanceCheckRequested)])
+            else:
+                await CasesRepository(tx.conn).cases_opened(
+                    [(i.loan_id, i.case_id, i.opened_at) for i in items
+                     if isinstance(i, c.CaseOpened)])
+
         for env in envelopes:
             data = env.data
-            if isinstance(data, c.BalanceCheckRequested):
-                if data.loan_id in run:
-                    await self._checks(tx, list(run.values()))
-                    run.clear()
+            if isinstance(data, c.BalanceCheckRequested | c.CaseOpened):
+                if data.loan_id in run or (run and type(next(iter(run.values())))
+                                           is not type(data)):
+                    await flush()
                 run[data.loan_id] = data
                 continue
-            if run:
-                await self._checks(tx, list(run.values()))
-                run.clear()
+            await flush()
             await routes[type(data)](tx, env)
-        if run:
-            await self._checks(tx, list(run.values()))
+        await flush()
 
     async def check(self, tx: Tx, env: Envelope) -> None:
         data = env.data
