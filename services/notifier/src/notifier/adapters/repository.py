@@ -197,7 +197,24 @@ class DispatchRepository:
 
     async def add(self, request: ContactRequest, *, now: datetime) -> bool:
         """Store a new command, due at once. False when it is known already."""
-        values = {
+        return bool(await self.add_many([request], now=now))
+
+    async def add_many(self, requests: Sequence[ContactRequest], *, now: datetime) -> set[str]:
+        """Store new commands, due at once, in one statement; returns the ids that were new
+        (a command known already, or twice in ``requests``, is stored once: the first)."""
+        added: set[str] = set()
+        # Chunks keep a statement under PostgreSQL's 32,767 bind parameters (25 a row).
+        for start in range(0, len(requests), 1000):
+            rows = [self._row(r, now) for r in requests[start:start + 1000]]
+            stmt = (pg_insert(dispatches).values(rows)
+                    .on_conflict_do_nothing(index_elements=[dispatches.c.command_id])
+                    .returning(dispatches.c.command_id))
+            added.update((await self._conn.execute(stmt)).scalars())
+        return added
+
+    @staticmethod
+    def _row(request: ContactRequest, now: datetime) -> dict[str, Any]:
+        return {
             "command_id": request.command_id, "intent_id": request.intent_id,
             "case_id": request.case_id, "loan_id": request.loan_id,
             "borrower_id": request.borrower_id, "recipient": request.recipient,
@@ -213,10 +230,6 @@ class DispatchRepository:
             "decision_seq": 0, "reason": "", "rule": "", "received_at": now,
             "updated_at": now,
         }
-        stmt = (pg_insert(dispatches).values(values)
-                .on_conflict_do_nothing(index_elements=[dispatches.c.command_id])
-                .returning(dispatches.c.command_id))
-        return (await self._conn.execute(stmt)).first() is not None
 
     async def remember_cancellation(self, loan_id: str, cancellation: Cancellation, *,
                                     now: datetime) -> None:

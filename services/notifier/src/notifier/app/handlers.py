@@ -8,6 +8,7 @@ a slow provider can never hold a Kafka partition back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from collections_kit import contract as c
 from collections_kit.consumer import Handler
@@ -53,13 +54,37 @@ class NotifierHandlers:
             c.CaseClosed: self.closed,
         }
 
+    async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """A polled batch in its order, one message at a time, except that a run of contact
+        commands is stored in one statement (the first of two copies wins, as one at a time;
+        anything else ends the run first)."""
+        routes = self.routes()
+        run: list[Envelope] = []
+        for env in envelopes:
+            if isinstance(env.data, c.ContactCommand):
+                run.append(env)
+                continue
+            await self._commands(tx, run)
+            await routes[type(env.data)](tx, env)
+        await self._commands(tx, run)
+
     async def command(self, tx: Tx, env: Envelope) -> None:
-        data = env.data
-        assert isinstance(data, c.ContactCommand)
-        added = await DispatchRepository(tx.conn).add(to_request(data), now=tx.now)
-        log.info("contact command stored" if added else "contact command known already",
-                 extra={"command_id": data.command_id, "loan_id": data.loan_id,
-                        "channel": data.channel, "event_id": env.id})
+        await self._commands(tx, [env])
+
+    @staticmethod
+    async def _commands(tx: Tx, run: list[Envelope]) -> None:
+        if not run:
+            return
+        commands = [env.data for env in run if isinstance(env.data, c.ContactCommand)]
+        added = await DispatchRepository(tx.conn).add_many(
+            [to_request(data) for data in commands], now=tx.now)
+        for env, data in zip(run, commands, strict=True):
+            stored = data.command_id in added
+            added.discard(data.command_id)  # a second copy in the run is a known one
+            log.info("contact command stored" if stored else "contact command known already",
+                     extra={"command_id": data.command_id, "loan_id": data.loan_id,
+                            "channel": data.channel, "event_id": env.id})
+        run.clear()
 
     async def cancelled(self, tx: Tx, env: Envelope) -> None:
         data = env.data

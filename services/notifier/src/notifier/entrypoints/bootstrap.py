@@ -116,10 +116,11 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             max_attempts=settings.send_max_attempts,
             retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
             safety_poll_s=settings.dispatch_safety_poll_s), ring=ring)
+    handlers = NotifierHandlers(policy)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED],
-                        handlers=NotifierHandlers(policy).routes(), clock=clock,
-                        on_committed=dispatcher.wake)
+                        handlers=handlers.routes(), batch_handler=handlers.batch,
+                        clock=clock, on_committed=dispatcher.wake)
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[dispatcher, *workers],
                    state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
