@@ -447,6 +447,28 @@ class DispatchRepository:
                 where=validation_notices.c.status != "sent"))
         return attempt
 
+    async def mark_sending_many(self, marks: Sequence[tuple[Dispatch, str | None]], *,
+                                now: datetime, lease_until: datetime) -> None:
+        """``mark_sending`` (without a validation notice) for ``(dispatch, number)`` each, in
+        two statements for all of them; each row's attempt is ``dispatch.attempts + 1``."""
+        if not marks:
+            return
+        await self._conn.execute(
+            update(dispatches).where(dispatches.c.command_id == bindparam("b_command_id"))
+            .values(status=DispatchStatus.SENDING.value, due_at=lease_until,
+                    attempts=bindparam("b_attempts"), updated_at=now),
+            [{"b_command_id": d.command_id, "b_attempts": d.attempts + 1} for d, _ in marks])
+        stmt = pg_insert(contact_attempts)
+        await self._conn.execute(stmt.on_conflict_do_update(
+            index_elements=[contact_attempts.c.command_id],
+            set_={"result": "pending", "attempted_at": now, "settles_by": lease_until,
+                  "number_key": stmt.excluded.number_key, "updated_at": now}),
+            [{"command_id": d.command_id, "loan_id": d.request.loan_id,
+              "person": person_key(d.request.borrower_id, d.request.recipient),
+              "channel": d.request.channel, "number_key": number, "attempted_at": now,
+              "result": "pending", "settles_by": lease_until, "updated_at": now}
+             for d, number in marks])
+
     async def settle_attempt(self, command_id: str, *, result: AttemptResult, now: datetime,
                              provider_ref: str | None = None) -> None:
         await self._conn.execute(

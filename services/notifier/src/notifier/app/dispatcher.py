@@ -203,6 +203,8 @@ class Dispatcher:
             contexts = await repo.contexts(batch, repayments_since=since,
                                            attempts_since=now - _lookback(policy))
             planned: list[_Planned] = []
+            marks: list[tuple[Dispatch, str | None]] = []
+            lease_until = now + config.sending_lease
             for dispatch in batch:
                 ids = {"command_id": dispatch.command_id, "loan_id": dispatch.request.loan_id}
                 if dispatch.status is DispatchStatus.SENDING:
@@ -220,11 +222,16 @@ class Dispatcher:
                     continue
                 if isinstance(decision, Send):
                     assert context.details is not None  # decide sends only with an address
-                    lease_until = now + config.sending_lease
                     number = contexts.number_of(dispatch)
-                    attempt = await repo.mark_sending(
-                        dispatch, now=now, lease_until=lease_until, number=number,
-                        validation_notice=decision.validation_notice)
+                    if decision.validation_notice:
+                        attempt = await repo.mark_sending(
+                            dispatch, now=now, lease_until=lease_until, number=number,
+                            validation_notice=True)
+                    else:
+                        # Written with the others after the loop, in this transaction: what
+                        # the loop reads of this pass's sends is in ``contexts``.
+                        marks.append((dispatch, number))
+                        attempt = dispatch.attempts + 1
                     # The next command in this batch for the same person sees this one.
                     request = dispatch.request
                     contexts.note_attempt(Attempt(
@@ -244,6 +251,7 @@ class Dispatcher:
                 outcomes[decision.outcome, decision.reason] += 1
                 log.info("contact %s", decision.outcome,
                          extra={**ids, "reason": decision.reason, "rule": decision.rule})
+            await repo.mark_sending_many(marks, now=now, lease_until=lease_until)
             await flush(tx, self._outbox, self._schema)
         for (outcome, reason), n in outcomes.items():
             DECISIONS.labels(outcome, reason).inc(n)
