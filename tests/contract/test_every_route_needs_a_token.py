@@ -40,6 +40,19 @@ def _operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
             for method, op in item.items()]
 
 
+async def _routes() -> AsyncIterator[tuple[str, httpx.AsyncClient, str, str, dict[str, Any]]]:
+    """Every operation of every service that needs a token, with a client for its app;
+    the open ones (probes, metrics) must declare no security at all."""
+    async for name, app in _apps():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=f"http://{name}") as http:
+            for method, path, op in _operations(app):
+                if path in OPEN:
+                    assert "security" not in op
+                    continue
+                yield name, http, method, path, op
+
+
 async def _call(http: httpx.AsyncClient, method: str, path: str, op: dict[str, Any],
                 headers: dict[str, str]) -> httpx.Response:
     """The operation with placeholder path parameters and, if it takes one, an empty body:
@@ -58,20 +71,14 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
         "garbage": {"Authorization": "Bearer abc.def.ghi"},
     }[token]
     checked = 0
-    async for name, app in _apps():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url=f"http://{name}") as http:
-            for method, path, op in _operations(app):
-                if path in OPEN:
-                    assert "security" not in op
-                    continue
-                scopes = [s for req in op["security"] for s in req["oauth2"]]
-                assert len(scopes) == 1 and scopes[0] in SCOPES, (name, path, scopes)
-                response = await _call(http, method, path, op, headers)
-                assert response.status_code == 401, (name, method, path, response.text)
-                assert response.headers["content-type"] == "application/problem+json"
-                assert response.headers["www-authenticate"].startswith("Bearer ")
-                checked += 1
+    async for name, http, method, path, op in _routes():
+        scopes = [s for req in op["security"] for s in req["oauth2"]]
+        assert len(scopes) == 1 and scopes[0] in SCOPES, (name, path, scopes)
+        response = await _call(http, method, path, op, headers)
+        assert response.status_code == 401, (name, method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"].startswith("Bearer ")
+        checked += 1
     assert checked >= 20
 
 
@@ -79,19 +86,14 @@ async def test_no_route_answers_a_token_without_its_scope() -> None:
     """Every other scope is not enough: each route refuses with problem+json 403 and names
     the scope it needs. Holding ``admin`` does not imply the others."""
     checked = 0
-    async for name, app in _apps():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url=f"http://{name}") as http:
-            for method, path, op in _operations(app):
-                if path in OPEN:
-                    continue
-                (needed,) = [s for req in op["security"] for s in req["oauth2"]]
-                others = [s for s in SCOPES if s != needed]
-                headers = {"Authorization": f"Bearer {dev_token(others)}"}
-                response = await _call(http, method, path, op, headers)
-                assert response.status_code == 403, (name, method, path, response.text)
-                assert response.headers["content-type"] == "application/problem+json"
-                assert f'scope="{needed}"' in response.headers["www-authenticate"], (
-                    name, path, response.headers["www-authenticate"])
-                checked += 1
+    async for name, http, method, path, op in _routes():
+        (needed,) = [s for req in op["security"] for s in req["oauth2"]]
+        others = [s for s in SCOPES if s != needed]
+        headers = {"Authorization": f"Bearer {dev_token(others)}"}
+        response = await _call(http, method, path, op, headers)
+        assert response.status_code == 403, (name, method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert f'scope="{needed}"' in response.headers["www-authenticate"], (
+            name, path, response.headers["www-authenticate"])
+        checked += 1
     assert checked >= 20
