@@ -19,7 +19,7 @@ With ``<PREFIX>OTEL_EXPORTER_OTLP_ENDPOINT`` set, spans go to that collector ove
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from fastapi.telemetry import TelemetryConfig
@@ -63,8 +63,8 @@ def start_consume(topic: str, partition: int, offset: int, event_id: str, ce_typ
         })
 
 
-def end(spans: Mapping[Any, Span] | list[Span], error: BaseException | None = None) -> None:
-    for span in (spans.values() if isinstance(spans, Mapping) else spans):
+def end(spans: Sequence[Span], error: BaseException | None = None) -> None:
+    for span in spans:
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))

@@ -27,8 +27,9 @@ LOCK_NAMESPACE = 0x4C53  # "LS"
 
 # One row per requested check, in request order. The locking read is its own CTE (in loan
 # order, the order every locker uses): PostgreSQL refuses FOR UPDATE on the nullable side of
-# the outer join that keeps a check whose loan has no projection yet. The three subqueries
-# mean exactly has_gap(), has_pending() and money_in_flight().
+# the outer join that keeps a check whose loan has no projection yet. The subqueries mean
+# exactly has_gap() and money_in_flight(), and whether a check of the loan waits for the
+# ledger's API (pending_checks).
 _CHECK_CONTEXTS = text("""
     WITH req AS (
         SELECT r.loan_id, r.check_id, r.n
@@ -195,10 +196,6 @@ class LedgerRepository:
                  "answered_at": at} for check, loan, kind, payload in answers])
 
     # --- balance checks waiting for the ledger's API -------------------------------------
-
-    async def has_pending(self, loan_id: str) -> bool:
-        return bool(await self._conn.scalar(select(exists().where(
-            pending_checks.c.loan_id == loan_id))))
 
     async def enqueue_check(self, check_id: str, loan_id: str, payload: dict[str, Any],
                             at: datetime) -> None:

@@ -195,10 +195,6 @@ class DispatchRepository:
 
     # --- commands in ---------------------------------------------------------------------
 
-    async def add(self, request: ContactRequest, *, now: datetime) -> bool:
-        """Store a new command, due at once. False when it is known already."""
-        return bool(await self.add_many([request], now=now))
-
     async def add_many(self, requests: Sequence[ContactRequest], *, now: datetime) -> set[str]:
         """Store new commands, due at once, in one statement; returns the ids that were new
         (a command known already, or twice in ``requests``, is stored once: the first)."""
@@ -421,21 +417,9 @@ class DispatchRepository:
         counts as its worst case until the result is in) and, for a validation notice,
         marked in flight so that other contacts keep waiting for it.
         """
-        attempt = dispatch.attempts + 1
+        await self.mark_sending_many([(dispatch, number)], now=now, lease_until=lease_until)
         request = dispatch.request
-        await self._conn.execute(
-            update(dispatches).where(dispatches.c.command_id == dispatch.command_id)
-            .values(status=DispatchStatus.SENDING.value, due_at=lease_until, attempts=attempt,
-                    updated_at=now))
         person = person_key(request.borrower_id, request.recipient)
-        stmt = pg_insert(contact_attempts).values(
-            command_id=request.command_id, loan_id=request.loan_id, person=person,
-            channel=request.channel, number_key=number, attempted_at=now, result="pending",
-            settles_by=lease_until, updated_at=now)
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[contact_attempts.c.command_id],
-            set_={"result": "pending", "attempted_at": now, "settles_by": lease_until,
-                  "number_key": number, "updated_at": now}))
         if validation_notice:
             vstmt = pg_insert(validation_notices).values(
                 loan_id=request.loan_id, person=person, command_id=request.command_id,
@@ -445,7 +429,7 @@ class DispatchRepository:
                 set_={"command_id": request.command_id, "channel": request.channel,
                       "status": "in_flight", "updated_at": now},
                 where=validation_notices.c.status != "sent"))
-        return attempt
+        return dispatch.attempts + 1
 
     async def mark_sending_many(self, marks: Sequence[tuple[Dispatch, str | None]], *,
                                 now: datetime, lease_until: datetime) -> None:

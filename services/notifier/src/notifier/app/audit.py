@@ -36,6 +36,11 @@ async def record_decision(tx: Tx, repo: DispatchRepository, dispatch: Dispatch, 
         status=STATUS_OF[outcome], error=error)
     event_id = (derived_id(cause_id, f"outcome/{dispatch.command_id}") if cause_id
                 else derived_id(dispatch.command_id, f"decision/{seq}"))
+    _announce(tx, dispatch, outcome, reason, rule, event_id)
+
+
+def _announce(tx: Tx, dispatch: Dispatch, outcome: str, reason: str, rule: str,
+              event_id: str) -> None:
     request = dispatch.request
     tx.publish(c.ContactOutcome(
         command_id=request.command_id, intent_id=request.intent_id, loan_id=request.loan_id,
@@ -55,12 +60,8 @@ async def record_sent_many(tx: Tx, repo: DispatchRepository,
                for d, reason, rule, status, ref in sent]
     seqs = await repo.record_sent_many(records)
     for (record, _, _), seq in zip(records, seqs, strict=True):
-        request = record.dispatch.request
-        tx.publish(c.ContactOutcome(
-            command_id=request.command_id, intent_id=request.intent_id,
-            loan_id=request.loan_id, channel=request.channel, outcome="sent",
-            reason=record.reason, rule=record.rule, occurred_at=tx.now,
-        ), event_id=derived_id(request.command_id, f"decision/{seq}"), subject=request.loan_id)
+        _announce(tx, record.dispatch, "sent", record.reason, record.rule,
+                  derived_id(record.dispatch.command_id, f"decision/{seq}"))
 
 
 async def announce_delivery(tx: Tx, dispatch: Dispatch, status: DeliveryStatus) -> None:

@@ -48,7 +48,6 @@ from notifier.domain.model import (
     Attempt,
     ChannelName,
     ContactDetails,
-    DeliveryStatus,
     Dispatch,
     DispatchStatus,
     person_key,
@@ -339,9 +338,8 @@ class Dispatcher:
             repo = DispatchRepository(conn)
             owned = await repo.lock_sending_many(
                 [(one.planned.dispatch.command_id, one.planned.attempt) for one in sent])
-            # The common case, a plain send handed over, is recorded for all rows at once;
-            # failures and validation notices one by one.
-            plain: list[tuple[Dispatch, str, str, DeliveryStatus, str | None]] = []
+            # Sends handed over are recorded for all rows at once; failures one by one.
+            handed: list[tuple[_Sent, Dispatch, Delivery]] = []
             for one in sent:
                 planned = one.planned
                 current = owned.get(planned.dispatch.command_id)
@@ -351,52 +349,43 @@ class Dispatcher:
                                        "loan_id": planned.dispatch.request.loan_id,
                                        "attempt": planned.attempt})
                     continue
-                if one.error is None and not planned.decision.validation_notice:
-                    delivery = one.delivery or Delivery()
-                    plain.append((current, planned.decision.reason, planned.decision.rule,
-                                  delivery.status, delivery.provider_ref))
+                if one.error is None:
+                    handed.append((one, current, one.delivery or Delivery()))
                     continue
-                outcome, wakes = await self._finish(tx, repo, one, current)
-                woken = woken or wakes
+                outcome = await self._failed(tx, repo, one, one.error, current)
                 if outcome is not None:
                     outcomes.append(outcome)
-            await record_sent_many(tx, repo, plain, policy_version=self._policy.version)
-            for current, reason, _, status, _ in plain:
-                await announce_delivery(tx, current, status)
-                outcomes.append(("sent", reason))
+            await record_sent_many(tx, repo, [
+                (current, one.planned.decision.reason, one.planned.decision.rule,
+                 delivery.status, delivery.provider_ref) for one, current, delivery in handed],
+                policy_version=self._policy.version)
+            for one, current, delivery in handed:
+                planned = one.planned
+                await announce_delivery(tx, current, delivery.status)
+                if planned.decision.validation_notice:
+                    woken = bool(await repo.validation_notice_sent(
+                        current, now=now, dispute_by=planned.dispute_by,
+                        wake_rule=planned.decision.rule)) or woken
+                outcomes.append(("sent", planned.decision.reason))
                 log.info("contact sent", extra={
                     "command_id": current.command_id, "loan_id": current.request.loan_id,
-                    "channel": current.request.channel, "delivery": status})
+                    "channel": current.request.channel, "attempt": planned.attempt,
+                    "delivery": delivery.status})
             await flush(tx, self._outbox, self._schema)
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
         if woken:
             self.wake()
 
-    async def _finish(self, tx: Tx, repo: DispatchRepository, sent: _Sent, current: Dispatch
-                      ) -> tuple[tuple[str, str] | None, bool]:
-        """One send's result, its row locked and still owned by this attempt, in the pass's
-        transaction: (decision counted, wakes others)."""
+    async def _failed(self, tx: Tx, repo: DispatchRepository, sent: _Sent, error: SendError,
+                      current: Dispatch) -> tuple[str, str] | None:
+        """A send the channel did not take, its row locked and still owned by this attempt,
+        in the pass's transaction: failed for good (the decision counted), or retried later."""
         config, policy, now = self._config, self._policy, tx.now
-        planned, error = sent.planned, sent.error
+        planned = sent.planned
         ids = {"command_id": planned.dispatch.command_id,
                "loan_id": planned.dispatch.request.loan_id,
                "channel": planned.message.channel, "attempt": planned.attempt}
-        if error is None:
-            delivery = sent.delivery or Delivery()
-            await repo.settle_attempt(current.command_id, result=delivery.status, now=now,
-                                      provider_ref=delivery.provider_ref)
-            await record_decision(tx, repo, current, outcome="sent",
-                                  reason=planned.decision.reason, rule=planned.decision.rule,
-                                  policy_version=policy.version)
-            await announce_delivery(tx, current, delivery.status)
-            woken = 0
-            if planned.decision.validation_notice:
-                woken = await repo.validation_notice_sent(
-                    current, now=now, dispute_by=planned.dispute_by,
-                    wake_rule=planned.decision.rule)
-            log.info("contact sent", extra={**ids, "delivery": delivery.status})
-            return ("sent", planned.decision.reason), bool(woken)
         # A refusal reached nobody; anything else may have, and keeps counting.
         await repo.settle_attempt(current.command_id,
                                   result="failed" if error.permanent else "unknown", now=now)
@@ -407,9 +396,9 @@ class Dispatcher:
                                   rule=f"channel.{planned.message.channel}",
                                   policy_version=policy.version, error=error.code)
             log.warning("contact failed", extra={**ids, "error": error.code})
-            return ("failed", error.code), False
+            return "failed", error.code
         delay = config.retry_backoff * 2 ** (planned.attempt - 1)
         await repo.retry_later(current, now=now, due_at=now + delay, error=error.code)
         log.warning("send failed; retrying later",
                     extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()})
-        return None, False
+        return None
