@@ -63,6 +63,8 @@ class Sizes:
     scale_events: int = env_int("BENCH_SCALE_EVENTS", 100_000)
     pipeline_loans: int = env_int("BENCH_PIPELINE_LOANS", 100_000)
     suppression_samples: int = env_int("BENCH_SUPPRESSION_SAMPLES", 200)
+    # Workflow replicas applying the ingest (one consumer group): one per core, as deployed.
+    ingest_replicas: int = env_int("BENCH_INGEST_REPLICAS", os.cpu_count() or 1)
 
 
 def zone_at_midday() -> str:
@@ -190,16 +192,20 @@ def rss_mb(member: ServiceProcess) -> float:
     return 0.0
 
 
-async def ingest(admin_url: str, bootstrap: str, existing: int, events: int) -> dict[str, Any]:
-    """Overdue updates for ``events`` of ``existing`` cases, applied by a workflow process."""
+async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
+                 replicas: int = 1) -> dict[str, Any]:
+    """Overdue updates for ``events`` of ``existing`` cases, applied by ``replicas`` workflow
+    processes in one consumer group."""
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_in_{run}", f"benchin{run}."
     url = await create_database(admin_url, name)
     dsn = asyncpg_dsn(url)
     await create_topics(bootstrap, prefix, partitions=6)
     fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18500)
+                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18500,
+                  replicas={"workflow": replicas})
     workflow = fleet["workflow"]
+    members = [fleet[key] for key in fleet.replicas_of("workflow")]
     try:
         await asyncio.to_thread(workflow.migrate)
         await populate_cases(dsn, existing)
@@ -217,8 +223,10 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int) -> 
         finally:
             await p.stop()
         started = time.perf_counter()
-        workflow.start()
-        await asyncio.to_thread(workflow.wait_ready)
+        for member in members:
+            member.start()
+        for member in members:
+            await asyncio.to_thread(member.wait_ready)
         target = min(events, existing)
         while await applied(dsn, as_of) < target:
             await asyncio.sleep(0.5)
@@ -226,10 +234,10 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int) -> 
         while events > existing and await _lag(bootstrap, prefix + "workflow") > 0:
             await asyncio.sleep(0.5)
         elapsed = time.perf_counter() - started
-        return {"existing_cases": existing, "events": events,
+        return {"existing_cases": existing, "events": events, "replicas": replicas,
                 "events_per_s": round(events / elapsed, 1),
                 "us_per_event": round(elapsed / events * 1e6, 1),
-                "workflow_rss_mb": rss_mb(workflow)}
+                "workflow_rss_mb": max(rss_mb(m) for m in members)}
     finally:
         await asyncio.to_thread(fleet.stop)
         await delete_topics(bootstrap, prefix)
@@ -404,7 +412,8 @@ async def run(sizes: Sizes) -> dict[str, Any]:
     for existing in sizes.scale:
         events = sizes.ingest_events if existing == max(sizes.scale) else sizes.scale_events
         print(f"ingest: {events} events over {existing} existing cases ...", flush=True)
-        scale.append(await ingest(admin_url, bootstrap, existing, events))
+        scale.append(await ingest(admin_url, bootstrap, existing, events,
+                                  sizes.ingest_replicas))
     headline = scale[-1]
     print(f"pipeline: {sizes.pipeline_loans} loans ...", flush=True)
     flow, suppression, rss = await pipeline(admin_url, bootstrap, sizes.pipeline_loans,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Identity,
     LargeBinary,
@@ -12,9 +16,11 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    any_,
+    bindparam,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -30,6 +36,17 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
         # Statement parameters can hold personal data; errors must not echo them into logs.
         hide_parameters=True,
     )
+
+
+def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column = ANY($n)`` with the values as one array parameter.
+
+    ``column.in_(values)`` renders one placeholder per value at every execution, so a
+    batch's statement is re-rendered (and re-prepared by PostgreSQL) for each list length;
+    an array parameter keeps one cached statement whatever the batch holds. (Constant
+    sets stay ``in_``: a partial index's predicate can only be proven from literal values.)
+    """
+    return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
 
 
 def asyncpg_dsn(url: str) -> str:

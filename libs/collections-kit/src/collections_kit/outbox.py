@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
-from collections_kit.db import asyncpg_dsn
+from collections_kit.db import any_of, asyncpg_dsn
 from collections_kit.envelope import Envelope, encode
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class OutboxRelay:
             await asyncio.gather(*futures)
             # Exactly the rows read: a transaction that commits a lower id later must not lose it.
             await conn.execute(
-                delete(self._outbox).where(self._outbox.c.id.in_([row.id for row in rows]))
+                delete(self._outbox).where(any_of(self._outbox.c.id, [row.id for row in rows]))
             )
             metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
             return len(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -45,6 +46,8 @@ class Worker(Protocol):
 
 # A loop that has not beaten for this long is stuck: liveness fails and the pod restarts.
 STALL_AFTER_S = 60.0
+# gc thresholds for a service process (gen0 allocations, gen1 and gen2 collection ratios).
+GC_THRESHOLDS = (20_000, 50, 100)
 
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
@@ -234,6 +237,14 @@ def serve(build_app: Callable[[], FastAPI], settings: ServiceSettings) -> int:
             server.should_exit = True
 
         runtime.on_fatal = fatal
+        # Everything built so far (app, policies, SQLAlchemy's metadata and caches) lives as
+        # long as the process: moved out of the collector's view, and the youngest generation
+        # collected less often. A batch allocates tens of thousands of short-lived objects;
+        # with the default thresholds the collections that walk the long-lived heap cost
+        # a consumer about a sixth of its throughput (measured with bench/run.py ingest).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         await server.serve()
         failed = runtime.failed
 

@@ -12,6 +12,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from collections_kit.db import any_of
 from ledger_sync.adapters.tables import (
     balance_answers,
     buffered_postings,
@@ -226,7 +227,7 @@ class LedgerRepository:
         if not check_ids:
             return []
         rows = await self._conn.execute(
-            delete(pending_checks).where(pending_checks.c.check_id.in_(list(check_ids)))
+            delete(pending_checks).where(any_of(pending_checks.c.check_id, list(check_ids)))
             .returning(pending_checks.c.check_id, pending_checks.c.seq,
                        pending_checks.c.loan_id, pending_checks.c.payload))
         return sorted((PendingCheck(r.check_id, r.seq, r.loan_id, r.payload) for r in rows),

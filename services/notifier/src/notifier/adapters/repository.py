@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from collections_kit.db import any_of
 from collections_kit.pii import KeyRing, PiiError
 from notifier.adapters.tables import (
     case_closures,
@@ -343,7 +344,7 @@ class DispatchRepository:
             raise RuntimeError("DispatchRepository needs the PII key ring to read contacts")
         details: dict[str, ContactDetails] = {}
         for row in await self._conn.execute(
-                select(contact_details).where(contact_details.c.borrower_id.in_(borrower_ids))):
+                select(contact_details).where(any_of(contact_details.c.borrower_id, borrower_ids))):
             try:
                 details[row.borrower_id] = _details(row, self._ring)
             except PiiError as exc:
@@ -364,38 +365,39 @@ class DispatchRepository:
 
         ctx = BatchContext(details=details)
         for row in await self._conn.execute(
-                select(loan_cancellations).where(loan_cancellations.c.loan_id.in_(loan_ids))):
+                select(loan_cancellations).where(any_of(loan_cancellations.c.loan_id, loan_ids))):
             ctx.cancellations[row.loan_id].append(Cancellation(row.reason, row.cancelled_at))
         for row in await self._conn.execute(
                 select(command_cancellations)
-                .where(command_cancellations.c.command_id.in_(command_ids))):
+                .where(any_of(command_cancellations.c.command_id, command_ids))):
             ctx.cancellations[row.loan_id].append(Cancellation(row.reason, row.cancelled_at,
                                                                row.command_id))
         for row in await self._conn.execute(
                 select(repayments).where(
-                    repayments.c.loan_id.in_(loan_ids),
+                    any_of(repayments.c.loan_id, loan_ids),
                     or_(repayments.c.received_at > repayments_since,
                         repayments.c.received_at.is_(None)))):
             ctx.repayments[row.loan_id].append(Repayment(row.repayment_id, row.received_at,
                                                          row.reversed_at is not None))
         for row in await self._conn.execute(
-                select(case_holds).where(case_holds.c.loan_id.in_(loan_ids))):
+                select(case_holds).where(any_of(case_holds.c.loan_id, loan_ids))):
             ctx.holds[row.loan_id].append(_hold(row))
         for row in await self._conn.execute(
-                select(case_closures).where(case_closures.c.loan_id.in_(loan_ids))):
+                select(case_closures).where(any_of(case_closures.c.loan_id, loan_ids))):
             ctx.closures[row.loan_id].append(Closure(row.outcome, row.closed_at))
         for row in await self._conn.execute(
-                select(channel_opt_outs).where(channel_opt_outs.c.borrower_id.in_(borrower_ids))):
+                select(channel_opt_outs)
+                .where(any_of(channel_opt_outs.c.borrower_id, borrower_ids))):
             ctx.opt_outs[person_key(row.borrower_id, row.party)].add(row.channel)
         for row in await self._conn.execute(
-                select(do_not_contact).where(do_not_contact.c.borrower_id.in_(borrower_ids))):
+                select(do_not_contact).where(any_of(do_not_contact.c.borrower_id, borrower_ids))):
             ctx.do_not_contact.add(person_key(row.borrower_id, row.party))
         for row in await self._conn.execute(
-                select(validation_notices).where(validation_notices.c.loan_id.in_(loan_ids))):
+                select(validation_notices).where(any_of(validation_notices.c.loan_id, loan_ids))):
             ctx.validation[(row.loan_id, row.person)] = (row.status, row.command_id)
-        conditions = [contact_attempts.c.person.in_(sorted(people))]
+        conditions = [any_of(contact_attempts.c.person, sorted(people))]
         if numbers:
-            conditions.append(contact_attempts.c.number_key.in_(sorted(numbers)))
+            conditions.append(any_of(contact_attempts.c.number_key, sorted(numbers)))
         for row in await self._conn.execute(
                 select(contact_attempts).where(
                     or_(*conditions), contact_attempts.c.attempted_at > attempts_since)):
@@ -501,7 +503,7 @@ class DispatchRepository:
         Locked in command-id order, one statement for a whole pass."""
         attempt_of = dict(owners)
         rows = await self._conn.execute(
-            select(dispatches).where(dispatches.c.command_id.in_(sorted(attempt_of)),
+            select(dispatches).where(any_of(dispatches.c.command_id, sorted(attempt_of)),
                                      dispatches.c.status == DispatchStatus.SENDING.value)
             .order_by(dispatches.c.command_id).with_for_update())
         found = (_dispatch(row) for row in rows)

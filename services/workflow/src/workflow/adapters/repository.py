@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
+from collections_kit.db import any_of
 from workflow.adapters.tables import case_inputs, cases, contact_intents, timeline, timers
 from workflow.domain.decide import timer_is_current
 from workflow.domain.model import (
@@ -203,7 +204,7 @@ class CaseRepository:
         batches and timers serialise per loan without deadlocking.
         """
         rows = (await self._conn.execute(
-            select(cases).where(cases.c.loan_id.in_(sorted(set(loan_ids))))
+            select(cases).where(any_of(cases.c.loan_id, sorted(set(loan_ids))))
             .order_by(cases.c.loan_id).with_for_update())).all()
         state = BatchState({r.loan_id: case_from_row(r) for r in rows})
         case_ids = [c.case_id for c in state.cases.values()]
@@ -211,15 +212,15 @@ class CaseRepository:
             return state
         wanted: list[ColumnElement[bool]] = [contact_intents.c.status.in_(_PENDING)]
         if check_ids:
-            wanted.append(contact_intents.c.check_id.in_(check_ids))
+            wanted.append(any_of(contact_intents.c.check_id, check_ids))
         if intent_ids:
-            wanted.append(contact_intents.c.intent_id.in_(intent_ids))
+            wanted.append(any_of(contact_intents.c.intent_id, intent_ids))
         for r in await self._conn.execute(select(contact_intents).where(
-                contact_intents.c.case_id.in_(case_ids), or_(*wanted))):
+                any_of(contact_intents.c.case_id, case_ids), or_(*wanted))):
             state.intents.setdefault(r.case_id, {})[r.intent_id] = intent_from_row(r)
         for r in await self._conn.execute(select(
                 timers.c.timer_id, timers.c.case_id, timers.c.kind, timers.c.token,
-                timers.c.due_at).where(timers.c.case_id.in_(case_ids),
+                timers.c.due_at).where(any_of(timers.c.case_id, case_ids),
                                        timers.c.fired_at.is_(None))):
             state.timers.setdefault(r.case_id, {})[r.timer_id] = (
                 TimerKind(r.kind), r.token, r.due_at)
@@ -262,7 +263,7 @@ class CaseRepository:
         stale_existing = [t for t in superseded
                           if t not in {row["timer_id"] for row in state.new_timers}]
         if stale_existing:
-            await self._conn.execute(update(timers).where(timers.c.timer_id.in_(stale_existing))
+            await self._conn.execute(update(timers).where(any_of(timers.c.timer_id, stale_existing))
                                      .values(fired_at=at, outcome="superseded"))
         if state.journal_rows:
             await self._conn.execute(case_inputs.insert(), state.journal_rows)
@@ -309,7 +310,7 @@ class CaseRepository:
         if not case_ids:
             return {}
         rows = await self._conn.execute(select(cases.c.case_id, cases.c.next_action_at)
-                                        .where(cases.c.case_id.in_(case_ids)))
+                                        .where(any_of(cases.c.case_id, case_ids)))
         return {r.case_id: r.next_action_at for r in rows}
 
     async def summary(self) -> dict[str, Any]:
