@@ -235,6 +235,35 @@ async def test_a_repayment_after_the_confirmation_cancels_unless_reversed(
     assert await notifier.status("C2") == "sent"
 
 
+async def test_a_repayment_stops_waiting_commands_at_once_by_the_recheck_rule(
+        notifier: Notifier) -> None:
+    """Cancelled when the repayment arrives, before any dispatch pass; a reversed one or one
+    the confirmation had long seen stops nothing."""
+    await put_details(notifier)
+    await notifier.deliver(command("C1", "L1"), "e1")
+    await notifier.deliver(command("C2", "L2"), "e2")
+    await notifier.deliver(command("C3", "L3"), "e3")
+    await notifier.deliver(c.RepaymentReceived(
+        repayment_id="R1", loan_id="L1", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("990"), received_at=NOW), "pay-L1")
+    await notifier.deliver(c.RepaymentReversed(
+        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("1000"), reversed_at=NOW), "rev-L2")
+    await notifier.deliver(c.RepaymentReceived(
+        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("990"), received_at=NOW), "pay-L2")
+    await notifier.deliver(c.RepaymentReceived(
+        repayment_id="R3", loan_id="L3", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("990"), received_at=NOW - timedelta(days=1)),
+        "pay-L3")
+    assert [await notifier.status(x) for x in ("C1", "C2", "C3")] == [
+        "cancelled", "pending", "pending"]
+    assert [(o.command_id, o.outcome, o.reason) for o in await notifier.outcomes()] == [
+        ("C1", "cancelled", "repaid_after_confirmation")]
+    await notifier.dispatcher.dispatch_once()
+    assert [await notifier.status(x) for x in ("C2", "C3")] == ["sent", "sent"]
+
+
 async def test_two_dispatchers_never_take_the_same_row(
         notifier: Notifier, mailbox: tuple[Mailbox, int], database_url: str) -> None:
     await put_details(notifier)

@@ -258,16 +258,20 @@ class DispatchRepository:
         return [_dispatch(r) for r in rows]
 
     async def record_repayment(self, *, repayment_id: str, loan_id: str, currency: str,
-                               amount: object, received_at: datetime, now: datetime) -> None:
+                               amount: object, received_at: datetime, now: datetime
+                               ) -> Repayment:
+        """Store a receipt; returns the repayment as now known (a reversal may precede it)."""
         stmt = pg_insert(repayments).values(
             repayment_id=repayment_id, loan_id=loan_id, currency=currency, amount=amount,
             received_at=received_at, reversed_at=None, updated_at=now)
         # A reversal seen first left a row without received_at: complete it, keep reversed_at.
-        await self._conn.execute(stmt.on_conflict_do_update(
+        row = (await self._conn.execute(stmt.on_conflict_do_update(
             index_elements=[repayments.c.repayment_id],
             set_={"received_at": func.coalesce(repayments.c.received_at,
                                                stmt.excluded.received_at),
-                  "updated_at": stmt.excluded.updated_at}))
+                  "updated_at": stmt.excluded.updated_at})
+            .returning(repayments.c.received_at, repayments.c.reversed_at))).one()
+        return Repayment(repayment_id, row.received_at, row.reversed_at is not None)
 
     async def reverse_repayment(self, *, repayment_id: str, loan_id: str, currency: str,
                                 amount: object, reversed_at: datetime, now: datetime) -> None:

@@ -16,7 +16,14 @@ from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import record_decision
-from notifier.domain.decide import RULE_CANCELLATION, RULE_CLOSED, RULE_HOLD
+from notifier.domain.decide import (
+    REPAID_AFTER_CONFIRMATION,
+    RULE_CANCELLATION,
+    RULE_CLOSED,
+    RULE_HOLD,
+    RULE_RECHECK,
+    voids_confirmation,
+)
 from notifier.domain.model import Cancellation, Closure, ContactRequest
 from notifier.domain.policy import DispatchPolicy
 
@@ -105,11 +112,27 @@ class NotifierHandlers:
                             "reason": data.reason})
 
     async def repayment(self, tx: Tx, env: Envelope) -> None:
+        """A repayment stops the loan's waiting commands now.
+
+        Each was built on a ledger confirmation that may not have seen this money, and the
+        dispatcher would refuse it for that reason when its turn came (the recheck rule);
+        deciding it here, on the same rule, stops a deferred or queued command one hop after
+        the repayment instead of waiting for the dispatcher or the workflow's cancellation.
+        """
         data = env.data
         assert isinstance(data, c.RepaymentReceived)
-        await DispatchRepository(tx.conn).record_repayment(
+        repo = DispatchRepository(tx.conn)
+        repayment = await repo.record_repayment(
             repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
             amount=data.amount, received_at=data.received_at, now=tx.now)
+        for dispatch in await repo.cancellable(data.loan_id):
+            if not voids_confirmation(repayment, dispatch.request, self._policy):
+                continue
+            await record_decision(tx, repo, dispatch, outcome="cancelled",
+                                  reason=REPAID_AFTER_CONFIRMATION, rule=RULE_RECHECK,
+                                  policy_version=self._policy.version, cause_id=env.id)
+            log.info("contact cancelled: repaid after confirmation",
+                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id})
 
     async def reversal(self, tx: Tx, env: Envelope) -> None:
         data = env.data

@@ -35,6 +35,7 @@ from notifier.domain.model import (
     ContactRequest,
     DispatchContext,
     Outcome,
+    Repayment,
     number_key,
 )
 from notifier.domain.policy import DispatchPolicy, JurisdictionPolicy
@@ -45,6 +46,7 @@ RULE_HOLD = "case_hold"
 RULE_CLOSED = "case_closed"
 RULE_CONFIRMATION = "ledger_confirmation_validity"
 RULE_RECHECK = "repayment_recheck"
+REPAID_AFTER_CONFIRMATION = "repaid_after_confirmation"
 RULE_GUARANTOR = "guarantor_party_stage"
 RULE_PARTY = "recipient_party"
 RULE_DO_NOT_CONTACT = "do_not_contact"
@@ -161,12 +163,16 @@ def _voided(request: ContactRequest, context: DispatchContext, now: datetime,
     # a little before confirmed_at may still have been unseen by ledger-sync. The lookback
     # covers that race. Any repayment, even partial, voids the confirmation, because the
     # amount in the message would be wrong; the workflow then asks for a fresh one.
-    horizon = request.confirmed_at - policy.recheck_lookback
-    for repayment in context.repayments:
-        if (not repayment.reversed and repayment.received_at is not None
-                and repayment.received_at > horizon):
-            return Cancel("repaid_after_confirmation", RULE_RECHECK)
+    if any(voids_confirmation(r, request, policy) for r in context.repayments):
+        return Cancel(REPAID_AFTER_CONFIRMATION, RULE_RECHECK)
     return None
+
+
+def voids_confirmation(repayment: Repayment, request: ContactRequest,
+                       policy: DispatchPolicy) -> bool:
+    """Whether ``repayment`` may be one the command's ledger confirmation did not see."""
+    return (not repayment.reversed and repayment.received_at is not None
+            and repayment.received_at > request.confirmed_at - policy.recheck_lookback)
 
 
 def _not_allowed(request: ContactRequest, context: DispatchContext,
