@@ -7,7 +7,6 @@ consumed in order.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,12 +96,15 @@ def decode(
     if value is None:
         raise MalformedMessageError("undecodable", "record has no value")
     try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessageError("undecodable", f"payload is not JSON: {exc}") from exc
-    try:
-        data = spec.model.model_validate(payload)
+        # Parsed and validated in one pass by pydantic-core (json.loads then model_validate
+        # was a tenth of a consumer's CPU).
+        data = spec.model.model_validate_json(value)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise MalformedMessageError(
+                "undecodable", f"payload is not JSON: {first['ctx'].get('error', '')}"
+                if "ctx" in first else "payload is not JSON") from exc
         raise MalformedMessageError("invalid", _summarise(exc)) from exc
     subject = headers.get("ce_subject") or (key.decode(errors="replace") if key else "")
     try:

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -75,6 +76,12 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _database_unreachable(exc: Exception) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def install(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
@@ -98,6 +105,13 @@ def install(app: FastAPI) -> None:
                     errors=errors), request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _database_unreachable(exc):
+            # Transient by nature (a restart, a failover, a connection that died with the
+            # server, which also resets the pool): the caller should retry.
+            return problem_response(
+                Problem(title="Service unavailable", status=503,
+                        detail="The database is unreachable; retry shortly."),
+                request, headers={"Retry-After": "1"})
         return problem_response(Problem(title="Internal error", status=500), request)
 
     app.add_exception_handler(ProblemError, on_problem)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from pydantic import SecretStr, ValidationError
+from sqlalchemy.exc import OperationalError
 
 from collections_kit import problems
 from collections_kit.kafka import client_kwargs
@@ -176,3 +177,27 @@ async def test_bodies_over_the_limit_are_refused_with_413(limited: httpx.AsyncCl
     streamed = await limited.post("/echo", content=chunks())
     assert streamed.status_code == 413
     assert streamed.headers["content-type"].startswith("application/problem+json")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+async def test_an_unreachable_database_is_a_503_to_retry_and_anything_else_a_bare_500() -> None:
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/db")
+    async def db() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("secret detail"))
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise RuntimeError("secret detail")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        down, broken = await http.get("/db"), await http.get("/bug")
+    assert (down.status_code, down.headers["retry-after"]) == (503, "1")
+    assert down.headers["content-type"] == problems.PROBLEM_JSON
+    assert broken.status_code == 500
+    assert "secret" not in down.text + broken.text
