@@ -113,6 +113,11 @@ class ConsumerLoop:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer()
         await consumer.start()
+        # The offsets of a handled batch travel to the broker while the next one is
+        # fetched and handled (a broker round trip per batch off the critical path). One
+        # commit is in flight at a time, so they land in order; a crash before it lands
+        # means redelivery, which the inbox makes harmless.
+        committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
@@ -130,19 +135,28 @@ class ConsumerLoop:
                 assigned = consumer.assignment()
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()
                            if tp in assigned}
-                try:
-                    if offsets:
-                        await consumer.commit(offsets)
-                except (CommitFailedError, IllegalStateError):
-                    # Partitions moved to another replica mid-batch: it will redeliver them,
-                    # and the inbox makes that harmless.
-                    log.warning("offset commit failed after a rebalance; batch will be redelivered")
+                if committing is not None:
+                    await committing
+                committing = (asyncio.create_task(self._commit(consumer, offsets))
+                              if offsets else None)
                 metrics.BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
                 self._observe_lag(consumer, offsets)
                 if self._on_committed is not None:
                     self._on_committed()
         finally:
+            if committing is not None:
+                with contextlib.suppress(Exception):
+                    await committing
             await consumer.stop()
+
+    @staticmethod
+    async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError):
+            # Partitions moved to another replica mid-batch: it will redeliver them, and
+            # the inbox makes that harmless.
+            log.warning("offset commit failed after a rebalance; batch will be redelivered")
 
     def _observe_lag(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         for tp, position in offsets.items():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -21,9 +22,11 @@ from sqlalchemy import (
     bindparam,
     func,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import JSON
 
 
 def _json_text(value: Any) -> str:
@@ -61,6 +64,38 @@ def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[b
     sets stay ``in_``: a partial index's predicate can only be proven from literal values.)
     """
     return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+
+
+async def insert_columns(conn: AsyncConnection, table: Table,
+                         rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "") -> None:
+    """Insert ``rows`` (all with the same keys) as one statement over column arrays.
+
+    ``INSERT ... SELECT * FROM unnest($1::type[], $2::type[], ...)``: each column is one
+    parameter, encoded by asyncpg in C. SQLAlchemy's multi-row ``execute(stmt, rows)``
+    builds and processes a parameter set per row, which was a fifth of a consumer's CPU.
+    ``on_conflict`` is SQL from :func:`on_conflict_update` (or ``ON CONFLICT DO NOTHING``).
+    """
+    if not rows:
+        return
+    names = tuple(rows[0])
+    json_columns = {n for n in names if isinstance(table.c[n].type, JSON)}
+    arrays = [[_json_text(row[n]) for row in rows] if n in json_columns
+              else [row[n] for row in rows] for n in names]
+    await conn.exec_driver_sql(_insert_columns_sql(table, names, on_conflict), tuple(arrays))
+
+
+def on_conflict_update(key: str, columns: Iterable[str]) -> str:
+    return f"ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
+        f"{c} = EXCLUDED.{c}" for c in columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_columns_sql(table: Table, names: tuple[str, ...], on_conflict: str) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = [f"${i}::{table.c[n].type.compile(dialect=dialect)}[]"
+             for i, n in enumerate(names, start=1)]
+    return (f"INSERT INTO {table.name} ({', '.join(names)}) "
+            f"SELECT * FROM unnest({', '.join(casts)}) {on_conflict}")
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -9,11 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
-from collections_kit.db import any_of
+from collections_kit.db import any_of, insert_columns, on_conflict_update
 from workflow.adapters.tables import case_inputs, cases, contact_intents, timeline, timers
 from workflow.domain.decide import timer_is_current
 from workflow.domain.model import (
@@ -177,6 +176,9 @@ def intent_from_row(row: Any) -> ContactIntent:
     )
 
 
+_INTENT_UPSERT = on_conflict_update("intent_id", (
+    "status", "reason", "command_id", "confirmation_id", "check_id", "attempts"))
+
 _PENDING = (IntentStatus.AWAITING_CONFIRMATION.value, IntentStatus.AWAITING_RECHECK.value)
 
 
@@ -241,34 +243,25 @@ class CaseRepository:
                     superseded.append(timer_id)
             case_rows.append(_case_values(case, min(live) if live else None))
         if case_rows:
-            stmt = pg_insert(cases)
-            await self._conn.execute(stmt.on_conflict_do_update(
-                index_elements=[cases.c.case_id],
-                set_={k: stmt.excluded[k] for k in case_rows[0]
-                      if k not in ("case_id", "opened_at")}), case_rows)
-        if state.changed_intents:
-            stmt = pg_insert(contact_intents)
-            await self._conn.execute(stmt.on_conflict_do_update(
-                index_elements=[contact_intents.c.intent_id],
-                set_={k: stmt.excluded[k] for k in ("status", "reason", "command_id",
-                                                     "confirmation_id", "check_id",
-                                                     "attempts")}),
-                [_intent_values(i) for i in state.changed_intents.values()])
-        if state.timeline_rows:
-            await self._conn.execute(timeline.insert(), state.timeline_rows)
-        if state.new_timers:
-            await self._conn.execute(
-                pg_insert(timers).on_conflict_do_nothing(),
-                [{**row, "fired_at": at if row["timer_id"] in superseded else None,
-                  "outcome": "superseded" if row["timer_id"] in superseded else None}
-                 for row in state.new_timers])
-        stale_existing = [t for t in superseded
-                          if t not in {row["timer_id"] for row in state.new_timers}]
+            # Every column written but the key and the opening time.
+            await insert_columns(self._conn, cases, case_rows, on_conflict=on_conflict_update(
+                "case_id", [k for k in case_rows[0] if k not in ("case_id", "opened_at")]))
+        await insert_columns(self._conn, contact_intents,
+                             [_intent_values(i) for i in state.changed_intents.values()],
+                             on_conflict=_INTENT_UPSERT)
+        await insert_columns(self._conn, timeline, state.timeline_rows)
+        gone = set(superseded)
+        await insert_columns(
+            self._conn, timers,
+            [{**row, "fired_at": at if row["timer_id"] in gone else None,
+              "outcome": "superseded" if row["timer_id"] in gone else None}
+             for row in state.new_timers], on_conflict="ON CONFLICT DO NOTHING")
+        new_ids = {row["timer_id"] for row in state.new_timers}
+        stale_existing = [t for t in superseded if t not in new_ids]
         if stale_existing:
             await self._conn.execute(update(timers).where(any_of(timers.c.timer_id, stale_existing))
                                      .values(fired_at=at, outcome="superseded"))
-        if state.journal_rows:
-            await self._conn.execute(case_inputs.insert(), state.journal_rows)
+        await insert_columns(self._conn, case_inputs, state.journal_rows)
 
     async def mark_fired(self, timer_id: str, at: datetime) -> None:
         await self._conn.execute(update(timers).where(timers.c.timer_id == timer_id)
