@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
-from collections_kit.db import any_of, asyncpg_dsn, insert_columns
+from collections_kit.db import any_of, asyncpg_dsn, insert_rows
 from collections_kit.envelope import Envelope, encode
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def flush(tx: Tx, outbox: Table, schema: str) -> int:
     """Write staged messages in one statement and wake the relays (delivered on commit)."""
     if not tx.staged:
         return 0
-    await insert_columns(tx.conn, outbox, tx.staged)
+    await insert_rows(tx.conn, outbox, tx.staged)
     await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(schema)})
     count = len(tx.staged)
     tx.staged.clear()

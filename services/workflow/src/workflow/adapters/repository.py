@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
-from collections_kit.db import any_of, insert_columns, on_conflict_update
+from collections_kit.db import any_of, insert_rows, on_conflict_update
 from workflow.adapters.tables import case_inputs, cases, contact_intents, timeline, timers
 from workflow.domain.decide import timer_is_current
 from workflow.domain.model import (
@@ -244,14 +244,14 @@ class CaseRepository:
             case_rows.append(_case_values(case, min(live) if live else None))
         if case_rows:
             # Every column written but the key and the opening time.
-            await insert_columns(self._conn, cases, case_rows, on_conflict=on_conflict_update(
+            await insert_rows(self._conn, cases, case_rows, on_conflict=on_conflict_update(
                 "case_id", [k for k in case_rows[0] if k not in ("case_id", "opened_at")]))
-        await insert_columns(self._conn, contact_intents,
+        await insert_rows(self._conn, contact_intents,
                              [_intent_values(i) for i in state.changed_intents.values()],
                              on_conflict=_INTENT_UPSERT)
-        await insert_columns(self._conn, timeline, state.timeline_rows)
+        await insert_rows(self._conn, timeline, state.timeline_rows)
         gone = set(superseded)
-        await insert_columns(
+        await insert_rows(
             self._conn, timers,
             [{**row, "fired_at": at if row["timer_id"] in gone else None,
               "outcome": "superseded" if row["timer_id"] in gone else None}
@@ -261,7 +261,7 @@ class CaseRepository:
         if stale_existing:
             await self._conn.execute(update(timers).where(any_of(timers.c.timer_id, stale_existing))
                                      .values(fired_at=at, outcome="superseded"))
-        await insert_columns(self._conn, case_inputs, state.journal_rows)
+        await insert_rows(self._conn, case_inputs, state.journal_rows)
 
     async def mark_fired(self, timer_id: str, at: datetime) -> None:
         await self._conn.execute(update(timers).where(timers.c.timer_id == timer_id)

@@ -1,0 +1,72 @@
+"""``insert_rows``: a batch sent as one JSON document arrives exactly as Python had it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from collections_kit.db import insert_rows, make_engine, on_conflict_update
+
+metadata = MetaData()
+things = Table(
+    "things", metadata,
+    Column("id", Text, primary_key=True),
+    Column("amount", Numeric(20, 6)),
+    Column("at", DateTime(timezone=True)),
+    Column("count", Integer),
+    Column("big", BigInteger),
+    Column("raw", LargeBinary),
+    Column("detail", JSONB),
+    Column("note", Text),
+)
+
+ROWS: list[dict[str, Any]] = [
+    {"id": "a", "amount": Decimal("1234.567891"), "big": 2**62, "count": -3,
+     "at": datetime(2026, 12, 1, 1, 2, 3, 456789, tzinfo=UTC),
+     "raw": b"\x00\xffkey\\x", "detail": {"hold": None, "list": [1, "二"], "n": 1.5},
+     "note": 'quote " backslash \\ tab \t 中文 emoji \U0001f600'},
+    {"id": "b", "amount": None, "big": None, "count": None,
+     "at": datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=8))),
+     "raw": b"", "detail": [], "note": ""},
+    {"id": "c", "amount": Decimal("-0.000001"), "big": 0, "count": 0, "at": None,
+     "raw": None, "detail": None, "note": None},
+]
+
+
+async def test_every_kind_of_value_round_trips_and_conflicts_update(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await insert_rows(conn, things, ROWS)
+            got = {r.id: r._asdict() for r in await conn.execute(select(things))}
+        for row in ROWS:
+            assert got[row["id"]] == row
+        assert got["b"]["at"] == datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+
+        async with engine.begin() as conn:
+            again = [{**ROWS[0], "note": "second", "count": 7}]
+            await insert_rows(conn, things, again,
+                              on_conflict=on_conflict_update("id", ["note", "count"]))
+            await insert_rows(conn, things, [{**ROWS[1], "note": "ignored"}],
+                              on_conflict="ON CONFLICT DO NOTHING")
+            await insert_rows(conn, things, [])
+            notes = dict((await conn.execute(select(things.c.id, things.c.note))).all())
+        assert notes == {"a": "second", "b": "", "c": None}
+    finally:
+        await engine.dispose()
