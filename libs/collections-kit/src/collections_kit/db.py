@@ -67,7 +67,8 @@ def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[b
 
 
 async def insert_rows(conn: AsyncConnection, table: Table,
-                      rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "") -> None:
+                      rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "",
+                      returning: str = "") -> list[Any]:
     """Insert ``rows`` (all with the same keys) in one statement, sent as one JSON document.
 
     ``INSERT ... SELECT ... FROM json_to_recordset($1) AS r(column type, ...)``: orjson
@@ -75,19 +76,35 @@ async def insert_rows(conn: AsyncConnection, table: Table,
     function (numerics and times travel as exact text). SQLAlchemy's multi-row execute
     builds a parameter set per row, and asyncpg's array encoding costs about a microsecond
     per value: either was a fifth or more of a consumer's CPU, this is a twentieth.
-    ``on_conflict`` is SQL from :func:`on_conflict_update` (or ``ON CONFLICT DO NOTHING``).
+    ``on_conflict`` is SQL from :func:`on_conflict_update` (or ``ON CONFLICT DO NOTHING``);
+    ``returning`` names columns to return, one row per row written.
     """
     if not rows:
-        return
+        return []
     names = tuple(rows[0])
-    document = orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-    await conn.exec_driver_sql(_insert_rows_sql(table, names, on_conflict),
-                               (document.decode(),))
+    sql = _insert_rows_sql(table, names, on_conflict)
+    result = await conn.exec_driver_sql(sql + (f" RETURNING {returning}" if returning else ""),
+                                        (_document(rows),))
+    return list(result) if returning else []
+
+
+async def update_rows(conn: AsyncConnection, table: Table, key: str,
+                      rows: Sequence[Mapping[str, Any]]) -> None:
+    """Set, in each row whose ``key`` column matches, the other columns given: one
+    ``UPDATE ... FROM json_to_recordset(...)`` for all of them (see :func:`insert_rows`)."""
+    if not rows:
+        return
+    await conn.exec_driver_sql(_update_rows_sql(table, key, tuple(rows[0])),
+                               (_document(rows),))
+
+
+def _document(rows: Sequence[Mapping[str, Any]]) -> str:
+    return orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def on_conflict_update(key: str, columns: Iterable[str]) -> str:
-    return f"ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
-        f"{c} = EXCLUDED.{c}" for c in columns)
+    return f'ON CONFLICT ("{key}") DO UPDATE SET ' + ", ".join(
+        f'"{c}" = EXCLUDED."{c}"' for c in columns)
 
 
 def _json_default(value: Any) -> str:
@@ -98,13 +115,25 @@ def _json_default(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
+def _record_of(table: Table, names: tuple[str, ...]) -> str:
+    """``json_to_recordset($1) AS r(column type, ...)`` for these columns of ``table``."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    record = ", ".join(f'"{n}" {table.c[n].type.compile(dialect=dialect)}' for n in names)
+    return f"json_to_recordset($1::text::json) AS r({record})"
+
+
 @functools.lru_cache(maxsize=256)
 def _insert_rows_sql(table: Table, names: tuple[str, ...], on_conflict: str) -> str:
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    columns = ", ".join(names)
-    record = ", ".join(f"{n} {table.c[n].type.compile(dialect=dialect)}" for n in names)
-    return (f"INSERT INTO {table.name} ({columns}) SELECT {columns} "
-            f"FROM json_to_recordset($1::text::json) AS r({record}) {on_conflict}")
+    columns = ", ".join(f'"{n}"' for n in names)
+    return (f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} '
+            f"FROM {_record_of(table, names)} {on_conflict}")
+
+
+@functools.lru_cache(maxsize=256)
+def _update_rows_sql(table: Table, key: str, names: tuple[str, ...]) -> str:
+    assignments = ", ".join(f'"{n}" = r."{n}"' for n in names if n != key)
+    return (f'UPDATE "{table.name}" AS t SET {assignments} FROM {_record_of(table, names)} '
+            f'WHERE t."{key}" = r."{key}"')
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import delete, desc, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from collections_kit.db import insert_rows, on_conflict_update
 from ledger_sync.adapters.tables import (
     collections_views,
     open_cases,
@@ -19,6 +20,8 @@ from ledger_sync.adapters.tables import (
     reconciliation_runs,
 )
 from ledger_sync.domain.reconciliation import Finding, LastCorrection, OpenCase
+
+_VIEW_UPSERT = on_conflict_update("loan_id", ("currency", "outstanding", "source", "updated_at"))
 
 
 class CasesRepository:
@@ -62,13 +65,11 @@ class CasesRepository:
         """``(loan id, currency, outstanding)`` each, for distinct loans."""
         if not views:
             return
-        stmt = pg_insert(collections_views)
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[collections_views.c.loan_id],
-            set_={k: stmt.excluded[k] for k in ("currency", "outstanding", "source",
-                                                 "updated_at")}),
+        await insert_rows(
+            self._conn, collections_views,
             [{"loan_id": loan, "currency": currency, "outstanding": outstanding,
-              "source": source, "updated_at": at} for loan, currency, outstanding in views])
+              "source": source, "updated_at": at} for loan, currency, outstanding in views],
+            on_conflict=_VIEW_UPSERT)
 
     async def open_cases_page(self, after_loan_id: str, limit: int) -> list[OpenCase]:
         """Open cases in loan id order after ``after_loan_id`` (keyset paging)."""

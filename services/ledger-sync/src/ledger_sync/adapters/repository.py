@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from collections_kit.db import any_of
+from collections_kit.db import any_of, insert_rows
 from ledger_sync.adapters.tables import (
     balance_answers,
     buffered_postings,
@@ -191,10 +191,10 @@ class LedgerRepository:
                            at: Any) -> None:
         """``(check id, loan id, answer type, payload)`` each; a check answered already
         keeps its first answer."""
-        if answers:
-            await self._conn.execute(pg_insert(balance_answers).on_conflict_do_nothing(), [
-                {"check_id": check, "loan_id": loan, "answer_type": kind, "payload": payload,
-                 "answered_at": at} for check, loan, kind, payload in answers])
+        await insert_rows(self._conn, balance_answers, [
+            {"check_id": check, "loan_id": loan, "answer_type": kind, "payload": payload,
+             "answered_at": at} for check, loan, kind, payload in answers],
+            on_conflict="ON CONFLICT DO NOTHING")
 
     # --- balance checks waiting for the ledger's API -------------------------------------
 

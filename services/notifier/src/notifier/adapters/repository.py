@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, or_, select, text, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from collections_kit.db import any_of
+from collections_kit.db import any_of, insert_rows, on_conflict_update, update_rows
 from collections_kit.pii import KeyRing, PiiError
 from notifier.adapters.tables import (
     case_closures,
@@ -55,6 +55,9 @@ from notifier.domain.model import (
 log = logging.getLogger(__name__)
 
 _OPEN = [s.value for s in OPEN_STATUSES]
+# A command taken again (after a lease ran out or a retry) starts a fresh attempt.
+_ATTEMPT_RESTART = on_conflict_update(
+    "command_id", ("result", "attempted_at", "settles_by", "number_key", "updated_at"))
 # First key of the two-key advisory locks on people and numbers (a space of its own).
 _CONTACT_LOCK_NS = 0x4E54
 
@@ -199,15 +202,10 @@ class DispatchRepository:
     async def add_many(self, requests: Sequence[ContactRequest], *, now: datetime) -> set[str]:
         """Store new commands, due at once, in one statement; returns the ids that were new
         (a command known already, or twice in ``requests``, is stored once: the first)."""
-        added: set[str] = set()
-        # Chunks keep a statement under PostgreSQL's 32,767 bind parameters (25 a row).
-        for start in range(0, len(requests), 1000):
-            rows = [self._row(r, now) for r in requests[start:start + 1000]]
-            stmt = (pg_insert(dispatches).values(rows)
-                    .on_conflict_do_nothing(index_elements=[dispatches.c.command_id])
-                    .returning(dispatches.c.command_id))
-            added.update((await self._conn.execute(stmt)).scalars())
-        return added
+        rows = await insert_rows(self._conn, dispatches, [self._row(r, now) for r in requests],
+                                 on_conflict='ON CONFLICT ("command_id") DO NOTHING',
+                                 returning="command_id")
+        return {row[0] for row in rows}
 
     @staticmethod
     def _row(request: ContactRequest, now: datetime) -> dict[str, Any]:
@@ -443,21 +441,16 @@ class DispatchRepository:
         two statements for all of them; each row's attempt is ``dispatch.attempts + 1``."""
         if not marks:
             return
-        await self._conn.execute(
-            update(dispatches).where(dispatches.c.command_id == bindparam("b_command_id"))
-            .values(status=DispatchStatus.SENDING.value, due_at=lease_until,
-                    attempts=bindparam("b_attempts"), updated_at=now),
-            [{"b_command_id": d.command_id, "b_attempts": d.attempts + 1} for d, _ in marks])
-        stmt = pg_insert(contact_attempts)
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[contact_attempts.c.command_id],
-            set_={"result": "pending", "attempted_at": now, "settles_by": lease_until,
-                  "number_key": stmt.excluded.number_key, "updated_at": now}),
-            [{"command_id": d.command_id, "loan_id": d.request.loan_id,
-              "person": person_key(d.request.borrower_id, d.request.recipient),
-              "channel": d.request.channel, "number_key": number, "attempted_at": now,
-              "result": "pending", "settles_by": lease_until, "updated_at": now}
-             for d, number in marks])
+        await update_rows(self._conn, dispatches, "command_id", [
+            {"command_id": d.command_id, "status": DispatchStatus.SENDING.value,
+             "due_at": lease_until, "attempts": d.attempts + 1, "updated_at": now}
+            for d, _ in marks])
+        await insert_rows(self._conn, contact_attempts, [
+            {"command_id": d.command_id, "loan_id": d.request.loan_id,
+             "person": person_key(d.request.borrower_id, d.request.recipient),
+             "channel": d.request.channel, "number_key": number, "attempted_at": now,
+             "result": "pending", "settles_by": lease_until, "updated_at": now}
+            for d, number in marks], on_conflict=_ATTEMPT_RESTART)
 
     async def settle_attempt(self, command_id: str, *, result: AttemptResult, now: datetime,
                              provider_ref: str | None = None) -> None:
@@ -522,21 +515,15 @@ class DispatchRepository:
         if not sent:
             return []
         at = sent[0][0].at
-        await self._conn.execute(
-            update(contact_attempts)
-            .where(contact_attempts.c.command_id == bindparam("b_command_id"))
-            .values(result=bindparam("b_result"), settles_by=None,
-                    provider_ref=bindparam("b_provider_ref"), updated_at=at),
-            [{"b_command_id": r.dispatch.command_id, "b_result": result,
-              "b_provider_ref": ref} for r, result, ref in sent])
+        await update_rows(self._conn, contact_attempts, "command_id", [
+            {"command_id": r.dispatch.command_id, "result": result, "settles_by": None,
+             "provider_ref": ref, "updated_at": at} for r, result, ref in sent])
         seqs = [r.dispatch.decision_seq + 1 for r, _, _ in sent]
-        await self._conn.execute(
-            update(dispatches).where(dispatches.c.command_id == bindparam("b_command_id"))
-            .values(status=DispatchStatus.SENT.value, decision_seq=bindparam("b_seq"),
-                    reason=bindparam("b_reason"), rule=bindparam("b_rule"), updated_at=at),
-            [{"b_command_id": r.dispatch.command_id, "b_seq": seq, "b_reason": r.reason,
-              "b_rule": r.rule} for (r, _, _), seq in zip(sent, seqs, strict=True)])
-        await self._conn.execute(contact_decisions.insert(), [
+        await update_rows(self._conn, dispatches, "command_id", [
+            {"command_id": r.dispatch.command_id, "status": DispatchStatus.SENT.value,
+             "decision_seq": seq, "reason": r.reason, "rule": r.rule, "updated_at": at}
+            for (r, _, _), seq in zip(sent, seqs, strict=True)])
+        await insert_rows(self._conn, contact_decisions, [
             {"command_id": r.dispatch.command_id, "seq": seq,
              "loan_id": r.dispatch.request.loan_id, "channel": r.dispatch.request.channel,
              "recipient": r.dispatch.request.recipient, "decision": r.decision,
