@@ -81,6 +81,7 @@ class ConsumerLoop:
         clock: Clock,
         on_committed: Callable[[], None] | None = None,
         batch_handler: BatchHandler | None = None,
+        urgent_topics: Sequence[str] = (),
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -93,6 +94,9 @@ class ConsumerLoop:
         self._group = settings.group_id()
         self._on_committed = on_committed
         self._batch_handler = batch_handler
+        # Topics whose records in a poll are handled in a transaction of their own, ahead
+        # of the others (the notifier's repayments: they stop contact).
+        self._urgent_topics = {settings.topic_prefix + t for t in urgent_topics}
         self.heartbeat = time.monotonic()
         self.assigned: set[TopicPartition] = set()
 
@@ -176,6 +180,17 @@ class ConsumerLoop:
 
     async def _handle_poll(self, batches: dict[TopicPartition, list[Any]]) -> None:
         items = [self._decode(record) for records in batches.values() for record in records]
+        urgent = [item for item in items if item.record.topic in self._urgent_topics]
+        if urgent and len(urgent) < len(items):
+            # Committed on their own, first: their effect does not wait for the rest of the
+            # poll. Records of different topics have no order between them on Kafka
+            # anyway, and each topic's own order is kept. Should the second transaction
+            # fail, the poll is redelivered and the inbox skips what the first committed.
+            await self._handle_items(urgent)
+            items = [item for item in items if item.record.topic not in self._urgent_topics]
+        await self._handle_items(items)
+
+    async def _handle_items(self, items: list[_Item]) -> None:
         backoff = self._settings.retry_backoff_s
         while True:
             try:

@@ -120,7 +120,9 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED],
                         handlers=handlers.routes(), batch_handler=handlers.batch,
-                        clock=clock, on_committed=dispatcher.wake)
+                        clock=clock, on_committed=dispatcher.wake,
+                        # A repayment stops the loan's waiting commands: not behind a batch.
+                        urgent_topics=[Topic.LOANS_REPAYMENT.value])
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[dispatcher, *workers],
                    state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
