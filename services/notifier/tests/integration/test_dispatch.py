@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from aiosmtpd.controller import Controller
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
@@ -34,6 +35,7 @@ from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
+from scripts import lending
 from tests.support import migrate, unused_port
 
 # 10:00 in Shanghai, 21:00 (outside the US window) in New York.
@@ -262,6 +264,29 @@ async def test_a_repayment_stops_waiting_commands_at_once_by_the_recheck_rule(
         ("C1", "cancelled", "repaid_after_confirmation")]
     await notifier.dispatcher.dispatch_once()
     assert [await notifier.status(x) for x in ("C2", "C3")] == ["sent", "sent"]
+
+
+async def test_a_polls_repayments_commit_on_their_own_before_the_rest(
+        notifier: Notifier) -> None:
+    """The consumer loop's urgent lane: the repayment's transaction is separate and first
+    (PostgreSQL transaction ids of the inbox rows say so), and nothing of the poll is lost."""
+    await put_details(notifier)
+    records = [lending.record_for(command(f"C{n}", f"L{n}"), event_id=f"cmd-{n}")
+               for n in range(3)]
+    records.insert(1, lending.record_for(c.RepaymentReceived(
+        repayment_id="R1", loan_id="L9", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1"))
+    poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+    for offset, (topic, key, value, headers) in enumerate(records):
+        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
+            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
+    loop = notifier.runtime.loops[0]
+    await loop._handle_poll(poll)
+    async with notifier.runtime.engine.connect() as conn:
+        xids: dict[str, int] = dict((await conn.execute(text(
+            "SELECT event_id, xmin::text::bigint FROM inbox"))).all())
+    assert set(xids) == {"cmd-0", "cmd-1", "cmd-2", "pay-1"}
+    assert xids["cmd-0"] == xids["cmd-1"] == xids["cmd-2"] > xids["pay-1"]
 
 
 async def test_two_dispatchers_never_take_the_same_row(
