@@ -63,6 +63,8 @@ DECISIONS = PromCounter("notifier_contact_decisions_total",
 
 # Never spin: rows that are due but locked by another replica must not make us busy-wait.
 _MIN_IDLE_S = 0.02
+# Decisions made between two yields to the event loop in a dispatch pass.
+_YIELD_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,11 @@ class Dispatcher:
             planned: list[_Planned] = []
             marks: list[tuple[Dispatch, str | None]] = []
             lease_until = now + config.sending_lease
-            for dispatch in batch:
+            for n, dispatch in enumerate(batch):
+                if n and n % _YIELD_EVERY == 0:
+                    # Deciding is CPU only: let the consumer loop's transactions (a
+                    # repayment's cancellations among them) move between chunks of a pass.
+                    await asyncio.sleep(0)
                 ids = {"command_id": dispatch.command_id, "loan_id": dispatch.request.loan_id}
                 if dispatch.status is DispatchStatus.SENDING:
                     log.warning("sending lease expired; deciding again", extra=ids)
