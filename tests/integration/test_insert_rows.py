@@ -1,4 +1,5 @@
-"""``insert_rows``: a batch sent as one JSON document arrives exactly as Python had it."""
+"""``insert_rows``/``update_rows``: a batch sent as one JSON document arrives exactly as
+Python had it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from collections_kit.db import insert_rows, make_engine, on_conflict_update
+from collections_kit.db import insert_rows, make_engine, on_conflict_update, update_rows
 
 metadata = MetaData()
 things = Table(
@@ -68,5 +69,24 @@ async def test_every_kind_of_value_round_trips_and_conflicts_update(database_url
             await insert_rows(conn, things, [])
             notes = dict((await conn.execute(select(things.c.id, things.c.note))).all())
         assert notes == {"a": "second", "b": "", "c": None}
+    finally:
+        await engine.dispose()
+
+
+async def test_update_rows_sets_only_the_given_columns_of_matching_rows(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await insert_rows(conn, things, ROWS)
+            await update_rows(conn, things, "id", [
+                {"id": "a", "amount": Decimal("0.000001"), "raw": b"\x01"},
+                {"id": "c", "amount": Decimal("99"), "raw": None},
+                {"id": "nobody", "amount": Decimal("1"), "raw": b""}])
+            got = {r.id: r._asdict() for r in await conn.execute(select(things))}
+        assert got["a"] == {**ROWS[0], "amount": Decimal("0.000001"), "raw": b"\x01"}
+        assert got["b"] == ROWS[1]
+        assert got["c"] == {**ROWS[2], "amount": Decimal("99")}
+        assert set(got) == {"a", "b", "c"}
     finally:
         await engine.dispose()
