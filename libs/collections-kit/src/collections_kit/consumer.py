@@ -184,8 +184,8 @@ class ConsumerLoop:
         if urgent and len(urgent) < len(items):
             # Committed on their own, first: their effect does not wait for the rest of the
             # poll. Records of different topics have no order between them on Kafka
-            # anyway, and each topic's own order is kept. Should the second transaction
-            # fail, the poll is redelivered and the inbox skips what the first committed.
+            # anyway, and each topic's own order is kept. Should the process die between
+            # the two, the poll is redelivered and the inbox skips what the first committed.
             await self._handle_items(urgent)
             items = [item for item in items if item.record.topic not in self._urgent_topics]
         await self._handle_items(items)
