@@ -8,7 +8,7 @@ a slow provider can never hold a Kafka partition back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from collections_kit import contract as c
 from collections_kit.consumer import Handler
@@ -101,15 +101,10 @@ class NotifierHandlers:
         # Remembered first, so a command issued before it but arriving after it is also
         # stopped (the dispatcher checks the mark before anything else).
         await repo.remember_cancellation(data.loan_id, cancellation, now=tx.now)
-        for dispatch in await repo.cancellable(data.loan_id):
-            if not cancellation.covers(dispatch.request):
-                continue
-            await record_decision(tx, repo, dispatch, outcome="cancelled", reason=data.reason,
-                                  rule=RULE_CANCELLATION,
-                                  policy_version=self._policy.version, cause_id=env.id)
-            log.info("contact cancelled by the workflow",
-                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
-                            "reason": data.reason})
+        await self._cancel_waiting(
+            tx, repo, env, data.loan_id, cancellation.covers, reason=data.reason,
+            rule=RULE_CANCELLATION, message="contact cancelled by the workflow",
+            detail={"reason": data.reason})
 
     async def repayment(self, tx: Tx, env: Envelope) -> None:
         """A repayment stops the loan's waiting commands now.
@@ -125,14 +120,11 @@ class NotifierHandlers:
         repayment = await repo.record_repayment(
             repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
             amount=data.amount, received_at=data.received_at, now=tx.now)
-        for dispatch in await repo.cancellable(data.loan_id):
-            if not voids_confirmation(repayment, dispatch.request, self._policy):
-                continue
-            await record_decision(tx, repo, dispatch, outcome="cancelled",
-                                  reason=REPAID_AFTER_CONFIRMATION, rule=RULE_RECHECK,
-                                  policy_version=self._policy.version, cause_id=env.id)
-            log.info("contact cancelled: repaid after confirmation",
-                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id})
+        await self._cancel_waiting(
+            tx, repo, env, data.loan_id,
+            lambda request: voids_confirmation(repayment, request, self._policy),
+            reason=REPAID_AFTER_CONFIRMATION, rule=RULE_RECHECK,
+            message="contact cancelled: repaid after confirmation")
 
     async def reversal(self, tx: Tx, env: Envelope) -> None:
         data = env.data
@@ -156,15 +148,10 @@ class NotifierHandlers:
                                case_id=data.case_id, kind=data.kind, held_at=data.held_at,
                                until=data.until, now=tx.now)
         at = max(tx.now, data.held_at)
-        for dispatch in await repo.cancellable(data.loan_id):
-            if not hold.covers(dispatch.request, at):
-                continue
-            await record_decision(tx, repo, dispatch, outcome="cancelled",
-                                  reason=f"case_held_{data.kind}", rule=RULE_HOLD,
-                                  policy_version=self._policy.version, cause_id=env.id)
-            log.info("contact cancelled: case held",
-                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
-                            "kind": data.kind})
+        await self._cancel_waiting(
+            tx, repo, env, data.loan_id, lambda request: hold.covers(request, at),
+            reason=f"case_held_{data.kind}", rule=RULE_HOLD,
+            message="contact cancelled: case held", detail={"kind": data.kind})
         log.info("case held", extra={"loan_id": data.loan_id, "hold_id": data.hold_id,
                                      "kind": data.kind})
 
@@ -183,12 +170,22 @@ class NotifierHandlers:
         await repo.close_case(case_id=data.case_id, loan_id=data.loan_id,
                               outcome=data.outcome, closed_at=data.closed_at)
         closure = Closure(data.outcome, data.closed_at)
-        for dispatch in await repo.cancellable(data.loan_id):
-            if not closure.covers(dispatch.request):
+        await self._cancel_waiting(
+            tx, repo, env, data.loan_id, closure.covers,
+            reason=f"case_closed_{data.outcome}", rule=RULE_CLOSED,
+            message="contact cancelled: case closed", detail={"outcome": data.outcome})
+
+    async def _cancel_waiting(self, tx: Tx, repo: DispatchRepository, env: Envelope,
+                              loan_id: str, covers: Callable[[ContactRequest], bool], *,
+                              reason: str, rule: str, message: str,
+                              detail: dict[str, str] | None = None) -> None:
+        """Cancel, audited and announced, each of the loan's commands not yet handed to a
+        channel that ``covers`` says the news stops (locked against the dispatcher)."""
+        for dispatch in await repo.cancellable(loan_id):
+            if not covers(dispatch.request):
                 continue
-            await record_decision(tx, repo, dispatch, outcome="cancelled",
-                                  reason=f"case_closed_{data.outcome}", rule=RULE_CLOSED,
-                                  policy_version=self._policy.version, cause_id=env.id)
-            log.info("contact cancelled: case closed",
-                     extra={"command_id": dispatch.command_id, "loan_id": data.loan_id,
-                            "outcome": data.outcome})
+            await record_decision(tx, repo, dispatch, outcome="cancelled", reason=reason,
+                                  rule=rule, policy_version=self._policy.version,
+                                  cause_id=env.id)
+            log.info(message, extra={"command_id": dispatch.command_id, "loan_id": loan_id,
+                                     **(detail or {})})
