@@ -3,10 +3,12 @@ Python had it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.db import insert_rows, make_engine, on_conflict_update, update_rows
 
@@ -49,44 +52,50 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
-async def test_every_kind_of_value_round_trips_and_conflicts_update(database_url: str) -> None:
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine whose ``things`` table holds ``ROWS``, written by ``insert_rows``."""
     engine = make_engine(database_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
             await insert_rows(conn, things, ROWS)
-            got = {r.id: r._asdict() for r in await conn.execute(select(things))}
-        for row in ROWS:
-            assert got[row["id"]] == row
-        assert got["b"]["at"] == datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
-
-        async with engine.begin() as conn:
-            again = [{**ROWS[0], "note": "second", "count": 7}]
-            await insert_rows(conn, things, again,
-                              on_conflict=on_conflict_update("id", ["note", "count"]))
-            await insert_rows(conn, things, [{**ROWS[1], "note": "ignored"}],
-                              on_conflict="ON CONFLICT DO NOTHING")
-            await insert_rows(conn, things, [])
-            notes = dict((await conn.execute(select(things.c.id, things.c.note))).all())
-        assert notes == {"a": "second", "b": "", "c": None}
+        yield engine
     finally:
         await engine.dispose()
 
 
-async def test_update_rows_sets_only_the_given_columns_of_matching_rows(database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await insert_rows(conn, things, ROWS)
-            await update_rows(conn, things, "id", [
-                {"id": "a", "amount": Decimal("0.000001"), "raw": b"\x01"},
-                {"id": "c", "amount": Decimal("99"), "raw": None},
-                {"id": "nobody", "amount": Decimal("1"), "raw": b""}])
-            got = {r.id: r._asdict() for r in await conn.execute(select(things))}
-        assert got["a"] == {**ROWS[0], "amount": Decimal("0.000001"), "raw": b"\x01"}
-        assert got["b"] == ROWS[1]
-        assert got["c"] == {**ROWS[2], "amount": Decimal("99")}
-        assert set(got) == {"a", "b", "c"}
-    finally:
-        await engine.dispose()
+async def _stored(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+    async with engine.connect() as conn:
+        return {r.id: r._asdict() for r in await conn.execute(select(things))}
+
+
+async def test_every_kind_of_value_round_trips_and_conflicts_update(engine: AsyncEngine) -> None:
+    got = await _stored(engine)
+    for row in ROWS:
+        assert got[row["id"]] == row
+    assert got["b"]["at"] == datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+
+    async with engine.begin() as conn:
+        again = [{**ROWS[0], "note": "second", "count": 7}]
+        await insert_rows(conn, things, again,
+                          on_conflict=on_conflict_update("id", ["note", "count"]))
+        await insert_rows(conn, things, [{**ROWS[1], "note": "ignored"}],
+                          on_conflict="ON CONFLICT DO NOTHING")
+        await insert_rows(conn, things, [])
+    notes = {key: row["note"] for key, row in (await _stored(engine)).items()}
+    assert notes == {"a": "second", "b": "", "c": None}
+
+
+async def test_update_rows_sets_only_the_given_columns_of_matching_rows(
+        engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await update_rows(conn, things, "id", [
+            {"id": "a", "amount": Decimal("0.000001"), "raw": b"\x01"},
+            {"id": "c", "amount": Decimal("99"), "raw": None},
+            {"id": "nobody", "amount": Decimal("1"), "raw": b""}])
+    got = await _stored(engine)
+    assert got["a"] == {**ROWS[0], "amount": Decimal("0.000001"), "raw": b"\x01"}
+    assert got["b"] == ROWS[1]
+    assert got["c"] == {**ROWS[2], "amount": Decimal("99")}
+    assert set(got) == {"a", "b", "c"}
