@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -353,6 +353,54 @@ async def test_transient_failures_are_retried_then_fail_for_good(
     assert await notifier.status("C1") == "failed"
     assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
         ("failed", "provider_503", "channel.email")]
+
+
+class Bulk:
+    """A channel with a bulk call: each call's command ids, and per-call outcomes."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset(), *, broken: int = 0) -> None:
+        self.refuse = refuse  # command ids refused (transient) on their first call
+        self.broken = broken  # calls that raise before anything is handed over
+        self.calls: list[list[str]] = []
+
+    async def send(self, message: OutgoingMessage) -> Delivery:
+        raise AssertionError("a channel with a bulk call gets the pass in one call")
+
+    async def send_many(self, messages: Sequence[OutgoingMessage]
+                        ) -> list[Delivery | SendError]:
+        self.calls.append([m.command_id for m in messages])
+        if len(self.calls) <= self.broken:
+            raise ConnectionError("bulk endpoint down")
+        first = len(self.calls) == 1 + self.broken
+        return [SendError("provider_503", permanent=False)
+                if first and m.command_id in self.refuse else Delivery(provider_ref=f"p-{n}")
+                for n, m in enumerate(messages)]
+
+
+async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_alone(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    for i in range(6):
+        await put_details(notifier, f"B{i}")
+        await notifier.deliver(command(f"C{i}", f"L{i}", f"B{i}"), f"e{i}")
+    bulk = Bulk(refuse=frozenset({"C2"}), broken=1)
+    runtime = bootstrap.build_runtime(
+        _settings(database_url, mailbox[1]), clock=notifier.clock,
+        channels={"email": bulk, "sms": bulk, "voice": bulk, "letter": bulk})
+    dispatcher: Dispatcher = runtime.state["dispatcher"]
+    try:
+        # First call raises: nothing is known to be handed over, every row waits to retry.
+        assert await dispatcher.dispatch_once() == 6
+        assert {await notifier.status(f"C{i}") for i in range(6)} == {"pending"}
+        assert await dispatcher.dispatch_once() == 6
+        assert [await notifier.status(f"C{i}") for i in range(6)] == [
+            "sent", "sent", "pending", "sent", "sent", "sent"]
+        assert await dispatcher.dispatch_once() == 1
+    finally:
+        await runtime.engine.dispose()
+    assert bulk.calls == [[f"C{i}" for i in range(6)]] * 2 + [["C2"]]
+    assert await notifier.status("C2") == "sent"
+    assert sorted(o.command_id for o in await notifier.outcomes()
+                  if o.outcome == "sent") == [f"C{i}" for i in range(6)]
 
 
 async def test_a_row_abandoned_mid_send_is_taken_again_after_its_lease(

@@ -9,13 +9,15 @@ No call is placed, so nobody answers one: a recorded call reports ``unanswered``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
+from collections_kit.db import insert_rows
 from collections_kit.pii import KeyRing
 from notifier.adapters.tables import recorded_sends
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
@@ -54,25 +56,37 @@ class RecordingChannel:
         self._ring = ring
 
     async def send(self, message: OutgoingMessage) -> Delivery:
+        outcome = (await self.send_many([message]))[0]
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
+
+    async def send_many(self, messages: Sequence[OutgoingMessage]
+                        ) -> list[Delivery | SendError]:
+        """A pass's messages in one transaction and one statement, like a provider's bulk
+        call: either all are recorded or none is (and each is retried)."""
+        now = self._clock.now()
         try:
             # Its own transaction, like a call to a remote provider would be.
             async with self._engine.begin() as conn:
-                await conn.execute(pg_insert(recorded_sends).values(
-                    command_id=message.command_id, loan_id=message.loan_id,
-                    channel=message.channel, recipient=message.recipient,
-                    language=message.language, template=message.template,
-                    address=self._ring.seal(message.address,
-                                            aad=_aad("address", message.command_id)),
-                    subject=self._ring.seal(message.subject,
-                                            aad=_aad("subject", message.command_id)),
-                    body=self._ring.seal(message.body, aad=_aad("body", message.command_id)),
-                    recorded_at=self._clock.now(),
-                ).on_conflict_do_nothing(index_elements=[recorded_sends.c.command_id]))
+                await insert_rows(conn, recorded_sends, [self._row(m, now) for m in messages],
+                                  on_conflict="ON CONFLICT (command_id) DO NOTHING")
         except Exception as exc:
             # The statement's parameters hold the address: only the error's kind goes on.
-            raise SendError(f"recorder_unavailable:{type(exc).__name__}",
-                            permanent=False) from None
-        log.info("send recorded", extra={"command_id": message.command_id,
-                                         "loan_id": message.loan_id,
-                                         "channel": message.channel})
-        return Delivery("unanswered" if message.channel == "voice" else "sent")
+            error = SendError(f"recorder_unavailable:{type(exc).__name__}", permanent=False)
+            return [error] * len(messages)
+        for message in messages:
+            log.info("send recorded", extra={"command_id": message.command_id,
+                                             "loan_id": message.loan_id,
+                                             "channel": message.channel})
+        return [Delivery("unanswered" if m.channel == "voice" else "sent") for m in messages]
+
+    def _row(self, message: OutgoingMessage, now: datetime) -> dict[str, Any]:
+        seal, command_id = self._ring.seal, message.command_id
+        return {"command_id": command_id, "loan_id": message.loan_id,
+                "channel": message.channel, "recipient": message.recipient,
+                "language": message.language, "template": message.template,
+                "address": seal(message.address, aad=_aad("address", command_id)),
+                "subject": seal(message.subject, aad=_aad("subject", command_id)),
+                "body": seal(message.body, aad=_aad("body", command_id)),
+                "recorded_at": now}

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -96,9 +96,30 @@ class BatchContext:
     # (loan, person) -> (status, command id)
     validation: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     attempts: dict[str, Attempt] = field(default_factory=dict)
+    # Command ids of the attempts per person and per number: a 500-row pass scanning
+    # every attempt for every command was quadratic.
+    _by_person: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _by_number: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # When each command's attempt was first noted (the attempts dict's own order).
+    _noted: dict[str, int] = field(default_factory=dict)
 
     def note_attempt(self, attempt: Attempt) -> None:
         self.attempts[attempt.command_id] = attempt
+        self._noted.setdefault(attempt.command_id, len(self._noted))
+        self._by_person[attempt.person].add(attempt.command_id)
+        if attempt.number is not None:
+            self._by_number[attempt.number].add(attempt.command_id)
+
+    def _attempts_of(self, person: str, number: str | None) -> tuple[Attempt, ...]:
+        ids = self._by_person.get(person, set())
+        if number is not None:
+            ids = ids | self._by_number.get(number, set())
+        # The index only narrows; the test is the attempt's own (a re-noted attempt may
+        # have another number). In the order the attempts were noted, as before.
+        return tuple(sorted(
+            (a for a in map(self.attempts.__getitem__, ids)
+             if a.person == person or (number is not None and a.number == number)),
+            key=lambda a: self._noted[a.command_id]))
 
     def note_validation_in_flight(self, dispatch: Dispatch) -> None:
         r = dispatch.request
@@ -129,8 +150,7 @@ class BatchContext:
             closures=tuple(self.closures.get(r.loan_id, ())),
             preferences=Preferences(opted_out=opted,
                                     do_not_contact=person in self.do_not_contact),
-            attempts=tuple(a for a in self.attempts.values()
-                           if a.person == person or (number is not None and a.number == number)),
+            attempts=self._attempts_of(person, number),
             validation=validation)
 
 
@@ -407,10 +427,19 @@ class DispatchRepository:
         return ctx
 
     async def lock_contact_keys(self, keys: Iterable[str]) -> None:
-        """Transaction-scoped advisory locks on people and numbers, in a fixed order."""
-        for key in sorted(set(keys)):
-            await self._conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:k))"),
-                                     {"ns": _CONTACT_LOCK_NS, "k": key})
+        """Transaction-scoped advisory locks on people and numbers, in a fixed order.
+
+        One statement for all keys (a round trip per key was an eighth of the notifier's
+        time at a 500-row batch). The order is that of the lock ids themselves: the sorted
+        subquery's rows reach the outer call in that order, so two replicas taking
+        overlapping sets always queue on their first common lock and cannot deadlock."""
+        unique = sorted(set(keys))
+        if not unique:
+            return
+        await self._conn.exec_driver_sql(
+            "SELECT count(pg_advisory_xact_lock($1, lock_id)) FROM ("
+            "SELECT DISTINCT hashtext(k) AS lock_id FROM unnest($2::text[]) AS k "
+            "ORDER BY lock_id) AS ordered", (_CONTACT_LOCK_NS, unique))
 
     async def mark_sending(self, dispatch: Dispatch, *, now: datetime,
                            lease_until: datetime, number: str | None = None,

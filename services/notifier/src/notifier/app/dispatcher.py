@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,7 +41,7 @@ from collections_kit.outbox import Tx, flush
 from collections_kit.pii import KeyRing
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision, record_sent_many
-from notifier.app.ports import Channel, Delivery, OutgoingMessage, SendError
+from notifier.app.ports import BatchChannel, Channel, Delivery, OutgoingMessage, SendError
 from notifier.domain import templates
 from notifier.domain.decide import Defer, Send, decide
 from notifier.domain.model import (
@@ -180,15 +180,44 @@ class Dispatcher:
         """One pass; returns how many rows were claimed."""
         planned, claimed = await self._decide_due()
         if planned:
-            gate = asyncio.Semaphore(self._config.concurrency)
-
-            async def deliver(p: _Planned) -> _Sent:
-                async with gate:
-                    return await self._deliver(p)
-
-            sent = await asyncio.gather(*(deliver(p) for p in planned))
-            await self._finish_all(sent)
+            await self._finish_all(await self._deliver_all(planned))
         return claimed
+
+    async def _deliver_all(self, planned: Sequence[_Planned]) -> list[_Sent]:
+        """Each channel's share of the pass: in one call where the channel takes many,
+        otherwise message by message, at most ``concurrency`` calls at a time."""
+        gate = asyncio.Semaphore(self._config.concurrency)
+        by_channel: dict[ChannelName, list[_Planned]] = defaultdict(list)
+        for p in planned:
+            by_channel[p.message.channel].append(p)
+
+        async def deliver(p: _Planned) -> list[_Sent]:
+            async with gate:
+                return [await self._deliver(p)]
+
+        calls = []
+        for name, share in by_channel.items():
+            channel = self._channels[name]
+            if isinstance(channel, BatchChannel):
+                calls.append(self._deliver_many(channel, share))
+            else:
+                calls += [deliver(p) for p in share]
+        return [one for sent in await asyncio.gather(*calls) for one in sent]
+
+    async def _deliver_many(self, channel: BatchChannel,
+                            share: Sequence[_Planned]) -> list[_Sent]:
+        try:
+            async with asyncio.timeout(self._config.send_timeout_s):
+                outcomes = await channel.send_many([p.message for p in share])
+        except TimeoutError:
+            outcomes = [SendError("channel_timeout", permanent=False)] * len(share)
+        except Exception as exc:
+            outcomes = [SendError(f"channel_error:{type(exc).__name__}",
+                                  permanent=False)] * len(share)
+        if len(outcomes) != len(share):  # a broken adapter: nothing is known to be sent
+            outcomes = [SendError("channel_error:outcome_count", permanent=False)] * len(share)
+        return [_Sent(p, o, None) if isinstance(o, SendError) else _Sent(p, None, o)
+                for p, o in zip(share, outcomes, strict=True)]
 
     async def _decide_due(self) -> tuple[list[_Planned], int]:
         config, policy = self._config, self._policy

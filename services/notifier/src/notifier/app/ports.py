@@ -1,10 +1,12 @@
-"""The notifier's port to the outside world: a channel that carries one message."""
+"""The notifier's port to the outside world: a channel that carries one message (and,
+where the provider takes them, many at once)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from notifier.domain.model import ChannelName, DeliveryStatus, Language, Recipient
 
@@ -52,4 +54,16 @@ class Channel(Protocol):
     async def send(self, message: OutgoingMessage) -> Delivery:
         """Deliver or raise :class:`SendError`. Must be safe to repeat for one command:
         the command id is the idempotency key towards the provider."""
+        ...
+
+
+@runtime_checkable
+class BatchChannel(Channel, Protocol):
+    """A channel that takes a dispatch pass's messages in one call (a provider's bulk API,
+    or the development recorder's one statement). The dispatcher uses it when a channel
+    has it; the rules of ``send`` hold for every message."""
+
+    async def send_many(self, messages: Sequence[OutgoingMessage]
+                        ) -> list[Delivery | SendError]:
+        """One outcome per message, in order: what ``send`` would have returned or raised."""
         ...
