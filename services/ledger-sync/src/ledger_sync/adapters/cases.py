@@ -21,6 +21,12 @@ from ledger_sync.adapters.tables import (
 )
 from ledger_sync.domain.reconciliation import Finding, LastCorrection, OpenCase
 
+# A newer case for the loan replaces the old one; its corrections start afresh.
+_CASE_OPENED = (
+    'ON CONFLICT (loan_id) DO UPDATE SET case_id = EXCLUDED.case_id, '
+    'opened_at = EXCLUDED.opened_at, last_correction_kind = NULL, '
+    'last_correction_outstanding = NULL, last_correction_watermark = NULL '
+    'WHERE "open_cases".case_id <> EXCLUDED.case_id')
 _VIEW_UPSERT = on_conflict_update("loan_id", ("currency", "outstanding", "source", "updated_at"))
 
 
@@ -34,15 +40,10 @@ class CasesRepository:
     async def cases_opened(self, opened: Sequence[tuple[str, str, datetime]]) -> None:
         """``(loan id, case id, opened at)`` each, for distinct loans (one statement cannot
         upsert a row twice)."""
-        stmt = pg_insert(open_cases)
-        # A newer case for the loan replaces the old one; its corrections start afresh.
-        await self._conn.execute(stmt.on_conflict_do_update(
-            index_elements=[open_cases.c.loan_id],
-            set_={"case_id": stmt.excluded.case_id, "opened_at": stmt.excluded.opened_at,
-                  "last_correction_kind": None, "last_correction_outstanding": None,
-                  "last_correction_watermark": None},
-            where=open_cases.c.case_id != stmt.excluded.case_id),
-            [{"loan_id": loan, "case_id": case, "opened_at": at} for loan, case, at in opened])
+        # One statement for the run (a list of parameter sets was a statement per row).
+        await insert_rows(self._conn, open_cases, [
+            {"loan_id": loan, "case_id": case, "opened_at": at} for loan, case, at in opened],
+            on_conflict=_CASE_OPENED)
 
     async def case_closed(self, loan_id: str, case_id: str) -> None:
         # Only that case: a late close of an older case must not forget a newer one.
