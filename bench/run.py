@@ -315,6 +315,9 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int,
                              "WHERE decision = 'sent'", loans)
             elapsed = time.perf_counter() - started
             rate = loans / elapsed
+            # The pipeline's tail (outcomes relayed and consumed) is not the background
+            # load the suppression figure is specified under: let it drain first.
+            await _quiesce(bootstrap, dsn, prefix)
             suppression = await _suppression(lender, dsn, loans, samples, rate, prefix)
         finally:
             await p.stop()
@@ -347,6 +350,34 @@ async def _wait(dsn: str, sql: str, target: int, timeout: float = 1500) -> None:
                 raise TimeoutError(sql)
             await asyncio.sleep(0.25)
     finally:
+        await conn.close()
+
+
+async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) -> None:
+    """Until every service's outbox is empty and its consumer group has committed all it
+    was given, twice in a row."""
+    groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    conn = await asyncpg.connect(dsn)
+    await admin.start()
+    await consumer.start()
+    try:
+        deadline, quiet = time.monotonic() + timeout, 0
+        while quiet < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pipeline did not drain")
+            waiting = sum([int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
+                           for schema in ("workflow", "ledger_sync", "notifier")])
+            for group in groups:
+                committed = await admin.list_consumer_group_offsets(group)
+                ends = await consumer.end_offsets(list(committed))
+                waiting += sum(end - committed[tp].offset for tp, end in ends.items())
+            quiet = quiet + 1 if waiting == 0 else 0
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()
         await conn.close()
 
 

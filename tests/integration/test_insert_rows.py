@@ -3,11 +3,13 @@ Python had it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +26,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from collections_kit.db import insert_rows, make_engine, on_conflict_update, update_rows
+from collections_kit.db import (
+    asyncpg_dsn,
+    insert_rows,
+    make_engine,
+    on_conflict_update,
+    update_rows,
+)
 
 metadata = MetaData()
 things = Table(
@@ -99,3 +107,25 @@ async def test_update_rows_sets_only_the_given_columns_of_matching_rows(
     assert got["b"] == ROWS[1]
     assert got["c"] == {**ROWS[2], "amount": Decimal("99")}
     assert set(got) == {"a", "b", "c"}
+
+
+async def test_notify_rides_the_insert_and_arrives_at_commit(
+        engine: AsyncEngine, database_url: str) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await listener.add_listener("things_written", lambda *args: heard.put_nowait(args[2]))
+        async with engine.begin() as conn:
+            await insert_rows(conn, things, [{"id": "n1", "note": "x"}, {"id": "n2"}],
+                              notify="things_written")
+            await asyncio.sleep(0.2)
+            assert heard.empty()  # not before the commit
+        assert await asyncio.wait_for(heard.get(), 10) == "things_written"
+        assert heard.empty()  # one notification for the statement, not one per row
+    finally:
+        await listener.close()
+    got = await _stored(engine)
+    assert got["n1"]["note"] == "x" and got["n2"]["note"] is None
+    with pytest.raises(ValueError):
+        async with engine.begin() as conn:
+            await insert_rows(conn, things, [{"id": "n3"}], returning="id", notify="c")

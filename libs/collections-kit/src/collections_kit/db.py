@@ -68,7 +68,7 @@ def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[b
 
 async def insert_rows(conn: AsyncConnection, table: Table,
                       rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "",
-                      returning: str = "") -> list[Any]:
+                      returning: str = "", notify: str = "") -> list[Any]:
     """Insert ``rows`` (all with the same keys) in one statement, sent as one JSON document.
 
     ``INSERT ... SELECT ... FROM json_to_recordset($1) AS r(column type, ...)``: orjson
@@ -77,12 +77,21 @@ async def insert_rows(conn: AsyncConnection, table: Table,
     builds a parameter set per row, and asyncpg's array encoding costs about a microsecond
     per value: either was a fifth or more of a consumer's CPU, this is a twentieth.
     ``on_conflict`` is SQL from :func:`on_conflict_update` (or ``ON CONFLICT DO NOTHING``);
-    ``returning`` names columns to return, one row per row written.
+    ``returning`` names columns to return, one row per row written. ``notify`` names a
+    channel to ``pg_notify`` in the same statement (one round trip fewer on every outbox
+    flush; the notification is delivered at commit, as a separate statement's would be).
     """
     if not rows:
         return []
+    if returning and notify:
+        raise ValueError("insert_rows: returning and notify do not combine")
     names = tuple(rows[0])
     sql = _insert_rows_sql(table, names, on_conflict)
+    if notify:
+        # A data-modifying WITH runs to completion whether or not it is read.
+        await conn.exec_driver_sql(f"WITH written AS ({sql}) SELECT pg_notify($2, '')",
+                                   (_document(rows), notify))
+        return []
     result = await conn.exec_driver_sql(sql + (f" RETURNING {returning}" if returning else ""),
                                         (_document(rows),))
     return list(result) if returning else []

@@ -72,8 +72,7 @@ async def flush(tx: Tx, outbox: Table, schema: str) -> int:
     """Write staged messages in one statement and wake the relays (delivered on commit)."""
     if not tx.staged:
         return 0
-    await insert_rows(tx.conn, outbox, tx.staged)
-    await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel(schema)})
+    await insert_rows(tx.conn, outbox, tx.staged, notify=notify_channel(schema))
     count = len(tx.staged)
     tx.staged.clear()
     return count
