@@ -73,9 +73,10 @@ class Notifier:
         dispatcher: Dispatcher = self.runtime.state["dispatcher"]
         return dispatcher
 
-    async def deliver(self, message: c.Message, event_id: str) -> None:
+    async def deliver(self, message: c.Message, event_id: str,
+                      handlers: NotifierHandlers | None = None) -> None:
         """Run the handler as the consumer loop would: one transaction, outbox flushed."""
-        routes = NotifierHandlers(DispatchPolicy()).routes()
+        routes = (handlers or NotifierHandlers(DispatchPolicy())).routes()
         async with self.runtime.engine.begin() as conn:
             tx = Tx(conn=conn, now=self.clock.now(), source="test", topic_prefix="")
             subject = str(getattr(message, "loan_id", ""))
@@ -287,6 +288,19 @@ async def test_a_polls_repayments_commit_on_their_own_before_the_rest(
             "SELECT event_id, xmin::text::bigint FROM inbox"))).all())
     assert set(xids) == {"cmd-0", "cmd-1", "cmd-2", "pay-1"}
     assert xids["cmd-0"] == xids["cmd-1"] == xids["cmd-2"] > xids["pay-1"]
+
+
+async def test_only_a_newly_stored_command_wakes_the_dispatcher(notifier: Notifier) -> None:
+    handlers = NotifierHandlers(DispatchPolicy())
+    assert not handlers.new_commands()
+    await notifier.deliver(command("C1"), "e1", handlers)
+    assert handlers.new_commands()
+    assert not handlers.new_commands()  # taken
+    await notifier.deliver(command("C1"), "e1-again", handlers)  # a known command
+    await notifier.deliver(c.RepaymentReceived(
+        repayment_id="R9", loan_id="L9", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("0"), received_at=NOW), "e2", handlers)
+    assert not handlers.new_commands()
 
 
 async def test_two_dispatchers_never_take_the_same_row(

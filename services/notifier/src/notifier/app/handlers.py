@@ -47,6 +47,16 @@ def to_request(data: c.ContactCommand) -> ContactRequest:
 class NotifierHandlers:
     def __init__(self, policy: DispatchPolicy) -> None:
         self._policy = policy
+        # Set when a handler stored a new command (taken by ``new_commands``): only those
+        # give the dispatcher something to do now; waking it after every batch (case
+        # events, repayments) cost two empty transactions each under a steady trickle.
+        self._stored = False
+
+    def new_commands(self) -> bool:
+        """Whether commands were stored since the last call (a rolled-back batch may also
+        say yes: one needless look, never a missed one)."""
+        stored, self._stored = self._stored, False
+        return stored
 
     def routes(self) -> dict[type[c.Message], Handler]:
         return {
@@ -78,13 +88,13 @@ class NotifierHandlers:
     async def command(self, tx: Tx, env: Envelope) -> None:
         await self._commands(tx, [env])
 
-    @staticmethod
-    async def _commands(tx: Tx, run: list[Envelope]) -> None:
+    async def _commands(self, tx: Tx, run: list[Envelope]) -> None:
         if not run:
             return
         commands = [env.data for env in run if isinstance(env.data, c.ContactCommand)]
         added = await DispatchRepository(tx.conn).add_many(
             [to_request(data) for data in commands], now=tx.now)
+        self._stored = self._stored or bool(added)
         for env, data in zip(run, commands, strict=True):
             stored = data.command_id in added
             added.discard(data.command_id)  # a second copy in the run is a known one

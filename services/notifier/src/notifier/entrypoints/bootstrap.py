@@ -7,6 +7,7 @@ import contextlib
 import time
 import tomllib
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -120,12 +121,18 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED],
                         handlers=handlers.routes(), batch_handler=handlers.batch,
-                        clock=clock, on_committed=dispatcher.wake,
+                        clock=clock,
+                        on_committed=partial(_wake_for_new_commands, handlers, dispatcher),
                         # A repayment stops the loan's waiting commands: not behind a batch.
                         urgent_topics=[Topic.LOANS_REPAYMENT.value])
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[dispatcher, *workers],
                    state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
+
+
+def _wake_for_new_commands(handlers: NotifierHandlers, dispatcher: Dispatcher) -> None:
+    if handlers.new_commands():
+        dispatcher.wake()
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
