@@ -95,12 +95,17 @@ class NotifierHandlers:
         added = await DispatchRepository(tx.conn).add_many(
             [to_request(data) for data in commands], now=tx.now)
         self._stored = self._stored or bool(added)
-        for env, data in zip(run, commands, strict=True):
-            stored = data.command_id in added
-            added.discard(data.command_id)  # a second copy in the run is a known one
-            log.info("contact command stored" if stored else "contact command known already",
-                     extra={"command_id": data.command_id, "loan_id": data.loan_id,
-                            "channel": data.channel, "event_id": env.id})
+        # Debug: every command's fate is logged at info when it is decided (sent, deferred,
+        # cancelled, blocked); three info lines per contact were 9% of the notifier's time
+        # in the pipeline benchmark.
+        if log.isEnabledFor(logging.DEBUG):
+            for env, data in zip(run, commands, strict=True):
+                stored = data.command_id in added
+                added.discard(data.command_id)  # a second copy in the run is a known one
+                log.debug("contact command stored" if stored
+                          else "contact command known already",
+                          extra={"command_id": data.command_id, "loan_id": data.loan_id,
+                                 "channel": data.channel, "event_id": env.id})
         run.clear()
 
     async def cancelled(self, tx: Tx, env: Envelope) -> None:
