@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -67,6 +67,15 @@ class Sizes:
     # one per core plus one, because a replica waits on PostgreSQL for about a third of
     # each batch (measured with py-spy --idle), and the spare fills those waits.
     ingest_replicas: int = env_int("BENCH_INGEST_REPLICAS", (os.cpu_count() or 1) + 1)
+    # Processes per service in the pipeline, e.g. "notifier=2" (the others: one each).
+    pipeline_replicas: dict[str, int] = field(default_factory=lambda: replicas_from(
+        os.environ.get("BENCH_PIPELINE_REPLICAS", "")))
+
+
+def replicas_from(spec: str) -> dict[str, int]:
+    """``"notifier=2,workflow=2"`` -> ``{"notifier": 2, "workflow": 2}``."""
+    pairs = (item.split("=", 1) for item in spec.split(",") if item.strip())
+    return {name.strip(): int(count) for name, count in pairs}
 
 
 def zone_at_midday() -> str:
@@ -233,8 +242,12 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         # state). The rate is taken from the first progress to the last event, so joining
         # the consumer group is not counted as ingest; polling offsets costs the database
         # nothing (a count over the cases table would compete with what is measured).
+        # Nor are the rebalances while the replicas join one by one (each pauses the whole
+        # group): the clock starts once the group is stable with every replica in it.
         partitions = [TopicPartition(topic_name, n) for n in range(6)]
         async with _Lag(bootstrap, prefix + "workflow", partitions) as lag:
+            while not await lag.stable(len(members)):
+                await asyncio.sleep(0.05)
             remaining = await lag.remaining()
             while remaining >= events:
                 await asyncio.sleep(0.05)
@@ -274,6 +287,15 @@ class _Lag:
         await self._consumer.stop()
         await self._admin.close()
 
+    async def stable(self, members: int) -> bool:
+        """Whether the group is stable with ``members`` members."""
+        for response in await self._admin.describe_consumer_groups([self._group]):
+            # (error, group, state, protocol type, protocol, members[, operations])
+            for described in response.groups:
+                if described[1] == self._group:
+                    return bool(described[2] == "Stable" and len(described[5]) == members)
+        return False
+
     async def remaining(self) -> int:
         committed = await self._admin.list_consumer_group_offsets(self._group)
         ends = await self._consumer.end_offsets(self._partitions)
@@ -284,8 +306,9 @@ class _Lag:
 # --- the whole pipeline -------------------------------------------------------------------------
 
 
-async def pipeline(admin_url: str, bootstrap: str, loans: int,
-                   samples: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
+                   replicas: dict[str, int] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_pl_{run}", f"benchpl{run}."
     url = await create_database(admin_url, name)
@@ -294,19 +317,20 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int,
     fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
                   log_dir=ROOT / ".cache" / "bench" / run, base_port=18510,
                   extra_env={"workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
-                             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"}})
+                             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"}},
+                  replicas=replicas or {})
     try:
         await asyncio.to_thread(fleet.start)
-        await _register(fleet["notifier"].base_url, loans + samples)
         zone = zone_at_midday()
         p = producer(bootstrap)
         await p.start()
         lender = lending.Lender(p, prefix)
         try:
-            await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"),
-                                                           currency="GBP")
-                                      for i in range(loans + samples))
-            await _wait(dsn, "SELECT count(*) FROM ledger_sync.loan_balances", loans + samples)
+            # Set-up, not measured: borrowers registered with the notifier while ledger-sync
+            # books the loans (two services, two cores).
+            await asyncio.gather(
+                _register(fleet["notifier"].base_url, loans + samples),
+                _disburse(lender, dsn, loans + samples))
             started = time.perf_counter()
             await lender.publish_many(lending.overdue(
                 f"P-{i:07d}", Decimal("900.00"), tz=zone, jurisdiction="UK", currency="GBP",
@@ -327,6 +351,12 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int,
         await asyncio.to_thread(fleet.stop)
         await delete_topics(bootstrap, prefix)
         await drop_database(admin_url, name)
+
+
+async def _disburse(lender: lending.Lender, dsn: str, n: int) -> None:
+    await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"),
+                                                   currency="GBP") for i in range(n))
+    await _wait(dsn, "SELECT count(*) FROM ledger_sync.loan_balances", n)
 
 
 async def _register(base: str, n: int) -> None:
@@ -469,7 +499,8 @@ async def run(sizes: Sizes) -> dict[str, Any]:
     headline = scale[-1]
     print(f"pipeline: {sizes.pipeline_loans} loans ...", flush=True)
     flow, suppression, rss = await pipeline(admin_url, bootstrap, sizes.pipeline_loans,
-                                            sizes.suppression_samples)
+                                            sizes.suppression_samples,
+                                            sizes.pipeline_replicas)
     first, last = scale[0], scale[-1]
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
