@@ -581,8 +581,10 @@ class DispatchRepository:
             values["due_at"] = record.due_at
         if error is not None:
             values["last_error"] = error
-        await self._conn.execute(
-            update(dispatches).where(dispatches.c.command_id == d.command_id).values(values))
+        # The dispatch's new state rides the audit row's insert (a data-modifying WITH runs
+        # whether or not it is read): one round trip, on the path of every cancellation.
+        applied = (update(dispatches).where(dispatches.c.command_id == d.command_id)
+                   .values(values).cte("applied"))
         if d.status is DispatchStatus.SENDING and status is not DispatchStatus.SENT:
             # Taken over after its lease: whether the first try reached the person is not
             # known, so it keeps counting, but no longer as in flight.
@@ -594,7 +596,8 @@ class DispatchRepository:
             command_id=d.command_id, seq=seq, loan_id=d.request.loan_id,
             channel=d.request.channel, recipient=d.request.recipient,
             decision=record.decision, reason=record.reason, rule=record.rule,
-            policy_version=record.policy_version, at=record.at, due_at=record.due_at))
+            policy_version=record.policy_version, at=record.at, due_at=record.due_at)
+            .add_cte(applied))
         return seq
 
     async def next_due(self) -> datetime | None:
