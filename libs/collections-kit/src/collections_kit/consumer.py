@@ -109,6 +109,8 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.max_batch,
+            fetch_min_bytes=self._settings.fetch_min_bytes,
+            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
             # Bounded so a poison flood cannot exhaust memory.
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=2 * 1024 * 1024,
