@@ -10,7 +10,7 @@ Every figure comes from one run on the same broker and database:
 - ``pipeline.loans_per_s``: loans from overdue event to contact dispatched, through the
   balance check, the ledger confirmation and the notifier's compliance guard;
 - ``suppression_ms``: repayment produced → that loan's pending commands cancelled, under a
-  background load of 20% of the pipeline rate;
+  background load of 20% of the pipeline rate (once the pipeline's own tail has drained);
 - ``scale``: ingest rate with 10k, 100k and 1M existing cases, and each service's peak RSS.
 
 Sizes come from the environment (``BENCH_INGEST_EVENTS``, ``BENCH_PIPELINE_LOANS``,
