@@ -31,7 +31,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 DLQ_TOPIC = "collections.dlq.v1"
-# DeadLetter truncates each origin header to this many characters.
+# DeadLetter truncates each origin header to this many characters, and an oversized
+# record's value, saying "value truncated here" in its reason: the same as the kit's
+# collections_kit.consumer.DEAD_LETTER_HEADER_LIMIT and VALUE_TRUNCATED, spelled out so
+# that this script runs where only aiokafka is.
 HEADER_LIMIT = 1024
 
 

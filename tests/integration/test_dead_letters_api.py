@@ -100,3 +100,41 @@ async def test_list_then_replay_a_corrected_value(workflow: Runtime, stack: dict
         assert reused.status_code == 422
 
     assert await eventually(lambda: case_exists(workflow, "L-dlq-api"))
+
+
+async def test_a_letter_whose_value_was_cut_replays_only_with_a_corrected_value(
+        stack: dict[str, str], database_url: str, topic_prefix: str) -> None:
+    settings = WorkflowSettings.model_validate({
+        "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
+        "topic_prefix": topic_prefix, "environment": "test", "max_record_bytes": 2048})
+    await migrate(workflow_boot.MIGRATIONS, database_url, settings.db_schema)
+    _, key, value, headers = lending.record_for(lending.overdue("L-dlq-big", Decimal("9.00")))
+    oversized = value[:-1] + b', "padding": "' + b"x" * 4096 + b'"}'
+    p = await producer(stack["kafka_bootstrap"])
+    try:
+        await p.send_and_wait(topic_prefix + Topic.LOANS_OVERDUE.value, value=oversized,
+                              key=key, headers=headers)
+    finally:
+        await p.stop()
+    async with running(workflow_boot.build_runtime(settings)) as runtime:
+        app = workflow_boot.create_app(runtime, manage_runtime=False)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://workflow") as client:
+
+            async def listed() -> list[dict[str, object]]:
+                answer = await client.get("/v1/dead-letters", headers=ADMIN)
+                letters: list[dict[str, object]] = answer.json()["dead_letters"]
+                return letters
+
+            letter = (await eventually(listed))[0]
+            refused = await client.post(f"/v1/dead-letters/{letter['id']}/replay",
+                                        headers={**ADMIN, "Idempotency-Key": "replay-big-1"})
+            assert refused.status_code == 409, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "truncated" in refused.json()["detail"]
+            fixed = await client.post(
+                f"/v1/dead-letters/{letter['id']}/replay",
+                headers={**ADMIN, "Idempotency-Key": "replay-big-2"},
+                json={"value": value.decode(), "reason": "padding removed upstream"})
+            assert fixed.status_code == 200, fixed.text
+        assert await eventually(lambda: case_exists(runtime, "L-dlq-big"))

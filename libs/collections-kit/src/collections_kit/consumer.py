@@ -44,6 +44,11 @@ from collections_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+# What a dead letter cuts, so that the DLQ stays publishable; a replay must not publish a
+# cut record as if it were the original (deploy/ops/dlq_replay.py mirrors both, standalone).
+DEAD_LETTER_HEADER_LIMIT = 1024
+VALUE_TRUNCATED = "value truncated here"  # in the reason of an oversized record's letter
+
 Handler = Callable[[Tx, Envelope], Awaitable[None]]
 # Handles a whole polled batch at once (one read of state, one write per table).
 BatchHandler = Callable[[Tx, Sequence[Envelope]], Awaitable[None]]
@@ -257,7 +262,7 @@ class ConsumerLoop:
         if size > self._settings.max_record_bytes:
             return _Item(record, origin_id, None, MalformedMessageError(
                 "invalid", f"record of {size} bytes exceeds the limit of "
-                f"{self._settings.max_record_bytes} (value truncated here)"))
+                f"{self._settings.max_record_bytes} ({VALUE_TRUNCATED})"))
         try:
             envelope = decode(record.key, record.value, record.headers)
         except MalformedMessageError as exc:
@@ -339,7 +344,7 @@ class ConsumerLoop:
         value = value[:self._settings.max_record_bytes]  # the DLQ must stay publishable
         headers = {}
         for name, raw in record.headers or ():
-            headers[str(name)] = printable_value(raw)[0][:1024]
+            headers[str(name)] = printable_value(raw)[0][:DEAD_LETTER_HEADER_LIMIT]
         key = record.key.decode(errors="replace") if record.key is not None else None
         letter = DeadLetter(
             reason=error.reason, error_kind=error.kind,

@@ -30,6 +30,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collections_kit.auth import Principal, require
+from collections_kit.consumer import DEAD_LETTER_HEADER_LIMIT, VALUE_TRUNCATED
 from collections_kit.contract import DeadLetter
 from collections_kit.envelope import MalformedMessageError, decode
 from collections_kit.kafka import client_kwargs
@@ -47,8 +48,6 @@ IdempotencyKey = Annotated[str, Header(
     examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"])]
 # Only identifiers are shown; anything else in a key or header may be personal data.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-# DeadLetter truncates each origin header to this many characters.
-_HEADER_LIMIT = 1024
 _READ_TIMEOUT_S = 10.0
 
 REPLAY_PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -253,10 +252,18 @@ def _replayable_topic(runtime: Runtime, letter: DeadLetter) -> str:
     if letter.origin_topic not in allowed:
         raise ProblemError(409, "Not replayable",
                            "The letter's origin topic is not one of the contract's topics.")
-    if any(len(v) >= _HEADER_LIMIT for v in letter.origin_headers.values()):
+    if any(len(v) >= DEAD_LETTER_HEADER_LIMIT for v in letter.origin_headers.values()):
         raise ProblemError(409, "Not replayable",
                            "A header of the original record was truncated in the letter.")
     return letter.origin_topic
+
+
+def _check_value(letter: DeadLetter, corrected: str | None) -> None:
+    """An oversized record's value is cut in its letter: only a corrected value replays it."""
+    if corrected is None and VALUE_TRUNCATED in letter.reason:
+        raise ProblemError(409, "Not replayable",
+                           "The original record's value was truncated in the letter; "
+                           "replay it with a corrected value.")
 
 
 @router.get("/dead-letters", response_model=DeadLetterPage, responses=PROBLEM_RESPONSES,
@@ -297,6 +304,7 @@ async def replay_dead_letter(
             return JSONResponse(dict(row.body), status_code=int(row.status))
         letter = await read_one(runtime, letter_id)
         topic = _replayable_topic(runtime, letter)
+        _check_value(letter, body.value)
         record_key, value, headers = _original(letter)
         if body.value is not None:
             value = body.value.encode()
