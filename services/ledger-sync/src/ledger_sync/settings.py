@@ -14,12 +14,6 @@ class LedgerSyncSettings(ServiceSettings):
     service_name: str = "ledger-sync"
     db_schema: str = "ledger_sync"
     http_port: int = 8002
-    # Nothing here waits on a person's money at the millisecond: under a trickle, let the
-    # broker gather up to 25 ms of records per fetch (fewer, fuller transactions; about a
-    # fifth less CPU across the services at 160 loans/s, which the notifier's repayments
-    # then have).
-    fetch_min_bytes: int = 64 * 1024
-    fetch_max_wait_ms: int = 25
     # How long a confirmation may be relied on before the notifier must refuse it.
     confirmation_validity_s: int = Field(default=1800, ge=1)
     # A decimal string, like every amount: differences up to this are rounding, not debt.

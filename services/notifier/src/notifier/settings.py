@@ -15,6 +15,10 @@ class NotifierSettings(ServiceSettings):
     service_name: str = "notifier"
     db_schema: str = "notifier"
     http_port: int = 8003
+    # A repayment must stop contact without waiting: fetches answer as soon as a record is
+    # there (the other services let the broker gather records for up to 25 ms).
+    fetch_min_bytes: int = Field(default=1, ge=1)
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)

@@ -433,7 +433,7 @@ class DispatchRepository:
         time at a 500-row batch). The order is that of the lock ids themselves: the sorted
         subquery's rows reach the outer call in that order, so two replicas taking
         overlapping sets always queue on their first common lock and cannot deadlock."""
-        unique = sorted(set(keys))
+        unique = list(set(keys))  # ordered by the statement itself
         if not unique:
             return
         await self._conn.exec_driver_sql(

@@ -11,7 +11,6 @@ was already marked superseded, or finds a newer epoch and does nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -40,25 +39,19 @@ class TimerWorker:
         self._workflow = workflow
         self._batch = batch
         self._poll_s = poll_s
-        self._wake = asyncio.Event()
         self.heartbeat = time.monotonic()
         self._measured_at = 0.0
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         while not stop.is_set():
             try:
-                self._wake.clear()
                 fired = await self.fire_due()
                 self.heartbeat = time.monotonic()
                 await self._measure_overdue()
                 backoff = 0.5
                 if fired < self._batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), await self._sleep_for())
+                    await asyncio.sleep(await self._sleep_for())
             except asyncio.CancelledError:
                 raise
             except Exception:
