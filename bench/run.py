@@ -243,19 +243,27 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         # the consumer group is not counted as ingest; polling offsets costs the database
         # nothing (a count over the cases table would compete with what is measured).
         # Nor are the rebalances while the replicas join one by one (each pauses the whole
-        # group): the clock starts once the group is stable with every replica in it.
+        # group): the clock starts again once the group is stable with every replica in
+        # it, unless a small run is over by then.
         partitions = [TopicPartition(topic_name, n) for n in range(6)]
-        async with _Lag(bootstrap, prefix + "workflow", partitions) as lag:
-            while not await lag.stable(len(members)):
+        group = prefix + "workflow"
+        async with _Lag(bootstrap) as lag:
+            started, first = 0.0, 0
+            remaining = await lag.remaining(group, partitions)
+            while remaining > 0:
+                if remaining < events and not first:
+                    started, first = time.perf_counter(), remaining
+                if first and await lag.stable(group, len(members)):
+                    started, first = time.perf_counter(), remaining
+                    break
                 await asyncio.sleep(0.05)
-            remaining = await lag.remaining()
-            while remaining >= events:
-                await asyncio.sleep(0.05)
-                remaining = await lag.remaining()
-            started, first = time.perf_counter(), remaining
+                remaining = await lag.remaining(group, partitions)
+            if not first:
+                raise RuntimeError(f"{events} events were applied before any progress was "
+                                   "seen: too few to measure (raise BENCH_*_EVENTS)")
             while remaining > 0:
                 await asyncio.sleep(0.1)
-                remaining = await lag.remaining()
+                remaining = await lag.remaining(group, partitions)
             elapsed = time.perf_counter() - started
         assert await applied(dsn, as_of) == min(events, existing)
         events_per_s = first / elapsed
@@ -270,11 +278,9 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
 
 
 class _Lag:
-    """Records of a consumer group's topics not yet committed, from its offsets."""
+    """Records of consumer groups' topics not yet committed, from their offsets."""
 
-    def __init__(self, bootstrap: str, group: str, partitions: list[TopicPartition]) -> None:
-        self._group = group
-        self._partitions = partitions
+    def __init__(self, bootstrap: str) -> None:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
 
@@ -287,18 +293,22 @@ class _Lag:
         await self._consumer.stop()
         await self._admin.close()
 
-    async def stable(self, members: int) -> bool:
-        """Whether the group is stable with ``members`` members."""
-        for response in await self._admin.describe_consumer_groups([self._group]):
+    async def stable(self, group: str, members: int) -> bool:
+        """Whether ``group`` is stable with ``members`` members."""
+        for response in await self._admin.describe_consumer_groups([group]):
             # (error, group, state, protocol type, protocol, members[, operations])
             for described in response.groups:
-                if described[1] == self._group:
+                if described[1] == group:
                     return bool(described[2] == "Stable" and len(described[5]) == members)
         return False
 
-    async def remaining(self) -> int:
-        committed = await self._admin.list_consumer_group_offsets(self._group)
-        ends = await self._consumer.end_offsets(self._partitions)
+    async def remaining(self, group: str,
+                        partitions: list[TopicPartition] | None = None) -> int:
+        """Over ``partitions`` (a partition without a commit counts whole), or over those
+        the group has committed on."""
+        committed = await self._admin.list_consumer_group_offsets(group)
+        ends = await self._consumer.end_offsets(
+            list(committed) if partitions is None else partitions)
         return sum(end - (committed[tp].offset if tp in committed else 0)
                    for tp, end in ends.items())
 
@@ -387,27 +397,19 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
     """Until every service's outbox is empty and its consumer group has committed all it
     was given, twice in a row."""
     groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     conn = await asyncpg.connect(dsn)
-    await admin.start()
-    await consumer.start()
     try:
-        deadline, quiet = time.monotonic() + timeout, 0
-        while quiet < 2:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the pipeline did not drain")
-            waiting = sum([int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
-                           for schema in ("workflow", "ledger_sync", "notifier")])
-            for group in groups:
-                committed = await admin.list_consumer_group_offsets(group)
-                ends = await consumer.end_offsets(list(committed))
-                waiting += sum(end - committed[tp].offset for tp, end in ends.items())
-            quiet = quiet + 1 if waiting == 0 else 0
-            await asyncio.sleep(0.5)
+        async with _Lag(bootstrap) as lag:
+            deadline, quiet = time.monotonic() + timeout, 0
+            while quiet < 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the pipeline did not drain")
+                waiting = sum([int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
+                               for schema in ("workflow", "ledger_sync", "notifier")])
+                waiting += sum([await lag.remaining(group) for group in groups])
+                quiet = quiet + 1 if waiting == 0 else 0
+                await asyncio.sleep(0.5)
     finally:
-        await consumer.stop()
-        await admin.close()
         await conn.close()
 
 
