@@ -108,11 +108,16 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
     assert response.status_code == 200, response.text
     assert response.json()["phase"] == "arranged"
 
+    paid = Decimal("0")
     for n, payment in enumerate([down] + [monthly] * 6):
         owed -= payment
+        paid += payment
         await world.lender.publish(lending.repayment(loan, payment, owed,
                                                      repayment_id=f"R-plan-{n}"))
         if n < 6:
+            # The money is in before the due date passes (moving the clock at once raced
+            # the consumer: a timer firing first saw the instalment unpaid).
+            await eventually(partial(_paid_at_least, world, loan, paid))
             world.clock.advance(timedelta(days=30) if n else timedelta(days=2))
             await eventually(partial(_count, world, loan, "instalment_kept", n + 1))
     case = await eventually(lambda: _closed(world, loan))
@@ -195,6 +200,11 @@ async def test_fraud_goes_to_litigation_and_an_unhonoured_judgment_to_enforcemen
 
 async def _count(world: World, loan: str, kind: str, n: int) -> bool:
     return (await world.kinds(loan)).count(kind) >= n
+
+
+async def _paid_at_least(world: World, loan: str, amount: Decimal) -> bool:
+    arrangement = (await world.case(loan)).get("arrangement") or {}
+    return Decimal(str(arrangement.get("paid", "0"))) >= amount
 
 
 async def _closed(world: World, loan: str) -> dict[str, Any] | None:
