@@ -186,7 +186,20 @@ class ConsumerLoop:
         self._observe_lag(consumer, positions)
 
     async def _handle_poll(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        items = [self._decode(record) for records in batches.values() for record in records]
+        items = []
+        for records in batches.values():
+            for record in records:
+                item = self._decode(record)
+                if item.envelope is None and item.error is None:
+                    # A contract message this service has no use for (the notifier and most
+                    # of the case topic): nothing to do, so nothing to claim or commit. Its
+                    # offset is committed with the poll's; a redelivery is skipped again.
+                    metrics.MESSAGES_CONSUMED.labels(self._group, record.topic,
+                                                     "ignored").inc()
+                else:
+                    items.append(item)
+        if not items:
+            return
         urgent = [item for item in items if item.record.topic in self._urgent_topics]
         if urgent and len(urgent) < len(items):
             # Committed on their own, first: their effect does not wait for the rest of the
@@ -273,7 +286,7 @@ class ConsumerLoop:
         if type(envelope.data) not in self._handlers:
             spec = SPEC_BY_MODEL[type(envelope.data)]
             if self._settings.topic_prefix + spec.topic.value == record.topic:
-                # A contract message this service has no use for: claimed, then skipped.
+                # A contract message this service has no use for: skipped, unclaimed.
                 return _Item(record, envelope.id, None, None)
             return _Item(record, origin_id, None, MalformedMessageError(
                 "unknown_type", f"{envelope.type} does not belong on {record.topic}"))
@@ -313,10 +326,7 @@ class ConsumerLoop:
                 if item.error is not None:
                     self._dead_letter(tx, item.record, item.error)
                     continue
-                if item.envelope is None:
-                    metrics.MESSAGES_CONSUMED.labels(self._group, item.record.topic,
-                                                     "ignored").inc()
-                    continue
+                assert item.envelope is not None  # ignored messages never get here
                 span = self._span(tx, item, item.envelope, spans)
                 if self._batch_handler is not None:
                     batch.append(item.envelope)

@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, text
 
 from collections_kit import contract as c
+from collections_kit import metrics
 from collections_kit.auth import dev_headers
 from collections_kit.clock import FixedClock
 from collections_kit.envelope import Envelope
@@ -277,17 +278,46 @@ async def test_a_polls_repayments_commit_on_their_own_before_the_rest(
     records.insert(1, lending.record_for(c.RepaymentReceived(
         repayment_id="R1", loan_id="L9", currency="CNY", amount=Decimal("10"),
         outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1"))
-    poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-    for offset, (topic, key, value, headers) in enumerate(records):
-        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
-            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
     loop = notifier.runtime.loops[0]
-    await loop._handle_poll(poll)
+    await loop._handle_poll(_poll(records))
     async with notifier.runtime.engine.connect() as conn:
         xids: dict[str, int] = dict((await conn.execute(text(
             "SELECT event_id, xmin::text::bigint FROM inbox"))).all())
     assert set(xids) == {"cmd-0", "cmd-1", "cmd-2", "pay-1"}
     assert xids["cmd-0"] == xids["cmd-1"] == xids["cmd-2"] > xids["pay-1"]
+
+
+def _poll(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
+          ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+    for offset, (topic, key, value, headers) in enumerate(records):
+        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
+            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
+    return poll
+
+
+async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_committed(
+        notifier: Notifier) -> None:
+    """The case topic's openings come for every loan, and the notifier does nothing with
+    them: no inbox row (nor a transaction for a poll of nothing else), but counted, and
+    their neighbours handled."""
+    await put_details(notifier)
+    opened = c.CaseOpened(case_id="K1", loan_id="L1", borrower_id="B1", stage="warning",
+                          policy_version="p1", opened_at=NOW)
+    loop = notifier.runtime.loops[0]
+    topic = lending.record_for(opened, event_id="open-1")[0]
+    ignored = metrics.MESSAGES_CONSUMED.labels(loop._group, topic, "ignored")
+    before = ignored._value.get()
+    await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1")]))
+    async with notifier.runtime.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM inbox")) == 0
+    await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1"),
+                                   lending.record_for(command("C1", "L1"), event_id="cmd-1")]))
+    async with notifier.runtime.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
+            "cmd-1"]
+    assert await notifier.status("C1") == "pending"
+    assert ignored._value.get() == before + 2
 
 
 async def test_only_a_newly_stored_command_wakes_the_dispatcher(notifier: Notifier) -> None:
