@@ -47,11 +47,8 @@ class LedgerSyncHandlers:
             c.BalanceCheckRequested: self.check,
             c.CaseOpened: self.case_opened,
             c.CaseClosed: self.case_closed,
-            # The rest of the case topic says nothing about whether a case is open; consumed
-            # (and ignored) so that it is not dead-lettered as an unknown type.
-            c.CaseStageChanged: self.ignore,
-            c.CaseHeld: self.ignore,
-            c.CaseResumed: self.ignore,
+            # The rest of the case topic (stage changes, holds) says nothing about whether a
+            # case is open: the consumer loop counts and skips it, unclaimed.
         }
 
     async def posting(self, tx: Tx, env: Envelope) -> None:
@@ -166,5 +163,3 @@ class LedgerSyncHandlers:
         assert isinstance(data, c.CaseClosed)
         await CasesRepository(tx.conn).case_closed(data.loan_id, data.case_id)
 
-    async def ignore(self, tx: Tx, env: Envelope) -> None:
-        return None
