@@ -191,7 +191,7 @@ class ConsumerLoop:
             for record in records:
                 item = self._decode(record)
                 if item.envelope is None and item.error is None:
-                    # A contract message this service has no use for (the notifier and most
+                    # A contract message this service has no use for (for the notifier, most
                     # of the case topic): nothing to do, so nothing to claim or commit. Its
                     # offset is committed with the poll's; a redelivery is skipped again.
                     metrics.MESSAGES_CONSUMED.labels(self._group, record.topic,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from aiosmtpd.controller import Controller
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from collections_kit import contract as c
 from collections_kit import metrics
@@ -308,7 +308,18 @@ async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_c
     topic = lending.record_for(opened, event_id="open-1")[0]
     ignored = metrics.MESSAGES_CONSUMED.labels(loop._group, topic, "ignored")
     before = ignored._value.get()
-    await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1")]))
+    begun: list[object] = []
+
+    def on_begin(conn: object) -> None:
+        begun.append(conn)
+
+    engine = notifier.runtime.engine.sync_engine
+    event.listen(engine, "begin", on_begin)
+    try:
+        await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1")]))
+    finally:
+        event.remove(engine, "begin", on_begin)
+    assert begun == []  # the poll opened no transaction at all
     async with notifier.runtime.engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM inbox")) == 0
     await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1"),
