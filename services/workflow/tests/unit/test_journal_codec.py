@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from collections_kit.db import _document
 from workflow.adapters.journal import decode_input, encode_input
 from workflow.domain import decide as d
 from workflow.domain import messages as m
@@ -28,7 +32,25 @@ SAMPLES: list[d.Input] = [
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
 def test_round_trip(event: d.Input) -> None:
-    import json
-
+    """Through the encoder the journal's rows are written with."""
     input_type, payload = encode_input(event)
-    assert decode_input(input_type, json.loads(json.dumps(payload))) == event
+    (row,) = json.loads(_document([{"payload": payload}]))
+    assert decode_input(input_type, row["payload"]) == event
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_journals_written_with_tags_still_decode(event: d.Input) -> None:
+    """Before 2026-12 amounts and times were stored tagged ({"$d": ...}, {"$t": ...})."""
+    assert decode_input(type(event).__name__, _tagged(event)) == event
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$d": str(value)}
+    if isinstance(value, datetime):
+        return {"$t": value.isoformat()}
+    if isinstance(value, tuple):
+        return [_tagged(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        return {f.name: _tagged(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value

@@ -210,7 +210,7 @@ class CaseRepository:
         rows = (await self._conn.execute(
             select(cases).where(any_of(cases.c.loan_id, sorted(set(loan_ids))))
             .order_by(cases.c.loan_id).with_for_update())).all()
-        state = BatchState({r.loan_id: case_from_row(r) for r in rows})
+        state = BatchState({case.loan_id: case for case in map(case_from_row, rows)})
         case_ids = [c.case_id for c in state.cases.values()]
         if not case_ids:
             return state
@@ -221,7 +221,8 @@ class CaseRepository:
             wanted.append(any_of(contact_intents.c.intent_id, intent_ids))
         for r in await self._conn.execute(select(contact_intents).where(
                 any_of(contact_intents.c.case_id, case_ids), or_(*wanted))):
-            state.intents.setdefault(r.case_id, {})[r.intent_id] = intent_from_row(r)
+            intent = intent_from_row(r)
+            state.intents.setdefault(intent.case_id, {})[intent.intent_id] = intent
         for r in await self._conn.execute(select(
                 timers.c.timer_id, timers.c.case_id, timers.c.kind, timers.c.token,
                 timers.c.due_at).where(any_of(timers.c.case_id, case_ids),
