@@ -9,8 +9,9 @@ Every figure comes from one run on the same broker and database:
   updated and committed), against 1,000,000 existing cases;
 - ``pipeline.loans_per_s``: loans from overdue event to contact dispatched, through the
   balance check, the ledger confirmation and the notifier's compliance guard;
-- ``suppression_ms``: repayment produced → that loan's pending commands cancelled, under a
-  background load of 20% of the pipeline rate (once the pipeline's own tail has drained);
+- ``suppression_ms``: repayment produced → that loan's pending commands cancelled (the
+  cancelling transaction's commit time; when a 2 ms poll saw it is kept as ``observed_*``),
+  under a background load of 20% of the pipeline rate (once the pipeline's tail drained);
 - ``scale``: ingest rate with 10k, 100k and 1M existing cases, and each service's peak RSS.
 
 Sizes come from the environment (``BENCH_INGEST_EVENTS``, ``BENCH_PIPELINE_LOANS``,
@@ -425,29 +426,42 @@ async def _suppression(lender: lending.Lender, dsn: str, loans: int, samples: in
     await _wait(dsn, "SELECT count(*) FROM notifier.dispatches WHERE status = 'deferred' "
                      f"AND loan_id >= 'P-{loans:07d}'", samples)
     background = asyncio.create_task(_background(lender, pipeline_rate * 0.2, loans))
-    latencies = []
+    committed, observed = [], []
     conn = await asyncpg.connect(dsn)
     try:
+        # The cancellation happens when its transaction commits: PostgreSQL records that
+        # moment when track_commit_timestamp is on (scripts/stack.py turns it on; same
+        # host, same clock as `produced`). The decision's own timestamp would not do: it
+        # is taken when its transaction starts, before the work.
+        stamped = await conn.fetchval("SHOW track_commit_timestamp") == "on"
         for loan in ids:
             produced = datetime.now(UTC)
             await lender.publish(lending.repayment(loan, Decimal("900.00"), Decimal("0"),
                                                    currency="GBP"))
-            # Until the cancellation is visible (committed) to another connection: the
-            # decision's own timestamp is taken when its transaction starts, before the work.
-            # The 2 ms poll makes this an upper bound.
-            while not await conn.fetchval(
-                    "SELECT EXISTS (SELECT FROM notifier.contact_decisions WHERE loan_id = $1 "
-                    "AND decision = 'cancelled')", loan):
+            # Until the cancellation is visible to another connection: with the 2 ms poll
+            # and this process's own scheduling, an upper bound (kept beside the other).
+            while (at := await conn.fetchval(
+                    "SELECT CASE WHEN $2 THEN pg_xact_commit_timestamp(xmin) "
+                    "ELSE clock_timestamp() END FROM notifier.contact_decisions "
+                    "WHERE loan_id = $1 AND decision = 'cancelled' LIMIT 1",
+                    loan, stamped)) is None:
                 await asyncio.sleep(0.002)
-            latencies.append((datetime.now(UTC) - produced).total_seconds() * 1000)
+            observed.append((datetime.now(UTC) - produced).total_seconds() * 1000)
+            committed.append((at - produced).total_seconds() * 1000)
     finally:
         background.cancel()
         await conn.close()
-    latencies.sort()
-    return {"samples": len(latencies), "background_loans_per_s": round(pipeline_rate * 0.2, 1),
-            "p50": round(statistics.median(latencies), 1),
-            "p99": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
-            "max": round(latencies[-1], 1)}
+    figures = committed if stamped else observed
+    return {"samples": len(figures), "background_loans_per_s": round(pipeline_rate * 0.2, 1),
+            "measured_to": "commit" if stamped else "observed",
+            **_percentiles(figures, ""), **_percentiles(observed, "observed_")}
+
+
+def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
+    ordered = sorted(values)
+    return {f"{prefix}p50": round(statistics.median(ordered), 1),
+            f"{prefix}p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
+            f"{prefix}max": round(ordered[-1], 1)}
 
 
 async def _background(lender: lending.Lender, rate: float, first: int) -> None:
@@ -543,8 +557,11 @@ def table(r: dict[str, Any]) -> str:
         ("ingest.events_per_s", r["ingest"]["events_per_s"]),
         ("ingest / kafka baseline", r["ingest"]["share_of_kafka_baseline"]),
         ("pipeline.loans_per_s", r["pipeline"]["loans_per_s"]),
-        ("suppression_ms p50 / p99 / max", f"{r['suppression_ms']['p50']} / "
-         f"{r['suppression_ms']['p99']} / {r['suppression_ms']['max']}"),
+        (f"suppression_ms p50 / p99 / max (to {r['suppression_ms']['measured_to']})",
+         f"{r['suppression_ms']['p50']} / {r['suppression_ms']['p99']} / "
+         f"{r['suppression_ms']['max']}"),
+        ("suppression_ms as observed by a 2 ms poll", f"{r['suppression_ms']['observed_p50']} / "
+         f"{r['suppression_ms']['observed_p99']} / {r['suppression_ms']['observed_max']}"),
         *((f"scale: {s['existing_cases']} cases", f"{s['events_per_s']} events/s "
            f"({s['us_per_event']} us/event)") for s in r["scale"]["runs"]),
         ("cost ratio largest / smallest", r["scale"]["cost_ratio_largest_vs_smallest"]),

@@ -101,9 +101,12 @@ PG_SYSTEM_USER = os.environ.get("PG_SYSTEM_USER", "embedded_postgres")
 # writeback period; none over 40 ms with these): room for the working set in shared
 # buffers, evicted pages flushed as they go rather than in the kernel's bursts, and no
 # checkpoint forced by WAL volume mid-run. deploy/k8s/base/postgres-cluster.yaml matches.
+# Commit timestamps: `make bench` times a repayment's cancellation to its commit (eight
+# bytes per transaction in an SLRU; a development stack can afford it).
 PG_SERVER_OPTS = ("-c fsync=on -c synchronous_commit=on -c max_connections=200"
                   " -c shared_buffers=1GB -c backend_flush_after=256kB"
-                  " -c max_wal_size=4GB -c checkpoint_timeout=15min")
+                  " -c max_wal_size=4GB -c checkpoint_timeout=15min"
+                  " -c track_commit_timestamp=on")
 PG_READY_TIMEOUT_S = float(os.environ.get("STACK_PG_TIMEOUT", "60"))
 
 EXTERNAL_DATABASE_URL = os.environ.get("DATABASE_URL") or None
