@@ -96,11 +96,12 @@ PG_CTL_OUT = PG_DIR / "pg_ctl.out"
 # postgres refuses to run as root: when we are root, initdb/pg_ctl run as this system user.
 PG_SYSTEM_USER = os.environ.get("PG_SYSTEM_USER", "embedded_postgres")
 # Durable as in production (fsync, synchronous commit). The rest keeps a commit's WAL flush
-# from queueing behind a burst of data-page writeback, which is what a repayment's
-# cancellation waited on under load (COMMITs of 100-600 ms every ~5 s, the kernel's
-# writeback period; none over 40 ms with these): room for the working set in shared
-# buffers, evicted pages flushed as they go rather than in the kernel's bursts, and no
-# checkpoint forced by WAL volume mid-run. deploy/k8s/base/postgres-cluster.yaml matches.
+# from queueing behind a burst of data-page writeback: during the bench's suppression phase
+# COMMITs of 100-600 ms were logged every ~5 s (the kernel's writeback period), none over
+# 40 ms with these (the suppression figure itself did not measurably move): room for the
+# working set in shared buffers, evicted pages flushed as they go rather than in the
+# kernel's bursts, and no checkpoint forced by WAL volume mid-run.
+# deploy/k8s/base/postgres-cluster.yaml matches.
 # Commit timestamps: `make bench` times a repayment's cancellation to its commit (eight
 # bytes per transaction in an SLRU; a development stack can afford it).
 PG_SERVER_OPTS = ("-c fsync=on -c synchronous_commit=on -c max_connections=200"
