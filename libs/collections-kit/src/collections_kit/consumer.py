@@ -89,7 +89,7 @@ class ConsumerLoop:
         clock: Clock,
         on_committed: Callable[[], None] | None = None,
         batch_handler: BatchHandler | None = None,
-        urgent_topics: Sequence[str] = (),
+        lane: str = "",
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -102,9 +102,11 @@ class ConsumerLoop:
         self._group = settings.group_id()
         self._on_committed = on_committed
         self._batch_handler = batch_handler
-        # Topics whose records in a poll are handled in a transaction of their own, ahead
-        # of the others (the notifier's repayments: they stop contact).
-        self._urgent_topics = {settings.topic_prefix + t for t in urgent_topics}
+        # A service may run more than one loop in its group, each on its own topics, so
+        # that one topic's records never wait behind another's (the notifier's repayments
+        # stop contact). Members of one group may subscribe to different topics; the lane
+        # tells their clients apart on the broker and in the logs.
+        self._client_id = f"{self._group}-{lane}-consumer" if lane else f"{self._group}-consumer"
         self.heartbeat = time.monotonic()
         self.assigned: set[TopicPartition] = set()
 
@@ -113,7 +115,7 @@ class ConsumerLoop:
             *self._topics,
             **client_kwargs(self._settings),
             group_id=self._group,
-            client_id=f"{self._group}-consumer",
+            client_id=self._client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.max_batch,
@@ -203,17 +205,8 @@ class ConsumerLoop:
                     items.append(item)
             if ignored:
                 metrics.MESSAGES_CONSUMED.labels(self._group, tp.topic, "ignored").inc(ignored)
-        if not items:
-            return
-        urgent = [item for item in items if item.record.topic in self._urgent_topics]
-        if urgent and len(urgent) < len(items):
-            # Committed on their own, first: their effect does not wait for the rest of the
-            # poll. Records of different topics have no order between them on Kafka
-            # anyway, and each topic's own order is kept. Should the process die between
-            # the two, the poll is redelivered and the inbox skips what the first committed.
-            await self._handle_items(urgent)
-            items = [item for item in items if item.record.topic not in self._urgent_topics]
-        await self._handle_items(items)
+        if items:
+            await self._handle_items(items)
 
     async def _handle_items(self, items: list[_Item]) -> None:
         backoff = self._settings.retry_backoff_s

@@ -28,6 +28,7 @@ from collections_kit.clock import FixedClock
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx, flush
 from collections_kit.runtime import Runtime
+from collections_kit.topics import Topic
 from notifier.adapters.recording import open_recorded
 from notifier.adapters.tables import dispatches, outbox, recorded_sends
 from notifier.app.dispatcher import Dispatcher, _Sent
@@ -268,23 +269,26 @@ async def test_a_repayment_stops_waiting_commands_at_once_by_the_recheck_rule(
     assert [await notifier.status(x) for x in ("C2", "C3")] == ["sent", "sent"]
 
 
-async def test_a_polls_repayments_commit_on_their_own_before_the_rest(
+async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_commands(
         notifier: Notifier) -> None:
-    """The consumer loop's urgent lane: the repayment's transaction is separate and first
-    (PostgreSQL transaction ids of the inbox rows say so), and nothing of the poll is lost."""
+    """Repayments never wait behind a poll of commands and case events: their topic has a
+    consumer loop of its own, in the service's one group (so the same inbox and offsets),
+    and a poll of it stops the loan's waiting commands."""
+    contacts, repayments = notifier.runtime.loops
+    assert contacts._group == repayments._group
+    assert contacts._client_id != repayments._client_id
+    assert repayments._topics == [Topic.LOANS_REPAYMENT.value]
+    assert Topic.LOANS_REPAYMENT.value not in contacts._topics
     await put_details(notifier)
-    records = [lending.record_for(command(f"C{n}", f"L{n}"), event_id=f"cmd-{n}")
-               for n in range(3)]
-    records.insert(1, lending.record_for(c.RepaymentReceived(
-        repayment_id="R1", loan_id="L9", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1"))
-    loop = notifier.runtime.loops[0]
-    await loop._handle_poll(_poll(records))
+    await notifier.deliver(command("C1", "L1"), "cmd-1")
+    await notifier.deliver(command("C2", "L2"), "cmd-2")
+    await repayments._handle_poll(_poll([lending.record_for(c.RepaymentReceived(
+        repayment_id="R1", loan_id="L1", currency="CNY", amount=Decimal("10"),
+        outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1")]))
+    assert [await notifier.status(x) for x in ("C1", "C2")] == ["cancelled", "pending"]
     async with notifier.runtime.engine.connect() as conn:
-        xids: dict[str, int] = dict((await conn.execute(text(
-            "SELECT event_id, xmin::text::bigint FROM inbox"))).all())
-    assert set(xids) == {"cmd-0", "cmd-1", "cmd-2", "pay-1"}
-    assert xids["cmd-0"] == xids["cmd-1"] == xids["cmd-2"] > xids["pay-1"]
+        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
+            "pay-1"]
 
 
 def _poll(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]

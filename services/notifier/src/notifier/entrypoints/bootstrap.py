@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from collections_kit import contract as c
 from collections_kit.clock import Clock, SystemClock
-from collections_kit.consumer import ConsumerLoop
+from collections_kit.consumer import ConsumerLoop, Handler
 from collections_kit.db import make_engine
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, Worker, make_app, make_producer
@@ -33,7 +34,12 @@ from notifier.entrypoints.api import router
 from notifier.settings import NotifierSettings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-CONSUMED = (Topic.CONTACT_COMMANDS, Topic.LOANS_REPAYMENT, Topic.CASE_EVENTS)
+# Two consumer loops in the service's one group: repayments have a loop of their own, so a
+# repayment's cancellations never wait behind a poll of commands and case events (under
+# load that wait was most of a repayment's way to the cancelled commands).
+CONTACT_TOPICS = (Topic.CONTACT_COMMANDS, Topic.CASE_EVENTS)
+REPAYMENT_TOPICS = (Topic.LOANS_REPAYMENT,)
+CONSUMED = CONTACT_TOPICS + REPAYMENT_TOPICS
 
 DESCRIPTION = """Turns the workflow's contact commands into lawful contacts, or into
 recorded reasons why not.
@@ -118,16 +124,26 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
             retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
             safety_poll_s=settings.dispatch_safety_poll_s), ring=ring)
     handlers = NotifierHandlers(policy)
-    loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
-                        topics=[t.value for t in CONSUMED],
-                        handlers=handlers.routes(), batch_handler=handlers.batch,
-                        clock=clock,
-                        on_committed=partial(_wake_for_new_commands, handlers, dispatcher),
-                        # A repayment stops the loan's waiting commands: not behind a batch.
-                        urgent_topics=[Topic.LOANS_REPAYMENT.value])
+    contacts = ConsumerLoop(
+        settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+        topics=[t.value for t in CONTACT_TOPICS],
+        handlers=_routes_on(handlers.routes(), CONTACT_TOPICS), batch_handler=handlers.batch,
+        clock=clock, on_committed=partial(_wake_for_new_commands, handlers, dispatcher))
+    repayments = ConsumerLoop(
+        settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+        topics=[t.value for t in REPAYMENT_TOPICS],
+        handlers=_routes_on(handlers.routes(), REPAYMENT_TOPICS), clock=clock,
+        lane="repayments")
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[loop], workers=[dispatcher, *workers],
+                   loops=[contacts, repayments], workers=[dispatcher, *workers],
                    state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
+
+
+def _routes_on(routes: dict[type[c.Message], Handler], topics: tuple[Topic, ...]
+               ) -> dict[type[c.Message], Handler]:
+    """The handlers of the messages that travel on ``topics``."""
+    return {model: handler for model, handler in routes.items()
+            if c.SPEC_BY_MODEL[model].topic in topics}
 
 
 def _wake_for_new_commands(handlers: NotifierHandlers, dispatcher: Dispatcher) -> None:
