@@ -1,6 +1,6 @@
 """Which consumer may let the broker gather records: the notifier's fetches answer at once
 (a repayment must stop contact without waiting), the workflow's and ledger-sync's wait up
-to 25 ms for 64 KB under a trickle. Read from the Kafka consumer each service builds."""
+to 100 ms for 64 KB under a trickle. Read from the Kafka consumer each service builds."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _fetch(loop: ConsumerLoop) -> tuple[Any, Any]:
 
 @pytest.mark.parametrize(("build", "settings", "expected"), [
     (notifier_boot.build_runtime, NotifierSettings, (1, 500)),
-    (workflow_boot.build_runtime, WorkflowSettings, (64 * 1024, 25)),
-    (ledger_sync_boot.build_runtime, LedgerSyncSettings, (64 * 1024, 25)),
+    (workflow_boot.build_runtime, WorkflowSettings, (64 * 1024, 100)),
+    (ledger_sync_boot.build_runtime, LedgerSyncSettings, (64 * 1024, 100)),
 ])
 async def test_only_the_notifier_answers_fetches_at_once(
         build: Any, settings: Any, expected: tuple[int, int]) -> None:

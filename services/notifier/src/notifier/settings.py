@@ -16,7 +16,7 @@ class NotifierSettings(ServiceSettings):
     db_schema: str = "notifier"
     http_port: int = 8003
     # A repayment must stop contact without waiting: fetches answer as soon as a record is
-    # there (the other services let the broker gather records for up to 25 ms).
+    # there (the other services let the broker gather records for up to 100 ms).
     fetch_min_bytes: int = Field(default=1, ge=1)
     fetch_max_wait_ms: int = Field(default=500, ge=0)
 
