@@ -476,7 +476,6 @@ class _Background:
         self._interval = 1 / max(rate, 1)
         self._sent = 0
         self._started = 0.0
-        self._stopped = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -485,28 +484,21 @@ class _Background:
 
     async def stop(self) -> float:
         """Stop; returns the loans per second actually produced."""
-        self._stopped = time.perf_counter()
+        elapsed = time.perf_counter() - self._started
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        return self._sent / max(self._stopped - self._started, 1e-9)
+        return self._sent / max(elapsed, 1e-9)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
-        pending: set[asyncio.Future[Any]] = set()
         while True:
-            n = self._sent
             # Handed to the producer without waiting for the broker: acknowledgements
             # arrive in the background, as from a lender's own feed.
-            loan = f"G-{n:07d}"
-            topic, key, value, headers = lending.record_for(lending.overdue(
-                loan, Decimal("500.00"), borrower_id=loan))
-            future = await self._lender.producer.send(
-                self._lender.topic_prefix + topic, value=value, key=key, headers=headers)
-            pending.add(future)
-            future.add_done_callback(pending.discard)
+            loan = f"G-{self._sent:07d}"
+            await self._lender.send(lending.overdue(loan, Decimal("500.00"), borrower_id=loan))
             self._sent += 1
             due += self._interval
             await asyncio.sleep(max(due - loop.time(), 0))

@@ -6,11 +6,13 @@ the wire (CloudEvents binary mode, key = loan id), so nothing downstream is bypa
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -44,13 +46,17 @@ class Lender:
         self.sent += 1
         return event_id
 
+    async def send(self, data: c.Message) -> asyncio.Future[Any]:
+        """Hand one message to the producer without waiting for the broker; the returned
+        future settles with its acknowledgement."""
+        topic, key, value, headers = record_for(data)
+        future: asyncio.Future[Any] = await self.producer.send(
+            self.topic_prefix + topic, value=value, key=key, headers=headers)
+        return future
+
     async def publish_many(self, items: Iterable[c.Message]) -> int:
         """Pipelined publishing for bulk loads; per-key order is kept by the producer."""
-        futures = []
-        for data in items:
-            topic, key, value, headers = record_for(data)
-            futures.append(await self.producer.send(self.topic_prefix + topic, value=value,
-                                                    key=key, headers=headers))
+        futures = [await self.send(data) for data in items]
         for future in futures:
             await future
         self.sent += len(futures)
