@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Integer,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,18 +47,22 @@ things = Table(
     Column("raw", LargeBinary),
     Column("detail", JSONB),
     Column("note", Text),
+    Column("flag", Boolean),
 )
 
 ROWS: list[dict[str, Any]] = [
     {"id": "a", "amount": Decimal("1234.567891"), "big": 2**62, "count": -3,
      "at": datetime(2026, 12, 1, 1, 2, 3, 456789, tzinfo=UTC),
      "raw": b"\x00\xffkey\\x", "detail": {"hold": None, "list": [1, "二"], "n": 1.5},
-     "note": 'quote " backslash \\ tab \t 中文 emoji \U0001f600'},
+     "note": 'quote " backslash \\ tab \t 中文 emoji \U0001f600', "flag": True},
     {"id": "b", "amount": None, "big": None, "count": None,
      "at": datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=8))),
-     "raw": b"", "detail": [], "note": ""},
+     "raw": b"", "detail": [], "note": "", "flag": False},
     {"id": "c", "amount": Decimal("-0.000001"), "big": 0, "count": 0, "at": None,
-     "raw": None, "detail": None, "note": None},
+     "raw": None, "detail": None, "note": None, "flag": None},
+    {"id": "d", "amount": Decimal("99999999999999.999999"), "big": -(2**63), "count": 2**31 - 1,
+     "at": datetime(1970, 1, 1, tzinfo=UTC), "raw": b"\\x00", "detail": "null",
+     "note": "null", "flag": True},
 ]
 
 
@@ -83,6 +89,12 @@ async def test_every_kind_of_value_round_trips_and_conflicts_update(engine: Asyn
     for row in ROWS:
         assert got[row["id"]] == row
     assert got["b"]["at"] == datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+    async with engine.connect() as conn:
+        # None in a JSONB column is SQL NULL (what ``IS NULL`` queries look for); the
+        # string "null" is a JSON string.
+        nulls = (await conn.execute(text(
+            "SELECT id FROM things WHERE detail IS NULL ORDER BY id"))).scalars().all()
+        assert nulls == ["c"]
 
     async with engine.begin() as conn:
         again = [{**ROWS[0], "note": "second", "count": 7}]
@@ -92,7 +104,7 @@ async def test_every_kind_of_value_round_trips_and_conflicts_update(engine: Asyn
                           on_conflict="ON CONFLICT DO NOTHING")
         await insert_rows(conn, things, [])
     notes = {key: row["note"] for key, row in (await _stored(engine)).items()}
-    assert notes == {"a": "second", "b": "", "c": None}
+    assert notes == {"a": "second", "b": "", "c": None, "d": "null"}
 
 
 async def test_update_rows_sets_only_the_given_columns_of_matching_rows(
@@ -106,7 +118,8 @@ async def test_update_rows_sets_only_the_given_columns_of_matching_rows(
     assert got["a"] == {**ROWS[0], "amount": Decimal("0.000001"), "raw": b"\x01"}
     assert got["b"] == ROWS[1]
     assert got["c"] == {**ROWS[2], "amount": Decimal("99")}
-    assert set(got) == {"a", "b", "c"}
+    assert got["d"] == ROWS[3]
+    assert set(got) == {"a", "b", "c", "d"}
 
 
 async def test_notify_rides_the_insert_and_arrives_at_commit(
