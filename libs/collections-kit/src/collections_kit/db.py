@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -113,8 +114,17 @@ async def update_rows(conn: AsyncConnection, table: Table, key: str,
 def _document(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...]) -> str:
     """The rows as a JSON array of arrays, values in the order of ``names`` (a missing key
     is NULL)."""
-    return orjson.dumps([[row.get(name) for name in names] for row in rows],
-                        default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    values: list[Any]
+    try:
+        # In C, a quarter of the cost of a comprehension per row; a row without one of the
+        # keys (or a single column, which itemgetter returns bare) takes the slow path.
+        values = list(map(operator.itemgetter(*names), rows)) if len(names) > 1 else []
+    except KeyError:
+        values = []
+    if not values:
+        values = [[row.get(name) for name in names] for row in rows]
+    return orjson.dumps(values, default=_json_default,
+                        option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def on_conflict_update(key: str, columns: Iterable[str]) -> str:
