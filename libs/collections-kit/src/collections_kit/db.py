@@ -104,7 +104,7 @@ async def insert_rows(conn: AsyncConnection, table: Table,
 async def update_rows(conn: AsyncConnection, table: Table, key: str,
                       rows: Sequence[Mapping[str, Any]]) -> None:
     """Set, in each row whose ``key`` column matches, the other columns given: one
-    ``UPDATE ... FROM json_to_recordset(...)`` for all of them (see :func:`insert_rows`)."""
+    ``UPDATE ... FROM jsonb_array_elements(...)`` for all of them (see :func:`insert_rows`)."""
     if not rows:
         return
     names = tuple(rows[0])
