@@ -204,8 +204,10 @@ def busy_cpu_s() -> float | None:
             ticks = [int(v) for v in f.readline().split()[1:]]
     except OSError:
         return None
-    idle = ticks[3] + ticks[4]  # idle and iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    # user, nice, system, irq, softirq (guest time is inside user); not idle, iowait or
+    # steal (time the hypervisor gave to someone else).
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(member: ServiceProcess) -> float:
