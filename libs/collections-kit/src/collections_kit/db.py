@@ -115,13 +115,13 @@ def _document(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...]) -> str:
     """The rows as a JSON array of arrays, values in the order of ``names`` (a missing key
     is NULL)."""
     values: list[Any]
-    try:
-        # In C, a quarter of the cost of a comprehension per row; a row without one of the
-        # keys (or a single column, which itemgetter returns bare) takes the slow path.
-        values = list(map(operator.itemgetter(*names), rows)) if len(names) > 1 else []
-    except KeyError:
-        values = []
-    if not values:
+    if len(names) > 1:
+        try:
+            # In C, a quarter of the cost of a comprehension per row.
+            values = list(map(operator.itemgetter(*names), rows))
+        except KeyError:  # a row without one of the keys
+            values = [[row.get(name) for name in names] for row in rows]
+    else:  # itemgetter would return the single value bare
         values = [[row.get(name) for name in names] for row in rows]
     return orjson.dumps(values, default=_json_default,
                         option=orjson.OPT_NON_STR_KEYS).decode()
@@ -145,11 +145,11 @@ def _record_of(table: Table, names: tuple[str, ...]) -> str:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     columns = []
     for n, name in enumerate(names):
-        sql_type = table.c[name].type.compile(dialect=dialect)
+        column_type = table.c[name].type
         # A JSONB value is taken as it is (no trip through text); a top-level JSON null is
         # SQL NULL, as a column given None is everywhere else.
-        value = (f"NULLIF(e->{n}, 'null'::jsonb)" if sql_type == "JSONB"
-                 else f"CAST(e->>{n} AS {sql_type})")
+        value = (f"NULLIF(e->{n}, 'null'::jsonb)" if isinstance(column_type, JSONB)
+                 else f"CAST(e->>{n} AS {column_type.compile(dialect=dialect)})")
         columns.append(f'{value} AS "{name}"')
     return f"(SELECT {', '.join(columns)} FROM jsonb_array_elements($1::text::jsonb) AS e) AS r"
 
