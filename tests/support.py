@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from collections_kit.envelope import Envelope, MalformedMessageError, decode
 from collections_kit.runtime import Runtime
@@ -82,3 +84,15 @@ async def mismatched_replays(engine: Any) -> list[str]:
             if replayed != stored:
                 bad.append(stored.loan_id)
     return bad
+
+
+def poll_of(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
+            ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    """What a consumer's ``getmany`` would return for these records (as from
+    ``lending.record_for``), one partition per topic, topics in order of first appearance:
+    for handing a loop a poll whose make-up a test decides."""
+    poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+    for offset, (topic, key, value, headers) in enumerate(records):
+        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
+            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
+    return poll

@@ -34,7 +34,7 @@ from ledger_sync.entrypoints import bootstrap
 from ledger_sync.settings import LedgerSyncSettings
 from scripts import lending
 from scripts.infra import producer
-from tests.support import eventually, migrate, read_topic, running
+from tests.support import eventually, migrate, poll_of, read_topic, running
 from workflow.adapters.tables import cases
 from workflow.entrypoints import bootstrap as workflow_boot
 from workflow.settings import WorkflowSettings
@@ -535,3 +535,32 @@ async def test_checks_answered_together_in_one_poll_match_one_at_a_time(
                                                                       "unknown_loan"]
     # The confirmed loan shows the ledger's amount; the repaid one the settled correction.
     assert views == "L-run-1=confirmation,L-run-2=correction,L-run-unknown=check"
+
+
+async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
+        harness: Harness) -> None:
+    """Records of different topics have no order between them on Kafka, and a fetch that
+    waits to fill gathers a loan's disbursement and the workflow's check of it into one
+    poll. The poll's postings and repayments are applied first: a check ahead of them in
+    the poll is not refused as an unknown loan, nor confirmed as if nothing were in flight.
+    (No ledger API here, as in the demo: nobody would be asked about the unknown loan.)"""
+    now = datetime.now(UTC)
+    checks = [c.BalanceCheckRequested(check_id=f"chk-fact-{n}", loan_id=f"L-fact-{n}",
+                                      currency="CNY", expected_outstanding=Decimal(amount),
+                                      requested_at=now)
+              for n, amount in ((1, "300.00"), (2, "400.00"))]
+    async with running(await harness.runtime(ledger_api_url=None)) as ls:
+        await harness.book(posting("L-fact-2", 1, "400.00", "disbursement"), ledger=False)
+        await eventually(lambda: projected(ls, "L-fact-2", 1))
+        (loop,) = ls.loops
+        await loop._handle_poll(poll_of([
+            *(lending.record_for(check) for check in checks),
+            lending.record_for(posting("L-fact-1", 1, "300.00", "disbursement")),
+            lending.record_for(c.RepaymentReceived(
+                repayment_id="R-fact-2", loan_id="L-fact-2", currency="CNY",
+                amount=Decimal("400.00"), outstanding_balance_after=Decimal("0"),
+                received_at=now))]))
+        first, second = [await harness.answer(check.check_id) for check in checks]
+    assert isinstance(first, c.BalanceConfirmed)
+    assert first.confirmed_outstanding == Decimal("300.00")
+    assert isinstance(second, c.BalanceRefused) and second.reason == "nothing_owed"

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka.structs import ConsumerRecord, TopicPartition
 from aiosmtpd.controller import Controller
 from sqlalchemy import event, select, text
 
@@ -38,7 +37,7 @@ from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
 from scripts import lending
-from tests.support import migrate, unused_port
+from tests.support import migrate, poll_of, unused_port
 
 # 10:00 in Shanghai, 21:00 (outside the US window) in New York.
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
@@ -282,22 +281,13 @@ async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_
     await put_details(notifier)
     await notifier.deliver(command("C1", "L1"), "cmd-1")
     await notifier.deliver(command("C2", "L2"), "cmd-2")
-    await repayments._handle_poll(_poll([lending.record_for(c.RepaymentReceived(
+    await repayments._handle_poll(poll_of([lending.record_for(c.RepaymentReceived(
         repayment_id="R1", loan_id="L1", currency="CNY", amount=Decimal("10"),
         outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1")]))
     assert [await notifier.status(x) for x in ("C1", "C2")] == ["cancelled", "pending"]
     async with notifier.runtime.engine.connect() as conn:
         assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
             "pay-1"]
-
-
-def _poll(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
-          ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-    poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-    for offset, (topic, key, value, headers) in enumerate(records):
-        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
-            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
-    return poll
 
 
 async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_committed(
@@ -320,13 +310,13 @@ async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_c
     engine = notifier.runtime.engine.sync_engine
     event.listen(engine, "begin", on_begin)
     try:
-        await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1")]))
+        await loop._handle_poll(poll_of([lending.record_for(opened, event_id="open-1")]))
     finally:
         event.remove(engine, "begin", on_begin)
     assert begun == []  # the poll opened no transaction at all
     async with notifier.runtime.engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM inbox")) == 0
-    await loop._handle_poll(_poll([lending.record_for(opened, event_id="open-1"),
+    await loop._handle_poll(poll_of([lending.record_for(opened, event_id="open-1"),
                                    lending.record_for(command("C1", "L1"), event_id="cmd-1")]))
     async with notifier.runtime.engine.connect() as conn:
         assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
