@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import Span
 from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # The backlog gauges are refreshed at most this often; the count stops at the cap.
 _MEASURE_EVERY_S = 1.0
 _COUNT_CAP = 100_000
+# The producer's own default: records of one key (one loan) always share a partition.
+_PARTITIONER = DefaultPartitioner()
 
 
 def notify_channel(schema: str) -> str:
@@ -147,20 +150,47 @@ class OutboxRelay:
             )).all()
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(
-                    row.topic, value=row.value, key=row.key,
-                    headers=[(k, v.encode()) for k, v in row.headers],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            await self._publish(rows)
             # Exactly the rows read: a transaction that commits a lower id later must not lose it.
             await conn.execute(
                 delete(self._outbox).where(any_of(self._outbox.c.id, [row.id for row in rows]))
             )
             metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
             return len(rows)
+
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        """Hand ``rows`` to the producer as one record batch per partition, in order, and
+        wait until the broker has acknowledged them all.
+
+        ``producer.send`` per row built a future and walked the accumulator for every
+        message: 6% of the workflow's CPU in the pipeline. A batch per partition is one of
+        each per partition. Each record goes to the partition ``send`` would have chosen
+        (the default partitioner: murmur2 of the key, as the Java client), so a loan's
+        messages keep one partition and, within it, the outbox's order: a partition's next
+        batch is only started when the previous one is full, and the producer sends a
+        partition's batches in the order they were handed over."""
+        producer = self._producer
+        partitions: dict[str, list[int]] = {}
+        filling: dict[tuple[str, int], Any] = {}
+        futures = []
+        for row in rows:
+            known = partitions.get(row.topic)
+            if known is None:
+                known = partitions[row.topic] = sorted(await producer.partitions_for(row.topic))
+            partition = _PARTITIONER(row.key, known, known)
+            record = {"timestamp": None, "key": row.key, "value": row.value,
+                      "headers": [(k, v.encode()) for k, v in row.headers]}
+            batch = filling.get((row.topic, partition))
+            if batch is not None and batch.append(**record) is not None:
+                continue
+            if batch is not None:  # full: away it goes, and a new one for this partition
+                futures.append(await producer.send_batch(batch, row.topic, partition=partition))
+            batch = filling[(row.topic, partition)] = producer.create_batch()
+            # An empty batch takes any record (the broker judges its size, as with send).
+            batch.append(**record)
+        for (topic, partition), batch in filling.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
 
     async def _measure_backlog(self) -> None:
         """The outbox table as it is (every replica, at most once a second): how many rows
