@@ -90,8 +90,11 @@ class ConsumerLoop:
         on_committed: Callable[[], None] | None = None,
         batch_handler: BatchHandler | None = None,
         lane: str = "",
+        applied_first: tuple[type[Message], ...] = (),
     ) -> None:
         self._settings = settings
+        # Message types a poll applies before the rest (see ``_handle_poll``).
+        self._applied_first = applied_first
         self._engine = engine
         self._inbox = inbox
         self._outbox = outbox
@@ -205,8 +208,19 @@ class ConsumerLoop:
                     items.append(item)
             if ignored:
                 metrics.MESSAGES_CONSUMED.labels(self._group, tp.topic, "ignored").inc(ignored)
+        if items and self._applied_first:
+            # Records of different topics carry no order between them on Kafka, so a
+            # service may say which kinds of news a poll applies first (ledger-sync: the
+            # money facts, before the balance checks that must see them). A stable sort:
+            # each topic keeps its own order, and so does a batch isolated record by record
+            # after a failure.
+            items.sort(key=self._applied_later)
         if items:
             await self._handle_items(items)
+
+    def _applied_later(self, item: _Item) -> bool:
+        return not (item.envelope is not None
+                    and isinstance(item.envelope.data, self._applied_first))
 
     async def _handle_items(self, items: list[_Item]) -> None:
         backoff = self._settings.retry_backoff_s

@@ -564,3 +564,33 @@ async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
     assert isinstance(first, c.BalanceConfirmed)
     assert first.confirmed_outstanding == Decimal("300.00")
     assert isinstance(second, c.BalanceRefused) and second.reason == "nothing_owed"
+
+
+async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_first(
+        harness: Harness) -> None:
+    """A poll that fails as a whole is retried one record at a time; those retries follow
+    the same order, money facts first. Here the poll fails on a posting whose sequence no
+    column can hold (dead-lettered in the end), and the check ahead of its loan's
+    disbursement is still answered on the disbursement."""
+    now = datetime.now(UTC)
+    check = c.BalanceCheckRequested(check_id="chk-iso-1", loan_id="L-iso-1", currency="CNY",
+                                    expected_outstanding=Decimal("300.00"), requested_at=now)
+    async with running(await harness.runtime(ledger_api_url=None, retry_backoff_s=0,
+                                             max_attempts=2)) as ls:
+        (loop,) = ls.loops
+        await loop._handle_poll(poll_of([
+            lending.record_for(check),
+            lending.record_for(posting("L-iso-bad", 2**63, "1.00")),
+            lending.record_for(posting("L-iso-1", 1, "300.00", "disbursement"))]))
+        answer = await harness.answer(check.check_id)
+
+        async def dead_letters() -> list[tuple[str, str | None]]:
+            return [(e.data.error_kind, e.data.origin_key)
+                    for e in await read_topic(harness.stack["kafka_bootstrap"],
+                                              harness.prefix + Topic.DLQ.value)
+                    if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter)]
+
+        dead = await eventually(dead_letters)
+    assert isinstance(answer, c.BalanceConfirmed)
+    assert answer.confirmed_outstanding == Decimal("300.00")
+    assert dead == [("handler_failed", "L-iso-bad")]

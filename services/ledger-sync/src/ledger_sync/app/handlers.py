@@ -28,9 +28,14 @@ from ledger_sync.domain.ledger import (
     staleness,
 )
 
-# What the ledger and the lender say about a loan's money: a balance check is answered
-# after all of these in its poll.
-_MONEY_FACTS = (c.LedgerPostingBooked, c.RepaymentReceived, c.RepaymentReversed)
+# What the ledger and the lender say about a loan's money: the consumer loop applies these
+# first in each poll, so a balance check is answered after all of them. Records of
+# different topics carry no order between them on Kafka, and a fetch that waits to fill
+# gathers a loan's disbursement and the workflow's first check of it into one poll, in
+# either order: answered first, the check was refused as an unknown loan (or confirmed
+# with a repayment in flight unseen).
+MONEY_FACTS: tuple[type[c.Message], ...] = (
+    c.LedgerPostingBooked, c.RepaymentReceived, c.RepaymentReversed)
 
 
 class LedgerSyncHandlers:
@@ -83,16 +88,9 @@ class LedgerSyncHandlers:
         of another kind, or for a loan already in the run, ends the run first; messages of
         different loans touch different rows: the outcome is exactly that of one at a time.
 
-        The poll's money facts (ledger postings, repayments, reversals) are applied first.
-        Records of different topics carry no order between them on Kafka, and a fetch that
-        waits to fill gathers a loan's disbursement and the workflow's first check of it
-        into one poll, in either order: answered first, the check was refused as an unknown
-        loan (or confirmed with a repayment in flight unseen). Applied first, the check is
-        answered on everything the poll knows; each topic keeps its own order."""
+        The consumer loop hands the poll over with its money facts first (``MONEY_FACTS``):
+        a check is answered on everything the poll knows."""
         routes = self.routes()
-        facts = [env for env in envelopes if isinstance(env.data, _MONEY_FACTS)]
-        envelopes = [*facts, *(env for env in envelopes
-                               if not isinstance(env.data, _MONEY_FACTS))]
         run: dict[str, c.BalanceCheckRequested | c.CaseOpened] = {}
 
         async def flush() -> None:

@@ -18,7 +18,7 @@ from collections_kit.topics import Topic
 from ledger_sync.adapters.breaker import CircuitBreaker
 from ledger_sync.adapters.ledger_api import HttpLedgerApi, LedgerApiConfig
 from ledger_sync.adapters.tables import inbox, outbox
-from ledger_sync.app.handlers import LedgerSyncHandlers
+from ledger_sync.app.handlers import MONEY_FACTS, LedgerSyncHandlers
 from ledger_sync.app.reconciliation import Reconciler
 from ledger_sync.app.verifier import StaleCheckResolver
 from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy
@@ -91,7 +91,7 @@ def build_runtime(settings: LedgerSyncSettings, clock: Clock | None = None) -> R
                                   on_enqueued=resolver.note_enqueued if resolver else None)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
-                        batch_handler=handlers.batch,
+                        batch_handler=handlers.batch, applied_first=MONEY_FACTS,
                         clock=clock,
                         on_committed=resolver.after_commit if resolver else None)
     return LedgerSyncRuntime(
