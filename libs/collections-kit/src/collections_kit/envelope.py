@@ -43,19 +43,26 @@ class Envelope:
 
 def encode(envelope: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Return ``(key, value, headers)`` for a Kafka record."""
+    key, value, headers = encode_text_headers(envelope)
+    return key, value, [(name, text.encode()) for name, text in headers]
+
+
+def encode_text_headers(envelope: Envelope) -> tuple[bytes, bytes, list[tuple[str, str]]]:
+    """``encode``, with the header values still text: what the outbox stores (as JSON),
+    so they are not encoded here only to be decoded again for the outbox's document."""
     spec = SPEC_BY_MODEL[type(envelope.data)]
     if spec.ce_type != envelope.type:
         raise ValueError(f"{type(envelope.data).__name__} is published as {spec.ce_type}")
     headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", envelope.id.encode()),
-        ("ce_source", envelope.source.encode()),
-        ("ce_type", envelope.type.encode()),
-        ("ce_time", envelope.time.isoformat().encode()),
-        ("ce_subject", envelope.subject.encode()),
-        ("content-type", CONTENT_TYPE.encode()),
+        ("ce_specversion", "1.0"),
+        ("ce_id", envelope.id),
+        ("ce_source", envelope.source),
+        ("ce_type", envelope.type),
+        ("ce_time", envelope.time.isoformat()),
+        ("ce_subject", envelope.subject),
+        ("content-type", CONTENT_TYPE),
     ]
-    headers.extend((f"ce_{k}", v.encode()) for k, v in sorted(envelope.extensions.items()))
+    headers.extend((f"ce_{k}", v) for k, v in sorted(envelope.extensions.items()))
     return envelope.subject.encode(), envelope.data.model_dump_json().encode(), headers
 
 

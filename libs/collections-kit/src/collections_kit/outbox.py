@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
 from collections_kit.db import any_of, asyncpg_dsn, insert_rows
-from collections_kit.envelope import Envelope, encode
+from collections_kit.envelope import Envelope, encode_text_headers
 
 log = logging.getLogger(__name__)
 # The backlog gauges are refreshed at most this often; the count stops at the cap.
@@ -59,7 +59,7 @@ class Tx:
                 extensions: dict[str, str] | None = None) -> None:
         spec = SPEC_BY_MODEL[type(data)]
         attributes = {**tracing.inject(self.causes.get(subject)), **(extensions or {})}
-        key, value, headers = encode(Envelope(
+        key, value, headers = encode_text_headers(Envelope(
             id=event_id, type=spec.ce_type, source=self.source, time=self.now, subject=subject,
             data=data, extensions=attributes,
         ))
@@ -67,7 +67,7 @@ class Tx:
             "topic": self.topic_prefix + spec.topic.value,
             "key": key,
             "value": value,
-            "headers": [[k, v.decode()] for k, v in headers],
+            "headers": headers,  # pairs: a JSON array of two-element arrays
         })
 
 
