@@ -1,4 +1,5 @@
-"""The cases table takes the daily overdue update in place (migration 0004).
+"""The cases table takes the daily overdue update in place (migration 0004), and contact
+intents the answer to their balance check (migration 0005).
 
 Every delinquent loan's overdue event arrives daily. PostgreSQL can update a row on its own
 page without touching any index (a HOT update) only when no indexed column changed and the
@@ -42,22 +43,59 @@ def columns_a_daily_update_writes() -> set[str]:
             if getattr(opened, f.name) != getattr(updated, f.name)}
 
 
-async def test_no_index_of_cases_covers_a_column_the_daily_update_writes(
-        database_url: str) -> None:
+def columns_an_intents_answers_write() -> set[str]:
+    """Read off the domain: the fields of a planned intent that its balance check's answer
+    changes (confirmed: commanded; refused: waits to ask again)."""
+    def ids(label: str) -> str:
+        return f"id-{label}"
+
+    opening = d.decide(None, [], overdue(5, NOW, "100.00"), DEFAULT_POLICY, NOW, ids)
+    assert opening.case is not None and opening.intents
+    planned = opening.intents[0]
+    answers: list[m.BalanceConfirmed | m.BalanceRefused] = [
+        m.BalanceConfirmed("e-conf", planned.check_id, "conf-1", Decimal("100.00"), 7, NOW,
+                           NOW + timedelta(hours=1)),
+        m.BalanceRefused("e-ref", planned.check_id, "stale", "")]
+    written = set()
+    for answer in answers:
+        (after,) = d.decide(opening.case, [planned], answer, DEFAULT_POLICY, NOW, ids).intents
+        written |= {f.name for f in dataclasses.fields(planned)
+                    if getattr(planned, f.name) != getattr(after, f.name)}
+    return written
+
+
+async def _indexed_and_options(database_url: str, table: str) -> tuple[set[str], list[str]]:
     await migrate(bootstrap.MIGRATIONS, database_url, "workflow")
-    written = columns_a_daily_update_writes()
-    assert {"days_past_due", "outstanding", "last_overdue_as_of"} <= written
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as conn:
             indexed = set((await conn.execute(text(
                 "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
                 "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-                "WHERE i.indrelid = 'workflow.cases'::regclass"))).scalars())
+                "WHERE i.indrelid = CAST(:t AS regclass)"), {"t": table})).scalars())
             options = await conn.scalar(text(
-                "SELECT reloptions FROM pg_class WHERE oid = 'workflow.cases'::regclass"))
+                "SELECT reloptions FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                {"t": table})
     finally:
         await engine.dispose()
+    return indexed, list(options or [])
+
+
+async def test_no_index_of_cases_covers_a_column_the_daily_update_writes(
+        database_url: str) -> None:
+    written = columns_a_daily_update_writes()
+    assert {"days_past_due", "outstanding", "last_overdue_as_of"} <= written
+    indexed, options = await _indexed_and_options(database_url, "workflow.cases")
     assert "loan_id" in indexed  # the query reads what it should
     assert not indexed & written
-    assert "fillfactor=80" in (options or [])
+    assert "fillfactor=80" in options
+
+
+async def test_no_index_of_intents_covers_a_column_their_status_changes_write(
+        database_url: str) -> None:
+    written = columns_an_intents_answers_write()
+    assert {"status", "command_id", "confirmation_id", "reason", "attempts"} <= written
+    indexed, options = await _indexed_and_options(database_url, "workflow.contact_intents")
+    assert "case_id" in indexed  # the batch load reads a case's intents
+    assert not indexed & written
+    assert "fillfactor=80" in options

@@ -75,9 +75,11 @@ contact_intents = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("check_id", Text, nullable=False, server_default=""),
     Column("attempts", Integer, nullable=False, server_default="0"),
-    Index("ix_contact_intents_loan_status", "loan_id", "status"),
-    Index("ix_contact_intents_check_id", "check_id"),
+    # The batch load reads a case's intents by case_id. No index on status (or on the
+    # other columns a confirmation or an outcome writes): those updates stay in place
+    # (migration 0005).
     Index("ix_contact_intents_case", "case_id"),
+    postgresql_with={"fillfactor": 80},
 )
 
 timers = Table(
