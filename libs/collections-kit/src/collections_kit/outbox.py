@@ -163,8 +163,8 @@ class OutboxRelay:
         wait until the broker has acknowledged them all.
 
         ``producer.send`` per row built a future and walked the accumulator for every
-        message: 6% of the workflow's CPU in the pipeline. A batch per partition is one of
-        each per partition. Each record goes to the partition ``send`` would have chosen
+        message: 6% of the workflow's CPU in the pipeline; now there is one of each per
+        partition. Each record goes to the partition ``send`` would have chosen
         (the default partitioner: murmur2 of the key, as the Java client), so a loan's
         messages keep one partition and, within it, the outbox's order: a partition's next
         batch is only started when the previous one is full, and the producer sends a
