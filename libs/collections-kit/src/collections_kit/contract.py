@@ -19,6 +19,9 @@ from collections_kit.topics import Topic
 LoanId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
+# Ledger sequence numbers and watermarks are stored as BIGINT: a larger one is invalid
+# input, refused on decoding rather than by the database inside a consumer's transaction.
+MAX_SEQUENCE = 2**63 - 1
 Jurisdiction = Literal["CN", "US", "UK"]
 Channel = Literal["sms", "voice", "email", "letter"]
 Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
@@ -79,7 +82,7 @@ class LedgerPostingBooked(Message):
 
     posting_id: LoanId
     loan_id: LoanId
-    sequence: int = Field(ge=1)
+    sequence: int = Field(ge=1, le=MAX_SEQUENCE)
     kind: Literal["disbursement", "interest", "fee", "repayment", "reversal", "write_off"]
     currency: CurrencyCode
     amount: Amount
@@ -108,7 +111,7 @@ class BalanceConfirmed(Message):
     currency: CurrencyCode
     confirmed_outstanding: Amount
     # The ledger sequence number the confirmation is based on.
-    ledger_watermark: int = Field(ge=0)
+    ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     confirmed_at: AwareDatetime
     valid_until: AwareDatetime
     expected_outstanding: Amount
@@ -119,7 +122,7 @@ class BalanceRefused(Message):
     loan_id: LoanId
     reason: Literal["nothing_owed", "unknown_loan", "projection_stale", "sequence_gap"]
     detail: str = ""
-    ledger_watermark: int = Field(ge=0)
+    ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     refused_at: AwareDatetime
 
 
@@ -141,7 +144,7 @@ class ContactCommand(Message):
     currency: CurrencyCode
     amount_due: Amount
     confirmation_id: str
-    ledger_watermark: int = Field(ge=0)
+    ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     confirmed_at: AwareDatetime
     confirmation_valid_until: AwareDatetime
     borrower_time_zone: str
@@ -234,7 +237,7 @@ class BalanceCorrected(Message):
     kind: Literal["nothing_owed", "drift"]
     currency: CurrencyCode
     ledger_outstanding: Amount
-    ledger_watermark: int = Field(ge=0)
+    ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     corrected_at: AwareDatetime
 
 

@@ -13,25 +13,36 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, StringConstraints, WithJsonSchema
 
-AMOUNT_PATTERN = r"^-?\d{1,15}(\.\d{1,6})?$"
+# At most 14 digits before the point and 6 after: what every amount column holds
+# (NUMERIC(20, 6)). A larger amount is refused here, as invalid input on its way in, rather
+# than by the database in a consumer's transaction, where it failed the whole poll, was
+# retried record by record and only then dead-lettered as a handler failure.
+AMOUNT_PATTERN = r"^-?\d{1,14}(\.\d{1,6})?$"
 _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+_AMOUNT_LIMIT = Decimal(10) ** 14
 
 
 def _parse_amount(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("amount must be finite")
-        return value
+        return _within_limit(value)
     if isinstance(value, bool | float):
         raise ValueError("amounts are decimal strings, never floats")
     if isinstance(value, int):
-        return Decimal(value)
+        return _within_limit(Decimal(value))
     if isinstance(value, str) and _AMOUNT_RE.match(value):
         try:
             return Decimal(value)
         except InvalidOperation as exc:  # pragma: no cover - the pattern already guards this
             raise ValueError("not a decimal amount") from exc
     raise ValueError("amount must be a decimal string such as '1234.50'")
+
+
+def _within_limit(value: Decimal) -> Decimal:
+    if abs(value) >= _AMOUNT_LIMIT:
+        raise ValueError("amount must have at most 14 digits before the decimal point")
+    return value
 
 
 Amount = Annotated[

@@ -38,6 +38,48 @@ def test_a_float_amount_is_refused() -> None:
     assert err.value.kind == "invalid" and "amount" in err.value.reason
 
 
+@pytest.mark.parametrize(("amount", "accepted"), [
+    (b'"99999999999999.999999"', True), (b'"-99999999999999.999999"', True),
+    (b'"100000000000000"', False), (b'"999999999999999.5"', False), (b'"0.1234567"', False)])
+def test_an_amount_is_refused_unless_the_amount_columns_hold_it(amount: bytes,
+                                                                accepted: bool) -> None:
+    """Every amount column is NUMERIC(20, 6): refused here, a larger amount is invalid
+    input on the DLQ at once, not a database error that fails a consumer's whole poll."""
+    key, value, headers = encode(sample())
+    value = value.replace(b'"0.10"', amount)
+    if accepted:
+        assert isinstance(decode(key, value, headers).data, c.RepaymentReceived)
+        return
+    with pytest.raises(MalformedMessageError) as err:
+        decode(key, value, headers)
+    assert err.value.kind == "invalid" and "amount" in err.value.reason
+
+
+def test_amounts_built_in_code_are_held_to_the_same_limit() -> None:
+    with pytest.raises(ValueError, match="14 digits"):
+        c.RepaymentReceived(repayment_id="R1", loan_id="L1", currency="CNY",
+                            amount=Decimal("1E14"), outstanding_balance_after=Decimal(0),
+                            received_at=NOW)
+
+
+@pytest.mark.parametrize(("sequence", "accepted"), [(2**63 - 1, True), (2**63, False)])
+def test_a_ledger_sequence_is_refused_unless_a_bigint_holds_it(sequence: int,
+                                                                accepted: bool) -> None:
+    data = c.LedgerPostingBooked(posting_id="P1", loan_id="L1", sequence=1,
+                                 kind="disbursement", currency="CNY", amount=Decimal("1"),
+                                 booked_at=NOW)
+    key, value, headers = encode(Envelope("id-2", "ledger.posting.booked.v1", "ledger", NOW,
+                                          "L1", data))
+    value = value.replace(b'"sequence":1', b'"sequence":' + str(sequence).encode())
+    if accepted:
+        decoded = decode(key, value, headers).data
+        assert isinstance(decoded, c.LedgerPostingBooked) and decoded.sequence == sequence
+        return
+    with pytest.raises(MalformedMessageError) as err:
+        decode(key, value, headers)
+    assert err.value.kind == "invalid" and "sequence" in err.value.reason
+
+
 def test_a_key_that_differs_from_the_loan_is_refused() -> None:
     _, value, headers = encode(sample())
     with pytest.raises(MalformedMessageError):

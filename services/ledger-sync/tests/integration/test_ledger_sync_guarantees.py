@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +27,7 @@ from collections_kit import contract as c
 from collections_kit.auth import dev_headers
 from collections_kit.clock import Clock, OffsetClock
 from collections_kit.envelope import Envelope
+from collections_kit.outbox import Tx
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from deploy.dev.ledger_double import LedgerDoubleServer
@@ -569,18 +570,29 @@ async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
 async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_first(
         harness: Harness) -> None:
     """A poll that fails as a whole is retried one record at a time; those retries follow
-    the same order, money facts first. Here the poll fails on a posting whose sequence no
-    column can hold (dead-lettered in the end), and the check ahead of its loan's
-    disbursement is still answered on the disbursement."""
+    the same order, money facts first. Here the handler fails whenever it is given one
+    loan's posting (a fault put in front of the real handler: valid input that no longer
+    fails in the database is refused on decoding, see the contract), so the poll is
+    isolated; the check ahead of its loan's disbursement is still answered on the
+    disbursement, and the failing posting is dead-lettered."""
     now = datetime.now(UTC)
     check = c.BalanceCheckRequested(check_id="chk-iso-1", loan_id="L-iso-1", currency="CNY",
                                     expected_outstanding=Decimal("300.00"), requested_at=now)
     async with running(await harness.runtime(ledger_api_url=None, retry_backoff_s=0,
                                              max_attempts=2)) as ls:
         (loop,) = ls.loops
+        handle = loop._batch_handler
+        assert handle is not None
+
+        async def failing_on_one_loan(tx: Tx, envelopes: Sequence[Envelope]) -> None:
+            if any(getattr(e.data, "loan_id", None) == "L-iso-bad" for e in envelopes):
+                raise RuntimeError("this loan's posting cannot be applied")
+            await handle(tx, envelopes)
+
+        loop._batch_handler = failing_on_one_loan
         await loop._handle_poll(poll_of([
             lending.record_for(check),
-            lending.record_for(posting("L-iso-bad", 2**63, "1.00")),
+            lending.record_for(posting("L-iso-bad", 1, "1.00", "disbursement")),
             lending.record_for(posting("L-iso-1", 1, "300.00", "disbursement"))]))
         answer = await harness.answer(check.check_id)
 
