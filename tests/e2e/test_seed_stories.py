@@ -102,6 +102,12 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
     schedule = [{"due_at": (start + timedelta(days=1)).isoformat(), "amount": str(down)}] + [
         {"due_at": (start + timedelta(days=30 * (n + 1))).isoformat(), "amount": str(monthly)}
         for n in range(6)]
+    # An amount no amount column holds is refused as invalid, not failed in the database.
+    oversized = await world.post(loan, "arrangements", {
+        "kind": "instalment_plan", "note": "a typo in the amount",
+        "schedule": [{**schedule[0], "amount": "100000000000000.00"}]})
+    assert oversized.status_code == 422, oversized.text
+    assert oversized.headers["content-type"].startswith("application/problem+json")
     response = await world.post(loan, "arrangements", {
         "kind": "instalment_plan", "schedule": schedule, "interest_reduction": "20000.00",
         "note": "10% now, the rest over 6 months"})
