@@ -76,7 +76,7 @@ contact_intents = Table(
     Column("check_id", Text, nullable=False, server_default=""),
     Column("attempts", Integer, nullable=False, server_default="0"),
     # The batch load reads a case's intents by case_id. No index on status (or on the
-    # other columns a confirmation or an outcome writes): those updates stay in place
+    # other columns the answer to a balance check writes): those updates stay in place
     # (migration 0005).
     Index("ix_contact_intents_case", "case_id"),
     postgresql_with={"fillfactor": 80},
