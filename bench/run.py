@@ -214,8 +214,9 @@ async def wal_counters(conn: asyncpg.Connection) -> tuple[int, int, int] | None:
     """The cluster's WAL full-page images, WAL bytes and checkpoints so far, or None where
     the statistics views are not readable. A checkpoint during an ingest makes the first
     write to each page after it carry the whole page: a large table pays that once per
-    page, a small one hardly at all, so a run's cost per event depends on whether one fell
-    inside it (run O: 1M cases 172 µs of machine CPU per event, 10k and 100k 131-133)."""
+    page, a small one hardly at all, so a run's cost per event may depend on whether one
+    fell inside it (the suspect for run O: 1M cases at 172 µs of machine CPU per event,
+    10k and 100k at 131-133)."""
     try:
         wal = await conn.fetchrow("SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
         try:  # PostgreSQL 17 moved the counters to their own view
@@ -288,32 +289,34 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         partitions = [TopicPartition(topic_name, n) for n in range(6)]
         group = prefix + "workflow"
         stats = await asyncpg.connect(dsn)
-        async with _Lag(bootstrap) as lag:
-            started, first, cpu_started = 0.0, 0, busy_cpu_s()
-            wal_started = await wal_counters(stats)
-            remaining = await lag.remaining(group, partitions)
-            while remaining > 0:
-                if remaining < events and not first:
-                    started, first, cpu_started = time.perf_counter(), remaining, busy_cpu_s()
-                    wal_started = await wal_counters(stats)
-                if first and await lag.stable(group, len(members)):
-                    started, first, cpu_started = time.perf_counter(), remaining, busy_cpu_s()
-                    wal_started = await wal_counters(stats)
-                    break
-                await asyncio.sleep(0.05)
+        try:
+            async with _Lag(bootstrap) as lag:
+                started, first, cpu_started = 0.0, 0, busy_cpu_s()
+                wal_started = await wal_counters(stats)
                 remaining = await lag.remaining(group, partitions)
-            if not first:
-                raise RuntimeError(f"{events} events were applied before any progress was "
-                                   "seen: too few to measure (raise BENCH_*_EVENTS)")
-            while remaining > 0:
-                await asyncio.sleep(0.1)
-                remaining = await lag.remaining(group, partitions)
-            elapsed = time.perf_counter() - started
-            cpu_ended = busy_cpu_s()
-            # Backends report their WAL counters within a second or so of their work.
-            await asyncio.sleep(1.5)
-            wal_ended = await wal_counters(stats)
-        await stats.close()
+                while remaining > 0:
+                    if remaining < events and not first:
+                        started, first, cpu_started = time.perf_counter(), remaining, busy_cpu_s()
+                        wal_started = await wal_counters(stats)
+                    if first and await lag.stable(group, len(members)):
+                        started, first, cpu_started = time.perf_counter(), remaining, busy_cpu_s()
+                        wal_started = await wal_counters(stats)
+                        break
+                    await asyncio.sleep(0.05)
+                    remaining = await lag.remaining(group, partitions)
+                if not first:
+                    raise RuntimeError(f"{events} events were applied before any progress was "
+                                       "seen: too few to measure (raise BENCH_*_EVENTS)")
+                while remaining > 0:
+                    await asyncio.sleep(0.1)
+                    remaining = await lag.remaining(group, partitions)
+                elapsed = time.perf_counter() - started
+                cpu_ended = busy_cpu_s()
+                # Backends report their WAL counters within a second or so of their work.
+                await asyncio.sleep(1.5)
+                wal_ended = await wal_counters(stats)
+        finally:
+            await stats.close()
         assert await applied(dsn, as_of) == min(events, existing)
         events_per_s = first / elapsed
         # Wall time per event is the figure; the machine's CPU per event beside it says
