@@ -109,7 +109,21 @@ def producer(bootstrap: str) -> AIOKafkaProducer:
 # --- baselines ------------------------------------------------------------------------------
 
 
-async def baseline_kafka(bootstrap: str, n: int) -> float:
+@dataclass(frozen=True)
+class Baseline:
+    per_s: float
+    # The machine's CPU (every process: broker or database, and the Python client) per
+    # message or row: what the pipeline's own plumbing is priced at (``plumbing``).
+    machine_cpu_us: float | None
+
+
+def per_unit_us(cpu_started: float | None, cpu_ended: float | None, n: int) -> float | None:
+    if cpu_started is None or cpu_ended is None or not n:
+        return None
+    return round((cpu_ended - cpu_started) * 1e6 / n, 1)
+
+
+async def baseline_kafka(bootstrap: str, n: int) -> Baseline:
     run = uuid.uuid4().hex[:8]
     source, sink = f"bench{run}.in", f"bench{run}.out"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -126,7 +140,7 @@ async def baseline_kafka(bootstrap: str, n: int) -> float:
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_poll_records=500)
         await consumer.start()
-        done, started = 0, time.perf_counter()
+        done, started, cpu_started = 0, time.perf_counter(), busy_cpu_s()
         while done < n:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             futures = [await p.send(sink, value=r.value, key=r.key, headers=list(r.headers))
@@ -135,15 +149,16 @@ async def baseline_kafka(bootstrap: str, n: int) -> float:
             await consumer.commit()
             done += len(futures)
         elapsed = time.perf_counter() - started
+        cpu_ended = busy_cpu_s()
         await consumer.stop()
     finally:
         await p.stop()
         await admin.delete_topics([source, sink])
         await admin.close()
-    return n / elapsed
+    return Baseline(n / elapsed, per_unit_us(cpu_started, cpu_ended, n))
 
 
-async def baseline_pg(admin_url: str, n: int) -> float:
+async def baseline_pg(admin_url: str, n: int) -> Baseline:
     name = f"bench_pg_{uuid.uuid4().hex[:8]}"
     url = await create_database(admin_url, name)
     conn = await asyncpg.connect(asyncpg_dsn(url))
@@ -154,13 +169,14 @@ async def baseline_pg(admin_url: str, n: int) -> float:
         now = datetime.now(UTC)
         rows = [(f"c{i}", f"L{i}", f"B{i}", "warning", "open", Decimal("1234.56"), 5, now,
                  "Asia/Shanghai", '{"policy": "v1"}') for i in range(n)]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), busy_cpu_s()
         for i in range(0, n, 500):
             async with conn.transaction():
                 await conn.executemany(
                     "INSERT INTO cases VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb)",
                     rows[i:i + 500])
-        return n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return Baseline(n / elapsed, per_unit_us(cpu_started, busy_cpu_s(), n))
     finally:
         await conn.close()
         await drop_database(admin_url, name)
@@ -412,26 +428,74 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
             await asyncio.gather(
                 _register(fleet["notifier"].base_url, loans + samples),
                 _disburse(lender, dsn, loans + samples))
-            started = time.perf_counter()
+            before = await work_done(bootstrap, dsn, prefix)
+            started, cpu_started = time.perf_counter(), busy_cpu_s()
             await lender.publish_many(lending.overdue(
                 f"P-{i:07d}", Decimal("900.00"), tz=zone, jurisdiction="UK", currency="GBP",
                 borrower_id=f"B-{i:07d}") for i in range(loans))
             await _wait(dsn, "SELECT count(*) FROM notifier.contact_decisions "
                              "WHERE decision = 'sent'", loans)
             elapsed = time.perf_counter() - started
+            cpu_us = per_unit_us(cpu_started, busy_cpu_s(), loans)
             rate = loans / elapsed
             # The pipeline's tail (outcomes relayed and consumed) is not the background
-            # load the suppression figure is specified under: let it drain first.
+            # load the suppression figure is specified under: let it drain first. It is
+            # part of each loan's work, so the counts are taken after it.
             await _quiesce(bootstrap, dsn, prefix)
+            after = await work_done(bootstrap, dsn, prefix)
             suppression = await _suppression(lender, dsn, loans, samples, rate, prefix)
         finally:
             await p.stop()
         rss = {key: rss_mb(member) for key, member in fleet.members.items()}
-        return ({"loans": loans, "loans_per_s": round(rate, 1)}, suppression, rss)
+        return ({"loans": loans, "loans_per_s": round(rate, 1),
+                 "machine_cpu_us_per_loan": cpu_us,
+                 "messages_consumed_per_loan": round((after[0] - before[0]) / loans, 2),
+                 "rows_written_per_loan": round((after[1] - before[1]) / loans, 2)},
+                suppression, rss)
     finally:
         await asyncio.to_thread(fleet.stop)
         await delete_topics(bootstrap, prefix)
         await drop_database(admin_url, name)
+
+
+async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
+    """Records the services' consumer groups have committed so far, and rows the run's
+    database has written (inserted, updated or deleted: PostgreSQL's table statistics,
+    which a backend reports within about a second of its work)."""
+    groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        consumed = 0
+        for group in groups:
+            offsets = await admin.list_consumer_group_offsets(group)
+            consumed += sum(max(meta.offset, 0) for meta in offsets.values())
+    finally:
+        await admin.close()
+    await asyncio.sleep(1.5)
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetchval("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)"
+                                   " FROM pg_stat_user_tables")
+    finally:
+        await conn.close()
+    return consumed, int(rows)
+
+
+def plumbing(flow: dict[str, Any], kafka: Baseline, pg: Baseline) -> dict[str, Any]:
+    """What the pipeline's plumbing alone costs per loan, priced at the baselines' machine
+    CPU per unit from the same run: each record consumed also had to be produced (one
+    consume-produce round of the Kafka baseline), each row written one batched insert of
+    the PostgreSQL baseline. ``ceiling_loans_per_s`` is what the machine's cores could
+    carry if the services did nothing else (no decoding, deciding, policies, templates):
+    a bound from the pipeline's own counts, not a measurement of a pipeline."""
+    if kafka.machine_cpu_us is None or pg.machine_cpu_us is None:
+        return {}
+    us = (flow["messages_consumed_per_loan"] * kafka.machine_cpu_us
+          + flow["rows_written_per_loan"] * pg.machine_cpu_us)
+    cores = os.cpu_count() or 1
+    return {"plumbing_cpu_us_per_loan": round(us, 1),
+            "ceiling_loans_per_s": round(cores * 1e6 / us, 1) if us else None}
 
 
 async def _disburse(lender: lending.Lender, dsn: str, n: int) -> None:
@@ -622,13 +686,18 @@ async def run(sizes: Sizes) -> dict[str, Any]:
     flow, suppression, rss = await pipeline(admin_url, bootstrap, sizes.pipeline_loans,
                                             sizes.suppression_samples,
                                             sizes.pipeline_replicas)
+    flow["plumbing"] = plumbing(flow, kafka, pg)
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
         "machine": {"cores": os.cpu_count()},
-        "baseline": {"kafka_msgs_per_s": round(kafka, 1), "pg_rows_per_s": round(pg, 1)},
+        "baseline": {"kafka_msgs_per_s": round(kafka.per_s, 1),
+                     "pg_rows_per_s": round(pg.per_s, 1),
+                     "kafka_machine_cpu_us_per_msg": kafka.machine_cpu_us,
+                     "pg_machine_cpu_us_per_row": pg.machine_cpu_us},
         "ingest": {"events_per_s": headline["events_per_s"], "events": headline["events"],
                    "existing_cases": headline["existing_cases"],
-                   "share_of_kafka_baseline": round(headline["events_per_s"] / kafka, 3)},
+                   "share_of_kafka_baseline": round(headline["events_per_s"] / kafka.per_s,
+                                                    3)},
         "pipeline": flow,
         "suppression_ms": suppression,
         "scale": {"runs": scale, **ratio,
@@ -691,6 +760,13 @@ def table(r: dict[str, Any]) -> str:
         ("ingest.events_per_s", r["ingest"]["events_per_s"]),
         ("ingest / kafka baseline", r["ingest"]["share_of_kafka_baseline"]),
         ("pipeline.loans_per_s", r["pipeline"]["loans_per_s"]),
+        ("pipeline: machine CPU us per loan; records consumed, rows written per loan",
+         f"{r['pipeline']['machine_cpu_us_per_loan']}; "
+         f"{r['pipeline']['messages_consumed_per_loan']}, "
+         f"{r['pipeline']['rows_written_per_loan']}"),
+        ("pipeline: plumbing alone at the baselines' CPU per unit (us per loan; ceiling)",
+         f"{r['pipeline']['plumbing'].get('plumbing_cpu_us_per_loan')}; "
+         f"{r['pipeline']['plumbing'].get('ceiling_loans_per_s')} loans/s"),
         (f"suppression_ms p50 / p99 / max (to {r['suppression_ms']['measured_to']})",
          f"{r['suppression_ms']['p50']} / {r['suppression_ms']['p99']} / "
          f"{r['suppression_ms']['max']}"),
