@@ -1,0 +1,55 @@
+"""The bench's arithmetic: which runs a ratio is taken from, and how the pipeline's plumbing
+is priced. The bench itself is not part of the suite (it takes twenty minutes and its
+figures are timings); what it computes from its measurements is."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from bench.run import Baseline, cost_ratio, per_unit_us, plumbing, scale_order
+
+
+def _run(existing: int, us: float, cpu: float | None = None) -> dict[str, Any]:
+    return {"existing_cases": existing, "us_per_event": us,
+            "machine_cpu_us_per_event": cpu if cpu is not None else us * 2}
+
+
+def test_the_smallest_size_brackets_the_largest() -> None:
+    assert scale_order((1_000_000, 10_000, 100_000)) == [10_000, 100_000, 1_000_000, 10_000]
+    assert scale_order((5_000,)) == [5_000]  # one size: nothing to bracket
+
+
+def test_the_ratio_divides_by_the_mean_of_the_smallest_size_runs() -> None:
+    runs = [_run(10_000, 70.0), _run(100_000, 80.0), _run(1_000_000, 90.0), _run(10_000, 110.0)]
+    ratio = cost_ratio(runs)
+    # 90 / mean(70, 110) = 1.0, where the first run alone would have said 1.286.
+    assert ratio["cost_ratio_largest_vs_smallest"] == 1.0
+    assert ratio["machine_cpu_cost_ratio_largest_vs_smallest"] == 1.0
+    assert ratio["smallest_size_us_per_event"] == [70.0, 110.0]
+
+
+def test_the_cpu_ratio_is_absent_without_cpu_figures() -> None:
+    runs = [{**_run(10_000, 70.0), "machine_cpu_us_per_event": None}, _run(1_000_000, 90.0)]
+    assert cost_ratio(runs)["machine_cpu_cost_ratio_largest_vs_smallest"] is None
+
+
+def test_plumbing_prices_each_record_and_row_at_the_baselines() -> None:
+    flow = {"messages_consumed_per_loan": 7.0, "rows_written_per_loan": 38.0}
+    priced = plumbing(flow, Baseline(14_000.0, 43.5), Baseline(52_000.0, 18.8))
+    assert priced["plumbing_cpu_us_per_loan"] == pytest.approx(7 * 43.5 + 38 * 18.8)
+    cores = priced["ceiling_loans_per_s"] * priced["plumbing_cpu_us_per_loan"] / 1e6
+    assert cores == pytest.approx(os.cpu_count() or 1, rel=1e-3)
+
+
+def test_plumbing_is_not_priced_without_the_baselines_cpu() -> None:
+    flow = {"messages_consumed_per_loan": 7.0, "rows_written_per_loan": 38.0}
+    assert plumbing(flow, Baseline(14_000.0, None), Baseline(52_000.0, 18.8)) == {}
+
+
+def test_cpu_per_unit() -> None:
+    assert per_unit_us(10.0, 12.5, 1_000) == 2500.0
+    assert per_unit_us(None, 12.5, 1_000) is None
+    assert per_unit_us(10.0, 12.5, 0) is None
