@@ -212,6 +212,13 @@ async def applied(dsn: str, since: datetime) -> int:
         await conn.close()
 
 
+# How long PostgreSQL's cumulative statistics (table row counts, WAL) may lag the work:
+# a busy backend reports at most once a second, and the last second's work of a backend
+# that then went idle waits for its idle timeout (PGSTAT_IDLE_INTERVAL, 10 s). Read
+# sooner, the tail of a run would be missing from its counts and the set-up's tail added.
+STATS_SETTLE_S = 11.0
+
+
 def busy_cpu_s() -> float | None:
     """CPU seconds the whole machine has spent busy (every process: broker, database,
     services, the bench), from /proc/stat; None where there is no /proc."""
@@ -332,8 +339,7 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
                     remaining = await lag.remaining(group, partitions)
                 elapsed = time.perf_counter() - started
                 cpu_ended = busy_cpu_s()
-                # Backends report their WAL counters within a second or so of their work.
-                await asyncio.sleep(1.5)
+                await asyncio.sleep(STATS_SETTLE_S)
                 wal_ended = await wal_counters(stats)
         finally:
             await stats.close()
@@ -461,7 +467,7 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
 async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
     """Records the services' consumer groups have committed so far, and rows the run's
     database has written (inserted, updated or deleted: PostgreSQL's table statistics,
-    which a backend reports within about a second of its work)."""
+    once they have settled: ``STATS_SETTLE_S``)."""
     groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -472,7 +478,7 @@ async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
             consumed += sum(max(meta.offset, 0) for meta in offsets.values())
     finally:
         await admin.close()
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(STATS_SETTLE_S)
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetchval("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)"
