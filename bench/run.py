@@ -719,7 +719,7 @@ def scale_order(sizes: tuple[int, ...]) -> list[int]:
     """Smallest to largest, then the smallest once more.
 
     The machine's speed drifts over minutes here (the same 10,000-case run took 69 us per
-    event in one bench and 86-104 in others, while 1,000,000 cases stayed at 88-93), and
+    event in one bench and 86-104 in others, while 1,000,000 cases stayed within 87-99), and
     with one run per size a drift lands on one side of the cost ratio: it failed the floor
     in runs L and O and held in M and N with the same code. Measuring the smallest size
     before and after the largest brackets the largest, so a drift in either direction
