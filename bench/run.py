@@ -347,8 +347,7 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         events_per_s = first / elapsed
         # Wall time per event is the figure; the machine's CPU per event beside it says
         # whether a slower run did more work or got less of the machine.
-        cpu_us = (round((cpu_ended - cpu_started) * 1e6 / first, 1)
-                  if cpu_started is not None and cpu_ended is not None else None)
+        cpu_us = per_unit_us(cpu_started, cpu_ended, first)
         return {"existing_cases": existing, "events": events, "replicas": replicas,
                 "events_per_s": round(events_per_s, 1),
                 "us_per_event": round(1e6 / events_per_s, 1),
@@ -368,6 +367,11 @@ def _wal_per_event(before: tuple[int, int, int] | None, after: tuple[int, int, i
     return {"wal_fpi_per_event": round((after[0] - before[0]) / events, 3),
             "wal_bytes_per_event": round((after[1] - before[1]) / events),
             "checkpoints": after[2] - before[2]}
+
+
+def service_groups(prefix: str) -> list[str]:
+    """The three services' consumer groups in a run's topic prefix."""
+    return [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
 
 
 class _Lag:
@@ -394,6 +398,11 @@ class _Lag:
                 if described[1] == group:
                     return bool(described[2] == "Stable" and len(described[5]) == members)
         return False
+
+    async def committed(self, group: str) -> int:
+        """Records ``group`` has committed, over every partition it has committed on."""
+        offsets = await self._admin.list_consumer_group_offsets(group)
+        return sum(max(meta.offset, 0) for meta in offsets.values())
 
     async def remaining(self, group: str,
                         partitions: list[TopicPartition] | None = None) -> int:
@@ -468,16 +477,8 @@ async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
     """Records the services' consumer groups have committed so far, and rows the run's
     database has written (inserted, updated or deleted: PostgreSQL's table statistics,
     once they have settled: ``STATS_SETTLE_S``)."""
-    groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        consumed = 0
-        for group in groups:
-            offsets = await admin.list_consumer_group_offsets(group)
-            consumed += sum(max(meta.offset, 0) for meta in offsets.values())
-    finally:
-        await admin.close()
+    async with _Lag(bootstrap) as lag:
+        consumed = sum([await lag.committed(group) for group in service_groups(prefix)])
     await asyncio.sleep(STATS_SETTLE_S)
     conn = await asyncpg.connect(dsn)
     try:
@@ -537,7 +538,7 @@ async def _wait(dsn: str, sql: str, target: int, timeout: float = 1500) -> None:
 async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) -> None:
     """Until every service's outbox is empty and its consumer group has committed all it
     was given, twice in a row."""
-    groups = [f"{prefix}{service}" for service in ("workflow", "ledger-sync", "notifier")]
+    groups = service_groups(prefix)
     conn = await asyncpg.connect(dsn)
     try:
         async with _Lag(bootstrap) as lag:
