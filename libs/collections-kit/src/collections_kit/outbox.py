@@ -186,8 +186,10 @@ class OutboxRelay:
             if batch is not None:  # full: away it goes, and a new one for this partition
                 futures.append(await producer.send_batch(batch, row.topic, partition=partition))
             batch = filling[(row.topic, partition)] = producer.create_batch()
-            # An empty batch takes any record (the broker judges its size, as with send).
-            batch.append(**record)
+            # An empty batch takes any record (the broker judges its size, as with send);
+            # if it ever did not, the drain fails and its rows stay, rather than one vanish.
+            if batch.append(**record) is None:
+                raise RuntimeError(f"an empty record batch refused outbox row {row.id}")
         for (topic, partition), batch in filling.items():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
