@@ -80,3 +80,32 @@ async def test_rows_go_out_in_batches_on_the_partition_send_would_choose(
     assert seen == {loan: list(range(PER_LOAN)) for loan in LOANS}
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(outbox)) == 0
+
+
+class _RefusingBatch:
+    """A record batch that takes nothing, as a full one would."""
+
+    def append(self, **_: object) -> None:
+        return None
+
+
+async def test_a_record_no_batch_takes_fails_the_drain_and_its_rows_stay(
+        engine: AsyncEngine, database_url: str, stack: dict[str, str],
+        topic_prefix: str) -> None:
+    now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    async with engine.begin() as conn:
+        tx = Tx(conn=conn, now=now, source="relay-test", topic_prefix=topic_prefix)
+        tx.publish(c.ContactCancelled(loan_id="L-0001", command_id="cmd-1", reason="repaid",
+                                      cancelled_at=now), event_id="L-0001/0", subject="L-0001")
+        await flush(tx, outbox, SCHEMA)
+    producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"])
+    await producer.start()
+    try:
+        producer.create_batch = _RefusingBatch
+        relay = OutboxRelay(engine, database_url, producer, outbox, SCHEMA)
+        with pytest.raises(RuntimeError, match="refused outbox row"):
+            await relay.drain_once()
+    finally:
+        await producer.stop()
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(outbox)) == 1
