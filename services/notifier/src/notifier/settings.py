@@ -35,8 +35,8 @@ class NotifierSettings(ServiceSettings):
     # Who the texts and letters say is writing (the validation notice must name it).
     collector_name: str = "The lender"
     letter_sender: str = "The lender, Collections department"
-    # A TrueType font (.ttf/.ttc) to embed in Chinese letters; unset: Adobe's STSong-Light
-    # by reference (see notifier.adapters.letters).
+    # A TrueType font (.ttf/.ttc) to embed in Chinese letters; unset: Noto Sans SC from the
+    # justmytype-intl-cjk wheel (see notifier.adapters.letters).
     letter_cjk_font: Path | None = None
 
     # The SMS and voice provider's HTTP API. Unset: SMS and calls are only recorded.

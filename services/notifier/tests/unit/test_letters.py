@@ -8,8 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from reportlab.pdfbase.ttfonts import TTFError
 
-from notifier.adapters.letters import render_pdf
+from notifier.adapters.letters import packaged_cjk_font, render_pdf
 from notifier.domain import templates
 from notifier.domain.letters import Letter, render_html
 
@@ -39,15 +40,27 @@ def test_the_pdf_is_deterministic_so_a_retry_stores_the_same_letter() -> None:
     assert render_pdf(letter(name="Someone Else")) != first
 
 
-def test_a_chinese_letter_refers_to_the_standard_cid_font_by_default() -> None:
+def test_a_chinese_letter_embeds_the_packaged_font_so_any_reader_shows_it() -> None:
     pdf = render_pdf(letter("zh-CN", address="北京市朝阳区某路 1 号"))
-    assert b"STSong-Light" in pdf
+    assert b"FontFile2" in pdf  # the TrueType program itself travels in the file
+    assert b"+NotoSansSC-" in pdf  # a subset (tagged ABCDEF+) of the packaged font
+    assert b"ToUnicode" in pdf  # so the text can be searched and copied back
+    assert b"STSong-Light" not in pdf  # a font by name only is boxes on a bare reader
 
 
-WQY = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+def test_the_embedded_font_is_a_subset_not_the_whole_font() -> None:
+    pdf = render_pdf(letter("zh-CN", address="北京市朝阳区某路 1 号"))
+    assert len(pdf) < packaged_cjk_font().stat().st_size // 100
 
 
-@pytest.mark.skipif(not WQY.exists(), reason="no TrueType CJK font on this host")
-def test_a_chinese_letter_can_embed_a_truetype_font() -> None:
-    pdf = render_pdf(letter("zh-CN", address="北京市朝阳区某路 1 号"), cjk_font=WQY)
-    assert b"STSong-Light" not in pdf and b"FontFile2" in pdf
+def test_a_chinese_letter_can_embed_another_truetype_font(tmp_path: Path) -> None:
+    other = tmp_path / "Other.ttf"
+    other.write_bytes(packaged_cjk_font().read_bytes())
+    assert b"FontFile2" in render_pdf(letter("zh-CN"), cjk_font=other)
+
+
+def test_the_configured_font_is_the_one_used(tmp_path: Path) -> None:
+    not_a_font = tmp_path / "NotAFont.ttf"
+    not_a_font.write_bytes(b"not a font")
+    with pytest.raises(TTFError):
+        render_pdf(letter("zh-CN"), cjk_font=not_a_font)

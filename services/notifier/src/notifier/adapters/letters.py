@@ -1,10 +1,11 @@
 """Letters for print: HTML and PDF rendered here, stored for the print run, counted as sent.
 
-The PDF is drawn with reportlab. Chinese uses, by default, Adobe's standard CID font
-STSong-Light by reference (not embedded): no font file is needed on the host, and Acrobat
-and print RIPs supply it, but a reader without any CJK font (poppler on a bare Linux) shows
-empty boxes. For print runs that require embedded fonts, ``NOTIFIER_LETTER_CJK_FONT`` names
-a TrueType font (.ttf or .ttc, e.g. WenQuanYi Zen Hei), which is then embedded (subset).
+The PDF is drawn with reportlab. Chinese is set in Noto Sans SC, embedded (subset: only the
+glyphs a letter uses), from the ``justmytype-intl-cjk`` wheel: a font only referenced by
+name (Adobe's STSong-Light, the earlier default) shows as empty boxes on a reader or print
+host without a CJK font, and a system font package is not something every host has. It is
+the TrueType build, which reportlab can embed (Noto Sans CJK's OpenType/CFF cannot be).
+``NOTIFIER_LETTER_CJK_FONT`` names another TrueType font (.ttf or .ttc) to embed instead.
 Rendering is deterministic (``invariant``): re-rendering one command after a retry gives
 the same bytes and the same hash, and the stored row is simply replaced.
 """
@@ -17,6 +18,7 @@ import io
 import logging
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -25,7 +27,6 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -39,14 +40,17 @@ from notifier.domain.letters import Letter, render_html
 
 log = logging.getLogger(__name__)
 
-_CJK_FONT = "STSong-Light"
+
+
+def packaged_cjk_font() -> Path:
+    """Noto Sans SC as the ``justmytype-intl-cjk`` wheel installs it."""
+    return Path(str(files("justmytype_intl_cjk") / "fonts/ofl/notosanssc/NotoSansSC[wght].ttf"))
 
 
 @cache
 def _cjk_font(path: Path | None = None) -> str:
-    if path is None:
-        pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
-        return _CJK_FONT
+    """Registers the font once per process (the file is parsed once) and returns its name."""
+    path = path or packaged_cjk_font()
     name = f"LetterCJK-{path.stem}"
     pdfmetrics.registerFont(TTFont(name, str(path), subfontIndex=0))
     return name
@@ -120,8 +124,7 @@ class PrintChannel:
         self._clock = clock
         self._sender = sender
         self._cjk_font = cjk_font
-        if cjk_font is not None:
-            _cjk_font(cjk_font)  # a missing or unusable font stops the start, not a letter
+        _cjk_font(cjk_font)  # a missing or unusable font stops the start, not a letter
 
     async def send(self, message: OutgoingMessage) -> Delivery:
         letter = letter_of(message, self._sender)
