@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ColumnElement,
     DateTime,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    false,
     func,
 )
 from sqlalchemy.dialects import postgresql
@@ -181,6 +183,10 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("consumer", Text, nullable=False),
         Column("event_id", Text, nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # What was claimed (see collections_kit.consumer): a hash of the payload, and
+        # whether the claim ended in a dead letter that a replay may take over.
+        Column("fingerprint", LargeBinary),
+        Column("dead_lettered", Boolean, nullable=False, server_default=false()),
         PrimaryKeyConstraint("consumer", "event_id"),
     )
     outbox = Table(

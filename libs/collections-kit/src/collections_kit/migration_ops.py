@@ -44,3 +44,18 @@ def create_plumbing_v1(op: Any, schema: str) -> None:
 def drop_plumbing_v1(op: Any, schema: str) -> None:
     op.drop_table("outbox", schema=schema)
     op.drop_table("inbox", schema=schema)
+
+
+def add_inbox_fingerprint_v1(op: Any, schema: str) -> None:
+    """The inbox remembers what it claimed: a fingerprint of the payload (so a redelivered
+    id with another payload is told apart from a plain duplicate) and whether the claim
+    ended in a dead letter (so a replay of that letter may take the claim over). Nullable
+    and a constant default: adding them rewrites no row; old claims have no fingerprint."""
+    op.add_column("inbox", sa.Column("fingerprint", sa.LargeBinary), schema=schema)
+    op.add_column("inbox", sa.Column("dead_lettered", sa.Boolean, nullable=False,
+                                     server_default=sa.false()), schema=schema)
+
+
+def drop_inbox_fingerprint_v1(op: Any, schema: str) -> None:
+    op.drop_column("inbox", "dead_lettered", schema=schema)
+    op.drop_column("inbox", "fingerprint", schema=schema)
