@@ -11,10 +11,10 @@ host:port`` instead connects in plaintext.)
 Without ``--apply`` it only reads ``collections.dlq.v1`` from the beginning (no consumer
 group, no offsets committed) and lists the group's dead letters. With ``--apply`` it
 re-publishes each selected letter's *original* record (same key, headers and value, so the
-same CloudEvents id) to its origin topic with an idempotent producer. For ``handler_failed``
-letters it first prints the inbox rows to delete: the consumer recorded those event ids when
-it dead-lettered them, and would otherwise skip the replay as a duplicate. Every other group
-reading the origin topic skips the replayed record through its own inbox.
+same CloudEvents id, the same bytes even where they are not UTF-8) to its origin topic with
+an idempotent producer. A consumer whose claim of the event ended in a ``handler_failed``
+letter takes the claim over when the replay arrives, so no inbox needs touching; every
+other group reading the origin topic skips the replayed record through its own inbox.
 """
 
 from __future__ import annotations
@@ -54,17 +54,25 @@ class Letter:
         return str(value) if value is not None else None
 
     def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        # As collections_kit.consumer.original_record: text, or base64 where the letter
+        # says so, back to the original bytes.
         p = self.payload
-        key = p["origin_key"].encode() if p.get("origin_key") is not None else None
-        value = (base64.b64decode(p["origin_value"]) if p["value_encoding"] == "base64"
-                 else p["origin_value"].encode())
-        headers = [(name, str(v).encode()) for name, v in p.get("origin_headers", {}).items()]
+        key = (_bytes_of(p["origin_key"], p.get("key_encoding", "utf-8"))
+               if p.get("origin_key") is not None else None)
+        value = _bytes_of(p["origin_value"], p["value_encoding"])
+        encodings = p.get("origin_header_encodings", {})
+        headers = [(name, _bytes_of(str(v), encodings.get(name, "utf-8")))
+                   for name, v in p.get("origin_headers", {}).items()]
         return key, value, headers
 
     def truncated(self) -> bool:
         # An oversized record's value is cut in its dead letter (max_record_bytes).
         return "value truncated" in str(self.payload.get("reason", "")) or any(
             len(str(v)) >= HEADER_LIMIT for v in self.payload.get("origin_headers", {}).values())
+
+
+def _bytes_of(text: str, encoding: str) -> bytes:
+    return base64.b64decode(text) if encoding == "base64" else text.encode()
 
 
 def connection(bootstrap: str | None, env_prefix: str | None) -> dict[str, Any]:
@@ -169,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                                              "from a service's environment, e.g. WORKFLOW_")
     parser.add_argument("--group", required=True, help="the consumer group: workflow, ...")
     parser.add_argument("--topic-prefix", default="", help="the services' TOPIC_PREFIX")
-    parser.add_argument("--schema", help="the group's PostgreSQL schema (default: from --group)")
     parser.add_argument("--kind", action="append",
-                        choices=["undecodable", "invalid", "unknown_type", "handler_failed"])
+                        choices=["undecodable", "invalid", "unknown_type", "handler_failed",
+                                 "conflicting_duplicate"])
     parser.add_argument("--origin-topic", help="only letters from this topic")
     parser.add_argument("--since", help="only letters that failed at or after this ISO time")
     parser.add_argument("--apply", action="store_true", help="re-publish (default: list only)")
@@ -189,15 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     for letter in skipped:
         print(f"not replayable, a header was truncated: {letter.origin}", file=sys.stderr)
     replayable = [letter for letter in letters if not letter.truncated()]
-
-    handled = [letter.event_id for letter in replayable
-               if letter.payload["error_kind"] == "handler_failed" and letter.event_id]
-    if handled:
-        schema = args.schema or args.group.removeprefix(args.topic_prefix).replace("-", "_")
-        ids = ", ".join("'" + i.replace("'", "''") + "'" for i in handled)
-        print("\nBefore --apply, let the consumer accept these events again (on the primary):")
-        print(f"  DELETE FROM {schema}.inbox WHERE consumer = '{args.group}' "
-              f"AND event_id IN ({ids});")
     if not args.apply:
         return 0
     sent = asyncio.run(replay(kafka, replayable))

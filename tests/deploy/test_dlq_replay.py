@@ -79,8 +79,7 @@ def test_lists_then_replays_the_original_record(stack: dict[str, str]) -> None:
         listed = run_tool(*common)
         assert listed.returncode == 0, listed.stderr
         assert "1 dead letters of group" in listed.stdout  # its own, once
-        assert ("DELETE FROM ledger_sync.inbox WHERE consumer = "
-                f"'{prefix}ledger-sync' AND event_id IN ('evt-7');") in listed.stdout
+        assert "DELETE FROM" not in listed.stdout  # the consumer takes its claim over
         origin = f"{prefix}loans.repayment.v1"
         assert asyncio.run(records_after(bootstrap, origin, partition, offset)) == []
 

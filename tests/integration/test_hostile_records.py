@@ -6,24 +6,34 @@ consuming."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from prometheus_client import REGISTRY
+from sqlalchemy import select, text
 
 from collections_kit import contract as c
+from collections_kit.auth import dev_headers
+from collections_kit.consumer import original_record
 from collections_kit.envelope import Envelope
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from scripts import lending
+from scripts.deploy_check import ROOT
 from scripts.infra import producer
 from tests.support import eventually, migrate, read_topic, running
 from workflow.adapters.tables import cases
@@ -33,6 +43,7 @@ from workflow.settings import WorkflowSettings
 LIMIT = 16 * 1024
 TOPICS = [t.value for t in workflow_boot.CONSUMED]
 GOOD = lending.overdue("L-template", Decimal("100.00"))
+ADMIN = dev_headers(["admin"], subject="ops-test")
 TYPES = ["loan.overdue.v1", "loan.repayment.received.v1", "collections.balance.confirmed.v1",
          "collections.contact.outcome.v1", "loan.nonsense.v9", ""]
 
@@ -170,3 +181,198 @@ async def test_garbage_is_dead_lettered_and_the_consumer_keeps_consuming(
         assert letter.reason and letter.consumer_group
         assert len(letter.origin_value) <= LIMIT
     assert world.runtime.live()
+
+
+# --- hostile fields, conflicting duplicates, replays: every service (issue 21) -------------
+
+HOSTILE_BYTES = {"nul": b"L\x00x", "not_utf8": b"L-\xff\xfe", "control": b"L-\x1b[2J",
+                 "overlong": b"L" * 5000}
+HOSTILE_FIELDS = ["ce_id", "ce_source", "ce_subject", "ce_type", "ce_traceparent", "key"]
+SERVICES = ("workflow", "ledger-sync", "notifier")
+
+
+def runtime_of(apps: dict[str, FastAPI], service: str) -> Runtime:
+    runtime: Runtime = apps[service].state.runtime
+    return runtime
+
+
+async def letters_by_group(bootstrap: str, prefix: str) -> dict[str, list[c.DeadLetter]]:
+    found: dict[str, list[c.DeadLetter]] = {}
+    for e in await read_topic(bootstrap, prefix + Topic.DLQ.value):
+        if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter):
+            found.setdefault(e.data.consumer_group.removeprefix(prefix), []).append(e.data)
+    return found
+
+
+async def repayment_amount(runtime: Runtime, repayment_id: str) -> Decimal | None:
+    """The amount a service recorded for a repayment (ledger-sync and notifier keep them)."""
+    schema = runtime.settings.db_schema
+    async with runtime.engine.connect() as conn:
+        amount: Decimal | None = await conn.scalar(text(
+            f'SELECT amount FROM "{schema}".repayments WHERE repayment_id = :r'),
+            {"r": repayment_id})
+        return amount
+
+
+async def test_hostile_fields_on_repayments_are_dead_lettered_by_every_service(
+        apps: dict[str, FastAPI], stack: dict[str, str], topic_prefix: str) -> None:
+    """A NUL in ce_id on loans.repayment.v1 used to stop all three services for good; every
+    odd field is now dead-lettered with its reason, and the next good record is handled."""
+    bootstrap = stack["kafka_bootstrap"]
+    topic = topic_prefix + Topic.LOANS_REPAYMENT.value
+    kafka = await producer(bootstrap)
+    sent: dict[tuple[int, int], tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = {}
+    try:
+        for field in HOSTILE_FIELDS:
+            for name, hostile in HOSTILE_BYTES.items():
+                data = lending.repayment(f"L-hostile-{field}-{name}", Decimal("10.00"),
+                                         Decimal("90.00"))
+                _, good_key, value, headers = lending.record_for(data)
+                key: bytes | None = good_key
+                headers.append(("ce_traceparent",
+                                b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"))
+                if field == "key":
+                    key = hostile
+                else:
+                    headers = [(n, hostile if n == field else v) for n, v in headers]
+                meta = await kafka.send_and_wait(topic, key=key, value=value, headers=headers)
+                sent[meta.partition, meta.offset] = (key, value, headers)
+        good = lending.repayment("L-good-after-hostile", Decimal("10.00"), Decimal("90.00"))
+        await lending.Lender(kafka, topic_prefix).publish(good)
+    finally:
+        await kafka.stop()
+
+    async def all_dead_lettered() -> dict[str, list[c.DeadLetter]] | None:
+        letters = await letters_by_group(bootstrap, topic_prefix)
+        complete = all(len(letters.get(s, [])) >= len(sent) for s in SERVICES)
+        return letters if complete else None
+    letters = await eventually(all_dead_lettered, within=90)
+    for service in SERVICES:
+        for letter in letters[service]:
+            assert letter.error_kind in ("invalid", "undecodable"), letter
+            assert letter.reason and "loan_id" not in letter.reason
+            original = sent[letter.origin_partition, letter.origin_offset]
+            # The letter keeps the record's exact bytes (item 4), cut headers aside.
+            key, value, headers = original_record(letter)
+            assert (key, value) == original[:2]
+            if not any(len(v) >= 1024 for _, v in original[2]):
+                assert headers == original[2]
+        assert "record key is not UTF-8" in {letter.reason for letter in letters[service]}
+    for service in ("ledger-sync", "notifier"):
+        runtime = runtime_of(apps, service)
+        assert await eventually(functools.partial(repayment_amount, runtime,
+                                                  good.repayment_id))
+    for service in SERVICES:
+        assert runtime_of(apps, service).live()
+
+
+async def test_a_conflicting_duplicate_is_dead_lettered_and_the_first_effect_stands(
+        apps: dict[str, FastAPI], stack: dict[str, str], topic_prefix: str) -> None:
+    bootstrap = stack["kafka_bootstrap"]
+    first = lending.repayment("L-dup", Decimal("10.00"), Decimal("90.00"), repayment_id="R-dup")
+    other = first.model_copy(update={"amount": Decimal("99.00")})
+    kafka = await producer(bootstrap)
+    lender = lending.Lender(kafka, topic_prefix)
+    try:
+        await lender.publish(first, event_id="evt-dup")
+        await lender.publish(first, event_id="evt-dup")  # a plain redelivery: silent
+        await lender.publish(other, event_id="evt-dup")  # the publisher's bug
+        await lender.publish(other, event_id="evt-dup")  # the same bug, sent again
+        marker = lending.repayment("L-dup-marker", Decimal("1.00"), Decimal("1.00"))
+        await lender.publish(marker)
+    finally:
+        await kafka.stop()
+
+    async def handled_everywhere() -> bool:
+        return all([await repayment_amount(runtime_of(apps, s), marker.repayment_id)
+                    for s in ("ledger-sync", "notifier")])
+    await eventually(handled_everywhere, within=60)
+
+    async def conflicts() -> dict[str, list[c.DeadLetter]] | None:
+        letters = await letters_by_group(bootstrap, topic_prefix)
+        complete = all(len(letters.get(s, [])) >= 2 for s in SERVICES)
+        return letters if complete else None
+    letters = await eventually(conflicts, within=60)
+    for service in SERVICES:
+        assert len(letters[service]) == 2, letters[service]  # the silent copy made none
+        for letter in letters[service]:
+            assert letter.error_kind == "conflicting_duplicate"
+            assert "evt-dup" in letter.reason and "another payload" in letter.reason
+            assert original_record(letter)[1] == lending.record_for(other)[2]
+    for service in ("ledger-sync", "notifier"):
+        assert await repayment_amount(runtime_of(apps, service), "R-dup") == Decimal("10.00")
+    for service in SERVICES:
+        group = runtime_of(apps, service).settings.group_id()
+        counted = REGISTRY.get_sample_value(
+            "collections_messages_consumed_total",
+            {"consumer": group, "topic": topic_prefix + Topic.LOANS_REPAYMENT.value,
+             "result": "conflicting_duplicate"})
+        assert counted == 2
+
+
+async def refuse_repayments_of(runtime: Runtime, loan_id: str) -> None:
+    """A database that refuses the service's write: its handler fails, for real."""
+    schema = runtime.settings.db_schema
+    async with runtime.engine.begin() as conn:
+        await conn.execute(text(
+            f'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS $$ '
+            "BEGIN RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'check_violation'; "
+            "END $$"))
+        await conn.execute(text(
+            f'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON "{schema}".repayments '
+            f"FOR EACH ROW WHEN (NEW.loan_id = '{loan_id}') "
+            f'EXECUTE FUNCTION "{schema}".refuse()'))
+
+
+async def accept_repayments_again(runtime: Runtime) -> None:
+    schema = runtime.settings.db_schema
+    async with runtime.engine.begin() as conn:
+        await conn.execute(text(f'DROP TRIGGER refuse ON "{schema}".repayments'))
+
+
+async def test_a_handler_failed_letter_replays_in_ledger_sync_and_the_notifier(
+        apps: dict[str, FastAPI], stack: dict[str, str], topic_prefix: str) -> None:
+    """No inbox delete by hand: the ledger-sync letter is replayed through the workflow's
+    API, the notifier's with deploy/ops/dlq_replay.py, both of them as they are."""
+    bootstrap = stack["kafka_bootstrap"]
+    for service in ("ledger-sync", "notifier"):
+        await refuse_repayments_of(runtime_of(apps, service), "L-fails")
+    failing = lending.repayment("L-fails", Decimal("10.00"), Decimal("90.00"))
+    kafka = await producer(bootstrap)
+    try:
+        await lending.Lender(kafka, topic_prefix).publish(failing)
+    finally:
+        await kafka.stop()
+
+    async def failed() -> bool:
+        letters = await letters_by_group(bootstrap, topic_prefix)
+        return all(any(x.error_kind == "handler_failed" for x in letters.get(s, []))
+                   for s in ("ledger-sync", "notifier"))
+    await eventually(failed, within=90)
+    for service in ("ledger-sync", "notifier"):
+        await accept_repayments_again(runtime_of(apps, service))
+        assert await repayment_amount(runtime_of(apps, service), failing.repayment_id) is None
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["workflow"]),
+                                 base_url="http://workflow") as client:
+        page = await client.get("/v1/dead-letters", headers=ADMIN,
+                                params={"group": topic_prefix + "ledger-sync"})
+        assert page.status_code == 200, page.text
+        (letter,) = page.json()["dead_letters"]
+        assert letter["error_kind"] == "handler_failed" and letter["loan_id"] == "L-fails"
+        replayed = await client.post(f"/v1/dead-letters/{letter['id']}/replay",
+                                     headers={**ADMIN, "Idempotency-Key": "replay-ls-1"})
+        assert replayed.status_code == 200, replayed.text
+    tool = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(ROOT / "deploy" / "ops" / "dlq_replay.py"),
+                         "--bootstrap", bootstrap, "--topic-prefix", topic_prefix,
+                         "--group", topic_prefix + "notifier", "--apply"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert tool.returncode == 0, tool.stderr
+    assert "replayed 1 records" in tool.stdout
+
+    for service in ("ledger-sync", "notifier"):
+        runtime = runtime_of(apps, service)
+        amount = await eventually(functools.partial(repayment_amount, runtime,
+                                                    failing.repayment_id))
+        assert amount == Decimal("10.00")

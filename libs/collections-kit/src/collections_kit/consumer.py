@@ -12,19 +12,31 @@ A record that cannot be decoded or validated is dead-lettered (through the outbo
 same transaction) with its reason and origin, and the loop carries on. A handler that
 raises is retried on its own with backoff and then dead-lettered; infrastructure failures
 (database or broker unreachable) are retried without limit, since dead-lettering good
-messages during an outage would lose them.
+messages during an outage would lose them. Should even the dead letter fail, a bare one
+(origin and reason only) is tried, and failing that the record is logged and counted:
+no record stops the loop.
+
+The inbox keeps a fingerprint of each claimed payload. An event id that comes again with
+the same payload is a duplicate, counted and skipped; with another payload it is a
+publisher's bug: the first effect stands and the record is dead-lettered as a
+``conflicting_duplicate``. A claim that ended in a ``handler_failed`` dead letter had no
+effect, so the next record with that id (a replay of the letter, original or corrected)
+takes the claim over in its own transaction: replay needs no manual inbox delete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -37,7 +49,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from collections_kit import metrics, tracing
 from collections_kit.clock import Clock
 from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
-from collections_kit.envelope import Envelope, MalformedMessageError, decode, printable_value
+from collections_kit.envelope import (
+    Envelope,
+    MalformedMessageError,
+    decode,
+    is_safe_text,
+    printable_value,
+)
 from collections_kit.faults import crash_point
 from collections_kit.kafka import client_kwargs
 from collections_kit.outbox import Tx, flush
@@ -61,6 +79,80 @@ class _Item:
     event_id: str
     envelope: Envelope | None
     error: MalformedMessageError | None
+    # Of the payload claimed under event_id (decoded records only): tells a conflicting
+    # duplicate from a redelivery.
+    fingerprint: bytes | None = None
+
+
+def _fingerprint(ce_type: str, value: bytes) -> bytes:
+    # The record's own bytes (not a re-serialisation): a redelivery or a replay of the
+    # original carries them unchanged. The type is NUL-free (checked on decode).
+    return hashlib.blake2b(ce_type.encode() + b"\0" + value, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class _BareRecord:
+    """A record's origin without its content: what a dead letter keeps when the record's
+    key, headers or value made even a dead letter fail."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+Encoding = Literal["utf-8", "base64"]
+
+
+def dead_letter_of(record: Any, error: MalformedMessageError, *, group: str, now: datetime,
+                   max_value_chars: int) -> tuple[DeadLetter, str]:
+    """The dead letter of ``record`` and the subject to publish it under.
+
+    Whatever the record holds, the letter is storable and publishable: key, headers and
+    value travel inside the letter's JSON (as text when UTF-8, else base64, saying which),
+    so that :func:`original_record` gives back their exact bytes for a replay; only an
+    identifier fit for a header and a log line becomes the letter's subject."""
+    value, value_encoding = printable_value(record.value)
+    headers: dict[str, str] = {}
+    header_encodings: dict[str, Encoding] = {}
+    for name, raw in record.headers or ():
+        text, encoding = printable_value(raw)
+        headers[str(name)] = text[:DEAD_LETTER_HEADER_LIMIT]
+        header_encodings.pop(str(name), None)  # the last value of a name is kept
+        if encoding == "base64":
+            header_encodings[str(name)] = "base64"
+    key: str | None = None
+    key_encoding: Encoding = "utf-8"
+    if record.key is not None:
+        key, key_encoding = printable_value(record.key)  # type: ignore[assignment]
+    subject = key if key is not None and key_encoding == "utf-8" and is_safe_text(key) else ""
+    letter = DeadLetter(
+        reason=error.reason, error_kind=error.kind,
+        consumer_group=group, origin_topic=record.topic,
+        origin_partition=record.partition, origin_offset=record.offset,
+        origin_key=key, key_encoding=key_encoding, origin_headers=headers,
+        origin_header_encodings=header_encodings,
+        origin_value=value[:max_value_chars],  # the DLQ must stay publishable
+        value_encoding=value_encoding,
+        failed_at=now,
+    )
+    return letter, subject
+
+
+def _bytes_of(text: str, encoding: str) -> bytes:
+    return base64.b64decode(text) if encoding == "base64" else text.encode()
+
+
+def original_record(letter: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of the record a letter was made of, byte for byte (one
+    value per header name; a header or value cut in the letter is not the original)."""
+    key = None if letter.origin_key is None else _bytes_of(letter.origin_key,
+                                                            letter.key_encoding)
+    headers = [(name, _bytes_of(text, letter.origin_header_encodings.get(name, "utf-8")))
+               for name, text in letter.origin_headers.items()]
+    return key, _bytes_of(letter.origin_value, letter.value_encoding), headers
 
 
 def _record_size(record: Any) -> int:
@@ -271,14 +363,36 @@ class ConsumerLoop:
                   item.record.offset, exc_info=error)
         reason = f"{type(error).__name__}: {error}"[:500]
         failed = _Item(item.record, item.event_id, None,
-                       MalformedMessageError("handler_failed", reason))
+                       MalformedMessageError("handler_failed", reason), item.fingerprint)
+        if await self._dead_letter_until_stored(failed):
+            return
+        # The letter itself failed (a record no letter was made for): one that keeps only
+        # the origin and the reason, claimed by origin, still tells the lender.
+        record = item.record
+        bare = _Item(_BareRecord(record.topic, record.partition, record.offset),
+                     f"{record.topic}/{record.partition}/{record.offset}", None,
+                     MalformedMessageError(failed.error.kind if failed.error else "invalid",
+                                           f"{reason} (the record could not be kept in "
+                                           "this letter)"))
+        if await self._dead_letter_until_stored(bare):
+            return
+        # Nothing more to try: the loop must go on, so the record is skipped, visibly.
+        metrics.DEAD_LETTER_FAILURES.labels(self._group).inc()
+        log.error("could not dead-letter %s/%d@%d; skipped", record.topic, record.partition,
+                  record.offset)
+
+    async def _dead_letter_until_stored(self, item: _Item) -> bool:
+        """Stores ``item``'s letter, waiting out infrastructure failures; False if the letter
+        itself fails."""
         while True:
             try:
-                await self._in_one_transaction([failed])
-                return
+                await self._in_one_transaction([item])
+                return True
             except Exception as exc:
                 if not _is_infrastructure(exc):
-                    raise
+                    log.error("dead-lettering %s/%d@%d failed", item.record.topic,
+                              item.record.partition, item.record.offset, exc_info=exc)
+                    return False
                 await asyncio.sleep(1.0)
 
     def _decode(self, record: Any) -> _Item:
@@ -302,7 +416,8 @@ class ConsumerLoop:
                 return _Item(record, envelope.id, None, None)
             return _Item(record, origin_id, None, MalformedMessageError(
                 "unknown_type", f"{envelope.type} does not belong on {record.topic}"))
-        return _Item(record, envelope.id, envelope, None)
+        return _Item(record, envelope.id, envelope, None,
+                     _fingerprint(envelope.type, record.value or b""))
 
     async def _in_one_transaction(self, items: Sequence[_Item]) -> None:
         spans: list[Span] = []
@@ -330,13 +445,26 @@ class ConsumerLoop:
         async with self._engine.begin() as conn:
             tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
                     topic_prefix=self._settings.topic_prefix)
-            fresh = await self._claim(tx, [item.event_id for item in items])
+            fresh = await self._claim(tx, items)
+            claimed = await self._claimed_fingerprints(
+                tx, {item.event_id for item in items} - fresh)
             batch: list[Envelope] = []
             for item in items:
                 if item.event_id not in fresh:
-                    outcomes[item.record.topic, "duplicate"] += 1
+                    first = claimed.get(item.event_id)
+                    if (item.error is None and first is not None
+                            and item.fingerprint is not None and first != item.fingerprint):
+                        self._dead_letter(tx, item.record, MalformedMessageError(
+                            "conflicting_duplicate",
+                            f"event id {item.event_id!r} was already processed with another "
+                            "payload: the first one's effect stands, this one had none"))
+                        outcomes[item.record.topic, "conflicting_duplicate"] += 1
+                    else:
+                        outcomes[item.record.topic, "duplicate"] += 1
                     continue
-                fresh.discard(item.event_id)  # a second copy in the same batch is a duplicate
+                # A second copy in the same batch is a duplicate of this one.
+                fresh.discard(item.event_id)
+                claimed[item.event_id] = item.fingerprint
                 if item.error is not None:
                     self._dead_letter(tx, item.record, item.error)
                     continue
@@ -355,33 +483,42 @@ class ConsumerLoop:
         for (topic, outcome), n in outcomes.items():
             metrics.MESSAGES_CONSUMED.labels(self._group, topic, outcome).inc(n)
 
-    async def _claim(self, tx: Tx, event_ids: list[str]) -> set[str]:
-        # One array parameter instead of a VALUES list: the statement is prepared once,
+    async def _claim(self, tx: Tx, items: Sequence[_Item]) -> set[str]:
+        """Claims the items' event ids; returns those this transaction may act on: new ones,
+        and those whose claim ended in a handler_failed letter (taken over, see above)."""
+        first: dict[str, _Item] = {}
+        for item in items:
+            first.setdefault(item.event_id, item)
+        # Array parameters instead of a VALUES list: the statement is prepared once,
         # whatever the batch size.
         rows = await tx.conn.execute(text(
-            f'INSERT INTO "{self._schema}".inbox (consumer, event_id) '
-            "SELECT :consumer, unnest(CAST(:ids AS text[])) "
-            "ON CONFLICT DO NOTHING RETURNING event_id"),
-            {"consumer": self._group, "ids": list(dict.fromkeys(event_ids))})
+            f'INSERT INTO "{self._schema}".inbox AS i '
+            "(consumer, event_id, fingerprint, dead_lettered) "
+            "SELECT :consumer, c.id, c.fp, c.dl FROM unnest(CAST(:ids AS text[]), "
+            "CAST(:fps AS bytea[]), CAST(:dls AS boolean[])) AS c(id, fp, dl) "
+            "ON CONFLICT (consumer, event_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+            " dead_lettered = EXCLUDED.dead_lettered, received_at = now() "
+            "WHERE i.dead_lettered RETURNING event_id"),
+            {"consumer": self._group, "ids": list(first),
+             "fps": [item.fingerprint for item in first.values()],
+             "dls": [item.error is not None and item.error.kind == "handler_failed"
+                     for item in first.values()]})
         return set(rows.scalars())
 
+    async def _claimed_fingerprints(self, tx: Tx, event_ids: set[str]) -> dict[str, bytes | None]:
+        if not event_ids:  # the usual case: no duplicate in the poll, no second statement
+            return {}
+        rows = await tx.conn.execute(text(
+            f'SELECT event_id, fingerprint FROM "{self._schema}".inbox '
+            "WHERE consumer = :consumer AND event_id = ANY(CAST(:ids AS text[]))"),
+            {"consumer": self._group, "ids": sorted(event_ids)})
+        return {row.event_id: row.fingerprint for row in rows}
+
     def _dead_letter(self, tx: Tx, record: Any, error: MalformedMessageError) -> None:
-        value, encoding = printable_value(record.value)
-        value = value[:self._settings.max_record_bytes]  # the DLQ must stay publishable
-        headers = {}
-        for name, raw in record.headers or ():
-            headers[str(name)] = printable_value(raw)[0][:DEAD_LETTER_HEADER_LIMIT]
-        key = record.key.decode(errors="replace") if record.key is not None else None
-        letter = DeadLetter(
-            reason=error.reason, error_kind=error.kind,
-            consumer_group=self._group, origin_topic=record.topic,
-            origin_partition=record.partition, origin_offset=record.offset,
-            origin_key=key, origin_headers=headers, origin_value=value,
-            value_encoding=encoding,
-            failed_at=tx.now,
-        )
+        letter, subject = dead_letter_of(record, error, group=self._group, now=tx.now,
+                                         max_value_chars=self._settings.max_record_bytes)
         tx.publish(letter, event_id=f"dlq:{self._group}:{record.topic}/{record.partition}/"
-                   f"{record.offset}", subject=key or "")
+                   f"{record.offset}", subject=subject)
         metrics.DEAD_LETTERS.labels(self._group, error.kind).inc()
         log.warning("dead-lettered %s/%d@%d: %s", record.topic, record.partition,
                     record.offset, error.reason)

@@ -245,13 +245,22 @@ class DeadLetter(Message):
     """A message a consumer could not process, with where it came from and why."""
 
     reason: str
-    error_kind: Literal["undecodable", "invalid", "unknown_type", "handler_failed"]
+    # conflicting_duplicate: an event id already processed came again with another
+    # payload; the first one's effect stands, this record had none.
+    error_kind: Literal["undecodable", "invalid", "unknown_type", "handler_failed",
+                        "conflicting_duplicate"]
     consumer_group: str
     origin_topic: str
     origin_partition: int
     origin_offset: int
+    # The original key as text when it is UTF-8, otherwise base64 (see key_encoding): a
+    # replay reproduces the record's exact bytes.
     origin_key: str | None
+    key_encoding: Literal["utf-8", "base64"] = "utf-8"
     origin_headers: dict[str, str]
+    # The headers whose value is base64 in origin_headers, not being UTF-8 text.
+    origin_header_encodings: dict[str, Literal["utf-8", "base64"]] = Field(
+        default_factory=dict)
     # The original value as text when it is UTF-8, otherwise base64 (see value_encoding).
     origin_value: str
     value_encoding: Literal["utf-8", "base64"]

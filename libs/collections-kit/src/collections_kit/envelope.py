@@ -7,6 +7,7 @@ consumed in order.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,12 @@ from collections_kit.contract import SPEC_BY_MODEL, SPEC_BY_TYPE, Message
 CONTENT_TYPE = "application/json"
 # Kafka headers are bytes; anything larger than this in one header is refused as hostile.
 _MAX_HEADER_BYTES = 4096
+# The key and the core attributes become ids in database columns and log lines: bounded
+# tighter than any other header.
+MAX_ATTRIBUTE_CHARS = 256
+# Control characters (C0, DEL, C1): PostgreSQL text cannot hold NUL, the others forge log
+# lines or break terminals. Refused in the key and in every header a service reads.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class MalformedMessageError(Exception):
@@ -69,13 +76,45 @@ def encode_text_headers(envelope: Envelope) -> tuple[bytes, bytes, list[tuple[st
 def decode_headers(raw: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in raw:
+        if len(name) > MAX_ATTRIBUTE_CHARS or _CONTROL.search(name):
+            raise MalformedMessageError(
+                "invalid", f"header name {name[:40]!r} is overlong or holds a control character")
         if len(value) > _MAX_HEADER_BYTES:
             raise MalformedMessageError("undecodable", f"header {name!r} is larger than allowed")
         try:
-            headers[name] = value.decode()
+            text = value.decode()
         except UnicodeDecodeError as exc:
             raise MalformedMessageError("undecodable", f"header {name!r} is not UTF-8") from exc
+        if name.startswith("ce_") or name == "content-type":
+            # Every header a service reads reaches a log line, a span or a column.
+            limit = MAX_ATTRIBUTE_CHARS if name in _CORE else _MAX_HEADER_BYTES
+            _check_text(f"header {name!r}", text, limit)
+        headers[name] = text
     return headers
+
+
+def decode_key(key: bytes | None) -> str | None:
+    """The record key as text (the loan id), or :class:`MalformedMessageError` saying why."""
+    if key is None:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedMessageError("undecodable", "record key is not UTF-8") from exc
+    _check_text("record key", text, MAX_ATTRIBUTE_CHARS)
+    return text
+
+
+def _check_text(what: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise MalformedMessageError("invalid", f"{what} is longer than {limit} characters")
+    if _CONTROL.search(text):
+        raise MalformedMessageError("invalid", f"{what} holds a control character")
+
+
+def is_safe_text(text: str) -> bool:
+    """Whether ``text`` may go where an attribute goes (a column, a header, a log line)."""
+    return len(text) <= MAX_ATTRIBUTE_CHARS and not _CONTROL.search(text)
 
 
 _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
@@ -87,10 +126,15 @@ def decode(
 ) -> Envelope:
     """Parse and validate one record, or raise :class:`MalformedMessageError` saying why."""
     headers = decode_headers(raw_headers)
+    key_text = decode_key(key)
     missing = [h for h in _REQUIRED if h not in headers]
     if missing:
         raise MalformedMessageError(
             "undecodable", f"missing CloudEvents headers: {', '.join(missing)}")
+    empty = [h for h in ("ce_id", "ce_source") if not headers[h]]
+    if empty:
+        # An empty id would be one inbox claim shared by every such event.
+        raise MalformedMessageError("invalid", f"empty CloudEvents headers: {', '.join(empty)}")
     if headers["ce_specversion"] != "1.0":
         raise MalformedMessageError(
             "undecodable", f"unsupported specversion {headers['ce_specversion']}")
@@ -113,7 +157,7 @@ def decode(
                 "undecodable", f"payload is not JSON: {first['ctx'].get('error', '')}"
                 if "ctx" in first else "payload is not JSON") from exc
         raise MalformedMessageError("invalid", _summarise(exc)) from exc
-    subject = headers.get("ce_subject") or (key.decode(errors="replace") if key else "")
+    subject = headers.get("ce_subject") or key_text or ""
     try:
         time = datetime.fromisoformat(headers["ce_time"]) if "ce_time" in headers else None
     except ValueError as exc:
@@ -121,7 +165,7 @@ def decode(
     if time is None or time.tzinfo is None:
         raise MalformedMessageError("invalid", "ce_time is required and must carry an offset")
     loan_id = getattr(data, "loan_id", None)
-    if loan_id is not None and key is not None and key.decode(errors="replace") != loan_id:
+    if loan_id is not None and key_text is not None and key_text != loan_id:
         raise MalformedMessageError("invalid", "record key differs from the payload's loan_id")
     extensions = {k[3:]: v for k, v in headers.items() if k.startswith("ce_") and k not in _CORE}
     extensions.pop("specversion", None)

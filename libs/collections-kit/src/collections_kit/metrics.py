@@ -20,6 +20,11 @@ DEAD_LETTERS = Counter(
     "collections_dead_letters_total", "Records sent to the dead-letter topic",
     ["consumer", "kind"],
 )
+DEAD_LETTER_FAILURES = Counter(
+    "collections_dead_letter_failures_total",
+    "Records that not even a bare dead letter could hold: skipped, logged with their origin",
+    ["consumer"],
+)
 OUTBOX_PUBLISHED = Counter(
     "collections_outbox_published_total", "Outbox rows published to Kafka", ["schema"],
 )

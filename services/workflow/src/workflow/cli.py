@@ -250,8 +250,7 @@ def dlq_replay(ctx: typer.Context, letter_id: str,
         _print_json(result)
         return
     typer.echo(f"replayed {result['id']} to {result['origin_topic']}/{result['partition']}"
-               f"@{result['offset']}" + (" (corrected value)" if result["corrected"] else "")
-               + (" (inbox entry released)" if result["inbox_released"] else ""))
+               f"@{result['offset']}" + (" (corrected value)" if result["corrected"] else ""))
     typer.echo(f"idempotency key: {key}")
 
 

@@ -7,9 +7,10 @@ with a short-lived consumer without a group (nothing is committed) and never ret
 original value, only its length: it may hold personal data. A replay re-publishes the original
 key, headers and value (or a corrected value from the request) and answers with where it
 landed; it is idempotent through ``Idempotency-Key`` (the workflow's ``idempotency_keys``
-table). For a ``handler_failed`` letter of the workflow's own consumer group the event id is
-first released from the inbox, which otherwise would skip the replay as a duplicate; the
-other services' inboxes must be released as docs/runbook.md describes.
+table). The letters of every service replay the same way: the key, headers and value are
+the original bytes (collections_kit.consumer.original_record), and a consumer whose claim
+of the event ended in a ``handler_failed`` letter takes the claim over when the replay
+arrives (collections_kit.consumer), so no inbox is touched here.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collections_kit.auth import Principal, require
-from collections_kit.consumer import DEAD_LETTER_HEADER_LIMIT, VALUE_TRUNCATED
+from collections_kit.consumer import DEAD_LETTER_HEADER_LIMIT, VALUE_TRUNCATED, original_record
 from collections_kit.contract import DeadLetter
 from collections_kit.envelope import MalformedMessageError, decode
 from collections_kit.kafka import client_kwargs
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
-from workflow.adapters.tables import idempotency_keys, inbox
+from workflow.adapters.tables import idempotency_keys
 
 Admin = Annotated[Principal, require("admin")]
 LetterId = Annotated[str, Path(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$", examples=["0-42"],
@@ -65,7 +66,9 @@ class DeadLetterView(BaseModel):
     origin_topic: str
     origin_partition: int
     origin_offset: int
-    loan_id: str | None = Field(description="The origin record's key, when it is an id")
+    loan_id: str | None = Field(
+        description="The origin record's key when it is an id, else the payload's loan_id "
+                    "when that is one")
     event_id: str | None = Field(description="The origin record's CloudEvents id")
     event_type: str | None
     value_length: int = Field(description="Length of the original value (never shown)")
@@ -91,9 +94,6 @@ class ReplayResult(BaseModel):
     partition: int
     offset: int
     corrected: bool
-    inbox_released: bool = Field(
-        description="The workflow's inbox entry for the event was removed so it is processed "
-                    "again (handler_failed letters of the workflow only).")
 
 
 router = APIRouter(prefix="/v1", tags=["dead letters"])
@@ -120,6 +120,27 @@ def _identifier(value: str | None) -> str | None:
     return value if value is not None and _IDENTIFIER.match(value) else None
 
 
+def _loan_id(letter: DeadLetter) -> str | None:
+    """What is known of the loan: the key, or (a key that is not UTF-8, say) the payload's
+    loan_id. Only an identifier is shown; the rest of the value is never read out."""
+    if letter.key_encoding == "utf-8" and _identifier(letter.origin_key):
+        return letter.origin_key
+    if letter.value_encoding != "utf-8" or VALUE_TRUNCATED in letter.reason:
+        return None
+    try:
+        payload = json.loads(letter.origin_value)
+    except ValueError:
+        return None
+    loan_id = payload.get("loan_id") if isinstance(payload, dict) else None
+    return _identifier(loan_id) if isinstance(loan_id, str) else None
+
+
+def _header_identifier(letter: DeadLetter, name: str) -> str | None:
+    if letter.origin_header_encodings.get(name, "utf-8") != "utf-8":
+        return None
+    return _identifier(letter.origin_headers.get(name))
+
+
 def _value_length(letter: DeadLetter) -> int:
     if letter.value_encoding == "base64":
         return len(base64.b64decode(letter.origin_value))
@@ -131,9 +152,9 @@ def _view(partition: int, offset: int, letter: DeadLetter) -> DeadLetterView:
         id=f"{partition}-{offset}", reason=letter.reason, error_kind=letter.error_kind,
         consumer_group=letter.consumer_group, origin_topic=letter.origin_topic,
         origin_partition=letter.origin_partition, origin_offset=letter.origin_offset,
-        loan_id=_identifier(letter.origin_key),
-        event_id=_identifier(letter.origin_headers.get("ce_id")),
-        event_type=_identifier(letter.origin_headers.get("ce_type")),
+        loan_id=_loan_id(letter),
+        event_id=_header_identifier(letter, "ce_id"),
+        event_type=_header_identifier(letter, "ce_type"),
         value_length=_value_length(letter), value_encoding=letter.value_encoding,
         failed_at=letter.failed_at)
 
@@ -238,14 +259,6 @@ def _letter_not_found(letter_id: str) -> ProblemError:
                         type_="https://collections.example/problems/dead-letter-not-found")
 
 
-def _original(letter: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    key = letter.origin_key.encode() if letter.origin_key is not None else None
-    value = (base64.b64decode(letter.origin_value) if letter.value_encoding == "base64"
-             else letter.origin_value.encode())
-    headers = [(name, value_.encode()) for name, value_ in letter.origin_headers.items()]
-    return key, value, headers
-
-
 def _replayable_topic(runtime: Runtime, letter: DeadLetter) -> str:
     prefix = runtime.settings.topic_prefix
     allowed = {prefix + t.value for t in Topic if t is not Topic.DLQ}
@@ -305,24 +318,17 @@ async def replay_dead_letter(
         letter = await read_one(runtime, letter_id)
         topic = _replayable_topic(runtime, letter)
         _check_value(letter, body.value)
-        record_key, value, headers = _original(letter)
+        record_key, value, headers = original_record(letter)
         if body.value is not None:
             value = body.value.encode()
-        released = False
-        event_id = letter.origin_headers.get("ce_id")
-        if (letter.error_kind == "handler_failed" and event_id
-                and letter.consumer_group == runtime.settings.group_id()):
-            deleted = await conn.execute(delete(inbox).where(
-                inbox.c.consumer == letter.consumer_group, inbox.c.event_id == event_id))
-            released = deleted.rowcount > 0
         # Published inside the transaction: if Kafka refuses, the key is not used up. A
         # crash after the send and before the commit publishes twice on retry, which every
         # consumer's inbox absorbs (same CloudEvents id).
         meta = await runtime.producer.send_and_wait(topic, value=value, key=record_key,
                                                     headers=headers)
         result = ReplayResult(id=letter_id, origin_topic=topic, partition=meta.partition,
-                              offset=meta.offset, corrected=body.value is not None,
-                              inbox_released=released).model_dump(mode="json")
+                              offset=meta.offset,
+                              corrected=body.value is not None).model_dump(mode="json")
         await conn.execute(update(idempotency_keys).where(idempotency_keys.c.key == key)
                            .values(status=200, body=result))
     return JSONResponse(result)
