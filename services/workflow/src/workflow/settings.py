@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from collections_kit.settings import ServiceSettings
@@ -15,3 +16,7 @@ class WorkflowSettings(ServiceSettings):
     http_port: int = 8001
     # Escalation policies (TOML), one per product; none: the built-in default policy.
     policy_files: tuple[Path, ...] = ()
+    # How long a repayment of a loan without a case is remembered for the overdue report
+    # that may open its case late (topics are consumed independently). It covers a consumer
+    # lagging behind by that much; beyond it the periodic balance re-check still closes.
+    money_seen_retention_hours: float = Field(default=72.0, gt=0)

@@ -246,3 +246,43 @@ def test_a_stale_stage_timer_does_nothing() -> None:
     fired = run(moved, m.TimerFired("t", "stage_time_limit", str(case.stage_epoch), NOW))
     assert fired.case is None and fired.timeline[0].kind == "timer_stale"
     assert not d.timer_is_current(moved, TimerKind.STAGE_TIME_LIMIT, str(case.stage_epoch))
+
+
+def seen(outstanding_after: str, at: datetime, *, kind: str = "repayment",
+         amount: str = "1000.00") -> m.MoneySeen:
+    return m.MoneySeen("e-r", kind, "R1", Decimal(amount), Decimal(outstanding_after), at)
+
+
+def test_a_repayment_seen_before_the_overdue_it_is_newer_than_opens_the_case_repaid() -> None:
+    late = replace(overdue(), money_seen=seen("0", NOW + timedelta(minutes=1)))
+    decision = run(None, late)
+    assert decision.case is not None and decision.case.exit is Exit.REPAID
+    assert decision.intents == () and decision.timers == ()
+    assert not any(isinstance(e, d.RequestBalanceCheck) for e in decision.effects)
+    assert d.AnnounceCaseOpened() in decision.effects
+    assert [e.kind for e in decision.timeline] == ["case_opened", "case_closed"]
+
+
+def test_a_partial_repayment_seen_first_lowers_what_the_late_overdue_reports() -> None:
+    late = replace(overdue(), money_seen=seen("400.00", NOW + timedelta(minutes=1),
+                                              amount="600.00"))
+    decision = run(None, late)
+    assert decision.case is not None and decision.case.is_open
+    assert decision.case.outstanding == Decimal("400.00")
+    assert {e.expected_outstanding for e in decision.effects
+            if isinstance(e, d.RequestBalanceCheck)} == {Decimal("400.00")}
+
+
+def test_money_seen_before_the_overdues_as_of_is_already_in_its_figures() -> None:
+    older = replace(overdue(), money_seen=seen("0", NOW - timedelta(minutes=1)))
+    decision = run(None, older)
+    assert decision.case is not None and decision.case.is_open
+    assert decision.case.outstanding == Decimal("1000.00") and decision.intents
+
+
+def test_a_reversal_seen_after_the_repayment_leaves_the_debt_owed() -> None:
+    bounced = replace(overdue(), money_seen=seen("1000.00", NOW + timedelta(minutes=2),
+                                                 kind="reversal"))
+    decision = run(None, bounced)
+    assert decision.case is not None and decision.case.is_open
+    assert decision.case.outstanding == Decimal("1000.00")

@@ -20,6 +20,9 @@ AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 SAMPLES: list[d.Input] = [
     m.OverdueReported("e", "L", "B", "p", "CNY", Decimal("1.10"), Decimal("100.000001"), 5, AT,
                       "Asia/Shanghai", "CN"),
+    m.OverdueReported("e", "L", "B", "p", "CNY", Decimal("1.10"), Decimal("100"), 5, AT,
+                      "Asia/Shanghai", "CN", money_seen=m.MoneySeen(
+                          "e0", "repayment", "R", Decimal("100"), Decimal("0"), AT)),
     m.RecordArrangement("k", "instalment_plan", (m.InstalmentTerms(AT, Decimal("5")),
                                                  m.InstalmentTerms(AT, Decimal("7.5"))), "a",
                         interest_reduction=None, note="n"),

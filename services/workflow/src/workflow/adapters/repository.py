@@ -8,13 +8,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
 from collections_kit.db import any_of, insert_rows, on_conflict_update
-from workflow.adapters.tables import case_inputs, cases, contact_intents, timeline, timers
+from workflow.adapters.tables import (
+    case_inputs,
+    cases,
+    contact_intents,
+    money_seen,
+    timeline,
+    timers,
+)
 from workflow.domain.decide import timer_is_current
+from workflow.domain.messages import MoneySeen
 from workflow.domain.model import (
     Arrangement,
     ArrangementKind,
@@ -131,6 +139,23 @@ class BatchState:
     timeline_rows: list[dict[str, Any]] = field(default_factory=list)
     new_timers: list[dict[str, Any]] = field(default_factory=list)
     journal_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Money seen of loans without a case (by loan id), and what the batch changed of it.
+    money: dict[str, MoneySeen] = field(default_factory=dict)
+    remembered: dict[str, MoneySeen] = field(default_factory=dict)
+    forgotten: set[str] = field(default_factory=set)
+
+    def remember(self, loan_id: str, seen: MoneySeen) -> None:
+        """Keep the newest money fact of a loan without a case (by the lender's time)."""
+        known = self.money.get(loan_id)
+        if known is None or seen.at >= known.at:
+            self.money[loan_id] = self.remembered[loan_id] = seen
+            self.forgotten.discard(loan_id)
+
+    def forget(self, loan_id: str) -> None:
+        """The loan's case opened with what was seen: from now on its case keeps it."""
+        if self.money.pop(loan_id, None) is not None:
+            self.remembered.pop(loan_id, None)
+            self.forgotten.add(loan_id)
 
     def record(self, before: Case | None, case: Case | None, intents: Sequence[ContactIntent],
                entries: Sequence[TimelineEntry], new_timers: Sequence[Timer], *,
@@ -179,6 +204,11 @@ def intent_from_row(row: Any) -> ContactIntent:
 _INTENT_UPSERT = on_conflict_update("intent_id", (
     "status", "reason", "command_id", "confirmation_id", "check_id", "attempts"))
 
+# Only a newer fact replaces the one kept (by the lending system's time).
+_NEWER_MONEY = on_conflict_update("loan_id", (
+    "event_id", "kind", "repayment_id", "amount", "outstanding_after", "at", "seen_at")
+) + ' WHERE "money_seen".at <= EXCLUDED.at'
+
 _PENDING = (IntentStatus.AWAITING_CONFIRMATION.value, IntentStatus.AWAITING_RECHECK.value)
 
 
@@ -211,6 +241,9 @@ class CaseRepository:
             select(cases).where(any_of(cases.c.loan_id, sorted(set(loan_ids))))
             .order_by(cases.c.loan_id).with_for_update())).all()
         state = BatchState({case.loan_id: case for case in map(case_from_row, rows)})
+        caseless = sorted(set(loan_ids) - state.cases.keys())
+        if caseless:
+            await self._load_caseless(state, caseless)
         case_ids = [c.case_id for c in state.cases.values()]
         if not case_ids:
             return state
@@ -230,6 +263,38 @@ class CaseRepository:
             state.timers.setdefault(r.case_id, {})[r.timer_id] = (
                 TimerKind(r.kind), r.token, r.due_at)
         return state
+
+    async def _load_caseless(self, state: BatchState, loan_ids: Sequence[str]) -> None:
+        """Serialise loans without a case row (no row to lock yet), then read what was
+        seen of their money.
+
+        Without the lock a repayment and the overdue report that opens the case, decided
+        in two transactions at once, would each see no case: the repayment remembered for
+        a loan that has a case by then, and forgotten. After the lock (a new statement,
+        so a new snapshot) a case committed meanwhile is read and locked like the rest.
+        """
+        await self._conn.execute(text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(l, 0) AS k "
+            "FROM unnest(CAST(:loans AS text[])) AS l ORDER BY k) AS keys"),
+            {"loans": list(loan_ids)})
+        for row in (await self._conn.execute(
+                select(cases).where(any_of(cases.c.loan_id, loan_ids))
+                .order_by(cases.c.loan_id).with_for_update())).all():
+            case = case_from_row(row)
+            state.cases[case.loan_id] = case
+        for r in await self._conn.execute(select(money_seen).where(
+                any_of(money_seen.c.loan_id, [i for i in loan_ids if i not in state.cases]))):
+            state.money[r.loan_id] = MoneySeen(
+                event_id=r.event_id, kind=r.kind, repayment_id=r.repayment_id,
+                amount=r.amount, outstanding_after=r.outstanding_after, at=r.at)
+
+    async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int:
+        """Forget money seen before ``before`` of loans that never had a case since."""
+        oldest = select(money_seen.c.loan_id).where(money_seen.c.seen_at < before) \
+            .limit(limit).scalar_subquery()
+        result = await self._conn.execute(delete(money_seen).where(
+            money_seen.c.loan_id.in_(oldest)))
+        return int(result.rowcount or 0)
 
     async def write_batch(self, state: BatchState, at: datetime) -> None:
         """Persist what a batch changed: one multi-row statement per table."""
@@ -263,6 +328,14 @@ class CaseRepository:
             await self._conn.execute(update(timers).where(any_of(timers.c.timer_id, stale_existing))
                                      .values(fired_at=at, outcome="superseded"))
         await insert_rows(self._conn, case_inputs, state.journal_rows)
+        await insert_rows(self._conn, money_seen, [
+            {"loan_id": loan_id, "event_id": f.event_id, "kind": f.kind,
+             "repayment_id": f.repayment_id, "amount": f.amount,
+             "outstanding_after": f.outstanding_after, "at": f.at, "seen_at": at}
+            for loan_id, f in state.remembered.items()], on_conflict=_NEWER_MONEY)
+        if state.forgotten:
+            await self._conn.execute(delete(money_seen).where(
+                any_of(money_seen.c.loan_id, sorted(state.forgotten))))
 
     async def mark_fired(self, timer_id: str, at: datetime) -> None:
         await self._conn.execute(update(timers).where(timers.c.timer_id == timer_id)

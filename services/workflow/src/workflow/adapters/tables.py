@@ -51,6 +51,7 @@ cases = Table(
     Column("unanswered_contacts", Integer, nullable=False, server_default="0"),
     Column("milestones", JSONB, nullable=False, server_default="[]"),
     Column("next_action_at", DateTime(timezone=True)),
+    Column("money_applied_at", DateTime(timezone=True)),
     Index("ix_cases_stage_status", "status", "stage"),
     Index("ix_cases_next_action_at", "next_action_at"),
     # No index on days_past_due: it changes daily for every case, and an index on it
@@ -109,6 +110,21 @@ case_inputs = Table(
     Column("input_type", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Index("ix_case_inputs_case", "case_id", "id"),
+)
+
+# The newest repayment or reversal of a loan that had no case when it was consumed.
+money_seen = Table(
+    "money_seen",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("event_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("repayment_id", Text, nullable=False),
+    Column("amount", Numeric(20, 6), nullable=False),
+    Column("outstanding_after", Numeric(20, 6), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Index("ix_money_seen_seen_at", "seen_at"),
 )
 
 idempotency_keys = Table(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from collections_kit import contract as c
 from collections_kit.clock import derived_id
@@ -17,7 +17,7 @@ from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from workflow.adapters.journal import encode_input
-from workflow.adapters.repository import CaseRepository
+from workflow.adapters.repository import BatchState, CaseRepository
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.model import Case
@@ -68,20 +68,23 @@ class Workflow:
         results = []
         for item in items:
             before = state.cases.get(item.loan_id)
+            event = item.event if before else _with_money_seen(state, item)
             known = state.intents.get(before.case_id, {}) if before else {}
-            product = before.product if before else getattr(item.event, "product", "")
-            decision = d.decide(before, list(known.values()), item.event,
+            product = before.product if before else getattr(event, "product", "")
+            decision = d.decide(before, list(known.values()), event,
                                 self._policies.for_product(product), tx.now,
                                 ids(item.cause_id))
             results.append((before, decision))
             if decision.rejected is not None:
                 continue
+            if before is None and decision.case is not None:
+                state.forget(item.loan_id)
             subject = state.record(before, decision.case, decision.intents, decision.timeline,
                                    decision.timers, at=tx.now, actor=tx.actor,
                                    cause_id=item.cause_id)
             if subject is None:
                 continue
-            input_type, payload = encode_input(item.event)
+            input_type, payload = encode_input(event)
             state.journal_rows.append({
                 "case_id": subject.case_id, "loan_id": subject.loan_id, "at": tx.now,
                 "cause_id": item.cause_id, "input_type": input_type, "payload": payload})
@@ -91,6 +94,21 @@ class Workflow:
                            subject=subject.loan_id)
         await repo.write_batch(state, tx.now)
         return results
+
+
+def _with_money_seen(state: BatchState, item: Item) -> d.Input:
+    """For a loan without a case: remember its repayments and reversals, and hand what was
+    remembered to the overdue report that opens its case (journalled with it)."""
+    event = item.event
+    match event:
+        case m.RepaymentReceived() | m.RepaymentReversed():
+            kind = "repayment" if isinstance(event, m.RepaymentReceived) else "reversal"
+            state.remember(item.loan_id, m.MoneySeen(
+                event.event_id, kind, event.repayment_id, event.amount,
+                event.outstanding_after, event.at))
+        case m.OverdueReported() if item.loan_id in state.money:
+            return replace(event, money_seen=state.money[item.loan_id])
+    return event
 
 
 class WorkflowHandlers:

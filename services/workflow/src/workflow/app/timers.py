@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 class TimerWorker:
     def __init__(self, engine: AsyncEngine, settings: ServiceSettings, clock: Clock,
-                 workflow: Workflow, *, batch: int = 200, poll_s: float = 1.0) -> None:
+                 workflow: Workflow, *, batch: int = 200, poll_s: float = 1.0,
+                 money_seen_retention: timedelta = timedelta(days=3)) -> None:
         self._engine = engine
         self._settings = settings
         self._clock = clock
@@ -41,6 +42,8 @@ class TimerWorker:
         self._poll_s = poll_s
         self.heartbeat = time.monotonic()
         self._measured_at = 0.0
+        self._money_seen_retention = money_seen_retention
+        self._pruned_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
@@ -49,6 +52,7 @@ class TimerWorker:
                 fired = await self.fire_due()
                 self.heartbeat = time.monotonic()
                 await self._measure_overdue()
+                await self.prune_money_seen()
                 backoff = 0.5
                 if fired < self._batch:
                     await asyncio.sleep(await self._sleep_for())
@@ -73,6 +77,16 @@ class TimerWorker:
             oldest = await conn.scalar(select(func.min(timers.c.due_at)).where(overdue))
         TIMERS_OVERDUE.set(int(count or 0))
         TIMERS_OLDEST_OVERDUE.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+
+    async def prune_money_seen(self, *, every_s: float = 60.0) -> int:
+        """Forget repayments of loans without a case once past their retention (a minute
+        apart at most: rows expire by the hour)."""
+        if time.monotonic() - self._pruned_at < every_s:
+            return 0
+        self._pruned_at = time.monotonic()
+        async with self._engine.begin() as conn:
+            return await CaseRepository(conn).prune_money_seen(
+                self._clock.now() - self._money_seen_retention)
 
     async def _sleep_for(self) -> float:
         async with self._engine.connect() as conn:

@@ -409,13 +409,28 @@ def _overdue(case: Case | None, intents: Sequence[ContactIntent], event: m.Overd
             jurisdiction=event.jurisdiction, policy_version=ctx.policy.version,
             opened_at=ctx.now, updated_at=ctx.now, stage_entered_at=ctx.now,
             outstanding_at_stage_entry=event.outstanding)
-        return Decision(
+        seen = event.money_seen
+        # Money seen after the report's as-of is news to it; older money is in its figures.
+        if seen is not None and seen.at > event.as_of:
+            opened = replace(opened, outstanding=seen.outstanding_after,
+                             outstanding_at_stage_entry=seen.outstanding_after)
+        else:
+            seen = None
+        announced = Decision(
             case=opened, effects=(AnnounceCaseOpened(),),
             timeline=(_entry(ctx, "case_opened", None, opened,
                              days_past_due=event.days_past_due,
-                             outstanding=str(event.outstanding)),),
-            timers=_stage_timers(opened, ctx),
-        ).then(_plan_contacts(opened, ctx, "open"))
+                             outstanding=str(opened.outstanding),
+                             reported_outstanding=str(event.outstanding) if seen else None,
+                             money_seen=seen.repayment_id if seen else None),))
+        if seen is not None and seen.outstanding_after <= ctx.policy.tolerance:
+            # Repaid before the report was read, as a case closed by the repayment would
+            # ignore this report: closed at once, no contact planned.
+            return announced.then(apply_rule(opened, (), Trigger.FULL_REPAYMENT, ctx,
+                                             repayment_id=seen.repayment_id,
+                                             amount=str(seen.amount)))
+        return announced.then(Decision(case=None, timers=_stage_timers(opened, ctx))
+                              ).then(_plan_contacts(opened, ctx, "open"))
     if event.as_of <= case.last_overdue_as_of:
         return Decision(case=None, timeline=(_entry(
             ctx, "stale_overdue_ignored", case, case, as_of=event.as_of.isoformat(),

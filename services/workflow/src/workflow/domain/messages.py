@@ -8,6 +8,23 @@ from decimal import Decimal
 
 
 @dataclass(frozen=True)
+class MoneySeen:
+    """The newest repayment or reversal of a loan, consumed while the loan had no case.
+
+    Topics are consumed independently, so a loan's repayment can be read before the overdue
+    report that opens its case. Its ``outstanding_after`` is the lending system's balance at
+    ``at``: the newest such figure is the whole story, older ones add nothing.
+    """
+
+    event_id: str
+    kind: str  # repayment | reversal
+    repayment_id: str
+    amount: Decimal
+    outstanding_after: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True)
 class OverdueReported:
     event_id: str
     loan_id: str
@@ -20,6 +37,9 @@ class OverdueReported:
     as_of: datetime
     borrower_time_zone: str
     jurisdiction: str
+    # Attached by the app when it opens a case: what was seen of the loan's money before.
+    # Part of the journalled input, so the replay decides on it too.
+    money_seen: MoneySeen | None = None
 
 
 @dataclass(frozen=True)

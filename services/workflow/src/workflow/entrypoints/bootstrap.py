@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -41,7 +42,9 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     workflow = Workflow(policies or policy_book(settings.policy_files))
-    timer_worker = TimerWorker(engine, settings, clock, workflow)
+    timer_worker = TimerWorker(
+        engine, settings, clock, workflow,
+        money_seen_retention=timedelta(hours=settings.money_seen_retention_hours))
     handlers = WorkflowHandlers(workflow)
     loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
                         topics=[t.value for t in CONSUMED], handlers=handlers.routes(),

@@ -1,0 +1,100 @@
+"""Money facts against the real broker and PostgreSQL: what the workflow knows of a loan's
+repayments, whatever order the topics are consumed in, and what a late answer may change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from collections_kit import contract as c
+from collections_kit.runtime import Runtime
+from collections_kit.topics import Topic
+from scripts import lending
+from scripts.infra import producer
+from tests.support import eventually, migrate, mismatched_replays, read_topic, running
+from workflow.adapters.repository import CaseRepository
+from workflow.adapters.tables import cases, contact_intents, money_seen, timeline
+from workflow.entrypoints import bootstrap
+from workflow.settings import WorkflowSettings
+
+
+@pytest.fixture
+async def workflow(stack: dict[str, str], database_url: str,
+                   topic_prefix: str) -> AsyncIterator[Runtime]:
+    config = WorkflowSettings.model_validate({
+        "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
+        "topic_prefix": topic_prefix})
+    await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
+    async with running(bootstrap.build_runtime(config)) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lending.Lender]:
+    p = await producer(stack["kafka_bootstrap"])
+    try:
+        yield lending.Lender(p, topic_prefix)
+    finally:
+        await p.stop()
+
+
+async def scalar(runtime: Runtime, stmt: object) -> object:
+    async with runtime.engine.connect() as conn:
+        return await conn.scalar(stmt)  # type: ignore[call-overload]
+
+
+async def test_a_repayment_read_before_the_overdue_report_closes_its_case_at_once(
+        workflow: Runtime, lender: lending.Lender, stack: dict[str, str],
+        topic_prefix: str) -> None:
+    # The report was made before the repayment, but is consumed after it (as after a
+    # restart, each topic from its own offset). No ledger-sync runs: nothing else closes.
+    reported_at = datetime.now(UTC) - timedelta(hours=1)
+    await lender.publish(lending.repayment("L-early", Decimal("900.00"), Decimal("0"),
+                                           repayment_id="R-early"))
+    await eventually(lambda: scalar(workflow, select(money_seen.c.repayment_id).where(
+        money_seen.c.loan_id == "L-early")))
+    await lender.publish(lending.overdue("L-early", Decimal("900.00"), as_of=reported_at))
+
+    exit_ = await eventually(lambda: scalar(workflow, select(cases.c.exit).where(
+        cases.c.loan_id == "L-early", cases.c.status == "closed")), within=10)
+    assert exit_ == "repaid"
+    assert await scalar(workflow, select(func.count()).select_from(contact_intents)) == 0
+    assert await scalar(workflow, select(func.count()).select_from(money_seen)) == 0
+    await asyncio.sleep(1.0)  # give a wrong check or command every chance to appear
+    sent = [e.data for topic in (Topic.BALANCE_CHECKS, Topic.CONTACT_COMMANDS)
+            for e in await read_topic(stack["kafka_bootstrap"], topic_prefix + topic.value)
+            if not isinstance(e, Exception)]
+    assert not any(isinstance(m, c.BalanceCheckRequested | c.ContactCommand) for m in sent)
+    assert await mismatched_replays(workflow.engine) == []
+
+
+async def test_a_partial_repayment_read_first_lowers_the_late_reports_balance(
+        workflow: Runtime, lender: lending.Lender) -> None:
+    reported_at = datetime.now(UTC) - timedelta(hours=1)
+    await lender.publish(lending.repayment("L-part", Decimal("600.00"), Decimal("300.00")))
+    await eventually(lambda: scalar(workflow, select(money_seen.c.repayment_id).where(
+        money_seen.c.loan_id == "L-part")))
+    await lender.publish(lending.overdue("L-part", Decimal("900.00"), as_of=reported_at))
+
+    outstanding = await eventually(lambda: scalar(workflow, select(cases.c.outstanding).where(
+        cases.c.loan_id == "L-part")), within=10)
+    assert outstanding == Decimal("300.00")
+    assert await scalar(workflow, select(timeline.c.detail["money_seen"].astext).where(
+        timeline.c.kind == "case_opened")) is not None
+    assert await mismatched_replays(workflow.engine) == []
+
+
+async def test_money_seen_is_forgotten_after_its_retention(
+        workflow: Runtime, lender: lending.Lender) -> None:
+    await lender.publish(lending.repayment("L-gone", Decimal("10.00"), Decimal("0")))
+    seen_at = await eventually(lambda: scalar(workflow, select(money_seen.c.seen_at).where(
+        money_seen.c.loan_id == "L-gone")))
+    assert isinstance(seen_at, datetime)
+    async with workflow.engine.begin() as conn:
+        assert await CaseRepository(conn).prune_money_seen(seen_at) == 0
+        assert await CaseRepository(conn).prune_money_seen(seen_at + timedelta(seconds=1)) == 1
