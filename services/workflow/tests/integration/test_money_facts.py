@@ -98,3 +98,26 @@ async def test_money_seen_is_forgotten_after_its_retention(
     async with workflow.engine.begin() as conn:
         assert await CaseRepository(conn).prune_money_seen(seen_at) == 0
         assert await CaseRepository(conn).prune_money_seen(seen_at + timedelta(seconds=1)) == 1
+
+
+async def test_a_confirmation_answering_a_check_older_than_a_repayment_keeps_its_balance(
+        workflow: Runtime, lender: lending.Lender) -> None:
+    await lender.publish(lending.overdue("L-race", Decimal("900.00")))
+    check_id = await eventually(lambda: scalar(workflow, select(contact_intents.c.check_id)
+                                               .where(contact_intents.c.loan_id == "L-race")
+                                               .limit(1)))
+    # Repaid in part between the check and its answer; the answer was computed before.
+    await lender.publish(lending.repayment("L-race", Decimal("600.00"), Decimal("300.00")))
+    await eventually(lambda: scalar(workflow, select(cases.c.case_id).where(
+        cases.c.loan_id == "L-race", cases.c.outstanding == Decimal("300.00"))))
+    now = datetime.now(UTC)
+    await lender.publish(c.BalanceConfirmed(
+        check_id=str(check_id), loan_id="L-race", confirmation_id="conf-race", currency="CNY",
+        confirmed_outstanding=Decimal("900.00"), ledger_watermark=3, confirmed_at=now,
+        valid_until=now + timedelta(minutes=10), expected_outstanding=Decimal("900.00")))
+
+    await eventually(lambda: scalar(workflow, select(contact_intents.c.command_id).where(
+        contact_intents.c.check_id == str(check_id))))
+    assert await scalar(workflow, select(cases.c.outstanding).where(
+        cases.c.loan_id == "L-race")) == Decimal("300.00")
+    assert await mismatched_replays(workflow.engine) == []

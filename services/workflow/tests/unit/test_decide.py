@@ -286,3 +286,22 @@ def test_a_reversal_seen_after_the_repayment_leaves_the_debt_owed() -> None:
     decision = run(None, bounced)
     assert decision.case is not None and decision.case.is_open
     assert decision.case.outstanding == Decimal("1000.00")
+
+
+def test_a_confirmation_asked_for_before_a_repayment_does_not_set_the_balance_back() -> None:
+    decision = opened()
+    assert decision.case is not None
+    intent = decision.intents[0]
+    later = NOW + timedelta(minutes=1)
+    paid = run(decision.case, m.RepaymentReceived("e3", "R1", Decimal("600"), Decimal("400"),
+                                                  later), decision.intents, at=later)
+    assert paid.case is not None and paid.case.outstanding == Decimal("400")
+    answer = run(paid.case, confirmation(intent.check_id, amount="1000.00"), decision.intents,
+                 at=later + timedelta(seconds=5))
+    assert answer.case is not None and answer.case.outstanding == Decimal("400")
+    assert "confirmation_older_than_repayment" in [e.kind for e in answer.timeline]
+    # A check asked for after the repayment is the ledger's word again.
+    again = run(paid.case, confirmation(intent.check_id, amount="700.00"),
+                [replace(intent, created_at=later + timedelta(seconds=1))],
+                at=later + timedelta(seconds=5))
+    assert again.case is not None and again.case.outstanding == Decimal("700.00")

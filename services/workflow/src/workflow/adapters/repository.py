@@ -94,6 +94,7 @@ def case_from_row(row: Any) -> Case:
         outstanding_at_stage_entry=m["outstanding_at_stage_entry"], hold=_hold(m["hold"]),
         arrangement=_arrangement(m["arrangement"]),
         unanswered_contacts=m["unanswered_contacts"], milestones=tuple(m["milestones"] or ()),
+        money_applied_at=m["money_applied_at"],
     )
 
 
@@ -111,7 +112,7 @@ def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
         "outstanding_at_stage_entry": case.outstanding_at_stage_entry,
         "hold": _hold_json(case.hold), "arrangement": _arrangement_json(case.arrangement),
         "unanswered_contacts": case.unanswered_contacts, "milestones": list(case.milestones),
-        "next_action_at": next_action_at,
+        "next_action_at": next_action_at, "money_applied_at": case.money_applied_at,
     }
 
 

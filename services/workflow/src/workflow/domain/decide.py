@@ -351,7 +351,8 @@ def decide(case: Case | None, intents: Sequence[ContactIntent], event: Input,
         case m.RepaymentReceived():
             return _repayment(case, intents, event, ctx)
         case m.RepaymentReversed():
-            reversed_ = replace(case, outstanding=event.outstanding_after, updated_at=now)
+            reversed_ = replace(case, outstanding=event.outstanding_after, updated_at=now,
+                                money_applied_at=now)
             if event.outstanding_after <= policy.tolerance:
                 return Decision(case=None, timeline=(_entry(
                     ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id),))
@@ -458,7 +459,7 @@ def _repayment(case: Case, intents: Sequence[ContactIntent], event: m.RepaymentR
     if arrangement is not None:
         arrangement = replace(arrangement, paid=arrangement.paid + event.amount)
     paid = replace(case, outstanding=event.outstanding_after, arrangement=arrangement,
-                   updated_at=ctx.now)
+                   updated_at=ctx.now, money_applied_at=ctx.now)
     decision = apply_rule(paid, intents, Trigger.PARTIAL_REPAYMENT, ctx, changed=True,
                       outstanding_after=str(event.outstanding_after),
                       repayment_id=event.repayment_id, amount=amount)
@@ -506,11 +507,20 @@ def _confirmed(case: Case, intents: Sequence[ContactIntent], event: m.BalanceCon
     commanded = replace(intent, status=IntentStatus.COMMANDED,
                         command_id=ctx.new_id("command"), confirmation_id=event.confirmation_id)
     entries = []
-    if abs(event.confirmed_outstanding - case.outstanding) > ctx.policy.tolerance:
-        entries.append(_entry(ctx, "balance_mismatch", case, case,
-                              expected=str(case.outstanding),
+    # The check was asked for when its intent was made (a re-check asks later: then this
+    # errs on keeping the repayment's figure, which is the lending system's own). Money
+    # applied since is newer than what the ledger was asked about.
+    if case.money_applied_at is not None and case.money_applied_at > intent.created_at:
+        entries.append(_entry(ctx, "confirmation_older_than_repayment", case, case,
+                              kept=str(case.outstanding),
                               ledger=str(event.confirmed_outstanding)))
-    updated = replace(case, outstanding=event.confirmed_outstanding, updated_at=ctx.now)
+        updated = replace(case, updated_at=ctx.now)
+    else:
+        if abs(event.confirmed_outstanding - case.outstanding) > ctx.policy.tolerance:
+            entries.append(_entry(ctx, "balance_mismatch", case, case,
+                                  expected=str(case.outstanding),
+                                  ledger=str(event.confirmed_outstanding)))
+        updated = replace(case, outstanding=event.confirmed_outstanding, updated_at=ctx.now)
     entries.append(_entry(ctx, "contact_commanded", case, updated, intent_id=intent.intent_id,
                           command_id=commanded.command_id, channel=intent.channel,
                           confirmation_id=event.confirmation_id,

@@ -109,6 +109,9 @@ class Case:
     arrangement: Arrangement | None = None
     unanswered_contacts: int = 0
     milestones: tuple[str, ...] = ()
+    # When the case last applied a repayment or reversal: a balance check asked for before
+    # then was answered on older money and must not set the outstanding back.
+    money_applied_at: datetime | None = None
 
     @property
     def is_open(self) -> bool:
