@@ -7,8 +7,10 @@ consuming."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -376,3 +378,96 @@ async def test_a_handler_failed_letter_replays_in_ledger_sync_and_the_notifier(
         amount = await eventually(functools.partial(repayment_amount, runtime,
                                                     failing.repayment_id))
         assert amount == Decimal("10.00")
+
+
+# Produces records with the pure-Python record builder, which lets a header name carry
+# bytes that are not UTF-8 (aiokafka's own consumer then cannot parse that record).
+_PRODUCE_RAW = """
+import asyncio, base64, json, sys
+from aiokafka import AIOKafkaProducer
+
+class RawName(str):
+    def encode(self, *args, **kwargs):
+        return base64.b64decode(self.raw)
+
+async def main(bootstrap, topic):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
+    await producer.start()
+    futures = []
+    for r in json.load(sys.stdin):
+        if r.get("new_batch"):
+            for f in futures:
+                await f
+        headers = []
+        for name, raw_name, value in r["headers"]:
+            if raw_name is not None:
+                name = RawName(name)
+                name.raw = raw_name
+            headers.append((name, base64.b64decode(value)))
+        futures.append(await producer.send(topic, key=base64.b64decode(r["key"]),
+                                           value=base64.b64decode(r["value"]),
+                                           headers=headers))
+    offsets = [(await f).offset for f in futures]
+    await producer.stop()
+    print(json.dumps(offsets))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_record_aiokafka_cannot_parse_is_dead_lettered_and_its_neighbours_handled(
+        world: World) -> None:
+    """A header name that is not UTF-8 makes the Kafka client itself fail on the record, at
+    every poll: the loop used to end there, and again on every restart."""
+    def entry(data: c.Message, bad_name: bytes | None = None,
+              new_batch: bool = False) -> dict[str, Any]:
+        _, key, value, headers = lending.record_for(data)
+        rows: list[list[str | None]] = [
+            [n, None, base64.b64encode(v).decode()] for n, v in headers]
+        if bad_name is not None:
+            rows.append(["x", base64.b64encode(bad_name).decode(),
+                         base64.b64encode(b"1").decode()])
+        return {"key": base64.b64encode(key).decode(),
+                "value": base64.b64encode(value).decode(), "headers": rows,
+                "new_batch": new_batch}
+    # One key: one partition. One producer batch with the unreadable record in its middle:
+    # the client cannot read past it in that batch, so the record after it is lost to the
+    # client too and is dead-lettered as well; the next batch is read as usual.
+    before = lending.overdue("L-parse", Decimal("100.00"), dpd=5)
+    bad = lending.overdue("L-parse", Decimal("100.00"), dpd=6)
+    sibling = lending.overdue("L-parse", Decimal("100.00"), dpd=8)
+    after = lending.overdue("L-parse", Decimal("100.00"), dpd=7)
+    records = [entry(before), entry(bad, b"ce_\xff\xfe"), entry(sibling),
+               entry(after, new_batch=True)]
+    topic = world.prefix + Topic.LOANS_OVERDUE.value
+    produced = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _PRODUCE_RAW, world.bootstrap, topic],
+        input=json.dumps(records), capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"})
+    assert produced.returncode == 0, produced.stderr
+    offsets = json.loads(produced.stdout)
+
+    async def dead_lettered() -> list[c.DeadLetter] | None:
+        letters = [e.data for e in await read_topic(world.bootstrap,
+                                                    world.prefix + Topic.DLQ.value)
+                   if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter)]
+        return letters if len(letters) >= 2 else None
+    letters = await eventually(dead_lettered, within=60)
+    assert sorted(letter.origin_offset for letter in letters) == offsets[1:3]
+    for letter in letters:
+        assert letter.origin_topic == topic and letter.error_kind == "undecodable"
+        assert "could not be read" in letter.reason
+
+    async def days_past_due() -> int | None:
+        async with world.runtime.engine.connect() as conn:
+            dpd: int | None = await conn.scalar(select(cases.c.days_past_due)
+                                                .where(cases.c.loan_id == "L-parse"))
+            return dpd if dpd == 7 else None
+    assert await eventually(days_past_due, within=60) == 7
+    neighbours = {base64.b64decode(value).decode() for r in (records[0], records[3])
+                  for name, _, value in r["headers"] if name == "ce_id"}
+    async with world.runtime.engine.connect() as conn:
+        claimed = set((await conn.execute(text(
+            f'SELECT event_id FROM "{world.runtime.settings.db_schema}".inbox'))).scalars())
+    assert neighbours <= claimed  # handled, both of them
+    assert world.runtime.live()

@@ -39,7 +39,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    IllegalStateError,
+    KafkaError,
+)
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from sqlalchemy import Table, text
@@ -101,6 +106,14 @@ class _BareRecord:
     key: bytes | None = None
     value: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class _UnreadableRecord(_BareRecord):
+    """A record the Kafka client itself cannot parse (a header name that is not UTF-8,
+    say): it raises on every poll that reaches it, so the loop reads around it."""
+
+    reason: str = ""
 
 
 Encoding = Literal["utf-8", "base64"]
@@ -232,8 +245,11 @@ class ConsumerLoop:
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
-                batches = await consumer.getmany(timeout_ms=500,
-                                                 max_records=self._settings.max_batch)
+                try:
+                    batches = await consumer.getmany(timeout_ms=500,
+                                                     max_records=self._settings.max_batch)
+                except (CorruptRecordException, ValueError) as exc:  # UnicodeDecodeError too
+                    batches = await self._read_around_unreadable(consumer, exc)
                 self.assigned = set(consumer.assignment())
                 if not batches:
                     await self._observe_idle_lag(consumer)
@@ -259,6 +275,54 @@ class ConsumerLoop:
                 with contextlib.suppress(Exception):
                     await committing
             await consumer.stop()
+
+    async def _read_around_unreadable(self, consumer: AIOKafkaConsumer,
+                                      exc: Exception) -> dict[TopicPartition, list[Any]]:
+        """The poll's records up to the one the client cannot parse, and that one as an
+        unreadable record to dead-letter; the consumer then goes on after it. The client
+        does not say which record failed: a probe of our own finds it (no group, nothing
+        committed), reading one record at a time, which parses no further than asked."""
+        found = await self._find_unreadable(consumer)
+        if found is None:  # not reproducible: poll again, the normal way
+            log.warning("poll failed (%s) and no unreadable record was found",
+                        type(exc).__name__)
+            await asyncio.sleep(self._settings.retry_backoff_s)
+            return {}
+        tp, bad = found
+        records: list[Any] = []
+        while (position := await consumer.position(tp)) < bad:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=bad - position)
+            records.extend(batch.get(tp, []))
+        reason = ("record could not be read by the Kafka client (it, or an earlier record "
+                  f"of its producer batch, is malformed): {type(exc).__name__}: {exc}")[:500]
+        records.append(_UnreadableRecord(tp.topic, tp.partition, bad, reason=reason))
+        consumer.seek(tp, bad + 1)
+        return {tp: records}
+
+    async def _find_unreadable(self, consumer: AIOKafkaConsumer
+                               ) -> tuple[TopicPartition, int] | None:
+        probe = AIOKafkaConsumer(**client_kwargs(self._settings), group_id=None,
+                                 enable_auto_commit=False,
+                                 client_id=f"{self._client_id}-probe")
+        await probe.start()
+        try:
+            for tp in sorted(consumer.assignment()):
+                offset = await consumer.position(tp)
+                end = (await probe.end_offsets([tp]))[tp]
+                probe.assign([tp])
+                probe.seek(tp, offset)
+                deadline = time.monotonic() + 30.0  # bounded: the loop must go on
+                while offset < end and time.monotonic() < deadline:
+                    try:
+                        batch = await probe.getmany(tp, timeout_ms=1000, max_records=1)
+                    except (CorruptRecordException, ValueError):
+                        return tp, offset
+                    records = batch.get(tp, [])
+                    # Past control batches too, which yield no record.
+                    offset = records[-1].offset + 1 if records else await probe.position(tp)
+            return None
+        finally:
+            await probe.stop()
 
     @staticmethod
     async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -397,6 +461,9 @@ class ConsumerLoop:
 
     def _decode(self, record: Any) -> _Item:
         origin_id = f"{record.topic}/{record.partition}/{record.offset}"
+        if isinstance(record, _UnreadableRecord):
+            return _Item(record, origin_id, None, MalformedMessageError("undecodable",
+                                                                        record.reason))
         size = _record_size(record)
         if size > self._settings.max_record_bytes:
             return _Item(record, origin_id, None, MalformedMessageError(
