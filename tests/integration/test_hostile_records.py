@@ -260,6 +260,14 @@ async def test_hostile_fields_on_repayments_are_dead_lettered_by_every_service(
             if not any(len(v) >= 1024 for _, v in original[2]):
                 assert headers == original[2]
         assert "record key is not UTF-8" in {letter.reason for letter in letters[service]}
+    # The list shows what is known: the payload's loan id where the key is not one.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["workflow"]),
+                                 base_url="http://workflow") as client:
+        page = await client.get("/v1/dead-letters", headers=ADMIN,
+                                params={"group": topic_prefix + "workflow", "limit": 500})
+        assert page.status_code == 200, page.text
+        listed = {d["reason"]: d for d in page.json()["dead_letters"]}
+        assert listed["record key is not UTF-8"]["loan_id"] == "L-hostile-key-not_utf8"
     for service in ("ledger-sync", "notifier"):
         runtime = runtime_of(apps, service)
         assert await eventually(functools.partial(repayment_amount, runtime,
