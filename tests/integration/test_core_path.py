@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -180,3 +181,25 @@ async def test_a_crash_between_database_commit_and_offset_commit_duplicates_noth
     assert [e["kind"] for e in entries].count("case_opened") == 1
     checks = await _envelopes(stack, topic_prefix, Topic.BALANCE_CHECKS)
     assert len({e.id for e in checks}) == WARNING_CONTACTS
+
+
+async def test_a_case_reopened_by_a_bounced_repayment_is_reconciled_again(
+        services: tuple[Runtime, Runtime], lender: lending.Lender) -> None:
+    wf, ls = services
+    await lender.publish(lending.disbursement("L-bounce", Decimal("800.00")))
+    await lender.publish(lending.overdue("L-bounce", Decimal("800.00")))
+    opened = text("SELECT case_id FROM open_cases WHERE loan_id = 'L-bounce'")
+    case_id = await eventually(lambda: _scalar(ls, opened))
+    await lender.publish(lending.repayment("L-bounce", Decimal("800.00"), Decimal("0"),
+                                           repayment_id="R-bounce"))
+    await eventually(lambda: _scalar(wf, select(cases.c.case_id).where(
+        cases.c.loan_id == "L-bounce", cases.c.status == "closed")))
+    await eventually(lambda: _scalar(ls, text(
+        "SELECT count(*) = 0 FROM open_cases WHERE loan_id = 'L-bounce'")))
+
+    await lender.publish(c.RepaymentReversed(
+        repayment_id="R-bounce", loan_id="L-bounce", currency="CNY", amount=Decimal("800.00"),
+        outstanding_balance_after=Decimal("800.00"), reversed_at=datetime.now(UTC)))
+    await eventually(lambda: _scalar(wf, select(cases.c.case_id).where(
+        cases.c.loan_id == "L-bounce", cases.c.status == "open")))
+    assert await eventually(lambda: _scalar(ls, opened)) == case_id

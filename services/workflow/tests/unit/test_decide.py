@@ -151,7 +151,10 @@ def test_a_reversal_reopens_a_repaid_case_and_needs_a_new_confirmation() -> None
                                                NOW))
     assert reopened.case is not None and reopened.case.is_open
     assert reopened.case.stage is closed.stage
-    assert all(isinstance(e, d.RequestBalanceCheck) for e in reopened.effects)
+    # Announced again, as at its opening: ledger-sync reconciles open cases only.
+    assert reopened.effects[0] == d.AnnounceCaseOpened()
+    assert all(isinstance(e, d.RequestBalanceCheck) for e in reopened.effects[1:])
+    assert reopened.effects[1:]
 
 
 def test_a_held_case_resumes_only_with_a_reason_and_reconfirms_first() -> None:

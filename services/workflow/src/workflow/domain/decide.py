@@ -307,7 +307,10 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
             return decision.then(Decision(case=None, effects=(
                 AnnounceResumed(case.hold, reason or rule.why, actor),)))
         case Rule.REOPEN:
-            return _reopen(case, ctx, "case_reopened", **detail)
+            # Announced as at its opening: ledger-sync forgot the case when it closed, and
+            # reconciles open cases only.
+            return Decision(case=None, effects=(AnnounceCaseOpened(),)).then(
+                _reopen(case, ctx, "case_reopened", **detail))
         case Rule.ARRANGE:
             assert arrangement is not None
             arranged = replace(case, arrangement=arrangement, updated_at=ctx.now)
