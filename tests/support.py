@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -25,6 +26,13 @@ async def read_topic(bootstrap: str, topic: str) -> list[Envelope | MalformedMes
         except MalformedMessageError as exc:
             out.append(exc)
     return out
+
+
+def zone_at_midday() -> str:
+    """A time zone where it is about noon now, so the contact window is open."""
+    offset = max(min(12 - datetime.now(UTC).hour, 12), -12)
+    # Etc/GMT names invert the sign: Etc/GMT-8 is UTC+8.
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
 
 
 def unused_port() -> int:

@@ -112,6 +112,18 @@ class Runtime:
         named += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
         return named
 
+    def held(self) -> list[str]:
+        """What workers hold back right now, and why (a worker may say so through a
+        ``held() -> str | None`` method: the notifier's dispatch while its view of
+        repayments lags)."""
+        notes = []
+        for _, worker in self._named_workers():
+            why = getattr(worker, "held", None)
+            note = why() if callable(why) else None
+            if note:
+                notes.append(str(note))
+        return notes
+
     def live(self) -> bool:
         if self.failed:
             return False
@@ -179,8 +191,11 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
                         503: {"description": "PostgreSQL or Kafka does not answer", **text}})
     async def readyz() -> Response:
         ok = await runtime.ready()
-        return Response("ready" if ok else "not ready", status_code=200 if ok else 503,
-                        media_type="text/plain")
+        # Held work is shown, not answered with 503: a hold (the notifier's, while
+        # repayments lag) applies to every replica at once, and the REST API (opt-outs,
+        # do-not-contact) must stay reachable exactly then.
+        body = "; ".join(["ready" if ok else "not ready", *runtime.held()])
+        return Response(body, status_code=200 if ok else 503, media_type="text/plain")
 
     @ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text format", **text}})

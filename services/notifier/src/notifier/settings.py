@@ -59,6 +59,10 @@ class NotifierSettings(ServiceSettings):
     dispatch_batch: int = Field(default=100, ge=1)
     dispatch_concurrency: int = Field(default=10, ge=1)
     dispatch_safety_poll_s: float = Field(default=1.0, gt=0)
+    # Dispatch is held unless every repayment published up to this long ago is applied
+    # (notifier.app.repayment_gate); the gate looks at the topic's offsets this often.
+    repayment_gate_max_lag_ms: int = Field(default=2000, gt=0)
+    repayment_gate_look_ms: int = Field(default=250, gt=0)
 
     # Personal data at rest (contact details, recorded sends, letters): AES-256-GCM keys,
     # "kid1:<base64 32 bytes>,kid2:...", and the id of the one new values are sealed with
@@ -78,6 +82,15 @@ class NotifierSettings(ServiceSettings):
         if self.environment == "prod" and (self.pii_keys is None or DEV_KID in ring.kids):
             raise ValueError("environment=prod needs NOTIFIER_PII_KEYS (the development "
                              "key is not allowed)")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_can_open(self) -> NotifierSettings:
+        # A quiet topic is confirmed current at each look; looks further apart than the
+        # allowed lag would close the gate between them.
+        if 2 * self.repayment_gate_look_ms > self.repayment_gate_max_lag_ms:
+            raise ValueError("repayment_gate_look_ms must be at most half of "
+                             "repayment_gate_max_lag_ms")
         return self
 
     @model_validator(mode="after")

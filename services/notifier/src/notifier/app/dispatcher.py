@@ -42,6 +42,7 @@ from collections_kit.pii import KeyRing
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision, record_sent_many
 from notifier.app.ports import BatchChannel, Channel, Delivery, OutgoingMessage, SendError
+from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain import templates
 from notifier.domain.decide import Defer, Send, decide
 from notifier.domain.model import (
@@ -118,8 +119,11 @@ class Dispatcher:
     def __init__(self, *, engine: AsyncEngine, outbox: Table, schema: str, source: str,
                  topic_prefix: str, policy: DispatchPolicy,
                  channels: Mapping[ChannelName, Channel], clock: Clock,
-                 config: DispatcherConfig, ring: KeyRing) -> None:
+                 config: DispatcherConfig, ring: KeyRing,
+                 gate: RepaymentGate | None = None) -> None:
         self._engine = engine
+        # None only where a test drives passes itself (``dispatch_once``).
+        self._gate = gate
         self._ring = ring
         self._outbox = outbox
         self._schema = schema
@@ -140,6 +144,12 @@ class Dispatcher:
         backoff = 0.1
         while not stop.is_set():
             self._wake.clear()
+            if self._gate is not None and not self._gate.is_open():
+                # Held, not failed: a pass now could contact a borrower whose repayment
+                # is not applied yet. Due rows stay pending (see app.repayment_gate).
+                self.heartbeat = time.monotonic()
+                await self._gate.opened(stop, within=self._config.safety_poll_s)
+                continue
             try:
                 handled = await self.dispatch_once()
                 self.heartbeat = time.monotonic()

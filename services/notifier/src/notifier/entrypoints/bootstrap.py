@@ -24,10 +24,12 @@ from notifier.adapters.email import SmtpChannel
 from notifier.adapters.letters import PrintChannel
 from notifier.adapters.provider_http import HttpProviderChannel
 from notifier.adapters.recording import RecordingChannel
+from notifier.adapters.repayment_log import KafkaRepaymentLog
 from notifier.adapters.tables import inbox, outbox
 from notifier.app.dispatcher import Dispatcher, DispatcherConfig
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Channel
+from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain.model import ChannelName
 from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
 from notifier.entrypoints.api import router
@@ -111,11 +113,15 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
         printer = PrintChannel(engine, clock, sender=settings.letter_sender, ring=ring,
                                cjk_font=settings.letter_cjk_font)
         channels = {"email": smtp, "sms": phone, "voice": phone, "letter": printer}
+    # Every partition of the repayments topic, the whole group: see the gate's docstring.
+    gate = RepaymentGate(KafkaRepaymentLog(settings, Topic.LOANS_REPAYMENT.value),
+                         max_lag_s=settings.repayment_gate_max_lag_ms / 1000,
+                         look_every_s=settings.repayment_gate_look_ms / 1000)
     dispatcher = Dispatcher(
         engine=engine, outbox=outbox, schema=settings.db_schema,
         source=settings.service_name, topic_prefix=settings.topic_prefix, policy=policy,
         channels=channels, clock=clock,
-        config=DispatcherConfig(
+        gate=gate, config=DispatcherConfig(
             opt_out_url=settings.opt_out_url, collector_name=settings.collector_name,
             batch=settings.dispatch_batch,
             concurrency=settings.dispatch_concurrency,
@@ -135,8 +141,9 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
         handlers=_routes_on(handlers.routes(), REPAYMENT_TOPICS), clock=clock,
         lane="repayments")
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[contacts, repayments], workers=[dispatcher, *workers],
-                   state={"clock": clock, "dispatcher": dispatcher, "pii": ring})
+                   loops=[contacts, repayments], workers=[dispatcher, gate, *workers],
+                   state={"clock": clock, "dispatcher": dispatcher, "pii": ring,
+                          "repayment_gate": gate})
 
 
 def _routes_on(routes: dict[type[c.Message], Handler], topics: tuple[Topic, ...]
