@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,9 +11,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import Match
 
+log = logging.getLogger(__name__)
+
 PROBLEM_JSON = "application/problem+json"
+# nginx's "client closed request": the answer to a request whose client went away. Nobody
+# reads it; it only names the case wherever responses are counted.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class Problem(BaseModel):
@@ -114,7 +122,16 @@ def install(app: FastAPI) -> None:
                 request, headers={"Retry-After": "1"})
         return problem_response(Problem(title="Internal error", status=500), request)
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The client went away while its body was being read (closed the connection,
+        # gave up waiting): nothing failed here, so one info line and no traceback. The
+        # route's template, not its path: a path can carry a borrower's id.
+        route = getattr(request.scope.get("route"), "path", None) or request.url.path
+        log.info("client disconnected before the answer (%s %s)", request.method, route)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(Exception, on_unexpected)
