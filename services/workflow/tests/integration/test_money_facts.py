@@ -4,43 +4,18 @@ repayments, whatever order the topics are consumed in, and what a late answer ma
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
 from sqlalchemy import func, select
 
 from collections_kit import contract as c
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from scripts import lending
-from scripts.infra import producer
-from tests.support import eventually, migrate, mismatched_replays, read_topic, running
+from tests.support import eventually, mismatched_replays, read_topic
 from workflow.adapters.repository import CaseRepository
 from workflow.adapters.tables import cases, contact_intents, money_seen, timeline
-from workflow.entrypoints import bootstrap
-from workflow.settings import WorkflowSettings
-
-
-@pytest.fixture
-async def workflow(stack: dict[str, str], database_url: str,
-                   topic_prefix: str) -> AsyncIterator[Runtime]:
-    config = WorkflowSettings.model_validate({
-        "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-        "topic_prefix": topic_prefix})
-    await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
-    async with running(bootstrap.build_runtime(config)) as runtime:
-        yield runtime
-
-
-@pytest.fixture
-async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lending.Lender]:
-    p = await producer(stack["kafka_bootstrap"])
-    try:
-        yield lending.Lender(p, topic_prefix)
-    finally:
-        await p.stop()
 
 
 async def scalar(runtime: Runtime, stmt: object) -> object:

@@ -210,6 +210,9 @@ def test_the_ten_percent_down_six_month_plan_kept_to_the_end_settles_the_case() 
                                            timer.due_at), at=timer.due_at)
             assert kept.timeline[0].kind == "instalment_kept"
     assert state.status is CaseStatus.CLOSED and state.exit is Exit.SETTLED
+    assert state.last_arrangement is not None
+    assert state.last_arrangement.outcome == "completed"
+    assert state.last_arrangement.paid == Decimal("500000")
 
 
 def test_a_missed_instalment_breaks_the_plan_and_escalates() -> None:
@@ -222,6 +225,9 @@ def test_a_missed_instalment_breaks_the_plan_and_escalates() -> None:
                  at=first.due_at)
     assert broken.case is not None and broken.case.stage is Stage.FORMAL_NOTICE
     assert broken.case.arrangement is None
+    assert broken.case.last_arrangement is not None
+    assert broken.case.last_arrangement.outcome == "broken"
+    assert broken.case.last_arrangement.ended_at == first.due_at
 
 
 def test_refusing_to_communicate_goes_to_litigation() -> None:
@@ -308,3 +314,26 @@ def test_a_confirmation_asked_for_before_a_repayment_does_not_set_the_balance_ba
                 [replace(intent, created_at=later + timedelta(seconds=1))],
                 at=later + timedelta(seconds=5))
     assert again.case is not None and again.case.outstanding == Decimal("700.00")
+
+
+def test_a_kept_promise_stays_readable_with_what_was_paid() -> None:
+    promise = run(open_case(), m.RecordArrangement(
+        "k1", "promise_to_pay", (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
+        "agent:1"))
+    assert promise.case is not None
+    kept = run(promise.case, m.RepaymentReceived("e3", "R1", Decimal("300"), Decimal("700"),
+                                                 NOW))
+    assert kept.case is not None and kept.case.arrangement is None
+    last = kept.case.last_arrangement
+    assert last is not None and last.outcome == "kept" and last.paid == Decimal("300")
+    assert last.total == Decimal("300") and last.ended_at == NOW
+
+
+def test_a_hold_over_a_running_arrangement_cancels_it_readably() -> None:
+    promise = run(open_case(), m.RecordArrangement(
+        "k1", "promise_to_pay", (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
+        "agent:1"))
+    assert promise.case is not None
+    held = run(promise.case, m.RequestHold("k2", "hardship", "hospital", "agent:1"))
+    assert held.case is not None and held.case.last_arrangement is not None
+    assert held.case.last_arrangement.outcome == "cancelled"

@@ -65,7 +65,8 @@ def _arrangement_json(a: Arrangement | None) -> dict[str, Any] | None:
                          for i in a.schedule],
             "created_at": a.created_at.isoformat(), "paid": str(a.paid),
             "interest_reduction": str(a.interest_reduction)
-            if a.interest_reduction is not None else None, "note": a.note}
+            if a.interest_reduction is not None else None, "note": a.note,
+            "outcome": a.outcome, "ended_at": a.ended_at.isoformat() if a.ended_at else None}
 
 
 def _arrangement(data: dict[str, Any] | None) -> Arrangement | None:
@@ -77,7 +78,9 @@ def _arrangement(data: dict[str, Any] | None) -> Arrangement | None:
                        for i in data["schedule"]),
         created_at=datetime.fromisoformat(data["created_at"]), paid=Decimal(data["paid"]),
         interest_reduction=Decimal(data["interest_reduction"])
-        if data.get("interest_reduction") is not None else None, note=data.get("note", ""))
+        if data.get("interest_reduction") is not None else None, note=data.get("note", ""),
+        outcome=data.get("outcome"),
+        ended_at=datetime.fromisoformat(data["ended_at"]) if data.get("ended_at") else None)
 
 
 def case_from_row(row: Any) -> Case:
@@ -93,6 +96,7 @@ def case_from_row(row: Any) -> Case:
         stage_epoch=m["stage_epoch"], stage_entered_at=m["stage_entered_at"],
         outstanding_at_stage_entry=m["outstanding_at_stage_entry"], hold=_hold(m["hold"]),
         arrangement=_arrangement(m["arrangement"]),
+        last_arrangement=_arrangement(m["last_arrangement"]),
         unanswered_contacts=m["unanswered_contacts"], milestones=tuple(m["milestones"] or ()),
         money_applied_at=m["money_applied_at"],
     )
@@ -111,6 +115,7 @@ def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
         "stage_entered_at": case.stage_entered_at,
         "outstanding_at_stage_entry": case.outstanding_at_stage_entry,
         "hold": _hold_json(case.hold), "arrangement": _arrangement_json(case.arrangement),
+        "last_arrangement": _arrangement_json(case.last_arrangement),
         "unanswered_contacts": case.unanswered_contacts, "milestones": list(case.milestones),
         "next_action_at": next_action_at, "money_applied_at": case.money_applied_at,
     }

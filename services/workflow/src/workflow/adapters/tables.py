@@ -48,6 +48,7 @@ cases = Table(
     Column("outstanding_at_stage_entry", Numeric(20, 6)),
     Column("hold", JSONB),
     Column("arrangement", JSONB),
+    Column("last_arrangement", JSONB),
     Column("unanswered_contacts", Integer, nullable=False, server_default="0"),
     Column("milestones", JSONB, nullable=False, server_default="[]"),
     Column("next_action_at", DateTime(timezone=True)),

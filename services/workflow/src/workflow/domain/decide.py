@@ -177,6 +177,14 @@ def _plan_contacts(case: Case, ctx: _Ctx, label: str) -> Decision:
     )
 
 
+def _end_arrangement(case: Case, outcome: str, ctx: _Ctx) -> Case:
+    """The case without its running arrangement, which stays readable with its outcome."""
+    if case.arrangement is None:
+        return case
+    return replace(case, arrangement=None, last_arrangement=replace(
+        case.arrangement, outcome=outcome, ended_at=ctx.now))
+
+
 def _cancel_pending(intents: Sequence[ContactIntent], reason: str) -> tuple[ContactIntent, ...]:
     return tuple(replace(i, status=IntentStatus.CANCELLED, reason=reason)
                  for i in intents if i.is_pending)
@@ -196,7 +204,8 @@ def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
 
 def _enter_stage(case: Case, intents: Sequence[ContactIntent], target: Stage, ctx: _Ctx,
                  trigger: Trigger, why: str) -> Decision:
-    moved = replace(case, stage=target, status=CaseStatus.OPEN, arrangement=None,
+    moved = replace(_end_arrangement(case, "cancelled", ctx), stage=target,
+                    status=CaseStatus.OPEN,
                     stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
                     outstanding_at_stage_entry=case.outstanding, unanswered_contacts=0,
                     policy_version=ctx.policy.version, updated_at=ctx.now)
@@ -212,9 +221,11 @@ def _enter_stage(case: Case, intents: Sequence[ContactIntent], target: Stage, ct
 
 def _close(case: Case, intents: Sequence[ContactIntent], exit_: Exit, ctx: _Ctx,
            trigger: Trigger, **detail: object) -> Decision:
-    closed = replace(case, status=CaseStatus.CLOSED, exit=exit_, hold=None, arrangement=None,
-                     stage_epoch=case.stage_epoch + 1, policy_version=ctx.policy.version,
-                     updated_at=ctx.now)
+    outcome = ("completed" if trigger is Trigger.PLAN_COMPLETED
+               else "repaid" if exit_ is Exit.REPAID else "cancelled")
+    closed = replace(_end_arrangement(case, outcome, ctx), status=CaseStatus.CLOSED,
+                     exit=exit_, hold=None, stage_epoch=case.stage_epoch + 1,
+                     policy_version=ctx.policy.version, updated_at=ctx.now)
     return Decision(
         case=closed, intents=_cancel_pending(intents, exit_.value),
         effects=(CancelContacts(exit_.value), AnnounceCaseClosed(exit_, trigger.value)),
@@ -265,7 +276,7 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
             return _enter_stage(case, intents, Stage.ENFORCEMENT, ctx, trigger,
                                 reason or rule.why)
         case Rule.BREAK_ARRANGEMENT:
-            ended = replace(case, arrangement=None)
+            ended = _end_arrangement(case, "broken", ctx)
             broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
             target = next_stage(case.stage)
             if Phase(case.stage.value) in PRE_LEGAL and target is not None:
@@ -273,7 +284,7 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
                 return Decision(case=None, timeline=(broken,)).then(decision)
             return _restart_collecting(ended, ctx, broken)
         case Rule.END_ARRANGEMENT:
-            ended = replace(case, arrangement=None)
+            ended = _end_arrangement(case, "kept", ctx)
             return _restart_collecting(ended, ctx, _entry(ctx, "arrangement_kept", case, ended,
                                                           **detail))
         case Rule.CLOSE_REPAID:
@@ -289,7 +300,8 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
                           reason=reason or None, **detail)
         case Rule.HOLD:
             assert hold is not None
-            held = replace(case, status=CaseStatus.HELD, hold=hold, arrangement=None,
+            held = replace(_end_arrangement(case, "cancelled", ctx), status=CaseStatus.HELD,
+                           hold=hold,
                            stage_epoch=case.stage_epoch + 1, updated_at=ctx.now)
             expiry: tuple[Timer, ...] = (
                 (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ())
@@ -455,12 +467,14 @@ def _overdue(case: Case | None, intents: Sequence[ContactIntent], event: m.Overd
 def _repayment(case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReceived,
                ctx: _Ctx) -> Decision:
     amount = str(event.amount)
-    if event.outstanding_after <= ctx.policy.tolerance:
-        return apply_rule(case, intents, Trigger.FULL_REPAYMENT, ctx,
-                      repayment_id=event.repayment_id, amount=amount)
     arrangement = case.arrangement
     if arrangement is not None:
         arrangement = replace(arrangement, paid=arrangement.paid + event.amount)
+    if event.outstanding_after <= ctx.policy.tolerance:
+        # What was paid towards a running arrangement stays readable after the close.
+        return apply_rule(replace(case, arrangement=arrangement), intents,
+                          Trigger.FULL_REPAYMENT, ctx, repayment_id=event.repayment_id,
+                          amount=amount)
     paid = replace(case, outstanding=event.outstanding_after, arrangement=arrangement,
                    updated_at=ctx.now, money_applied_at=ctx.now)
     decision = apply_rule(paid, intents, Trigger.PARTIAL_REPAYMENT, ctx, changed=True,

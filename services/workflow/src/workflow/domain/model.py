@@ -66,6 +66,11 @@ class Arrangement:
     # Recorded, not applied: the ledger books the reduced interest.
     interest_reduction: Decimal | None = None
     note: str = ""
+    # Set when it ends: kept (a promise), completed (a plan: settles the case), broken,
+    # repaid (the debt was repaid in full meanwhile), cancelled (a hold, a stage change or
+    # a closure ended it first).
+    outcome: str | None = None
+    ended_at: datetime | None = None
 
     @property
     def total(self) -> Decimal:
@@ -107,6 +112,9 @@ class Case:
     outstanding_at_stage_entry: Decimal | None = None
     hold: Hold | None = None
     arrangement: Arrangement | None = None
+    # The arrangement that ended last, with its outcome: what was promised and paid stays
+    # readable after the grace period is over.
+    last_arrangement: Arrangement | None = None
     unanswered_contacts: int = 0
     milestones: tuple[str, ...] = ()
     # When the case last applied a repayment or reversal: a balance check asked for before

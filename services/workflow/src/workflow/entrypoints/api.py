@@ -22,7 +22,7 @@ from workflow.adapters.repository import CaseRepository
 from workflow.app.commands import Commands, KeyReusedError, Outcome
 from workflow.domain import decide as d
 from workflow.domain import messages as m
-from workflow.domain.model import Case, ContactIntent
+from workflow.domain.model import Arrangement, Case, ContactIntent
 
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
@@ -93,6 +93,9 @@ class ArrangementView(BaseModel):
     paid: Amount
     interest_reduction: Amount | None
     note: str
+    outcome: Literal["kept", "completed", "broken", "repaid", "cancelled"] | None = Field(
+        default=None, description="How it ended; null while it runs.")
+    ended_at: datetime | None = None
 
 
 class CaseView(BaseModel):
@@ -116,6 +119,9 @@ class CaseView(BaseModel):
     stage_entered_at: datetime | None
     hold: HoldView | None
     arrangement: ArrangementView | None
+    last_arrangement: ArrangementView | None = Field(
+        default=None, description="The arrangement that ended last, with its outcome and "
+                                  "what was paid towards it.")
     milestones: list[str]
     unanswered_contacts: int
     next_action_at: datetime | None
@@ -225,6 +231,14 @@ def _not_found(loan_id: str) -> ProblemError:
                         type_="https://collections.example/problems/case-not-found")
 
 
+def _arrangement_view(a: Arrangement) -> ArrangementView:
+    return ArrangementView(
+        arrangement_id=a.arrangement_id, kind=a.kind.value,
+        schedule=[InstalmentView(due_at=i.due_at, amount=i.amount) for i in a.schedule],
+        total=a.total, paid=a.paid, interest_reduction=a.interest_reduction, note=a.note,
+        outcome=a.outcome, ended_at=a.ended_at)
+
+
 def _case_view(case: Case, intents: list[ContactIntent],
                next_action_at: datetime | None) -> CaseView:
     a = case.arrangement
@@ -241,11 +255,9 @@ def _case_view(case: Case, intents: list[ContactIntent],
                       reason=case.hold.reason, actor=case.hold.actor,
                       started_at=case.hold.started_at, until=case.hold.until)
         if case.hold else None,
-        arrangement=ArrangementView(
-            arrangement_id=a.arrangement_id, kind=a.kind.value,
-            schedule=[InstalmentView(due_at=i.due_at, amount=i.amount) for i in a.schedule],
-            total=a.total, paid=a.paid, interest_reduction=a.interest_reduction, note=a.note)
-        if a else None,
+        arrangement=_arrangement_view(a) if a else None,
+        last_arrangement=_arrangement_view(case.last_arrangement)
+        if case.last_arrangement else None,
         milestones=list(case.milestones), unanswered_contacts=case.unanswered_contacts,
         next_action_at=next_action_at,
         intents=[IntentView(
