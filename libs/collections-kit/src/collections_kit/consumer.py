@@ -13,8 +13,9 @@ same transaction) with its reason and origin, and the loop carries on. A handler
 raises is retried on its own with backoff and then dead-lettered; infrastructure failures
 (database or broker unreachable) are retried without limit, since dead-lettering good
 messages during an outage would lose them. Should even the dead letter fail, a bare one
-(origin and reason only) is tried, and failing that the record is logged and counted:
-no record stops the loop.
+(origin and reason only) is tried, and failing that the record is logged and counted; a
+record the Kafka client cannot parse is found, dead-lettered by its position and stepped
+over. No record stops the loop.
 
 The inbox keeps a fingerprint of each claimed payload. An event id that comes again with
 the same payload is a duplicate, counted and skipped; with another payload it is a
@@ -36,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
@@ -55,6 +56,7 @@ from collections_kit import metrics, tracing
 from collections_kit.clock import Clock
 from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
 from collections_kit.envelope import (
+    Encoding,
     Envelope,
     MalformedMessageError,
     decode,
@@ -116,9 +118,6 @@ class _UnreadableRecord(_BareRecord):
     reason: str = ""
 
 
-Encoding = Literal["utf-8", "base64"]
-
-
 def dead_letter_of(record: Any, error: MalformedMessageError, *, group: str, now: datetime,
                    max_value_chars: int) -> tuple[DeadLetter, str]:
     """The dead letter of ``record`` and the subject to publish it under.
@@ -139,7 +138,7 @@ def dead_letter_of(record: Any, error: MalformedMessageError, *, group: str, now
     key: str | None = None
     key_encoding: Encoding = "utf-8"
     if record.key is not None:
-        key, key_encoding = printable_value(record.key)  # type: ignore[assignment]
+        key, key_encoding = printable_value(record.key)
     subject = key if key is not None and key_encoding == "utf-8" and is_safe_text(key) else ""
     letter = DeadLetter(
         reason=error.reason, error_kind=error.kind,

@@ -10,7 +10,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -186,7 +186,10 @@ def _summarise(exc: ValidationError) -> str:
     return "invalid payload: " + "; ".join(parts[:10])
 
 
-def printable_value(value: bytes | None) -> tuple[str, str]:
+Encoding = Literal["utf-8", "base64"]
+
+
+def printable_value(value: bytes | None) -> tuple[str, Encoding]:
     """The original value for a dead letter: text when UTF-8, else base64."""
     if value is None:
         return "", "utf-8"
