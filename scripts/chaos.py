@@ -58,6 +58,10 @@ ZONES = (("CN", "Asia/Shanghai", "CNY"), ("US", "America/New_York", "USD"),
 WINDOWS = {"CN": (8, 22), "US": (8, 21), "UK": (8, 21)}
 WINDOW_CHANNELS = {"sms", "voice", "email"}
 CONSUMES: dict[str, tuple[Topic, ...]] = {}
+# Cases whose differences from their replay the report shows, and whose stored rows and
+# journals it keeps in a file beside it.
+REPORTED_MISMATCHES = 10
+DUMPED_MISMATCHES = 100
 # Per service, the message types it acts on. The others on its topics (the notifier's case
 # openings, say) are skipped without an inbox claim, so their absence there is no loss.
 HANDLES: dict[str, set[type[c.Message]]] = {}
@@ -459,7 +463,13 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
                              if produced.malformed else 1.0},
         "replay_equal": {"cases": total_cases, "mismatched": len(mismatched),
                          "share": round(1 - len(mismatched) / total_cases, 4)
-                         if total_cases else 1.0, "examples": mismatched[:10]},
+                         if total_cases else 1.0,
+                         "examples": [m["loan_id"] for m in mismatched[:10]],
+                         # How each differs: field -> stored and replayed value.
+                         "differences": {m["loan_id"]: m["fields"]
+                                         for m in mismatched[:REPORTED_MISMATCHES]}},
+        # Popped by run(): written to a file of its own before the database is dropped.
+        "_mismatched_replays": mismatched[:DUMPED_MISMATCHES],
         "contacts_sent": len(sent),
     }
 
@@ -577,6 +587,14 @@ async def run(cfg: Config) -> dict[str, Any]:
             "checks": result,
         }
         report["failures"] = verdict(result)
+        dumped = result.pop("_mismatched_replays")
+        if dumped:
+            # Everything needed to investigate once the database is gone: each case's
+            # stored row and journal, and how they differ.
+            path = cfg.report_dir / f"chaos-{run_id}-replay-mismatches.json"
+            cfg.report_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(dumped, indent=2, default=str))
+            result["replay_equal"]["dump"] = str(path)
         return report
     finally:
         await asyncio.to_thread(fleet.stop)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -75,23 +78,70 @@ async def migrate(migrations: Any, url: str, schema: str) -> None:
     await asyncio.to_thread(upgrade, migrations, url, schema)
 
 
-async def mismatched_replays(engine: Any) -> list[str]:
-    """Loans whose stored case differs from the replay of its journal (should be none)."""
+async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
+    """Cases whose stored state differs from the replay of their journal (should be none).
+
+    Each as JSON-ready facts to investigate it by: its loan and case ids, the fields that
+    differ (stored and replayed value), the stored row and the journal.
+
+    Cases and journals are read in ONE snapshot (repeatable read): the workflow may still
+    be writing while this runs (timers fire, a re-check's confirmation comes back), and a
+    case read before such a write, compared with its journal read after it, differed by
+    that write alone. A case row and its journal rows are written in one transaction, so
+    one snapshot holds both or neither.
+    """
     from sqlalchemy import select
 
-    from workflow.adapters.journal import journal_of, replay
+    from workflow.adapters.journal import replay
     from workflow.adapters.repository import case_from_row
-    from workflow.adapters.tables import cases
+    from workflow.adapters.tables import case_inputs, cases
     from workflow.domain.policy import PolicyBook
 
-    bad = []
+    policies = PolicyBook()
     async with engine.connect() as conn:
-        for row in (await conn.execute(select(cases))).all():
-            stored = case_from_row(row)
-            replayed = replay(await journal_of(conn, stored.case_id), PolicyBook())
-            if replayed != stored:
-                bad.append(stored.loan_id)
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        rows = (await conn.execute(select(cases).order_by(cases.c.loan_id))).all()
+        journals: dict[str, list[Any]] = {}
+        for entry in await conn.execute(select(case_inputs).order_by(
+                case_inputs.c.case_id, case_inputs.c.id)):
+            journals.setdefault(entry.case_id, []).append(entry)
+    bad = []
+    for row in rows:
+        stored = case_from_row(row)
+        journal = journals.get(stored.case_id, [])
+        replayed = replay(journal, policies)
+        if replayed == stored:
+            continue
+        fields = ({f.name: {"stored": _plain(getattr(stored, f.name)),
+                            "replayed": _plain(getattr(replayed, f.name))}
+                   for f in dataclasses.fields(stored)
+                   if getattr(stored, f.name) != getattr(replayed, f.name)}
+                  if replayed is not None else {"case": {"stored": stored.case_id,
+                                                         "replayed": None}})
+        bad.append({
+            "loan_id": stored.loan_id, "case_id": stored.case_id, "fields": fields,
+            "stored": {k: _plain(v) for k, v in row._mapping.items()},
+            "journal": [{"id": e.id, "at": _plain(e.at), "cause_id": e.cause_id,
+                         "input_type": e.input_type, "payload": e.payload}
+                        for e in journal]})
     return bad
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON has it (exact decimals and times as text)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def poll_of(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]

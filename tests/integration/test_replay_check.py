@@ -1,0 +1,96 @@
+"""The replay check (every case equals the fold of ``decide`` over its journal) against a
+real PostgreSQL, while the workflow keeps writing: it must compare a case with the journal
+of the same moment, and say how a case differs when it does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+from collections_kit.db import make_engine
+from collections_kit.outbox import Tx
+from tests.support import migrate, mismatched_replays
+from workflow.app.handlers import Item, Workflow
+from workflow.domain import messages as m
+from workflow.domain.policy import PolicyBook
+from workflow.entrypoints import bootstrap
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await migrate(bootstrap.MIGRATIONS, database_url, "workflow")
+    engine = make_engine(database_url, schema="workflow")
+    yield engine
+    await engine.dispose()
+
+
+async def apply(engine: AsyncEngine, event: m.OverdueReported | m.RepaymentReceived,
+                at: datetime) -> None:
+    """One input through the workflow's one write path, committed."""
+    async with engine.begin() as conn:
+        tx = Tx(conn=conn, now=at, source="workflow", topic_prefix="")
+        await Workflow(PolicyBook()).run_batch(tx, [Item("L-1", event, event.event_id)])
+
+
+def overdue(at: datetime) -> m.OverdueReported:
+    return m.OverdueReported("e-overdue", "L-1", "B-1", "consumer-loan", "CNY",
+                             Decimal("900.00"), Decimal("900.00"), 5, at - timedelta(hours=1),
+                             "Asia/Shanghai", "CN")
+
+
+def repayment(at: datetime) -> m.RepaymentReceived:
+    return m.RepaymentReceived("e-repaid", "R-1", Decimal("300.00"), Decimal("600.00"), at)
+
+
+async def test_a_case_written_between_the_reads_of_cases_and_journals_is_no_mismatch(
+        engine: AsyncEngine, database_url: str) -> None:
+    # The chaos run checks while timers still fire (a re-check five minutes after a refused
+    # balance check, then its confirmation): a case read before such a write and its journal
+    # read after it differed by that write.
+    opened_at = datetime.now(UTC)
+    await apply(engine, overdue(opened_at), opened_at)
+    writer = make_engine(database_url, schema="workflow")
+    wrote: list[bool] = []
+
+    def write_once_the_cases_are_read(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "case_inputs" in statement and not wrote:
+            wrote.append(True)
+            # Inside the checker's own statement (SQLAlchemy runs it in a greenlet): the
+            # workflow commits a repayment on another connection right now.
+            await_only(apply(writer, repayment(opened_at + timedelta(seconds=1)),
+                             opened_at + timedelta(seconds=1)))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", write_once_the_cases_are_read)
+    try:
+        assert await mismatched_replays(engine) == []
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute",
+                     write_once_the_cases_are_read)
+        await writer.dispose()
+    assert wrote
+    assert await mismatched_replays(engine) == []  # and after it, with the repayment
+
+
+async def test_a_mismatch_names_the_fields_that_differ_with_the_journal_and_stored_row(
+        engine: AsyncEngine) -> None:
+    opened_at = datetime.now(UTC)
+    await apply(engine, overdue(opened_at), opened_at)
+    async with engine.begin() as conn:  # a write outside the journal
+        await conn.execute(text("UPDATE cases SET outstanding = 1, unanswered_contacts = 2"))
+
+    (mismatch,) = await mismatched_replays(engine)
+    assert mismatch["loan_id"] == "L-1"
+    assert mismatch["fields"] == {
+        "outstanding": {"stored": "1.000000", "replayed": "900.00"},
+        "unanswered_contacts": {"stored": 2, "replayed": 0}}
+    assert [row["input_type"] for row in mismatch["journal"]] == ["OverdueReported"]
+    assert mismatch["journal"][0]["payload"]["outstanding"] == "900.00"
+    assert mismatch["stored"]["outstanding"] == "1.000000"
+    assert mismatch["stored"]["case_id"] == mismatch["case_id"]
