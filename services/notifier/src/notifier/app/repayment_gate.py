@@ -52,6 +52,8 @@ from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
 
+LOOK_TIMEOUT_S = 10.0
+
 HELD = Gauge("notifier_dispatch_held",
              "1 while contact dispatch is held because the view of repayments lags")
 BEHIND_SECONDS = Gauge(
@@ -157,7 +159,10 @@ class RepaymentGate:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
                 try:
-                    await self.look()
+                    # Bounded: a client waiting out its own retries must not stall the
+                    # loop's heartbeat (the gate just ages and closes meanwhile).
+                    async with asyncio.timeout(LOOK_TIMEOUT_S):
+                        await self.look()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the broker may be away: the gate ages, closes
