@@ -7,7 +7,6 @@ consumed in order.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -22,9 +21,10 @@ _MAX_HEADER_BYTES = 4096
 # The key and the core attributes become ids in database columns and log lines: bounded
 # tighter than any other header.
 MAX_ATTRIBUTE_CHARS = 256
-# Control characters (C0, DEL, C1): PostgreSQL text cannot hold NUL, the others forge log
-# lines or break terminals. Refused in the key and in every header a service reads.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Only printable text (str.isprintable: no control character, no line or paragraph
+# separator) in the key, in header names and in every header a service reads: PostgreSQL
+# text cannot hold NUL, the others forge log lines or break terminals. isprintable is one
+# C call per string, a measurable saving over a regex on the consumer's hot path.
 
 
 class MalformedMessageError(Exception):
@@ -76,9 +76,9 @@ def encode_text_headers(envelope: Envelope) -> tuple[bytes, bytes, list[tuple[st
 def decode_headers(raw: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in raw:
-        if len(name) > MAX_ATTRIBUTE_CHARS or _CONTROL.search(name):
+        if len(name) > MAX_ATTRIBUTE_CHARS or not name.isprintable():
             raise MalformedMessageError(
-                "invalid", f"header name {name[:40]!r} is overlong or holds a control character")
+                "invalid", f"header name {name[:40]!r} is overlong or not printable")
         if len(value) > _MAX_HEADER_BYTES:
             raise MalformedMessageError("undecodable", f"header {name!r} is larger than allowed")
         try:
@@ -88,7 +88,8 @@ def decode_headers(raw: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...])
         if name.startswith("ce_") or name == "content-type":
             # Every header a service reads reaches a log line, a span or a column.
             limit = MAX_ATTRIBUTE_CHARS if name in _CORE else _MAX_HEADER_BYTES
-            _check_text(f"header {name!r}", text, limit)
+            if len(text) > limit or not text.isprintable():
+                _check_text(f"header {name!r}", text, limit)
         headers[name] = text
     return headers
 
@@ -108,13 +109,14 @@ def decode_key(key: bytes | None) -> str | None:
 def _check_text(what: str, text: str, limit: int) -> None:
     if len(text) > limit:
         raise MalformedMessageError("invalid", f"{what} is longer than {limit} characters")
-    if _CONTROL.search(text):
-        raise MalformedMessageError("invalid", f"{what} holds a control character")
+    if not text.isprintable():
+        raise MalformedMessageError("invalid", f"{what} holds a character that is not "
+                                    "printable (a control character, say)")
 
 
 def is_safe_text(text: str) -> bool:
     """Whether ``text`` may go where an attribute goes (a column, a header, a log line)."""
-    return len(text) <= MAX_ATTRIBUTE_CHARS and not _CONTROL.search(text)
+    return len(text) <= MAX_ATTRIBUTE_CHARS and text.isprintable()
 
 
 _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
