@@ -337,3 +337,50 @@ def test_a_hold_over_a_running_arrangement_cancels_it_readably() -> None:
     held = run(promise.case, m.RequestHold("k2", "hardship", "hospital", "agent:1"))
     assert held.case is not None and held.case.last_arrangement is not None
     assert held.case.last_arrangement.outcome == "cancelled"
+
+
+def test_a_breathing_space_backdated_to_the_debt_advice_ends_sixty_days_from_it() -> None:
+    applied = NOW - timedelta(days=10)
+    held = run(open_case(), m.RequestHold("k1", "breathing_space", "debt advice", "agent:1",
+                                          effective_from=applied))
+    assert held.case is not None and held.case.hold is not None
+    assert held.case.hold.effective_from == applied and held.case.hold.started_at == NOW
+    assert held.case.hold.until == applied + timedelta(days=60)
+    (timer,) = held.timers
+    assert timer.due_at == applied + timedelta(days=60)
+    assert held.timeline[0].detail["effective_from"] == applied.isoformat()
+
+
+def test_a_hold_with_an_end_date_resumes_by_itself_and_reconfirms_first() -> None:
+    until = NOW + timedelta(days=5)
+    held = run(open_case(), m.RequestHold("k1", "hardship", "hospital", "agent:1",
+                                          until=until, effective_from=NOW - timedelta(days=2)))
+    assert held.case is not None
+    (timer,) = held.timers
+    assert timer.due_at == until
+    resumed = run(held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at),
+                  at=until)
+    assert resumed.case is not None and resumed.case.is_open and resumed.case.hold is None
+    assert resumed.intents and all(isinstance(e, d.RequestBalanceCheck | d.AnnounceResumed)
+                                   for e in resumed.effects)
+
+
+def test_a_hold_cannot_start_in_the_future_nor_end_before_now() -> None:
+    case = open_case()
+    future = run(case, m.RequestHold("k1", "hardship", "r", "a",
+                                     effective_from=NOW + timedelta(hours=1)))
+    assert future.rejected is not None and "future" in future.rejected
+    ended = run(case, m.RequestHold("k2", "hardship", "r", "a",
+                                    effective_from=NOW - timedelta(days=9),
+                                    until=NOW - timedelta(days=1)))
+    assert ended.rejected is not None
+    expired = run(case, m.RequestHold("k3", "breathing_space", "r", "a",
+                                      effective_from=NOW - timedelta(days=61)))
+    assert expired.rejected is not None
+
+
+def test_a_contact_outcome_keeps_when_the_contact_was_made() -> None:
+    sent_at = NOW - timedelta(minutes=3)
+    result = run(open_case(), m.ContactOutcomeReported("e", "c1", "i1", "sms", "sent", "",
+                                                       occurred_at=sent_at))
+    assert result.timeline[0].detail["occurred_at"] == sent_at.isoformat()

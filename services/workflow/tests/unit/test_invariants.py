@@ -160,9 +160,25 @@ class CaseLifecycle(RuleBasedStateMachine):
                   "refused")
 
     @precondition(lambda self: self.case is not None)
-    @rule(kind=st.sampled_from(["hardship", "dispute", "breathing_space", "operator"]))
-    def hold(self, kind: str) -> None:
-        self._run(m.RequestHold(self._id(), kind, "reason", "agent"))
+    @rule(kind=st.sampled_from(["hardship", "dispute", "breathing_space", "operator"]),
+          back=st.integers(0, 90), lasts=st.none() | st.integers(-5, 120))
+    def hold(self, kind: str, back: int, lasts: int | None) -> None:
+        """Backdated by ``back`` days, ending ``lasts`` days from now (or open-ended)."""
+        since = self.now - timedelta(days=back)
+        until = self.now + timedelta(days=lasts) if lasts is not None else None
+        before = self.case.hold if self.case is not None else None
+        self._run(m.RequestHold(self._id(), kind, "reason", "agent", until=until,
+                                effective_from=since if back else None))
+        hold = self.case.hold if self.case is not None else None
+        if hold is None or hold == before:
+            return  # refused
+        assert hold.since == since <= self.now
+        assert hold.until is None or hold.until > self.now
+        if kind == "breathing_space":
+            assert hold.until is not None
+            assert hold.until <= since + DEFAULT_POLICY.breathing_space
+        if hold.until is not None:
+            assert any(t.token == hold.hold_id and t.due_at == hold.until for t in self.timers)
 
     @precondition(lambda self: self.case is not None)
     @rule(verified=st.booleans())

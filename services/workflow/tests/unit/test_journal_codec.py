@@ -27,6 +27,8 @@ SAMPLES: list[d.Input] = [
                                                  m.InstalmentTerms(AT, Decimal("7.5"))), "a",
                         interest_reduction=None, note="n"),
     m.RequestHold("k", "breathing_space", "r", "a", until=AT),
+    m.RequestHold("k", "breathing_space", "r", "a", effective_from=AT),
+    m.ContactOutcomeReported("e", "c", "i", "sms", "sent", "", occurred_at=AT),
     m.RequestResume("k", "r", "a", None),
     m.TimerFired("t", "recheck", "i:1", AT),
     m.BalanceConfirmed("e", "c", "conf", Decimal("9"), 3, AT, AT),

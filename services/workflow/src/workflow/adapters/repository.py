@@ -46,7 +46,8 @@ def _hold_json(hold: Hold | None) -> dict[str, Any] | None:
         return None
     return {"hold_id": hold.hold_id, "kind": hold.kind.value, "reason": hold.reason,
             "actor": hold.actor, "started_at": hold.started_at.isoformat(),
-            "until": hold.until.isoformat() if hold.until else None}
+            "until": hold.until.isoformat() if hold.until else None,
+            "effective_from": hold.effective_from.isoformat() if hold.effective_from else None}
 
 
 def _hold(data: dict[str, Any] | None) -> Hold | None:
@@ -54,7 +55,9 @@ def _hold(data: dict[str, Any] | None) -> Hold | None:
         return None
     return Hold(hold_id=data["hold_id"], kind=HoldKind(data["kind"]), reason=data["reason"],
                 actor=data["actor"], started_at=datetime.fromisoformat(data["started_at"]),
-                until=datetime.fromisoformat(data["until"]) if data.get("until") else None)
+                until=datetime.fromisoformat(data["until"]) if data.get("until") else None,
+                effective_from=datetime.fromisoformat(data["effective_from"])
+                if data.get("effective_from") else None)
 
 
 def _arrangement_json(a: Arrangement | None) -> dict[str, Any] | None:
@@ -215,6 +218,10 @@ _NEWER_MONEY = on_conflict_update("loan_id", (
     "event_id", "kind", "repayment_id", "amount", "outstanding_after", "at", "seen_at")
 ) + ' WHERE "money_seen".at <= EXCLUDED.at'
 
+# Timeline kinds of the outcomes that say a contact was made (see decide._outcome).
+_CONTACT_MADE = ("contact_sent", "contact_delivered", "contact_answered", "contact_unanswered",
+                 "contact_in_doubt")  # in doubt: it may have reached the borrower
+
 _PENDING = (IntentStatus.AWAITING_CONFIRMATION.value, IntentStatus.AWAITING_RECHECK.value)
 
 
@@ -358,6 +365,31 @@ class CaseRepository:
             select(timeline).where(timeline.c.case_id == case_id, timeline.c.id > after_id)
             .order_by(timeline.c.id).limit(limit))
         return list(rows)
+
+    async def contacts_made_during(self, case_id: str, hold: Hold) -> list[dict[str, Any]]:
+        """Contacts the notifier reported made (sent, delivered, answered or not) while the
+        hold was in effect: for a backdated hold, those before the lender heard of it.
+
+        Read off the outcomes consumed (the timeline), each contact once, at the time it
+        was made (the time it was consumed, for outcomes journalled before that was kept).
+        """
+        rows = await self._conn.execute(
+            select(timeline.c.at, timeline.c.kind, timeline.c.detail).where(
+                timeline.c.case_id == case_id, timeline.c.at >= hold.since,
+                timeline.c.kind.in_(_CONTACT_MADE)).order_by(timeline.c.id))
+        made: dict[str, dict[str, Any]] = {}
+        for at, kind, detail in rows:
+            occurred = datetime.fromisoformat(detail["occurred_at"]) \
+                if detail.get("occurred_at") else at
+            command_id = detail.get("command_id") or ""
+            if occurred < hold.since or (hold.until is not None and occurred >= hold.until) \
+                    or command_id in made:
+                continue
+            made[command_id] = {"command_id": command_id, "intent_id": detail.get("intent_id"),
+                                "channel": detail.get("channel"),
+                                "outcome": kind.removeprefix("contact_"),
+                                "occurred_at": occurred}
+        return sorted(made.values(), key=lambda c: c["occurred_at"])
 
     async def list_cases(self, *, stage: str | None, status: str | None,
                          dpd_min: int | None, dpd_max: int | None,

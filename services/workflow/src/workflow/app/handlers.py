@@ -164,7 +164,7 @@ def item_for(env: Envelope) -> Item:
         case c.ContactOutcome():
             return Item(data.loan_id, m.ContactOutcomeReported(
                 env.id, data.command_id, data.intent_id, data.channel, data.outcome,
-                data.reason), env.id, intent_id=data.intent_id)
+                data.reason, data.occurred_at), env.id, intent_id=data.intent_id)
     raise AssertionError(f"the workflow does not consume {type(data).__name__}")
 
 

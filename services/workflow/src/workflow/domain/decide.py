@@ -310,7 +310,9 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
                 effects=(CancelContacts("held"), AnnounceHeld(hold)),
                 timeline=(_entry(ctx, "case_held", case, held, hold_id=hold.hold_id,
                                  kind=hold.kind.value, reason=hold.reason, actor=hold.actor,
-                                 until=hold.until.isoformat() if hold.until else None),),
+                                 until=hold.until.isoformat() if hold.until else None,
+                                 effective_from=hold.effective_from.isoformat()
+                                 if hold.effective_from else None),),
                 timers=expiry)
         case Rule.RESUME:
             assert case.hold is not None
@@ -571,7 +573,8 @@ def _outcome(case: Case, intents: Sequence[ContactIntent], event: m.ContactOutco
              ctx: _Ctx) -> Decision:
     entry = _entry(ctx, f"contact_{event.outcome}", case, case, command_id=event.command_id,
                    intent_id=event.intent_id, channel=event.channel,
-                   reason=event.reason or None)
+                   reason=event.reason or None,
+                   occurred_at=event.occurred_at.isoformat() if event.occurred_at else None)
     recorded = Decision(case=None, timeline=(entry,))
     if case.is_closed:
         return recorded
@@ -660,13 +663,22 @@ def _timer(case: Case, intents: Sequence[ContactIntent], event: m.TimerFired,
 def _hold(case: Case, intents: Sequence[ContactIntent], event: m.RequestHold,
           ctx: _Ctx) -> Decision:
     kind = HoldKind(event.kind)
+    since = event.effective_from or ctx.now
     until = event.until
     if kind is HoldKind.BREATHING_SPACE:
-        # The legal length is a ceiling: breathing space always ends by itself.
-        limit = ctx.now + ctx.policy.breathing_space
+        # The legal length is a ceiling, counted from when it took effect: breathing space
+        # always ends by itself.
+        limit = since + ctx.policy.breathing_space
         until = min(until, limit) if until else limit
+    if since > ctx.now:
+        return Decision(case=None, rejected="a hold cannot take effect in the future")
+    if until is not None and until <= since:
+        return Decision(case=None, rejected="a hold must end after it takes effect")
+    if until is not None and until <= ctx.now:
+        return Decision(case=None, rejected="the hold would already have ended")
     hold = Hold(hold_id=ctx.new_id("hold"), kind=kind, reason=event.reason, actor=event.actor,
-                started_at=ctx.now, until=until)
+                started_at=ctx.now, until=until,
+                effective_from=event.effective_from)
     return apply_rule(case, intents, Trigger.HOLD, ctx, hold=hold, actor=event.actor)
 
 

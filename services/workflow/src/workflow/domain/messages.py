@@ -87,6 +87,8 @@ class ContactOutcomeReported:
     channel: str
     outcome: str
     reason: str
+    # When the notifier made (or failed) the contact; None in journals written before.
+    occurred_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class RequestHold:
     reason: str
     actor: str
     until: datetime | None = None
+    # When the hold took effect, if before it was recorded: a breathing space starts on
+    # the day debt advice was applied for. None: now.
+    effective_from: datetime | None = None
 
 
 @dataclass(frozen=True)

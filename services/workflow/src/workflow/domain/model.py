@@ -38,9 +38,16 @@ class Hold:
     kind: HoldKind
     reason: str
     actor: str
+    # When it was recorded.
     started_at: datetime
     # Breathing space (and any dated hold) ends by itself at this time.
     until: datetime | None = None
+    # When it took effect: earlier than started_at for a backdated hold (None: the same).
+    effective_from: datetime | None = None
+
+    @property
+    def since(self) -> datetime:
+        return self.effective_from or self.started_at
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,19 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from collections_kit.auth import Principal, require
+from collections_kit.clock import Clock
 from collections_kit.money import Amount
 from collections_kit.outbox import Tx
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
@@ -71,13 +80,29 @@ class IntentView(BaseModel):
     created_at: datetime
 
 
+class ContactMadeView(BaseModel):
+    command_id: str
+    intent_id: str | None
+    channel: str | None
+    outcome: str = Field(description="The first outcome reported: sent, delivered, "
+                                     "answered, unanswered, or in_doubt (it may have "
+                                     "reached the borrower).")
+    occurred_at: datetime
+
+
 class HoldView(BaseModel):
     hold_id: str
     kind: str
     reason: str
     actor: str
-    started_at: datetime
+    started_at: datetime = Field(description="When the hold was recorded.")
     until: datetime | None
+    effective_from: datetime = Field(
+        description="When the hold took effect: before started_at when it was backdated.")
+    contacts_during_hold: list[ContactMadeView] = Field(
+        default_factory=list,
+        description="Contacts made while the hold was in effect (for a backdated hold, "
+                    "before it was recorded), as the notifier reported them.")
 
 
 class InstalmentView(BaseModel):
@@ -175,8 +200,22 @@ class HoldRequest(BaseModel):
     kind: Literal["hardship", "dispute", "breathing_space", "operator"]
     reason: Reason
     until: Timestamp | None = Field(
-        default=None, description="Ends the hold by itself. Breathing space always ends "
-                                  "within its legal length (60 days) even if not given.")
+        default=None, description="Ends the hold by itself, with a fresh ledger confirmation "
+                                  "before any contact. Breathing space always ends within "
+                                  "its legal length (60 days from effective_from) even if "
+                                  "not given.")
+    effective_from: Timestamp | None = Field(
+        default=None, description="When the hold took effect, not in the future (default: "
+                                  "now). A breathing space starts on the day debt advice was "
+                                  "applied for, which can be days before the lender hears "
+                                  "of it; contacts made since are listed on the case.")
+
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> HoldRequest:
+        if self.until is not None and self.effective_from is not None \
+                and self.until <= self.effective_from:
+            raise ValueError("until must be later than effective_from")
+        return self
 
 
 class ResumeRequest(BaseModel):
@@ -239,8 +278,8 @@ def _arrangement_view(a: Arrangement) -> ArrangementView:
         outcome=a.outcome, ended_at=a.ended_at)
 
 
-def _case_view(case: Case, intents: list[ContactIntent],
-               next_action_at: datetime | None) -> CaseView:
+def _case_view(case: Case, intents: list[ContactIntent], next_action_at: datetime | None,
+               contacts_during_hold: list[dict[str, Any]] | None = None) -> CaseView:
     a = case.arrangement
     return CaseView(
         case_id=case.case_id, loan_id=case.loan_id, borrower_id=case.borrower_id,
@@ -253,7 +292,10 @@ def _case_view(case: Case, intents: list[ContactIntent],
         updated_at=case.updated_at, stage_entered_at=case.stage_entered_at,
         hold=HoldView(hold_id=case.hold.hold_id, kind=case.hold.kind.value,
                       reason=case.hold.reason, actor=case.hold.actor,
-                      started_at=case.hold.started_at, until=case.hold.until)
+                      started_at=case.hold.started_at, until=case.hold.until,
+                      effective_from=case.hold.since,
+                      contacts_during_hold=[ContactMadeView(**c)
+                                            for c in contacts_during_hold or ()])
         if case.hold else None,
         arrangement=_arrangement_view(a) if a else None,
         last_arrangement=_arrangement_view(case.last_arrangement)
@@ -304,7 +346,8 @@ async def get_case(loan_id: LoanIdPath, engine: Engine, _: Reader) -> CaseView:
             raise _not_found(loan_id)
         intents = await repo.intents_of(case.case_id)
         next_action = (await repo.next_actions([case.case_id])).get(case.case_id)
-    return _case_view(case, intents, next_action)
+        during = await repo.contacts_made_during(case.case_id, case.hold) if case.hold else []
+    return _case_view(case, intents, next_action, during)
 
 
 @router.get("/cases/{loan_id}/timeline", response_model=TimelinePage,
@@ -349,7 +392,9 @@ async def _command(request: Request, loan_id: str, key: str, actor: str, body: B
         assert outcome.case is not None
         repo = CaseRepository(tx.conn)
         intents = await repo.intents_of(outcome.case.case_id)
-        view = _case_view(outcome.case, intents, None)
+        hold = outcome.case.hold
+        during = await repo.contacts_made_during(outcome.case.case_id, hold) if hold else []
+        view = _case_view(outcome.case, intents, None, during)
         return view.model_dump(mode="json")
 
     try:
@@ -368,8 +413,14 @@ async def _command(request: Request, loan_id: str, key: str, actor: str, body: B
 async def hold_case(loan_id: LoanIdPath, body: HoldRequest, request: Request,
                     key: IdempotencyKey, caller: Writer) -> JSONResponse:
     actor = caller.subject
+    clock: Clock = request.app.state.runtime.state["clock"]
+    if body.effective_from is not None and body.effective_from > clock.now():
+        raise RequestValidationError([{
+            "loc": ("body", "effective_from"), "type": "value_error",
+            "msg": "a hold cannot take effect in the future"}])
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RequestHold(
-        request_id=rid, kind=body.kind, reason=body.reason, actor=actor, until=body.until))
+        request_id=rid, kind=body.kind, reason=body.reason, actor=actor, until=body.until,
+        effective_from=body.effective_from))
 
 
 @router.post("/cases/{loan_id}/resume", response_model=CaseView, responses=CASE_PROBLEMS,
