@@ -96,3 +96,26 @@ async def test_a_confirmation_answering_a_check_older_than_a_repayment_keeps_its
     assert await scalar(workflow, select(cases.c.outstanding).where(
         cases.c.loan_id == "L-race")) == Decimal("300.00")
     assert await mismatched_replays(workflow.engine) == []
+
+
+async def test_only_the_newest_money_seen_counts_a_bounced_repayment_leaves_it_owed(
+        workflow: Runtime, lender: lending.Lender) -> None:
+    reported_at = datetime.now(UTC) - timedelta(hours=1)
+    await lender.publish(lending.repayment("L-bounced", Decimal("900.00"), Decimal("0"),
+                                           repayment_id="R-bounced"))
+    await eventually(lambda: scalar(workflow, select(money_seen.c.kind).where(
+        money_seen.c.loan_id == "L-bounced")))
+    await lender.publish(c.RepaymentReversed(
+        repayment_id="R-bounced", loan_id="L-bounced", currency="CNY",
+        amount=Decimal("900.00"), outstanding_balance_after=Decimal("900.00"),
+        reversed_at=datetime.now(UTC)))
+    await eventually(lambda: scalar(workflow, select(money_seen.c.kind == "reversal").where(
+        money_seen.c.loan_id == "L-bounced")))
+    await lender.publish(lending.overdue("L-bounced", Decimal("900.00"), as_of=reported_at))
+
+    status = await eventually(lambda: scalar(workflow, select(cases.c.status).where(
+        cases.c.loan_id == "L-bounced")), within=10)
+    assert status == "open"
+    assert await scalar(workflow, select(cases.c.outstanding).where(
+        cases.c.loan_id == "L-bounced")) == Decimal("900.00")
+    assert await mismatched_replays(workflow.engine) == []

@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -222,3 +223,39 @@ class CaseLifecycle(RuleBasedStateMachine):
 CaseLifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                            deadline=None)
 TestCaseLifecycle = CaseLifecycle.TestCase
+
+
+@given(paid=st.integers(0, 10_000), after_s=st.integers(-3600, 3600),
+       reversed_=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_money_read_before_the_overdue_report_decides_as_if_read_after(
+        paid: int, after_s: int, reversed_: bool) -> None:
+    """Topics are consumed independently: a repayment (or its reversal) read before the
+    overdue report that opens the case leaves the case as if it were read after it."""
+    owed = Decimal("10000")
+    at = START + timedelta(seconds=after_s)
+    left = owed - paid
+    money: m.RepaymentReceived | m.RepaymentReversed = (
+        m.RepaymentReversed("e-r", "R1", Decimal(paid), owed, at) if reversed_
+        else m.RepaymentReceived("e-r", "R1", Decimal(paid), left, at))
+    report = m.OverdueReported("e-o", "L1", "B1", "consumer-loan", "CNY", Decimal("100"),
+                               owed, 30, START, "Asia/Shanghai", "CN")
+
+    def ids(label: str) -> str:
+        return f"id-{label}"
+
+    now = START + timedelta(hours=2)
+    opened = d.decide(None, [], report, DEFAULT_POLICY, now, ids)
+    assert opened.case is not None
+    after = d.decide(opened.case, opened.intents, money, DEFAULT_POLICY, now, ids).case \
+        or opened.case
+    seen = m.MoneySeen(money.event_id, "reversal" if reversed_ else "repayment",
+                       money.repayment_id, money.amount, money.outstanding_after, money.at)
+    first = d.decide(None, [], replace(report, money_seen=seen), DEFAULT_POLICY, now, ids).case
+    assert first is not None
+    if at <= START:
+        # Older than the report: already in its figures, as the report read last says.
+        assert first.outstanding == owed and first.is_open
+        return
+    assert (first.status, first.exit) == (after.status, after.exit)
+    assert first.outstanding == after.outstanding or after.is_closed
