@@ -6,6 +6,9 @@ It speaks the API the notifier's ``HttpProviderChannel`` calls:
   (status ``delivered`` unless scripted otherwise);
 - ``POST /v1/calls`` ``{"to", "script", "reference", "language"}`` -> 201 ``{"id", "status"}``
   (status ``answered`` unless scripted otherwise);
+- ``GET /v1/messages/by-reference/{key}`` (``/v1/calls/...``) -> 200 ``{"id", "status"}``
+  of the message sent under that idempotency key, or 404 if none was: how the notifier
+  settles an attempt a crash left unknown without sending again;
 - ``Idempotency-Key`` is required. A key seen before is answered with the first answer
   (header ``Idempotent-Replayed: true``) and sends nothing; a key still being handled gets
   409. So :attr:`ProviderDouble.sends` counts real sends per key: more than one would be a
@@ -95,6 +98,20 @@ class ProviderDouble:
         with self._lock:
             return {key: len(sent) for key, sent in self.sends.items() if len(sent) > 1}
 
+    def posted_again(self) -> dict[str, int]:
+        """Keys posted again after the double had sent under them, by how many times it was
+        posted in all. The double dedupes, a provider may not (or not for long): each is a
+        contact sent twice as far as the notifier is concerned. A retry of a request whose
+        answer was lost is counted too; a chaos run scripts none."""
+        with self._lock:
+            posted: dict[str, int] = defaultdict(int)
+            again: set[str] = set()
+            for key, _, replayed in self.requests:
+                posted[key] += 1
+                if replayed:
+                    again.add(key)
+            return {key: posted[key] for key in again}
+
     # --- the API ----------------------------------------------------------------------------
 
     def _next_outcome(self, to: str, kind: str) -> str:
@@ -156,6 +173,15 @@ class ProviderDouble:
     async def _calls(self, request: Request) -> JSONResponse:
         return await self._handle(request, "voice")
 
+    async def _by_reference(self, request: Request) -> JSONResponse:
+        kind = "sms" if request.url.path.startswith("/v1/messages/") else "voice"
+        key = request.path_params["key"]
+        with self._lock:
+            sent = [s for s in self.sends.get(key, ()) if s.kind == kind]
+        if not sent:
+            return JSONResponse({"error": "no message with this reference"}, status_code=404)
+        return JSONResponse({"id": sent[0].provider_id, "status": sent[0].status})
+
     async def _script(self, request: Request) -> JSONResponse:
         body = await request.json()
         self.script(list(body.get("outcomes", [])), body.get("to"))
@@ -178,6 +204,8 @@ class ProviderDouble:
         return Starlette(routes=[
             Route("/v1/messages", self._messages, methods=["POST"]),
             Route("/v1/calls", self._calls, methods=["POST"]),
+            Route("/v1/messages/by-reference/{key}", self._by_reference, methods=["GET"]),
+            Route("/v1/calls/by-reference/{key}", self._by_reference, methods=["GET"]),
             Route("/_double/script", self._script, methods=["POST"]),
             Route("/_double/sends", self._list, methods=["GET"]),
             Route("/_double/reset", self._reset, methods=["POST"]),

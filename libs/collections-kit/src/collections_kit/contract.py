@@ -166,8 +166,10 @@ class ContactOutcome(Message):
     intent_id: str
     loan_id: LoanId
     channel: Channel
+    # "in_doubt": handed to a channel, whether it arrived unknown (a crash came between the
+    # hand-over and its record, and the channel cannot be asked); counted as a contact.
     outcome: Literal["sent", "delivered", "failed", "answered", "unanswered", "deferred",
-                     "blocked", "cancelled"]
+                     "blocked", "cancelled", "in_doubt"]
     reason: str = ""
     rule: str = ""
     occurred_at: AwareDatetime

@@ -33,6 +33,7 @@ from notifier.adapters.tables import dispatches, outbox, recorded_sends
 from notifier.app.dispatcher import Dispatcher, _Sent
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
+from notifier.domain.in_doubt import Found, NotFound
 from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
@@ -452,25 +453,79 @@ async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_al
                   if o.outcome == "sent") == [f"C{i}" for i in range(6)]
 
 
-async def test_a_row_abandoned_mid_send_is_taken_again_after_its_lease(
+async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent_again(
         notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     hanging = Flaky(failures=0)
     runtime, dispatcher = await _with_channel(database_url, mailbox[1], hanging)
     try:
-        # The first dispatcher marks the row "sending" and dies before calling the channel.
-        planned, claimed = await dispatcher._decide_due()
+        # The first dispatcher marks the row "sending" and dies: whether it handed the
+        # e-mail over is not known, and the SMTP relay cannot be asked.
+        planned, _, claimed = await dispatcher._decide_due()
         assert claimed == 1 and await notifier.status("C1") == "sending"
         assert await notifier.dispatcher.dispatch_once() == 0  # leased: not taken
         notifier.clock.set(NOW + timedelta(seconds=121))
         assert await notifier.dispatcher.dispatch_once() == 1
-        assert await notifier.status("C1") == "sent"
-        # The late finisher finds the row owned by another attempt and changes nothing.
+        assert await notifier.status("C1") == "in_doubt"
+        # No timer takes it again.
+        notifier.clock.set(NOW + timedelta(days=1))
+        assert await notifier.dispatcher.dispatch_once() == 0
+        # The late finisher finds the row owned by nobody and changes nothing.
         await dispatcher._finish_all([_Sent(planned[0], None, None)])
     finally:
         await runtime.engine.dispose()
-    assert [o.outcome for o in await notifier.outcomes()] == ["sent"]
+    assert mailbox[0].messages == []
+    assert await notifier.status("C1") == "in_doubt"
+    assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
+        ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")]
+
+
+class Asked(Flaky):
+    """A channel that can be asked by idempotency key, with scripted answers."""
+
+    def __init__(self, answers: list[Found | NotFound | SendError]) -> None:
+        super().__init__(failures=0)
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def lookup(self, command_id: str, channel: str) -> Found | NotFound:
+        self.asked.append(command_id)
+        answer = self.answers.pop(0)
+        if isinstance(answer, SendError):
+            raise answer
+        return answer
+
+
+@pytest.mark.parametrize(("answers", "status", "sends"), [
+    # Found: settled as sent with what the provider knows, never sent again.
+    ([Found("delivered", "msg-1")], "sent", 0),
+    # Not found: it reached nobody, so it is decided afresh and sent.
+    ([NotFound()], "sent", 1),
+    # The lookup failed: asked again later (asking sends nothing), then found.
+    ([SendError("provider_503", permanent=False), Found("sent", "msg-1")], "sent", 0),
+])
+async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_be_asked(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int],
+        answers: list[Found | NotFound | SendError], status: str, sends: int) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1", channel="sms"), "e1")
+    asked = Asked(list(answers))
+    runtime = bootstrap.build_runtime(
+        _settings(database_url, mailbox[1]), clock=notifier.clock,
+        channels={"email": asked, "sms": asked, "voice": asked, "letter": asked})
+    dispatcher: Dispatcher = runtime.state["dispatcher"]
+    try:
+        await dispatcher._decide_due()  # marked "sending", then the dispatcher dies
+        for step in range(1, 4):
+            notifier.clock.set(NOW + timedelta(seconds=121 * step))
+            await dispatcher.dispatch_once()
+    finally:
+        await runtime.engine.dispose()
+    assert await notifier.status("C1") == status
+    assert asked.calls == ["C1"] * sends
+    assert asked.asked == ["C1"] * len(answers)
+    assert [o.outcome for o in await notifier.outcomes()].count("sent") == 1
 
 
 class Refusing:

@@ -9,7 +9,12 @@ The provider's API, as this adapter speaks it (and the loopback double in
   with status ``answered`` or ``unanswered``;
 - every request carries ``Idempotency-Key: <command_id>``: the provider answers a repeated
   key with the first answer and does not send again, so a retry (ours, after a timeout or a
-  5xx, or another replica's after a lease ran out) never reaches the person twice.
+  5xx) never reaches the person twice;
+- ``GET {base}/v1/messages/by-reference/{command_id}`` (``/v1/calls/...`` for a call) ->
+  ``{"id", "status"}`` or 404: whether the provider has the message. After a crash between
+  the hand-over and its record the dispatcher asks this instead of sending again (a
+  provider keeps idempotency keys for a while only, and a resend is a second contact if it
+  forgot); see notifier.domain.in_doubt.
 
 Timeouts, connection errors, 408, 409 (the same key still in progress), 425, 429 and 5xx
 are retried here with exponential backoff and full jitter; any other 4xx is final. The
@@ -27,7 +32,8 @@ from typing import Any
 import httpx
 
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
-from notifier.domain.model import DeliveryStatus
+from notifier.domain.in_doubt import Found, NotFound
+from notifier.domain.model import ChannelName, DeliveryStatus
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class HttpProviderChannel:
                 last = f"provider_unreachable:{type(exc).__name__}"
             else:
                 if response.is_success:
-                    return self._delivery(response, message, ids)
+                    return self._delivery(response, ids)
                 code = response.status_code
                 last = f"provider_{code}"
                 if code < 500 and code not in _RETRYABLE:
@@ -83,8 +89,24 @@ class HttpProviderChannel:
                 await asyncio.sleep(delay)
         raise SendError(last, permanent=False)
 
-    def _delivery(self, response: httpx.Response, message: OutgoingMessage,
-                  ids: dict[str, Any]) -> Delivery:
+    async def lookup(self, command_id: str, channel: ChannelName) -> Found | NotFound:
+        kind = {"sms": "messages", "voice": "calls"}.get(channel)
+        if kind is None:
+            raise SendError(f"provider_unsupported_channel:{channel}", permanent=True)
+        try:
+            response = await self._client.get(f"/v1/{kind}/by-reference/{command_id}")
+        except httpx.HTTPError as exc:
+            raise SendError(f"provider_unreachable:{type(exc).__name__}",
+                            permanent=False) from None
+        if response.status_code == 404:
+            return NotFound()
+        if not response.is_success:
+            raise SendError(f"provider_{response.status_code}", permanent=False)
+        delivery = self._delivery(response, {"command_id": command_id, "channel": channel,
+                                             "lookup": True})
+        return Found(delivery.status, delivery.provider_ref)
+
+    def _delivery(self, response: httpx.Response, ids: dict[str, Any]) -> Delivery:
         try:
             payload = response.json()
         except ValueError:

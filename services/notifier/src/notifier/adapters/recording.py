@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
@@ -21,6 +22,8 @@ from collections_kit.db import insert_rows
 from collections_kit.pii import KeyRing
 from notifier.adapters.tables import recorded_sends
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
+from notifier.domain.in_doubt import Found, NotFound
+from notifier.domain.model import ChannelName
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,19 @@ class RecordingChannel:
         # One line per call: the dispatcher logs each contact sent ("contact sent").
         log.info("sends recorded", extra={"count": len(messages)})
         return [Delivery("unanswered" if m.channel == "voice" else "sent") for m in messages]
+
+    async def lookup(self, command_id: str, channel: ChannelName) -> Found | NotFound:
+        """Whether the command was recorded (a provider's lookup by idempotency key)."""
+        try:
+            async with self._engine.connect() as conn:
+                known = await conn.scalar(select(recorded_sends.c.command_id)
+                                          .where(recorded_sends.c.command_id == command_id))
+        except Exception as exc:
+            raise SendError(f"recorder_unavailable:{type(exc).__name__}",
+                            permanent=False) from None
+        if known is None:
+            return NotFound()
+        return Found("unanswered" if channel == "voice" else "sent")
 
     def _row(self, message: OutgoingMessage, now: datetime) -> dict[str, Any]:
         seal, command_id = self._ring.seal, message.command_id

@@ -561,6 +561,24 @@ class DispatchRepository:
             for (r, _, _), seq in zip(sent, seqs, strict=True)])
         return seqs
 
+    async def extend_lease(self, command_ids: Sequence[str], *, now: datetime,
+                           until: datetime) -> None:
+        """Keep rows ``sending`` (same attempt) until ``until``: this dispatcher is asking
+        the channel what became of them, and nobody else may meanwhile."""
+        if not command_ids:
+            return
+        await self._conn.execute(
+            update(dispatches).where(any_of(dispatches.c.command_id, sorted(command_ids)))
+            .values(due_at=until, updated_at=now))
+
+    async def notice_in_flight(self, command_id: str) -> bool:
+        """Whether this command carries a validation notice still in flight."""
+        found = await self._conn.scalar(
+            select(validation_notices.c.command_id)
+            .where(validation_notices.c.command_id == command_id,
+                   validation_notices.c.status == "in_flight").limit(1))
+        return found is not None
+
     async def retry_later(self, dispatch: Dispatch, *, now: datetime, due_at: datetime,
                           error: str) -> None:
         await self._conn.execute(

@@ -61,7 +61,7 @@ dispatches = Table(
     Column("received_at", ts, nullable=False),
     Column("updated_at", ts, nullable=False),
     CheckConstraint("status IN ('pending', 'deferred', 'sending', 'sent', 'failed', "
-                    "'blocked', 'cancelled')", name="ck_dispatches_status"),
+                    "'blocked', 'cancelled', 'in_doubt')", name="ck_dispatches_status"),
     Index("ix_dispatches_due", "due_at",
           postgresql_where=text("status IN ('pending', 'deferred', 'sending')")),
     Index("ix_dispatches_loan_status", "loan_id", "status"),
@@ -84,8 +84,8 @@ contact_decisions = Table(
     Column("at", ts, nullable=False),
     Column("due_at", ts),
     UniqueConstraint("command_id", "seq", name="uq_contact_decisions_command_seq"),
-    CheckConstraint("decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed')",
-                    name="ck_contact_decisions_decision"),
+    CheckConstraint("decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed', "
+                    "'in_doubt')", name="ck_contact_decisions_decision"),
     Index("ix_contact_decisions_loan", "loan_id", "id"),
     Index("ix_contact_decisions_decision_reason", "decision", "reason"),
 )
@@ -258,4 +258,25 @@ letters = Table(
     Column("pdf_sha256", Text, nullable=False),
     Column("rendered_at", ts, nullable=False),
     Index("ix_letters_loan", "loan_id"),
+)
+
+# --- in doubt, delivery receipts (revision 0005) -------------------------------------------
+
+# Every delivery receipt a provider posted, once per (provider, receipt id): a receipt
+# posted again finds its row and changes nothing. ``effect`` says what it did: applied to
+# its attempt, late (the attempt had settled already), or unmatched (no such attempt).
+delivery_receipts = Table(
+    "delivery_receipts",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("receipt_id", Text, primary_key=True),
+    Column("command_id", Text),
+    Column("provider_ref", Text),
+    Column("status", Text, nullable=False),
+    Column("effect", Text, nullable=False),
+    Column("occurred_at", ts, nullable=False),
+    Column("received_at", ts, nullable=False),
+    CheckConstraint("effect IN ('applied', 'late', 'unmatched')",
+                    name="ck_delivery_receipts_effect"),
+    Index("ix_delivery_receipts_command", "command_id"),
 )

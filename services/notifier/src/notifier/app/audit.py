@@ -17,6 +17,7 @@ STATUS_OF: dict[Outcome, DispatchStatus] = {
     "blocked": DispatchStatus.BLOCKED,
     "cancelled": DispatchStatus.CANCELLED,
     "failed": DispatchStatus.FAILED,
+    "in_doubt": DispatchStatus.IN_DOUBT,
 }
 
 

@@ -14,11 +14,18 @@ One pass:
    after a backoff; each final state stored and announced. A validation notice sent wakes
    the contacts that waited for it.
 
-A crash between 1 and 3 leaves the row ``sending``; once its lease runs out it is claimed
-and decided again (the window or a cancellation may have changed meanwhile) and, if still
-sendable, sent again with the same command id. That id is the idempotency key the channel
-hands the provider (SMTP Message-ID, provider dedupe key), so "at least once" on our side
-does not become "twice" for the person.
+A crash between 1 and 3 leaves the row ``sending``, and nobody knows whether the person got
+the message. It is never simply sent again when its lease runs out (an SMTP relay or a
+print run does not dedupe, and a provider keeps idempotency keys for a while only; a second
+contact counts against the person's caps). The lease only brings the row to
+``_resolve_unsettled``, which asks the channel by the idempotency key (the command id)
+where it can (HTTP providers, the recorder): found is recorded as sent, with what the
+provider knows of the delivery; not found reached nobody and is decided afresh. A channel
+that cannot be asked (SMTP, letters) leaves the attempt *in doubt*: it keeps counting
+against every cap, is recorded, counted and announced as ``in_doubt``, and is taken again
+only by a rule (the policy's per-channel ``in_doubt`` rule, default never) or an operator,
+never by a timer. See notifier.domain.in_doubt. The fault hook ``after_channel_handover``
+kills the process exactly there, for the tests and the chaos run.
 """
 
 from __future__ import annotations
@@ -37,14 +44,31 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
+from collections_kit.faults import crash_point
 from collections_kit.outbox import Tx, flush
 from collections_kit.pii import KeyRing
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision, record_sent_many
-from notifier.app.ports import BatchChannel, Channel, Delivery, OutgoingMessage, SendError
+from notifier.app.ports import (
+    BatchChannel,
+    Channel,
+    Delivery,
+    LookupChannel,
+    OutgoingMessage,
+    SendError,
+)
 from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain import templates
-from notifier.domain.decide import Defer, Send, decide
+from notifier.domain.decide import Defer, Send, decide, validation_dispute_by
+from notifier.domain.in_doubt import (
+    InDoubt,
+    LookAgain,
+    LookupAnswer,
+    LookupFailed,
+    SendAgain,
+    Settle,
+    resolve,
+)
 from notifier.domain.model import (
     Attempt,
     ChannelName,
@@ -188,10 +212,100 @@ class Dispatcher:
 
     async def dispatch_once(self) -> int:
         """One pass; returns how many rows were claimed."""
-        planned, claimed = await self._decide_due()
+        planned, unsettled, claimed = await self._decide_due()
+        if unsettled:
+            await self._resolve_unsettled(unsettled)
         if planned:
-            await self._finish_all(await self._deliver_all(planned))
+            sent = await self._deliver_all(planned)
+            if any(one.error is None for one in sent):
+                # Handed over, not yet recorded: the window a crash leaves in doubt.
+                crash_point("after_channel_handover")
+            await self._finish_all(sent)
         return claimed
+
+    async def _resolve_unsettled(self, unsettled: Sequence[Dispatch]) -> None:
+        """Rows whose lease ran out mid-send: ask each channel that can be asked whether it
+        has the message, then record what ``resolve`` makes of the answer (their leases
+        were extended for this in the claiming transaction)."""
+        answers = await asyncio.gather(*(self._look_up(d) for d in unsettled))
+        outcomes: list[tuple[str, str]] = []
+        woken = False
+        async with self._engine.begin() as conn:
+            now = self._clock.now()
+            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
+            repo = DispatchRepository(conn)
+            owned = await repo.lock_sending_many([(d.command_id, d.attempts) for d in unsettled])
+            for dispatch, answer in zip(unsettled, answers, strict=True):
+                current = owned.get(dispatch.command_id)
+                if current is None:
+                    continue  # settled meanwhile (a receipt, another replica)
+                request = current.request
+                resolution = resolve(request.channel, answer,
+                                     self._policy.in_doubt_rule(request.channel),
+                                     look_again_at=now + self._config.retry_backoff)
+                ids = {"command_id": current.command_id, "loan_id": request.loan_id,
+                       "channel": request.channel, "resolution": type(resolution).__name__,
+                       "reason": resolution.reason}
+                match resolution:
+                    case Settle():
+                        woken = await self._settle_found(tx, repo, current, resolution) \
+                            or woken
+                        outcomes.append(("sent", resolution.reason))
+                    case SendAgain():
+                        await repo.settle_attempt(
+                            current.command_id, now=now,
+                            result="failed" if resolution.reached_nobody else "unknown")
+                        if resolution.reached_nobody:
+                            await repo.validation_notice_failed(current)
+                        await repo.retry_later(current, now=now, due_at=now,
+                                               error=resolution.reason)
+                    case LookAgain():
+                        await repo.extend_lease([current.command_id], now=now,
+                                                until=resolution.until)
+                    case InDoubt():
+                        await record_decision(
+                            tx, repo, current, outcome="in_doubt", reason=resolution.reason,
+                            rule=resolution.rule, policy_version=self._policy.version)
+                        outcomes.append(("in_doubt", resolution.reason))
+                log.warning("sending lease expired; outcome of the last attempt resolved",
+                            extra=ids)
+            await flush(tx, self._outbox, self._schema)
+        for outcome in outcomes:
+            DECISIONS.labels(*outcome).inc()
+        if woken:
+            self.wake()
+
+    async def _look_up(self, dispatch: Dispatch) -> LookupAnswer:
+        channel = self._channels[dispatch.request.channel]
+        if not isinstance(channel, LookupChannel):
+            return None
+        try:
+            async with asyncio.timeout(self._config.send_timeout_s):
+                return await channel.lookup(dispatch.command_id, dispatch.request.channel)
+        except SendError as exc:
+            return LookupFailed(exc.code)
+        except TimeoutError:
+            return LookupFailed("channel_timeout")
+        except Exception as exc:
+            return LookupFailed(f"channel_error:{type(exc).__name__}")
+
+    async def _settle_found(self, tx: Tx, repo: DispatchRepository, current: Dispatch,
+                            found: Settle) -> bool:
+        """The provider has it: recorded as sent, as if the first pass had finished. A
+        validation notice it carried is out; returns whether waiting contacts woke."""
+        await record_sent_many(tx, repo, [(current, found.reason, found.rule, found.status,
+                                           found.provider_ref)],
+                               policy_version=self._policy.version)
+        await announce_delivery(tx, current, found.status)
+        request = current.request
+        rules = self._policy.for_jurisdiction(request.jurisdiction)
+        if rules is None or rules.validation_notice is None \
+                or not await repo.notice_in_flight(current.command_id):
+            return False
+        return bool(await repo.validation_notice_sent(
+            current, now=tx.now,
+            dispute_by=validation_dispute_by(tx.now, request.borrower_time_zone, rules),
+            wake_rule=rules.rule(rules.validation_notice.name)))
 
     async def _deliver_all(self, planned: Sequence[_Planned]) -> list[_Sent]:
         """Each channel's share of the pass: in one call where the channel takes many,
@@ -229,16 +343,24 @@ class Dispatcher:
         return [_Sent(p, o, None) if isinstance(o, SendError) else _Sent(p, None, o)
                 for p, o in zip(share, outcomes, strict=True)]
 
-    async def _decide_due(self) -> tuple[list[_Planned], int]:
+    async def _decide_due(self) -> tuple[list[_Planned], list[Dispatch], int]:
+        """Claim due rows and decide them; returns the sends planned, the rows whose
+        outcome is unknown (a lease ran out mid-send: ``_resolve_unsettled``) and how many
+        rows were claimed."""
         config, policy = self._config, self._policy
         outcomes: Counter[tuple[str, str]] = Counter()
         async with self._engine.begin() as conn:
             now = self._clock.now()
             tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
             repo = DispatchRepository(conn, self._ring)
-            batch = await repo.claim_due(now, config.batch)
+            claimed = await repo.claim_due(now, config.batch)
+            # Never decided (and so never sent) again from here: see the module docstring.
+            unsettled = [d for d in claimed if d.status is DispatchStatus.SENDING]
+            await repo.extend_lease([d.command_id for d in unsettled], now=now,
+                                    until=now + config.sending_lease)
+            batch = [d for d in claimed if d.status is not DispatchStatus.SENDING]
             if not batch:
-                return [], 0
+                return [], unsettled, len(claimed)
             since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
             contexts = await repo.contexts(batch, repayments_since=since,
                                            attempts_since=now - _lookback(policy))
@@ -251,13 +373,11 @@ class Dispatcher:
                     # repayment's cancellations among them) move between chunks of a pass.
                     await asyncio.sleep(0)
                 ids = {"command_id": dispatch.command_id, "loan_id": dispatch.request.loan_id}
-                if dispatch.status is DispatchStatus.SENDING:
-                    log.warning("sending lease expired; deciding again", extra=ids)
                 context = contexts.for_dispatch(dispatch)
                 decision = decide(dispatch.request, context, now, policy)
                 if isinstance(decision, Send) and dispatch.attempts >= config.max_attempts:
-                    # Lease expiries count as attempts: a call that hangs every time must
-                    # end somewhere rather than be retried forever.
+                    # Every attempt counts, those that failed and those resolved as never
+                    # received: a channel that fails every time must end somewhere.
                     await record_decision(
                         tx, repo, dispatch, outcome="failed", reason="attempts_exhausted",
                         rule=f"channel.{dispatch.request.channel}",
@@ -299,7 +419,7 @@ class Dispatcher:
             await flush(tx, self._outbox, self._schema)
         for (outcome, reason), n in outcomes.items():
             DECISIONS.labels(outcome, reason).inc(n)
-        return planned, len(batch)
+        return planned, unsettled, len(claimed)
 
     def _plan(self, dispatch: Dispatch, attempt: int, decision: Send,
               details: ContactDetails, now: datetime) -> _Planned:
@@ -350,7 +470,7 @@ class Dispatcher:
         whole pass instead of one per contact, which is what bounded the notifier's rate.
 
         Until that commit the rows stay ``sending``: a crash before it brings them back
-        when their lease runs out, and the resend carries the same idempotency key. If the
+        when their lease runs out, to be resolved, not sent again (``_resolve_unsettled``). If the
         batch fails for a reason other than the database, each row is recorded on its own,
         so one bad row cannot hold back the others."""
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol, runtime_checkable
 
+from notifier.domain.in_doubt import Found, NotFound
 from notifier.domain.model import ChannelName, DeliveryStatus, Language, Recipient
 
 
@@ -54,6 +55,18 @@ class Channel(Protocol):
     async def send(self, message: OutgoingMessage) -> Delivery:
         """Deliver or raise :class:`SendError`. Must be safe to repeat for one command:
         the command id is the idempotency key towards the provider."""
+        ...
+
+
+@runtime_checkable
+class LookupChannel(Channel, Protocol):
+    """A channel that can say whether it already has a message, by its idempotency key (the
+    command id). The dispatcher asks it about an attempt whose outcome a crash left
+    unknown, instead of sending again (notifier.domain.in_doubt)."""
+
+    async def lookup(self, command_id: str, channel: ChannelName) -> Found | NotFound:
+        """What the provider knows of the message; raise :class:`SendError` if it cannot
+        be asked now. Sends nothing."""
         ...
 
 

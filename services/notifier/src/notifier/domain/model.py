@@ -17,7 +17,9 @@ from typing import Literal
 Recipient = Literal["debtor", "guarantor"]
 ChannelName = Literal["sms", "voice", "email", "letter"]
 Language = Literal["zh-CN", "en"]
-Outcome = Literal["sent", "deferred", "blocked", "cancelled", "failed"]
+# "in_doubt": handed to a channel that cannot say whether the person got it (a crash came
+# between the hand-over and its record); see notifier.domain.in_doubt.
+Outcome = Literal["sent", "deferred", "blocked", "cancelled", "failed", "in_doubt"]
 # What a channel reports back. "sent": handed over, nothing more known (SMTP, print);
 # "delivered": the provider confirmed delivery; "answered"/"unanswered": a call's result.
 DeliveryStatus = Literal["sent", "delivered", "answered", "unanswered"]
@@ -40,6 +42,9 @@ class DispatchStatus(StrEnum):
     # past its lease is picked up again (see the dispatcher).
     SENDING = "sending"
     SENT = "sent"
+    # Handed over, whether it arrived is unknown and the channel cannot tell: no timer takes
+    # it again (not open); a delivery receipt, an operator or the policy's rule settles it.
+    IN_DOUBT = "in_doubt"
     FAILED = "failed"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"

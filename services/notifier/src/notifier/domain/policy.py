@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Any, Literal, cast, get_args
 
+from notifier.domain.in_doubt import InDoubtRule
 from notifier.domain.model import ChannelName
 
 CHANNELS: frozenset[ChannelName] = frozenset(get_args(ChannelName))
@@ -297,14 +298,20 @@ class DispatchPolicy:
     recheck_lookback: timedelta = timedelta(minutes=10)
     # Stages in which the guarantor is a party we may contact.
     guarantor_stages: frozenset[str] = frozenset({GUARANTOR_RECOURSE})
+    # Per channel: may an attempt in doubt be sent again by rule (default: never).
+    in_doubt: Mapping[ChannelName, InDoubtRule] = field(default_factory=dict)
+
+    def in_doubt_rule(self, channel: ChannelName) -> InDoubtRule:
+        return self.in_doubt.get(channel, InDoubtRule())
 
     @classmethod
     def of(cls, jurisdictions: Iterable[JurisdictionPolicy] = DEFAULT_JURISDICTIONS, *,
            recheck_lookback: timedelta = timedelta(minutes=10),
-           version: str | None = None) -> DispatchPolicy:
+           version: str | None = None,
+           in_doubt: Mapping[ChannelName, InDoubtRule] | None = None) -> DispatchPolicy:
         return cls(version=version or cls.version,
                    jurisdictions={p.jurisdiction: p for p in jurisdictions},
-                   recheck_lookback=recheck_lookback)
+                   recheck_lookback=recheck_lookback, in_doubt=dict(in_doubt or {}))
 
     def for_jurisdiction(self, jurisdiction: str) -> JurisdictionPolicy | None:
         return self.jurisdictions.get(jurisdiction)
@@ -315,4 +322,4 @@ class DispatchPolicy:
         merged.update({p.jurisdiction: p for p in extra})
         return DispatchPolicy(version=self.version, jurisdictions=merged,
                               recheck_lookback=self.recheck_lookback,
-                              guarantor_stages=self.guarantor_stages)
+                              guarantor_stages=self.guarantor_stages, in_doubt=self.in_doubt)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import tomllib
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from notifier.app.dispatcher import Dispatcher, DispatcherConfig
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Channel
 from notifier.app.repayment_gate import RepaymentGate
+from notifier.domain.in_doubt import in_doubt_rules_from_mapping
 from notifier.domain.model import ChannelName
 from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
 from notifier.entrypoints.api import router
@@ -79,6 +81,7 @@ def load_policy(settings: NotifierSettings) -> DispatchPolicy:
         return policy
     with settings.policy_file.open("rb") as f:
         data = tomllib.load(f)
+    policy = replace(policy, in_doubt=in_doubt_rules_from_mapping(data.get("in_doubt", {})))
     return policy.with_jurisdictions(jurisdictions_from_mapping(data.get("jurisdictions", {})))
 
 
