@@ -479,3 +479,51 @@ async def test_a_record_aiokafka_cannot_parse_is_dead_lettered_and_its_neighbour
             f'SELECT event_id FROM "{world.runtime.settings.db_schema}".inbox'))).scalars())
     assert neighbours <= claimed  # handled, both of them
     assert world.runtime.live()
+
+
+async def test_a_dead_letter_that_cannot_be_stored_never_stops_the_consumer(
+        world: World) -> None:
+    """The database refuses the letters of two records (a trigger on the outbox): the first
+    is dead-lettered bare (origin and reason), the second not at all (logged and counted);
+    either way the consumer goes on to the next good record."""
+    schema = world.runtime.settings.db_schema
+    async with world.runtime.engine.begin() as conn:
+        await conn.execute(text(
+            f'CREATE FUNCTION "{schema}".refuse_letter() RETURNS trigger LANGUAGE plpgsql '
+            "AS $$ BEGIN RAISE EXCEPTION 'letter refused for the test' "
+            "USING ERRCODE = 'check_violation'; END $$"))
+        await conn.execute(text(
+            f'CREATE TRIGGER refuse_letter BEFORE INSERT ON "{schema}".outbox FOR EACH ROW '
+            "WHEN (NEW.topic LIKE '%collections.dlq.v1' AND (position('L-unkeepable' IN "
+            "convert_from(NEW.value, 'UTF8')) > 0 OR position('loan.unstorable' IN "
+            "convert_from(NEW.value, 'UTF8')) > 0)) "
+            f'EXECUTE FUNCTION "{schema}".refuse_letter()'))
+    _, key, value, headers = lending.record_for(lending.overdue("L-unkeepable", Decimal("9")))
+    broken = value.replace(b'"days_past_due":5', b'"days_past_due":"many"')
+    unknown = [(n, b"loan.unstorable.v1" if n == "ce_type" else v) for n, v in headers]
+    topic = world.prefix + Topic.LOANS_OVERDUE.value
+    first = await world.kafka.send_and_wait(topic, key=key, value=broken, headers=headers)
+    await world.kafka.send_and_wait(topic, key=key, value=value, headers=unknown)
+    failures = REGISTRY.get_sample_value("collections_dead_letter_failures_total",
+                                         {"consumer": world.runtime.settings.group_id()})
+    await lending.Lender(world.kafka, world.prefix).publish(
+        lending.overdue("L-after-unkeepable", Decimal("100.00")))
+
+    async def good_processed() -> bool:
+        async with world.runtime.engine.connect() as conn:
+            return (await conn.scalar(select(cases.c.case_id).where(
+                cases.c.loan_id == "L-after-unkeepable"))) is not None
+    await eventually(good_processed, within=60)
+
+    def skipped() -> bool:
+        after = REGISTRY.get_sample_value("collections_dead_letter_failures_total",
+                                          {"consumer": world.runtime.settings.group_id()})
+        return (after or 0) == (failures or 0) + 1
+    await eventually(skipped, within=60)
+    letters = [e.data for e in await read_topic(world.bootstrap, world.prefix + Topic.DLQ.value)
+               if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter)]
+    assert [(d.origin_offset, d.error_kind, d.origin_key, d.origin_value) for d in letters] == [
+        (first.offset, "invalid", None, "")]
+    assert "could not be kept in this letter" in letters[0].reason
+    assert "days_past_due" in letters[0].reason
+    assert world.runtime.live()

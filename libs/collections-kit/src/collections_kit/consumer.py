@@ -421,41 +421,45 @@ class ConsumerLoop:
                 return
             except Exception as exc:
                 error = exc
-        log.error("handler failed %d times for %s@%s/%d; dead-lettering",
+        log.error("failed %d times on %s@%s/%d; dead-lettering",
                   self._settings.max_attempts, item.record.topic, item.record.partition,
                   item.record.offset, exc_info=error)
         reason = f"{type(error).__name__}: {error}"[:500]
-        failed = _Item(item.record, item.event_id, None,
-                       MalformedMessageError("handler_failed", reason), item.fingerprint)
-        if await self._dead_letter_until_stored(failed):
-            return
-        # The letter itself failed (a record no letter was made for): one that keeps only
+        cause = item.error  # set when what failed was the record's own dead letter
+        if cause is None:
+            cause = MalformedMessageError("handler_failed", reason)
+            failure = await self._dead_letter_until_stored(
+                _Item(item.record, item.event_id, None, cause, item.fingerprint))
+            if failure is None:
+                return
+            error = failure
+        # The letter itself failed (a record no letter can be made of): one that keeps only
         # the origin and the reason, claimed by origin, still tells the lender.
         record = item.record
         bare = _Item(_BareRecord(record.topic, record.partition, record.offset),
                      f"{record.topic}/{record.partition}/{record.offset}", None,
-                     MalformedMessageError(failed.error.kind if failed.error else "invalid",
-                                           f"{reason} (the record could not be kept in "
-                                           "this letter)"))
-        if await self._dead_letter_until_stored(bare):
+                     MalformedMessageError(cause.kind, (
+                         f"{cause.reason} (the record could not be kept in this letter: "
+                         f"{type(error).__name__})")[:1000]))
+        if await self._dead_letter_until_stored(bare) is None:
             return
         # Nothing more to try: the loop must go on, so the record is skipped, visibly.
         metrics.DEAD_LETTER_FAILURES.labels(self._group).inc()
         log.error("could not dead-letter %s/%d@%d; skipped", record.topic, record.partition,
                   record.offset)
 
-    async def _dead_letter_until_stored(self, item: _Item) -> bool:
-        """Stores ``item``'s letter, waiting out infrastructure failures; False if the letter
-        itself fails."""
+    async def _dead_letter_until_stored(self, item: _Item) -> Exception | None:
+        """Stores ``item``'s letter, waiting out infrastructure failures; the error if the
+        letter itself fails."""
         while True:
             try:
                 await self._in_one_transaction([item])
-                return True
+                return None
             except Exception as exc:
                 if not _is_infrastructure(exc):
                     log.error("dead-lettering %s/%d@%d failed", item.record.topic,
                               item.record.partition, item.record.offset, exc_info=exc)
-                    return False
+                    return exc
                 await asyncio.sleep(1.0)
 
     def _decode(self, record: Any) -> _Item:
