@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 
 from collections_kit import contract as c
+from collections_kit.outbox import Tx
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from scripts import lending
 from tests.support import eventually, mismatched_replays, read_topic
 from workflow.adapters.repository import CaseRepository
 from workflow.adapters.tables import cases, contact_intents, money_seen, timeline
+from workflow.app.handlers import Workflow
+from workflow.domain import messages as m
+from workflow.domain.policy import PolicyBook
 
 
 async def scalar(runtime: Runtime, stmt: object) -> object:
@@ -118,4 +123,38 @@ async def test_only_the_newest_money_seen_counts_a_bounced_repayment_leaves_it_o
     assert status == "open"
     assert await scalar(workflow, select(cases.c.outstanding).where(
         cases.c.loan_id == "L-bounced")) == Decimal("900.00")
+    assert await mismatched_replays(workflow.engine) == []
+
+
+async def test_a_repayment_decided_while_the_opening_report_commits_is_not_lost(
+        workflow: Runtime) -> None:
+    """Two transactions at once: the report opening the case (not yet committed) and the
+    loan's repayment. The repayment must wait and then apply to the case; seeing no case
+    row, it would otherwise be remembered for a loan that has one, and forgotten."""
+    flow = Workflow(PolicyBook())
+    now = datetime.now(UTC)
+    report = m.OverdueReported("e-open", "L-both", "B1", "consumer-loan", "CNY",
+                               Decimal("90"), Decimal("900"), 5, now - timedelta(hours=1),
+                               "Asia/Shanghai", "CN")
+    repaid = m.RepaymentReceived("e-paid", "R-both", Decimal("900"), Decimal("0"), now)
+
+    def tx_on(conn: Any) -> Tx:
+        return Tx(conn=conn, now=datetime.now(UTC), source="test", topic_prefix="t.")
+
+    async with workflow.engine.connect() as opening:
+        await opening.begin()
+        await flow.run(tx_on(opening), "L-both", report, "e-open")
+
+        async def repay() -> None:
+            async with workflow.engine.begin() as conn:
+                await flow.run(tx_on(conn), "L-both", repaid, "e-paid")
+
+        paying = asyncio.create_task(repay())
+        await asyncio.sleep(1.0)
+        assert not paying.done()  # it waits for the opening to commit or roll back
+        await opening.commit()
+    await asyncio.wait_for(paying, 10)
+    assert await scalar(workflow, select(cases.c.exit).where(
+        cases.c.loan_id == "L-both")) == "repaid"
+    assert await scalar(workflow, select(func.count()).select_from(money_seen)) == 0
     assert await mismatched_replays(workflow.engine) == []
