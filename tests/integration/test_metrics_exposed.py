@@ -21,7 +21,7 @@ SAMPLED = {
     "collections_outbox_oldest_age_seconds", "collections_dead_letters_total",
     "workflow_timers_overdue", "workflow_timers_oldest_overdue_seconds",
     "ledger_sync_balance_checks_answered_total", "ledger_sync_balance_check_seconds_count",
-    "notifier_contact_decisions_total",
+    "notifier_contact_decisions_total", "notifier_dispatch_held",
 }
 # Declared (HELP/TYPE on /metrics) but only sampled when the ledger API is called or fails.
 DECLARED = {"ledger_sync_ledger_api_seconds", "ledger_sync_ledger_api_calls_total",

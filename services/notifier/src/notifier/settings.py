@@ -61,8 +61,8 @@ class NotifierSettings(ServiceSettings):
     dispatch_safety_poll_s: float = Field(default=1.0, gt=0)
     # Dispatch is held unless every repayment published up to this long ago is applied
     # (notifier.app.repayment_gate); the gate looks at the topic's offsets this often.
-    repayment_gate_max_lag_ms: int = Field(default=2000, gt=0)
-    repayment_gate_look_ms: int = Field(default=250, gt=0)
+    repayment_gate_max_lag_ms: int = Field(default=1000, gt=0)
+    repayment_gate_look_ms: int = Field(default=200, gt=0)
 
     # Personal data at rest (contact details, recorded sends, letters): AES-256-GCM keys,
     # "kid1:<base64 32 bytes>,kid2:...", and the id of the one new values are sealed with
@@ -70,6 +70,27 @@ class NotifierSettings(ServiceSettings):
     # dev and test: the built-in development key; prod refuses to start without keys.
     pii_keys: SecretStr | None = None
     pii_active_kid: str | None = None
+
+    # Delivery receipts (POST /v1/delivery-receipts/{provider}) are signed by each provider
+    # with a secret of its own: "provider1:secret1,provider2:secret2". A provider without a
+    # secret here cannot post receipts at all.
+    delivery_receipt_secrets: SecretStr | None = None
+
+    def receipt_secrets(self) -> dict[str, bytes]:
+        if self.delivery_receipt_secrets is None:
+            return {}
+        secrets: dict[str, bytes] = {}
+        for item in self.delivery_receipt_secrets.get_secret_value().split(","):
+            provider, sep, secret = item.strip().partition(":")
+            if not sep or not provider or not secret:
+                raise ValueError("delivery_receipt_secrets: expected provider:secret, ...")
+            secrets[provider] = secret.encode()
+        return secrets
+
+    @model_validator(mode="after")
+    def _receipt_secrets(self) -> NotifierSettings:
+        self.receipt_secrets()  # a malformed list stops the start here
+        return self
 
     def key_ring(self) -> KeyRing:
         if self.pii_keys is None:
