@@ -11,9 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from collections_kit.auth import SCOPES, dev_token
+from collections_kit.auth import SCOPES, dev_headers, dev_token
 
 OPEN = {"/livez", "/readyz", "/metrics"}
+# Called by a provider, which signs the body instead (notifier.entrypoints.receipts).
+SIGNED = {"/v1/delivery-receipts/{provider}"}
 
 
 async def _apps() -> AsyncIterator[tuple[str, FastAPI]]:
@@ -50,6 +52,9 @@ async def _routes() -> AsyncIterator[tuple[str, httpx.AsyncClient, str, str, dic
                 if path in OPEN:
                     assert "security" not in op
                     continue
+                if path in SIGNED:
+                    assert op["security"] == [{"providerSignature": []}], (name, path)
+                    continue
                 yield name, http, method, path, op
 
 
@@ -80,6 +85,23 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
         assert response.headers["www-authenticate"].startswith("Bearer ")
         checked += 1
     assert checked >= 20
+
+
+async def test_a_signed_route_refuses_an_unsigned_call_even_with_every_scope() -> None:
+    checked = 0
+    async for name, app in _apps():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=f"http://{name}") as http:
+            for method, path, op in _operations(app):
+                if path not in SIGNED:
+                    continue
+                for headers in ({}, dev_headers(list(SCOPES)),
+                                {"X-Signature": "sha256=" + "0" * 64}):
+                    response = await _call(http, method, path, op, headers)
+                    assert response.status_code == 401, (path, response.text)
+                    assert response.headers["content-type"] == "application/problem+json"
+                checked += 1
+    assert checked == len(SIGNED)
 
 
 async def test_no_route_answers_a_token_without_its_scope() -> None:

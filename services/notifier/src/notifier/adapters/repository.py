@@ -23,6 +23,7 @@ from notifier.adapters.tables import (
     contact_attempts,
     contact_decisions,
     contact_details,
+    delivery_receipts,
     dispatches,
     do_not_contact,
     loan_cancellations,
@@ -51,6 +52,7 @@ from notifier.domain.model import (
     number_key,
     person_key,
 )
+from notifier.domain.receipts import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +580,57 @@ class DispatchRepository:
             .where(validation_notices.c.command_id == command_id,
                    validation_notices.c.status == "in_flight").limit(1))
         return found is not None
+
+    # --- delivery receipts -------------------------------------------------------------
+
+    async def claim_receipt(self, receipt: Receipt, *, now: datetime) -> bool:
+        """Keep the receipt (as unmatched until ``receipt_effect`` says otherwise); False if
+        this provider's receipt id was seen before. A second copy arriving at the same time
+        waits here for the first one's transaction, then finds it."""
+        row = await self._conn.execute(
+            pg_insert(delivery_receipts).values(
+                provider=receipt.provider, receipt_id=receipt.receipt_id,
+                command_id=receipt.reference, provider_ref=receipt.provider_ref,
+                status=receipt.status, effect="unmatched", occurred_at=receipt.occurred_at,
+                received_at=now)
+            .on_conflict_do_nothing(index_elements=[delivery_receipts.c.provider,
+                                                    delivery_receipts.c.receipt_id])
+            .returning(delivery_receipts.c.provider))
+        return row.first() is not None
+
+    async def receipt_target(self, receipt: Receipt
+                             ) -> tuple[Dispatch, AttemptResult] | None:
+        """The command and attempt a receipt is about, locked: by our reference (the
+        command id) or else by the provider's id of the message."""
+        if receipt.reference is not None:
+            match = dispatches.c.command_id == receipt.reference
+        elif receipt.provider_ref is not None:
+            match = contact_attempts.c.provider_ref == receipt.provider_ref
+        else:
+            return None
+        row = (await self._conn.execute(
+            select(dispatches, contact_attempts.c.result.label("attempt_result"))
+            .select_from(dispatches.join(
+                contact_attempts, contact_attempts.c.command_id == dispatches.c.command_id))
+            .where(match).limit(1).with_for_update(of=dispatches))).first()
+        return (_dispatch(row), row.attempt_result) if row is not None else None
+
+    async def note_receipt_effect(self, receipt: Receipt, *, effect: str,
+                                  command_id: str | None) -> None:
+        await self._conn.execute(
+            update(delivery_receipts)
+            .where(delivery_receipts.c.provider == receipt.provider,
+                   delivery_receipts.c.receipt_id == receipt.receipt_id)
+            .values(effect=effect, command_id=command_id))
+
+    async def settle_by_receipt(self, command_id: str, *, result: AttemptResult,
+                                provider_ref: str | None, now: datetime) -> None:
+        """A handed-over attempt gets the result a receipt reports (its provider id kept
+        if the receipt names none)."""
+        await self._conn.execute(
+            update(contact_attempts).where(contact_attempts.c.command_id == command_id)
+            .values(result=result, settles_by=None, updated_at=now,
+                    provider_ref=func.coalesce(provider_ref, contact_attempts.c.provider_ref)))
 
     async def retry_later(self, dispatch: Dispatch, *, now: datetime, due_at: datetime,
                           error: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Literal
 
 from collections_kit import contract as c
 from collections_kit.clock import derived_id
@@ -65,8 +66,10 @@ async def record_sent_many(tx: Tx, repo: DispatchRepository,
                   derived_id(record.dispatch.command_id, f"decision/{seq}"))
 
 
-async def announce_delivery(tx: Tx, dispatch: Dispatch, status: DeliveryStatus) -> None:
-    """What the channel reported beyond "handed over": delivered, answered, unanswered.
+async def announce_delivery(tx: Tx, dispatch: Dispatch,
+                            status: DeliveryStatus | Literal["failed"]) -> None:
+    """What the channel reported beyond "handed over": delivered, answered, unanswered, or
+    (by a delivery receipt) failed after all.
 
     Not a decision (the decision was to send), so it is not in the audit trail's decisions;
     the attempt row keeps it for the caps, and the workflow hears it here.
