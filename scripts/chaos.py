@@ -257,6 +257,8 @@ class Fault:
     at: float
     kind: str
     target: str = ""
+    # For a "hook": the fault-injection point (collections_kit.faults) it dies at.
+    point: str = "after_db_commit"
 
 
 def schedule(cfg: Config, fleet: Fleet, rng: random.Random) -> list[Fault]:
@@ -264,6 +266,10 @@ def schedule(cfg: Config, fleet: Fleet, rng: random.Random) -> list[Fault]:
     for key in list(fleet.members):
         for n in range(cfg.kills_per_replica):
             plan.append(Fault(rng.uniform(0.2, 0.9), "hook" if n == 0 else "kill", key))
+        if key.startswith("notifier"):
+            # Dies after handing contacts to the SMTP sink or the provider, before recording
+            # it: the class of fault that used to send them twice.
+            plan.append(Fault(rng.uniform(0.2, 0.9), "hook", key, "after_channel_handover"))
     if cfg.restart_infrastructure:
         plan += [Fault(0.5, "broker"), Fault(0.65, "postgres")]
     plan += [Fault(0.4, "add_replica", "workflow"), Fault(0.8, "remove_replica", "workflow")]
@@ -278,11 +284,12 @@ async def inject(fault: Fault, fleet: Fleet, faults: Faults) -> None:
         faults.kills[fault.target] += 1
         member.start()
     elif fault.kind == "hook" and fault.target in fleet.members:
-        # Restart it armed: it dies by itself between a DB commit and its offset commit.
+        # Restart it armed: it dies by itself at the point (between a DB commit and its
+        # offset commit; between a hand-over to a channel and its record).
         member = fleet[fault.target]
         member.kill()
         faults.kills[fault.target] += 1
-        member.env.update({"COLLECTIONS_FAULT_CRASH_AT": "after_db_commit",
+        member.env.update({"COLLECTIONS_FAULT_CRASH_AT": fault.point,
                            "COLLECTIONS_FAULT_CRASH_AFTER": str(random.randint(2, 6))})
         member.start()
     elif fault.kind == "broker":
@@ -308,9 +315,10 @@ def supervise(fleet: Fleet, faults: Faults) -> None:
     """Restart replicas the fault hook killed, disarmed."""
     for key, member in fleet.members.items():
         if member.process is not None and member.process.poll() is not None:
-            if member.env.pop("COLLECTIONS_FAULT_CRASH_AT", None):
+            point = member.env.pop("COLLECTIONS_FAULT_CRASH_AT", None)
+            if point:
                 member.env.pop("COLLECTIONS_FAULT_CRASH_AFTER", None)
-                faults.hook_crashes[key] += 1
+                faults.hook_crashes[f"{key}@{point}"] += 1
             faults.log.append(f"{time.strftime('%H:%M:%S')} restart {key} "
                               f"(exit {member.process.returncode})")
             member.start()
@@ -349,8 +357,8 @@ async def backlog(dsn: str) -> int:
         for schema in ("workflow", "ledger_sync", "notifier"):
             rows += await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox")
         rows += await conn.fetchval(
-            "SELECT count(*) FROM notifier.dispatches WHERE status IN ('pending', 'sending') "
-            "AND due_at <= now()")
+            "SELECT count(*) FROM notifier.dispatches WHERE (status = 'pending' "
+            "AND due_at <= now()) OR status = 'sending'")
         return int(rows)
     finally:
         await conn.close()
@@ -412,9 +420,23 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
             "p.jurisdiction, p.borrower_id FROM notifier.contact_decisions d "
             "JOIN notifier.dispatches p USING (command_id) WHERE d.decision = 'sent'")
         sent_per_command = Counter(r["command_id"] for r in sent)
-        doubled = sum(1 for n in sent_per_command.values() if n > 1)
-        doubled += sum(1 for n in mail.by_message_id.values() if n > 1)
-        doubled += sum(1 for n in provider.doubled().values() if n > 1)
+        # Counted where the person would notice: the SMTP sink by Message-ID, the provider
+        # by idempotency key (sent twice, or posted again after it had sent: a provider
+        # that forgot the key would have sent again).
+        sent_twice = {
+            "recorded": sum(1 for n in sent_per_command.values() if n > 1),
+            "smtp_by_message_id": sum(1 for n in mail.by_message_id.values() if n > 1),
+            "provider_by_idempotency_key": len(set(provider.doubled())
+                                               | set(provider.posted_again())),
+        }
+        doubled = sum(sent_twice.values())
+        unsettled = {r["status"] + (f" ({r['reason']})" if r["reason"] else ""): r["n"]
+                     for r in await conn.fetch(
+                         "SELECT status, CASE WHEN status = 'in_doubt' OR reason IN "
+                         "('found_at_provider') THEN reason ELSE '' END AS reason, "
+                         "count(*) AS n FROM notifier.dispatches "
+                         "WHERE status IN ('in_doubt', 'sending') "
+                         "OR reason = 'found_at_provider' GROUP BY 1, 2")}
         late_rows = [(r["at"].timestamp() - produced.repaid_at[r["loan_id"]], r) for r in sent
                      if r["loan_id"] in produced.repaid_at
                      and r["loan_id"] not in produced.reversed_loans
@@ -450,6 +472,9 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
     return {
         "events_lost": lost,
         "commands_dispatched_twice": doubled,
+        "sent_twice": sent_twice,
+        # Attempts a crash left unknown: in doubt (SMTP, letters) or found at the provider.
+        "unknown_after_crash": unsettled,
         "contacts_after_repayment": {
             "count": len(late), "beyond_race_window": sum(1 for s in late
                                                           if s > cfg.race_window_s),
@@ -538,7 +563,10 @@ async def run(cfg: Config) -> dict[str, Any]:
     fleet = Fleet(database_url=database_url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
                   log_dir=ROOT / ".cache" / "chaos" / run_id, base_port=18300, smtp_port=2541,
                   replicas=dict.fromkeys(SERVICES, cfg.replicas),
-                  extra_env={"notifier": {"NOTIFIER_PROVIDER_BASE_URL": provider.base_url}})
+                  extra_env={"notifier": {"NOTIFIER_PROVIDER_BASE_URL": provider.base_url,
+                                          # A crash's unknown attempts resolve within
+                                          # the run (default 120 s).
+                                          "NOTIFIER_SENDING_LEASE_S": "60"}})
     faults = Faults()
     started = time.monotonic()
     try:
@@ -619,13 +647,17 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"produced: {report['produced']}")
     faults = report["faults"]
     print(f"faults: kills {sum(faults['kills'].values())} "
-          f"(hook crashes {sum(faults['hook_crashes'].values())}), broker restarts "
+          f"(hook crashes {faults['hook_crashes']}), broker restarts "
           f"{faults['broker_restarts']}, postgres restarts {faults['postgres_restarts']}, "
           f"rebalances {faults['rebalances']}")
     print(f"elapsed {report['elapsed_seconds']}s (settled in {report['settle_seconds']}s)")
     rows = [
         ("events lost", checks["events_lost"]),
         ("commands dispatched twice", checks["commands_dispatched_twice"]),
+        ("  sent twice (recorded / SMTP by Message-ID / provider by key)",
+         " / ".join(str(checks["sent_twice"][k]) for k in (
+             "recorded", "smtp_by_message_id", "provider_by_idempotency_key"))),
+        ("attempts unknown after a crash", checks["unknown_after_crash"]),
         ("contacts after repayment (beyond window / max s)",
          f"{checks['contacts_after_repayment']['beyond_race_window']} / "
          f"{checks['contacts_after_repayment']['max_seconds']}"),
