@@ -481,6 +481,34 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
         ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")]
 
 
+async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    """Reg F: until a notice is proven out, the person's other contacts wait for it; one
+    in doubt must not hold them for ever, so the next e-mail carries it."""
+    us = {"jurisdiction": "US", "currency": "USD", "borrower_time_zone": "America/New_York"}
+    morning = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)  # 09:00 in New York
+    notifier.clock.set(morning)
+    await put_details(notifier, language="en")
+    await notifier.deliver(command("C1", at=morning, **us), "e1")
+    hanging = Flaky(failures=0)
+    runtime = bootstrap.build_runtime(
+        _settings(database_url, mailbox[1]), clock=notifier.clock,
+        channels={"email": hanging, "sms": hanging, "voice": hanging, "letter": hanging})
+    dispatcher: Dispatcher = runtime.state["dispatcher"]
+    try:
+        planned, _, _ = await dispatcher._decide_due()  # the notice goes out, then a crash
+        assert planned[0].decision.validation_notice
+    finally:
+        await runtime.engine.dispose()
+    notifier.clock.set(morning + timedelta(seconds=121))
+    assert await notifier.dispatcher.dispatch_once() == 1
+    assert await notifier.status("C1") == "in_doubt"
+    await notifier.deliver(command("C2", at=notifier.clock.now(), **us), "e2")
+    assert await notifier.dispatcher.dispatch_once() == 1
+    assert await notifier.status("C2") == "sent"
+    assert len(mailbox[0].messages) == 1 and b"C2@" in mailbox[0].messages[0][1]
+
+
 class Asked(Flaky):
     """A channel that can be asked by idempotency key, with scripted answers."""
 

@@ -263,6 +263,9 @@ class Dispatcher:
                         await repo.extend_lease([current.command_id], now=now,
                                                 until=resolution.until)
                     case InDoubt():
+                        # A validation notice in doubt is not proven sent: the next letter
+                        # or e-mail carries it (other contacts would wait for it forever).
+                        await repo.validation_notice_failed(current)
                         await record_decision(
                             tx, repo, current, outcome="in_doubt", reason=resolution.reason,
                             rule=resolution.rule, policy_version=self._policy.version)
