@@ -25,7 +25,7 @@ SAMPLED = {
 }
 # Declared (HELP/TYPE on /metrics) but only sampled when the ledger API is called or fails.
 DECLARED = {"ledger_sync_ledger_api_seconds", "ledger_sync_ledger_api_calls_total",
-            "ledger_sync_balance_check_failures_total"}
+            "ledger_sync_balance_check_failures_total", "notifier_delivery_receipts_total"}
 
 
 async def _metrics(app: FastAPI) -> str:
