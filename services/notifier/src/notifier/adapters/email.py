@@ -37,8 +37,9 @@ class SmtpChannel:
         email["To"] = message.address
         email["Subject"] = message.subject
         email["Date"] = formatdate(usegmt=True)
-        # The command id makes the Message-ID: a retry after an unknown outcome carries the
-        # same one, so the relay or the mailbox can drop the duplicate.
+        # The command id makes the Message-ID: a retry after a transient refusal carries the
+        # same one. A relay cannot be asked whether it has it, so a hand-over a crash left
+        # unrecorded is never retried (in doubt: notifier.domain.in_doubt).
         email["Message-ID"] = f"<{message.command_id}@{self._domain}>"
         email["X-Collections-Command-Id"] = message.command_id
         email["Auto-Submitted"] = "auto-generated"

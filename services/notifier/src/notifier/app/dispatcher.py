@@ -22,10 +22,11 @@ contact counts against the person's caps). The lease only brings the row to
 where it can (HTTP providers, the recorder): found is recorded as sent, with what the
 provider knows of the delivery; not found reached nobody and is decided afresh. A channel
 that cannot be asked (SMTP, letters) leaves the attempt *in doubt*: it keeps counting
-against every cap, is recorded, counted and announced as ``in_doubt``, and is taken again
-only by a rule (the policy's per-channel ``in_doubt`` rule, default never) or an operator,
-never by a timer. See notifier.domain.in_doubt. The fault hook ``after_channel_handover``
-kills the process exactly there, for the tests and the chaos run.
+against every cap, is recorded, counted and announced as ``in_doubt``, and is sent again
+only by a rule (the policy's per-channel ``in_doubt`` rule, default never), never by a
+timer; a delivery receipt that proves the hand-over settles it as sent. See
+notifier.domain.in_doubt. The fault hook ``after_channel_handover`` kills the process
+exactly there, for the tests and the chaos run.
 """
 
 from __future__ import annotations
