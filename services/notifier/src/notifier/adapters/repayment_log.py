@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -48,13 +49,35 @@ class KafkaRepaymentLog:
         return self._admin, self._offsets
 
     async def close(self) -> None:
-        if self._offsets is not None:
-            await self._offsets.stop()
-        if self._admin is not None:
-            await self._admin.close()
+        admin, offsets = self._admin, self._offsets
         self._admin = self._offsets = None
+        try:
+            if offsets is not None:
+                await offsets.stop()
+        finally:
+            if admin is not None:
+                await admin.close()
 
     async def ends(self) -> dict[int, int]:
+        async with self._fresh_after_failure():
+            return await self._ends()
+
+    async def consumed(self, ends: Mapping[int, int]) -> dict[int, int]:
+        async with self._fresh_after_failure():
+            return await self._consumed(ends)
+
+    @contextlib.asynccontextmanager
+    async def _fresh_after_failure(self) -> AsyncIterator[None]:
+        # Whatever failed (the broker restarted, a request timed out), the next look starts
+        # from new clients rather than trust ones in an unknown state.
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
+
+    async def _ends(self) -> dict[int, int]:
         admin, offsets = await self._clients()
         if not self._partitions or time.monotonic() - self._partitions_at > PARTITIONS_EVERY_S:
             described = await admin.describe_topics([self._topic])
@@ -66,7 +89,7 @@ class KafkaRepaymentLog:
             [TopicPartition(self._topic, p) for p in self._partitions])
         return {tp.partition: end for tp, end in ends.items()}
 
-    async def consumed(self, ends: Mapping[int, int]) -> dict[int, int]:
+    async def _consumed(self, ends: Mapping[int, int]) -> dict[int, int]:
         admin, offsets = await self._clients()
         partitions = [TopicPartition(self._topic, p) for p in ends]
         committed = await admin.list_consumer_group_offsets(self._group, partitions=partitions)
