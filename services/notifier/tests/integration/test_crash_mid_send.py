@@ -93,7 +93,7 @@ def _command(command_id: str, channel: str) -> c.ContactCommand:
     now = datetime.now(UTC)
     return c.ContactCommand(
         command_id=command_id, intent_id=f"i-{command_id}", case_id="C-1", loan_id="L-1",
-        borrower_id="B-1", recipient="debtor", channel=channel, stage="warning",  # type: ignore[arg-type]
+        borrower_id="B-1", recipient="debtor", channel=channel, stage="warning",
         template="warning-reminder", currency="CNY", amount_due=Decimal("1234.50"),
         confirmation_id="conf-1", ledger_watermark=1, confirmed_at=now,
         confirmation_valid_until=now + timedelta(minutes=30),
