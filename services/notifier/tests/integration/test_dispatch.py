@@ -481,6 +481,38 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
         ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")]
 
 
+async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1"), "e1")
+    runtime, dispatcher = await _with_channel(database_url, mailbox[1], Flaky(failures=0))
+    try:
+        await dispatcher._decide_due()  # handed over (or not), then a crash
+    finally:
+        await runtime.engine.dispose()
+    notifier.clock.set(NOW + timedelta(seconds=121))
+    assert await notifier.dispatcher.dispatch_once() == 1
+    assert await notifier.status("C1") == "in_doubt"
+
+    refused = await notifier.http.post("/v1/contacts/C1/resend", json={"reason": "a\x00b"})
+    assert refused.status_code == 422
+    unknown = await notifier.http.post("/v1/contacts/C9/resend", json={"reason": "lost"})
+    assert unknown.status_code == 404
+    ordered = await notifier.http.post("/v1/contacts/C1/resend",
+                                       json={"reason": "relay log: never delivered"})
+    assert ordered.status_code == 204, ordered.text
+    assert await notifier.dispatcher.dispatch_once() == 1
+    assert await notifier.status("C1") == "sent"
+    assert len(mailbox[0].messages) == 1
+    again = await notifier.http.post("/v1/contacts/C1/resend", json={"reason": "twice?"})
+    assert again.status_code == 404  # no longer in doubt
+    page = (await notifier.http.get("/v1/contacts", params={"loan_id": "L1"})).json()
+    assert [(d["decision"], d["reason"], d["rule"]) for d in page["decisions"]] == [
+        ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt"),
+        ("resend_ordered", "relay log: never delivered", "operator:dev-client"),
+        ("sent", "all_checks_passed", "CN.contact_window")]
+
+
 async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
         notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
     """Reg F: until a notice is proven out, the person's other contacts wait for it; one

@@ -581,6 +581,23 @@ class DispatchRepository:
                    validation_notices.c.status == "in_flight").limit(1))
         return found is not None
 
+    async def in_doubt(self, command_id: str) -> Dispatch | None:
+        """The command if it is in doubt, locked."""
+        row = (await self._conn.execute(
+            select(dispatches).where(dispatches.c.command_id == command_id,
+                                     dispatches.c.status == DispatchStatus.IN_DOUBT.value)
+            .with_for_update())).first()
+        return _dispatch(row) if row is not None else None
+
+    async def order_resend(self, dispatch: Dispatch, *, reason: str, actor: str,
+                           policy_version: str, now: datetime) -> None:
+        """An operator's order: the command is due again and decided afresh (its attempt
+        in doubt keeps counting). The order is in the audit trail with who gave it."""
+        await self.record(DecisionRecord(
+            dispatch=dispatch, decision="resend_ordered", reason=reason,
+            rule=f"operator:{actor}", policy_version=policy_version, at=now, due_at=now),
+            status=DispatchStatus.PENDING)
+
     # --- delivery receipts -------------------------------------------------------------
 
     async def claim_receipt(self, receipt: Receipt, *, now: datetime) -> bool:

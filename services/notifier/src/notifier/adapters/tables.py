@@ -85,7 +85,7 @@ contact_decisions = Table(
     Column("due_at", ts),
     UniqueConstraint("command_id", "seq", name="uq_contact_decisions_command_seq"),
     CheckConstraint("decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed', "
-                    "'in_doubt')", name="ck_contact_decisions_decision"),
+                    "'in_doubt', 'resend_ordered')", name="ck_contact_decisions_decision"),
     Index("ix_contact_decisions_loan", "loan_id", "id"),
     Index("ix_contact_decisions_decision_reason", "decision", "reason"),
 )

@@ -34,7 +34,7 @@ from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain.in_doubt import in_doubt_rules_from_mapping
 from notifier.domain.model import ChannelName
 from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
-from notifier.entrypoints import receipts
+from notifier.entrypoints import in_doubt, receipts
 from notifier.entrypoints.api import router
 from notifier.settings import NotifierSettings
 
@@ -164,5 +164,5 @@ def _wake_for_new_commands(handlers: NotifierHandlers, dispatcher: Dispatcher) -
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     return make_app(runtime, title="Collections notifier", version="1.0.0",
-                    description=DESCRIPTION, routers=[router, receipts.router],
+                    description=DESCRIPTION, routers=[router, receipts.router, in_doubt.router],
                     manage_runtime=manage_runtime)
