@@ -410,7 +410,7 @@ class Bulk:
 
     def __init__(self, refuse: frozenset[str] = frozenset(), *, broken: int = 0) -> None:
         self.refuse = refuse  # command ids refused (transient) on their first call
-        self.broken = broken  # calls that raise before anything is handed over
+        self.broken = broken  # calls refused as a whole, nothing handed over
         self.calls: list[list[str]] = []
 
     async def send(self, message: OutgoingMessage) -> Delivery:
@@ -420,7 +420,9 @@ class Bulk:
                         ) -> list[Delivery | SendError]:
         self.calls.append([m.command_id for m in messages])
         if len(self.calls) <= self.broken:
-            raise ConnectionError("bulk endpoint down")
+            # Refused as a whole, surely unsent (a call that raises instead may have sent:
+            # see test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash).
+            return [SendError("provider_unreachable", permanent=False)] * len(messages)
         first = len(self.calls) == 1 + self.broken
         return [SendError("provider_503", permanent=False)
                 if first and m.command_id in self.refuse else Delivery(provider_ref=f"p-{n}")
@@ -438,7 +440,7 @@ async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_al
         channels={"email": bulk, "sms": bulk, "voice": bulk, "letter": bulk})
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     try:
-        # First call raises: nothing is known to be handed over, every row waits to retry.
+        # First call refused as a whole: nothing handed over, every row waits to retry.
         assert await dispatcher.dispatch_once() == 6
         assert {await notifier.status(f"C{i}") for i in range(6)} == {"pending"}
         assert await dispatcher.dispatch_once() == 6
@@ -479,6 +481,40 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
     assert await notifier.status("C1") == "in_doubt"
     assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
         ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")]
+
+
+class Cut(Flaky):
+    """A channel whose first call breaks off in a way that says nothing of the outcome."""
+
+    async def send(self, message: OutgoingMessage) -> Delivery:
+        self.calls.append(message.command_id)
+        if len(self.calls) == 1:
+            raise ConnectionResetError("peer went away mid-DATA")
+        return Delivery()
+
+
+async def test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash(
+        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    await put_details(notifier)
+    await notifier.deliver(command("C1"), "e1")
+    cut = Cut(failures=0)
+    runtime = bootstrap.build_runtime(
+        _settings(database_url, mailbox[1]), clock=notifier.clock,
+        channels={"email": cut, "sms": cut, "voice": cut, "letter": cut})
+    dispatcher: Dispatcher = runtime.state["dispatcher"]
+    try:
+        assert await dispatcher.dispatch_once() == 1
+        assert await notifier.status("C1") == "sending"  # leased, in flight as far as we know
+        notifier.clock.set(NOW + timedelta(seconds=60))
+        assert await dispatcher.dispatch_once() == 0
+        notifier.clock.set(NOW + timedelta(seconds=121))
+        assert await dispatcher.dispatch_once() == 1
+        notifier.clock.set(NOW + timedelta(hours=1))
+        assert await dispatcher.dispatch_once() == 0
+    finally:
+        await runtime.engine.dispose()
+    assert cut.calls == ["C1"]
+    assert await notifier.status("C1") == "in_doubt"
 
 
 async def test_an_operator_may_order_a_contact_in_doubt_sent_again(

@@ -60,8 +60,13 @@ class SmtpChannel:
         except aiosmtplib.SMTPResponseException as exc:
             # 4xx is "try again later", 5xx is final.
             raise SendError(f"smtp_{exc.code}", permanent=exc.code >= 500) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except aiosmtplib.SMTPConnectError as exc:
+            # Never connected (refused, unreachable, no greeting in time): nothing sent.
             raise SendError(f"smtp_unreachable:{type(exc).__name__}", permanent=False) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Dropped or timed out mid-session, maybe after the relay had the message.
+            raise SendError(f"smtp_interrupted:{type(exc).__name__}", permanent=False,
+                            outcome_unknown=True) from None
         log.info("e-mail handed to the SMTP relay",
                  extra={"command_id": message.command_id, "loan_id": message.loan_id})
         return Delivery("sent")

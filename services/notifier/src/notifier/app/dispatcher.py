@@ -11,7 +11,9 @@ One pass:
    (otherwise another replica could take the row over while the call still runs).
 3. In a new transaction per row: ``sent`` (with the attempt's result: delivered, answered,
    unanswered), or ``failed`` (permanent error or attempts used up), or back to ``pending``
-   after a backoff; each final state stored and announced. A validation notice sent wakes
+   after a backoff when the channel surely did not take it; each final state stored and
+   announced. A call cut off mid-way (timeout, dropped connection) leaves the row
+   ``sending``, as a crash would. A validation notice sent wakes
    the contacts that waited for it.
 
 A crash between 1 and 3 leaves the row ``sending``, and nobody knows whether the person got
@@ -338,12 +340,14 @@ class Dispatcher:
             async with asyncio.timeout(self._config.send_timeout_s):
                 outcomes = await channel.send_many([p.message for p in share])
         except TimeoutError:
-            outcomes = [SendError("channel_timeout", permanent=False)] * len(share)
+            outcomes = [SendError("channel_timeout", permanent=False,
+                                  outcome_unknown=True)] * len(share)
         except Exception as exc:
-            outcomes = [SendError(f"channel_error:{type(exc).__name__}",
-                                  permanent=False)] * len(share)
-        if len(outcomes) != len(share):  # a broken adapter: nothing is known to be sent
-            outcomes = [SendError("channel_error:outcome_count", permanent=False)] * len(share)
+            outcomes = [SendError(f"channel_error:{type(exc).__name__}", permanent=False,
+                                  outcome_unknown=True)] * len(share)
+        if len(outcomes) != len(share):  # a broken adapter: what it sent is not known
+            outcomes = [SendError("channel_error:outcome_count", permanent=False,
+                                  outcome_unknown=True)] * len(share)
         return [_Sent(p, o, None) if isinstance(o, SendError) else _Sent(p, None, o)
                 for p, o in zip(share, outcomes, strict=True)]
 
@@ -463,10 +467,12 @@ class Dispatcher:
         except SendError as exc:
             error = exc
         except TimeoutError:
-            error = SendError("channel_timeout", permanent=False)
+            # Cut mid-call: the channel may have the message.
+            error = SendError("channel_timeout", permanent=False, outcome_unknown=True)
         except Exception as exc:
-            # Unknown failure: its text is not ours to log, its kind is.
-            error = SendError(f"channel_error:{type(exc).__name__}", permanent=False)
+            # Unknown failure, unknown outcome: its text is not ours to log, its kind is.
+            error = SendError(f"channel_error:{type(exc).__name__}", permanent=False,
+                              outcome_unknown=True)
         return _Sent(planned, error, delivery)
 
     async def _finish_all(self, sent: Sequence[_Sent]) -> None:
@@ -555,6 +561,13 @@ class Dispatcher:
         ids = {"command_id": planned.dispatch.command_id,
                "loan_id": planned.dispatch.request.loan_id,
                "channel": planned.message.channel, "attempt": planned.attempt}
+        if error.outcome_unknown:
+            # As after a crash mid-send: the row stays "sending" (its attempt counting as in
+            # flight) until its lease runs out, then _resolve_unsettled asks the channel
+            # or records it in doubt. Sending again now could reach the person twice.
+            log.warning("send outcome unknown; settled when its lease runs out",
+                        extra={**ids, "error": error.code})
+            return None
         # A refusal reached nobody; anything else may have, and keeps counting.
         await repo.settle_attempt(current.command_id,
                                   result="failed" if error.permanent else "unknown", now=now)

@@ -43,12 +43,17 @@ class Delivery:
 
 class SendError(Exception):
     """A channel could not deliver. ``code`` is safe to log and store; it never carries
-    the address or any text of the message."""
+    the address or any text of the message.
 
-    def __init__(self, code: str, *, permanent: bool) -> None:
+    ``outcome_unknown``: the channel may have taken the message all the same (a timeout or
+    a dropped connection after the hand-over began). Such a send is not retried: it is
+    settled like a crash mid-send once its lease runs out (notifier.domain.in_doubt)."""
+
+    def __init__(self, code: str, *, permanent: bool, outcome_unknown: bool = False) -> None:
         super().__init__(code)
         self.code = code
         self.permanent = permanent
+        self.outcome_unknown = outcome_unknown and not permanent
 
 
 class Channel(Protocol):
