@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from collections_kit.money import Amount, CurrencyCode
+from collections_kit.money import Amount, CurrencyCode, NonNegativeAmount
 from collections_kit.topics import Topic
 
 LoanId = Annotated[
@@ -43,8 +43,8 @@ class LoanOverdue(Message):
     borrower_id: LoanId
     product: str = Field(default="consumer-loan", max_length=64)
     currency: CurrencyCode
-    amount_overdue: Amount
-    outstanding_balance: Amount
+    amount_overdue: NonNegativeAmount
+    outstanding_balance: NonNegativeAmount
     days_past_due: int = Field(ge=0, le=36500)
     as_of: AwareDatetime
     borrower_time_zone: str = Field(max_length=64, examples=["Asia/Shanghai"])
@@ -55,9 +55,9 @@ class RepaymentReceived(Message):
     repayment_id: LoanId
     loan_id: LoanId
     currency: CurrencyCode
-    amount: Amount
+    amount: NonNegativeAmount
     # The lending system's outstanding balance after applying this repayment.
-    outstanding_balance_after: Amount
+    outstanding_balance_after: NonNegativeAmount
     received_at: AwareDatetime
 
 
@@ -67,8 +67,8 @@ class RepaymentReversed(Message):
     repayment_id: LoanId
     loan_id: LoanId
     currency: CurrencyCode
-    amount: Amount
-    outstanding_balance_after: Amount
+    amount: NonNegativeAmount
+    outstanding_balance_after: NonNegativeAmount
     reversed_at: AwareDatetime
     reason: str = Field(default="", max_length=200)
 
@@ -100,7 +100,7 @@ class BalanceCheckRequested(Message):
     loan_id: LoanId
     currency: CurrencyCode
     # What the workflow believes is owed; a difference beyond tolerance is reported.
-    expected_outstanding: Amount
+    expected_outstanding: NonNegativeAmount
     requested_at: AwareDatetime
 
 
@@ -109,12 +109,12 @@ class BalanceConfirmed(Message):
     loan_id: LoanId
     confirmation_id: str
     currency: CurrencyCode
-    confirmed_outstanding: Amount
+    confirmed_outstanding: NonNegativeAmount
     # The ledger sequence number the confirmation is based on.
     ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     confirmed_at: AwareDatetime
     valid_until: AwareDatetime
-    expected_outstanding: Amount
+    expected_outstanding: NonNegativeAmount
 
 
 class BalanceRefused(Message):
@@ -142,7 +142,7 @@ class ContactCommand(Message):
     stage: Stage
     template: str
     currency: CurrencyCode
-    amount_due: Amount
+    amount_due: NonNegativeAmount
     confirmation_id: str
     ledger_watermark: int = Field(ge=0, le=MAX_SEQUENCE)
     confirmed_at: AwareDatetime

@@ -11,13 +11,20 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 # At most 14 digits before the point and 6 after: what every amount column holds
 # (NUMERIC(20, 6)). A larger amount is refused here, as invalid input on its way in, rather
 # than by the database in a consumer's transaction, where it failed the whole poll, was
 # retried record by record and only then dead-lettered as a handler failure.
 AMOUNT_PATTERN = r"^-?\d{1,14}(\.\d{1,6})?$"
+NON_NEGATIVE_AMOUNT_PATTERN = r"^\d{1,14}(\.\d{1,6})?$"
 _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
 _AMOUNT_LIMIT = Decimal(10) ** 14
 
@@ -50,6 +57,27 @@ Amount = Annotated[
     BeforeValidator(_parse_amount),
     PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["1234.50"]}),
+]
+
+
+
+def _not_negative(value: Decimal) -> Decimal:
+    if value < 0:
+        raise ValueError("amount must not be negative")
+    return value
+
+
+# What is owed, overdue, due, repaid or confirmed is never below zero: a negative one is
+# invalid input (a dead letter on Kafka, 422 on REST), not a case with outstanding -5000.
+# Only amounts signed by their effect stay ``Amount``: a ledger posting (a repayment is
+# negative) and a ledger balance that can be overpaid.
+NonNegativeAmount = Annotated[
+    Decimal,
+    BeforeValidator(_parse_amount),
+    AfterValidator(_not_negative),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": NON_NEGATIVE_AMOUNT_PATTERN,
+                    "examples": ["1234.50"]}),
 ]
 
 # ISO 4217 alphabetic code.

@@ -39,7 +39,7 @@ def test_a_float_amount_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("amount", "accepted"), [
-    (b'"99999999999999.999999"', True), (b'"-99999999999999.999999"', True),
+    (b'"99999999999999.999999"', True), (b'"-0.10"', False),
     (b'"100000000000000"', False), (b'"999999999999999.5"', False), (b'"0.1234567"', False)])
 def test_an_amount_is_refused_unless_the_amount_columns_hold_it(amount: bytes,
                                                                 accepted: bool) -> None:
@@ -60,6 +60,38 @@ def test_amounts_built_in_code_are_held_to_the_same_limit() -> None:
         c.RepaymentReceived(repayment_id="R1", loan_id="L1", currency="CNY",
                             amount=Decimal("1E14"), outstanding_balance_after=Decimal(0),
                             received_at=NOW)
+
+
+@pytest.mark.parametrize("field", ["amount_overdue", "outstanding_balance"])
+def test_a_negative_amount_owed_is_invalid(field: str) -> None:
+    """An overdue with outstanding -5000 opened a case and recorded contact intents."""
+    data = c.LoanOverdue(loan_id="L1", borrower_id="B1", currency="CNY",
+                         amount_overdue=Decimal("500"), outstanding_balance=Decimal("5000"),
+                         days_past_due=5, as_of=NOW, borrower_time_zone="Asia/Shanghai",
+                         jurisdiction="CN")
+    key, value, headers = encode(Envelope("id-3", "loan.overdue.v1", "lender", NOW, "L1", data))
+    value = value.replace(f'"{field}":"'.encode(), f'"{field}":"-'.encode())
+    with pytest.raises(MalformedMessageError) as err:
+        decode(key, value, headers)
+    assert err.value.kind == "invalid" and field in err.value.reason
+    with pytest.raises(ValueError, match="negative"):
+        c.RepaymentReceived(repayment_id="R1", loan_id="L1", currency="CNY",
+                            amount=Decimal("-1"), outstanding_balance_after=Decimal(0),
+                            received_at=NOW)
+
+
+def test_signed_amounts_stay_signed() -> None:
+    """A ledger posting is signed by its effect on what is owed (a repayment is negative),
+    and a correction may report an overpaid loan's ledger balance below zero."""
+    posting = c.LedgerPostingBooked(posting_id="P1", loan_id="L1", sequence=2,
+                                    kind="repayment", currency="CNY", amount=Decimal("-10"),
+                                    booked_at=NOW)
+    assert posting.amount == Decimal("-10")
+    assert c.BalanceCorrected(loan_id="L1", kind="nothing_owed", currency="CNY",
+                              ledger_outstanding=Decimal("-0.50"), ledger_watermark=2,
+                              corrected_at=NOW).ledger_outstanding == Decimal("-0.50")
+    schema = c.LoanOverdue.model_json_schema()["properties"]["outstanding_balance"]
+    assert "-" not in schema["pattern"] and schema["pattern"].startswith("^\\d")
 
 
 @pytest.mark.parametrize(("sequence", "accepted"), [(2**63 - 1, True), (2**63, False)])

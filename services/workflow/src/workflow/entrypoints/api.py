@@ -23,7 +23,7 @@ from pydantic import (
 
 from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
-from collections_kit.money import Amount
+from collections_kit.money import Amount, NonNegativeAmount
 from collections_kit.outbox import Tx
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import EngineDep as Engine
@@ -228,13 +228,13 @@ class ResumeRequest(BaseModel):
 
 class InstalmentRequest(BaseModel):
     due_at: Timestamp
-    amount: Amount
+    amount: NonNegativeAmount
 
 
 class ArrangementRequest(BaseModel):
     kind: Literal["promise_to_pay", "instalment_plan"]
     schedule: list[InstalmentRequest] = Field(min_length=1, max_length=120)
-    interest_reduction: Amount | None = Field(
+    interest_reduction: NonNegativeAmount | None = Field(
         default=None, description="Recorded for the record; the ledger books it.")
     note: str = Field(default="", max_length=500)
 
