@@ -33,6 +33,7 @@ from collections_kit.kafka import client_kwargs
 from collections_kit.limits import BodySizeLimit
 from collections_kit.outbox import OutboxRelay
 from collections_kit.settings import ServiceSettings
+from collections_kit.text import GUARD as STORABLE_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     hidden: dict[str, Any] = ({"docs_url": None, "redoc_url": None, "openapi_url": None}
                               if runtime.settings.environment == "prod" else {})
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan,
-                  telemetry=tracing.HTTP_TELEMETRY, **hidden)
+                  telemetry=tracing.HTTP_TELEMETRY, dependencies=[STORABLE_TEXT], **hidden)
     app.state.runtime = runtime
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)
