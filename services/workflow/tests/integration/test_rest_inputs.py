@@ -5,9 +5,10 @@ past. Refused input is a dead letter on Kafka and a 422 problem naming the field
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -72,3 +73,45 @@ async def test_a_negative_instalment_is_a_422_naming_the_field(
         assert response.status_code == 422, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert "negative" in response.text
+
+
+async def test_an_instalment_due_before_today_in_the_borrowers_zone_is_a_422(
+        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    """A plan due in the past was accepted, and a timer broke it at once: formal notice."""
+    await lender.publish(lending.overdue("L-past-plan", Decimal("1000.00"),
+                                         tz="Pacific/Kiritimati"))
+    assert await eventually(lambda: case_of(api, "L-past-plan"))
+    now = datetime.now(UTC)
+    later = (now + timedelta(days=30)).isoformat()
+    there = ZoneInfo("Pacific/Kiritimati")
+    yesterday_there = (now - timedelta(days=1)).isoformat()
+    response = await post(api, "L-past-plan", "arrangements", {
+        "kind": "instalment_plan", "schedule": [{"due_at": yesterday_there, "amount": "100"},
+                                                {"due_at": later, "amount": "200"}]})
+    assert response.status_code == 422, response.text
+    assert ["body", "schedule", 0, "due_at"] in [e["loc"] for e in response.json()["errors"]]
+    case = await case_of(api, "L-past-plan")
+    assert case is not None and case["arrangement"] is None and case["stage"] == "warning"
+    # The first minute of today in the borrower's zone (already past there) is on time.
+    midnight_there = datetime.combine(now.astimezone(there).date(), time(0, 1), tzinfo=there)
+    on_time = await post(api, "L-past-plan", "arrangements", {
+        "kind": "instalment_plan",
+        "schedule": [{"due_at": midnight_there.isoformat(), "amount": "100"},
+                     {"due_at": later, "amount": "200"}]})
+    assert on_time.status_code == 200, on_time.text
+
+
+async def test_the_openapi_examples_of_arrangements_are_accepted(
+        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    """The document's own example had fixed dates that passed, and broke the case at once."""
+    await lender.publish(lending.overdue("L-example", Decimal("20000.00")))
+    assert await eventually(lambda: case_of(api, "L-example"))
+    doc = (await api.get("/openapi.json")).json()
+    examples = doc["components"]["schemas"]["ArrangementRequest"]["examples"]
+    for example in examples:
+        # Dated far ahead, so the committed document does not go stale with the calendar.
+        dues = [datetime.fromisoformat(i["due_at"]) for i in example["schedule"]]
+        assert min(dues) > datetime.now(UTC) + timedelta(days=3650), dues
+        response = await post(api, "L-example", "arrangements", example)
+        assert response.status_code == 200, response.text
+        assert response.json()["arrangement"] is not None

@@ -8,6 +8,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -241,8 +242,10 @@ class ArrangementRequest(BaseModel):
     model_config = {"json_schema_extra": {"examples": [{
         "kind": "instalment_plan", "interest_reduction": "1200.00",
         "note": "10% now, the rest over 6 months",
-        "schedule": [{"due_at": "2026-11-23T00:00:00Z", "amount": "5000.00"},
-                     {"due_at": "2026-12-23T00:00:00Z", "amount": "7500.00"}]}]}}
+        # Far ahead: the committed document must neither change nor go stale with the
+        # calendar, and a past date is refused (tested: the example is accepted).
+        "schedule": [{"due_at": "2099-01-23T00:00:00Z", "amount": "5000.00"},
+                     {"due_at": "2099-02-23T00:00:00Z", "amount": "7500.00"}]}]}}
 
 
 class EscalationRequest(BaseModel):
@@ -436,8 +439,22 @@ async def resume_case(loan_id: LoanIdPath, body: ResumeRequest, request: Request
 @router.post("/cases/{loan_id}/arrangements", response_model=CaseView, responses=CASE_PROBLEMS,
              summary="Record a promise to pay or an instalment plan")
 async def record_arrangement(loan_id: LoanIdPath, body: ArrangementRequest, request: Request,
-                             key: IdempotencyKey, caller: Writer) -> JSONResponse:
+                             key: IdempotencyKey, caller: Writer, engine: Engine) -> JSONResponse:
     actor = caller.subject
+    clock: Clock = request.app.state.runtime.state["clock"]
+    async with engine.connect() as conn:
+        case = await CaseRepository(conn).get(loan_id)
+    if case is not None:
+        # A payment due before today where the borrower lives is already missed: the
+        # timer would break the arrangement at once and escalate the case.
+        today = clock.now().astimezone(ZoneInfo(case.borrower_time_zone)).date()
+        past = [i for i, due in enumerate(body.schedule)
+                if due.due_at.astimezone(ZoneInfo(case.borrower_time_zone)).date() < today]
+        if past:
+            raise RequestValidationError([{
+                "loc": ("body", "schedule", i, "due_at"), "type": "value_error",
+                "msg": f"due before today ({today}) in the borrower's time zone "
+                       f"{case.borrower_time_zone}"} for i in past])
     return await _command(request, loan_id, key, actor, body, lambda rid: m.RecordArrangement(
         request_id=rid, kind=body.kind, actor=actor,
         schedule=tuple(m.InstalmentTerms(i.due_at, i.amount) for i in body.schedule),
