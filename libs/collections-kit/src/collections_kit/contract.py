@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
 
-from collections_kit.money import Amount, CurrencyCode, NonNegativeAmount
+from collections_kit.money import Amount, CurrencyCode, InCurrency, NonNegativeAmount
 from collections_kit.topics import Topic
 
 LoanId = Annotated[
@@ -27,8 +27,9 @@ Channel = Literal["sms", "voice", "email", "letter"]
 Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
 
 
-class Message(BaseModel):
-    """Base of every payload: unknown fields are refused so that typos fail loudly."""
+class Message(InCurrency):
+    """Base of every payload: unknown fields are refused so that typos fail loudly. A payload
+    with a ``currency`` writes its amounts in that currency's minor unit."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

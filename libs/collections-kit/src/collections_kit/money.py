@@ -8,15 +8,21 @@ so an amount like 0.10 would not survive a hop. On the wire an amount is a strin
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
+    model_serializer,
 )
 
 # At most 14 digits before the point and 6 after: what every amount column holds
@@ -52,10 +58,73 @@ def _within_limit(value: Decimal) -> Decimal:
     return value
 
 
+# ISO 4217 minor units where they are not 2; None: the code has no minor unit (gold, SDR...).
+_MINOR_UNITS: dict[str, int | None] = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
+                     "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4, "UYW": 4,
+    **dict.fromkeys(("XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU",
+                     "XTS", "XUA", "XXX"), None),
+}
+
+
+def minor_units(currency: str) -> int | None:
+    """The ISO 4217 minor unit of ``currency``: CNY 2, JPY 0, KWD 3."""
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def in_minor_units(amount: Decimal, currency: str | None) -> Decimal:
+    """``amount`` at its currency's scale (500.000000 CNY -> 500.00), never rounded: an
+    amount finer than the minor unit keeps its digits (0.125 CNY stays 0.125)."""
+    units = minor_units(currency) if currency else None
+    exponent = amount.normalize().as_tuple().exponent
+    places = max(0, -exponent) if isinstance(exponent, int) else 0
+    scale = places if units is None or places > units else units
+    return amount.quantize(Decimal(1).scaleb(-scale))
+
+
+def wire_amount(amount: Decimal, currency: str | None) -> str:
+    return format(in_minor_units(amount, currency), "f")
+
+
+# The currency of the model being written, for the amounts inside it (see InCurrency).
+_CURRENCY: ContextVar[str | None] = ContextVar("amount_currency", default=None)
+
+
+def _write_amount(amount: Decimal) -> str:
+    currency = _CURRENCY.get()
+    # Outside a model that names its currency an amount is written exactly as it is.
+    return wire_amount(amount, currency) if currency else format(amount, "f")
+
+
+@contextmanager
+def amounts_in(currency: str | None) -> Iterator[None]:
+    token = _CURRENCY.set(currency)
+    try:
+        yield
+    finally:
+        _CURRENCY.reset(token)
+
+
+class InCurrency(BaseModel):
+    """A model with a ``currency`` writes every amount in it, nested ones included, in that
+    currency's minor unit: stored as NUMERIC(20, 6), 500 CNY would read "500.000000" on
+    REST and Kafka, where the README (and a client) expect "500.00"."""
+
+    @model_serializer(mode="wrap")
+    def _amounts_in_currency(self, handler: SerializerFunctionWrapHandler) -> Any:
+        currency = getattr(self, "currency", None)
+        if not isinstance(currency, str):
+            return handler(self)
+        with amounts_in(currency):
+            return handler(self)
+
+
 Amount = Annotated[
     Decimal,
     BeforeValidator(_parse_amount),
-    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
+    PlainSerializer(_write_amount, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["1234.50"]}),
 ]
 
@@ -75,7 +144,7 @@ NonNegativeAmount = Annotated[
     Decimal,
     BeforeValidator(_parse_amount),
     AfterValidator(_not_negative),
-    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
+    PlainSerializer(_write_amount, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": NON_NEGATIVE_AMOUNT_PATTERN,
                     "examples": ["1234.50"]}),
 ]

@@ -115,3 +115,18 @@ async def test_the_openapi_examples_of_arrangements_are_accepted(
         response = await post(api, "L-example", "arrangements", example)
         assert response.status_code == 200, response.text
         assert response.json()["arrangement"] is not None
+
+
+async def test_amounts_are_written_in_the_currencys_minor_unit(
+        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    """Stored as NUMERIC(20, 6), amounts came back as "500.000000" (README: "1234.50")."""
+    await lender.publish(lending.overdue("L-yuan", Decimal("1234.5")))
+    await lender.publish(lending.overdue("L-yen", Decimal("500"), currency="JPY",
+                                         tz="Asia/Tokyo"))
+    yuan = await eventually(lambda: case_of(api, "L-yuan"))
+    yen = await eventually(lambda: case_of(api, "L-yen"))
+    assert (yuan["outstanding"], yuan["amount_overdue"]) == ("1234.50", "123.45")
+    assert (yen["outstanding"], yen["amount_overdue"]) == ("500", "50")
+    listed = (await api.get("/v1/cases", headers=READ)).json()["cases"]
+    assert {c["loan_id"]: c["outstanding"] for c in listed} == {"L-yuan": "1234.50",
+                                                              "L-yen": "500"}

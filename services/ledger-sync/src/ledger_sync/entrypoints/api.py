@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from collections_kit.auth import Principal, require
-from collections_kit.money import Amount
+from collections_kit.money import Amount, InCurrency
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from collections_kit.runtime import EngineDep as Engine
 from ledger_sync.adapters.cases import ReconciliationRepository
@@ -21,7 +21,7 @@ Reader = Annotated[Principal, require("cases:read")]
 Admin = Annotated[Principal, require("admin")]
 
 
-class BalanceView(BaseModel):
+class BalanceView(InCurrency):
     loan_id: str
     currency: str
     ledger_balance: Amount
@@ -41,7 +41,7 @@ class BalanceView(BaseModel):
         description="Why it is not fresh: a sequence gap, or older than the maximum age.")
 
 
-class FindingView(BaseModel):
+class FindingView(InCurrency):
     loan_id: str
     case_id: str
     kind: Literal["nothing_owed", "drift", "skipped"]

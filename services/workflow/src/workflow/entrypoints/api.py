@@ -24,7 +24,7 @@ from pydantic import (
 
 from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
-from collections_kit.money import Amount, NonNegativeAmount
+from collections_kit.money import Amount, InCurrency, NonNegativeAmount
 from collections_kit.outbox import Tx
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import EngineDep as Engine
@@ -124,7 +124,7 @@ class ArrangementView(BaseModel):
     ended_at: datetime | None = None
 
 
-class CaseView(BaseModel):
+class CaseView(InCurrency):
     case_id: str
     loan_id: str
     borrower_id: str
@@ -154,7 +154,7 @@ class CaseView(BaseModel):
     intents: list[IntentView]
 
 
-class CaseSummaryView(BaseModel):
+class CaseSummaryView(InCurrency):
     case_id: str
     loan_id: str
     stage: str
