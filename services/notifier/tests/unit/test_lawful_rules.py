@@ -248,10 +248,11 @@ def test_us_an_unanswered_call_starts_no_quiet_period_an_unknown_one_does() -> N
 
 
 def test_us_a_call_in_progress_holds_the_next_until_it_settles() -> None:
+    """Under its own rule: no quiet period has begun while the call may still be ringing."""
     now = local(NEW_YORK, 2026, 11, 23, 12, 0)
     ringing = (attempt(now, "voice", "pending", settles_by=now + timedelta(minutes=2)),)
     assert decide(us(now), ctx(attempts=ringing), now, POLICY) == Defer(
-        now + timedelta(minutes=2), "US.reg_f_quiet_after_conversation", "call_in_progress")
+        now + timedelta(minutes=2), "US.call_in_progress", "call_in_progress")
 
 
 def test_us_the_quiet_period_is_per_debt() -> None:

@@ -18,6 +18,9 @@ from notifier.domain.window import first_instant_at
 # An in-flight attempt is looked at again no sooner than this, so that a stale one (its
 # dispatcher died) cannot make the dispatcher spin.
 IN_FLIGHT_RECHECK = timedelta(seconds=30)
+# The rule a contact is deferred under while a call to the same person about the same debt
+# is still in progress (jurisdictions with a quiet period after a conversation).
+CALL_IN_PROGRESS = "call_in_progress"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,9 @@ def binding_limit(request: ContactRequest, rules: JurisdictionPolicy,
                     or a.at <= now - quiet.length):
                 continue
             if a.result == "pending":
-                limits.append(Limit(rules.rule(quiet.name), "call_in_progress",
+                # Not the quiet period yet (the call may go unanswered): the next contact
+                # waits for this call to settle, under a rule of its own.
+                limits.append(Limit(rules.rule(CALL_IN_PROGRESS), "call_in_progress",
                                     _in_flight_until([a], now)))
             else:
                 # Unknown counts as a conversation: the worst case is the lawful reading.
