@@ -130,3 +130,15 @@ async def test_amounts_are_written_in_the_currencys_minor_unit(
     listed = (await api.get("/v1/cases", headers=READ)).json()["cases"]
     assert {c["loan_id"]: c["outstanding"] for c in listed} == {"L-yuan": "1234.50",
                                                               "L-yen": "500"}
+
+
+async def test_a_405_lists_the_allowed_methods(workflow: Runtime,
+                                               api: httpx.AsyncClient) -> None:
+    """It carried an empty Allow header."""
+    for method, path, allowed in (("DELETE", "/v1/cases", "GET"),
+                                  ("GET", "/v1/cases/L-1/holds", "POST"),
+                                  ("PUT", "/v1/cases/L-1", "GET")):
+        response = await api.request(method, path, headers=WRITE)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["Allow"] == allowed, (method, path)
+        assert response.headers["content-type"].startswith("application/problem+json")
