@@ -12,18 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    GetJsonSchemaHandler,
     PlainSerializer,
     SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
     model_serializer,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # At most 14 digits before the point and 6 after: what every amount column holds
 # (NUMERIC(20, 6)). A larger amount is refused here, as invalid input on its way in, rather
@@ -119,6 +122,14 @@ class InCurrency(BaseModel):
             return handler(self)
         with amounts_in(currency):
             return handler(self)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # The serializer only changes how amounts are written, not the shape: document the
+        # model as if it had none (its JSON Schema would otherwise be empty, "any").
+        plain = {k: v for k, v in core_schema.items() if k != "serialization"}
+        return handler(cast(CoreSchema, plain))
 
 
 Amount = Annotated[
