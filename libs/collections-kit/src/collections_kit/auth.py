@@ -322,6 +322,34 @@ async def _authenticate(request: Request, security_scopes: SecurityScopes,
     return principal
 
 
+def _required_scopes(dependant: Any) -> list[str] | None:
+    """The scopes the route's :func:`require` asks for; None if the route needs no token."""
+    for sub in getattr(dependant, "dependencies", ()):
+        if getattr(sub, "call", None) is _authenticate:
+            return list(sub.own_oauth_scopes or ())
+        found = _required_scopes(sub)
+        if found is not None:
+            return found
+    return None
+
+
+async def refusal_before_input(request: Request) -> ProblemError | None:
+    """What a caller is told before any of its input is judged: 401 without a valid token,
+    403 without the scope. FastAPI parses the body (and runs app-wide dependencies) before a
+    route's own dependencies, so a malformed body without a token got 400/422; the problem
+    handlers ask this first (collections_kit.problems.install)."""
+    route = request.scope.get("route")
+    scopes = _required_scopes(getattr(route, "dependant", None))
+    if scopes is None:
+        return None
+    try:
+        await _authenticate(request, SecurityScopes(scopes),
+                            request.headers.get("Authorization"))
+    except ProblemError as refused:
+        return refused
+    return None
+
+
 def require(scope: str) -> Any:
     """A route dependency: the caller's :class:`Principal`, which must hold ``scope``."""
     if scope not in SCOPES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,13 +94,24 @@ def _database_unreachable(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, refusal_before_input: Callable[
+        [Request], Awaitable[ProblemError | None]] | None = None) -> None:
+    """``refusal_before_input``: what to answer instead of a 400/422 about the request's
+    input, if anything (the runtime passes authentication: a caller without a valid token
+    is told 401 however malformed its body)."""
+
+    async def refused_first(request: Request) -> JSONResponse | None:
+        refusal = await refusal_before_input(request) if refusal_before_input else None
+        return problem_response(refusal.problem, request, refusal.headers) if refusal else None
+
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
         return problem_response(exc.problem, request, exc.headers)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and (refused := await refused_first(request)):
+            return refused
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:
             # Starlette names only the first matching route's method; list them all.
@@ -109,6 +121,8 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if refused := await refused_first(request):
+            return refused
         errors = [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
                   for e in exc.errors()]
         return problem_response(

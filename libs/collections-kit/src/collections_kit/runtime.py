@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import problems, tracing
-from collections_kit.auth import TokenVerifier
+from collections_kit.auth import TokenVerifier, refusal_before_input
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.kafka import client_kwargs
 from collections_kit.limits import BodySizeLimit
@@ -172,7 +172,7 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
-    problems.install(app)
+    problems.install(app, refusal_before_input=refusal_before_input)
     ops = APIRouter(tags=["operations"])
 
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -142,3 +142,22 @@ async def test_a_405_lists_the_allowed_methods(workflow: Runtime,
         assert response.status_code == 405, (method, path, response.text)
         assert response.headers["Allow"] == allowed, (method, path)
         assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_without_a_token_any_request_is_a_401_before_its_input_is_judged(
+        workflow: Runtime, api: httpx.AsyncClient) -> None:
+    """A malformed body without a token got 400/422: authentication comes first."""
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    for headers, content, params in (
+            (key, b"not json{", {}), (key, b'{"kind": 7}', {}), ({}, b"{}", {}),
+            ({**key, "content-type": "application/json"}, b'{"reason": "a\\u0000b"}', {})):
+        response = await api.post("/v1/cases/L-1/holds", content=content, params=params,
+                                  headers={"content-type": "application/json", **headers})
+        assert response.status_code == 401, (content, response.text)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    listed = await api.get("/v1/cases", params={"after": "a\x00b", "limit": "x"})
+    assert listed.status_code == 401, listed.text
+    wrong = await api.post("/v1/cases/L-1/holds", content=b"not json{",
+                           headers={"content-type": "application/json", **key,
+                                    **dev_headers(["cases:read"], subject="reader")})
+    assert wrong.status_code == 403, wrong.text
