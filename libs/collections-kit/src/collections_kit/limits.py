@@ -82,3 +82,22 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class EmptyQueryValuesAbsent:
+    """``?stage=&status=open`` means no stage filter: a query parameter with an empty value
+    is dropped before routing, as if it had not been sent. Forms and URL templates send
+    empty values for filters left blank (the README's own example did), and a typed
+    parameter (a stage, a number) would refuse the empty string with 422."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query:
+            pairs = query.split(b"&")
+            kept = [pair for pair in pairs if pair.partition(b"=")[2]]
+            if len(kept) != len(pairs):
+                scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)

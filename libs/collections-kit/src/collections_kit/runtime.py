@@ -30,7 +30,7 @@ from collections_kit import problems, tracing
 from collections_kit.auth import TokenVerifier, refusal_before_input
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.kafka import client_kwargs
-from collections_kit.limits import BodySizeLimit
+from collections_kit.limits import BodySizeLimit, EmptyQueryValuesAbsent
 from collections_kit.outbox import OutboxRelay
 from collections_kit.settings import ServiceSettings
 from collections_kit.text import GUARD as STORABLE_TEXT
@@ -172,6 +172,7 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
+    app.add_middleware(EmptyQueryValuesAbsent)
     problems.install(app, refusal_before_input=refusal_before_input)
     ops = APIRouter(tags=["operations"])
 

@@ -148,10 +148,9 @@ async def test_without_a_token_any_request_is_a_401_before_its_input_is_judged(
         workflow: Runtime, api: httpx.AsyncClient) -> None:
     """A malformed body without a token got 400/422: authentication comes first."""
     key = {"Idempotency-Key": str(uuid.uuid4())}
-    for headers, content, params in (
-            (key, b"not json{", {}), (key, b'{"kind": 7}', {}), ({}, b"{}", {}),
-            ({**key, "content-type": "application/json"}, b'{"reason": "a\\u0000b"}', {})):
-        response = await api.post("/v1/cases/L-1/holds", content=content, params=params,
+    for headers, content in ((key, b"not json{"), (key, b'{"kind": 7}'), ({}, b"{}"),
+                             (key, b'{"reason": "a\\u0000b"}')):
+        response = await api.post("/v1/cases/L-1/holds", content=content,
                                   headers={"content-type": "application/json", **headers})
         assert response.status_code == 401, (content, response.text)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -161,3 +160,17 @@ async def test_without_a_token_any_request_is_a_401_before_its_input_is_judged(
                            headers={"content-type": "application/json", **key,
                                     **dev_headers(["cases:read"], subject="reader")})
     assert wrong.status_code == 403, wrong.text
+
+
+async def test_empty_query_values_are_taken_as_absent(
+        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    """The README's `GET /v1/cases?stage=&status=...`, taken literally, was refused."""
+    await lender.publish(lending.overdue("L-empty-query", Decimal("100.00")))
+    assert await eventually(lambda: case_of(api, "L-empty-query"))
+    response = await api.get("/v1/cases?stage=&status=&dpd_min=&after=&limit=10",
+                             headers=READ)
+    assert response.status_code == 200, response.text
+    assert [c["loan_id"] for c in response.json()["cases"]] == ["L-empty-query"]
+    filtered = await api.get("/v1/cases?stage=&status=open", headers=READ)
+    assert filtered.status_code == 200, filtered.text
+    assert len(filtered.json()["cases"]) == 1
