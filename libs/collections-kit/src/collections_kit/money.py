@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from collections_kit.currencies import in_minor_units
+
 # At most 14 digits before the point and 6 after: what every amount column holds
 # (NUMERIC(20, 6)). A larger amount is refused here, as invalid input on its way in, rather
 # than by the database in a consumer's transaction, where it failed the whole poll, was
@@ -59,32 +61,6 @@ def _within_limit(value: Decimal) -> Decimal:
     if abs(value) >= _AMOUNT_LIMIT:
         raise ValueError("amount must have at most 14 digits before the decimal point")
     return value
-
-
-# ISO 4217 minor units where they are not 2; None: the code has no minor unit (gold, SDR...).
-_MINOR_UNITS: dict[str, int | None] = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
-                     "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-    "CLF": 4, "UYW": 4,
-    **dict.fromkeys(("XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU",
-                     "XTS", "XUA", "XXX"), None),
-}
-
-
-def minor_units(currency: str) -> int | None:
-    """The ISO 4217 minor unit of ``currency``: CNY 2, JPY 0, KWD 3."""
-    return _MINOR_UNITS.get(currency, 2)
-
-
-def in_minor_units(amount: Decimal, currency: str | None) -> Decimal:
-    """``amount`` at its currency's scale (500.000000 CNY -> 500.00), never rounded: an
-    amount finer than the minor unit keeps its digits (0.125 CNY stays 0.125)."""
-    units = minor_units(currency) if currency else None
-    exponent = amount.normalize().as_tuple().exponent
-    places = max(0, -exponent) if isinstance(exponent, int) else 0
-    scale = places if units is None or places > units else units
-    return amount.quantize(Decimal(1).scaleb(-scale))
 
 
 def wire_amount(amount: Decimal, currency: str | None) -> str:

@@ -9,7 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from collections_kit import contract as c
-from collections_kit.money import Amount, InCurrency, minor_units, wire_amount
+from collections_kit.currencies import minor_units
+from collections_kit.money import Amount, InCurrency, wire_amount
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 

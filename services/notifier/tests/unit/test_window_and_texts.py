@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from notifier.domain import templates
 from notifier.domain.masking import mask_email, mask_phone, mask_text
+from notifier.domain.model import Language
 from notifier.domain.policy import ContactWindow
 from notifier.domain.window import first_instant_at, next_allowed
 from notifier.entrypoints.api import ContactDetailsIn
@@ -130,3 +131,18 @@ def test_contact_details_input_is_validated() -> None:
                 {"language": "en", "fax": "+14155550123"}):
         with pytest.raises(ValidationError):
             ContactDetailsIn.model_validate(bad)
+
+
+@pytest.mark.parametrize(("language", "amount", "currency", "shown"), [
+    ("en", "1234.500000", "CNY", "1,234.50 CNY"), ("zh-CN", "1234.500000", "CNY", "1,234.50 CNY"),
+    ("en", "150000.000000", "JPY", "150,000 JPY"), ("en", "12.345000", "KWD", "12.345 KWD"),
+    ("en", "0.125000", "USD", "0.125 USD"), ("en", "7.000000", "GBP", "7.00 GBP")])
+def test_amounts_are_written_in_the_currencys_minor_unit_and_the_borrowers_locale(
+        language: Language, amount: str, currency: str, shown: str) -> None:
+    """Stored as NUMERIC(20, 6), an amount is written in its currency's ISO 4217 minor unit
+    (JPY none, KWD three), never rounded away, grouped as the borrower's language does."""
+    for channel in ("email", "sms", "voice", "letter"):
+        text = templates.render("warning-reminder", language, channel=channel, loan_id="L-1",
+                                amount=Decimal(amount), currency=currency,
+                                opt_out_url="https://x.example/opt-out")
+        assert shown in text.body, (channel, text.body)

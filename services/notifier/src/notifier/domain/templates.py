@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+from collections_kit.currencies import in_minor_units
 from notifier.domain.model import ChannelName, Language, Recipient
 
 
@@ -167,13 +168,27 @@ def opt_out_line(language: Language, channel: ChannelName, url: str) -> str:
     return _OPT_OUT[(language, channel)].format(url=url)
 
 
+# Digit grouping and decimal mark per language (CLDR): both languages so far write
+# 1,234.50; a language added with other marks (de: 1.234,50) adds its pair here.
+_NUMBER_MARKS: dict[Language, tuple[str, str]] = {"en": (",", "."), "zh-CN": (",", ".")}
+
+
+def written_amount(amount: Decimal, currency: str, language: Language) -> str:
+    """``amount`` as the borrower reads it: at its currency's ISO 4217 minor unit (JPY
+    150,000; KWD 12.345; never rounded), grouped and marked as their language does."""
+    group, point = _NUMBER_MARKS[language]
+    plain = format(in_minor_units(amount, currency), ",f")
+    return plain.replace(",", "\0").replace(".", point).replace("\0", group)
+
+
 def render(template: str, language: Language, *, channel: ChannelName, loan_id: str,
            amount: Decimal, currency: str, opt_out_url: str,
            name: str | None = None, dispute_by: date | None = None,
            collector: str = "The lender") -> Rendered:
     text = _TEMPLATES[(template, language)]
     name_part = ("" if not name else (f" {name}" if language == "en" else name))
-    fields = {"loan_ref": loan_id, "amount": f"{amount:,.2f}", "currency": currency,
+    fields = {"loan_ref": loan_id, "amount": written_amount(amount, currency, language),
+              "currency": currency,
               "name_part": name_part, "collector": collector,
               "dispute_by": dispute_by.isoformat() if dispute_by else "",
               "opt_out": opt_out_line(language, channel, opt_out_url)}
