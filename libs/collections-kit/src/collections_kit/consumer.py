@@ -195,8 +195,12 @@ class ConsumerLoop:
         batch_handler: BatchHandler | None = None,
         lane: str = "",
         applied_first: tuple[type[Message], ...] = (),
+        admit: Callable[[Message], str | None] | None = None,
     ) -> None:
         self._settings = settings
+        # The service's own judgement of a well-formed message: a reason to refuse it as
+        # invalid (a jurisdiction it has no policy for), or None.
+        self._admit = admit
         # Message types a poll applies before the rest (see ``_handle_poll``).
         self._applied_first = applied_first
         self._engine = engine
@@ -486,6 +490,9 @@ class ConsumerLoop:
                 return _Item(record, envelope.id, None, None)
             return _Item(record, origin_id, None, MalformedMessageError(
                 "unknown_type", f"{envelope.type} does not belong on {record.topic}"))
+        refused = self._admit(envelope.data) if self._admit else None
+        if refused is not None:
+            return _Item(record, origin_id, None, MalformedMessageError("invalid", refused))
         return _Item(record, envelope.id, envelope, None,
                      _fingerprint(envelope.type, record.value or b""))
 

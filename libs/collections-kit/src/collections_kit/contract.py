@@ -7,11 +7,12 @@ maps them onto its own domain types at its edge.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from collections_kit.money import Amount, CurrencyCode, InCurrency, NonNegativeAmount
 from collections_kit.topics import Topic
@@ -22,9 +23,27 @@ LoanId = Annotated[
 # Ledger sequence numbers and watermarks are stored as BIGINT: a larger one is invalid
 # input, refused on decoding rather than by the database inside a consumer's transaction.
 MAX_SEQUENCE = 2**63 - 1
-Jurisdiction = Literal["CN", "US", "UK"]
+# The shape of an ISO 3166-1 alpha-2 code (UK, not GB, by the lenders' usage). Which
+# jurisdictions a service can act for is its policy data, not the contract: a code without
+# a policy is refused by the service ("jurisdiction XX has no policy"), so adding one needs
+# no new contract version.
+Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$"), Field(
+    examples=["CN", "US", "UK"])]
 Channel = Literal["sms", "voice", "email", "letter"]
 Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
+
+
+def without_policy(known: Collection[str]) -> Callable[[BaseModel], str | None]:
+    """A consumer's ``admit``: a message for a jurisdiction outside ``known`` (the service's
+    policy data) is refused as invalid, with the reason a publisher can act on."""
+
+    def refused(message: BaseModel) -> str | None:
+        code = getattr(message, "jurisdiction", None)
+        if code is None or code in known:
+            return None
+        return f"jurisdiction {code} has no policy"
+
+    return refused
 
 
 class Message(InCurrency):

@@ -126,3 +126,19 @@ def test_arbitrary_bytes_raise_only_malformed_message(value: bytes,
         decode(b"L1", value, headers)
     except MalformedMessageError as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize(("code", "accepted"), [("FR", True), ("CN", True), ("usa", False),
+                                                 ("U1", False), ("", False)])
+def test_a_jurisdiction_has_the_shape_of_an_iso_3166_code(code: str, accepted: bool) -> None:
+    """Which codes have a policy is each service's policy data, not the contract's."""
+    def overdue() -> c.LoanOverdue:
+        return c.LoanOverdue(loan_id="L1", borrower_id="B1", currency="EUR",
+                             amount_overdue=Decimal(1), outstanding_balance=Decimal(2),
+                             days_past_due=1, as_of=NOW, borrower_time_zone="Europe/Paris",
+                             jurisdiction=code)
+    if accepted:
+        assert overdue().jurisdiction == code
+        return
+    with pytest.raises(ValueError, match="jurisdiction"):
+        overdue()

@@ -174,3 +174,24 @@ async def test_empty_query_values_are_taken_as_absent(
     filtered = await api.get("/v1/cases?stage=&status=open", headers=READ)
     assert filtered.status_code == 200, filtered.text
     assert len(filtered.json()["cases"]) == 1
+
+
+async def test_a_jurisdiction_without_a_policy_is_dead_lettered_and_opens_no_case(
+        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender,
+        stack: dict[str, str], topic_prefix: str) -> None:
+    """The contract takes any ISO 3166-1 alpha-2 shape; which ones a service acts for is
+    its policy data."""
+    await lender.publish(lending.overdue("L-france", Decimal("100.00"), jurisdiction="FR",
+                                         tz="Europe/Paris"))
+    await lender.publish(lending.overdue("L-after-france", Decimal("100.00")))
+    assert await eventually(lambda: case_of(api, "L-after-france"))
+
+    async def dead_letter() -> c.DeadLetter | None:
+        for e in await read_topic(stack["kafka_bootstrap"], topic_prefix + Topic.DLQ.value):
+            if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter):
+                return e.data
+        return None
+    letter = await eventually(dead_letter)
+    assert letter.error_kind == "invalid"
+    assert letter.reason == "jurisdiction FR has no policy"
+    assert await case_of(api, "L-france") is None

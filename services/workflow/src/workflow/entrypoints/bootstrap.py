@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from collections_kit.clock import Clock, SystemClock
 from collections_kit.consumer import ConsumerLoop
+from collections_kit.contract import without_policy
 from collections_kit.db import make_engine
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
@@ -51,7 +52,8 @@ def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
                         # No wake after each batch: the timer worker looks at least every
                         # second (sooner for an earlier timer), and escalation timers are
                         # days away; two queries per committed batch were 3% of the ingest.
-                        clock=clock, batch_handler=handlers.batch)
+                        clock=clock, batch_handler=handlers.batch,
+                        admit=without_policy(settings.jurisdictions))
     return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
                    loops=[loop], workers=[timer_worker],
                    state={"clock": clock,
