@@ -211,9 +211,12 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
     return app
 
 
+_EMPTY = {"type": "string", "maxLength": 0, "description": "Left empty: as if absent."}
+
+
 def _document_refusals(app: FastAPI) -> None:
     """Every operation that needs a token answers 401 and 403; one with a body, 400
-    (not even JSON) and 413."""
+    (not even JSON) and 413; an optional query parameter may be left empty."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -229,6 +232,10 @@ def _document_refusals(app: FastAPI) -> None:
                 if "requestBody" in operation:
                     responses.setdefault("400", problems.MALFORMED_BODY_RESPONSE)
                     responses.setdefault("413", problems.TOO_LARGE_RESPONSE)
+                for parameter in operation.get("parameters", ()):
+                    if parameter.get("in") == "query" and not parameter.get("required"):
+                        # EmptyQueryValuesAbsent: `?stage=` is as if no stage was given.
+                        parameter["schema"] = {"anyOf": [parameter["schema"], _EMPTY]}
         app.openapi_schema = schema
         return schema
 
