@@ -421,9 +421,15 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
                     missing += event_id not in seen
             lost[name] = missing
         sent = await conn.fetch(
-            "SELECT d.command_id, d.loan_id, d.channel, d.at, p.borrower_time_zone, "
+            # A contact is made when its attempt is handed over (attempted_at), not when the
+            # send is recorded: an attempt found at the provider after a crash is recorded a
+            # lease later, and a pass records its sends when its slowest hand-over ends.
+            "SELECT d.command_id, d.loan_id, d.channel, "
+            "COALESCE(a.attempted_at, d.at) AS at, p.borrower_time_zone, "
             "p.jurisdiction, p.borrower_id FROM notifier.contact_decisions d "
-            "JOIN notifier.dispatches p USING (command_id) WHERE d.decision = 'sent'")
+            "JOIN notifier.dispatches p USING (command_id) "
+            "LEFT JOIN notifier.contact_attempts a USING (command_id) "
+            "WHERE d.decision = 'sent'")
         sent_per_command = Counter(r["command_id"] for r in sent)
         # Counted where the person would notice: the SMTP sink by Message-ID, the provider
         # by idempotency key (sent twice, or posted again after it had sent: a provider
