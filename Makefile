@@ -34,6 +34,7 @@ stack-status: install
 	@$(RUN) python scripts/stack.py status
 
 lint: install
+	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 	$(RUN) mypy libs services scripts bench tests conftest.py
 

@@ -60,8 +60,9 @@ class Sizes:
     baseline_msgs: int = env_int("BENCH_BASELINE_MSGS", 200_000)
     pg_rows: int = env_int("BENCH_PG_ROWS", 200_000)
     ingest_events: int = env_int("BENCH_INGEST_EVENTS", 1_000_000)
-    scale: tuple[int, ...] = tuple(int(x) for x in os.environ.get(
-        "BENCH_SCALE", "10000,100000,1000000").split(","))
+    scale: tuple[int, ...] = tuple(
+        int(x) for x in os.environ.get("BENCH_SCALE", "10000,100000,1000000").split(",")
+    )
     # 300,000 (was 100,000): at 12-15k events/s a 100,000-event run is measured over about
     # seven seconds, and a few seconds of the machine doing something else moved the cost
     # ratio by a fifth between runs of the same code.
@@ -73,8 +74,9 @@ class Sizes:
     # each batch (measured with py-spy --idle), and the spare fills those waits.
     ingest_replicas: int = env_int("BENCH_INGEST_REPLICAS", (os.cpu_count() or 1) + 1)
     # Processes per service in the pipeline, e.g. "notifier=2" (the others: one each).
-    pipeline_replicas: dict[str, int] = field(default_factory=lambda: replicas_from(
-        os.environ.get("BENCH_PIPELINE_REPLICAS", "")))
+    pipeline_replicas: dict[str, int] = field(
+        default_factory=lambda: replicas_from(os.environ.get("BENCH_PIPELINE_REPLICAS", ""))
+    )
 
 
 def replicas_from(spec: str) -> dict[str, int]:
@@ -102,8 +104,13 @@ def sample_record() -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
     # The services' relay settings (collections_kit.runtime.make_producer).
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                            linger_ms=5, max_batch_size=256 * 1024)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
 
 
 # --- baselines ------------------------------------------------------------------------------
@@ -136,15 +143,23 @@ async def baseline_kafka(bootstrap: str, n: int) -> Baseline:
         for _ in range(n):
             await p.send(source, value=value, key=key, headers=headers)
         await p.flush()
-        consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"b{run}",
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    max_poll_records=500)
+        consumer = AIOKafkaConsumer(
+            source,
+            bootstrap_servers=bootstrap,
+            group_id=f"b{run}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+        )
         await consumer.start()
         done, started, cpu_started = 0, time.perf_counter(), busy_cpu_s()
         while done < n:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            futures = [await p.send(sink, value=r.value, key=r.key, headers=list(r.headers))
-                       for records in batches.values() for r in records]
+            futures = [
+                await p.send(sink, value=r.value, key=r.key, headers=list(r.headers))
+                for records in batches.values()
+                for r in records
+            ]
             await asyncio.gather(*futures)
             await consumer.commit()
             done += len(futures)
@@ -167,14 +182,28 @@ async def baseline_pg(admin_url: str, n: int) -> Baseline:
             borrower_id text, stage text, status text, outstanding numeric(20,6),
             days_past_due int, as_of timestamptz, zone text, detail jsonb)""")
         now = datetime.now(UTC)
-        rows = [(f"c{i}", f"L{i}", f"B{i}", "warning", "open", Decimal("1234.56"), 5, now,
-                 "Asia/Shanghai", '{"policy": "v1"}') for i in range(n)]
+        rows = [
+            (
+                f"c{i}",
+                f"L{i}",
+                f"B{i}",
+                "warning",
+                "open",
+                Decimal("1234.56"),
+                5,
+                now,
+                "Asia/Shanghai",
+                '{"policy": "v1"}',
+            )
+            for i in range(n)
+        ]
         started, cpu_started = time.perf_counter(), busy_cpu_s()
         for i in range(0, n, 500):
             async with conn.transaction():
                 await conn.executemany(
                     "INSERT INTO cases VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb)",
-                    rows[i:i + 500])
+                    rows[i : i + 500],
+                )
         elapsed = time.perf_counter() - started
         return Baseline(n / elapsed, per_unit_us(cpu_started, busy_cpu_s(), n))
     finally:
@@ -189,7 +218,8 @@ async def populate_cases(dsn: str, n: int) -> None:
     """Existing cases, written straight into the table (setting up, not measuring)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("""
+        await conn.execute(
+            """
             INSERT INTO workflow.cases (case_id, loan_id, borrower_id, product, currency, stage,
               status, outstanding, amount_overdue, days_past_due, last_overdue_as_of,
               borrower_time_zone, jurisdiction, policy_version, opened_at, updated_at,
@@ -197,7 +227,9 @@ async def populate_cases(dsn: str, n: int) -> None:
             SELECT 'case-' || g, 'L-' || lpad(g::text, 7, '0'), 'B-' || g, 'consumer-loan',
               'CNY', 'warning', 'open', 1234.56, 123.45, 5, now() - interval '1 day',
               'Asia/Shanghai', 'CN', 'consumer-loan/2026-11-01', now(), now(), 1, now(), 1234.56
-            FROM generate_series(0, $1 - 1) g""", n)
+            FROM generate_series(0, $1 - 1) g""",
+            n,
+        )
         await conn.execute("ANALYZE workflow.cases")
     finally:
         await conn.close()
@@ -206,8 +238,11 @@ async def populate_cases(dsn: str, n: int) -> None:
 async def applied(dsn: str, since: datetime) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM workflow.cases WHERE last_overdue_as_of >= $1", since))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM workflow.cases WHERE last_overdue_as_of >= $1", since
+            )
+        )
     finally:
         await conn.close()
 
@@ -246,10 +281,12 @@ async def wal_counters(conn: asyncpg.Connection) -> tuple[int, int, int] | None:
         wal = await conn.fetchrow("SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
         try:  # PostgreSQL 17 moved the counters to their own view
             checkpoints = await conn.fetchval(
-                "SELECT num_timed + num_requested FROM pg_stat_checkpointer")
+                "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            )
         except asyncpg.UndefinedTableError:
             checkpoints = await conn.fetchval(
-                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            )
     except asyncpg.PostgresError:
         return None
     if wal is None or checkpoints is None:
@@ -269,8 +306,9 @@ def rss_mb(member: ServiceProcess) -> float:
     return 0.0
 
 
-async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
-                 replicas: int = 1) -> dict[str, Any]:
+async def ingest(
+    admin_url: str, bootstrap: str, existing: int, events: int, replicas: int = 1
+) -> dict[str, Any]:
     """Overdue updates for ``events`` of ``existing`` cases, applied by ``replicas`` workflow
     processes in one consumer group."""
     run = uuid.uuid4().hex[:8]
@@ -278,9 +316,14 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
     url = await create_database(admin_url, name)
     dsn = asyncpg_dsn(url)
     await create_topics(bootstrap, prefix, partitions=6)
-    fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18500,
-                  replicas={"workflow": replicas})
+    fleet = Fleet(
+        database_url=url,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        log_dir=ROOT / ".cache" / "bench" / run,
+        base_port=18500,
+        replicas={"workflow": replicas},
+    )
     workflow = fleet["workflow"]
     members = [fleet[key] for key in fleet.replicas_of("workflow")]
     try:
@@ -292,8 +335,12 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         try:
             for i in range(events):
                 loan = f"L-{i % existing:07d}"
-                data = lending.overdue(loan, Decimal("1234.56"), dpd=6,
-                                       as_of=as_of + timedelta(microseconds=i // existing))
+                data = lending.overdue(
+                    loan,
+                    Decimal("1234.56"),
+                    dpd=6,
+                    as_of=as_of + timedelta(microseconds=i // existing),
+                )
                 topic, key, value, headers = lending.record_for(data)
                 await p.send(prefix + topic, value=value, key=key, headers=headers)
             await p.flush()
@@ -332,8 +379,10 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
                     await asyncio.sleep(0.05)
                     remaining = await lag.remaining(group, partitions)
                 if not first:
-                    raise RuntimeError(f"{events} events were applied before any progress was "
-                                       "seen: too few to measure (raise BENCH_*_EVENTS)")
+                    raise RuntimeError(
+                        f"{events} events were applied before any progress was "
+                        "seen: too few to measure (raise BENCH_*_EVENTS)"
+                    )
                 while remaining > 0:
                     await asyncio.sleep(0.1)
                     remaining = await lag.remaining(group, partitions)
@@ -348,25 +397,32 @@ async def ingest(admin_url: str, bootstrap: str, existing: int, events: int,
         # Wall time per event is the figure; the machine's CPU per event beside it says
         # whether a slower run did more work or got less of the machine.
         cpu_us = per_unit_us(cpu_started, cpu_ended, first)
-        return {"existing_cases": existing, "events": events, "replicas": replicas,
-                "events_per_s": round(events_per_s, 1),
-                "us_per_event": round(1e6 / events_per_s, 1),
-                "machine_cpu_us_per_event": cpu_us,
-                **_wal_per_event(wal_started, wal_ended, first),
-                "workflow_rss_mb": max(rss_mb(m) for m in members)}
+        return {
+            "existing_cases": existing,
+            "events": events,
+            "replicas": replicas,
+            "events_per_s": round(events_per_s, 1),
+            "us_per_event": round(1e6 / events_per_s, 1),
+            "machine_cpu_us_per_event": cpu_us,
+            **_wal_per_event(wal_started, wal_ended, first),
+            "workflow_rss_mb": max(rss_mb(m) for m in members),
+        }
     finally:
         await asyncio.to_thread(fleet.stop)
         await delete_topics(bootstrap, prefix)
         await drop_database(admin_url, name)
 
 
-def _wal_per_event(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None,
-                   events: int) -> dict[str, float | int | None]:
+def _wal_per_event(
+    before: tuple[int, int, int] | None, after: tuple[int, int, int] | None, events: int
+) -> dict[str, float | int | None]:
     if before is None or after is None:
         return {"wal_fpi_per_event": None, "wal_bytes_per_event": None, "checkpoints": None}
-    return {"wal_fpi_per_event": round((after[0] - before[0]) / events, 3),
-            "wal_bytes_per_event": round((after[1] - before[1]) / events),
-            "checkpoints": after[2] - before[2]}
+    return {
+        "wal_fpi_per_event": round((after[0] - before[0]) / events, 3),
+        "wal_bytes_per_event": round((after[1] - before[1]) / events),
+        "checkpoints": after[2] - before[2],
+    }
 
 
 def service_groups(prefix: str) -> list[str]:
@@ -404,33 +460,41 @@ class _Lag:
         offsets = await self._admin.list_consumer_group_offsets(group)
         return sum(max(meta.offset, 0) for meta in offsets.values())
 
-    async def remaining(self, group: str,
-                        partitions: list[TopicPartition] | None = None) -> int:
+    async def remaining(self, group: str, partitions: list[TopicPartition] | None = None) -> int:
         """Over ``partitions`` (a partition without a commit counts whole), or over those
         the group has committed on."""
         committed = await self._admin.list_consumer_group_offsets(group)
         ends = await self._consumer.end_offsets(
-            list(committed) if partitions is None else partitions)
-        return sum(end - (committed[tp].offset if tp in committed else 0)
-                   for tp, end in ends.items())
+            list(committed) if partitions is None else partitions
+        )
+        return sum(
+            end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()
+        )
 
 
 # --- the whole pipeline -------------------------------------------------------------------------
 
 
-async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
-                   replicas: dict[str, int] | None = None
-                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+async def pipeline(
+    admin_url: str, bootstrap: str, loans: int, samples: int, replicas: dict[str, int] | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_pl_{run}", f"benchpl{run}."
     url = await create_database(admin_url, name)
     dsn = asyncpg_dsn(url)
     await create_topics(bootstrap, prefix, partitions=6)
-    fleet = Fleet(database_url=url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                  log_dir=ROOT / ".cache" / "bench" / run, base_port=18510,
-                  extra_env={"workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
-                             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"}},
-                  replicas=replicas or {})
+    fleet = Fleet(
+        database_url=url,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        log_dir=ROOT / ".cache" / "bench" / run,
+        base_port=18510,
+        extra_env={
+            "workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
+            "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"},
+        },
+        replicas=replicas or {},
+    )
     try:
         await asyncio.to_thread(fleet.start)
         zone = zone_at_midday()
@@ -442,14 +506,26 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
             # books the loans (two services, two cores).
             await asyncio.gather(
                 _register(fleet["notifier"].base_url, loans + samples),
-                _disburse(lender, dsn, loans + samples))
+                _disburse(lender, dsn, loans + samples),
+            )
             before = await work_done(bootstrap, dsn, prefix)
             started, cpu_started = time.perf_counter(), busy_cpu_s()
-            await lender.publish_many(lending.overdue(
-                f"P-{i:07d}", Decimal("900.00"), tz=zone, jurisdiction="UK", currency="GBP",
-                borrower_id=f"B-{i:07d}") for i in range(loans))
-            await _wait(dsn, "SELECT count(*) FROM notifier.contact_decisions "
-                             "WHERE decision = 'sent'", loans)
+            await lender.publish_many(
+                lending.overdue(
+                    f"P-{i:07d}",
+                    Decimal("900.00"),
+                    tz=zone,
+                    jurisdiction="UK",
+                    currency="GBP",
+                    borrower_id=f"B-{i:07d}",
+                )
+                for i in range(loans)
+            )
+            await _wait(
+                dsn,
+                "SELECT count(*) FROM notifier.contact_decisions WHERE decision = 'sent'",
+                loans,
+            )
             elapsed = time.perf_counter() - started
             cpu_us = per_unit_us(cpu_started, busy_cpu_s(), loans)
             rate = loans / elapsed
@@ -462,11 +538,17 @@ async def pipeline(admin_url: str, bootstrap: str, loans: int, samples: int,
         finally:
             await p.stop()
         rss = {key: rss_mb(member) for key, member in fleet.members.items()}
-        return ({"loans": loans, "loans_per_s": round(rate, 1),
-                 "machine_cpu_us_per_loan": cpu_us,
-                 "messages_consumed_per_loan": round((after[0] - before[0]) / loans, 2),
-                 "rows_written_per_loan": round((after[1] - before[1]) / loans, 2)},
-                suppression, rss)
+        return (
+            {
+                "loans": loans,
+                "loans_per_s": round(rate, 1),
+                "machine_cpu_us_per_loan": cpu_us,
+                "messages_consumed_per_loan": round((after[0] - before[0]) / loans, 2),
+                "rows_written_per_loan": round((after[1] - before[1]) / loans, 2),
+            },
+            suppression,
+            rss,
+        )
     finally:
         await asyncio.to_thread(fleet.stop)
         await delete_topics(bootstrap, prefix)
@@ -482,8 +564,9 @@ async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
     await asyncio.sleep(STATS_SETTLE_S)
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetchval("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)"
-                                   " FROM pg_stat_user_tables")
+        rows = await conn.fetchval(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+        )
     finally:
         await conn.close()
     return consumed, int(rows)
@@ -498,28 +581,40 @@ def plumbing(flow: dict[str, Any], kafka: Baseline, pg: Baseline) -> dict[str, A
     a bound from the pipeline's own counts, not a measurement of a pipeline."""
     if kafka.machine_cpu_us is None or pg.machine_cpu_us is None:
         return {}
-    us = (flow["messages_consumed_per_loan"] * kafka.machine_cpu_us
-          + flow["rows_written_per_loan"] * pg.machine_cpu_us)
+    us = (
+        flow["messages_consumed_per_loan"] * kafka.machine_cpu_us
+        + flow["rows_written_per_loan"] * pg.machine_cpu_us
+    )
     cores = os.cpu_count() or 1
-    return {"plumbing_cpu_us_per_loan": round(us, 1),
-            "ceiling_loans_per_s": round(cores * 1e6 / us, 1) if us else None}
+    return {
+        "plumbing_cpu_us_per_loan": round(us, 1),
+        "ceiling_loans_per_s": round(cores * 1e6 / us, 1) if us else None,
+    }
 
 
 async def _disburse(lender: lending.Lender, dsn: str, n: int) -> None:
-    await lender.publish_many(lending.disbursement(f"P-{i:07d}", Decimal("900.00"),
-                                                   currency="GBP") for i in range(n))
+    await lender.publish_many(
+        lending.disbursement(f"P-{i:07d}", Decimal("900.00"), currency="GBP") for i in range(n)
+    )
     await _wait(dsn, "SELECT count(*) FROM ledger_sync.loan_balances", n)
 
 
 async def _register(base: str, n: int) -> None:
     sem = asyncio.Semaphore(16)
     async with httpx.AsyncClient(timeout=30, headers=dev_headers(subject="bench")) as http:
+
         async def put(i: int) -> None:
             async with sem:
-                r = await http.put(f"{base}/v1/borrowers/B-{i:07d}/contact-details",
-                                   json={"language": "en", "phone": f"+4477009{i % 100000:05d}",
-                                         "email": f"b{i}@example.com"})
+                r = await http.put(
+                    f"{base}/v1/borrowers/B-{i:07d}/contact-details",
+                    json={
+                        "language": "en",
+                        "phone": f"+4477009{i % 100000:05d}",
+                        "email": f"b{i}@example.com",
+                    },
+                )
                 r.raise_for_status()
+
         await asyncio.gather(*(put(i) for i in range(n)))
 
 
@@ -546,8 +641,12 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
             while quiet < 2:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the pipeline did not drain")
-                waiting = sum([int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
-                               for schema in ("workflow", "ledger_sync", "notifier")])
+                waiting = sum(
+                    [
+                        int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
+                        for schema in ("workflow", "ledger_sync", "notifier")
+                    ]
+                )
                 waiting += sum([await lag.remaining(group) for group in groups])
                 quiet = quiet + 1 if waiting == 0 else 0
                 await asyncio.sleep(0.5)
@@ -555,17 +654,29 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
         await conn.close()
 
 
-async def _suppression(lender: lending.Lender, dsn: str, loans: int, samples: int,
-                       pipeline_rate: float, prefix: str) -> dict[str, Any]:
+async def _suppression(
+    lender: lending.Lender, dsn: str, loans: int, samples: int, pipeline_rate: float, prefix: str
+) -> dict[str, Any]:
     """Loans whose commands wait (their borrowers are asleep); then each is repaid."""
     night = zone_at_night()
     ids = [f"P-{loans + i:07d}" for i in range(samples)]
-    await lender.publish_many(lending.overdue(loan, Decimal("900.00"), tz=night,
-                                              jurisdiction="UK", currency="GBP",
-                                              borrower_id=f"B-{loans + i:07d}")
-                              for i, loan in enumerate(ids))
-    await _wait(dsn, "SELECT count(*) FROM notifier.dispatches WHERE status = 'deferred' "
-                     f"AND loan_id >= 'P-{loans:07d}'", samples)
+    await lender.publish_many(
+        lending.overdue(
+            loan,
+            Decimal("900.00"),
+            tz=night,
+            jurisdiction="UK",
+            currency="GBP",
+            borrower_id=f"B-{loans + i:07d}",
+        )
+        for i, loan in enumerate(ids)
+    )
+    await _wait(
+        dsn,
+        "SELECT count(*) FROM notifier.dispatches WHERE status = 'deferred' "
+        f"AND loan_id >= 'P-{loans:07d}'",
+        samples,
+    )
     background = _Background(lender, pipeline_rate * 0.2)
     background.start()
     committed, observed = [], []
@@ -578,15 +689,20 @@ async def _suppression(lender: lending.Lender, dsn: str, loans: int, samples: in
         stamped = await conn.fetchval("SHOW track_commit_timestamp") == "on"
         for loan in ids:
             produced = datetime.now(UTC)
-            await lender.publish(lending.repayment(loan, Decimal("900.00"), Decimal("0"),
-                                                   currency="GBP"))
+            await lender.publish(
+                lending.repayment(loan, Decimal("900.00"), Decimal("0"), currency="GBP")
+            )
             # Until the cancellation is visible to another connection: with the 2 ms poll
             # and this process's own scheduling, an upper bound (kept beside the other).
-            while (at := await conn.fetchval(
+            while (
+                at := await conn.fetchval(
                     "SELECT CASE WHEN $2 THEN pg_xact_commit_timestamp(xmin) "
                     "ELSE clock_timestamp() END FROM notifier.contact_decisions "
                     "WHERE loan_id = $1 AND decision = 'cancelled' LIMIT 1",
-                    loan, stamped)) is None:
+                    loan,
+                    stamped,
+                )
+            ) is None:
                 await asyncio.sleep(0.002)
             observed.append((datetime.now(UTC) - produced).total_seconds() * 1000)
             committed.append((at - produced).total_seconds() * 1000)
@@ -594,16 +710,22 @@ async def _suppression(lender: lending.Lender, dsn: str, loans: int, samples: in
         background_rate = await background.stop()
         await conn.close()
     figures = committed if stamped else observed
-    return {"samples": len(figures), "background_loans_per_s": round(background_rate, 1),
-            "measured_to": "commit" if stamped else "observed",
-            **_percentiles(figures, ""), **_percentiles(observed, "observed_")}
+    return {
+        "samples": len(figures),
+        "background_loans_per_s": round(background_rate, 1),
+        "measured_to": "commit" if stamped else "observed",
+        **_percentiles(figures, ""),
+        **_percentiles(observed, "observed_"),
+    }
 
 
 def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
     ordered = sorted(values)
-    return {f"{prefix}p50": round(statistics.median(ordered), 1),
-            f"{prefix}p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
-            f"{prefix}max": round(ordered[-1], 1)}
+    return {
+        f"{prefix}p50": round(statistics.median(ordered), 1),
+        f"{prefix}p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
+        f"{prefix}max": round(ordered[-1], 1),
+    }
 
 
 class _Background:
@@ -656,11 +778,21 @@ def chart(scale: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     # One point per size (the mean where a size was measured twice), the runs beside it.
     sizes = sorted({s["existing_cases"] for s in scale})
-    ax.plot(sizes, [statistics.fmean(s["events_per_s"] for s in scale
-                                     if s["existing_cases"] == size) for size in sizes],
-            marker="o")
-    ax.scatter([s["existing_cases"] for s in scale], [s["events_per_s"] for s in scale],
-               marker="x", color="grey", label="each run")
+    ax.plot(
+        sizes,
+        [
+            statistics.fmean(s["events_per_s"] for s in scale if s["existing_cases"] == size)
+            for size in sizes
+        ],
+        marker="o",
+    )
+    ax.scatter(
+        [s["existing_cases"] for s in scale],
+        [s["events_per_s"] for s in scale],
+        marker="x",
+        color="grey",
+        label="each run",
+    )
     ax.legend(loc="lower left")
     ax.set_xscale("log")
     ax.set_xlabel("existing cases")
@@ -685,31 +817,40 @@ async def run(sizes: Sizes) -> dict[str, Any]:
     for existing in scale_order(sizes.scale):
         events = sizes.ingest_events if existing == max(sizes.scale) else sizes.scale_events
         print(f"ingest: {events} events over {existing} existing cases ...", flush=True)
-        scale.append(await ingest(admin_url, bootstrap, existing, events,
-                                  sizes.ingest_replicas))
+        scale.append(await ingest(admin_url, bootstrap, existing, events, sizes.ingest_replicas))
     ratio = cost_ratio(scale)
     headline = max(scale, key=lambda s: s["existing_cases"])
     print(f"pipeline: {sizes.pipeline_loans} loans ...", flush=True)
-    flow, suppression, rss = await pipeline(admin_url, bootstrap, sizes.pipeline_loans,
-                                            sizes.suppression_samples,
-                                            sizes.pipeline_replicas)
+    flow, suppression, rss = await pipeline(
+        admin_url,
+        bootstrap,
+        sizes.pipeline_loans,
+        sizes.suppression_samples,
+        sizes.pipeline_replicas,
+    )
     flow["plumbing"] = plumbing(flow, kafka, pg)
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
         "machine": {"cores": os.cpu_count()},
-        "baseline": {"kafka_msgs_per_s": round(kafka.per_s, 1),
-                     "pg_rows_per_s": round(pg.per_s, 1),
-                     "kafka_machine_cpu_us_per_msg": kafka.machine_cpu_us,
-                     "pg_machine_cpu_us_per_row": pg.machine_cpu_us},
-        "ingest": {"events_per_s": headline["events_per_s"], "events": headline["events"],
-                   "existing_cases": headline["existing_cases"],
-                   "share_of_kafka_baseline": round(headline["events_per_s"] / kafka.per_s,
-                                                    3)},
+        "baseline": {
+            "kafka_msgs_per_s": round(kafka.per_s, 1),
+            "pg_rows_per_s": round(pg.per_s, 1),
+            "kafka_machine_cpu_us_per_msg": kafka.machine_cpu_us,
+            "pg_machine_cpu_us_per_row": pg.machine_cpu_us,
+        },
+        "ingest": {
+            "events_per_s": headline["events_per_s"],
+            "events": headline["events"],
+            "existing_cases": headline["existing_cases"],
+            "share_of_kafka_baseline": round(headline["events_per_s"] / kafka.per_s, 3),
+        },
         "pipeline": flow,
         "suppression_ms": suppression,
-        "scale": {"runs": scale, **ratio,
-                  "peak_rss_mb": {**rss, "workflow_ingest": max(s["workflow_rss_mb"]
-                                                                for s in scale)}},
+        "scale": {
+            "runs": scale,
+            **ratio,
+            "peak_rss_mb": {**rss, "workflow_ingest": max(s["workflow_rss_mb"] for s in scale)},
+        },
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     result["floors"] = floors(result)
@@ -743,9 +884,11 @@ def cost_ratio(scale: list[dict[str, Any]]) -> dict[str, Any]:
             return None
         return round(float(largest[key]) / statistics.fmean(values), 3)
 
-    return {"cost_ratio_largest_vs_smallest": ratio("us_per_event"),
-            "machine_cpu_cost_ratio_largest_vs_smallest": ratio("machine_cpu_us_per_event"),
-            "smallest_size_us_per_event": [s["us_per_event"] for s in small]}
+    return {
+        "cost_ratio_largest_vs_smallest": ratio("us_per_event"),
+        "machine_cpu_cost_ratio_largest_vs_smallest": ratio("machine_cpu_us_per_event"),
+        "smallest_size_us_per_event": [s["us_per_event"] for s in small],
+    }
 
 
 def floors(r: dict[str, Any]) -> dict[str, bool]:
@@ -754,8 +897,7 @@ def floors(r: dict[str, Any]) -> dict[str, bool]:
         "ingest >= 0.35 x kafka baseline": r["ingest"]["share_of_kafka_baseline"] >= 0.35,
         "pipeline >= 2000 loans/s": r["pipeline"]["loans_per_s"] >= 2_000,
         "suppression p99 <= 100 ms": r["suppression_ms"]["p99"] <= 100,
-        "cost at largest <= 1.25 x smallest": r["scale"]["cost_ratio_largest_vs_smallest"]
-        <= 1.25,
+        "cost at largest <= 1.25 x smallest": r["scale"]["cost_ratio_largest_vs_smallest"] <= 1.25,
         "peak RSS <= 300 MB": all(v <= 300 for v in r["scale"]["peak_rss_mb"].values()),
     }
 
@@ -767,26 +909,42 @@ def table(r: dict[str, Any]) -> str:
         ("ingest.events_per_s", r["ingest"]["events_per_s"]),
         ("ingest / kafka baseline", r["ingest"]["share_of_kafka_baseline"]),
         ("pipeline.loans_per_s", r["pipeline"]["loans_per_s"]),
-        ("pipeline: machine CPU us per loan; records consumed, rows written per loan",
-         f"{r['pipeline']['machine_cpu_us_per_loan']}; "
-         f"{r['pipeline']['messages_consumed_per_loan']}, "
-         f"{r['pipeline']['rows_written_per_loan']}"),
-        ("pipeline: plumbing alone at the baselines' CPU per unit (us per loan; ceiling)",
-         f"{r['pipeline']['plumbing'].get('plumbing_cpu_us_per_loan')}; "
-         f"{r['pipeline']['plumbing'].get('ceiling_loans_per_s')} loans/s"),
-        (f"suppression_ms p50 / p99 / max (to {r['suppression_ms']['measured_to']})",
-         f"{r['suppression_ms']['p50']} / {r['suppression_ms']['p99']} / "
-         f"{r['suppression_ms']['max']}"),
-        ("suppression_ms as observed by a 2 ms poll", f"{r['suppression_ms']['observed_p50']} / "
-         f"{r['suppression_ms']['observed_p99']} / {r['suppression_ms']['observed_max']}"),
-        *((f"scale: {s['existing_cases']} cases", f"{s['events_per_s']} events/s "
-           f"({s['us_per_event']} us/event; machine CPU {s['machine_cpu_us_per_event']} "
-           f"us/event; WAL {s['wal_bytes_per_event']} B and {s['wal_fpi_per_event']} "
-           f"full pages per event, {s['checkpoints']} checkpoints)")
-          for s in r["scale"]["runs"]),
-        ("cost ratio largest / smallest (mean of its runs: "
-         f"{r['scale']['smallest_size_us_per_event']} us/event)",
-         r["scale"]["cost_ratio_largest_vs_smallest"]),
+        (
+            "pipeline: machine CPU us per loan; records consumed, rows written per loan",
+            f"{r['pipeline']['machine_cpu_us_per_loan']}; "
+            f"{r['pipeline']['messages_consumed_per_loan']}, "
+            f"{r['pipeline']['rows_written_per_loan']}",
+        ),
+        (
+            "pipeline: plumbing alone at the baselines' CPU per unit (us per loan; ceiling)",
+            f"{r['pipeline']['plumbing'].get('plumbing_cpu_us_per_loan')}; "
+            f"{r['pipeline']['plumbing'].get('ceiling_loans_per_s')} loans/s",
+        ),
+        (
+            f"suppression_ms p50 / p99 / max (to {r['suppression_ms']['measured_to']})",
+            f"{r['suppression_ms']['p50']} / {r['suppression_ms']['p99']} / "
+            f"{r['suppression_ms']['max']}",
+        ),
+        (
+            "suppression_ms as observed by a 2 ms poll",
+            f"{r['suppression_ms']['observed_p50']} / "
+            f"{r['suppression_ms']['observed_p99']} / {r['suppression_ms']['observed_max']}",
+        ),
+        *(
+            (
+                f"scale: {s['existing_cases']} cases",
+                f"{s['events_per_s']} events/s "
+                f"({s['us_per_event']} us/event; machine CPU {s['machine_cpu_us_per_event']} "
+                f"us/event; WAL {s['wal_bytes_per_event']} B and {s['wal_fpi_per_event']} "
+                f"full pages per event, {s['checkpoints']} checkpoints)",
+            )
+            for s in r["scale"]["runs"]
+        ),
+        (
+            "cost ratio largest / smallest (mean of its runs: "
+            f"{r['scale']['smallest_size_us_per_event']} us/event)",
+            r["scale"]["cost_ratio_largest_vs_smallest"],
+        ),
         ("  in machine CPU per event", r["scale"]["machine_cpu_cost_ratio_largest_vs_smallest"]),
         ("peak RSS MB", r["scale"]["peak_rss_mb"]),
     ]
@@ -801,8 +959,9 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
     chart(result["scale"]["runs"], RESULTS / "scale.png")
     print(table(result))
-    print(f"\nwrote {RESULTS / 'latest.json'} and {RESULTS / 'scale.png'} "
-          f"in {result['elapsed_s']}s")
+    print(
+        f"\nwrote {RESULTS / 'latest.json'} and {RESULTS / 'scale.png'} in {result['elapsed_s']}s"
+    )
     return 0
 
 

@@ -48,12 +48,15 @@ from tests.provider_double import ProviderDouble
 from tests.support import mismatched_replays
 
 # The services trust the development signing key in dev: chaos calls them as a client.
-CHAOS_AUTH = dev_headers(["cases:write", "contacts:write"], subject="chaos",
-                         expires_in=24 * 3600)
+CHAOS_AUTH = dev_headers(["cases:write", "contacts:write"], subject="chaos", expires_in=24 * 3600)
 
-ZONES = (("CN", "Asia/Shanghai", "CNY"), ("US", "America/New_York", "USD"),
-         ("US", "America/Los_Angeles", "USD"), ("UK", "Europe/London", "GBP"),
-         ("US", "Pacific/Honolulu", "USD"))
+ZONES = (
+    ("CN", "Asia/Shanghai", "CNY"),
+    ("US", "America/New_York", "USD"),
+    ("US", "America/Los_Angeles", "USD"),
+    ("UK", "Europe/London", "GBP"),
+    ("US", "Pacific/Honolulu", "USD"),
+)
 # Contact hours per jurisdiction, as in the notifier's policy (checked independently here).
 # They bind the channels that reach a person when sent; a letter is printed and posted.
 WINDOWS = {"CN": (8, 22), "US": (8, 21), "UK": (8, 21)}
@@ -130,18 +133,53 @@ def workload(cfg: Config, rng: random.Random) -> list[list[tuple[str, Any]]]:
         principal = Decimal(rng.randrange(50_000, 2_000_000)) / 100
         seq = 1
         rounds[0].append(("event", lending.disbursement(loan, principal, currency=currency)))
-        rounds[1].append(("event", lending.overdue(
-            loan, principal, dpd=5, currency=currency, tz=zone, jurisdiction=jurisdiction,
-            as_of=t0, borrower_id=f"D-{i:06d}")))
+        rounds[1].append(
+            (
+                "event",
+                lending.overdue(
+                    loan,
+                    principal,
+                    dpd=5,
+                    currency=currency,
+                    tz=zone,
+                    jurisdiction=jurisdiction,
+                    as_of=t0,
+                    borrower_id=f"D-{i:06d}",
+                ),
+            )
+        )
         if rng.random() < 0.5:
-            rounds[2].append(("event", lending.overdue(
-                loan, principal, dpd=35, currency=currency, tz=zone, jurisdiction=jurisdiction,
-                as_of=t0 + timedelta(minutes=30), borrower_id=f"D-{i:06d}")))
+            rounds[2].append(
+                (
+                    "event",
+                    lending.overdue(
+                        loan,
+                        principal,
+                        dpd=35,
+                        currency=currency,
+                        tz=zone,
+                        jurisdiction=jurisdiction,
+                        as_of=t0 + timedelta(minutes=30),
+                        borrower_id=f"D-{i:06d}",
+                    ),
+                )
+            )
             if rng.random() < 0.2:  # the older report arrives after the newer one
-                rounds[3].append(("event", lending.overdue(
-                    loan, principal, dpd=4, currency=currency, tz=zone,
-                    jurisdiction=jurisdiction, as_of=t0 - timedelta(minutes=5),
-                    borrower_id=f"D-{i:06d}")))
+                rounds[3].append(
+                    (
+                        "event",
+                        lending.overdue(
+                            loan,
+                            principal,
+                            dpd=4,
+                            currency=currency,
+                            tz=zone,
+                            jurisdiction=jurisdiction,
+                            as_of=t0 - timedelta(minutes=5),
+                            borrower_id=f"D-{i:06d}",
+                        ),
+                    )
+                )
         roll = rng.random()
         if roll < 0.03:
             rounds[3].append(("hold", loan))
@@ -154,29 +192,69 @@ def workload(cfg: Config, rng: random.Random) -> list[list[tuple[str, Any]]]:
             rid = f"RP-{i:06d}"
             rounds[4].append(("repaid", (loan, rid, principal, currency)))
             seq += 1
-            rounds[5].append(("event", lending.booked_repayment(
-                loan, principal, sequence=seq, repayment_id=rid, currency=currency)))
+            rounds[5].append(
+                (
+                    "event",
+                    lending.booked_repayment(
+                        loan, principal, sequence=seq, repayment_id=rid, currency=currency
+                    ),
+                )
+            )
             if rng.random() < 0.15:
-                rounds[6].append(("event", c.RepaymentReversed(
-                    repayment_id=rid, loan_id=loan, currency=currency, amount=principal,
-                    outstanding_balance_after=principal, reversed_at=datetime.now(UTC),
-                    reason="bounced")))
+                rounds[6].append(
+                    (
+                        "event",
+                        c.RepaymentReversed(
+                            repayment_id=rid,
+                            loan_id=loan,
+                            currency=currency,
+                            amount=principal,
+                            outstanding_balance_after=principal,
+                            reversed_at=datetime.now(UTC),
+                            reason="bounced",
+                        ),
+                    )
+                )
         elif roll < 0.35:
             part = (principal * Decimal("0.3")).quantize(Decimal("0.01"))
             rid = f"RQ-{i:06d}"
-            rounds[4].append(("event", lending.repayment(
-                loan, part, principal - part, repayment_id=rid, currency=currency)))
+            rounds[4].append(
+                (
+                    "event",
+                    lending.repayment(
+                        loan, part, principal - part, repayment_id=rid, currency=currency
+                    ),
+                )
+            )
             seq += 1
-            rounds[5].append(("event", lending.booked_repayment(
-                loan, part, sequence=seq, repayment_id=rid, currency=currency)))
+            rounds[5].append(
+                (
+                    "event",
+                    lending.booked_repayment(
+                        loan, part, sequence=seq, repayment_id=rid, currency=currency
+                    ),
+                )
+            )
     return rounds
 
 
 class Driver:
-    def __init__(self, cfg: Config, fleet: Fleet, producer: AIOKafkaProducer, prefix: str,
-                 rng: random.Random, faults: Faults) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        fleet: Fleet,
+        producer: AIOKafkaProducer,
+        prefix: str,
+        rng: random.Random,
+        faults: Faults,
+    ) -> None:
         self.cfg, self.fleet, self.producer, self.prefix, self.rng = (
-            cfg, fleet, producer, prefix, rng)
+            cfg,
+            fleet,
+            producer,
+            prefix,
+            rng,
+        )
         self.faults = faults
         self.produced = Produced()
 
@@ -187,15 +265,18 @@ class Driver:
         self.produced.valid[topic].add(event_id)
         self.produced.total += 1
         if self.rng.random() < 0.06:  # at least 5% duplicated
-            await self.producer.send(self.prefix + topic, value=value, key=key,
-                                     headers=headers)
+            await self.producer.send(self.prefix + topic, value=value, key=key, headers=headers)
             self.produced.duplicates += 1
         if self.rng.random() < 0.012:  # at least 1% malformed
             await self.malformed(key)
 
     async def malformed(self, key: bytes) -> None:
-        topic = self.prefix + self.rng.choice(
-            [Topic.LOANS_OVERDUE, Topic.LOANS_REPAYMENT, Topic.LEDGER_POSTINGS]).value
+        topic = (
+            self.prefix
+            + self.rng.choice(
+                [Topic.LOANS_OVERDUE, Topic.LOANS_REPAYMENT, Topic.LEDGER_POSTINGS]
+            ).value
+        )
         value = self.rng.choice([b"{not json", b'{"loan_id": 12}', b"\xff\xfe", b"[]"])
         meta = await (await self.producer.send(topic, value=value, key=key))
         self.produced.malformed.add((topic, meta.partition, meta.offset))
@@ -205,8 +286,9 @@ class Driver:
             await self.send(item)
         elif kind == "repaid":
             loan, rid, amount, currency = item
-            await self.send(lending.repayment(loan, amount, Decimal("0"), repayment_id=rid,
-                                              currency=currency))
+            await self.send(
+                lending.repayment(loan, amount, Decimal("0"), repayment_id=rid, currency=currency)
+            )
             self.produced.repaid_at.setdefault(loan, time.time())
         else:
             await self.rest(kind, item)
@@ -215,8 +297,13 @@ class Driver:
         if kind == "promise":
             loan, amount = item
             due = datetime.now(UTC) + timedelta(days=10)
-            path, body = "arrangements", {"kind": "promise_to_pay", "schedule": [
-                {"due_at": due.isoformat(), "amount": str(amount)}]}
+            path, body = (
+                "arrangements",
+                {
+                    "kind": "promise_to_pay",
+                    "schedule": [{"due_at": due.isoformat(), "amount": str(amount)}],
+                },
+            )
         elif kind == "hold":
             loan, path, body = item, "holds", {"kind": "hardship", "reason": "chaos hardship"}
         else:
@@ -226,8 +313,11 @@ class Driver:
             member = self.fleet[self.rng.choice(self.fleet.replicas_of("workflow"))]
             try:
                 async with httpx.AsyncClient(timeout=10, headers=CHAOS_AUTH) as http:
-                    r = await http.post(f"{member.base_url}/v1/cases/{loan}/{path}", json=body,
-                                        headers={"Idempotency-Key": key})
+                    r = await http.post(
+                        f"{member.base_url}/v1/cases/{loan}/{path}",
+                        json=body,
+                        headers={"Idempotency-Key": key},
+                    )
                 self.produced.rest_calls[f"{kind}:{r.status_code}"] += 1
                 return
             except httpx.HTTPError:
@@ -241,12 +331,20 @@ class Driver:
 async def register_borrowers(base: str, loans: int) -> None:
     sem = asyncio.Semaphore(16)
     async with httpx.AsyncClient(timeout=30, headers=CHAOS_AUTH) as http:
+
         async def put(i: int) -> None:
             async with sem:
-                r = await http.put(f"{base}/v1/borrowers/D-{i:06d}/contact-details", json={
-                    "language": "en", "email": f"d{i}@example.com",
-                    "phone": f"+1202555{i % 10000:04d}", "postal_address": f"{i} Chaos Road"})
+                r = await http.put(
+                    f"{base}/v1/borrowers/D-{i:06d}/contact-details",
+                    json={
+                        "language": "en",
+                        "email": f"d{i}@example.com",
+                        "phone": f"+1202555{i % 10000:04d}",
+                        "postal_address": f"{i} Chaos Road",
+                    },
+                )
                 r.raise_for_status()
+
         await asyncio.gather(*(put(i) for i in range(loans)))
 
 
@@ -269,12 +367,16 @@ def schedule(cfg: Config, fleet: Fleet, rng: random.Random) -> list[Fault]:
         # provider, before recording it (the fault that used to send them twice); its
         # second, if it has one, between a DB commit and the offset commit. Hooks are one
         # per restart: a second armed before the first fired would replace it.
-        hooks = (["after_channel_handover", "after_db_commit"] if key.startswith("notifier")
-                 else ["after_db_commit"])
+        hooks = (
+            ["after_channel_handover", "after_db_commit"]
+            if key.startswith("notifier")
+            else ["after_db_commit"]
+        )
         for n in range(cfg.kills_per_replica):
             at = rng.uniform(0.2, 0.9)
-            plan.append(Fault(at, "hook", key, hooks[n]) if n < len(hooks)
-                        else Fault(at, "kill", key))
+            plan.append(
+                Fault(at, "hook", key, hooks[n]) if n < len(hooks) else Fault(at, "kill", key)
+            )
     if cfg.restart_infrastructure:
         plan += [Fault(0.5, "broker"), Fault(0.65, "postgres")]
     plan += [Fault(0.4, "add_replica", "workflow"), Fault(0.8, "remove_replica", "workflow")]
@@ -294,8 +396,12 @@ async def inject(fault: Fault, fleet: Fleet, faults: Faults) -> None:
         member = fleet[fault.target]
         member.kill()
         faults.kills[fault.target] += 1
-        member.env.update({"COLLECTIONS_FAULT_CRASH_AT": fault.point,
-                           "COLLECTIONS_FAULT_CRASH_AFTER": str(random.randint(2, 6))})
+        member.env.update(
+            {
+                "COLLECTIONS_FAULT_CRASH_AT": fault.point,
+                "COLLECTIONS_FAULT_CRASH_AFTER": str(random.randint(2, 6)),
+            }
+        )
         member.start()
     elif fault.kind == "broker":
         await asyncio.to_thread(local_stack.kafka_down)
@@ -324,8 +430,9 @@ def supervise(fleet: Fleet, faults: Faults) -> None:
             if point:
                 member.env.pop("COLLECTIONS_FAULT_CRASH_AFTER", None)
                 faults.hook_crashes[f"{key}@{point}"] += 1
-            faults.log.append(f"{time.strftime('%H:%M:%S')} restart {key} "
-                              f"(exit {member.process.returncode})")
+            faults.log.append(
+                f"{time.strftime('%H:%M:%S')} restart {key} (exit {member.process.returncode})"
+            )
             member.start()
 
 
@@ -343,8 +450,11 @@ async def lag(bootstrap: str, prefix: str) -> int:
             group = prefix + name
             committed = await admin.list_consumer_group_offsets(group)
             topics = [prefix + t.value for t in CONSUMES[name]]
-            parts = [TopicPartition(t, p) for t in topics
-                     for p in (consumer.partitions_for_topic(t) or range(6))]
+            parts = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in (consumer.partitions_for_topic(t) or range(6))
+            ]
             ends = await consumer.end_offsets(parts)
             for tp in parts:
                 done = committed.get(tp)
@@ -363,14 +473,16 @@ async def backlog(dsn: str) -> int:
             rows += await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox")
         rows += await conn.fetchval(
             "SELECT count(*) FROM notifier.dispatches WHERE (status = 'pending' "
-            "AND due_at <= now()) OR status = 'sending'")
+            "AND due_at <= now()) OR status = 'sending'"
+        )
         return int(rows)
     finally:
         await conn.close()
 
 
-async def settle(cfg: Config, bootstrap: str, prefix: str, dsn: str, fleet: Fleet,
-                 faults: Faults) -> float:
+async def settle(
+    cfg: Config, bootstrap: str, prefix: str, dsn: str, fleet: Fleet, faults: Faults
+) -> float:
     started = time.monotonic()
     quiet_since: float | None = None
     while time.monotonic() - started < cfg.settle_timeout_s:
@@ -399,16 +511,28 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[Any, Any]]:
     return out
 
 
-async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, dsn: str,
-                database_url: str, mail: MailSink, provider: ProviderDouble) -> dict[str, Any]:
+async def check(
+    cfg: Config,
+    produced: Produced,
+    bootstrap: str,
+    prefix: str,
+    dsn: str,
+    database_url: str,
+    mail: MailSink,
+    provider: ProviderDouble,
+) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
         lost: dict[str, int] = {}
         for name, topics in CONSUMES.items():
             group = prefix + name
             schema = SERVICES[name][0]
-            seen = {r["event_id"] for r in await conn.fetch(
-                f"SELECT event_id FROM {schema}.inbox WHERE consumer = $1", group)}
+            seen = {
+                r["event_id"]
+                for r in await conn.fetch(
+                    f"SELECT event_id FROM {schema}.inbox WHERE consumer = $1", group
+                )
+            }
             missing = 0
             for topic in topics:
                 for record, env in await read_all(bootstrap, prefix + topic.value):
@@ -429,7 +553,8 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
             "p.jurisdiction, p.borrower_id FROM notifier.contact_decisions d "
             "JOIN notifier.dispatches p USING (command_id) "
             "LEFT JOIN notifier.contact_attempts a USING (command_id) "
-            "WHERE d.decision = 'sent'")
+            "WHERE d.decision = 'sent'"
+        )
         sent_per_command = Counter(r["command_id"] for r in sent)
         # Counted where the person would notice: the SMTP sink by Message-ID, the provider
         # by idempotency key (sent twice, or posted again after it had sent: a provider
@@ -437,40 +562,58 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
         sent_twice = {
             "recorded": sum(1 for n in sent_per_command.values() if n > 1),
             "smtp_by_message_id": sum(1 for n in mail.by_message_id.values() if n > 1),
-            "provider_by_idempotency_key": len(set(provider.doubled())
-                                               | set(provider.posted_again())),
+            "provider_by_idempotency_key": len(
+                set(provider.doubled()) | set(provider.posted_again())
+            ),
         }
         doubled = sum(sent_twice.values())
-        unsettled = {r["status"] + (f" ({r['reason']})" if r["reason"] else ""): r["n"]
-                     for r in await conn.fetch(
-                         "SELECT status, CASE WHEN status = 'in_doubt' OR reason IN "
-                         "('found_at_provider') THEN reason ELSE '' END AS reason, "
-                         "count(*) AS n FROM notifier.dispatches "
-                         "WHERE status IN ('in_doubt', 'sending') "
-                         "OR reason = 'found_at_provider' GROUP BY 1, 2")}
-        late_rows = [(r["at"].timestamp() - produced.repaid_at[r["loan_id"]], r) for r in sent
-                     if r["loan_id"] in produced.repaid_at
-                     and r["loan_id"] not in produced.reversed_loans
-                     and r["at"].timestamp() > produced.repaid_at[r["loan_id"]]]
+        unsettled = {
+            r["status"] + (f" ({r['reason']})" if r["reason"] else ""): r["n"]
+            for r in await conn.fetch(
+                "SELECT status, CASE WHEN status = 'in_doubt' OR reason IN "
+                "('found_at_provider') THEN reason ELSE '' END AS reason, "
+                "count(*) AS n FROM notifier.dispatches "
+                "WHERE status IN ('in_doubt', 'sending') "
+                "OR reason = 'found_at_provider' GROUP BY 1, 2"
+            )
+        }
+        late_rows = [
+            (r["at"].timestamp() - produced.repaid_at[r["loan_id"]], r)
+            for r in sent
+            if r["loan_id"] in produced.repaid_at
+            and r["loan_id"] not in produced.reversed_loans
+            and r["at"].timestamp() > produced.repaid_at[r["loan_id"]]
+        ]
         late = [seconds for seconds, _ in late_rows]
-        late_examples = [f"{r['loan_id']} {r['channel']} +{seconds:.1f}s"
-                         for seconds, r in sorted(late_rows, key=lambda x: -x[0])[:10]]
+        late_examples = [
+            f"{r['loan_id']} {r['channel']} +{seconds:.1f}s"
+            for seconds, r in sorted(late_rows, key=lambda x: -x[0])[:10]
+        ]
         outside: list[str] = []
         for r in sent:
             start, end = WINDOWS[r["jurisdiction"]]
             local = r["at"].astimezone(ZoneInfo(r["borrower_time_zone"]))
             if r["channel"] in WINDOW_CHANNELS and not start <= local.hour < end:
                 outside.append(f"{r['loan_id']} {r['channel']} {local.isoformat()}")
-        calls_per_day = Counter((r["borrower_id"], r["at"].date()) for r in sent
-                                if r["channel"] == "voice")
+        calls_per_day = Counter(
+            (r["borrower_id"], r["at"].date()) for r in sent if r["channel"] == "voice"
+        )
         over_cap = sum(1 for n in calls_per_day.values() if n > 3)
-        over_cap += sum(1 for n in Counter(r["loan_id"] for r in sent
-                                           if r["jurisdiction"] == "US").values() if n > 7)
-        letters = [env for _, env in await read_all(bootstrap, prefix + Topic.DLQ.value)
-                   if not isinstance(env, MalformedMessageError)
-                   and isinstance(env.data, c.DeadLetter)]
-        found = {(d.data.origin_topic, d.data.origin_partition, d.data.origin_offset)
-                 for d in letters if d.data.reason}
+        over_cap += sum(
+            1
+            for n in Counter(r["loan_id"] for r in sent if r["jurisdiction"] == "US").values()
+            if n > 7
+        )
+        letters = [
+            env
+            for _, env in await read_all(bootstrap, prefix + Topic.DLQ.value)
+            if not isinstance(env, MalformedMessageError) and isinstance(env.data, c.DeadLetter)
+        ]
+        found = {
+            (d.data.origin_topic, d.data.origin_partition, d.data.origin_offset)
+            for d in letters
+            if d.data.reason
+        }
         in_dlq = len(produced.malformed & found)
     finally:
         await conn.close()
@@ -487,23 +630,28 @@ async def check(cfg: Config, produced: Produced, bootstrap: str, prefix: str, ds
         # Attempts a crash left unknown: in doubt (SMTP, letters) or found at the provider.
         "unknown_after_crash": unsettled,
         "contacts_after_repayment": {
-            "count": len(late), "beyond_race_window": sum(1 for s in late
-                                                          if s > cfg.race_window_s),
+            "count": len(late),
+            "beyond_race_window": sum(1 for s in late if s > cfg.race_window_s),
             "max_seconds": round(max(late), 3) if late else 0.0,
-            "race_window_seconds": cfg.race_window_s, "examples": late_examples},
+            "race_window_seconds": cfg.race_window_s,
+            "examples": late_examples,
+        },
         "contacts_outside_window": len(outside),
         "contacts_outside_window_examples": outside[:10],
         "contacts_over_cap": over_cap,
-        "malformed_in_dlq": {"produced": len(produced.malformed), "found": in_dlq,
-                             "share": round(in_dlq / len(produced.malformed), 4)
-                             if produced.malformed else 1.0},
-        "replay_equal": {"cases": total_cases, "mismatched": len(mismatched),
-                         "share": round(1 - len(mismatched) / total_cases, 4)
-                         if total_cases else 1.0,
-                         "examples": [m["loan_id"] for m in mismatched[:10]],
-                         # How each differs: field -> stored and replayed value.
-                         "differences": {m["loan_id"]: m["fields"]
-                                         for m in mismatched[:REPORTED_MISMATCHES]}},
+        "malformed_in_dlq": {
+            "produced": len(produced.malformed),
+            "found": in_dlq,
+            "share": round(in_dlq / len(produced.malformed), 4) if produced.malformed else 1.0,
+        },
+        "replay_equal": {
+            "cases": total_cases,
+            "mismatched": len(mismatched),
+            "share": round(1 - len(mismatched) / total_cases, 4) if total_cases else 1.0,
+            "examples": [m["loan_id"] for m in mismatched[:10]],
+            # How each differs: field -> stored and replayed value.
+            "differences": {m["loan_id"]: m["fields"] for m in mismatched[:REPORTED_MISMATCHES]},
+        },
         # Popped by run(): written to a file of its own before the database is dropped.
         "_mismatched_replays": mismatched[:DUMPED_MISMATCHES],
         "contacts_sent": len(sent),
@@ -551,13 +699,21 @@ async def run(cfg: Config) -> dict[str, Any]:
     from workflow.app.handlers import Workflow, WorkflowHandlers
     from workflow.entrypoints import bootstrap as workflow_boot
 
-    CONSUMES.update({"workflow": workflow_boot.CONSUMED, "ledger-sync": ledger_boot.CONSUMED,
-                     "notifier": notifier_boot.CONSUMED})
-    HANDLES.update({
-        # Routes only (no handler is called): the workflow's need no Workflow behind them.
-        "workflow": set(WorkflowHandlers(cast(Workflow, None)).routes()),
-        "ledger-sync": set(LedgerSyncHandlers(CheckPolicy()).routes()),
-        "notifier": set(NotifierHandlers(DispatchPolicy()).routes())})
+    CONSUMES.update(
+        {
+            "workflow": workflow_boot.CONSUMED,
+            "ledger-sync": ledger_boot.CONSUMED,
+            "notifier": notifier_boot.CONSUMED,
+        }
+    )
+    HANDLES.update(
+        {
+            # Routes only (no handler is called): the workflow's need no Workflow behind them.
+            "workflow": set(WorkflowHandlers(cast(Workflow, None)).routes()),
+            "ledger-sync": set(LedgerSyncHandlers(CheckPolicy()).routes()),
+            "notifier": set(NotifierHandlers(DispatchPolicy()).routes()),
+        }
+    )
     rng = random.Random(cfg.seed)
     local_stack.ensure_up()
     admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
@@ -571,13 +727,23 @@ async def run(cfg: Config) -> dict[str, Any]:
     smtp = Controller(mail, hostname="127.0.0.1", port=2541)
     smtp.start()
     provider = ProviderDouble().start()
-    fleet = Fleet(database_url=database_url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                  log_dir=ROOT / ".cache" / "chaos" / run_id, base_port=18300, smtp_port=2541,
-                  replicas=dict.fromkeys(SERVICES, cfg.replicas),
-                  extra_env={"notifier": {"NOTIFIER_PROVIDER_BASE_URL": provider.base_url,
-                                          # A crash's unknown attempts resolve within
-                                          # the run (default 120 s).
-                                          "NOTIFIER_SENDING_LEASE_S": "60"}})
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        log_dir=ROOT / ".cache" / "chaos" / run_id,
+        base_port=18300,
+        smtp_port=2541,
+        replicas=dict.fromkeys(SERVICES, cfg.replicas),
+        extra_env={
+            "notifier": {
+                "NOTIFIER_PROVIDER_BASE_URL": provider.base_url,
+                # A crash's unknown attempts resolve within
+                # the run (default 120 s).
+                "NOTIFIER_SENDING_LEASE_S": "60",
+            }
+        },
+    )
     faults = Faults()
     started = time.monotonic()
     try:
@@ -586,41 +752,52 @@ async def run(cfg: Config) -> dict[str, Any]:
         rounds = workload(cfg, rng)
         total_items = sum(len(r) for r in rounds)
         plan = schedule(cfg, fleet, rng)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
-                                    acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5
+        )
         await producer.start()
         driver = Driver(cfg, fleet, producer, prefix, rng, faults)
         done = 0
         try:
             for items in rounds:
                 for start in range(0, len(items), 500):
-                    for kind, item in items[start:start + 500]:
+                    for kind, item in items[start : start + 500]:
                         await driver.item(kind, item)
                     await producer.flush()
-                    done += len(items[start:start + 500])
+                    done += len(items[start : start + 500])
                     while plan and plan[0].at <= done / total_items:
                         await inject(plan.pop(0), fleet, faults)
                     supervise(fleet, faults)
         finally:
             await producer.stop()
         produced = driver.produced
-        produced.reversed_loans = {loan for items in rounds for kind, item in items
-                                   if kind == "event" and isinstance(item, c.RepaymentReversed)
-                                   for loan in [item.loan_id]}
+        produced.reversed_loans = {
+            loan
+            for items in rounds
+            for kind, item in items
+            if kind == "event" and isinstance(item, c.RepaymentReversed)
+            for loan in [item.loan_id]
+        }
         settle_s = await settle(cfg, bootstrap, prefix, dsn, fleet, faults)
-        result = await check(cfg, produced, bootstrap, prefix, dsn, database_url, mail,
-                             provider)
+        result = await check(cfg, produced, bootstrap, prefix, dsn, database_url, mail, provider)
         report = {
-            "run_id": run_id, "config": {k: str(v) for k, v in asdict(cfg).items()},
-            "produced": {"valid_events": sum(len(v) for v in produced.valid.values()),
-                         "duplicates": produced.duplicates,
-                         "malformed": len(produced.malformed),
-                         "full_repayments": len(produced.repaid_at),
-                         "rest_calls": dict(produced.rest_calls)},
-            "faults": {"kills": dict(faults.kills), "hook_crashes": dict(faults.hook_crashes),
-                       "broker_restarts": faults.broker_restarts,
-                       "postgres_restarts": faults.postgres_restarts,
-                       "rebalances": faults.rebalances, "log": faults.log},
+            "run_id": run_id,
+            "config": {k: str(v) for k, v in asdict(cfg).items()},
+            "produced": {
+                "valid_events": sum(len(v) for v in produced.valid.values()),
+                "duplicates": produced.duplicates,
+                "malformed": len(produced.malformed),
+                "full_repayments": len(produced.repaid_at),
+                "rest_calls": dict(produced.rest_calls),
+            },
+            "faults": {
+                "kills": dict(faults.kills),
+                "hook_crashes": dict(faults.hook_crashes),
+                "broker_restarts": faults.broker_restarts,
+                "postgres_restarts": faults.postgres_restarts,
+                "rebalances": faults.rebalances,
+                "log": faults.log,
+            },
             "settle_seconds": round(settle_s, 1),
             "elapsed_seconds": round(time.monotonic() - started, 1),
             "checks": result,
@@ -657,21 +834,29 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n=== Reliability run ===")
     print(f"produced: {report['produced']}")
     faults = report["faults"]
-    print(f"faults: kills {sum(faults['kills'].values())} "
-          f"(hook crashes {faults['hook_crashes']}), broker restarts "
-          f"{faults['broker_restarts']}, postgres restarts {faults['postgres_restarts']}, "
-          f"rebalances {faults['rebalances']}")
+    print(
+        f"faults: kills {sum(faults['kills'].values())} "
+        f"(hook crashes {faults['hook_crashes']}), broker restarts "
+        f"{faults['broker_restarts']}, postgres restarts {faults['postgres_restarts']}, "
+        f"rebalances {faults['rebalances']}"
+    )
     print(f"elapsed {report['elapsed_seconds']}s (settled in {report['settle_seconds']}s)")
     rows = [
         ("events lost", checks["events_lost"]),
         ("commands dispatched twice", checks["commands_dispatched_twice"]),
-        ("  sent twice (recorded / SMTP by Message-ID / provider by key)",
-         " / ".join(str(checks["sent_twice"][k]) for k in (
-             "recorded", "smtp_by_message_id", "provider_by_idempotency_key"))),
+        (
+            "  sent twice (recorded / SMTP by Message-ID / provider by key)",
+            " / ".join(
+                str(checks["sent_twice"][k])
+                for k in ("recorded", "smtp_by_message_id", "provider_by_idempotency_key")
+            ),
+        ),
         ("attempts unknown after a crash", checks["unknown_after_crash"]),
-        ("contacts after repayment (beyond window / max s)",
-         f"{checks['contacts_after_repayment']['beyond_race_window']} / "
-         f"{checks['contacts_after_repayment']['max_seconds']}"),
+        (
+            "contacts after repayment (beyond window / max s)",
+            f"{checks['contacts_after_repayment']['beyond_race_window']} / "
+            f"{checks['contacts_after_repayment']['max_seconds']}",
+        ),
         ("contacts outside the window", checks["contacts_outside_window"]),
         ("contacts over a cap", checks["contacts_over_cap"]),
         ("malformed found in the DLQ", checks["malformed_in_dlq"]),
@@ -686,13 +871,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loans", type=int, default=int(os.environ.get("N", "20000")))
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--short", action="store_true",
-                        help="a few thousand loans, one kill per replica, no infra restarts")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="a few thousand loans, one kill per replica, no infra restarts",
+    )
     args = parser.parse_args(argv)
     cfg = Config(loans=args.loans, seed=args.seed)
     if args.short:
-        cfg = Config(loans=min(args.loans, 2000), seed=args.seed, kills_per_replica=1,
-                     restart_infrastructure=False, settle_timeout_s=300)
+        cfg = Config(
+            loans=min(args.loans, 2000),
+            seed=args.seed,
+            kills_per_replica=1,
+            restart_infrastructure=False,
+            settle_timeout_s=300,
+        )
     report = asyncio.run(run(cfg))
     path = write_report(report, cfg.report_dir)
     print_report(report)

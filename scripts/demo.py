@@ -34,9 +34,13 @@ DEMO_AUTH = dev_headers(["contacts:write", "admin"], subject="demo-loader")
 SMTP_PORT = int(os.environ.get("DEMO_SMTP_PORT", "2526"))
 # Borrowers spread over time zones, so that at any hour some are inside their contact window
 # and some are not: the notifier defers the latter to their next lawful moment.
-ZONES = (("CN", "Asia/Shanghai", "CNY"), ("US", "America/New_York", "USD"),
-         ("US", "America/Los_Angeles", "USD"), ("US", "Pacific/Honolulu", "USD"),
-         ("UK", "Europe/London", "GBP"))
+ZONES = (
+    ("CN", "Asia/Shanghai", "CNY"),
+    ("US", "America/New_York", "USD"),
+    ("US", "America/Los_Angeles", "USD"),
+    ("US", "Pacific/Honolulu", "USD"),
+    ("UK", "Europe/London", "GBP"),
+)
 
 
 class MailSink:
@@ -66,10 +70,26 @@ def portfolio(rng: random.Random) -> list[Loan]:
     for i in range(LOANS):
         jurisdiction, zone, currency = ZONES[i % len(ZONES)]
         roll = rng.random()
-        kind = ("repaid_early" if roll < 0.15 else "repaid_later" if roll < 0.25
-                else "unknown_to_ledger" if roll < 0.30 else "contacted")
-        loans.append(Loan(f"L-{i:06d}", f"B-{i:06d}", jurisdiction, zone, currency,
-                          Decimal(rng.randrange(2_000, 500_000)) / 100, kind))
+        kind = (
+            "repaid_early"
+            if roll < 0.15
+            else "repaid_later"
+            if roll < 0.25
+            else "unknown_to_ledger"
+            if roll < 0.30
+            else "contacted"
+        )
+        loans.append(
+            Loan(
+                f"L-{i:06d}",
+                f"B-{i:06d}",
+                jurisdiction,
+                zone,
+                currency,
+                Decimal(rng.randrange(2_000, 500_000)) / 100,
+                kind,
+            )
+        )
     return loans
 
 
@@ -77,15 +97,21 @@ async def register_contacts(base_url: str, loans: list[Loan]) -> None:
     """Contact details go to the notifier over REST: personal data never rides on Kafka."""
     sem = asyncio.Semaphore(16)
     async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
+
         async def put(loan: Loan) -> None:
             n = int(loan.loan_id[2:])
-            body = {"language": "zh-CN" if loan.jurisdiction == "CN" else "en",
-                    "email": f"borrower{n}@example.com", "phone": f"+8613{n:09d}",
-                    "postal_address": f"{n} Example Road"}
+            body = {
+                "language": "zh-CN" if loan.jurisdiction == "CN" else "en",
+                "email": f"borrower{n}@example.com",
+                "phone": f"+8613{n:09d}",
+                "postal_address": f"{n} Example Road",
+            }
             async with sem:
-                response = await http.put(f"/v1/borrowers/{loan.borrower_id}/contact-details",
-                                          json=body)
+                response = await http.put(
+                    f"/v1/borrowers/{loan.borrower_id}/contact-details", json=body
+                )
                 response.raise_for_status()
+
         await asyncio.gather(*(put(loan) for loan in loans))
 
 
@@ -99,8 +125,9 @@ async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str
             wf = (await http.get(f"{fleet['workflow'].base_url}/v1/summary")).json()
             nt = (await http.get(f"{fleet['notifier'].base_url}/v1/contacts/summary")).json()
             snapshot = {"workflow": wf, "notifier": nt}
-            awaiting = sum(i["count"] for i in wf["intents"]
-                           if i["status"] == "awaiting_confirmation")
+            awaiting = sum(
+                i["count"] for i in wf["intents"] if i["status"] == "awaiting_confirmation"
+            )
             if snapshot != last:
                 last, stable_since = snapshot, time.monotonic()
             elif awaiting == 0 and time.monotonic() - stable_since > 3.0:
@@ -109,8 +136,7 @@ async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str
     raise TimeoutError("the system did not settle in time")
 
 
-def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
-                  elapsed: float) -> None:
+def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan], elapsed: float) -> None:
     wf, nt = snapshot["workflow"], snapshot["notifier"]
     stages: Counter[str] = Counter()
     for row in wf["cases"]:
@@ -137,15 +163,21 @@ def print_summary(snapshot: dict[str, Any], mails: int, loans: list[Loan],
         print(f"  {label:<40} {count:>6}")
     sent = sum(r["count"] for r in nt.get("by_decision", []) if r["decision"] == "sent")
     repaid = sum(v for k, v in intents.items() if "repaid" in k or "nothing_owed" in k) + sum(
-        r["count"] for r in nt.get("by_decision", [])
-        if r["decision"] == "cancelled" and "repaid" in r["reason"])
+        r["count"]
+        for r in nt.get("by_decision", [])
+        if r["decision"] == "cancelled" and "repaid" in r["reason"]
+    )
     # Refused by the ledger for now (stale, gap, unknown loan): re-checked later with backoff.
-    unconfirmed = sum(v for k, v in intents.items()
-                      if k.startswith(("refused/", "awaiting_recheck/"))
-                      and "nothing_owed" not in k)
+    unconfirmed = sum(
+        v
+        for k, v in intents.items()
+        if k.startswith(("refused/", "awaiting_recheck/")) and "nothing_owed" not in k
+    )
     print("\nHeadline:")
-    print(f"  contacts sent                             {sent:>6}"
-          f"  (e-mails received by SMTP: {mails})")
+    print(
+        f"  contacts sent                             {sent:>6}"
+        f"  (e-mails received by SMTP: {mails})"
+    )
     print(f"  contacts suppressed, loan repaid          {repaid:>6}")
     print(f"  contacts suppressed, balance unconfirmed  {unconfirmed:>6}")
 
@@ -162,8 +194,13 @@ async def run() -> int:
     sink = MailSink()
     smtp = Controller(sink, hostname="127.0.0.1", port=SMTP_PORT)
     smtp.start()
-    fleet = Fleet(database_url=database_url, kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                  log_dir=ROOT / ".cache" / "demo" / run_id, smtp_port=SMTP_PORT)
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        log_dir=ROOT / ".cache" / "demo" / run_id,
+        smtp_port=SMTP_PORT,
+    )
     rng = random.Random(20261122)
     loans = portfolio(rng)
     try:
@@ -176,34 +213,63 @@ async def run() -> int:
         try:
             now = datetime.now(UTC)
             await lender.publish_many(
-                lending.disbursement(loan.loan_id, loan.principal, currency=loan.currency,
-                                     at=now - timedelta(days=60))
-                for loan in loans if loan.kind != "unknown_to_ledger")
+                lending.disbursement(
+                    loan.loan_id,
+                    loan.principal,
+                    currency=loan.currency,
+                    at=now - timedelta(days=60),
+                )
+                for loan in loans
+                if loan.kind != "unknown_to_ledger"
+            )
             # Paid, but the lending system's overdue feed has not caught up yet.
             await lender.publish_many(
-                lending.repayment(loan.loan_id, loan.principal, Decimal("0"),
-                                  currency=loan.currency)
-                for loan in loans if loan.kind == "repaid_early")
+                lending.repayment(
+                    loan.loan_id, loan.principal, Decimal("0"), currency=loan.currency
+                )
+                for loan in loans
+                if loan.kind == "repaid_early"
+            )
             await asyncio.sleep(1.0)
             await lender.publish_many(
-                lending.overdue(loan.loan_id, loan.principal, dpd=5, currency=loan.currency,
-                                tz=loan.zone, jurisdiction=loan.jurisdiction, as_of=now,
-                                borrower_id=loan.borrower_id)
-                for loan in loans)
+                lending.overdue(
+                    loan.loan_id,
+                    loan.principal,
+                    dpd=5,
+                    currency=loan.currency,
+                    tz=loan.zone,
+                    jurisdiction=loan.jurisdiction,
+                    as_of=now,
+                    borrower_id=loan.borrower_id,
+                )
+                for loan in loans
+            )
             print(f"published {lender.sent} events; waiting for the first wave to settle")
             await wait_until_settled(fleet)
             # Second wave: some borrowers pay in full; the next day's overdue feed arrives
             # for everyone (30 days past due now: formal notice for those still owing).
             await lender.publish_many(
-                lending.repayment(loan.loan_id, loan.principal, Decimal("0"),
-                                  currency=loan.currency)
-                for loan in loans if loan.kind == "repaid_later")
+                lending.repayment(
+                    loan.loan_id, loan.principal, Decimal("0"), currency=loan.currency
+                )
+                for loan in loans
+                if loan.kind == "repaid_later"
+            )
             await asyncio.sleep(1.0)
             await lender.publish_many(
-                lending.overdue(loan.loan_id, loan.principal, dpd=30, currency=loan.currency,
-                                tz=loan.zone, jurisdiction=loan.jurisdiction,
-                                as_of=now + timedelta(days=1), borrower_id=loan.borrower_id)
-                for loan in loans if loan.kind in ("contacted", "repaid_later"))
+                lending.overdue(
+                    loan.loan_id,
+                    loan.principal,
+                    dpd=30,
+                    currency=loan.currency,
+                    tz=loan.zone,
+                    jurisdiction=loan.jurisdiction,
+                    as_of=now + timedelta(days=1),
+                    borrower_id=loan.borrower_id,
+                )
+                for loan in loans
+                if loan.kind in ("contacted", "repaid_later")
+            )
             print(f"published {lender.sent} events in all; waiting for the second wave")
             snapshot = await wait_until_settled(fleet)
         finally:

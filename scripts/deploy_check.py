@@ -89,20 +89,34 @@ EXTERNAL_METRICS = {
 }
 # Parameters of KEDA's Kafka scaler (trigger metadata is scaler-specific, not in the CRD).
 KEDA_KAFKA_PARAMETERS = {
-    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
-    "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset",
-    "excludePersistentLag", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions",
-    "partitionLimitation", "version", "sasl", "tls", "unsafeSsl",
+    "bootstrapServers",
+    "consumerGroup",
+    "topic",
+    "lagThreshold",
+    "activationLagThreshold",
+    "offsetResetPolicy",
+    "allowIdleConsumers",
+    "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag",
+    "limitToPartitionsWithLag",
+    "ensureEvenDistributionOfPartitions",
+    "partitionLimitation",
+    "version",
+    "sasl",
+    "tls",
+    "unsafeSsl",
 }
 COMPONENT = "app.kubernetes.io/component"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Words in a final-stage RUN that mean build tools or an installer in the runtime image.
 BUILD_TOOLS = re.compile(
     r"\b(apt-get\s+install|apt\s+install|apk\s+add|yum\s+install|dnf\s+install|pip\s+install|"
-    r"uv\s+(sync|pip)|gcc|g\+\+|clang|make|build-essential|cargo|rustc|go\s+build)\b")
+    r"uv\s+(sync|pip)|gcc|g\+\+|clang|make|build-essential|cargo|rustc|go\s+build)\b"
+)
 
 
 # --- reporting ------------------------------------------------------------------------------
+
 
 @dataclass
 class Report:
@@ -134,6 +148,7 @@ class Report:
 
 # --- what the code says -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Service:
     name: str  # workflow, ledger-sync, notifier
@@ -163,12 +178,16 @@ def load_facts() -> Facts:
 
     contract = json.loads(CONTRACT.read_text())
     channels = {key: ch["address"] for key, ch in contract["channels"].items()}
-    partitions = {ch["address"]: int(ch["bindings"]["kafka"]["partitions"])
-                  for ch in contract["channels"].values()}
+    partitions = {
+        ch["address"]: int(ch["bindings"]["kafka"]["partitions"])
+        for ch in contract["channels"].values()
+    }
     retention = {spec.name: spec.retention_ms for spec in topic_specs(partitions=1)}
     if set(retention) != set(partitions):
-        raise ValueError(f"collections_kit.topics and contracts/asyncapi.json disagree: "
-                         f"{sorted(set(retention) ^ set(partitions))} (run `make contracts`)")
+        raise ValueError(
+            f"collections_kit.topics and contracts/asyncapi.json disagree: "
+            f"{sorted(set(retention) ^ set(partitions))} (run `make contracts`)"
+        )
     topics = {name: TopicFacts(partitions[name], retention[name]) for name in partitions}
 
     consumes: dict[str, set[str]] = {}
@@ -183,22 +202,35 @@ def load_facts() -> Facts:
         name = tomllib.loads(pyproject.read_text())["project"]["name"]
         package = name.replace("-", "_")
         module = importlib.import_module(f"{package}.settings")
-        classes = [v for v in vars(module).values() if isinstance(v, type)
-                   and issubclass(v, ServiceSettings) and v is not ServiceSettings]
+        classes = [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, ServiceSettings) and v is not ServiceSettings
+        ]
         if len(classes) != 1:
             raise ValueError(f"{package}.settings: expected one ServiceSettings subclass")
         cls = classes[0]
-        services[name] = Service(name, package, str(cls.model_config.get("env_prefix", "")),
-                                 cls, frozenset(consumes.get(name, ())))
+        services[name] = Service(
+            name,
+            package,
+            str(cls.model_config.get("env_prefix", "")),
+            cls,
+            frozenset(consumes.get(name, ())),
+        )
     return Facts(services, topics, exported_metrics())
 
 
 def exported_metrics() -> set[str]:
     """Every series name the code's Prometheus metrics expose, found in the source (AST):
     calls of prometheus_client's metric classes, under whatever name they were imported."""
-    suffixes = {"Counter": ("_total", "_created"), "Gauge": ("",),
-                "Histogram": ("_bucket", "_sum", "_count", "_created"),
-                "Summary": ("", "_sum", "_count", "_created"), "Info": ("_info",), "Enum": ("",)}
+    suffixes = {
+        "Counter": ("_total", "_created"),
+        "Gauge": ("",),
+        "Histogram": ("_bucket", "_sum", "_count", "_created"),
+        "Summary": ("", "_sum", "_count", "_created"),
+        "Info": ("_info",),
+        "Enum": ("",),
+    }
     names: set[str] = set()
     for source in [*ROOT.glob("libs/*/src/**/*.py"), *ROOT.glob("services/*/src/**/*.py")]:
         try:
@@ -209,21 +241,27 @@ def exported_metrics() -> set[str]:
         modules: set[str] = set()  # local names of the prometheus_client module
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "prometheus_client":
-                kinds.update({a.asname or a.name: a.name for a in node.names
-                              if a.name in suffixes})
+                kinds.update({a.asname or a.name: a.name for a in node.names if a.name in suffixes})
             elif isinstance(node, ast.Import):
-                modules.update(a.asname or a.name for a in node.names
-                               if a.name == "prometheus_client")
+                modules.update(
+                    a.asname or a.name for a in node.names if a.name == "prometheus_client"
+                )
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)):
+            if not (
+                isinstance(node, ast.Call)
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 continue
             func = node.func
             if isinstance(func, ast.Name):
                 kind = kinds.get(func.id)
-            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
-                    and func.value.id in modules:
+            elif (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.value.id in modules
+            ):
                 kind = func.attr if func.attr in suffixes else None
             else:
                 kind = None
@@ -237,6 +275,7 @@ def exported_metrics() -> set[str]:
 
 
 # --- tools ------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
@@ -258,24 +297,35 @@ def ensure_kustomize() -> Path:
     def current() -> bool:
         if not binary.exists():
             return False
-        out = subprocess.run([str(binary), "version"], capture_output=True, text=True,
-                             check=False).stdout
+        out = subprocess.run(
+            [str(binary), "version"], capture_output=True, text=True, check=False
+        ).stdout
         return out.strip() == KUSTOMIZE_VERSION
 
     with _lock(BIN_DIR / ".kustomize.lock"):
         if current():
             return binary
         go = shutil.which("go") or next(
-            (str(p) for p in (Path("/usr/local/go/bin/go"), Path("/usr/lib/go/bin/go"))
-             if p.exists()), None)
+            (
+                str(p)
+                for p in (Path("/usr/local/go/bin/go"), Path("/usr/lib/go/bin/go"))
+                if p.exists()
+            ),
+            None,
+        )
         if go is None:
-            raise RuntimeError("kustomize is not installed and there is no Go toolchain to "
-                               "build it; install Go or set KUSTOMIZE=/path/to/kustomize")
-        print(f"installing kustomize {KUSTOMIZE_VERSION} into {binary.parent} (go install)",
-              flush=True)
+            raise RuntimeError(
+                "kustomize is not installed and there is no Go toolchain to "
+                "build it; install Go or set KUSTOMIZE=/path/to/kustomize"
+            )
+        print(
+            f"installing kustomize {KUSTOMIZE_VERSION} into {binary.parent} (go install)",
+            flush=True,
+        )
         env = {**os.environ, "GOBIN": str(BIN_DIR), "GOTOOLCHAIN": "local", "GOFLAGS": ""}
-        subprocess.run([go, "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"], env=env,
-                       check=True)
+        subprocess.run(
+            [go, "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"], env=env, check=True
+        )
         if not current():
             raise RuntimeError(f"{binary} does not report version {KUSTOMIZE_VERSION}")
         return binary
@@ -296,8 +346,9 @@ class Rendered:
 
 def render(kustomize: Path, overlay: str) -> Rendered:
     path = K8S / "overlays" / overlay
-    out = subprocess.run([str(kustomize), "build", str(path)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [str(kustomize), "build", str(path)], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"kustomize build {path.relative_to(ROOT)}: {out.stderr.strip()}")
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -310,9 +361,13 @@ def ident(doc: Mapping[str, Any]) -> str:
 
 # --- YAML lint --------------------------------------------------------------------------------
 
+
 def yaml_files() -> list[Path]:
-    files = [p for p in sorted(DEPLOY.rglob("*")) if p.suffix in {".yaml", ".yml"}
-             and p.name != ".yamllint.yaml"]
+    files = [
+        p
+        for p in sorted(DEPLOY.rglob("*"))
+        if p.suffix in {".yaml", ".yml"} and p.name != ".yamllint.yaml"
+    ]
     return [*files, DEPLOY / ".yamllint.yaml"]
 
 
@@ -325,12 +380,12 @@ def check_yamllint() -> tuple[list[str], str]:
     files = yaml_files()
     for path in files:
         for p in linter.run(path.read_text(), config, str(path)):
-            problems.append(f"{path.relative_to(ROOT)}:{p.line}:{p.column}: {p.level}: "
-                            f"{p.message}")
+            problems.append(f"{path.relative_to(ROOT)}:{p.line}:{p.column}: {p.level}: {p.message}")
     return problems, f"{len(files)} files"
 
 
 # --- schemas ----------------------------------------------------------------------------------
+
 
 @cache
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
@@ -377,11 +432,12 @@ def validate_schemas(rendered: Rendered) -> tuple[list[str], str]:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kv_utils.ValidationError as error:
                 where = ".".join(str(p) for p in error.path) or "(root)"
-                problems.append(f"{ident(doc)} (Kubernetes {version}): {where}: "
-                                f"{error.message}")
+                problems.append(f"{ident(doc)} (Kubernetes {version}): {where}: {error.message}")
             except kv_utils.SchemaNotFoundError:
-                problems.append(f"{ident(doc)}: no schema for {doc.get('apiVersion')} "
-                                f"{doc.get('kind')} (Kubernetes {version} or deploy/schemas)")
+                problems.append(
+                    f"{ident(doc)}: no schema for {doc.get('apiVersion')} "
+                    f"{doc.get('kind')} (Kubernetes {version} or deploy/schemas)"
+                )
                 break
     versions = "/".join(KUBERNETES_VERSIONS)
     return problems, f"{builtin} built-in (Kubernetes {versions}, strict), {custom} custom"
@@ -405,10 +461,12 @@ def settings_problems(service: Service, env: Mapping[str, str], where: str) -> l
     for key, value in env.items():
         if not key.startswith(service.env_prefix):
             continue
-        name = key[len(service.env_prefix):].lower()
+        name = key[len(service.env_prefix) :].lower()
         if name not in fields:
-            problems.append(f"{where}: {key} is not a setting of {service.settings_cls.__name__} "
-                            f"(the service would silently ignore it)")
+            problems.append(
+                f"{where}: {key} is not a setting of {service.settings_cls.__name__} "
+                f"(the service would silently ignore it)"
+            )
             continue
         values[name] = value
         unresolved = _VAR_REF.findall(value)
@@ -420,29 +478,47 @@ def settings_problems(service: Service, env: Mapping[str, str], where: str) -> l
         settings = service.settings_cls(_env_prefix="DEPLOY_CHECK_UNUSED_", **values)
     except Exception as exc:
         return [f"{where}: the settings do not validate: {exc}"]
-    if not settings.database_url.startswith("postgresql+asyncpg://") \
-            or "database_url" not in values:
-        problems.append(f"{where}: {service.env_prefix}DATABASE_URL must be set, "
-                        f"postgresql+asyncpg://...")
+    if (
+        not settings.database_url.startswith("postgresql+asyncpg://")
+        or "database_url" not in values
+    ):
+        problems.append(
+            f"{where}: {service.env_prefix}DATABASE_URL must be set, postgresql+asyncpg://..."
+        )
     if "kafka_bootstrap" not in values:
         problems.append(f"{where}: {service.env_prefix}KAFKA_BOOTSTRAP must be set")
     if settings.http_host in {"127.0.0.1", "localhost", "::1"}:
-        problems.append(f"{where}: {service.env_prefix}HTTP_HOST={settings.http_host} is not "
-                        f"reachable from outside the container (probes would fail)")
+        problems.append(
+            f"{where}: {service.env_prefix}HTTP_HOST={settings.http_host} is not "
+            f"reachable from outside the container (probes would fail)"
+        )
     return problems
 
 
 def make_settings(service: Service, env: Mapping[str, str]) -> Any:
-    values = {k[len(service.env_prefix):].lower(): v for k, v in env.items()
-              if k.startswith(service.env_prefix)}
+    values = {
+        k[len(service.env_prefix) :].lower(): v
+        for k, v in env.items()
+        if k.startswith(service.env_prefix)
+    }
     return service.settings_cls(_env_prefix="DEPLOY_CHECK_UNUSED_", **values)
 
 
 # --- Kubernetes policy ------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-_FACTORS = {None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-            "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+_FACTORS = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
 
 
 def quantity(value: object) -> float:
@@ -480,11 +556,14 @@ def check_workload_hygiene(rendered: Rendered) -> list[str]:
         spec = pod_spec(doc)
         pod_sc = spec.get("securityContext", {})
         if pod_sc.get("seccompProfile", {}).get("type") not in {"RuntimeDefault", "Localhost"}:
-            problems.append(f"{ident(doc)}: pod securityContext.seccompProfile must be "
-                            f"RuntimeDefault")
+            problems.append(
+                f"{ident(doc)}: pod securityContext.seccompProfile must be RuntimeDefault"
+            )
         if spec.get("automountServiceAccountToken") is not False:
-            problems.append(f"{ident(doc)}: automountServiceAccountToken must be false "
-                            f"(no service needs the Kubernetes API)")
+            problems.append(
+                f"{ident(doc)}: automountServiceAccountToken must be false "
+                f"(no service needs the Kubernetes API)"
+            )
         for c in containers(doc):
             where = f"{ident(doc)} container {c['name']}"
             sc = c.get("securityContext", {})
@@ -509,8 +588,11 @@ def check_workload_hygiene(rendered: Rendered) -> list[str]:
             for res in ("cpu", "memory"):
                 request = resources.get("requests", {}).get(res)
                 limit = resources.get("limits", {}).get(res)
-                if request is not None and limit is not None \
-                        and quantity(request) > quantity(limit):
+                if (
+                    request is not None
+                    and limit is not None
+                    and quantity(request) > quantity(limit)
+                ):
                     problems.append(f"{where}: {res} request {request} exceeds limit {limit}")
             if ":" not in c.get("image", "").rsplit("/", 1)[-1] and "@" not in c.get("image", ""):
                 problems.append(f"{where}: image {c.get('image')!r} has no tag or digest")
@@ -553,8 +635,10 @@ def check_references(rendered: Rendered) -> list[str]:
             if key is not None and key not in secret_keys(secrets[name]):
                 problems.append(f"{where}: Secret {name} has no key {key!r}")
         elif name not in external and name not in generated:
-            problems.append(f"{where}: Secret {name} is neither rendered, generated by an "
-                            f"operator, nor listed in {EXTERNAL_SECRETS_ANNOTATION}")
+            problems.append(
+                f"{where}: Secret {name} is neither rendered, generated by an "
+                f"operator, nor listed in {EXTERNAL_SECRETS_ANNOTATION}"
+            )
 
     def config_map(where: str, name: str, key: str | None = None) -> None:
         if name not in config_maps:
@@ -594,8 +678,10 @@ def check_references(rendered: Rendered) -> list[str]:
                 secret(where, name, "password")
                 username = secret_value(secrets[name], "username")
                 if username is not None and username != role["name"]:
-                    problems.append(f"{where}: Secret {name} has username {username!r}; "
-                                    f"CloudNativePG needs the role's name")
+                    problems.append(
+                        f"{where}: Secret {name} has username {username!r}; "
+                        f"CloudNativePG needs the role's name"
+                    )
     return problems
 
 
@@ -605,8 +691,9 @@ _SECRET_SHAPES = {
 }
 
 
-def container_env(rendered: Rendered, container: Mapping[str, Any],
-                  base: Mapping[str, str] | None = None) -> dict[str, str]:
+def container_env(
+    rendered: Rendered, container: Mapping[str, Any], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The container's environment as the kubelet builds it over the image's own (``base``);
     secrets are placeholders."""
     env: dict[str, str] = dict(base or {})
@@ -623,7 +710,8 @@ def container_env(rendered: Rendered, container: Mapping[str, Any],
         elif "secretKeyRef" in var.get("valueFrom", {}):
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = _SECRET_SHAPES.get(
-                var["name"], re.sub(r"[^a-z0-9]", "-", f"secret-{ref['name']}-{ref['key']}"))
+                var["name"], re.sub(r"[^a-z0-9]", "-", f"secret-{ref['name']}-{ref['key']}")
+            )
         elif "configMapKeyRef" in var.get("valueFrom", {}):
             ref = var["valueFrom"]["configMapKeyRef"]
             cm = rendered.named("ConfigMap", ref["name"])
@@ -644,8 +732,9 @@ def probe_port(probe: Mapping[str, Any], container: Mapping[str, Any]) -> int | 
     port = probe.get("httpGet", {}).get("port")
     if isinstance(port, int):
         return port
-    return next((int(p["containerPort"]) for p in container.get("ports", [])
-                 if p.get("name") == port), None)
+    return next(
+        (int(p["containerPort"]) for p in container.get("ports", []) if p.get("name") == port), None
+    )
 
 
 def kafka_cluster(bootstrap: str) -> str | None:
@@ -657,8 +746,9 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
     """Each service: Deployment, probes, spread, PDB, Service, migration Job, ScaledObject,
     settings; its consumer group scales on lag up to the partition count."""
     problems = []
-    topics = {t["spec"].get("topicName", t["metadata"]["name"]): t
-              for t in rendered.of_kind("KafkaTopic")}
+    topics = {
+        t["spec"].get("topicName", t["metadata"]["name"]): t for t in rendered.of_kind("KafkaTopic")
+    }
     clusters = rendered.of_kind("Cluster")
     for service in facts.services.values():
         name = service.name
@@ -683,8 +773,11 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
         port = http_port(main)
         if port is None:
             problems.append(f"{where}: container has no port named http")
-        expected = {"startupProbe": "/livez", "livenessProbe": "/livez",
-                    "readinessProbe": "/readyz"}
+        expected = {
+            "startupProbe": "/livez",
+            "livenessProbe": "/livez",
+            "readinessProbe": "/readyz",
+        }
         for probe_name, path in expected.items():
             probe = main.get(probe_name)
             if probe is None:
@@ -702,28 +795,38 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
         settings = None if setting_problems else make_settings(service, env)
         if settings is not None:
             if port is not None and settings.http_port != port:
-                problems.append(f"{where}: {service.env_prefix}HTTP_PORT={settings.http_port} "
-                                f"but the container port is {port}")
+                problems.append(
+                    f"{where}: {service.env_prefix}HTTP_PORT={settings.http_port} "
+                    f"but the container port is {port}"
+                )
             db = urlsplit(settings.database_url)
             hosts = {f"{c['metadata']['name']}-rw" for c in clusters}
             if clusters and (db.hostname or "").split(".")[0] not in hosts:
-                problems.append(f"{where}: database host {db.hostname} is not the read-write "
-                                f"service of a rendered CloudNativePG Cluster {sorted(hosts)}")
-            databases = {c["spec"].get("bootstrap", {}).get("initdb", {}).get("database")
-                         for c in clusters}
+                problems.append(
+                    f"{where}: database host {db.hostname} is not the read-write "
+                    f"service of a rendered CloudNativePG Cluster {sorted(hosts)}"
+                )
+            databases = {
+                c["spec"].get("bootstrap", {}).get("initdb", {}).get("database") for c in clusters
+            }
             if clusters and db.path.lstrip("/") not in databases:
-                problems.append(f"{where}: database {db.path.lstrip('/')!r} is not created by "
-                                f"the Cluster ({sorted(str(d) for d in databases)})")
+                problems.append(
+                    f"{where}: database {db.path.lstrip('/')!r} is not created by "
+                    f"the Cluster ({sorted(str(d) for d in databases)})"
+                )
 
-        if not any(selects(t.get("labelSelector"), pod_labels)
-                   for t in pod.get("topologySpreadConstraints", [])):
+        if not any(
+            selects(t.get("labelSelector"), pod_labels)
+            for t in pod.get("topologySpreadConstraints", [])
+        ):
             problems.append(f"{where}: no topologySpreadConstraint selects its pods")
-        if not any(selects(p["spec"].get("selector"), pod_labels)
-                   for p in rendered.of_kind("PodDisruptionBudget")):
+        if not any(
+            selects(p["spec"].get("selector"), pod_labels)
+            for p in rendered.of_kind("PodDisruptionBudget")
+        ):
             problems.append(f"{where}: no PodDisruptionBudget selects its pods")
         svc = rendered.named("Service", name)
-        if svc is None or not selects({"matchLabels": svc["spec"].get("selector", {})},
-                                      pod_labels):
+        if svc is None or not selects({"matchLabels": svc["spec"].get("selector", {})}, pod_labels):
             problems.append(f"{where}: no Service {name} selecting its pods")
         elif not any(p.get("targetPort") in {"http", port} for p in svc["spec"]["ports"]):
             problems.append(f"Service/{name}: no port targets the container's http port")
@@ -735,8 +838,10 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
         else:
             job_container = pod_spec(job)["containers"][0]
             if job_container.get("image") != main.get("image"):
-                problems.append(f"{ident(job)}: image {job_container.get('image')} differs "
-                                f"from the Deployment's {main.get('image')}")
+                problems.append(
+                    f"{ident(job)}: image {job_container.get('image')} differs "
+                    f"from the Deployment's {main.get('image')}"
+                )
             if job["metadata"].get("labels", {}).get(COMPONENT) != "migration":
                 problems.append(f"{ident(job)}: needs the label {COMPONENT}=migration")
             if job_container.get("args") != ["migrate"]:
@@ -744,43 +849,60 @@ def check_services(rendered: Rendered, facts: Facts) -> list[str]:
             if pod_spec(job).get("restartPolicy") not in {"Never", "OnFailure"}:
                 problems.append(f"{ident(job)}: restartPolicy must be Never or OnFailure")
             problems += settings_problems(
-                service, container_env(rendered, job_container, image_env(service)), ident(job))
+                service, container_env(rendered, job_container, image_env(service)), ident(job)
+            )
 
         # Autoscaling on the consumer group's lag, capped at the partition count.
-        scalers = [s for s in rendered.of_kind("ScaledObject")
-                   if s["spec"]["scaleTargetRef"].get("name") == name
-                   and s["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"]
+        scalers = [
+            s
+            for s in rendered.of_kind("ScaledObject")
+            if s["spec"]["scaleTargetRef"].get("name") == name
+            and s["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+        ]
         if service.consumes and len(scalers) != 1:
-            problems.append(f"{where}: expected one ScaledObject targeting it, found "
-                            f"{len(scalers)}")
+            problems.append(
+                f"{where}: expected one ScaledObject targeting it, found {len(scalers)}"
+            )
         for scaler in scalers:
             problems += check_scaler(scaler, deployment, service, settings, topics)
     return problems
 
 
-def check_scaler(scaler: Mapping[str, Any], deployment: Mapping[str, Any], service: Service,
-                 settings: Any, topics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def check_scaler(
+    scaler: Mapping[str, Any],
+    deployment: Mapping[str, Any],
+    service: Service,
+    settings: Any,
+    topics: Mapping[str, Mapping[str, Any]],
+) -> list[str]:
     where = ident(scaler)
     spec = scaler["spec"]
     problems = []
     if "replicas" in deployment["spec"]:
-        problems.append(f"{ident(deployment)}: spec.replicas is set, but {where} owns the "
-                        f"replica count (each apply would reset it)")
+        problems.append(
+            f"{ident(deployment)}: spec.replicas is set, but {where} owns the "
+            f"replica count (each apply would reset it)"
+        )
     prefix = settings.topic_prefix if settings is not None else ""
     consumed = {prefix + topic for topic in service.consumes}
     missing = sorted(t for t in consumed if t not in topics)
     if missing:
         problems.append(f"{where}: consumed topics without a KafkaTopic: {missing}")
-    ceiling = max((int(topics[t]["spec"].get("partitions", 0)) for t in consumed
-                   if t in topics), default=0)
+    ceiling = max(
+        (int(topics[t]["spec"].get("partitions", 0)) for t in consumed if t in topics), default=0
+    )
     minimum = int(spec.get("minReplicaCount", 0))
     maximum = int(spec.get("maxReplicaCount", 100))
     if minimum < 1:
-        problems.append(f"{where}: minReplicaCount must be at least 1: the pods also run the "
-                        f"outbox relay and the REST API, which must never scale to zero")
+        problems.append(
+            f"{where}: minReplicaCount must be at least 1: the pods also run the "
+            f"outbox relay and the REST API, which must never scale to zero"
+        )
     if maximum > ceiling:
-        problems.append(f"{where}: maxReplicaCount {maximum} exceeds the partition count "
-                        f"{ceiling} of the topics it consumes (the extra pods would sit idle)")
+        problems.append(
+            f"{where}: maxReplicaCount {maximum} exceeds the partition count "
+            f"{ceiling} of the topics it consumes (the extra pods would sit idle)"
+        )
     if maximum < minimum:
         problems.append(f"{where}: maxReplicaCount {maximum} < minReplicaCount {minimum}")
     fallback = spec.get("fallback", {}).get("replicas")
@@ -796,21 +918,25 @@ def check_scaler(scaler: Mapping[str, Any], deployment: Mapping[str, Any], servi
             problems.append(f"{where}: unknown Kafka scaler parameters {unknown}")
         if settings is not None:
             if meta.get("consumerGroup") != settings.group_id():
-                problems.append(f"{where}: consumerGroup {meta.get('consumerGroup')!r} is not "
-                                f"the service's group {settings.group_id()!r}")
+                problems.append(
+                    f"{where}: consumerGroup {meta.get('consumerGroup')!r} is not "
+                    f"the service's group {settings.group_id()!r}"
+                )
             if meta.get("bootstrapServers") != settings.kafka_bootstrap:
-                problems.append(f"{where}: bootstrapServers {meta.get('bootstrapServers')!r} "
-                                f"differs from the service's {settings.kafka_bootstrap!r}")
+                problems.append(
+                    f"{where}: bootstrapServers {meta.get('bootstrapServers')!r} "
+                    f"differs from the service's {settings.kafka_bootstrap!r}"
+                )
         if "topic" in meta and meta["topic"] not in consumed:
-            problems.append(f"{where}: topic {meta['topic']!r} is not one {service.name} "
-                            f"consumes")
+            problems.append(f"{where}: topic {meta['topic']!r} is not one {service.name} consumes")
         if not str(meta.get("lagThreshold", "")).isdigit() or int(meta["lagThreshold"]) < 1:
             problems.append(f"{where}: lagThreshold must be a positive integer")
         if str(meta.get("allowIdleConsumers", "false")).lower() == "true":
             problems.append(f"{where}: allowIdleConsumers must stay false (cap at partitions)")
         if meta.get("offsetResetPolicy", "latest") != "earliest":
-            problems.append(f"{where}: offsetResetPolicy must be earliest, as the consumers' "
-                            f"auto_offset_reset")
+            problems.append(
+                f"{where}: offsetResetPolicy must be earliest, as the consumers' auto_offset_reset"
+            )
     return problems
 
 
@@ -821,8 +947,11 @@ def check_topics(rendered: Rendered, facts: Facts) -> list[str]:
     bootstraps = set()
     for service in facts.services.values():
         deployment = rendered.named("Deployment", service.name)
-        main = next((c for c in pod_spec(deployment)["containers"]
-                     if c["name"] == service.name), None) if deployment else None
+        main = (
+            next((c for c in pod_spec(deployment)["containers"] if c["name"] == service.name), None)
+            if deployment
+            else None
+        )
         if main is None:
             continue
         env = container_env(rendered, main)
@@ -835,8 +964,10 @@ def check_topics(rendered: Rendered, facts: Facts) -> list[str]:
     prefix = next(iter(prefixes), "")
     clusters = {kafka_cluster(b) for b in bootstraps}
     if None in clusters:
-        problems.append(f"Kafka bootstrap {sorted(bootstraps)} is not a Strimzi bootstrap "
-                        f"service (<cluster>-kafka-bootstrap)")
+        problems.append(
+            f"Kafka bootstrap {sorted(bootstraps)} is not a Strimzi bootstrap "
+            f"service (<cluster>-kafka-bootstrap)"
+        )
     by_name: dict[str, dict[str, Any]] = {}
     for topic in rendered.of_kind("KafkaTopic"):
         name = topic["spec"].get("topicName", topic["metadata"]["name"])
@@ -858,12 +989,13 @@ def check_topics(rendered: Rendered, facts: Facts) -> list[str]:
         if cluster is None:
             problems.append(f"{where}: no strimzi.io/cluster label (the operator ignores it)")
         elif clusters and cluster not in clusters:
-            problems.append(f"{where}: strimzi.io/cluster={cluster} but the services connect "
-                            f"to {sorted(str(c) for c in clusters)}")
+            problems.append(
+                f"{where}: strimzi.io/cluster={cluster} but the services connect "
+                f"to {sorted(str(c) for c in clusters)}"
+            )
         partitions = spec.get("partitions")
         if not isinstance(partitions, int) or partitions < want.partitions:
-            problems.append(f"{where}: partitions {partitions} < the contract's "
-                            f"{want.partitions}")
+            problems.append(f"{where}: partitions {partitions} < the contract's {want.partitions}")
         replicas = spec.get("replicas")
         config = spec.get("config", {})
         if not isinstance(replicas, int):
@@ -871,27 +1003,88 @@ def check_topics(rendered: Rendered, facts: Facts) -> list[str]:
         else:
             isr = int(config.get("min.insync.replicas", 1))
             if isr > replicas or (replicas > 1 and isr >= replicas):
-                problems.append(f"{where}: min.insync.replicas {isr} with {replicas} replicas "
-                                f"stops producers (acks=all) when one broker is down")
+                problems.append(
+                    f"{where}: min.insync.replicas {isr} with {replicas} replicas "
+                    f"stops producers (acks=all) when one broker is down"
+                )
         retention = config.get("retention.ms")
         if retention is None or int(retention) != want.retention_ms:
-            problems.append(f"{where}: retention.ms {retention} != {want.retention_ms} "
-                            f"(collections_kit.topics)")
+            problems.append(
+                f"{where}: retention.ms {retention} != {want.retention_ms} (collections_kit.topics)"
+            )
     return problems
 
 
 # --- alerts and runbook -----------------------------------------------------------------------
 
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "bool", "offset", "rate", "irate", "increase", "delta", "idelta",
-    "deriv", "predict_linear", "histogram_quantile", "label_replace", "label_join", "abs",
-    "absent", "absent_over_time", "ceil", "floor", "round", "clamp", "clamp_min", "clamp_max",
-    "changes", "resets", "time", "timestamp", "vector", "scalar", "sort", "sort_desc",
-    "avg_over_time", "min_over_time", "max_over_time", "sum_over_time", "count_over_time",
-    "last_over_time", "quantile_over_time", "present_over_time", "exp", "ln", "log2",
-    "log10", "sqrt", "inf", "nan", "humanize", "humanizePercentage",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "predict_linear",
+    "histogram_quantile",
+    "label_replace",
+    "label_join",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "ceil",
+    "floor",
+    "round",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "changes",
+    "resets",
+    "time",
+    "timestamp",
+    "vector",
+    "scalar",
+    "sort",
+    "sort_desc",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "last_over_time",
+    "quantile_over_time",
+    "present_over_time",
+    "exp",
+    "ln",
+    "log2",
+    "log10",
+    "sqrt",
+    "inf",
+    "nan",
+    "humanize",
+    "humanizePercentage",
 }
 
 
@@ -940,8 +1133,10 @@ def check_alerts(rendered: Rendered, facts: Facts) -> tuple[list[str], str]:
             ports = {p.get("name") for p in svc["spec"]["ports"]}
             for endpoint in monitor["spec"].get("endpoints", []):
                 if endpoint.get("port") not in ports:
-                    problems.append(f"{ident(monitor)}: port {endpoint.get('port')} is not a "
-                                    f"port of Service/{service.name}")
+                    problems.append(
+                        f"{ident(monitor)}: port {endpoint.get('port')} is not a "
+                        f"port of Service/{service.name}"
+                    )
     for rule_doc in rendered.of_kind("PrometheusRule"):
         for group in rule_doc["spec"].get("groups", []):
             for rule in group.get("rules", []):
@@ -951,8 +1146,7 @@ def check_alerts(rendered: Rendered, facts: Facts) -> tuple[list[str], str]:
                 where = f"alert {rule['alert']}"
                 annotations = rule.get("annotations", {})
                 if rule.get("labels", {}).get("severity") not in {"critical", "warning", "info"}:
-                    problems.append(f"{where}: labels.severity must be critical, warning or "
-                                    f"info")
+                    problems.append(f"{where}: labels.severity must be critical, warning or info")
                 for key in ("summary", "description", "runbook_url"):
                     if not annotations.get(key):
                         problems.append(f"{where}: annotation {key} is missing")
@@ -960,20 +1154,30 @@ def check_alerts(rendered: Rendered, facts: Facts) -> tuple[list[str], str]:
                 if url:
                     path, _, anchor = url.partition("#")
                     if path != "docs/runbook.md" or anchor not in anchors:
-                        problems.append(f"{where}: runbook_url {url} has no section in "
-                                        f"docs/runbook.md")
-                pending = {m.strip() for m in
-                           annotations.get(PENDING_METRICS_ANNOTATION, "").split(",") if m.strip()}
+                        problems.append(
+                            f"{where}: runbook_url {url} has no section in docs/runbook.md"
+                        )
+                pending = {
+                    m.strip()
+                    for m in annotations.get(PENDING_METRICS_ANNOTATION, "").split(",")
+                    if m.strip()
+                }
                 pending_total |= pending
                 for metric in sorted(pending & facts.metrics):
-                    problems.append(f"{where}: {metric} is exported now: remove it from "
-                                    f"{PENDING_METRICS_ANNOTATION}")
+                    problems.append(
+                        f"{where}: {metric} is exported now: remove it from "
+                        f"{PENDING_METRICS_ANNOTATION}"
+                    )
                 for metric in sorted(promql_metrics(str(rule["expr"]))):
-                    external = any(metric == p or (p.endswith("_") and metric.startswith(p))
-                                   for p in EXTERNAL_METRICS)
+                    external = any(
+                        metric == p or (p.endswith("_") and metric.startswith(p))
+                        for p in EXTERNAL_METRICS
+                    )
                     if metric not in facts.metrics and not external and metric not in pending:
-                        problems.append(f"{where}: metric {metric} is not exported by the code "
-                                        f"(nor external, nor in {PENDING_METRICS_ANNOTATION})")
+                        problems.append(
+                            f"{where}: metric {metric} is not exported by the code "
+                            f"(nor external, nor in {PENDING_METRICS_ANNOTATION})"
+                        )
     return problems, f"{alerts} alerts, {len(pending_total)} pending metrics"
 
 
@@ -982,9 +1186,12 @@ def check_runbook(facts: Facts) -> list[str]:
         return ["docs/runbook.md is missing"]
     text = RUNBOOK.read_text().lower()
     problems = []
-    for topic, words in {"scaling": ("## scaling",), "DLQ replay": ("replay",),
-                         "secret rotation": ("## rotating secrets",),
-                         "alerts": ("## alerts",)}.items():
+    for topic, words in {
+        "scaling": ("## scaling",),
+        "DLQ replay": ("replay",),
+        "secret rotation": ("## rotating secrets",),
+        "alerts": ("## alerts",),
+    }.items():
         if not all(w in text for w in words):
             problems.append(f"docs/runbook.md has no section on {topic}")
     for service in facts.services:
@@ -1006,8 +1213,9 @@ def interpolate(value: str) -> str:
 def check_compose(facts: Facts) -> tuple[list[str], str]:
     problems = []
     doc = yaml.safe_load(COMPOSE.read_text())
-    schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") \
-        .joinpath("compose-spec.json")
+    schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(
+        "compose-spec.json"
+    )
     schema = json.loads(schema_file.read_text())
     validator_cls = jsonschema.validators.validator_for(schema)
     for error in validator_cls(schema).iter_errors(doc):
@@ -1035,8 +1243,9 @@ def check_compose(facts: Facts) -> tuple[list[str], str]:
     kafka = services.get("kafka", {})
     roles = str((kafka.get("environment") or {}).get("KAFKA_PROCESS_ROLES", ""))
     if "controller" not in roles:
-        problems.append("compose: kafka must run in KRaft mode (KAFKA_PROCESS_ROLES with "
-                        "controller)")
+        problems.append(
+            "compose: kafka must run in KRaft mode (KAFKA_PROCESS_ROLES with controller)"
+        )
     if "postgres" not in services:
         problems.append("compose: no postgres service")
     images = {}
@@ -1046,34 +1255,46 @@ def check_compose(facts: Facts) -> tuple[list[str], str]:
             problems.append(f"compose: no service {service.name}")
             continue
         images[service.name] = svc.get("image")
-        env = image_env(service) | {k: interpolate(str(v))
-                                    for k, v in (svc.get("environment") or {}).items()}
+        env = image_env(service) | {
+            k: interpolate(str(v)) for k, v in (svc.get("environment") or {}).items()
+        }
         problems += settings_problems(service, env, f"compose service {service.name}")
         if not svc.get("healthcheck"):
             problems.append(f"compose service {service.name}: no healthcheck")
         build = svc.get("build") or {}
         if Path(str(build.get("dockerfile", ""))).name != f"{service.name}.Dockerfile":
-            problems.append(f"compose service {service.name}: must build "
-                            f"deploy/docker/{service.name}.Dockerfile")
-        migrations = [n for n, s in services.items()
-                      if s.get("image") == svc.get("image") and s.get("command") == ["migrate"]]
+            problems.append(
+                f"compose service {service.name}: must build "
+                f"deploy/docker/{service.name}.Dockerfile"
+            )
+        migrations = [
+            n
+            for n, s in services.items()
+            if s.get("image") == svc.get("image") and s.get("command") == ["migrate"]
+        ]
         if not migrations:
             problems.append(f"compose: no migration step for {service.name}")
         depends = svc.get("depends_on", {})
         for migration in migrations:
-            condition = depends.get(migration, {}).get("condition") \
-                if isinstance(depends, dict) else None
+            condition = (
+                depends.get(migration, {}).get("condition") if isinstance(depends, dict) else None
+            )
             if condition != "service_completed_successfully":
-                problems.append(f"compose service {service.name} must wait for {migration} "
-                                f"(condition: service_completed_successfully)")
+                problems.append(
+                    f"compose service {service.name} must wait for {migration} "
+                    f"(condition: service_completed_successfully)"
+                )
         for migration in migrations:
-            menv = image_env(service) | {k: interpolate(str(v)) for k, v in
-                                         (services[migration].get("environment") or {}).items()}
+            menv = image_env(service) | {
+                k: interpolate(str(v))
+                for k, v in (services[migration].get("environment") or {}).items()
+            }
             problems += settings_problems(service, menv, f"compose service {migration}")
     return problems, f"{len(services)} services, compose-spec schema"
 
 
 # --- Dockerfiles ------------------------------------------------------------------------------
+
 
 def dockerignore_patterns() -> list[tuple[bool, str]]:
     patterns = []
@@ -1103,7 +1324,7 @@ def _match(pattern: str, path: str) -> bool:
             regex, i = regex + "[^/]", i + 1
         elif pattern[i] == "[" and "]" in pattern[i:]:
             end = pattern.index("]", i)
-            regex, i = regex + pattern[i:end + 1].replace("[!", "[^"), end + 1
+            regex, i = regex + pattern[i : end + 1].replace("[!", "[^"), end + 1
         else:
             regex, i = regex + re.escape(pattern[i]), i + 1
     return re.fullmatch(regex, path) is not None
@@ -1125,15 +1346,19 @@ def dockerfile_stages(path: Path) -> tuple[list[str], list[list[Any]]]:
     import dockerfile  # type: ignore[import-not-found]
 
     commands = dockerfile.parse_string(path.read_text())
-    args = {c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1]
-            for c in commands if c.cmd == "ARG" and "=" in c.value[0]}
+    args = {
+        c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1]
+        for c in commands
+        if c.cmd == "ARG" and "=" in c.value[0]
+    }
     bases: list[str] = []
     stages: list[list[Any]] = []
     for c in commands:
         if c.cmd == "FROM":
             stages.append([])
-            bases.append(re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)),
-                                c.value[0]))
+            bases.append(
+                re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), c.value[0])
+            )
         elif stages:
             stages[-1].append(c)
     return bases, stages
@@ -1157,8 +1382,9 @@ def image_env(service: Service) -> dict[str, str]:
     return stage_env(stages[-1]) if stages else {}
 
 
-def dockerfile_problems(path: Path, service: Service,
-                        patterns: list[tuple[bool, str]]) -> list[str]:
+def dockerfile_problems(
+    path: Path, service: Service, patterns: list[tuple[bool, str]]
+) -> list[str]:
     """One service's Dockerfile: stages, user, final-stage contents, entrypoint, sources."""
     rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     problems: list[str] = []
@@ -1167,50 +1393,70 @@ def dockerfile_problems(path: Path, service: Service,
         return [f"{rel}: must be multi-stage (a builder and a runtime stage)"]
     final = stages[-1]
     if bases[-1] != bases[0]:
-        problems.append(f"{rel}: the runtime stage ({bases[-1]}) must use the builder's "
-                        f"image ({bases[0]}): the virtualenv links to its interpreter")
-    if not re.search(r":[\w.-]+", bases[-1].rsplit("/", 1)[-1]) or bases[-1].endswith(
-            ":latest"):
+        problems.append(
+            f"{rel}: the runtime stage ({bases[-1]}) must use the builder's "
+            f"image ({bases[0]}): the virtualenv links to its interpreter"
+        )
+    if not re.search(r":[\w.-]+", bases[-1].rsplit("/", 1)[-1]) or bases[-1].endswith(":latest"):
         problems.append(f"{rel}: base image {bases[-1]} must be pinned to a tag or digest")
     users = [c.value[0] for c in final if c.cmd == "USER"]
     uid = users[-1].split(":")[0] if users else ""
     if not uid.isdigit() or int(uid) == 0:
-        problems.append(f"{rel}: the runtime stage must end as a numeric non-root USER "
-                        f"(found {users[-1] if users else 'none'})")
+        problems.append(
+            f"{rel}: the runtime stage must end as a numeric non-root USER "
+            f"(found {users[-1] if users else 'none'})"
+        )
     for c in final:
         if c.cmd == "RUN" and BUILD_TOOLS.search(" ".join(c.value)):
-            problems.append(f"{rel}:{c.start_line}: build tools or an installer in the "
-                            f"runtime stage: {c.original[:80]}")
+            problems.append(
+                f"{rel}:{c.start_line}: build tools or an installer in the "
+                f"runtime stage: {c.original[:80]}"
+            )
         if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=") for f in c.flags):
-            problems.append(f"{rel}:{c.start_line}: the runtime stage copies from the "
-                            f"context; copy the built virtualenv from the builder instead")
+            problems.append(
+                f"{rel}:{c.start_line}: the runtime stage copies from the "
+                f"context; copy the built virtualenv from the builder instead"
+            )
         if c.cmd == "COPY" and any(".cache" in v or v.endswith("/uv") for v in c.value):
             problems.append(f"{rel}:{c.start_line}: copies a cache or uv into the runtime")
     entry = [c for c in final if c.cmd == "ENTRYPOINT"]
-    if not entry or not entry[-1].json or list(entry[-1].value) != ["python", "-m",
-                                                                     service.package]:
-        problems.append(f"{rel}: ENTRYPOINT must be the exec form "
-                        f'["python", "-m", "{service.package}"]')
+    if (
+        not entry
+        or not entry[-1].json
+        or list(entry[-1].value) != ["python", "-m", service.package]
+    ):
+        problems.append(
+            f'{rel}: ENTRYPOINT must be the exec form ["python", "-m", "{service.package}"]'
+        )
     env = stage_env(final)
     port = env.get(f"{service.env_prefix}HTTP_PORT")
     exposed = {v.split("/")[0] for c in final if c.cmd == "EXPOSE" for v in c.value}
     if port is None or port not in exposed:
         problems.append(f"{rel}: EXPOSE must match {service.env_prefix}HTTP_PORT ({port})")
     if env.get(f"{service.env_prefix}HTTP_HOST") not in {"0.0.0.0", "::"}:
-        problems.append(f"{rel}: set {service.env_prefix}HTTP_HOST=0.0.0.0 (the default "
-                        f"127.0.0.1 is unreachable from outside the container)")
-    builder_text = " ".join(" ".join(c.value) for stage in stages[:-1] for c in stage
-                            if c.cmd in {"RUN", "ENV"})
-    if "uv sync" not in builder_text or "--no-dev" not in builder_text \
-            or not ("--frozen" in builder_text or "UV_FROZEN 1" in builder_text
-                    or "UV_FROZEN=1" in builder_text):
-        problems.append(f"{rel}: the builder must `uv sync --no-dev` from the lock "
-                        f"(--frozen or UV_FROZEN=1)")
+        problems.append(
+            f"{rel}: set {service.env_prefix}HTTP_HOST=0.0.0.0 (the default "
+            f"127.0.0.1 is unreachable from outside the container)"
+        )
+    builder_text = " ".join(
+        " ".join(c.value) for stage in stages[:-1] for c in stage if c.cmd in {"RUN", "ENV"}
+    )
+    if (
+        "uv sync" not in builder_text
+        or "--no-dev" not in builder_text
+        or not (
+            "--frozen" in builder_text
+            or "UV_FROZEN 1" in builder_text
+            or "UV_FROZEN=1" in builder_text
+        )
+    ):
+        problems.append(
+            f"{rel}: the builder must `uv sync --no-dev` from the lock (--frozen or UV_FROZEN=1)"
+        )
     sources: list[str] = []
     for stage in stages[:-1]:
         for c in stage:
-            if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=")
-                                                    for f in c.flags):
+            if c.cmd in {"COPY", "ADD"} and not any(f.startswith("--from=") for f in c.flags):
                 sources += list(c.value[:-1])
     for needed in ("uv.lock", "libs/collections-kit/", f"services/{service.name}/"):
         if needed not in sources:
@@ -1220,10 +1466,10 @@ def dockerfile_problems(path: Path, service: Service,
         if not target.exists():
             problems.append(f"{rel}: COPY source {source} does not exist")
             continue
-        files = [target] if target.is_file() else [p for p in target.rglob("*")
-                                                   if p.is_file()]
-        kept = [p for p in files if patterns and not docker_excluded(
-            str(p.relative_to(ROOT)), patterns)]
+        files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+        kept = [
+            p for p in files if patterns and not docker_excluded(str(p.relative_to(ROOT)), patterns)
+        ]
         if patterns and not kept:
             problems.append(f"{rel}: COPY {source}: .dockerignore excludes all of it")
     return problems
@@ -1231,8 +1477,7 @@ def dockerfile_problems(path: Path, service: Service,
 
 def _copy_into(source: Path, dest: Path, patterns: list[tuple[bool, str]]) -> None:
     """COPY of one context path, minus what .dockerignore drops."""
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*")
-                                                     if p.is_file())
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     for file in files:
         if docker_excluded(str(file.relative_to(ROOT)), patterns):
             continue
@@ -1256,8 +1501,7 @@ def dry_run_builder(service: Service) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         context, venv = Path(tmp) / "src", Path(tmp) / "venv"
         context.mkdir()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
         ran = 0
         for c in stages[0]:
             if c.cmd == "ENV":
@@ -1269,30 +1513,50 @@ def dry_run_builder(service: Service) -> list[str]:
                     _copy_into(ROOT / source, context / dest, patterns)
             elif c.cmd == "RUN" and " ".join(c.value).lstrip().startswith("uv "):
                 # The image's paths, mapped onto this machine.
-                env.update(UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable,
-                           UV_LINK_MODE="symlink")
+                env.update(
+                    UV_PROJECT_ENVIRONMENT=str(venv),
+                    UV_PYTHON=sys.executable,
+                    UV_LINK_MODE="symlink",
+                )
                 command = " ".join(c.value).strip().replace("uv ", f"{uv} ", 1)
-                run = subprocess.run(["bash", "-c", command], cwd=context, env=env,
-                                     capture_output=True, text=True, check=False)
+                run = subprocess.run(
+                    ["bash", "-c", command],
+                    cwd=context,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 ran += 1
                 if run.returncode != 0:
-                    return [f"{path.name}:{c.start_line}: `{' '.join(c.value).strip()}` "
-                            f"failed: {run.stderr.strip()[-800:]}"]
+                    return [
+                        f"{path.name}:{c.start_line}: `{' '.join(c.value).strip()}` "
+                        f"failed: {run.stderr.strip()[-800:]}"
+                    ]
         if ran == 0:
             return [f"{path.name}: the builder runs no uv command"]
         package = next(venv.glob(f"lib/python*/site-packages/{service.package}"), None)
         if package is None or not (package / "__init__.py").is_file():
-            problems.append(f"{path.name}: {service.package} is not installed as a package "
-                            f"(an editable install would need the sources in the image)")
+            problems.append(
+                f"{path.name}: {service.package} is not installed as a package "
+                f"(an editable install would need the sources in the image)"
+            )
         elif not any((package / "migrations" / "versions").glob("*.py")):
             problems.append(f"{path.name}: the installed {service.package} has no migrations")
         # The entry point imports the whole service; an unknown command exits 2 with usage.
-        run = subprocess.run([str(venv / "bin" / "python"), "-m", service.package, "usage?"],
-                             cwd=tmp, capture_output=True, text=True, check=False,
-                             env={"PATH": os.environ.get("PATH", "")})
+        run = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", service.package, "usage?"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
         if run.returncode != 2 or "usage" not in run.stderr:
-            problems.append(f"{path.name}: `python -m {service.package}` fails in the built "
-                            f"virtualenv: {run.stderr.strip()[-400:]}")
+            problems.append(
+                f"{path.name}: `python -m {service.package}` fails in the built "
+                f"virtualenv: {run.stderr.strip()[-400:]}"
+            )
     return problems
 
 
@@ -1308,8 +1572,12 @@ def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
     patterns = dockerignore_patterns()
     if not patterns:
         problems.append(".dockerignore is missing: the whole repository would be sent")
-    for unwanted in (".git/HEAD", ".venv/bin/python", ".cache/bin/kustomize",
-                     "services/workflow/tests/unit/x.py"):
+    for unwanted in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".cache/bin/kustomize",
+        "services/workflow/tests/unit/x.py",
+    ):
         if patterns and not docker_excluded(unwanted, patterns):
             problems.append(f".dockerignore lets {unwanted} into the build context")
     for service in facts.services.values():
@@ -1322,6 +1590,7 @@ def check_dockerfiles(facts: Facts) -> tuple[list[str], str]:
 
 
 # --- main -------------------------------------------------------------------------------------
+
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
@@ -1343,8 +1612,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     def install() -> tuple[list[str], str]:
         nonlocal kustomize
         kustomize = ensure_kustomize()
-        return [], str(kustomize.relative_to(ROOT) if kustomize.is_relative_to(ROOT)
-                       else kustomize)
+        return [], str(kustomize.relative_to(ROOT) if kustomize.is_relative_to(ROOT) else kustomize)
 
     report.run(f"kustomize {KUSTOMIZE_VERSION}", install)
     for overlay in OVERLAYS:
@@ -1363,18 +1631,25 @@ def main(argv: Iterable[str] | None = None) -> int:
         r = rendered[0]
         report.run(f"[{overlay}] schemas", partial(validate_schemas, r))
         report.run(f"[{overlay}] topics: contract <-> KafkaTopics", partial(check_topics, r, facts))
-        report.run(f"[{overlay}] services: probes, spread, PDB, Job, KEDA, settings",
-                   partial(check_services, r, facts))
-        report.run(f"[{overlay}] workloads: requests/limits, securityContext",
-                   partial(check_workload_hygiene, r))
+        report.run(
+            f"[{overlay}] services: probes, spread, PDB, Job, KEDA, settings",
+            partial(check_services, r, facts),
+        )
+        report.run(
+            f"[{overlay}] workloads: requests/limits, securityContext",
+            partial(check_workload_hygiene, r),
+        )
         report.run(f"[{overlay}] Secret and ConfigMap references", partial(check_references, r))
         if r.of_kind("PrometheusRule") or r.of_kind("ServiceMonitor"):
-            report.run(f"[{overlay}] alerts: metrics and runbook sections",
-                       partial(check_alerts, r, facts))
+            report.run(
+                f"[{overlay}] alerts: metrics and runbook sections", partial(check_alerts, r, facts)
+            )
     elapsed = time.perf_counter() - started
     if report.failures:
-        print(f"deploy-check: {report.failures} of {report.failures + report.passed} checks "
-              f"FAILED ({elapsed:.1f}s)")
+        print(
+            f"deploy-check: {report.failures} of {report.failures + report.passed} checks "
+            f"FAILED ({elapsed:.1f}s)"
+        )
         return 1
     print(f"deploy-check: all {report.passed} checks ok ({elapsed:.1f}s)")
     return 0

@@ -36,9 +36,12 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int = 3) -> Non
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([
-            NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1)
-            for spec in topic_specs(prefix=prefix, partitions=partitions)])
+        await admin.create_topics(
+            [
+                NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1)
+                for spec in topic_specs(prefix=prefix, partitions=partitions)
+            ]
+        )
     finally:
         await admin.close()
 
@@ -60,18 +63,23 @@ async def producer(bootstrap: str) -> AIOKafkaProducer:
     return p
 
 
-async def read_to_end(bootstrap: str, topics: Iterable[str], *,
-                      within: float = 120.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_to_end(
+    bootstrap: str, topics: Iterable[str], *, within: float = 120.0
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on ``topics`` up to their end offsets as of the call, in partition
     order. No consumer group, nothing committed. Raises if the end is not reached in
     ``within`` seconds, rather than waiting forever on a partition that never gets there."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -80,10 +88,11 @@ async def read_to_end(bootstrap: str, topics: Iterable[str], *,
         deadline = time.monotonic() + within
         while remaining:
             if time.monotonic() > deadline:
-                behind = {f"{tp.topic}/{tp.partition}": (await consumer.position(tp), ends[tp])
-                          for tp in remaining}
-                raise TimeoutError(f"not read to the end in {within}s (position, end): "
-                                   f"{behind}")
+                behind = {
+                    f"{tp.topic}/{tp.partition}": (await consumer.position(tp), ends[tp])
+                    for tp in remaining
+                }
+                raise TimeoutError(f"not read to the end in {within}s (position, end): {behind}")
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 out.extend(records)
             # Every partition still open, not only those in this fetch.

@@ -21,13 +21,25 @@ from collections_kit.contract import SPEC_BY_MODEL
 from collections_kit.envelope import Envelope, encode
 
 
-def record_for(data: c.Message, *, event_id: str | None = None, source: str = "lending-system",
-               at: datetime | None = None) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+def record_for(
+    data: c.Message,
+    *,
+    event_id: str | None = None,
+    source: str = "lending-system",
+    at: datetime | None = None,
+) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     spec = SPEC_BY_MODEL[type(data)]
     subject = str(getattr(data, "loan_id", ""))
-    key, value, headers = encode(Envelope(
-        id=event_id or str(uuid.uuid4()), type=spec.ce_type, source=source,
-        time=at or datetime.now(UTC), subject=subject, data=data))
+    key, value, headers = encode(
+        Envelope(
+            id=event_id or str(uuid.uuid4()),
+            type=spec.ce_type,
+            source=source,
+            time=at or datetime.now(UTC),
+            subject=subject,
+            data=data,
+        )
+    )
     return spec.topic.value, key, value, headers
 
 
@@ -41,8 +53,9 @@ class Lender:
     async def publish(self, data: c.Message, *, event_id: str | None = None) -> str:
         event_id = event_id or str(uuid.uuid4())
         topic, key, value, headers = record_for(data, event_id=event_id)
-        await self.producer.send_and_wait(self.topic_prefix + topic, value=value, key=key,
-                                          headers=headers)
+        await self.producer.send_and_wait(
+            self.topic_prefix + topic, value=value, key=key, headers=headers
+        )
         self.sent += 1
         return event_id
 
@@ -51,7 +64,8 @@ class Lender:
         future settles with its acknowledgement."""
         topic, key, value, headers = record_for(data)
         future: asyncio.Future[Any] = await self.producer.send(
-            self.topic_prefix + topic, value=value, key=key, headers=headers)
+            self.topic_prefix + topic, value=value, key=key, headers=headers
+        )
         return future
 
     async def publish_many(self, items: Iterable[c.Message]) -> int:
@@ -63,35 +77,77 @@ class Lender:
         return len(futures)
 
 
-def disbursement(loan_id: str, amount: Decimal, *, sequence: int = 1, currency: str = "CNY",
-                 at: datetime | None = None) -> c.LedgerPostingBooked:
+def disbursement(
+    loan_id: str,
+    amount: Decimal,
+    *,
+    sequence: int = 1,
+    currency: str = "CNY",
+    at: datetime | None = None,
+) -> c.LedgerPostingBooked:
     return c.LedgerPostingBooked(
-        posting_id=f"{loan_id}-p{sequence}", loan_id=loan_id, sequence=sequence,
-        kind="disbursement", currency=currency, amount=amount, booked_at=at or datetime.now(UTC))
-
-
-def overdue(loan_id: str, outstanding: Decimal, *, dpd: int = 5, currency: str = "CNY",
-            tz: str = "Asia/Shanghai", jurisdiction: str = "CN",
-            as_of: datetime | None = None, borrower_id: str | None = None) -> c.LoanOverdue:
-    return c.LoanOverdue(
-        loan_id=loan_id, borrower_id=borrower_id or f"B-{loan_id}", currency=currency,
-        amount_overdue=(outstanding / 10).quantize(Decimal("0.01")),
-        outstanding_balance=outstanding, days_past_due=dpd, as_of=as_of or datetime.now(UTC),
-        borrower_time_zone=tz, jurisdiction=jurisdiction,
+        posting_id=f"{loan_id}-p{sequence}",
+        loan_id=loan_id,
+        sequence=sequence,
+        kind="disbursement",
+        currency=currency,
+        amount=amount,
+        booked_at=at or datetime.now(UTC),
     )
 
 
-def repayment(loan_id: str, amount: Decimal, outstanding_after: Decimal, *,
-              repayment_id: str | None = None, currency: str = "CNY") -> c.RepaymentReceived:
+def overdue(
+    loan_id: str,
+    outstanding: Decimal,
+    *,
+    dpd: int = 5,
+    currency: str = "CNY",
+    tz: str = "Asia/Shanghai",
+    jurisdiction: str = "CN",
+    as_of: datetime | None = None,
+    borrower_id: str | None = None,
+) -> c.LoanOverdue:
+    return c.LoanOverdue(
+        loan_id=loan_id,
+        borrower_id=borrower_id or f"B-{loan_id}",
+        currency=currency,
+        amount_overdue=(outstanding / 10).quantize(Decimal("0.01")),
+        outstanding_balance=outstanding,
+        days_past_due=dpd,
+        as_of=as_of or datetime.now(UTC),
+        borrower_time_zone=tz,
+        jurisdiction=jurisdiction,
+    )
+
+
+def repayment(
+    loan_id: str,
+    amount: Decimal,
+    outstanding_after: Decimal,
+    *,
+    repayment_id: str | None = None,
+    currency: str = "CNY",
+) -> c.RepaymentReceived:
     return c.RepaymentReceived(
-        repayment_id=repayment_id or f"R-{uuid.uuid4().hex[:12]}", loan_id=loan_id,
-        currency=currency, amount=amount, outstanding_balance_after=outstanding_after,
-        received_at=datetime.now(UTC))
+        repayment_id=repayment_id or f"R-{uuid.uuid4().hex[:12]}",
+        loan_id=loan_id,
+        currency=currency,
+        amount=amount,
+        outstanding_balance_after=outstanding_after,
+        received_at=datetime.now(UTC),
+    )
 
 
-def booked_repayment(loan_id: str, amount: Decimal, *, sequence: int, repayment_id: str,
-                     currency: str = "CNY") -> c.LedgerPostingBooked:
+def booked_repayment(
+    loan_id: str, amount: Decimal, *, sequence: int, repayment_id: str, currency: str = "CNY"
+) -> c.LedgerPostingBooked:
     return c.LedgerPostingBooked(
-        posting_id=f"{loan_id}-p{sequence}", loan_id=loan_id, sequence=sequence,
-        kind="repayment", currency=currency, amount=-amount, booked_at=datetime.now(UTC),
-        repayment_id=repayment_id)
+        posting_id=f"{loan_id}-p{sequence}",
+        loan_id=loan_id,
+        sequence=sequence,
+        kind="repayment",
+        currency=currency,
+        amount=-amount,
+        booked_at=datetime.now(UTC),
+        repayment_id=repayment_id,
+    )

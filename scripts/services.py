@@ -43,21 +43,32 @@ class ServiceProcess:
     def migrate(self) -> None:
         module = SERVICES[self.name][0]
         with self.log_path.open("ab") as log:
-            subprocess.run([sys.executable, "-m", module, "migrate"], env=self.env, check=True,
-                           stdout=log, stderr=subprocess.STDOUT, timeout=120)
+            subprocess.run(
+                [sys.executable, "-m", module, "migrate"],
+                env=self.env,
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
 
     def start(self) -> None:
         module = SERVICES[self.name][0]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                )
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
@@ -110,16 +121,21 @@ class Fleet:
 
     def _env(self, name: str, port: int) -> dict[str, str]:
         prefix = SERVICES[name][1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(
-            ("WORKFLOW_", "LEDGER_SYNC_", "NOTIFIER_", "COLLECTIONS_FAULT_"))}
-        env.update({
-            f"{prefix}DATABASE_URL": self.database_url,
-            f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-            f"{prefix}TOPIC_PREFIX": self.topic_prefix,
-            f"{prefix}HTTP_PORT": str(port),
-            f"{prefix}LOG_LEVEL": "INFO",
-            "NOTIFIER_SMTP_PORT": str(self.smtp_port),
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("WORKFLOW_", "LEDGER_SYNC_", "NOTIFIER_", "COLLECTIONS_FAULT_"))
+        }
+        env.update(
+            {
+                f"{prefix}DATABASE_URL": self.database_url,
+                f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                f"{prefix}TOPIC_PREFIX": self.topic_prefix,
+                f"{prefix}HTTP_PORT": str(port),
+                f"{prefix}LOG_LEVEL": "INFO",
+                "NOTIFIER_SMTP_PORT": str(self.smtp_port),
+            }
+        )
         env.update(self.extra_env.get(name, {}))
         return env
 

@@ -77,8 +77,13 @@ KAFKA_CONTROLLER_PORT = int(os.environ.get("KAFKA_CONTROLLER_PORT", "19093"))
 KAFKA_BOOTSTRAP = f"{KAFKA_HOST}:{KAFKA_PORT}"
 # Fixed, so the storage is formatted once and reused: base64url of 16 bytes, no leading '-'.
 KAFKA_CLUSTER_ID = "Y29sbGVjdGlvbnMtZGV2IQ"
-KAFKA_JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
-                  "-Djava.awt.headless=true"]
+KAFKA_JVM_OPTS = [
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+]
 KAFKA_READY_TIMEOUT_S = float(os.environ.get("STACK_KAFKA_TIMEOUT", "90"))
 KAFKA_STOP_TIMEOUT_S = 30.0
 HEALTHCHECK_TOPIC = "stack.healthcheck"
@@ -104,10 +109,12 @@ PG_SYSTEM_USER = os.environ.get("PG_SYSTEM_USER", "embedded_postgres")
 # deploy/k8s/base/postgres-cluster.yaml matches.
 # Commit timestamps: `make bench` times a repayment's cancellation to its commit (eight
 # bytes per transaction in an SLRU; a development stack can afford it).
-PG_SERVER_OPTS = ("-c fsync=on -c synchronous_commit=on -c max_connections=200"
-                  " -c shared_buffers=1GB -c backend_flush_after=256kB"
-                  " -c max_wal_size=4GB -c checkpoint_timeout=15min"
-                  " -c track_commit_timestamp=on")
+PG_SERVER_OPTS = (
+    "-c fsync=on -c synchronous_commit=on -c max_connections=200"
+    " -c shared_buffers=1GB -c backend_flush_after=256kB"
+    " -c max_wal_size=4GB -c checkpoint_timeout=15min"
+    " -c track_commit_timestamp=on"
+)
 PG_READY_TIMEOUT_S = float(os.environ.get("STACK_PG_TIMEOUT", "60"))
 
 EXTERNAL_DATABASE_URL = os.environ.get("DATABASE_URL") or None
@@ -194,8 +201,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -230,8 +238,10 @@ def kafka_pid() -> int | None:
 def _require(tool: str, why: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise StackError(f"`{tool}` is not on PATH; it is needed to {why}. "
-                         "Install it (e.g. `apt-get install openjdk-17-jre-headless maven`).")
+        raise StackError(
+            f"`{tool}` is not on PATH; it is needed to {why}. "
+            "Install it (e.g. `apt-get install openjdk-17-jre-headless maven`)."
+        )
     return path
 
 
@@ -248,13 +258,26 @@ def fetch_kafka_jars() -> None:
         old.unlink()
     KAFKA_LIB_MARKER.unlink(missing_ok=True)
     result = subprocess.run(
-        [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(KAFKA_POM),
-         f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
-         f"-DoutputDirectory={KAFKA_LIB_DIR}"],
-        capture_output=True, text=True, check=False)
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-Dstyle.color=never",
+            "-f",
+            str(KAFKA_POM),
+            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={KAFKA_LIB_DIR}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
-        raise StackError(f"mvn copy-dependencies failed (exit {result.returncode}):\n"
-                         f"{result.stdout[-4000:]}{result.stderr[-4000:]}")
+        raise StackError(
+            f"mvn copy-dependencies failed (exit {result.returncode}):\n"
+            f"{result.stdout[-4000:]}{result.stderr[-4000:]}"
+        )
     if not any(KAFKA_LIB_DIR.glob("kafka_2.13-*.jar")):
         raise StackError(f"mvn succeeded but no kafka_2.13 jar landed in {KAFKA_LIB_DIR}")
     KAFKA_LIB_MARKER.write_text(pom_sha + "\n")
@@ -264,16 +287,25 @@ def fetch_kafka_jars() -> None:
 
 def _write_kafka_properties() -> None:
     template = string.Template(KAFKA_PROPERTIES_TEMPLATE.read_text())
-    text = template.substitute(KAFKA_PORT=KAFKA_PORT, KAFKA_CONTROLLER_PORT=KAFKA_CONTROLLER_PORT,
-                               LOG_DIRS=str(KAFKA_DATA_DIR))
+    text = template.substitute(
+        KAFKA_PORT=KAFKA_PORT,
+        KAFKA_CONTROLLER_PORT=KAFKA_CONTROLLER_PORT,
+        LOG_DIRS=str(KAFKA_DATA_DIR),
+    )
     KAFKA_DIR.mkdir(parents=True, exist_ok=True)
     if not KAFKA_PROPERTIES.exists() or KAFKA_PROPERTIES.read_text() != text:
         KAFKA_PROPERTIES.write_text(text)
 
 
 def _java_base(java: str) -> list[str]:
-    return [java, *KAFKA_JVM_OPTS, f"-Dlog4j.configuration=file:{KAFKA_LOG4J}",
-            f"-Dkafka.logs.dir={KAFKA_LOG_DIR}", "-cp", f"{KAFKA_LIB_DIR}/*"]
+    return [
+        java,
+        *KAFKA_JVM_OPTS,
+        f"-Dlog4j.configuration=file:{KAFKA_LOG4J}",
+        f"-Dkafka.logs.dir={KAFKA_LOG_DIR}",
+        "-cp",
+        f"{KAFKA_LIB_DIR}/*",
+    ]
 
 
 def _format_kafka_storage(java: str) -> None:
@@ -281,28 +313,46 @@ def _format_kafka_storage(java: str) -> None:
         return
     KAFKA_DATA_DIR.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [*_java_base(java), "kafka.tools.StorageTool", "format", "-t", KAFKA_CLUSTER_ID,
-         "-c", str(KAFKA_PROPERTIES)],
-        capture_output=True, text=True, check=False)
+        [
+            *_java_base(java),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            KAFKA_CLUSTER_ID,
+            "-c",
+            str(KAFKA_PROPERTIES),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
-        raise StackError(f"kafka storage format failed (exit {result.returncode}):\n"
-                         f"{result.stdout}{result.stderr}")
+        raise StackError(
+            f"kafka storage format failed (exit {result.returncode}):\n"
+            f"{result.stdout}{result.stderr}"
+        )
     _say(f"kafka: formatted {KAFKA_DATA_DIR} (cluster id {KAFKA_CLUSTER_ID})")
 
 
 def _start_kafka(java: str) -> int:
     for port in (KAFKA_PORT, KAFKA_CONTROLLER_PORT):
         if _port_open(KAFKA_HOST, port):
-            raise StackError(f"port {KAFKA_HOST}:{port} is taken by another process; stop it or "
-                             "set KAFKA_PORT / KAFKA_CONTROLLER_PORT")
+            raise StackError(
+                f"port {KAFKA_HOST}:{port} is taken by another process; stop it or "
+                "set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+            )
     KAFKA_LOG_DIR.mkdir(parents=True, exist_ok=True)
     with KAFKA_STDOUT.open("ab") as out:
         out.write(f"\n=== starting broker at {time.strftime('%F %T')} ===\n".encode())
         out.flush()
         proc = subprocess.Popen(
             [*_java_base(java), "kafka.Kafka", str(KAFKA_PROPERTIES)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            cwd=KAFKA_DIR, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=KAFKA_DIR,
+            start_new_session=True,
+        )
     _CHILDREN[proc.pid] = proc
     KAFKA_PID_FILE.write_text(f"{proc.pid}\n")
     return proc.pid
@@ -334,8 +384,9 @@ async def _kafka_round_trip() -> None:
     finally:
         await admin.close()
     token = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all",
-                                request_timeout_ms=10_000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA_BOOTSTRAP, acks="all", request_timeout_ms=10_000
+    )
     await producer.start()
     try:
         sent = await producer.send_and_wait(HEALTHCHECK_TOPIC, token, partition=0)
@@ -343,8 +394,12 @@ async def _kafka_round_trip() -> None:
         await producer.stop()
     partition = TopicPartition(HEALTHCHECK_TOPIC, 0)
     # A group id, so the commit below also proves the group coordinator works.
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=HEALTHCHECK_TOPIC,
-                                enable_auto_commit=False, request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA_BOOTSTRAP,
+        group_id=HEALTHCHECK_TOPIC,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )
     await consumer.start()
     try:
         consumer.assign([partition])
@@ -363,8 +418,10 @@ def wait_for_kafka(pid: int | None, timeout: float = KAFKA_READY_TIMEOUT_S) -> N
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if pid is not None and not _pid_alive(pid):
-            raise StackError(f"the Kafka broker (pid {pid}) exited during startup\n"
-                             f"{_tail(KAFKA_STDOUT)}\n{_tail(KAFKA_LOG_DIR / 'server.log')}")
+            raise StackError(
+                f"the Kafka broker (pid {pid}) exited during startup\n"
+                f"{_tail(KAFKA_STDOUT)}\n{_tail(KAFKA_LOG_DIR / 'server.log')}"
+            )
         if _port_open(KAFKA_HOST, KAFKA_PORT):
             try:
                 with _quiet_kafka_client():
@@ -375,8 +432,10 @@ def wait_for_kafka(pid: int | None, timeout: float = KAFKA_READY_TIMEOUT_S) -> N
             except Exception as error:  # not ready yet: retry until the deadline
                 last_error = error
         time.sleep(0.5)
-    raise StackError(f"Kafka at {KAFKA_BOOTSTRAP} not ready after {timeout:.0f}s "
-                     f"(last error: {last_error!r})\n{_tail(KAFKA_LOG_DIR / 'server.log')}")
+    raise StackError(
+        f"Kafka at {KAFKA_BOOTSTRAP} not ready after {timeout:.0f}s "
+        f"(last error: {last_error!r})\n{_tail(KAFKA_LOG_DIR / 'server.log')}"
+    )
 
 
 async def _ensure_topics_async(prefix: str) -> tuple[int, int]:
@@ -385,9 +444,16 @@ async def _ensure_topics_async(prefix: str) -> tuple[int, int]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1,
-                            topic_configs={"retention.ms": str(spec.retention_ms)})
-                   for spec in specs if spec.name not in existing]
+        missing = [
+            NewTopic(
+                spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(spec.retention_ms)},
+            )
+            for spec in specs
+            if spec.name not in existing
+        ]
         created = await _create_topics(admin, missing)
     finally:
         await admin.close()
@@ -397,8 +463,10 @@ async def _ensure_topics_async(prefix: str) -> tuple[int, int]:
 def ensure_topics(prefix: str = TOPIC_PREFIX) -> None:
     """Create every contract topic (with its partitions and retention) that does not exist."""
     created, existed = _run_async(lambda: _ensure_topics_async(prefix))
-    _say(f"kafka: topics{f' (prefix {prefix!r})' if prefix else ''}: "
-         f"{created} created, {existed} already there")
+    _say(
+        f"kafka: topics{f' (prefix {prefix!r})' if prefix else ''}: "
+        f"{created} created, {existed} already there"
+    )
 
 
 def _jars_fetched() -> bool:
@@ -406,8 +474,9 @@ def _jars_fetched() -> bool:
         marker = KAFKA_LIB_MARKER.read_text().strip()
     except OSError:
         return False
-    return (marker == hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
-            and any(KAFKA_LIB_DIR.glob("kafka_2.13-*.jar")))
+    return marker == hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest() and any(
+        KAFKA_LIB_DIR.glob("kafka_2.13-*.jar")
+    )
 
 
 def _kafka_preflight() -> str | None:
@@ -436,8 +505,10 @@ def kafka_up() -> None:
         _write_kafka_properties()
         _format_kafka_storage(java)
         pid = _start_kafka(java)
-        _say(f"kafka: started broker pid {pid}; waiting for a produce/consume round trip "
-             f"(logs in {KAFKA_LOG_DIR})")
+        _say(
+            f"kafka: started broker pid {pid}; waiting for a produce/consume round trip "
+            f"(logs in {KAFKA_LOG_DIR})"
+        )
         wait_for_kafka(pid)
         _say(f"kafka: ready at {KAFKA_BOOTSTRAP} in {time.monotonic() - started:.1f}s")
     ensure_topics()
@@ -530,8 +601,14 @@ def _prepare_pg_dirs(run_as: _RunAs) -> None:
                 os.chown(folder, run_as.uid, run_as.gid)
 
 
-def _pg_command(run_as: _RunAs, tool: str, args: Sequence[str], *, out: IO[str] | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _pg_command(
+    run_as: _RunAs,
+    tool: str,
+    args: Sequence[str],
+    *,
+    out: IO[str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
     if run_as.user is not None:
@@ -539,10 +616,19 @@ def _pg_command(run_as: _RunAs, tool: str, args: Sequence[str], *, out: IO[str] 
     target = out if out is not None else subprocess.PIPE
     return subprocess.run(
         [str(_pg_bin() / tool), "-D", str(PG_DATA_DIR), *args],
-        stdin=subprocess.DEVNULL, stdout=target, stderr=subprocess.STDOUT, text=True,
-        env=env, cwd=PG_DIR, timeout=timeout, check=False, start_new_session=True,
-        user=run_as.user, group=run_as.gid if run_as.user else None,
-        extra_groups=[] if run_as.user else None)
+        stdin=subprocess.DEVNULL,
+        stdout=target,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=PG_DIR,
+        timeout=timeout,
+        check=False,
+        start_new_session=True,
+        user=run_as.user,
+        group=run_as.gid if run_as.user else None,
+        extra_groups=[] if run_as.user else None,
+    )
 
 
 def postgres_pid() -> int | None:
@@ -567,8 +653,9 @@ async def _pg_round_trip(dsn: str, create_database: str | None) -> None:
         if await conn.fetchval("select 1") != 1:
             raise StackError(f"`select 1` did not return 1 on {dsn}")
         if create_database is not None:
-            exists = await conn.fetchval("select 1 from pg_database where datname = $1",
-                                         create_database)
+            exists = await conn.fetchval(
+                "select 1 from pg_database where datname = $1", create_database
+            )
             if not exists:
                 await conn.execute(f'CREATE DATABASE "{create_database}"')
                 _say(f"postgres: created database {create_database}")
@@ -576,8 +663,9 @@ async def _pg_round_trip(dsn: str, create_database: str | None) -> None:
         await conn.close()
 
 
-def wait_for_postgres(dsn: str, *, create_database: str | None, pid: int | None,
-                      timeout: float = PG_READY_TIMEOUT_S) -> None:
+def wait_for_postgres(
+    dsn: str, *, create_database: str | None, pid: int | None, timeout: float = PG_READY_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
@@ -591,15 +679,17 @@ def wait_for_postgres(dsn: str, *, create_database: str | None, pid: int | None,
         except Exception as error:  # not ready yet
             last_error = error
         time.sleep(0.3)
-    raise StackError(f"PostgreSQL at {dsn} not reachable after {timeout:.0f}s "
-                     f"(last error: {last_error!r})")
+    raise StackError(
+        f"PostgreSQL at {dsn} not reachable after {timeout:.0f}s (last error: {last_error!r})"
+    )
 
 
 def postgres_up() -> None:
     if EXTERNAL_DATABASE_URL is not None:
         _say("postgres: DATABASE_URL is set; checking it (the embedded server is not used)")
-        wait_for_postgres(_asyncpg_dsn(EXTERNAL_DATABASE_URL), create_database=None, pid=None,
-                          timeout=15)
+        wait_for_postgres(
+            _asyncpg_dsn(EXTERNAL_DATABASE_URL), create_database=None, pid=None, timeout=15
+        )
         _say("postgres: external database reachable")
         return
     admin_dsn = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
@@ -610,29 +700,52 @@ def postgres_up() -> None:
         wait_for_postgres(admin_dsn, create_database=PG_DATABASE, pid=pid)
         return
     if _port_open(PG_HOST, PG_PORT):
-        raise StackError(f"port {PG_HOST}:{PG_PORT} is taken by another process; stop it, set "
-                         "PG_PORT, or point DATABASE_URL at that server")
+        raise StackError(
+            f"port {PG_HOST}:{PG_PORT} is taken by another process; stop it, set "
+            "PG_PORT, or point DATABASE_URL at that server"
+        )
     run_as = _pg_run_as()
     _prepare_pg_dirs(run_as)
     if not (PG_DATA_DIR / "PG_VERSION").exists():
         _say(f"postgres: initdb {PG_DATA_DIR}" + (f" (as {run_as.user})" if run_as.user else ""))
-        result = _pg_command(run_as, "initdb", [
-            "--auth=trust", f"--username={PG_USER}", "--encoding=utf8", "--locale=C",
-            "--no-instructions"])
+        result = _pg_command(
+            run_as,
+            "initdb",
+            [
+                "--auth=trust",
+                f"--username={PG_USER}",
+                "--encoding=utf8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+        )
         if result.returncode != 0:
             raise StackError(f"initdb failed (exit {result.returncode}):\n{result.stdout}")
     server_opts = f"-h {PG_HOST} -p {PG_PORT} -k {PG_RUN_DIR} {PG_SERVER_OPTS}"
     with PG_CTL_OUT.open("w") as out:
-        result = _pg_command(run_as, "pg_ctl", ["-w", "-t", str(int(PG_READY_TIMEOUT_S)),
-                                                "-l", str(PG_LOG), "-o", server_opts, "start"],
-                             out=out, timeout=PG_READY_TIMEOUT_S + 10)
+        result = _pg_command(
+            run_as,
+            "pg_ctl",
+            [
+                "-w",
+                "-t",
+                str(int(PG_READY_TIMEOUT_S)),
+                "-l",
+                str(PG_LOG),
+                "-o",
+                server_opts,
+                "start",
+            ],
+            out=out,
+            timeout=PG_READY_TIMEOUT_S + 10,
+        )
     if result.returncode != 0:
-        raise StackError(f"pg_ctl start failed (exit {result.returncode})\n"
-                         f"{_tail(PG_CTL_OUT)}\n{_tail(PG_LOG)}")
+        raise StackError(
+            f"pg_ctl start failed (exit {result.returncode})\n{_tail(PG_CTL_OUT)}\n{_tail(PG_LOG)}"
+        )
     pid = postgres_pid()
     wait_for_postgres(admin_dsn, create_database=PG_DATABASE, pid=pid)
-    _say(f"postgres: ready at {PG_HOST}:{PG_PORT} (pid {pid}) in "
-         f"{time.monotonic() - started:.1f}s")
+    _say(f"postgres: ready at {PG_HOST}:{PG_PORT} (pid {pid}) in {time.monotonic() - started:.1f}s")
 
 
 def postgres_down() -> None:
@@ -652,8 +765,9 @@ def postgres_down() -> None:
 
 def is_up() -> bool:
     """Whether the broker and the (embedded) database processes run; no network round trip."""
-    return kafka_pid() is not None and (EXTERNAL_DATABASE_URL is not None
-                                         or postgres_pid() is not None)
+    return kafka_pid() is not None and (
+        EXTERNAL_DATABASE_URL is not None or postgres_pid() is not None
+    )
 
 
 def ensure_up() -> None:
@@ -663,8 +777,10 @@ def ensure_up() -> None:
         _kafka_preflight()
         postgres_up()  # quick; then the broker, which takes longer
         kafka_up()
-        _say(f"up in {time.monotonic() - started:.1f}s: KAFKA_BOOTSTRAP={KAFKA_BOOTSTRAP} "
-             f"DATABASE_URL={DATABASE_URL}")
+        _say(
+            f"up in {time.monotonic() - started:.1f}s: KAFKA_BOOTSTRAP={KAFKA_BOOTSTRAP} "
+            f"DATABASE_URL={DATABASE_URL}"
+        )
 
 
 def ensure_down() -> None:
@@ -695,8 +811,9 @@ def status() -> bool:
         print(f"postgres  stopped     ({PG_HOST}:{PG_PORT})")
     else:
         listening = "listening" if _port_open(PG_HOST, PG_PORT) else "NOT listening"
-        print(f"postgres  running     pid {pg}, {PG_HOST}:{PG_PORT} {listening}, "
-              f"data {PG_DATA_DIR}")
+        print(
+            f"postgres  running     pid {pg}, {PG_HOST}:{PG_PORT} {listening}, data {PG_DATA_DIR}"
+        )
     return kafka is not None and pg is not None
 
 
@@ -706,8 +823,9 @@ def env_lines(export: bool = False) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stack.py", description=__doc__.split("\n\n")[0]
-                                     if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="stack.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start (or reuse) Kafka and PostgreSQL, create the topics")
     commands.add_parser("down", help="stop Kafka and PostgreSQL")

@@ -135,12 +135,12 @@ class ProviderDouble:
             if key in self._answers:
                 self.requests.append((key, kind, True))
                 code, payload = self._answers[key]
-                return JSONResponse(payload, status_code=code,
-                                    headers={"Idempotent-Replayed": "true"})
+                return JSONResponse(
+                    payload, status_code=code, headers={"Idempotent-Replayed": "true"}
+                )
             if key in self._in_progress:
                 self.requests.append((key, kind, False))
-                return JSONResponse({"error": "request with this key in progress"},
-                                    status_code=409)
+                return JSONResponse({"error": "request with this key in progress"}, status_code=409)
             self._in_progress.add(key)
             self.requests.append((key, kind, False))
         try:
@@ -149,11 +149,13 @@ class ProviderDouble:
                 await asyncio.sleep(float(outcome.split(":", 1)[1]))
                 outcome = self.default_sms if kind == "sms" else self.default_call
             if outcome.startswith("fail:"):
-                return JSONResponse({"error": "scripted failure"},
-                                    status_code=int(outcome.split(":", 1)[1]))
+                return JSONResponse(
+                    {"error": "scripted failure"}, status_code=int(outcome.split(":", 1)[1])
+                )
             lost_code = int(outcome.split(":", 1)[1]) if outcome.startswith("lost:") else None
-            status = (self.default_sms if kind == "sms" else self.default_call) \
-                if lost_code else outcome
+            status = (
+                (self.default_sms if kind == "sms" else self.default_call) if lost_code else outcome
+            )
             with self._lock:
                 self._counter += 1
                 provider_id = f"{'msg' if kind == 'sms' else 'call'}_{self._counter:06d}"
@@ -189,38 +191,54 @@ class ProviderDouble:
 
     async def _list(self, request: Request) -> JSONResponse:
         with self._lock:
-            rows = [{"key": s.key, "kind": s.kind, "to": s.to[:3] + "***" + s.to[-2:],
-                     "status": s.status, "id": s.provider_id}
-                    for sent in self.sends.values() for s in sent]
+            rows = [
+                {
+                    "key": s.key,
+                    "kind": s.kind,
+                    "to": s.to[:3] + "***" + s.to[-2:],
+                    "status": s.status,
+                    "id": s.provider_id,
+                }
+                for sent in self.sends.values()
+                for s in sent
+            ]
             replays = sum(1 for _, _, replayed in self.requests if replayed)
-        return JSONResponse({"sends": rows, "requests": len(self.requests),
-                             "replays": replays})
+        return JSONResponse({"sends": rows, "requests": len(self.requests), "replays": replays})
 
     async def _reset(self, request: Request) -> JSONResponse:
         self.reset()
         return JSONResponse({"ok": True})
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/messages", self._messages, methods=["POST"]),
-            Route("/v1/calls", self._calls, methods=["POST"]),
-            Route("/v1/messages/by-reference/{key}", self._by_reference, methods=["GET"]),
-            Route("/v1/calls/by-reference/{key}", self._by_reference, methods=["GET"]),
-            Route("/_double/script", self._script, methods=["POST"]),
-            Route("/_double/sends", self._list, methods=["GET"]),
-            Route("/_double/reset", self._reset, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/calls", self._calls, methods=["POST"]),
+                Route("/v1/messages/by-reference/{key}", self._by_reference, methods=["GET"]),
+                Route("/v1/calls/by-reference/{key}", self._by_reference, methods=["GET"]),
+                Route("/_double/script", self._script, methods=["POST"]),
+                Route("/_double/sends", self._list, methods=["GET"]),
+                Route("/_double/reset", self._reset, methods=["POST"]),
+            ]
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> ProviderDouble:
         """Serve on a thread of its own (its own event loop), so a test's loop never
         blocks it; returns once it accepts connections."""
-        config = uvicorn.Config(self.app(), host=self.host, port=self.port,
-                                log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            self.app(),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="provider-double",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="provider-double", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -244,8 +262,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8091)
     args = parser.parse_args()
     double = ProviderDouble(host=args.host, port=args.port)
-    uvicorn.run(double.app(), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(double.app(), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

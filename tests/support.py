@@ -46,8 +46,9 @@ def unused_port() -> int:
         return port
 
 
-async def eventually(check: Callable[[], Any], *, within: float = 30.0,
-                     interval: float = 0.2) -> Any:
+async def eventually(
+    check: Callable[[], Any], *, within: float = 30.0, interval: float = 0.2
+) -> Any:
     """Await ``check()`` until it returns something truthy (async or not)."""
     deadline = time.monotonic() + within
     last: Any = None
@@ -102,8 +103,9 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         rows = (await conn.execute(select(cases).order_by(cases.c.loan_id))).all()
         journals: dict[str, list[Any]] = {}
-        for entry in await conn.execute(select(case_inputs).order_by(
-                case_inputs.c.case_id, case_inputs.c.id)):
+        for entry in await conn.execute(
+            select(case_inputs).order_by(case_inputs.c.case_id, case_inputs.c.id)
+        ):
             journals.setdefault(entry.case_id, []).append(entry)
     bad = []
     for row in rows:
@@ -112,18 +114,36 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
         replayed = replay(journal, policies)
         if replayed == stored:
             continue
-        fields = ({f.name: {"stored": _plain(getattr(stored, f.name)),
-                            "replayed": _plain(getattr(replayed, f.name))}
-                   for f in dataclasses.fields(stored)
-                   if getattr(stored, f.name) != getattr(replayed, f.name)}
-                  if replayed is not None else {"case": {"stored": stored.case_id,
-                                                         "replayed": None}})
-        bad.append({
-            "loan_id": stored.loan_id, "case_id": stored.case_id, "fields": fields,
-            "stored": {k: _plain(v) for k, v in row._mapping.items()},
-            "journal": [{"id": e.id, "at": _plain(e.at), "cause_id": e.cause_id,
-                         "input_type": e.input_type, "payload": e.payload}
-                        for e in journal]})
+        fields = (
+            {
+                f.name: {
+                    "stored": _plain(getattr(stored, f.name)),
+                    "replayed": _plain(getattr(replayed, f.name)),
+                }
+                for f in dataclasses.fields(stored)
+                if getattr(stored, f.name) != getattr(replayed, f.name)
+            }
+            if replayed is not None
+            else {"case": {"stored": stored.case_id, "replayed": None}}
+        )
+        bad.append(
+            {
+                "loan_id": stored.loan_id,
+                "case_id": stored.case_id,
+                "fields": fields,
+                "stored": {k: _plain(v) for k, v in row._mapping.items()},
+                "journal": [
+                    {
+                        "id": e.id,
+                        "at": _plain(e.at),
+                        "cause_id": e.cause_id,
+                        "input_type": e.input_type,
+                        "payload": e.payload,
+                    }
+                    for e in journal
+                ],
+            }
+        )
     return bad
 
 
@@ -144,13 +164,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def poll_of(records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
-            ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+def poll_of(
+    records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
     """What a consumer's ``getmany`` would return for these records (as from
     ``lending.record_for``), one partition per topic, topics in order of first appearance:
     for handing a loop a poll whose make-up a test decides."""
     poll: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
     for offset, (topic, key, value, headers) in enumerate(records):
-        poll.setdefault(TopicPartition(topic, 0), []).append(ConsumerRecord(
-            topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers))
+        poll.setdefault(TopicPartition(topic, 0), []).append(
+            ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), headers)
+        )
     return poll

@@ -94,14 +94,23 @@ def _money(value: Decimal) -> str:
 
 
 def _posting(p: PostingIn) -> dict[str, Any]:
-    return {"posting_id": p.posting_id, "sequence": p.sequence, "kind": p.kind,
-            "currency": p.currency, "amount": _money(p.amount),
-            "booked_at": p.booked_at.isoformat(), "repayment_id": p.repayment_id}
+    return {
+        "posting_id": p.posting_id,
+        "sequence": p.sequence,
+        "kind": p.kind,
+        "currency": p.currency,
+        "amount": _money(p.amount),
+        "booked_at": p.booked_at.isoformat(),
+        "repayment_id": p.repayment_id,
+    }
 
 
 def _problem(status: int, title: str) -> JSONResponse:
-    return JSONResponse({"type": "about:blank", "title": title, "status": status},
-                        status_code=status, media_type="application/problem+json")
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status},
+        status_code=status,
+        media_type="application/problem+json",
+    )
 
 
 def create_app(book: LedgerBook) -> FastAPI:
@@ -121,22 +130,31 @@ def create_app(book: LedgerBook) -> FastAPI:
         postings = book.snapshot(loan_id)
         if not postings:
             return _problem(404, "Unknown loan")
-        return {"loan_id": loan_id, "currency": postings[0].currency,
-                "balance": _money(sum((p.amount for p in postings), Decimal("0"))),
-                "sequence": postings[-1].sequence,
-                "as_of": datetime.now(UTC).isoformat()}
+        return {
+            "loan_id": loan_id,
+            "currency": postings[0].currency,
+            "balance": _money(sum((p.amount for p in postings), Decimal("0"))),
+            "sequence": postings[-1].sequence,
+            "as_of": datetime.now(UTC).isoformat(),
+        }
 
     @app.get("/v1/loans/{loan_id}/postings", response_model=None)
-    async def postings(loan_id: LoanId, after: Annotated[int, Query(ge=0)] = 0,
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> Any:
+    async def postings(
+        loan_id: LoanId,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    ) -> Any:
         if (down := await gate()) is not None:
             return down
         found = book.snapshot(loan_id)
         if not found:
             return _problem(404, "Unknown loan")
         page = [p for p in found if p.sequence > after][:limit]
-        return {"loan_id": loan_id, "postings": [_posting(p) for p in page],
-                "last_sequence": found[-1].sequence}
+        return {
+            "loan_id": loan_id,
+            "postings": [_posting(p) for p in page],
+            "last_sequence": found[-1].sequence,
+        }
 
     @app.post("/admin/loans/{loan_id}/postings", status_code=201, response_model=None)
     async def book_posting(loan_id: LoanId, posting: PostingIn) -> Any:
@@ -166,8 +184,9 @@ def create_app(book: LedgerBook) -> FastAPI:
 class LedgerDoubleServer:
     """The double on a loopback port, served by uvicorn in a background thread."""
 
-    def __init__(self, book: LedgerBook | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, book: LedgerBook | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.book = book or LedgerBook()
         self._host = host
         self._port = port
@@ -185,11 +204,13 @@ class LedgerDoubleServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._host, self._port or self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.book), log_config=None, access_log=False,
-                                lifespan="off")
+        config = uvicorn.Config(
+            create_app(self.book), log_config=None, access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="ledger-double", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="ledger-double", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -57,18 +57,24 @@ class Letter:
         # As collections_kit.consumer.original_record: text, or base64 where the letter
         # says so, back to the original bytes.
         p = self.payload
-        key = (_bytes_of(p["origin_key"], p.get("key_encoding", "utf-8"))
-               if p.get("origin_key") is not None else None)
+        key = (
+            _bytes_of(p["origin_key"], p.get("key_encoding", "utf-8"))
+            if p.get("origin_key") is not None
+            else None
+        )
         value = _bytes_of(p["origin_value"], p["value_encoding"])
         encodings = p.get("origin_header_encodings", {})
-        headers = [(name, _bytes_of(str(v), encodings.get(name, "utf-8")))
-                   for name, v in p.get("origin_headers", {}).items()]
+        headers = [
+            (name, _bytes_of(str(v), encodings.get(name, "utf-8")))
+            for name, v in p.get("origin_headers", {}).items()
+        ]
         return key, value, headers
 
     def truncated(self) -> bool:
         # An oversized record's value is cut in its dead letter (max_record_bytes).
         return "value truncated" in str(self.payload.get("reason", "")) or any(
-            len(str(v)) >= HEADER_LIMIT for v in self.payload.get("origin_headers", {}).values())
+            len(str(v)) >= HEADER_LIMIT for v in self.payload.get("origin_headers", {}).values()
+        )
 
 
 def _bytes_of(text: str, encoding: str) -> bytes:
@@ -94,9 +100,14 @@ def connection(bootstrap: str | None, env_prefix: str | None) -> dict[str, Any]:
 
 async def read_letters(kafka: dict[str, Any], topic: str) -> list[Letter]:
     # No group: every partition is assigned to us, nothing is committed.
-    consumer = AIOKafkaConsumer(topic, **kafka, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest",
-                                client_id="dlq-replay")
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        client_id="dlq-replay",
+    )
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -128,8 +139,7 @@ async def read_letters(kafka: dict[str, Any], topic: str) -> list[Letter]:
                     try:
                         payload = json.loads(record.value)
                     except ValueError:
-                        print(f"skipping {tp.partition}@{record.offset}: not JSON",
-                              file=sys.stderr)
+                        print(f"skipping {tp.partition}@{record.offset}: not JSON", file=sys.stderr)
                         continue
                     letters.append(Letter(f"{tp.partition}@{record.offset}", payload))
         return letters
@@ -155,8 +165,9 @@ def select(letters: list[Letter], args: argparse.Namespace) -> list[Letter]:
 
 
 async def replay(kafka: dict[str, Any], letters: list[Letter]) -> int:
-    producer = AIOKafkaProducer(**kafka, enable_idempotence=True,
-                                acks="all", client_id="dlq-replay")
+    producer = AIOKafkaProducer(
+        **kafka, enable_idempotence=True, acks="all", client_id="dlq-replay"
+    )
     await producer.start()
     sent = 0
     try:
@@ -173,13 +184,24 @@ async def replay(kafka: dict[str, Any], letters: list[Letter]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (plaintext)")
-    parser.add_argument("--env-prefix", help="take the Kafka settings (bootstrap, TLS, SASL) "
-                                             "from a service's environment, e.g. WORKFLOW_")
+    parser.add_argument(
+        "--env-prefix",
+        help="take the Kafka settings (bootstrap, TLS, SASL) "
+        "from a service's environment, e.g. WORKFLOW_",
+    )
     parser.add_argument("--group", required=True, help="the consumer group: workflow, ...")
     parser.add_argument("--topic-prefix", default="", help="the services' TOPIC_PREFIX")
-    parser.add_argument("--kind", action="append",
-                        choices=["undecodable", "invalid", "unknown_type", "handler_failed",
-                                 "conflicting_duplicate"])
+    parser.add_argument(
+        "--kind",
+        action="append",
+        choices=[
+            "undecodable",
+            "invalid",
+            "unknown_type",
+            "handler_failed",
+            "conflicting_duplicate",
+        ],
+    )
     parser.add_argument("--origin-topic", help="only letters from this topic")
     parser.add_argument("--since", help="only letters that failed at or after this ISO time")
     parser.add_argument("--apply", action="store_true", help="re-publish (default: list only)")
@@ -190,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     for letter in letters:
         p = letter.payload
         topic, partition, offset = letter.origin
-        print(f"{p['failed_at']}  {p['error_kind']:<14} {topic}/{partition}@{offset}  "
-              f"id={letter.event_id}  {p['reason'][:100]}")
+        print(
+            f"{p['failed_at']}  {p['error_kind']:<14} {topic}/{partition}@{offset}  "
+            f"id={letter.event_id}  {p['reason'][:100]}"
+        )
     print(f"{len(letters)} dead letters of group {args.group}")
     skipped = [letter for letter in letters if letter.truncated()]
     for letter in skipped:

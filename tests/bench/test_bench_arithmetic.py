@@ -13,8 +13,11 @@ from bench.run import Baseline, cost_ratio, per_unit_us, plumbing, scale_order
 
 
 def _run(existing: int, us: float, cpu: float | None = None) -> dict[str, Any]:
-    return {"existing_cases": existing, "us_per_event": us,
-            "machine_cpu_us_per_event": cpu if cpu is not None else us * 2}
+    return {
+        "existing_cases": existing,
+        "us_per_event": us,
+        "machine_cpu_us_per_event": cpu if cpu is not None else us * 2,
+    }
 
 
 def test_the_smallest_size_brackets_the_largest() -> None:

@@ -12,10 +12,10 @@ from scripts.chaos import Config, run, verdict
 
 # Settling alone may take up to 300 s on a slow machine; the run stays bounded.
 @pytest.mark.timeout(900)
-async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(
-        stack: dict[str, str]) -> None:
-    report = await run(Config(loans=1500, kills_per_replica=1, restart_infrastructure=False,
-                              settle_timeout_s=300))
+async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(stack: dict[str, str]) -> None:
+    report = await run(
+        Config(loans=1500, kills_per_replica=1, restart_infrastructure=False, settle_timeout_s=300)
+    )
     checks = report["checks"]
     assert verdict(checks) == [], checks
     assert sum(report["faults"]["kills"].values()) >= 6

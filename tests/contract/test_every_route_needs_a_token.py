@@ -26,9 +26,11 @@ async def _apps() -> AsyncIterator[tuple[str, FastAPI]]:
     from workflow.entrypoints import bootstrap as workflow
     from workflow.settings import WorkflowSettings
 
-    for name, module, settings in (("workflow", workflow, WorkflowSettings()),
-                                   ("ledger-sync", ledger_sync, LedgerSyncSettings()),
-                                   ("notifier", notifier, NotifierSettings())):
+    for name, module, settings in (
+        ("workflow", workflow, WorkflowSettings()),
+        ("ledger-sync", ledger_sync, LedgerSyncSettings()),
+        ("notifier", notifier, NotifierSettings()),
+    ):
         runtime = module.build_runtime(settings)
         try:
             yield name, module.create_app(runtime, manage_runtime=False)
@@ -38,16 +40,20 @@ async def _apps() -> AsyncIterator[tuple[str, FastAPI]]:
 
 
 def _operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(method.upper(), path, op) for path, item in app.openapi()["paths"].items()
-            for method, op in item.items()]
+    return [
+        (method.upper(), path, op)
+        for path, item in app.openapi()["paths"].items()
+        for method, op in item.items()
+    ]
 
 
 async def _routes() -> AsyncIterator[tuple[str, httpx.AsyncClient, str, str, dict[str, Any]]]:
     """Every operation of every service that needs a token, with a client for its app;
     the open ones (probes, metrics) must declare no security at all."""
     async for name, app in _apps():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url=f"http://{name}") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{name}"
+        ) as http:
             for method, path, op in _operations(app):
                 if path in OPEN:
                     assert "security" not in op
@@ -58,13 +64,15 @@ async def _routes() -> AsyncIterator[tuple[str, httpx.AsyncClient, str, str, dic
                 yield name, http, method, path, op
 
 
-async def _call(http: httpx.AsyncClient, method: str, path: str, op: dict[str, Any],
-                headers: dict[str, str]) -> httpx.Response:
+async def _call(
+    http: httpx.AsyncClient, method: str, path: str, op: dict[str, Any], headers: dict[str, str]
+) -> httpx.Response:
     """The operation with placeholder path parameters and, if it takes one, an empty body:
     authentication comes before any of them is looked at."""
     url = re.sub(r"\{[^}]+\}", "X-1", path)
-    return await http.request(method, url, headers=headers,
-                              json={} if "requestBody" in op else None)
+    return await http.request(
+        method, url, headers=headers, json={} if "requestBody" in op else None
+    )
 
 
 @pytest.mark.parametrize("token", ["none", "expired", "wrong audience", "garbage"])
@@ -90,13 +98,17 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
 async def test_a_signed_route_refuses_an_unsigned_call_even_with_every_scope() -> None:
     checked = 0
     async for name, app in _apps():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url=f"http://{name}") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{name}"
+        ) as http:
             for method, path, op in _operations(app):
                 if path not in SIGNED:
                     continue
-                for headers in ({}, dev_headers(list(SCOPES)),
-                                {"X-Signature": "sha256=" + "0" * 64}):
+                for headers in (
+                    {},
+                    dev_headers(list(SCOPES)),
+                    {"X-Signature": "sha256=" + "0" * 64},
+                ):
                     response = await _call(http, method, path, op, headers)
                     assert response.status_code == 401, (path, response.text)
                     assert response.headers["content-type"] == "application/problem+json"
@@ -116,6 +128,9 @@ async def test_no_route_answers_a_token_without_its_scope() -> None:
         assert response.status_code == 403, (name, method, path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert f'scope="{needed}"' in response.headers["www-authenticate"], (
-            name, path, response.headers["www-authenticate"])
+            name,
+            path,
+            response.headers["www-authenticate"],
+        )
         checked += 1
     assert checked >= 20

@@ -22,13 +22,17 @@ def _fetch(loop: ConsumerLoop) -> tuple[Any, Any]:
     return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms
 
 
-@pytest.mark.parametrize(("build", "settings", "expected"), [
-    (notifier_boot.build_runtime, NotifierSettings, (1, 500)),
-    (workflow_boot.build_runtime, WorkflowSettings, (64 * 1024, 100)),
-    (ledger_sync_boot.build_runtime, LedgerSyncSettings, (64 * 1024, 100)),
-])
+@pytest.mark.parametrize(
+    ("build", "settings", "expected"),
+    [
+        (notifier_boot.build_runtime, NotifierSettings, (1, 500)),
+        (workflow_boot.build_runtime, WorkflowSettings, (64 * 1024, 100)),
+        (ledger_sync_boot.build_runtime, LedgerSyncSettings, (64 * 1024, 100)),
+    ],
+)
 async def test_only_the_notifier_answers_fetches_at_once(
-        build: Any, settings: Any, expected: tuple[int, int]) -> None:
+    build: Any, settings: Any, expected: tuple[int, int]
+) -> None:
     runtime = build(settings())
     try:
         assert runtime.loops

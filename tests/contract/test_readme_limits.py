@@ -14,6 +14,9 @@ def test_the_readme_tells_publishers_the_consumers_record_limit() -> None:
     limit = ServiceSettings.model_fields["max_record_bytes"].default
     kib = f"{limit // 1024} KiB"
     assert f"`*_MAX_RECORD_BYTES` ({kib}" in readme
-    assert re.search(r"broker's own default limit \(`message\.max\.bytes`, about 1 MB\) is "
-                     r"above it", readme)
+    assert re.search(
+        r"broker's own default limit \(`message\.max\.bytes`, about 1 MB\) is "
+        r"above it",
+        readme,
+    )
     assert f"publishers must keep each record under {kib}" in readme

@@ -13,8 +13,14 @@ from scripts import deploy_check as dc
 
 
 def test_deploy_check_passes() -> None:
-    run = subprocess.run([sys.executable, "-m", "scripts.deploy_check"], cwd=dc.ROOT,
-                         capture_output=True, text=True, timeout=600, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.deploy_check"],
+        cwd=dc.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -29,8 +35,9 @@ def prod() -> dc.Rendered:
 
 
 def mutated(rendered: dc.Rendered) -> dc.Rendered:
-    return dc.Rendered(rendered.overlay, copy.deepcopy(rendered.docs),
-                       copy.deepcopy(rendered.kustomization))
+    return dc.Rendered(
+        rendered.overlay, copy.deepcopy(rendered.docs), copy.deepcopy(rendered.kustomization)
+    )
 
 
 def doc(rendered: dc.Rendered, kind: str, name: str) -> dict[str, Any]:
@@ -47,16 +54,19 @@ def test_the_rendered_overlays_pass_every_policy(prod: dc.Rendered, facts: dc.Fa
     assert dc.check_alerts(prod, facts)[0] == []
 
 
-def test_a_contract_topic_without_kafkatopic_is_caught(prod: dc.Rendered,
-                                                       facts: dc.Facts) -> None:
+def test_a_contract_topic_without_kafkatopic_is_caught(prod: dc.Rendered, facts: dc.Facts) -> None:
     r = mutated(prod)
-    r.docs = [d for d in r.docs if d.get("kind") != "KafkaTopic"
-              or d["spec"]["topicName"] != "collections.dlq.v1"]
+    r.docs = [
+        d
+        for d in r.docs
+        if d.get("kind") != "KafkaTopic" or d["spec"]["topicName"] != "collections.dlq.v1"
+    ]
     assert any("collections.dlq.v1 has no KafkaTopic" in p for p in dc.check_topics(r, facts))
 
 
-def test_wrong_retention_and_fewer_partitions_are_caught(prod: dc.Rendered,
-                                                         facts: dc.Facts) -> None:
+def test_wrong_retention_and_fewer_partitions_are_caught(
+    prod: dc.Rendered, facts: dc.Facts
+) -> None:
     r = mutated(prod)
     topic = doc(r, "KafkaTopic", "collections.dlq.v1")
     topic["spec"]["config"]["retention.ms"] = 604800000
@@ -82,19 +92,20 @@ def test_root_containers_are_caught(prod: dc.Rendered) -> None:
     assert any("runAsUser must be a non-zero uid" in p for p in dc.check_workload_hygiene(r))
 
 
-def test_a_setting_the_service_does_not_know_is_caught(prod: dc.Rendered,
-                                                       facts: dc.Facts) -> None:
+def test_a_setting_the_service_does_not_know_is_caught(prod: dc.Rendered, facts: dc.Facts) -> None:
     r = mutated(prod)
-    config = next(d for d in r.of_kind("ConfigMap")
-                  if d["metadata"]["name"].startswith("ledger-sync-config"))
+    config = next(
+        d for d in r.of_kind("ConfigMap") if d["metadata"]["name"].startswith("ledger-sync-config")
+    )
     config["data"]["LEDGER_SYNC_KAFKA_BOOTSTRAPS"] = "elsewhere:9092"
     config["data"]["LEDGER_SYNC_HTTP_PORT"] = "9090"
     problems = " ".join(dc.check_services(r, facts))
     assert "LEDGER_SYNC_KAFKA_BOOTSTRAPS is not a setting" in problems
 
 
-def test_scaling_beyond_the_partitions_or_to_zero_is_caught(prod: dc.Rendered,
-                                                            facts: dc.Facts) -> None:
+def test_scaling_beyond_the_partitions_or_to_zero_is_caught(
+    prod: dc.Rendered, facts: dc.Facts
+) -> None:
     r = mutated(prod)
     scaler = doc(r, "ScaledObject", "workflow")
     scaler["spec"]["maxReplicaCount"] = 12
@@ -108,8 +119,9 @@ def test_scaling_beyond_the_partitions_or_to_zero_is_caught(prod: dc.Rendered,
 
 def test_a_missing_secret_is_caught(prod: dc.Rendered) -> None:
     r = mutated(prod)
-    r.kustomization["metadata"]["annotations"][dc.EXTERNAL_SECRETS_ANNOTATION] = \
+    r.kustomization["metadata"]["annotations"][dc.EXTERNAL_SECRETS_ANNOTATION] = (
         "collections-db-workflow"
+    )
     assert any("Secret notifier-smtp is neither rendered" in p for p in dc.check_references(r))
 
 
@@ -122,20 +134,29 @@ def test_an_alert_on_an_unknown_metric_is_caught(prod: dc.Rendered, facts: dc.Fa
 
 
 def test_promql_metric_names_are_found() -> None:
-    expr = ('histogram_quantile(0.99, sum by (le, consumer) '
-            '(rate(collections_consumer_batch_seconds_bucket{consumer=~"a|b"}[10m]))) > 10 '
-            'unless on (consumer) up{job="workflow"} == 0')
+    expr = (
+        "histogram_quantile(0.99, sum by (le, consumer) "
+        '(rate(collections_consumer_batch_seconds_bucket{consumer=~"a|b"}[10m]))) > 10 '
+        'unless on (consumer) up{job="workflow"} == 0'
+    )
     assert dc.promql_metrics(expr) == {"collections_consumer_batch_seconds_bucket", "up"}
 
 
 def test_code_metrics_are_found_in_the_source(facts: dc.Facts) -> None:
-    assert {"collections_messages_consumed_total", "collections_consumer_batch_seconds_bucket",
-            "collections_consumer_lag"} <= facts.metrics
+    assert {
+        "collections_messages_consumed_total",
+        "collections_consumer_batch_seconds_bucket",
+        "collections_consumer_lag",
+    } <= facts.metrics
 
 
 def test_dockerignore_rules_follow_docker() -> None:
-    patterns = [(False, "*"), (True, "services"), (False, "services/*/tests"),
-                (False, "**/*.py[co]")]
+    patterns = [
+        (False, "*"),
+        (True, "services"),
+        (False, "services/*/tests"),
+        (False, "**/*.py[co]"),
+    ]
     assert not dc.docker_excluded("services/workflow/src/workflow/app.py", patterns)
     assert dc.docker_excluded("services/workflow/tests/unit/test_x.py", patterns)
     assert dc.docker_excluded("services/workflow/src/x.pyc", patterns)
@@ -160,7 +181,8 @@ def test_a_fat_or_root_final_stage_is_caught(tmp_path: Any, facts: dc.Facts) -> 
     original = (dc.DOCKER / "workflow.Dockerfile").read_text()
     broken = original.replace("USER 10001:10001", "USER root").replace(
         "FROM ${PYTHON_IMAGE} AS runtime\n",
-        "FROM ${PYTHON_IMAGE} AS runtime\nRUN apt-get update && apt-get install -y gcc\n")
+        "FROM ${PYTHON_IMAGE} AS runtime\nRUN apt-get update && apt-get install -y gcc\n",
+    )
     path = tmp_path / "workflow.Dockerfile"
     path.write_text(broken)
     problems = " ".join(dc.dockerfile_problems(path, service, dc.dockerignore_patterns()))

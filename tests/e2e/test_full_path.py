@@ -51,11 +51,17 @@ def smtp() -> Iterator[Inbox]:
 
 
 @pytest.fixture
-async def fleet(stack: dict[str, str], database_url: str, topic_prefix: str,
-                tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(database_url=database_url, kafka_bootstrap=stack["kafka_bootstrap"],
-                  topic_prefix=topic_prefix, log_dir=tmp_path / "logs", base_port=18210,
-                  smtp_port=SMTP_PORT)
+async def fleet(
+    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=stack["kafka_bootstrap"],
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path / "logs",
+        base_port=18210,
+        smtp_port=SMTP_PORT,
+    )
     await asyncio.to_thread(fleet.start)
     try:
         yield fleet
@@ -74,18 +80,29 @@ def zone_at_midday() -> str:
 
 async def commands_for(stack: dict[str, str], prefix: str, loan_id: str) -> list[c.ContactCommand]:
     found = await read_topic(stack["kafka_bootstrap"], prefix + Topic.CONTACT_COMMANDS.value)
-    return [e.data for e in found if isinstance(e, Envelope)
-            and isinstance(e.data, c.ContactCommand) and e.data.loan_id == loan_id]
+    return [
+        e.data
+        for e in found
+        if isinstance(e, Envelope)
+        and isinstance(e.data, c.ContactCommand)
+        and e.data.loan_id == loan_id
+    ]
 
 
 async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repayment(
-        fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str) -> None:
+    fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str
+) -> None:
     loan, borrower, email = "L-e2e-1", "B-e2e-1", "borrower.e2e@example.com"
     async with httpx.AsyncClient(timeout=10, headers=dev_headers(subject="e2e-test")) as http:
         put = await http.put(
             f"{fleet['notifier'].base_url}/v1/borrowers/{borrower}/contact-details",
-            json={"language": "en", "email": email, "phone": "+447700900123",
-                  "postal_address": "1 Test Street, London"})
+            json={
+                "language": "en",
+                "email": email,
+                "phone": "+447700900123",
+                "postal_address": "1 Test Street, London",
+            },
+        )
         assert put.status_code == 204, put.text
 
         kafka = await producer(stack["kafka_bootstrap"])
@@ -93,22 +110,32 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
         try:
             now = datetime.now(UTC)
             await lender.publish(lending.disbursement(loan, Decimal("800.00"), currency="GBP"))
-            await lender.publish(lending.overdue(
-                loan, Decimal("800.00"), currency="GBP", tz=zone_at_midday(), jurisdiction="UK",
-                as_of=now, borrower_id=borrower))
+            await lender.publish(
+                lending.overdue(
+                    loan,
+                    Decimal("800.00"),
+                    currency="GBP",
+                    tz=zone_at_midday(),
+                    jurisdiction="UK",
+                    as_of=now,
+                    borrower_id=borrower,
+                )
+            )
 
-            await eventually(lambda: any(email in rcpts for rcpts, _ in smtp.messages),
-                             within=60)
+            await eventually(lambda: any(email in rcpts for rcpts, _ in smtp.messages), within=60)
             wf = fleet["workflow"].base_url
 
             async def timeline_kinds() -> list[str]:
                 body = (await http.get(f"{wf}/v1/cases/{loan}/timeline")).json()
                 return [e["kind"] for e in body["entries"]]
 
-            kinds = await eventually(
-                lambda: _has(timeline_kinds(), "contact_sent"), within=30)
-            for step in ("case_opened", "contact_intent_recorded", "contact_commanded",
-                         "contact_sent"):
+            kinds = await eventually(lambda: _has(timeline_kinds(), "contact_sent"), within=30)
+            for step in (
+                "case_opened",
+                "contact_intent_recorded",
+                "contact_commanded",
+                "contact_sent",
+            ):
                 assert step in kinds, kinds
             case = (await http.get(f"{wf}/v1/cases/{loan}")).json()
             assert case["stage"] == "warning" and case["status"] == "open"
@@ -116,17 +143,28 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
             body = next(content for rcpts, content in smtp.messages if email in rcpts)
             assert b"800" in body
 
-            await lender.publish(lending.repayment(loan, Decimal("800.00"), Decimal("0"),
-                                                   currency="GBP"))
+            await lender.publish(
+                lending.repayment(loan, Decimal("800.00"), Decimal("0"), currency="GBP")
+            )
             await eventually(lambda: _case_status(http, wf, loan, "closed"), within=30)
             before = len(await commands_for(stack, topic_prefix, loan))
             sent_before = len(smtp.messages)
             # The lending system's feed is late: it still reports the loan overdue, a month on.
-            await lender.publish(lending.overdue(
-                loan, Decimal("800.00"), dpd=31, currency="GBP", tz=zone_at_midday(),
-                jurisdiction="UK", as_of=now + timedelta(days=1), borrower_id=borrower))
-            await eventually(lambda: _has(timeline_kinds(), "overdue_after_close_ignored"),
-                             within=30)
+            await lender.publish(
+                lending.overdue(
+                    loan,
+                    Decimal("800.00"),
+                    dpd=31,
+                    currency="GBP",
+                    tz=zone_at_midday(),
+                    jurisdiction="UK",
+                    as_of=now + timedelta(days=1),
+                    borrower_id=borrower,
+                )
+            )
+            await eventually(
+                lambda: _has(timeline_kinds(), "overdue_after_close_ignored"), within=30
+            )
             await asyncio.sleep(2.0)
             assert len(await commands_for(stack, topic_prefix, loan)) == before
             assert len(smtp.messages) == sent_before

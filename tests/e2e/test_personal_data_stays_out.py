@@ -26,10 +26,16 @@ from tests.support import eventually
 
 SMTP_PORT = 2541
 BORROWERS = [
-    {"id": f"B-pii-{n}", "loan": f"L-pii-{n}", "email": f"pii.borrower{n}@example.org",
-     "phone": f"+4477009004{n:02d}", "address": f"{n} Confidential Mews, Leeds",
-     "guarantor": f"Guarantor Person{n}", "guarantor_phone": f"+4477009005{n:02d}",
-     "guarantor_email": f"guarantor{n}@example.net"}
+    {
+        "id": f"B-pii-{n}",
+        "loan": f"L-pii-{n}",
+        "email": f"pii.borrower{n}@example.org",
+        "phone": f"+4477009004{n:02d}",
+        "address": f"{n} Confidential Mews, Leeds",
+        "guarantor": f"Guarantor Person{n}",
+        "guarantor_phone": f"+4477009005{n:02d}",
+        "guarantor_email": f"guarantor{n}@example.net",
+    }
     for n in range(1, 6)
 ]
 
@@ -37,9 +43,18 @@ BORROWERS = [
 def secrets() -> list[str]:
     found = []
     for b in BORROWERS:
-        found += [b["email"], b["phone"], b["phone"][1:], b["phone"][3:], b["address"],
-                  b["guarantor"], b["guarantor_phone"], b["guarantor_phone"][3:],
-                  b["guarantor_email"], b["email"].split("@")[0]]
+        found += [
+            b["email"],
+            b["phone"],
+            b["phone"][1:],
+            b["phone"][3:],
+            b["address"],
+            b["guarantor"],
+            b["guarantor_phone"],
+            b["guarantor_phone"][3:],
+            b["guarantor_email"],
+            b["email"].split("@")[0],
+        ]
     return found
 
 
@@ -64,15 +79,26 @@ def smtp() -> Iterator[Inbox]:
 
 
 @pytest.fixture
-async def fleet(stack: dict[str, str], database_url: str, topic_prefix: str,
-                tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(database_url=database_url, kafka_bootstrap=stack["kafka_bootstrap"],
-                  topic_prefix=topic_prefix, log_dir=tmp_path / "logs", base_port=18230,
-                  smtp_port=SMTP_PORT,
-                  # The most talkative the services get: nothing may slip out even there.
-                  extra_env={n: {f"{p}LOG_LEVEL": "DEBUG"} for n, p in
-                             (("workflow", "WORKFLOW_"), ("ledger-sync", "LEDGER_SYNC_"),
-                              ("notifier", "NOTIFIER_"))})
+async def fleet(
+    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=stack["kafka_bootstrap"],
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path / "logs",
+        base_port=18230,
+        smtp_port=SMTP_PORT,
+        # The most talkative the services get: nothing may slip out even there.
+        extra_env={
+            n: {f"{p}LOG_LEVEL": "DEBUG"}
+            for n, p in (
+                ("workflow", "WORKFLOW_"),
+                ("ledger-sync", "LEDGER_SYNC_"),
+                ("notifier", "NOTIFIER_"),
+            )
+        },
+    )
     await asyncio.to_thread(fleet.start)
     try:
         yield fleet
@@ -95,60 +121,81 @@ async def raw_records(bootstrap: str, prefix: str) -> list[bytes]:
 
 
 async def test_no_phone_number_or_email_address_in_any_log_or_on_kafka(
-        fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str) -> None:
+    fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str
+) -> None:
     notifier, workflow = fleet["notifier"].base_url, fleet["workflow"].base_url
     writer = dev_headers(["contacts:write"], subject="crm")
     reader = dev_headers(["cases:read"], subject="agent:reader")
     privileged = dev_headers(["cases:read", "pii:read"], subject="agent:privileged")
     async with httpx.AsyncClient(timeout=10) as http:
         for b in BORROWERS:
-            put = await http.put(f"{notifier}/v1/borrowers/{b['id']}/contact-details",
-                                 headers=writer, json={
-                                     "language": "en", "email": b["email"],
-                                     "phone": b["phone"], "postal_address": b["address"],
-                                     "guarantor": {"name": b["guarantor"],
-                                                   "phone": b["guarantor_phone"],
-                                                   "email": b["guarantor_email"]}})
+            put = await http.put(
+                f"{notifier}/v1/borrowers/{b['id']}/contact-details",
+                headers=writer,
+                json={
+                    "language": "en",
+                    "email": b["email"],
+                    "phone": b["phone"],
+                    "postal_address": b["address"],
+                    "guarantor": {
+                        "name": b["guarantor"],
+                        "phone": b["guarantor_phone"],
+                        "email": b["guarantor_email"],
+                    },
+                },
+            )
             assert put.status_code == 204, put.text
             # Refused requests carrying personal data: no echo, no log.
-            bad = await http.put(f"{notifier}/v1/borrowers/{b['id']}/contact-details",
-                                 headers=writer, json={"language": "en",
-                                                       "phone": b["phone"] + "x",
-                                                       "email": b["email"] + " "})
+            bad = await http.put(
+                f"{notifier}/v1/borrowers/{b['id']}/contact-details",
+                headers=writer,
+                json={"language": "en", "phone": b["phone"] + "x", "email": b["email"] + " "},
+            )
             assert bad.status_code == 422 and b["phone"] not in bad.text
             unauthorised = await http.put(
-                f"{notifier}/v1/borrowers/{b['id']}/contact-details", headers=reader,
-                json={"language": "en", "email": b["email"]})
+                f"{notifier}/v1/borrowers/{b['id']}/contact-details",
+                headers=reader,
+                json={"language": "en", "email": b["email"]},
+            )
             assert unauthorised.status_code == 403 and b["email"] not in unauthorised.text
-            masked = await http.get(f"{notifier}/v1/borrowers/{b['id']}/contact-details",
-                                    headers=reader)
+            masked = await http.get(
+                f"{notifier}/v1/borrowers/{b['id']}/contact-details", headers=reader
+            )
             assert b["email"] not in masked.text and b["phone"] not in masked.text
-            clear = await http.get(f"{notifier}/v1/borrowers/{b['id']}/contact-details",
-                                   headers=privileged)
+            clear = await http.get(
+                f"{notifier}/v1/borrowers/{b['id']}/contact-details", headers=privileged
+            )
             assert clear.json()["email"] == b["email"]
 
         kafka = await producer(stack["kafka_bootstrap"])
         lender = lending.Lender(kafka, topic_prefix)
         try:
             for b in BORROWERS:
-                await lender.publish(lending.disbursement(b["loan"], Decimal("900.00"),
-                                                          currency="GBP"))
-                await lender.publish(lending.overdue(
-                    b["loan"], Decimal("900.00"), currency="GBP", tz=zone_at_midday(),
-                    jurisdiction="UK", borrower_id=b["id"]))
+                await lender.publish(
+                    lending.disbursement(b["loan"], Decimal("900.00"), currency="GBP")
+                )
+                await lender.publish(
+                    lending.overdue(
+                        b["loan"],
+                        Decimal("900.00"),
+                        currency="GBP",
+                        tz=zone_at_midday(),
+                        jurisdiction="UK",
+                        borrower_id=b["id"],
+                    )
+                )
         finally:
             await kafka.stop()
         # Every borrower was e-mailed: the personal data was really used along the way.
-        await eventually(lambda: {b["email"] for b in BORROWERS} <= set(smtp.recipients),
-                         within=90)
+        await eventually(lambda: {b["email"] for b in BORROWERS} <= set(smtp.recipients), within=90)
 
         async def all_contacted() -> bool:
             for b in BORROWERS:
-                r = await http.get(f"{workflow}/v1/cases/{b['loan']}/timeline",
-                                   headers=reader)
+                r = await http.get(f"{workflow}/v1/cases/{b['loan']}/timeline", headers=reader)
                 if "contact_sent" not in [e["kind"] for e in r.json().get("entries", [])]:
                     return False
             return True
+
         await eventually(all_contacted, within=60)
 
     codes = await asyncio.to_thread(fleet.stop)

@@ -48,11 +48,14 @@ class World:
         body = (await self.http.get(f"/v1/cases/{loan}/timeline?limit=500")).json()
         return [e["kind"] for e in body.get("entries", [])]
 
-    async def post(self, loan: str, path: str, body: dict[str, Any],
-                   key: str | None = None) -> httpx.Response:
+    async def post(
+        self, loan: str, path: str, body: dict[str, Any], key: str | None = None
+    ) -> httpx.Response:
         return await self.http.post(
-            f"/v1/cases/{loan}/{path}", json=body,
-            headers={"Idempotency-Key": key or str(uuid.uuid4())})
+            f"/v1/cases/{loan}/{path}",
+            json=body,
+            headers={"Idempotency-Key": key or str(uuid.uuid4())},
+        )
 
     async def topic(self, topic: Topic) -> list[Envelope]:
         found = await read_topic(self.stack["kafka_bootstrap"], self.prefix + topic.value)
@@ -69,10 +72,14 @@ class World:
 
 
 @pytest.fixture
-async def world(stack: dict[str, str], database_url: str,
-                topic_prefix: str) -> AsyncIterator[World]:
-    common = {"database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-              "topic_prefix": topic_prefix}
+async def world(
+    stack: dict[str, str], database_url: str, topic_prefix: str
+) -> AsyncIterator[World]:
+    common = {
+        "database_url": database_url,
+        "kafka_bootstrap": stack["kafka_bootstrap"],
+        "topic_prefix": topic_prefix,
+    }
     wf_settings = WorkflowSettings.model_validate(common)
     ls_settings = LedgerSyncSettings.model_validate(common)
     await migrate(workflow_boot.MIGRATIONS, database_url, wf_settings.db_schema)
@@ -80,14 +87,17 @@ async def world(stack: dict[str, str], database_url: str,
     clock = OffsetClock()
     kafka = await producer(stack["kafka_bootstrap"])
     try:
-        async with running(workflow_boot.build_runtime(wf_settings, clock=clock)) as wf, \
-                running(ledger_boot.build_runtime(ls_settings, clock=clock)):
+        async with (
+            running(workflow_boot.build_runtime(wf_settings, clock=clock)) as wf,
+            running(ledger_boot.build_runtime(ls_settings, clock=clock)),
+        ):
             app = workflow_boot.create_app(wf, manage_runtime=False)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://workflow",
-                                         headers=dev_headers(subject="agent:test")) as http:
-                yield World(http, lending.Lender(kafka, topic_prefix), clock, stack,
-                            topic_prefix)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://workflow",
+                headers=dev_headers(subject="agent:test"),
+            ) as http:
+                yield World(http, lending.Lender(kafka, topic_prefix), clock, stack, topic_prefix)
             # Every case equals the fold of the pure decisions over its journal.
             assert await mismatched_replays(wf.engine) == []
     finally:
@@ -101,16 +111,30 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
     down, monthly = Decimal("50000.00"), Decimal("75000.00")
     schedule = [{"due_at": (start + timedelta(days=1)).isoformat(), "amount": str(down)}] + [
         {"due_at": (start + timedelta(days=30 * (n + 1))).isoformat(), "amount": str(monthly)}
-        for n in range(6)]
+        for n in range(6)
+    ]
     # An amount no amount column holds is refused as invalid, not failed in the database.
-    oversized = await world.post(loan, "arrangements", {
-        "kind": "instalment_plan", "note": "a typo in the amount",
-        "schedule": [{**schedule[0], "amount": "100000000000000.00"}]})
+    oversized = await world.post(
+        loan,
+        "arrangements",
+        {
+            "kind": "instalment_plan",
+            "note": "a typo in the amount",
+            "schedule": [{**schedule[0], "amount": "100000000000000.00"}],
+        },
+    )
     assert oversized.status_code == 422, oversized.text
     assert oversized.headers["content-type"].startswith("application/problem+json")
-    response = await world.post(loan, "arrangements", {
-        "kind": "instalment_plan", "schedule": schedule, "interest_reduction": "20000.00",
-        "note": "10% now, the rest over 6 months"})
+    response = await world.post(
+        loan,
+        "arrangements",
+        {
+            "kind": "instalment_plan",
+            "schedule": schedule,
+            "interest_reduction": "20000.00",
+            "note": "10% now, the rest over 6 months",
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["phase"] == "arranged"
 
@@ -118,8 +142,9 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
     for n, payment in enumerate([down] + [monthly] * 6):
         owed -= payment
         paid += payment
-        await world.lender.publish(lending.repayment(loan, payment, owed,
-                                                     repayment_id=f"R-plan-{n}"))
+        await world.lender.publish(
+            lending.repayment(loan, payment, owed, repayment_id=f"R-plan-{n}")
+        )
         if n < 6:
             # The money is in before the due date passes (moving the clock at once raced
             # the consumer: a timer firing first saw the instalment unpaid).
@@ -135,10 +160,12 @@ async def test_the_ten_percent_down_six_month_plan_kept_to_the_end(world: World)
 async def test_a_hold_then_resume_reconfirms_before_any_contact(world: World) -> None:
     loan = "L-hold"
     await world.open_contacted_case(loan, Decimal("3000.00"))
-    before = {e.data.command_id for e in await world.topic(Topic.CONTACT_COMMANDS)
-              if isinstance(e.data, c.ContactCommand)}
-    held = await world.post(loan, "holds", {"kind": "hardship",
-                                            "reason": "borrower hospitalised"})
+    before = {
+        e.data.command_id
+        for e in await world.topic(Topic.CONTACT_COMMANDS)
+        if isinstance(e.data, c.ContactCommand)
+    }
+    held = await world.post(loan, "holds", {"kind": "hardship", "reason": "borrower hospitalised"})
     assert held.status_code == 200 and held.json()["status"] == "held"
     await eventually(lambda: _has_cancel(world, loan, "held"))
     early = await world.post(loan, "escalations", {"kind": "manual", "reason": "push it"})
@@ -149,12 +176,14 @@ async def test_a_hold_then_resume_reconfirms_before_any_contact(world: World) ->
     assert resumed.status_code == 200 and resumed.json()["status"] == "open"
     await eventually(lambda: world._commanded(loan))
     kinds = await world.kinds(loan)
-    after_resume = kinds[kinds.index("case_resumed"):]
+    after_resume = kinds[kinds.index("case_resumed") :]
     # Re-confirmed: new intents, then commands, only after the resume.
-    assert after_resume.index("contact_intent_recorded") < after_resume.index(
-        "contact_commanded")
-    after = [e.data for e in await world.topic(Topic.CONTACT_COMMANDS)
-             if isinstance(e.data, c.ContactCommand) and e.data.command_id not in before]
+    assert after_resume.index("contact_intent_recorded") < after_resume.index("contact_commanded")
+    after = [
+        e.data
+        for e in await world.topic(Topic.CONTACT_COMMANDS)
+        if isinstance(e.data, c.ContactCommand) and e.data.command_id not in before
+    ]
     assert after and all(cmd.loan_id == loan for cmd in after)
     events = [type(e.data).__name__ for e in await world.topic(Topic.CASE_EVENTS)]
     assert "CaseHeld" in events and "CaseResumed" in events
@@ -165,40 +194,55 @@ async def test_refusing_to_communicate_takes_the_case_to_litigation(world: World
     await world.open_contacted_case(loan, Decimal("8000.00"))
     now = datetime.now(UTC)
     for n in range(DEFAULT_POLICY.unanswered_limit):
-        await world.lender.publish(c.ContactOutcome(
-            command_id=f"cmd-{n}", intent_id=f"intent-{n}", loan_id=loan, channel="voice",
-            outcome="unanswered", occurred_at=now))
+        await world.lender.publish(
+            c.ContactOutcome(
+                command_id=f"cmd-{n}",
+                intent_id=f"intent-{n}",
+                loan_id=loan,
+                channel="voice",
+                outcome="unanswered",
+                occurred_at=now,
+            )
+        )
     case = await eventually(lambda: _stage(world, loan, "litigation"))
     assert case["status"] == "open"
-    changes = [e.data for e in await world.topic(Topic.CASE_EVENTS)
-               if isinstance(e.data, c.CaseStageChanged) and e.data.loan_id == loan]
-    assert [(x.to_stage, x.cause) for x in changes] == [("litigation",
-                                                          "refused_to_communicate")]
+    changes = [
+        e.data
+        for e in await world.topic(Topic.CASE_EVENTS)
+        if isinstance(e.data, c.CaseStageChanged) and e.data.loan_id == loan
+    ]
+    assert [(x.to_stage, x.cause) for x in changes] == [("litigation", "refused_to_communicate")]
 
 
 async def test_fraud_goes_to_litigation_and_an_unhonoured_judgment_to_enforcement(
-        world: World) -> None:
+    world: World,
+) -> None:
     loan = "L-fraud"
     await world.open_contacted_case(loan, Decimal("12000.00"))
     key = "fraud-escalation-0001"
-    first = await world.post(loan, "escalations", {"kind": "fraud",
-                                                   "reason": "forged payslips"}, key)
+    first = await world.post(
+        loan, "escalations", {"kind": "fraud", "reason": "forged payslips"}, key
+    )
     assert first.status_code == 200 and first.json()["stage"] == "litigation"
-    replay = await world.post(loan, "escalations", {"kind": "fraud",
-                                                    "reason": "forged payslips"}, key)
+    replay = await world.post(
+        loan, "escalations", {"kind": "fraud", "reason": "forged payslips"}, key
+    )
     assert replay.status_code == 200 and replay.json() == first.json()
     reused = await world.post(loan, "escalations", {"kind": "manual", "reason": "other"}, key)
     assert reused.status_code == 422
 
-    early = await world.post(loan, "legal-milestones", {"milestone": "enforcement_applied",
-                                                        "reference": "E-1"})
+    early = await world.post(
+        loan, "legal-milestones", {"milestone": "enforcement_applied", "reference": "E-1"}
+    )
     assert early.status_code == 409
     for milestone in ("registered", "reviewed", "suit_filed", "judgment"):
-        response = await world.post(loan, "legal-milestones", {"milestone": milestone,
-                                                               "reference": f"X-{milestone}"})
+        response = await world.post(
+            loan, "legal-milestones", {"milestone": milestone, "reference": f"X-{milestone}"}
+        )
         assert response.status_code == 200, response.text
-    enforced = await world.post(loan, "legal-milestones", {"milestone": "enforcement_applied",
-                                                           "reference": "E-2"})
+    enforced = await world.post(
+        loan, "legal-milestones", {"milestone": "enforcement_applied", "reference": "E-2"}
+    )
     assert enforced.status_code == 200 and enforced.json()["stage"] == "enforcement"
     kinds = await world.kinds(loan)
     assert kinds.count("stage_changed") == 2  # one jump for fraud, one for enforcement
@@ -224,31 +268,40 @@ async def _stage(world: World, loan: str, stage: str) -> dict[str, Any] | None:
 
 
 async def _has_cancel(world: World, loan: str, reason: str) -> bool:
-    return any(isinstance(e.data, c.ContactCancelled) and e.data.loan_id == loan
-               and e.data.reason == reason for e in await world.topic(Topic.CONTACT_COMMANDS))
+    return any(
+        isinstance(e.data, c.ContactCancelled)
+        and e.data.loan_id == loan
+        and e.data.reason == reason
+        for e in await world.topic(Topic.CONTACT_COMMANDS)
+    )
 
 
 async def test_resume_and_closure_need_cases_write_a_reason_and_show_the_actor(
-        world: World) -> None:
+    world: World,
+) -> None:
     loan = "L-audit"
     await world.open_contacted_case(loan, Decimal("2000.00"))
     held = await world.post(loan, "holds", {"kind": "operator", "reason": "complaint review"})
     assert held.status_code == 200, held.text
 
     async def resume_as(headers: dict[str, str], body: dict[str, Any]) -> httpx.Response:
-        return await world.http.post(f"/v1/cases/{loan}/resume", json=body,
-                                     headers={"Idempotency-Key": str(uuid.uuid4()), **headers})
+        return await world.http.post(
+            f"/v1/cases/{loan}/resume",
+            json=body,
+            headers={"Idempotency-Key": str(uuid.uuid4()), **headers},
+        )
 
     reason = {"reason": "complaint answered"}
     refusals = {
         "missing": (await resume_as({"Authorization": ""}, reason), 401),
         "expired": (await resume_as(dev_headers(["cases:write"], now=0), reason), 401),
-        "wrong audience": (await resume_as(dev_headers(["cases:write"],
-                                                       audience="notifier"), reason), 401),
+        "wrong audience": (
+            await resume_as(dev_headers(["cases:write"], audience="notifier"), reason),
+            401,
+        ),
         "read-only": (await resume_as(dev_headers(["cases:read", "admin"]), reason), 403),
         "no reason": (await resume_as(dev_headers(["cases:write"]), {}), 422),
-        "blank reason": (await resume_as(dev_headers(["cases:write"]), {"reason": "   "}),
-                         422),
+        "blank reason": (await resume_as(dev_headers(["cases:write"]), {"reason": "   "}), 422),
     }
     for label, (response, status) in refusals.items():
         assert response.status_code == status, (label, response.text)
@@ -258,14 +311,22 @@ async def test_resume_and_closure_need_cases_write_a_reason_and_show_the_actor(
     resumed = await resume_as(dev_headers(["cases:write"], subject="agent:li.wei"), reason)
     assert resumed.status_code == 200 and resumed.json()["status"] == "open"
     no_reason = await world.http.post(
-        f"/v1/cases/{loan}/closure", json={"exit": "closed"},
-        headers={"Idempotency-Key": str(uuid.uuid4()),
-                 **dev_headers(["cases:write"], subject="agent:li.wei")})
+        f"/v1/cases/{loan}/closure",
+        json={"exit": "closed"},
+        headers={
+            "Idempotency-Key": str(uuid.uuid4()),
+            **dev_headers(["cases:write"], subject="agent:li.wei"),
+        },
+    )
     assert no_reason.status_code == 422
     closed = await world.http.post(
-        f"/v1/cases/{loan}/closure", json={"exit": "closed", "reason": "customer deceased"},
-        headers={"Idempotency-Key": str(uuid.uuid4()),
-                 **dev_headers(["cases:write"], subject="agent:zhao.min")})
+        f"/v1/cases/{loan}/closure",
+        json={"exit": "closed", "reason": "customer deceased"},
+        headers={
+            "Idempotency-Key": str(uuid.uuid4()),
+            **dev_headers(["cases:write"], subject="agent:zhao.min"),
+        },
+    )
     assert closed.status_code == 200 and closed.json()["exit"] == "closed"
 
     body = (await world.http.get(f"/v1/cases/{loan}/timeline?limit=500")).json()

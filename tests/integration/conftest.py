@@ -17,20 +17,30 @@ from workflow.settings import WorkflowSettings
 
 
 @pytest.fixture
-async def apps(stack: dict[str, str], database_url: str,
-               topic_prefix: str) -> AsyncIterator[dict[str, FastAPI]]:
-    common = {"database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-              "topic_prefix": topic_prefix, "environment": "test"}
+async def apps(
+    stack: dict[str, str], database_url: str, topic_prefix: str
+) -> AsyncIterator[dict[str, FastAPI]]:
+    common = {
+        "database_url": database_url,
+        "kafka_bootstrap": stack["kafka_bootstrap"],
+        "topic_prefix": topic_prefix,
+        "environment": "test",
+    }
     wf = WorkflowSettings.model_validate(common)
     ls = LedgerSyncSettings.model_validate(common)
-    nt = NotifierSettings.model_validate({**common, "smtp_port": unused_port(),
-                                          "send_retry_backoff_s": 0})
+    nt = NotifierSettings.model_validate(
+        {**common, "smtp_port": unused_port(), "send_retry_backoff_s": 0}
+    )
     await migrate(workflow_boot.MIGRATIONS, database_url, wf.db_schema)
     await migrate(ledger_sync_boot.MIGRATIONS, database_url, ls.db_schema)
     await migrate(notifier_boot.MIGRATIONS, database_url, nt.db_schema)
-    async with running(workflow_boot.build_runtime(wf)) as w, \
-            running(ledger_sync_boot.build_runtime(ls)) as s, \
-            running(notifier_boot.build_runtime(nt)) as n:
-        yield {"workflow": workflow_boot.create_app(w, manage_runtime=False),
-               "ledger-sync": ledger_sync_boot.create_app(s, manage_runtime=False),
-               "notifier": notifier_boot.create_app(n, manage_runtime=False)}
+    async with (
+        running(workflow_boot.build_runtime(wf)) as w,
+        running(ledger_sync_boot.build_runtime(ls)) as s,
+        running(notifier_boot.build_runtime(nt)) as n,
+    ):
+        yield {
+            "workflow": workflow_boot.create_app(w, manage_runtime=False),
+            "ledger-sync": ledger_sync_boot.create_app(s, manage_runtime=False),
+            "notifier": notifier_boot.create_app(n, manage_runtime=False),
+        }

@@ -25,18 +25,27 @@ from workflow.settings import WorkflowSettings
 
 
 @pytest.fixture
-async def workflow_url(stack: dict[str, str], database_url: str,
-                       topic_prefix: str) -> AsyncIterator[tuple[Runtime, str]]:
+async def workflow_url(
+    stack: dict[str, str], database_url: str, topic_prefix: str
+) -> AsyncIterator[tuple[Runtime, str]]:
     port = unused_port()
-    settings = WorkflowSettings.model_validate({
-        "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-        "topic_prefix": topic_prefix, "environment": "test", "http_port": port})
+    settings = WorkflowSettings.model_validate(
+        {
+            "database_url": database_url,
+            "kafka_bootstrap": stack["kafka_bootstrap"],
+            "topic_prefix": topic_prefix,
+            "environment": "test",
+            "http_port": port,
+        }
+    )
     await migrate(workflow_boot.MIGRATIONS, database_url, settings.db_schema)
     async with running(workflow_boot.build_runtime(settings)) as runtime:
         app = workflow_boot.create_app(runtime, manage_runtime=False)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_config=None, access_log=False,
-                                               lifespan="off"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+            )
+        )
         task = asyncio.create_task(server.serve())
         await eventually(lambda: server.started)
         try:
@@ -47,18 +56,21 @@ async def workflow_url(stack: dict[str, str], database_url: str,
                 await task
 
 
-async def ops(url: str, *args: str, scopes: tuple[str, ...] = ("admin", "cases:read",
-                                                                 "cases:write")) -> str:
-    env = {"COLLECTIONS_API_URL": url,
-           "COLLECTIONS_TOKEN": dev_token(scopes, "operator-7", audience="workflow")}
+async def ops(
+    url: str, *args: str, scopes: tuple[str, ...] = ("admin", "cases:read", "cases:write")
+) -> str:
+    env = {
+        "COLLECTIONS_API_URL": url,
+        "COLLECTIONS_TOKEN": dev_token(scopes, "operator-7", audience="workflow"),
+    }
     result = await asyncio.to_thread(CliRunner().invoke, cli.app, list(args), env=env)
     assert result.exit_code == 0, (result.output, result.stderr)
     return result.output
 
 
 async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
-        workflow_url: tuple[Runtime, str], stack: dict[str, str], topic_prefix: str,
-        tmp_path: Path) -> None:
+    workflow_url: tuple[Runtime, str], stack: dict[str, str], topic_prefix: str, tmp_path: Path
+) -> None:
     runtime, url = workflow_url
     loan = "L-ops-cli"
     fixed = await publish_broken_overdue(stack["kafka_bootstrap"], topic_prefix, loan)
@@ -75,8 +87,16 @@ async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
 
     value_file = tmp_path / "fixed.json"
     value_file.write_bytes(fixed)
-    replayed = await ops(url, "dlq", "replay", letter_id, "--value-file", str(value_file),
-                         "--reason", "days_past_due fixed upstream")
+    replayed = await ops(
+        url,
+        "dlq",
+        "replay",
+        letter_id,
+        "--value-file",
+        str(value_file),
+        "--reason",
+        "days_past_due fixed upstream",
+    )
     assert f"replayed {letter_id} to {topic_prefix}loans.overdue.v1/" in replayed
     assert "(corrected value)" in replayed
     assert await eventually(lambda: case_exists(runtime, loan))
@@ -84,8 +104,9 @@ async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
     shown = await ops(url, "case", "show", loan)
     assert "stage:" in shown and "warning" in shown
     assert f"B-{loan}" not in shown  # the borrower id stays out of the output
-    held = await ops(url, "case", "hold", loan, "--kind", "operator",
-                     "--reason", "checking a complaint")
+    held = await ops(
+        url, "case", "hold", loan, "--kind", "operator", "--reason", "checking a complaint"
+    )
     assert "status:" in held and "held" in held
     resumed = await ops(url, "case", "resume", loan, "--reason", "complaint answered")
     assert "hold:" not in resumed
@@ -93,14 +114,16 @@ async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
     assert "case_opened" in timeline and "operator-7" in timeline
 
 
-async def test_cli_reports_problems_and_exits_non_zero(
-        workflow_url: tuple[Runtime, str]) -> None:
+async def test_cli_reports_problems_and_exits_non_zero(workflow_url: tuple[Runtime, str]) -> None:
     _, url = workflow_url
-    env = {"COLLECTIONS_API_URL": url,
-           "COLLECTIONS_TOKEN": dev_token(("cases:read",), "operator-7", audience="workflow")}
+    env = {
+        "COLLECTIONS_API_URL": url,
+        "COLLECTIONS_TOKEN": dev_token(("cases:read",), "operator-7", audience="workflow"),
+    }
     result = await asyncio.to_thread(CliRunner().invoke, cli.app, ["dlq", "list"], env=env)
     assert result.exit_code == 1
     assert "403" in result.stderr
-    result = await asyncio.to_thread(CliRunner().invoke, cli.app,
-                                     ["case", "show", "L-nobody"], env=env)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli.app, ["case", "show", "L-nobody"], env=env
+    )
     assert result.exit_code == 1 and "404 Case not found" in result.stderr

@@ -40,30 +40,46 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def test_rows_go_out_in_batches_on_the_partition_send_would_choose(
-        engine: AsyncEngine, database_url: str, stack: dict[str, str],
-        topic_prefix: str) -> None:
+    engine: AsyncEngine, database_url: str, stack: dict[str, str], topic_prefix: str
+) -> None:
     now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
     async with engine.begin() as conn:
         tx = Tx(conn=conn, now=now, source="relay-test", topic_prefix=topic_prefix)
         for n in range(PER_LOAN):
             for loan in LOANS:
-                tx.publish(c.ContactCancelled(loan_id=loan, command_id=f"{n}:" + "x" * 200,
-                                              reason="repaid", cancelled_at=now),
-                           event_id=f"{loan}/{n}", subject=loan,
-                           extensions={"traceparent": f"00-{n + 1:032x}-{n + 1:016x}-01"})
+                tx.publish(
+                    c.ContactCancelled(
+                        loan_id=loan,
+                        command_id=f"{n}:" + "x" * 200,
+                        reason="repaid",
+                        cancelled_at=now,
+                    ),
+                    event_id=f"{loan}/{n}",
+                    subject=loan,
+                    extensions={"traceparent": f"00-{n + 1:032x}-{n + 1:016x}-01"},
+                )
         await flush(tx, outbox, SCHEMA)
     topic = topic_prefix + Topic.CONTACT_COMMANDS.value
     # Small batches: a partition's records span several of them.
-    producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"],
-                                enable_idempotence=True, acks="all", max_batch_size=4096)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack["kafka_bootstrap"],
+        enable_idempotence=True,
+        acks="all",
+        max_batch_size=4096,
+    )
     await producer.start()
     try:
         relay = OutboxRelay(engine, database_url, producer, outbox, SCHEMA, batch=10_000)
         assert await relay.drain_once() == len(LOANS) * PER_LOAN
         # The same partition count as the commands' topic (the test's topics all have it).
-        chosen = {loan: (await producer.send_and_wait(
-            topic_prefix + Topic.DLQ.value, key=loan.encode(), value=b"x")).partition
-            for loan in LOANS}
+        chosen = {
+            loan: (
+                await producer.send_and_wait(
+                    topic_prefix + Topic.DLQ.value, key=loan.encode(), value=b"x"
+                )
+            ).partition
+            for loan in LOANS
+        }
     finally:
         await producer.stop()
 
@@ -90,13 +106,18 @@ class _RefusingBatch:
 
 
 async def test_a_record_no_batch_takes_fails_the_drain_and_its_rows_stay(
-        engine: AsyncEngine, database_url: str, stack: dict[str, str],
-        topic_prefix: str) -> None:
+    engine: AsyncEngine, database_url: str, stack: dict[str, str], topic_prefix: str
+) -> None:
     now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
     async with engine.begin() as conn:
         tx = Tx(conn=conn, now=now, source="relay-test", topic_prefix=topic_prefix)
-        tx.publish(c.ContactCancelled(loan_id="L-0001", command_id="cmd-1", reason="repaid",
-                                      cancelled_at=now), event_id="L-0001/0", subject="L-0001")
+        tx.publish(
+            c.ContactCancelled(
+                loan_id="L-0001", command_id="cmd-1", reason="repaid", cancelled_at=now
+            ),
+            event_id="L-0001/0",
+            subject="L-0001",
+        )
         await flush(tx, outbox, SCHEMA)
     producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"])
     await producer.start()

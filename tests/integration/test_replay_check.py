@@ -31,8 +31,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def apply(engine: AsyncEngine, event: m.OverdueReported | m.RepaymentReceived,
-                at: datetime) -> None:
+async def apply(
+    engine: AsyncEngine, event: m.OverdueReported | m.RepaymentReceived, at: datetime
+) -> None:
     """One input through the workflow's one write path, committed."""
     async with engine.begin() as conn:
         tx = Tx(conn=conn, now=at, source="workflow", topic_prefix="")
@@ -40,9 +41,19 @@ async def apply(engine: AsyncEngine, event: m.OverdueReported | m.RepaymentRecei
 
 
 def overdue(at: datetime) -> m.OverdueReported:
-    return m.OverdueReported("e-overdue", "L-1", "B-1", "consumer-loan", "CNY",
-                             Decimal("900.00"), Decimal("900.00"), 5, at - timedelta(hours=1),
-                             "Asia/Shanghai", "CN")
+    return m.OverdueReported(
+        "e-overdue",
+        "L-1",
+        "B-1",
+        "consumer-loan",
+        "CNY",
+        Decimal("900.00"),
+        Decimal("900.00"),
+        5,
+        at - timedelta(hours=1),
+        "Asia/Shanghai",
+        "CN",
+    )
 
 
 def repayment(at: datetime) -> m.RepaymentReceived:
@@ -50,7 +61,8 @@ def repayment(at: datetime) -> m.RepaymentReceived:
 
 
 async def test_a_case_written_between_the_reads_of_cases_and_journals_is_no_mismatch(
-        engine: AsyncEngine, database_url: str) -> None:
+    engine: AsyncEngine, database_url: str
+) -> None:
     # The chaos run checks while timers still fire (a re-check five minutes after a refused
     # balance check, then its confirmation): a case read before such a write and its journal
     # read after it differed by that write.
@@ -64,22 +76,27 @@ async def test_a_case_written_between_the_reads_of_cases_and_journals_is_no_mism
             wrote.append(True)
             # Inside the checker's own statement (SQLAlchemy runs it in a greenlet): the
             # workflow commits a repayment on another connection right now.
-            await_only(apply(writer, repayment(opened_at + timedelta(seconds=1)),
-                             opened_at + timedelta(seconds=1)))
+            await_only(
+                apply(
+                    writer,
+                    repayment(opened_at + timedelta(seconds=1)),
+                    opened_at + timedelta(seconds=1),
+                )
+            )
 
     event.listen(engine.sync_engine, "before_cursor_execute", write_once_the_cases_are_read)
     try:
         assert await mismatched_replays(engine) == []
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute",
-                     write_once_the_cases_are_read)
+        event.remove(engine.sync_engine, "before_cursor_execute", write_once_the_cases_are_read)
         await writer.dispose()
     assert wrote
     assert await mismatched_replays(engine) == []  # and after it, with the repayment
 
 
 async def test_a_mismatch_names_the_fields_that_differ_with_the_journal_and_stored_row(
-        engine: AsyncEngine) -> None:
+    engine: AsyncEngine,
+) -> None:
     opened_at = datetime.now(UTC)
     await apply(engine, overdue(opened_at), opened_at)
     async with engine.begin() as conn:  # a write outside the journal
@@ -89,7 +106,8 @@ async def test_a_mismatch_names_the_fields_that_differ_with_the_journal_and_stor
     assert mismatch["loan_id"] == "L-1"
     assert mismatch["fields"] == {
         "outstanding": {"stored": "1.000000", "replayed": "900.00"},
-        "unanswered_contacts": {"stored": 2, "replayed": 0}}
+        "unanswered_contacts": {"stored": 2, "replayed": 0},
+    }
     assert [row["input_type"] for row in mismatch["journal"]] == ["OverdueReported"]
     assert mismatch["journal"][0]["payload"]["outstanding"] == "900.00"
     assert mismatch["stored"]["outstanding"] == "1.000000"

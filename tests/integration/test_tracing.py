@@ -65,19 +65,27 @@ def _groups(spans: tuple[ReadableSpan, ...], trace_id: int) -> dict[str, set[str
 
 
 async def test_an_overdue_event_and_everything_it_causes_share_one_trace(
-        exporter: InMemorySpanExporter, apps: dict[str, FastAPI], stack: dict[str, str],
-        topic_prefix: str) -> None:
+    exporter: InMemorySpanExporter,
+    apps: dict[str, FastAPI],
+    stack: dict[str, str],
+    topic_prefix: str,
+) -> None:
     trace_id = random.getrandbits(128) | 1
     loan = "L-trace-1"
     kafka = await producer(stack["kafka_bootstrap"])
     try:
         await lending.Lender(kafka, topic_prefix).publish(
-            lending.disbursement(loan, Decimal("900.00")))
+            lending.disbursement(loan, Decimal("900.00"))
+        )
         name, key, value, headers = lending.record_for(
-            lending.overdue(loan, Decimal("900.00")), event_id="overdue-traced-1")
-        await kafka.send_and_wait(topic_prefix + name, key=key, value=value,
-                                  headers=[*headers, ("ce_traceparent",
-                                                      _traceparent(trace_id).encode())])
+            lending.overdue(loan, Decimal("900.00")), event_id="overdue-traced-1"
+        )
+        await kafka.send_and_wait(
+            topic_prefix + name,
+            key=key,
+            value=value,
+            headers=[*headers, ("ce_traceparent", _traceparent(trace_id).encode())],
+        )
     finally:
         await kafka.stop()
 
@@ -85,8 +93,7 @@ async def test_an_overdue_event_and_everything_it_causes_share_one_trace(
         return topic_prefix + t.value
 
     expected = {
-        f"{topic_prefix}workflow": {topic(Topic.LOANS_OVERDUE),
-                                    topic(Topic.BALANCE_CONFIRMATIONS)},
+        f"{topic_prefix}workflow": {topic(Topic.LOANS_OVERDUE), topic(Topic.BALANCE_CONFIRMATIONS)},
         f"{topic_prefix}ledger-sync": {topic(Topic.BALANCE_CHECKS)},
         f"{topic_prefix}notifier": {topic(Topic.CONTACT_COMMANDS)},
     }
@@ -99,42 +106,59 @@ async def test_an_overdue_event_and_everything_it_causes_share_one_trace(
         await eventually(whole, within=90)
     except AssertionError:
         raise AssertionError(
-            f"spans of the trace: {_groups(exporter.get_finished_spans(), trace_id)}") from None
+            f"spans of the trace: {_groups(exporter.get_finished_spans(), trace_id)}"
+        ) from None
 
     # On the wire: each hop's record names the same trace.
     for hop in (Topic.BALANCE_CHECKS, Topic.BALANCE_CONFIRMATIONS, Topic.CONTACT_COMMANDS):
-        records = [e for e in await read_topic(stack["kafka_bootstrap"], topic(hop))
-                   if isinstance(e, Envelope) and e.subject == loan]
+        records = [
+            e
+            for e in await read_topic(stack["kafka_bootstrap"], topic(hop))
+            if isinstance(e, Envelope) and e.subject == loan
+        ]
         assert records, hop
         assert {_trace_of(e) for e in records} == {trace_id}, hop
 
     # A REST request joins its caller's trace, named by the route, never the raw path.
     rest_trace = random.getrandbits(128) | 1
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["workflow"]),
-                                 base_url="http://workflow") as client:
-        answer = await client.get(f"/v1/cases/{loan}", headers={
-            **dev_headers(), "traceparent": _traceparent(rest_trace)})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=apps["workflow"]), base_url="http://workflow"
+    ) as client:
+        answer = await client.get(
+            f"/v1/cases/{loan}", headers={**dev_headers(), "traceparent": _traceparent(rest_trace)}
+        )
         assert answer.status_code == 200, answer.text
-    servers = [s for s in exporter.get_finished_spans()
-               if s.kind is SpanKind.SERVER and s.context is not None
-               and s.context.trace_id == rest_trace]
+    servers = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.kind is SpanKind.SERVER and s.context is not None and s.context.trace_id == rest_trace
+    ]
     assert [s.name for s in servers] == ["GET /v1/cases/{loan_id}"]
     assert servers[0].attributes is not None
     assert servers[0].attributes["http.response.status_code"] == 200
 
     # What a REST command publishes continues the request's trace.
     hold_trace = random.getrandbits(128) | 1
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["workflow"]),
-                                 base_url="http://workflow") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=apps["workflow"]), base_url="http://workflow"
+    ) as client:
         answer = await client.post(
-            f"/v1/cases/{loan}/holds", json={"kind": "hardship", "reason": "lost her job"},
-            headers={**dev_headers(), "Idempotency-Key": f"hold-{hold_trace:x}",
-                     "traceparent": _traceparent(hold_trace)})
+            f"/v1/cases/{loan}/holds",
+            json={"kind": "hardship", "reason": "lost her job"},
+            headers={
+                **dev_headers(),
+                "Idempotency-Key": f"hold-{hold_trace:x}",
+                "traceparent": _traceparent(hold_trace),
+            },
+        )
         assert answer.status_code == 200, answer.text
 
     async def hold_events() -> list[Envelope]:
         # The outbox relay publishes after the commit: wait for it.
-        return [e for e in await read_topic(stack["kafka_bootstrap"], topic(Topic.CASE_EVENTS))
-                if isinstance(e, Envelope) and e.subject == loan
-                and _trace_of(e) == hold_trace]
+        return [
+            e
+            for e in await read_topic(stack["kafka_bootstrap"], topic(Topic.CASE_EVENTS))
+            if isinstance(e, Envelope) and e.subject == loan and _trace_of(e) == hold_trace
+        ]
+
     await eventually(hold_events, within=30)

@@ -30,8 +30,9 @@ def _is_text(doc: dict[str, Any], schema: dict[str, Any]) -> bool:
     return any(_resolve(doc, o).get("type") == "string" for o in options)
 
 
-def _text_fields(doc: dict[str, Any], schema: dict[str, Any], depth: int = 0
-                 ) -> list[tuple[list[str | int], Any]]:
+def _text_fields(
+    doc: dict[str, Any], schema: dict[str, Any], depth: int = 0
+) -> list[tuple[list[str | int], Any]]:
     """(location, a body holding NUL there) for each string field, nested objects and
     arrays of objects included."""
     schema = _resolve(doc, schema)
@@ -67,8 +68,9 @@ def _cases(app: FastAPI) -> list[tuple[str, str, dict[str, Any], list[Any], Any]
                     continue
                 if p["in"] == "path":
                     named = path.replace("{" + p["name"] + "}", "a%00b")
-                    cases.append((method, re.sub(r"\{[^}]+\}", "X-1", named),
-                                  {}, ["path", p["name"]], None))
+                    cases.append(
+                        (method, re.sub(r"\{[^}]+\}", "X-1", named), {}, ["path", p["name"]], None)
+                    )
                 else:
                     cases.append((method, url, {p["name"]: NUL}, ["query", p["name"]], None))
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
@@ -78,16 +80,17 @@ def _cases(app: FastAPI) -> list[tuple[str, str, dict[str, Any], list[Any], Any]
     return cases
 
 
-async def test_nul_in_any_text_input_is_a_422_naming_the_field(
-        apps: dict[str, FastAPI]) -> None:
+async def test_nul_in_any_text_input_is_a_422_naming_the_field(apps: dict[str, FastAPI]) -> None:
     checked = 0
     for name, app in apps.items():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url=f"http://{name}") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{name}"
+        ) as http:
             for method, url, params, loc, body in _cases(app):
                 headers = {**EVERYTHING, "Idempotency-Key": f"nul-walker-{checked:06d}"}
-                response = await http.request(method.upper(), url, params=params,
-                                              json=body, headers=headers)
+                response = await http.request(
+                    method.upper(), url, params=params, json=body, headers=headers
+                )
                 where = (name, method, url, loc)
                 assert response.status_code == 422, (where, response.text)
                 assert response.headers["content-type"].startswith("application/problem+json")

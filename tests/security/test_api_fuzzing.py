@@ -35,11 +35,17 @@ SEED = os.environ.get("SCHEMATHESIS_SEED", "20261122")
 
 
 @pytest.fixture
-async def fleet(stack: dict[str, str], database_url: str, topic_prefix: str,
-                tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(database_url=database_url, kafka_bootstrap=stack["kafka_bootstrap"],
-                  topic_prefix=topic_prefix, log_dir=tmp_path / "logs", base_port=18260,
-                  smtp_port=2539)
+async def fleet(
+    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=stack["kafka_bootstrap"],
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path / "logs",
+        base_port=18260,
+        smtp_port=2539,
+    )
     await asyncio.to_thread(fleet.start)
     try:
         yield fleet
@@ -53,37 +59,55 @@ async def seed(fleet: Fleet, stack: dict[str, str], prefix: str) -> None:
     try:
         lender = lending.Lender(kafka, prefix)
         await lender.publish(lending.disbursement("L-000123", Decimal("5000.00")))
-        await lender.publish(lending.overdue("L-000123", Decimal("5000.00"),
-                                             borrower_id="B-000123"))
+        await lender.publish(
+            lending.overdue("L-000123", Decimal("5000.00"), borrower_id="B-000123")
+        )
     finally:
         await kafka.stop()
     async with httpx.AsyncClient(timeout=10, headers=dev_headers()) as http:
         put = await http.put(
             f"{fleet['notifier'].base_url}/v1/borrowers/B-000123/contact-details",
-            json={"language": "zh-CN", "email": "zhang.san@example.com",
-                  "phone": "+8613812341234"})
+            json={"language": "zh-CN", "email": "zhang.san@example.com", "phone": "+8613812341234"},
+        )
         assert put.status_code == 204, put.text
 
         async def case_open() -> bool:
             r = await http.get(f"{fleet['workflow'].base_url}/v1/cases/L-000123")
             return r.status_code == 200
+
         await eventually(case_open, within=30)
 
 
 def fuzz(base_url: str, token: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).parent / "schemathesis"),
-               "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
-               f"{base_url}/openapi.json", "--header", f"Authorization: Bearer {token}",
-               "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", SEED,
-               "--no-color"]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.security.schemathesis_hooks",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, check=False)
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
+        "run",
+        f"{base_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(EXAMPLES),
+        "--seed",
+        SEED,
+        "--no-color",
+    ]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.security.schemathesis_hooks",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 async def test_schemathesis_finds_no_failure_in_any_service(
-        fleet: Fleet, stack: dict[str, str], topic_prefix: str) -> None:
+    fleet: Fleet, stack: dict[str, str], topic_prefix: str
+) -> None:
     await seed(fleet, stack, topic_prefix)
     token = dev_token(ALL_SCOPES, subject="schemathesis")
     failed = {}
@@ -96,8 +120,9 @@ async def test_schemathesis_finds_no_failure_in_any_service(
             # can push it out of the tail.
             out = result.stdout
             start = max(out.find("FAILURES"), 0)
-            failed[name] = (out[start:start + 3000] + "\n...\n" + out[-3000:]
-                            + result.stderr[-2000:])
+            failed[name] = (
+                out[start : start + 3000] + "\n...\n" + out[-3000:] + result.stderr[-2000:]
+            )
     assert not failed, "\n\n".join(f"=== {n}\n{out}" for n, out in failed.items())
     # Nothing the fuzzer sent made a service log an unhandled error.
     for log in (fleet.log_dir).glob("*.log"):

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SCOPES: dict[str, str] = {
     "cases:read": "Read cases, timelines, balances, contact decisions and preferences",
     "cases:write": "Change cases: holds, resumes, arrangements, escalations, legal "
-                   "milestones, closures",
+    "milestones, closures",
     "contacts:write": "Store contact details; record opt-outs and do-not-contact",
     "pii:read": "See personal data (contact details) unmasked",
     "admin": "Operational reports: portfolio summaries, reconciliation runs",
@@ -74,8 +74,9 @@ class Principal:
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, error: str | None, detail: str,
-                 scope: str | None = None) -> None:
+    def __init__(
+        self, status: int, error: str | None, detail: str, scope: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
@@ -92,9 +93,13 @@ class AuthError(Exception):
             title, kind = "Authentication required", "unauthorized"
         else:
             title, kind = "Insufficient scope", "forbidden"
-        return ProblemError(self.status, title, self.detail,
-                            type_=f"https://collections.example/problems/{kind}",
-                            headers={"WWW-Authenticate": challenge})
+        return ProblemError(
+            self.status,
+            title,
+            self.detail,
+            type_=f"https://collections.example/problems/{kind}",
+            headers={"WWW-Authenticate": challenge},
+        )
 
 
 # --- the development key pair --------------------------------------------------------------
@@ -113,23 +118,34 @@ def dev_jwks() -> dict[str, Any]:
     return {"keys": [jwk]}
 
 
-def dev_token(scopes: Iterable[str] = ALL_SCOPES, subject: str = "dev-client", *,
-              audience: str | Iterable[str] = ("workflow", "ledger-sync", "notifier"),
-              issuer: str = DEV_ISSUER, expires_in: float = 3600.0,
-              now: float | None = None, kid: str = DEV_KID) -> str:
+def dev_token(
+    scopes: Iterable[str] = ALL_SCOPES,
+    subject: str = "dev-client",
+    *,
+    audience: str | Iterable[str] = ("workflow", "ledger-sync", "notifier"),
+    issuer: str = DEV_ISSUER,
+    expires_in: float = 3600.0,
+    now: float | None = None,
+    kid: str = DEV_KID,
+) -> str:
     """A token signed with the development key, for the demo, chaos runs and tests."""
     issued = time.time() if now is None else now
     claims: dict[str, Any] = {
-        "iss": issuer, "sub": subject,
+        "iss": issuer,
+        "sub": subject,
         "aud": audience if isinstance(audience, str) else list(audience),
-        "iat": int(issued), "nbf": int(issued) - 1, "exp": int(issued + expires_in),
-        "scope": " ".join(scopes), "client_id": subject,
+        "iat": int(issued),
+        "nbf": int(issued) - 1,
+        "exp": int(issued + expires_in),
+        "scope": " ".join(scopes),
+        "client_id": subject,
     }
     return jwt.encode(claims, _dev_private_key(), algorithm="ES256", headers={"kid": kid})
 
 
-def dev_headers(scopes: Iterable[str] = ALL_SCOPES, subject: str = "dev-client",
-                **kwargs: Any) -> dict[str, str]:
+def dev_headers(
+    scopes: Iterable[str] = ALL_SCOPES, subject: str = "dev-client", **kwargs: Any
+) -> dict[str, str]:
     return {"Authorization": f"Bearer {dev_token(scopes, subject, **kwargs)}"}
 
 
@@ -167,8 +183,14 @@ class StaticKeys:
 class RemoteKeys:
     """A JWKS URL, cached for ``ttl_s``; an unknown kid refetches, rate-limited."""
 
-    def __init__(self, url: str, ttl_s: float, *, client: httpx.AsyncClient | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl_s: float,
+        *,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._url = url
         self._ttl_s = ttl_s
         self._client = client
@@ -200,8 +222,9 @@ class RemoteKeys:
                     # Keep serving the keys we have; a token under an unknown kid fails.
                     log.warning("JWKS fetch failed: %s", type(exc).__name__)
                     if self._fetched_at is None:
-                        raise AuthError(401, "invalid_token",
-                                        "The signing keys cannot be fetched now.") from None
+                        raise AuthError(
+                            401, "invalid_token", "The signing keys cannot be fetched now."
+                        ) from None
             return self._keys.get(kid)
 
 
@@ -250,14 +273,20 @@ class TokenVerifier:
             raise AuthError(401, "invalid_token", "The token's signing key is unknown.")
         try:
             claims = jwt.decode(
-                token, key=key.key, algorithms=[alg], audience=self._audience,
-                issuer=self._issuer, leeway=self._leeway,
-                options={"require": ["exp", "sub", "aud"]})
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise AuthError(401, "invalid_token", "The token has expired.") from None
         except jwt.InvalidAudienceError:
-            raise AuthError(401, "invalid_token",
-                            "The token is not meant for this service (audience).") from None
+            raise AuthError(
+                401, "invalid_token", "The token is not meant for this service (audience)."
+            ) from None
         except jwt.InvalidIssuerError:
             raise AuthError(401, "invalid_token", "The token's issuer is not trusted.") from None
         except jwt.PyJWTError:
@@ -286,10 +315,13 @@ class _ClientCredentials(OAuth2):
 
     def __init__(self) -> None:
         super().__init__(
-            flows=OAuthFlows(clientCredentials=OAuthFlowClientCredentials(
-                tokenUrl=TOKEN_URL, scopes=SCOPES)),
-            scheme_name="oauth2", auto_error=False,
-            description="OAuth2 client-credentials bearer JWT (`Authorization: Bearer ...`).")
+            flows=OAuthFlows(
+                clientCredentials=OAuthFlowClientCredentials(tokenUrl=TOKEN_URL, scopes=SCOPES)
+            ),
+            scheme_name="oauth2",
+            auto_error=False,
+            description="OAuth2 client-credentials bearer JWT (`Authorization: Bearer ...`).",
+        )
 
     async def __call__(self, request: HTTPConnection) -> str | None:
         return request.headers.get("Authorization")
@@ -298,8 +330,9 @@ class _ClientCredentials(OAuth2):
 _scheme = _ClientCredentials()
 
 
-async def _authenticate(request: Request, security_scopes: SecurityScopes,
-                        authorization: str | None = Security(_scheme)) -> Principal:
+async def _authenticate(
+    request: Request, security_scopes: SecurityScopes, authorization: str | None = Security(_scheme)
+) -> Principal:
     verifier: TokenVerifier | None = getattr(request.app.state, "verifier", None)
     if verifier is None:
         raise AuthError(401, None, "Authentication is not configured.").problem()
@@ -307,17 +340,21 @@ async def _authenticate(request: Request, security_scopes: SecurityScopes,
         raise AuthError(401, None, "A bearer token is required.").problem()
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError(401, "invalid_request",
-                        "Use the Authorization: Bearer <token> scheme.").problem()
+        raise AuthError(
+            401, "invalid_request", "Use the Authorization: Bearer <token> scheme."
+        ).problem()
     try:
         principal = await verifier.verify(token.strip())
     except AuthError as exc:
         raise exc.problem() from None
     missing = [s for s in security_scopes.scopes if not principal.has(s)]
     if missing:
-        raise AuthError(403, "insufficient_scope",
-                        f"This needs the scope {' '.join(missing)}.",
-                        scope=" ".join(missing)).problem()
+        raise AuthError(
+            403,
+            "insufficient_scope",
+            f"This needs the scope {' '.join(missing)}.",
+            scope=" ".join(missing),
+        ).problem()
     request.state.principal = principal
     return principal
 
@@ -343,8 +380,7 @@ async def refusal_before_input(request: Request) -> ProblemError | None:
     if scopes is None:
         return None
     try:
-        await _authenticate(request, SecurityScopes(scopes),
-                            request.headers.get("Authorization"))
+        await _authenticate(request, SecurityScopes(scopes), request.headers.get("Authorization"))
     except ProblemError as refused:
         return refused
     return None

@@ -17,8 +17,14 @@ from collections_kit.settings import ServiceSettings
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def run(argv: list[str], *, settings: Callable[[], S], migrations: Path,
-        build_runtime: Callable[[S], Runtime], create_app: Callable[[Runtime], FastAPI]) -> int:
+def run(
+    argv: list[str],
+    *,
+    settings: Callable[[], S],
+    migrations: Path,
+    build_runtime: Callable[[S], Runtime],
+    create_app: Callable[[Runtime], FastAPI],
+) -> int:
     config = settings()
     logs.configure(config.service_name, config.log_level)
     command = argv[1] if len(argv) > 1 else "serve"
@@ -31,6 +37,5 @@ def run(argv: list[str], *, settings: Callable[[], S], migrations: Path,
             return serve(lambda: create_app(build_runtime(config)), config)
         finally:
             tracing.shutdown()
-    sys.stderr.write(f"usage: python -m {config.service_name.replace('-', '_')} "
-                     "[serve|migrate]\n")
+    sys.stderr.write(f"usage: python -m {config.service_name.replace('-', '_')} [serve|migrate]\n")
     return 2

@@ -54,8 +54,11 @@ def derived_id(cause_id: str, label: str) -> str:
     ``str(uuid.uuid5(_DERIVED_NS, cause_id + "/" + label))``, spelled out: the same bytes
     without building a UUID object, which cost several times the hash itself and was 8% of
     the workflow's time (a unit test holds the two equal)."""
-    digest = bytearray(hashlib.sha1(_DERIVED_NS_BYTES + f"{cause_id}/{label}".encode(),
-                                    usedforsecurity=False).digest()[:16])
+    digest = bytearray(
+        hashlib.sha1(
+            _DERIVED_NS_BYTES + f"{cause_id}/{label}".encode(), usedforsecurity=False
+        ).digest()[:16]
+    )
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()

@@ -118,8 +118,9 @@ class _UnreadableRecord(_BareRecord):
     reason: str = ""
 
 
-def dead_letter_of(record: Any, error: MalformedMessageError, *, group: str, now: datetime,
-                   max_value_chars: int) -> tuple[DeadLetter, str]:
+def dead_letter_of(
+    record: Any, error: MalformedMessageError, *, group: str, now: datetime, max_value_chars: int
+) -> tuple[DeadLetter, str]:
     """The dead letter of ``record`` and the subject to publish it under.
 
     Whatever the record holds, the letter is storable and publishable: key, headers and
@@ -141,10 +142,15 @@ def dead_letter_of(record: Any, error: MalformedMessageError, *, group: str, now
         key, key_encoding = printable_value(record.key)
     subject = key if key is not None and key_encoding == "utf-8" and is_safe_text(key) else ""
     letter = DeadLetter(
-        reason=error.reason, error_kind=error.kind,
-        consumer_group=group, origin_topic=record.topic,
-        origin_partition=record.partition, origin_offset=record.offset,
-        origin_key=key, key_encoding=key_encoding, origin_headers=headers,
+        reason=error.reason,
+        error_kind=error.kind,
+        consumer_group=group,
+        origin_topic=record.topic,
+        origin_partition=record.partition,
+        origin_offset=record.offset,
+        origin_key=key,
+        key_encoding=key_encoding,
+        origin_headers=headers,
         origin_header_encodings=header_encodings,
         origin_value=value[:max_value_chars],  # the DLQ must stay publishable
         value_encoding=value_encoding,
@@ -160,10 +166,11 @@ def _bytes_of(text: str, encoding: str) -> bytes:
 def original_record(letter: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """``(key, value, headers)`` of the record a letter was made of, byte for byte (one
     value per header name; a header or value cut in the letter is not the original)."""
-    key = None if letter.origin_key is None else _bytes_of(letter.origin_key,
-                                                            letter.key_encoding)
-    headers = [(name, _bytes_of(text, letter.origin_header_encodings.get(name, "utf-8")))
-               for name, text in letter.origin_headers.items()]
+    key = None if letter.origin_key is None else _bytes_of(letter.origin_key, letter.key_encoding)
+    headers = [
+        (name, _bytes_of(text, letter.origin_header_encodings.get(name, "utf-8")))
+        for name, text in letter.origin_headers.items()
+    ]
     return key, _bytes_of(letter.origin_value, letter.value_encoding), headers
 
 
@@ -249,8 +256,9 @@ class ConsumerLoop:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
                 try:
-                    batches = await consumer.getmany(timeout_ms=500,
-                                                     max_records=self._settings.max_batch)
+                    batches = await consumer.getmany(
+                        timeout_ms=500, max_records=self._settings.max_batch
+                    )
                 except (CorruptRecordException, ValueError) as exc:  # UnicodeDecodeError too
                     batches = await self._read_around_unreadable(consumer, exc)
                 self.assigned = set(consumer.assignment())
@@ -263,12 +271,14 @@ class ConsumerLoop:
                 # A rebalance during the batch may have moved partitions away: their new
                 # owner redelivers those records, and the inbox makes that harmless.
                 assigned = consumer.assignment()
-                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()
-                           if tp in assigned}
+                offsets = {
+                    tp: records[-1].offset + 1 for tp, records in batches.items() if tp in assigned
+                }
                 if committing is not None:
                     await committing
-                committing = (asyncio.create_task(self._commit(consumer, offsets))
-                              if offsets else None)
+                committing = (
+                    asyncio.create_task(self._commit(consumer, offsets)) if offsets else None
+                )
                 metrics.BATCH_SECONDS.labels(self._group).observe(time.perf_counter() - started)
                 self._observe_lag(consumer, offsets)
                 if self._on_committed is not None:
@@ -279,16 +289,16 @@ class ConsumerLoop:
                     await committing
             await consumer.stop()
 
-    async def _read_around_unreadable(self, consumer: AIOKafkaConsumer,
-                                      exc: Exception) -> dict[TopicPartition, list[Any]]:
+    async def _read_around_unreadable(
+        self, consumer: AIOKafkaConsumer, exc: Exception
+    ) -> dict[TopicPartition, list[Any]]:
         """The poll's records up to the one the client cannot parse, and that one as an
         unreadable record to dead-letter; the consumer then goes on after it. The client
         does not say which record failed: a probe of our own finds it (no group, nothing
         committed), reading one record at a time, which parses no further than asked."""
         found = await self._find_unreadable(consumer)
         if found is None:  # not reproducible: poll again, the normal way
-            log.warning("poll failed (%s) and no unreadable record was found",
-                        type(exc).__name__)
+            log.warning("poll failed (%s) and no unreadable record was found", type(exc).__name__)
             await asyncio.sleep(self._settings.retry_backoff_s)
             return {}
         tp, bad = found
@@ -296,17 +306,23 @@ class ConsumerLoop:
         while (position := await consumer.position(tp)) < bad:
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=bad - position)
             records.extend(batch.get(tp, []))
-        reason = ("record could not be read by the Kafka client (it, or an earlier record "
-                  f"of its producer batch, is malformed): {type(exc).__name__}: {exc}")[:500]
+        reason = (
+            "record could not be read by the Kafka client (it, or an earlier record "
+            f"of its producer batch, is malformed): {type(exc).__name__}: {exc}"
+        )[:500]
         records.append(_UnreadableRecord(tp.topic, tp.partition, bad, reason=reason))
         consumer.seek(tp, bad + 1)
         return {tp: records}
 
-    async def _find_unreadable(self, consumer: AIOKafkaConsumer
-                               ) -> tuple[TopicPartition, int] | None:
-        probe = AIOKafkaConsumer(**client_kwargs(self._settings), group_id=None,
-                                 enable_auto_commit=False,
-                                 client_id=f"{self._client_id}-probe")
+    async def _find_unreadable(
+        self, consumer: AIOKafkaConsumer
+    ) -> tuple[TopicPartition, int] | None:
+        probe = AIOKafkaConsumer(
+            **client_kwargs(self._settings),
+            group_id=None,
+            enable_auto_commit=False,
+            client_id=f"{self._client_id}-probe",
+        )
         await probe.start()
         try:
             for tp in sorted(consumer.assignment()):
@@ -341,7 +357,8 @@ class ConsumerLoop:
             end = consumer.highwater(tp)
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
-                    max(end - position, 0))
+                    max(end - position, 0)
+                )
 
     async def _observe_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         # An idle poll still refreshes the lag (a partition that never had a batch, or one
@@ -378,8 +395,9 @@ class ConsumerLoop:
             await self._handle_items(items)
 
     def _applied_later(self, item: _Item) -> bool:
-        return not (item.envelope is not None
-                    and isinstance(item.envelope.data, self._applied_first))
+        return not (
+            item.envelope is not None and isinstance(item.envelope.data, self._applied_first)
+        )
 
     async def _handle_items(self, items: list[_Item]) -> None:
         backoff = self._settings.retry_backoff_s
@@ -389,8 +407,11 @@ class ConsumerLoop:
                 return
             except Exception as exc:
                 if _is_infrastructure(exc):
-                    log.warning("infrastructure unavailable (%s); retrying batch in %.1fs",
-                                type(exc).__name__, backoff)
+                    log.warning(
+                        "infrastructure unavailable (%s); retrying batch in %.1fs",
+                        type(exc).__name__,
+                        backoff,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(max(backoff, 0.1) * 2, 10.0)
                     continue
@@ -425,32 +446,46 @@ class ConsumerLoop:
                 return
             except Exception as exc:
                 error = exc
-        log.error("failed %d times on %s@%s/%d; dead-lettering",
-                  self._settings.max_attempts, item.record.topic, item.record.partition,
-                  item.record.offset, exc_info=error)
+        log.error(
+            "failed %d times on %s@%s/%d; dead-lettering",
+            self._settings.max_attempts,
+            item.record.topic,
+            item.record.partition,
+            item.record.offset,
+            exc_info=error,
+        )
         reason = f"{type(error).__name__}: {error}"[:500]
         cause = item.error  # set when what failed was the record's own dead letter
         if cause is None:
             cause = MalformedMessageError("handler_failed", reason)
             failure = await self._dead_letter_until_stored(
-                _Item(item.record, item.event_id, None, cause, item.fingerprint))
+                _Item(item.record, item.event_id, None, cause, item.fingerprint)
+            )
             if failure is None:
                 return
             error = failure
         # The letter itself failed (a record no letter can be made of): one that keeps only
         # the origin and the reason, claimed by origin, still tells the lender.
         record = item.record
-        bare = _Item(_BareRecord(record.topic, record.partition, record.offset),
-                     f"{record.topic}/{record.partition}/{record.offset}", None,
-                     MalformedMessageError(cause.kind, (
-                         f"{cause.reason} (the record could not be kept in this letter: "
-                         f"{type(error).__name__})")[:1000]))
+        bare = _Item(
+            _BareRecord(record.topic, record.partition, record.offset),
+            f"{record.topic}/{record.partition}/{record.offset}",
+            None,
+            MalformedMessageError(
+                cause.kind,
+                (
+                    f"{cause.reason} (the record could not be kept in this letter: "
+                    f"{type(error).__name__})"
+                )[:1000],
+            ),
+        )
         if await self._dead_letter_until_stored(bare) is None:
             return
         # Nothing more to try: the loop must go on, so the record is skipped, visibly.
         metrics.DEAD_LETTER_FAILURES.labels(self._group).inc()
-        log.error("could not dead-letter %s/%d@%d; skipped", record.topic, record.partition,
-                  record.offset)
+        log.error(
+            "could not dead-letter %s/%d@%d; skipped", record.topic, record.partition, record.offset
+        )
 
     async def _dead_letter_until_stored(self, item: _Item) -> Exception | None:
         """Stores ``item``'s letter, waiting out infrastructure failures; the error if the
@@ -461,40 +496,64 @@ class ConsumerLoop:
                 return None
             except Exception as exc:
                 if not _is_infrastructure(exc):
-                    log.error("dead-lettering %s/%d@%d failed", item.record.topic,
-                              item.record.partition, item.record.offset, exc_info=exc)
+                    log.error(
+                        "dead-lettering %s/%d@%d failed",
+                        item.record.topic,
+                        item.record.partition,
+                        item.record.offset,
+                        exc_info=exc,
+                    )
                     return exc
                 await asyncio.sleep(1.0)
 
     def _decode(self, record: Any) -> _Item:
         origin_id = f"{record.topic}/{record.partition}/{record.offset}"
         if isinstance(record, _UnreadableRecord):
-            return _Item(record, origin_id, None, MalformedMessageError("undecodable",
-                                                                        record.reason))
+            return _Item(
+                record, origin_id, None, MalformedMessageError("undecodable", record.reason)
+            )
         size = _record_size(record)
         if size > self._settings.max_record_bytes:
-            return _Item(record, origin_id, None, MalformedMessageError(
-                "invalid", f"record of {size} bytes exceeds the limit of "
-                f"{self._settings.max_record_bytes} ({VALUE_TRUNCATED})"))
+            return _Item(
+                record,
+                origin_id,
+                None,
+                MalformedMessageError(
+                    "invalid",
+                    f"record of {size} bytes exceeds the limit of "
+                    f"{self._settings.max_record_bytes} ({VALUE_TRUNCATED})",
+                ),
+            )
         try:
             envelope = decode(record.key, record.value, record.headers)
         except MalformedMessageError as exc:
             return _Item(record, origin_id, None, exc)
         except Exception as exc:  # hostile input must never stop the loop
-            return _Item(record, origin_id, None,
-                         MalformedMessageError("undecodable", f"{type(exc).__name__}"))
+            return _Item(
+                record,
+                origin_id,
+                None,
+                MalformedMessageError("undecodable", f"{type(exc).__name__}"),
+            )
         if type(envelope.data) not in self._handlers:
             spec = SPEC_BY_MODEL[type(envelope.data)]
             if self._settings.topic_prefix + spec.topic.value == record.topic:
                 # A contract message this service has no use for: skipped, unclaimed.
                 return _Item(record, envelope.id, None, None)
-            return _Item(record, origin_id, None, MalformedMessageError(
-                "unknown_type", f"{envelope.type} does not belong on {record.topic}"))
+            return _Item(
+                record,
+                origin_id,
+                None,
+                MalformedMessageError(
+                    "unknown_type", f"{envelope.type} does not belong on {record.topic}"
+                ),
+            )
         refused = self._admit(envelope.data) if self._admit else None
         if refused is not None:
             return _Item(record, origin_id, None, MalformedMessageError("invalid", refused))
-        return _Item(record, envelope.id, envelope, None,
-                     _fingerprint(envelope.type, record.value or b""))
+        return _Item(
+            record, envelope.id, envelope, None, _fingerprint(envelope.type, record.value or b"")
+        )
 
     async def _in_one_transaction(self, items: Sequence[_Item]) -> None:
         spans: list[Span] = []
@@ -508,9 +567,15 @@ class ConsumerLoop:
 
     def _span(self, tx: Tx, item: _Item, envelope: Envelope, spans: list[Span]) -> Span:
         record = item.record
-        span = tracing.start_consume(record.topic, record.partition, record.offset,
-                                     envelope.id, envelope.type, self._group,
-                                     envelope.extensions)
+        span = tracing.start_consume(
+            record.topic,
+            record.partition,
+            record.offset,
+            envelope.id,
+            envelope.type,
+            self._group,
+            envelope.extensions,
+        )
         spans.append(span)
         tx.causes[envelope.subject] = span
         return span
@@ -520,21 +585,35 @@ class ConsumerLoop:
         # a measurable share of the loop).
         outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
         async with self._engine.begin() as conn:
-            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
-                    topic_prefix=self._settings.topic_prefix)
+            tx = Tx(
+                conn=conn,
+                now=self._clock.now(),
+                source=self._settings.service_name,
+                topic_prefix=self._settings.topic_prefix,
+            )
             fresh = await self._claim(tx, items)
             claimed = await self._claimed_fingerprints(
-                tx, {item.event_id for item in items} - fresh)
+                tx, {item.event_id for item in items} - fresh
+            )
             batch: list[Envelope] = []
             for item in items:
                 if item.event_id not in fresh:
                     first = claimed.get(item.event_id)
-                    if (item.error is None and first is not None
-                            and item.fingerprint is not None and first != item.fingerprint):
-                        self._dead_letter(tx, item.record, MalformedMessageError(
-                            "conflicting_duplicate",
-                            f"event id {item.event_id!r} was already processed with another "
-                            "payload: the first one's effect stands, this one had none"))
+                    if (
+                        item.error is None
+                        and first is not None
+                        and item.fingerprint is not None
+                        and first != item.fingerprint
+                    ):
+                        self._dead_letter(
+                            tx,
+                            item.record,
+                            MalformedMessageError(
+                                "conflicting_duplicate",
+                                f"event id {item.event_id!r} was already processed with another "
+                                "payload: the first one's effect stands, this one had none",
+                            ),
+                        )
                         outcomes[item.record.topic, "conflicting_duplicate"] += 1
                     else:
                         outcomes[item.record.topic, "duplicate"] += 1
@@ -568,37 +647,61 @@ class ConsumerLoop:
             first.setdefault(item.event_id, item)
         # Array parameters instead of a VALUES list: the statement is prepared once,
         # whatever the batch size.
-        rows = await tx.conn.execute(text(
-            f'INSERT INTO "{self._schema}".inbox AS i '
-            "(consumer, event_id, fingerprint, dead_lettered) "
-            "SELECT :consumer, c.id, c.fp, c.dl FROM unnest(CAST(:ids AS text[]), "
-            "CAST(:fps AS bytea[]), CAST(:dls AS boolean[])) AS c(id, fp, dl) "
-            "ON CONFLICT (consumer, event_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
-            " dead_lettered = EXCLUDED.dead_lettered, received_at = now() "
-            "WHERE i.dead_lettered RETURNING event_id"),
-            {"consumer": self._group, "ids": list(first),
-             "fps": [item.fingerprint for item in first.values()],
-             "dls": [item.error is not None and item.error.kind == "handler_failed"
-                     for item in first.values()]})
+        rows = await tx.conn.execute(
+            text(
+                f'INSERT INTO "{self._schema}".inbox AS i '
+                "(consumer, event_id, fingerprint, dead_lettered) "
+                "SELECT :consumer, c.id, c.fp, c.dl FROM unnest(CAST(:ids AS text[]), "
+                "CAST(:fps AS bytea[]), CAST(:dls AS boolean[])) AS c(id, fp, dl) "
+                "ON CONFLICT (consumer, event_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+                " dead_lettered = EXCLUDED.dead_lettered, received_at = now() "
+                "WHERE i.dead_lettered RETURNING event_id"
+            ),
+            {
+                "consumer": self._group,
+                "ids": list(first),
+                "fps": [item.fingerprint for item in first.values()],
+                "dls": [
+                    item.error is not None and item.error.kind == "handler_failed"
+                    for item in first.values()
+                ],
+            },
+        )
         return set(rows.scalars())
 
     async def _claimed_fingerprints(self, tx: Tx, event_ids: set[str]) -> dict[str, bytes | None]:
         if not event_ids:  # the usual case: no duplicate in the poll, no second statement
             return {}
-        rows = await tx.conn.execute(text(
-            f'SELECT event_id, fingerprint FROM "{self._schema}".inbox '
-            "WHERE consumer = :consumer AND event_id = ANY(CAST(:ids AS text[]))"),
-            {"consumer": self._group, "ids": sorted(event_ids)})
+        rows = await tx.conn.execute(
+            text(
+                f'SELECT event_id, fingerprint FROM "{self._schema}".inbox '
+                "WHERE consumer = :consumer AND event_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"consumer": self._group, "ids": sorted(event_ids)},
+        )
         return {row.event_id: row.fingerprint for row in rows}
 
     def _dead_letter(self, tx: Tx, record: Any, error: MalformedMessageError) -> None:
-        letter, subject = dead_letter_of(record, error, group=self._group, now=tx.now,
-                                         max_value_chars=self._settings.max_record_bytes)
-        tx.publish(letter, event_id=f"dlq:{self._group}:{record.topic}/{record.partition}/"
-                   f"{record.offset}", subject=subject)
+        letter, subject = dead_letter_of(
+            record,
+            error,
+            group=self._group,
+            now=tx.now,
+            max_value_chars=self._settings.max_record_bytes,
+        )
+        tx.publish(
+            letter,
+            event_id=f"dlq:{self._group}:{record.topic}/{record.partition}/{record.offset}",
+            subject=subject,
+        )
         metrics.DEAD_LETTERS.labels(self._group, error.kind).inc()
-        log.warning("dead-lettered %s/%d@%d: %s", record.topic, record.partition,
-                    record.offset, error.reason)
+        log.warning(
+            "dead-lettered %s/%d@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error.reason,
+        )
 
 
 async def ping_database(engine: AsyncEngine) -> None:

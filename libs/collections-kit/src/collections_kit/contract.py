@@ -27,8 +27,9 @@ MAX_SEQUENCE = 2**63 - 1
 # jurisdictions a service can act for is its policy data, not the contract: a code without
 # a policy is refused by the service ("jurisdiction XX has no policy"), so adding one needs
 # no new contract version.
-Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$"), Field(
-    examples=["CN", "US", "UK"])]
+Jurisdiction = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z]{2}$"), Field(examples=["CN", "US", "UK"])
+]
 Channel = Literal["sms", "voice", "email", "letter"]
 Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
 
@@ -188,8 +189,17 @@ class ContactOutcome(Message):
     channel: Channel
     # "in_doubt": handed to a channel, whether it arrived unknown (a crash came between the
     # hand-over and its record, and the channel cannot be asked); counted as a contact.
-    outcome: Literal["sent", "delivered", "failed", "answered", "unanswered", "deferred",
-                     "blocked", "cancelled", "in_doubt"]
+    outcome: Literal[
+        "sent",
+        "delivered",
+        "failed",
+        "answered",
+        "unanswered",
+        "deferred",
+        "blocked",
+        "cancelled",
+        "in_doubt",
+    ]
     reason: str = ""
     rule: str = ""
     occurred_at: AwareDatetime
@@ -269,8 +279,9 @@ class DeadLetter(Message):
     reason: str
     # conflicting_duplicate: an event id already processed came again with another
     # payload; the first one's effect stands, this record had none.
-    error_kind: Literal["undecodable", "invalid", "unknown_type", "handler_failed",
-                        "conflicting_duplicate"]
+    error_kind: Literal[
+        "undecodable", "invalid", "unknown_type", "handler_failed", "conflicting_duplicate"
+    ]
     consumer_group: str
     origin_topic: str
     origin_partition: int
@@ -281,8 +292,7 @@ class DeadLetter(Message):
     key_encoding: Literal["utf-8", "base64"] = "utf-8"
     origin_headers: dict[str, str]
     # The headers whose value is base64 in origin_headers, not being UTF-8 text.
-    origin_header_encodings: dict[str, Literal["utf-8", "base64"]] = Field(
-        default_factory=dict)
+    origin_header_encodings: dict[str, Literal["utf-8", "base64"]] = Field(default_factory=dict)
     # The original value as text when it is UTF-8, otherwise base64 (see value_encoding).
     origin_value: str
     value_encoding: Literal["utf-8", "base64"]
@@ -300,47 +310,133 @@ class MessageSpec:
 
 
 _LENDER, _LEDGER, _WORKFLOW, _LEDGER_SYNC, _NOTIFIER = (
-    "lending-system", "ledger", "workflow", "ledger-sync", "notifier")
+    "lending-system",
+    "ledger",
+    "workflow",
+    "ledger-sync",
+    "notifier",
+)
 
 MESSAGES: tuple[MessageSpec, ...] = (
-    MessageSpec("loan.overdue.v1", Topic.LOANS_OVERDUE, LoanOverdue,
-                "A loan is overdue; published daily per delinquent loan.", _LENDER),
-    MessageSpec("loan.repayment.received.v1", Topic.LOANS_REPAYMENT, RepaymentReceived,
-                "A repayment was received.", _LENDER),
-    MessageSpec("loan.repayment.reversed.v1", Topic.LOANS_REPAYMENT, RepaymentReversed,
-                "A repayment bounced or was reversed.", _LENDER),
-    MessageSpec("ledger.posting.booked.v1", Topic.LEDGER_POSTINGS, LedgerPostingBooked,
-                "The ledger booked a posting on a loan.", _LEDGER),
-    MessageSpec("collections.balance-check.requested.v1", Topic.BALANCE_CHECKS,
-                BalanceCheckRequested, "The workflow asks for a balance confirmation.",
-                _WORKFLOW),
-    MessageSpec("collections.balance.confirmed.v1", Topic.BALANCE_CONFIRMATIONS,
-                BalanceConfirmed, "Ledger-sync confirmed money is still owed.", _LEDGER_SYNC),
-    MessageSpec("collections.balance.refused.v1", Topic.BALANCE_CONFIRMATIONS, BalanceRefused,
-                "Ledger-sync would not confirm; no contact may follow.", _LEDGER_SYNC),
-    MessageSpec("collections.contact.commanded.v1", Topic.CONTACT_COMMANDS, ContactCommand,
-                "Contact a party; carries the ledger confirmation it rests on.", _WORKFLOW),
-    MessageSpec("collections.contact.cancelled.v1", Topic.CONTACT_COMMANDS, ContactCancelled,
-                "Pending commands for the loan must not be sent.", _WORKFLOW),
-    MessageSpec("collections.contact.outcome.v1", Topic.CONTACT_OUTCOMES, ContactOutcome,
-                "What the notifier did with a command.", _NOTIFIER),
-    MessageSpec("collections.case.opened.v1", Topic.CASE_EVENTS, CaseOpened,
-                "A delinquent loan became a collections case.", _WORKFLOW),
-    MessageSpec("collections.case.stage-changed.v1", Topic.CASE_EVENTS, CaseStageChanged,
-                "A case moved between stages.", _WORKFLOW),
-    MessageSpec("collections.case.closed.v1", Topic.CASE_EVENTS, CaseClosed,
-                "A case left collections.", _WORKFLOW),
-    MessageSpec("collections.case.held.v1", Topic.CASE_EVENTS, CaseHeld,
-                "A case was put on hold; nothing escalates or contacts until resumed.",
-                _WORKFLOW),
-    MessageSpec("collections.case.resumed.v1", Topic.CASE_EVENTS, CaseResumed,
-                "A hold ended; contact needs a fresh ledger confirmation.", _WORKFLOW),
-    MessageSpec("collections.balance.corrected.v1", Topic.BALANCE_CONFIRMATIONS,
-                BalanceCorrected, "Reconciliation corrected a case's balance from the ledger.",
-                _LEDGER_SYNC),
-    MessageSpec("collections.dead-letter.v1", Topic.DLQ, DeadLetter,
-                "A message that could not be processed, with its origin and the reason.",
-                "any consumer"),
+    MessageSpec(
+        "loan.overdue.v1",
+        Topic.LOANS_OVERDUE,
+        LoanOverdue,
+        "A loan is overdue; published daily per delinquent loan.",
+        _LENDER,
+    ),
+    MessageSpec(
+        "loan.repayment.received.v1",
+        Topic.LOANS_REPAYMENT,
+        RepaymentReceived,
+        "A repayment was received.",
+        _LENDER,
+    ),
+    MessageSpec(
+        "loan.repayment.reversed.v1",
+        Topic.LOANS_REPAYMENT,
+        RepaymentReversed,
+        "A repayment bounced or was reversed.",
+        _LENDER,
+    ),
+    MessageSpec(
+        "ledger.posting.booked.v1",
+        Topic.LEDGER_POSTINGS,
+        LedgerPostingBooked,
+        "The ledger booked a posting on a loan.",
+        _LEDGER,
+    ),
+    MessageSpec(
+        "collections.balance-check.requested.v1",
+        Topic.BALANCE_CHECKS,
+        BalanceCheckRequested,
+        "The workflow asks for a balance confirmation.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.balance.confirmed.v1",
+        Topic.BALANCE_CONFIRMATIONS,
+        BalanceConfirmed,
+        "Ledger-sync confirmed money is still owed.",
+        _LEDGER_SYNC,
+    ),
+    MessageSpec(
+        "collections.balance.refused.v1",
+        Topic.BALANCE_CONFIRMATIONS,
+        BalanceRefused,
+        "Ledger-sync would not confirm; no contact may follow.",
+        _LEDGER_SYNC,
+    ),
+    MessageSpec(
+        "collections.contact.commanded.v1",
+        Topic.CONTACT_COMMANDS,
+        ContactCommand,
+        "Contact a party; carries the ledger confirmation it rests on.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.contact.cancelled.v1",
+        Topic.CONTACT_COMMANDS,
+        ContactCancelled,
+        "Pending commands for the loan must not be sent.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.contact.outcome.v1",
+        Topic.CONTACT_OUTCOMES,
+        ContactOutcome,
+        "What the notifier did with a command.",
+        _NOTIFIER,
+    ),
+    MessageSpec(
+        "collections.case.opened.v1",
+        Topic.CASE_EVENTS,
+        CaseOpened,
+        "A delinquent loan became a collections case.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.case.stage-changed.v1",
+        Topic.CASE_EVENTS,
+        CaseStageChanged,
+        "A case moved between stages.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.case.closed.v1",
+        Topic.CASE_EVENTS,
+        CaseClosed,
+        "A case left collections.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.case.held.v1",
+        Topic.CASE_EVENTS,
+        CaseHeld,
+        "A case was put on hold; nothing escalates or contacts until resumed.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.case.resumed.v1",
+        Topic.CASE_EVENTS,
+        CaseResumed,
+        "A hold ended; contact needs a fresh ledger confirmation.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.balance.corrected.v1",
+        Topic.BALANCE_CONFIRMATIONS,
+        BalanceCorrected,
+        "Reconciliation corrected a case's balance from the ledger.",
+        _LEDGER_SYNC,
+    ),
+    MessageSpec(
+        "collections.dead-letter.v1",
+        Topic.DLQ,
+        DeadLetter,
+        "A message that could not be processed, with its origin and the reason.",
+        "any consumer",
+    ),
 )
 
 SPEC_BY_TYPE: dict[str, MessageSpec] = {spec.ce_type: spec for spec in MESSAGES}

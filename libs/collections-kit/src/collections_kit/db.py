@@ -47,12 +47,16 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
     # and the consumer loops retry such errors as infrastructure (a REST caller gets one
     # 503 problem with Retry-After).
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False,
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
         connect_args=connect_args,
         # JSONB columns (case holds and milestones, timeline details, journals, outbox
         # headers) are written and read on every message: orjson instead of the json
         # module, whose encoder was a tenth of the workflow's CPU.
-        json_serializer=_json_text, json_deserializer=orjson.loads,
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
         # Statement parameters can hold personal data; errors must not echo them into logs.
         hide_parameters=True,
     )
@@ -69,9 +73,15 @@ def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[b
     return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
 
 
-async def insert_rows(conn: AsyncConnection, table: Table,
-                      rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "",
-                      returning: str = "", notify: str = "") -> list[Any]:
+async def insert_rows(
+    conn: AsyncConnection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    on_conflict: str = "",
+    returning: str = "",
+    notify: str = "",
+) -> list[Any]:
     """Insert ``rows`` (all with the same keys) in one statement, sent as one JSON document.
 
     ``INSERT ... SELECT ... FROM jsonb_array_elements($1)``, each row a JSON array of its
@@ -95,16 +105,19 @@ async def insert_rows(conn: AsyncConnection, table: Table,
     sql = _insert_rows_sql(table, names, on_conflict)
     if notify:
         # A data-modifying WITH runs to completion whether or not it is read.
-        await conn.exec_driver_sql(f"WITH written AS ({sql}) SELECT pg_notify($2, '')",
-                                   (_document(rows, names), notify))
+        await conn.exec_driver_sql(
+            f"WITH written AS ({sql}) SELECT pg_notify($2, '')", (_document(rows, names), notify)
+        )
         return []
-    result = await conn.exec_driver_sql(sql + (f" RETURNING {returning}" if returning else ""),
-                                        (_document(rows, names),))
+    result = await conn.exec_driver_sql(
+        sql + (f" RETURNING {returning}" if returning else ""), (_document(rows, names),)
+    )
     return list(result) if returning else []
 
 
-async def update_rows(conn: AsyncConnection, table: Table, key: str,
-                      rows: Sequence[Mapping[str, Any]]) -> None:
+async def update_rows(
+    conn: AsyncConnection, table: Table, key: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
     """Set, in each row whose ``key`` column matches, the other columns given: one
     ``UPDATE ... FROM jsonb_array_elements(...)`` for all of them (see :func:`insert_rows`)."""
     if not rows:
@@ -125,13 +138,13 @@ def _document(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...]) -> str:
             values = [[row.get(name) for name in names] for row in rows]
     else:  # itemgetter would return the single value bare
         values = [[row.get(name) for name in names] for row in rows]
-    return orjson.dumps(values, default=_json_default,
-                        option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(values, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def on_conflict_update(key: str, columns: Iterable[str]) -> str:
     return f'ON CONFLICT ("{key}") DO UPDATE SET ' + ", ".join(
-        f'"{c}" = EXCLUDED."{c}"' for c in columns)
+        f'"{c}" = EXCLUDED."{c}"' for c in columns
+    )
 
 
 def _json_default(value: Any) -> str:
@@ -150,8 +163,11 @@ def _record_of(table: Table, names: tuple[str, ...]) -> str:
         column_type = table.c[name].type
         # A JSONB value is taken as it is (no trip through text); a top-level JSON null is
         # SQL NULL, as a column given None is everywhere else.
-        value = (f"NULLIF(e->{n}, 'null'::jsonb)" if isinstance(column_type, JSONB)
-                 else f"CAST(e->>{n} AS {column_type.compile(dialect=dialect)})")
+        value = (
+            f"NULLIF(e->{n}, 'null'::jsonb)"
+            if isinstance(column_type, JSONB)
+            else f"CAST(e->>{n} AS {column_type.compile(dialect=dialect)})"
+        )
         columns.append(f'{value} AS "{name}"')
     return f"(SELECT {', '.join(columns)} FROM jsonb_array_elements($1::text::jsonb) AS e) AS r"
 
@@ -159,15 +175,19 @@ def _record_of(table: Table, names: tuple[str, ...]) -> str:
 @functools.lru_cache(maxsize=256)
 def _insert_rows_sql(table: Table, names: tuple[str, ...], on_conflict: str) -> str:
     columns = ", ".join(f'"{n}"' for n in names)
-    return (f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} '
-            f"FROM {_record_of(table, names)} {on_conflict}")
+    return (
+        f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} '
+        f"FROM {_record_of(table, names)} {on_conflict}"
+    )
 
 
 @functools.lru_cache(maxsize=256)
 def _update_rows_sql(table: Table, key: str, names: tuple[str, ...]) -> str:
     assignments = ", ".join(f'"{n}" = r."{n}"' for n in names if n != key)
-    return (f'UPDATE "{table.name}" AS t SET {assignments} FROM {_record_of(table, names)} '
-            f'WHERE t."{key}" = r."{key}"')
+    return (
+        f'UPDATE "{table.name}" AS t SET {assignments} FROM {_record_of(table, names)} '
+        f'WHERE t."{key}" = r."{key}"'
+    )
 
 
 def asyncpg_dsn(url: str) -> str:

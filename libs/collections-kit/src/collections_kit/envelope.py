@@ -78,7 +78,8 @@ def decode_headers(raw: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...])
     for name, value in raw:
         if len(name) > MAX_ATTRIBUTE_CHARS or not name.isprintable():
             raise MalformedMessageError(
-                "invalid", f"header name {name[:40]!r} is overlong or not printable")
+                "invalid", f"header name {name[:40]!r} is overlong or not printable"
+            )
         if len(value) > _MAX_HEADER_BYTES:
             raise MalformedMessageError("undecodable", f"header {name!r} is larger than allowed")
         try:
@@ -110,8 +111,9 @@ def _check_text(what: str, text: str, limit: int) -> None:
     if len(text) > limit:
         raise MalformedMessageError("invalid", f"{what} is longer than {limit} characters")
     if not text.isprintable():
-        raise MalformedMessageError("invalid", f"{what} holds a character that is not "
-                                    "printable (a control character, say)")
+        raise MalformedMessageError(
+            "invalid", f"{what} holds a character that is not printable (a control character, say)"
+        )
 
 
 def is_safe_text(text: str) -> bool:
@@ -132,14 +134,16 @@ def decode(
     missing = [h for h in _REQUIRED if h not in headers]
     if missing:
         raise MalformedMessageError(
-            "undecodable", f"missing CloudEvents headers: {', '.join(missing)}")
+            "undecodable", f"missing CloudEvents headers: {', '.join(missing)}"
+        )
     empty = [h for h in ("ce_id", "ce_source") if not headers[h]]
     if empty:
         # An empty id would be one inbox claim shared by every such event.
         raise MalformedMessageError("invalid", f"empty CloudEvents headers: {', '.join(empty)}")
     if headers["ce_specversion"] != "1.0":
         raise MalformedMessageError(
-            "undecodable", f"unsupported specversion {headers['ce_specversion']}")
+            "undecodable", f"unsupported specversion {headers['ce_specversion']}"
+        )
     content_type = headers.get("content-type", CONTENT_TYPE).split(";")[0].strip()
     if content_type != CONTENT_TYPE:
         raise MalformedMessageError("undecodable", f"content-type {content_type!r} is not JSON")
@@ -156,8 +160,11 @@ def decode(
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             raise MalformedMessageError(
-                "undecodable", f"payload is not JSON: {first['ctx'].get('error', '')}"
-                if "ctx" in first else "payload is not JSON") from exc
+                "undecodable",
+                f"payload is not JSON: {first['ctx'].get('error', '')}"
+                if "ctx" in first
+                else "payload is not JSON",
+            ) from exc
         raise MalformedMessageError("invalid", _summarise(exc)) from exc
     subject = headers.get("ce_subject") or key_text or ""
     try:

@@ -17,8 +17,12 @@ def ssl_context(settings: ServiceSettings) -> ssl.SSLContext:
         cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
         certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
         keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        password=(settings.kafka_ssl_key_password.get_secret_value()
-                  if settings.kafka_ssl_key_password else None))
+        password=(
+            settings.kafka_ssl_key_password.get_secret_value()
+            if settings.kafka_ssl_key_password
+            else None
+        ),
+    )
     context.check_hostname = settings.kafka_ssl_check_hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -27,8 +31,10 @@ def ssl_context(settings: ServiceSettings) -> ssl.SSLContext:
 def client_kwargs(settings: ServiceSettings) -> dict[str, Any]:
     """``bootstrap_servers`` and the security arguments for any aiokafka client."""
     protocol = settings.kafka_security_protocol
-    kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap,
-                              "security_protocol": protocol}
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": protocol,
+    }
     if protocol in ("SSL", "SASL_SSL"):
         kwargs["ssl_context"] = ssl_context(settings)
     if protocol.startswith("SASL_"):
@@ -36,5 +42,6 @@ def client_kwargs(settings: ServiceSettings) -> dict[str, Any]:
         kwargs.update(
             sasl_mechanism=settings.kafka_sasl_mechanism,
             sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+        )
     return kwargs

@@ -5,19 +5,23 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_CONSUMED = Counter(
-    "collections_messages_consumed_total", "Records handled by a consumer",
+    "collections_messages_consumed_total",
+    "Records handled by a consumer",
     ["consumer", "topic", "result"],
 )
 BATCH_SECONDS = Histogram(
-    "collections_consumer_batch_seconds", "Time to handle and commit one polled batch",
+    "collections_consumer_batch_seconds",
+    "Time to handle and commit one polled batch",
     ["consumer"],
 )
 CONSUMER_LAG = Gauge(
-    "collections_consumer_lag", "Records behind the partition's end offset",
+    "collections_consumer_lag",
+    "Records behind the partition's end offset",
     ["consumer", "topic", "partition"],
 )
 DEAD_LETTERS = Counter(
-    "collections_dead_letters_total", "Records sent to the dead-letter topic",
+    "collections_dead_letters_total",
+    "Records sent to the dead-letter topic",
     ["consumer", "kind"],
 )
 DEAD_LETTER_FAILURES = Counter(
@@ -26,11 +30,14 @@ DEAD_LETTER_FAILURES = Counter(
     ["consumer"],
 )
 OUTBOX_PUBLISHED = Counter(
-    "collections_outbox_published_total", "Outbox rows published to Kafka", ["schema"],
+    "collections_outbox_published_total",
+    "Outbox rows published to Kafka",
+    ["schema"],
 )
 OUTBOX_BACKLOG = Gauge(
     "collections_outbox_backlog",
-    "Rows waiting in the outbox table (counted up to 100,000)", ["schema"],
+    "Rows waiting in the outbox table (counted up to 100,000)",
+    ["schema"],
 )
 OUTBOX_OLDEST_AGE = Gauge(
     "collections_outbox_oldest_age_seconds",

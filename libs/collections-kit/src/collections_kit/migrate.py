@@ -52,15 +52,17 @@ def run_env(metadata: MetaData) -> None:
         try:
             async with engine.begin() as conn:
                 # Two replicas starting together must not both migrate.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"),
-                                   {"s": schema})
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema}
+                )
                 await conn.run_sync(do_run)
         finally:
             await engine.dispose()
 
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=metadata, version_table_schema=schema,
-                          literal_binds=True)
+        context.configure(
+            url=url, target_metadata=metadata, version_table_schema=schema, literal_binds=True
+        )
         with context.begin_transaction():
             context.run_migrations()
     else:

@@ -23,8 +23,9 @@ def create_plumbing_v1(op: Any, schema: str) -> None:
         "inbox",
         sa.Column("consumer", sa.Text, nullable=False),
         sa.Column("event_id", sa.Text, nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id"),
         schema=schema,
     )
@@ -35,8 +36,9 @@ def create_plumbing_v1(op: Any, schema: str) -> None:
         sa.Column("key", sa.LargeBinary, nullable=False),
         sa.Column("value", sa.LargeBinary, nullable=False),
         sa.Column("headers", JSONB, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         schema=schema,
     )
 
@@ -52,8 +54,11 @@ def add_inbox_fingerprint_v1(op: Any, schema: str) -> None:
     ended in a dead letter (so a replay of that letter may take the claim over). Nullable
     and a constant default: adding them rewrites no row; old claims have no fingerprint."""
     op.add_column("inbox", sa.Column("fingerprint", sa.LargeBinary), schema=schema)
-    op.add_column("inbox", sa.Column("dead_lettered", sa.Boolean, nullable=False,
-                                     server_default=sa.false()), schema=schema)
+    op.add_column(
+        "inbox",
+        sa.Column("dead_lettered", sa.Boolean, nullable=False, server_default=sa.false()),
+        schema=schema,
+    )
 
 
 def drop_inbox_fingerprint_v1(op: Any, schema: str) -> None:

@@ -100,8 +100,9 @@ class InCurrency(BaseModel):
             return handler(self)
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
         # The serializer only changes how amounts are written, not the shape: document the
         # model as if it had none (its JSON Schema would otherwise be empty, "any").
         plain = {k: v for k, v in core_schema.items() if k != "serialization"}
@@ -114,7 +115,6 @@ Amount = Annotated[
     PlainSerializer(_write_amount, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["1234.50"]}),
 ]
-
 
 
 def _not_negative(value: Decimal) -> Decimal:
@@ -132,8 +132,9 @@ NonNegativeAmount = Annotated[
     BeforeValidator(_parse_amount),
     AfterValidator(_not_negative),
     PlainSerializer(_write_amount, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": NON_NEGATIVE_AMOUNT_PATTERN,
-                    "examples": ["1234.50"]}),
+    WithJsonSchema(
+        {"type": "string", "pattern": NON_NEGATIVE_AMOUNT_PATTERN, "examples": ["1234.50"]}
+    ),
 ]
 
 # ISO 4217 alphabetic code.

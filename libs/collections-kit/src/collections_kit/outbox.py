@@ -55,20 +55,35 @@ class Tx:
     # so a message staged by a batch handler continues the trace of the one that caused it.
     causes: dict[str, Span] = field(default_factory=dict)
 
-    def publish(self, data: Message, *, event_id: str, subject: str,
-                extensions: dict[str, str] | None = None) -> None:
+    def publish(
+        self,
+        data: Message,
+        *,
+        event_id: str,
+        subject: str,
+        extensions: dict[str, str] | None = None,
+    ) -> None:
         spec = SPEC_BY_MODEL[type(data)]
         attributes = {**tracing.inject(self.causes.get(subject)), **(extensions or {})}
-        key, value, headers = encode_text_headers(Envelope(
-            id=event_id, type=spec.ce_type, source=self.source, time=self.now, subject=subject,
-            data=data, extensions=attributes,
-        ))
-        self.staged.append({
-            "topic": self.topic_prefix + spec.topic.value,
-            "key": key,
-            "value": value,
-            "headers": headers,  # pairs: a JSON array of two-element arrays
-        })
+        key, value, headers = encode_text_headers(
+            Envelope(
+                id=event_id,
+                type=spec.ce_type,
+                source=self.source,
+                time=self.now,
+                subject=subject,
+                data=data,
+                extensions=attributes,
+            )
+        )
+        self.staged.append(
+            {
+                "topic": self.topic_prefix + spec.topic.value,
+                "key": key,
+                "value": value,
+                "headers": headers,  # pairs: a JSON array of two-element arrays
+            }
+        )
 
 
 async def flush(tx: Tx, outbox: Table, schema: str) -> int:
@@ -90,8 +105,17 @@ class OutboxRelay:
     only a safety net should a notification be missed while the listener reconnects.
     """
 
-    def __init__(self, engine: AsyncEngine, database_url: str, producer: Any, outbox: Table,
-                 schema: str, *, batch: int = 2000, safety_poll_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        database_url: str,
+        producer: Any,
+        outbox: Table,
+        schema: str,
+        *,
+        batch: int = 2000,
+        safety_poll_s: float = 2.0,
+    ) -> None:
         self._engine = engine
         self._dsn = asyncpg_dsn(database_url)
         self._producer = producer
@@ -113,8 +137,9 @@ class OutboxRelay:
             try:
                 if listener is None or listener.is_closed():
                     listener = await asyncpg.connect(self._dsn)
-                    await listener.add_listener(notify_channel(self._schema),
-                                                lambda *_: self._wake.set())
+                    await listener.add_listener(
+                        notify_channel(self._schema), lambda *_: self._wake.set()
+                    )
                 self._wake.clear()
                 published = await self.drain_once()
                 self.heartbeat = time.monotonic()
@@ -145,9 +170,11 @@ class OutboxRelay:
             )
             if not got:
                 return 0
-            rows: Sequence[Any] = (await conn.execute(
-                select(self._outbox).order_by(self._outbox.c.id).limit(self._batch)
-            )).all()
+            rows: Sequence[Any] = (
+                await conn.execute(
+                    select(self._outbox).order_by(self._outbox.c.id).limit(self._batch)
+                )
+            ).all()
             if not rows:
                 return 0
             await self._publish(rows)
@@ -178,8 +205,12 @@ class OutboxRelay:
             if known is None:
                 known = partitions[row.topic] = sorted(await producer.partitions_for(row.topic))
             partition = _PARTITIONER(row.key, known, known)
-            record = {"timestamp": None, "key": row.key, "value": row.value,
-                      "headers": [(k, v.encode()) for k, v in row.headers]}
+            record = {
+                "timestamp": None,
+                "key": row.key,
+                "value": row.value,
+                "headers": [(k, v.encode()) for k, v in row.headers],
+            }
             batch = filling.get((row.topic, partition))
             if batch is not None and batch.append(**record) is not None:
                 continue
@@ -203,10 +234,10 @@ class OutboxRelay:
         self._measured_at = now
         table = self._outbox
         async with self._engine.connect() as conn:
-            size = await conn.scalar(select(func.count()).select_from(
-                select(table.c.id).limit(_COUNT_CAP).subquery()))
-            oldest = await conn.scalar(select(table.c.created_at).order_by(table.c.id)
-                                       .limit(1))
+            size = await conn.scalar(
+                select(func.count()).select_from(select(table.c.id).limit(_COUNT_CAP).subquery())
+            )
+            oldest = await conn.scalar(select(table.c.created_at).order_by(table.c.id).limit(1))
         self._observe_backlog(int(size or 0), oldest)
 
     def _observe_backlog(self, size: int, oldest: datetime | None) -> None:

@@ -29,9 +29,14 @@ _PREFIX_BYTES = PREFIX.encode()
 _NONCE = 12
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 DEV_KID = "dev1"
-DEV_KEYS = f"{DEV_KID}:" + base64.b64encode(
-    hashlib.sha256(b"collections-kit development PII key; public, never for production")
-    .digest()).decode()
+DEV_KEYS = (
+    f"{DEV_KID}:"
+    + base64.b64encode(
+        hashlib.sha256(
+            b"collections-kit development PII key; public, never for production"
+        ).digest()
+    ).decode()
+)
 
 
 class PiiError(Exception):
@@ -75,15 +80,16 @@ class KeyRing:
     def seal(self, value: str | None, *, aad: str) -> str | None:
         if value is None:
             return None
-        return PREFIX + self.active + ":" + base64.b64encode(
-            self._seal(value.encode(), aad)).decode()
+        return (
+            PREFIX + self.active + ":" + base64.b64encode(self._seal(value.encode(), aad)).decode()
+        )
 
     def open(self, token: str | None, *, aad: str) -> str | None:
         if token is None:
             return None
         if not token.startswith(PREFIX):
             raise PiiError("not a sealed value")
-        kid, sep, encoded = token[len(PREFIX):].partition(":")
+        kid, sep, encoded = token[len(PREFIX) :].partition(":")
         if not sep:
             raise PiiError("malformed sealed value")
         try:
@@ -100,7 +106,7 @@ class KeyRing:
     def open_bytes(self, token: bytes, *, aad: str) -> bytes:
         if not token.startswith(_PREFIX_BYTES):
             raise PiiError("not a sealed value")
-        kid, sep, raw = token[len(_PREFIX_BYTES):].partition(b":")
+        kid, sep, raw = token[len(_PREFIX_BYTES) :].partition(b":")
         if not sep:
             raise PiiError("malformed sealed value")
         return self._open(kid.decode(errors="replace"), raw, aad)
@@ -110,7 +116,7 @@ class KeyRing:
         text = token.decode(errors="replace") if isinstance(token, bytes) else token
         if not text.startswith(PREFIX):
             return None
-        return text[len(PREFIX):].split(":", 1)[0]
+        return text[len(PREFIX) :].split(":", 1)[0]
 
     def _seal(self, plaintext: bytes, aad: str) -> bytes:
         nonce = os.urandom(_NONCE)

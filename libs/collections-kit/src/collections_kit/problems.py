@@ -36,44 +36,68 @@ class Problem(BaseModel):
 class ProblemError(Exception):
     """Raise from a route to answer with a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str | None = None,
-                 type_: str = "about:blank", headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail or title)
         self.problem = Problem(type=type_, title=title, status=status, detail=detail)
         self.headers = headers or {}
 
 
-def problem_response(problem: Problem, request: Request,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    problem: Problem, request: Request, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = problem.model_copy(update={"instance": str(request.url.path)})
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=problem.status,
-                        media_type=PROBLEM_JSON, headers=headers)
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": title,
-             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    status: {
+        "model": Problem,
+        "description": title,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
     for status, title in ((404, "Not found"), (422, "Invalid request"))
 }
 
-_CHALLENGE = {"WWW-Authenticate": {
-    "description": "RFC 6750 challenge: the error and, for 403, the scope needed.",
-    "schema": {"type": "string"}}}
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": "RFC 6750 challenge: the error and, for 403, the scope needed.",
+        "schema": {"type": "string"},
+    }
+}
 # Added by the runtime to every operation that needs a token (401, 403) or takes a body (413).
 AUTH_RESPONSES: dict[str, dict[str, Any]] = {
-    "401": {"description": "No valid bearer token (missing, malformed, expired, wrong "
-                           "audience or issuer)", "headers": _CHALLENGE,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
-    "403": {"description": "The token lacks the scope this operation needs",
-            "headers": _CHALLENGE,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+    "401": {
+        "description": "No valid bearer token (missing, malformed, expired, wrong "
+        "audience or issuer)",
+        "headers": _CHALLENGE,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
+    "403": {
+        "description": "The token lacks the scope this operation needs",
+        "headers": _CHALLENGE,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
 }
 MALFORMED_BODY_RESPONSE: dict[str, Any] = {
     "description": "The request body cannot be parsed at all",
-    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 TOO_LARGE_RESPONSE: dict[str, Any] = {
     "description": "The request body is larger than allowed",
-    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -83,9 +107,14 @@ def _allowed_methods(request: Request) -> list[str]:
     # Asked of the router, method by method: an included router is one route whose own
     # ``methods`` is empty (the Allow header came out empty), but it matches fully when
     # one of its routes takes the method at this path.
-    return [method for method in _METHODS
-            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
-                   for route in request.app.router.routes)]
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def _database_unreachable(exc: Exception) -> bool:
@@ -94,8 +123,11 @@ def _database_unreachable(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def install(app: FastAPI, *, refusal_before_input: Callable[
-        [Request], Awaitable[ProblemError | None]] | None = None) -> None:
+def install(
+    app: FastAPI,
+    *,
+    refusal_before_input: Callable[[Request], Awaitable[ProblemError | None]] | None = None,
+) -> None:
     """``refusal_before_input``: what to answer instead of a 400/422 about the request's
     input, if anything (the runtime passes authentication: a caller without a valid token
     is told 401 however malformed its body)."""
@@ -116,27 +148,41 @@ def install(app: FastAPI, *, refusal_before_input: Callable[
         if exc.status_code == 405:
             # Starlette names only the first matching route's method; list them all.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return problem_response(Problem(title=str(exc.detail), status=exc.status_code), request,
-                                headers or None)
+        return problem_response(
+            Problem(title=str(exc.detail), status=exc.status_code), request, headers or None
+        )
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         if refused := await refused_first(request):
             return refused
-        errors = [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
-                  for e in exc.errors()]
+        errors = [
+            {"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
         return problem_response(
-            Problem(title="Invalid request", status=422, detail="The request failed validation.",
-                    errors=errors), request)
+            Problem(
+                title="Invalid request",
+                status=422,
+                detail="The request failed validation.",
+                errors=errors,
+            ),
+            request,
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         if _database_unreachable(exc):
             # Transient by nature (a restart, a failover, a connection that died with the
             # server, which also resets the pool): the caller should retry.
             return problem_response(
-                Problem(title="Service unavailable", status=503,
-                        detail="The database is unreachable; retry shortly."),
-                request, headers={"Retry-After": "1"})
+                Problem(
+                    title="Service unavailable",
+                    status=503,
+                    detail="The database is unreachable; retry shortly.",
+                ),
+                request,
+                headers={"Retry-After": "1"},
+            )
         return problem_response(Problem(title="Internal error", status=500), request)
 
     async def on_disconnect(request: Request, exc: Exception) -> Response:

@@ -38,13 +38,13 @@ from collections_kit.text import GUARD as STORABLE_TEXT
 log = logging.getLogger(__name__)
 
 
-
 class Worker(Protocol):
     """A background loop: runs until ``stop`` is set and beats while it makes progress."""
 
     heartbeat: float
 
     def run(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]: ...
+
 
 # A loop that has not beaten for this long is stuck: liveness fails and the pod restarts.
 STALL_AFTER_S = 60.0
@@ -91,8 +91,9 @@ class Runtime:
             return
         # A background loop must never end on its own: crash loudly so it is restarted.
         self.failed = True
-        log.error("background task %s ended unexpectedly", task.get_name(),
-                  exc_info=task.exception())
+        log.error(
+            "background task %s ended unexpectedly", task.get_name(), exc_info=task.exception()
+        )
         if self.on_fatal is not None:
             self.on_fatal()
 
@@ -150,8 +151,15 @@ def _engine(request: Request) -> AsyncEngine:
 EngineDep = Annotated[AsyncEngine, Depends(_engine)]
 
 
-def make_app(runtime: Runtime, *, title: str, version: str, description: str,
-             routers: Sequence[APIRouter] = (), manage_runtime: bool = True) -> FastAPI:
+def make_app(
+    runtime: Runtime,
+    *,
+    title: str,
+    version: str,
+    description: str,
+    routers: Sequence[APIRouter] = (),
+    manage_runtime: bool = True,
+) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_runtime:
@@ -164,10 +172,20 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
 
     # Production serves no interactive docs or schema: they would be the only routes
     # without a token. The contract is published in contracts/openapi/ instead.
-    hidden: dict[str, Any] = ({"docs_url": None, "redoc_url": None, "openapi_url": None}
-                              if runtime.settings.environment == "prod" else {})
-    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan,
-                  telemetry=tracing.HTTP_TELEMETRY, dependencies=[STORABLE_TEXT], **hidden)
+    hidden: dict[str, Any] = (
+        {"docs_url": None, "redoc_url": None, "openapi_url": None}
+        if runtime.settings.environment == "prod"
+        else {}
+    )
+    app = FastAPI(
+        title=title,
+        version=version,
+        description=description,
+        lifespan=lifespan,
+        telemetry=tracing.HTTP_TELEMETRY,
+        dependencies=[STORABLE_TEXT],
+        **hidden,
+    )
     app.state.runtime = runtime
     # Every route but the three below needs a bearer token (collections_kit.auth.require).
     app.state.verifier = TokenVerifier(runtime.settings)
@@ -178,19 +196,30 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
 
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
-    @ops.get("/livez", summary="Liveness: the consumer loops and relay are beating",
-             response_class=PlainTextResponse,
-             responses={200: {"description": "Beating", **text},
-                        503: {"description": "A loop is stalled or died", **text}})
+    @ops.get(
+        "/livez",
+        summary="Liveness: the consumer loops and relay are beating",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"description": "Beating", **text},
+            503: {"description": "A loop is stalled or died", **text},
+        },
+    )
     async def livez() -> Response:
         ok = runtime.live()
-        return Response("ok" if ok else "stalled", status_code=200 if ok else 503,
-                        media_type="text/plain")
+        return Response(
+            "ok" if ok else "stalled", status_code=200 if ok else 503, media_type="text/plain"
+        )
 
-    @ops.get("/readyz", summary="Readiness: PostgreSQL and Kafka answer",
-             response_class=PlainTextResponse,
-             responses={200: {"description": "Ready", **text},
-                        503: {"description": "PostgreSQL or Kafka does not answer", **text}})
+    @ops.get(
+        "/readyz",
+        summary="Readiness: PostgreSQL and Kafka answer",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"description": "Ready", **text},
+            503: {"description": "PostgreSQL or Kafka does not answer", **text},
+        },
+    )
     async def readyz() -> Response:
         ok = await runtime.ready()
         # Held work is shown, not answered with 503: a hold (the notifier's, while
@@ -199,8 +228,12 @@ def make_app(runtime: Runtime, *, title: str, version: str, description: str,
         body = "; ".join(["ready" if ok else "not ready", *runtime.held()])
         return Response(body, status_code=200 if ok else 503, media_type="text/plain")
 
-    @ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
-             responses={200: {"description": "Prometheus text format", **text}})
+    @ops.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text format", **text}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -253,8 +286,14 @@ def serve(build_app: Callable[[], FastAPI], settings: ServiceSettings) -> int:
     async def main() -> None:
         nonlocal failed
         app = build_app()
-        config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                log_config=None, access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
         server = uvicorn.Server(config)
         runtime: Runtime = app.state.runtime
 

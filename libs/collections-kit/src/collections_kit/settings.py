@@ -51,8 +51,7 @@ class ServiceSettings(BaseSettings):
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)
 
     # --- Kafka security (see README, "Security") ----------------------------------------------
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
-        "PLAINTEXT"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -105,31 +104,37 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _secure_configuration(self) -> ServiceSettings:
         if self.kafka_security_protocol.startswith("SASL_"):
-            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username
-                    and self.kafka_sasl_password):
-                raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} "
-                                 "needs kafka_sasl_mechanism, kafka_sasl_username and "
-                                 "kafka_sasl_password")
+            if not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+            ):
+                raise ValueError(
+                    f"kafka_security_protocol {self.kafka_security_protocol} "
+                    "needs kafka_sasl_mechanism, kafka_sasl_username and "
+                    "kafka_sasl_password"
+                )
         elif self.kafka_sasl_mechanism is not None:
-            raise ValueError("kafka_sasl_mechanism is set but kafka_security_protocol is not "
-                             "SASL_PLAINTEXT or SASL_SSL")
+            raise ValueError(
+                "kafka_sasl_mechanism is set but kafka_security_protocol is not "
+                "SASL_PLAINTEXT or SASL_SSL"
+            )
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
         for alg in self.auth_algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 # Symmetric or unsigned tokens would let anyone holding the JWKS mint tokens.
                 raise ValueError(f"auth algorithm {alg} is not allowed")
-        sources = [s for s in (self.auth_jwks_url, self.auth_jwks_json, self.auth_jwks_file)
-                   if s]
+        sources = [s for s in (self.auth_jwks_url, self.auth_jwks_json, self.auth_jwks_file) if s]
         if len(sources) > 1:
             raise ValueError("set only one of auth_jwks_url, auth_jwks_json, auth_jwks_file")
         if self.auth_jwks_url and not self.auth_jwks_url.startswith(("https://", "http://")):
             raise ValueError("auth_jwks_url must be an http(s) URL")
         if self.environment == "prod":
             if not sources:
-                raise ValueError("environment=prod needs auth_jwks_url (or auth_jwks_json / "
-                                 "auth_jwks_file): the development signing key is not "
-                                 "trusted in production")
+                raise ValueError(
+                    "environment=prod needs auth_jwks_url (or auth_jwks_json / "
+                    "auth_jwks_file): the development signing key is not "
+                    "trusted in production"
+                )
             if self.auth_jwks_url and not self.auth_jwks_url.startswith("https://"):
                 raise ValueError("environment=prod needs an https auth_jwks_url")
             if not self.auth_issuer:

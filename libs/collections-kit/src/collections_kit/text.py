@@ -34,8 +34,9 @@ def unstorable_locations(value: Any, loc: tuple[str | int, ...]) -> list[tuple[s
     if isinstance(value, str):
         return [] if storable(value) else [loc]
     if isinstance(value, list):
-        return [found for i, item in enumerate(value)
-                for found in unstorable_locations(item, (*loc, i))]
+        return [
+            found for i, item in enumerate(value) for found in unstorable_locations(item, (*loc, i))
+        ]
     if isinstance(value, dict):
         found: list[tuple[str | int, ...]] = []
         for key, item in value.items():
@@ -48,10 +49,15 @@ def unstorable_locations(value: Any, loc: tuple[str | int, ...]) -> list[tuple[s
 
 async def _storable_inputs(request: Request) -> None:
     found: list[tuple[str | int, ...]] = [
-        ("path", name) for name, value in request.path_params.items()
-        if isinstance(value, str) and not storable(value)]
-    found += [("query", name) for name, value in request.query_params.multi_items()
-              if not (storable(name) and storable(value))]
+        ("path", name)
+        for name, value in request.path_params.items()
+        if isinstance(value, str) and not storable(value)
+    ]
+    found += [
+        ("query", name)
+        for name, value in request.query_params.multi_items()
+        if not (storable(name) and storable(value))
+    ]
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             # Already read and parsed for the route's body parameter; cached on the request.
@@ -60,8 +66,9 @@ async def _storable_inputs(request: Request) -> None:
             body = None  # FastAPI answers an unparsable body itself
         found += unstorable_locations(body, ("body",))
     if found:
-        raise RequestValidationError([{"loc": loc, "type": UNSTORABLE, "msg": _MESSAGE}
-                                      for loc in found])
+        raise RequestValidationError(
+            [{"loc": loc, "type": UNSTORABLE, "msg": _MESSAGE} for loc in found]
+        )
 
 
 # An app-wide dependency (``FastAPI(dependencies=[GUARD])``): it runs before the route's own

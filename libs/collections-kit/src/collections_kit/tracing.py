@@ -53,18 +53,31 @@ def inject(span: Span | None = None) -> dict[str, str]:
     return {k: v for k, v in carrier.items() if k in TRACE_ATTRIBUTES}
 
 
-def start_consume(topic: str, partition: int, offset: int, event_id: str, ce_type: str,
-                  group: str, extensions: Mapping[str, str]) -> Span:
+def start_consume(
+    topic: str,
+    partition: int,
+    offset: int,
+    event_id: str,
+    ce_type: str,
+    group: str,
+    extensions: Mapping[str, str],
+) -> Span:
     """A CONSUMER span for one message, child of the producer's context."""
     return tracer.start_span(
-        f"{topic} process", context=extract(extensions), kind=SpanKind.CONSUMER,
+        f"{topic} process",
+        context=extract(extensions),
+        kind=SpanKind.CONSUMER,
         attributes={
-            "messaging.system": "kafka", "messaging.operation.type": "process",
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
             "messaging.destination.name": topic,
             "messaging.destination.partition.id": str(partition),
-            "messaging.kafka.offset": offset, "messaging.message.id": event_id,
-            "messaging.consumer.group.name": group, "cloudevents.event_type": ce_type,
-        })
+            "messaging.kafka.offset": offset,
+            "messaging.message.id": event_id,
+            "messaging.consumer.group.name": group,
+            "cloudevents.event_type": ce_type,
+        },
+    )
 
 
 def end(spans: Sequence[Span], error: BaseException | None = None) -> None:
@@ -83,9 +96,13 @@ def exclude_from_http_telemetry(scope: MutableMapping[str, Any]) -> bool:
 # FastAPI's own telemetry, narrowed: request spans (child of the caller's ``traceparent``,
 # named by the route template) and nothing else. Metrics are Prometheus' job here, and its
 # log records would carry rejected request values, which can be personal data.
-HTTP_TELEMETRY: TelemetryConfig = {"tracing": True, "metrics": False, "logs": False,
-                                  "operation_spans": False,
-                                  "exclude": exclude_from_http_telemetry}
+HTTP_TELEMETRY: TelemetryConfig = {
+    "tracing": True,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "exclude": exclude_from_http_telemetry,
+}
 UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
@@ -102,11 +119,17 @@ def configure(settings: ServiceSettings) -> None:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     provider = TracerProvider(
-        resource=Resource.create({"service.name": settings.service_name,
-                                  "deployment.environment.name": settings.environment}),
-        sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)))
-    provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
+        resource=Resource.create(
+            {
+                "service.name": settings.service_name,
+                "deployment.environment.name": settings.environment,
+            }
+        ),
+        sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces"))
+    )
     trace.set_tracer_provider(provider)
     log.info("tracing to %s (sample ratio %.3f)", endpoint, settings.otel_sample_ratio)
 

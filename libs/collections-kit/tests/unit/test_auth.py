@@ -47,15 +47,21 @@ def app_with(settings: ServiceSettings = SETTINGS) -> FastAPI:
     return app
 
 
-async def call(method: str, path: str, token: str | None = None,
-               app: FastAPI | None = None, raw: str | None = None) -> httpx.Response:
+async def call(
+    method: str,
+    path: str,
+    token: str | None = None,
+    app: FastAPI | None = None,
+    raw: str | None = None,
+) -> httpx.Response:
     headers = {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if raw is not None:
         headers["Authorization"] = raw
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app or app_with()),
-                                 base_url="http://svc") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app or app_with()), base_url="http://svc"
+    ) as http:
         return await http.request(method, path, headers=headers)
 
 
@@ -109,31 +115,42 @@ async def test_a_token_without_the_scope_is_forbidden() -> None:
 async def test_the_issuer_is_checked_when_configured() -> None:
     app = app_with(ServiceSettings(service_name="workflow", auth_issuer=DEV_ISSUER))
     assert (await call("GET", "/read", dev_token(["cases:read"]), app)).status_code == 200
-    assert_refused(await call("GET", "/read", dev_token(["cases:read"], issuer="https://evil"),
-                              app), 401, "invalid_token")
+    assert_refused(
+        await call("GET", "/read", dev_token(["cases:read"], issuer="https://evil"), app),
+        401,
+        "invalid_token",
+    )
 
 
 async def test_a_token_signed_by_another_key_is_refused() -> None:
     other = ec.generate_private_key(ec.SECP256R1())
-    forged = jwt.encode({"sub": "x", "aud": "workflow", "exp": int(time.time()) + 60,
-                         "scope": "cases:read"}, other, algorithm="ES256",
-                        headers={"kid": DEV_KID})
+    forged = jwt.encode(
+        {"sub": "x", "aud": "workflow", "exp": int(time.time()) + 60, "scope": "cases:read"},
+        other,
+        algorithm="ES256",
+        headers={"kid": DEV_KID},
+    )
     assert_refused(await call("GET", "/read", forged), 401, "invalid_token")
 
 
 async def test_unsigned_and_symmetric_tokens_are_refused() -> None:
-    claims = {"sub": "x", "aud": "workflow", "exp": int(time.time()) + 60,
-              "scope": "cases:read"}
-    unsigned = (_b64(json.dumps({"alg": "none", "kid": DEV_KID}).encode()) + "."
-                + _b64(json.dumps(claims).encode()) + ".")
+    claims = {"sub": "x", "aud": "workflow", "exp": int(time.time()) + 60, "scope": "cases:read"}
+    unsigned = (
+        _b64(json.dumps({"alg": "none", "kid": DEV_KID}).encode())
+        + "."
+        + _b64(json.dumps(claims).encode())
+        + "."
+    )
     assert_refused(await call("GET", "/read", unsigned), 401, "invalid_token")
     # HS256 keyed with the public key: the classic algorithm-confusion forgery.
     public = json.dumps(dev_jwks()["keys"][0]).encode()
-    signing_input = (_b64(json.dumps({"alg": "HS256", "kid": DEV_KID}).encode()) + "."
-                     + _b64(json.dumps(claims).encode()))
+    signing_input = (
+        _b64(json.dumps({"alg": "HS256", "kid": DEV_KID}).encode())
+        + "."
+        + _b64(json.dumps(claims).encode())
+    )
     mac = hmac.new(public, signing_input.encode(), hashlib.sha256).digest()
-    assert_refused(await call("GET", "/read", f"{signing_input}.{_b64(mac)}"), 401,
-                   "invalid_token")
+    assert_refused(await call("GET", "/read", f"{signing_input}.{_b64(mac)}"), 401, "invalid_token")
 
 
 def _b64(raw: bytes) -> str:
@@ -148,19 +165,28 @@ async def test_garbage_and_oversized_tokens_are_refused() -> None:
 async def test_a_token_without_subject_or_expiry_is_refused() -> None:
     from collections_kit.auth import _dev_private_key
 
-    for claims in ({"aud": "workflow", "exp": int(time.time()) + 60},
-                   {"sub": "x", "aud": "workflow"}):
-        token = jwt.encode({**claims, "scope": "cases:read"}, _dev_private_key(),
-                           algorithm="ES256", headers={"kid": DEV_KID})
+    for claims in (
+        {"aud": "workflow", "exp": int(time.time()) + 60},
+        {"sub": "x", "aud": "workflow"},
+    ):
+        token = jwt.encode(
+            {**claims, "scope": "cases:read"},
+            _dev_private_key(),
+            algorithm="ES256",
+            headers={"kid": DEV_KID},
+        )
         assert_refused(await call("GET", "/read", token), 401, "invalid_token")
 
 
 async def test_scp_list_claims_are_understood() -> None:
     from collections_kit.auth import _dev_private_key
 
-    token = jwt.encode({"sub": "svc", "aud": "workflow", "exp": int(time.time()) + 60,
-                        "scp": ["cases:read"]}, _dev_private_key(), algorithm="ES256",
-                       headers={"kid": DEV_KID})
+    token = jwt.encode(
+        {"sub": "svc", "aud": "workflow", "exp": int(time.time()) + 60, "scp": ["cases:read"]},
+        _dev_private_key(),
+        algorithm="ES256",
+        headers={"kid": DEV_KID},
+    )
     assert (await call("GET", "/read", token)).status_code == 200
 
 
@@ -177,20 +203,23 @@ async def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_is_fetched() -> Non
 
     now = [1000.0]
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    keys = RemoteKeys("https://auth.example/jwks", ttl_s=300, client=client,
-                      clock=lambda: now[0])
-    verifier = TokenVerifier(ServiceSettings(service_name="workflow",
-                                             auth_jwks_url="https://auth.example/jwks"),
-                             keys=keys)
+    keys = RemoteKeys("https://auth.example/jwks", ttl_s=300, client=client, clock=lambda: now[0])
+    verifier = TokenVerifier(
+        ServiceSettings(service_name="workflow", auth_jwks_url="https://auth.example/jwks"),
+        keys=keys,
+    )
     for _ in range(3):
         assert (await verifier.verify(dev_token(["cases:read"]))).subject == "dev-client"
     assert len(fetches) == 1
     # The authorisation server rotates to a new key: its kid is unknown, so it is fetched
     # (at most every 30 s, so random kids cannot make us hammer the server).
     served["keys"].append(rsa_jwk)
-    token = jwt.encode({"sub": "svc", "aud": "workflow", "exp": int(time.time()) + 60,
-                        "scope": "cases:read"}, rsa_key, algorithm="RS256",
-                       headers={"kid": "rotated-2"})
+    token = jwt.encode(
+        {"sub": "svc", "aud": "workflow", "exp": int(time.time()) + 60, "scope": "cases:read"},
+        rsa_key,
+        algorithm="RS256",
+        headers={"kid": "rotated-2"},
+    )
     with pytest.raises(Exception, match="unknown"):
         await verifier.verify(token)
     assert len(fetches) == 1
@@ -206,10 +235,16 @@ def test_prod_refuses_the_development_key_and_a_missing_issuer() -> None:
     with pytest.raises(ValueError, match="auth_issuer"):
         ServiceSettings(environment="prod", auth_jwks_url="https://auth.example/jwks")
     with pytest.raises(ValueError, match="https"):
-        ServiceSettings(environment="prod", auth_jwks_url="http://auth.example/jwks",
-                        auth_issuer="https://auth.example")
-    settings = ServiceSettings(environment="prod", auth_jwks_json=json.dumps(dev_jwks()),
-                               auth_issuer="https://auth.example")
+        ServiceSettings(
+            environment="prod",
+            auth_jwks_url="http://auth.example/jwks",
+            auth_issuer="https://auth.example",
+        )
+    settings = ServiceSettings(
+        environment="prod",
+        auth_jwks_json=json.dumps(dev_jwks()),
+        auth_issuer="https://auth.example",
+    )
     with pytest.raises(ValueError, match="development signing key"):
         TokenVerifier(settings)
     with pytest.raises(ValueError, match="not allowed"):

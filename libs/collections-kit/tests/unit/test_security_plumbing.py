@@ -24,30 +24,46 @@ from collections_kit.settings import ServiceSettings
 
 def test_plaintext_by_default() -> None:
     assert client_kwargs(ServiceSettings(kafka_bootstrap="k:9092")) == {
-        "bootstrap_servers": "k:9092", "security_protocol": "PLAINTEXT"}
+        "bootstrap_servers": "k:9092",
+        "security_protocol": "PLAINTEXT",
+    }
 
 
 def test_sasl_scram_over_tls() -> None:
     settings = ServiceSettings(
-        kafka_bootstrap="k1:9096,k2:9096", kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="workflow",
-        kafka_sasl_password=SecretStr("s3cret"), kafka_ssl_check_hostname=True)
+        kafka_bootstrap="k1:9096,k2:9096",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="workflow",
+        kafka_sasl_password=SecretStr("s3cret"),
+        kafka_ssl_check_hostname=True,
+    )
     kwargs = client_kwargs(settings)
     context = kwargs.pop("ssl_context")
     assert isinstance(context, ssl.SSLContext)
     assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
-    assert kwargs == {"bootstrap_servers": "k1:9096,k2:9096", "security_protocol": "SASL_SSL",
-                      "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "workflow",
-                      "sasl_plain_password": "s3cret"}
+    assert kwargs == {
+        "bootstrap_servers": "k1:9096,k2:9096",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "workflow",
+        "sasl_plain_password": "s3cret",
+    }
     assert "s3cret" not in repr(settings)
 
 
 def test_tls_only_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> None:
     ca, cert, key = _self_signed(tmp_path)
-    kwargs = client_kwargs(ServiceSettings(
-        kafka_security_protocol="SSL", kafka_ssl_cafile=ca, kafka_ssl_certfile=cert,
-        kafka_ssl_keyfile=key, kafka_ssl_check_hostname=False))
+    kwargs = client_kwargs(
+        ServiceSettings(
+            kafka_security_protocol="SSL",
+            kafka_ssl_cafile=ca,
+            kafka_ssl_certfile=cert,
+            kafka_ssl_keyfile=key,
+            kafka_ssl_check_hostname=False,
+        )
+    )
     assert kwargs["security_protocol"] == "SSL" and "sasl_mechanism" not in kwargs
     context = kwargs["ssl_context"]
     assert not context.check_hostname
@@ -65,17 +81,27 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     pem = cert.public_bytes(serialization.Encoding.PEM)
     (tmp_path / "ca.pem").write_bytes(pem)
     (tmp_path / "client.pem").write_bytes(pem)
-    (tmp_path / "client.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client.key"
 
 
@@ -89,9 +115,14 @@ def test_sasl_without_credentials_or_with_plaintext_mismatch_is_refused() -> Non
 
 
 def test_plain_sasl_without_tls() -> None:
-    kwargs = client_kwargs(ServiceSettings(
-        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-256",
-        kafka_sasl_username="u", kafka_sasl_password=SecretStr("p")))
+    kwargs = client_kwargs(
+        ServiceSettings(
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="SCRAM-SHA-256",
+            kafka_sasl_username="u",
+            kafka_sasl_password=SecretStr("p"),
+        )
+    )
     assert "ssl_context" not in kwargs
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-256"
 
@@ -135,11 +166,17 @@ def test_rotation_old_values_open_new_ones_use_the_active_key() -> None:
         KeyRing.parse(f"k1:{_key(1)}").open(sealed_new, aad="c")
 
 
-@pytest.mark.parametrize("spec, active, message", [
-    ("", None, "empty"), ("k1", None, "<key id>"), ("k1:not base64!", None, "base64"),
-    (f"k1:{base64.b64encode(b'short').decode()}", None, "32 bytes"),
-    (f"k1:{_key(1)}", "k9", "not in the key ring"), (f"bad id:{_key(1)}", None, "key id"),
-])
+@pytest.mark.parametrize(
+    "spec, active, message",
+    [
+        ("", None, "empty"),
+        ("k1", None, "<key id>"),
+        ("k1:not base64!", None, "base64"),
+        (f"k1:{base64.b64encode(b'short').decode()}", None, "32 bytes"),
+        (f"k1:{_key(1)}", "k9", "not in the key ring"),
+        (f"bad id:{_key(1)}", None, "key id"),
+    ],
+)
 def test_malformed_key_rings_are_refused(spec: str, active: str | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         KeyRing.parse(spec, active)
@@ -158,8 +195,9 @@ async def limited() -> AsyncIterator[httpx.AsyncClient]:
     async def echo(request: Request) -> dict[str, int]:
         return {"size": len(await request.body())}
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://svc") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://svc"
+    ) as http:
         yield http
 
 

@@ -16,16 +16,22 @@ from collections_kit import tracing
 
 
 def test_an_upstream_trace_is_passed_on_without_an_sdk() -> None:
-    upstream = NonRecordingSpan(SpanContext(
-        trace_id=0x0AF7651916CD43DD8448EB211C80319C, span_id=0xB7AD6B7169203331,
-        is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("lender", "x")])))
+    upstream = NonRecordingSpan(
+        SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=True,
+            trace_flags=TraceFlags(1),
+            trace_state=TraceState([("lender", "x")]),
+        )
+    )
 
     assert tracing.inject(upstream) == {
         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        "tracestate": "lender=x"}
+        "tracestate": "lender=x",
+    }
 
 
 def test_no_trace_stamps_nothing() -> None:
     assert tracing.inject(INVALID_SPAN) == {}
     assert tracing.inject() == {}  # no current span either
-

@@ -9,5 +9,12 @@ from ledger_sync.entrypoints.bootstrap import MIGRATIONS, build_runtime, create_
 from ledger_sync.settings import LedgerSyncSettings
 
 if __name__ == "__main__":
-    sys.exit(cli.run(sys.argv, settings=LedgerSyncSettings, migrations=MIGRATIONS,
-                     build_runtime=build_runtime, create_app=create_app))
+    sys.exit(
+        cli.run(
+            sys.argv,
+            settings=LedgerSyncSettings,
+            migrations=MIGRATIONS,
+            build_runtime=build_runtime,
+            create_app=create_app,
+        )
+    )

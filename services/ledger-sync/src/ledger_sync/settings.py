@@ -72,6 +72,8 @@ class LedgerSyncSettings(ServiceSettings):
     @model_validator(mode="after")
     def _max_age_needs_api(self) -> LedgerSyncSettings:
         if self.projection_max_age_s is not None and self.ledger_api_url is None:
-            raise ValueError("projection_max_age_s needs ledger_api_url: an aged projection "
-                             "could never be refreshed, so nothing would be confirmed")
+            raise ValueError(
+                "projection_max_age_s needs ledger_api_url: an aged projection "
+                "could never be refreshed, so nothing would be confirmed"
+            )
         return self

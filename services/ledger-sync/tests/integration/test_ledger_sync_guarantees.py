@@ -50,12 +50,19 @@ def ledger() -> Iterator[LedgerDoubleServer]:
         server.stop()
 
 
-def posting(loan_id: str, sequence: int, amount: str, kind: str = "fee", *,
-            repayment_id: str | None = None) -> c.LedgerPostingBooked:
+def posting(
+    loan_id: str, sequence: int, amount: str, kind: str = "fee", *, repayment_id: str | None = None
+) -> c.LedgerPostingBooked:
     return c.LedgerPostingBooked(
-        posting_id=f"{loan_id}-p{sequence}", loan_id=loan_id, sequence=sequence, kind=kind,
-        currency="CNY", amount=Decimal(amount), booked_at=datetime.now(UTC),
-        repayment_id=repayment_id)
+        posting_id=f"{loan_id}-p{sequence}",
+        loan_id=loan_id,
+        sequence=sequence,
+        kind=kind,
+        currency="CNY",
+        amount=Decimal(amount),
+        booked_at=datetime.now(UTC),
+        repayment_id=repayment_id,
+    )
 
 
 @dataclass
@@ -67,20 +74,28 @@ class Harness:
     ledger: LedgerDoubleServer
 
     def settings(self, **overrides: Any) -> LedgerSyncSettings:
-        return LedgerSyncSettings.model_validate({
-            "database_url": self.database_url, "kafka_bootstrap": self.stack["kafka_bootstrap"],
-            "topic_prefix": self.prefix, "ledger_api_url": self.ledger.base_url,
-            # Tests would otherwise wait 15 minutes for a pass.
-            "reconciliation_interval_s": 0, "ledger_api_backoff_s": 0.02,
-            "ledger_api_breaker_reset_s": 0.5, **overrides})
+        return LedgerSyncSettings.model_validate(
+            {
+                "database_url": self.database_url,
+                "kafka_bootstrap": self.stack["kafka_bootstrap"],
+                "topic_prefix": self.prefix,
+                "ledger_api_url": self.ledger.base_url,
+                # Tests would otherwise wait 15 minutes for a pass.
+                "reconciliation_interval_s": 0,
+                "ledger_api_backoff_s": 0.02,
+                "ledger_api_breaker_reset_s": 0.5,
+                **overrides,
+            }
+        )
 
     async def runtime(self, clock: Clock | None = None, **overrides: Any) -> Runtime:
         config = self.settings(**overrides)
         await migrate(bootstrap.MIGRATIONS, self.database_url, config.db_schema)
         return bootstrap.build_runtime(config, clock=clock)
 
-    async def book(self, p: c.LedgerPostingBooked, *, feed: bool = True,
-                   ledger: bool = True) -> None:
+    async def book(
+        self, p: c.LedgerPostingBooked, *, feed: bool = True, ledger: bool = True
+    ) -> None:
         """The ledger books ``p``; ``feed`` says whether its event reaches Kafka."""
         if ledger:
             async with httpx.AsyncClient(base_url=self.ledger.base_url) as http:
@@ -94,27 +109,45 @@ class Harness:
         async with httpx.AsyncClient(base_url=self.ledger.base_url) as http:
             (await http.put("/admin/availability", json={"up": up})).raise_for_status()
 
-    async def check(self, loan_id: str, expected: str, *, check_id: str | None = None,
-                    event_id: str | None = None) -> str:
+    async def check(
+        self,
+        loan_id: str,
+        expected: str,
+        *,
+        check_id: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
         """A balance check, published the way the workflow publishes one."""
         check_id = check_id or f"chk-{uuid.uuid4().hex[:10]}"
-        await self.lender.publish(c.BalanceCheckRequested(
-            check_id=check_id, loan_id=loan_id, currency="CNY",
-            expected_outstanding=Decimal(expected), requested_at=datetime.now(UTC)),
-            event_id=event_id)
+        await self.lender.publish(
+            c.BalanceCheckRequested(
+                check_id=check_id,
+                loan_id=loan_id,
+                currency="CNY",
+                expected_outstanding=Decimal(expected),
+                requested_at=datetime.now(UTC),
+            ),
+            event_id=event_id,
+        )
         return check_id
 
     async def confirmations_topic(self) -> list[Envelope]:
-        return [e for e in await read_topic(self.stack["kafka_bootstrap"],
-                                            self.prefix + Topic.BALANCE_CONFIRMATIONS.value)
-                if isinstance(e, Envelope)]
+        return [
+            e
+            for e in await read_topic(
+                self.stack["kafka_bootstrap"], self.prefix + Topic.BALANCE_CONFIRMATIONS.value
+            )
+            if isinstance(e, Envelope)
+        ]
 
     async def answers(self, *check_ids: str) -> dict[str, list[Envelope]]:
         """Every answer on the wire per check id, once each has at least one."""
         found: dict[str, list[Envelope]] = {k: [] for k in check_ids}
         for e in await self.confirmations_topic():
-            if isinstance(e.data, c.BalanceConfirmed | c.BalanceRefused) \
-                    and e.data.check_id in found:
+            if (
+                isinstance(e.data, c.BalanceConfirmed | c.BalanceRefused)
+                and e.data.check_id in found
+            ):
                 found[e.data.check_id].append(e)
         return found if all(found.values()) else {}
 
@@ -125,17 +158,22 @@ class Harness:
         return data
 
     async def corrections(self, loan_id: str) -> list[c.BalanceCorrected]:
-        return [e.data for e in await self.confirmations_topic()
-                if isinstance(e.data, c.BalanceCorrected) and e.data.loan_id == loan_id]
+        return [
+            e.data
+            for e in await self.confirmations_topic()
+            if isinstance(e.data, c.BalanceCorrected) and e.data.loan_id == loan_id
+        ]
 
 
 @pytest.fixture
-async def harness(stack: dict[str, str], database_url: str, topic_prefix: str,
-                  ledger: LedgerDoubleServer) -> AsyncIterator[Harness]:
+async def harness(
+    stack: dict[str, str], database_url: str, topic_prefix: str, ledger: LedgerDoubleServer
+) -> AsyncIterator[Harness]:
     kafka = await producer(stack["kafka_bootstrap"])
     try:
-        yield Harness(stack, database_url, topic_prefix, lending.Lender(kafka, topic_prefix),
-                      ledger)
+        yield Harness(
+            stack, database_url, topic_prefix, lending.Lender(kafka, topic_prefix), ledger
+        )
     finally:
         await kafka.stop()
 
@@ -143,9 +181,11 @@ async def harness(stack: dict[str, str], database_url: str, topic_prefix: str,
 async def rest(runtime: Runtime, path: str) -> httpx.Response:
     """Ask the service's own REST API, in-process."""
     app = bootstrap.create_app(runtime, manage_runtime=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://ledger-sync",
-                                 headers=dev_headers(["cases:read", "admin"])) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://ledger-sync",
+        headers=dev_headers(["cases:read", "admin"]),
+    ) as http:
         return await http.get(path)
 
 
@@ -155,14 +195,24 @@ async def scalar(runtime: Runtime, sql: str, **params: Any) -> Any:
 
 
 async def projected(runtime: Runtime, loan_id: str, watermark: int) -> bool:
-    return bool(await scalar(runtime, "SELECT count(*) FROM loan_balances WHERE loan_id = :l "
-                             "AND watermark >= :w", l=loan_id, w=watermark))
+    return bool(
+        await scalar(
+            runtime,
+            "SELECT count(*) FROM loan_balances WHERE loan_id = :l AND watermark >= :w",
+            l=loan_id,
+            w=watermark,
+        )
+    )
 
 
 def workflow_settings(h: Harness) -> WorkflowSettings:
-    return WorkflowSettings.model_validate({
-        "database_url": h.database_url, "kafka_bootstrap": h.stack["kafka_bootstrap"],
-        "topic_prefix": h.prefix})
+    return WorkflowSettings.model_validate(
+        {
+            "database_url": h.database_url,
+            "kafka_bootstrap": h.stack["kafka_bootstrap"],
+            "topic_prefix": h.prefix,
+        }
+    )
 
 
 async def with_workflow(h: Harness) -> Runtime:
@@ -172,31 +222,42 @@ async def with_workflow(h: Harness) -> Runtime:
 
 
 async def contact_commands(h: Harness, loan_id: str) -> list[c.ContactCommand]:
-    return [e.data for e in await read_topic(h.stack["kafka_bootstrap"],
-                                             h.prefix + Topic.CONTACT_COMMANDS.value)
-            if isinstance(e, Envelope) and isinstance(e.data, c.ContactCommand)
-            and e.data.loan_id == loan_id]
+    return [
+        e.data
+        for e in await read_topic(
+            h.stack["kafka_bootstrap"], h.prefix + Topic.CONTACT_COMMANDS.value
+        )
+        if isinstance(e, Envelope)
+        and isinstance(e.data, c.ContactCommand)
+        and e.data.loan_id == loan_id
+    ]
 
 
 async def loan_answers(h: Harness, loan_id: str) -> list[c.BalanceConfirmed | c.BalanceRefused]:
-    return [e.data for e in await h.confirmations_topic()
-            if isinstance(e.data, c.BalanceConfirmed | c.BalanceRefused)
-            and e.data.loan_id == loan_id]
+    return [
+        e.data
+        for e in await h.confirmations_topic()
+        if isinstance(e.data, c.BalanceConfirmed | c.BalanceRefused) and e.data.loan_id == loan_id
+    ]
 
 
 # --- Must show: a payment in flight suppresses contact ------------------------------------
 
 
 async def test_a_payment_in_flight_suppresses_contact(harness: Harness) -> None:
-    async with running(await harness.runtime(projection_max_age_s=3600)) as ls, \
-            running(await with_workflow(harness)):
+    async with (
+        running(await harness.runtime(projection_max_age_s=3600)) as ls,
+        running(await with_workflow(harness)),
+    ):
         await harness.book(posting("L-fly", 1, "1000.00", "disbursement"))
         await eventually(lambda: projected(ls, "L-fly", 1))
         # The borrower paid; the ledger has not booked it yet.
-        await harness.lender.publish(lending.repayment(
-            "L-fly", Decimal("999.50"), Decimal("0.50"), repayment_id="R-fly"))
-        await eventually(lambda: scalar(
-            ls, "SELECT count(*) FROM repayments WHERE repayment_id = 'R-fly'"))
+        await harness.lender.publish(
+            lending.repayment("L-fly", Decimal("999.50"), Decimal("0.50"), repayment_id="R-fly")
+        )
+        await eventually(
+            lambda: scalar(ls, "SELECT count(*) FROM repayments WHERE repayment_id = 'R-fly'")
+        )
         # The lending system's overdue feed lags behind the payment: it reports the full debt.
         await harness.lender.publish(lending.overdue("L-fly", Decimal("1000.00")))
 
@@ -208,19 +269,24 @@ async def test_a_payment_in_flight_suppresses_contact(harness: Harness) -> None:
         view = (await rest(ls, "/v1/balances/L-fly")).json()
 
     assert commands == []
-    assert answers and all(isinstance(a, c.BalanceRefused) and a.reason == "nothing_owed"
-                           for a in answers)
-    assert corrections and {(k.kind, k.ledger_outstanding) for k in corrections} \
-        == {("nothing_owed", Decimal("0.50"))}
-    assert (Decimal(view["money_in_flight"]), Decimal(view["outstanding"])) \
-        == (Decimal("999.50"), Decimal("0.50"))
+    assert answers and all(
+        isinstance(a, c.BalanceRefused) and a.reason == "nothing_owed" for a in answers
+    )
+    assert corrections and {(k.kind, k.ledger_outstanding) for k in corrections} == {
+        ("nothing_owed", Decimal("0.50"))
+    }
+    assert (Decimal(view["money_in_flight"]), Decimal(view["outstanding"])) == (
+        Decimal("999.50"),
+        Decimal("0.50"),
+    )
 
 
 # --- Must show: repeated checks are answered consistently and idempotently -----------------
 
 
 async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempotently(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     async with running(await harness.runtime()) as ls:
         await harness.book(posting("L-rep", 1, "1000.00", "disbursement"))
         await harness.book(posting("L-rep", 2, "12.34"))
@@ -252,10 +318,14 @@ async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempo
     answers = {k: found[k][0].data for k in (k1, k2, k3, q1, q2)}
     assert all(isinstance(a, c.BalanceConfirmed) for a in answers.values())
     confirmed = {k: a for k, a in answers.items() if isinstance(a, c.BalanceConfirmed)}
-    assert {(a.confirmed_outstanding, a.ledger_watermark)
-            for k, a in confirmed.items() if k in (k1, k2, k3)} == {(Decimal("1012.34"), 2)}
-    assert {(a.confirmed_outstanding, a.ledger_watermark)
-            for k, a in confirmed.items() if k in (q1, q2)} == {(Decimal("525.00"), 2)}
+    assert {
+        (a.confirmed_outstanding, a.ledger_watermark)
+        for k, a in confirmed.items()
+        if k in (k1, k2, k3)
+    } == {(Decimal("1012.34"), 2)}
+    assert {
+        (a.confirmed_outstanding, a.ledger_watermark) for k, a in confirmed.items() if k in (q1, q2)
+    } == {(Decimal("525.00"), 2)}
     assert len({a.confirmation_id for a in confirmed.values()}) == 5
     # Beyond tolerance: the ledger's amount is confirmed, next to what the workflow expected.
     assert confirmed[k3].expected_outstanding == Decimal("900.00")
@@ -267,7 +337,8 @@ async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempo
 
 
 async def test_a_stale_projection_with_the_ledger_api_down_is_never_confirmed_and_recovers(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     clock = OffsetClock()
     runtime = await harness.runtime(clock, projection_max_age_s=60, ledger_api_attempts=2)
     async with running(runtime) as ls:
@@ -298,8 +369,9 @@ async def test_a_stale_projection_with_the_ledger_api_down_is_never_confirmed_an
         assert isinstance(refused, c.BalanceRefused) and refused.reason == "projection_stale"
         assert "ledger API unavailable" in refused.detail and refused.ledger_watermark == 1
     assert stale_view["fresh"] is False and stale_view["stale_reason"] == "aged"
-    assert not any(isinstance(e.data, c.BalanceConfirmed)
-                   for e in all_answers[s1] + all_answers[s2]), "never confirmed on stale data"
+    assert not any(
+        isinstance(e.data, c.BalanceConfirmed) for e in all_answers[s1] + all_answers[s2]
+    ), "never confirmed on stale data"
     assert isinstance(third, c.BalanceConfirmed)
     assert (third.confirmed_outstanding, third.ledger_watermark) == (Decimal("1040.00"), 2)
     assert fresh_view["fresh"] is True and fresh_view["ledger_watermark"] == 2
@@ -310,19 +382,24 @@ async def test_a_stale_projection_with_the_ledger_api_down_is_never_confirmed_an
 
 
 async def test_a_sequence_gap_blocks_confirmation_until_the_ledger_api_repairs_it(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     async with running(await harness.runtime()) as ls:
         await harness.book(posting("L-gap", 1, "1000.00", "disbursement"))
         # The repayment's posting never reaches the feed; the repayment itself was seen.
-        await harness.book(posting("L-gap", 2, "-400.00", "repayment", repayment_id="R-gap"),
-                           feed=False)
+        await harness.book(
+            posting("L-gap", 2, "-400.00", "repayment", repayment_id="R-gap"), feed=False
+        )
         await harness.book(posting("L-gap", 3, "30.00"))
-        await harness.lender.publish(lending.repayment(
-            "L-gap", Decimal("400.00"), Decimal("600.00"), repayment_id="R-gap"))
-        await eventually(lambda: scalar(
-            ls, "SELECT count(*) FROM buffered_postings WHERE loan_id = 'L-gap'"))
-        await eventually(lambda: scalar(
-            ls, "SELECT count(*) FROM repayments WHERE repayment_id = 'R-gap'"))
+        await harness.lender.publish(
+            lending.repayment("L-gap", Decimal("400.00"), Decimal("600.00"), repayment_id="R-gap")
+        )
+        await eventually(
+            lambda: scalar(ls, "SELECT count(*) FROM buffered_postings WHERE loan_id = 'L-gap'")
+        )
+        await eventually(
+            lambda: scalar(ls, "SELECT count(*) FROM repayments WHERE repayment_id = 'R-gap'")
+        )
 
         await harness.ledger_up(False)
         blocked = await harness.answer(await harness.check("L-gap", "630.00"))
@@ -352,13 +429,16 @@ async def test_a_loan_the_ledger_does_not_know_is_refused_as_unknown(harness: Ha
 
 
 async def test_reconciliation_closes_a_case_the_ledger_shows_as_paid(harness: Harness) -> None:
-    async with running(await harness.runtime(reconciliation_interval_s=1)) as ls, \
-            running(await with_workflow(harness)) as wf:
+    async with (
+        running(await harness.runtime(reconciliation_interval_s=1)) as ls,
+        running(await with_workflow(harness)) as wf,
+    ):
         await harness.book(posting("L-rec", 1, "800.00", "disbursement"))
         await eventually(lambda: projected(ls, "L-rec", 1))
         await harness.lender.publish(lending.overdue("L-rec", Decimal("800.00")))
-        await eventually(lambda: scalar(
-            ls, "SELECT count(*) FROM open_cases WHERE loan_id = 'L-rec'"))
+        await eventually(
+            lambda: scalar(ls, "SELECT count(*) FROM open_cases WHERE loan_id = 'L-rec'")
+        )
         await eventually(lambda: loan_answers(harness, "L-rec"))
         # Paid at the bank's counter: the ledger books it, but the lending system's repayment
         # event never reaches collections. Only reconciliation can notice.
@@ -372,8 +452,9 @@ async def test_reconciliation_closes_a_case_the_ledger_shows_as_paid(harness: Ha
         await asyncio.sleep(2.5)  # two more passes: the closed case is not corrected again
         later = await harness.corrections("L-rec")
 
-    assert [(k.kind, k.ledger_outstanding, k.ledger_watermark) for k in corrections] \
-        == [("nothing_owed", Decimal("0"), 2)]
+    assert [(k.kind, k.ledger_outstanding, k.ledger_watermark) for k in corrections] == [
+        ("nothing_owed", Decimal("0"), 2)
+    ]
     assert finding["kind"] == "nothing_owed" and finding["event_id"]
     assert report["status"] == "completed" and report["examined"] >= 0
     assert len(later) == len(corrections)
@@ -381,9 +462,15 @@ async def test_reconciliation_closes_a_case_the_ledger_shows_as_paid(harness: Ha
 
 async def _published_finding(ls: Runtime, loan_id: str) -> dict[str, Any] | None:
     async with ls.engine.connect() as conn:
-        row = (await conn.execute(text(
-            "SELECT kind, event_id FROM reconciliation_findings "
-            "WHERE loan_id = :l AND published"), {"l": loan_id})).first()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT kind, event_id FROM reconciliation_findings "
+                    "WHERE loan_id = :l AND published"
+                ),
+                {"l": loan_id},
+            )
+        ).first()
     return dict(row._mapping) if row else None
 
 
@@ -394,8 +481,9 @@ async def _case_closed(wf: Runtime, loan_id: str) -> bool:
 
 
 async def _no_open_case(ls: Runtime, loan_id: str) -> bool:
-    return int(await scalar(ls, "SELECT count(*) FROM open_cases WHERE loan_id = :l",
-                            l=loan_id)) == 0
+    return (
+        int(await scalar(ls, "SELECT count(*) FROM open_cases WHERE loan_id = :l", l=loan_id)) == 0
+    )
 
 
 async def _completed_run(ls: Runtime) -> dict[str, Any] | None:
@@ -411,14 +499,22 @@ async def _completed_run(ls: Runtime) -> dict[str, Any] | None:
 
 def case_opened(loan_id: str) -> c.CaseOpened:
     """Announced the way the workflow announces a new case."""
-    return c.CaseOpened(case_id=f"case-{loan_id}", loan_id=loan_id, borrower_id=f"B-{loan_id}",
-                        stage="warning", policy_version="test", opened_at=datetime.now(UTC))
+    return c.CaseOpened(
+        case_id=f"case-{loan_id}",
+        loan_id=loan_id,
+        borrower_id=f"B-{loan_id}",
+        stage="warning",
+        policy_version="test",
+        opened_at=datetime.now(UTC),
+    )
 
 
 async def test_reconciliation_corrects_drift_and_never_corrects_on_stale_data(
-        harness: Harness) -> None:
-    async with running(await harness.runtime(reconciliation_interval_s=1,
-                                             ledger_api_attempts=1)) as ls:
+    harness: Harness,
+) -> None:
+    async with running(
+        await harness.runtime(reconciliation_interval_s=1, ledger_api_attempts=1)
+    ) as ls:
         await harness.ledger_up(False)
         for loan_id in ("L-drift", "L-blind"):
             await harness.lender.publish(case_opened(loan_id))
@@ -441,8 +537,9 @@ async def test_reconciliation_corrects_drift_and_never_corrects_on_stale_data(
         blind = await eventually(lambda: harness.corrections("L-blind"))
 
     assert isinstance(confirmed, c.BalanceConfirmed)
-    assert [(k.kind, k.ledger_outstanding, k.ledger_watermark) for k in drift] \
-        == [("drift", Decimal("1250.00"), 2)]
+    assert [(k.kind, k.ledger_outstanding, k.ledger_watermark) for k in drift] == [
+        ("drift", Decimal("1250.00"), 2)
+    ]
     assert len(drift_later) == 1
     skipped = next(f for f in report["findings"] if f["loan_id"] == "L-blind")
     assert skipped["kind"] == "skipped" and skipped["published"] is False
@@ -467,11 +564,16 @@ async def test_only_one_replica_runs_a_reconciliation_pass_at_a_time(harness: Ha
     async with running(replicas[0]) as one, running(replicas[1]) as two:
         async with one.engine.begin() as conn:
             for n in range(3):
-                await conn.execute(text(
-                    "INSERT INTO open_cases (loan_id, case_id, opened_at) "
-                    "VALUES (:l, :c, now())"), {"l": f"L-one-{n}", "c": f"case-{n}"})
-        runs = await asyncio.gather(one.state["reconciler"].run_pass(),
-                                    two.state["reconciler"].run_pass())
+                await conn.execute(
+                    text(
+                        "INSERT INTO open_cases (loan_id, case_id, opened_at) "
+                        "VALUES (:l, :c, now())"
+                    ),
+                    {"l": f"L-one-{n}", "c": f"case-{n}"},
+                )
+        runs = await asyncio.gather(
+            one.state["reconciler"].run_pass(), two.state["reconciler"].run_pass()
+        )
         again = await two.state["reconciler"].run_pass()
         count = await scalar(one, "SELECT count(*) FROM reconciliation_runs")
     assert sum(r is not None for r in runs) == 1
@@ -484,21 +586,30 @@ async def test_case_events_in_one_batch_end_as_one_at_a_time_would(harness: Harn
     written in one statement), applied in their order."""
     first, second = case_opened("L-batch-1"), case_opened("L-batch-2")
     again = first.model_copy(update={"case_id": "case-L-batch-1-reopened"})
-    closed = c.CaseClosed(case_id=second.case_id, loan_id="L-batch-2", outcome="repaid",
-                          cause="repaid in full", closed_at=datetime.now(UTC))
+    closed = c.CaseClosed(
+        case_id=second.case_id,
+        loan_id="L-batch-2",
+        outcome="repaid",
+        cause="repaid in full",
+        closed_at=datetime.now(UTC),
+    )
     for message in (first, second, again, closed):  # published before the consumer starts:
-        await harness.lender.publish(message)       # one poll, one batch
+        await harness.lender.publish(message)  # one poll, one batch
     async with running(await harness.runtime()) as ls:
+
         async def settled() -> bool:
-            cases = await scalar(ls, "SELECT string_agg(loan_id || '=' || case_id, ',' "
-                                     "ORDER BY loan_id) FROM open_cases "
-                                     "WHERE loan_id LIKE 'L-batch-%'")
+            cases = await scalar(
+                ls,
+                "SELECT string_agg(loan_id || '=' || case_id, ',' "
+                "ORDER BY loan_id) FROM open_cases "
+                "WHERE loan_id LIKE 'L-batch-%'",
+            )
             return bool(cases == "L-batch-1=case-L-batch-1-reopened")
+
         await eventually(settled)
 
 
-async def test_checks_answered_together_in_one_poll_match_one_at_a_time(
-        harness: Harness) -> None:
+async def test_checks_answered_together_in_one_poll_match_one_at_a_time(harness: Harness) -> None:
     """Published before ledger-sync starts, so one poll holds them all: checks of several
     loans are read and confirmed together, a second check of a loan in the run and a check
     asked again still get exactly the answers one at a time would give."""
@@ -506,14 +617,22 @@ async def test_checks_answered_together_in_one_poll_match_one_at_a_time(
         for loan, amount in (("L-run-1", "300.00"), ("L-run-2", "400.00")):
             await harness.book(posting(loan, 1, amount, "disbursement"))
         await eventually(lambda: projected(ls, "L-run-2", 1))
-        await harness.lender.publish(c.RepaymentReceived(
-            repayment_id="R-run-2", loan_id="L-run-2", currency="CNY",
-            amount=Decimal("400.00"), outstanding_balance_after=Decimal("0"),
-            received_at=datetime.now(UTC)))
+        await harness.lender.publish(
+            c.RepaymentReceived(
+                repayment_id="R-run-2",
+                loan_id="L-run-2",
+                currency="CNY",
+                amount=Decimal("400.00"),
+                outstanding_balance_after=Decimal("0"),
+                received_at=datetime.now(UTC),
+            )
+        )
 
         async def in_flight() -> bool:
-            return bool(await scalar(ls, "SELECT count(*) FROM repayments "
-                                         "WHERE repayment_id = 'R-run-2'"))
+            return bool(
+                await scalar(ls, "SELECT count(*) FROM repayments WHERE repayment_id = 'R-run-2'")
+            )
+
         await eventually(in_flight)
     a = await harness.check("L-run-1", "300.00")
     b = await harness.check("L-run-2", "400.00")  # repaid, not yet booked: in flight
@@ -524,43 +643,66 @@ async def test_checks_answered_together_in_one_poll_match_one_at_a_time(
         found = await eventually(lambda: harness.answers(a, b, u, a2))
         await asyncio.sleep(1.0)
         found = await harness.answers(a, b, u, a2)
-        views = await scalar(ls, "SELECT string_agg(loan_id || '=' || source, ',' ORDER BY "
-                                 "loan_id) FROM collections_views WHERE loan_id LIKE 'L-run%'")
+        views = await scalar(
+            ls,
+            "SELECT string_agg(loan_id || '=' || source, ',' ORDER BY "
+            "loan_id) FROM collections_views WHERE loan_id LIKE 'L-run%'",
+        )
     first, again = found[a][0].data, found[a2][0].data
     assert isinstance(first, c.BalanceConfirmed) and isinstance(again, c.BalanceConfirmed)
     assert first.confirmed_outstanding == again.confirmed_outstanding == Decimal("300.00")
     assert first.confirmation_id != again.confirmation_id
     assert len({e.data.model_dump_json() for e in found[a]}) == 1  # republished as it was
     refused = {k: found[k][0].data for k in (b, u)}
-    assert [getattr(r, "reason", None) for r in refused.values()] == ["nothing_owed",
-                                                                      "unknown_loan"]
+    assert [getattr(r, "reason", None) for r in refused.values()] == [
+        "nothing_owed",
+        "unknown_loan",
+    ]
     # The confirmed loan shows the ledger's amount; the repaid one the settled correction.
     assert views == "L-run-1=confirmation,L-run-2=correction,L-run-unknown=check"
 
 
 async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     """Records of different topics have no order between them on Kafka, and a fetch that
     waits to fill gathers a loan's disbursement and the workflow's check of it into one
     poll. The poll's postings and repayments are applied first: a check ahead of them in
     the poll is not refused as an unknown loan, nor confirmed as if nothing were in flight.
     (No ledger API here, as in the demo: nobody would be asked about the unknown loan.)"""
     now = datetime.now(UTC)
-    checks = [c.BalanceCheckRequested(check_id=f"chk-fact-{n}", loan_id=f"L-fact-{n}",
-                                      currency="CNY", expected_outstanding=Decimal(amount),
-                                      requested_at=now)
-              for n, amount in ((1, "300.00"), (2, "400.00"))]
+    checks = [
+        c.BalanceCheckRequested(
+            check_id=f"chk-fact-{n}",
+            loan_id=f"L-fact-{n}",
+            currency="CNY",
+            expected_outstanding=Decimal(amount),
+            requested_at=now,
+        )
+        for n, amount in ((1, "300.00"), (2, "400.00"))
+    ]
     async with running(await harness.runtime(ledger_api_url=None)) as ls:
         await harness.book(posting("L-fact-2", 1, "400.00", "disbursement"), ledger=False)
         await eventually(lambda: projected(ls, "L-fact-2", 1))
         (loop,) = ls.loops
-        await loop._handle_poll(poll_of([
-            *(lending.record_for(check) for check in checks),
-            lending.record_for(posting("L-fact-1", 1, "300.00", "disbursement")),
-            lending.record_for(c.RepaymentReceived(
-                repayment_id="R-fact-2", loan_id="L-fact-2", currency="CNY",
-                amount=Decimal("400.00"), outstanding_balance_after=Decimal("0"),
-                received_at=now))]))
+        await loop._handle_poll(
+            poll_of(
+                [
+                    *(lending.record_for(check) for check in checks),
+                    lending.record_for(posting("L-fact-1", 1, "300.00", "disbursement")),
+                    lending.record_for(
+                        c.RepaymentReceived(
+                            repayment_id="R-fact-2",
+                            loan_id="L-fact-2",
+                            currency="CNY",
+                            amount=Decimal("400.00"),
+                            outstanding_balance_after=Decimal("0"),
+                            received_at=now,
+                        )
+                    ),
+                ]
+            )
+        )
         first, second = [await harness.answer(check.check_id) for check in checks]
     assert isinstance(first, c.BalanceConfirmed)
     assert first.confirmed_outstanding == Decimal("300.00")
@@ -568,7 +710,8 @@ async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
 
 
 async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_first(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     """A poll that fails as a whole is retried one record at a time; those retries follow
     the same order, money facts first. Here the handler fails whenever it is given one
     loan's posting (a fault put in front of the real handler: valid input that no longer
@@ -576,10 +719,16 @@ async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_fir
     isolated; the check ahead of its loan's disbursement is still answered on the
     disbursement, and the failing posting is dead-lettered."""
     now = datetime.now(UTC)
-    check = c.BalanceCheckRequested(check_id="chk-iso-1", loan_id="L-iso-1", currency="CNY",
-                                    expected_outstanding=Decimal("300.00"), requested_at=now)
-    async with running(await harness.runtime(ledger_api_url=None, retry_backoff_s=0,
-                                             max_attempts=2)) as ls:
+    check = c.BalanceCheckRequested(
+        check_id="chk-iso-1",
+        loan_id="L-iso-1",
+        currency="CNY",
+        expected_outstanding=Decimal("300.00"),
+        requested_at=now,
+    )
+    async with running(
+        await harness.runtime(ledger_api_url=None, retry_backoff_s=0, max_attempts=2)
+    ) as ls:
         (loop,) = ls.loops
         handle = loop._batch_handler
         assert handle is not None
@@ -590,17 +739,25 @@ async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_fir
             await handle(tx, envelopes)
 
         loop._batch_handler = failing_on_one_loan
-        await loop._handle_poll(poll_of([
-            lending.record_for(check),
-            lending.record_for(posting("L-iso-bad", 1, "1.00", "disbursement")),
-            lending.record_for(posting("L-iso-1", 1, "300.00", "disbursement"))]))
+        await loop._handle_poll(
+            poll_of(
+                [
+                    lending.record_for(check),
+                    lending.record_for(posting("L-iso-bad", 1, "1.00", "disbursement")),
+                    lending.record_for(posting("L-iso-1", 1, "300.00", "disbursement")),
+                ]
+            )
+        )
         answer = await harness.answer(check.check_id)
 
         async def dead_letters() -> list[tuple[str, str | None]]:
-            return [(e.data.error_kind, e.data.origin_key)
-                    for e in await read_topic(harness.stack["kafka_bootstrap"],
-                                              harness.prefix + Topic.DLQ.value)
-                    if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter)]
+            return [
+                (e.data.error_kind, e.data.origin_key)
+                for e in await read_topic(
+                    harness.stack["kafka_bootstrap"], harness.prefix + Topic.DLQ.value
+                )
+                if isinstance(e, Envelope) and isinstance(e.data, c.DeadLetter)
+            ]
 
         dead = await eventually(dead_letters)
     assert isinstance(answer, c.BalanceConfirmed)

@@ -57,14 +57,14 @@ def projection(balance: str) -> Projection:
 
 
 def test_money_in_flight_counts_against_the_balance() -> None:
-    answer = answer_check(projection("500"), False, Decimal("500"), Decimal("500"), NOW,
-                          CheckPolicy())
+    answer = answer_check(
+        projection("500"), False, Decimal("500"), Decimal("500"), NOW, CheckPolicy()
+    )
     assert isinstance(answer, Refuse) and answer.reason == "nothing_owed"
 
 
 def test_a_gap_blocks_confirmation() -> None:
-    answer = answer_check(projection("500"), True, Decimal("0"), Decimal("500"), NOW,
-                          CheckPolicy())
+    answer = answer_check(projection("500"), True, Decimal("0"), Decimal("500"), NOW, CheckPolicy())
     assert isinstance(answer, Refuse) and answer.reason == "sequence_gap"
 
 

@@ -19,8 +19,14 @@ BALANCE = {"loan_id": "L1", "currency": "CNY", "balance": "1050.25", "sequence":
 
 
 def posting(seq: int, amount: str = "10.00") -> dict[str, object]:
-    return {"posting_id": f"p{seq}", "sequence": seq, "kind": "fee", "currency": "CNY",
-            "amount": amount, "booked_at": "2026-11-22T10:00:00+00:00"}
+    return {
+        "posting_id": f"p{seq}",
+        "sequence": seq,
+        "kind": "fee",
+        "currency": "CNY",
+        "amount": amount,
+        "booked_at": "2026-11-22T10:00:00+00:00",
+    }
 
 
 class Ledger:
@@ -42,19 +48,28 @@ def ok(body: object) -> httpx.Response:
     return httpx.Response(200, json=body)
 
 
-def client(ledger: Callable[[httpx.Request], httpx.Response], *, attempts: int = 3,
-           threshold: int = 5, sleeps: list[float] | None = None,
-           clock: Callable[[], float] | None = None) -> HttpLedgerApi:
+def client(
+    ledger: Callable[[httpx.Request], httpx.Response],
+    *,
+    attempts: int = 3,
+    threshold: int = 5,
+    sleeps: list[float] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> HttpLedgerApi:
     async def sleep(seconds: float) -> None:
         if sleeps is not None:
             sleeps.append(seconds)
 
-    breaker = CircuitBreaker(failure_threshold=threshold, reset_after_s=10,
-                             **({"clock": clock} if clock else {}))
-    return HttpLedgerApi(LedgerApiConfig("http://ledger.test", attempts=attempts,
-                                         backoff_s=0.1),
-                         breaker, transport=httpx.MockTransport(ledger), sleep=sleep,
-                         rng=random.Random(7))
+    breaker = CircuitBreaker(
+        failure_threshold=threshold, reset_after_s=10, **({"clock": clock} if clock else {})
+    )
+    return HttpLedgerApi(
+        LedgerApiConfig("http://ledger.test", attempts=attempts, backoff_s=0.1),
+        breaker,
+        transport=httpx.MockTransport(ledger),
+        sleep=sleep,
+        rng=random.Random(7),
+    )
 
 
 async def test_the_balance_is_read_as_decimal_with_its_sequence() -> None:

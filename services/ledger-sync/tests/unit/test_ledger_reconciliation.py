@@ -12,10 +12,16 @@ NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 POLICY = CheckPolicy(tolerance=Decimal("1.00"))
 
 
-def case(known: str | None = "1000", *, currency: str = "CNY",
-         last: LastCorrection | None = None) -> OpenCase:
-    return OpenCase("L1", "C1", None if known is None else Decimal(known),
-                    None if known is None else currency, last)
+def case(
+    known: str | None = "1000", *, currency: str = "CNY", last: LastCorrection | None = None
+) -> OpenCase:
+    return OpenCase(
+        "L1",
+        "C1",
+        None if known is None else Decimal(known),
+        None if known is None else currency,
+        last,
+    )
 
 
 def ledger(balance: str, watermark: int = 4, currency: str = "CNY") -> Projection:
@@ -51,16 +57,21 @@ def test_an_unknown_collections_amount_cannot_drift() -> None:
 
 def test_nothing_is_corrected_on_stale_data() -> None:
     stale = Stale("gap", "postings after sequence 4 are missing")
-    finding = reconcile(case("1000"), ledger("0"), Decimal("0"), stale,
-                        "ledger API unavailable: circuit open", POLICY)
+    finding = reconcile(
+        case("1000"),
+        ledger("0"),
+        Decimal("0"),
+        stale,
+        "ledger API unavailable: circuit open",
+        POLICY,
+    )
     assert finding.kind == "skipped" and not finding.publish
     assert "circuit open" in finding.detail and "sequence 4" in finding.detail
 
 
 def test_no_projection_is_skipped() -> None:
     stale = Stale("missing", "no ledger posting for this loan has been seen")
-    finding = reconcile(case("1000"), None, Decimal("0"), stale, "no ledger API configured",
-                        POLICY)
+    finding = reconcile(case("1000"), None, Decimal("0"), stale, "no ledger API configured", POLICY)
     assert finding.kind == "skipped" and finding.watermark == 0
 
 
@@ -73,12 +84,14 @@ def test_the_same_correction_is_not_repeated_every_pass() -> None:
 
 def test_a_correction_is_repeated_once_the_ledger_moved_on() -> None:
     last = LastCorrection("drift", Decimal("1250"), 4)
-    finding = reconcile(case("1000", last=last), ledger("1300", watermark=5), Decimal("0"),
-                        None, "", POLICY)
+    finding = reconcile(
+        case("1000", last=last), ledger("1300", watermark=5), Decimal("0"), None, "", POLICY
+    )
     assert finding.kind == "drift" and finding.publish
 
 
 def test_a_case_in_another_currency_needs_a_person() -> None:
-    finding = reconcile(case("1000", currency="USD"), ledger("1000"), Decimal("0"), None, "",
-                        POLICY)
+    finding = reconcile(
+        case("1000", currency="USD"), ledger("1000"), Decimal("0"), None, "", POLICY
+    )
     assert finding.kind == "skipped" and not finding.publish and "USD" in finding.detail

@@ -25,15 +25,27 @@ NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 HOUR = FreshnessPolicy(max_age=timedelta(hours=1))
 
 
-def posting(seq: int, amount: str, *, kind: str = "fee",
-            repayment_id: str | None = None) -> Posting:
+def posting(
+    seq: int, amount: str, *, kind: str = "fee", repayment_id: str | None = None
+) -> Posting:
     return Posting(f"p{seq}", "L1", seq, kind, "CNY", Decimal(amount), NOW, repayment_id)
 
 
-def projection(*, watermark: int = 3, balance: str = "900", updated: timedelta = timedelta(0),
-               verified: timedelta | None = None) -> Projection:
-    return Projection("L1", "CNY", Decimal(balance), watermark, NOW - updated,
-                      None if verified is None else NOW - verified)
+def projection(
+    *,
+    watermark: int = 3,
+    balance: str = "900",
+    updated: timedelta = timedelta(0),
+    verified: timedelta | None = None,
+) -> Projection:
+    return Projection(
+        "L1",
+        "CNY",
+        Decimal(balance),
+        watermark,
+        NOW - updated,
+        None if verified is None else NOW - verified,
+    )
 
 
 def test_no_projection_is_stale_as_missing() -> None:
@@ -78,9 +90,12 @@ def test_repair_fills_a_gap_through_the_same_rule_as_the_feed() -> None:
     first = apply_posting(None, (), posting(1, "1000", kind="disbursement"), NOW)
     early = apply_posting(first.projection, (), posting(3, "50"), NOW)
     assert early.still_buffered
-    fixed = repair(early.projection, early.still_buffered,
-                   [posting(2, "-100", kind="repayment", repayment_id="R1"), posting(3, "50")],
-                   NOW)
+    fixed = repair(
+        early.projection,
+        early.still_buffered,
+        [posting(2, "-100", kind="repayment", repayment_id="R1"), posting(3, "50")],
+        NOW,
+    )
     assert fixed.projection.watermark == 3 and fixed.projection.balance == Decimal("950")
     assert fixed.still_buffered == ()
     assert [p.repayment_id for p in fixed.applied] == ["R1", None]
@@ -96,12 +111,13 @@ def test_verify_marks_the_projection_verified_once_it_holds_what_the_ledger_has(
 
 def test_verify_with_postings_missing_from_the_ledgers_answer_stays_unverified() -> None:
     current = projection(watermark=3)
-    result = verify(current, (), LedgerState("CNY", Decimal("1000"), 6), [posting(5, "50")],
-                    NOW)
+    result = verify(current, (), LedgerState("CNY", Decimal("1000"), 6), [posting(5, "50")], NOW)
     assert result is not None and not result.current
     assert result.applied.projection.verified_at is None
-    assert staleness(result.applied.projection, bool(result.applied.still_buffered), NOW,
-                     HOUR) is not None
+    assert (
+        staleness(result.applied.projection, bool(result.applied.still_buffered), NOW, HOUR)
+        is not None
+    )
 
 
 def test_at_the_same_sequence_the_ledgers_balance_wins() -> None:
@@ -116,13 +132,21 @@ def test_verify_has_nothing_to_build_on_without_projection_or_postings() -> None
 
 
 def test_a_confirmation_is_never_given_in_another_currency() -> None:
-    answer = answer_check(replace(projection(), currency="USD"), False, Decimal("0"),
-                          Decimal("900"), NOW, CheckPolicy(), currency="CNY")
+    answer = answer_check(
+        replace(projection(), currency="USD"),
+        False,
+        Decimal("0"),
+        Decimal("900"),
+        NOW,
+        CheckPolicy(),
+        currency="CNY",
+    )
     assert isinstance(answer, Refuse) and "USD" in answer.detail
 
 
 def test_nothing_owed_carries_what_remains() -> None:
-    answer = answer_check(projection(balance="100.40"), False, Decimal("100"),
-                          Decimal("100.40"), NOW, CheckPolicy())
+    answer = answer_check(
+        projection(balance="100.40"), False, Decimal("100"), Decimal("100.40"), NOW, CheckPolicy()
+    )
     assert isinstance(answer, Refuse) and answer.reason == "nothing_owed"
     assert answer.outstanding == Decimal("0.40")

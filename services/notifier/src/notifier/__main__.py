@@ -31,5 +31,12 @@ def _reseal() -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["reseal"]:
         sys.exit(_reseal())
-    sys.exit(cli.run(sys.argv, settings=NotifierSettings, migrations=MIGRATIONS,
-                     build_runtime=build_runtime, create_app=create_app))
+    sys.exit(
+        cli.run(
+            sys.argv,
+            settings=NotifierSettings,
+            migrations=MIGRATIONS,
+            build_runtime=build_runtime,
+            create_app=create_app,
+        )
+    )

@@ -101,8 +101,9 @@ class NotifierSettings(ServiceSettings):
     def _pii_keys(self) -> NotifierSettings:
         ring = self.key_ring()  # a malformed ring stops the start here
         if self.environment == "prod" and (self.pii_keys is None or DEV_KID in ring.kids):
-            raise ValueError("environment=prod needs NOTIFIER_PII_KEYS (the development "
-                             "key is not allowed)")
+            raise ValueError(
+                "environment=prod needs NOTIFIER_PII_KEYS (the development key is not allowed)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -110,8 +111,9 @@ class NotifierSettings(ServiceSettings):
         # A quiet topic is confirmed current at each look; looks further apart than the
         # allowed lag would close the gate between them.
         if 2 * self.repayment_gate_look_ms > self.repayment_gate_max_lag_ms:
-            raise ValueError("repayment_gate_look_ms must be at most half of "
-                             "repayment_gate_max_lag_ms")
+            raise ValueError(
+                "repayment_gate_look_ms must be at most half of repayment_gate_max_lag_ms"
+            )
         return self
 
     @model_validator(mode="after")
@@ -120,9 +122,12 @@ class NotifierSettings(ServiceSettings):
         if self.smtp_timeout_s >= self.sending_lease_s / 2:
             raise ValueError("smtp_timeout_s must be shorter than half of sending_lease_s")
         # Every try may time out and each wait is at most 5 s: all of it within the cut.
-        worst = self.provider_max_tries * self.provider_timeout_s + \
-            (self.provider_max_tries - 1) * 5.0
+        worst = (
+            self.provider_max_tries * self.provider_timeout_s + (self.provider_max_tries - 1) * 5.0
+        )
         if worst >= self.sending_lease_s / 2:
-            raise ValueError("provider_max_tries x provider_timeout_s (plus backoff) must be "
-                             "shorter than half of sending_lease_s")
+            raise ValueError(
+                "provider_max_tries x provider_timeout_s (plus backoff) must be "
+                "shorter than half of sending_lease_s"
+            )
         return self

@@ -73,44 +73,76 @@ async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lend
         await p.stop()
 
 
-def _notifier(stack: dict[str, str], database_url: str, topic_prefix: str, smtp_port: int,
-              log: Path, **extra: str) -> ServiceProcess:
+def _notifier(
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    smtp_port: int,
+    log: Path,
+    **extra: str,
+) -> ServiceProcess:
     port = unused_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    env.update({
-        "NOTIFIER_DATABASE_URL": database_url, "NOTIFIER_TOPIC_PREFIX": topic_prefix,
-        "NOTIFIER_KAFKA_BOOTSTRAP": stack["kafka_bootstrap"], "NOTIFIER_HTTP_PORT": str(port),
-        "NOTIFIER_ENVIRONMENT": "test", "NOTIFIER_SMTP_PORT": str(smtp_port),
-        "NOTIFIER_SENDING_LEASE_S": str(LEASE_S), "NOTIFIER_SMTP_TIMEOUT_S": "1",
-        "NOTIFIER_PROVIDER_TIMEOUT_S": "0.5", "NOTIFIER_PROVIDER_MAX_TRIES": "1",
-        "NOTIFIER_SEND_RETRY_BACKOFF_S": "1",
-        "COLLECTIONS_FAULT_CRASH_AT": "after_channel_handover",
-        "COLLECTIONS_FAULT_CRASH_AFTER": "1", **extra})
+    env.update(
+        {
+            "NOTIFIER_DATABASE_URL": database_url,
+            "NOTIFIER_TOPIC_PREFIX": topic_prefix,
+            "NOTIFIER_KAFKA_BOOTSTRAP": stack["kafka_bootstrap"],
+            "NOTIFIER_HTTP_PORT": str(port),
+            "NOTIFIER_ENVIRONMENT": "test",
+            "NOTIFIER_SMTP_PORT": str(smtp_port),
+            "NOTIFIER_SENDING_LEASE_S": str(LEASE_S),
+            "NOTIFIER_SMTP_TIMEOUT_S": "1",
+            "NOTIFIER_PROVIDER_TIMEOUT_S": "0.5",
+            "NOTIFIER_PROVIDER_MAX_TRIES": "1",
+            "NOTIFIER_SEND_RETRY_BACKOFF_S": "1",
+            "COLLECTIONS_FAULT_CRASH_AT": "after_channel_handover",
+            "COLLECTIONS_FAULT_CRASH_AFTER": "1",
+            **extra,
+        }
+    )
     return ServiceProcess("notifier", port, env, log)
 
 
 def _command(command_id: str, channel: str) -> c.ContactCommand:
     now = datetime.now(UTC)
     return c.ContactCommand(
-        command_id=command_id, intent_id=f"i-{command_id}", case_id="C-1", loan_id="L-1",
-        borrower_id="B-1", recipient="debtor", channel=channel, stage="warning",
-        template="warning-reminder", currency="CNY", amount_due=Decimal("1234.50"),
-        confirmation_id="conf-1", ledger_watermark=1, confirmed_at=now,
+        command_id=command_id,
+        intent_id=f"i-{command_id}",
+        case_id="C-1",
+        loan_id="L-1",
+        borrower_id="B-1",
+        recipient="debtor",
+        channel=channel,
+        stage="warning",
+        template="warning-reminder",
+        currency="CNY",
+        amount_due=Decimal("1234.50"),
+        confirmation_id="conf-1",
+        ledger_watermark=1,
+        confirmed_at=now,
         confirmation_valid_until=now + timedelta(minutes=30),
-        borrower_time_zone=zone_at_midday(), jurisdiction="CN", issued_at=now)
+        borrower_time_zone=zone_at_midday(),
+        jurisdiction="CN",
+        issued_at=now,
+    )
 
 
-async def _crash_mid_send(notifier: ServiceProcess, lender: lending.Lender,
-                          command: c.ContactCommand) -> None:
+async def _crash_mid_send(
+    notifier: ServiceProcess, lender: lending.Lender, command: c.ContactCommand
+) -> None:
     """Start armed, store the borrower's details, send the command: the process dies
     right after the hand-over, before recording it. Then restart it disarmed."""
     await asyncio.to_thread(notifier.migrate)
     notifier.start()
     await asyncio.to_thread(notifier.wait_ready)
-    async with httpx.AsyncClient(base_url=notifier.base_url,
-                                 headers=dev_headers(["contacts:write"])) as http:
-        stored = await http.put("/v1/borrowers/B-1/contact-details", json={
-            "language": "en", "email": "bob@example.com", "phone": "+8613812341234"})
+    async with httpx.AsyncClient(
+        base_url=notifier.base_url, headers=dev_headers(["contacts:write"])
+    ) as http:
+        stored = await http.put(
+            "/v1/borrowers/B-1/contact-details",
+            json={"language": "en", "email": "bob@example.com", "phone": "+8613812341234"},
+        )
         assert stored.status_code == 204, stored.text
     await lender.publish(command)
     assert notifier.process is not None
@@ -126,20 +158,31 @@ async def _row(database_url: str, command_id: str) -> tuple[str, str | None, str
     engine = make_engine(database_url, schema="notifier")
     try:
         async with engine.connect() as conn:
-            row = (await conn.execute(
-                select(dispatches.c.status, dispatches.c.reason, contact_attempts.c.result)
-                .select_from(dispatches.outerjoin(
-                    contact_attempts,
-                    contact_attempts.c.command_id == dispatches.c.command_id))
-                .where(dispatches.c.command_id == command_id))).one()
+            row = (
+                await conn.execute(
+                    select(dispatches.c.status, dispatches.c.reason, contact_attempts.c.result)
+                    .select_from(
+                        dispatches.outerjoin(
+                            contact_attempts,
+                            contact_attempts.c.command_id == dispatches.c.command_id,
+                        )
+                    )
+                    .where(dispatches.c.command_id == command_id)
+                )
+            ).one()
     finally:
         await engine.dispose()
     return row.status, row.reason, row.result
 
 
 async def test_an_email_handed_over_before_a_crash_is_in_doubt_and_not_sent_again(
-        stack: dict[str, str], database_url: str, topic_prefix: str,
-        lender: lending.Lender, sink: tuple[Sink, int], tmp_path: Path) -> None:
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    lender: lending.Lender,
+    sink: tuple[Sink, int],
+    tmp_path: Path,
+) -> None:
     box, port = sink
     notifier = _notifier(stack, database_url, topic_prefix, port, tmp_path / "notifier.log")
     try:
@@ -149,12 +192,14 @@ async def test_an_email_handed_over_before_a_crash_is_in_doubt_and_not_sent_agai
         async def in_doubt() -> tuple[str, str | None, str | None] | None:
             row = await _row(database_url, "CMD-MAIL")
             return row if row[0] != "sending" else None
+
         status, reason, result = await eventually(in_doubt, within=LEASE_S * 5)
         # Several leases later it is still in doubt, and was not sent again.
         await asyncio.sleep(LEASE_S * 2)
         assert await _row(database_url, "CMD-MAIL") == (status, reason, result)
-        async with httpx.AsyncClient(base_url=notifier.base_url,
-                                     headers=dev_headers(["cases:read", "admin"])) as http:
+        async with httpx.AsyncClient(
+            base_url=notifier.base_url, headers=dev_headers(["cases:read", "admin"])
+        ) as http:
             page = (await http.get("/v1/contacts", params={"loan_id": "L-1"})).json()
             summary = (await http.get("/v1/contacts/summary")).json()
             metrics = (await http.get("/metrics")).text
@@ -162,21 +207,34 @@ async def test_an_email_handed_over_before_a_crash_is_in_doubt_and_not_sent_agai
         notifier.stop()
     assert box.message_ids == ["<CMD-MAIL@lender.example>"]
     # Counted against the caps as the worst case; visible in the timeline and the metrics.
-    assert (status, reason, result) == ("in_doubt", "outcome_unknown_after_handover",
-                                        "unknown")
+    assert (status, reason, result) == ("in_doubt", "outcome_unknown_after_handover", "unknown")
     assert [(d["decision"], d["rule"]) for d in page["decisions"]] == [
-        ("in_doubt", "channel.email.in_doubt")]
+        ("in_doubt", "channel.email.in_doubt")
+    ]
     assert summary["dispatches"] == {"in_doubt": 1}
-    assert ('notifier_contact_decisions_total{decision="in_doubt",'
-            'reason="outcome_unknown_after_handover"} 1.0') in metrics
+    assert (
+        'notifier_contact_decisions_total{decision="in_doubt",'
+        'reason="outcome_unknown_after_handover"} 1.0'
+    ) in metrics
 
 
 async def test_a_text_handed_over_before_a_crash_is_found_at_the_provider_by_its_key(
-        stack: dict[str, str], database_url: str, topic_prefix: str,
-        lender: lending.Lender, sink: tuple[Sink, int], double: ProviderDouble,
-        tmp_path: Path) -> None:
-    notifier = _notifier(stack, database_url, topic_prefix, sink[1], tmp_path / "notifier.log",
-                         NOTIFIER_PROVIDER_BASE_URL=double.base_url)
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    lender: lending.Lender,
+    sink: tuple[Sink, int],
+    double: ProviderDouble,
+    tmp_path: Path,
+) -> None:
+    notifier = _notifier(
+        stack,
+        database_url,
+        topic_prefix,
+        sink[1],
+        tmp_path / "notifier.log",
+        NOTIFIER_PROVIDER_BASE_URL=double.base_url,
+    )
     try:
         await _crash_mid_send(notifier, lender, _command("CMD-SMS", "sms"))
         assert double.sent_keys() == ["CMD-SMS"]
@@ -184,6 +242,7 @@ async def test_a_text_handed_over_before_a_crash_is_found_at_the_provider_by_its
         async def settled() -> tuple[str, str | None, str | None] | None:
             row = await _row(database_url, "CMD-SMS")
             return row if row[0] != "sending" else None
+
         row = await eventually(settled, within=LEASE_S * 5)
         await asyncio.sleep(LEASE_S)
     finally:

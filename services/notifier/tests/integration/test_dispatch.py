@@ -75,16 +75,25 @@ class Notifier:
         dispatcher: Dispatcher = self.runtime.state["dispatcher"]
         return dispatcher
 
-    async def deliver(self, message: c.Message, event_id: str,
-                      handlers: NotifierHandlers | None = None) -> None:
+    async def deliver(
+        self, message: c.Message, event_id: str, handlers: NotifierHandlers | None = None
+    ) -> None:
         """Run the handler as the consumer loop would: one transaction, outbox flushed."""
         routes = (handlers or NotifierHandlers(DispatchPolicy())).routes()
         async with self.runtime.engine.begin() as conn:
             tx = Tx(conn=conn, now=self.clock.now(), source="test", topic_prefix="")
             subject = str(getattr(message, "loan_id", ""))
-            await routes[type(message)](tx, Envelope(
-                id=event_id, type="test", source="test", time=self.clock.now(),
-                subject=subject, data=message))
+            await routes[type(message)](
+                tx,
+                Envelope(
+                    id=event_id,
+                    type="test",
+                    source="test",
+                    time=self.clock.now(),
+                    subject=subject,
+                    data=message,
+                ),
+            )
             await flush(tx, outbox, "notifier")
 
     async def outcomes(self) -> list[c.ContactOutcome]:
@@ -95,14 +104,16 @@ class Notifier:
     async def status(self, command_id: str) -> str:
         async with self.runtime.engine.connect() as conn:
             status = await conn.scalar(
-                select(dispatches.c.status).where(dispatches.c.command_id == command_id))
+                select(dispatches.c.status).where(dispatches.c.command_id == command_id)
+            )
         assert isinstance(status, str)
         return status
 
 
 def _settings(database_url: str, smtp_port: int, **extra: Any) -> NotifierSettings:
-    return NotifierSettings(database_url=database_url, smtp_port=smtp_port,
-                            send_retry_backoff_s=0, **extra)
+    return NotifierSettings(
+        database_url=database_url, smtp_port=smtp_port, send_retry_backoff_s=0, **extra
+    )
 
 
 # A client system's token: it may write and read contacts, but sees personal data masked.
@@ -116,45 +127,77 @@ async def notifier(database_url: str, mailbox: tuple[Mailbox, int]) -> AsyncIter
     clock = FixedClock(NOW)
     runtime = bootstrap.build_runtime(settings, clock=clock)
     app = bootstrap.create_app(runtime, manage_runtime=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://notifier", headers=CLIENT) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://notifier", headers=CLIENT
+    ) as http:
         yield Notifier(runtime, clock, http)
     await runtime.engine.dispose()
 
 
-def command(command_id: str, loan_id: str = "L1", borrower_id: str = "B1", *,
-            at: datetime = NOW, **changes: Any) -> c.ContactCommand:
+def command(
+    command_id: str,
+    loan_id: str = "L1",
+    borrower_id: str = "B1",
+    *,
+    at: datetime = NOW,
+    **changes: Any,
+) -> c.ContactCommand:
     fields: dict[str, Any] = {
-        "command_id": command_id, "intent_id": f"i-{command_id}", "case_id": f"c-{loan_id}",
-        "loan_id": loan_id, "borrower_id": borrower_id, "recipient": "debtor",
-        "channel": "email", "stage": "warning", "template": "warning-reminder",
-        "currency": "CNY", "amount_due": Decimal("1234.50"), "confirmation_id": "conf-1",
-        "ledger_watermark": 3, "confirmed_at": at - timedelta(minutes=1),
+        "command_id": command_id,
+        "intent_id": f"i-{command_id}",
+        "case_id": f"c-{loan_id}",
+        "loan_id": loan_id,
+        "borrower_id": borrower_id,
+        "recipient": "debtor",
+        "channel": "email",
+        "stage": "warning",
+        "template": "warning-reminder",
+        "currency": "CNY",
+        "amount_due": Decimal("1234.50"),
+        "confirmation_id": "conf-1",
+        "ledger_watermark": 3,
+        "confirmed_at": at - timedelta(minutes=1),
         "confirmation_valid_until": at + timedelta(minutes=30),
-        "borrower_time_zone": "Asia/Shanghai", "jurisdiction": "CN",
-        "issued_at": at - timedelta(minutes=1)}
+        "borrower_time_zone": "Asia/Shanghai",
+        "jurisdiction": "CN",
+        "issued_at": at - timedelta(minutes=1),
+    }
     fields.update(changes)
     return c.ContactCommand(**fields)
 
 
 async def put_details(n: Notifier, borrower_id: str = "B1", **body: Any) -> None:
-    payload = {"language": "zh-CN", "email": "zhang.san@example.com",
-               "phone": "+8613812341234", "postal_address": "北京市朝阳区某路 1 号", **body}
+    payload = {
+        "language": "zh-CN",
+        "email": "zhang.san@example.com",
+        "phone": "+8613812341234",
+        "postal_address": "北京市朝阳区某路 1 号",
+        **body,
+    }
     response = await n.http.put(f"/v1/borrowers/{borrower_id}/contact-details", json=payload)
     assert response.status_code == 204, response.text
 
 
 async def test_each_command_is_decided_once_recorded_and_announced(
-        notifier: Notifier, mailbox: tuple[Mailbox, int],
-        caplog: pytest.LogCaptureFixture) -> None:
+    notifier: Notifier, mailbox: tuple[Mailbox, int], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     await put_details(notifier)
     await put_details(notifier, "B2", language="en", email="bob@example.com")
     await notifier.deliver(command("C1"), "e1")
     await notifier.deliver(command("C1"), "e1-again")  # the same command twice: stored once
     await notifier.deliver(command("C2", channel="sms"), "e2")
-    await notifier.deliver(command("C3", "L2", "B2", jurisdiction="US", currency="USD",
-                                   borrower_time_zone="America/New_York"), "e3")
+    await notifier.deliver(
+        command(
+            "C3",
+            "L2",
+            "B2",
+            jurisdiction="US",
+            currency="USD",
+            borrower_time_zone="America/New_York",
+        ),
+        "e3",
+    )
     await notifier.deliver(command("C4", "L3", "NOBODY"), "e4")
 
     assert await notifier.dispatcher.dispatch_once() == 4
@@ -165,10 +208,13 @@ async def test_each_command_is_decided_once_recorded_and_announced(
     assert recipients == ["zhang.san@example.com"]
     assert b"Message-ID: <C1@lender.example>" in raw
     async with notifier.runtime.engine.connect() as conn:
-        recorded = [open_recorded(r, notifier.runtime.state["pii"])
-                    for r in (await conn.execute(select(recorded_sends))).all()]
+        recorded = [
+            open_recorded(r, notifier.runtime.state["pii"])
+            for r in (await conn.execute(select(recorded_sends))).all()
+        ]
     assert [(r.command_id, r.channel, r.address) for r in recorded] == [
-        ("C2", "sms", "+8613812341234")]
+        ("C2", "sms", "+8613812341234")
+    ]
     assert "1,234.50 CNY" in recorded[0].body
 
     outcomes = {o.command_id: (o.outcome, o.reason, o.rule) for o in await notifier.outcomes()}
@@ -180,39 +226,55 @@ async def test_each_command_is_decided_once_recorded_and_announced(
     }
     page = (await notifier.http.get("/v1/contacts", params={"loan_id": "L2"})).json()
     assert [(d["decision"], d["due_at"]) for d in page["decisions"]] == [
-        ("deferred", "2026-11-23T13:00:00Z")]  # 08:00 in New York
+        ("deferred", "2026-11-23T13:00:00Z")
+    ]  # 08:00 in New York
     summary = (await notifier.http.get("/v1/contacts/summary")).json()
     assert summary["totals"] == {"blocked": 1, "deferred": 1, "sent": 2}
     masked = (await notifier.http.get("/v1/borrowers/B1/contact-details")).json()
     assert masked["email"] == "z***@example.com" and masked["phone"] == "+86*******1234"
     assert masked["masked"] is True
-    clear = (await notifier.http.get("/v1/borrowers/B1/contact-details",
-                                     headers=dev_headers(["cases:read", "pii:read"]))).json()
+    clear = (
+        await notifier.http.get(
+            "/v1/borrowers/B1/contact-details", headers=dev_headers(["cases:read", "pii:read"])
+        )
+    ).json()
     assert clear["email"] == "zhang.san@example.com" and clear["masked"] is False
 
     # Nothing is due until New York wakes up; at 08:00 there the deferral goes out.
     assert await notifier.dispatcher.dispatch_once() == 0
     notifier.clock.set(datetime(2026, 11, 23, 13, 0, tzinfo=UTC))
-    await notifier.deliver(command("C5", "L2", "B2", jurisdiction="US", currency="USD",
-                                   borrower_time_zone="America/New_York",
-                                   at=notifier.clock.now()), "e5")
+    await notifier.deliver(
+        command(
+            "C5",
+            "L2",
+            "B2",
+            jurisdiction="US",
+            currency="USD",
+            borrower_time_zone="America/New_York",
+            at=notifier.clock.now(),
+        ),
+        "e5",
+    )
     assert await notifier.dispatcher.dispatch_once() == 2
     assert await notifier.status("C5") == "sent"
     # C3's confirmation lapsed while it waited: the workflow must confirm again.
     assert await notifier.status("C3") == "cancelled"
     # Our log lines carry ids, never contact details (mail.log is the test's SMTP server).
-    ours = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records
-                     if not r.name.startswith("mail.log"))
+    ours = "\n".join(
+        f"{r.getMessage()} {vars(r)}" for r in caplog.records if not r.name.startswith("mail.log")
+    )
     for secret in ("zhang.san", "bob@example.com", "13812341234", "朝阳区"):
         assert secret not in ours
 
 
 async def test_a_cancellation_stops_pending_commands_and_late_ones_issued_before_it(
-        notifier: Notifier) -> None:
+    notifier: Notifier,
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
-    await notifier.deliver(c.ContactCancelled(loan_id="L1", reason="repaid",
-                                              cancelled_at=NOW), "e2")
+    await notifier.deliver(
+        c.ContactCancelled(loan_id="L1", reason="repaid", cancelled_at=NOW), "e2"
+    )
     assert await notifier.status("C1") == "cancelled"
     # Issued before the cancellation, arrived after it.
     await notifier.deliver(command("C2", issued_at=NOW - timedelta(minutes=5)), "e3")
@@ -223,16 +285,32 @@ async def test_a_cancellation_stops_pending_commands_and_late_ones_issued_before
 
 
 async def test_a_repayment_after_the_confirmation_cancels_unless_reversed(
-        notifier: Notifier) -> None:
+    notifier: Notifier,
+) -> None:
     await put_details(notifier)
     for loan, repayment in (("L1", "R1"), ("L2", "R2")):
-        await notifier.deliver(c.RepaymentReceived(
-            repayment_id=repayment, loan_id=loan, currency="CNY", amount=Decimal("10"),
-            outstanding_balance_after=Decimal("990"),
-            received_at=NOW - timedelta(minutes=2)), f"pay-{loan}")
-    await notifier.deliver(c.RepaymentReversed(
-        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("1000"), reversed_at=NOW), "rev-L2")
+        await notifier.deliver(
+            c.RepaymentReceived(
+                repayment_id=repayment,
+                loan_id=loan,
+                currency="CNY",
+                amount=Decimal("10"),
+                outstanding_balance_after=Decimal("990"),
+                received_at=NOW - timedelta(minutes=2),
+            ),
+            f"pay-{loan}",
+        )
+    await notifier.deliver(
+        c.RepaymentReversed(
+            repayment_id="R2",
+            loan_id="L2",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("1000"),
+            reversed_at=NOW,
+        ),
+        "rev-L2",
+    )
     await notifier.deliver(command("C1", "L1"), "e1")
     await notifier.deliver(command("C2", "L2"), "e2")
     await notifier.dispatcher.dispatch_once()
@@ -241,36 +319,73 @@ async def test_a_repayment_after_the_confirmation_cancels_unless_reversed(
 
 
 async def test_a_repayment_stops_waiting_commands_at_once_by_the_recheck_rule(
-        notifier: Notifier) -> None:
+    notifier: Notifier,
+) -> None:
     """Cancelled when the repayment arrives, before any dispatch pass; a reversed one or one
     the confirmation had long seen stops nothing."""
     await put_details(notifier)
     await notifier.deliver(command("C1", "L1"), "e1")
     await notifier.deliver(command("C2", "L2"), "e2")
     await notifier.deliver(command("C3", "L3"), "e3")
-    await notifier.deliver(c.RepaymentReceived(
-        repayment_id="R1", loan_id="L1", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("990"), received_at=NOW), "pay-L1")
-    await notifier.deliver(c.RepaymentReversed(
-        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("1000"), reversed_at=NOW), "rev-L2")
-    await notifier.deliver(c.RepaymentReceived(
-        repayment_id="R2", loan_id="L2", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("990"), received_at=NOW), "pay-L2")
-    await notifier.deliver(c.RepaymentReceived(
-        repayment_id="R3", loan_id="L3", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("990"), received_at=NOW - timedelta(days=1)),
-        "pay-L3")
+    await notifier.deliver(
+        c.RepaymentReceived(
+            repayment_id="R1",
+            loan_id="L1",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("990"),
+            received_at=NOW,
+        ),
+        "pay-L1",
+    )
+    await notifier.deliver(
+        c.RepaymentReversed(
+            repayment_id="R2",
+            loan_id="L2",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("1000"),
+            reversed_at=NOW,
+        ),
+        "rev-L2",
+    )
+    await notifier.deliver(
+        c.RepaymentReceived(
+            repayment_id="R2",
+            loan_id="L2",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("990"),
+            received_at=NOW,
+        ),
+        "pay-L2",
+    )
+    await notifier.deliver(
+        c.RepaymentReceived(
+            repayment_id="R3",
+            loan_id="L3",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("990"),
+            received_at=NOW - timedelta(days=1),
+        ),
+        "pay-L3",
+    )
     assert [await notifier.status(x) for x in ("C1", "C2", "C3")] == [
-        "cancelled", "pending", "pending"]
+        "cancelled",
+        "pending",
+        "pending",
+    ]
     assert [(o.command_id, o.outcome, o.reason) for o in await notifier.outcomes()] == [
-        ("C1", "cancelled", "repaid_after_confirmation")]
+        ("C1", "cancelled", "repaid_after_confirmation")
+    ]
     await notifier.dispatcher.dispatch_once()
     assert [await notifier.status(x) for x in ("C2", "C3")] == ["sent", "sent"]
 
 
 async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_commands(
-        notifier: Notifier) -> None:
+    notifier: Notifier,
+) -> None:
     """Repayments never wait behind a poll of commands and case events: their topic has a
     consumer loop of its own, in the service's one group (so the same inbox and offsets),
     and a poll of it stops the loan's waiting commands."""
@@ -282,23 +397,43 @@ async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_
     await put_details(notifier)
     await notifier.deliver(command("C1", "L1"), "cmd-1")
     await notifier.deliver(command("C2", "L2"), "cmd-2")
-    await repayments._handle_poll(poll_of([lending.record_for(c.RepaymentReceived(
-        repayment_id="R1", loan_id="L1", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("0"), received_at=NOW), event_id="pay-1")]))
+    await repayments._handle_poll(
+        poll_of(
+            [
+                lending.record_for(
+                    c.RepaymentReceived(
+                        repayment_id="R1",
+                        loan_id="L1",
+                        currency="CNY",
+                        amount=Decimal("10"),
+                        outstanding_balance_after=Decimal("0"),
+                        received_at=NOW,
+                    ),
+                    event_id="pay-1",
+                )
+            ]
+        )
+    )
     assert [await notifier.status(x) for x in ("C1", "C2")] == ["cancelled", "pending"]
     async with notifier.runtime.engine.connect() as conn:
-        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
-            "pay-1"]
+        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == ["pay-1"]
 
 
 async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_committed(
-        notifier: Notifier) -> None:
+    notifier: Notifier,
+) -> None:
     """The case topic's openings come for every loan, and the notifier does nothing with
     them: no inbox row (nor a transaction for a poll of nothing else), but counted, and
     their neighbours handled."""
     await put_details(notifier)
-    opened = c.CaseOpened(case_id="K1", loan_id="L1", borrower_id="B1", stage="warning",
-                          policy_version="p1", opened_at=NOW)
+    opened = c.CaseOpened(
+        case_id="K1",
+        loan_id="L1",
+        borrower_id="B1",
+        stage="warning",
+        policy_version="p1",
+        opened_at=NOW,
+    )
     loop = notifier.runtime.loops[0]
     topic = lending.record_for(opened, event_id="open-1")[0]
     ignored = metrics.MESSAGES_CONSUMED.labels(loop._group, topic, "ignored")
@@ -317,11 +452,16 @@ async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_c
     assert begun == []  # the poll opened no transaction at all
     async with notifier.runtime.engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM inbox")) == 0
-    await loop._handle_poll(poll_of([lending.record_for(opened, event_id="open-1"),
-                                   lending.record_for(command("C1", "L1"), event_id="cmd-1")]))
+    await loop._handle_poll(
+        poll_of(
+            [
+                lending.record_for(opened, event_id="open-1"),
+                lending.record_for(command("C1", "L1"), event_id="cmd-1"),
+            ]
+        )
+    )
     async with notifier.runtime.engine.connect() as conn:
-        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == [
-            "cmd-1"]
+        assert (await conn.execute(text("SELECT event_id FROM inbox"))).scalars().all() == ["cmd-1"]
     assert await notifier.status("C1") == "pending"
     assert ignored._value.get() == before + 2
 
@@ -333,24 +473,37 @@ async def test_only_a_newly_stored_command_wakes_the_dispatcher(notifier: Notifi
     assert handlers.new_commands()
     assert not handlers.new_commands()  # taken
     await notifier.deliver(command("C1"), "e1-again", handlers)  # a known command
-    await notifier.deliver(c.RepaymentReceived(
-        repayment_id="R9", loan_id="L9", currency="CNY", amount=Decimal("10"),
-        outstanding_balance_after=Decimal("0"), received_at=NOW), "e2", handlers)
+    await notifier.deliver(
+        c.RepaymentReceived(
+            repayment_id="R9",
+            loan_id="L9",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("0"),
+            received_at=NOW,
+        ),
+        "e2",
+        handlers,
+    )
     assert not handlers.new_commands()
 
 
 async def test_two_dispatchers_never_take_the_same_row(
-        notifier: Notifier, mailbox: tuple[Mailbox, int], database_url: str) -> None:
+    notifier: Notifier, mailbox: tuple[Mailbox, int], database_url: str
+) -> None:
     await put_details(notifier)
     for i in range(40):
         await notifier.deliver(command(f"C{i:02d}", f"L{i:02d}"), f"e{i}")
-    replicas = [bootstrap.build_runtime(_settings(database_url, mailbox[1], dispatch_batch=5),
-                                        clock=notifier.clock) for _ in range(2)]
+    replicas = [
+        bootstrap.build_runtime(
+            _settings(database_url, mailbox[1], dispatch_batch=5), clock=notifier.clock
+        )
+        for _ in range(2)
+    ]
     claimed = [0, 0]
     try:
         for _ in range(20):
-            got = await asyncio.gather(*(r.state["dispatcher"].dispatch_once()
-                                         for r in replicas))
+            got = await asyncio.gather(*(r.state["dispatcher"].dispatch_once() for r in replicas))
             claimed = [a + b for a, b in zip(claimed, got, strict=True)]
             if sum(got) == 0:
                 break
@@ -378,22 +531,25 @@ class Flaky:
         return Delivery()
 
 
-async def _with_channel(database_url: str, smtp_port: int, channel: Flaky,
-                        **extra: Any) -> tuple[Runtime, Dispatcher]:
+async def _with_channel(
+    database_url: str, smtp_port: int, channel: Flaky, **extra: Any
+) -> tuple[Runtime, Dispatcher]:
     runtime = bootstrap.build_runtime(
-        _settings(database_url, smtp_port, **extra), clock=FixedClock(NOW),
-        channels={"email": channel, "sms": channel, "voice": channel, "letter": channel})
+        _settings(database_url, smtp_port, **extra),
+        clock=FixedClock(NOW),
+        channels={"email": channel, "sms": channel, "voice": channel, "letter": channel},
+    )
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     return runtime, dispatcher
 
 
 async def test_transient_failures_are_retried_then_fail_for_good(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     flaky = Flaky(failures=10)
-    runtime, dispatcher = await _with_channel(database_url, mailbox[1], flaky,
-                                              send_max_attempts=3)
+    runtime, dispatcher = await _with_channel(database_url, mailbox[1], flaky, send_max_attempts=3)
     try:
         for _ in range(5):
             await dispatcher.dispatch_once()
@@ -402,7 +558,8 @@ async def test_transient_failures_are_retried_then_fail_for_good(
     assert flaky.calls == ["C1"] * 3
     assert await notifier.status("C1") == "failed"
     assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
-        ("failed", "provider_503", "channel.email")]
+        ("failed", "provider_503", "channel.email")
+    ]
 
 
 class Bulk:
@@ -416,28 +573,33 @@ class Bulk:
     async def send(self, message: OutgoingMessage) -> Delivery:
         raise AssertionError("a channel with a bulk call gets the pass in one call")
 
-    async def send_many(self, messages: Sequence[OutgoingMessage]
-                        ) -> list[Delivery | SendError]:
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[Delivery | SendError]:
         self.calls.append([m.command_id for m in messages])
         if len(self.calls) <= self.broken:
             # Refused as a whole, surely unsent (a call that raises instead may have sent:
             # see test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash).
             return [SendError("provider_unreachable", permanent=False)] * len(messages)
         first = len(self.calls) == 1 + self.broken
-        return [SendError("provider_503", permanent=False)
-                if first and m.command_id in self.refuse else Delivery(provider_ref=f"p-{n}")
-                for n, m in enumerate(messages)]
+        return [
+            SendError("provider_503", permanent=False)
+            if first and m.command_id in self.refuse
+            else Delivery(provider_ref=f"p-{n}")
+            for n, m in enumerate(messages)
+        ]
 
 
 async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_alone(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     for i in range(6):
         await put_details(notifier, f"B{i}")
         await notifier.deliver(command(f"C{i}", f"L{i}", f"B{i}"), f"e{i}")
     bulk = Bulk(refuse=frozenset({"C2"}), broken=1)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]), clock=notifier.clock,
-        channels={"email": bulk, "sms": bulk, "voice": bulk, "letter": bulk})
+        _settings(database_url, mailbox[1]),
+        clock=notifier.clock,
+        channels={"email": bulk, "sms": bulk, "voice": bulk, "letter": bulk},
+    )
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     try:
         # First call refused as a whole: nothing handed over, every row waits to retry.
@@ -445,18 +607,26 @@ async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_al
         assert {await notifier.status(f"C{i}") for i in range(6)} == {"pending"}
         assert await dispatcher.dispatch_once() == 6
         assert [await notifier.status(f"C{i}") for i in range(6)] == [
-            "sent", "sent", "pending", "sent", "sent", "sent"]
+            "sent",
+            "sent",
+            "pending",
+            "sent",
+            "sent",
+            "sent",
+        ]
         assert await dispatcher.dispatch_once() == 1
     finally:
         await runtime.engine.dispose()
     assert bulk.calls == [[f"C{i}" for i in range(6)]] * 2 + [["C2"]]
     assert await notifier.status("C2") == "sent"
-    assert sorted(o.command_id for o in await notifier.outcomes()
-                  if o.outcome == "sent") == [f"C{i}" for i in range(6)]
+    assert sorted(o.command_id for o in await notifier.outcomes() if o.outcome == "sent") == [
+        f"C{i}" for i in range(6)
+    ]
 
 
 async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent_again(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     hanging = Flaky(failures=0)
@@ -480,7 +650,8 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
     assert mailbox[0].messages == []
     assert await notifier.status("C1") == "in_doubt"
     assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
-        ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")]
+        ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")
+    ]
 
 
 class Cut(Flaky):
@@ -494,13 +665,16 @@ class Cut(Flaky):
 
 
 async def test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     cut = Cut(failures=0)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]), clock=notifier.clock,
-        channels={"email": cut, "sms": cut, "voice": cut, "letter": cut})
+        _settings(database_url, mailbox[1]),
+        clock=notifier.clock,
+        channels={"email": cut, "sms": cut, "voice": cut, "letter": cut},
+    )
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     try:
         assert await dispatcher.dispatch_once() == 1
@@ -518,7 +692,8 @@ async def test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash(
 
 
 async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     runtime, dispatcher = await _with_channel(database_url, mailbox[1], Flaky(failures=0))
@@ -534,8 +709,9 @@ async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
     assert refused.status_code == 422
     unknown = await notifier.http.post("/v1/contacts/C9/resend", json={"reason": "lost"})
     assert unknown.status_code == 404
-    ordered = await notifier.http.post("/v1/contacts/C1/resend",
-                                       json={"reason": "relay log: never delivered"})
+    ordered = await notifier.http.post(
+        "/v1/contacts/C1/resend", json={"reason": "relay log: never delivered"}
+    )
     assert ordered.status_code == 204, ordered.text
     assert await notifier.dispatcher.dispatch_once() == 1
     assert await notifier.status("C1") == "sent"
@@ -546,11 +722,13 @@ async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
     assert [(d["decision"], d["reason"], d["rule"]) for d in page["decisions"]] == [
         ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt"),
         ("resend_ordered", "relay log: never delivered", "operator:dev-client"),
-        ("sent", "all_checks_passed", "CN.contact_window")]
+        ("sent", "all_checks_passed", "CN.contact_window"),
+    ]
 
 
 async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]) -> None:
+    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+) -> None:
     """Reg F: until a notice is proven out, the person's other contacts wait for it; one
     in doubt must not hold them for ever, so the next e-mail carries it."""
     us = {"jurisdiction": "US", "currency": "USD", "borrower_time_zone": "America/New_York"}
@@ -560,8 +738,10 @@ async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
     await notifier.deliver(command("C1", at=morning, **us), "e1")
     hanging = Flaky(failures=0)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]), clock=notifier.clock,
-        channels={"email": hanging, "sms": hanging, "voice": hanging, "letter": hanging})
+        _settings(database_url, mailbox[1]),
+        clock=notifier.clock,
+        channels={"email": hanging, "sms": hanging, "voice": hanging, "letter": hanging},
+    )
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     try:
         planned, _, _ = await dispatcher._decide_due()  # the notice goes out, then a crash
@@ -593,23 +773,33 @@ class Asked(Flaky):
         return answer
 
 
-@pytest.mark.parametrize(("answers", "status", "sends"), [
-    # Found: settled as sent with what the provider knows, never sent again.
-    ([Found("delivered", "msg-1")], "sent", 0),
-    # Not found: it reached nobody, so it is decided afresh and sent.
-    ([NotFound()], "sent", 1),
-    # The lookup failed: asked again later (asking sends nothing), then found.
-    ([SendError("provider_503", permanent=False), Found("sent", "msg-1")], "sent", 0),
-])
+@pytest.mark.parametrize(
+    ("answers", "status", "sends"),
+    [
+        # Found: settled as sent with what the provider knows, never sent again.
+        ([Found("delivered", "msg-1")], "sent", 0),
+        # Not found: it reached nobody, so it is decided afresh and sent.
+        ([NotFound()], "sent", 1),
+        # The lookup failed: asked again later (asking sends nothing), then found.
+        ([SendError("provider_503", permanent=False), Found("sent", "msg-1")], "sent", 0),
+    ],
+)
 async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_be_asked(
-        notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int],
-        answers: list[Found | NotFound | SendError], status: str, sends: int) -> None:
+    notifier: Notifier,
+    database_url: str,
+    mailbox: tuple[Mailbox, int],
+    answers: list[Found | NotFound | SendError],
+    status: str,
+    sends: int,
+) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1", channel="sms"), "e1")
     asked = Asked(list(answers))
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]), clock=notifier.clock,
-        channels={"email": asked, "sms": asked, "voice": asked, "letter": asked})
+        _settings(database_url, mailbox[1]),
+        clock=notifier.clock,
+        channels={"email": asked, "sms": asked, "voice": asked, "letter": asked},
+    )
     dispatcher: Dispatcher = runtime.state["dispatcher"]
     try:
         await dispatcher._decide_due()  # marked "sending", then the dispatcher dies
@@ -625,13 +815,15 @@ async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_
 
 
 class Refusing:
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         return f"550 5.1.1 <{address}> no such mailbox"
 
 
 async def test_a_refused_recipient_fails_at_once_and_the_address_stays_out_of_logs(
-        notifier: Notifier, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    notifier: Notifier, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     port = unused_port()
     controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
@@ -645,8 +837,8 @@ async def test_a_refused_recipient_fails_at_once_and_the_address_stays_out_of_lo
         controller.stop()
         await runtime.engine.dispose()
     assert await notifier.status("C1") == "failed"
-    assert [(o.outcome, o.reason) for o in await notifier.outcomes()] == [
-        ("failed", "smtp_550")]
-    ours = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records
-                     if not r.name.startswith("mail.log"))
+    assert [(o.outcome, o.reason) for o in await notifier.outcomes()] == [("failed", "smtp_550")]
+    ours = "\n".join(
+        f"{r.getMessage()} {vars(r)}" for r in caplog.records if not r.name.startswith("mail.log")
+    )
     assert "zhang.san" not in ours

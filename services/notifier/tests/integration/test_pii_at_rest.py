@@ -21,12 +21,28 @@ from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
 from tests.support import migrate
 
-DETAILS = {"language": "en", "email": "grace.hopper@example.com", "phone": "+447700900461",
-           "postal_address": "7 Secret Lane, Arlington",
-           "guarantor": {"name": "Margaret Hamilton", "email": "margaret@example.com",
-                         "phone": "+447700900462", "postal_address": "9 Apollo Road"}}
-CLEAR_VALUES = ["grace.hopper@example.com", "+447700900461", "7700900461", "Secret Lane",
-                "Margaret Hamilton", "margaret@example.com", "+447700900462", "Apollo Road"]
+DETAILS = {
+    "language": "en",
+    "email": "grace.hopper@example.com",
+    "phone": "+447700900461",
+    "postal_address": "7 Secret Lane, Arlington",
+    "guarantor": {
+        "name": "Margaret Hamilton",
+        "email": "margaret@example.com",
+        "phone": "+447700900462",
+        "postal_address": "9 Apollo Road",
+    },
+}
+CLEAR_VALUES = [
+    "grace.hopper@example.com",
+    "+447700900461",
+    "7700900461",
+    "Secret Lane",
+    "Margaret Hamilton",
+    "margaret@example.com",
+    "+447700900462",
+    "Apollo Road",
+]
 
 
 @pytest.fixture
@@ -42,25 +58,36 @@ async def runtime(database_url: str) -> AsyncIterator[Runtime]:
 def client(runtime: Runtime, scopes: list[str] | None) -> httpx.AsyncClient:
     app = bootstrap.create_app(runtime, manage_runtime=False)
     headers = dev_headers(scopes, subject="crm") if scopes is not None else {}
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                             base_url="http://notifier", headers=headers)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://notifier", headers=headers
+    )
 
 
 async def test_contact_details_are_sealed_at_rest_and_masked_without_pii_read(
-        runtime: Runtime) -> None:
+    runtime: Runtime,
+) -> None:
     async with client(runtime, ["contacts:write"]) as writer:
         put = await writer.put("/v1/borrowers/B-PII/contact-details", json=DETAILS)
         assert put.status_code == 204, put.text
 
     # The raw columns hold none of it.
     async with runtime.engine.connect() as conn:
-        raw = (await conn.execute(text(
-            "SELECT * FROM notifier.contact_details WHERE borrower_id = 'B-PII'"))).mappings().one()
+        raw = (
+            (
+                await conn.execute(
+                    text("SELECT * FROM notifier.contact_details WHERE borrower_id = 'B-PII'")
+                )
+            )
+            .mappings()
+            .one()
+        )
     dump = " ".join(str(v) for v in raw.values())
     for value in CLEAR_VALUES:
         assert value not in dump
-    assert all(raw[c].startswith("pii1:dev1:") for c in ("email", "phone", "postal_address",
-                                                          "guarantor_name"))
+    assert all(
+        raw[c].startswith("pii1:dev1:")
+        for c in ("email", "phone", "postal_address", "guarantor_name")
+    )
 
     async with client(runtime, ["cases:read"]) as reader:
         masked = (await reader.get("/v1/borrowers/B-PII/contact-details")).json()
@@ -81,19 +108,23 @@ async def test_contact_details_are_sealed_at_rest_and_masked_without_pii_read(
     assert clear["guarantor"]["name"] == "Margaret Hamilton"
 
 
-async def test_a_sealed_value_moved_to_another_borrower_does_not_open(
-        runtime: Runtime) -> None:
+async def test_a_sealed_value_moved_to_another_borrower_does_not_open(runtime: Runtime) -> None:
     async with client(runtime, ["contacts:write"]) as writer:
         for borrower in ("B-A", "B-B"):
             body = {**DETAILS, "phone": "+447700900111" if borrower == "B-A" else "+447700900222"}
-            assert (await writer.put(f"/v1/borrowers/{borrower}/contact-details",
-                                     json=body)).status_code == 204
+            assert (
+                await writer.put(f"/v1/borrowers/{borrower}/contact-details", json=body)
+            ).status_code == 204
     ring = runtime.state["pii"]
     async with runtime.engine.begin() as conn:
-        a_phone = await conn.scalar(select(contact_details.c.phone)
-                                    .where(contact_details.c.borrower_id == "B-A"))
-        await conn.execute(update(contact_details).where(contact_details.c.borrower_id == "B-B")
-                           .values(phone=a_phone))
+        a_phone = await conn.scalar(
+            select(contact_details.c.phone).where(contact_details.c.borrower_id == "B-A")
+        )
+        await conn.execute(
+            update(contact_details)
+            .where(contact_details.c.borrower_id == "B-B")
+            .values(phone=a_phone)
+        )
         with pytest.raises(PiiError):
             await ContactDetailsRepository(conn, ring).get("B-B")
 
@@ -103,13 +134,17 @@ async def test_the_database_refuses_clear_text_in_sealed_columns(runtime: Runtim
 
     with pytest.raises(IntegrityError):
         async with runtime.engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO notifier.contact_details (borrower_id, language, phone, "
-                "updated_at) VALUES ('B-X', 'en', '+447700900999', now())"))
+            await conn.execute(
+                text(
+                    "INSERT INTO notifier.contact_details (borrower_id, language, phone, "
+                    "updated_at) VALUES ('B-X', 'en', '+447700900999', now())"
+                )
+            )
 
 
 async def test_rows_stored_in_clear_before_the_migration_are_sealed_by_it(
-        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     from collections_kit.db import make_engine
@@ -120,9 +155,12 @@ async def test_rows_stored_in_clear_before_the_migration_are_sealed_by_it(
     engine = make_engine(database_url, schema="notifier")
     try:
         async with engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO notifier.contact_details (borrower_id, language, email, phone, "
-                "updated_at) VALUES ('B-OLD', 'en', 'old@example.com', '+447700900333', now())"))
+            await conn.execute(
+                text(
+                    "INSERT INTO notifier.contact_details (borrower_id, language, email, phone, "
+                    "updated_at) VALUES ('B-OLD', 'en', 'old@example.com', '+447700900333', now())"
+                )
+            )
         await asyncio.to_thread(upgrade, bootstrap.MIGRATIONS, database_url, "notifier")
         async with engine.connect() as conn:
             row = (await conn.execute(select(contact_details))).one()
@@ -148,10 +186,14 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
 
 
 @pytest.mark.parametrize("method, path, body, scope", ROUTES)
-async def test_each_route_needs_its_scope(runtime: Runtime, method: str, path: str,
-                                          body: dict[str, Any] | None, scope: str) -> None:
-    others = [s for s in ("cases:read", "cases:write", "contacts:write", "pii:read", "admin")
-              if s != scope]
+async def test_each_route_needs_its_scope(
+    runtime: Runtime, method: str, path: str, body: dict[str, Any] | None, scope: str
+) -> None:
+    others = [
+        s
+        for s in ("cases:read", "cases:write", "contacts:write", "pii:read", "admin")
+        if s != scope
+    ]
     async with client(runtime, None) as anonymous:
         missing = await anonymous.request(method, path, json=body)
     assert missing.status_code == 401
@@ -171,7 +213,8 @@ async def test_each_route_needs_its_scope(runtime: Runtime, method: str, path: s
 
 
 async def test_after_a_key_rotation_reseal_moves_every_value_to_the_new_key(
-        database_url: str) -> None:
+    database_url: str,
+) -> None:
     from collections_kit.pii import KeyRing
     from notifier.adapters.reseal import reseal
 
@@ -181,8 +224,9 @@ async def test_after_a_key_rotation_reseal_moves_every_value_to_the_new_key(
     runtime = bootstrap.build_runtime(old)
     try:
         async with client(runtime, ["contacts:write"]) as writer:
-            assert (await writer.put("/v1/borrowers/B-ROT/contact-details",
-                                     json=DETAILS)).status_code == 204
+            assert (
+                await writer.put("/v1/borrowers/B-ROT/contact-details", json=DETAILS)
+            ).status_code == 204
     finally:
         await runtime.producer.stop()
         await runtime.engine.dispose()

@@ -29,30 +29,41 @@ def double() -> Iterator[ProviderDouble]:
 @pytest.fixture
 async def channel(double: ProviderDouble) -> AsyncIterator[HttpProviderChannel]:
     async with httpx.AsyncClient(base_url=double.base_url, timeout=2) as client:
-        yield HttpProviderChannel(client, max_tries=3, backoff_s=0.01,
-                                  rng=random.Random(7))
+        yield HttpProviderChannel(client, max_tries=3, backoff_s=0.01, rng=random.Random(7))
 
 
 def message(command_id: str, channel: str = "sms") -> OutgoingMessage:
-    return OutgoingMessage(command_id=command_id, loan_id="L1", channel=channel,  # type: ignore[arg-type]
-                           recipient="debtor", language="en", template="warning-reminder",
-                           address=NUMBER, subject="s", body="secret text about the debt")
+    return OutgoingMessage(
+        command_id=command_id,
+        loan_id="L1",
+        channel=channel,  # type: ignore[arg-type]
+        recipient="debtor",
+        language="en",
+        template="warning-reminder",
+        address=NUMBER,
+        subject="s",
+        body="secret text about the debt",
+    )
 
 
 async def test_a_text_is_delivered_and_a_call_reports_whether_it_was_answered(
-        channel: HttpProviderChannel, double: ProviderDouble) -> None:
+    channel: HttpProviderChannel, double: ProviderDouble
+) -> None:
     assert (await channel.send(message("C1"))).status == "delivered"
     double.script(["unanswered"])
     call = await channel.send(message("C2", "voice"))
     assert call.status == "unanswered" and call.provider_ref
     assert (await channel.send(message("C3", "voice"))).status == "answered"
     assert [s.kind for key in ("C1", "C2", "C3") for s in double.sends[key]] == [
-        "sms", "voice", "voice"]
+        "sms",
+        "voice",
+        "voice",
+    ]
 
 
 async def test_transient_failures_are_retried_with_the_same_key_and_send_once(
-        channel: HttpProviderChannel, double: ProviderDouble,
-        caplog: pytest.LogCaptureFixture) -> None:
+    channel: HttpProviderChannel, double: ProviderDouble, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     double.script(["fail:503", "fail:429"])
     assert await channel.send(message("C1")) == Delivery("delivered", "msg_000001")
@@ -64,14 +75,20 @@ async def test_transient_failures_are_retried_with_the_same_key_and_send_once(
     assert double.doubled() == {}
     assert double.sent_keys() == ["C1", "C2"]
     assert [(k, replayed) for k, _, replayed in double.requests] == [
-        ("C1", False), ("C1", False), ("C1", False), ("C2", False), ("C2", True),
-        ("C2", True)]
+        ("C1", False),
+        ("C1", False),
+        ("C1", False),
+        ("C2", False),
+        ("C2", True),
+        ("C2", True),
+    ]
     logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     assert NUMBER not in logged and NUMBER[3:] not in logged and "secret text" not in logged
 
 
 async def test_a_refusal_is_final_and_exhausted_retries_are_not(
-        channel: HttpProviderChannel, double: ProviderDouble) -> None:
+    channel: HttpProviderChannel, double: ProviderDouble
+) -> None:
     double.script(["fail:400"])
     with pytest.raises(SendError) as refused:
         await channel.send(message("C1"))

@@ -37,26 +37,41 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 NEW_YORK = ZoneInfo("America/New_York")
 POLICY = DispatchPolicy()
 DETAILS = ContactDetails(
-    borrower_id="B1", language="zh-CN",
-    debtor=Party(email="zhang@example.com", phone="+8613812341234",
-                 postal_address="Beijing"),
-    guarantor=Party(name="Li", phone="+8613912345678"))
+    borrower_id="B1",
+    language="zh-CN",
+    debtor=Party(email="zhang@example.com", phone="+8613812341234", postal_address="Beijing"),
+    guarantor=Party(name="Li", phone="+8613912345678"),
+)
 
 
-def local(zone: ZoneInfo, year: int, month: int, day: int, hour: int, minute: int,
-          second: int = 0) -> datetime:
+def local(
+    zone: ZoneInfo, year: int, month: int, day: int, hour: int, minute: int, second: int = 0
+) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=zone)
 
 
 def request(at: datetime, **changes: object) -> ContactRequest:
     """A command issued and confirmed at ``at``, valid for an hour."""
     base = ContactRequest(
-        command_id="cmd-1", intent_id="int-1", case_id="case-1", loan_id="L1",
-        borrower_id="B1", recipient="debtor", channel="sms", stage="warning",
-        template="warning-reminder", currency="CNY", amount_due=Decimal("990.00"),
-        confirmation_id="conf-1", ledger_watermark=7, confirmed_at=at,
-        confirmation_valid_until=at + timedelta(hours=1), borrower_time_zone="Asia/Shanghai",
-        jurisdiction="CN", issued_at=at)
+        command_id="cmd-1",
+        intent_id="int-1",
+        case_id="case-1",
+        loan_id="L1",
+        borrower_id="B1",
+        recipient="debtor",
+        channel="sms",
+        stage="warning",
+        template="warning-reminder",
+        currency="CNY",
+        amount_due=Decimal("990.00"),
+        confirmation_id="conf-1",
+        ledger_watermark=7,
+        confirmed_at=at,
+        confirmation_valid_until=at + timedelta(hours=1),
+        borrower_time_zone="Asia/Shanghai",
+        jurisdiction="CN",
+        issued_at=at,
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -88,8 +103,9 @@ def test_cn_before_0800_defers_to_0800_the_same_day() -> None:
 
 
 def us_request(now: datetime, **changes: object) -> ContactRequest:
-    return request(now, jurisdiction="US", borrower_time_zone="America/New_York",
-                   currency="USD", **changes)
+    return request(
+        now, jurisdiction="US", borrower_time_zone="America/New_York", currency="USD", **changes
+    )
 
 
 def test_us_2059_sends_and_2100_defers_in_new_york() -> None:
@@ -137,8 +153,7 @@ def test_the_borrowers_zone_counts_not_the_servers() -> None:
 
 def test_an_unknown_time_zone_blocks_rather_than_guesses() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
-    decision = decide(request(now, borrower_time_zone="Mars/Olympus_Mons"), context(), now,
-                      POLICY)
+    decision = decide(request(now, borrower_time_zone="Mars/Olympus_Mons"), context(), now, POLICY)
     assert decision == Block("unknown_time_zone", "CN.contact_window")
 
 
@@ -154,8 +169,9 @@ def test_a_jurisdiction_without_a_policy_blocks() -> None:
 def test_an_expired_confirmation_cancels() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     expired = request(now - timedelta(hours=2))
-    assert decide(expired, context(), now, POLICY) == Cancel("confirmation_expired",
-                                                             RULE_CONFIRMATION)
+    assert decide(expired, context(), now, POLICY) == Cancel(
+        "confirmation_expired", RULE_CONFIRMATION
+    )
     # Valid-until is exclusive: at that very instant the confirmation no longer holds.
     edge = request(now - timedelta(hours=1))
     assert decide(edge, context(), now, POLICY).outcome == "cancelled"
@@ -164,8 +180,7 @@ def test_an_expired_confirmation_cancels() -> None:
 def test_a_repayment_after_the_confirmation_cancels() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     paid = Repayment("R1", received_at=now - timedelta(minutes=1), reversed=False)
-    decision = decide(request(now - timedelta(minutes=5)), context(repayments=(paid,)), now,
-                      POLICY)
+    decision = decide(request(now - timedelta(minutes=5)), context(repayments=(paid,)), now, POLICY)
     assert decision == Cancel("repaid_after_confirmation", RULE_RECHECK)
 
 
@@ -174,17 +189,19 @@ def test_a_repayment_just_before_the_confirmation_still_cancels_within_the_lookb
     confirmed = now - timedelta(minutes=5)
     inside = Repayment("R1", received_at=confirmed - timedelta(minutes=9), reversed=False)
     outside = Repayment("R2", received_at=confirmed - timedelta(minutes=11), reversed=False)
-    assert decide(request(confirmed), context(repayments=(inside,)), now,
-                  POLICY).outcome == "cancelled"
-    assert decide(request(confirmed), context(repayments=(outside,)), now,
-                  POLICY).outcome == "sent"
+    assert (
+        decide(request(confirmed), context(repayments=(inside,)), now, POLICY).outcome
+        == "cancelled"
+    )
+    assert decide(request(confirmed), context(repayments=(outside,)), now, POLICY).outcome == "sent"
 
 
 def test_a_reversed_repayment_does_not_cancel() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     bounced = Repayment("R1", received_at=now - timedelta(minutes=1), reversed=True)
-    decision = decide(request(now - timedelta(minutes=5)), context(repayments=(bounced,)), now,
-                      POLICY)
+    decision = decide(
+        request(now - timedelta(minutes=5)), context(repayments=(bounced,)), now, POLICY
+    )
     assert decision == Send("CN.contact_window")
 
 
@@ -193,10 +210,10 @@ def test_a_reversed_repayment_does_not_cancel() -> None:
 
 def test_the_guarantor_is_not_contacted_before_the_guarantor_stage() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
-    early = request(now, recipient="guarantor", stage="formal_notice",
-                    template="guarantor-notice")
-    assert decide(early, context(), now, POLICY) == Block("guarantor_not_party_at_stage",
-                                                          RULE_GUARANTOR)
+    early = request(now, recipient="guarantor", stage="formal_notice", template="guarantor-notice")
+    assert decide(early, context(), now, POLICY) == Block(
+        "guarantor_not_party_at_stage", RULE_GUARANTOR
+    )
     due = replace(early, stage="guarantor_recourse")
     assert decide(due, context(), now, POLICY) == Send("CN.contact_window")
 
@@ -204,10 +221,16 @@ def test_the_guarantor_is_not_contacted_before_the_guarantor_stage() -> None:
 def test_no_contact_details_blocks() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     assert decide(request(now), context(details=None), now, POLICY) == Block(
-        "no_contact_details", RULE_CONTACT_DETAILS)
+        "no_contact_details", RULE_CONTACT_DETAILS
+    )
     # Details exist, but not for this channel (no e-mail address for the guarantor).
-    guarantor_mail = request(now, recipient="guarantor", stage="guarantor_recourse",
-                             channel="email", template="guarantor-notice")
+    guarantor_mail = request(
+        now,
+        recipient="guarantor",
+        stage="guarantor_recourse",
+        channel="email",
+        template="guarantor-notice",
+    )
     assert decide(guarantor_mail, context(), now, POLICY).outcome == "blocked"
 
 
@@ -225,7 +248,8 @@ def test_a_cancellation_watermark_stops_commands_issued_before_it_that_arrive_la
     mark = Cancellation("repaid", cancelled_at=now - timedelta(minutes=2))
     older = request(now - timedelta(minutes=3))
     assert decide(older, context(cancellations=(mark,)), now, POLICY) == Cancel(
-        "repaid", RULE_CANCELLATION)
+        "repaid", RULE_CANCELLATION
+    )
     # Issued in the very instant of the cancellation: when in doubt, nobody is contacted.
     same = request(now - timedelta(minutes=2))
     assert decide(same, context(cancellations=(mark,)), now, POLICY).outcome == "cancelled"
@@ -237,10 +261,10 @@ def test_a_cancellation_watermark_stops_commands_issued_before_it_that_arrive_la
 def test_a_cancellation_naming_a_command_stops_only_that_command() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     named = Cancellation("held", cancelled_at=now, command_id="cmd-2")
-    assert decide(request(now), context(cancellations=(named,)), now,
-                  POLICY).outcome == "sent"
-    assert decide(request(now, command_id="cmd-2"), context(cancellations=(named,)), now,
-                  POLICY) == Cancel("held", RULE_CANCELLATION)
+    assert decide(request(now), context(cancellations=(named,)), now, POLICY).outcome == "sent"
+    assert decide(
+        request(now, command_id="cmd-2"), context(cancellations=(named,)), now, POLICY
+    ) == Cancel("held", RULE_CANCELLATION)
 
 
 def test_cancellation_outranks_every_other_check() -> None:
@@ -253,20 +277,35 @@ def test_cancellation_outranks_every_other_check() -> None:
 
 # --- properties -----------------------------------------------------------------------------
 
-ZONES = st.sampled_from([
-    "Asia/Shanghai", "America/New_York", "America/Los_Angeles", "Europe/London",
-    "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Chatham",
-    "Pacific/Kiritimati", "America/Havana", "America/Santiago", "Asia/Tehran", "UTC",
-    "Pacific/Apia", "Africa/Casablanca",
-])
-INSTANTS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2037, 12, 31),
-                        timezones=st.just(UTC))
+ZONES = st.sampled_from(
+    [
+        "Asia/Shanghai",
+        "America/New_York",
+        "America/Los_Angeles",
+        "Europe/London",
+        "Asia/Kathmandu",
+        "Australia/Lord_Howe",
+        "America/St_Johns",
+        "Pacific/Chatham",
+        "Pacific/Kiritimati",
+        "America/Havana",
+        "America/Santiago",
+        "Asia/Tehran",
+        "UTC",
+        "Pacific/Apia",
+        "Africa/Casablanca",
+    ]
+)
+INSTANTS = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2037, 12, 31), timezones=st.just(UTC)
+)
 
 
 @settings(max_examples=500)
 @given(instant=INSTANTS, zone=ZONES, jurisdiction=st.sampled_from(["CN", "US", "UK"]))
 def test_send_only_inside_the_window_and_deferrals_land_on_a_window_start(
-        instant: datetime, zone: str, jurisdiction: str) -> None:
+    instant: datetime, zone: str, jurisdiction: str
+) -> None:
     req = request(instant, borrower_time_zone=zone, jurisdiction=jurisdiction)
     decision = decide(req, context(), instant, POLICY)
     rules = POLICY.jurisdictions[jurisdiction]

@@ -16,13 +16,26 @@ from notifier.domain.letters import Letter, render_html
 
 
 def letter(language: str = "en", **changes: object) -> Letter:
-    text = templates.render("formal-notice", language, channel="letter",  # type: ignore[arg-type]
-                            loan_id="L-1", amount=Decimal("99.5"), currency="CNY",
-                            opt_out_url="https://x/prefs")
+    text = templates.render(
+        "formal-notice",
+        language,  # type: ignore[arg-type]
+        channel="letter",
+        loan_id="L-1",
+        amount=Decimal("99.5"),
+        currency="CNY",
+        opt_out_url="https://x/prefs",
+    )
     fields: dict[str, object] = {
-        "command_id": "cmd-1", "loan_id": "L-1", "language": language,
-        "template": "formal-notice", "dated": date(2026, 11, 23), "subject": text.subject,
-        "body": text.body, "name": "Pat <Doe>", "address": "1 Main St, Springfield"}
+        "command_id": "cmd-1",
+        "loan_id": "L-1",
+        "language": language,
+        "template": "formal-notice",
+        "dated": date(2026, 11, 23),
+        "subject": text.subject,
+        "body": text.body,
+        "name": "Pat <Doe>",
+        "address": "1 Main St, Springfield",
+    }
     fields.update(changes)
     return Letter(**fields)  # type: ignore[arg-type]
 

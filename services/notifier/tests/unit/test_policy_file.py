@@ -42,7 +42,6 @@ def test_a_file_can_change_a_built_in_number(tmp_path: Path) -> None:
 
 def test_a_wrong_file_stops_the_start(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
-    path.write_text('[jurisdictions.XX]\nwindow = { start = "08:00", end = "21:00" }\n'
-                    'cap = []\n')
+    path.write_text('[jurisdictions.XX]\nwindow = { start = "08:00", end = "21:00" }\ncap = []\n')
     with pytest.raises(ValueError, match="unknown keys"):
         load_policy(NotifierSettings(policy_file=path))

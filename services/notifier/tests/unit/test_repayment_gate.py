@@ -57,8 +57,9 @@ async def test_repayments_not_committed_on_any_partition_close_it_until_they_are
     gate = gate_over(log, clock)
     await gate.look()
     assert not gate.is_open()
-    assert gate.held() == ("contact dispatch held: repayments not yet known applied "
-                           "(3 records behind)")
+    assert gate.held() == (
+        "contact dispatch held: repayments not yet known applied (3 records behind)"
+    )
     clock.t += 0.25
     log.committed[1] = 7
     await gate.look()
@@ -84,8 +85,9 @@ async def test_under_steady_traffic_it_stays_open_while_marks_are_reached_in_tim
     await gate.look()
     clock.t += 0.25
     assert not gate.is_open()
-    assert gate.held() == ("contact dispatch held: repayments known applied only up to "
-                           "2.2s ago (80 records behind)")
+    assert gate.held() == (
+        "contact dispatch held: repayments known applied only up to 2.2s ago (80 records behind)"
+    )
     # The new owner catches up: every mark taken meanwhile is reached.
     log.committed[0] = log.end[0]
     await gate.look()
@@ -102,8 +104,7 @@ async def test_a_partition_of_no_new_records_keeps_it_open_while_the_group_is_do
     assert gate.is_open()
 
 
-async def test_without_a_good_look_it_ages_and_closes_and_says_the_topic_is_unreadable(
-) -> None:
+async def test_without_a_good_look_it_ages_and_closes_and_says_the_topic_is_unreadable() -> None:
     log, clock = FakeLog(), Clock()
     gate = gate_over(log, clock)
     await gate.look()
@@ -114,8 +115,7 @@ async def test_without_a_good_look_it_ages_and_closes_and_says_the_topic_is_unre
     assert gate.is_open()  # a look 0 s ago
     clock.t += 2.5
     assert not gate.is_open()
-    assert gate.held() == ("contact dispatch held: repayments topic unreadable "
-                           "(ConnectionError)")
+    assert gate.held() == ("contact dispatch held: repayments topic unreadable (ConnectionError)")
     stop.set()
     await running
     assert log.closed

@@ -9,5 +9,12 @@ from workflow.entrypoints.bootstrap import MIGRATIONS, build_runtime, create_app
 from workflow.settings import WorkflowSettings
 
 if __name__ == "__main__":
-    sys.exit(cli.run(sys.argv, settings=WorkflowSettings, migrations=MIGRATIONS,
-                     build_runtime=build_runtime, create_app=create_app))
+    sys.exit(
+        cli.run(
+            sys.argv,
+            settings=WorkflowSettings,
+            migrations=MIGRATIONS,
+            build_runtime=build_runtime,
+            create_app=create_app,
+        )
+    )

@@ -23,11 +23,17 @@ def clock() -> OffsetClock:
 
 
 @pytest.fixture
-async def workflow(stack: dict[str, str], database_url: str, topic_prefix: str,
-                   clock: OffsetClock) -> AsyncIterator[Runtime]:
-    config = WorkflowSettings.model_validate({
-        "database_url": database_url, "kafka_bootstrap": stack["kafka_bootstrap"],
-        "topic_prefix": topic_prefix, "environment": "test"})
+async def workflow(
+    stack: dict[str, str], database_url: str, topic_prefix: str, clock: OffsetClock
+) -> AsyncIterator[Runtime]:
+    config = WorkflowSettings.model_validate(
+        {
+            "database_url": database_url,
+            "kafka_bootstrap": stack["kafka_bootstrap"],
+            "topic_prefix": topic_prefix,
+            "environment": "test",
+        }
+    )
     await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
     async with running(bootstrap.build_runtime(config, clock=clock)) as runtime:
         yield runtime
@@ -36,8 +42,9 @@ async def workflow(stack: dict[str, str], database_url: str, topic_prefix: str,
 @pytest.fixture
 async def api(workflow: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = bootstrap.create_app(workflow, manage_runtime=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://workflow") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://workflow"
+    ) as client:
         yield client
 
 

@@ -21,10 +21,14 @@ READ = dev_headers(["cases:read"], subject="reader")
 WRITE = dev_headers(["cases:read", "cases:write"], subject="agent:7")
 
 
-async def post(api: httpx.AsyncClient, loan_id: str, path: str,
-               body: dict[str, Any]) -> httpx.Response:
-    return await api.post(f"/v1/cases/{loan_id}/{path}", json=body,
-                          headers={**WRITE, "Idempotency-Key": str(uuid.uuid4())})
+async def post(
+    api: httpx.AsyncClient, loan_id: str, path: str, body: dict[str, Any]
+) -> httpx.Response:
+    return await api.post(
+        f"/v1/cases/{loan_id}/{path}",
+        json=body,
+        headers={**WRITE, "Idempotency-Key": str(uuid.uuid4())},
+    )
 
 
 async def case_of(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None:
@@ -32,8 +36,7 @@ async def case_of(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None
     return response.json() if response.status_code == 200 else None
 
 
-async def open_case(api: httpx.AsyncClient, lender: lending.Lender, loan_id: str
-                    ) -> dict[str, Any]:
+async def open_case(api: httpx.AsyncClient, lender: lending.Lender, loan_id: str) -> dict[str, Any]:
     await lender.publish(lending.overdue(loan_id, Decimal("1000.00")))
     case = await eventually(lambda: case_of(api, loan_id))
     assert isinstance(case, dict)
@@ -41,11 +44,16 @@ async def open_case(api: httpx.AsyncClient, lender: lending.Lender, loan_id: str
 
 
 async def test_a_kept_promise_is_read_back_with_what_was_paid(
-        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
     await open_case(api, lender, "L-kept")
     due = (datetime.now(UTC) + timedelta(days=7)).isoformat()
-    promised = await post(api, "L-kept", "arrangements", {
-        "kind": "promise_to_pay", "schedule": [{"due_at": due, "amount": "300.00"}]})
+    promised = await post(
+        api,
+        "L-kept",
+        "arrangements",
+        {"kind": "promise_to_pay", "schedule": [{"due_at": due, "amount": "300.00"}]},
+    )
     assert promised.status_code == 200, promised.text
     await lender.publish(lending.repayment("L-kept", Decimal("300.00"), Decimal("700.00")))
 
@@ -63,47 +71,75 @@ async def test_a_kept_promise_is_read_back_with_what_was_paid(
 
 
 async def test_a_backdated_breathing_space_lists_the_contacts_made_inside_it(
-        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender) -> None:
+    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
     case = await open_case(api, lender, "L-advice")
     now = datetime.now(UTC)
     intent_id = case["intents"][0]["intent_id"]
     # A text went out an hour ago; before it, one three days ago (outside the window).
     for command_id, ago in (("cmd-old", timedelta(days=3)), ("cmd-in", timedelta(hours=1))):
-        await lender.publish(c.ContactOutcome(
-            command_id=command_id, intent_id=intent_id, loan_id="L-advice", channel="sms",
-            outcome="sent", occurred_at=now - ago))
+        await lender.publish(
+            c.ContactOutcome(
+                command_id=command_id,
+                intent_id=intent_id,
+                loan_id="L-advice",
+                channel="sms",
+                outcome="sent",
+                occurred_at=now - ago,
+            )
+        )
     await eventually(lambda: timeline_has(api, "L-advice", "cmd-in"))
 
-    future = await post(api, "L-advice", "holds", {
-        "kind": "breathing_space", "reason": "debt advice applied for",
-        "effective_from": (now + timedelta(hours=2)).isoformat()})
+    future = await post(
+        api,
+        "L-advice",
+        "holds",
+        {
+            "kind": "breathing_space",
+            "reason": "debt advice applied for",
+            "effective_from": (now + timedelta(hours=2)).isoformat(),
+        },
+    )
     assert future.status_code == 422
     assert future.json()["errors"][0]["loc"] == ["body", "effective_from"]
 
     applied = now - timedelta(days=2)
-    held = await post(api, "L-advice", "holds", {
-        "kind": "breathing_space", "reason": "debt advice applied for",
-        "effective_from": applied.isoformat()})
+    held = await post(
+        api,
+        "L-advice",
+        "holds",
+        {
+            "kind": "breathing_space",
+            "reason": "debt advice applied for",
+            "effective_from": applied.isoformat(),
+        },
+    )
     assert held.status_code == 200, held.text
     hold = held.json()["hold"]
     assert datetime.fromisoformat(hold["effective_from"]) == applied
     assert datetime.fromisoformat(hold["until"]) == applied + timedelta(days=60)
     assert [c["command_id"] for c in hold["contacts_during_hold"]] == ["cmd-in"]
     read = await case_of(api, "L-advice")
-    assert read is not None and read["hold"]["contacts_during_hold"] == \
-        hold["contacts_during_hold"]
+    assert read is not None and read["hold"]["contacts_during_hold"] == hold["contacts_during_hold"]
     assert await mismatched_replays(workflow.engine) == []
 
 
 async def test_a_hold_ends_by_itself_at_its_end_date_and_reconfirms_before_contact(
-        workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender,
-        clock: OffsetClock) -> None:
+    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender, clock: OffsetClock
+) -> None:
     await open_case(api, lender, "L-until")
     now = clock.now()
-    held = await post(api, "L-until", "holds", {
-        "kind": "hardship", "reason": "in hospital until next week",
-        "effective_from": (now - timedelta(days=1)).isoformat(),
-        "until": (now + timedelta(days=7)).isoformat()})
+    held = await post(
+        api,
+        "L-until",
+        "holds",
+        {
+            "kind": "hardship",
+            "reason": "in hospital until next week",
+            "effective_from": (now - timedelta(days=1)).isoformat(),
+            "until": (now + timedelta(days=7)).isoformat(),
+        },
+    )
     assert held.status_code == 200, held.text
     assert held.json()["status"] == "held"
     clock.advance(timedelta(days=7, minutes=1))
@@ -116,8 +152,10 @@ async def test_a_hold_ends_by_itself_at_its_end_date_and_reconfirms_before_conta
     assert case["hold"] is None
     waiting = [i for i in case["intents"] if i["status"] == "awaiting_confirmation"]
     assert waiting and all(i["command_id"] is None for i in waiting)
-    kinds = [e["kind"] for e in (await api.get("/v1/cases/L-until/timeline",
-                                               headers=READ)).json()["entries"]]
+    kinds = [
+        e["kind"]
+        for e in (await api.get("/v1/cases/L-until/timeline", headers=READ)).json()["entries"]
+    ]
     assert kinds[-1 - len(waiting)] == "case_resumed"
     assert await mismatched_replays(workflow.engine) == []
 

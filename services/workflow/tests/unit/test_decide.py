@@ -21,14 +21,27 @@ def ids(label: str) -> str:
     return f"id-{label}"
 
 
-def overdue(dpd: int = 5, *, as_of: datetime = NOW, event_id: str = "e1",
-            outstanding: str = "1000.00") -> m.OverdueReported:
-    return m.OverdueReported(event_id, "L1", "B1", "consumer-loan", "CNY", Decimal("100.00"),
-                             Decimal(outstanding), dpd, as_of, "Asia/Shanghai", "CN")
+def overdue(
+    dpd: int = 5, *, as_of: datetime = NOW, event_id: str = "e1", outstanding: str = "1000.00"
+) -> m.OverdueReported:
+    return m.OverdueReported(
+        event_id,
+        "L1",
+        "B1",
+        "consumer-loan",
+        "CNY",
+        Decimal("100.00"),
+        Decimal(outstanding),
+        dpd,
+        as_of,
+        "Asia/Shanghai",
+        "CN",
+    )
 
 
-def run(case: Case | None, event: d.Input, intents: Sequence[ContactIntent] = (),
-        at: datetime = NOW) -> d.Decision:
+def run(
+    case: Case | None, event: d.Input, intents: Sequence[ContactIntent] = (), at: datetime = NOW
+) -> d.Decision:
     return d.decide(case, list(intents), event, POLICY, at, ids)
 
 
@@ -42,10 +55,10 @@ def open_case() -> Case:
     return case
 
 
-def confirmation(check_id: str, *, valid_for: timedelta = timedelta(minutes=30),
-                 amount: str = "1000.00") -> m.BalanceConfirmed:
-    return m.BalanceConfirmed("e2", check_id, "conf-1", Decimal(amount), 7, NOW,
-                              NOW + valid_for)
+def confirmation(
+    check_id: str, *, valid_for: timedelta = timedelta(minutes=30), amount: str = "1000.00"
+) -> m.BalanceConfirmed:
+    return m.BalanceConfirmed("e2", check_id, "conf-1", Decimal(amount), 7, NOW, NOW + valid_for)
 
 
 def test_a_first_overdue_report_opens_a_case_in_warning_and_asks_for_confirmation() -> None:
@@ -69,10 +82,10 @@ def test_an_overdue_report_no_newer_than_the_last_applied_changes_nothing() -> N
 def test_escalation_moves_one_stage_per_report_even_when_far_past_due() -> None:
     later = run(open_case(), overdue(200, as_of=NOW + timedelta(days=1)))
     assert later.case is not None and later.case.stage is Stage.FORMAL_NOTICE
-    assert d.AnnounceStageChanged(Stage.WARNING, Stage.FORMAL_NOTICE, "dpd_threshold") \
-        in later.effects
-    assert {t.kind for t in later.timers} == {TimerKind.STAGE_TIME_LIMIT,
-                                              TimerKind.NOTICE_DEADLINE}
+    assert (
+        d.AnnounceStageChanged(Stage.WARNING, Stage.FORMAL_NOTICE, "dpd_threshold") in later.effects
+    )
+    assert {t.kind for t in later.timers} == {TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE}
 
 
 def test_confirmation_turns_the_intent_into_a_command() -> None:
@@ -89,8 +102,7 @@ def test_a_ledger_amount_beyond_tolerance_is_used_and_the_mismatch_recorded() ->
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    result = run(decision.case, confirmation(intent.check_id, amount="700.00"),
-                 decision.intents)
+    result = run(decision.case, confirmation(intent.check_id, amount="700.00"), decision.intents)
     assert result.case is not None and result.case.outstanding == Decimal("700.00")
     assert "balance_mismatch" in [e.kind for e in result.timeline]
 
@@ -99,16 +111,20 @@ def test_an_expired_confirmation_yields_no_command() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    result = run(decision.case, confirmation(intent.check_id, valid_for=timedelta(0)),
-                 decision.intents)
+    result = run(
+        decision.case, confirmation(intent.check_id, valid_for=timedelta(0)), decision.intents
+    )
     assert not result.effects and result.timeline[0].kind == "confirmation_expired"
 
 
 def test_full_repayment_closes_the_case_and_cancels_everything_pending() -> None:
     decision = opened()
     assert decision.case is not None
-    paid = run(decision.case, m.RepaymentReceived("e3", "R1", Decimal("1000"), Decimal("0"),
-                                                  NOW), decision.intents)
+    paid = run(
+        decision.case,
+        m.RepaymentReceived("e3", "R1", Decimal("1000"), Decimal("0"), NOW),
+        decision.intents,
+    )
     assert paid.case is not None and paid.case.exit is Exit.REPAID
     assert all(i.status is IntentStatus.CANCELLED for i in paid.intents)
     assert d.CancelContacts("repaid") in paid.effects
@@ -120,8 +136,9 @@ def test_ledger_saying_nothing_is_owed_closes_the_case() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    refused = run(decision.case, m.BalanceRefused("e4", intent.check_id, "nothing_owed", ""),
-                  decision.intents)
+    refused = run(
+        decision.case, m.BalanceRefused("e4", intent.check_id, "nothing_owed", ""), decision.intents
+    )
     assert refused.case is not None and refused.case.status is CaseStatus.CLOSED
     assert not any(isinstance(e, d.IssueContactCommand) for e in refused.effects)
 
@@ -130,15 +147,21 @@ def test_a_stale_projection_schedules_a_recheck_with_backoff() -> None:
     decision = opened()
     assert decision.case is not None
     intent = decision.intents[0]
-    refused = run(decision.case,
-                  m.BalanceRefused("e5", intent.check_id, "projection_stale", "api down"),
-                  decision.intents)
+    refused = run(
+        decision.case,
+        m.BalanceRefused("e5", intent.check_id, "projection_stale", "api down"),
+        decision.intents,
+    )
     (waiting,) = refused.intents
     assert waiting.status is IntentStatus.AWAITING_RECHECK and waiting.attempts == 1
     (timer,) = refused.timers
     assert timer.kind is TimerKind.RECHECK and timer.due_at == NOW + POLICY.recheck_base
-    fired = run(decision.case, m.TimerFired("t1", "recheck", timer.token, timer.due_at),
-                (waiting,), at=timer.due_at)
+    fired = run(
+        decision.case,
+        m.TimerFired("t1", "recheck", timer.token, timer.due_at),
+        (waiting,),
+        at=timer.due_at,
+    )
     (again,) = fired.intents
     assert again.status is IntentStatus.AWAITING_CONFIRMATION
     assert again.check_id != intent.check_id  # a new question for ledger-sync
@@ -147,8 +170,7 @@ def test_a_stale_projection_schedules_a_recheck_with_backoff() -> None:
 
 def test_a_reversal_reopens_a_repaid_case_and_needs_a_new_confirmation() -> None:
     closed = replace(open_case(), status=CaseStatus.CLOSED, exit=Exit.REPAID)
-    reopened = run(closed, m.RepaymentReversed("e5", "R1", Decimal("1000"), Decimal("1000"),
-                                               NOW))
+    reopened = run(closed, m.RepaymentReversed("e5", "R1", Decimal("1000"), Decimal("1000"), NOW))
     assert reopened.case is not None and reopened.case.is_open
     assert reopened.case.stage is closed.stage
     # Announced again, as at its opening: ledger-sync reconciles open cases only.
@@ -158,8 +180,9 @@ def test_a_reversal_reopens_a_repaid_case_and_needs_a_new_confirmation() -> None
 
 
 def test_a_held_case_resumes_only_with_a_reason_and_reconfirms_first() -> None:
-    held = run(open_case(), m.RequestHold("k1", "hardship", "hospital", "agent:1"),
-               opened().intents)
+    held = run(
+        open_case(), m.RequestHold("k1", "hardship", "hospital", "agent:1"), opened().intents
+    )
     assert held.case is not None and held.case.phase is Phase.HELD
     assert d.CancelContacts("held") in held.effects
     resumed = run(held.case, m.RequestResume("k2", "discharged", "agent:1"))
@@ -179,13 +202,18 @@ def test_a_dispute_resumes_only_after_verification() -> None:
 
 
 def test_breathing_space_ends_by_itself_within_sixty_days() -> None:
-    held = run(open_case(), m.RequestHold("k1", "breathing_space", "debt advice", "agent:1",
-                                          until=NOW + timedelta(days=365)))
+    held = run(
+        open_case(),
+        m.RequestHold(
+            "k1", "breathing_space", "debt advice", "agent:1", until=NOW + timedelta(days=365)
+        ),
+    )
     assert held.case is not None and held.case.hold is not None
     assert held.case.hold.until == NOW + timedelta(days=60)
     (timer,) = held.timers
-    expired = run(held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at),
-                  at=timer.due_at)
+    expired = run(
+        held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at), at=timer.due_at
+    )
     assert expired.case is not None and expired.case.is_open
 
 
@@ -193,21 +221,34 @@ def test_the_ten_percent_down_six_month_plan_kept_to_the_end_settles_the_case() 
     case = replace(open_case(), outstanding=Decimal("500000"))
     down = Decimal("50000")
     monthly = Decimal("75000")
-    schedule = (m.InstalmentTerms(NOW + timedelta(days=1), down), *(
-        m.InstalmentTerms(NOW + timedelta(days=30 * (n + 1)), monthly) for n in range(6)))
-    plan = run(case, m.RecordArrangement("k1", "instalment_plan", schedule, "agent:1",
-                                         interest_reduction=Decimal("20000")))
+    schedule = (
+        m.InstalmentTerms(NOW + timedelta(days=1), down),
+        *(m.InstalmentTerms(NOW + timedelta(days=30 * (n + 1)), monthly) for n in range(6)),
+    )
+    plan = run(
+        case,
+        m.RecordArrangement(
+            "k1", "instalment_plan", schedule, "agent:1", interest_reduction=Decimal("20000")
+        ),
+    )
     assert plan.case is not None and plan.case.phase is Phase.ARRANGED
     assert len(plan.timers) == 7
     state, owed = plan.case, Decimal("500000")
     for n, (timer, terms) in enumerate(zip(plan.timers, schedule, strict=True)):
         owed -= terms.amount
-        paid = run(state, m.RepaymentReceived(f"r{n}", f"R{n}", terms.amount,
-                                              max(owed, Decimal("1.00") + 1), NOW))
+        paid = run(
+            state,
+            m.RepaymentReceived(
+                f"r{n}", f"R{n}", terms.amount, max(owed, Decimal("1.00") + 1), NOW
+            ),
+        )
         state = paid.case or state
         if n < 6:
-            kept = run(state, m.TimerFired(f"t{n}", "arrangement_due", timer.token,
-                                           timer.due_at), at=timer.due_at)
+            kept = run(
+                state,
+                m.TimerFired(f"t{n}", "arrangement_due", timer.token, timer.due_at),
+                at=timer.due_at,
+            )
             assert kept.timeline[0].kind == "instalment_kept"
     assert state.status is CaseStatus.CLOSED and state.exit is Exit.SETTLED
     assert state.last_arrangement is not None
@@ -216,13 +257,16 @@ def test_the_ten_percent_down_six_month_plan_kept_to_the_end_settles_the_case() 
 
 
 def test_a_missed_instalment_breaks_the_plan_and_escalates() -> None:
-    schedule = (m.InstalmentTerms(NOW + timedelta(days=1), Decimal("100")),
-                m.InstalmentTerms(NOW + timedelta(days=31), Decimal("900")))
+    schedule = (
+        m.InstalmentTerms(NOW + timedelta(days=1), Decimal("100")),
+        m.InstalmentTerms(NOW + timedelta(days=31), Decimal("900")),
+    )
     plan = run(open_case(), m.RecordArrangement("k1", "instalment_plan", schedule, "agent:1"))
     assert plan.case is not None
     first = plan.timers[0]
-    broken = run(plan.case, m.TimerFired("t", "arrangement_due", first.token, first.due_at),
-                 at=first.due_at)
+    broken = run(
+        plan.case, m.TimerFired("t", "arrangement_due", first.token, first.due_at), at=first.due_at
+    )
     assert broken.case is not None and broken.case.stage is Stage.FORMAL_NOTICE
     assert broken.case.arrangement is None
     assert broken.case.last_arrangement is not None
@@ -243,8 +287,7 @@ def test_fraud_goes_straight_to_litigation_and_judgment_leads_to_enforcement() -
     assert early.rejected is not None
     judged = run(fraud.case, m.RecordLegalMilestone("k3", "judgment", "(2026) 1", "legal"))
     assert judged.case is not None
-    enforced = run(judged.case, m.RecordLegalMilestone("k4", "enforcement_applied", "E1",
-                                                       "legal"))
+    enforced = run(judged.case, m.RecordLegalMilestone("k4", "enforcement_applied", "E1", "legal"))
     assert enforced.case is not None and enforced.case.stage is Stage.ENFORCEMENT
 
 
@@ -257,8 +300,9 @@ def test_a_stale_stage_timer_does_nothing() -> None:
     assert not d.timer_is_current(moved, TimerKind.STAGE_TIME_LIMIT, str(case.stage_epoch))
 
 
-def seen(outstanding_after: str, at: datetime, *, kind: str = "repayment",
-         amount: str = "1000.00") -> m.MoneySeen:
+def seen(
+    outstanding_after: str, at: datetime, *, kind: str = "repayment", amount: str = "1000.00"
+) -> m.MoneySeen:
     return m.MoneySeen("e-r", kind, "R1", Decimal(amount), Decimal(outstanding_after), at)
 
 
@@ -273,13 +317,15 @@ def test_a_repayment_seen_before_the_overdue_it_is_newer_than_opens_the_case_rep
 
 
 def test_a_partial_repayment_seen_first_lowers_what_the_late_overdue_reports() -> None:
-    late = replace(overdue(), money_seen=seen("400.00", NOW + timedelta(minutes=1),
-                                              amount="600.00"))
+    late = replace(
+        overdue(), money_seen=seen("400.00", NOW + timedelta(minutes=1), amount="600.00")
+    )
     decision = run(None, late)
     assert decision.case is not None and decision.case.is_open
     assert decision.case.outstanding == Decimal("400.00")
-    assert {e.expected_outstanding for e in decision.effects
-            if isinstance(e, d.RequestBalanceCheck)} == {Decimal("400.00")}
+    assert {
+        e.expected_outstanding for e in decision.effects if isinstance(e, d.RequestBalanceCheck)
+    } == {Decimal("400.00")}
 
 
 def test_money_seen_before_the_overdues_as_of_is_already_in_its_figures() -> None:
@@ -290,8 +336,9 @@ def test_money_seen_before_the_overdues_as_of_is_already_in_its_figures() -> Non
 
 
 def test_a_reversal_seen_after_the_repayment_leaves_the_debt_owed() -> None:
-    bounced = replace(overdue(), money_seen=seen("1000.00", NOW + timedelta(minutes=2),
-                                                 kind="reversal"))
+    bounced = replace(
+        overdue(), money_seen=seen("1000.00", NOW + timedelta(minutes=2), kind="reversal")
+    )
     decision = run(None, bounced)
     assert decision.case is not None and decision.case.is_open
     assert decision.case.outstanding == Decimal("1000.00")
@@ -302,27 +349,43 @@ def test_a_confirmation_asked_for_before_a_repayment_does_not_set_the_balance_ba
     assert decision.case is not None
     intent = decision.intents[0]
     later = NOW + timedelta(minutes=1)
-    paid = run(decision.case, m.RepaymentReceived("e3", "R1", Decimal("600"), Decimal("400"),
-                                                  later), decision.intents, at=later)
+    paid = run(
+        decision.case,
+        m.RepaymentReceived("e3", "R1", Decimal("600"), Decimal("400"), later),
+        decision.intents,
+        at=later,
+    )
     assert paid.case is not None and paid.case.outstanding == Decimal("400")
-    answer = run(paid.case, confirmation(intent.check_id, amount="1000.00"), decision.intents,
-                 at=later + timedelta(seconds=5))
+    answer = run(
+        paid.case,
+        confirmation(intent.check_id, amount="1000.00"),
+        decision.intents,
+        at=later + timedelta(seconds=5),
+    )
     assert answer.case is not None and answer.case.outstanding == Decimal("400")
     assert "confirmation_older_than_repayment" in [e.kind for e in answer.timeline]
     # A check asked for after the repayment is the ledger's word again.
-    again = run(paid.case, confirmation(intent.check_id, amount="700.00"),
-                [replace(intent, created_at=later + timedelta(seconds=1))],
-                at=later + timedelta(seconds=5))
+    again = run(
+        paid.case,
+        confirmation(intent.check_id, amount="700.00"),
+        [replace(intent, created_at=later + timedelta(seconds=1))],
+        at=later + timedelta(seconds=5),
+    )
     assert again.case is not None and again.case.outstanding == Decimal("700.00")
 
 
 def test_a_kept_promise_stays_readable_with_what_was_paid() -> None:
-    promise = run(open_case(), m.RecordArrangement(
-        "k1", "promise_to_pay", (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
-        "agent:1"))
+    promise = run(
+        open_case(),
+        m.RecordArrangement(
+            "k1",
+            "promise_to_pay",
+            (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
+            "agent:1",
+        ),
+    )
     assert promise.case is not None
-    kept = run(promise.case, m.RepaymentReceived("e3", "R1", Decimal("300"), Decimal("700"),
-                                                 NOW))
+    kept = run(promise.case, m.RepaymentReceived("e3", "R1", Decimal("300"), Decimal("700"), NOW))
     assert kept.case is not None and kept.case.arrangement is None
     last = kept.case.last_arrangement
     assert last is not None and last.outcome == "kept" and last.paid == Decimal("300")
@@ -330,9 +393,15 @@ def test_a_kept_promise_stays_readable_with_what_was_paid() -> None:
 
 
 def test_a_hold_over_a_running_arrangement_cancels_it_readably() -> None:
-    promise = run(open_case(), m.RecordArrangement(
-        "k1", "promise_to_pay", (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
-        "agent:1"))
+    promise = run(
+        open_case(),
+        m.RecordArrangement(
+            "k1",
+            "promise_to_pay",
+            (m.InstalmentTerms(NOW + timedelta(days=7), Decimal("300")),),
+            "agent:1",
+        ),
+    )
     assert promise.case is not None
     held = run(promise.case, m.RequestHold("k2", "hardship", "hospital", "agent:1"))
     assert held.case is not None and held.case.last_arrangement is not None
@@ -341,8 +410,10 @@ def test_a_hold_over_a_running_arrangement_cancels_it_readably() -> None:
 
 def test_a_breathing_space_backdated_to_the_debt_advice_ends_sixty_days_from_it() -> None:
     applied = NOW - timedelta(days=10)
-    held = run(open_case(), m.RequestHold("k1", "breathing_space", "debt advice", "agent:1",
-                                          effective_from=applied))
+    held = run(
+        open_case(),
+        m.RequestHold("k1", "breathing_space", "debt advice", "agent:1", effective_from=applied),
+    )
     assert held.case is not None and held.case.hold is not None
     assert held.case.hold.effective_from == applied and held.case.hold.started_at == NOW
     assert held.case.hold.until == applied + timedelta(days=60)
@@ -353,34 +424,56 @@ def test_a_breathing_space_backdated_to_the_debt_advice_ends_sixty_days_from_it(
 
 def test_a_hold_with_an_end_date_resumes_by_itself_and_reconfirms_first() -> None:
     until = NOW + timedelta(days=5)
-    held = run(open_case(), m.RequestHold("k1", "hardship", "hospital", "agent:1",
-                                          until=until, effective_from=NOW - timedelta(days=2)))
+    held = run(
+        open_case(),
+        m.RequestHold(
+            "k1",
+            "hardship",
+            "hospital",
+            "agent:1",
+            until=until,
+            effective_from=NOW - timedelta(days=2),
+        ),
+    )
     assert held.case is not None
     (timer,) = held.timers
     assert timer.due_at == until
-    resumed = run(held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at),
-                  at=until)
+    resumed = run(held.case, m.TimerFired("t", "hold_expiry", timer.token, timer.due_at), at=until)
     assert resumed.case is not None and resumed.case.is_open and resumed.case.hold is None
-    assert resumed.intents and all(isinstance(e, d.RequestBalanceCheck | d.AnnounceResumed)
-                                   for e in resumed.effects)
+    assert resumed.intents and all(
+        isinstance(e, d.RequestBalanceCheck | d.AnnounceResumed) for e in resumed.effects
+    )
 
 
 def test_a_hold_cannot_start_in_the_future_nor_end_before_now() -> None:
     case = open_case()
-    future = run(case, m.RequestHold("k1", "hardship", "r", "a",
-                                     effective_from=NOW + timedelta(hours=1)))
+    future = run(
+        case, m.RequestHold("k1", "hardship", "r", "a", effective_from=NOW + timedelta(hours=1))
+    )
     assert future.rejected is not None and "future" in future.rejected
-    ended = run(case, m.RequestHold("k2", "hardship", "r", "a",
-                                    effective_from=NOW - timedelta(days=9),
-                                    until=NOW - timedelta(days=1)))
+    ended = run(
+        case,
+        m.RequestHold(
+            "k2",
+            "hardship",
+            "r",
+            "a",
+            effective_from=NOW - timedelta(days=9),
+            until=NOW - timedelta(days=1),
+        ),
+    )
     assert ended.rejected is not None
-    expired = run(case, m.RequestHold("k3", "breathing_space", "r", "a",
-                                      effective_from=NOW - timedelta(days=61)))
+    expired = run(
+        case,
+        m.RequestHold("k3", "breathing_space", "r", "a", effective_from=NOW - timedelta(days=61)),
+    )
     assert expired.rejected is not None
 
 
 def test_a_contact_outcome_keeps_when_the_contact_was_made() -> None:
     sent_at = NOW - timedelta(minutes=3)
-    result = run(open_case(), m.ContactOutcomeReported("e", "c1", "i1", "sms", "sent", "",
-                                                       occurred_at=sent_at))
+    result = run(
+        open_case(),
+        m.ContactOutcomeReported("e", "c1", "i1", "sms", "sent", "", occurred_at=sent_at),
+    )
     assert result.timeline[0].detail["occurred_at"] == sent_at.isoformat()

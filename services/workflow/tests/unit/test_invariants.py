@@ -47,17 +47,29 @@ class CaseLifecycle(RuleBasedStateMachine):
         before = self.case
         pending = [i for i in self.intents.values() if i.is_pending]
         named = [i for i in self.intents.values() if not i.is_pending]
-        decision = d.decide(before, pending + named, event, DEFAULT_POLICY, self.now,
-                            lambda label: f"{cause}/{label}")
+        decision = d.decide(
+            before,
+            pending + named,
+            event,
+            DEFAULT_POLICY,
+            self.now,
+            lambda label: f"{cause}/{label}",
+        )
         if decision.rejected is not None:
             assert decision.case is None and not decision.effects
             return
         after = decision.case or before
         self._check_transition(before, after, why)
-        if before is not None and before.phase is Phase.HELD and after is not None \
-                and after.phase is Phase.HELD:
-            assert not any(isinstance(e, d.RequestBalanceCheck | d.IssueContactCommand)
-                           for e in decision.effects)
+        if (
+            before is not None
+            and before.phase is Phase.HELD
+            and after is not None
+            and after.phase is Phase.HELD
+        ):
+            assert not any(
+                isinstance(e, d.RequestBalanceCheck | d.IssueContactCommand)
+                for e in decision.effects
+            )
         for effect in decision.effects:
             if isinstance(effect, d.IssueContactCommand):
                 assert isinstance(event, m.BalanceConfirmed)
@@ -92,9 +104,21 @@ class CaseLifecycle(RuleBasedStateMachine):
     def open_or_report(self) -> None:
         self.as_of += timedelta(days=1)
         dpd = (self.as_of - START).days
-        self._run(m.OverdueReported(self._id(), "L1", "B1", "consumer-loan", "CNY",
-                                    Decimal("100"), self.outstanding, dpd, self.as_of,
-                                    "Asia/Shanghai", "CN"))
+        self._run(
+            m.OverdueReported(
+                self._id(),
+                "L1",
+                "B1",
+                "consumer-loan",
+                "CNY",
+                Decimal("100"),
+                self.outstanding,
+                dpd,
+                self.as_of,
+                "Asia/Shanghai",
+                "CN",
+            )
+        )
 
     @rule(days=st.integers(0, 40))
     def time_passes(self, days: int) -> None:
@@ -108,15 +132,24 @@ class CaseLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.case is not None)
     @rule(confirm=st.booleans(), reason=st.sampled_from(["nothing_owed", "projection_stale"]))
     def ledger_answers(self, confirm: bool, reason: str) -> None:
-        waiting = [i for i in self.intents.values()
-                   if i.status is IntentStatus.AWAITING_CONFIRMATION]
+        waiting = [
+            i for i in self.intents.values() if i.status is IntentStatus.AWAITING_CONFIRMATION
+        ]
         if not waiting:
             return
         intent = waiting[0]
         if confirm:
-            self._run(m.BalanceConfirmed(self._id(), intent.check_id, self._id(),
-                                         self.outstanding, 3, self.now,
-                                         self.now + timedelta(minutes=30)))
+            self._run(
+                m.BalanceConfirmed(
+                    self._id(),
+                    intent.check_id,
+                    self._id(),
+                    self.outstanding,
+                    3,
+                    self.now,
+                    self.now + timedelta(minutes=30),
+                )
+            )
         else:
             self._run(m.BalanceRefused(self._id(), intent.check_id, reason, ""))
 
@@ -127,15 +160,27 @@ class CaseLifecycle(RuleBasedStateMachine):
         leaves the case's balance as the repayment set it."""
         assert self.case is not None
         paid_at = self.case.money_applied_at
-        waiting = [i for i in self.intents.values()
-                   if i.status is IntentStatus.AWAITING_CONFIRMATION
-                   and paid_at is not None and paid_at > i.created_at]
+        waiting = [
+            i
+            for i in self.intents.values()
+            if i.status is IntentStatus.AWAITING_CONFIRMATION
+            and paid_at is not None
+            and paid_at > i.created_at
+        ]
         if not waiting:
             return
         kept = self.case.outstanding
-        self._run(m.BalanceConfirmed(self._id(), waiting[0].check_id, self._id(),
-                                     kept + Decimal("777"), 3, self.now,
-                                     self.now + timedelta(minutes=30)))
+        self._run(
+            m.BalanceConfirmed(
+                self._id(),
+                waiting[0].check_id,
+                self._id(),
+                kept + Decimal("777"),
+                3,
+                self.now,
+                self.now + timedelta(minutes=30),
+            )
+        )
         assert self.case is not None and self.case.outstanding == kept
 
     @precondition(lambda self: self.case is not None)
@@ -144,32 +189,46 @@ class CaseLifecycle(RuleBasedStateMachine):
         self.now += timedelta(minutes=minutes)  # often while a balance check is out
         amount = (self.outstanding * Decimal(share)).quantize(Decimal("1"))
         self.outstanding -= amount
-        self._run(m.RepaymentReceived(self._id(), self._id(), amount, self.outstanding,
-                                      self.now), "partial")
+        self._run(
+            m.RepaymentReceived(self._id(), self._id(), amount, self.outstanding, self.now),
+            "partial",
+        )
 
     @precondition(lambda self: self.case is not None)
     @rule()
     def payment_bounces(self) -> None:
         self.outstanding += Decimal("500")
-        self._run(m.RepaymentReversed(self._id(), "R", Decimal("500"), self.outstanding,
-                                      self.now), "reversal")
+        self._run(
+            m.RepaymentReversed(self._id(), "R", Decimal("500"), self.outstanding, self.now),
+            "reversal",
+        )
 
     @precondition(lambda self: self.case is not None)
     @rule(outcome=st.sampled_from(["unanswered", "answered", "sent"]))
     def contact_outcome(self, outcome: str) -> None:
-        self._run(m.ContactOutcomeReported(self._id(), "c", "i", "voice", outcome, ""),
-                  "refused")
+        self._run(m.ContactOutcomeReported(self._id(), "c", "i", "voice", outcome, ""), "refused")
 
     @precondition(lambda self: self.case is not None)
-    @rule(kind=st.sampled_from(["hardship", "dispute", "breathing_space", "operator"]),
-          back=st.integers(0, 90), lasts=st.none() | st.integers(-5, 120))
+    @rule(
+        kind=st.sampled_from(["hardship", "dispute", "breathing_space", "operator"]),
+        back=st.integers(0, 90),
+        lasts=st.none() | st.integers(-5, 120),
+    )
     def hold(self, kind: str, back: int, lasts: int | None) -> None:
         """Backdated by ``back`` days, ending ``lasts`` days from now (or open-ended)."""
         since = self.now - timedelta(days=back)
         until = self.now + timedelta(days=lasts) if lasts is not None else None
         before = self.case.hold if self.case is not None else None
-        self._run(m.RequestHold(self._id(), kind, "reason", "agent", until=until,
-                                effective_from=since if back else None))
+        self._run(
+            m.RequestHold(
+                self._id(),
+                kind,
+                "reason",
+                "agent",
+                until=until,
+                effective_from=since if back else None,
+            )
+        )
         hold = self.case.hold if self.case is not None else None
         if hold is None or hold == before:
             return  # refused
@@ -184,22 +243,25 @@ class CaseLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.case is not None)
     @rule(verified=st.booleans())
     def resume(self, verified: bool) -> None:
-        self._run(m.RequestResume(self._id(), "reason", "agent",
-                                  "verified" if verified else None))
+        self._run(m.RequestResume(self._id(), "reason", "agent", "verified" if verified else None))
 
     @precondition(lambda self: self.case is not None)
     @rule(kind=st.sampled_from(["promise_to_pay", "instalment_plan"]))
     def arrange(self, kind: str) -> None:
         n = 1 if kind == "promise_to_pay" else 3
-        schedule = tuple(m.InstalmentTerms(self.now + timedelta(days=10 * (k + 1)),
-                                           Decimal("1000")) for k in range(n))
+        schedule = tuple(
+            m.InstalmentTerms(self.now + timedelta(days=10 * (k + 1)), Decimal("1000"))
+            for k in range(n)
+        )
         self._run(m.RecordArrangement(self._id(), kind, schedule, "agent"))
 
     @precondition(lambda self: self.case is not None)
     @rule(kind=st.sampled_from(["manual", "fraud", "proposal_unreasonable"]))
     def escalate(self, kind: str) -> None:
-        self._run(m.RequestEscalation(self._id(), kind, "reason", "agent"),
-                  "" if kind == "manual" else kind)
+        self._run(
+            m.RequestEscalation(self._id(), kind, "reason", "agent"),
+            "" if kind == "manual" else kind,
+        )
 
     @precondition(lambda self: self.case is not None)
     @rule(milestone=st.sampled_from(["registered", "judgment", "enforcement_applied"]))
@@ -220,26 +282,38 @@ class CaseLifecycle(RuleBasedStateMachine):
         assert self.case.stage in Stage
 
 
-CaseLifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
-                                           deadline=None)
+CaseLifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestCaseLifecycle = CaseLifecycle.TestCase
 
 
-@given(paid=st.integers(0, 10_000), after_s=st.integers(-3600, 3600),
-       reversed_=st.booleans())
+@given(paid=st.integers(0, 10_000), after_s=st.integers(-3600, 3600), reversed_=st.booleans())
 @settings(max_examples=200, deadline=None)
 def test_money_read_before_the_overdue_report_decides_as_if_read_after(
-        paid: int, after_s: int, reversed_: bool) -> None:
+    paid: int, after_s: int, reversed_: bool
+) -> None:
     """Topics are consumed independently: a repayment (or its reversal) read before the
     overdue report that opens the case leaves the case as if it were read after it."""
     owed = Decimal("10000")
     at = START + timedelta(seconds=after_s)
     left = owed - paid
     money: m.RepaymentReceived | m.RepaymentReversed = (
-        m.RepaymentReversed("e-r", "R1", Decimal(paid), owed, at) if reversed_
-        else m.RepaymentReceived("e-r", "R1", Decimal(paid), left, at))
-    report = m.OverdueReported("e-o", "L1", "B1", "consumer-loan", "CNY", Decimal("100"),
-                               owed, 30, START, "Asia/Shanghai", "CN")
+        m.RepaymentReversed("e-r", "R1", Decimal(paid), owed, at)
+        if reversed_
+        else m.RepaymentReceived("e-r", "R1", Decimal(paid), left, at)
+    )
+    report = m.OverdueReported(
+        "e-o",
+        "L1",
+        "B1",
+        "consumer-loan",
+        "CNY",
+        Decimal("100"),
+        owed,
+        30,
+        START,
+        "Asia/Shanghai",
+        "CN",
+    )
 
     def ids(label: str) -> str:
         return f"id-{label}"
@@ -247,10 +321,17 @@ def test_money_read_before_the_overdue_report_decides_as_if_read_after(
     now = START + timedelta(hours=2)
     opened = d.decide(None, [], report, DEFAULT_POLICY, now, ids)
     assert opened.case is not None
-    after = d.decide(opened.case, opened.intents, money, DEFAULT_POLICY, now, ids).case \
-        or opened.case
-    seen = m.MoneySeen(money.event_id, "reversal" if reversed_ else "repayment",
-                       money.repayment_id, money.amount, money.outstanding_after, money.at)
+    after = (
+        d.decide(opened.case, opened.intents, money, DEFAULT_POLICY, now, ids).case or opened.case
+    )
+    seen = m.MoneySeen(
+        money.event_id,
+        "reversal" if reversed_ else "repayment",
+        money.repayment_id,
+        money.amount,
+        money.outstanding_after,
+        money.at,
+    )
     first = d.decide(None, [], replace(report, money_seen=seen), DEFAULT_POLICY, now, ids).case
     assert first is not None
     if at <= START:

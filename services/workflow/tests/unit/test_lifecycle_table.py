@@ -33,18 +33,37 @@ from workflow.domain.policy import DEFAULT_POLICY, STAGE_ORDER, Stage
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CTX = d._Ctx(DEFAULT_POLICY, NOW, lambda label: f"id-{label}", "test")
 HOLD = Hold("h1", HoldKind.OPERATOR, "checking", "agent:1", NOW)
-ARRANGEMENT = Arrangement("a1", ArrangementKind.PROMISE_TO_PAY,
-                          (Instalment(NOW + timedelta(days=7), Decimal("100")),), NOW)
+ARRANGEMENT = Arrangement(
+    "a1",
+    ArrangementKind.PROMISE_TO_PAY,
+    (Instalment(NOW + timedelta(days=7), Decimal("100")),),
+    NOW,
+)
 
 
 def case_in(phase: Phase) -> Case:
     base = Case(
-        case_id="C1", loan_id="L1", borrower_id="B1", product="consumer-loan", currency="CNY",
-        stage=Stage.WARNING, status=CaseStatus.OPEN, exit=None, outstanding=Decimal("1000"),
-        amount_overdue=Decimal("100"), days_past_due=10, last_overdue_as_of=NOW,
-        borrower_time_zone="Asia/Shanghai", jurisdiction="CN", policy_version="v",
-        opened_at=NOW, updated_at=NOW, stage_epoch=3, stage_entered_at=NOW,
-        outstanding_at_stage_entry=Decimal("1000"))
+        case_id="C1",
+        loan_id="L1",
+        borrower_id="B1",
+        product="consumer-loan",
+        currency="CNY",
+        stage=Stage.WARNING,
+        status=CaseStatus.OPEN,
+        exit=None,
+        outstanding=Decimal("1000"),
+        amount_overdue=Decimal("100"),
+        days_past_due=10,
+        last_overdue_as_of=NOW,
+        borrower_time_zone="Asia/Shanghai",
+        jurisdiction="CN",
+        policy_version="v",
+        opened_at=NOW,
+        updated_at=NOW,
+        stage_epoch=3,
+        stage_entered_at=NOW,
+        outstanding_at_stage_entry=Decimal("1000"),
+    )
     if phase.value in {s.value for s in Stage}:
         return replace(base, stage=Stage(phase.value))
     if phase is Phase.ARRANGED:
@@ -63,8 +82,15 @@ def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> 
     case = case_in(phase)
     assert case.phase is phase
     expected = TRANSITIONS[(phase, trigger)]
-    decision = d.apply_rule(case, [], trigger, CTX, hold=HOLD if trigger is Trigger.HOLD else
-                            None, arrangement=ARRANGEMENT, reason="because")
+    decision = d.apply_rule(
+        case,
+        [],
+        trigger,
+        CTX,
+        hold=HOLD if trigger is Trigger.HOLD else None,
+        arrangement=ARRANGEMENT,
+        reason="because",
+    )
     after = decision.case
     stage_index = STAGE_ORDER.index(case.stage)
     match expected.rule:
@@ -91,8 +117,10 @@ def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> 
             assert after is not None and after.phase is Phase.HELD
         case Rule.RESUME | Rule.REOPEN:
             assert after is not None and after.is_open and after.stage is case.stage
-            assert any(isinstance(e, d.RequestBalanceCheck) for e in decision.effects) \
+            assert (
+                any(isinstance(e, d.RequestBalanceCheck) for e in decision.effects)
                 or not DEFAULT_POLICY.for_stage(case.stage).contacts
+            )
         case Rule.ARRANGE:
             assert after is not None and after.phase is Phase.ARRANGED
         case _:

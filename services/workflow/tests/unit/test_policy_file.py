@@ -19,7 +19,8 @@ def test_the_shipped_policy_file_is_the_default_policy() -> None:
 def test_a_guarantor_contact_outside_the_guarantor_stage_is_refused(tmp_path: Path) -> None:
     text = SHIPPED.read_text().replace(
         '{ channel = "sms", recipient = "debtor", template = "warning-reminder" }',
-        '{ channel = "sms", recipient = "guarantor", template = "warning-reminder" }')
+        '{ channel = "sms", recipient = "guarantor", template = "warning-reminder" }',
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
     with pytest.raises(PolicyError):

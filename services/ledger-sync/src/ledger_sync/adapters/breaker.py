@@ -21,8 +21,13 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
-    def __init__(self, *, failure_threshold: int, reset_after_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        reset_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if failure_threshold < 1 or reset_after_s <= 0:
             raise ValueError("failure_threshold >= 1 and reset_after_s > 0 are required")
         self._threshold = failure_threshold

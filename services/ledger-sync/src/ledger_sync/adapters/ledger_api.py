@@ -99,10 +99,15 @@ class LedgerApiConfig:
 
 
 class HttpLedgerApi:
-    def __init__(self, config: LedgerApiConfig, breaker: CircuitBreaker, *,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: LedgerApiConfig,
+        breaker: CircuitBreaker,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self._config = config
         self.breaker = breaker
         self._transport = transport
@@ -114,10 +119,14 @@ class HttpLedgerApi:
         if self._client is None or self._client.is_closed:
             c = self._config
             self._client = httpx.AsyncClient(
-                base_url=c.base_url.rstrip("/"), transport=self._transport,
-                timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s,
-                                      pool=c.connect_timeout_s),
-                headers={"accept": "application/json"}, follow_redirects=False)
+                base_url=c.base_url.rstrip("/"),
+                transport=self._transport,
+                timeout=httpx.Timeout(
+                    c.read_timeout_s, connect=c.connect_timeout_s, pool=c.connect_timeout_s
+                ),
+                headers={"accept": "application/json"},
+                follow_redirects=False,
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -140,8 +149,19 @@ class HttpLedgerApi:
             if body is None:
                 return out
             page = self._parse(_Postings, body, "postings")
-            out.extend(Posting(p.posting_id, loan_id, p.sequence, p.kind, p.currency,
-                               p.amount, p.booked_at, p.repayment_id) for p in page.postings)
+            out.extend(
+                Posting(
+                    p.posting_id,
+                    loan_id,
+                    p.sequence,
+                    p.kind,
+                    p.currency,
+                    p.amount,
+                    p.booked_at,
+                    p.repayment_id,
+                )
+                for p in page.postings
+            )
             if not page.postings or page.postings[-1].sequence >= max(up_to, page.last_sequence):
                 return out
             cursor = page.postings[-1].sequence
@@ -161,7 +181,7 @@ class HttpLedgerApi:
         for attempt in range(self._config.attempts):
             if attempt:
                 # Full jitter: replicas retrying together must not hammer the ledger in step.
-                await self._sleep(self._rng.uniform(0, self._config.backoff_s * 2 ** attempt))
+                await self._sleep(self._rng.uniform(0, self._config.backoff_s * 2**attempt))
             if not self.breaker.allow():
                 CALLS.labels(endpoint, "breaker_open").inc()
                 raise LedgerUnavailable(f"circuit open ({last})" if attempt else "circuit open")
@@ -191,8 +211,9 @@ class HttpLedgerApi:
                 raise LedgerUnavailable("the ledger answered with invalid JSON") from exc
             self._succeeded(endpoint, "ok")
             return body
-        raise LedgerUnavailable(f"ledger API unavailable after {self._config.attempts} "
-                                f"attempts ({last})")
+        raise LedgerUnavailable(
+            f"ledger API unavailable after {self._config.attempts} attempts ({last})"
+        )
 
     def _failed(self, endpoint: str, result: str) -> None:
         self.breaker.record_failure()
@@ -203,4 +224,3 @@ class HttpLedgerApi:
         self.breaker.record_success()
         CALLS.labels(endpoint, result).inc()
         BREAKER_OPEN.set(0)
-

@@ -19,8 +19,14 @@ log = logging.getLogger(__name__)
 _TECHNICAL_REFUSALS = {"projection_stale", "sequence_gap"}
 
 
-async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm | Refuse,
-                       ledger_currency: str | None, *, path: str) -> None:
+async def stage_answer(
+    tx: Tx,
+    check: c.BalanceCheckRequested,
+    verdict: Confirm | Refuse,
+    ledger_currency: str | None,
+    *,
+    path: str,
+) -> None:
     """Store the answer to ``check`` and stage it (plus a settled correction) for publishing.
 
     Event ids derive from the check: answered twice (a replay, or two replicas racing after
@@ -30,10 +36,16 @@ async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm 
         await stage_confirmations(tx, [(check, verdict)], path=path)
         return
     answer = c.BalanceRefused(
-        check_id=check.check_id, loan_id=check.loan_id, reason=verdict.reason,
-        detail=verdict.detail, ledger_watermark=verdict.watermark, refused_at=tx.now)
+        check_id=check.check_id,
+        loan_id=check.loan_id,
+        reason=verdict.reason,
+        detail=verdict.detail,
+        ledger_watermark=verdict.watermark,
+        refused_at=tx.now,
+    )
     await LedgerRepository(tx.conn).save_answer(
-        check.check_id, check.loan_id, "refused", json.loads(answer.model_dump_json()), tx.now)
+        check.check_id, check.loan_id, "refused", json.loads(answer.model_dump_json()), tx.now
+    )
     _publish(tx, check, answer, path, verdict.reason)
     if verdict.reason in _TECHNICAL_REFUSALS:
         BALANCE_CHECK_FAILURES.labels(verdict.reason).inc()
@@ -42,51 +54,82 @@ async def stage_answer(tx: Tx, check: c.BalanceCheckRequested, verdict: Confirm 
         assert verdict.outstanding is not None and ledger_currency is not None
         # A settled correction, so the workflow closes the case rather than only dropping
         # this one contact.
-        tx.publish(c.BalanceCorrected(
-            loan_id=check.loan_id, kind="nothing_owed", currency=ledger_currency,
-            ledger_outstanding=verdict.outstanding, ledger_watermark=verdict.watermark,
-            corrected_at=tx.now), event_id=derived_id(check.check_id, "correction"),
-            subject=check.loan_id)
-        await cases.note_correction(check.loan_id, "nothing_owed", verdict.outstanding,
-                                    verdict.watermark)
-        await cases.set_view(check.loan_id, ledger_currency, verdict.outstanding, "correction",
-                             tx.now)
+        tx.publish(
+            c.BalanceCorrected(
+                loan_id=check.loan_id,
+                kind="nothing_owed",
+                currency=ledger_currency,
+                ledger_outstanding=verdict.outstanding,
+                ledger_watermark=verdict.watermark,
+                corrected_at=tx.now,
+            ),
+            event_id=derived_id(check.check_id, "correction"),
+            subject=check.loan_id,
+        )
+        await cases.note_correction(
+            check.loan_id, "nothing_owed", verdict.outstanding, verdict.watermark
+        )
+        await cases.set_view(
+            check.loan_id, ledger_currency, verdict.outstanding, "correction", tx.now
+        )
 
 
-async def stage_confirmations(tx: Tx, confirmed: Sequence[tuple[c.BalanceCheckRequested,
-                                                                Confirm]], *, path: str) -> None:
+async def stage_confirmations(
+    tx: Tx, confirmed: Sequence[tuple[c.BalanceCheckRequested, Confirm]], *, path: str
+) -> None:
     """``stage_answer`` for confirmations of distinct loans, with one write per table for
     all of them: the collections view takes the ledger's amount, the answer is stored."""
     answers = []
     for check, verdict in confirmed:
-        answers.append(c.BalanceConfirmed(
-            check_id=check.check_id, loan_id=check.loan_id,
-            confirmation_id=derived_id(check.check_id, "confirmation"),
-            currency=check.currency, confirmed_outstanding=verdict.outstanding,
-            ledger_watermark=verdict.watermark, confirmed_at=tx.now,
-            valid_until=verdict.valid_until, expected_outstanding=check.expected_outstanding))
+        answers.append(
+            c.BalanceConfirmed(
+                check_id=check.check_id,
+                loan_id=check.loan_id,
+                confirmation_id=derived_id(check.check_id, "confirmation"),
+                currency=check.currency,
+                confirmed_outstanding=verdict.outstanding,
+                ledger_watermark=verdict.watermark,
+                confirmed_at=tx.now,
+                valid_until=verdict.valid_until,
+                expected_outstanding=check.expected_outstanding,
+            )
+        )
         if verdict.mismatch:
             # The ledger's amount is what gets confirmed; the workflow puts the difference on
             # the case timeline (it has both amounts in the confirmation).
-            log.info("confirmed amount differs from the expected one beyond tolerance",
-                     extra={"check_id": check.check_id, "watermark": verdict.watermark})
+            log.info(
+                "confirmed amount differs from the expected one beyond tolerance",
+                extra={"check_id": check.check_id, "watermark": verdict.watermark},
+            )
     await CasesRepository(tx.conn).set_views(
         [(check.loan_id, check.currency, verdict.outstanding) for check, verdict in confirmed],
-        "confirmation", tx.now)
+        "confirmation",
+        tx.now,
+    )
     await LedgerRepository(tx.conn).save_answers(
-        [(answer.check_id, answer.loan_id, "confirmed", json.loads(answer.model_dump_json()))
-         for answer in answers], tx.now)
+        [
+            (answer.check_id, answer.loan_id, "confirmed", json.loads(answer.model_dump_json()))
+            for answer in answers
+        ],
+        tx.now,
+    )
     for (check, _), answer in zip(confirmed, answers, strict=True):
         _publish(tx, check, answer, path, "confirmed")
 
 
-def _publish(tx: Tx, check: c.BalanceCheckRequested,
-             answer: c.BalanceConfirmed | c.BalanceRefused, path: str, outcome: str) -> None:
+def _publish(
+    tx: Tx,
+    check: c.BalanceCheckRequested,
+    answer: c.BalanceConfirmed | c.BalanceRefused,
+    path: str,
+    outcome: str,
+) -> None:
     # Keyed by the check: a repeated answer is a duplicate the workflow's inbox drops.
     tx.publish(answer, event_id=derived_id(check.check_id, "answer"), subject=check.loan_id)
     CHECKS_ANSWERED.labels(path, outcome).inc()
     BALANCE_CHECK_SECONDS.labels(path).observe(
-        max((tx.now - check.requested_at).total_seconds(), 0.0))
+        max((tx.now - check.requested_at).total_seconds(), 0.0)
+    )
 
 
 def republish(tx: Tx, check: c.BalanceCheckRequested, previous: PreviousAnswer) -> None:

@@ -35,13 +35,21 @@ from ledger_sync.domain.ledger import (
 # either order: answered first, the check was refused as an unknown loan (or confirmed
 # with a repayment in flight unseen).
 MONEY_FACTS: tuple[type[c.Message], ...] = (
-    c.LedgerPostingBooked, c.RepaymentReceived, c.RepaymentReversed)
+    c.LedgerPostingBooked,
+    c.RepaymentReceived,
+    c.RepaymentReversed,
+)
 
 
 class LedgerSyncHandlers:
-    def __init__(self, policy: CheckPolicy, freshness: FreshnessPolicy | None = None,
-                 *, ledger_api: bool = False,
-                 on_enqueued: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        policy: CheckPolicy,
+        freshness: FreshnessPolicy | None = None,
+        *,
+        ledger_api: bool = False,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
         self._policy = policy
         self._freshness = freshness or FreshnessPolicy()
         # With no ledger API there is nobody to ask: stale checks are refused at once.
@@ -65,8 +73,16 @@ class LedgerSyncHandlers:
         assert isinstance(data, c.LedgerPostingBooked)
         repo = LedgerRepository(tx.conn)
         current = await repo.lock_projection(data.loan_id)
-        posting = Posting(data.posting_id, data.loan_id, data.sequence, data.kind,
-                          data.currency, data.amount, data.booked_at, data.repayment_id)
+        posting = Posting(
+            data.posting_id,
+            data.loan_id,
+            data.sequence,
+            data.kind,
+            data.currency,
+            data.amount,
+            data.booked_at,
+            data.repayment_id,
+        )
         result = apply_posting(current, await repo.buffered(data.loan_id), posting, tx.now)
         await repo.save_projection(result.projection, result.applied, result.still_buffered)
 
@@ -74,7 +90,8 @@ class LedgerSyncHandlers:
         data = env.data
         assert isinstance(data, c.RepaymentReceived)
         await LedgerRepository(tx.conn).record_repayment(
-            data.repayment_id, data.loan_id, data.amount, data.received_at)
+            data.repayment_id, data.loan_id, data.amount, data.received_at
+        )
 
     async def reversal(self, tx: Tx, env: Envelope) -> None:
         data = env.data
@@ -99,18 +116,22 @@ class LedgerSyncHandlers:
             if not items:
                 return
             if isinstance(items[0], c.BalanceCheckRequested):
-                await self._checks(tx, [i for i in items
-                                        if isinstance(i, c.BalanceCheckRequested)])
+                await self._checks(tx, [i for i in items if isinstance(i, c.BalanceCheckRequested)])
             else:
                 await CasesRepository(tx.conn).cases_opened(
-                    [(i.loan_id, i.case_id, i.opened_at) for i in items
-                     if isinstance(i, c.CaseOpened)])
+                    [
+                        (i.loan_id, i.case_id, i.opened_at)
+                        for i in items
+                        if isinstance(i, c.CaseOpened)
+                    ]
+                )
 
         for env in envelopes:
             data = env.data
             if isinstance(data, c.BalanceCheckRequested | c.CaseOpened):
-                if data.loan_id in run or (run and type(next(iter(run.values())))
-                                           is not type(data)):
+                if data.loan_id in run or (
+                    run and type(next(iter(run.values()))) is not type(data)
+                ):
                     await flush()
                 run[data.loan_id] = data
                 continue
@@ -135,25 +156,34 @@ class LedgerSyncHandlers:
                 continue
             projection, has_gap = context.projection, context.has_gap
             if self._ledger_api and (
-                    context.has_pending
-                    or staleness(projection, has_gap, tx.now, self._freshness) is not None):
+                context.has_pending
+                or staleness(projection, has_gap, tx.now, self._freshness) is not None
+            ):
                 # Behind an earlier waiting check for the loan too: one loan's answers keep
                 # their order and all rest on the same refreshed projection.
                 await self._expected(tx, data)
-                await repo.enqueue_check(data.check_id, data.loan_id,
-                                         json.loads(data.model_dump_json()), tx.now)
+                await repo.enqueue_check(
+                    data.check_id, data.loan_id, json.loads(data.model_dump_json()), tx.now
+                )
                 if self._on_enqueued is not None:
                     self._on_enqueued()
                 continue
-            verdict = answer_check(projection, has_gap, context.money_in_flight,
-                                   data.expected_outstanding, tx.now, self._policy,
-                                   currency=data.currency)
+            verdict = answer_check(
+                projection,
+                has_gap,
+                context.money_in_flight,
+                data.expected_outstanding,
+                tx.now,
+                self._policy,
+                currency=data.currency,
+            )
             if isinstance(verdict, Confirm):
                 confirmed.append((data, verdict))  # a confirmation records the ledger's amount
                 continue
             await self._expected(tx, data)
-            await stage_answer(tx, data, verdict, projection.currency if projection else None,
-                               path="projection")
+            await stage_answer(
+                tx, data, verdict, projection.currency if projection else None, path="projection"
+            )
         if confirmed:
             await stage_confirmations(tx, confirmed, path="projection")
 
@@ -162,8 +192,9 @@ class LedgerSyncHandlers:
         """What the workflow believes is owed: reconciliation compares the ledger with it.
         Written after the projection's lock, the order every writer of a loan uses (the
         stale-check resolver locks the projection, then records the confirmation)."""
-        await CasesRepository(tx.conn).set_view(data.loan_id, data.currency,
-                                                data.expected_outstanding, "check", tx.now)
+        await CasesRepository(tx.conn).set_view(
+            data.loan_id, data.currency, data.expected_outstanding, "check", tx.now
+        )
 
     async def case_opened(self, tx: Tx, env: Envelope) -> None:
         data = env.data
@@ -174,4 +205,3 @@ class LedgerSyncHandlers:
         data = env.data
         assert isinstance(data, c.CaseClosed)
         await CasesRepository(tx.conn).case_closed(data.loan_id, data.case_id)
-

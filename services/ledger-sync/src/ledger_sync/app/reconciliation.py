@@ -44,9 +44,17 @@ _BEAT_S = 5.0
 
 
 class Reconciler:
-    def __init__(self, *, settings: LedgerSyncSettings, engine: AsyncEngine,
-                 api: LedgerApi | None, clock: Clock, policy: CheckPolicy,
-                 freshness: FreshnessPolicy, outbox: Table) -> None:
+    def __init__(
+        self,
+        *,
+        settings: LedgerSyncSettings,
+        engine: AsyncEngine,
+        api: LedgerApi | None,
+        clock: Clock,
+        policy: CheckPolicy,
+        freshness: FreshnessPolicy,
+        outbox: Table,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._api = api
@@ -63,8 +71,9 @@ class Reconciler:
             while not stop.is_set() and time.monotonic() < deadline:
                 self.heartbeat = time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(),
-                                           min(_BEAT_S, max(deadline - time.monotonic(), 0)))
+                    await asyncio.wait_for(
+                        stop.wait(), min(_BEAT_S, max(deadline - time.monotonic(), 0))
+                    )
             if stop.is_set():
                 return
             try:
@@ -108,7 +117,8 @@ class Reconciler:
         while True:
             async with self._engine.connect() as conn:
                 page = await CasesRepository(conn).open_cases_page(
-                    after, self._settings.reconciliation_batch)
+                    after, self._settings.reconciliation_batch
+                )
             if not page:
                 break
             why = await self._refresh_stale(page)
@@ -117,11 +127,18 @@ class Reconciler:
             after = page[-1].loan_id
             self.heartbeat = time.monotonic()
         async with self._engine.begin() as conn:
-            await ReconciliationRepository(conn).progress(run_id, examined, dict(counts),
-                                                          finished_at=self._clock.now())
+            await ReconciliationRepository(conn).progress(
+                run_id, examined, dict(counts), finished_at=self._clock.now()
+            )
         RECONCILIATION_LAST_COMPLETED.set_to_current_time()
-        log.info("reconciliation pass finished", extra={"run_id": run_id, "examined": examined,
-                                                       **{f"n_{k}": v for k, v in counts.items()}})
+        log.info(
+            "reconciliation pass finished",
+            extra={
+                "run_id": run_id,
+                "examined": examined,
+                **{f"n_{k}": v for k, v in counts.items()},
+            },
+        )
         return run_id
 
     async def _refresh_stale(self, page: list[OpenCase]) -> dict[str, str]:
@@ -132,8 +149,15 @@ class Reconciler:
             stale: list[tuple[str, Projection | None]] = []
             for case in page:
                 projection = await repo.projection(case.loan_id)
-                if staleness(projection, await repo.has_gap(case.loan_id), self._clock.now(),
-                             self._freshness) is not None:
+                if (
+                    staleness(
+                        projection,
+                        await repo.has_gap(case.loan_id),
+                        self._clock.now(),
+                        self._freshness,
+                    )
+                    is not None
+                ):
                     stale.append((case.loan_id, projection))
         api = self._api
         if api is None:
@@ -145,8 +169,9 @@ class Reconciler:
                 fetched = await fetch(api, loan_id, projection)
                 if isinstance(fetched, Fetched):
                     async with self._engine.begin() as conn:
-                        await apply_fetched(LedgerRepository(conn), loan_id, fetched,
-                                            self._clock.now())
+                        await apply_fetched(
+                            LedgerRepository(conn), loan_id, fetched, self._clock.now()
+                        )
                     # Only read if the refresh left the projection stale.
                     why[loan_id] = "the ledger's API did not close the gap"
                 elif isinstance(fetched, UnknownToLedger):
@@ -158,43 +183,67 @@ class Reconciler:
         await asyncio.gather(*(refresh(loan_id, projection) for loan_id, projection in stale))
         return why
 
-    async def _reconcile_page(self, run_id: str, page: list[OpenCase], why: dict[str, str],
-                              counts: Counter[str]) -> None:
+    async def _reconcile_page(
+        self, run_id: str, page: list[OpenCase], why: dict[str, str], counts: Counter[str]
+    ) -> None:
         async with self._engine.begin() as conn:
-            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
-                    topic_prefix=self._settings.topic_prefix)
+            tx = Tx(
+                conn=conn,
+                now=self._clock.now(),
+                source=self._settings.service_name,
+                topic_prefix=self._settings.topic_prefix,
+            )
             ledger, cases = LedgerRepository(conn), CasesRepository(conn)
             report: list[tuple[OpenCase, Finding, str | None]] = []
             for case in page:
                 projection = await ledger.projection(case.loan_id)
-                stale = staleness(projection, await ledger.has_gap(case.loan_id), tx.now,
-                                  self._freshness)
-                finding = reconcile(case, projection,
-                                    await ledger.money_in_flight(case.loan_id), stale,
-                                    why.get(case.loan_id, ""), self._policy)
+                stale = staleness(
+                    projection, await ledger.has_gap(case.loan_id), tx.now, self._freshness
+                )
+                finding = reconcile(
+                    case,
+                    projection,
+                    await ledger.money_in_flight(case.loan_id),
+                    stale,
+                    why.get(case.loan_id, ""),
+                    self._policy,
+                )
                 event_id = None
                 if finding.publish:
                     assert finding.outstanding is not None and finding.currency is not None
                     kind: Literal["nothing_owed", "drift"] = (
-                        "nothing_owed" if finding.kind == "nothing_owed" else "drift")
+                        "nothing_owed" if finding.kind == "nothing_owed" else "drift"
+                    )
                     event_id = derived_id(run_id, f"correction/{case.loan_id}")
-                    tx.publish(c.BalanceCorrected(
-                        loan_id=case.loan_id, kind=kind, currency=finding.currency,
-                        ledger_outstanding=finding.outstanding,
-                        ledger_watermark=finding.watermark, corrected_at=tx.now),
-                        event_id=event_id, subject=case.loan_id)
-                    await cases.note_correction(case.loan_id, finding.kind, finding.outstanding,
-                                                finding.watermark)
-                    await cases.set_view(case.loan_id, finding.currency, finding.outstanding,
-                                         "correction", tx.now)
+                    tx.publish(
+                        c.BalanceCorrected(
+                            loan_id=case.loan_id,
+                            kind=kind,
+                            currency=finding.currency,
+                            ledger_outstanding=finding.outstanding,
+                            ledger_watermark=finding.watermark,
+                            corrected_at=tx.now,
+                        ),
+                        event_id=event_id,
+                        subject=case.loan_id,
+                    )
+                    await cases.note_correction(
+                        case.loan_id, finding.kind, finding.outstanding, finding.watermark
+                    )
+                    await cases.set_view(
+                        case.loan_id, finding.currency, finding.outstanding, "correction", tx.now
+                    )
                     counts["published"] += 1
                 counts[finding.kind] += 1
-                RECONCILIATION_FINDINGS.labels(finding.kind, str(event_id is not None).lower()
-                                               ).inc()
+                RECONCILIATION_FINDINGS.labels(
+                    finding.kind, str(event_id is not None).lower()
+                ).inc()
                 report.append((case, finding, event_id))
             runs = ReconciliationRepository(conn)
             await runs.record(run_id, report)
-            await runs.progress(run_id, sum(counts[k] for k in
-                                            ("in_sync", "nothing_owed", "drift", "skipped")),
-                                dict(counts))
+            await runs.progress(
+                run_id,
+                sum(counts[k] for k in ("in_sync", "nothing_owed", "drift", "skipped")),
+                dict(counts),
+            )
             await flush(tx, self._outbox, self._settings.db_schema)

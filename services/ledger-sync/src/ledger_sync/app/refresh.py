@@ -47,15 +47,19 @@ async def fetch(api: LedgerApi, loan_id: str, projection: Projection | None) -> 
         if state is None or state.sequence == 0:
             return UnknownToLedger()
         after = projection.watermark if projection is not None else 0
-        postings = (await api.postings_after(loan_id, after, state.sequence)
-                    if state.sequence > after else [])
+        postings = (
+            await api.postings_after(loan_id, after, state.sequence)
+            if state.sequence > after
+            else []
+        )
         return Fetched(state, tuple(postings))
     except LedgerUnavailable as exc:
         return Unavailable(f"ledger API unavailable: {exc}")
 
 
-async def apply_fetched(repo: LedgerRepository, loan_id: str, fetched: Fetched,
-                        now: datetime) -> Verified | None:
+async def apply_fetched(
+    repo: LedgerRepository, loan_id: str, fetched: Fetched, now: datetime
+) -> Verified | None:
     current = await repo.lock_projection(loan_id)
     buffered = await repo.buffered(loan_id)
     verified = verify(current, buffered, fetched.state, fetched.postings, now)
@@ -66,6 +70,8 @@ async def apply_fetched(repo: LedgerRepository, loan_id: str, fetched: Fetched,
     if verified.adopted_ledger_balance:
         # The projection disagreed with the ledger at the same sequence: a posting was
         # mis-recorded somewhere. The ledger wins; somebody should find out why.
-        log.warning("projection disagreed with the ledger's balance; adopted the ledger's",
-                    extra={"loan_id": loan_id, "watermark": applied.projection.watermark})
+        log.warning(
+            "projection disagreed with the ledger's balance; adopted the ledger's",
+            extra={"loan_id": loan_id, "watermark": applied.projection.watermark},
+        )
     return verified

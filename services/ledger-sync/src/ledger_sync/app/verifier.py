@@ -58,9 +58,17 @@ log = logging.getLogger(__name__)
 
 
 class StaleCheckResolver:
-    def __init__(self, *, settings: LedgerSyncSettings, engine: AsyncEngine, api: LedgerApi,
-                 clock: Clock, policy: CheckPolicy, freshness: FreshnessPolicy,
-                 outbox: Table) -> None:
+    def __init__(
+        self,
+        *,
+        settings: LedgerSyncSettings,
+        engine: AsyncEngine,
+        api: LedgerApi,
+        clock: Clock,
+        policy: CheckPolicy,
+        freshness: FreshnessPolicy,
+        outbox: Table,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._api = api
@@ -98,27 +106,27 @@ class StaleCheckResolver:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("resolving waiting balance checks failed; retrying in %.1fs",
-                              backoff)
+                log.exception("resolving waiting balance checks failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             if worked == 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(),
-                                           self._settings.pending_check_poll_s)
+                    await asyncio.wait_for(self._wake.wait(), self._settings.pending_check_poll_s)
 
     async def resolve_once(self) -> int:
         """Lease, resolve and answer one batch of waiting checks; how many were leased."""
         async with self._engine.begin() as conn:
-            claimed = await LedgerRepository(conn).claim_pending(self._clock.now(), self._lease,
-                                                                 self._batch)
+            claimed = await LedgerRepository(conn).claim_pending(
+                self._clock.now(), self._lease, self._batch
+            )
         by_loan: dict[str, list[PendingCheck]] = {}
         for check in claimed:
             by_loan.setdefault(check.loan_id, []).append(check)
-        results = await asyncio.gather(*(self._resolve_loan(loan_id, checks)
-                                         for loan_id, checks in by_loan.items()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._resolve_loan(loan_id, checks) for loan_id, checks in by_loan.items()),
+            return_exceptions=True,
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         for error in failed:
             # That loan's checks keep their lease and are retried when it runs out.
@@ -132,22 +140,29 @@ class StaleCheckResolver:
             async with self._engine.connect() as conn:
                 repo = LedgerRepository(conn)
                 projection = await repo.projection(loan_id)
-                stale = staleness(projection, await repo.has_gap(loan_id), self._clock.now(),
-                                  self._freshness)
+                stale = staleness(
+                    projection, await repo.has_gap(loan_id), self._clock.now(), self._freshness
+                )
             # No connection held from here until the ledger has answered (or not).
-            fetched: Fetch | None = (await fetch(self._api, loan_id, projection)
-                                     if stale is not None else None)
+            fetched: Fetch | None = (
+                await fetch(self._api, loan_id, projection) if stale is not None else None
+            )
             if isinstance(fetched, Unavailable):
                 BALANCE_CHECK_FAILURES.labels("ledger_unavailable").inc(len(checks))
             async with self._engine.begin() as conn:
-                tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
-                        topic_prefix=self._settings.topic_prefix)
+                tx = Tx(
+                    conn=conn,
+                    now=self._clock.now(),
+                    source=self._settings.service_name,
+                    topic_prefix=self._settings.topic_prefix,
+                )
                 await self._answer(tx, loan_id, checks, fetched)
                 await flush(tx, self._outbox, self._settings.db_schema)
             self.heartbeat = time.monotonic()
 
-    async def _answer(self, tx: Tx, loan_id: str, checks: Sequence[PendingCheck],
-                      fetched: Fetch | None) -> None:
+    async def _answer(
+        self, tx: Tx, loan_id: str, checks: Sequence[PendingCheck], fetched: Fetch | None
+    ) -> None:
         repo = LedgerRepository(tx.conn)
         if isinstance(fetched, Fetched):
             await apply_fetched(repo, loan_id, fetched, tx.now)
@@ -159,16 +174,28 @@ class StaleCheckResolver:
             check = c.BalanceCheckRequested.model_validate(pending.payload)
             verdict: Confirm | Refuse
             if stale is None:
-                verdict = answer_check(projection, has_gap, in_flight,
-                                       check.expected_outstanding, tx.now, self._policy,
-                                       currency=check.currency)
+                verdict = answer_check(
+                    projection,
+                    has_gap,
+                    in_flight,
+                    check.expected_outstanding,
+                    tx.now,
+                    self._policy,
+                    currency=check.currency,
+                )
             elif isinstance(fetched, UnknownToLedger) and projection is None:
                 verdict = Refuse("unknown_loan", "the ledger does not know this loan", 0)
             else:
-                verdict = refuse_stale(stale, _why(fetched),
-                                       projection.watermark if projection else 0)
-            await stage_answer(tx, check, verdict, projection.currency if projection else None,
-                               path="after_ledger_api")
+                verdict = refuse_stale(
+                    stale, _why(fetched), projection.watermark if projection else 0
+                )
+            await stage_answer(
+                tx,
+                check,
+                verdict,
+                projection.currency if projection else None,
+                path="after_ledger_api",
+            )
 
 
 def _why(fetched: Fetch | None) -> str:

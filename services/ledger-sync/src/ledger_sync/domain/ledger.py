@@ -56,8 +56,9 @@ class Applied:
     still_buffered: tuple[Posting, ...]
 
 
-def apply_posting(current: Projection | None, buffered: tuple[Posting, ...], posting: Posting,
-                  now: datetime) -> Applied:
+def apply_posting(
+    current: Projection | None, buffered: tuple[Posting, ...], posting: Posting, now: datetime
+) -> Applied:
     """Apply ``posting`` and every buffered one it makes contiguous."""
     projection = current or Projection(posting.loan_id, posting.currency, Decimal("0"), 0, now)
     waiting = {p.sequence: p for p in buffered if p.sequence > projection.watermark}
@@ -66,15 +67,24 @@ def apply_posting(current: Projection | None, buffered: tuple[Posting, ...], pos
     applied: list[Posting] = []
     while projection.watermark + 1 in waiting:
         step = waiting.pop(projection.watermark + 1)
-        projection = replace(projection, balance=projection.balance + step.amount,
-                             watermark=step.sequence, updated_at=now)
+        projection = replace(
+            projection,
+            balance=projection.balance + step.amount,
+            watermark=step.sequence,
+            updated_at=now,
+        )
         applied.append(step)
-    return Applied(projection, tuple(applied), tuple(sorted(waiting.values(),
-                                                            key=lambda p: p.sequence)))
+    return Applied(
+        projection, tuple(applied), tuple(sorted(waiting.values(), key=lambda p: p.sequence))
+    )
 
 
-def repair(current: Projection | None, buffered: tuple[Posting, ...],
-           fetched: Sequence[Posting], now: datetime) -> Applied:
+def repair(
+    current: Projection | None,
+    buffered: tuple[Posting, ...],
+    fetched: Sequence[Posting],
+    now: datetime,
+) -> Applied:
     """Apply postings fetched from the ledger's API through the same rule as the feed.
 
     Postings the projection already holds are ignored (as a replay from the feed would be),
@@ -109,8 +119,13 @@ class Verified:
     current: bool
 
 
-def verify(current: Projection | None, buffered: tuple[Posting, ...], ledger: LedgerState,
-           fetched: Sequence[Posting], now: datetime) -> Verified | None:
+def verify(
+    current: Projection | None,
+    buffered: tuple[Posting, ...],
+    ledger: LedgerState,
+    fetched: Sequence[Posting],
+    now: datetime,
+) -> Verified | None:
     """Bring the projection up to what the ledger's API reported. None: nothing to build on.
 
     Missing postings are applied through :func:`apply_posting` (so repayments they book stop
@@ -124,15 +139,19 @@ def verify(current: Projection | None, buffered: tuple[Posting, ...], ledger: Le
     else:
         return None
     projection = applied.projection
-    adopted = (projection.watermark == ledger.sequence and projection.balance != ledger.balance
-               and projection.currency == ledger.currency)
+    adopted = (
+        projection.watermark == ledger.sequence
+        and projection.balance != ledger.balance
+        and projection.currency == ledger.currency
+    )
     if adopted:
         projection = replace(projection, balance=ledger.balance, updated_at=now)
     is_current = projection.watermark >= ledger.sequence and not applied.still_buffered
     if is_current:
         projection = replace(projection, verified_at=now)
-    return Verified(Applied(projection, applied.applied, applied.still_buffered), adopted,
-                    is_current)
+    return Verified(
+        Applied(projection, applied.applied, applied.still_buffered), adopted, is_current
+    )
 
 
 # --- staleness ------------------------------------------------------------------------------
@@ -158,8 +177,9 @@ class Stale:
     detail: str
 
 
-def staleness(projection: Projection | None, has_gap: bool, now: datetime,
-              policy: FreshnessPolicy) -> Stale | None:
+def staleness(
+    projection: Projection | None, has_gap: bool, now: datetime, policy: FreshnessPolicy
+) -> Stale | None:
     """Why the projection cannot be trusted for ``projection``'s loan right now, if it can't.
 
     Stale means one of, in this order:
@@ -173,8 +193,10 @@ def staleness(projection: Projection | None, has_gap: bool, now: datetime,
         return Stale("gap", f"postings after sequence {projection.watermark} are missing")
     if policy.max_age is not None and now - projection.current_as_of > policy.max_age:
         age = int((now - projection.current_as_of).total_seconds())
-        return Stale("aged", f"last matched the ledger {age}s ago (max "
-                     f"{int(policy.max_age.total_seconds())}s)")
+        return Stale(
+            "aged",
+            f"last matched the ledger {age}s ago (max {int(policy.max_age.total_seconds())}s)",
+        )
     return None
 
 
@@ -209,28 +231,46 @@ class Refuse:
     outstanding: Decimal | None = None
 
 
-def answer_check(projection: Projection | None, has_gap: bool, money_in_flight: Decimal,
-                 expected: Decimal, now: datetime, policy: CheckPolicy,
-                 currency: str | None = None) -> Confirm | Refuse:
+def answer_check(
+    projection: Projection | None,
+    has_gap: bool,
+    money_in_flight: Decimal,
+    expected: Decimal,
+    now: datetime,
+    policy: CheckPolicy,
+    currency: str | None = None,
+) -> Confirm | Refuse:
     if projection is None:
         return Refuse("unknown_loan", "the ledger has booked nothing for this loan", 0)
     if has_gap:
-        return Refuse("sequence_gap",
-                      f"postings after sequence {projection.watermark} are missing",
-                      projection.watermark)
+        return Refuse(
+            "sequence_gap",
+            f"postings after sequence {projection.watermark} are missing",
+            projection.watermark,
+        )
     if currency is not None and currency != projection.currency:
         # Amounts in two currencies cannot be compared, let alone confirmed: for the ledger,
         # the loan the workflow asks about (in ``currency``) does not exist.
-        return Refuse("unknown_loan", f"the ledger keeps this loan in {projection.currency}, "
-                      f"not {currency}", projection.watermark)
+        return Refuse(
+            "unknown_loan",
+            f"the ledger keeps this loan in {projection.currency}, not {currency}",
+            projection.watermark,
+        )
     # Money received but not yet booked still counts: a payment in flight stops contact.
     outstanding = projection.balance - money_in_flight
     if outstanding <= policy.tolerance:
-        return Refuse("nothing_owed", "ledger balance net of payments in flight is within "
-                      "tolerance", projection.watermark, outstanding)
-    return Confirm(outstanding=outstanding, watermark=projection.watermark,
-                   valid_until=now + policy.validity,
-                   mismatch=abs(outstanding - expected) > policy.tolerance)
+        return Refuse(
+            "nothing_owed",
+            "ledger balance net of payments in flight is within tolerance",
+            projection.watermark,
+            outstanding,
+        )
+    return Confirm(
+        outstanding=outstanding,
+        watermark=projection.watermark,
+        valid_until=now + policy.validity,
+        mismatch=abs(outstanding - expected) > policy.tolerance,
+    )
 
 
 def refuse_stale(stale: Stale, why: str, watermark: int) -> Refuse:

@@ -48,8 +48,14 @@ class Finding:
     detail: str
 
 
-def reconcile(case: OpenCase, projection: Projection | None, money_in_flight: Decimal,
-              stale: Stale | None, why_stale: str, policy: CheckPolicy) -> Finding:
+def reconcile(
+    case: OpenCase,
+    projection: Projection | None,
+    money_in_flight: Decimal,
+    stale: Stale | None,
+    why_stale: str,
+    policy: CheckPolicy,
+) -> Finding:
     """Compare one open case with the ledger; decide whether to correct it.
 
     ``stale`` is the projection's staleness after any attempt to refresh it from the
@@ -58,30 +64,60 @@ def reconcile(case: OpenCase, projection: Projection | None, money_in_flight: De
     """
     if stale is not None or projection is None:
         detail = stale.detail if stale is not None else "no projection"
-        return Finding("skipped", False, None, None,
-                       projection.watermark if projection else 0,
-                       f"{detail}; {why_stale}" if why_stale else detail)
+        return Finding(
+            "skipped",
+            False,
+            None,
+            None,
+            projection.watermark if projection else 0,
+            f"{detail}; {why_stale}" if why_stale else detail,
+        )
     outstanding = projection.balance - money_in_flight
     if case.collections_currency is not None and case.collections_currency != projection.currency:
-        return Finding("skipped", False, outstanding, projection.currency, projection.watermark,
-                       f"the case is in {case.collections_currency}, the ledger in "
-                       f"{projection.currency}: needs a person")
+        return Finding(
+            "skipped",
+            False,
+            outstanding,
+            projection.currency,
+            projection.watermark,
+            f"the case is in {case.collections_currency}, the ledger in "
+            f"{projection.currency}: needs a person",
+        )
     if outstanding <= policy.tolerance:
         return _correction("nothing_owed", case, outstanding, projection)
     known = case.collections_outstanding
     if known is not None and abs(outstanding - known) > policy.tolerance:
         return _correction("drift", case, outstanding, projection)
-    return Finding("in_sync", False, outstanding, projection.currency, projection.watermark,
-                   "" if known is not None else "no collections amount known yet")
+    return Finding(
+        "in_sync",
+        False,
+        outstanding,
+        projection.currency,
+        projection.watermark,
+        "" if known is not None else "no collections amount known yet",
+    )
 
 
-def _correction(kind: Literal["nothing_owed", "drift"], case: OpenCase, outstanding: Decimal,
-                projection: Projection) -> Finding:
+def _correction(
+    kind: Literal["nothing_owed", "drift"],
+    case: OpenCase,
+    outstanding: Decimal,
+    projection: Projection,
+) -> Finding:
     last = case.last_correction
     if last is not None and (last.kind, last.outstanding, last.watermark) == (
-            kind, outstanding, projection.watermark):
+        kind,
+        outstanding,
+        projection.watermark,
+    ):
         # Already said exactly this; repeating it every pass would only add noise while the
         # workflow catches up. The report keeps showing the case until it closes.
-        return Finding(kind, False, outstanding, projection.currency, projection.watermark,
-                       "already corrected at this watermark; awaiting the workflow")
+        return Finding(
+            kind,
+            False,
+            outstanding,
+            projection.currency,
+            projection.watermark,
+            "already corrected at this watermark; awaiting the workflow",
+        )
     return Finding(kind, True, outstanding, projection.currency, projection.watermark, "")

@@ -26,8 +26,7 @@ from ledger_sync.entrypoints.api import router
 from ledger_sync.settings import LedgerSyncSettings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-CONSUMED = (Topic.LEDGER_POSTINGS, Topic.LOANS_REPAYMENT, Topic.BALANCE_CHECKS,
-            Topic.CASE_EVENTS)
+CONSUMED = (Topic.LEDGER_POSTINGS, Topic.LOANS_REPAYMENT, Topic.BALANCE_CHECKS, Topic.CASE_EVENTS)
 
 DESCRIPTION = """Confirms, against the ledger, what is really still owed.
 
@@ -55,52 +54,104 @@ def build_ledger_api(settings: LedgerSyncSettings) -> HttpLedgerApi | None:
     if settings.ledger_api_url is None:
         return None
     return HttpLedgerApi(
-        LedgerApiConfig(base_url=settings.ledger_api_url,
-                        connect_timeout_s=settings.ledger_api_connect_timeout_s,
-                        read_timeout_s=settings.ledger_api_read_timeout_s,
-                        attempts=settings.ledger_api_attempts,
-                        backoff_s=settings.ledger_api_backoff_s),
-        CircuitBreaker(failure_threshold=settings.ledger_api_breaker_failures,
-                       reset_after_s=settings.ledger_api_breaker_reset_s))
+        LedgerApiConfig(
+            base_url=settings.ledger_api_url,
+            connect_timeout_s=settings.ledger_api_connect_timeout_s,
+            read_timeout_s=settings.ledger_api_read_timeout_s,
+            attempts=settings.ledger_api_attempts,
+            backoff_s=settings.ledger_api_backoff_s,
+        ),
+        CircuitBreaker(
+            failure_threshold=settings.ledger_api_breaker_failures,
+            reset_after_s=settings.ledger_api_breaker_reset_s,
+        ),
+    )
 
 
 def build_runtime(settings: LedgerSyncSettings, clock: Clock | None = None) -> Runtime:
     clock = clock or SystemClock()
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                         schema=settings.db_schema)
+    engine = make_engine(
+        settings.database_url, pool_size=settings.db_pool_size, schema=settings.db_schema
+    )
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
-    policy = CheckPolicy(tolerance=Decimal(settings.tolerance),
-                         validity=timedelta(seconds=settings.confirmation_validity_s))
+    policy = CheckPolicy(
+        tolerance=Decimal(settings.tolerance),
+        validity=timedelta(seconds=settings.confirmation_validity_s),
+    )
     freshness = FreshnessPolicy(
-        max_age=None if settings.projection_max_age_s is None
-        else timedelta(seconds=settings.projection_max_age_s))
+        max_age=None
+        if settings.projection_max_age_s is None
+        else timedelta(seconds=settings.projection_max_age_s)
+    )
     api = build_ledger_api(settings)
     workers: list[Worker] = []
     resolver = None
     if api is not None:
-        resolver = StaleCheckResolver(settings=settings, engine=engine, api=api, clock=clock,
-                                      policy=policy, freshness=freshness, outbox=outbox)
+        resolver = StaleCheckResolver(
+            settings=settings,
+            engine=engine,
+            api=api,
+            clock=clock,
+            policy=policy,
+            freshness=freshness,
+            outbox=outbox,
+        )
         workers.append(resolver)
     reconciler = None
     if settings.reconciliation_interval_s > 0:
-        reconciler = Reconciler(settings=settings, engine=engine, api=api, clock=clock,
-                                policy=policy, freshness=freshness, outbox=outbox)
+        reconciler = Reconciler(
+            settings=settings,
+            engine=engine,
+            api=api,
+            clock=clock,
+            policy=policy,
+            freshness=freshness,
+            outbox=outbox,
+        )
         workers.append(reconciler)
-    handlers = LedgerSyncHandlers(policy, freshness, ledger_api=api is not None,
-                                  on_enqueued=resolver.note_enqueued if resolver else None)
-    loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
-                        topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
-                        batch_handler=handlers.batch, applied_first=MONEY_FACTS,
-                        clock=clock,
-                        on_committed=resolver.after_commit if resolver else None)
+    handlers = LedgerSyncHandlers(
+        policy,
+        freshness,
+        ledger_api=api is not None,
+        on_enqueued=resolver.note_enqueued if resolver else None,
+    )
+    loop = ConsumerLoop(
+        settings=settings,
+        engine=engine,
+        inbox=inbox,
+        outbox=outbox,
+        topics=[t.value for t in CONSUMED],
+        handlers=handlers.routes(),
+        batch_handler=handlers.batch,
+        applied_first=MONEY_FACTS,
+        clock=clock,
+        on_committed=resolver.after_commit if resolver else None,
+    )
     return LedgerSyncRuntime(
-        settings=settings, engine=engine, producer=producer, relay=relay, loops=[loop],
-        workers=workers, ledger_api=api,
-        state={"clock": clock, "freshness": freshness, "resolver": resolver,
-               "reconciler": reconciler, "ledger_api": api})
+        settings=settings,
+        engine=engine,
+        producer=producer,
+        relay=relay,
+        loops=[loop],
+        workers=workers,
+        ledger_api=api,
+        state={
+            "clock": clock,
+            "freshness": freshness,
+            "resolver": resolver,
+            "reconciler": reconciler,
+            "ledger_api": api,
+        },
+    )
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
-    return make_app(runtime, title="Collections ledger-sync", version="1.0.0",
-                    description=DESCRIPTION, routers=[router], manage_runtime=manage_runtime)
+    return make_app(
+        runtime,
+        title="Collections ledger-sync",
+        version="1.0.0",
+        description=DESCRIPTION,
+        routers=[router],
+        manage_runtime=manage_runtime,
+    )

@@ -18,9 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class SmtpChannel:
-    def __init__(self, *, host: str, port: int, sender: str, timeout_s: float,
-                 username: str | None = None, password: str | None = None,
-                 use_tls: bool = False, start_tls: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        timeout_s: float,
+        username: str | None = None,
+        password: str | None = None,
+        use_tls: bool = False,
+        start_tls: bool | None = None,
+    ) -> None:
         self._host = host
         self._port = port
         self._sender = sender
@@ -50,13 +59,20 @@ class SmtpChannel:
         email = self.compose(message)
         try:
             await aiosmtplib.send(
-                email, hostname=self._host, port=self._port, timeout=self._timeout_s,
-                username=self._username, password=self._password, use_tls=self._use_tls,
-                start_tls=self._start_tls)
+                email,
+                hostname=self._host,
+                port=self._port,
+                timeout=self._timeout_s,
+                username=self._username,
+                password=self._password,
+                use_tls=self._use_tls,
+                start_tls=self._start_tls,
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = sorted({r.code for r in exc.recipients})
-            raise SendError(f"smtp_{codes[0] if codes else 550}",
-                            permanent=all(c >= 500 for c in codes)) from None
+            raise SendError(
+                f"smtp_{codes[0] if codes else 550}", permanent=all(c >= 500 for c in codes)
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
             # 4xx is "try again later", 5xx is final.
             raise SendError(f"smtp_{exc.code}", permanent=exc.code >= 500) from None
@@ -65,8 +81,11 @@ class SmtpChannel:
             raise SendError(f"smtp_unreachable:{type(exc).__name__}", permanent=False) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # Dropped or timed out mid-session, maybe after the relay had the message.
-            raise SendError(f"smtp_interrupted:{type(exc).__name__}", permanent=False,
-                            outcome_unknown=True) from None
-        log.info("e-mail handed to the SMTP relay",
-                 extra={"command_id": message.command_id, "loan_id": message.loan_id})
+            raise SendError(
+                f"smtp_interrupted:{type(exc).__name__}", permanent=False, outcome_unknown=True
+            ) from None
+        log.info(
+            "e-mail handed to the SMTP relay",
+            extra={"command_id": message.command_id, "loan_id": message.loan_id},
+        )
         return Delivery("sent")

@@ -41,7 +41,6 @@ from notifier.domain.letters import Letter, render_html
 log = logging.getLogger(__name__)
 
 
-
 def packaged_cjk_font() -> Path:
     """Noto Sans SC as the ``justmytype-intl-cjk`` wheel installs it."""
     return Path(str(files("justmytype_intl_cjk") / "fonts/ofl/notosanssc/NotoSansSC[wght].ttf"))
@@ -61,24 +60,38 @@ def render_pdf(letter: Letter, cjk_font: Path | None = None) -> bytes:
     font = _cjk_font(cjk_font) if chinese else "Times-Roman"
     bold = font if chinese else "Times-Bold"
     wrap = "CJK" if chinese else None
-    body = ParagraphStyle("body", fontName=font, fontSize=11, leading=16, spaceAfter=8,
-                          wordWrap=wrap)
+    body = ParagraphStyle(
+        "body", fontName=font, fontSize=11, leading=16, spaceAfter=8, wordWrap=wrap
+    )
     right = ParagraphStyle("right", parent=body, alignment=2)
-    title = ParagraphStyle("title", parent=body, fontName=bold, fontSize=13, leading=18,
-                           spaceBefore=6, spaceAfter=12)
+    title = ParagraphStyle(
+        "title", parent=body, fontName=bold, fontSize=13, leading=18, spaceBefore=6, spaceAfter=12
+    )
     small = ParagraphStyle("small", parent=body, fontSize=8, leading=10)
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm,
-                            topMargin=25 * mm, bottomMargin=25 * mm, invariant=1,
-                            title=letter.subject, author=letter.sender)
-    flow = [Paragraph(f"{escape(letter.sender)}<br/>{letter.dated.isoformat()}", right),
-            Spacer(1, 10 * mm),
-            Paragraph("<br/>".join(escape(line) for line in letter.address_lines), body),
-            Spacer(1, 10 * mm),
-            Paragraph(escape(letter.subject), title)]
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=20 * mm,
+        rightMargin=20 * mm,
+        topMargin=25 * mm,
+        bottomMargin=25 * mm,
+        invariant=1,
+        title=letter.subject,
+        author=letter.sender,
+    )
+    flow = [
+        Paragraph(f"{escape(letter.sender)}<br/>{letter.dated.isoformat()}", right),
+        Spacer(1, 10 * mm),
+        Paragraph("<br/>".join(escape(line) for line in letter.address_lines), body),
+        Spacer(1, 10 * mm),
+        Paragraph(escape(letter.subject), title),
+    ]
     flow += [Paragraph(escape(p).replace("\n", "<br/>"), body) for p in letter.paragraphs]
-    flow += [Spacer(1, 8 * mm),
-             Paragraph(f"Ref. {escape(letter.loan_id)} / {escape(letter.command_id)}", small)]
+    flow += [
+        Spacer(1, 8 * mm),
+        Paragraph(f"Ref. {escape(letter.loan_id)} / {escape(letter.command_id)}", small),
+    ]
     doc.build(flow)
     return buffer.getvalue()
 
@@ -86,10 +99,18 @@ def render_pdf(letter: Letter, cjk_font: Path | None = None) -> bytes:
 def letter_of(message: OutgoingMessage, sender: str) -> Letter:
     if message.dated is None:
         raise SendError("letter_undated", permanent=True)
-    return Letter(command_id=message.command_id, loan_id=message.loan_id,
-                  language=message.language, template=message.template,
-                  dated=message.dated, subject=message.subject, body=message.body,
-                  name=message.name, address=message.address, sender=sender)
+    return Letter(
+        command_id=message.command_id,
+        loan_id=message.loan_id,
+        language=message.language,
+        template=message.template,
+        dated=message.dated,
+        subject=message.subject,
+        body=message.body,
+        name=message.name,
+        address=message.address,
+        sender=sender,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,10 +125,12 @@ class StoredLetter:
 def open_letter(row: Any, ring: KeyRing) -> StoredLetter:
     """A ``letters`` row with its HTML and PDF (name and address are on them) opened."""
     return StoredLetter(
-        command_id=row.command_id, template=row.template,
+        command_id=row.command_id,
+        template=row.template,
         html=ring.open(row.html, aad=f"letters.html:{row.command_id}") or "",
         pdf=ring.open_bytes(row.pdf, aad=f"letters.pdf:{row.command_id}"),
-        pdf_sha256=row.pdf_sha256)
+        pdf_sha256=row.pdf_sha256,
+    )
 
 
 class PrintChannel:
@@ -117,8 +140,15 @@ class PrintChannel:
     print run opens them with :func:`open_letter`.
     """
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, sender: str, ring: KeyRing,
-                 cjk_font: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        sender: str,
+        ring: KeyRing,
+        cjk_font: Path | None = None,
+    ) -> None:
         self._engine = engine
         self._ring = ring
         self._clock = clock
@@ -134,21 +164,38 @@ class PrintChannel:
         try:
             async with self._engine.begin() as conn:
                 stmt = pg_insert(letters).values(
-                    command_id=letter.command_id, loan_id=letter.loan_id,
-                    language=letter.language, template=letter.template,
+                    command_id=letter.command_id,
+                    loan_id=letter.loan_id,
+                    language=letter.language,
+                    template=letter.template,
                     html=self._ring.seal(html, aad=f"letters.html:{letter.command_id}"),
                     pdf=self._ring.seal_bytes(pdf, aad=f"letters.pdf:{letter.command_id}"),
-                    pdf_sha256=digest, rendered_at=self._clock.now())
-                await conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[letters.c.command_id],
-                    set_={"html": stmt.excluded.html, "pdf": stmt.excluded.pdf,
-                          "pdf_sha256": stmt.excluded.pdf_sha256,
-                          "rendered_at": stmt.excluded.rendered_at}))
+                    pdf_sha256=digest,
+                    rendered_at=self._clock.now(),
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[letters.c.command_id],
+                        set_={
+                            "html": stmt.excluded.html,
+                            "pdf": stmt.excluded.pdf,
+                            "pdf_sha256": stmt.excluded.pdf_sha256,
+                            "rendered_at": stmt.excluded.rendered_at,
+                        },
+                    )
+                )
         except Exception as exc:
             # The statement's parameters hold the address: only the error's kind goes on.
-            raise SendError(f"print_queue_unavailable:{type(exc).__name__}",
-                            permanent=False) from None
-        log.info("letter rendered and queued for print",
-                 extra={"command_id": message.command_id, "loan_id": message.loan_id,
-                        "pdf_sha256": digest, "pdf_bytes": len(pdf)})
+            raise SendError(
+                f"print_queue_unavailable:{type(exc).__name__}", permanent=False
+            ) from None
+        log.info(
+            "letter rendered and queued for print",
+            extra={
+                "command_id": message.command_id,
+                "loan_id": message.loan_id,
+                "pdf_sha256": digest,
+                "pdf_bytes": len(pdf),
+            },
+        )
         return Delivery("sent", provider_ref=f"sha256:{digest}")

@@ -39,16 +39,28 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE = frozenset({408, 409, 425, 429})
 _STATUS: dict[str, DeliveryStatus] = {
-    "accepted": "sent", "queued": "sent", "sent": "sent", "delivered": "delivered",
-    "answered": "answered", "completed": "answered",
-    "unanswered": "unanswered", "no_answer": "unanswered", "busy": "unanswered",
+    "accepted": "sent",
+    "queued": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "answered": "answered",
+    "completed": "answered",
+    "unanswered": "unanswered",
+    "no_answer": "unanswered",
+    "busy": "unanswered",
 }
 
 
 class HttpProviderChannel:
-    def __init__(self, client: httpx.AsyncClient, *, max_tries: int = 3,
-                 backoff_s: float = 0.5, max_backoff_s: float = 5.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        max_tries: int = 3,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self._client = client
         self._max_tries = max_tries
         self._backoff_s = backoff_s
@@ -64,8 +76,11 @@ class HttpProviderChannel:
             raise SendError(f"provider_unsupported_channel:{message.channel}", permanent=True)
         body |= {"reference": message.command_id, "language": message.language}
         headers = {"Idempotency-Key": message.command_id}
-        ids = {"command_id": message.command_id, "loan_id": message.loan_id,
-               "channel": message.channel}
+        ids = {
+            "command_id": message.command_id,
+            "loan_id": message.loan_id,
+            "channel": message.channel,
+        }
         last = "provider_unreachable"
         for attempt in range(1, self._max_tries + 1):
             try:
@@ -81,11 +96,13 @@ class HttpProviderChannel:
                 if code < 500 and code not in _RETRYABLE:
                     raise SendError(last, permanent=True)
             if attempt < self._max_tries:
-                delay = self._rng.uniform(0, min(self._max_backoff_s,
-                                                 self._backoff_s * 2 ** (attempt - 1)))
-                log.warning("provider call failed; retrying",
-                            extra={**ids, "error": last, "try": attempt,
-                                   "retry_in_s": round(delay, 3)})
+                delay = self._rng.uniform(
+                    0, min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
+                )
+                log.warning(
+                    "provider call failed; retrying",
+                    extra={**ids, "error": last, "try": attempt, "retry_in_s": round(delay, 3)},
+                )
                 await asyncio.sleep(delay)
         raise SendError(last, permanent=False)
 
@@ -96,14 +113,14 @@ class HttpProviderChannel:
         try:
             response = await self._client.get(f"/v1/{kind}/by-reference/{command_id}")
         except httpx.HTTPError as exc:
-            raise SendError(f"provider_unreachable:{type(exc).__name__}",
-                            permanent=False) from None
+            raise SendError(f"provider_unreachable:{type(exc).__name__}", permanent=False) from None
         if response.status_code == 404:
             return NotFound()
         if not response.is_success:
             raise SendError(f"provider_{response.status_code}", permanent=False)
-        delivery = self._delivery(response, {"command_id": command_id, "channel": channel,
-                                             "lookup": True})
+        delivery = self._delivery(
+            response, {"command_id": command_id, "channel": channel, "lookup": True}
+        )
         return Found(delivery.status, delivery.provider_ref)
 
     def _delivery(self, response: httpx.Response, ids: dict[str, Any]) -> Delivery:
@@ -114,6 +131,5 @@ class HttpProviderChannel:
         raw = str(payload.get("status", "")) if isinstance(payload, dict) else ""
         status: DeliveryStatus = _STATUS.get(raw, "sent")
         ref = payload.get("id") if isinstance(payload, dict) else None
-        log.info("handed to the provider", extra={**ids, "delivery": status,
-                                                  "provider_ref": ref})
+        log.info("handed to the provider", extra={**ids, "delivery": status, "provider_ref": ref})
         return Delivery(status, str(ref) if ref is not None else None)

@@ -47,8 +47,7 @@ class RecordedSend:
 
 def open_recorded(row: Any, ring: KeyRing) -> RecordedSend:
     """A ``recorded_sends`` row with its personal data opened."""
-    clear = {c: ring.open(getattr(row, c), aad=_aad(c, row.command_id)) or ""
-             for c in SEALED}
+    clear = {c: ring.open(getattr(row, c), aad=_aad(c, row.command_id)) or "" for c in SEALED}
     return RecordedSend(command_id=row.command_id, channel=row.channel, **clear)
 
 
@@ -64,16 +63,19 @@ class RecordingChannel:
             raise outcome
         return outcome
 
-    async def send_many(self, messages: Sequence[OutgoingMessage]
-                        ) -> list[Delivery | SendError]:
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[Delivery | SendError]:
         """A pass's messages in one transaction and one statement, like a provider's bulk
         call: either all are recorded or none is (and each is retried)."""
         now = self._clock.now()
         try:
             # Its own transaction, like a call to a remote provider would be.
             async with self._engine.begin() as conn:
-                await insert_rows(conn, recorded_sends, [self._row(m, now) for m in messages],
-                                  on_conflict="ON CONFLICT (command_id) DO NOTHING")
+                await insert_rows(
+                    conn,
+                    recorded_sends,
+                    [self._row(m, now) for m in messages],
+                    on_conflict="ON CONFLICT (command_id) DO NOTHING",
+                )
         except Exception as exc:
             # The statement's parameters hold the address: only the error's kind goes on.
             error = SendError(f"recorder_unavailable:{type(exc).__name__}", permanent=False)
@@ -86,21 +88,28 @@ class RecordingChannel:
         """Whether the command was recorded (a provider's lookup by idempotency key)."""
         try:
             async with self._engine.connect() as conn:
-                known = await conn.scalar(select(recorded_sends.c.command_id)
-                                          .where(recorded_sends.c.command_id == command_id))
+                known = await conn.scalar(
+                    select(recorded_sends.c.command_id).where(
+                        recorded_sends.c.command_id == command_id
+                    )
+                )
         except Exception as exc:
-            raise SendError(f"recorder_unavailable:{type(exc).__name__}",
-                            permanent=False) from None
+            raise SendError(f"recorder_unavailable:{type(exc).__name__}", permanent=False) from None
         if known is None:
             return NotFound()
         return Found("unanswered" if channel == "voice" else "sent")
 
     def _row(self, message: OutgoingMessage, now: datetime) -> dict[str, Any]:
         seal, command_id = self._ring.seal, message.command_id
-        return {"command_id": command_id, "loan_id": message.loan_id,
-                "channel": message.channel, "recipient": message.recipient,
-                "language": message.language, "template": message.template,
-                "address": seal(message.address, aad=_aad("address", command_id)),
-                "subject": seal(message.subject, aad=_aad("subject", command_id)),
-                "body": seal(message.body, aad=_aad("body", command_id)),
-                "recorded_at": now}
+        return {
+            "command_id": command_id,
+            "loan_id": message.loan_id,
+            "channel": message.channel,
+            "recipient": message.recipient,
+            "language": message.language,
+            "template": message.template,
+            "address": seal(message.address, aad=_aad("address", command_id)),
+            "subject": seal(message.subject, aad=_aad("subject", command_id)),
+            "body": seal(message.body, aad=_aad("body", command_id)),
+            "recorded_at": now,
+        }

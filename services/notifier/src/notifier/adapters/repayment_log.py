@@ -36,8 +36,9 @@ class KafkaRepaymentLog:
             kwargs = client_kwargs(self._settings)
             client_id = f"{self._group}-repayment-gate"
             admin = AIOKafkaAdminClient(**kwargs, client_id=client_id)
-            offsets = AIOKafkaConsumer(**kwargs, client_id=client_id, group_id=None,
-                                       enable_auto_commit=False)
+            offsets = AIOKafkaConsumer(
+                **kwargs, client_id=client_id, group_id=None, enable_auto_commit=False
+            )
             try:
                 await admin.start()
                 await offsets.start()
@@ -81,22 +82,26 @@ class KafkaRepaymentLog:
         admin, offsets = await self._clients()
         if not self._partitions or time.monotonic() - self._partitions_at > PARTITIONS_EVERY_S:
             described = await admin.describe_topics([self._topic])
-            self._partitions = sorted(p["partition"] for t in described
-                                      if t["topic"] == self._topic and not t["error_code"]
-                                      for p in t["partitions"])
+            self._partitions = sorted(
+                p["partition"]
+                for t in described
+                if t["topic"] == self._topic and not t["error_code"]
+                for p in t["partitions"]
+            )
             self._partitions_at = time.monotonic()
-        ends = await offsets.end_offsets(
-            [TopicPartition(self._topic, p) for p in self._partitions])
+        ends = await offsets.end_offsets([TopicPartition(self._topic, p) for p in self._partitions])
         return {tp.partition: end for tp, end in ends.items()}
 
     async def _consumed(self, ends: Mapping[int, int]) -> dict[int, int]:
         admin, offsets = await self._clients()
         partitions = [TopicPartition(self._topic, p) for p in ends]
         committed = await admin.list_consumer_group_offsets(self._group, partitions=partitions)
-        at = {tp.partition: max(meta.offset, 0) for tp, meta in committed.items()
-              if tp.topic == self._topic}
-        behind = [TopicPartition(self._topic, p) for p, end in ends.items()
-                  if at.get(p, 0) < end]
+        at = {
+            tp.partition: max(meta.offset, 0)
+            for tp, meta in committed.items()
+            if tp.topic == self._topic
+        }
+        behind = [TopicPartition(self._topic, p) for p, end in ends.items() if at.get(p, 0) < end]
         if behind:  # rarely needed: only where the group has not reached the end
             for tp, start in (await offsets.beginning_offsets(behind)).items():
                 at[tp.partition] = max(at.get(tp.partition, 0), start)

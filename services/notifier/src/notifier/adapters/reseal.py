@@ -35,9 +35,14 @@ async def reseal(engine: AsyncEngine, ring: KeyRing, *, batch: int = 500) -> int
         after = ""
         while True:
             async with engine.begin() as conn:
-                rows = (await conn.execute(
-                    select(table.c[key], *(table.c[c] for c in (*texts, *blobs)))
-                    .where(table.c[key] > after).order_by(table.c[key]).limit(batch))).all()
+                rows = (
+                    await conn.execute(
+                        select(table.c[key], *(table.c[c] for c in (*texts, *blobs)))
+                        .where(table.c[key] > after)
+                        .order_by(table.c[key])
+                        .limit(batch)
+                    )
+                ).all()
                 for row in rows:
                     row_id = row._mapping[key]
                     for column in (*texts, *blobs):
@@ -51,13 +56,16 @@ async def reseal(engine: AsyncEngine, ring: KeyRing, *, batch: int = 500) -> int
                         else:
                             new = ring.seal(ring.open(old, aad=aad), aad=aad)
                         done = await conn.execute(
-                            update(table).where(and_(table.c[key] == row_id,
-                                                     table.c[column] == old))
-                            .values({column: new}))
+                            update(table)
+                            .where(and_(table.c[key] == row_id, table.c[column] == old))
+                            .values({column: new})
+                        )
                         changed += int(done.rowcount or 0)
             if len(rows) < batch:
                 break
             after = rows[-1]._mapping[key]
-    log.info("re-sealed personal data under the active key",
-             extra={"values": changed, "kid": ring.active})
+    log.info(
+        "re-sealed personal data under the active key",
+        extra={"values": changed, "kid": ring.active},
+    )
     return changed

@@ -60,10 +60,16 @@ dispatches = Table(
     Column("last_error", Text),
     Column("received_at", ts, nullable=False),
     Column("updated_at", ts, nullable=False),
-    CheckConstraint("status IN ('pending', 'deferred', 'sending', 'sent', 'failed', "
-                    "'blocked', 'cancelled', 'in_doubt')", name="ck_dispatches_status"),
-    Index("ix_dispatches_due", "due_at",
-          postgresql_where=text("status IN ('pending', 'deferred', 'sending')")),
+    CheckConstraint(
+        "status IN ('pending', 'deferred', 'sending', 'sent', 'failed', "
+        "'blocked', 'cancelled', 'in_doubt')",
+        name="ck_dispatches_status",
+    ),
+    Index(
+        "ix_dispatches_due",
+        "due_at",
+        postgresql_where=text("status IN ('pending', 'deferred', 'sending')"),
+    ),
     Index("ix_dispatches_loan_status", "loan_id", "status"),
 )
 
@@ -84,8 +90,11 @@ contact_decisions = Table(
     Column("at", ts, nullable=False),
     Column("due_at", ts),
     UniqueConstraint("command_id", "seq", name="uq_contact_decisions_command_seq"),
-    CheckConstraint("decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed', "
-                    "'in_doubt', 'resend_ordered')", name="ck_contact_decisions_decision"),
+    CheckConstraint(
+        "decision IN ('sent', 'deferred', 'blocked', 'cancelled', 'failed', "
+        "'in_doubt', 'resend_ordered')",
+        name="ck_contact_decisions_decision",
+    ),
     Index("ix_contact_decisions_loan", "loan_id", "id"),
     Index("ix_contact_decisions_decision_reason", "decision", "reason"),
 )
@@ -176,11 +185,17 @@ contact_attempts = Table(
     Column("settles_by", ts),
     Column("provider_ref", Text),
     Column("updated_at", ts, nullable=False),
-    CheckConstraint("result IN ('pending', 'sent', 'delivered', 'answered', 'unanswered', "
-                    "'failed', 'unknown')", name="ck_contact_attempts_result"),
+    CheckConstraint(
+        "result IN ('pending', 'sent', 'delivered', 'answered', 'unanswered', 'failed', 'unknown')",
+        name="ck_contact_attempts_result",
+    ),
     Index("ix_contact_attempts_person", "person", "attempted_at"),
-    Index("ix_contact_attempts_number", "number_key", "attempted_at",
-          postgresql_where=text("number_key IS NOT NULL")),
+    Index(
+        "ix_contact_attempts_number",
+        "number_key",
+        "attempted_at",
+        postgresql_where=text("number_key IS NOT NULL"),
+    ),
 )
 
 # Per debt and person: the Reg F validation notice, in flight or sent.
@@ -276,7 +291,8 @@ delivery_receipts = Table(
     Column("effect", Text, nullable=False),
     Column("occurred_at", ts, nullable=False),
     Column("received_at", ts, nullable=False),
-    CheckConstraint("effect IN ('applied', 'late', 'unmatched')",
-                    name="ck_delivery_receipts_effect"),
+    CheckConstraint(
+        "effect IN ('applied', 'late', 'unmatched')", name="ck_delivery_receipts_effect"
+    ),
     Index("ix_delivery_receipts_command", "command_id"),
 )

@@ -85,9 +85,11 @@ from notifier.domain.window import load_zone
 
 log = logging.getLogger(__name__)
 
-DECISIONS = PromCounter("notifier_contact_decisions_total",
-                        "Decisions the dispatcher took on contact commands",
-                        ["decision", "reason"])
+DECISIONS = PromCounter(
+    "notifier_contact_decisions_total",
+    "Decisions the dispatcher took on contact commands",
+    ["decision", "reason"],
+)
 
 # Never spin: rows that are due but locked by another replica must not make us busy-wait.
 _MIN_IDLE_S = 0.02
@@ -143,11 +145,21 @@ def _lookback(policy: DispatchPolicy) -> timedelta:
 
 
 class Dispatcher:
-    def __init__(self, *, engine: AsyncEngine, outbox: Table, schema: str, source: str,
-                 topic_prefix: str, policy: DispatchPolicy,
-                 channels: Mapping[ChannelName, Channel], clock: Clock,
-                 config: DispatcherConfig, ring: KeyRing,
-                 gate: RepaymentGate | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        outbox: Table,
+        schema: str,
+        source: str,
+        topic_prefix: str,
+        policy: DispatchPolicy,
+        channels: Mapping[ChannelName, Channel],
+        clock: Clock,
+        config: DispatcherConfig,
+        ring: KeyRing,
+        gate: RepaymentGate | None = None,
+    ) -> None:
         self._engine = engine
         # None only where a test drives passes itself (``dispatch_once``).
         self._gate = gate
@@ -189,9 +201,14 @@ class Dispatcher:
             except Exception as exc:
                 # Frames only: an exception's text can quote statement parameters, which
                 # include addresses when the failing statement touched them.
-                log.error("dispatcher pass failed; retrying in %.1fs", backoff,
-                          extra={"error": type(exc).__name__,
-                                 "trace": "".join(traceback.format_tb(exc.__traceback__))})
+                log.error(
+                    "dispatcher pass failed; retrying in %.1fs",
+                    backoff,
+                    extra={
+                        "error": type(exc).__name__,
+                        "trace": "".join(traceback.format_tb(exc.__traceback__)),
+                    },
+                )
                 idle = backoff
                 backoff = min(backoff * 2, 5.0)
             await self._sleep(stop, idle)
@@ -243,38 +260,55 @@ class Dispatcher:
                 if current is None:
                     continue  # settled meanwhile (a receipt, another replica)
                 request = current.request
-                resolution = resolve(request.channel, answer,
-                                     self._policy.in_doubt_rule(request.channel),
-                                     look_again_at=now + self._config.retry_backoff)
-                ids = {"command_id": current.command_id, "loan_id": request.loan_id,
-                       "channel": request.channel, "resolution": type(resolution).__name__,
-                       "reason": resolution.reason}
+                resolution = resolve(
+                    request.channel,
+                    answer,
+                    self._policy.in_doubt_rule(request.channel),
+                    look_again_at=now + self._config.retry_backoff,
+                )
+                ids = {
+                    "command_id": current.command_id,
+                    "loan_id": request.loan_id,
+                    "channel": request.channel,
+                    "resolution": type(resolution).__name__,
+                    "reason": resolution.reason,
+                }
                 match resolution:
                     case Settle():
-                        woken = await self._settle_found(tx, repo, current, resolution) \
-                            or woken
+                        woken = await self._settle_found(tx, repo, current, resolution) or woken
                         outcomes.append(("sent", resolution.reason))
                     case SendAgain():
                         await repo.settle_attempt(
-                            current.command_id, now=now,
-                            result="failed" if resolution.reached_nobody else "unknown")
+                            current.command_id,
+                            now=now,
+                            result="failed" if resolution.reached_nobody else "unknown",
+                        )
                         if resolution.reached_nobody:
                             await repo.validation_notice_failed(current)
-                        await repo.retry_later(current, now=now, due_at=now,
-                                               error=resolution.reason)
+                        await repo.retry_later(
+                            current, now=now, due_at=now, error=resolution.reason
+                        )
                     case LookAgain():
-                        await repo.extend_lease([current.command_id], now=now,
-                                                until=resolution.until)
+                        await repo.extend_lease(
+                            [current.command_id], now=now, until=resolution.until
+                        )
                     case InDoubt():
                         # A validation notice in doubt is not proven sent: the next letter
                         # or e-mail carries it (other contacts would wait for it forever).
                         await repo.validation_notice_failed(current)
                         await record_decision(
-                            tx, repo, current, outcome="in_doubt", reason=resolution.reason,
-                            rule=resolution.rule, policy_version=self._policy.version)
+                            tx,
+                            repo,
+                            current,
+                            outcome="in_doubt",
+                            reason=resolution.reason,
+                            rule=resolution.rule,
+                            policy_version=self._policy.version,
+                        )
                         outcomes.append(("in_doubt", resolution.reason))
-                log.warning("sending lease expired; outcome of the last attempt resolved",
-                            extra=ids)
+                log.warning(
+                    "sending lease expired; outcome of the last attempt resolved", extra=ids
+                )
             await flush(tx, self._outbox, self._schema)
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
@@ -295,23 +329,34 @@ class Dispatcher:
         except Exception as exc:
             return LookupFailed(f"channel_error:{type(exc).__name__}")
 
-    async def _settle_found(self, tx: Tx, repo: DispatchRepository, current: Dispatch,
-                            found: Settle) -> bool:
+    async def _settle_found(
+        self, tx: Tx, repo: DispatchRepository, current: Dispatch, found: Settle
+    ) -> bool:
         """The provider has it: recorded as sent, as if the first pass had finished. A
         validation notice it carried is out; returns whether waiting contacts woke."""
-        await record_sent_many(tx, repo, [(current, found.reason, found.rule, found.status,
-                                           found.provider_ref)],
-                               policy_version=self._policy.version)
+        await record_sent_many(
+            tx,
+            repo,
+            [(current, found.reason, found.rule, found.status, found.provider_ref)],
+            policy_version=self._policy.version,
+        )
         await announce_delivery(tx, current, found.status)
         request = current.request
         rules = self._policy.for_jurisdiction(request.jurisdiction)
-        if rules is None or rules.validation_notice is None \
-                or not await repo.notice_in_flight(current.command_id):
+        if (
+            rules is None
+            or rules.validation_notice is None
+            or not await repo.notice_in_flight(current.command_id)
+        ):
             return False
-        return bool(await repo.validation_notice_sent(
-            current, now=tx.now,
-            dispute_by=validation_dispute_by(tx.now, request.borrower_time_zone, rules),
-            wake_rule=rules.rule(rules.validation_notice.name)))
+        return bool(
+            await repo.validation_notice_sent(
+                current,
+                now=tx.now,
+                dispute_by=validation_dispute_by(tx.now, request.borrower_time_zone, rules),
+                wake_rule=rules.rule(rules.validation_notice.name),
+            )
+        )
 
     async def _deliver_all(self, planned: Sequence[_Planned]) -> list[_Sent]:
         """Each channel's share of the pass: in one call where the channel takes many,
@@ -334,22 +379,28 @@ class Dispatcher:
                 calls += [deliver(p) for p in share]
         return [one for sent in await asyncio.gather(*calls) for one in sent]
 
-    async def _deliver_many(self, channel: BatchChannel,
-                            share: Sequence[_Planned]) -> list[_Sent]:
+    async def _deliver_many(self, channel: BatchChannel, share: Sequence[_Planned]) -> list[_Sent]:
         try:
             async with asyncio.timeout(self._config.send_timeout_s):
                 outcomes = await channel.send_many([p.message for p in share])
         except TimeoutError:
-            outcomes = [SendError("channel_timeout", permanent=False,
-                                  outcome_unknown=True)] * len(share)
+            outcomes = [SendError("channel_timeout", permanent=False, outcome_unknown=True)] * len(
+                share
+            )
         except Exception as exc:
-            outcomes = [SendError(f"channel_error:{type(exc).__name__}", permanent=False,
-                                  outcome_unknown=True)] * len(share)
+            outcomes = [
+                SendError(
+                    f"channel_error:{type(exc).__name__}", permanent=False, outcome_unknown=True
+                )
+            ] * len(share)
         if len(outcomes) != len(share):  # a broken adapter: what it sent is not known
-            outcomes = [SendError("channel_error:outcome_count", permanent=False,
-                                  outcome_unknown=True)] * len(share)
-        return [_Sent(p, o, None) if isinstance(o, SendError) else _Sent(p, None, o)
-                for p, o in zip(share, outcomes, strict=True)]
+            outcomes = [
+                SendError("channel_error:outcome_count", permanent=False, outcome_unknown=True)
+            ] * len(share)
+        return [
+            _Sent(p, o, None) if isinstance(o, SendError) else _Sent(p, None, o)
+            for p, o in zip(share, outcomes, strict=True)
+        ]
 
     async def _decide_due(self) -> tuple[list[_Planned], list[Dispatch], int]:
         """Claim due rows and decide them; returns the sends planned, the rows whose
@@ -364,14 +415,16 @@ class Dispatcher:
             claimed = await repo.claim_due(now, config.batch)
             # Never decided (and so never sent) again from here: see the module docstring.
             unsettled = [d for d in claimed if d.status is DispatchStatus.SENDING]
-            await repo.extend_lease([d.command_id for d in unsettled], now=now,
-                                    until=now + config.sending_lease)
+            await repo.extend_lease(
+                [d.command_id for d in unsettled], now=now, until=now + config.sending_lease
+            )
             batch = [d for d in claimed if d.status is not DispatchStatus.SENDING]
             if not batch:
                 return [], unsettled, len(claimed)
             since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
-            contexts = await repo.contexts(batch, repayments_since=since,
-                                           attempts_since=now - _lookback(policy))
+            contexts = await repo.contexts(
+                batch, repayments_since=since, attempts_since=now - _lookback(policy)
+            )
             planned: list[_Planned] = []
             marks: list[tuple[Dispatch, str | None]] = []
             lease_until = now + config.sending_lease
@@ -387,9 +440,14 @@ class Dispatcher:
                     # Every attempt counts, those that failed and those resolved as never
                     # received: a channel that fails every time must end somewhere.
                     await record_decision(
-                        tx, repo, dispatch, outcome="failed", reason="attempts_exhausted",
+                        tx,
+                        repo,
+                        dispatch,
+                        outcome="failed",
+                        reason="attempts_exhausted",
                         rule=f"channel.{dispatch.request.channel}",
-                        policy_version=policy.version)
+                        policy_version=policy.version,
+                    )
                     outcomes["failed", "attempts_exhausted"] += 1
                     continue
                 if isinstance(decision, Send):
@@ -397,8 +455,12 @@ class Dispatcher:
                     number = contexts.number_of(dispatch)
                     if decision.validation_notice:
                         attempt = await repo.mark_sending(
-                            dispatch, now=now, lease_until=lease_until, number=number,
-                            validation_notice=True)
+                            dispatch,
+                            now=now,
+                            lease_until=lease_until,
+                            number=number,
+                            validation_notice=True,
+                        )
                     else:
                         # Written with the others after the loop, in this transaction: what
                         # the loop reads of this pass's sends is in ``contexts``.
@@ -406,31 +468,52 @@ class Dispatcher:
                         attempt = dispatch.attempts + 1
                     # The next command in this batch for the same person sees this one.
                     request = dispatch.request
-                    contexts.note_attempt(Attempt(
-                        command_id=request.command_id, loan_id=request.loan_id,
-                        person=person_key(request.borrower_id, request.recipient),
-                        channel=request.channel, at=now, result="pending", number=number,
-                        settles_by=lease_until))
+                    contexts.note_attempt(
+                        Attempt(
+                            command_id=request.command_id,
+                            loan_id=request.loan_id,
+                            person=person_key(request.borrower_id, request.recipient),
+                            channel=request.channel,
+                            at=now,
+                            result="pending",
+                            number=number,
+                            settles_by=lease_until,
+                        )
+                    )
                     if decision.validation_notice:
                         contexts.note_validation_in_flight(dispatch)
-                    planned.append(self._plan(dispatch, attempt, decision, context.details,
-                                              now))
+                    planned.append(self._plan(dispatch, attempt, decision, context.details, now))
                     continue
                 await record_decision(
-                    tx, repo, dispatch, outcome=decision.outcome, reason=decision.reason,
-                    rule=decision.rule, policy_version=policy.version,
-                    due_at=decision.until if isinstance(decision, Defer) else None)
+                    tx,
+                    repo,
+                    dispatch,
+                    outcome=decision.outcome,
+                    reason=decision.reason,
+                    rule=decision.rule,
+                    policy_version=policy.version,
+                    due_at=decision.until if isinstance(decision, Defer) else None,
+                )
                 outcomes[decision.outcome, decision.reason] += 1
-                log.info("contact %s", decision.outcome,
-                         extra={**ids, "reason": decision.reason, "rule": decision.rule})
+                log.info(
+                    "contact %s",
+                    decision.outcome,
+                    extra={**ids, "reason": decision.reason, "rule": decision.rule},
+                )
             await repo.mark_sending_many(marks, now=now, lease_until=lease_until)
             await flush(tx, self._outbox, self._schema)
         for (outcome, reason), n in outcomes.items():
             DECISIONS.labels(outcome, reason).inc(n)
         return planned, unsettled, len(claimed)
 
-    def _plan(self, dispatch: Dispatch, attempt: int, decision: Send,
-              details: ContactDetails, now: datetime) -> _Planned:
+    def _plan(
+        self,
+        dispatch: Dispatch,
+        attempt: int,
+        decision: Send,
+        details: ContactDetails,
+        now: datetime,
+    ) -> _Planned:
         request = dispatch.request
         zone = load_zone(request.borrower_time_zone)
         assert zone is not None  # decide sends only with a known zone
@@ -445,16 +528,30 @@ class Dispatcher:
         assert party is not None and address is not None
         template = decision.template or request.template
         text = templates.render(
-            template, details.language, channel=request.channel,
-            loan_id=request.loan_id, amount=request.amount_due, currency=request.currency,
-            opt_out_url=self._config.opt_out_url, name=party.name,
+            template,
+            details.language,
+            channel=request.channel,
+            loan_id=request.loan_id,
+            amount=request.amount_due,
+            currency=request.currency,
+            opt_out_url=self._config.opt_out_url,
+            name=party.name,
             dispute_by=dispute_by.date() if dispute_by else None,
-            collector=self._config.collector_name)
+            collector=self._config.collector_name,
+        )
         message = OutgoingMessage(
-            command_id=request.command_id, loan_id=request.loan_id, channel=request.channel,
-            recipient=request.recipient, language=details.language, template=template,
-            address=address, subject=text.subject, body=text.body, name=party.name,
-            dated=local_now.date())
+            command_id=request.command_id,
+            loan_id=request.loan_id,
+            channel=request.channel,
+            recipient=request.recipient,
+            language=details.language,
+            template=template,
+            address=address,
+            subject=text.subject,
+            body=text.body,
+            name=party.name,
+            dated=local_now.date(),
+        )
         return _Planned(dispatch, attempt, decision, message, dispute_by)
 
     async def _deliver(self, planned: _Planned) -> _Sent:
@@ -471,8 +568,9 @@ class Dispatcher:
             error = SendError("channel_timeout", permanent=False, outcome_unknown=True)
         except Exception as exc:
             # Unknown failure, unknown outcome: its text is not ours to log, its kind is.
-            error = SendError(f"channel_error:{type(exc).__name__}", permanent=False,
-                              outcome_unknown=True)
+            error = SendError(
+                f"channel_error:{type(exc).__name__}", permanent=False, outcome_unknown=True
+            )
         return _Sent(planned, error, delivery)
 
     async def _finish_all(self, sent: Sequence[_Sent]) -> None:
@@ -490,8 +588,10 @@ class Dispatcher:
             if len(sent) == 1:
                 self._finish_failed(sent[0], exc)
                 return
-            log.warning("recording a pass's sends together failed; one by one",
-                        extra={"error": type(exc).__name__, "rows": len(sent)})
+            log.warning(
+                "recording a pass's sends together failed; one by one",
+                extra={"error": type(exc).__name__, "rows": len(sent)},
+            )
         for one in sent:
             try:
                 await self._finish_batch([one])
@@ -501,8 +601,10 @@ class Dispatcher:
     @staticmethod
     def _finish_failed(sent: _Sent, exc: Exception) -> None:
         # The row stays ``sending``; its lease brings it back.
-        log.error("finishing a send failed", extra={
-            "command_id": sent.planned.dispatch.command_id, "error": type(exc).__name__})
+        log.error(
+            "finishing a send failed",
+            extra={"command_id": sent.planned.dispatch.command_id, "error": type(exc).__name__},
+        )
 
     async def _finish_batch(self, sent: Sequence[_Sent]) -> None:
         outcomes: list[tuple[str, str]] = []
@@ -512,17 +614,22 @@ class Dispatcher:
             tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
             repo = DispatchRepository(conn)
             owned = await repo.lock_sending_many(
-                [(one.planned.dispatch.command_id, one.planned.attempt) for one in sent])
+                [(one.planned.dispatch.command_id, one.planned.attempt) for one in sent]
+            )
             # Sends handed over are recorded for all rows at once; failures one by one.
             handed: list[tuple[_Sent, Dispatch, Delivery]] = []
             for one in sent:
                 planned = one.planned
                 current = owned.get(planned.dispatch.command_id)
                 if current is None:
-                    log.warning("lease lost before the send finished; the new owner decides",
-                                extra={"command_id": planned.dispatch.command_id,
-                                       "loan_id": planned.dispatch.request.loan_id,
-                                       "attempt": planned.attempt})
+                    log.warning(
+                        "lease lost before the send finished; the new owner decides",
+                        extra={
+                            "command_id": planned.dispatch.command_id,
+                            "loan_id": planned.dispatch.request.loan_id,
+                            "attempt": planned.attempt,
+                        },
+                    )
                     continue
                 if one.error is None:
                     handed.append((one, current, one.delivery or Delivery()))
@@ -530,57 +637,98 @@ class Dispatcher:
                 outcome = await self._failed(tx, repo, one, one.error, current)
                 if outcome is not None:
                     outcomes.append(outcome)
-            await record_sent_many(tx, repo, [
-                (current, one.planned.decision.reason, one.planned.decision.rule,
-                 delivery.status, delivery.provider_ref) for one, current, delivery in handed],
-                policy_version=self._policy.version)
+            await record_sent_many(
+                tx,
+                repo,
+                [
+                    (
+                        current,
+                        one.planned.decision.reason,
+                        one.planned.decision.rule,
+                        delivery.status,
+                        delivery.provider_ref,
+                    )
+                    for one, current, delivery in handed
+                ],
+                policy_version=self._policy.version,
+            )
             for one, current, delivery in handed:
                 planned = one.planned
                 await announce_delivery(tx, current, delivery.status)
                 if planned.decision.validation_notice:
-                    woken = bool(await repo.validation_notice_sent(
-                        current, now=now, dispute_by=planned.dispute_by,
-                        wake_rule=planned.decision.rule)) or woken
+                    woken = (
+                        bool(
+                            await repo.validation_notice_sent(
+                                current,
+                                now=now,
+                                dispute_by=planned.dispute_by,
+                                wake_rule=planned.decision.rule,
+                            )
+                        )
+                        or woken
+                    )
                 outcomes.append(("sent", planned.decision.reason))
-                log.info("contact sent", extra={
-                    "command_id": current.command_id, "loan_id": current.request.loan_id,
-                    "channel": current.request.channel, "attempt": planned.attempt,
-                    "delivery": delivery.status})
+                log.info(
+                    "contact sent",
+                    extra={
+                        "command_id": current.command_id,
+                        "loan_id": current.request.loan_id,
+                        "channel": current.request.channel,
+                        "attempt": planned.attempt,
+                        "delivery": delivery.status,
+                    },
+                )
             await flush(tx, self._outbox, self._schema)
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
         if woken:
             self.wake()
 
-    async def _failed(self, tx: Tx, repo: DispatchRepository, sent: _Sent, error: SendError,
-                      current: Dispatch) -> tuple[str, str] | None:
+    async def _failed(
+        self, tx: Tx, repo: DispatchRepository, sent: _Sent, error: SendError, current: Dispatch
+    ) -> tuple[str, str] | None:
         """A send the channel did not take, its row locked and still owned by this attempt,
         in the pass's transaction: failed for good (the decision counted), or retried later."""
         config, policy, now = self._config, self._policy, tx.now
         planned = sent.planned
-        ids = {"command_id": planned.dispatch.command_id,
-               "loan_id": planned.dispatch.request.loan_id,
-               "channel": planned.message.channel, "attempt": planned.attempt}
+        ids = {
+            "command_id": planned.dispatch.command_id,
+            "loan_id": planned.dispatch.request.loan_id,
+            "channel": planned.message.channel,
+            "attempt": planned.attempt,
+        }
         if error.outcome_unknown:
             # As after a crash mid-send: the row stays "sending" (its attempt counting as in
             # flight) until its lease runs out, then _resolve_unsettled asks the channel
             # or records it in doubt. Sending again now could reach the person twice.
-            log.warning("send outcome unknown; settled when its lease runs out",
-                        extra={**ids, "error": error.code})
+            log.warning(
+                "send outcome unknown; settled when its lease runs out",
+                extra={**ids, "error": error.code},
+            )
             return None
         # A refusal reached nobody; anything else may have, and keeps counting.
-        await repo.settle_attempt(current.command_id,
-                                  result="failed" if error.permanent else "unknown", now=now)
+        await repo.settle_attempt(
+            current.command_id, result="failed" if error.permanent else "unknown", now=now
+        )
         if planned.decision.validation_notice:
             await repo.validation_notice_failed(current)
         if error.permanent or planned.attempt >= config.max_attempts:
-            await record_decision(tx, repo, current, outcome="failed", reason=error.code,
-                                  rule=f"channel.{planned.message.channel}",
-                                  policy_version=policy.version, error=error.code)
+            await record_decision(
+                tx,
+                repo,
+                current,
+                outcome="failed",
+                reason=error.code,
+                rule=f"channel.{planned.message.channel}",
+                policy_version=policy.version,
+                error=error.code,
+            )
             log.warning("contact failed", extra={**ids, "error": error.code})
             return "failed", error.code
         delay = config.retry_backoff * 2 ** (planned.attempt - 1)
         await repo.retry_later(current, now=now, due_at=now + delay, error=error.code)
-        log.warning("send failed; retrying later",
-                    extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()})
+        log.warning(
+            "send failed; retrying later",
+            extra={**ids, "error": error.code, "retry_in_s": delay.total_seconds()},
+        )
         return None

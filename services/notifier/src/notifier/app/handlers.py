@@ -32,14 +32,23 @@ log = logging.getLogger(__name__)
 
 def to_request(data: c.ContactCommand) -> ContactRequest:
     return ContactRequest(
-        command_id=data.command_id, intent_id=data.intent_id, case_id=data.case_id,
-        loan_id=data.loan_id, borrower_id=data.borrower_id, recipient=data.recipient,
-        channel=data.channel, stage=data.stage, template=data.template,
-        currency=data.currency, amount_due=data.amount_due,
-        confirmation_id=data.confirmation_id, ledger_watermark=data.ledger_watermark,
+        command_id=data.command_id,
+        intent_id=data.intent_id,
+        case_id=data.case_id,
+        loan_id=data.loan_id,
+        borrower_id=data.borrower_id,
+        recipient=data.recipient,
+        channel=data.channel,
+        stage=data.stage,
+        template=data.template,
+        currency=data.currency,
+        amount_due=data.amount_due,
+        confirmation_id=data.confirmation_id,
+        ledger_watermark=data.ledger_watermark,
         confirmed_at=data.confirmed_at,
         confirmation_valid_until=data.confirmation_valid_until,
-        borrower_time_zone=data.borrower_time_zone, jurisdiction=data.jurisdiction,
+        borrower_time_zone=data.borrower_time_zone,
+        jurisdiction=data.jurisdiction,
         issued_at=data.issued_at,
     )
 
@@ -93,7 +102,8 @@ class NotifierHandlers:
             return
         commands = [env.data for env in run if isinstance(env.data, c.ContactCommand)]
         added = await DispatchRepository(tx.conn).add_many(
-            [to_request(data) for data in commands], now=tx.now)
+            [to_request(data) for data in commands], now=tx.now
+        )
         self._stored = self._stored or bool(added)
         # Debug: every command's fate is logged at info when it is decided (sent, deferred,
         # cancelled, blocked); three info lines per contact were 9% of the notifier's time
@@ -102,10 +112,15 @@ class NotifierHandlers:
             for env, data in zip(run, commands, strict=True):
                 stored = data.command_id in added
                 added.discard(data.command_id)  # a second copy in the run is a known one
-                log.debug("contact command stored" if stored
-                          else "contact command known already",
-                          extra={"command_id": data.command_id, "loan_id": data.loan_id,
-                                 "channel": data.channel, "event_id": env.id})
+                log.debug(
+                    "contact command stored" if stored else "contact command known already",
+                    extra={
+                        "command_id": data.command_id,
+                        "loan_id": data.loan_id,
+                        "channel": data.channel,
+                        "event_id": env.id,
+                    },
+                )
         run.clear()
 
     async def cancelled(self, tx: Tx, env: Envelope) -> None:
@@ -117,9 +132,16 @@ class NotifierHandlers:
         # stopped (the dispatcher checks the mark before anything else).
         await repo.remember_cancellation(data.loan_id, cancellation, now=tx.now)
         await self._cancel_waiting(
-            tx, repo, env, data.loan_id, cancellation.covers, reason=data.reason,
-            rule=RULE_CANCELLATION, message="contact cancelled by the workflow",
-            detail={"reason": data.reason})
+            tx,
+            repo,
+            env,
+            data.loan_id,
+            cancellation.covers,
+            reason=data.reason,
+            rule=RULE_CANCELLATION,
+            message="contact cancelled by the workflow",
+            detail={"reason": data.reason},
+        )
 
     async def repayment(self, tx: Tx, env: Envelope) -> None:
         """A repayment stops the loan's waiting commands now.
@@ -133,20 +155,35 @@ class NotifierHandlers:
         assert isinstance(data, c.RepaymentReceived)
         repo = DispatchRepository(tx.conn)
         repayment = await repo.record_repayment(
-            repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
-            amount=data.amount, received_at=data.received_at, now=tx.now)
+            repayment_id=data.repayment_id,
+            loan_id=data.loan_id,
+            currency=data.currency,
+            amount=data.amount,
+            received_at=data.received_at,
+            now=tx.now,
+        )
         await self._cancel_waiting(
-            tx, repo, env, data.loan_id,
+            tx,
+            repo,
+            env,
+            data.loan_id,
             lambda request: voids_confirmation(repayment, request, self._policy),
-            reason=REPAID_AFTER_CONFIRMATION, rule=RULE_RECHECK,
-            message="contact cancelled: repaid after confirmation")
+            reason=REPAID_AFTER_CONFIRMATION,
+            rule=RULE_RECHECK,
+            message="contact cancelled: repaid after confirmation",
+        )
 
     async def reversal(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.RepaymentReversed)
         await DispatchRepository(tx.conn).reverse_repayment(
-            repayment_id=data.repayment_id, loan_id=data.loan_id, currency=data.currency,
-            amount=data.amount, reversed_at=data.reversed_at, now=tx.now)
+            repayment_id=data.repayment_id,
+            loan_id=data.loan_id,
+            currency=data.currency,
+            amount=data.amount,
+            reversed_at=data.reversed_at,
+            now=tx.now,
+        )
 
     async def held(self, tx: Tx, env: Envelope) -> None:
         """A hold stops everything: pending and deferred commands are cancelled now.
@@ -159,48 +196,95 @@ class NotifierHandlers:
         data = env.data
         assert isinstance(data, c.CaseHeld)
         repo = DispatchRepository(tx.conn)
-        hold = await repo.hold(hold_id=data.hold_id, loan_id=data.loan_id,
-                               case_id=data.case_id, kind=data.kind, held_at=data.held_at,
-                               until=data.until, now=tx.now)
+        hold = await repo.hold(
+            hold_id=data.hold_id,
+            loan_id=data.loan_id,
+            case_id=data.case_id,
+            kind=data.kind,
+            held_at=data.held_at,
+            until=data.until,
+            now=tx.now,
+        )
         at = max(tx.now, data.held_at)
         await self._cancel_waiting(
-            tx, repo, env, data.loan_id, lambda request: hold.covers(request, at),
-            reason=f"case_held_{data.kind}", rule=RULE_HOLD,
-            message="contact cancelled: case held", detail={"kind": data.kind})
-        log.info("case held", extra={"loan_id": data.loan_id, "hold_id": data.hold_id,
-                                     "kind": data.kind})
+            tx,
+            repo,
+            env,
+            data.loan_id,
+            lambda request: hold.covers(request, at),
+            reason=f"case_held_{data.kind}",
+            rule=RULE_HOLD,
+            message="contact cancelled: case held",
+            detail={"kind": data.kind},
+        )
+        log.info(
+            "case held", extra={"loan_id": data.loan_id, "hold_id": data.hold_id, "kind": data.kind}
+        )
 
     async def resumed(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.CaseResumed)
         await DispatchRepository(tx.conn).resume(
-            hold_id=data.hold_id, loan_id=data.loan_id, case_id=data.case_id,
-            resumed_at=data.resumed_at, now=tx.now)
+            hold_id=data.hold_id,
+            loan_id=data.loan_id,
+            case_id=data.case_id,
+            resumed_at=data.resumed_at,
+            now=tx.now,
+        )
         log.info("case resumed", extra={"loan_id": data.loan_id, "hold_id": data.hold_id})
 
     async def closed(self, tx: Tx, env: Envelope) -> None:
         data = env.data
         assert isinstance(data, c.CaseClosed)
         repo = DispatchRepository(tx.conn)
-        await repo.close_case(case_id=data.case_id, loan_id=data.loan_id,
-                              outcome=data.outcome, closed_at=data.closed_at)
+        await repo.close_case(
+            case_id=data.case_id,
+            loan_id=data.loan_id,
+            outcome=data.outcome,
+            closed_at=data.closed_at,
+        )
         closure = Closure(data.outcome, data.closed_at)
         await self._cancel_waiting(
-            tx, repo, env, data.loan_id, closure.covers,
-            reason=f"case_closed_{data.outcome}", rule=RULE_CLOSED,
-            message="contact cancelled: case closed", detail={"outcome": data.outcome})
+            tx,
+            repo,
+            env,
+            data.loan_id,
+            closure.covers,
+            reason=f"case_closed_{data.outcome}",
+            rule=RULE_CLOSED,
+            message="contact cancelled: case closed",
+            detail={"outcome": data.outcome},
+        )
 
-    async def _cancel_waiting(self, tx: Tx, repo: DispatchRepository, env: Envelope,
-                              loan_id: str, covers: Callable[[ContactRequest], bool], *,
-                              reason: str, rule: str, message: str,
-                              detail: dict[str, str] | None = None) -> None:
+    async def _cancel_waiting(
+        self,
+        tx: Tx,
+        repo: DispatchRepository,
+        env: Envelope,
+        loan_id: str,
+        covers: Callable[[ContactRequest], bool],
+        *,
+        reason: str,
+        rule: str,
+        message: str,
+        detail: dict[str, str] | None = None,
+    ) -> None:
         """Cancel, audited and announced, each of the loan's commands not yet handed to a
         channel that ``covers`` says the news stops (locked against the dispatcher)."""
         for dispatch in await repo.cancellable(loan_id):
             if not covers(dispatch.request):
                 continue
-            await record_decision(tx, repo, dispatch, outcome="cancelled", reason=reason,
-                                  rule=rule, policy_version=self._policy.version,
-                                  cause_id=env.id)
-            log.info(message, extra={"command_id": dispatch.command_id, "loan_id": loan_id,
-                                     **(detail or {})})
+            await record_decision(
+                tx,
+                repo,
+                dispatch,
+                outcome="cancelled",
+                reason=reason,
+                rule=rule,
+                policy_version=self._policy.version,
+                cause_id=env.id,
+            )
+            log.info(
+                message,
+                extra={"command_id": dispatch.command_id, "loan_id": loan_id, **(detail or {})},
+            )

@@ -81,7 +81,6 @@ class BatchChannel(Channel, Protocol):
     or the development recorder's one statement). The dispatcher uses it when a channel
     has it; the rules of ``send`` hold for every message."""
 
-    async def send_many(self, messages: Sequence[OutgoingMessage]
-                        ) -> list[Delivery | SendError]:
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[Delivery | SendError]:
         """One outcome per message, in order: what ``send`` would have returned or raised."""
         ...

@@ -54,14 +54,17 @@ log = logging.getLogger(__name__)
 
 LOOK_TIMEOUT_S = 10.0
 
-HELD = Gauge("notifier_dispatch_held",
-             "1 while contact dispatch is held because the view of repayments lags")
+HELD = Gauge(
+    "notifier_dispatch_held", "1 while contact dispatch is held because the view of repayments lags"
+)
 BEHIND_SECONDS = Gauge(
     "notifier_repayments_behind_seconds",
-    "How old the newest moment is up to which every repayment is known applied")
+    "How old the newest moment is up to which every repayment is known applied",
+)
 BEHIND_RECORDS = Gauge(
     "notifier_repayments_behind_records",
-    "Repayment records not yet committed by the notifier group, over all partitions")
+    "Repayment records not yet committed by the notifier group, over all partitions",
+)
 
 
 class RepaymentLog(Protocol):
@@ -88,8 +91,14 @@ class _Mark:
 class RepaymentGate:
     """Open while every repayment published up to ``max_lag_s`` ago is applied."""
 
-    def __init__(self, log: RepaymentLog, *, max_lag_s: float, look_every_s: float,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        log: RepaymentLog,
+        *,
+        max_lag_s: float,
+        look_every_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = log
         self._max_lag_s = max_lag_s
         self._look_every_s = look_every_s
@@ -104,8 +113,9 @@ class RepaymentGate:
         self.heartbeat = time.monotonic()
 
     def is_open(self) -> bool:
-        return (self._current_as_of is not None
-                and self._now() - self._current_as_of <= self._max_lag_s)
+        return (
+            self._current_as_of is not None and self._now() - self._current_as_of <= self._max_lag_s
+        )
 
     def held(self) -> str | None:
         """Why dispatch is held (None: it is not); safe to log and to show on /readyz."""
@@ -114,11 +124,15 @@ class RepaymentGate:
         if self._failure is not None:
             return f"contact dispatch held: repayments topic unreadable ({self._failure})"
         if self._current_as_of is None:
-            return ("contact dispatch held: repayments not yet known applied "
-                    f"({self._behind_records} records behind)")
-        return ("contact dispatch held: repayments known applied only up to "
-                f"{self._now() - self._current_as_of:.1f}s ago "
-                f"({self._behind_records} records behind)")
+            return (
+                "contact dispatch held: repayments not yet known applied "
+                f"({self._behind_records} records behind)"
+            )
+        return (
+            "contact dispatch held: repayments known applied only up to "
+            f"{self._now() - self._current_as_of:.1f}s ago "
+            f"({self._behind_records} records behind)"
+        )
 
     async def look(self) -> None:
         """One look at the topic: a new mark, and whether the group has reached any."""
@@ -132,7 +146,7 @@ class RepaymentGate:
             mark = self._marks[n]
             if all(consumed.get(p, 0) >= end for p, end in mark.ends.items()):
                 self._current_as_of = mark.at
-                del self._marks[:n + 1]
+                del self._marks[: n + 1]
                 break
         # A mark older than max_lag can no longer open the gate: forget it.
         self._marks = [m for m in self._marks if at - m.at <= self._max_lag_s]
@@ -146,8 +160,10 @@ class RepaymentGate:
             left = deadline - self._now()
             if left <= 0:
                 return
-            waiters = [asyncio.ensure_future(self._looked.wait()),
-                       asyncio.ensure_future(stop.wait())]
+            waiters = [
+                asyncio.ensure_future(self._looked.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
             try:
                 await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -185,6 +201,5 @@ class RepaymentGate:
             if is_open:
                 log.info("contact dispatch resumed: repayments are applied")
             else:
-                log.warning("%s", self.held(),
-                            extra={"behind_records": self._behind_records})
+                log.warning("%s", self.held(), extra={"behind_records": self._behind_records})
             self._was_open = is_open

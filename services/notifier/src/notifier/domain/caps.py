@@ -32,8 +32,9 @@ class Limit:
     until: datetime
 
 
-def _in_scope(cap: FrequencyCap, attempt: Attempt, request: ContactRequest, person: str,
-              number: str | None) -> bool:
+def _in_scope(
+    cap: FrequencyCap, attempt: Attempt, request: ContactRequest, person: str, number: str | None
+) -> bool:
     match cap.scope:
         case "debt":
             return attempt.person == person and attempt.loan_id == request.loan_id
@@ -63,8 +64,7 @@ def _in_period(cap: FrequencyCap, attempt: Attempt, now: datetime, zone: ZoneInf
     return attempt.at.astimezone(zone).date() == now.astimezone(zone).date()
 
 
-def _frees_at(cap: FrequencyCap, times: list[datetime], now: datetime,
-              zone: ZoneInfo) -> datetime:
+def _frees_at(cap: FrequencyCap, times: list[datetime], now: datetime, zone: ZoneInfo) -> datetime:
     if cap.period == "rolling":
         # Enough of the oldest attempts must leave the window to get below the limit.
         ordered = sorted(times)
@@ -78,45 +78,70 @@ def _in_flight_until(attempts: list[Attempt], now: datetime) -> datetime:
     return max(min(settles, default=now), now + IN_FLIGHT_RECHECK)
 
 
-def binding_limit(request: ContactRequest, rules: JurisdictionPolicy,
-                  attempts: tuple[Attempt, ...], *, now: datetime, zone: ZoneInfo,
-                  number: str | None) -> Limit | None:
+def binding_limit(
+    request: ContactRequest,
+    rules: JurisdictionPolicy,
+    attempts: tuple[Attempt, ...],
+    *,
+    now: datetime,
+    zone: ZoneInfo,
+    number: str | None,
+) -> Limit | None:
     """The limit that keeps ``request`` from going out now, the one that frees last."""
     person = person_key(request.borrower_id, request.recipient)
     limits: list[Limit] = []
     for cap in rules.caps:
         if request.channel not in cap.channels:
             continue
-        relevant = [a for a in attempts
-                    if a.command_id != request.command_id and a.channel in cap.channels
-                    and _in_scope(cap, a, request, person, number) and _counted(cap, a)
-                    and _in_period(cap, a, now, zone)]
+        relevant = [
+            a
+            for a in attempts
+            if a.command_id != request.command_id
+            and a.channel in cap.channels
+            and _in_scope(cap, a, request, person, number)
+            and _counted(cap, a)
+            and _in_period(cap, a, now, zone)
+        ]
         if len(relevant) < cap.limit:
             continue
         settled = [a for a in relevant if a.result != "pending"]
         if len(settled) < cap.limit:
             # Only attempts still in flight make the count: their results may free a slot
             # (an unanswered call is not a connected one), so look again when they settle.
-            limits.append(Limit(rules.rule(cap.name), "attempt_in_flight",
-                                _in_flight_until(relevant, now)))
+            limits.append(
+                Limit(rules.rule(cap.name), "attempt_in_flight", _in_flight_until(relevant, now))
+            )
             continue
-        limits.append(Limit(rules.rule(cap.name), "frequency_cap",
-                            _frees_at(cap, [a.at for a in relevant], now, zone)))
+        limits.append(
+            Limit(
+                rules.rule(cap.name),
+                "frequency_cap",
+                _frees_at(cap, [a.at for a in relevant], now, zone),
+            )
+        )
     for quiet in rules.quiet_periods:
         if request.channel not in quiet.channels:
             continue
         for a in attempts:
-            if (a.command_id == request.command_id or a.person != person
-                    or a.loan_id != request.loan_id or not a.maybe_connected
-                    or a.at <= now - quiet.length):
+            if (
+                a.command_id == request.command_id
+                or a.person != person
+                or a.loan_id != request.loan_id
+                or not a.maybe_connected
+                or a.at <= now - quiet.length
+            ):
                 continue
             if a.result == "pending":
                 # Not the quiet period yet (the call may go unanswered): the next contact
                 # waits for this call to settle, under a rule of its own.
-                limits.append(Limit(rules.rule(CALL_IN_PROGRESS), "call_in_progress",
-                                    _in_flight_until([a], now)))
+                limits.append(
+                    Limit(
+                        rules.rule(CALL_IN_PROGRESS), "call_in_progress", _in_flight_until([a], now)
+                    )
+                )
             else:
                 # Unknown counts as a conversation: the worst case is the lawful reading.
-                limits.append(Limit(rules.rule(quiet.name), "quiet_after_conversation",
-                                    a.at + quiet.length))
+                limits.append(
+                    Limit(rules.rule(quiet.name), "quiet_after_conversation", a.at + quiet.length)
+                )
     return max(limits, key=lambda limit: limit.until) if limits else None

@@ -94,8 +94,9 @@ class Cancel:
 Decision = Send | Defer | Block | Cancel
 
 
-def decide(request: ContactRequest, context: DispatchContext, now: datetime,
-           policy: DispatchPolicy) -> Decision:
+def decide(
+    request: ContactRequest, context: DispatchContext, now: datetime, policy: DispatchPolicy
+) -> Decision:
     stop = _voided(request, context, now, policy)
     if stop is not None:
         return stop
@@ -119,8 +120,7 @@ def decide(request: ContactRequest, context: DispatchContext, now: datetime,
 
     send = Send(rules.window_rule)
     notice = rules.validation_notice
-    if notice is not None and request.recipient == "debtor" \
-            and context.validation != "sent":
+    if notice is not None and request.recipient == "debtor" and context.validation != "sent":
         rule = rules.rule(notice.name)
         if context.validation == "in_flight" or request.channel not in notice.channels:
             return Defer(lawful(now + notice.recheck), rule, "awaiting_validation_notice")
@@ -129,11 +129,11 @@ def decide(request: ContactRequest, context: DispatchContext, now: datetime,
             return Block("no_template_for_language", RULE_TEMPLATES)
         send = Send(rule, "validation_notice", template=notice.template)
 
-    address = (context.details.address_for(request.recipient, request.channel)
-               if context.details else None)
+    address = (
+        context.details.address_for(request.recipient, request.channel) if context.details else None
+    )
     number = number_key(address) if address and request.channel in PHONE_CHANNELS else None
-    limit = binding_limit(request, rules, context.attempts, now=now, zone=zone,
-                          number=number)
+    limit = binding_limit(request, rules, context.attempts, now=now, zone=zone, number=number)
     if limit is not None:
         return Defer(lawful(limit.until), limit.rule, limit.reason)
 
@@ -142,8 +142,9 @@ def decide(request: ContactRequest, context: DispatchContext, now: datetime,
     return send
 
 
-def _voided(request: ContactRequest, context: DispatchContext, now: datetime,
-            policy: DispatchPolicy) -> Cancel | None:
+def _voided(
+    request: ContactRequest, context: DispatchContext, now: datetime, policy: DispatchPolicy
+) -> Cancel | None:
     for cancellation in context.cancellations:
         if cancellation.covers(request):
             return Cancel(cancellation.reason, RULE_CANCELLATION)
@@ -168,15 +169,20 @@ def _voided(request: ContactRequest, context: DispatchContext, now: datetime,
     return None
 
 
-def voids_confirmation(repayment: Repayment, request: ContactRequest,
-                       policy: DispatchPolicy) -> bool:
+def voids_confirmation(
+    repayment: Repayment, request: ContactRequest, policy: DispatchPolicy
+) -> bool:
     """Whether ``repayment`` may be one the command's ledger confirmation did not see."""
-    return (not repayment.reversed and repayment.received_at is not None
-            and repayment.received_at > request.confirmed_at - policy.recheck_lookback)
+    return (
+        not repayment.reversed
+        and repayment.received_at is not None
+        and repayment.received_at > request.confirmed_at - policy.recheck_lookback
+    )
 
 
-def _not_allowed(request: ContactRequest, context: DispatchContext,
-                 policy: DispatchPolicy) -> Block | None:
+def _not_allowed(
+    request: ContactRequest, context: DispatchContext, policy: DispatchPolicy
+) -> Block | None:
     if request.recipient == "guarantor" and request.stage not in policy.guarantor_stages:
         return Block("guarantor_not_party_at_stage", RULE_GUARANTOR)
 
@@ -198,8 +204,9 @@ def _not_allowed(request: ContactRequest, context: DispatchContext,
     return None
 
 
-def validation_dispute_by(sent_at: datetime, zone_key: str, rules: JurisdictionPolicy
-                          ) -> datetime | None:
+def validation_dispute_by(
+    sent_at: datetime, zone_key: str, rules: JurisdictionPolicy
+) -> datetime | None:
     """The end of the dispute period for a validation notice sent at ``sent_at``."""
     notice = rules.validation_notice
     zone = load_zone(zone_key)

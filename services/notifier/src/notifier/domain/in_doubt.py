@@ -58,8 +58,9 @@ def in_doubt_rules_from_mapping(data: Mapping[str, Any]) -> dict[ChannelName, In
             raise ValueError(f"in_doubt.{channel}: unknown keys {sorted(unknown)}")
         if not isinstance(body.get("resend", False), bool):
             raise ValueError(f"in_doubt.{channel}: resend must be true or false")
-        rules[cast(ChannelName, channel)] = InDoubtRule(resend=body.get("resend", False),
-                                     source=str(body.get("source", "")))
+        rules[cast(ChannelName, channel)] = InDoubtRule(
+            resend=body.get("resend", False), source=str(body.get("source", ""))
+        )
     return rules
 
 
@@ -132,8 +133,9 @@ def rule_name(channel: ChannelName) -> str:
     return f"channel.{channel}.in_doubt"
 
 
-def resolve(channel: ChannelName, answer: LookupAnswer, rule: InDoubtRule, *,
-            look_again_at: datetime) -> Resolution:
+def resolve(
+    channel: ChannelName, answer: LookupAnswer, rule: InDoubtRule, *, look_again_at: datetime
+) -> Resolution:
     """What to do with an attempt of ``channel`` whose outcome is unknown, given what the
     channel's lookup answered (None: it has none)."""
     name = rule_name(channel)

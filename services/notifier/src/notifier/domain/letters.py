@@ -34,8 +34,9 @@ class Letter:
     @property
     def address_lines(self) -> list[str]:
         lines = [self.name] if self.name else []
-        lines += [part.strip() for part in self.address.replace(",", "\n").splitlines()
-                  if part.strip()]
+        lines += [
+            part.strip() for part in self.address.replace(",", "\n").splitlines() if part.strip()
+        ]
         return lines
 
 
@@ -66,9 +67,14 @@ _PAGE = """<!DOCTYPE html>
 
 def render_html(letter: Letter) -> str:
     return _PAGE.format(
-        lang=escape(letter.language), subject=escape(letter.subject),
-        sender=escape(letter.sender), dated=letter.dated.isoformat(),
+        lang=escape(letter.language),
+        subject=escape(letter.subject),
+        sender=escape(letter.sender),
+        dated=letter.dated.isoformat(),
         address="<br>".join(escape(line) for line in letter.address_lines),
-        paragraphs="\n".join(f"<p>{escape(p).replace(chr(10), '<br>')}</p>"
-                             for p in letter.paragraphs),
-        loan_id=escape(letter.loan_id), command_id=escape(letter.command_id))
+        paragraphs="\n".join(
+            f"<p>{escape(p).replace(chr(10), '<br>')}</p>" for p in letter.paragraphs
+        ),
+        loan_id=escape(letter.loan_id),
+        command_id=escape(letter.command_id),
+    )

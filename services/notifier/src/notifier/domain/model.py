@@ -52,10 +52,12 @@ class DispatchStatus(StrEnum):
 
 # Statuses the dispatcher still has work for; everything else is final.
 OPEN_STATUSES: tuple[DispatchStatus, ...] = (
-    DispatchStatus.PENDING, DispatchStatus.DEFERRED, DispatchStatus.SENDING)
+    DispatchStatus.PENDING,
+    DispatchStatus.DEFERRED,
+    DispatchStatus.SENDING,
+)
 # Statuses a workflow cancellation still reaches: once handed to a channel it is too late.
-CANCELLABLE_STATUSES: tuple[DispatchStatus, ...] = (DispatchStatus.PENDING,
-                                                    DispatchStatus.DEFERRED)
+CANCELLABLE_STATUSES: tuple[DispatchStatus, ...] = (DispatchStatus.PENDING, DispatchStatus.DEFERRED)
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,9 @@ class Closure:
         return request.issued_at <= self.closed_at
 
 
-AttemptResult = Literal["pending", "sent", "delivered", "answered", "unanswered", "failed",
-                        "unknown"]
+AttemptResult = Literal[
+    "pending", "sent", "delivered", "answered", "unanswered", "failed", "unknown"
+]
 
 
 @dataclass(frozen=True)

@@ -153,53 +153,83 @@ BUILT_IN: dict[str, dict[str, Any]] = {
     "CN": {
         "window": {"start": "08:00", "end": "22:00"},
         "source": "NIFA post-loan collection guideline (2024); GB/T 45251-2025; CBA "
-                  "consumer-loan collection guideline (2026): no contact 22:00-08:00 local "
-                  "time",
+        "consumer-loan collection guideline (2026): no contact 22:00-08:00 local "
+        "time",
         "caps": [
-            {"name": "connected_calls_per_day", "counts": "connected", "scope": "person",
-             "period": "local_day", "limit": 3, "channels": ["voice"],
-             "source": "GB/T 45251-2025: at most 3 connected calls per debtor per day, "
-                       "across the lender and its agencies"},
-            {"name": "unanswered_calls_per_number_per_day", "counts": "unanswered",
-             "scope": "number", "period": "local_day", "limit": 6, "channels": ["voice"],
-             "source": "CBA consumer-loan collection guideline (2026): at most 6 unanswered "
-                       "attempts per day to the same number"},
+            {
+                "name": "connected_calls_per_day",
+                "counts": "connected",
+                "scope": "person",
+                "period": "local_day",
+                "limit": 3,
+                "channels": ["voice"],
+                "source": "GB/T 45251-2025: at most 3 connected calls per debtor per day, "
+                "across the lender and its agencies",
+            },
+            {
+                "name": "unanswered_calls_per_number_per_day",
+                "counts": "unanswered",
+                "scope": "number",
+                "period": "local_day",
+                "limit": 6,
+                "channels": ["voice"],
+                "source": "CBA consumer-loan collection guideline (2026): at most 6 unanswered "
+                "attempts per day to the same number",
+            },
         ],
     },
     "US": {
         "window": {"start": "08:00", "end": "21:00"},
-        "source": "Regulation F, 12 CFR 1006.6(b)(1)(i): 08:00-21:00 in the consumer's "
-                  "local time",
+        "source": "Regulation F, 12 CFR 1006.6(b)(1)(i): 08:00-21:00 in the consumer's local time",
         "caps": [
             # Reg F counts telephone calls. Text messages ring the same phone, so the house
             # reading counts them too: stricter than the rule, never looser.
-            {"name": "reg_f_7_in_7", "counts": "attempts", "scope": "debt",
-             "period": "rolling", "days": 7, "limit": 7, "channels": ["voice", "sms"],
-             "source": "12 CFR 1006.14(b)(2)(i)(A): more than 7 call attempts in 7 "
-                       "consecutive days about a debt is presumed harassment (house: text "
-                       "messages count as attempts)"},
+            {
+                "name": "reg_f_7_in_7",
+                "counts": "attempts",
+                "scope": "debt",
+                "period": "rolling",
+                "days": 7,
+                "limit": 7,
+                "channels": ["voice", "sms"],
+                "source": "12 CFR 1006.14(b)(2)(i)(A): more than 7 call attempts in 7 "
+                "consecutive days about a debt is presumed harassment (house: text "
+                "messages count as attempts)",
+            },
         ],
         "quiet_periods": [
-            {"name": "reg_f_quiet_after_conversation", "days": 7,
-             "channels": ["voice", "sms"],
-             "source": "12 CFR 1006.14(b)(2)(i)(B): no call within 7 days after a telephone "
-                       "conversation about the debt (house: no text message either)"},
+            {
+                "name": "reg_f_quiet_after_conversation",
+                "days": 7,
+                "channels": ["voice", "sms"],
+                "source": "12 CFR 1006.14(b)(2)(i)(B): no call within 7 days after a telephone "
+                "conversation about the debt (house: no text message either)",
+            },
         ],
         "validation_notice": {
-            "name": "reg_f_validation_notice", "template": "validation-notice",
-            "channels": ["letter", "email"], "dispute_days": 35,
+            "name": "reg_f_validation_notice",
+            "template": "validation-notice",
+            "channels": ["letter", "email"],
+            "dispute_days": 35,
             "source": "12 CFR 1006.34: the validation notice goes out in or within 5 days of "
-                      "the first communication; the house sends it first"},
+            "the first communication; the house sends it first",
+        },
     },
     "UK": {
         "window": {"start": "08:00", "end": "21:00"},
         "source": "House rule: the FCA sets no hours, so the US hours serve as a "
-                  "reasonable-time bound",
+        "reasonable-time bound",
         "caps": [
-            {"name": "phone_attempts_per_day", "counts": "attempts", "scope": "person",
-             "period": "local_day", "limit": 3, "channels": ["voice", "sms"],
-             "source": "House rule under CONC 7.9.4 (no excessive contact): at most 3 calls "
-                       "or texts to a person per day"},
+            {
+                "name": "phone_attempts_per_day",
+                "counts": "attempts",
+                "scope": "person",
+                "period": "local_day",
+                "limit": 3,
+                "channels": ["voice", "sms"],
+                "source": "House rule under CONC 7.9.4 (no excessive contact): at most 3 calls "
+                "or texts to a person per day",
+            },
         ],
     },
 }
@@ -235,48 +265,65 @@ def _choice(value: Any, options: tuple[str, ...], where: str) -> Any:
 
 def jurisdiction_from_mapping(code: str, data: Mapping[str, Any]) -> JurisdictionPolicy:
     where = f"jurisdiction {code}"
-    _only(data, {"window", "source", "caps", "quiet_periods", "validation_notice",
-                 "window_channels"}, where)
+    _only(
+        data,
+        {"window", "source", "caps", "quiet_periods", "validation_notice", "window_channels"},
+        where,
+    )
     window = data["window"]
     caps = []
     for i, cap in enumerate(data.get("caps", ())):
         at = f"{where} cap {i}"
-        _only(cap, {"name", "counts", "scope", "period", "limit", "days", "channels",
-                    "source"}, at)
-        caps.append(FrequencyCap(
-            name=str(cap["name"]),
-            counts=_choice(cap["counts"], get_args(CapCounts), at),
-            scope=_choice(cap["scope"], get_args(CapScope), at),
-            period=_choice(cap["period"], get_args(CapPeriod), at),
-            limit=int(cap["limit"]), days=int(cap.get("days", 1)),
-            channels=_channels(cap["channels"], at), source=str(cap.get("source", ""))))
+        _only(cap, {"name", "counts", "scope", "period", "limit", "days", "channels", "source"}, at)
+        caps.append(
+            FrequencyCap(
+                name=str(cap["name"]),
+                counts=_choice(cap["counts"], get_args(CapCounts), at),
+                scope=_choice(cap["scope"], get_args(CapScope), at),
+                period=_choice(cap["period"], get_args(CapPeriod), at),
+                limit=int(cap["limit"]),
+                days=int(cap.get("days", 1)),
+                channels=_channels(cap["channels"], at),
+                source=str(cap.get("source", "")),
+            )
+        )
     quiet = []
     for i, q in enumerate(data.get("quiet_periods", ())):
         at = f"{where} quiet period {i}"
         _only(q, {"name", "days", "channels", "source"}, at)
-        quiet.append(QuietPeriod(name=str(q["name"]), days=int(q["days"]),
-                                 channels=_channels(q["channels"], at),
-                                 source=str(q.get("source", ""))))
+        quiet.append(
+            QuietPeriod(
+                name=str(q["name"]),
+                days=int(q["days"]),
+                channels=_channels(q["channels"], at),
+                source=str(q.get("source", "")),
+            )
+        )
     notice = None
     if "validation_notice" in data:
         v = data["validation_notice"]
         at = f"{where} validation notice"
-        _only(v, {"name", "template", "channels", "dispute_days", "recheck_minutes",
-                  "source"}, at)
+        _only(v, {"name", "template", "channels", "dispute_days", "recheck_minutes", "source"}, at)
         notice = ValidationNoticeRule(
-            name=str(v["name"]), template=str(v["template"]),
+            name=str(v["name"]),
+            template=str(v["template"]),
             channels=_channels(v["channels"], at),
             dispute_days=int(v.get("dispute_days", 35)),
             recheck=timedelta(minutes=float(v.get("recheck_minutes", 15))),
-            source=str(v.get("source", "")))
+            source=str(v.get("source", "")),
+        )
     extra: dict[str, Any] = {}
     if "window_channels" in data:
         extra["window_channels"] = _channels(data["window_channels"], where)
     return JurisdictionPolicy(
         jurisdiction=code,
         window=ContactWindow(_time(window["start"], where), _time(window["end"], where)),
-        source=str(data.get("source", "")), caps=tuple(caps), quiet_periods=tuple(quiet),
-        validation_notice=notice, **extra)
+        source=str(data.get("source", "")),
+        caps=tuple(caps),
+        quiet_periods=tuple(quiet),
+        validation_notice=notice,
+        **extra,
+    )
 
 
 def jurisdictions_from_mapping(data: Mapping[str, Any]) -> tuple[JurisdictionPolicy, ...]:
@@ -292,7 +339,8 @@ CN, US, UK = DEFAULT_JURISDICTIONS
 class DispatchPolicy:
     version: str = "notifier/2026-11-23"
     jurisdictions: Mapping[str, JurisdictionPolicy] = field(
-        default_factory=lambda: {p.jurisdiction: p for p in DEFAULT_JURISDICTIONS})
+        default_factory=lambda: {p.jurisdiction: p for p in DEFAULT_JURISDICTIONS}
+    )
     # How far before the ledger confirmation a repayment still makes the confirmation
     # suspect; see ``decide`` for why the margin exists.
     recheck_lookback: timedelta = timedelta(minutes=10)
@@ -305,13 +353,20 @@ class DispatchPolicy:
         return self.in_doubt.get(channel, InDoubtRule())
 
     @classmethod
-    def of(cls, jurisdictions: Iterable[JurisdictionPolicy] = DEFAULT_JURISDICTIONS, *,
-           recheck_lookback: timedelta = timedelta(minutes=10),
-           version: str | None = None,
-           in_doubt: Mapping[ChannelName, InDoubtRule] | None = None) -> DispatchPolicy:
-        return cls(version=version or cls.version,
-                   jurisdictions={p.jurisdiction: p for p in jurisdictions},
-                   recheck_lookback=recheck_lookback, in_doubt=dict(in_doubt or {}))
+    def of(
+        cls,
+        jurisdictions: Iterable[JurisdictionPolicy] = DEFAULT_JURISDICTIONS,
+        *,
+        recheck_lookback: timedelta = timedelta(minutes=10),
+        version: str | None = None,
+        in_doubt: Mapping[ChannelName, InDoubtRule] | None = None,
+    ) -> DispatchPolicy:
+        return cls(
+            version=version or cls.version,
+            jurisdictions={p.jurisdiction: p for p in jurisdictions},
+            recheck_lookback=recheck_lookback,
+            in_doubt=dict(in_doubt or {}),
+        )
 
     def for_jurisdiction(self, jurisdiction: str) -> JurisdictionPolicy | None:
         return self.jurisdictions.get(jurisdiction)
@@ -320,6 +375,10 @@ class DispatchPolicy:
         """This policy with ``extra`` added (a jurisdiction of the same code replaced)."""
         merged = dict(self.jurisdictions)
         merged.update({p.jurisdiction: p for p in extra})
-        return DispatchPolicy(version=self.version, jurisdictions=merged,
-                              recheck_lookback=self.recheck_lookback,
-                              guarantor_stages=self.guarantor_stages, in_doubt=self.in_doubt)
+        return DispatchPolicy(
+            version=self.version,
+            jurisdictions=merged,
+            recheck_lookback=self.recheck_lookback,
+            guarantor_stages=self.guarantor_stages,
+            in_doubt=self.in_doubt,
+        )

@@ -59,8 +59,9 @@ class NoEffect:
     effect: Effect
 
 
-def receipt_effect(status: DispatchStatus | None, result: AttemptResult | None,
-                   receipt: Receipt) -> Apply | NoEffect:
+def receipt_effect(
+    status: DispatchStatus | None, result: AttemptResult | None, receipt: Receipt
+) -> Apply | NoEffect:
     """What ``receipt`` does to the attempt of a command in ``status`` whose attempt has
     ``result`` (both None: no such attempt)."""
     if status is None or result is None:

@@ -49,7 +49,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "Reminder: {amount} {currency} is due on loan {loan_ref}. Paid already? Please "
         "ignore this. Trouble paying? Reply and we will find a plan. {opt_out}",
         "Hello, this is a reminder that {amount} {currency} is due on your loan "
-        "{loan_ref}. If paying is hard right now, we can agree on a plan. {opt_out}"),
+        "{loan_ref}. If paying is hard right now, we can agree on a plan. {opt_out}",
+    ),
     ("warning-reminder", "zh-CN"): _T(
         "debtor",
         "贷款 {loan_ref} 还款提醒",
@@ -59,7 +60,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "还款提醒：贷款 {loan_ref} 应还 {amount} {currency}。如已还款请忽略；如有困难请回复协商。"
         "{opt_out}",
         "您好，提醒您贷款 {loan_ref} 应还 {amount} {currency}。"
-        "如暂时还款困难，我们可以协商还款计划。{opt_out}"),
+        "如暂时还款困难，我们可以协商还款计划。{opt_out}",
+    ),
     ("formal-notice", "en"): _T(
         "debtor",
         "Formal notice: loan {loan_ref}",
@@ -70,7 +72,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "Formal notice: {amount} {currency} remains due on loan {loan_ref}. Please pay or "
         "contact us to settle. {opt_out}",
         "This is a formal notice that {amount} {currency} remains due on your loan "
-        "{loan_ref}. Please pay or contact us to agree on a settlement. {opt_out}"),
+        "{loan_ref}. Please pay or contact us to agree on a settlement. {opt_out}",
+    ),
     ("formal-notice", "zh-CN"): _T(
         "debtor",
         "正式通知：贷款 {loan_ref}",
@@ -80,7 +83,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "正式通知：贷款 {loan_ref} 仍有 {amount} {currency} 未偿还，"
         "请尽快还款或联系我们协商。{opt_out}",
         "您好，特此正式通知，您的贷款 {loan_ref} 仍有 {amount} {currency} 未偿还，"
-        "请尽快还款或与我们协商。{opt_out}"),
+        "请尽快还款或与我们协商。{opt_out}",
+    ),
     ("guarantor-notice", "en"): _T(
         "guarantor",
         "Notice to the guarantor of loan {loan_ref}",
@@ -90,7 +94,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "As guarantor of loan {loan_ref}: {amount} {currency} remains due. Please contact "
         "us. {opt_out}",
         "Hello, we are calling you as guarantor of loan {loan_ref}: {amount} {currency} "
-        "remains due. Please contact us to discuss it. {opt_out}"),
+        "remains due. Please contact us to discuss it. {opt_out}",
+    ),
     ("guarantor-notice", "zh-CN"): _T(
         "guarantor",
         "担保人通知：贷款 {loan_ref}",
@@ -98,7 +103,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "{amount} {currency} 未偿还。请与我们联系协商处理方式。\n\n{opt_out}\n",
         "担保人通知：贷款 {loan_ref} 仍有 {amount} {currency} 未偿还，请与我们联系。{opt_out}",
         "您好，作为贷款 {loan_ref} 的担保人，特此通知您该贷款仍有 {amount} {currency} 未偿还。"
-        "{opt_out}"),
+        "{opt_out}",
+    ),
     # Reg F 1006.34: what the debt is, how much, and the right to dispute by a date.
     ("validation-notice", "en"): _T(
         "debtor",
@@ -116,7 +122,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "{collector} is a debt collector. Your validation notice for loan {loan_ref} "
         "({amount} {currency}) was sent; dispute by {dispute_by}. {opt_out}",
         "{collector} is a debt collector. We sent you a validation notice about loan "
-        "{loan_ref}. You can dispute the debt by {dispute_by}. {opt_out}"),
+        "{loan_ref}. You can dispute the debt by {dispute_by}. {opt_out}",
+    ),
     ("validation-notice", "zh-CN"): _T(
         "debtor",
         "债务确认通知：贷款 {loan_ref}",
@@ -128,7 +135,8 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "{collector} 为债务催收方。贷款 {loan_ref}（{amount} {currency}）的债务确认通知已发出，"
         "如有异议请于 {dispute_by} 前提出。{opt_out}",
         "{collector} 为债务催收方。我们已向您寄出贷款 {loan_ref} 的债务确认通知，"
-        "如有异议请于 {dispute_by} 前提出。{opt_out}"),
+        "如有异议请于 {dispute_by} 前提出。{opt_out}",
+    ),
 }
 
 _OPT_OUT: dict[tuple[Language, ChannelName], str] = {
@@ -181,16 +189,29 @@ def written_amount(amount: Decimal, currency: str, language: Language) -> str:
     return plain.replace(",", "\0").replace(".", point).replace("\0", group)
 
 
-def render(template: str, language: Language, *, channel: ChannelName, loan_id: str,
-           amount: Decimal, currency: str, opt_out_url: str,
-           name: str | None = None, dispute_by: date | None = None,
-           collector: str = "The lender") -> Rendered:
+def render(
+    template: str,
+    language: Language,
+    *,
+    channel: ChannelName,
+    loan_id: str,
+    amount: Decimal,
+    currency: str,
+    opt_out_url: str,
+    name: str | None = None,
+    dispute_by: date | None = None,
+    collector: str = "The lender",
+) -> Rendered:
     text = _TEMPLATES[(template, language)]
-    name_part = ("" if not name else (f" {name}" if language == "en" else name))
-    fields = {"loan_ref": loan_id, "amount": written_amount(amount, currency, language),
-              "currency": currency,
-              "name_part": name_part, "collector": collector,
-              "dispute_by": dispute_by.isoformat() if dispute_by else "",
-              "opt_out": opt_out_line(language, channel, opt_out_url)}
+    name_part = "" if not name else (f" {name}" if language == "en" else name)
+    fields = {
+        "loan_ref": loan_id,
+        "amount": written_amount(amount, currency, language),
+        "currency": currency,
+        "name_part": name_part,
+        "collector": collector,
+        "dispute_by": dispute_by.isoformat() if dispute_by else "",
+        "opt_out": opt_out_line(language, channel, opt_out_url),
+    }
     form = {"sms": text.sms, "voice": text.voice}.get(channel, text.body)
     return Rendered(subject=text.subject.format(**fields), body=form.format(**fields))

@@ -46,15 +46,13 @@ BorrowerIdPath = Annotated[str, Path(pattern=_ID, examples=["B-000123"])]
 # ranges, not \s: the server's regex engine and Python's disagree on what \s covers, and
 # the published schema must mean what the server checks.
 _ADDR = r"[^@\x00-\x20\x7f]+"
-Email = Annotated[str, StringConstraints(max_length=254,
-                                         pattern=rf"^{_ADDR}@{_ADDR}\.{_ADDR}$")]
+Email = Annotated[str, StringConstraints(max_length=254, pattern=rf"^{_ADDR}@{_ADDR}\.{_ADDR}$")]
 # E.164: a plus, a country code not starting with 0, at most 15 digits in all.
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
 # No silent stripping: what the schema says is what is accepted (a stripped 501-character
 # value would pass a 500-character limit), but blanks alone are refused.
 _VISIBLE = r"^[ \t\r\n]*[^ \t\r\n][\s\S]*$"
-PostalAddress = Annotated[str, StringConstraints(min_length=1, max_length=500,
-                                                 pattern=_VISIBLE)]
+PostalAddress = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_VISIBLE)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_VISIBLE)]
 
 
@@ -70,10 +68,20 @@ class GuarantorIn(BaseModel):
 class ContactDetailsIn(BaseModel):
     """The borrower's contact details; replaces what was stored before."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "language": "zh-CN", "email": "zhang.san@example.com", "phone": "+8613812341234",
-        "postal_address": "北京市朝阳区某路 1 号",
-        "guarantor": {"name": "李四", "phone": "+8613912345678"}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "language": "zh-CN",
+                    "email": "zhang.san@example.com",
+                    "phone": "+8613812341234",
+                    "postal_address": "北京市朝阳区某路 1 号",
+                    "guarantor": {"name": "李四", "phone": "+8613912345678"},
+                }
+            ]
+        },
+    )
 
     language: Literal["zh-CN", "en"]
     email: Email | None = None
@@ -133,23 +141,27 @@ class DecisionCount(BaseModel):
 
 class Summary(BaseModel):
     by_decision: list[DecisionCount] = Field(
-        description="Decisions taken, by outcome, reason and rule")
+        description="Decisions taken, by outcome, reason and rule"
+    )
     totals: dict[str, int] = Field(description="Decisions taken, by outcome")
     dispatches: dict[str, int] = Field(description="Contact commands by current status")
 
 
 PartyName = Literal["debtor", "guarantor"]
 ChannelPath = Annotated[Literal["sms", "voice", "email", "letter"], Path()]
-PartyQuery = Annotated[PartyName, Query(description="Whose wish: the debtor's or the "
-                                                    "guarantor's")]
+PartyQuery = Annotated[PartyName, Query(description="Whose wish: the debtor's or the guarantor's")]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
 class OptOutIn(BaseModel):
     """The person asked to receive nothing more on this channel."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"party": "debtor", "reason": "replied STOP to a text message"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"party": "debtor", "reason": "replied STOP to a text message"}]
+        },
+    )
 
     party: PartyName = "debtor"
     reason: Reason = ""
@@ -158,8 +170,12 @@ class OptOutIn(BaseModel):
 class DoNotContactIn(BaseModel):
     """The person asked for no contact at all (on any channel)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"party": "debtor", "reason": "written request to cease communication"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"party": "debtor", "reason": "written request to cease communication"}]
+        },
+    )
 
     party: PartyName = "debtor"
     reason: Reason = ""
@@ -193,45 +209,74 @@ def _masked(value: str | None) -> str | None:
     return None if value is None else mask_text(value)
 
 
-@router.put("/borrowers/{borrower_id}/contact-details", status_code=204,
-            responses=INVALID_ONLY, tags=["contact details"],
-            summary="Store (replace) a borrower's contact details")
-async def put_contact_details(borrower_id: BorrowerIdPath, body: ContactDetailsIn,
-                              engine: Engine, clock: Now, ring: Ring,
-                              _: ContactsWriter) -> Response:
+@router.put(
+    "/borrowers/{borrower_id}/contact-details",
+    status_code=204,
+    responses=INVALID_ONLY,
+    tags=["contact details"],
+    summary="Store (replace) a borrower's contact details",
+)
+async def put_contact_details(
+    borrower_id: BorrowerIdPath,
+    body: ContactDetailsIn,
+    engine: Engine,
+    clock: Now,
+    ring: Ring,
+    _: ContactsWriter,
+) -> Response:
     g = body.guarantor
     details = ContactDetails(
-        borrower_id=borrower_id, language=body.language,
+        borrower_id=borrower_id,
+        language=body.language,
         debtor=Party(email=body.email, phone=body.phone, postal_address=body.postal_address),
-        guarantor=Party(name=g.name, email=g.email, phone=g.phone,
-                        postal_address=g.postal_address) if g else None)
+        guarantor=Party(name=g.name, email=g.email, phone=g.phone, postal_address=g.postal_address)
+        if g
+        else None,
+    )
     async with engine.begin() as conn:
         await ContactDetailsRepository(conn, ring).put(details, now=clock.now())
     return Response(status_code=204)
 
 
-@router.get("/borrowers/{borrower_id}/contact-details", response_model=ContactDetailsView,
-            responses=PROBLEM_RESPONSES, tags=["contact details"],
-            summary="A borrower's contact details: masked, or in full with pii:read")
-async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine, ring: Ring,
-                              caller: Reader) -> ContactDetailsView:
+@router.get(
+    "/borrowers/{borrower_id}/contact-details",
+    response_model=ContactDetailsView,
+    responses=PROBLEM_RESPONSES,
+    tags=["contact details"],
+    summary="A borrower's contact details: masked, or in full with pii:read",
+)
+async def get_contact_details(
+    borrower_id: BorrowerIdPath, engine: Engine, ring: Ring, caller: Reader
+) -> ContactDetailsView:
     async with engine.connect() as conn:
         found = await ContactDetailsRepository(conn, ring).get(borrower_id)
     if found is None:
-        raise ProblemError(404, "No contact details",
-                           f"No contact details are stored for borrower {borrower_id}.",
-                           type_="https://collections.example/problems/no-contact-details")
+        raise ProblemError(
+            404,
+            "No contact details",
+            f"No contact details are stored for borrower {borrower_id}.",
+            type_="https://collections.example/problems/no-contact-details",
+        )
     details, updated_at = found
     g = details.guarantor
     if caller.has("pii:read"):
         return ContactDetailsView(
-            borrower_id=borrower_id, language=details.language, email=details.debtor.email,
-            phone=details.debtor.phone, postal_address=details.debtor.postal_address,
-            guarantor=GuarantorView(name=g.name or "", email=g.email, phone=g.phone,
-                                    postal_address=g.postal_address) if g else None,
-            updated_at=updated_at, masked=False)
+            borrower_id=borrower_id,
+            language=details.language,
+            email=details.debtor.email,
+            phone=details.debtor.phone,
+            postal_address=details.debtor.postal_address,
+            guarantor=GuarantorView(
+                name=g.name or "", email=g.email, phone=g.phone, postal_address=g.postal_address
+            )
+            if g
+            else None,
+            updated_at=updated_at,
+            masked=False,
+        )
     return ContactDetailsView(
-        borrower_id=borrower_id, language=details.language,
+        borrower_id=borrower_id,
+        language=details.language,
         email=mask_email(details.debtor.email) if details.debtor.email else None,
         phone=mask_phone(details.debtor.phone) if details.debtor.phone else None,
         postal_address=_masked(details.debtor.postal_address),
@@ -239,93 +284,164 @@ async def get_contact_details(borrower_id: BorrowerIdPath, engine: Engine, ring:
             name=mask_text(g.name or "", keep=1),
             email=mask_email(g.email) if g.email else None,
             phone=mask_phone(g.phone) if g.phone else None,
-            postal_address=_masked(g.postal_address)) if g else None,
-        updated_at=updated_at, masked=True)
+            postal_address=_masked(g.postal_address),
+        )
+        if g
+        else None,
+        updated_at=updated_at,
+        masked=True,
+    )
 
 
-@router.put("/borrowers/{borrower_id}/opt-outs/{channel}", status_code=204,
-            responses=INVALID_ONLY, tags=["contact preferences"],
-            summary="Opt a person out of one channel; pending contacts on it are blocked")
-async def put_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, body: OptOutIn,
-                      engine: Engine, clock: Now, _: ContactsWriter) -> Response:
+@router.put(
+    "/borrowers/{borrower_id}/opt-outs/{channel}",
+    status_code=204,
+    responses=INVALID_ONLY,
+    tags=["contact preferences"],
+    summary="Opt a person out of one channel; pending contacts on it are blocked",
+)
+async def put_opt_out(
+    borrower_id: BorrowerIdPath,
+    channel: ChannelPath,
+    body: OptOutIn,
+    engine: Engine,
+    clock: Now,
+    _: ContactsWriter,
+) -> Response:
     async with engine.begin() as conn:
-        await PreferencesRepository(conn).opt_out(borrower_id, body.party, channel,
-                                                  reason=body.reason, now=clock.now())
+        await PreferencesRepository(conn).opt_out(
+            borrower_id, body.party, channel, reason=body.reason, now=clock.now()
+        )
     return Response(status_code=204)
 
 
-@router.delete("/borrowers/{borrower_id}/opt-outs/{channel}", status_code=204,
-               responses=PROBLEM_RESPONSES, tags=["contact preferences"],
-               summary="Withdraw an opt-out (the person agreed to the channel again)")
-async def delete_opt_out(borrower_id: BorrowerIdPath, channel: ChannelPath, engine: Engine,
-                         _: ContactsWriter, party: PartyQuery = "debtor") -> Response:
+@router.delete(
+    "/borrowers/{borrower_id}/opt-outs/{channel}",
+    status_code=204,
+    responses=PROBLEM_RESPONSES,
+    tags=["contact preferences"],
+    summary="Withdraw an opt-out (the person agreed to the channel again)",
+)
+async def delete_opt_out(
+    borrower_id: BorrowerIdPath,
+    channel: ChannelPath,
+    engine: Engine,
+    _: ContactsWriter,
+    party: PartyQuery = "debtor",
+) -> Response:
     async with engine.begin() as conn:
         found = await PreferencesRepository(conn).opt_in(borrower_id, party, channel)
     if not found:
-        raise ProblemError(404, "No such opt-out",
-                           f"No {channel} opt-out is stored for this {party}.")
+        raise ProblemError(
+            404, "No such opt-out", f"No {channel} opt-out is stored for this {party}."
+        )
     return Response(status_code=204)
 
 
-@router.put("/borrowers/{borrower_id}/do-not-contact", status_code=204,
-            responses=INVALID_ONLY, tags=["contact preferences"],
-            summary="Stop all contact with a person; pending contacts are blocked")
-async def put_do_not_contact(borrower_id: BorrowerIdPath, body: DoNotContactIn,
-                             engine: Engine, clock: Now, _: ContactsWriter) -> Response:
+@router.put(
+    "/borrowers/{borrower_id}/do-not-contact",
+    status_code=204,
+    responses=INVALID_ONLY,
+    tags=["contact preferences"],
+    summary="Stop all contact with a person; pending contacts are blocked",
+)
+async def put_do_not_contact(
+    borrower_id: BorrowerIdPath, body: DoNotContactIn, engine: Engine, clock: Now, _: ContactsWriter
+) -> Response:
     async with engine.begin() as conn:
-        await PreferencesRepository(conn).stop_all(borrower_id, body.party,
-                                                   reason=body.reason, now=clock.now())
+        await PreferencesRepository(conn).stop_all(
+            borrower_id, body.party, reason=body.reason, now=clock.now()
+        )
     return Response(status_code=204)
 
 
-@router.delete("/borrowers/{borrower_id}/do-not-contact", status_code=204,
-               responses=PROBLEM_RESPONSES, tags=["contact preferences"],
-               summary="Lift a do-not-contact")
-async def delete_do_not_contact(borrower_id: BorrowerIdPath, engine: Engine,
-                                _: ContactsWriter, party: PartyQuery = "debtor") -> Response:
+@router.delete(
+    "/borrowers/{borrower_id}/do-not-contact",
+    status_code=204,
+    responses=PROBLEM_RESPONSES,
+    tags=["contact preferences"],
+    summary="Lift a do-not-contact",
+)
+async def delete_do_not_contact(
+    borrower_id: BorrowerIdPath, engine: Engine, _: ContactsWriter, party: PartyQuery = "debtor"
+) -> Response:
     async with engine.begin() as conn:
         found = await PreferencesRepository(conn).allow(borrower_id, party)
     if not found:
-        raise ProblemError(404, "No do-not-contact",
-                           f"No do-not-contact is stored for this {party}.")
+        raise ProblemError(
+            404, "No do-not-contact", f"No do-not-contact is stored for this {party}."
+        )
     return Response(status_code=204)
 
 
-@router.get("/borrowers/{borrower_id}/contact-preferences", response_model=PreferencesView,
-            responses=INVALID_ONLY, tags=["contact preferences"],
-            summary="A person's opt-outs and do-not-contact")
-async def get_preferences(borrower_id: BorrowerIdPath, engine: Engine,
-                          _: Reader) -> PreferencesView:
+@router.get(
+    "/borrowers/{borrower_id}/contact-preferences",
+    response_model=PreferencesView,
+    responses=INVALID_ONLY,
+    tags=["contact preferences"],
+    summary="A person's opt-outs and do-not-contact",
+)
+async def get_preferences(
+    borrower_id: BorrowerIdPath, engine: Engine, _: Reader
+) -> PreferencesView:
     async with engine.connect() as conn:
         opt_outs, stops = await PreferencesRepository(conn).of(borrower_id)
     return PreferencesView(
         borrower_id=borrower_id,
-        opt_outs=[OptOutView(party=r.party, channel=r.channel, reason=r.reason,
-                             created_at=r.created_at) for r in opt_outs],
-        do_not_contact=[DoNotContactView(party=r.party, reason=r.reason,
-                                         created_at=r.created_at) for r in stops])
+        opt_outs=[
+            OptOutView(party=r.party, channel=r.channel, reason=r.reason, created_at=r.created_at)
+            for r in opt_outs
+        ],
+        do_not_contact=[
+            DoNotContactView(party=r.party, reason=r.reason, created_at=r.created_at) for r in stops
+        ],
+    )
 
 
-@router.get("/contacts", response_model=ContactsPage, responses=INVALID_ONLY,
-            tags=["contacts"], summary="Every decision taken on a loan's contacts, oldest first")
-async def get_contacts(engine: Engine, _: Reader,
-                       loan_id: Annotated[str, Query(pattern=_ID, examples=["L-000123"])],
-                       after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                       limit: Annotated[int, Query(ge=1, le=500)] = 200) -> ContactsPage:
+@router.get(
+    "/contacts",
+    response_model=ContactsPage,
+    responses=INVALID_ONLY,
+    tags=["contacts"],
+    summary="Every decision taken on a loan's contacts, oldest first",
+)
+async def get_contacts(
+    engine: Engine,
+    _: Reader,
+    loan_id: Annotated[str, Query(pattern=_ID, examples=["L-000123"])],
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> ContactsPage:
     async with engine.connect() as conn:
-        rows = await DispatchRepository(conn).decisions_of(loan_id, after_id=after,
-                                                           limit=limit)
-    decisions = [DecisionView(
-        id=r.id, command_id=r.command_id, channel=r.channel, recipient=r.recipient,
-        decision=r.decision, reason=r.reason, rule=r.rule, at=r.at, due_at=r.due_at,
-        delivery=r.delivery,
-    ) for r in rows]
-    return ContactsPage(loan_id=loan_id, decisions=decisions,
-                        next_after=decisions[-1].id if len(decisions) == limit else None)
+        rows = await DispatchRepository(conn).decisions_of(loan_id, after_id=after, limit=limit)
+    decisions = [
+        DecisionView(
+            id=r.id,
+            command_id=r.command_id,
+            channel=r.channel,
+            recipient=r.recipient,
+            decision=r.decision,
+            reason=r.reason,
+            rule=r.rule,
+            at=r.at,
+            due_at=r.due_at,
+            delivery=r.delivery,
+        )
+        for r in rows
+    ]
+    return ContactsPage(
+        loan_id=loan_id,
+        decisions=decisions,
+        next_after=decisions[-1].id if len(decisions) == limit else None,
+    )
 
 
-@router.get("/contacts/summary", response_model=Summary, tags=["reports"],
-            summary="Decisions by outcome and reason; commands by status")
+@router.get(
+    "/contacts/summary",
+    response_model=Summary,
+    tags=["reports"],
+    summary="Decisions by outcome and reason; commands by status",
+)
 async def get_summary(engine: Engine, _: Admin) -> Summary:
     async with engine.connect() as conn:
         return Summary(**await DispatchRepository(conn).summary())

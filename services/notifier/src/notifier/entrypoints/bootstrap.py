@@ -86,12 +86,16 @@ def load_policy(settings: NotifierSettings) -> DispatchPolicy:
     return policy.with_jurisdictions(jurisdictions_from_mapping(data.get("jurisdictions", {})))
 
 
-def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
-                  policy: DispatchPolicy | None = None,
-                  channels: dict[ChannelName, Channel] | None = None) -> Runtime:
+def build_runtime(
+    settings: NotifierSettings,
+    clock: Clock | None = None,
+    policy: DispatchPolicy | None = None,
+    channels: dict[ChannelName, Channel] | None = None,
+) -> Runtime:
     clock = clock or SystemClock()
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                         schema=settings.db_schema)
+    engine = make_engine(
+        settings.database_url, pool_size=settings.db_pool_size, schema=settings.db_schema
+    )
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     policy = policy or load_policy(settings)
@@ -99,62 +103,117 @@ def build_runtime(settings: NotifierSettings, clock: Clock | None = None,
     workers: list[Worker] = []
     if channels is None:
         smtp = SmtpChannel(
-            host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
-            timeout_s=settings.smtp_timeout_s, username=settings.smtp_username,
-            password=(settings.smtp_password.get_secret_value()
-                      if settings.smtp_password else None),
-            use_tls=settings.smtp_use_tls, start_tls=settings.smtp_start_tls)
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_sender,
+            timeout_s=settings.smtp_timeout_s,
+            username=settings.smtp_username,
+            password=(
+                settings.smtp_password.get_secret_value() if settings.smtp_password else None
+            ),
+            use_tls=settings.smtp_use_tls,
+            start_tls=settings.smtp_start_tls,
+        )
         phone: Channel = RecordingChannel(engine, clock, ring)
         if settings.provider_base_url:
-            headers = ({"Authorization": "Bearer "
-                        + settings.provider_api_key.get_secret_value()}
-                       if settings.provider_api_key else {})
-            client = httpx.AsyncClient(base_url=settings.provider_base_url, headers=headers,
-                                       timeout=settings.provider_timeout_s)
-            phone = HttpProviderChannel(client, max_tries=settings.provider_max_tries,
-                                        backoff_s=settings.provider_backoff_s)
+            headers = (
+                {"Authorization": "Bearer " + settings.provider_api_key.get_secret_value()}
+                if settings.provider_api_key
+                else {}
+            )
+            client = httpx.AsyncClient(
+                base_url=settings.provider_base_url,
+                headers=headers,
+                timeout=settings.provider_timeout_s,
+            )
+            phone = HttpProviderChannel(
+                client, max_tries=settings.provider_max_tries, backoff_s=settings.provider_backoff_s
+            )
             workers.append(_ClientLifetime(client))
-        printer = PrintChannel(engine, clock, sender=settings.letter_sender, ring=ring,
-                               cjk_font=settings.letter_cjk_font)
+        printer = PrintChannel(
+            engine,
+            clock,
+            sender=settings.letter_sender,
+            ring=ring,
+            cjk_font=settings.letter_cjk_font,
+        )
         channels = {"email": smtp, "sms": phone, "voice": phone, "letter": printer}
     # Every partition of the repayments topic, the whole group: see the gate's docstring.
-    gate = RepaymentGate(KafkaRepaymentLog(settings, Topic.LOANS_REPAYMENT.value),
-                         max_lag_s=settings.repayment_gate_max_lag_ms / 1000,
-                         look_every_s=settings.repayment_gate_look_ms / 1000)
+    gate = RepaymentGate(
+        KafkaRepaymentLog(settings, Topic.LOANS_REPAYMENT.value),
+        max_lag_s=settings.repayment_gate_max_lag_ms / 1000,
+        look_every_s=settings.repayment_gate_look_ms / 1000,
+    )
     dispatcher = Dispatcher(
-        engine=engine, outbox=outbox, schema=settings.db_schema,
-        source=settings.service_name, topic_prefix=settings.topic_prefix, policy=policy,
-        channels=channels, clock=clock,
-        gate=gate, config=DispatcherConfig(
-            opt_out_url=settings.opt_out_url, collector_name=settings.collector_name,
+        engine=engine,
+        outbox=outbox,
+        schema=settings.db_schema,
+        source=settings.service_name,
+        topic_prefix=settings.topic_prefix,
+        policy=policy,
+        channels=channels,
+        clock=clock,
+        gate=gate,
+        config=DispatcherConfig(
+            opt_out_url=settings.opt_out_url,
+            collector_name=settings.collector_name,
             batch=settings.dispatch_batch,
             concurrency=settings.dispatch_concurrency,
             sending_lease=timedelta(seconds=settings.sending_lease_s),
             max_attempts=settings.send_max_attempts,
             retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
-            safety_poll_s=settings.dispatch_safety_poll_s), ring=ring)
+            safety_poll_s=settings.dispatch_safety_poll_s,
+        ),
+        ring=ring,
+    )
     handlers = NotifierHandlers(policy)
     contacts = ConsumerLoop(
-        settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+        settings=settings,
+        engine=engine,
+        inbox=inbox,
+        outbox=outbox,
         topics=[t.value for t in CONTACT_TOPICS],
-        handlers=_routes_on(handlers.routes(), CONTACT_TOPICS), batch_handler=handlers.batch,
-        clock=clock, on_committed=partial(_wake_for_new_commands, handlers, dispatcher))
+        handlers=_routes_on(handlers.routes(), CONTACT_TOPICS),
+        batch_handler=handlers.batch,
+        clock=clock,
+        on_committed=partial(_wake_for_new_commands, handlers, dispatcher),
+    )
     repayments = ConsumerLoop(
-        settings=settings, engine=engine, inbox=inbox, outbox=outbox,
+        settings=settings,
+        engine=engine,
+        inbox=inbox,
+        outbox=outbox,
         topics=[t.value for t in REPAYMENT_TOPICS],
-        handlers=_routes_on(handlers.routes(), REPAYMENT_TOPICS), clock=clock,
-        lane="repayments")
-    return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[contacts, repayments], workers=[dispatcher, gate, *workers],
-                   state={"clock": clock, "dispatcher": dispatcher, "pii": ring, "policy": policy,
-                          "repayment_gate": gate})
+        handlers=_routes_on(handlers.routes(), REPAYMENT_TOPICS),
+        clock=clock,
+        lane="repayments",
+    )
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        producer=producer,
+        relay=relay,
+        loops=[contacts, repayments],
+        workers=[dispatcher, gate, *workers],
+        state={
+            "clock": clock,
+            "dispatcher": dispatcher,
+            "pii": ring,
+            "policy": policy,
+            "repayment_gate": gate,
+        },
+    )
 
 
-def _routes_on(routes: dict[type[c.Message], Handler], topics: tuple[Topic, ...]
-               ) -> dict[type[c.Message], Handler]:
+def _routes_on(
+    routes: dict[type[c.Message], Handler], topics: tuple[Topic, ...]
+) -> dict[type[c.Message], Handler]:
     """The handlers of the messages that travel on ``topics``."""
-    return {model: handler for model, handler in routes.items()
-            if c.SPEC_BY_MODEL[model].topic in topics}
+    return {
+        model: handler
+        for model, handler in routes.items()
+        if c.SPEC_BY_MODEL[model].topic in topics
+    }
 
 
 def _wake_for_new_commands(handlers: NotifierHandlers, dispatcher: Dispatcher) -> None:
@@ -163,6 +222,11 @@ def _wake_for_new_commands(handlers: NotifierHandlers, dispatcher: Dispatcher) -
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
-    return make_app(runtime, title="Collections notifier", version="1.0.0",
-                    description=DESCRIPTION, routers=[router, receipts.router, in_doubt.router],
-                    manage_runtime=manage_runtime)
+    return make_app(
+        runtime,
+        title="Collections notifier",
+        version="1.0.0",
+        description=DESCRIPTION,
+        routers=[router, receipts.router, in_doubt.router],
+        manage_runtime=manage_runtime,
+    )

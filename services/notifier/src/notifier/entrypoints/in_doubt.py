@@ -22,14 +22,22 @@ from notifier.app.dispatcher import Dispatcher
 from notifier.domain.policy import DispatchPolicy
 
 # No control character (NUL among them): the reason goes to a column and the audit trail.
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=500,
-                                          pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$")]
+Reason = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$"
+    ),
+]
 CommandIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 
 
 class ResendIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"reason": "relay log shows no delivery of this Message-ID"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reason": "relay log shows no delivery of this Message-ID"}]
+        },
+    )
 
     reason: Reason
 
@@ -42,21 +50,34 @@ def _clock(request: Request) -> Clock:
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/contacts/{command_id}/resend", status_code=204,
-             responses={404: PROBLEM_RESPONSES[404], 422: PROBLEM_RESPONSES[422]},
-             tags=["contacts"],
-             summary="Order a contact in doubt sent again (decided afresh)")
-async def order_resend(request: Request, command_id: CommandIdPath, body: ResendIn,
-                       engine: Engine, clock: Annotated[Clock, Depends(_clock)],
-                       who: Annotated[Principal, require("contacts:write")]) -> Response:
+@router.post(
+    "/contacts/{command_id}/resend",
+    status_code=204,
+    responses={404: PROBLEM_RESPONSES[404], 422: PROBLEM_RESPONSES[422]},
+    tags=["contacts"],
+    summary="Order a contact in doubt sent again (decided afresh)",
+)
+async def order_resend(
+    request: Request,
+    command_id: CommandIdPath,
+    body: ResendIn,
+    engine: Engine,
+    clock: Annotated[Clock, Depends(_clock)],
+    who: Annotated[Principal, require("contacts:write")],
+) -> Response:
     policy: DispatchPolicy = request.app.state.runtime.state["policy"]
     async with engine.begin() as conn:
         repo = DispatchRepository(conn)
         dispatch = await repo.in_doubt(command_id)
         if dispatch is None:
             raise ProblemError(404, "Not found", "no contact in doubt with this command id")
-        await repo.order_resend(dispatch, reason=body.reason, actor=who.subject,
-                                policy_version=policy.version, now=clock.now())
+        await repo.order_resend(
+            dispatch,
+            reason=body.reason,
+            actor=who.subject,
+            policy_version=policy.version,
+            now=clock.now(),
+        )
     dispatcher: Dispatcher = request.app.state.runtime.state["dispatcher"]
     dispatcher.wake()
     return Response(status_code=204)

@@ -37,21 +37,28 @@ ProviderPath = Annotated[str, Path(examples=["sms-provider"])]
 Ref = Annotated[str, StringConstraints(pattern=_REF)]
 
 _SIGNATURE = APIKeyHeader(
-    name="X-Signature", scheme_name="providerSignature", auto_error=False,
+    name="X-Signature",
+    scheme_name="providerSignature",
+    auto_error=False,
     description="sha256=<hex HMAC-SHA256 of the raw request body with the provider's "
-                "receipt secret>")
+    "receipt secret>",
+)
 
 
 class ReceiptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    receipt_id: Ref = Field(description="The provider's id of this receipt: a receipt "
-                                        "posted again with the same id does nothing twice")
+    receipt_id: Ref = Field(
+        description="The provider's id of this receipt: a receipt "
+        "posted again with the same id does nothing twice"
+    )
     reference: Annotated[str, StringConstraints(pattern=_ID)] | None = Field(
-        default=None, description="Our reference: the command id sent as the reference "
-                                  "and idempotency key")
-    message_id: Ref | None = Field(default=None,
-                                   description="The provider's id of the message or call")
+        default=None,
+        description="Our reference: the command id sent as the reference and idempotency key",
+    )
+    message_id: Ref | None = Field(
+        default=None, description="The provider's id of the message or call"
+    )
     status: Literal["delivered", "failed", "answered", "unanswered"]
     occurred_at: AwareDatetime
 
@@ -59,24 +66,31 @@ class ReceiptIn(BaseModel):
 class ReceiptTaken(BaseModel):
     effect: Literal["applied", "duplicate", "late", "unmatched"] = Field(
         description="applied to its attempt; duplicate (taken before, nothing done); late "
-                    "(the attempt had its result already); unmatched (no such attempt)")
+        "(the attempt had its result already); unmatched (no such attempt)"
+    )
 
 
 def _refused(provider: str, detail: str) -> ProblemError:
     RECEIPTS.labels(provider, "refused").inc()
-    return ProblemError(401, "Unauthorized", detail,
-                        headers={"WWW-Authenticate": 'Signature realm="delivery-receipts"'})
+    return ProblemError(
+        401,
+        "Unauthorized",
+        detail,
+        headers={"WWW-Authenticate": 'Signature realm="delivery-receipts"'},
+    )
 
 
-async def _verified(request: Request, provider: ProviderPath,
-                    signature: Annotated[str | None, Security(_SIGNATURE)]) -> str:
+async def _verified(
+    request: Request, provider: ProviderPath, signature: Annotated[str | None, Security(_SIGNATURE)]
+) -> str:
     """The provider named in the path, once the body's signature is proven its."""
     settings: NotifierSettings = request.app.state.runtime.settings
     secret = settings.receipt_secrets().get(provider)
     if secret is None or signature is None:
         # One answer for both: which providers exist is not for an unsigned caller to learn.
-        raise _refused("unknown" if secret is None else provider,
-                       "a signed delivery receipt is required")
+        raise _refused(
+            "unknown" if secret is None else provider, "a signed delivery receipt is required"
+        )
     expected = "sha256=" + hmac.new(secret, await request.body(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise _refused(provider, "the signature does not match the body")
@@ -91,23 +105,43 @@ def _clock(request: Request) -> Clock:
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/delivery-receipts/{provider}", response_model=ReceiptTaken,
-             responses={401: {"description": "No receipt secret for this provider, or no or "
-                                             "a wrong signature",
-                              "content": PROBLEM_RESPONSES[422]["content"]},
-                        422: PROBLEM_RESPONSES[422]},
-             tags=["delivery receipts"],
-             summary="A provider reports what became of a message or call")
-async def post_delivery_receipt(request: Request, body: ReceiptIn, engine: Engine,
-                                provider: Annotated[str, Depends(_verified)],
-                                clock: Annotated[Clock, Depends(_clock)]) -> ReceiptTaken:
+@router.post(
+    "/delivery-receipts/{provider}",
+    response_model=ReceiptTaken,
+    responses={
+        401: {
+            "description": "No receipt secret for this provider, or no or a wrong signature",
+            "content": PROBLEM_RESPONSES[422]["content"],
+        },
+        422: PROBLEM_RESPONSES[422],
+    },
+    tags=["delivery receipts"],
+    summary="A provider reports what became of a message or call",
+)
+async def post_delivery_receipt(
+    request: Request,
+    body: ReceiptIn,
+    engine: Engine,
+    provider: Annotated[str, Depends(_verified)],
+    clock: Annotated[Clock, Depends(_clock)],
+) -> ReceiptTaken:
     settings: NotifierSettings = request.app.state.runtime.settings
     policy_version: str = request.app.state.runtime.state["policy"].version
     effect = await take_receipt(
-        engine, Receipt(provider=provider, receipt_id=body.receipt_id, reference=body.reference,
-                        provider_ref=body.message_id, status=body.status,
-                        occurred_at=body.occurred_at),
-        now=clock.now(), source=settings.service_name, topic_prefix=settings.topic_prefix,
-        outbox=outbox, schema=settings.db_schema, policy_version=policy_version)
+        engine,
+        Receipt(
+            provider=provider,
+            receipt_id=body.receipt_id,
+            reference=body.reference,
+            provider_ref=body.message_id,
+            status=body.status,
+            occurred_at=body.occurred_at,
+        ),
+        now=clock.now(),
+        source=settings.service_name,
+        topic_prefix=settings.topic_prefix,
+        outbox=outbox,
+        schema=settings.db_schema,
+        policy_version=policy_version,
+    )
     return ReceiptTaken(effect=effect)
-

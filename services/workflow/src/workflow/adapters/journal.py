@@ -28,7 +28,8 @@ from workflow.domain.model import Case, ContactIntent
 from workflow.domain.policy import PolicyBook
 
 _TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in vars(m).values()
+    cls.__name__: cls
+    for cls in vars(m).values()
     if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == m.__name__
 }
 
@@ -73,8 +74,9 @@ def decode_input(input_type: str, payload: dict[str, Any]) -> d.Input:
 
 
 async def journal_of(conn: AsyncConnection, case_id: str) -> list[Any]:
-    rows = await conn.execute(select(case_inputs).where(case_inputs.c.case_id == case_id)
-                              .order_by(case_inputs.c.id))
+    rows = await conn.execute(
+        select(case_inputs).where(case_inputs.c.case_id == case_id).order_by(case_inputs.c.id)
+    )
     return list(rows)
 
 
@@ -85,9 +87,14 @@ def replay(rows: Sequence[Any], policies: PolicyBook) -> Case | None:
     for row in rows:
         event = decode_input(row.input_type, row.payload)
         product = case.product if case else getattr(event, "product", "")
-        decision = d.decide(case, list(intents.values()), event,
-                            policies.for_product(product), row.at,
-                            partial(derived_id, row.cause_id))
+        decision = d.decide(
+            case,
+            list(intents.values()),
+            event,
+            policies.for_product(product),
+            row.at,
+            partial(derived_id, row.cause_id),
+        )
         if decision.rejected is not None:
             continue
         case = decision.case or case

@@ -32,13 +32,18 @@ def load_policy(path: Path) -> EscalationPolicy:
     try:
         stages = tuple(_stage(s) for s in data["stages"])
         policy = EscalationPolicy(
-            version=str(data["version"]), product=str(data["product"]),
-            tolerance=Decimal(str(data["tolerance"])), stages=stages,
+            version=str(data["version"]),
+            product=str(data["product"]),
+            tolerance=Decimal(str(data["tolerance"])),
+            stages=stages,
             notice_response_deadline=timedelta(days=int(data["notice_response_deadline_days"])),
             unanswered_limit=int(data["unanswered_limit"]),
             breathing_space=timedelta(days=int(data["breathing_space_days"])),
-            step_back_below_share=(Decimal(str(data["step_back_below_share"]))
-                                   if data.get("step_back_below_share") is not None else None),
+            step_back_below_share=(
+                Decimal(str(data["step_back_below_share"]))
+                if data.get("step_back_below_share") is not None
+                else None
+            ),
             recheck_base=timedelta(minutes=int(data["recheck_base_minutes"])),
             recheck_max=timedelta(minutes=int(data["recheck_max_minutes"])),
         )
@@ -51,10 +56,14 @@ def load_policy(path: Path) -> EscalationPolicy:
 def _stage(data: dict[str, Any]) -> StagePolicy:
     days = data.get("max_duration_days")
     return StagePolicy(
-        stage=Stage(data["stage"]), min_days_past_due=int(data["min_days_past_due"]),
-        contacts=tuple(ContactPlan(c["channel"], c["recipient"], c["template"])
-                       for c in data.get("contacts", [])),
-        max_duration=timedelta(days=int(days)) if days is not None else None)
+        stage=Stage(data["stage"]),
+        min_days_past_due=int(data["min_days_past_due"]),
+        contacts=tuple(
+            ContactPlan(c["channel"], c["recipient"], c["template"])
+            for c in data.get("contacts", [])
+        ),
+        max_duration=timedelta(days=int(days)) if days is not None else None,
+    )
 
 
 def _validate(policy: EscalationPolicy, path: Path) -> None:

@@ -40,31 +40,55 @@ class KeyReusedError(Exception):
 
 
 class Commands:
-    def __init__(self, engine: AsyncEngine, settings: ServiceSettings, clock: Clock,
-                 workflow: Workflow) -> None:
+    def __init__(
+        self, engine: AsyncEngine, settings: ServiceSettings, clock: Clock, workflow: Workflow
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._clock = clock
         self._workflow = workflow
 
-    async def execute(self, *, loan_id: str, key: str, route: str, body: dict[str, Any],
-                      actor: str, make: Callable[[str], d.Input],
-                      render: Callable[[Outcome, Tx], Any]) -> tuple[int, dict[str, Any]]:
+    async def execute(
+        self,
+        *,
+        loan_id: str,
+        key: str,
+        route: str,
+        body: dict[str, Any],
+        actor: str,
+        make: Callable[[str], d.Input],
+        render: Callable[[Outcome, Tx], Any],
+    ) -> tuple[int, dict[str, Any]]:
         """Run ``make(request_id)`` against the loan's case; return (status, JSON body)."""
         # The actor is part of the request: another caller reusing a key is refused, never
         # answered with the first caller's replay.
-        request_hash = hashlib.sha256(json.dumps(
-            {"route": route, "loan_id": loan_id, "body": body, "actor": actor}, sort_keys=True,
-            default=str).encode()).hexdigest()
+        request_hash = hashlib.sha256(
+            json.dumps(
+                {"route": route, "loan_id": loan_id, "body": body, "actor": actor},
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()
         async with self._engine.begin() as conn:
-            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
-                    topic_prefix=self._settings.topic_prefix, actor=actor)
-            claimed = await conn.scalar(pg_insert(idempotency_keys).values(
-                key=key, request_hash=request_hash).on_conflict_do_nothing()
-                .returning(idempotency_keys.c.key))
+            tx = Tx(
+                conn=conn,
+                now=self._clock.now(),
+                source=self._settings.service_name,
+                topic_prefix=self._settings.topic_prefix,
+                actor=actor,
+            )
+            claimed = await conn.scalar(
+                pg_insert(idempotency_keys)
+                .values(key=key, request_hash=request_hash)
+                .on_conflict_do_nothing()
+                .returning(idempotency_keys.c.key)
+            )
             if claimed is None:
-                row = (await conn.execute(select(idempotency_keys).where(
-                    idempotency_keys.c.key == key))).one()
+                row = (
+                    await conn.execute(
+                        select(idempotency_keys).where(idempotency_keys.c.key == key)
+                    )
+                ).one()
                 if row.request_hash != request_hash:
                     raise KeyReusedError(key)
                 return int(row.status), dict(row.body)
@@ -76,7 +100,10 @@ class Commands:
             else:
                 outcome = Outcome(200, case=decision.case or before)
             status, rendered = outcome.status, await render(outcome, tx)
-            await conn.execute(update(idempotency_keys).where(idempotency_keys.c.key == key)
-                               .values(status=status, body=rendered))
+            await conn.execute(
+                update(idempotency_keys)
+                .where(idempotency_keys.c.key == key)
+                .values(status=status, body=rendered)
+            )
             await flush(tx, outbox, self._settings.db_schema)
             return status, rendered

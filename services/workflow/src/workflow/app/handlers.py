@@ -52,46 +52,78 @@ class Workflow:
     def __init__(self, policies: PolicyBook) -> None:
         self._policies = policies
 
-    async def run(self, tx: Tx, loan_id: str, event: d.Input, cause_id: str, *,
-                  check_id: str | None = None, intent_id: str | None = None
-                  ) -> tuple[Case | None, d.Decision]:
+    async def run(
+        self,
+        tx: Tx,
+        loan_id: str,
+        event: d.Input,
+        cause_id: str,
+        *,
+        check_id: str | None = None,
+        intent_id: str | None = None,
+    ) -> tuple[Case | None, d.Decision]:
         ((before, decision),) = await self.run_batch(
-            tx, [Item(loan_id, event, cause_id, check_id, intent_id)])
+            tx, [Item(loan_id, event, cause_id, check_id, intent_id)]
+        )
         return before, decision
 
-    async def run_batch(self, tx: Tx, items: Sequence[Item]
-                        ) -> list[tuple[Case | None, d.Decision]]:
+    async def run_batch(
+        self, tx: Tx, items: Sequence[Item]
+    ) -> list[tuple[Case | None, d.Decision]]:
         repo = CaseRepository(tx.conn)
         state = await repo.load_for_batch(
-            [i.loan_id for i in items], [i.check_id for i in items if i.check_id],
-            [i.intent_id for i in items if i.intent_id])
+            [i.loan_id for i in items],
+            [i.check_id for i in items if i.check_id],
+            [i.intent_id for i in items if i.intent_id],
+        )
         results = []
         for item in items:
             before = state.cases.get(item.loan_id)
             event = item.event if before else _with_money_seen(state, item)
             known = state.intents.get(before.case_id, {}) if before else {}
             product = before.product if before else getattr(event, "product", "")
-            decision = d.decide(before, list(known.values()), event,
-                                self._policies.for_product(product), tx.now,
-                                ids(item.cause_id))
+            decision = d.decide(
+                before,
+                list(known.values()),
+                event,
+                self._policies.for_product(product),
+                tx.now,
+                ids(item.cause_id),
+            )
             results.append((before, decision))
             if decision.rejected is not None:
                 continue
             if before is None and decision.case is not None:
                 state.forget(item.loan_id)
-            subject = state.record(before, decision.case, decision.intents, decision.timeline,
-                                   decision.timers, at=tx.now, actor=tx.actor,
-                                   cause_id=item.cause_id)
+            subject = state.record(
+                before,
+                decision.case,
+                decision.intents,
+                decision.timeline,
+                decision.timers,
+                at=tx.now,
+                actor=tx.actor,
+                cause_id=item.cause_id,
+            )
             if subject is None:
                 continue
             input_type, payload = encode_input(event)
-            state.journal_rows.append({
-                "case_id": subject.case_id, "loan_id": subject.loan_id, "at": tx.now,
-                "cause_id": item.cause_id, "input_type": input_type, "payload": payload})
+            state.journal_rows.append(
+                {
+                    "case_id": subject.case_id,
+                    "loan_id": subject.loan_id,
+                    "at": tx.now,
+                    "cause_id": item.cause_id,
+                    "input_type": input_type,
+                    "payload": payload,
+                }
+            )
             for n, effect in enumerate(decision.effects):
-                tx.publish(_message_for(effect, subject, tx),
-                           event_id=derived_id(item.cause_id, f"effect/{n}"),
-                           subject=subject.loan_id)
+                tx.publish(
+                    _message_for(effect, subject, tx),
+                    event_id=derived_id(item.cause_id, f"effect/{n}"),
+                    subject=subject.loan_id,
+                )
         await repo.write_batch(state, tx.now)
         return results
 
@@ -103,9 +135,17 @@ def _with_money_seen(state: BatchState, item: Item) -> d.Input:
     match event:
         case m.RepaymentReceived() | m.RepaymentReversed():
             kind = "repayment" if isinstance(event, m.RepaymentReceived) else "reversal"
-            state.remember(item.loan_id, m.MoneySeen(
-                event.event_id, kind, event.repayment_id, event.amount,
-                event.outstanding_after, event.at))
+            state.remember(
+                item.loan_id,
+                m.MoneySeen(
+                    event.event_id,
+                    kind,
+                    event.repayment_id,
+                    event.amount,
+                    event.outstanding_after,
+                    event.at,
+                ),
+            )
         case m.OverdueReported() if item.loan_id in state.money:
             return replace(event, money_seen=state.money[item.loan_id])
     return event
@@ -121,9 +161,18 @@ class WorkflowHandlers:
         async def one(tx: Tx, env: Envelope) -> None:
             await self.batch(tx, [env])
 
-        return dict.fromkeys((c.LoanOverdue, c.RepaymentReceived, c.RepaymentReversed,
-                              c.BalanceConfirmed, c.BalanceRefused, c.BalanceCorrected,
-                              c.ContactOutcome), one)
+        return dict.fromkeys(
+            (
+                c.LoanOverdue,
+                c.RepaymentReceived,
+                c.RepaymentReversed,
+                c.BalanceConfirmed,
+                c.BalanceRefused,
+                c.BalanceCorrected,
+                c.ContactOutcome,
+            ),
+            one,
+        )
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
         await self._workflow.run_batch(tx, [item_for(env) for env in envelopes])
@@ -133,38 +182,89 @@ def item_for(env: Envelope) -> Item:
     data = env.data
     match data:
         case c.LoanOverdue():
-            return Item(data.loan_id, m.OverdueReported(
-                event_id=env.id, loan_id=data.loan_id, borrower_id=data.borrower_id,
-                product=data.product, currency=data.currency,
-                amount_overdue=data.amount_overdue, outstanding=data.outstanding_balance,
-                days_past_due=data.days_past_due, as_of=data.as_of,
-                borrower_time_zone=data.borrower_time_zone, jurisdiction=data.jurisdiction),
-                env.id)
+            return Item(
+                data.loan_id,
+                m.OverdueReported(
+                    event_id=env.id,
+                    loan_id=data.loan_id,
+                    borrower_id=data.borrower_id,
+                    product=data.product,
+                    currency=data.currency,
+                    amount_overdue=data.amount_overdue,
+                    outstanding=data.outstanding_balance,
+                    days_past_due=data.days_past_due,
+                    as_of=data.as_of,
+                    borrower_time_zone=data.borrower_time_zone,
+                    jurisdiction=data.jurisdiction,
+                ),
+                env.id,
+            )
         case c.RepaymentReceived():
             # A repayment on a loan we never chased concerns no case: the decision says so.
-            return Item(data.loan_id, m.RepaymentReceived(
-                env.id, data.repayment_id, data.amount, data.outstanding_balance_after,
-                data.received_at), env.id)
+            return Item(
+                data.loan_id,
+                m.RepaymentReceived(
+                    env.id,
+                    data.repayment_id,
+                    data.amount,
+                    data.outstanding_balance_after,
+                    data.received_at,
+                ),
+                env.id,
+            )
         case c.RepaymentReversed():
-            return Item(data.loan_id, m.RepaymentReversed(
-                env.id, data.repayment_id, data.amount, data.outstanding_balance_after,
-                data.reversed_at), env.id)
+            return Item(
+                data.loan_id,
+                m.RepaymentReversed(
+                    env.id,
+                    data.repayment_id,
+                    data.amount,
+                    data.outstanding_balance_after,
+                    data.reversed_at,
+                ),
+                env.id,
+            )
         case c.BalanceConfirmed():
-            return Item(data.loan_id, m.BalanceConfirmed(
-                env.id, data.check_id, data.confirmation_id, data.confirmed_outstanding,
-                data.ledger_watermark, data.confirmed_at, data.valid_until), env.id,
-                check_id=data.check_id)
+            return Item(
+                data.loan_id,
+                m.BalanceConfirmed(
+                    env.id,
+                    data.check_id,
+                    data.confirmation_id,
+                    data.confirmed_outstanding,
+                    data.ledger_watermark,
+                    data.confirmed_at,
+                    data.valid_until,
+                ),
+                env.id,
+                check_id=data.check_id,
+            )
         case c.BalanceRefused():
-            return Item(data.loan_id, m.BalanceRefused(
-                env.id, data.check_id, data.reason, data.detail), env.id,
-                check_id=data.check_id)
+            return Item(
+                data.loan_id,
+                m.BalanceRefused(env.id, data.check_id, data.reason, data.detail),
+                env.id,
+                check_id=data.check_id,
+            )
         case c.BalanceCorrected():
-            return Item(data.loan_id, m.BalanceCorrected(
-                env.id, data.kind, data.ledger_outstanding), env.id)
+            return Item(
+                data.loan_id, m.BalanceCorrected(env.id, data.kind, data.ledger_outstanding), env.id
+            )
         case c.ContactOutcome():
-            return Item(data.loan_id, m.ContactOutcomeReported(
-                env.id, data.command_id, data.intent_id, data.channel, data.outcome,
-                data.reason, data.occurred_at), env.id, intent_id=data.intent_id)
+            return Item(
+                data.loan_id,
+                m.ContactOutcomeReported(
+                    env.id,
+                    data.command_id,
+                    data.intent_id,
+                    data.channel,
+                    data.outcome,
+                    data.reason,
+                    data.occurred_at,
+                ),
+                env.id,
+                intent_id=data.intent_id,
+            )
     raise AssertionError(f"the workflow does not consume {type(data).__name__}")
 
 
@@ -172,42 +272,81 @@ def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:
     match effect:
         case d.RequestBalanceCheck(intent=intent, expected_outstanding=expected):
             return c.BalanceCheckRequested(
-                check_id=intent.check_id, loan_id=case.loan_id, currency=case.currency,
-                expected_outstanding=expected, requested_at=tx.now)
+                check_id=intent.check_id,
+                loan_id=case.loan_id,
+                currency=case.currency,
+                expected_outstanding=expected,
+                requested_at=tx.now,
+            )
         case d.IssueContactCommand(intent=intent, confirmation=conf):
             assert intent.command_id is not None
             return c.ContactCommand(
-                command_id=intent.command_id, intent_id=intent.intent_id, case_id=case.case_id,
-                loan_id=case.loan_id, borrower_id=case.borrower_id,
+                command_id=intent.command_id,
+                intent_id=intent.intent_id,
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                borrower_id=case.borrower_id,
                 recipient=intent.recipient,
                 channel=intent.channel,
-                stage=intent.stage.value, template=intent.template, currency=case.currency,
-                amount_due=conf.confirmed_outstanding, confirmation_id=conf.confirmation_id,
-                ledger_watermark=conf.ledger_watermark, confirmed_at=conf.confirmed_at,
+                stage=intent.stage.value,
+                template=intent.template,
+                currency=case.currency,
+                amount_due=conf.confirmed_outstanding,
+                confirmation_id=conf.confirmation_id,
+                ledger_watermark=conf.ledger_watermark,
+                confirmed_at=conf.confirmed_at,
                 confirmation_valid_until=conf.valid_until,
                 borrower_time_zone=case.borrower_time_zone,
                 jurisdiction=case.jurisdiction,
-                issued_at=tx.now)
+                issued_at=tx.now,
+            )
         case d.CancelContacts(reason=reason):
-            return c.ContactCancelled(loan_id=case.loan_id, reason=reason,
-                                      cancelled_at=tx.now)
+            return c.ContactCancelled(loan_id=case.loan_id, reason=reason, cancelled_at=tx.now)
         case d.AnnounceCaseOpened():
-            return c.CaseOpened(case_id=case.case_id, loan_id=case.loan_id,
-                                borrower_id=case.borrower_id, stage=case.stage.value,
-                                policy_version=case.policy_version, opened_at=tx.now)
+            return c.CaseOpened(
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                borrower_id=case.borrower_id,
+                stage=case.stage.value,
+                policy_version=case.policy_version,
+                opened_at=tx.now,
+            )
         case d.AnnounceStageChanged(from_stage=old, to_stage=new, cause=cause):
-            return c.CaseStageChanged(case_id=case.case_id, loan_id=case.loan_id,
-                                      from_stage=old.value, to_stage=new.value, cause=cause,
-                                      policy_version=case.policy_version, changed_at=tx.now)
+            return c.CaseStageChanged(
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                from_stage=old.value,
+                to_stage=new.value,
+                cause=cause,
+                policy_version=case.policy_version,
+                changed_at=tx.now,
+            )
         case d.AnnounceCaseClosed(exit=exit_, cause=cause):
-            return c.CaseClosed(case_id=case.case_id, loan_id=case.loan_id,
-                                outcome=exit_.value, cause=cause, closed_at=tx.now)
+            return c.CaseClosed(
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                outcome=exit_.value,
+                cause=cause,
+                closed_at=tx.now,
+            )
         case d.AnnounceHeld(hold=hold):
-            return c.CaseHeld(case_id=case.case_id, loan_id=case.loan_id, hold_id=hold.hold_id,
-                              kind=hold.kind.value, reason=hold.reason, until=hold.until,
-                              actor=hold.actor, held_at=tx.now)
+            return c.CaseHeld(
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                hold_id=hold.hold_id,
+                kind=hold.kind.value,
+                reason=hold.reason,
+                until=hold.until,
+                actor=hold.actor,
+                held_at=tx.now,
+            )
         case d.AnnounceResumed(hold=hold, reason=reason, actor=actor):
-            return c.CaseResumed(case_id=case.case_id, loan_id=case.loan_id,
-                                 hold_id=hold.hold_id, reason=reason, actor=actor,
-                                 resumed_at=tx.now)
+            return c.CaseResumed(
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                hold_id=hold.hold_id,
+                reason=reason,
+                actor=actor,
+                resumed_at=tx.now,
+            )
     raise AssertionError(f"unhandled effect {effect!r}")

@@ -31,9 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class TimerWorker:
-    def __init__(self, engine: AsyncEngine, settings: ServiceSettings, clock: Clock,
-                 workflow: Workflow, *, batch: int = 200, poll_s: float = 1.0,
-                 money_seen_retention: timedelta = timedelta(days=3)) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: ServiceSettings,
+        clock: Clock,
+        workflow: Workflow,
+        *,
+        batch: int = 200,
+        poll_s: float = 1.0,
+        money_seen_retention: timedelta = timedelta(days=3),
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._clock = clock
@@ -72,8 +80,11 @@ class TimerWorker:
         now = self._clock.now()
         overdue = (timers.c.fired_at.is_(None)) & (timers.c.due_at <= now)
         async with self._engine.connect() as conn:
-            count = await conn.scalar(select(func.count()).select_from(
-                select(timers.c.timer_id).where(overdue).limit(100_000).subquery()))
+            count = await conn.scalar(
+                select(func.count()).select_from(
+                    select(timers.c.timer_id).where(overdue).limit(100_000).subquery()
+                )
+            )
             oldest = await conn.scalar(select(func.min(timers.c.due_at)).where(overdue))
         TIMERS_OVERDUE.set(int(count or 0))
         TIMERS_OLDEST_OVERDUE.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
@@ -86,7 +97,8 @@ class TimerWorker:
         self._pruned_at = time.monotonic()
         async with self._engine.begin() as conn:
             return await CaseRepository(conn).prune_money_seen(
-                self._clock.now() - self._money_seen_retention)
+                self._clock.now() - self._money_seen_retention
+            )
 
     async def _sleep_for(self) -> float:
         async with self._engine.connect() as conn:
@@ -99,10 +111,14 @@ class TimerWorker:
     async def fire_due(self) -> int:
         now = self._clock.now()
         async with self._engine.connect() as conn:
-            due = (await conn.execute(
-                select(timers.c.timer_id, timers.c.loan_id).where(
-                    timers.c.fired_at.is_(None), timers.c.due_at <= now)
-                .order_by(timers.c.due_at).limit(self._batch))).all()
+            due = (
+                await conn.execute(
+                    select(timers.c.timer_id, timers.c.loan_id)
+                    .where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
+                    .order_by(timers.c.due_at)
+                    .limit(self._batch)
+                )
+            ).all()
         fired = 0
         for timer_id, loan_id in due:
             fired += await self._fire(timer_id, loan_id)
@@ -110,21 +126,41 @@ class TimerWorker:
 
     async def _fire(self, timer_id: str, loan_id: str) -> int:
         async with self._engine.begin() as conn:
-            tx = Tx(conn=conn, now=self._clock.now(), source=self._settings.service_name,
-                    topic_prefix=self._settings.topic_prefix, actor="timer")
+            tx = Tx(
+                conn=conn,
+                now=self._clock.now(),
+                source=self._settings.service_name,
+                topic_prefix=self._settings.topic_prefix,
+                actor="timer",
+            )
             repo = CaseRepository(conn)
             await repo.get(loan_id, lock=True)  # case first, then the timer: one lock order
-            row = (await conn.execute(
-                select(timers).where(timers.c.timer_id == timer_id, timers.c.fired_at.is_(None))
-                .with_for_update(skip_locked=True))).first()
+            row = (
+                await conn.execute(
+                    select(timers)
+                    .where(timers.c.timer_id == timer_id, timers.c.fired_at.is_(None))
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
             if row is None:
                 return 0  # another replica fired it, or a transition superseded it
             await self._workflow.run(
-                tx, loan_id, m.TimerFired(timer_id=row.timer_id, kind=row.kind, token=row.token,
-                                          due_at=row.due_at), f"timer:{row.timer_id}")
+                tx,
+                loan_id,
+                m.TimerFired(
+                    timer_id=row.timer_id, kind=row.kind, token=row.token, due_at=row.due_at
+                ),
+                f"timer:{row.timer_id}",
+            )
             await repo.mark_fired(row.timer_id, tx.now)
             await flush(tx, outbox, self._settings.db_schema)
-            log.info("timer fired", extra={"timer_id": row.timer_id, "kind": row.kind,
-                                           "loan_id": loan_id,
-                                           "late_s": (tx.now - row.due_at) / timedelta(seconds=1)})
+            log.info(
+                "timer fired",
+                extra={
+                    "timer_id": row.timer_id,
+                    "kind": row.kind,
+                    "loan_id": loan_id,
+                    "late_s": (tx.now - row.due_at) / timedelta(seconds=1),
+                },
+            )
             return 1

@@ -95,13 +95,33 @@ class AnnounceResumed:
     actor: str
 
 
-Effect = (RequestBalanceCheck | IssueContactCommand | CancelContacts | AnnounceCaseOpened
-          | AnnounceStageChanged | AnnounceCaseClosed | AnnounceHeld | AnnounceResumed)
+Effect = (
+    RequestBalanceCheck
+    | IssueContactCommand
+    | CancelContacts
+    | AnnounceCaseOpened
+    | AnnounceStageChanged
+    | AnnounceCaseClosed
+    | AnnounceHeld
+    | AnnounceResumed
+)
 
-Input = (m.OverdueReported | m.RepaymentReceived | m.RepaymentReversed | m.BalanceConfirmed
-         | m.BalanceRefused | m.BalanceCorrected | m.ContactOutcomeReported | m.TimerFired
-         | m.RequestHold | m.RequestResume | m.RecordArrangement | m.RequestEscalation
-         | m.RecordLegalMilestone | m.RequestClosure)
+Input = (
+    m.OverdueReported
+    | m.RepaymentReceived
+    | m.RepaymentReversed
+    | m.BalanceConfirmed
+    | m.BalanceRefused
+    | m.BalanceCorrected
+    | m.ContactOutcomeReported
+    | m.TimerFired
+    | m.RequestHold
+    | m.RequestResume
+    | m.RecordArrangement
+    | m.RequestEscalation
+    | m.RecordLegalMilestone
+    | m.RequestClosure
+)
 
 
 @dataclass(frozen=True)
@@ -127,8 +147,9 @@ class Decision:
         )
 
 
-def _merge_intents(first: Sequence[ContactIntent],
-                   second: Sequence[ContactIntent]) -> tuple[ContactIntent, ...]:
+def _merge_intents(
+    first: Sequence[ContactIntent], second: Sequence[ContactIntent]
+) -> tuple[ContactIntent, ...]:
     merged = {i.intent_id: i for i in first}
     merged.update({i.intent_id: i for i in second})
     return tuple(merged.values())
@@ -142,10 +163,12 @@ class _Ctx:
     cause: str
 
 
-def _entry(ctx: _Ctx, what: str, before: Case | None, after: Case | None,
-           **detail: object) -> TimelineEntry:
+def _entry(
+    ctx: _Ctx, what: str, before: Case | None, after: Case | None, **detail: object
+) -> TimelineEntry:
     return TimelineEntry(
-        kind=what, cause=ctx.cause,
+        kind=what,
+        cause=ctx.cause,
         stage_before=before.stage if before else None,
         stage_after=after.stage if after else None,
         status_before=before.status if before else None,
@@ -163,17 +186,36 @@ def _plan_contacts(case: Case, ctx: _Ctx, label: str) -> Decision:
     intents = []
     for i, plan in enumerate(ctx.policy.for_stage(case.stage).contacts):
         intent_id = ctx.new_id(f"intent/{label}/{case.stage}/{i}")
-        intents.append(ContactIntent(
-            intent_id=intent_id, case_id=case.case_id, loan_id=case.loan_id, stage=case.stage,
-            channel=plan.channel, recipient=plan.recipient, template=plan.template,
-            status=IntentStatus.AWAITING_CONFIRMATION, created_at=ctx.now,
-            check_id=ctx.new_id(f"check/{label}/{case.stage}/{i}")))
+        intents.append(
+            ContactIntent(
+                intent_id=intent_id,
+                case_id=case.case_id,
+                loan_id=case.loan_id,
+                stage=case.stage,
+                channel=plan.channel,
+                recipient=plan.recipient,
+                template=plan.template,
+                status=IntentStatus.AWAITING_CONFIRMATION,
+                created_at=ctx.now,
+                check_id=ctx.new_id(f"check/{label}/{case.stage}/{i}"),
+            )
+        )
     return Decision(
-        case=None, intents=tuple(intents),
+        case=None,
+        intents=tuple(intents),
         effects=tuple(RequestBalanceCheck(i, case.outstanding) for i in intents),
-        timeline=tuple(_entry(ctx, "contact_intent_recorded", case, case,
-                              intent_id=i.intent_id, channel=i.channel, recipient=i.recipient)
-                       for i in intents),
+        timeline=tuple(
+            _entry(
+                ctx,
+                "contact_intent_recorded",
+                case,
+                case,
+                intent_id=i.intent_id,
+                channel=i.channel,
+                recipient=i.recipient,
+            )
+            for i in intents
+        ),
     )
 
 
@@ -181,13 +223,17 @@ def _end_arrangement(case: Case, outcome: str, ctx: _Ctx) -> Case:
     """The case without its running arrangement, which stays readable with its outcome."""
     if case.arrangement is None:
         return case
-    return replace(case, arrangement=None, last_arrangement=replace(
-        case.arrangement, outcome=outcome, ended_at=ctx.now))
+    return replace(
+        case,
+        arrangement=None,
+        last_arrangement=replace(case.arrangement, outcome=outcome, ended_at=ctx.now),
+    )
 
 
 def _cancel_pending(intents: Sequence[ContactIntent], reason: str) -> tuple[ContactIntent, ...]:
-    return tuple(replace(i, status=IntentStatus.CANCELLED, reason=reason)
-                 for i in intents if i.is_pending)
+    return tuple(
+        replace(i, status=IntentStatus.CANCELLED, reason=reason) for i in intents if i.is_pending
+    )
 
 
 def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
@@ -196,58 +242,115 @@ def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
     if limit is not None:
         timers.append(Timer(TimerKind.STAGE_TIME_LIMIT, ctx.now + limit, str(case.stage_epoch)))
     if case.stage is Stage.FORMAL_NOTICE:
-        timers.append(Timer(TimerKind.NOTICE_DEADLINE,
-                            ctx.now + ctx.policy.notice_response_deadline,
-                            str(case.stage_epoch)))
+        timers.append(
+            Timer(
+                TimerKind.NOTICE_DEADLINE,
+                ctx.now + ctx.policy.notice_response_deadline,
+                str(case.stage_epoch),
+            )
+        )
     return tuple(timers)
 
 
-def _enter_stage(case: Case, intents: Sequence[ContactIntent], target: Stage, ctx: _Ctx,
-                 trigger: Trigger, why: str) -> Decision:
-    moved = replace(_end_arrangement(case, "cancelled", ctx), stage=target,
-                    status=CaseStatus.OPEN,
-                    stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
-                    outstanding_at_stage_entry=case.outstanding, unanswered_contacts=0,
-                    policy_version=ctx.policy.version, updated_at=ctx.now)
+def _enter_stage(
+    case: Case,
+    intents: Sequence[ContactIntent],
+    target: Stage,
+    ctx: _Ctx,
+    trigger: Trigger,
+    why: str,
+) -> Decision:
+    moved = replace(
+        _end_arrangement(case, "cancelled", ctx),
+        stage=target,
+        status=CaseStatus.OPEN,
+        stage_epoch=case.stage_epoch + 1,
+        stage_entered_at=ctx.now,
+        outstanding_at_stage_entry=case.outstanding,
+        unanswered_contacts=0,
+        policy_version=ctx.policy.version,
+        updated_at=ctx.now,
+    )
     contacts = _plan_contacts(moved, ctx, f"stage-{moved.stage_epoch}")
     return Decision(
-        case=moved, intents=_cancel_pending(intents, "superseded_by_stage_change"),
+        case=moved,
+        intents=_cancel_pending(intents, "superseded_by_stage_change"),
         effects=(AnnounceStageChanged(case.stage, target, trigger.value),),
-        timeline=(_entry(ctx, "stage_changed", case, moved, trigger=trigger.value,
-                         why=why or None),),
+        timeline=(
+            _entry(ctx, "stage_changed", case, moved, trigger=trigger.value, why=why or None),
+        ),
         timers=_stage_timers(moved, ctx),
     ).then(contacts)
 
 
-def _close(case: Case, intents: Sequence[ContactIntent], exit_: Exit, ctx: _Ctx,
-           trigger: Trigger, **detail: object) -> Decision:
-    outcome = ("completed" if trigger is Trigger.PLAN_COMPLETED
-               else "repaid" if exit_ is Exit.REPAID else "cancelled")
-    closed = replace(_end_arrangement(case, outcome, ctx), status=CaseStatus.CLOSED,
-                     exit=exit_, hold=None, stage_epoch=case.stage_epoch + 1,
-                     policy_version=ctx.policy.version, updated_at=ctx.now)
+def _close(
+    case: Case,
+    intents: Sequence[ContactIntent],
+    exit_: Exit,
+    ctx: _Ctx,
+    trigger: Trigger,
+    **detail: object,
+) -> Decision:
+    outcome = (
+        "completed"
+        if trigger is Trigger.PLAN_COMPLETED
+        else "repaid"
+        if exit_ is Exit.REPAID
+        else "cancelled"
+    )
+    closed = replace(
+        _end_arrangement(case, outcome, ctx),
+        status=CaseStatus.CLOSED,
+        exit=exit_,
+        hold=None,
+        stage_epoch=case.stage_epoch + 1,
+        policy_version=ctx.policy.version,
+        updated_at=ctx.now,
+    )
     return Decision(
-        case=closed, intents=_cancel_pending(intents, exit_.value),
+        case=closed,
+        intents=_cancel_pending(intents, exit_.value),
         effects=(CancelContacts(exit_.value), AnnounceCaseClosed(exit_, trigger.value)),
-        timeline=(_entry(ctx, "case_closed", case, closed, exit=exit_.value,
-                         trigger=trigger.value, **detail),),
+        timeline=(
+            _entry(
+                ctx, "case_closed", case, closed, exit=exit_.value, trigger=trigger.value, **detail
+            ),
+        ),
     )
 
 
 def _reopen(case: Case, ctx: _Ctx, kind: str, **detail: object) -> Decision:
     """Back to collecting at the case's stage: every contact needs a fresh confirmation."""
-    reopened = replace(case, status=CaseStatus.OPEN, exit=None, hold=None,
-                       stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
-                       policy_version=ctx.policy.version, updated_at=ctx.now)
-    return Decision(case=reopened, timeline=(_entry(ctx, kind, case, reopened, **detail),),
-                    timers=_stage_timers(reopened, ctx)
-                    ).then(_plan_contacts(reopened, ctx, f"reopen-{reopened.stage_epoch}"))
+    reopened = replace(
+        case,
+        status=CaseStatus.OPEN,
+        exit=None,
+        hold=None,
+        stage_epoch=case.stage_epoch + 1,
+        stage_entered_at=ctx.now,
+        policy_version=ctx.policy.version,
+        updated_at=ctx.now,
+    )
+    return Decision(
+        case=reopened,
+        timeline=(_entry(ctx, kind, case, reopened, **detail),),
+        timers=_stage_timers(reopened, ctx),
+    ).then(_plan_contacts(reopened, ctx, f"reopen-{reopened.stage_epoch}"))
 
 
-def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, ctx: _Ctx, *,
-           changed: bool = False, hold: Hold | None = None,
-           arrangement: Arrangement | None = None, actor: str = "system",
-           reason: str = "", **detail: object) -> Decision:
+def apply_rule(
+    case: Case,
+    intents: Sequence[ContactIntent],
+    trigger: Trigger,
+    ctx: _Ctx,
+    *,
+    changed: bool = False,
+    hold: Hold | None = None,
+    arrangement: Arrangement | None = None,
+    actor: str = "system",
+    reason: str = "",
+    **detail: object,
+) -> Decision:
     """Apply the lifecycle table's rule for ``trigger`` to ``case``.
 
     ``changed`` says ``case`` already carries bookkeeping changes (balance, days past due)
@@ -260,21 +363,27 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
         case Rule.REJECT:
             return Decision(case=None, rejected=rule.why)
         case Rule.IGNORE:
-            return Decision(case=keep, timeline=(_entry(
-                ctx, "ignored", case, case, trigger=trigger.value, why=rule.why, **detail),))
+            return Decision(
+                case=keep,
+                timeline=(
+                    _entry(
+                        ctx, "ignored", case, case, trigger=trigger.value, why=rule.why, **detail
+                    ),
+                ),
+            )
         case Rule.STAY:
-            return Decision(case=keep, timeline=(_entry(
-                ctx, trigger.value, case, case, why=rule.why or None, **detail),))
+            return Decision(
+                case=keep,
+                timeline=(_entry(ctx, trigger.value, case, case, why=rule.why or None, **detail),),
+            )
         case Rule.ADVANCE:
             target = next_stage(case.stage)
             assert target is not None, "the table never advances from the last stage"
             return _enter_stage(case, intents, target, ctx, trigger, reason or rule.why)
         case Rule.TO_LITIGATION:
-            return _enter_stage(case, intents, Stage.LITIGATION, ctx, trigger,
-                                reason or rule.why)
+            return _enter_stage(case, intents, Stage.LITIGATION, ctx, trigger, reason or rule.why)
         case Rule.TO_ENFORCEMENT:
-            return _enter_stage(case, intents, Stage.ENFORCEMENT, ctx, trigger,
-                                reason or rule.why)
+            return _enter_stage(case, intents, Stage.ENFORCEMENT, ctx, trigger, reason or rule.why)
         case Rule.BREAK_ARRANGEMENT:
             ended = _end_arrangement(case, "broken", ctx)
             broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
@@ -285,80 +394,157 @@ def apply_rule(case: Case, intents: Sequence[ContactIntent], trigger: Trigger, c
             return _restart_collecting(ended, ctx, broken)
         case Rule.END_ARRANGEMENT:
             ended = _end_arrangement(case, "kept", ctx)
-            return _restart_collecting(ended, ctx, _entry(ctx, "arrangement_kept", case, ended,
-                                                          **detail))
+            return _restart_collecting(
+                ended, ctx, _entry(ctx, "arrangement_kept", case, ended, **detail)
+            )
         case Rule.CLOSE_REPAID:
             return _close(case, intents, Exit.REPAID, ctx, trigger, **detail)
         case Rule.CLOSE_SETTLED:
-            return _close(case, intents, Exit.SETTLED, ctx, trigger, actor=actor,
-                          reason=reason or None, **detail)
+            return _close(
+                case,
+                intents,
+                Exit.SETTLED,
+                ctx,
+                trigger,
+                actor=actor,
+                reason=reason or None,
+                **detail,
+            )
         case Rule.CLOSE_WRITTEN_OFF:
-            return _close(case, intents, Exit.WRITTEN_OFF, ctx, trigger, actor=actor,
-                          reason=reason or None, **detail)
+            return _close(
+                case,
+                intents,
+                Exit.WRITTEN_OFF,
+                ctx,
+                trigger,
+                actor=actor,
+                reason=reason or None,
+                **detail,
+            )
         case Rule.CLOSE_CLOSED:
-            return _close(case, intents, Exit.CLOSED, ctx, trigger, actor=actor,
-                          reason=reason or None, **detail)
+            return _close(
+                case,
+                intents,
+                Exit.CLOSED,
+                ctx,
+                trigger,
+                actor=actor,
+                reason=reason or None,
+                **detail,
+            )
         case Rule.HOLD:
             assert hold is not None
-            held = replace(_end_arrangement(case, "cancelled", ctx), status=CaseStatus.HELD,
-                           hold=hold,
-                           stage_epoch=case.stage_epoch + 1, updated_at=ctx.now)
+            held = replace(
+                _end_arrangement(case, "cancelled", ctx),
+                status=CaseStatus.HELD,
+                hold=hold,
+                stage_epoch=case.stage_epoch + 1,
+                updated_at=ctx.now,
+            )
             expiry: tuple[Timer, ...] = (
-                (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ())
+                (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ()
+            )
             return Decision(
-                case=held, intents=_cancel_pending(intents, "held"),
+                case=held,
+                intents=_cancel_pending(intents, "held"),
                 effects=(CancelContacts("held"), AnnounceHeld(hold)),
-                timeline=(_entry(ctx, "case_held", case, held, hold_id=hold.hold_id,
-                                 kind=hold.kind.value, reason=hold.reason, actor=hold.actor,
-                                 until=hold.until.isoformat() if hold.until else None,
-                                 effective_from=hold.effective_from.isoformat()
-                                 if hold.effective_from else None),),
-                timers=expiry)
+                timeline=(
+                    _entry(
+                        ctx,
+                        "case_held",
+                        case,
+                        held,
+                        hold_id=hold.hold_id,
+                        kind=hold.kind.value,
+                        reason=hold.reason,
+                        actor=hold.actor,
+                        until=hold.until.isoformat() if hold.until else None,
+                        effective_from=hold.effective_from.isoformat()
+                        if hold.effective_from
+                        else None,
+                    ),
+                ),
+                timers=expiry,
+            )
         case Rule.RESUME:
             assert case.hold is not None
-            decision = _reopen(case, ctx, "case_resumed", hold_id=case.hold.hold_id,
-                               reason=reason or rule.why, actor=actor, **detail)
-            return decision.then(Decision(case=None, effects=(
-                AnnounceResumed(case.hold, reason or rule.why, actor),)))
+            decision = _reopen(
+                case,
+                ctx,
+                "case_resumed",
+                hold_id=case.hold.hold_id,
+                reason=reason or rule.why,
+                actor=actor,
+                **detail,
+            )
+            return decision.then(
+                Decision(
+                    case=None, effects=(AnnounceResumed(case.hold, reason or rule.why, actor),)
+                )
+            )
         case Rule.REOPEN:
             # Announced as at its opening: ledger-sync forgot the case when it closed, and
             # reconciles open cases only.
             return Decision(case=None, effects=(AnnounceCaseOpened(),)).then(
-                _reopen(case, ctx, "case_reopened", **detail))
+                _reopen(case, ctx, "case_reopened", **detail)
+            )
         case Rule.ARRANGE:
             assert arrangement is not None
             arranged = replace(case, arrangement=arrangement, updated_at=ctx.now)
-            timers = tuple(Timer(TimerKind.ARRANGEMENT_DUE, i.due_at,
-                                 f"{arrangement.arrangement_id}:{n}")
-                           for n, i in enumerate(arrangement.schedule))
+            timers = tuple(
+                Timer(TimerKind.ARRANGEMENT_DUE, i.due_at, f"{arrangement.arrangement_id}:{n}")
+                for n, i in enumerate(arrangement.schedule)
+            )
             return Decision(
                 case=arranged,
                 intents=_cancel_pending(intents, "superseded_by_arrangement"),
-                timeline=(_entry(ctx, "arrangement_recorded", case, arranged,
-                                 arrangement_id=arrangement.arrangement_id,
-                                 kind=arrangement.kind.value, total=str(arrangement.total),
-                                 instalments=len(arrangement.schedule), actor=actor,
-                                 interest_reduction=str(arrangement.interest_reduction)
-                                 if arrangement.interest_reduction is not None else None),),
-                timers=timers)
+                timeline=(
+                    _entry(
+                        ctx,
+                        "arrangement_recorded",
+                        case,
+                        arranged,
+                        arrangement_id=arrangement.arrangement_id,
+                        kind=arrangement.kind.value,
+                        total=str(arrangement.total),
+                        instalments=len(arrangement.schedule),
+                        actor=actor,
+                        interest_reduction=str(arrangement.interest_reduction)
+                        if arrangement.interest_reduction is not None
+                        else None,
+                    ),
+                ),
+                timers=timers,
+            )
     raise AssertionError(f"unhandled rule {rule.rule}")
 
 
 def _restart_collecting(case: Case, ctx: _Ctx, first: TimelineEntry) -> Decision:
-    restarted = replace(case, stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now,
-                        updated_at=ctx.now)
+    restarted = replace(
+        case, stage_epoch=case.stage_epoch + 1, stage_entered_at=ctx.now, updated_at=ctx.now
+    )
     return Decision(case=restarted, timeline=(first,), timers=_stage_timers(restarted, ctx))
 
 
 # --- the decision ------------------------------------------------------------------------
 
 
-def decide(case: Case | None, intents: Sequence[ContactIntent], event: Input,
-           policy: EscalationPolicy, now: datetime, new_id: NewId) -> Decision:
+def decide(
+    case: Case | None,
+    intents: Sequence[ContactIntent],
+    event: Input,
+    policy: EscalationPolicy,
+    now: datetime,
+    new_id: NewId,
+) -> Decision:
     """Decide what ``event`` does to ``case`` (None: the loan has no case yet)."""
-    cause = (f"request:{event.request_id}" if hasattr(event, "request_id")
-             else f"timer:{event.timer_id}" if isinstance(event, m.TimerFired)
-             else f"event:{event.event_id}")
+    cause = (
+        f"request:{event.request_id}"
+        if hasattr(event, "request_id")
+        else f"timer:{event.timer_id}"
+        if isinstance(event, m.TimerFired)
+        else f"event:{event.event_id}"
+    )
     ctx = _Ctx(policy, now, new_id, cause)
     if isinstance(event, m.OverdueReported):
         return _overdue(case, intents, event, ctx)
@@ -368,25 +554,50 @@ def decide(case: Case | None, intents: Sequence[ContactIntent], event: Input,
         case m.RepaymentReceived():
             return _repayment(case, intents, event, ctx)
         case m.RepaymentReversed():
-            reversed_ = replace(case, outstanding=event.outstanding_after, updated_at=now,
-                                money_applied_at=now)
+            reversed_ = replace(
+                case, outstanding=event.outstanding_after, updated_at=now, money_applied_at=now
+            )
             if event.outstanding_after <= policy.tolerance:
-                return Decision(case=None, timeline=(_entry(
-                    ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id),))
-            return apply_rule(reversed_, intents, Trigger.REPAYMENT_REVERSED, ctx, changed=True,
-                          repayment_id=event.repayment_id, amount=str(event.amount))
+                return Decision(
+                    case=None,
+                    timeline=(
+                        _entry(
+                            ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id
+                        ),
+                    ),
+                )
+            return apply_rule(
+                reversed_,
+                intents,
+                Trigger.REPAYMENT_REVERSED,
+                ctx,
+                changed=True,
+                repayment_id=event.repayment_id,
+                amount=str(event.amount),
+            )
         case m.BalanceConfirmed():
             return _confirmed(case, intents, event, ctx)
         case m.BalanceRefused():
             return _refused(case, intents, event, ctx)
         case m.BalanceCorrected():
             if event.kind == "nothing_owed":
-                return apply_rule(case, intents, Trigger.LEDGER_NOTHING_OWED, ctx,
-                              correction="reconciliation")
+                return apply_rule(
+                    case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, correction="reconciliation"
+                )
             corrected = replace(case, outstanding=event.ledger_outstanding, updated_at=now)
-            return Decision(case=corrected, timeline=(_entry(
-                ctx, "balance_corrected", case, corrected, from_=str(case.outstanding),
-                to=str(event.ledger_outstanding)),))
+            return Decision(
+                case=corrected,
+                timeline=(
+                    _entry(
+                        ctx,
+                        "balance_corrected",
+                        case,
+                        corrected,
+                        from_=str(case.outstanding),
+                        to=str(event.ledger_outstanding),
+                    ),
+                ),
+            )
         case m.ContactOutcomeReported():
             return _outcome(case, intents, event, ctx)
         case m.TimerFired():
@@ -394,102 +605,207 @@ def decide(case: Case | None, intents: Sequence[ContactIntent], event: Input,
         case m.RequestHold():
             return _hold(case, intents, event, ctx)
         case m.RequestResume():
-            if case.hold is not None and case.hold.kind is HoldKind.DISPUTE \
-                    and not event.verification_outcome:
-                return Decision(case=None, rejected="a disputed debt resumes only after its "
-                                "verification outcome is recorded")
-            return apply_rule(case, intents, Trigger.RESUME, ctx, actor=event.actor,
-                          reason=event.reason, verification=event.verification_outcome)
+            if (
+                case.hold is not None
+                and case.hold.kind is HoldKind.DISPUTE
+                and not event.verification_outcome
+            ):
+                return Decision(
+                    case=None,
+                    rejected="a disputed debt resumes only after its "
+                    "verification outcome is recorded",
+                )
+            return apply_rule(
+                case,
+                intents,
+                Trigger.RESUME,
+                ctx,
+                actor=event.actor,
+                reason=event.reason,
+                verification=event.verification_outcome,
+            )
         case m.RecordArrangement():
             return _arrangement(case, intents, event, ctx)
         case m.RequestEscalation():
-            trigger = {"manual": Trigger.MANUAL_ESCALATION, "fraud": Trigger.FRAUD_SUSPECTED,
-                       "proposal_unreasonable": Trigger.PROPOSAL_UNREASONABLE}[event.kind]
+            trigger = {
+                "manual": Trigger.MANUAL_ESCALATION,
+                "fraud": Trigger.FRAUD_SUSPECTED,
+                "proposal_unreasonable": Trigger.PROPOSAL_UNREASONABLE,
+            }[event.kind]
             return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
         case m.RecordLegalMilestone():
             return _milestone(case, intents, event, ctx)
         case m.RequestClosure():
-            trigger = {"settled": Trigger.SETTLE, "written_off": Trigger.WRITE_OFF,
-                       "closed": Trigger.CLOSE}[event.exit]
+            trigger = {
+                "settled": Trigger.SETTLE,
+                "written_off": Trigger.WRITE_OFF,
+                "closed": Trigger.CLOSE,
+            }[event.exit]
             return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
     raise AssertionError(f"unhandled input {event!r}")
 
 
-def _overdue(case: Case | None, intents: Sequence[ContactIntent], event: m.OverdueReported,
-             ctx: _Ctx) -> Decision:
+def _overdue(
+    case: Case | None, intents: Sequence[ContactIntent], event: m.OverdueReported, ctx: _Ctx
+) -> Decision:
     if case is None:
         opened = Case(
-            case_id=ctx.new_id("case"), loan_id=event.loan_id, borrower_id=event.borrower_id,
-            product=event.product, currency=event.currency, stage=Stage.WARNING,
-            status=CaseStatus.OPEN, exit=None, outstanding=event.outstanding,
-            amount_overdue=event.amount_overdue, days_past_due=event.days_past_due,
-            last_overdue_as_of=event.as_of, borrower_time_zone=event.borrower_time_zone,
-            jurisdiction=event.jurisdiction, policy_version=ctx.policy.version,
-            opened_at=ctx.now, updated_at=ctx.now, stage_entered_at=ctx.now,
-            outstanding_at_stage_entry=event.outstanding)
+            case_id=ctx.new_id("case"),
+            loan_id=event.loan_id,
+            borrower_id=event.borrower_id,
+            product=event.product,
+            currency=event.currency,
+            stage=Stage.WARNING,
+            status=CaseStatus.OPEN,
+            exit=None,
+            outstanding=event.outstanding,
+            amount_overdue=event.amount_overdue,
+            days_past_due=event.days_past_due,
+            last_overdue_as_of=event.as_of,
+            borrower_time_zone=event.borrower_time_zone,
+            jurisdiction=event.jurisdiction,
+            policy_version=ctx.policy.version,
+            opened_at=ctx.now,
+            updated_at=ctx.now,
+            stage_entered_at=ctx.now,
+            outstanding_at_stage_entry=event.outstanding,
+        )
         seen = event.money_seen
         # Money seen after the report's as-of is news to it; older money is in its figures.
         if seen is not None and seen.at > event.as_of:
-            opened = replace(opened, outstanding=seen.outstanding_after,
-                             outstanding_at_stage_entry=seen.outstanding_after)
+            opened = replace(
+                opened,
+                outstanding=seen.outstanding_after,
+                outstanding_at_stage_entry=seen.outstanding_after,
+            )
         else:
             seen = None
         announced = Decision(
-            case=opened, effects=(AnnounceCaseOpened(),),
-            timeline=(_entry(ctx, "case_opened", None, opened,
-                             days_past_due=event.days_past_due,
-                             outstanding=str(opened.outstanding),
-                             reported_outstanding=str(event.outstanding) if seen else None,
-                             money_seen=seen.repayment_id if seen else None),))
+            case=opened,
+            effects=(AnnounceCaseOpened(),),
+            timeline=(
+                _entry(
+                    ctx,
+                    "case_opened",
+                    None,
+                    opened,
+                    days_past_due=event.days_past_due,
+                    outstanding=str(opened.outstanding),
+                    reported_outstanding=str(event.outstanding) if seen else None,
+                    money_seen=seen.repayment_id if seen else None,
+                ),
+            ),
+        )
         if seen is not None and seen.outstanding_after <= ctx.policy.tolerance:
             # Repaid before the report was read, as a case closed by the repayment would
             # ignore this report: closed at once, no contact planned.
-            return announced.then(apply_rule(opened, (), Trigger.FULL_REPAYMENT, ctx,
-                                             repayment_id=seen.repayment_id,
-                                             amount=str(seen.amount)))
-        return announced.then(Decision(case=None, timers=_stage_timers(opened, ctx))
-                              ).then(_plan_contacts(opened, ctx, "open"))
+            return announced.then(
+                apply_rule(
+                    opened,
+                    (),
+                    Trigger.FULL_REPAYMENT,
+                    ctx,
+                    repayment_id=seen.repayment_id,
+                    amount=str(seen.amount),
+                )
+            )
+        return announced.then(Decision(case=None, timers=_stage_timers(opened, ctx))).then(
+            _plan_contacts(opened, ctx, "open")
+        )
     if event.as_of <= case.last_overdue_as_of:
-        return Decision(case=None, timeline=(_entry(
-            ctx, "stale_overdue_ignored", case, case, as_of=event.as_of.isoformat(),
-            applied_as_of=case.last_overdue_as_of.isoformat()),))
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(
+                    ctx,
+                    "stale_overdue_ignored",
+                    case,
+                    case,
+                    as_of=event.as_of.isoformat(),
+                    applied_as_of=case.last_overdue_as_of.isoformat(),
+                ),
+            ),
+        )
     if case.is_closed:
-        return Decision(case=None, timeline=(_entry(
-            ctx, "overdue_after_close_ignored", case, case, days_past_due=event.days_past_due),))
-    updated = replace(case, outstanding=event.outstanding, amount_overdue=event.amount_overdue,
-                      days_past_due=event.days_past_due, last_overdue_as_of=event.as_of,
-                      updated_at=ctx.now)
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(
+                    ctx,
+                    "overdue_after_close_ignored",
+                    case,
+                    case,
+                    days_past_due=event.days_past_due,
+                ),
+            ),
+        )
+    updated = replace(
+        case,
+        outstanding=event.outstanding,
+        amount_overdue=event.amount_overdue,
+        days_past_due=event.days_past_due,
+        last_overdue_as_of=event.as_of,
+        updated_at=ctx.now,
+    )
     target = next_stage(case.stage)
     if target is None or event.days_past_due < ctx.policy.for_stage(target).min_days_past_due:
         return Decision(case=updated)
-    return apply_rule(updated, intents, Trigger.DPD_THRESHOLD, ctx, changed=True,
-                  days_past_due=event.days_past_due)
+    return apply_rule(
+        updated,
+        intents,
+        Trigger.DPD_THRESHOLD,
+        ctx,
+        changed=True,
+        days_past_due=event.days_past_due,
+    )
 
 
-def _repayment(case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReceived,
-               ctx: _Ctx) -> Decision:
+def _repayment(
+    case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReceived, ctx: _Ctx
+) -> Decision:
     amount = str(event.amount)
     arrangement = case.arrangement
     if arrangement is not None:
         arrangement = replace(arrangement, paid=arrangement.paid + event.amount)
     if event.outstanding_after <= ctx.policy.tolerance:
         # What was paid towards a running arrangement stays readable after the close.
-        return apply_rule(replace(case, arrangement=arrangement), intents,
-                          Trigger.FULL_REPAYMENT, ctx, repayment_id=event.repayment_id,
-                          amount=amount)
-    paid = replace(case, outstanding=event.outstanding_after, arrangement=arrangement,
-                   updated_at=ctx.now, money_applied_at=ctx.now)
-    decision = apply_rule(paid, intents, Trigger.PARTIAL_REPAYMENT, ctx, changed=True,
-                      outstanding_after=str(event.outstanding_after),
-                      repayment_id=event.repayment_id, amount=amount)
+        return apply_rule(
+            replace(case, arrangement=arrangement),
+            intents,
+            Trigger.FULL_REPAYMENT,
+            ctx,
+            repayment_id=event.repayment_id,
+            amount=amount,
+        )
+    paid = replace(
+        case,
+        outstanding=event.outstanding_after,
+        arrangement=arrangement,
+        updated_at=ctx.now,
+        money_applied_at=ctx.now,
+    )
+    decision = apply_rule(
+        paid,
+        intents,
+        Trigger.PARTIAL_REPAYMENT,
+        ctx,
+        changed=True,
+        outstanding_after=str(event.outstanding_after),
+        repayment_id=event.repayment_id,
+        amount=amount,
+    )
     if case.is_closed:
         return decision
     after = decision.case or paid
     if arrangement is not None and arrangement.paid >= arrangement.total:
-        trigger = (Trigger.PLAN_COMPLETED if arrangement.kind is ArrangementKind.INSTALMENT_PLAN
-                   else Trigger.PROMISE_KEPT)
-        return decision.then(apply_rule(after, intents, trigger, ctx,
-                                    arrangement_id=arrangement.arrangement_id))
+        trigger = (
+            Trigger.PLAN_COMPLETED
+            if arrangement.kind is ArrangementKind.INSTALMENT_PLAN
+            else Trigger.PROMISE_KEPT
+        )
+        return decision.then(
+            apply_rule(after, intents, trigger, ctx, arrangement_id=arrangement.arrangement_id)
+        )
     return decision.then(_maybe_step_back(after, ctx))
 
 
@@ -497,111 +813,225 @@ def _maybe_step_back(case: Case, ctx: _Ctx) -> Decision:
     """Policy: a pre-legal case steps back one stage when most of the debt was repaid."""
     share = ctx.policy.step_back_below_share
     entry = case.outstanding_at_stage_entry
-    if share is None or entry is None or case.phase not in PRE_LEGAL \
-            or case.stage is Stage.WARNING or case.outstanding > entry * share:
+    if (
+        share is None
+        or entry is None
+        or case.phase not in PRE_LEGAL
+        or case.stage is Stage.WARNING
+        or case.outstanding > entry * share
+    ):
         return Decision(case=None)
     back = STAGE_ORDER[STAGE_ORDER.index(case.stage) - 1]
-    stepped = replace(case, stage=back, stage_epoch=case.stage_epoch + 1,
-                      stage_entered_at=ctx.now, outstanding_at_stage_entry=case.outstanding,
-                      updated_at=ctx.now)
-    return Decision(case=stepped, effects=(AnnounceStageChanged(case.stage, back,
-                                                                "partial_repayment"),),
-                    timeline=(_entry(ctx, "stage_stepped_back", case, stepped,
-                                     outstanding=str(case.outstanding)),),
-                    timers=_stage_timers(stepped, ctx))
+    stepped = replace(
+        case,
+        stage=back,
+        stage_epoch=case.stage_epoch + 1,
+        stage_entered_at=ctx.now,
+        outstanding_at_stage_entry=case.outstanding,
+        updated_at=ctx.now,
+    )
+    return Decision(
+        case=stepped,
+        effects=(AnnounceStageChanged(case.stage, back, "partial_repayment"),),
+        timeline=(
+            _entry(ctx, "stage_stepped_back", case, stepped, outstanding=str(case.outstanding)),
+        ),
+        timers=_stage_timers(stepped, ctx),
+    )
 
 
-def _confirmed(case: Case, intents: Sequence[ContactIntent], event: m.BalanceConfirmed,
-               ctx: _Ctx) -> Decision:
+def _confirmed(
+    case: Case, intents: Sequence[ContactIntent], event: m.BalanceConfirmed, ctx: _Ctx
+) -> Decision:
     intent = next((i for i in intents if i.check_id == event.check_id), None)
-    if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION \
-            or not case.is_open:
-        why = ("case held" if case.status is CaseStatus.HELD else "case closed"
-               if case.is_closed else "intent no longer waits for this check")
-        return Decision(case=None, timeline=(_entry(
-            ctx, "confirmation_not_used", case, case, check_id=event.check_id, why=why),))
+    if (
+        intent is None
+        or intent.status is not IntentStatus.AWAITING_CONFIRMATION
+        or not case.is_open
+    ):
+        why = (
+            "case held"
+            if case.status is CaseStatus.HELD
+            else "case closed"
+            if case.is_closed
+            else "intent no longer waits for this check"
+        )
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(ctx, "confirmation_not_used", case, case, check_id=event.check_id, why=why),
+            ),
+        )
     if event.valid_until <= ctx.now:
-        return Decision(case=None, timeline=(_entry(
-            ctx, "confirmation_expired", case, case, intent_id=intent.intent_id),))
-    commanded = replace(intent, status=IntentStatus.COMMANDED,
-                        command_id=ctx.new_id("command"), confirmation_id=event.confirmation_id)
+        return Decision(
+            case=None,
+            timeline=(_entry(ctx, "confirmation_expired", case, case, intent_id=intent.intent_id),),
+        )
+    commanded = replace(
+        intent,
+        status=IntentStatus.COMMANDED,
+        command_id=ctx.new_id("command"),
+        confirmation_id=event.confirmation_id,
+    )
     entries = []
     # The check was asked for when its intent was made (a re-check asks later: then this
     # errs on keeping the repayment's figure, which is the lending system's own). Money
     # applied since is newer than what the ledger was asked about.
     if case.money_applied_at is not None and case.money_applied_at > intent.created_at:
-        entries.append(_entry(ctx, "confirmation_older_than_repayment", case, case,
-                              kept=str(case.outstanding),
-                              ledger=str(event.confirmed_outstanding)))
+        entries.append(
+            _entry(
+                ctx,
+                "confirmation_older_than_repayment",
+                case,
+                case,
+                kept=str(case.outstanding),
+                ledger=str(event.confirmed_outstanding),
+            )
+        )
         updated = replace(case, updated_at=ctx.now)
     else:
         if abs(event.confirmed_outstanding - case.outstanding) > ctx.policy.tolerance:
-            entries.append(_entry(ctx, "balance_mismatch", case, case,
-                                  expected=str(case.outstanding),
-                                  ledger=str(event.confirmed_outstanding)))
+            entries.append(
+                _entry(
+                    ctx,
+                    "balance_mismatch",
+                    case,
+                    case,
+                    expected=str(case.outstanding),
+                    ledger=str(event.confirmed_outstanding),
+                )
+            )
         updated = replace(case, outstanding=event.confirmed_outstanding, updated_at=ctx.now)
-    entries.append(_entry(ctx, "contact_commanded", case, updated, intent_id=intent.intent_id,
-                          command_id=commanded.command_id, channel=intent.channel,
-                          confirmation_id=event.confirmation_id,
-                          confirmed_outstanding=str(event.confirmed_outstanding),
-                          ledger_watermark=event.ledger_watermark))
-    return Decision(case=updated, intents=(commanded,),
-                    effects=(IssueContactCommand(commanded, event),), timeline=tuple(entries))
+    entries.append(
+        _entry(
+            ctx,
+            "contact_commanded",
+            case,
+            updated,
+            intent_id=intent.intent_id,
+            command_id=commanded.command_id,
+            channel=intent.channel,
+            confirmation_id=event.confirmation_id,
+            confirmed_outstanding=str(event.confirmed_outstanding),
+            ledger_watermark=event.ledger_watermark,
+        )
+    )
+    return Decision(
+        case=updated,
+        intents=(commanded,),
+        effects=(IssueContactCommand(commanded, event),),
+        timeline=tuple(entries),
+    )
 
 
-def _refused(case: Case, intents: Sequence[ContactIntent], event: m.BalanceRefused,
-             ctx: _Ctx) -> Decision:
+def _refused(
+    case: Case, intents: Sequence[ContactIntent], event: m.BalanceRefused, ctx: _Ctx
+) -> Decision:
     if event.reason == "nothing_owed":
         return apply_rule(case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, check_id=event.check_id)
     intent = next((i for i in intents if i.check_id == event.check_id), None)
     if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION:
         return Decision(case=None)
     # No confirmation on data the ledger cannot vouch for: ask again later, backing off.
-    delay = min(ctx.policy.recheck_base * 2 ** intent.attempts, ctx.policy.recheck_max)
-    waiting = replace(intent, status=IntentStatus.AWAITING_RECHECK, reason=event.reason,
-                      attempts=intent.attempts + 1)
-    return Decision(case=None, intents=(waiting,),
-                    timers=(Timer(TimerKind.RECHECK, ctx.now + delay,
-                                  f"{intent.intent_id}:{waiting.attempts}"),),
-                    timeline=(_entry(ctx, "contact_suppressed", case, case,
-                                     intent_id=intent.intent_id, reason=event.reason,
-                                     detail=event.detail or None,
-                                     recheck_at=(ctx.now + delay).isoformat()),))
+    delay = min(ctx.policy.recheck_base * 2**intent.attempts, ctx.policy.recheck_max)
+    waiting = replace(
+        intent,
+        status=IntentStatus.AWAITING_RECHECK,
+        reason=event.reason,
+        attempts=intent.attempts + 1,
+    )
+    return Decision(
+        case=None,
+        intents=(waiting,),
+        timers=(
+            Timer(TimerKind.RECHECK, ctx.now + delay, f"{intent.intent_id}:{waiting.attempts}"),
+        ),
+        timeline=(
+            _entry(
+                ctx,
+                "contact_suppressed",
+                case,
+                case,
+                intent_id=intent.intent_id,
+                reason=event.reason,
+                detail=event.detail or None,
+                recheck_at=(ctx.now + delay).isoformat(),
+            ),
+        ),
+    )
 
 
-def _outcome(case: Case, intents: Sequence[ContactIntent], event: m.ContactOutcomeReported,
-             ctx: _Ctx) -> Decision:
-    entry = _entry(ctx, f"contact_{event.outcome}", case, case, command_id=event.command_id,
-                   intent_id=event.intent_id, channel=event.channel,
-                   reason=event.reason or None,
-                   occurred_at=event.occurred_at.isoformat() if event.occurred_at else None)
+def _outcome(
+    case: Case, intents: Sequence[ContactIntent], event: m.ContactOutcomeReported, ctx: _Ctx
+) -> Decision:
+    entry = _entry(
+        ctx,
+        f"contact_{event.outcome}",
+        case,
+        case,
+        command_id=event.command_id,
+        intent_id=event.intent_id,
+        channel=event.channel,
+        reason=event.reason or None,
+        occurred_at=event.occurred_at.isoformat() if event.occurred_at else None,
+    )
     recorded = Decision(case=None, timeline=(entry,))
     if case.is_closed:
         return recorded
     if event.outcome == "answered" and case.unanswered_contacts:
-        return Decision(case=replace(case, unanswered_contacts=0, updated_at=ctx.now),
-                        timeline=(entry,))
+        return Decision(
+            case=replace(case, unanswered_contacts=0, updated_at=ctx.now), timeline=(entry,)
+        )
     if event.outcome == "unanswered":
-        counted = replace(case, unanswered_contacts=case.unanswered_contacts + 1,
-                          updated_at=ctx.now)
+        counted = replace(
+            case, unanswered_contacts=case.unanswered_contacts + 1, updated_at=ctx.now
+        )
         if counted.unanswered_contacts >= ctx.policy.unanswered_limit:
-            return recorded.then(apply_rule(counted, intents, Trigger.REFUSED_TO_COMMUNICATE, ctx,
-                                        changed=True, unanswered=counted.unanswered_contacts))
+            return recorded.then(
+                apply_rule(
+                    counted,
+                    intents,
+                    Trigger.REFUSED_TO_COMMUNICATE,
+                    ctx,
+                    changed=True,
+                    unanswered=counted.unanswered_contacts,
+                )
+            )
         return Decision(case=counted, timeline=(entry,))
     if event.outcome == "cancelled" and event.reason == "confirmation_expired" and case.is_open:
         # Deferred past its confirmation's validity: confirm the balance again, then contact.
         original = next((i for i in intents if i.intent_id == event.intent_id), None)
         if original is not None and original.stage is case.stage:
-            again = replace(original, intent_id=ctx.new_id("intent/reconfirm"),
-                            check_id=ctx.new_id("check/reconfirm"),
-                            status=IntentStatus.AWAITING_CONFIRMATION, created_at=ctx.now,
-                            command_id=None, confirmation_id=None, reason="", attempts=0)
-            return recorded.then(Decision(
-                case=None, intents=(again,),
-                effects=(RequestBalanceCheck(again, case.outstanding),),
-                timeline=(_entry(ctx, "contact_intent_recorded", case, case,
-                                 intent_id=again.intent_id, channel=again.channel,
-                                 recipient=again.recipient, why="reconfirm"),)))
+            again = replace(
+                original,
+                intent_id=ctx.new_id("intent/reconfirm"),
+                check_id=ctx.new_id("check/reconfirm"),
+                status=IntentStatus.AWAITING_CONFIRMATION,
+                created_at=ctx.now,
+                command_id=None,
+                confirmation_id=None,
+                reason="",
+                attempts=0,
+            )
+            return recorded.then(
+                Decision(
+                    case=None,
+                    intents=(again,),
+                    effects=(RequestBalanceCheck(again, case.outstanding),),
+                    timeline=(
+                        _entry(
+                            ctx,
+                            "contact_intent_recorded",
+                            case,
+                            case,
+                            intent_id=again.intent_id,
+                            channel=again.channel,
+                            recipient=again.recipient,
+                            why="reconfirm",
+                        ),
+                    ),
+                )
+            )
     return recorded
 
 
@@ -614,21 +1044,29 @@ def timer_is_current(case: Case, kind: TimerKind, token: str) -> bool:
     if kind is TimerKind.HOLD_EXPIRY:
         return case.hold is not None and case.hold.hold_id == token
     if kind is TimerKind.ARRANGEMENT_DUE:
-        return case.arrangement is not None and \
-            token.rpartition(":")[0] == case.arrangement.arrangement_id
+        return (
+            case.arrangement is not None
+            and token.rpartition(":")[0] == case.arrangement.arrangement_id
+        )
     return case.is_open  # RECHECK: the firing decides precisely
 
 
-def _timer(case: Case, intents: Sequence[ContactIntent], event: m.TimerFired,
-           ctx: _Ctx) -> Decision:
-    stale = Decision(case=None, timeline=(_entry(
-        ctx, "timer_stale", case, case, timer=event.kind, token=event.token),))
+def _timer(
+    case: Case, intents: Sequence[ContactIntent], event: m.TimerFired, ctx: _Ctx
+) -> Decision:
+    stale = Decision(
+        case=None,
+        timeline=(_entry(ctx, "timer_stale", case, case, timer=event.kind, token=event.token),),
+    )
     kind = TimerKind(event.kind)
     if kind in (TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE):
         if event.token != str(case.stage_epoch):
             return stale
-        trigger = (Trigger.STAGE_TIME_LIMIT if kind is TimerKind.STAGE_TIME_LIMIT
-                   else Trigger.NOTICE_DEADLINE)
+        trigger = (
+            Trigger.STAGE_TIME_LIMIT
+            if kind is TimerKind.STAGE_TIME_LIMIT
+            else Trigger.NOTICE_DEADLINE
+        )
         return apply_rule(case, intents, trigger, ctx)
     if kind is TimerKind.HOLD_EXPIRY:
         if case.hold is None or case.hold.hold_id != event.token:
@@ -640,28 +1078,64 @@ def _timer(case: Case, intents: Sequence[ContactIntent], event: m.TimerFired,
         if arrangement is None or arrangement.arrangement_id != arrangement_id:
             return stale
         if arrangement.covered(int(index)):
-            return Decision(case=None, timeline=(_entry(
-                ctx, "instalment_kept", case, case, arrangement_id=arrangement_id,
-                instalment=int(index)),))
-        return apply_rule(case, intents, Trigger.ARRANGEMENT_BROKEN, ctx,
-                      arrangement_id=arrangement_id, instalment=int(index),
-                      paid=str(arrangement.paid), due=str(arrangement.due_by(event.due_at)))
+            return Decision(
+                case=None,
+                timeline=(
+                    _entry(
+                        ctx,
+                        "instalment_kept",
+                        case,
+                        case,
+                        arrangement_id=arrangement_id,
+                        instalment=int(index),
+                    ),
+                ),
+            )
+        return apply_rule(
+            case,
+            intents,
+            Trigger.ARRANGEMENT_BROKEN,
+            ctx,
+            arrangement_id=arrangement_id,
+            instalment=int(index),
+            paid=str(arrangement.paid),
+            due=str(arrangement.due_by(event.due_at)),
+        )
     # RECHECK
     intent_id, _, attempt = event.token.rpartition(":")
     intent = next((i for i in intents if i.intent_id == intent_id), None)
-    if intent is None or intent.status is not IntentStatus.AWAITING_RECHECK \
-            or str(intent.attempts) != attempt or not case.is_open:
+    if (
+        intent is None
+        or intent.status is not IntentStatus.AWAITING_RECHECK
+        or str(intent.attempts) != attempt
+        or not case.is_open
+    ):
         return stale
-    asking = replace(intent, status=IntentStatus.AWAITING_CONFIRMATION,
-                     check_id=ctx.new_id(f"check/recheck/{attempt}"))
-    return Decision(case=None, intents=(asking,),
-                    effects=(RequestBalanceCheck(asking, case.outstanding),),
-                    timeline=(_entry(ctx, "balance_rechecked", case, case,
-                                     intent_id=intent.intent_id, attempt=int(attempt)),))
+    asking = replace(
+        intent,
+        status=IntentStatus.AWAITING_CONFIRMATION,
+        check_id=ctx.new_id(f"check/recheck/{attempt}"),
+    )
+    return Decision(
+        case=None,
+        intents=(asking,),
+        effects=(RequestBalanceCheck(asking, case.outstanding),),
+        timeline=(
+            _entry(
+                ctx,
+                "balance_rechecked",
+                case,
+                case,
+                intent_id=intent.intent_id,
+                attempt=int(attempt),
+            ),
+        ),
+    )
 
 
-def _hold(case: Case, intents: Sequence[ContactIntent], event: m.RequestHold,
-          ctx: _Ctx) -> Decision:
+def _hold(
+    case: Case, intents: Sequence[ContactIntent], event: m.RequestHold, ctx: _Ctx
+) -> Decision:
     kind = HoldKind(event.kind)
     since = event.effective_from or ctx.now
     until = event.until
@@ -676,14 +1150,21 @@ def _hold(case: Case, intents: Sequence[ContactIntent], event: m.RequestHold,
         return Decision(case=None, rejected="a hold must end after it takes effect")
     if until is not None and until <= ctx.now:
         return Decision(case=None, rejected="the hold would already have ended")
-    hold = Hold(hold_id=ctx.new_id("hold"), kind=kind, reason=event.reason, actor=event.actor,
-                started_at=ctx.now, until=until,
-                effective_from=event.effective_from)
+    hold = Hold(
+        hold_id=ctx.new_id("hold"),
+        kind=kind,
+        reason=event.reason,
+        actor=event.actor,
+        started_at=ctx.now,
+        until=until,
+        effective_from=event.effective_from,
+    )
     return apply_rule(case, intents, Trigger.HOLD, ctx, hold=hold, actor=event.actor)
 
 
-def _arrangement(case: Case, intents: Sequence[ContactIntent], event: m.RecordArrangement,
-                 ctx: _Ctx) -> Decision:
+def _arrangement(
+    case: Case, intents: Sequence[ContactIntent], event: m.RecordArrangement, ctx: _Ctx
+) -> Decision:
     kind = ArrangementKind(event.kind)
     schedule = tuple(Instalment(t.due_at, t.amount) for t in event.schedule)
     problem = None
@@ -700,26 +1181,57 @@ def _arrangement(case: Case, intents: Sequence[ContactIntent], event: m.RecordAr
     if problem:
         return Decision(case=None, rejected=problem)
     arrangement = Arrangement(
-        arrangement_id=ctx.new_id("arrangement"), kind=kind, schedule=schedule,
-        created_at=ctx.now, interest_reduction=event.interest_reduction, note=event.note)
-    return apply_rule(case, intents, Trigger.ARRANGEMENT_REQUESTED, ctx, arrangement=arrangement,
-                  actor=event.actor)
+        arrangement_id=ctx.new_id("arrangement"),
+        kind=kind,
+        schedule=schedule,
+        created_at=ctx.now,
+        interest_reduction=event.interest_reduction,
+        note=event.note,
+    )
+    return apply_rule(
+        case,
+        intents,
+        Trigger.ARRANGEMENT_REQUESTED,
+        ctx,
+        arrangement=arrangement,
+        actor=event.actor,
+    )
 
 
-def _milestone(case: Case, intents: Sequence[ContactIntent], event: m.RecordLegalMilestone,
-               ctx: _Ctx) -> Decision:
+def _milestone(
+    case: Case, intents: Sequence[ContactIntent], event: m.RecordLegalMilestone, ctx: _Ctx
+) -> Decision:
     if event.milestone == "enforcement_applied":
         if "judgment" not in case.milestones and case.phase is Phase.LITIGATION:
             return Decision(case=None, rejected="enforcement needs a judgment on record")
-        decision = apply_rule(case, intents, Trigger.ENFORCEMENT_APPLIED, ctx, actor=event.actor,
-                          reason="judgment not honoured", reference=event.reference)
+        decision = apply_rule(
+            case,
+            intents,
+            Trigger.ENFORCEMENT_APPLIED,
+            ctx,
+            actor=event.actor,
+            reason="judgment not honoured",
+            reference=event.reference,
+        )
         if decision.case is not None:
-            decision = replace(decision, case=replace(
-                decision.case, milestones=(*decision.case.milestones, event.milestone)))
+            decision = replace(
+                decision,
+                case=replace(
+                    decision.case, milestones=(*decision.case.milestones, event.milestone)
+                ),
+            )
         return decision
     if event.milestone in case.milestones:
         return Decision(case=None, rejected=f"{event.milestone} is already recorded")
     recorded = replace(case, milestones=(*case.milestones, event.milestone), updated_at=ctx.now)
-    return apply_rule(recorded, intents, Trigger.LEGAL_MILESTONE, ctx, changed=True,
-                  milestone=event.milestone, reference=event.reference, actor=event.actor,
-                  note=event.note or None)
+    return apply_rule(
+        recorded,
+        intents,
+        Trigger.LEGAL_MILESTONE,
+        ctx,
+        changed=True,
+        milestone=event.milestone,
+        reference=event.reference,
+        actor=event.actor,
+        note=event.note or None,
+    )

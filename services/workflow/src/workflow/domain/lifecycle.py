@@ -113,65 +113,100 @@ def _exits(transition: Transition) -> dict[str, Transition]:
 
 _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
     Trigger.DPD_THRESHOLD: _rules(
-        Transition(Rule.ADVANCE), litigation=_COURT, enforcement=_COURT,
-        arranged=_IGNORE_GRACE, held=_IGNORE_HELD, **_exits(_IGNORE_CLOSED)),
+        Transition(Rule.ADVANCE),
+        litigation=_COURT,
+        enforcement=_COURT,
+        arranged=_IGNORE_GRACE,
+        held=_IGNORE_HELD,
+        **_exits(_IGNORE_CLOSED),
+    ),
     Trigger.STAGE_TIME_LIMIT: _rules(
-        Transition(Rule.ADVANCE), litigation=_COURT, enforcement=_COURT,
-        arranged=_IGNORE_GRACE, held=_IGNORE_HELD, **_exits(_STALE)),
+        Transition(Rule.ADVANCE),
+        litigation=_COURT,
+        enforcement=_COURT,
+        arranged=_IGNORE_GRACE,
+        held=_IGNORE_HELD,
+        **_exits(_STALE),
+    ),
     Trigger.NOTICE_DEADLINE: _rules(
-        _STALE, formal_notice=Transition(Rule.ADVANCE, "no answer to the formal notice"),
-        arranged=_IGNORE_GRACE, held=_IGNORE_HELD),
+        _STALE,
+        formal_notice=Transition(Rule.ADVANCE, "no answer to the formal notice"),
+        arranged=_IGNORE_GRACE,
+        held=_IGNORE_HELD,
+    ),
     Trigger.ARRANGEMENT_BROKEN: _rules(_STALE, arranged=Transition(Rule.BREAK_ARRANGEMENT)),
     Trigger.PROMISE_KEPT: _rules(_STALE, arranged=Transition(Rule.END_ARRANGEMENT)),
     Trigger.PLAN_COMPLETED: _rules(_STALE, arranged=Transition(Rule.CLOSE_SETTLED)),
     Trigger.REFUSED_TO_COMMUNICATE: _rules(
         Transition(Rule.TO_LITIGATION, "refuses to communicate"),
-        litigation=_STAY, enforcement=_STAY, arranged=_IGNORE_GRACE, held=_IGNORE_HELD,
-        **_exits(_IGNORE_CLOSED)),
+        litigation=_STAY,
+        enforcement=_STAY,
+        arranged=_IGNORE_GRACE,
+        held=_IGNORE_HELD,
+        **_exits(_IGNORE_CLOSED),
+    ),
     Trigger.FULL_REPAYMENT: _rules(Transition(Rule.CLOSE_REPAID), **_exits(_IGNORE_CLOSED)),
-    Trigger.LEDGER_NOTHING_OWED: _rules(Transition(Rule.CLOSE_REPAID),
-                                        **_exits(_IGNORE_CLOSED)),
+    Trigger.LEDGER_NOTHING_OWED: _rules(Transition(Rule.CLOSE_REPAID), **_exits(_IGNORE_CLOSED)),
     Trigger.PARTIAL_REPAYMENT: _rules(_STAY, **_exits(_IGNORE_CLOSED)),
     Trigger.REPAYMENT_REVERSED: _rules(
-        _STAY, repaid=Transition(Rule.REOPEN, "the payment that closed it bounced"),
-        settled=_IGNORE_CLOSED, written_off=_IGNORE_CLOSED, closed=_IGNORE_CLOSED),
+        _STAY,
+        repaid=Transition(Rule.REOPEN, "the payment that closed it bounced"),
+        settled=_IGNORE_CLOSED,
+        written_off=_IGNORE_CLOSED,
+        closed=_IGNORE_CLOSED,
+    ),
     Trigger.HOLD_EXPIRED: _rules(_STALE, held=Transition(Rule.RESUME, "hold expired")),
     Trigger.FRAUD_SUSPECTED: _rules(
         Transition(Rule.TO_LITIGATION, "suspected fraud goes straight to litigation"),
-        litigation=_STAY, enforcement=_STAY, held=_REJECT_HELD, **_exits(_REJECT_CLOSED)),
+        litigation=_STAY,
+        enforcement=_STAY,
+        held=_REJECT_HELD,
+        **_exits(_REJECT_CLOSED),
+    ),
     Trigger.PROPOSAL_UNREASONABLE: _rules(
         Transition(Rule.TO_LITIGATION, "the borrower's proposal is unreasonable"),
-        litigation=_STAY, enforcement=_STAY,
+        litigation=_STAY,
+        enforcement=_STAY,
         arranged=Transition(Rule.REJECT, "an arrangement was agreed; break it first"),
-        held=_REJECT_HELD, **_exits(_REJECT_CLOSED)),
+        held=_REJECT_HELD,
+        **_exits(_REJECT_CLOSED),
+    ),
     Trigger.MANUAL_ESCALATION: _rules(
         Transition(Rule.ADVANCE, "escalated by an operator"),
         litigation=Transition(Rule.REJECT, "enforcement needs a judgment: record it"),
         enforcement=Transition(Rule.REJECT, "enforcement is the last stage"),
         arranged=Transition(Rule.REJECT, "an arrangement is running"),
-        held=_REJECT_HELD, **_exits(_REJECT_CLOSED)),
+        held=_REJECT_HELD,
+        **_exits(_REJECT_CLOSED),
+    ),
     Trigger.LEGAL_MILESTONE: _rules(
-        Transition(Rule.REJECT, "legal milestones belong to the litigation stage"),
-        litigation=_STAY),
+        Transition(Rule.REJECT, "legal milestones belong to the litigation stage"), litigation=_STAY
+    ),
     Trigger.ENFORCEMENT_APPLIED: _rules(
         Transition(Rule.REJECT, "enforcement follows litigation"),
-        litigation=Transition(Rule.TO_ENFORCEMENT, "judgment not honoured")),
-    Trigger.HOLD: _rules(Transition(Rule.HOLD),
-                         held=Transition(Rule.REJECT, "already on hold"),
-                         **_exits(_REJECT_CLOSED)),
-    Trigger.RESUME: _rules(Transition(Rule.REJECT, "the case is not on hold"),
-                           held=Transition(Rule.RESUME)),
+        litigation=Transition(Rule.TO_ENFORCEMENT, "judgment not honoured"),
+    ),
+    Trigger.HOLD: _rules(
+        Transition(Rule.HOLD),
+        held=Transition(Rule.REJECT, "already on hold"),
+        **_exits(_REJECT_CLOSED),
+    ),
+    Trigger.RESUME: _rules(
+        Transition(Rule.REJECT, "the case is not on hold"), held=Transition(Rule.RESUME)
+    ),
     Trigger.ARRANGEMENT_REQUESTED: _rules(
-        Transition(Rule.ARRANGE), arranged=Transition(Rule.REJECT, "one arrangement at a time"),
-        held=_REJECT_HELD, **_exits(_REJECT_CLOSED)),
+        Transition(Rule.ARRANGE),
+        arranged=Transition(Rule.REJECT, "one arrangement at a time"),
+        held=_REJECT_HELD,
+        **_exits(_REJECT_CLOSED),
+    ),
     Trigger.SETTLE: _rules(Transition(Rule.CLOSE_SETTLED), **_exits(_REJECT_CLOSED)),
     Trigger.WRITE_OFF: _rules(Transition(Rule.CLOSE_WRITTEN_OFF), **_exits(_REJECT_CLOSED)),
     Trigger.CLOSE: _rules(Transition(Rule.CLOSE_CLOSED), **_exits(_REJECT_CLOSED)),
 }
 
 TRANSITIONS: Mapping[tuple[Phase, Trigger], Transition] = {
-    (phase, trigger): rules[phase]
-    for trigger, rules in _BY_TRIGGER.items() for phase in Phase
+    (phase, trigger): rules[phase] for trigger, rules in _BY_TRIGGER.items() for phase in Phase
 }
 
 

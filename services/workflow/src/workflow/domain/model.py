@@ -178,8 +178,7 @@ class ContactIntent:
 
     @property
     def is_pending(self) -> bool:
-        return self.status in (IntentStatus.AWAITING_CONFIRMATION,
-                               IntentStatus.AWAITING_RECHECK)
+        return self.status in (IntentStatus.AWAITING_CONFIRMATION, IntentStatus.AWAITING_RECHECK)
 
 
 class TimerKind(StrEnum):

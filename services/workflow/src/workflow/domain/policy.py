@@ -79,17 +79,30 @@ DEFAULT_POLICY = EscalationPolicy(
     product="consumer-loan",
     tolerance=Decimal("1.00"),
     stages=(
-        StagePolicy(Stage.WARNING, 1, (
-            ContactPlan("email", "debtor", "warning-reminder"),
-            ContactPlan("sms", "debtor", "warning-reminder"),
-        ), max_duration=timedelta(days=45)),
-        StagePolicy(Stage.FORMAL_NOTICE, 30, (
-            ContactPlan("letter", "debtor", "formal-notice"),
-            ContactPlan("email", "debtor", "formal-notice"),
-        ), max_duration=timedelta(days=45)),
-        StagePolicy(Stage.GUARANTOR_RECOURSE, 60, (
-            ContactPlan("letter", "guarantor", "guarantor-notice"),
-        ), max_duration=timedelta(days=60)),
+        StagePolicy(
+            Stage.WARNING,
+            1,
+            (
+                ContactPlan("email", "debtor", "warning-reminder"),
+                ContactPlan("sms", "debtor", "warning-reminder"),
+            ),
+            max_duration=timedelta(days=45),
+        ),
+        StagePolicy(
+            Stage.FORMAL_NOTICE,
+            30,
+            (
+                ContactPlan("letter", "debtor", "formal-notice"),
+                ContactPlan("email", "debtor", "formal-notice"),
+            ),
+            max_duration=timedelta(days=45),
+        ),
+        StagePolicy(
+            Stage.GUARANTOR_RECOURSE,
+            60,
+            (ContactPlan("letter", "guarantor", "guarantor-notice"),),
+            max_duration=timedelta(days=60),
+        ),
         # Legal stages contact nobody directly: they emit case events for the legal systems,
         # and they advance by court milestones, never by the calendar.
         StagePolicy(Stage.LITIGATION, 90, ()),
@@ -101,8 +114,11 @@ DEFAULT_POLICY = EscalationPolicy(
 class PolicyBook:
     """Policies by product; unknown products fall back to the default policy."""
 
-    def __init__(self, policies: tuple[EscalationPolicy, ...] = (DEFAULT_POLICY,),
-                 default: EscalationPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        policies: tuple[EscalationPolicy, ...] = (DEFAULT_POLICY,),
+        default: EscalationPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._by_product = {p.product: p for p in policies}
         self._default = default
 

@@ -25,8 +25,12 @@ from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-CONSUMED = (Topic.LOANS_OVERDUE, Topic.LOANS_REPAYMENT, Topic.BALANCE_CONFIRMATIONS,
-            Topic.CONTACT_OUTCOMES)
+CONSUMED = (
+    Topic.LOANS_OVERDUE,
+    Topic.LOANS_REPAYMENT,
+    Topic.BALANCE_CONFIRMATIONS,
+    Topic.CONTACT_OUTCOMES,
+)
 
 DESCRIPTION = """Drives each delinquent loan (a *case*) through its collection stages.
 
@@ -35,32 +39,55 @@ contact, and emits contact commands only on confirmation. Every step is on the c
 timeline."""
 
 
-def build_runtime(settings: WorkflowSettings, clock: Clock | None = None,
-                  policies: PolicyBook | None = None) -> Runtime:
+def build_runtime(
+    settings: WorkflowSettings, clock: Clock | None = None, policies: PolicyBook | None = None
+) -> Runtime:
     clock = clock or SystemClock()
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                         schema=settings.db_schema)
+    engine = make_engine(
+        settings.database_url, pool_size=settings.db_pool_size, schema=settings.db_schema
+    )
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     workflow = Workflow(policies or policy_book(settings.policy_files))
     timer_worker = TimerWorker(
-        engine, settings, clock, workflow,
-        money_seen_retention=timedelta(hours=settings.money_seen_retention_hours))
+        engine,
+        settings,
+        clock,
+        workflow,
+        money_seen_retention=timedelta(hours=settings.money_seen_retention_hours),
+    )
     handlers = WorkflowHandlers(workflow)
-    loop = ConsumerLoop(settings=settings, engine=engine, inbox=inbox, outbox=outbox,
-                        topics=[t.value for t in CONSUMED], handlers=handlers.routes(),
-                        # No wake after each batch: the timer worker looks at least every
-                        # second (sooner for an earlier timer), and escalation timers are
-                        # days away; two queries per committed batch were 3% of the ingest.
-                        clock=clock, batch_handler=handlers.batch,
-                        admit=without_policy(settings.jurisdictions))
-    return Runtime(settings=settings, engine=engine, producer=producer, relay=relay,
-                   loops=[loop], workers=[timer_worker],
-                   state={"clock": clock,
-                          "commands": Commands(engine, settings, clock, workflow)})
+    loop = ConsumerLoop(
+        settings=settings,
+        engine=engine,
+        inbox=inbox,
+        outbox=outbox,
+        topics=[t.value for t in CONSUMED],
+        handlers=handlers.routes(),
+        # No wake after each batch: the timer worker looks at least every
+        # second (sooner for an earlier timer), and escalation timers are
+        # days away; two queries per committed batch were 3% of the ingest.
+        clock=clock,
+        batch_handler=handlers.batch,
+        admit=without_policy(settings.jurisdictions),
+    )
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        producer=producer,
+        relay=relay,
+        loops=[loop],
+        workers=[timer_worker],
+        state={"clock": clock, "commands": Commands(engine, settings, clock, workflow)},
+    )
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
-    return make_app(runtime, title="Collections workflow", version="1.0.0",
-                    description=DESCRIPTION, routers=[router, dead_letters.router],
-                    manage_runtime=manage_runtime)
+    return make_app(
+        runtime,
+        title="Collections workflow",
+        version="1.0.0",
+        description=DESCRIPTION,
+        routers=[router, dead_letters.router],
+        manage_runtime=manage_runtime,
+    )

@@ -41,20 +41,36 @@ from collections_kit.topics import Topic
 from workflow.adapters.tables import idempotency_keys
 
 Admin = Annotated[Principal, require("admin")]
-LetterId = Annotated[str, Path(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$", examples=["0-42"],
-                               description="`<partition>-<offset>` on the DLQ topic")]
-IdempotencyKey = Annotated[str, Header(
-    alias="Idempotency-Key", min_length=8, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
-    description="Unique per intended replay; a retry with the same key replays the answer.",
-    examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"])]
+LetterId = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9]{1,6}-[0-9]{1,19}$",
+        examples=["0-42"],
+        description="`<partition>-<offset>` on the DLQ topic",
+    ),
+]
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=8,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Unique per intended replay; a retry with the same key replays the answer.",
+        examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"],
+    ),
+]
 # Only identifiers are shown; anything else in a key or header may be personal data.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 _READ_TIMEOUT_S = 10.0
 
 REPLAY_PROBLEMS: dict[int | str, dict[str, Any]] = {
     **PROBLEM_RESPONSES,
-    409: {"model": Problem, "description": "The letter cannot be replayed as it is",
-          "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+    409: {
+        "model": Problem,
+        "description": "The letter cannot be replayed as it is",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
 }
 
 
@@ -68,7 +84,8 @@ class DeadLetterView(BaseModel):
     origin_offset: int
     loan_id: str | None = Field(
         description="The origin record's key when it is an id, else the payload's loan_id "
-                    "when that is one")
+        "when that is one"
+    )
     event_id: str | None = Field(description="The origin record's CloudEvents id")
     event_type: str | None
     value_length: int = Field(description="Length of the original value (never shown)")
@@ -83,8 +100,10 @@ class DeadLetterPage(BaseModel):
 
 class ReplayRequest(BaseModel):
     value: str | None = Field(
-        default=None, max_length=60_000,
-        description="A corrected value (UTF-8 text) to publish instead of the original.")
+        default=None,
+        max_length=60_000,
+        description="A corrected value (UTF-8 text) to publish instead of the original.",
+    )
     reason: str = Field(default="", max_length=500, examples=["schema fix deployed"])
 
 
@@ -149,21 +168,31 @@ def _value_length(letter: DeadLetter) -> int:
 
 def _view(partition: int, offset: int, letter: DeadLetter) -> DeadLetterView:
     return DeadLetterView(
-        id=f"{partition}-{offset}", reason=letter.reason, error_kind=letter.error_kind,
-        consumer_group=letter.consumer_group, origin_topic=letter.origin_topic,
-        origin_partition=letter.origin_partition, origin_offset=letter.origin_offset,
+        id=f"{partition}-{offset}",
+        reason=letter.reason,
+        error_kind=letter.error_kind,
+        consumer_group=letter.consumer_group,
+        origin_topic=letter.origin_topic,
+        origin_partition=letter.origin_partition,
+        origin_offset=letter.origin_offset,
         loan_id=_loan_id(letter),
         event_id=_header_identifier(letter, "ce_id"),
         event_type=_header_identifier(letter, "ce_type"),
-        value_length=_value_length(letter), value_encoding=letter.value_encoding,
-        failed_at=letter.failed_at)
+        value_length=_value_length(letter),
+        value_encoding=letter.value_encoding,
+        failed_at=letter.failed_at,
+    )
 
 
 def _consumer(runtime: Runtime) -> AIOKafkaConsumer:
     # No group: partitions are assigned by hand and no offset is ever committed.
-    return AIOKafkaConsumer(**client_kwargs(runtime.settings), group_id=None,
-                            enable_auto_commit=False, auto_offset_reset="earliest",
-                            client_id=f"{runtime.settings.service_name}-dlq-reader")
+    return AIOKafkaConsumer(
+        **client_kwargs(runtime.settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=f"{runtime.settings.service_name}-dlq-reader",
+    )
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
@@ -179,8 +208,9 @@ def _parse_id(letter_id: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
-async def read_page(runtime: Runtime, *, after: str | None, limit: int,
-                    group: str | None) -> DeadLetterPage:
+async def read_page(
+    runtime: Runtime, *, after: str | None, limit: int, group: str | None
+) -> DeadLetterPage:
     """Letters in (partition, offset) order after ``after``; reads only what it returns."""
     start = _parse_id(after) if after else (-1, -1)
     topic = _dlq_topic(runtime)
@@ -216,8 +246,9 @@ async def read_page(runtime: Runtime, *, after: str | None, limit: int,
             if more:
                 break
     except TimeoutError as exc:
-        raise ProblemError(503, "Dead-letter topic unavailable",
-                           "Kafka did not answer in time.") from exc
+        raise ProblemError(
+            503, "Dead-letter topic unavailable", "Kafka did not answer in time."
+        ) from exc
     finally:
         await consumer.stop()
     return DeadLetterPage(dead_letters=found, next_after=found[-1].id if more else None)
@@ -248,72 +279,107 @@ async def read_one(runtime: Runtime, letter_id: str) -> DeadLetter:
                 if await consumer.position(tp) > offset:  # compacted or deleted away
                     raise _letter_not_found(letter_id)
     except TimeoutError as exc:
-        raise ProblemError(503, "Dead-letter topic unavailable",
-                           "Kafka did not answer in time.") from exc
+        raise ProblemError(
+            503, "Dead-letter topic unavailable", "Kafka did not answer in time."
+        ) from exc
     finally:
         await consumer.stop()
 
 
 def _letter_not_found(letter_id: str) -> ProblemError:
-    return ProblemError(404, "Dead letter not found", f"No dead letter {letter_id}.",
-                        type_="https://collections.example/problems/dead-letter-not-found")
+    return ProblemError(
+        404,
+        "Dead letter not found",
+        f"No dead letter {letter_id}.",
+        type_="https://collections.example/problems/dead-letter-not-found",
+    )
 
 
 def _replayable_topic(runtime: Runtime, letter: DeadLetter) -> str:
     prefix = runtime.settings.topic_prefix
     allowed = {prefix + t.value for t in Topic if t is not Topic.DLQ}
     if letter.origin_topic not in allowed:
-        raise ProblemError(409, "Not replayable",
-                           "The letter's origin topic is not one of the contract's topics.")
+        raise ProblemError(
+            409, "Not replayable", "The letter's origin topic is not one of the contract's topics."
+        )
     if any(len(v) >= DEAD_LETTER_HEADER_LIMIT for v in letter.origin_headers.values()):
-        raise ProblemError(409, "Not replayable",
-                           "A header of the original record was truncated in the letter.")
+        raise ProblemError(
+            409, "Not replayable", "A header of the original record was truncated in the letter."
+        )
     return letter.origin_topic
 
 
 def _check_value(letter: DeadLetter, corrected: str | None) -> None:
     """An oversized record's value is cut in its letter: only a corrected value replays it."""
     if corrected is None and VALUE_TRUNCATED in letter.reason:
-        raise ProblemError(409, "Not replayable",
-                           "The original record's value was truncated in the letter; "
-                           "replay it with a corrected value.")
+        raise ProblemError(
+            409,
+            "Not replayable",
+            "The original record's value was truncated in the letter; "
+            "replay it with a corrected value.",
+        )
 
 
-@router.get("/dead-letters", response_model=DeadLetterPage, responses=PROBLEM_RESPONSES,
-            summary="Dead-lettered records of every consumer, in DLQ order (no values)")
+@router.get(
+    "/dead-letters",
+    response_model=DeadLetterPage,
+    responses=PROBLEM_RESPONSES,
+    summary="Dead-lettered records of every consumer, in DLQ order (no values)",
+)
 async def list_dead_letters(
-        request: Request, _: Admin,
-        after: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-        group: Annotated[str | None, Query(max_length=200,
-                                           description="Only this consumer group's")] = None,
+    request: Request,
+    _: Admin,
+    after: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}-[0-9]{1,19}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    group: Annotated[
+        str | None, Query(max_length=200, description="Only this consumer group's")
+    ] = None,
 ) -> DeadLetterPage:
     return await read_page(_runtime(request), after=after, limit=limit, group=group)
 
 
-@router.post("/dead-letters/{letter_id}/replay", response_model=ReplayResult,
-             responses=REPLAY_PROBLEMS,
-             summary="Re-publish a dead letter's original record (or a corrected value) to "
-                     "its origin topic")
+@router.post(
+    "/dead-letters/{letter_id}/replay",
+    response_model=ReplayResult,
+    responses=REPLAY_PROBLEMS,
+    summary="Re-publish a dead letter's original record (or a corrected value) to its origin topic",
+)
 async def replay_dead_letter(
-        letter_id: LetterId, request: Request, key: IdempotencyKey, caller: Admin,
-        body: Annotated[ReplayRequest | None, Body()] = None) -> JSONResponse:
+    letter_id: LetterId,
+    request: Request,
+    key: IdempotencyKey,
+    caller: Admin,
+    body: Annotated[ReplayRequest | None, Body()] = None,
+) -> JSONResponse:
     runtime = _runtime(request)
     body = body or ReplayRequest()
-    request_hash = hashlib.sha256(json.dumps(
-        {"route": "dead-letter-replay", "id": letter_id, "body": body.model_dump(),
-         "actor": caller.subject}, sort_keys=True).encode()).hexdigest()
+    request_hash = hashlib.sha256(
+        json.dumps(
+            {
+                "route": "dead-letter-replay",
+                "id": letter_id,
+                "body": body.model_dump(),
+                "actor": caller.subject,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     async with runtime.engine.begin() as conn:
         # A concurrent retry with the same key waits here for this one's answer.
-        claimed = await conn.scalar(pg_insert(idempotency_keys).values(
-            key=key, request_hash=request_hash).on_conflict_do_nothing()
-            .returning(idempotency_keys.c.key))
+        claimed = await conn.scalar(
+            pg_insert(idempotency_keys)
+            .values(key=key, request_hash=request_hash)
+            .on_conflict_do_nothing()
+            .returning(idempotency_keys.c.key)
+        )
         if claimed is None:
-            row = (await conn.execute(select(idempotency_keys).where(
-                idempotency_keys.c.key == key))).one()
+            row = (
+                await conn.execute(select(idempotency_keys).where(idempotency_keys.c.key == key))
+            ).one()
             if row.request_hash != request_hash:
-                raise ProblemError(422, "Idempotency-Key reused",
-                                   "This key was used for a different request.")
+                raise ProblemError(
+                    422, "Idempotency-Key reused", "This key was used for a different request."
+                )
             return JSONResponse(dict(row.body), status_code=int(row.status))
         letter = await read_one(runtime, letter_id)
         topic = _replayable_topic(runtime, letter)
@@ -324,11 +390,19 @@ async def replay_dead_letter(
         # Published inside the transaction: if Kafka refuses, the key is not used up. A
         # crash after the send and before the commit publishes twice on retry, which every
         # consumer's inbox absorbs (same CloudEvents id).
-        meta = await runtime.producer.send_and_wait(topic, value=value, key=record_key,
-                                                    headers=headers)
-        result = ReplayResult(id=letter_id, origin_topic=topic, partition=meta.partition,
-                              offset=meta.offset,
-                              corrected=body.value is not None).model_dump(mode="json")
-        await conn.execute(update(idempotency_keys).where(idempotency_keys.c.key == key)
-                           .values(status=200, body=result))
+        meta = await runtime.producer.send_and_wait(
+            topic, value=value, key=record_key, headers=headers
+        )
+        result = ReplayResult(
+            id=letter_id,
+            origin_topic=topic,
+            partition=meta.partition,
+            offset=meta.offset,
+            corrected=body.value is not None,
+        ).model_dump(mode="json")
+        await conn.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.key == key)
+            .values(status=200, body=result)
+        )
     return JSONResponse(result)
