@@ -21,6 +21,7 @@ from workflow.adapters.tables import (
     timeline,
     timers,
 )
+from workflow.app.ports import DueTimer
 from workflow.domain.decide import timer_is_current
 from workflow.domain.messages import MoneySeen
 from workflow.domain.model import (
@@ -519,17 +520,6 @@ class CaseRepository:
                 delete(money_seen).where(any_of(money_seen.c.loan_id, sorted(state.forgotten)))
             )
 
-    async def mark_fired(self, timer_id: str, at: datetime) -> None:
-        await self._conn.execute(
-            update(timers).where(timers.c.timer_id == timer_id).values(fired_at=at, outcome="fired")
-        )
-
-    async def next_timer_due(self) -> datetime | None:
-        due: datetime | None = await self._conn.scalar(
-            select(func.min(timers.c.due_at)).where(timers.c.fired_at.is_(None))
-        )
-        return due
-
     async def timeline_of(self, case_id: str, *, after_id: int = 0, limit: int = 500) -> list[Any]:
         rows = await self._conn.execute(
             select(timeline)
@@ -631,3 +621,59 @@ class CaseRepository:
             ],
             "intents": [{"status": s, "reason": r, "count": n} for s, r, n in by_intent],
         }
+
+
+# Past-due timers are counted up to this many (the gauge needs no more).
+_OVERDUE_COUNT_CAP = 100_000
+
+
+class TimerRepository:
+    """Durable timers. The partial index on unfired timers keeps every read here cheap."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        rows = await self._conn.execute(
+            select(timers.c.timer_id, timers.c.loan_id)
+            .where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
+            .order_by(timers.c.due_at)
+            .limit(limit)
+        )
+        return [(timer_id, loan_id) for timer_id, loan_id in rows]
+
+    async def lock_unfired(self, timer_id: str) -> DueTimer | None:
+        # SKIP LOCKED: a timer another replica is firing is its to fire.
+        row = (
+            await self._conn.execute(
+                select(timers)
+                .where(timers.c.timer_id == timer_id, timers.c.fired_at.is_(None))
+                .with_for_update(skip_locked=True)
+            )
+        ).first()
+        if row is None:
+            return None
+        return DueTimer(row.timer_id, row.loan_id, row.kind, row.token, row.due_at)
+
+    async def mark_fired(self, timer_id: str, at: datetime) -> None:
+        await self._conn.execute(
+            update(timers).where(timers.c.timer_id == timer_id).values(fired_at=at, outcome="fired")
+        )
+
+    async def next_due(self) -> datetime | None:
+        due: datetime | None = await self._conn.scalar(
+            select(func.min(timers.c.due_at)).where(timers.c.fired_at.is_(None))
+        )
+        return due
+
+    async def overdue(self, now: datetime) -> tuple[int, datetime | None]:
+        overdue = (timers.c.fired_at.is_(None)) & (timers.c.due_at <= now)
+        count = await self._conn.scalar(
+            select(func.count()).select_from(
+                select(timers.c.timer_id).where(overdue).limit(_OVERDUE_COUNT_CAP).subquery()
+            )
+        )
+        oldest: datetime | None = await self._conn.scalar(
+            select(func.min(timers.c.due_at)).where(overdue)
+        )
+        return int(count or 0), oldest

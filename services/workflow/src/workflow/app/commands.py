@@ -14,15 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from collections_kit.clock import Clock
-from collections_kit.outbox import Tx, flush
-from collections_kit.settings import ServiceSettings
-from workflow.adapters.tables import idempotency_keys, outbox
 from workflow.app.handlers import Workflow
+from workflow.app.ports import CaseStore, StartUnitOfWork
 from workflow.domain import decide as d
 from workflow.domain.model import Case
 
@@ -40,15 +33,11 @@ class KeyReusedError(Exception):
 
 
 class Commands:
-    def __init__(
-        self, engine: AsyncEngine, settings: ServiceSettings, clock: Clock, workflow: Workflow
-    ) -> None:
-        self._engine = engine
-        self._settings = settings
-        self._clock = clock
+    def __init__(self, uow: StartUnitOfWork, workflow: Workflow) -> None:
+        self._uow = uow
         self._workflow = workflow
 
-    async def execute(
+    async def handle(
         self,
         *,
         loan_id: str,
@@ -57,7 +46,7 @@ class Commands:
         body: dict[str, Any],
         actor: str,
         make: Callable[[str], d.Input],
-        render: Callable[[Outcome, Tx], Any],
+        render: Callable[[Outcome, CaseStore], Any],
     ) -> tuple[int, dict[str, Any]]:
         """Run ``make(request_id)`` against the loan's case; return (status, JSON body)."""
         # The actor is part of the request: another caller reusing a key is refused, never
@@ -69,41 +58,22 @@ class Commands:
                 default=str,
             ).encode()
         ).hexdigest()
-        async with self._engine.begin() as conn:
-            tx = Tx(
-                conn=conn,
-                now=self._clock.now(),
-                source=self._settings.service_name,
-                topic_prefix=self._settings.topic_prefix,
-                actor=actor,
-            )
-            claimed = await conn.scalar(
-                pg_insert(idempotency_keys)
-                .values(key=key, request_hash=request_hash)
-                .on_conflict_do_nothing()
-                .returning(idempotency_keys.c.key)
-            )
-            if claimed is None:
-                row = (
-                    await conn.execute(
-                        select(idempotency_keys).where(idempotency_keys.c.key == key)
-                    )
-                ).one()
-                if row.request_hash != request_hash:
+        async with self._uow(actor=actor) as uow:
+            if not await uow.requests.claim(key, request_hash):
+                kept = await uow.requests.kept(key)
+                if kept.request_hash != request_hash:
                     raise KeyReusedError(key)
-                return int(row.status), dict(row.body)
-            before, decision = await self._workflow.run(tx, loan_id, make(key), f"request:{key}")
+                return kept.status, kept.body
+            before, decision = await self._workflow.run(
+                uow.tx, loan_id, make(key), f"request:{key}", cases=uow.cases
+            )
             if before is None:
                 outcome = Outcome(404, problem=f"No collections case for loan {loan_id}.")
             elif decision.rejected is not None:
                 outcome = Outcome(409, case=before, problem=decision.rejected)
             else:
                 outcome = Outcome(200, case=decision.case or before)
-            status, rendered = outcome.status, await render(outcome, tx)
-            await conn.execute(
-                update(idempotency_keys)
-                .where(idempotency_keys.c.key == key)
-                .values(status=status, body=rendered)
-            )
-            await flush(tx, outbox, self._settings.db_schema)
+            status, rendered = outcome.status, await render(outcome, uow.cases)
+            await uow.requests.keep(key, status, rendered)
+            await uow.commit()
             return status, rendered

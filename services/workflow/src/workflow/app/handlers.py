@@ -18,6 +18,7 @@ from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from workflow.adapters.journal import encode_input
 from workflow.adapters.repository import BatchState, CaseRepository
+from workflow.app.ports import CaseStore
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.model import Case
@@ -61,16 +62,19 @@ class Workflow:
         *,
         check_id: str | None = None,
         intent_id: str | None = None,
+        cases: CaseStore | None = None,
     ) -> tuple[Case | None, d.Decision]:
         ((before, decision),) = await self.run_batch(
-            tx, [Item(loan_id, event, cause_id, check_id, intent_id)]
+            tx, [Item(loan_id, event, cause_id, check_id, intent_id)], cases=cases
         )
         return before, decision
 
     async def run_batch(
-        self, tx: Tx, items: Sequence[Item]
+        self, tx: Tx, items: Sequence[Item], *, cases: CaseStore | None = None
     ) -> list[tuple[Case | None, d.Decision]]:
-        repo = CaseRepository(tx.conn)
+        """Decide ``items`` in ``tx``: through ``cases``, the repository of the unit of work
+        the caller opened, or (a consumed batch) the cases of the consumer's transaction."""
+        repo = cases if cases is not None else CaseRepository(tx.conn)
         state = await repo.load_for_batch(
             [i.loan_id for i in items],
             [i.check_id for i in items if i.check_id],

@@ -15,15 +15,9 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from collections_kit.clock import Clock
-from collections_kit.outbox import Tx, flush
-from collections_kit.settings import ServiceSettings
-from workflow.adapters.repository import CaseRepository
-from workflow.adapters.tables import outbox, timers
 from workflow.app.handlers import Workflow
+from workflow.app.ports import StartUnitOfWork
 from workflow.domain import messages as m
 from workflow.metrics import TIMERS_OLDEST_OVERDUE, TIMERS_OVERDUE
 
@@ -33,8 +27,7 @@ log = logging.getLogger(__name__)
 class TimerWorker:
     def __init__(
         self,
-        engine: AsyncEngine,
-        settings: ServiceSettings,
+        uow: StartUnitOfWork,
         clock: Clock,
         workflow: Workflow,
         *,
@@ -42,8 +35,7 @@ class TimerWorker:
         poll_s: float = 1.0,
         money_seen_retention: timedelta = timedelta(days=3),
     ) -> None:
-        self._engine = engine
-        self._settings = settings
+        self._uow = uow
         self._clock = clock
         self._workflow = workflow
         self._batch = batch
@@ -78,15 +70,9 @@ class TimerWorker:
             return
         self._measured_at = time.monotonic()
         now = self._clock.now()
-        overdue = (timers.c.fired_at.is_(None)) & (timers.c.due_at <= now)
-        async with self._engine.connect() as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(
-                    select(timers.c.timer_id).where(overdue).limit(100_000).subquery()
-                )
-            )
-            oldest = await conn.scalar(select(func.min(timers.c.due_at)).where(overdue))
-        TIMERS_OVERDUE.set(int(count or 0))
+        async with self._uow() as uow:
+            count, oldest = await uow.timers.overdue(now)
+        TIMERS_OVERDUE.set(count)
         TIMERS_OLDEST_OVERDUE.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
 
     async def prune_money_seen(self, *, every_s: float = 60.0) -> int:
@@ -95,14 +81,16 @@ class TimerWorker:
         if time.monotonic() - self._pruned_at < every_s:
             return 0
         self._pruned_at = time.monotonic()
-        async with self._engine.begin() as conn:
-            return await CaseRepository(conn).prune_money_seen(
+        async with self._uow() as uow:
+            pruned = await uow.cases.prune_money_seen(
                 self._clock.now() - self._money_seen_retention
             )
+            await uow.commit()
+            return pruned
 
     async def _sleep_for(self) -> float:
-        async with self._engine.connect() as conn:
-            due = await CaseRepository(conn).next_timer_due()
+        async with self._uow() as uow:
+            due = await uow.timers.next_due()
         if due is None:
             return self._poll_s
         # Another replica or a REST call may add an earlier timer: never sleep long.
@@ -110,57 +98,37 @@ class TimerWorker:
 
     async def fire_due(self) -> int:
         now = self._clock.now()
-        async with self._engine.connect() as conn:
-            due = (
-                await conn.execute(
-                    select(timers.c.timer_id, timers.c.loan_id)
-                    .where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
-                    .order_by(timers.c.due_at)
-                    .limit(self._batch)
-                )
-            ).all()
+        async with self._uow() as uow:
+            due = await uow.timers.due(now, self._batch)
         fired = 0
         for timer_id, loan_id in due:
             fired += await self._fire(timer_id, loan_id)
         return fired
 
     async def _fire(self, timer_id: str, loan_id: str) -> int:
-        async with self._engine.begin() as conn:
-            tx = Tx(
-                conn=conn,
-                now=self._clock.now(),
-                source=self._settings.service_name,
-                topic_prefix=self._settings.topic_prefix,
-                actor="timer",
-            )
-            repo = CaseRepository(conn)
-            await repo.get(loan_id, lock=True)  # case first, then the timer: one lock order
-            row = (
-                await conn.execute(
-                    select(timers)
-                    .where(timers.c.timer_id == timer_id, timers.c.fired_at.is_(None))
-                    .with_for_update(skip_locked=True)
-                )
-            ).first()
-            if row is None:
+        async with self._uow(actor="timer") as uow:
+            await uow.cases.get(loan_id, lock=True)  # case first, then the timer: one lock order
+            timer = await uow.timers.lock_unfired(timer_id)
+            if timer is None:
                 return 0  # another replica fired it, or a transition superseded it
             await self._workflow.run(
-                tx,
+                uow.tx,
                 loan_id,
                 m.TimerFired(
-                    timer_id=row.timer_id, kind=row.kind, token=row.token, due_at=row.due_at
+                    timer_id=timer.timer_id, kind=timer.kind, token=timer.token, due_at=timer.due_at
                 ),
-                f"timer:{row.timer_id}",
+                f"timer:{timer.timer_id}",
+                cases=uow.cases,
             )
-            await repo.mark_fired(row.timer_id, tx.now)
-            await flush(tx, outbox, self._settings.db_schema)
+            await uow.timers.mark_fired(timer.timer_id, uow.now)
+            await uow.commit()
             log.info(
                 "timer fired",
                 extra={
-                    "timer_id": row.timer_id,
-                    "kind": row.kind,
+                    "timer_id": timer.timer_id,
+                    "kind": timer.kind,
                     "loan_id": loan_id,
-                    "late_s": (tx.now - row.due_at) / timedelta(seconds=1),
+                    "late_s": (uow.now - timer.due_at) / timedelta(seconds=1),
                 },
             )
             return 1

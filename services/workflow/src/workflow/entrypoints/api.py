@@ -5,12 +5,13 @@ error is an RFC 9457 problem document."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -25,11 +26,10 @@ from pydantic import (
 from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
 from collections_kit.money import Amount, InCurrency, NonNegativeAmount
-from collections_kit.outbox import Tx
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
-from collections_kit.runtime import EngineDep as Engine
-from workflow.adapters.repository import CaseRepository
+from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.app.commands import Commands, KeyReusedError, Outcome
+from workflow.app.ports import CaseStore
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.model import Arrangement, Case, ContactIntent
@@ -65,6 +65,15 @@ IdempotencyKey = Annotated[
 Reader = Annotated[Principal, require("cases:read")]
 Writer = Annotated[Principal, require("cases:write")]
 Admin = Annotated[Principal, require("admin")]
+
+
+def _reads(request: Request) -> Callable[[], SqlWorkflowUnitOfWork]:
+    # A unit of work that is never committed: the reads' transaction, rolled back after.
+    start: Callable[[], SqlWorkflowUnitOfWork] = request.app.state.runtime.state["uow"]
+    return start
+
+
+Reads = Annotated[Callable[[], SqlWorkflowUnitOfWork], Depends(_reads)]
 # Blanks do not count: a reason needs at least three visible characters.
 Reason = Annotated[
     str,
@@ -401,7 +410,7 @@ def _case_view(
     summary="List cases, filtered, in loan-id order (keyset pagination)",
 )
 async def list_cases(
-    engine: Engine,
+    uow: Reads,
     _: Reader,
     stage: Annotated[
         Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
@@ -415,8 +424,8 @@ async def list_cases(
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> CasePage:
-    async with engine.connect() as conn:
-        repo = CaseRepository(conn)
+    async with uow() as work:
+        repo = work.cases
         found = await repo.list_cases(
             stage=stage,
             status=status,
@@ -452,9 +461,9 @@ async def list_cases(
     responses=PROBLEM_RESPONSES,
     summary="A case with its hold, arrangement and contact intents",
 )
-async def get_case(loan_id: LoanIdPath, engine: Engine, _: Reader) -> CaseView:
-    async with engine.connect() as conn:
-        repo = CaseRepository(conn)
+async def get_case(loan_id: LoanIdPath, uow: Reads, _: Reader) -> CaseView:
+    async with uow() as work:
+        repo = work.cases
         case = await repo.get(loan_id)
         if case is None:
             raise _not_found(loan_id)
@@ -472,13 +481,13 @@ async def get_case(loan_id: LoanIdPath, engine: Engine, _: Reader) -> CaseView:
 )
 async def get_timeline(
     loan_id: LoanIdPath,
-    engine: Engine,
+    uow: Reads,
     _: Reader,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 200,
 ) -> TimelinePage:
-    async with engine.connect() as conn:
-        repo = CaseRepository(conn)
+    async with uow() as work:
+        repo = work.cases
         case = await repo.get(loan_id)
         if case is None:
             raise _not_found(loan_id)
@@ -513,9 +522,9 @@ async def get_timeline(
     tags=["reports"],
     summary="Cases by status and stage, contact intents by status and reason",
 )
-async def get_summary(engine: Engine, _: Admin) -> Summary:
-    async with engine.connect() as conn:
-        return Summary(**await CaseRepository(conn).summary())
+async def get_summary(uow: Reads, _: Admin) -> Summary:
+    async with uow() as work:
+        return Summary(**await work.cases.summary())
 
 
 # --- writes --------------------------------------------------------------------------------
@@ -526,7 +535,7 @@ async def _command(
 ) -> JSONResponse:
     commands: Commands = request.app.state.runtime.state["commands"]
 
-    async def render(outcome: Outcome, tx: Tx) -> dict[str, Any]:
+    async def render(outcome: Outcome, repo: CaseStore) -> dict[str, Any]:
         if outcome.problem is not None:
             title = "Case not found" if outcome.status == 404 else "Not allowed now"
             return Problem(
@@ -536,7 +545,6 @@ async def _command(
                 instance=str(request.url.path),
             ).model_dump(exclude_none=True)
         assert outcome.case is not None
-        repo = CaseRepository(tx.conn)
         intents = await repo.intents_of(outcome.case.case_id)
         hold = outcome.case.hold
         during = await repo.contacts_made_during(outcome.case.case_id, hold) if hold else []
@@ -544,7 +552,7 @@ async def _command(
         return view.model_dump(mode="json")
 
     try:
-        status, payload = await commands.execute(
+        status, payload = await commands.handle(
             loan_id=loan_id,
             key=key,
             route=request.url.path,
@@ -636,12 +644,12 @@ async def record_arrangement(
     request: Request,
     key: IdempotencyKey,
     caller: Writer,
-    engine: Engine,
+    uow: Reads,
 ) -> JSONResponse:
     actor = caller.subject
     clock: Clock = request.app.state.runtime.state["clock"]
-    async with engine.connect() as conn:
-        case = await CaseRepository(conn).get(loan_id)
+    async with uow() as work:
+        case = await work.cases.get(loan_id)
     if case is not None:
         # A payment due before today where the borrower lives is already missed: the
         # timer would break the arrangement at once and escalate the case.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
 from workflow.adapters.policy_file import policy_book
 from workflow.adapters.tables import inbox, outbox
+from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
@@ -49,9 +51,10 @@ def build_runtime(
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     workflow = Workflow(policies or policy_book(settings.policy_files))
+    # One transaction each: every read and write of the app layer goes through one.
+    uow = partial(SqlWorkflowUnitOfWork, engine, settings, clock, outbox)
     timer_worker = TimerWorker(
-        engine,
-        settings,
+        uow,
         clock,
         workflow,
         money_seen_retention=timedelta(hours=settings.money_seen_retention_hours),
@@ -78,7 +81,7 @@ def build_runtime(
         relay=relay,
         loops=[loop],
         workers=[timer_worker],
-        state={"clock": clock, "commands": Commands(engine, settings, clock, workflow)},
+        state={"clock": clock, "uow": uow, "commands": Commands(uow, workflow)},
     )
 
 

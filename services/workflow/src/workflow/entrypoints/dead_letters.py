@@ -27,8 +27,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collections_kit.auth import Principal, require
 from collections_kit.consumer import DEAD_LETTER_HEADER_LIMIT, VALUE_TRUNCATED, original_record
@@ -38,7 +36,7 @@ from collections_kit.kafka import client_kwargs
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
-from workflow.adapters.tables import idempotency_keys
+from workflow.app.ports import StartUnitOfWork
 
 Admin = Annotated[Principal, require("admin")]
 LetterId = Annotated[
@@ -364,23 +362,16 @@ async def replay_dead_letter(
             sort_keys=True,
         ).encode()
     ).hexdigest()
-    async with runtime.engine.begin() as conn:
+    start: StartUnitOfWork = runtime.state["uow"]
+    async with start(actor=caller.subject) as uow:
         # A concurrent retry with the same key waits here for this one's answer.
-        claimed = await conn.scalar(
-            pg_insert(idempotency_keys)
-            .values(key=key, request_hash=request_hash)
-            .on_conflict_do_nothing()
-            .returning(idempotency_keys.c.key)
-        )
-        if claimed is None:
-            row = (
-                await conn.execute(select(idempotency_keys).where(idempotency_keys.c.key == key))
-            ).one()
-            if row.request_hash != request_hash:
+        if not await uow.requests.claim(key, request_hash):
+            kept = await uow.requests.kept(key)
+            if kept.request_hash != request_hash:
                 raise ProblemError(
                     422, "Idempotency-Key reused", "This key was used for a different request."
                 )
-            return JSONResponse(dict(row.body), status_code=int(row.status))
+            return JSONResponse(kept.body, status_code=kept.status)
         letter = await read_one(runtime, letter_id)
         topic = _replayable_topic(runtime, letter)
         _check_value(letter, body.value)
@@ -400,9 +391,6 @@ async def replay_dead_letter(
             offset=meta.offset,
             corrected=body.value is not None,
         ).model_dump(mode="json")
-        await conn.execute(
-            update(idempotency_keys)
-            .where(idempotency_keys.c.key == key)
-            .values(status=200, body=result)
-        )
+        await uow.requests.keep(key, 200, result)
+        await uow.commit()
     return JSONResponse(result)

@@ -1,0 +1,289 @@
+"""The workflow's app layer against in-memory fakes of its ports: REST commands are
+idempotent by key, and a due timer fires once."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self, cast
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from collections_kit.clock import FixedClock
+from collections_kit.outbox import Tx
+from workflow.adapters.repository import BatchState
+from workflow.app.commands import Commands, KeyReusedError, Outcome
+from workflow.app.handlers import Workflow
+from workflow.app.ports import CaseStore, DueTimer, KeptAnswer
+from workflow.app.timers import TimerWorker
+from workflow.domain import messages as m
+from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
+from workflow.domain.policy import PolicyBook
+
+START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+STAGE_LIMIT = timedelta(days=46)  # past the warning stage's 45-day limit
+
+
+@dataclass
+class Data:
+    """What the database would hold."""
+
+    cases: dict[str, Case] = field(default_factory=dict)  # by loan id
+    intents: dict[str, ContactIntent] = field(default_factory=dict)
+    timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keys: dict[str, KeptAnswer] = field(default_factory=dict)
+
+
+@dataclass
+class Database:
+    data: Data = field(default_factory=Data)
+    published: list[dict[str, Any]] = field(default_factory=list)  # the outbox
+    commits: int = 0
+
+
+class FakeCases:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def get(self, loan_id: str, *, lock: bool = False) -> Case | None:
+        return self._data.cases.get(loan_id)
+
+    async def load_for_batch(
+        self, loan_ids: Sequence[str], check_ids: Sequence[str], intent_ids: Sequence[str]
+    ) -> BatchState:
+        state = BatchState({i: self._data.cases[i] for i in loan_ids if i in self._data.cases})
+        case_ids = {c.case_id for c in state.cases.values()}
+        for intent in self._data.intents.values():
+            if intent.case_id in case_ids:
+                state.intents.setdefault(intent.case_id, {})[intent.intent_id] = intent
+        for timer_id, t in self._data.timers.items():
+            if t["case_id"] in case_ids and t["fired_at"] is None:
+                state.timers.setdefault(t["case_id"], {})[timer_id] = (
+                    TimerKind(t["kind"]),
+                    t["token"],
+                    t["due_at"],
+                )
+        return state
+
+    async def write_batch(self, state: BatchState, at: datetime) -> None:
+        for case in state.changed_cases.values():
+            self._data.cases[case.loan_id] = case
+        self._data.intents.update(state.changed_intents)
+        for row in state.new_timers:
+            self._data.timers.setdefault(row["timer_id"], {**row, "fired_at": None})
+
+    async def intents_of(self, case_id: str) -> list[ContactIntent]:
+        return [i for i in self._data.intents.values() if i.case_id == case_id]
+
+    async def contacts_made_during(self, case_id: str, hold: Hold) -> list[dict[str, Any]]:
+        return []
+
+    async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int:
+        return 0
+
+
+class FakeRequests:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def claim(self, key: str, request_hash: str) -> bool:
+        if key in self._data.keys:
+            return False
+        self._data.keys[key] = KeptAnswer(request_hash, 0, {})
+        return True
+
+    async def kept(self, key: str) -> KeptAnswer:
+        return self._data.keys[key]
+
+    async def keep(self, key: str, status: int, body: dict[str, Any]) -> None:
+        self._data.keys[key] = KeptAnswer(self._data.keys[key].request_hash, status, body)
+
+
+class FakeTimers:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    def _unfired(self) -> list[dict[str, Any]]:
+        return sorted(
+            (t for t in self._data.timers.values() if t["fired_at"] is None),
+            key=lambda t: t["due_at"],
+        )
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        return [(t["timer_id"], t["loan_id"]) for t in self._unfired() if t["due_at"] <= now][
+            :limit
+        ]
+
+    async def lock_unfired(self, timer_id: str) -> DueTimer | None:
+        t = self._data.timers.get(timer_id)
+        if t is None or t["fired_at"] is not None:
+            return None
+        return DueTimer(t["timer_id"], t["loan_id"], t["kind"], t["token"], t["due_at"])
+
+    async def mark_fired(self, timer_id: str, at: datetime) -> None:
+        self._data.timers[timer_id]["fired_at"] = at
+
+    async def next_due(self) -> datetime | None:
+        unfired = self._unfired()
+        return unfired[0]["due_at"] if unfired else None
+
+    async def overdue(self, now: datetime) -> tuple[int, datetime | None]:
+        late = [t["due_at"] for t in self._unfired() if t["due_at"] <= now]
+        return len(late), min(late, default=None)
+
+
+class FakeUnitOfWork:
+    """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
+
+    def __init__(self, db: Database, clock: FixedClock, actor: str) -> None:
+        self._db, self._clock, self._actor = db, clock, actor
+
+    async def __aenter__(self) -> Self:
+        self._work = copy.deepcopy(self._db.data)
+        self.tx = Tx(
+            conn=cast(AsyncConnection, None),  # the fakes hold the data, not a connection
+            now=self._clock.now(),
+            source="workflow",
+            topic_prefix="",
+            actor=self._actor,
+        )
+        self.cases = FakeCases(self._work)
+        self.requests = FakeRequests(self._work)
+        self.timers = FakeTimers(self._work)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @property
+    def now(self) -> datetime:
+        return self.tx.now
+
+    async def commit(self) -> None:
+        self._db.data = self._work
+        self._db.published.extend(self.tx.staged)
+        self._db.commits += 1
+
+
+@dataclass
+class App:
+    db: Database
+    clock: FixedClock
+    workflow: Workflow
+
+    def uow(self, *, actor: str = "system") -> FakeUnitOfWork:
+        return FakeUnitOfWork(self.db, self.clock, actor)
+
+    def topics(self) -> list[str]:
+        return [row["topic"] for row in self.db.published]
+
+
+@pytest.fixture
+def app() -> App:
+    return App(Database(), FixedClock(START), Workflow(PolicyBook()))
+
+
+async def open_case(app: App, loan_id: str = "L1") -> Case:
+    async with app.uow() as uow:
+        await app.workflow.run(
+            uow.tx,
+            loan_id,
+            m.OverdueReported(
+                "e-overdue",
+                loan_id,
+                "B1",
+                "consumer-loan",
+                "CNY",
+                Decimal("100.00"),
+                Decimal("1000.00"),
+                5,
+                uow.now,
+                "Asia/Shanghai",
+                "CN",
+            ),
+            "e-overdue",
+            cases=uow.cases,
+        )
+        await uow.commit()
+    return app.db.data.cases[loan_id]
+
+
+async def render(outcome: Outcome, cases: CaseStore) -> dict[str, Any]:
+    if outcome.case is None:
+        return {"problem": outcome.problem}
+    return {
+        "status": outcome.case.status.value,
+        "intents": len(await cases.intents_of(outcome.case.case_id)),
+    }
+
+
+def hold(reason: str) -> dict[str, Any]:
+    return {
+        "loan_id": "L1",
+        "route": "/v1/cases/L1/hold",
+        "body": {"kind": "hardship", "reason": reason},
+        "actor": "agent:1",
+        "make": lambda request_id: m.RequestHold(request_id, "hardship", reason, "agent:1"),
+        "render": render,
+    }
+
+
+async def test_a_command_retried_with_its_key_and_body_replays_the_answer(app: App) -> None:
+    await open_case(app)
+    commands = Commands(app.uow, app.workflow)
+    first = await commands.handle(key="k-0001", **hold("hospital"))
+    published, commits = len(app.db.published), app.db.commits
+    again = await commands.handle(key="k-0001", **hold("hospital"))
+    assert first[0] == 200
+    assert first[1]["status"] == CaseStatus.HELD.value
+    assert again == first
+    assert len(app.db.published) == published  # nothing decided or published twice
+    assert app.db.commits == commits  # the replay changed nothing
+
+
+async def test_a_key_reused_for_another_request_is_refused_and_changes_nothing(
+    app: App,
+) -> None:
+    await open_case(app)
+    commands = Commands(app.uow, app.workflow)
+    await commands.handle(key="k-0001", **hold("hospital"))
+    before = copy.deepcopy(app.db.data)
+    with pytest.raises(KeyReusedError):
+        await commands.handle(key="k-0001", **hold("another reason"))
+    assert app.db.data == before
+
+
+async def test_a_command_for_a_loan_without_a_case_is_kept_as_a_404(app: App) -> None:
+    commands = Commands(app.uow, app.workflow)
+    status, body = await commands.handle(key="k-0002", **hold("hospital"))
+    assert status == 404
+    assert "L1" in body["problem"]
+    assert app.db.data.keys["k-0002"].status == 404  # a retry gets the same answer
+
+
+async def test_a_due_timer_fires_once_and_is_marked_fired(app: App) -> None:
+    case = await open_case(app)
+    limits = [
+        t for t in app.db.data.timers.values() if t["kind"] == TimerKind.STAGE_TIME_LIMIT.value
+    ]
+    assert len(limits) == 1
+    worker = TimerWorker(app.uow, app.clock, app.workflow)
+    assert await worker.fire_due() == 0  # not due yet
+    app.clock.set(START + STAGE_LIMIT)
+    published = len(app.db.published)
+    assert await worker.fire_due() == 1
+    assert await worker.fire_due() == 0  # fired once
+    assert app.db.data.timers[limits[0]["timer_id"]]["fired_at"] == app.clock.now()
+    escalated = app.db.data.cases[case.loan_id]
+    assert escalated.stage != case.stage
+    assert "collections.case-events.v1" in app.topics()[published:]
