@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from collections_kit.jurisdictions import JURISDICTION_PATTERN
 from collections_kit.money import Amount, CurrencyCode, InCurrency, NonNegativeAmount
 from collections_kit.topics import Topic
 
@@ -24,11 +25,11 @@ LoanId = Annotated[
 # input, refused on decoding rather than by the database inside a consumer's transaction.
 MAX_SEQUENCE = 2**63 - 1
 # The shape of an ISO 3166-1 alpha-2 code (UK, not GB, by the lenders' usage). Which
-# jurisdictions a service can act for is its policy data, not the contract: a code without
-# a policy is refused by the service ("jurisdiction XX has no policy"), so adding one needs
-# no new contract version.
+# jurisdictions a service can act for is policy data (collections_kit.jurisdictions: one
+# file each), not the contract: a code without a file is refused by the service
+# ("jurisdiction XX has no policy"), so adding one needs no new contract version.
 Jurisdiction = Annotated[
-    str, StringConstraints(pattern=r"^[A-Z]{2}$"), Field(examples=["CN", "US", "UK"])
+    str, StringConstraints(pattern=JURISDICTION_PATTERN), Field(examples=["CN", "US", "UK"])
 ]
 Channel = Literal["sms", "voice", "email", "letter"]
 Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]

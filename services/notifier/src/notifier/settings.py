@@ -46,8 +46,12 @@ class NotifierSettings(ServiceSettings):
     provider_max_tries: int = Field(default=3, ge=1)
     provider_backoff_s: float = Field(default=0.5, ge=0)
 
-    # More jurisdictions, or other numbers for a built-in one: a TOML file of the shape of
-    # notifier.domain.policy.BUILT_IN (see services/notifier/policy.example.toml).
+    # The jurisdiction files, one per jurisdiction (collections_kit.jurisdictions; None:
+    # those shipped with it), the same directory as the workflow's WORKFLOW_JURISDICTIONS_DIR.
+    jurisdictions_dir: Path | None = None
+    # Rules for attempts in doubt, and jurisdictions replaced for this service only: a TOML
+    # file (see services/notifier/policy.example.toml). A jurisdiction only named here has
+    # no file, so the workflow opens no case for it: add one with a file.
     policy_file: Path | None = None
 
     # How long before the ledger confirmation a repayment still voids it (see decide.py).

@@ -16,11 +16,11 @@ class WorkflowSettings(ServiceSettings):
     http_port: int = 8001
     # Escalation policies (TOML), one per product; none: the built-in default policy.
     policy_files: tuple[Path, ...] = ()
-    # The jurisdictions with a contact policy (the notifier's policy data: built in, or
-    # added by its NOTIFIER_POLICY_FILE). An overdue report for any other is dead-lettered
-    # as invalid ("jurisdiction XX has no policy") rather than opening a case nobody may
-    # contact. Adding a jurisdiction: its notifier policy, then its code here.
-    jurisdictions: frozenset[str] = frozenset({"CN", "US", "UK"})
+    # The jurisdiction files (collections_kit.jurisdictions; None: those shipped with it),
+    # the same directory as the notifier's NOTIFIER_JURISDICTIONS_DIR. An overdue report for
+    # a jurisdiction without a file is dead-lettered as invalid ("jurisdiction XX has no
+    # policy") rather than opening a case nobody may contact.
+    jurisdictions_dir: Path | None = None
     # How long a repayment of a loan without a case is remembered for the overdue report
     # that may open its case late (topics are consumed independently). It covers a consumer
     # lagging behind by that much; beyond it the periodic balance re-check still closes.

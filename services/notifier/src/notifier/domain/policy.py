@@ -4,19 +4,21 @@ Each rule has a stable name (``CN.contact_window``, ``US.reg_f_7_in_7``) that ev
 decision records, so an auditor can tell which rule stopped or allowed a contact, and a
 later change of the numbers never rewrites how an old decision is explained.
 
-The jurisdictions are plain data (:data:`BUILT_IN`, the same shape as a TOML policy file
-given with ``NOTIFIER_POLICY_FILE``): adding one, or changing a number, is configuration.
+The jurisdictions are plain data, one TOML file each (:mod:`collections_kit.jurisdictions`,
+read into :data:`BUILT_IN`; ``NOTIFIER_JURISDICTIONS_DIR`` names another directory, and a
+``NOTIFIER_POLICY_FILE`` may replace one): adding one, or changing a number, is a file.
 :func:`jurisdictions_from_mapping` turns that data into the typed rules and refuses
 anything it does not understand, so a typo fails at start-up rather than at 22:00.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Any, Literal, cast, get_args
 
+from collections_kit.jurisdictions import load_jurisdictions
 from notifier.domain.in_doubt import InDoubtRule
 from notifier.domain.model import ChannelName
 
@@ -97,6 +99,10 @@ class QuietPeriod:
     channels: frozenset[ChannelName]
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if self.days < 1:
+            raise ValueError(f"quiet period {self.name}: days must be at least 1")
+
     @property
     def length(self) -> timedelta:
         return timedelta(days=self.days)
@@ -149,90 +155,10 @@ GUARANTOR_RECOURSE = "guarantor_recourse"
 
 # --- the built-in jurisdictions, as data --------------------------------------------------
 
-BUILT_IN: dict[str, dict[str, Any]] = {
-    "CN": {
-        "window": {"start": "08:00", "end": "22:00"},
-        "source": "NIFA post-loan collection guideline (2024); GB/T 45251-2025; CBA "
-        "consumer-loan collection guideline (2026): no contact 22:00-08:00 local "
-        "time",
-        "caps": [
-            {
-                "name": "connected_calls_per_day",
-                "counts": "connected",
-                "scope": "person",
-                "period": "local_day",
-                "limit": 3,
-                "channels": ["voice"],
-                "source": "GB/T 45251-2025: at most 3 connected calls per debtor per day, "
-                "across the lender and its agencies",
-            },
-            {
-                "name": "unanswered_calls_per_number_per_day",
-                "counts": "unanswered",
-                "scope": "number",
-                "period": "local_day",
-                "limit": 6,
-                "channels": ["voice"],
-                "source": "CBA consumer-loan collection guideline (2026): at most 6 unanswered "
-                "attempts per day to the same number",
-            },
-        ],
-    },
-    "US": {
-        "window": {"start": "08:00", "end": "21:00"},
-        "source": "Regulation F, 12 CFR 1006.6(b)(1)(i): 08:00-21:00 in the consumer's local time",
-        "caps": [
-            # Reg F counts telephone calls. Text messages ring the same phone, so the house
-            # reading counts them too: stricter than the rule, never looser.
-            {
-                "name": "reg_f_7_in_7",
-                "counts": "attempts",
-                "scope": "debt",
-                "period": "rolling",
-                "days": 7,
-                "limit": 7,
-                "channels": ["voice", "sms"],
-                "source": "12 CFR 1006.14(b)(2)(i)(A): more than 7 call attempts in 7 "
-                "consecutive days about a debt is presumed harassment (house: text "
-                "messages count as attempts)",
-            },
-        ],
-        "quiet_periods": [
-            {
-                "name": "reg_f_quiet_after_conversation",
-                "days": 7,
-                "channels": ["voice", "sms"],
-                "source": "12 CFR 1006.14(b)(2)(i)(B): no call within 7 days after a telephone "
-                "conversation about the debt (house: no text message either)",
-            },
-        ],
-        "validation_notice": {
-            "name": "reg_f_validation_notice",
-            "template": "validation-notice",
-            "channels": ["letter", "email"],
-            "dispute_days": 35,
-            "source": "12 CFR 1006.34: the validation notice goes out in or within 5 days of "
-            "the first communication; the house sends it first",
-        },
-    },
-    "UK": {
-        "window": {"start": "08:00", "end": "21:00"},
-        "source": "House rule: the FCA sets no hours, so the US hours serve as a "
-        "reasonable-time bound",
-        "caps": [
-            {
-                "name": "phone_attempts_per_day",
-                "counts": "attempts",
-                "scope": "person",
-                "period": "local_day",
-                "limit": 3,
-                "channels": ["voice", "sms"],
-                "source": "House rule under CONC 7.9.4 (no excessive contact): at most 3 calls "
-                "or texts to a person per day",
-            },
-        ],
-    },
-}
+# The jurisdiction files shipped with the kit (CN.toml, US.toml, UK.toml), which the
+# workflow reads too: the one list of jurisdictions. They are read once, as part of loading
+# the code they ship with; deciding stays free of I/O.
+BUILT_IN: dict[str, dict[str, Any]] = load_jurisdictions()
 
 
 def _time(value: Any, where: str) -> time:
@@ -251,10 +177,17 @@ def _channels(value: Any, where: str) -> frozenset[ChannelName]:
     return frozenset(cast(ChannelName, v) for v in value)
 
 
-def _only(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _only(data: Any, allowed: set[str], where: str, required: Collection[str] = ()) -> None:
+    """``data`` is a table of ``allowed`` keys with every ``required`` one: a file's mistake
+    is named where it is, not met later as a bare KeyError."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: must be a table, not {type(data).__name__}")
     unknown = set(data) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    missing = set(required) - set(data)
+    if missing:
+        raise ValueError(f"{where}: missing keys {sorted(missing)}")
 
 
 def _choice(value: Any, options: tuple[str, ...], where: str) -> Any:
@@ -269,12 +202,19 @@ def jurisdiction_from_mapping(code: str, data: Mapping[str, Any]) -> Jurisdictio
         data,
         {"window", "source", "caps", "quiet_periods", "validation_notice", "window_channels"},
         where,
+        required={"window"},
     )
     window = data["window"]
+    _only(window, {"start", "end"}, f"{where} window", required={"start", "end"})
     caps = []
     for i, cap in enumerate(data.get("caps", ())):
         at = f"{where} cap {i}"
-        _only(cap, {"name", "counts", "scope", "period", "limit", "days", "channels", "source"}, at)
+        _only(
+            cap,
+            {"name", "counts", "scope", "period", "limit", "days", "channels", "source"},
+            at,
+            required={"name", "counts", "scope", "period", "limit", "channels"},
+        )
         caps.append(
             FrequencyCap(
                 name=str(cap["name"]),
@@ -290,7 +230,7 @@ def jurisdiction_from_mapping(code: str, data: Mapping[str, Any]) -> Jurisdictio
     quiet = []
     for i, q in enumerate(data.get("quiet_periods", ())):
         at = f"{where} quiet period {i}"
-        _only(q, {"name", "days", "channels", "source"}, at)
+        _only(q, {"name", "days", "channels", "source"}, at, required={"name", "days", "channels"})
         quiet.append(
             QuietPeriod(
                 name=str(q["name"]),
@@ -303,7 +243,12 @@ def jurisdiction_from_mapping(code: str, data: Mapping[str, Any]) -> Jurisdictio
     if "validation_notice" in data:
         v = data["validation_notice"]
         at = f"{where} validation notice"
-        _only(v, {"name", "template", "channels", "dispute_days", "recheck_minutes", "source"}, at)
+        _only(
+            v,
+            {"name", "template", "channels", "dispute_days", "recheck_minutes", "source"},
+            at,
+            required={"name", "template", "channels"},
+        )
         notice = ValidationNoticeRule(
             name=str(v["name"]),
             template=str(v["template"]),
@@ -332,7 +277,8 @@ def jurisdictions_from_mapping(data: Mapping[str, Any]) -> tuple[JurisdictionPol
 
 
 DEFAULT_JURISDICTIONS: tuple[JurisdictionPolicy, ...] = jurisdictions_from_mapping(BUILT_IN)
-CN, US, UK = DEFAULT_JURISDICTIONS
+_BY_CODE = {p.jurisdiction: p for p in DEFAULT_JURISDICTIONS}
+CN, US, UK = _BY_CODE["CN"], _BY_CODE["US"], _BY_CODE["UK"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections_kit import contract as c
 from collections_kit.clock import Clock, SystemClock
 from collections_kit.consumer import ConsumerLoop, Handler
 from collections_kit.db import make_engine
+from collections_kit.jurisdictions import load_jurisdictions
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, Worker, make_app, make_producer
 from collections_kit.topics import Topic
@@ -76,8 +77,12 @@ class _ClientLifetime:
 
 
 def load_policy(settings: NotifierSettings) -> DispatchPolicy:
-    """The built-in jurisdictions, plus (or overridden by) those of the policy file."""
-    policy = DispatchPolicy.of(recheck_lookback=timedelta(seconds=settings.recheck_lookback_s))
+    """The jurisdictions of the jurisdiction files, plus (or overridden by) those of the
+    policy file."""
+    policy = DispatchPolicy.of(
+        jurisdictions_from_mapping(load_jurisdictions(settings.jurisdictions_dir)),
+        recheck_lookback=timedelta(seconds=settings.recheck_lookback_s),
+    )
     if settings.policy_file is None:
         return policy
     with settings.policy_file.open("rb") as f:

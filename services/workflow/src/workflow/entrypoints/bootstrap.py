@@ -12,6 +12,7 @@ from collections_kit.clock import Clock, SystemClock
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.contract import without_policy
 from collections_kit.db import make_engine
+from collections_kit.jurisdictions import known_jurisdictions
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
@@ -72,7 +73,7 @@ def build_runtime(
         # days away; two queries per committed batch were 3% of the ingest.
         clock=clock,
         batch_handler=handlers.batch,
-        admit=without_policy(settings.jurisdictions),
+        admit=without_policy(known_jurisdictions(settings.jurisdictions_dir)),
     )
     return Runtime(
         settings=settings,
