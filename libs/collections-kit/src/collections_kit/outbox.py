@@ -28,6 +28,7 @@ from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
 from collections_kit.db import any_of, asyncpg_dsn, insert_rows
 from collections_kit.envelope import Envelope, encode_text_headers
+from collections_kit.worker import PollingWorker
 
 log = logging.getLogger(__name__)
 # The backlog gauges are refreshed at most this often; the count stops at the cap.
@@ -122,45 +123,46 @@ class OutboxRelay:
         self._outbox = outbox
         self._schema = schema
         self._batch = batch
-        self._safety_poll_s = safety_poll_s
-        self._wake = asyncio.Event()
-        self.heartbeat = time.monotonic()
+        self._listener: asyncpg.Connection | None = None
+        self._worker = PollingWorker(
+            "outbox relay",
+            self._relay_once,
+            interval_s=safety_poll_s,
+            on_stop=self._close_listener,
+        )
         self._measured_at = 0.0
 
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
+
     def wake(self) -> None:
-        self._wake.set()
+        self._worker.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener: asyncpg.Connection | None = None
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                if listener is None or listener.is_closed():
-                    listener = await asyncpg.connect(self._dsn)
-                    await listener.add_listener(
-                        notify_channel(self._schema), lambda *_: self._wake.set()
-                    )
-                self._wake.clear()
-                published = await self.drain_once()
-                self.heartbeat = time.monotonic()
-                await self._measure_backlog()
-                backoff = 0.1
-                if published < self._batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._safety_poll_s)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay failed; retrying in %.1fs", backoff)
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close()
-                    listener = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if listener is not None:
+        await self._worker.run(stop)
+
+    async def _relay_once(self) -> bool:
+        """One round: listen (again, after a failure), then drain a batch; a full batch
+        means more may be waiting."""
+        try:
+            if self._listener is None or self._listener.is_closed():
+                self._listener = await asyncpg.connect(self._dsn)
+                await self._listener.add_listener(
+                    notify_channel(self._schema), lambda *_: self._worker.wake()
+                )
+            published = await self.drain_once()
+            await self._measure_backlog()
+        except Exception:
+            await self._close_listener()  # a new one next round: it may be what failed
+            raise
+        return published >= self._batch
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
             with contextlib.suppress(Exception):
-                await listener.close()
+                await self._listener.close()
+            self._listener = None
 
     async def drain_once(self) -> int:
         async with self._engine.begin() as conn:

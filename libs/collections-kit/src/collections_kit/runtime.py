@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 
 
 class Worker(Protocol):
-    """A background loop: runs until ``stop`` is set and beats while it makes progress."""
+    """A background loop: runs until ``stop`` is set and beats while it makes progress
+    (most are a ``collections_kit.worker.PollingWorker``, or delegate to one)."""
 
-    heartbeat: float
+    @property
+    def heartbeat(self) -> float: ...
 
     def run(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]: ...
 
