@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,47 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+from tests import stack_guard  # noqa: E402 - needs the root on sys.path, set just above
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # By folder and fixtures (tests/stack_guard.py): `make unit` runs the tests marked unit.
     for item in items:
-        path = str(item.path)
-        if "/integration/" in path:
-            item.add_marker(pytest.mark.integration)
-        if "/e2e/" in path:
-            item.add_marker(pytest.mark.e2e)
+        stack_guard.mark(item)
+
+
+# The guard of a run of unit tests alone (tests/stack_guard.py).
+GUARD = pytest.StashKey[stack_guard.Guard]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Only a run of unit tests alone is guarded: in a mixed run a broker client an
+    # integration test left closing may still connect while a unit test runs.
+    if session.items and not any(stack_guard.needs_stack(i) for i in session.items):
+        session.config.stash[GUARD] = stack_guard.guard()
+
+
+def _watching(item: pytest.Item) -> AbstractContextManager[None]:
+    guard = item.config.stash.get(GUARD, None)
+    return guard.watching() if guard is not None else nullcontext()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    with _watching(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with _watching(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    with _watching(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

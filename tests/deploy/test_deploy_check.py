@@ -11,6 +11,9 @@ import pytest
 
 from scripts import deploy_check as dc
 
+# The check runs as a process, and kustomize renders the overlays the tests mutate.
+pytestmark = pytest.mark.subprocess
+
 
 def test_deploy_check_passes() -> None:
     run = subprocess.run(

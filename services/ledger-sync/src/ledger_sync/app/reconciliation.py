@@ -22,15 +22,10 @@ from collections import Counter
 from datetime import timedelta
 from typing import Literal
 
-from sqlalchemy import Table, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from collections_kit import contract as c
 from collections_kit.clock import Clock, derived_id, new_id
-from collections_kit.outbox import Tx, flush
-from ledger_sync.adapters.cases import CasesRepository, ReconciliationRepository
 from ledger_sync.adapters.ledger_api import LedgerApi
-from ledger_sync.adapters.repository import LOCK_NAMESPACE, LedgerRepository
+from ledger_sync.app.ports import PassLock, StartUnitOfWork
 from ledger_sync.app.refresh import Fetched, UnknownToLedger, apply_fetched, fetch
 from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy, Projection, staleness
 from ledger_sync.domain.reconciliation import Finding, OpenCase, reconcile
@@ -48,20 +43,20 @@ class Reconciler:
         self,
         *,
         settings: LedgerSyncSettings,
-        engine: AsyncEngine,
+        uow: StartUnitOfWork,
+        lock: PassLock,
         api: LedgerApi | None,
         clock: Clock,
         policy: CheckPolicy,
         freshness: FreshnessPolicy,
-        outbox: Table,
     ) -> None:
         self._settings = settings
-        self._engine = engine
+        self._uow = uow
+        self._lock = lock
         self._api = api
         self._clock = clock
         self._policy = policy
         self._freshness = freshness
-        self._outbox = outbox
         self._interval = timedelta(seconds=settings.reconciliation_interval_s)
         self.heartbeat = time.monotonic()
 
@@ -87,38 +82,27 @@ class Reconciler:
     async def run_pass(self) -> str | None:
         """One pass over every open case; the run id, or None if it was not this replica's
         turn."""
-        key = (LOCK_NAMESPACE, func.hashtext("reconciliation"))
-        async with self._engine.connect() as lock_conn:
-            got = await lock_conn.scalar(select(func.pg_try_advisory_lock(*key)))
-            await lock_conn.commit()  # session lock: kept without an open transaction
+        async with self._lock() as got:
             if not got:
                 return None
-            try:
-                return await self._locked_pass()
-            finally:
-                # A broken connection has released the lock already, with the session.
-                with contextlib.suppress(Exception):
-                    await lock_conn.scalar(select(func.pg_advisory_unlock(*key)))
-                    await lock_conn.commit()
+            return await self._locked_pass()
 
     async def _locked_pass(self) -> str | None:
         now = self._clock.now()
-        async with self._engine.begin() as conn:
-            runs = ReconciliationRepository(conn)
-            last = await runs.last_started()
+        async with self._uow() as uow:
+            last = await uow.runs.last_started()
             if last is not None and now - last < self._interval * 0.9:
                 return None  # another replica's pass is recent enough
-            await runs.abandon_running()
+            await uow.runs.abandon_running()
             run_id = new_id()
-            await runs.start(run_id, now)
+            await uow.runs.start(run_id, now)
+            await uow.commit()
         log.info("reconciliation pass started", extra={"run_id": run_id})
         counts: Counter[str] = Counter()
         examined, after = 0, ""
         while True:
-            async with self._engine.connect() as conn:
-                page = await CasesRepository(conn).open_cases_page(
-                    after, self._settings.reconciliation_batch
-                )
+            async with self._uow() as uow:
+                page = await uow.cases.open_cases_page(after, self._settings.reconciliation_batch)
             if not page:
                 break
             why = await self._refresh_stale(page)
@@ -126,10 +110,9 @@ class Reconciler:
             examined += len(page)
             after = page[-1].loan_id
             self.heartbeat = time.monotonic()
-        async with self._engine.begin() as conn:
-            await ReconciliationRepository(conn).progress(
-                run_id, examined, dict(counts), finished_at=self._clock.now()
-            )
+        async with self._uow() as uow:
+            await uow.runs.progress(run_id, examined, dict(counts), finished_at=self._clock.now())
+            await uow.commit()
         RECONCILIATION_LAST_COMPLETED.set_to_current_time()
         log.info(
             "reconciliation pass finished",
@@ -144,8 +127,8 @@ class Reconciler:
     async def _refresh_stale(self, page: list[OpenCase]) -> dict[str, str]:
         """Refresh the page's stale projections from the ledger; why each failed one failed."""
         why: dict[str, str] = {}
-        async with self._engine.connect() as conn:
-            repo = LedgerRepository(conn)
+        async with self._uow() as uow:
+            repo = uow.ledger
             stale: list[tuple[str, Projection | None]] = []
             for case in page:
                 projection = await repo.projection(case.loan_id)
@@ -168,10 +151,9 @@ class Reconciler:
             async with gate:
                 fetched = await fetch(api, loan_id, projection)
                 if isinstance(fetched, Fetched):
-                    async with self._engine.begin() as conn:
-                        await apply_fetched(
-                            LedgerRepository(conn), loan_id, fetched, self._clock.now()
-                        )
+                    async with self._uow() as uow:
+                        await apply_fetched(uow.ledger, loan_id, fetched, self._clock.now())
+                        await uow.commit()
                     # Only read if the refresh left the projection stale.
                     why[loan_id] = "the ledger's API did not close the gap"
                 elif isinstance(fetched, UnknownToLedger):
@@ -186,14 +168,8 @@ class Reconciler:
     async def _reconcile_page(
         self, run_id: str, page: list[OpenCase], why: dict[str, str], counts: Counter[str]
     ) -> None:
-        async with self._engine.begin() as conn:
-            tx = Tx(
-                conn=conn,
-                now=self._clock.now(),
-                source=self._settings.service_name,
-                topic_prefix=self._settings.topic_prefix,
-            )
-            ledger, cases = LedgerRepository(conn), CasesRepository(conn)
+        async with self._uow() as uow:
+            tx, ledger, cases = uow.tx, uow.ledger, uow.cases
             report: list[tuple[OpenCase, Finding, str | None]] = []
             for case in page:
                 projection = await ledger.projection(case.loan_id)
@@ -239,11 +215,10 @@ class Reconciler:
                     finding.kind, str(event_id is not None).lower()
                 ).inc()
                 report.append((case, finding, event_id))
-            runs = ReconciliationRepository(conn)
-            await runs.record(run_id, report)
-            await runs.progress(
+            await uow.runs.record(run_id, report)
+            await uow.runs.progress(
                 run_id,
                 sum(counts[k] for k in ("in_sync", "nothing_owed", "drift", "skipped")),
                 dict(counts),
             )
-            await flush(tx, self._outbox, self._settings.db_schema)
+            await uow.commit()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger_sync.adapters.ledger_api import LedgerApi, LedgerUnavailable
-from ledger_sync.adapters.repository import LedgerRepository
+from ledger_sync.app.ports import LedgerStore
 from ledger_sync.domain.ledger import LedgerState, Posting, Projection, Verified, verify
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ async def fetch(api: LedgerApi, loan_id: str, projection: Projection | None) -> 
 
 
 async def apply_fetched(
-    repo: LedgerRepository, loan_id: str, fetched: Fetched, now: datetime
+    repo: LedgerStore, loan_id: str, fetched: Fetched, now: datetime
 ) -> Verified | None:
     current = await repo.lock_projection(loan_id)
     buffered = await repo.buffered(loan_id)

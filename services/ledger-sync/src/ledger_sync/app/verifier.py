@@ -6,8 +6,8 @@ locks held). Calling HTTP there would stretch that transaction by the ledger's l
 times the number of stale checks in the batch, and hold the loan's row lock (blocking its
 postings) meanwhile. Here, per loan:
 
-1. lease the waiting checks (short transaction, ``FOR UPDATE SKIP LOCKED``: replicas share
-   the work; a replica that dies lets the lease run out);
+1. lease the waiting checks (short transaction, locked rows skipped: replicas share the
+   work; a replica that dies lets the lease run out);
 2. if the projection is still stale, ask the ledger's API with no connection held
    (bounded: timeouts, a few jittered retries, a circuit breaker);
 3. in one short transaction: repair the projection from what the ledger returned, then
@@ -25,15 +25,12 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from collections_kit import contract as c
 from collections_kit.clock import Clock
-from collections_kit.outbox import Tx, flush
 from ledger_sync.adapters.ledger_api import LedgerApi
-from ledger_sync.adapters.repository import LedgerRepository, PendingCheck
+from ledger_sync.adapters.repository import PendingCheck
 from ledger_sync.app.answers import stage_answer
+from ledger_sync.app.ports import LedgerSyncUnitOfWork, StartUnitOfWork
 from ledger_sync.app.refresh import (
     Fetch,
     Fetched,
@@ -62,20 +59,18 @@ class StaleCheckResolver:
         self,
         *,
         settings: LedgerSyncSettings,
-        engine: AsyncEngine,
+        uow: StartUnitOfWork,
         api: LedgerApi,
         clock: Clock,
         policy: CheckPolicy,
         freshness: FreshnessPolicy,
-        outbox: Table,
     ) -> None:
         self._settings = settings
-        self._engine = engine
+        self._uow = uow
         self._api = api
         self._clock = clock
         self._policy = policy
         self._freshness = freshness
-        self._outbox = outbox
         # A few rounds of the API's concurrency per lease: a slow ledger then cannot keep a
         # batch past its lease (or this worker from beating) for long.
         self._batch = settings.ledger_api_concurrency * 4
@@ -116,10 +111,9 @@ class StaleCheckResolver:
 
     async def resolve_once(self) -> int:
         """Lease, resolve and answer one batch of waiting checks; how many were leased."""
-        async with self._engine.begin() as conn:
-            claimed = await LedgerRepository(conn).claim_pending(
-                self._clock.now(), self._lease, self._batch
-            )
+        async with self._uow() as uow:
+            claimed = await uow.ledger.claim_pending(self._clock.now(), self._lease, self._batch)
+            await uow.commit()
         by_loan: dict[str, list[PendingCheck]] = {}
         for check in claimed:
             by_loan.setdefault(check.loan_id, []).append(check)
@@ -137,8 +131,8 @@ class StaleCheckResolver:
 
     async def _resolve_loan(self, loan_id: str, checks: Sequence[PendingCheck]) -> None:
         async with self._gate:
-            async with self._engine.connect() as conn:
-                repo = LedgerRepository(conn)
+            async with self._uow() as uow:
+                repo = uow.ledger
                 projection = await repo.projection(loan_id)
                 stale = staleness(
                     projection, await repo.has_gap(loan_id), self._clock.now(), self._freshness
@@ -149,21 +143,19 @@ class StaleCheckResolver:
             )
             if isinstance(fetched, Unavailable):
                 BALANCE_CHECK_FAILURES.labels("ledger_unavailable").inc(len(checks))
-            async with self._engine.begin() as conn:
-                tx = Tx(
-                    conn=conn,
-                    now=self._clock.now(),
-                    source=self._settings.service_name,
-                    topic_prefix=self._settings.topic_prefix,
-                )
-                await self._answer(tx, loan_id, checks, fetched)
-                await flush(tx, self._outbox, self._settings.db_schema)
+            async with self._uow() as uow:
+                await self._answer(uow, loan_id, checks, fetched)
+                await uow.commit()
             self.heartbeat = time.monotonic()
 
     async def _answer(
-        self, tx: Tx, loan_id: str, checks: Sequence[PendingCheck], fetched: Fetch | None
+        self,
+        uow: LedgerSyncUnitOfWork,
+        loan_id: str,
+        checks: Sequence[PendingCheck],
+        fetched: Fetch | None,
     ) -> None:
-        repo = LedgerRepository(tx.conn)
+        tx, repo = uow.tx, uow.ledger
         if isinstance(fetched, Fetched):
             await apply_fetched(repo, loan_id, fetched, tx.now)
         projection = await repo.lock_projection(loan_id)

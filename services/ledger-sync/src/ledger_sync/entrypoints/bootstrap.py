@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from collections_kit.topics import Topic
 from ledger_sync.adapters.breaker import CircuitBreaker
 from ledger_sync.adapters.ledger_api import HttpLedgerApi, LedgerApiConfig
 from ledger_sync.adapters.tables import inbox, outbox
+from ledger_sync.adapters.uow import ReconciliationLock, SqlLedgerSyncUnitOfWork
 from ledger_sync.app.handlers import MONEY_FACTS, LedgerSyncHandlers
 from ledger_sync.app.reconciliation import Reconciler
 from ledger_sync.app.verifier import StaleCheckResolver
@@ -85,29 +87,30 @@ def build_runtime(settings: LedgerSyncSettings, clock: Clock | None = None) -> R
         else timedelta(seconds=settings.projection_max_age_s)
     )
     api = build_ledger_api(settings)
+    # One transaction each: the background work reads and writes through one.
+    uow = partial(SqlLedgerSyncUnitOfWork, engine, settings, clock, outbox)
     workers: list[Worker] = []
     resolver = None
     if api is not None:
         resolver = StaleCheckResolver(
             settings=settings,
-            engine=engine,
+            uow=uow,
             api=api,
             clock=clock,
             policy=policy,
             freshness=freshness,
-            outbox=outbox,
         )
         workers.append(resolver)
     reconciler = None
     if settings.reconciliation_interval_s > 0:
         reconciler = Reconciler(
             settings=settings,
-            engine=engine,
+            uow=uow,
+            lock=ReconciliationLock(engine),
             api=api,
             clock=clock,
             policy=policy,
             freshness=freshness,
-            outbox=outbox,
         )
         workers.append(reconciler)
     handlers = LedgerSyncHandlers(

@@ -1,0 +1,246 @@
+"""A reconciliation pass against in-memory fakes of its ports: what it corrects, what it
+reports, and when it is not this replica's turn."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self, cast
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from collections_kit import contract as c
+from collections_kit.clock import FixedClock
+from collections_kit.contract import SPEC_BY_MODEL
+from collections_kit.outbox import Tx
+from ledger_sync.adapters.repository import PendingCheck
+from ledger_sync.app.reconciliation import Reconciler
+from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy, Posting, Projection
+from ledger_sync.domain.reconciliation import Finding, OpenCase
+from ledger_sync.settings import LedgerSyncSettings
+
+NOW = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+
+
+@dataclass
+class Data:
+    projections: dict[str, Projection] = field(default_factory=dict)
+    open_cases: dict[str, OpenCase] = field(default_factory=dict)
+    corrections: dict[str, tuple[str, Decimal, int]] = field(default_factory=dict)
+    views: dict[str, tuple[str, Decimal, str]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    findings: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+@dataclass
+class Database:
+    data: Data = field(default_factory=Data)
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeLedger:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def projection(self, loan_id: str, *, lock: bool = False) -> Projection | None:
+        return self._data.projections.get(loan_id)
+
+    async def lock_projection(self, loan_id: str) -> Projection | None:
+        return self._data.projections.get(loan_id)
+
+    async def buffered(self, loan_id: str) -> tuple[Posting, ...]:
+        return ()
+
+    async def has_gap(self, loan_id: str) -> bool:
+        return False
+
+    async def save_projection(
+        self,
+        projection: Projection,
+        applied: tuple[Posting, ...],
+        still_buffered: tuple[Posting, ...],
+    ) -> None:
+        self._data.projections[projection.loan_id] = projection
+
+    async def money_in_flight(self, loan_id: str) -> Decimal:
+        return Decimal(0)
+
+    async def claim_pending(
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[PendingCheck]:
+        return []
+
+    async def take_pending(self, check_ids: Sequence[str]) -> list[PendingCheck]:
+        return []
+
+
+class FakeCases:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def open_cases_page(self, after_loan_id: str, limit: int) -> list[OpenCase]:
+        loans = sorted(loan for loan in self._data.open_cases if loan > after_loan_id)
+        return [self._data.open_cases[loan] for loan in loans[:limit]]
+
+    async def note_correction(
+        self, loan_id: str, kind: str, outstanding: Decimal, watermark: int
+    ) -> None:
+        self._data.corrections[loan_id] = (kind, outstanding, watermark)
+
+    async def set_view(
+        self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
+    ) -> None:
+        self._data.views[loan_id] = (currency, outstanding, source)
+
+
+class FakeRuns:
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def last_started(self) -> datetime | None:
+        return max((r["started_at"] for r in self._data.runs.values()), default=None)
+
+    async def abandon_running(self) -> None:
+        for run in self._data.runs.values():
+            if run["status"] == "running":
+                run["status"] = "abandoned"
+
+    async def start(self, run_id: str, at: datetime) -> None:
+        self._data.runs[run_id] = {"started_at": at, "status": "running"}
+
+    async def record(
+        self, run_id: str, cases: Sequence[tuple[OpenCase, Finding, str | None]]
+    ) -> None:
+        self._data.findings.extend((c.loan_id, f.kind, e) for c, f, e in cases)
+
+    async def progress(
+        self,
+        run_id: str,
+        examined: int,
+        counts: dict[str, int],
+        finished_at: datetime | None = None,
+    ) -> None:
+        run = self._data.runs[run_id]
+        run.update(examined=examined, counts=counts)
+        if finished_at is not None:
+            run.update(status="completed", finished_at=finished_at)
+
+
+class FakeUnitOfWork:
+    """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
+
+    def __init__(self, db: Database, clock: FixedClock) -> None:
+        self._db, self._clock = db, clock
+
+    async def __aenter__(self) -> Self:
+        self._work = copy.deepcopy(self._db.data)
+        self.tx = Tx(
+            conn=cast(AsyncConnection, None),  # the fakes hold the data, not a connection
+            now=self._clock.now(),
+            source="ledger-sync",
+            topic_prefix="",
+        )
+        self.ledger = FakeLedger(self._work)
+        self.cases = FakeCases(self._work)
+        self.runs = FakeRuns(self._work)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @property
+    def now(self) -> datetime:
+        return self.tx.now
+
+    async def commit(self) -> None:
+        self._db.data = self._work
+        self._db.published.extend(self.tx.staged)
+
+
+@dataclass
+class Pass:
+    db: Database
+    clock: FixedClock
+    lock_free: bool = True
+
+    def uow(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self.db, self.clock)
+
+    @contextlib.asynccontextmanager
+    async def lock(self) -> AsyncIterator[bool]:
+        yield self.lock_free
+
+    def reconciler(self) -> Reconciler:
+        return Reconciler(
+            settings=LedgerSyncSettings(reconciliation_interval_s=900, reconciliation_batch=2),
+            uow=self.uow,
+            lock=self.lock,
+            api=None,
+            clock=self.clock,
+            policy=CheckPolicy(tolerance=Decimal("1.00")),
+            freshness=FreshnessPolicy(max_age=None),
+        )
+
+
+@pytest.fixture
+def world() -> Pass:
+    db = Database()
+    data = db.data
+    # L1: the ledger says paid; L2: in sync; L3: the ledger has never posted for it.
+    for loan, balance in (("L1", "0.00"), ("L2", "500.00")):
+        data.projections[loan] = Projection(loan, "CNY", Decimal(balance), 7, NOW)
+    for loan in ("L1", "L2", "L3"):
+        data.open_cases[loan] = OpenCase(loan, f"C-{loan}", Decimal("500.00"), "CNY")
+    return Pass(db, FixedClock(NOW))
+
+
+async def test_a_pass_corrects_what_the_ledger_contradicts_and_reports_every_case(
+    world: Pass,
+) -> None:
+    run_id = await world.reconciler().run_pass()
+    assert run_id is not None
+    data = world.db.data
+    assert data.runs[run_id]["status"] == "completed"
+    assert data.runs[run_id]["examined"] == 3
+    assert data.runs[run_id]["counts"] == {
+        "nothing_owed": 1,
+        "published": 1,
+        "in_sync": 1,
+        "skipped": 1,
+    }
+    assert data.corrections == {"L1": ("nothing_owed", Decimal("0.00"), 7)}
+    assert data.views["L1"] == ("CNY", Decimal("0.00"), "correction")
+    corrected = SPEC_BY_MODEL[c.BalanceCorrected].topic.value
+    assert [row["topic"] for row in world.db.published] == [corrected]  # for L1 only
+    assert {(loan, kind) for loan, kind, _ in data.findings} >= {
+        ("L1", "nothing_owed"),
+        ("L3", "skipped"),
+    }
+
+
+async def test_a_pass_soon_after_another_is_skipped(world: Pass) -> None:
+    reconciler = world.reconciler()
+    assert await reconciler.run_pass() is not None
+    published = len(world.db.published)
+    world.clock.set(NOW + timedelta(minutes=5))
+    assert await reconciler.run_pass() is None
+    assert len(world.db.published) == published
+    assert len(world.db.data.runs) == 1
+
+
+async def test_no_pass_without_the_lock(world: Pass) -> None:
+    world.lock_free = False
+    assert await world.reconciler().run_pass() is None
+    assert world.db.data.runs == {}
+    assert world.db.published == []
