@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from collections_kit import vocabulary
 from collections_kit.jurisdictions import JURISDICTION_PATTERN
 from collections_kit.money import Amount, CurrencyCode, InCurrency, NonNegativeAmount
 from collections_kit.topics import Topic
@@ -32,7 +33,15 @@ Jurisdiction = Annotated[
     str, StringConstraints(pattern=JURISDICTION_PATTERN), Field(examples=["CN", "US", "UK"])
 ]
 Channel = Literal["sms", "voice", "email", "letter"]
-Stage = Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
+# The stages are collections_kit.vocabulary's; a Literal of its members keeps each field's
+# JSON Schema an inline enum of their values (test_envelope checks it names every member).
+Stage = Literal[
+    vocabulary.Stage.WARNING,
+    vocabulary.Stage.FORMAL_NOTICE,
+    vocabulary.Stage.GUARANTOR_RECOURSE,
+    vocabulary.Stage.LITIGATION,
+    vocabulary.Stage.ENFORCEMENT,
+]
 
 
 def without_policy(known: Collection[str]) -> Callable[[BaseModel], str | None]:

@@ -6,6 +6,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from collections_kit.settings import ServiceSettings
+from collections_kit.vocabulary import BALANCE_TOLERANCE
+from ledger_sync.domain.ledger import CONFIRMATION_VALIDITY
 
 
 class LedgerSyncSettings(ServiceSettings):
@@ -15,9 +17,9 @@ class LedgerSyncSettings(ServiceSettings):
     db_schema: str = "ledger_sync"
     http_port: int = 8002
     # How long a confirmation may be relied on before the notifier must refuse it.
-    confirmation_validity_s: int = Field(default=1800, ge=1)
+    confirmation_validity_s: int = Field(default=int(CONFIRMATION_VALIDITY.total_seconds()), ge=1)
     # A decimal string, like every amount: differences up to this are rounding, not debt.
-    tolerance: str = "1.00"
+    tolerance: str = str(BALANCE_TOLERANCE)
 
     # --- the ledger's HTTP API, asked when the projection is stale --------------------------
     # None: no fallback; a stale projection is refused as unknown_loan / sequence_gap.

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
+from collections_kit.vocabulary import BALANCE_TOLERANCE
+
 
 @dataclass(frozen=True)
 class Posting:
@@ -203,12 +205,16 @@ def staleness(
 # --- answering a balance check --------------------------------------------------------------
 
 
+# How long a confirmation may be relied upon unless configured otherwise
+# (LEDGER_SYNC_CONFIRMATION_VALIDITY_S); the notifier refuses it afterwards.
+CONFIRMATION_VALIDITY = timedelta(minutes=30)
+
+
 @dataclass(frozen=True)
 class CheckPolicy:
-    # Differences below this are rounding, not debt.
-    tolerance: Decimal = Decimal("1.00")
-    # How long a confirmation may be relied upon; the notifier refuses it afterwards.
-    validity: timedelta = timedelta(minutes=30)
+    # Differences up to this are rounding, not debt.
+    tolerance: Decimal = BALANCE_TOLERANCE
+    validity: timedelta = CONFIRMATION_VALIDITY
 
 
 @dataclass(frozen=True)

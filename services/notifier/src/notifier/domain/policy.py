@@ -19,6 +19,7 @@ from datetime import time, timedelta
 from typing import Any, Literal, cast, get_args
 
 from collections_kit.jurisdictions import load_jurisdictions
+from collections_kit.vocabulary import Stage
 from notifier.domain.in_doubt import InDoubtRule
 from notifier.domain.model import ChannelName
 
@@ -147,10 +148,6 @@ class JurisdictionPolicy:
 
     def rule(self, name: str) -> str:
         return f"{self.jurisdiction}.{name}"
-
-
-# The stage in which the guarantor becomes the one to contact (the workflow's stage name).
-GUARANTOR_RECOURSE = "guarantor_recourse"
 
 
 # --- the built-in jurisdictions, as data --------------------------------------------------
@@ -291,7 +288,7 @@ class DispatchPolicy:
     # suspect; see ``decide`` for why the margin exists.
     recheck_lookback: timedelta = timedelta(minutes=10)
     # Stages in which the guarantor is a party we may contact.
-    guarantor_stages: frozenset[str] = frozenset({GUARANTOR_RECOURSE})
+    guarantor_stages: frozenset[str] = frozenset({Stage.GUARANTOR_RECOURSE})
     # Per channel: may an attempt in doubt be sent again by rule (default: never).
     in_doubt: Mapping[ChannelName, InDoubtRule] = field(default_factory=dict)
 

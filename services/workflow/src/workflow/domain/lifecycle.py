@@ -17,11 +17,12 @@ from workflow.domain.policy import Stage
 
 
 class Phase(StrEnum):
-    WARNING = "warning"
-    FORMAL_NOTICE = "formal_notice"
-    GUARANTOR_RECOURSE = "guarantor_recourse"
-    LITIGATION = "litigation"
-    ENFORCEMENT = "enforcement"
+    # The five stages, by their one definition (an Enum cannot extend another's members).
+    WARNING = Stage.WARNING.value
+    FORMAL_NOTICE = Stage.FORMAL_NOTICE.value
+    GUARANTOR_RECOURSE = Stage.GUARANTOR_RECOURSE.value
+    LITIGATION = Stage.LITIGATION.value
+    ENFORCEMENT = Stage.ENFORCEMENT.value
     ARRANGED = "arranged"
     HELD = "held"
     REPAID = "repaid"

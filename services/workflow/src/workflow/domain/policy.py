@@ -9,16 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from enum import StrEnum
 
-
-class Stage(StrEnum):
-    WARNING = "warning"
-    FORMAL_NOTICE = "formal_notice"
-    GUARANTOR_RECOURSE = "guarantor_recourse"
-    LITIGATION = "litigation"
-    ENFORCEMENT = "enforcement"
-
+# The stages cross services (the contract, the notifier): defined once, in the kit.
+from collections_kit.vocabulary import BALANCE_TOLERANCE
+from collections_kit.vocabulary import Stage as Stage
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 
@@ -77,7 +71,7 @@ class EscalationPolicy:
 DEFAULT_POLICY = EscalationPolicy(
     version="consumer-loan/2026-11-01",
     product="consumer-loan",
-    tolerance=Decimal("1.00"),
+    tolerance=BALANCE_TOLERANCE,
     stages=(
         StagePolicy(
             Stage.WARNING,

@@ -25,6 +25,7 @@ from pydantic import (
 
 from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
+from collections_kit.contract import Stage as StageName
 from collections_kit.money import Amount, InCurrency, NonNegativeAmount
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from workflow.adapters.uow import SqlWorkflowUnitOfWork
@@ -412,11 +413,7 @@ def _case_view(
 async def list_cases(
     uow: Reads,
     _: Reader,
-    stage: Annotated[
-        Literal["warning", "formal_notice", "guarantor_recourse", "litigation", "enforcement"]
-        | None,
-        Query(),
-    ] = None,
+    stage: Annotated[StageName | None, Query()] = None,
     status: Annotated[Literal["open", "held", "closed"] | None, Query()] = None,
     dpd_min: Annotated[int | None, Query(ge=0, le=36500)] = None,
     dpd_max: Annotated[int | None, Query(ge=0, le=36500)] = None,
