@@ -16,6 +16,7 @@ import time
 from datetime import timedelta
 
 from collections_kit.clock import Clock
+from collections_kit.worker import PollingWorker
 from workflow.app.handlers import Workflow
 from workflow.app.ports import StartUnitOfWork
 from workflow.domain import messages as m
@@ -39,29 +40,27 @@ class TimerWorker:
         self._clock = clock
         self._workflow = workflow
         self._batch = batch
-        self._poll_s = poll_s
-        self.heartbeat = time.monotonic()
         self._measured_at = 0.0
         self._money_seen_retention = money_seen_retention
         self._pruned_at = 0.0
+        # Polls at most poll_s apart: another replica or a REST call may add an earlier timer.
+        self._worker = PollingWorker(
+            "timer worker", self._fire_round, interval_s=poll_s, idle_for=self._next_due_in
+        )
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                fired = await self.fire_due()
-                self.heartbeat = time.monotonic()
-                await self._measure_overdue()
-                await self.prune_money_seen()
-                backoff = 0.5
-                if fired < self._batch:
-                    await asyncio.sleep(await self._sleep_for())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("timer worker failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        await self._worker.run(stop)
+
+    async def _fire_round(self) -> bool:
+        """Fire what is due; a full batch means more may be due already."""
+        fired = await self.fire_due()
+        await self._measure_overdue()
+        await self.prune_money_seen()
+        return fired >= self._batch
 
     async def _measure_overdue(self) -> None:
         """What is still past due after firing (at most once a second; the partial index on
@@ -88,13 +87,11 @@ class TimerWorker:
             await uow.commit()
             return pruned
 
-    async def _sleep_for(self) -> float:
+    async def _next_due_in(self) -> float | None:
+        """Seconds until the earliest unfired timer is due (None: there is none)."""
         async with self._uow() as uow:
             due = await uow.timers.next_due()
-        if due is None:
-            return self._poll_s
-        # Another replica or a REST call may add an earlier timer: never sleep long.
-        return max(0.0, min((due - self._clock.now()).total_seconds(), self._poll_s))
+        return None if due is None else (due - self._clock.now()).total_seconds()
 
     async def fire_due(self) -> int:
         now = self._clock.now()
