@@ -15,15 +15,14 @@ in progress, and the next pass redoes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections import Counter
 from datetime import timedelta
 from typing import Literal
 
 from collections_kit import contract as c
 from collections_kit.clock import Clock, derived_id, new_id
+from collections_kit.worker import PollingWorker
 from ledger_sync.adapters.ledger_api import LedgerApi
 from ledger_sync.app.ports import PassLock, StartUnitOfWork
 from ledger_sync.app.refresh import Fetched, UnknownToLedger, apply_fetched, fetch
@@ -33,9 +32,6 @@ from ledger_sync.metrics import RECONCILIATION_FINDINGS, RECONCILIATION_LAST_COM
 from ledger_sync.settings import LedgerSyncSettings
 
 log = logging.getLogger(__name__)
-
-# Liveness wants a beat at least this often, however long the interval between passes.
-_BEAT_S = 5.0
 
 
 class Reconciler:
@@ -58,26 +54,26 @@ class Reconciler:
         self._policy = policy
         self._freshness = freshness
         self._interval = timedelta(seconds=settings.reconciliation_interval_s)
-        self.heartbeat = time.monotonic()
+        # A pass every interval, the first one interval after the start. A failed pass is
+        # retried after the worker's backoff: one that had started its run finds it recent
+        # and waits for the next interval (the run stays "running" until a pass abandons it).
+        self._worker = PollingWorker(
+            "reconciliation pass",
+            self._pass_round,
+            interval_s=settings.reconciliation_interval_s,
+            idle_first=True,
+        )
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            deadline = time.monotonic() + self._interval.total_seconds()
-            while not stop.is_set() and time.monotonic() < deadline:
-                self.heartbeat = time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), min(_BEAT_S, max(deadline - time.monotonic(), 0))
-                    )
-            if stop.is_set():
-                return
-            try:
-                await self.run_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The next tick tries again; the run stays "running" until a pass abandons it.
-                log.exception("reconciliation pass failed")
+        await self._worker.run(stop)
+
+    async def _pass_round(self) -> bool:
+        await self.run_pass()
+        return False
 
     async def run_pass(self) -> str | None:
         """One pass over every open case; the run id, or None if it was not this replica's
@@ -109,7 +105,7 @@ class Reconciler:
             await self._reconcile_page(run_id, page, why, counts)
             examined += len(page)
             after = page[-1].loan_id
-            self.heartbeat = time.monotonic()
+            self._worker.beat()  # a page done
         async with self._uow() as uow:
             await uow.runs.progress(run_id, examined, dict(counts), finished_at=self._clock.now())
             await uow.commit()
@@ -160,7 +156,7 @@ class Reconciler:
                     why[loan_id] = "the ledger does not know this loan"
                 else:
                     why[loan_id] = fetched.reason
-                self.heartbeat = time.monotonic()
+                self._worker.beat()  # a loan refreshed
 
         await asyncio.gather(*(refresh(loan_id, projection) for loan_id, projection in stale))
         return why

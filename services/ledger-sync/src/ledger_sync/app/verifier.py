@@ -19,14 +19,13 @@ postings) meanwhile. Here, per loan:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from datetime import timedelta
 
 from collections_kit import contract as c
 from collections_kit.clock import Clock
+from collections_kit.worker import PollingWorker
 from ledger_sync.adapters.ledger_api import LedgerApi
 from ledger_sync.adapters.repository import PendingCheck
 from ledger_sync.app.answers import stage_answer
@@ -76,9 +75,17 @@ class StaleCheckResolver:
         self._batch = settings.ledger_api_concurrency * 4
         self._lease = timedelta(seconds=settings.pending_check_lease_s)
         self._gate = asyncio.Semaphore(settings.ledger_api_concurrency)
-        self._wake = asyncio.Event()
         self._enqueued = False
-        self.heartbeat = time.monotonic()
+        # Any check leased means more may be waiting: the next round follows at once.
+        self._worker = PollingWorker(
+            "resolving waiting balance checks",
+            self._resolve_round,
+            interval_s=settings.pending_check_poll_s,
+        )
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
 
     def note_enqueued(self) -> None:
         """A handler queued a check (its transaction has not committed yet)."""
@@ -88,26 +95,13 @@ class StaleCheckResolver:
         """The consumer committed a batch: wake up if it queued anything."""
         if self._enqueued:
             self._enqueued = False
-            self._wake.set()
+            self._worker.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.2
-        while not stop.is_set():
-            self.heartbeat = time.monotonic()
-            self._wake.clear()
-            try:
-                worked = await self.resolve_once()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("resolving waiting balance checks failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if worked == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.pending_check_poll_s)
+        await self._worker.run(stop)
+
+    async def _resolve_round(self) -> bool:
+        return await self.resolve_once() > 0
 
     async def resolve_once(self) -> int:
         """Lease, resolve and answer one batch of waiting checks; how many were leased."""
@@ -146,7 +140,7 @@ class StaleCheckResolver:
             async with self._uow() as uow:
                 await self._answer(uow, loan_id, checks, fetched)
                 await uow.commit()
-            self.heartbeat = time.monotonic()
+            self._worker.beat()  # a loan answered: progress, however long the batch
 
     async def _answer(
         self,
