@@ -41,7 +41,6 @@ pass's hand-over to the channel, can still miss it. The chaos run allows 5 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +48,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Gauge
+
+from collections_kit.worker import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ class RepaymentGate:
     ) -> None:
         self._log = log
         self._max_lag_s = max_lag_s
-        self._look_every_s = look_every_s
         self._now = monotonic
         # Marks not yet reached by the committed offsets, oldest first.
         self._marks: list[_Mark] = []
@@ -110,7 +110,14 @@ class RepaymentGate:
         self._failure: str | None = None
         self._looked = asyncio.Event()
         self._was_open = True  # logs the first closing
-        self.heartbeat = time.monotonic()
+        # A look that fails is no failed round: the gate ages and closes (see _look_once).
+        self._worker = PollingWorker(
+            "repayment gate", self._look_once, interval_s=look_every_s, on_stop=self._log.close
+        )
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
 
     def is_open(self) -> bool:
         return (
@@ -171,25 +178,20 @@ class RepaymentGate:
                     waiter.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._worker.run(stop)
+
+    async def _look_once(self) -> bool:
         try:
-            while not stop.is_set():
-                self.heartbeat = time.monotonic()
-                try:
-                    # Bounded: a client waiting out its own retries must not stall the
-                    # loop's heartbeat (the gate just ages and closes meanwhile).
-                    async with asyncio.timeout(LOOK_TIMEOUT_S):
-                        await self.look()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the broker may be away: the gate ages, closes
-                    self._failure = type(exc).__name__
-                self._observe()
-                self._looked.set()
-                self._looked = asyncio.Event()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._look_every_s)
-        finally:
-            await self._log.close()
+            # Bounded: a client waiting out its own retries must not stall the
+            # loop's heartbeat (the gate just ages and closes meanwhile).
+            async with asyncio.timeout(LOOK_TIMEOUT_S):
+                await self.look()
+        except Exception as exc:  # the broker may be away: the gate ages, closes
+            self._failure = type(exc).__name__
+        self._observe()
+        self._looked.set()
+        self._looked = asyncio.Event()
+        return False
 
     def _observe(self) -> None:
         is_open = self.is_open()
