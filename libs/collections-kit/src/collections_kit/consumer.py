@@ -702,8 +702,3 @@ class ConsumerLoop:
             record.offset,
             error.reason,
         )
-
-
-async def ping_database(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -358,20 +358,6 @@ class LedgerRepository:
         return sorted(
             (PendingCheck(r.check_id, r.seq, r.loan_id, r.payload) for r in rows),
             key=lambda p: p.seq,
-        )
-
-    async def waiting_loans(self, now: datetime) -> bool:
-        return bool(
-            await self._conn.scalar(
-                select(
-                    exists().where(
-                        or_(
-                            pending_checks.c.claimed_until.is_(None),
-                            pending_checks.c.claimed_until < now,
-                        )
-                    )
-                )
-            )
         )
 
 

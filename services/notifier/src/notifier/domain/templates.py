@@ -150,8 +150,6 @@ _OPT_OUT: dict[tuple[Language, ChannelName], str] = {
     ("zh-CN", "letter"): "如需选择联系方式，请致电我们或访问 {url}。",
 }
 
-ELECTRONIC: frozenset[ChannelName] = frozenset({"email", "sms"})
-
 
 def _check() -> None:
     for key, text in _TEMPLATES.items():

@@ -17,11 +17,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from collections_kit.clock import derived_id
-from workflow.adapters.tables import case_inputs
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.model import Case, ContactIntent
@@ -71,13 +67,6 @@ def decode_input(input_type: str, payload: dict[str, Any]) -> d.Input:
     cls = _TYPES[input_type]
     decoded: d.Input = _decode(payload, cls)
     return decoded
-
-
-async def journal_of(conn: AsyncConnection, case_id: str) -> list[Any]:
-    rows = await conn.execute(
-        select(case_inputs).where(case_inputs.c.case_id == case_id).order_by(case_inputs.c.id)
-    )
-    return list(rows)
 
 
 def replay(rows: Sequence[Any], policies: PolicyBook) -> Case | None:

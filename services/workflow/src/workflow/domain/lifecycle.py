@@ -31,11 +31,8 @@ class Phase(StrEnum):
     CLOSED = "closed"
 
 
-STAGE_PHASES = tuple(Phase(s.value) for s in Stage)
 PRE_LEGAL = (Phase.WARNING, Phase.FORMAL_NOTICE, Phase.GUARANTOR_RECOURSE)
-LEGAL = (Phase.LITIGATION, Phase.ENFORCEMENT)
 EXITS = (Phase.REPAID, Phase.SETTLED, Phase.WRITTEN_OFF, Phase.CLOSED)
-ACTIVE = (*STAGE_PHASES, Phase.ARRANGED, Phase.HELD)  # not exited
 
 
 class Trigger(StrEnum):
