@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +23,10 @@ if str(ROOT) not in sys.path:
 
 
 from tests import stack_guard  # noqa: E402 - needs the root on sys.path, set just above
+
+if TYPE_CHECKING:
+    from tests.provider_double import ProviderDouble
+    from tests.smtp_sink import SmtpSink
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -94,3 +99,27 @@ async def topic_prefix(stack: dict[str, str]) -> AsyncIterator[str]:
     await create_topics(stack["kafka_bootstrap"], prefix)
     yield prefix
     await delete_topics(stack["kafka_bootstrap"], prefix)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback that accepts and keeps every e-mail."""
+    from tests.smtp_sink import SmtpSink
+
+    sink = SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def provider_double() -> Iterator[ProviderDouble]:
+    """The real HTTP SMS/voice provider double on loopback."""
+    from tests.provider_double import ProviderDouble
+
+    double = ProviderDouble().start()
+    try:
+        yield double
+    finally:
+        double.stop()

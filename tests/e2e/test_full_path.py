@@ -8,7 +8,7 @@ repayment closes the case and nothing is sent for it afterwards.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
@@ -25,34 +24,17 @@ from collections_kit.topics import Topic
 from scripts import lending
 from scripts.infra import producer
 from scripts.services import CLEAN_EXIT, Fleet
-from tests.support import eventually, read_topic
-
-SMTP_PORT = 2537
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[Inbox]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=SMTP_PORT)
-    controller.start()
-    try:
-        yield inbox
-    finally:
-        controller.stop()
+from tests.smtp_sink import SmtpSink
+from tests.support import eventually, read_topic, zone_at_midday
 
 
 @pytest.fixture
 async def fleet(
-    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
     fleet = Fleet(
         database_url=database_url,
@@ -60,7 +42,7 @@ async def fleet(
         topic_prefix=topic_prefix,
         log_dir=tmp_path / "logs",
         base_port=18210,
-        smtp_port=SMTP_PORT,
+        smtp_port=smtp_sink.port,
     )
     await asyncio.to_thread(fleet.start)
     try:
@@ -68,14 +50,6 @@ async def fleet(
     finally:
         codes = await asyncio.to_thread(fleet.stop)
         assert all(code in CLEAN_EXIT for code in codes.values()), codes
-
-
-def zone_at_midday() -> str:
-    """A time zone where it is about noon now, so the contact window is open."""
-    offset = 12 - datetime.now(UTC).hour
-    offset = max(min(offset, 12), -12)
-    # Etc/GMT names invert the sign: Etc/GMT-8 is UTC+8.
-    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
 
 
 async def commands_for(stack: dict[str, str], prefix: str, loan_id: str) -> list[c.ContactCommand]:
@@ -90,7 +64,7 @@ async def commands_for(stack: dict[str, str], prefix: str, loan_id: str) -> list
 
 
 async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repayment(
-    fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str
+    fleet: Fleet, smtp_sink: SmtpSink, stack: dict[str, str], topic_prefix: str
 ) -> None:
     loan, borrower, email = "L-e2e-1", "B-e2e-1", "borrower.e2e@example.com"
     async with httpx.AsyncClient(timeout=10, headers=dev_headers(subject="e2e-test")) as http:
@@ -122,7 +96,9 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
                 )
             )
 
-            await eventually(lambda: any(email in rcpts for rcpts, _ in smtp.messages), within=60)
+            await eventually(
+                lambda: any(email in rcpts for rcpts, _ in smtp_sink.messages), within=60
+            )
             wf = fleet["workflow"].base_url
 
             async def timeline_kinds() -> list[str]:
@@ -140,7 +116,7 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
             case = (await http.get(f"{wf}/v1/cases/{loan}")).json()
             assert case["stage"] == "warning" and case["status"] == "open"
             # The e-mail body names the debt, never leaks another party, carries an opt-out.
-            body = next(content for rcpts, content in smtp.messages if email in rcpts)
+            body = next(content for rcpts, content in smtp_sink.messages if email in rcpts)
             assert b"800" in body
 
             await lender.publish(
@@ -148,7 +124,7 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
             )
             await eventually(lambda: _case_status(http, wf, loan, "closed"), within=30)
             before = len(await commands_for(stack, topic_prefix, loan))
-            sent_before = len(smtp.messages)
+            sent_before = len(smtp_sink.messages)
             # The lending system's feed is late: it still reports the loan overdue, a month on.
             await lender.publish(
                 lending.overdue(
@@ -167,7 +143,7 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
             )
             await asyncio.sleep(2.0)
             assert len(await commands_for(stack, topic_prefix, loan)) == before
-            assert len(smtp.messages) == sent_before
+            assert len(smtp_sink.messages) == sent_before
         finally:
             await kafka.stop()
 

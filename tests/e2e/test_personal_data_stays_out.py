@@ -7,24 +7,22 @@ numbers, e-mail addresses, postal addresses and guarantors' names."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from collections_kit.auth import dev_headers
 from collections_kit.topics import topic_specs
 from scripts import lending
 from scripts.infra import producer, read_to_end
 from scripts.services import CLEAN_EXIT, Fleet
+from tests.smtp_sink import SmtpSink
 from tests.support import eventually
 
-SMTP_PORT = 2541
 BORROWERS = [
     {
         "id": f"B-pii-{n}",
@@ -58,29 +56,13 @@ def secrets() -> list[str]:
     return found
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.recipients: list[str] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.recipients.extend(envelope.rcpt_tos)
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[Inbox]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=SMTP_PORT)
-    controller.start()
-    try:
-        yield inbox
-    finally:
-        controller.stop()
-
-
 @pytest.fixture
 async def fleet(
-    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
     fleet = Fleet(
         database_url=database_url,
@@ -88,7 +70,7 @@ async def fleet(
         topic_prefix=topic_prefix,
         log_dir=tmp_path / "logs",
         base_port=18230,
-        smtp_port=SMTP_PORT,
+        smtp_port=smtp_sink.port,
         # The most talkative the services get: nothing may slip out even there.
         extra_env={
             n: {f"{p}LOG_LEVEL": "DEBUG"}
@@ -121,7 +103,7 @@ async def raw_records(bootstrap: str, prefix: str) -> list[bytes]:
 
 
 async def test_no_phone_number_or_email_address_in_any_log_or_on_kafka(
-    fleet: Fleet, smtp: Inbox, stack: dict[str, str], topic_prefix: str
+    fleet: Fleet, smtp_sink: SmtpSink, stack: dict[str, str], topic_prefix: str
 ) -> None:
     notifier, workflow = fleet["notifier"].base_url, fleet["workflow"].base_url
     writer = dev_headers(["contacts:write"], subject="crm")
@@ -187,7 +169,9 @@ async def test_no_phone_number_or_email_address_in_any_log_or_on_kafka(
         finally:
             await kafka.stop()
         # Every borrower was e-mailed: the personal data was really used along the way.
-        await eventually(lambda: {b["email"] for b in BORROWERS} <= set(smtp.recipients), within=90)
+        await eventually(
+            lambda: {b["email"] for b in BORROWERS} <= set(smtp_sink.recipients), within=90
+        )
 
         async def all_contacted() -> bool:
             for b in BORROWERS:

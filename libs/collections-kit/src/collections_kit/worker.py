@@ -83,6 +83,9 @@ class RealTicks:
     async def wait(self, seconds: float, *events: asyncio.Event) -> None:
         if any(event.is_set() for event in events):
             return
+        if not events:
+            await asyncio.sleep(seconds)
+            return
         waiters = [asyncio.ensure_future(event.wait()) for event in events]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)

@@ -18,6 +18,7 @@ from collections_kit.worker import (
     BEAT_EVERY_S,
     MIN_IDLE_S,
     PollingWorker,
+    RealTicks,
     backoff_after,
 )
 
@@ -355,3 +356,17 @@ async def test_on_stop_runs_when_the_worker_is_cancelled_mid_round() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert closed.is_set()
+
+
+async def test_real_ticks_wait_ends_when_an_event_is_set_or_the_time_is_up() -> None:
+    ticks, event = RealTicks(), asyncio.Event()
+    waiting = asyncio.create_task(ticks.wait(60, asyncio.Event(), event))
+    await settle()
+    assert not waiting.done()
+    event.set()
+    await asyncio.wait_for(waiting, timeout=1)
+    await asyncio.wait_for(ticks.wait(0.001, asyncio.Event()), timeout=1)
+    await asyncio.wait_for(ticks.wait(0.001), timeout=1)
+    started = ticks.monotonic()
+    await ticks.wait(60, event)  # already set: no wait at all
+    assert ticks.monotonic() - started < 1

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from collections_kit import contract as c
@@ -28,40 +25,10 @@ from scripts import lending
 from scripts.infra import producer
 from scripts.services import ServiceProcess
 from tests.provider_double import ProviderDouble
+from tests.smtp_sink import SmtpSink
 from tests.support import eventually, unused_port, zone_at_midday
 
 LEASE_S = 4.0
-
-
-@dataclass
-class Sink:
-    message_ids: list[str] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        for line in envelope.content.decode(errors="replace").splitlines():
-            if line.lower().startswith("message-id:"):
-                self.message_ids.append(line.split(":", 1)[1].strip())
-        return "250 OK"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    box, port = Sink(), unused_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
-
-
-@pytest.fixture
-def double() -> Iterator[ProviderDouble]:
-    d = ProviderDouble().start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
@@ -180,14 +147,15 @@ async def test_an_email_handed_over_before_a_crash_is_in_doubt_and_not_sent_agai
     database_url: str,
     topic_prefix: str,
     lender: lending.Lender,
-    sink: tuple[Sink, int],
+    smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> None:
-    box, port = sink
-    notifier = _notifier(stack, database_url, topic_prefix, port, tmp_path / "notifier.log")
+    notifier = _notifier(
+        stack, database_url, topic_prefix, smtp_sink.port, tmp_path / "notifier.log"
+    )
     try:
         await _crash_mid_send(notifier, lender, _command("CMD-MAIL", "email"))
-        assert len(box.message_ids) == 1  # it did reach the relay before the crash
+        assert len(smtp_sink.message_ids) == 1  # it did reach the relay before the crash
 
         async def in_doubt() -> tuple[str, str | None, str | None] | None:
             row = await _row(database_url, "CMD-MAIL")
@@ -205,7 +173,7 @@ async def test_an_email_handed_over_before_a_crash_is_in_doubt_and_not_sent_agai
             metrics = (await http.get("/metrics")).text
     finally:
         notifier.stop()
-    assert box.message_ids == ["<CMD-MAIL@lender.example>"]
+    assert smtp_sink.message_ids == ["<CMD-MAIL@lender.example>"]
     # Counted against the caps as the worst case; visible in the timeline and the metrics.
     assert (status, reason, result) == ("in_doubt", "outcome_unknown_after_handover", "unknown")
     assert [(d["decision"], d["rule"]) for d in page["decisions"]] == [
@@ -223,21 +191,21 @@ async def test_a_text_handed_over_before_a_crash_is_found_at_the_provider_by_its
     database_url: str,
     topic_prefix: str,
     lender: lending.Lender,
-    sink: tuple[Sink, int],
-    double: ProviderDouble,
+    smtp_sink: SmtpSink,
+    provider_double: ProviderDouble,
     tmp_path: Path,
 ) -> None:
     notifier = _notifier(
         stack,
         database_url,
         topic_prefix,
-        sink[1],
+        smtp_sink.port,
         tmp_path / "notifier.log",
-        NOTIFIER_PROVIDER_BASE_URL=double.base_url,
+        NOTIFIER_PROVIDER_BASE_URL=provider_double.base_url,
     )
     try:
         await _crash_mid_send(notifier, lender, _command("CMD-SMS", "sms"))
-        assert double.sent_keys() == ["CMD-SMS"]
+        assert provider_double.sent_keys() == ["CMD-SMS"]
 
         async def settled() -> tuple[str, str | None, str | None] | None:
             row = await _row(database_url, "CMD-SMS")
@@ -249,5 +217,7 @@ async def test_a_text_handed_over_before_a_crash_is_found_at_the_provider_by_its
         notifier.stop()
     assert row == ("sent", "found_at_provider", "delivered")
     # One request with the key: the restarted notifier asked, it did not send again.
-    assert [(key, replayed) for key, _, replayed in double.requests] == [("CMD-SMS", False)]
-    assert double.doubled() == {}
+    assert [(key, replayed) for key, _, replayed in provider_double.requests] == [
+        ("CMD-SMS", False)
+    ]
+    assert provider_double.doubled() == {}

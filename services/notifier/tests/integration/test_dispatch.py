@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import event, select, text
 
 from collections_kit import contract as c
@@ -38,30 +37,11 @@ from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
 from scripts import lending
-from tests.support import migrate, poll_of, unused_port
+from tests.smtp_sink import SmtpSink
+from tests.support import migrate, poll_of
 
 # 10:00 in Shanghai, 21:00 (outside the US window) in New York.
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
-
-
-@dataclass
-class Mailbox:
-    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), unused_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
 
 
 @dataclass
@@ -121,8 +101,8 @@ CLIENT = dev_headers(["cases:read", "contacts:write", "admin"])
 
 
 @pytest.fixture
-async def notifier(database_url: str, mailbox: tuple[Mailbox, int]) -> AsyncIterator[Notifier]:
-    settings = _settings(database_url, mailbox[1])
+async def notifier(database_url: str, smtp_sink: SmtpSink) -> AsyncIterator[Notifier]:
+    settings = _settings(database_url, smtp_sink.port)
     await migrate(bootstrap.MIGRATIONS, database_url, settings.db_schema)
     clock = FixedClock(NOW)
     runtime = bootstrap.build_runtime(settings, clock=clock)
@@ -179,7 +159,7 @@ async def put_details(n: Notifier, borrower_id: str = "B1", **body: Any) -> None
 
 
 async def test_each_command_is_decided_once_recorded_and_announced(
-    notifier: Notifier, mailbox: tuple[Mailbox, int], caplog: pytest.LogCaptureFixture
+    notifier: Notifier, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await put_details(notifier)
@@ -202,9 +182,8 @@ async def test_each_command_is_decided_once_recorded_and_announced(
 
     assert await notifier.dispatcher.dispatch_once() == 4
 
-    box = mailbox[0]
-    assert len(box.messages) == 1
-    recipients, raw = box.messages[0]
+    assert len(smtp_sink.messages) == 1
+    recipients, raw = smtp_sink.messages[0]
     assert recipients == ["zhang.san@example.com"]
     assert b"Message-ID: <C1@lender.example>" in raw
     async with notifier.runtime.engine.connect() as conn:
@@ -489,14 +468,14 @@ async def test_only_a_newly_stored_command_wakes_the_dispatcher(notifier: Notifi
 
 
 async def test_two_dispatchers_never_take_the_same_row(
-    notifier: Notifier, mailbox: tuple[Mailbox, int], database_url: str
+    notifier: Notifier, smtp_sink: SmtpSink, database_url: str
 ) -> None:
     await put_details(notifier)
     for i in range(40):
         await notifier.deliver(command(f"C{i:02d}", f"L{i:02d}"), f"e{i}")
     replicas = [
         bootstrap.build_runtime(
-            _settings(database_url, mailbox[1], dispatch_batch=5), clock=notifier.clock
+            _settings(database_url, smtp_sink.port, dispatch_batch=5), clock=notifier.clock
         )
         for _ in range(2)
     ]
@@ -511,8 +490,8 @@ async def test_two_dispatchers_never_take_the_same_row(
         for r in replicas:
             await r.engine.dispose()
     assert sum(claimed) == 40 and all(claimed), claimed
-    ids = [raw.split(b"Message-ID: <", 1)[1].split(b"@", 1)[0] for _, raw in mailbox[0].messages]
-    assert len(ids) == 40 and len(set(ids)) == 40
+    assert len(smtp_sink.message_ids) == 40
+    assert smtp_sink.doubled() == {}
     assert [o.outcome for o in await notifier.outcomes()] == ["sent"] * 40
 
 
@@ -544,12 +523,14 @@ async def _with_channel(
 
 
 async def test_transient_failures_are_retried_then_fail_for_good(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     flaky = Flaky(failures=10)
-    runtime, dispatcher = await _with_channel(database_url, mailbox[1], flaky, send_max_attempts=3)
+    runtime, dispatcher = await _with_channel(
+        database_url, smtp_sink.port, flaky, send_max_attempts=3
+    )
     try:
         for _ in range(5):
             await dispatcher.dispatch_once()
@@ -589,14 +570,14 @@ class Bulk:
 
 
 async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_alone(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     for i in range(6):
         await put_details(notifier, f"B{i}")
         await notifier.deliver(command(f"C{i}", f"L{i}", f"B{i}"), f"e{i}")
     bulk = Bulk(refuse=frozenset({"C2"}), broken=1)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]),
+        _settings(database_url, smtp_sink.port),
         clock=notifier.clock,
         channels={"email": bulk, "sms": bulk, "voice": bulk, "letter": bulk},
     )
@@ -625,12 +606,12 @@ async def test_a_bulk_channel_gets_a_pass_in_one_call_and_each_outcome_counts_al
 
 
 async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent_again(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     hanging = Flaky(failures=0)
-    runtime, dispatcher = await _with_channel(database_url, mailbox[1], hanging)
+    runtime, dispatcher = await _with_channel(database_url, smtp_sink.port, hanging)
     try:
         # The first dispatcher marks the row "sending" and dies: whether it handed the
         # e-mail over is not known, and the SMTP relay cannot be asked.
@@ -647,7 +628,7 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
         await dispatcher._finish_all([_Sent(planned[0], None, None)])
     finally:
         await runtime.engine.dispose()
-    assert mailbox[0].messages == []
+    assert smtp_sink.messages == []
     assert await notifier.status("C1") == "in_doubt"
     assert [(o.outcome, o.reason, o.rule) for o in await notifier.outcomes()] == [
         ("in_doubt", "outcome_unknown_after_handover", "channel.email.in_doubt")
@@ -665,13 +646,13 @@ class Cut(Flaky):
 
 
 async def test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
     cut = Cut(failures=0)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]),
+        _settings(database_url, smtp_sink.port),
         clock=notifier.clock,
         channels={"email": cut, "sms": cut, "voice": cut, "letter": cut},
     )
@@ -692,11 +673,11 @@ async def test_a_send_cut_off_mid_call_is_not_retried_but_settled_like_a_crash(
 
 
 async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     await put_details(notifier)
     await notifier.deliver(command("C1"), "e1")
-    runtime, dispatcher = await _with_channel(database_url, mailbox[1], Flaky(failures=0))
+    runtime, dispatcher = await _with_channel(database_url, smtp_sink.port, Flaky(failures=0))
     try:
         await dispatcher._decide_due()  # handed over (or not), then a crash
     finally:
@@ -715,7 +696,7 @@ async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
     assert ordered.status_code == 204, ordered.text
     assert await notifier.dispatcher.dispatch_once() == 1
     assert await notifier.status("C1") == "sent"
-    assert len(mailbox[0].messages) == 1
+    assert len(smtp_sink.messages) == 1
     again = await notifier.http.post("/v1/contacts/C1/resend", json={"reason": "twice?"})
     assert again.status_code == 404  # no longer in doubt
     page = (await notifier.http.get("/v1/contacts", params={"loan_id": "L1"})).json()
@@ -727,7 +708,7 @@ async def test_an_operator_may_order_a_contact_in_doubt_sent_again(
 
 
 async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
-    notifier: Notifier, database_url: str, mailbox: tuple[Mailbox, int]
+    notifier: Notifier, database_url: str, smtp_sink: SmtpSink
 ) -> None:
     """Reg F: until a notice is proven out, the person's other contacts wait for it; one
     in doubt must not hold them for ever, so the next e-mail carries it."""
@@ -738,7 +719,7 @@ async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
     await notifier.deliver(command("C1", at=morning, **us), "e1")
     hanging = Flaky(failures=0)
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]),
+        _settings(database_url, smtp_sink.port),
         clock=notifier.clock,
         channels={"email": hanging, "sms": hanging, "voice": hanging, "letter": hanging},
     )
@@ -754,7 +735,7 @@ async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
     await notifier.deliver(command("C2", at=notifier.clock.now(), **us), "e2")
     assert await notifier.dispatcher.dispatch_once() == 1
     assert await notifier.status("C2") == "sent"
-    assert len(mailbox[0].messages) == 1 and b"C2@" in mailbox[0].messages[0][1]
+    assert len(smtp_sink.messages) == 1 and b"C2@" in smtp_sink.messages[0][1]
 
 
 class Asked(Flaky):
@@ -787,7 +768,7 @@ class Asked(Flaky):
 async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_be_asked(
     notifier: Notifier,
     database_url: str,
-    mailbox: tuple[Mailbox, int],
+    smtp_sink: SmtpSink,
     answers: list[Found | NotFound | SendError],
     status: str,
     sends: int,
@@ -796,7 +777,7 @@ async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_
     await notifier.deliver(command("C1", channel="sms"), "e1")
     asked = Asked(list(answers))
     runtime = bootstrap.build_runtime(
-        _settings(database_url, mailbox[1]),
+        _settings(database_url, smtp_sink.port),
         clock=notifier.clock,
         channels={"email": asked, "sms": asked, "voice": asked, "letter": asked},
     )
@@ -814,27 +795,18 @@ async def test_a_row_abandoned_mid_send_is_settled_by_asking_a_channel_that_can_
     assert [o.outcome for o in await notifier.outcomes()].count("sent") == 1
 
 
-class Refusing:
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
-        return f"550 5.1.1 <{address}> no such mailbox"
-
-
 async def test_a_refused_recipient_fails_at_once_and_the_address_stays_out_of_logs(
     notifier: Notifier, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    port = unused_port()
-    controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
-    controller.start()
-    runtime = bootstrap.build_runtime(_settings(database_url, port), clock=notifier.clock)
+    refusing = SmtpSink(refuse="550 5.1.1 <{address}> no such mailbox").start()
+    runtime = bootstrap.build_runtime(_settings(database_url, refusing.port), clock=notifier.clock)
     try:
         await put_details(notifier)
         await notifier.deliver(command("C1"), "e1")
         await runtime.state["dispatcher"].dispatch_once()
     finally:
-        controller.stop()
+        refusing.stop()
         await runtime.engine.dispose()
     assert await notifier.status("C1") == "failed"
     assert [(o.outcome, o.reason) for o in await notifier.outcomes()] == [("failed", "smtp_550")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from collections_kit import contract as c
@@ -39,42 +38,14 @@ from notifier.settings import NotifierSettings
 from scripts import lending
 from scripts.infra import producer
 from tests.provider_double import ProviderDouble
-from tests.support import eventually, migrate, read_topic, unused_port
+from tests.smtp_sink import SmtpSink
+from tests.support import eventually, migrate, read_topic
 
 # 12:00 in New York, 01:00 the next day in Shanghai.
 NOON_NY = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
 # 10:00 in Shanghai.
 TEN_SH = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 US_PHONE, CN_PHONE = "+12125550100", "+8613812341234"
-
-
-@dataclass
-class Mailbox:
-    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), unused_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderDouble]:
-    double = ProviderDouble().start()
-    try:
-        yield double
-    finally:
-        double.stop()
 
 
 @dataclass
@@ -117,10 +88,10 @@ class Stack:
 
 @pytest.fixture
 async def env(
-    database_url: str, mailbox: tuple[Mailbox, int], provider: ProviderDouble
+    database_url: str, smtp_sink: SmtpSink, provider_double: ProviderDouble
 ) -> AsyncIterator[Stack]:
     await migrate(bootstrap.MIGRATIONS, database_url, "notifier")
-    s = Stack(database_url, mailbox[1], provider, FixedClock(NOON_NY))
+    s = Stack(database_url, smtp_sink.port, provider_double, FixedClock(NOON_NY))
     try:
         yield s
     finally:
@@ -242,7 +213,7 @@ async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_us_caps_count_calls_and_texts_together_and_survive_a_restart(
-    env: Stack, mailbox: tuple[Mailbox, int], caplog: pytest.LogCaptureFixture
+    env: Stack, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     first = env.replica()
@@ -263,7 +234,7 @@ async def test_us_caps_count_calls_and_texts_together_and_survive_a_restart(
     state = await statuses(first)
     assert state["E0"] == ("sent", "validation_notice", "US.reg_f_validation_notice")
     assert state["S0"] == ("deferred", "awaiting_validation_notice", "US.reg_f_validation_notice")
-    assert b"is a debt collector" in mailbox[0].messages[0][1]
+    assert b"is a debt collector" in smtp_sink.messages[0][1]
     # The notice going out woke the SMS that waited for it.
     await dispatcher_of(first).dispatch_once()
     assert (await statuses(first))["S0"][0] == "sent"

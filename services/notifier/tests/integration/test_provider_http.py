@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,17 +18,8 @@ NUMBER = "+8613812341234"
 
 
 @pytest.fixture
-def double() -> Iterator[ProviderDouble]:
-    d = ProviderDouble().start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
-@pytest.fixture
-async def channel(double: ProviderDouble) -> AsyncIterator[HttpProviderChannel]:
-    async with httpx.AsyncClient(base_url=double.base_url, timeout=2) as client:
+async def channel(provider_double: ProviderDouble) -> AsyncIterator[HttpProviderChannel]:
+    async with httpx.AsyncClient(base_url=provider_double.base_url, timeout=2) as client:
         yield HttpProviderChannel(client, max_tries=3, backoff_s=0.01, rng=random.Random(7))
 
 
@@ -47,14 +38,14 @@ def message(command_id: str, channel: str = "sms") -> OutgoingMessage:
 
 
 async def test_a_text_is_delivered_and_a_call_reports_whether_it_was_answered(
-    channel: HttpProviderChannel, double: ProviderDouble
+    channel: HttpProviderChannel, provider_double: ProviderDouble
 ) -> None:
     assert (await channel.send(message("C1"))).status == "delivered"
-    double.script(["unanswered"])
+    provider_double.script(["unanswered"])
     call = await channel.send(message("C2", "voice"))
     assert call.status == "unanswered" and call.provider_ref
     assert (await channel.send(message("C3", "voice"))).status == "answered"
-    assert [s.kind for key in ("C1", "C2", "C3") for s in double.sends[key]] == [
+    assert [s.kind for key in ("C1", "C2", "C3") for s in provider_double.sends[key]] == [
         "sms",
         "voice",
         "voice",
@@ -62,19 +53,19 @@ async def test_a_text_is_delivered_and_a_call_reports_whether_it_was_answered(
 
 
 async def test_transient_failures_are_retried_with_the_same_key_and_send_once(
-    channel: HttpProviderChannel, double: ProviderDouble, caplog: pytest.LogCaptureFixture
+    channel: HttpProviderChannel, provider_double: ProviderDouble, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    double.script(["fail:503", "fail:429"])
+    provider_double.script(["fail:503", "fail:429"])
     assert await channel.send(message("C1")) == Delivery("delivered", "msg_000001")
     # The answer is lost after the provider sent: the retry gets the first answer back.
-    double.script(["lost:502"])
+    provider_double.script(["lost:502"])
     assert (await channel.send(message("C2"))).status == "delivered"
     # A whole retry of the command later (the dispatcher's, or another replica's): replayed.
     assert (await channel.send(message("C2"))).status == "delivered"
-    assert double.doubled() == {}
-    assert double.sent_keys() == ["C1", "C2"]
-    assert [(k, replayed) for k, _, replayed in double.requests] == [
+    assert provider_double.doubled() == {}
+    assert provider_double.sent_keys() == ["C1", "C2"]
+    assert [(k, replayed) for k, _, replayed in provider_double.requests] == [
         ("C1", False),
         ("C1", False),
         ("C1", False),
@@ -87,20 +78,20 @@ async def test_transient_failures_are_retried_with_the_same_key_and_send_once(
 
 
 async def test_a_refusal_is_final_and_exhausted_retries_are_not(
-    channel: HttpProviderChannel, double: ProviderDouble
+    channel: HttpProviderChannel, provider_double: ProviderDouble
 ) -> None:
-    double.script(["fail:400"])
+    provider_double.script(["fail:400"])
     with pytest.raises(SendError) as refused:
         await channel.send(message("C1"))
     assert refused.value.code == "provider_400" and refused.value.permanent
-    double.script(["fail:503"] * 3)
+    provider_double.script(["fail:503"] * 3)
     with pytest.raises(SendError) as unavailable:
         await channel.send(message("C2"))
     assert unavailable.value.code == "provider_503" and not unavailable.value.permanent
-    assert double.sent_keys() == []
+    assert provider_double.sent_keys() == []
     # Next time it works, and only then is it sent.
     assert (await channel.send(message("C2"))).status == "delivered"
-    assert double.sent_keys() == ["C2"]
+    assert provider_double.sent_keys() == ["C2"]
 
 
 async def test_an_unreachable_provider_is_a_transient_error() -> None:
