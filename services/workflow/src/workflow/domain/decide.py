@@ -24,7 +24,7 @@ from decimal import Decimal
 from itertools import pairwise
 
 from workflow.domain import messages as m
-from workflow.domain.lifecycle import PRE_LEGAL, Phase, Rule, Trigger, transition
+from workflow.domain.lifecycle import PRE_LEGAL, Phase, Rule, Transition, Trigger, transition
 from workflow.domain.model import (
     Arrangement,
     ArrangementKind,
@@ -354,44 +354,20 @@ def apply_rule(
     """Apply the lifecycle table's rule for ``trigger`` to ``case``.
 
     ``changed`` says ``case`` already carries bookkeeping changes (balance, days past due)
-    that must be saved even when the rule itself changes nothing.
+    that must be saved even when the rule itself changes nothing. Each family of rules is
+    one named step below; this only picks it.
     """
     rule = transition(case.phase, trigger)
-    # An exited case is absorbing: its bookkeeping does not move either.
-    keep = case if changed and not case.is_closed else None
+    why = reason or rule.why
     match rule.rule:
         case Rule.REJECT:
             return Decision(case=None, rejected=rule.why)
-        case Rule.IGNORE:
-            return Decision(
-                case=keep,
-                timeline=(
-                    _entry(
-                        ctx, "ignored", case, case, trigger=trigger.value, why=rule.why, **detail
-                    ),
-                ),
-            )
-        case Rule.STAY:
-            return Decision(
-                case=keep,
-                timeline=(_entry(ctx, trigger.value, case, case, why=rule.why or None, **detail),),
-            )
-        case Rule.ADVANCE:
-            target = next_stage(case.stage)
-            assert target is not None, "the table never advances from the last stage"
-            return _enter_stage(case, intents, target, ctx, trigger, reason or rule.why)
-        case Rule.TO_LITIGATION:
-            return _enter_stage(case, intents, Stage.LITIGATION, ctx, trigger, reason or rule.why)
-        case Rule.TO_ENFORCEMENT:
-            return _enter_stage(case, intents, Stage.ENFORCEMENT, ctx, trigger, reason or rule.why)
+        case Rule.IGNORE | Rule.STAY:
+            return _record_unchanged(case, rule, trigger, ctx, changed=changed, **detail)
+        case Rule.ADVANCE | Rule.TO_LITIGATION | Rule.TO_ENFORCEMENT:
+            return _enter_stage(case, intents, _stage_after(case, rule.rule), ctx, trigger, why)
         case Rule.BREAK_ARRANGEMENT:
-            ended = _end_arrangement(case, "broken", ctx)
-            broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
-            target = next_stage(case.stage)
-            if Phase(case.stage.value) in PRE_LEGAL and target is not None:
-                decision = _enter_stage(ended, intents, target, ctx, trigger, "broken promise")
-                return Decision(case=None, timeline=(broken,)).then(decision)
-            return _restart_collecting(ended, ctx, broken)
+            return _break_arrangement(case, intents, ctx, trigger, **detail)
         case Rule.END_ARRANGEMENT:
             ended = _end_arrangement(case, "kept", ctx)
             return _restart_collecting(
@@ -399,89 +375,16 @@ def apply_rule(
             )
         case Rule.CLOSE_REPAID:
             return _close(case, intents, Exit.REPAID, ctx, trigger, **detail)
-        case Rule.CLOSE_SETTLED:
+        case Rule.CLOSE_SETTLED | Rule.CLOSE_WRITTEN_OFF | Rule.CLOSE_CLOSED:
+            exit_ = _CLOSED_BY_A_PERSON[rule.rule]
             return _close(
-                case,
-                intents,
-                Exit.SETTLED,
-                ctx,
-                trigger,
-                actor=actor,
-                reason=reason or None,
-                **detail,
-            )
-        case Rule.CLOSE_WRITTEN_OFF:
-            return _close(
-                case,
-                intents,
-                Exit.WRITTEN_OFF,
-                ctx,
-                trigger,
-                actor=actor,
-                reason=reason or None,
-                **detail,
-            )
-        case Rule.CLOSE_CLOSED:
-            return _close(
-                case,
-                intents,
-                Exit.CLOSED,
-                ctx,
-                trigger,
-                actor=actor,
-                reason=reason or None,
-                **detail,
+                case, intents, exit_, ctx, trigger, actor=actor, reason=reason or None, **detail
             )
         case Rule.HOLD:
             assert hold is not None
-            held = replace(
-                _end_arrangement(case, "cancelled", ctx),
-                status=CaseStatus.HELD,
-                hold=hold,
-                stage_epoch=case.stage_epoch + 1,
-                updated_at=ctx.now,
-            )
-            expiry: tuple[Timer, ...] = (
-                (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ()
-            )
-            return Decision(
-                case=held,
-                intents=_cancel_pending(intents, "held"),
-                effects=(CancelContacts("held"), AnnounceHeld(hold)),
-                timeline=(
-                    _entry(
-                        ctx,
-                        "case_held",
-                        case,
-                        held,
-                        hold_id=hold.hold_id,
-                        kind=hold.kind.value,
-                        reason=hold.reason,
-                        actor=hold.actor,
-                        until=hold.until.isoformat() if hold.until else None,
-                        effective_from=hold.effective_from.isoformat()
-                        if hold.effective_from
-                        else None,
-                    ),
-                ),
-                timers=expiry,
-            )
+            return _put_on_hold(case, intents, hold, ctx)
         case Rule.RESUME:
-            assert case.hold is not None
-            decision = _reopen(
-                case,
-                ctx,
-                "case_resumed",
-                hold_id=case.hold.hold_id,
-                reason=reason or rule.why,
-                actor=actor,
-                **detail,
-            )
-            return decision.then(
-                Decision(
-                    case=None, effects=(AnnounceResumed(case.hold, reason or rule.why, actor),)
-                )
-            )
+            return _resume(case, ctx, why, actor, **detail)
         case Rule.REOPEN:
             # Announced as at its opening: ledger-sync forgot the case when it closed, and
             # reconciles open cases only.
@@ -490,33 +393,129 @@ def apply_rule(
             )
         case Rule.ARRANGE:
             assert arrangement is not None
-            arranged = replace(case, arrangement=arrangement, updated_at=ctx.now)
-            timers = tuple(
-                Timer(TimerKind.ARRANGEMENT_DUE, i.due_at, f"{arrangement.arrangement_id}:{n}")
-                for n, i in enumerate(arrangement.schedule)
-            )
-            return Decision(
-                case=arranged,
-                intents=_cancel_pending(intents, "superseded_by_arrangement"),
-                timeline=(
-                    _entry(
-                        ctx,
-                        "arrangement_recorded",
-                        case,
-                        arranged,
-                        arrangement_id=arrangement.arrangement_id,
-                        kind=arrangement.kind.value,
-                        total=str(arrangement.total),
-                        instalments=len(arrangement.schedule),
-                        actor=actor,
-                        interest_reduction=str(arrangement.interest_reduction)
-                        if arrangement.interest_reduction is not None
-                        else None,
-                    ),
-                ),
-                timers=timers,
-            )
+            return _arrange(case, intents, arrangement, ctx, actor)
     raise AssertionError(f"unhandled rule {rule.rule}")
+
+
+# Closures a person records (through the REST API), by the rule that makes them.
+_CLOSED_BY_A_PERSON = {
+    Rule.CLOSE_SETTLED: Exit.SETTLED,
+    Rule.CLOSE_WRITTEN_OFF: Exit.WRITTEN_OFF,
+    Rule.CLOSE_CLOSED: Exit.CLOSED,
+}
+
+
+def _record_unchanged(
+    case: Case, rule: Transition, trigger: Trigger, ctx: _Ctx, *, changed: bool, **detail: object
+) -> Decision:
+    """IGNORE and STAY: the phase stays; the timeline says why. An exited case is
+    absorbing: its bookkeeping does not move either."""
+    keep = case if changed and not case.is_closed else None
+    if rule.rule is Rule.IGNORE:
+        entry = _entry(ctx, "ignored", case, case, trigger=trigger.value, why=rule.why, **detail)
+    else:
+        entry = _entry(ctx, trigger.value, case, case, why=rule.why or None, **detail)
+    return Decision(case=keep, timeline=(entry,))
+
+
+def _stage_after(case: Case, rule: Rule) -> Stage:
+    """The stage ADVANCE, TO_LITIGATION or TO_ENFORCEMENT moves ``case`` to."""
+    if rule is Rule.TO_LITIGATION:
+        return Stage.LITIGATION
+    if rule is Rule.TO_ENFORCEMENT:
+        return Stage.ENFORCEMENT
+    target = next_stage(case.stage)
+    assert target is not None, "the table never advances from the last stage"
+    return target
+
+
+def _break_arrangement(
+    case: Case, intents: Sequence[ContactIntent], ctx: _Ctx, trigger: Trigger, **detail: object
+) -> Decision:
+    """A broken arrangement advances a pre-legal case; a legal one collects on."""
+    ended = _end_arrangement(case, "broken", ctx)
+    broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
+    target = next_stage(case.stage)
+    if Phase(case.stage.value) in PRE_LEGAL and target is not None:
+        decision = _enter_stage(ended, intents, target, ctx, trigger, "broken promise")
+        return Decision(case=None, timeline=(broken,)).then(decision)
+    return _restart_collecting(ended, ctx, broken)
+
+
+def _put_on_hold(case: Case, intents: Sequence[ContactIntent], hold: Hold, ctx: _Ctx) -> Decision:
+    held = replace(
+        _end_arrangement(case, "cancelled", ctx),
+        status=CaseStatus.HELD,
+        hold=hold,
+        stage_epoch=case.stage_epoch + 1,
+        updated_at=ctx.now,
+    )
+    expiry: tuple[Timer, ...] = (
+        (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ()
+    )
+    return Decision(
+        case=held,
+        intents=_cancel_pending(intents, "held"),
+        effects=(CancelContacts("held"), AnnounceHeld(hold)),
+        timeline=(
+            _entry(
+                ctx,
+                "case_held",
+                case,
+                held,
+                hold_id=hold.hold_id,
+                kind=hold.kind.value,
+                reason=hold.reason,
+                actor=hold.actor,
+                until=hold.until.isoformat() if hold.until else None,
+                effective_from=hold.effective_from.isoformat() if hold.effective_from else None,
+            ),
+        ),
+        timers=expiry,
+    )
+
+
+def _resume(case: Case, ctx: _Ctx, why: str, actor: str, **detail: object) -> Decision:
+    assert case.hold is not None
+    decision = _reopen(
+        case, ctx, "case_resumed", hold_id=case.hold.hold_id, reason=why, actor=actor, **detail
+    )
+    return decision.then(Decision(case=None, effects=(AnnounceResumed(case.hold, why, actor),)))
+
+
+def _arrange(
+    case: Case,
+    intents: Sequence[ContactIntent],
+    arrangement: Arrangement,
+    ctx: _Ctx,
+    actor: str,
+) -> Decision:
+    arranged = replace(case, arrangement=arrangement, updated_at=ctx.now)
+    timers = tuple(
+        Timer(TimerKind.ARRANGEMENT_DUE, i.due_at, f"{arrangement.arrangement_id}:{n}")
+        for n, i in enumerate(arrangement.schedule)
+    )
+    return Decision(
+        case=arranged,
+        intents=_cancel_pending(intents, "superseded_by_arrangement"),
+        timeline=(
+            _entry(
+                ctx,
+                "arrangement_recorded",
+                case,
+                arranged,
+                arrangement_id=arrangement.arrangement_id,
+                kind=arrangement.kind.value,
+                total=str(arrangement.total),
+                instalments=len(arrangement.schedule),
+                actor=actor,
+                interest_reduction=str(arrangement.interest_reduction)
+                if arrangement.interest_reduction is not None
+                else None,
+            ),
+        ),
+        timers=timers,
+    )
 
 
 def _restart_collecting(case: Case, ctx: _Ctx, first: TimelineEntry) -> Decision:
