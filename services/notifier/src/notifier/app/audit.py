@@ -10,6 +10,7 @@ from collections_kit import contract as c
 from collections_kit.clock import derived_id
 from collections_kit.outbox import Tx
 from notifier.adapters.repository import DecisionRecord, DispatchRepository
+from notifier.app.ports import SentRecords
 from notifier.domain.model import DeliveryStatus, Dispatch, DispatchStatus, Outcome
 
 STATUS_OF: dict[Outcome, DispatchStatus] = {
@@ -84,7 +85,7 @@ def _announce(
 
 async def record_sent_many(
     tx: Tx,
-    repo: DispatchRepository,
+    repo: SentRecords,
     sent: Sequence[tuple[Dispatch, str, str, DeliveryStatus, str | None]],
     *,
     policy_version: str,

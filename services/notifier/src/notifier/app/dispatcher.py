@@ -1,8 +1,8 @@
 """The dispatcher: takes due commands, decides, and hands the sendable ones to a channel.
 
 One pass:
-1. In one transaction: claim due rows (``FOR UPDATE SKIP LOCKED``, so two replicas never
-   take the same row), lock the people and phone numbers they would reach (advisory locks,
+1. In one transaction: claim due rows (row locks, skipping locked rows, so two replicas
+   never take the same row), lock the people and phone numbers they would reach (advisory locks,
    so two replicas never both squeeze under one frequency cap), load their context, run the
    pure ``decide`` for each. Cancel, block and defer are stored and announced right there;
    a send is marked ``sending`` with a lease and counted as a pending attempt. Commit, so
@@ -35,21 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import traceback
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter as PromCounter
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.clock import Clock
 from collections_kit.faults import crash_point
-from collections_kit.outbox import Tx, flush
-from collections_kit.pii import KeyRing
+from collections_kit.outbox import Tx
+from collections_kit.worker import PollingWorker
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision, record_sent_many
 from notifier.app.ports import (
@@ -59,6 +55,7 @@ from notifier.app.ports import (
     LookupChannel,
     OutgoingMessage,
     SendError,
+    StartDispatchUnitOfWork,
 )
 from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain import templates
@@ -91,8 +88,6 @@ DECISIONS = PromCounter(
     ["decision", "reason"],
 )
 
-# Never spin: rows that are due but locked by another replica must not make us busy-wait.
-_MIN_IDLE_S = 0.02
 # Decisions made between two yields to the event loop in a dispatch pass.
 _YIELD_EVERY = 50
 
@@ -148,87 +143,55 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        engine: AsyncEngine,
-        outbox: Table,
-        schema: str,
-        source: str,
-        topic_prefix: str,
+        uow: StartDispatchUnitOfWork,
         policy: DispatchPolicy,
         channels: Mapping[ChannelName, Channel],
         clock: Clock,
         config: DispatcherConfig,
-        ring: KeyRing,
         gate: RepaymentGate | None = None,
     ) -> None:
-        self._engine = engine
+        self._uow = uow
         # None only where a test drives passes itself (``dispatch_once``).
         self._gate = gate
-        self._ring = ring
-        self._outbox = outbox
-        self._schema = schema
-        self._source = source
-        self._topic_prefix = topic_prefix
         self._policy = policy
         self._channels = channels
         self._clock = clock
         self._config = config
-        self._wake = asyncio.Event()
-        self.heartbeat = time.monotonic()
+        # A full batch claimed means more may be due right now; otherwise idle until the
+        # earliest due row, at most the safety poll. Error text may quote addresses.
+        self._worker = PollingWorker(
+            "dispatcher pass",
+            self._dispatch_round,
+            interval_s=config.safety_poll_s,
+            idle_for=self._next_due_in,
+            quote_errors=False,
+        )
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
 
     def wake(self) -> None:
         """New work may be due (the consumer committed a batch): look now, not at the poll."""
-        self._wake.set()
+        self._worker.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            self._wake.clear()
-            if self._gate is not None and not self._gate.is_open():
-                # Held, not failed: a pass now could contact a borrower whose repayment
-                # is not applied yet. Due rows stay pending (see app.repayment_gate).
-                self.heartbeat = time.monotonic()
-                await self._gate.opened(stop, within=self._config.safety_poll_s)
-                continue
-            try:
-                handled = await self.dispatch_once()
-                self.heartbeat = time.monotonic()
-                backoff = 0.1
-                if handled >= self._config.batch:
-                    continue  # more may be due right now
-                idle = await self._idle_for()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Frames only: an exception's text can quote statement parameters, which
-                # include addresses when the failing statement touched them.
-                log.error(
-                    "dispatcher pass failed; retrying in %.1fs",
-                    backoff,
-                    extra={
-                        "error": type(exc).__name__,
-                        "trace": "".join(traceback.format_tb(exc.__traceback__)),
-                    },
-                )
-                idle = backoff
-                backoff = min(backoff * 2, 5.0)
-            await self._sleep(stop, idle)
+        await self._worker.run(stop)
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+    async def _dispatch_round(self) -> bool:
+        if self._gate is not None and not self._gate.is_open():
+            # Held, not failed: a pass now could contact a borrower whose repayment
+            # is not applied yet. Due rows stay pending (see app.repayment_gate). The
+            # gate is asked again at once when it opens, or after the safety poll.
+            await self._gate.opened(self._worker.stopping, within=self._config.safety_poll_s)
+            return True
+        return await self.dispatch_once() >= self._config.batch
 
-    async def _idle_for(self) -> float:
-        """Until the earliest due row, but never longer than the safety poll."""
-        async with self._engine.connect() as conn:
-            due = await DispatchRepository(conn).next_due()
-        if due is None:
-            return self._config.safety_poll_s
-        wait = (due - self._clock.now()).total_seconds()
-        return min(max(wait, _MIN_IDLE_S), self._config.safety_poll_s)
+    async def _next_due_in(self) -> float | None:
+        """Seconds until the earliest due row (None: nothing waits)."""
+        async with self._uow() as uow:
+            due = await uow.dispatches.next_due()
+        return None if due is None else (due - self._clock.now()).total_seconds()
 
     async def dispatch_once(self) -> int:
         """One pass; returns how many rows were claimed."""
@@ -250,10 +213,8 @@ class Dispatcher:
         answers = await asyncio.gather(*(self._look_up(d) for d in unsettled))
         outcomes: list[tuple[str, str]] = []
         woken = False
-        async with self._engine.begin() as conn:
-            now = self._clock.now()
-            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
-            repo = DispatchRepository(conn)
+        async with self._uow() as uow:
+            tx, repo, now = uow.tx, uow.dispatches, uow.now
             owned = await repo.lock_sending_many([(d.command_id, d.attempts) for d in unsettled])
             for dispatch, answer in zip(unsettled, answers, strict=True):
                 current = owned.get(dispatch.command_id)
@@ -309,7 +270,7 @@ class Dispatcher:
                 log.warning(
                     "sending lease expired; outcome of the last attempt resolved", extra=ids
                 )
-            await flush(tx, self._outbox, self._schema)
+            await uow.commit()
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
         if woken:
@@ -408,10 +369,8 @@ class Dispatcher:
         rows were claimed."""
         config, policy = self._config, self._policy
         outcomes: Counter[tuple[str, str]] = Counter()
-        async with self._engine.begin() as conn:
-            now = self._clock.now()
-            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
-            repo = DispatchRepository(conn, self._ring)
+        async with self._uow() as uow:
+            tx, repo, now = uow.tx, uow.dispatches, uow.now
             claimed = await repo.claim_due(now, config.batch)
             # Never decided (and so never sent) again from here: see the module docstring.
             unsettled = [d for d in claimed if d.status is DispatchStatus.SENDING]
@@ -420,6 +379,7 @@ class Dispatcher:
             )
             batch = [d for d in claimed if d.status is not DispatchStatus.SENDING]
             if not batch:
+                await uow.commit()  # the leases extended
                 return [], unsettled, len(claimed)
             since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
             contexts = await repo.contexts(
@@ -501,7 +461,7 @@ class Dispatcher:
                     extra={**ids, "reason": decision.reason, "rule": decision.rule},
                 )
             await repo.mark_sending_many(marks, now=now, lease_until=lease_until)
-            await flush(tx, self._outbox, self._schema)
+            await uow.commit()
         for (outcome, reason), n in outcomes.items():
             DECISIONS.labels(outcome, reason).inc(n)
         return planned, unsettled, len(claimed)
@@ -609,10 +569,8 @@ class Dispatcher:
     async def _finish_batch(self, sent: Sequence[_Sent]) -> None:
         outcomes: list[tuple[str, str]] = []
         woken = False
-        async with self._engine.begin() as conn:
-            now = self._clock.now()
-            tx = Tx(conn=conn, now=now, source=self._source, topic_prefix=self._topic_prefix)
-            repo = DispatchRepository(conn)
+        async with self._uow() as uow:
+            tx, repo, now = uow.tx, uow.dispatches, uow.now
             owned = await repo.lock_sending_many(
                 [(one.planned.dispatch.command_id, one.planned.attempt) for one in sent]
             )
@@ -678,7 +636,7 @@ class Dispatcher:
                         "delivery": delivery.status,
                     },
                 )
-            await flush(tx, self._outbox, self._schema)
+            await uow.commit()
         for outcome in outcomes:
             DECISIONS.labels(*outcome).inc()
         if woken:

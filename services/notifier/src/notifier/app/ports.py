@@ -1,15 +1,28 @@
-"""The notifier's port to the outside world: a channel that carries one message (and,
-where the provider takes them, many at once)."""
+"""The notifier's ports: to the outside world, a channel that carries one message (and,
+where the provider takes them, many at once); to storage, the repository in one unit of
+work (implemented in adapters/uow.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Protocol, runtime_checkable
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from collections_kit.uow import UnitOfWork
 from notifier.domain.in_doubt import Found, NotFound
-from notifier.domain.model import ChannelName, DeliveryStatus, Language, Recipient
+from notifier.domain.model import (
+    AttemptResult,
+    ChannelName,
+    DeliveryStatus,
+    Dispatch,
+    Language,
+    Recipient,
+)
+from notifier.domain.receipts import Receipt
+
+if TYPE_CHECKING:  # the adapters implement these ports (and import this module)
+    from notifier.adapters.repository import DecisionRecord, DispatchRepository
 
 
 @dataclass(frozen=True)
@@ -84,3 +97,46 @@ class BatchChannel(Channel, Protocol):
     async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[Delivery | SendError]:
         """One outcome per message, in order: what ``send`` would have returned or raised."""
         ...
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+class SentRecords(Protocol):
+    async def record_sent_many(
+        self, sent: Sequence[tuple[DecisionRecord, str, str | None]]
+    ) -> list[int]: ...
+
+
+class ReceiptStore(SentRecords, Protocol):
+    """What taking a delivery receipt reads and writes."""
+
+    async def claim_receipt(self, receipt: Receipt, *, now: datetime) -> bool: ...
+
+    async def receipt_target(self, receipt: Receipt) -> tuple[Dispatch, AttemptResult] | None: ...
+
+    async def note_receipt_effect(
+        self, receipt: Receipt, *, effect: str, command_id: str | None
+    ) -> None: ...
+
+    async def settle_by_receipt(
+        self, command_id: str, *, result: AttemptResult, provider_ref: str | None, now: datetime
+    ) -> None: ...
+
+
+class ReceiptUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def dispatches(self) -> ReceiptStore: ...
+
+
+class DispatchUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def dispatches(self) -> DispatchRepository: ...
+
+
+class StartReceiptUnitOfWork(Protocol):
+    def __call__(self) -> ReceiptUnitOfWork: ...
+
+
+class StartDispatchUnitOfWork(Protocol):
+    def __call__(self) -> DispatchUnitOfWork: ...

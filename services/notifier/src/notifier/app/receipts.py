@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from prometheus_client import Counter as PromCounter
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from collections_kit.outbox import Tx, flush
-from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_sent_many
+from notifier.app.ports import StartReceiptUnitOfWork
 from notifier.domain.receipts import Apply, Receipt, receipt_effect
 
 log = logging.getLogger(__name__)
@@ -28,21 +24,12 @@ REASON_RECEIPT = "delivery_receipt"
 
 
 async def take_receipt(
-    engine: AsyncEngine,
-    receipt: Receipt,
-    *,
-    now: datetime,
-    source: str,
-    topic_prefix: str,
-    outbox: Table,
-    schema: str,
-    policy_version: str,
+    uow: StartReceiptUnitOfWork, receipt: Receipt, *, policy_version: str
 ) -> str:
     """Apply one verified receipt in one transaction; returns its effect ("duplicate" for
     a receipt seen before, which changes nothing)."""
-    async with engine.begin() as conn:
-        tx = Tx(conn=conn, now=now, source=source, topic_prefix=topic_prefix)
-        repo = DispatchRepository(conn)
+    async with uow() as work:
+        tx, repo, now = work.tx, work.dispatches, work.now
         if not await repo.claim_receipt(receipt, now=now):
             effect = "duplicate"
         else:
@@ -77,7 +64,7 @@ async def take_receipt(
                     now=now,
                 )
                 await announce_delivery(tx, dispatch, decided.announced)
-            await flush(tx, outbox, schema)
+        await work.commit()
     RECEIPTS.labels(receipt.provider, effect).inc()
     log.info(
         "delivery receipt taken",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -10,31 +11,19 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from collections_kit.auth import Principal, require
-from collections_kit.clock import Clock
-from collections_kit.pii import KeyRing
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
-from collections_kit.runtime import EngineDep as Engine
-from notifier.adapters.repository import (
-    ContactDetailsRepository,
-    DispatchRepository,
-    PreferencesRepository,
-)
+from notifier.adapters.uow import SqlNotifierUnitOfWork
 from notifier.domain.masking import mask_email, mask_phone, mask_text
 from notifier.domain.model import ContactDetails, Party
 
 
-def _clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.runtime.state["clock"]
-    return clock
+def _uow(request: Request) -> Callable[[], SqlNotifierUnitOfWork]:
+    start: Callable[[], SqlNotifierUnitOfWork] = request.app.state.runtime.state["uow"]
+    return start
 
 
-def _ring(request: Request) -> KeyRing:
-    ring: KeyRing = request.app.state.runtime.state["pii"]
-    return ring
-
-
-Now = Annotated[Clock, Depends(_clock)]
-Ring = Annotated[KeyRing, Depends(_ring)]
+# One transaction per request (a read's is rolled back, having written nothing).
+Work = Annotated[Callable[[], SqlNotifierUnitOfWork], Depends(_uow)]
 Reader = Annotated[Principal, require("cases:read")]
 ContactsWriter = Annotated[Principal, require("contacts:write")]
 Admin = Annotated[Principal, require("admin")]
@@ -219,9 +208,7 @@ def _masked(value: str | None) -> str | None:
 async def put_contact_details(
     borrower_id: BorrowerIdPath,
     body: ContactDetailsIn,
-    engine: Engine,
-    clock: Now,
-    ring: Ring,
+    uow: Work,
     _: ContactsWriter,
 ) -> Response:
     g = body.guarantor
@@ -233,8 +220,9 @@ async def put_contact_details(
         if g
         else None,
     )
-    async with engine.begin() as conn:
-        await ContactDetailsRepository(conn, ring).put(details, now=clock.now())
+    async with uow() as work:
+        await work.contact_details.put(details, now=work.now)
+        await work.commit()
     return Response(status_code=204)
 
 
@@ -246,10 +234,10 @@ async def put_contact_details(
     summary="A borrower's contact details: masked, or in full with pii:read",
 )
 async def get_contact_details(
-    borrower_id: BorrowerIdPath, engine: Engine, ring: Ring, caller: Reader
+    borrower_id: BorrowerIdPath, uow: Work, caller: Reader
 ) -> ContactDetailsView:
-    async with engine.connect() as conn:
-        found = await ContactDetailsRepository(conn, ring).get(borrower_id)
+    async with uow() as work:
+        found = await work.contact_details.get(borrower_id)
     if found is None:
         raise ProblemError(
             404,
@@ -304,14 +292,14 @@ async def put_opt_out(
     borrower_id: BorrowerIdPath,
     channel: ChannelPath,
     body: OptOutIn,
-    engine: Engine,
-    clock: Now,
+    uow: Work,
     _: ContactsWriter,
 ) -> Response:
-    async with engine.begin() as conn:
-        await PreferencesRepository(conn).opt_out(
-            borrower_id, body.party, channel, reason=body.reason, now=clock.now()
+    async with uow() as work:
+        await work.preferences.opt_out(
+            borrower_id, body.party, channel, reason=body.reason, now=work.now
         )
+        await work.commit()
     return Response(status_code=204)
 
 
@@ -325,12 +313,13 @@ async def put_opt_out(
 async def delete_opt_out(
     borrower_id: BorrowerIdPath,
     channel: ChannelPath,
-    engine: Engine,
+    uow: Work,
     _: ContactsWriter,
     party: PartyQuery = "debtor",
 ) -> Response:
-    async with engine.begin() as conn:
-        found = await PreferencesRepository(conn).opt_in(borrower_id, party, channel)
+    async with uow() as work:
+        found = await work.preferences.opt_in(borrower_id, party, channel)
+        await work.commit()
     if not found:
         raise ProblemError(
             404, "No such opt-out", f"No {channel} opt-out is stored for this {party}."
@@ -346,12 +335,11 @@ async def delete_opt_out(
     summary="Stop all contact with a person; pending contacts are blocked",
 )
 async def put_do_not_contact(
-    borrower_id: BorrowerIdPath, body: DoNotContactIn, engine: Engine, clock: Now, _: ContactsWriter
+    borrower_id: BorrowerIdPath, body: DoNotContactIn, uow: Work, _: ContactsWriter
 ) -> Response:
-    async with engine.begin() as conn:
-        await PreferencesRepository(conn).stop_all(
-            borrower_id, body.party, reason=body.reason, now=clock.now()
-        )
+    async with uow() as work:
+        await work.preferences.stop_all(borrower_id, body.party, reason=body.reason, now=work.now)
+        await work.commit()
     return Response(status_code=204)
 
 
@@ -363,10 +351,11 @@ async def put_do_not_contact(
     summary="Lift a do-not-contact",
 )
 async def delete_do_not_contact(
-    borrower_id: BorrowerIdPath, engine: Engine, _: ContactsWriter, party: PartyQuery = "debtor"
+    borrower_id: BorrowerIdPath, uow: Work, _: ContactsWriter, party: PartyQuery = "debtor"
 ) -> Response:
-    async with engine.begin() as conn:
-        found = await PreferencesRepository(conn).allow(borrower_id, party)
+    async with uow() as work:
+        found = await work.preferences.allow(borrower_id, party)
+        await work.commit()
     if not found:
         raise ProblemError(
             404, "No do-not-contact", f"No do-not-contact is stored for this {party}."
@@ -381,11 +370,9 @@ async def delete_do_not_contact(
     tags=["contact preferences"],
     summary="A person's opt-outs and do-not-contact",
 )
-async def get_preferences(
-    borrower_id: BorrowerIdPath, engine: Engine, _: Reader
-) -> PreferencesView:
-    async with engine.connect() as conn:
-        opt_outs, stops = await PreferencesRepository(conn).of(borrower_id)
+async def get_preferences(borrower_id: BorrowerIdPath, uow: Work, _: Reader) -> PreferencesView:
+    async with uow() as work:
+        opt_outs, stops = await work.preferences.of(borrower_id)
     return PreferencesView(
         borrower_id=borrower_id,
         opt_outs=[
@@ -406,14 +393,14 @@ async def get_preferences(
     summary="Every decision taken on a loan's contacts, oldest first",
 )
 async def get_contacts(
-    engine: Engine,
+    uow: Work,
     _: Reader,
     loan_id: Annotated[str, Query(pattern=_ID, examples=["L-000123"])],
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 200,
 ) -> ContactsPage:
-    async with engine.connect() as conn:
-        rows = await DispatchRepository(conn).decisions_of(loan_id, after_id=after, limit=limit)
+    async with uow() as work:
+        rows = await work.dispatches.decisions_of(loan_id, after_id=after, limit=limit)
     decisions = [
         DecisionView(
             id=r.id,
@@ -442,6 +429,6 @@ async def get_contacts(
     tags=["reports"],
     summary="Decisions by outcome and reason; commands by status",
 )
-async def get_summary(engine: Engine, _: Admin) -> Summary:
-    async with engine.connect() as conn:
-        return Summary(**await DispatchRepository(conn).summary())
+async def get_summary(uow: Work, _: Admin) -> Summary:
+    async with uow() as work:
+        return Summary(**await work.dispatches.summary())

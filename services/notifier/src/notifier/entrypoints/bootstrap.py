@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
+import math
 import tomllib
 from dataclasses import replace
 from datetime import timedelta
@@ -22,12 +20,14 @@ from collections_kit.jurisdictions import load_jurisdictions
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, Worker, make_app, make_producer
 from collections_kit.topics import Topic
+from collections_kit.worker import PollingWorker
 from notifier.adapters.email import SmtpChannel
 from notifier.adapters.letters import PrintChannel
 from notifier.adapters.provider_http import HttpProviderChannel
 from notifier.adapters.recording import RecordingChannel
 from notifier.adapters.repayment_log import KafkaRepaymentLog
 from notifier.adapters.tables import inbox, outbox
+from notifier.adapters.uow import SqlNotifierUnitOfWork
 from notifier.app.dispatcher import Dispatcher, DispatcherConfig
 from notifier.app.handlers import NotifierHandlers
 from notifier.app.ports import Channel
@@ -59,21 +59,15 @@ as a contact outcome. Contact details and contact preferences arrive here by RES
 never travel on Kafka."""
 
 
-class _ClientLifetime:
+def _client_lifetime(client: httpx.AsyncClient) -> PollingWorker:
     """Closes the provider's HTTP client when the runtime stops (a worker that only waits)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-        self.heartbeat = time.monotonic()
+    async def nothing_to_do() -> bool:
+        return False
 
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                self.heartbeat = time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=5.0)
-        finally:
-            await self._client.aclose()
+    return PollingWorker(
+        "provider client", nothing_to_do, interval_s=math.inf, on_stop=client.aclose
+    )
 
 
 def load_policy(settings: NotifierSettings) -> DispatchPolicy:
@@ -105,6 +99,8 @@ def build_runtime(
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
     policy = policy or load_policy(settings)
     ring = settings.key_ring()
+    # One transaction each: the dispatcher's passes and the REST writes go through one.
+    uow = partial(SqlNotifierUnitOfWork, engine, settings, clock, outbox, ring=ring)
     workers: list[Worker] = []
     if channels is None:
         smtp = SmtpChannel(
@@ -134,7 +130,7 @@ def build_runtime(
             phone = HttpProviderChannel(
                 client, max_tries=settings.provider_max_tries, backoff_s=settings.provider_backoff_s
             )
-            workers.append(_ClientLifetime(client))
+            workers.append(_client_lifetime(client))
         printer = PrintChannel(
             engine,
             clock,
@@ -150,11 +146,7 @@ def build_runtime(
         look_every_s=settings.repayment_gate_look_ms / 1000,
     )
     dispatcher = Dispatcher(
-        engine=engine,
-        outbox=outbox,
-        schema=settings.db_schema,
-        source=settings.service_name,
-        topic_prefix=settings.topic_prefix,
+        uow=uow,
         policy=policy,
         channels=channels,
         clock=clock,
@@ -169,7 +161,6 @@ def build_runtime(
             retry_backoff=timedelta(seconds=settings.send_retry_backoff_s),
             safety_poll_s=settings.dispatch_safety_poll_s,
         ),
-        ring=ring,
     )
     handlers = NotifierHandlers(policy)
     contacts = ConsumerLoop(
@@ -206,6 +197,7 @@ def build_runtime(
             "pii": ring,
             "policy": policy,
             "repayment_gate": gate,
+            "uow": uow,
         },
     )
 

@@ -8,16 +8,15 @@ why, and the command is decided afresh (a cancellation, a hold or a cap may stop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from collections_kit.auth import Principal, require
-from collections_kit.clock import Clock
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
-from collections_kit.runtime import EngineDep as Engine
-from notifier.adapters.repository import DispatchRepository
+from notifier.adapters.uow import SqlNotifierUnitOfWork
 from notifier.app.dispatcher import Dispatcher
 from notifier.domain.policy import DispatchPolicy
 
@@ -42,11 +41,6 @@ class ResendIn(BaseModel):
     reason: Reason
 
 
-def _clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.runtime.state["clock"]
-    return clock
-
-
 router = APIRouter(prefix="/v1")
 
 
@@ -61,13 +55,12 @@ async def order_resend(
     request: Request,
     command_id: CommandIdPath,
     body: ResendIn,
-    engine: Engine,
-    clock: Annotated[Clock, Depends(_clock)],
     who: Annotated[Principal, require("contacts:write")],
 ) -> Response:
     policy: DispatchPolicy = request.app.state.runtime.state["policy"]
-    async with engine.begin() as conn:
-        repo = DispatchRepository(conn)
+    start: Callable[[], SqlNotifierUnitOfWork] = request.app.state.runtime.state["uow"]
+    async with start() as work:
+        repo = work.dispatches
         dispatch = await repo.in_doubt(command_id)
         if dispatch is None:
             raise ProblemError(404, "Not found", "no contact in doubt with this command id")
@@ -76,8 +69,9 @@ async def order_resend(
             reason=body.reason,
             actor=who.subject,
             policy_version=policy.version,
-            now=clock.now(),
+            now=work.now,
         )
+        await work.commit()
     dispatcher: Dispatcher = request.app.state.runtime.state["dispatcher"]
     dispatcher.wake()
     return Response(status_code=204)

@@ -21,10 +21,7 @@ from fastapi import APIRouter, Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from collections_kit.clock import Clock
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
-from collections_kit.runtime import EngineDep as Engine
-from notifier.adapters.tables import outbox
 from notifier.app.receipts import RECEIPTS, take_receipt
 from notifier.domain.receipts import Receipt
 from notifier.settings import NotifierSettings
@@ -97,11 +94,6 @@ async def _verified(
     return provider
 
 
-def _clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.runtime.state["clock"]
-    return clock
-
-
 router = APIRouter(prefix="/v1")
 
 
@@ -121,14 +113,11 @@ router = APIRouter(prefix="/v1")
 async def post_delivery_receipt(
     request: Request,
     body: ReceiptIn,
-    engine: Engine,
     provider: Annotated[str, Depends(_verified)],
-    clock: Annotated[Clock, Depends(_clock)],
 ) -> ReceiptTaken:
-    settings: NotifierSettings = request.app.state.runtime.settings
     policy_version: str = request.app.state.runtime.state["policy"].version
     effect = await take_receipt(
-        engine,
+        request.app.state.runtime.state["uow"],
         Receipt(
             provider=provider,
             receipt_id=body.receipt_id,
@@ -137,11 +126,6 @@ async def post_delivery_receipt(
             status=body.status,
             occurred_at=body.occurred_at,
         ),
-        now=clock.now(),
-        source=settings.service_name,
-        topic_prefix=settings.topic_prefix,
-        outbox=outbox,
-        schema=settings.db_schema,
         policy_version=policy_version,
     )
     return ReceiptTaken(effect=effect)
