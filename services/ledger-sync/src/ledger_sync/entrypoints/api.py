@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from collections_kit.auth import Principal, require
 from collections_kit.money import Amount, InCurrency
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
-from collections_kit.runtime import EngineDep as Engine
-from ledger_sync.adapters.cases import ReconciliationRepository
-from ledger_sync.adapters.repository import LedgerRepository
+from ledger_sync.adapters.uow import SqlLedgerSyncUnitOfWork
 from ledger_sync.domain.ledger import FreshnessPolicy, staleness
 
 LoanIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["L-000123"])]
 Reader = Annotated[Principal, require("cases:read")]
 Admin = Annotated[Principal, require("admin")]
+
+
+def _uow(request: Request) -> Callable[[], SqlLedgerSyncUnitOfWork]:
+    start: Callable[[], SqlLedgerSyncUnitOfWork] = request.app.state.runtime.state["uow"]
+    return start
+
+
+# The reads' transaction, rolled back after (nothing is written).
+Reads = Annotated[Callable[[], SqlLedgerSyncUnitOfWork], Depends(_uow)]
 
 
 class BalanceView(InCurrency):
@@ -85,11 +93,9 @@ router = APIRouter(prefix="/v1")
     tags=["balances"],
     summary="The ledger balance as projected here, net of payments in flight",
 )
-async def get_balance(
-    loan_id: LoanIdPath, engine: Engine, request: Request, _: Reader
-) -> BalanceView:
-    async with engine.connect() as conn:
-        repo = LedgerRepository(conn)
+async def get_balance(loan_id: LoanIdPath, uow: Reads, request: Request, _: Reader) -> BalanceView:
+    async with uow() as work:
+        repo = work.ledger
         projection = await repo.projection(loan_id)
         if projection is None:
             raise ProblemError(
@@ -127,9 +133,9 @@ async def get_balance(
     tags=["reconciliation"],
     summary="The latest reconciliation pass: what it examined and what it changed",
 )
-async def latest_reconciliation_run(engine: Engine, _: Admin) -> ReconciliationRunView:
-    async with engine.connect() as conn:
-        report = await ReconciliationRepository(conn).latest()
+async def latest_reconciliation_run(uow: Reads, _: Admin) -> ReconciliationRunView:
+    async with uow() as work:
+        report = await work.runs.latest()
     if report is None:
         raise ProblemError(
             404,

@@ -145,6 +145,7 @@ def build_runtime(settings: LedgerSyncSettings, clock: Clock | None = None) -> R
             "resolver": resolver,
             "reconciler": reconciler,
             "ledger_api": api,
+            "uow": uow,
         },
     )
 
