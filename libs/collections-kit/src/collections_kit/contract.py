@@ -32,7 +32,7 @@ MAX_SEQUENCE = 2**63 - 1
 Jurisdiction = Annotated[
     str, StringConstraints(pattern=JURISDICTION_PATTERN), Field(examples=["CN", "US", "UK"])
 ]
-Channel = Literal["sms", "voice", "email", "letter"]
+Channel = vocabulary.Channel
 # The stages are collections_kit.vocabulary's; a Literal of its members keeps each field's
 # JSON Schema an inline enum of their values (test_envelope checks it names every member).
 Stage = Literal[
@@ -168,7 +168,7 @@ class ContactCommand(Message):
     case_id: str
     loan_id: LoanId
     borrower_id: LoanId
-    recipient: Literal["debtor", "guarantor"]
+    recipient: vocabulary.Recipient
     channel: Channel
     stage: Stage
     template: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 class Stage(StrEnum):
@@ -20,6 +21,12 @@ class Stage(StrEnum):
     LITIGATION = "litigation"
     ENFORCEMENT = "enforcement"
 
+
+# The channels a contact goes out on, and the parties it may be for.
+Channel = Literal["sms", "voice", "email", "letter"]
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+Recipient = Literal["debtor", "guarantor"]
+RECIPIENTS: tuple[Recipient, ...] = get_args(Recipient)
 
 # A balance differing by at most this is rounding, not debt: nobody is chased for cents.
 # The default of the workflow's escalation policy and of ledger-sync's balance checks.

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.db import any_of, insert_rows, on_conflict_update, update_rows
 from collections_kit.pii import KeyRing, PiiError
+from collections_kit.vocabulary import CHANNELS
 from notifier.adapters.tables import (
     case_closures,
     case_holds,
@@ -165,7 +166,7 @@ class BatchContext:
             else "none"
         )
         opted: frozenset[ChannelName] = frozenset(
-            c for c in ("sms", "voice", "email", "letter") if c in self.opt_outs.get(person, ())
+            c for c in CHANNELS if c in self.opt_outs.get(person, ())
         )
         return DispatchContext(
             cancellations=tuple(

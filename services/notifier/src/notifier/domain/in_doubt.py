@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
+from collections_kit.vocabulary import CHANNELS
 from notifier.domain.model import ChannelName, DeliveryStatus
 
 REASON_IN_DOUBT = "outcome_unknown_after_handover"
@@ -51,14 +52,14 @@ def in_doubt_rules_from_mapping(data: Mapping[str, Any]) -> dict[ChannelName, In
     """``{"email": {"resend": false, "source": "..."}, ...}`` (a policy file's table)."""
     rules: dict[ChannelName, InDoubtRule] = {}
     for channel, body in data.items():
-        if channel not in ("sms", "voice", "email", "letter"):
+        if channel not in CHANNELS:
             raise ValueError(f"in_doubt: unknown channel {channel!r}")
         unknown = set(body) - {"resend", "source"}
         if unknown:
             raise ValueError(f"in_doubt.{channel}: unknown keys {sorted(unknown)}")
         if not isinstance(body.get("resend", False), bool):
             raise ValueError(f"in_doubt.{channel}: resend must be true or false")
-        rules[cast(ChannelName, channel)] = InDoubtRule(
+        rules[channel] = InDoubtRule(
             resend=body.get("resend", False), source=str(body.get("source", ""))
         )
     return rules

@@ -14,8 +14,10 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
-Recipient = Literal["debtor", "guarantor"]
-ChannelName = Literal["sms", "voice", "email", "letter"]
+from collections_kit.vocabulary import Channel
+from collections_kit.vocabulary import Recipient as Recipient
+
+ChannelName = Channel
 Language = Literal["zh-CN", "en"]
 # "in_doubt": handed to a channel that cannot say whether the person got it (a crash came
 # between the hand-over and its record); see notifier.domain.in_doubt.

@@ -14,7 +14,7 @@ from collections_kit.auth import Principal, require
 from collections_kit.problems import PROBLEM_RESPONSES, ProblemError
 from notifier.adapters.uow import SqlNotifierUnitOfWork
 from notifier.domain.masking import mask_email, mask_phone, mask_text
-from notifier.domain.model import ContactDetails, Party
+from notifier.domain.model import ChannelName, ContactDetails, Party, Recipient
 
 
 def _uow(request: Request) -> Callable[[], SqlNotifierUnitOfWork]:
@@ -136,8 +136,8 @@ class Summary(BaseModel):
     dispatches: dict[str, int] = Field(description="Contact commands by current status")
 
 
-PartyName = Literal["debtor", "guarantor"]
-ChannelPath = Annotated[Literal["sms", "voice", "email", "letter"], Path()]
+PartyName = Recipient
+ChannelPath = Annotated[ChannelName, Path()]
 PartyQuery = Annotated[PartyName, Query(description="Whose wish: the debtor's or the guarantor's")]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from collections_kit.vocabulary import CHANNELS, RECIPIENTS
 from workflow.domain.policy import (
     DEFAULT_POLICY,
     STAGE_ORDER,
@@ -19,8 +20,8 @@ from workflow.domain.policy import (
     StagePolicy,
 )
 
-_CHANNELS = {"sms", "voice", "email", "letter"}
-_RECIPIENTS = {"debtor", "guarantor"}
+_CHANNELS = set(CHANNELS)
+_RECIPIENTS = set(RECIPIENTS)
 
 
 class PolicyError(ValueError):
