@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from collections_kit.pii import DEV_KID, KeyRing, dev_ring
 from collections_kit.settings import ServiceSettings
+from notifier.domain.policy import RECHECK_LOOKBACK
 
 
 class NotifierSettings(ServiceSettings):
@@ -55,7 +56,7 @@ class NotifierSettings(ServiceSettings):
     policy_file: Path | None = None
 
     # How long before the ledger confirmation a repayment still voids it (see decide.py).
-    recheck_lookback_s: float = Field(default=600.0, ge=0)
+    recheck_lookback_s: float = Field(default=RECHECK_LOOKBACK.total_seconds(), ge=0)
     # How long a row may stay "sending" before another dispatcher takes it over.
     sending_lease_s: float = Field(default=120.0, gt=0)
     send_max_attempts: int = Field(default=5, ge=1)

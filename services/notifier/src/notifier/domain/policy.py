@@ -278,6 +278,11 @@ _BY_CODE = {p.jurisdiction: p for p in DEFAULT_JURISDICTIONS}
 CN, US, UK = _BY_CODE["CN"], _BY_CODE["US"], _BY_CODE["UK"]
 
 
+# How far before the ledger confirmation a repayment still makes the confirmation suspect,
+# unless configured otherwise (NOTIFIER_RECHECK_LOOKBACK_S); see ``decide`` for why.
+RECHECK_LOOKBACK = timedelta(minutes=10)
+
+
 @dataclass(frozen=True)
 class DispatchPolicy:
     version: str = "notifier/2026-11-23"
@@ -286,7 +291,7 @@ class DispatchPolicy:
     )
     # How far before the ledger confirmation a repayment still makes the confirmation
     # suspect; see ``decide`` for why the margin exists.
-    recheck_lookback: timedelta = timedelta(minutes=10)
+    recheck_lookback: timedelta = RECHECK_LOOKBACK
     # Stages in which the guarantor is a party we may contact.
     guarantor_stages: frozenset[str] = frozenset({Stage.GUARANTOR_RECOURSE})
     # Per channel: may an attempt in doubt be sent again by rule (default: never).
@@ -300,7 +305,7 @@ class DispatchPolicy:
         cls,
         jurisdictions: Iterable[JurisdictionPolicy] = DEFAULT_JURISDICTIONS,
         *,
-        recheck_lookback: timedelta = timedelta(minutes=10),
+        recheck_lookback: timedelta = RECHECK_LOOKBACK,
         version: str | None = None,
         in_doubt: Mapping[ChannelName, InDoubtRule] | None = None,
     ) -> DispatchPolicy:
