@@ -269,10 +269,10 @@ async def test_a_payment_in_flight_suppresses_contact(harness: Harness) -> None:
         view = (await rest(ls, "/v1/balances/L-fly")).json()
 
     assert commands == []
-    assert answers and all(
-        isinstance(a, c.BalanceRefused) and a.reason == "nothing_owed" for a in answers
-    )
-    assert corrections and {(k.kind, k.ledger_outstanding) for k in corrections} == {
+    assert {(type(a), getattr(a, "reason", None)) for a in answers} == {
+        (c.BalanceRefused, "nothing_owed")
+    }
+    assert {(k.kind, k.ledger_outstanding) for k in corrections} == {
         ("nothing_owed", Decimal("0.50"))
     }
     assert (Decimal(view["money_in_flight"]), Decimal(view["outstanding"])) == (
@@ -316,7 +316,7 @@ async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempo
         assert len({e.id for e in copies}) == 1, "one answer per check, however often asked"
         assert len({e.data.model_dump_json() for e in copies}) == 1
     answers = {k: found[k][0].data for k in (k1, k2, k3, q1, q2)}
-    assert all(isinstance(a, c.BalanceConfirmed) for a in answers.values())
+    assert {k: type(a) for k, a in answers.items()} == dict.fromkeys(answers, c.BalanceConfirmed)
     confirmed = {k: a for k, a in answers.items() if isinstance(a, c.BalanceConfirmed)}
     assert {
         (a.confirmed_outstanding, a.ledger_watermark)
@@ -329,8 +329,10 @@ async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempo
     assert len({a.confirmation_id for a in confirmed.values()}) == 5
     # Beyond tolerance: the ledger's amount is confirmed, next to what the workflow expected.
     assert confirmed[k3].expected_outstanding == Decimal("900.00")
-    assert stored == 5 and waiting == 0
-    assert view["fresh"] is True and view["verified_at"] is not None
+    assert stored == 5
+    assert waiting == 0
+    assert view["fresh"] is True
+    assert view["verified_at"] is not None
 
 
 # --- Must show: stale projection + ledger API down -> no confirmation; recovers ------------
@@ -366,15 +368,19 @@ async def test_a_stale_projection_with_the_ledger_api_down_is_never_confirmed_an
         all_answers = await harness.answers(s1, s2, s3)
 
     for refused in (first, second):
-        assert isinstance(refused, c.BalanceRefused) and refused.reason == "projection_stale"
-        assert "ledger API unavailable" in refused.detail and refused.ledger_watermark == 1
-    assert stale_view["fresh"] is False and stale_view["stale_reason"] == "aged"
+        assert isinstance(refused, c.BalanceRefused)
+        assert refused.reason == "projection_stale"
+        assert "ledger API unavailable" in refused.detail
+        assert refused.ledger_watermark == 1
+    assert stale_view["fresh"] is False
+    assert stale_view["stale_reason"] == "aged"
     assert not any(
         isinstance(e.data, c.BalanceConfirmed) for e in all_answers[s1] + all_answers[s2]
     ), "never confirmed on stale data"
     assert isinstance(third, c.BalanceConfirmed)
     assert (third.confirmed_outstanding, third.ledger_watermark) == (Decimal("1040.00"), 2)
-    assert fresh_view["fresh"] is True and fresh_view["ledger_watermark"] == 2
+    assert fresh_view["fresh"] is True
+    assert fresh_view["ledger_watermark"] == 2
     assert fresh_view["verified_at"] is not None
 
 
@@ -409,20 +415,24 @@ async def test_a_sequence_gap_blocks_confirmation_until_the_ledger_api_repairs_i
         repaired = await harness.answer(await harness.check("L-gap", "630.00"))
         view = (await rest(ls, "/v1/balances/L-gap")).json()
 
-    assert isinstance(blocked, c.BalanceRefused) and blocked.reason == "projection_stale"
+    assert isinstance(blocked, c.BalanceRefused)
+    assert blocked.reason == "projection_stale"
     assert "after sequence 1 are missing" in blocked.detail
-    assert gap_view["has_gap"] is True and gap_view["stale_reason"] == "gap"
+    assert gap_view["has_gap"] is True
+    assert gap_view["stale_reason"] == "gap"
     assert isinstance(repaired, c.BalanceConfirmed)
     # 630, not 230: the repayment the repair booked no longer counts as money in flight.
     assert (repaired.confirmed_outstanding, repaired.ledger_watermark) == (Decimal("630.00"), 3)
-    assert view["has_gap"] is False and Decimal(view["money_in_flight"]) == 0
+    assert view["has_gap"] is False
+    assert Decimal(view["money_in_flight"]) == 0
     assert view["ledger_watermark"] == 3
 
 
 async def test_a_loan_the_ledger_does_not_know_is_refused_as_unknown(harness: Harness) -> None:
     async with running(await harness.runtime()):
         answer = await harness.answer(await harness.check("L-nobody", "10.00"))
-    assert isinstance(answer, c.BalanceRefused) and answer.reason == "unknown_loan"
+    assert isinstance(answer, c.BalanceRefused)
+    assert answer.reason == "unknown_loan"
 
 
 # --- Must show: reconciliation closes a case the ledger shows as paid ----------------------
@@ -449,14 +459,20 @@ async def test_reconciliation_closes_a_case_the_ledger_shows_as_paid(harness: Ha
         await eventually(lambda: _case_closed(wf, "L-rec"))
         await eventually(lambda: _no_open_case(ls, "L-rec"))  # the CaseClosed came back
         report = await eventually(lambda: _completed_run(ls))
+        found_by = await _run_that_found(ls, "L-rec")
         await asyncio.sleep(2.5)  # two more passes: the closed case is not corrected again
         later = await harness.corrections("L-rec")
 
     assert [(k.kind, k.ledger_outstanding, k.ledger_watermark) for k in corrections] == [
         ("nothing_owed", Decimal("0"), 2)
     ]
-    assert finding["kind"] == "nothing_owed" and finding["event_id"]
-    assert report["status"] == "completed" and report["examined"] >= 0
+    assert finding["kind"] == "nothing_owed"
+    assert finding["event_id"]
+    assert report["status"] == "completed"
+    # The pass that found it paid looked at the one open case and counted what it found.
+    assert found_by["status"] == "completed"
+    assert found_by["examined"] == 1
+    assert found_by["counts"]["nothing_owed"] == 1
     assert len(later) == len(corrections)
 
 
@@ -484,6 +500,23 @@ async def _no_open_case(ls: Runtime, loan_id: str) -> bool:
     return (
         int(await scalar(ls, "SELECT count(*) FROM open_cases WHERE loan_id = :l", l=loan_id)) == 0
     )
+
+
+async def _run_that_found(ls: Runtime, loan_id: str) -> dict[str, Any]:
+    """The first reconciliation run that found the loan paid: status, examined, counts."""
+    async with ls.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT r.status, r.examined, r.counts FROM reconciliation_runs r "
+                    "JOIN reconciliation_findings f ON f.run_id = r.run_id "
+                    "WHERE f.loan_id = :l AND f.kind = 'nothing_owed' "
+                    "ORDER BY r.started_at LIMIT 1"
+                ),
+                {"l": loan_id},
+            )
+        ).one()
+    return dict(row._mapping)
 
 
 async def _completed_run(ls: Runtime) -> dict[str, Any] | None:
@@ -542,7 +575,8 @@ async def test_reconciliation_corrects_drift_and_never_corrects_on_stale_data(
     ]
     assert len(drift_later) == 1
     skipped = next(f for f in report["findings"] if f["loan_id"] == "L-blind")
-    assert skipped["kind"] == "skipped" and skipped["published"] is False
+    assert skipped["kind"] == "skipped"
+    assert skipped["published"] is False
     assert "ledger API unavailable" in skipped["detail"]
     assert report["counts"]["skipped"] >= 1
     assert blind_while_down == []
@@ -649,7 +683,8 @@ async def test_checks_answered_together_in_one_poll_match_one_at_a_time(harness:
             "loan_id) FROM collections_views WHERE loan_id LIKE 'L-run%'",
         )
     first, again = found[a][0].data, found[a2][0].data
-    assert isinstance(first, c.BalanceConfirmed) and isinstance(again, c.BalanceConfirmed)
+    assert isinstance(first, c.BalanceConfirmed)
+    assert isinstance(again, c.BalanceConfirmed)
     assert first.confirmed_outstanding == again.confirmed_outstanding == Decimal("300.00")
     assert first.confirmation_id != again.confirmation_id
     assert len({e.data.model_dump_json() for e in found[a]}) == 1  # republished as it was
@@ -706,7 +741,8 @@ async def test_a_polls_money_facts_are_applied_before_its_checks_are_answered(
         first, second = [await harness.answer(check.check_id) for check in checks]
     assert isinstance(first, c.BalanceConfirmed)
     assert first.confirmed_outstanding == Decimal("300.00")
-    assert isinstance(second, c.BalanceRefused) and second.reason == "nothing_owed"
+    assert isinstance(second, c.BalanceRefused)
+    assert second.reason == "nothing_owed"
 
 
 async def test_a_failed_poll_isolated_record_by_record_keeps_its_money_facts_first(
