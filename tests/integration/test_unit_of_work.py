@@ -85,10 +85,13 @@ async def test_leaving_without_a_commit_rolls_back(engine: AsyncEngine) -> None:
 
 
 async def test_an_error_rolls_back_and_returns_the_connection(engine: AsyncEngine) -> None:
-    with pytest.raises(RuntimeError, match="refused"):
+    async def add_then_fail() -> None:
         async with start(engine) as uow:
             await uow.notes.add("n1")
             raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await add_then_fail()
     assert await counts(engine) == (0, 0)
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
