@@ -1,9 +1,6 @@
 """A reconciliation pass against in-memory fakes of its ports: what it corrects, what it
 reports, and when it is not this replica's turn."""
 
-# The fakes keep the ports' signatures and ignore what an in-memory store does not need.
-# ruff: noqa: ARG002
-
 from __future__ import annotations
 
 import contextlib

@@ -1,9 +1,6 @@
 """Taking a delivery receipt against an in-memory fake of its unit of work: applied once,
 a second copy changes nothing, one about nothing of ours is kept as unmatched."""
 
-# The fakes keep the ports' signatures and ignore what an in-memory store does not need.
-# ruff: noqa: ARG002
-
 from __future__ import annotations
 
 import copy

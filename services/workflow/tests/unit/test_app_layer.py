@@ -1,9 +1,6 @@
 """The workflow's app layer against in-memory fakes of its ports: REST commands are
 idempotent by key, and a due timer fires once."""
 
-# The fakes keep the ports' signatures and ignore what an in-memory store does not need.
-# ruff: noqa: ARG002
-
 from __future__ import annotations
 
 import copy

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow.app.handlers import Workflow
-from workflow.app.ports import CaseStore, StartUnitOfWork
+from workflow.app.ports import CaseStore, IdempotencyKeys, KeptAnswer, StartUnitOfWork
 from workflow.domain import decide as d
 from workflow.domain.model import Case
 
@@ -30,6 +30,25 @@ class Outcome:
 
 class KeyReusedError(Exception):
     """The Idempotency-Key was used before for a different request."""
+
+
+def request_hash(request: dict[str, Any]) -> str:
+    """What a key is claimed for: a hash of the request's route, target, body and actor."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def claim_or_replay(keys: IdempotencyKeys, key: str, hashed: str) -> KeptAnswer | None:
+    """Claim ``key`` for the request hashed ``hashed`` (None), or return the answer the key's
+    first use got, to replay it; :class:`KeyReusedError` if that use was another request.
+
+    A retry racing its first attempt waits on the claim until that attempt's transaction
+    ends, then replays its answer."""
+    if await keys.claim(key, hashed):
+        return None
+    kept = await keys.kept(key)
+    if kept.request_hash != hashed:
+        raise KeyReusedError(key)
+    return kept
 
 
 class Commands:
@@ -51,18 +70,10 @@ class Commands:
         """Run ``make(request_id)`` against the loan's case; return (status, JSON body)."""
         # The actor is part of the request: another caller reusing a key is refused, never
         # answered with the first caller's replay.
-        request_hash = hashlib.sha256(
-            json.dumps(
-                {"route": route, "loan_id": loan_id, "body": body, "actor": actor},
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()
+        hashed = request_hash({"route": route, "loan_id": loan_id, "body": body, "actor": actor})
         async with self._uow(actor=actor) as uow:
-            if not await uow.requests.claim(key, request_hash):
-                kept = await uow.requests.kept(key)
-                if kept.request_hash != request_hash:
-                    raise KeyReusedError(key)
+            kept = await claim_or_replay(uow.requests, key, hashed)
+            if kept is not None:
                 return kept.status, kept.body
             before, decision = await self._workflow.run(
                 uow.tx, loan_id, make(key), f"request:{key}", cases=uow.cases

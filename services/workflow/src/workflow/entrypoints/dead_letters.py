@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import re
 from datetime import datetime
@@ -36,6 +35,7 @@ from collections_kit.kafka import client_kwargs
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
+from workflow.app.commands import KeyReusedError, claim_or_replay, request_hash
 from workflow.app.ports import StartUnitOfWork
 
 Admin = Annotated[Principal, require("admin")]
@@ -351,26 +351,24 @@ async def replay_dead_letter(
 ) -> JSONResponse:
     runtime = _runtime(request)
     body = body or ReplayRequest()
-    request_hash = hashlib.sha256(
-        json.dumps(
-            {
-                "route": "dead-letter-replay",
-                "id": letter_id,
-                "body": body.model_dump(),
-                "actor": caller.subject,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
+    hashed = request_hash(
+        {
+            "route": "dead-letter-replay",
+            "id": letter_id,
+            "body": body.model_dump(),
+            "actor": caller.subject,
+        }
+    )
     start: StartUnitOfWork = runtime.state["uow"]
     async with start(actor=caller.subject) as uow:
         # A concurrent retry with the same key waits here for this one's answer.
-        if not await uow.requests.claim(key, request_hash):
-            kept = await uow.requests.kept(key)
-            if kept.request_hash != request_hash:
-                raise ProblemError(
-                    422, "Idempotency-Key reused", "This key was used for a different request."
-                )
+        try:
+            kept = await claim_or_replay(uow.requests, key, hashed)
+        except KeyReusedError as exc:
+            raise ProblemError(
+                422, "Idempotency-Key reused", "This key was used for a different request."
+            ) from exc
+        if kept is not None:
             return JSONResponse(kept.body, status_code=kept.status)
         letter = await read_one(runtime, letter_id)
         topic = _replayable_topic(runtime, letter)
