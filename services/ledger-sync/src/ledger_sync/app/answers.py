@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from collections_kit import contract as c
 from collections_kit.clock import derived_id
 from collections_kit.outbox import Tx
-from ledger_sync.adapters.cases import CasesRepository
-from ledger_sync.adapters.repository import LedgerRepository, PreviousAnswer
+from ledger_sync.adapters.repository import PreviousAnswer
+from ledger_sync.app.ports import Answers, CaseViews
 from ledger_sync.domain.ledger import Confirm, Refuse
 from ledger_sync.metrics import BALANCE_CHECK_FAILURES, BALANCE_CHECK_SECONDS, CHECKS_ANSWERED
 
@@ -21,6 +21,8 @@ _TECHNICAL_REFUSALS = {"projection_stale", "sequence_gap"}
 
 async def stage_answer(
     tx: Tx,
+    ledger: Answers,
+    cases: CaseViews,
     check: c.BalanceCheckRequested,
     verdict: Confirm | Refuse,
     ledger_currency: str | None,
@@ -33,7 +35,7 @@ async def stage_answer(
     a lease ran out), the check still yields one answer downstream.
     """
     if isinstance(verdict, Confirm):
-        await stage_confirmations(tx, [(check, verdict)], path=path)
+        await stage_confirmations(tx, ledger, cases, [(check, verdict)], path=path)
         return
     answer = c.BalanceRefused(
         check_id=check.check_id,
@@ -43,15 +45,15 @@ async def stage_answer(
         ledger_watermark=verdict.watermark,
         refused_at=tx.now,
     )
-    await LedgerRepository(tx.conn).save_answer(
+    await ledger.save_answer(
         check.check_id, check.loan_id, "refused", json.loads(answer.model_dump_json()), tx.now
     )
     _publish(tx, check, answer, path, verdict.reason)
     if verdict.reason in _TECHNICAL_REFUSALS:
         BALANCE_CHECK_FAILURES.labels(verdict.reason).inc()
-    cases = CasesRepository(tx.conn)
     if verdict.reason == "nothing_owed":
-        assert verdict.outstanding is not None and ledger_currency is not None
+        assert verdict.outstanding is not None
+        assert ledger_currency is not None
         # A settled correction, so the workflow closes the case rather than only dropping
         # this one contact.
         tx.publish(
@@ -75,7 +77,12 @@ async def stage_answer(
 
 
 async def stage_confirmations(
-    tx: Tx, confirmed: Sequence[tuple[c.BalanceCheckRequested, Confirm]], *, path: str
+    tx: Tx,
+    ledger: Answers,
+    cases: CaseViews,
+    confirmed: Sequence[tuple[c.BalanceCheckRequested, Confirm]],
+    *,
+    path: str,
 ) -> None:
     """``stage_answer`` for confirmations of distinct loans, with one write per table for
     all of them: the collections view takes the ledger's amount, the answer is stored."""
@@ -101,12 +108,12 @@ async def stage_confirmations(
                 "confirmed amount differs from the expected one beyond tolerance",
                 extra={"check_id": check.check_id, "watermark": verdict.watermark},
             )
-    await CasesRepository(tx.conn).set_views(
+    await cases.set_views(
         [(check.loan_id, check.currency, verdict.outstanding) for check, verdict in confirmed],
         "confirmation",
         tx.now,
     )
-    await LedgerRepository(tx.conn).save_answers(
+    await ledger.save_answers(
         [
             (answer.check_id, answer.loan_id, "confirmed", json.loads(answer.model_dump_json()))
             for answer in answers

@@ -182,10 +182,18 @@ class LedgerSyncHandlers:
                 continue
             await self._expected(tx, data)
             await stage_answer(
-                tx, data, verdict, projection.currency if projection else None, path="projection"
+                tx,
+                repo,
+                CasesRepository(tx.conn),
+                data,
+                verdict,
+                projection.currency if projection else None,
+                path="projection",
             )
         if confirmed:
-            await stage_confirmations(tx, confirmed, path="projection")
+            await stage_confirmations(
+                tx, repo, CasesRepository(tx.conn), confirmed, path="projection"
+            )
 
     @staticmethod
     async def _expected(tx: Tx, data: c.BalanceCheckRequested) -> None:

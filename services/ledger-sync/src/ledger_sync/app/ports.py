@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from collections_kit.uow import UnitOfWork
 from ledger_sync.domain.ledger import Posting, Projection
@@ -22,8 +22,21 @@ if TYPE_CHECKING:  # the adapters implement these ports
     from ledger_sync.adapters.repository import PendingCheck
 
 
-class LedgerStore(Protocol):
-    """The ledger projection, its buffered postings, payments in flight, waiting checks."""
+class Answers(Protocol):
+    """The answers given to balance checks (a check asked again gets the same one)."""
+
+    async def save_answer(
+        self, check_id: str, loan_id: str, answer_type: str, payload: dict[str, Any], at: Any
+    ) -> None: ...
+
+    async def save_answers(
+        self, answers: Sequence[tuple[str, str, str, dict[str, Any]]], at: Any
+    ) -> None: ...
+
+
+class LedgerStore(Answers, Protocol):
+    """The ledger projection, its buffered postings, payments in flight, waiting checks,
+    the answers given."""
 
     async def projection(self, loan_id: str, *, lock: bool = False) -> Projection | None: ...
 
@@ -60,6 +73,10 @@ class CaseViews(Protocol):
 
     async def set_view(
         self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
+    ) -> None: ...
+
+    async def set_views(
+        self, views: Sequence[tuple[str, str, Decimal]], source: str, at: datetime
     ) -> None: ...
 
 

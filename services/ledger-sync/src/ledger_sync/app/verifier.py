@@ -177,6 +177,8 @@ class StaleCheckResolver:
                 )
             await stage_answer(
                 tx,
+                repo,
+                uow.cases,
                 check,
                 verdict,
                 projection.currency if projection else None,

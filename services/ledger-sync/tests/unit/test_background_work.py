@@ -1,5 +1,6 @@
-"""A reconciliation pass against in-memory fakes of its ports: what it corrects, what it
-reports, and when it is not this replica's turn."""
+"""Ledger-sync's background work against in-memory fakes of its ports: a reconciliation
+pass (what it corrects, what it reports, when it is not this replica's turn) and the
+resolver of balance checks waiting for the ledger's API."""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ from collections_kit import contract as c
 from collections_kit.clock import FixedClock
 from collections_kit.contract import SPEC_BY_MODEL
 from collections_kit.outbox import Tx
+from ledger_sync.adapters.ledger_api import LedgerUnavailable
 from ledger_sync.adapters.repository import PendingCheck
 from ledger_sync.app.reconciliation import Reconciler
-from ledger_sync.domain.ledger import CheckPolicy, FreshnessPolicy, Posting, Projection
+from ledger_sync.app.verifier import StaleCheckResolver
+from ledger_sync.domain.ledger import (
+    CheckPolicy,
+    FreshnessPolicy,
+    LedgerState,
+    Posting,
+    Projection,
+)
 from ledger_sync.domain.reconciliation import Finding, OpenCase
 from ledger_sync.settings import LedgerSyncSettings
 
@@ -36,6 +45,9 @@ class Data:
     views: dict[str, tuple[str, Decimal, str]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # Checks waiting for the ledger's API (with their lease), and the answers given.
+    pending: dict[str, tuple[PendingCheck, datetime | None]] = field(default_factory=dict)
+    answers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,10 +86,26 @@ class FakeLedger:
     async def claim_pending(
         self, now: datetime, lease: timedelta, limit: int
     ) -> list[PendingCheck]:
-        return []
+        free = [p for p, until in self._data.pending.values() if until is None or until < now]
+        claimed = sorted(free, key=lambda p: p.seq)[:limit]
+        for p in claimed:
+            self._data.pending[p.check_id] = (p, now + lease)
+        return claimed
 
     async def take_pending(self, check_ids: Sequence[str]) -> list[PendingCheck]:
-        return []
+        taken = [self._data.pending.pop(i)[0] for i in check_ids if i in self._data.pending]
+        return sorted(taken, key=lambda p: p.seq)
+
+    async def save_answer(
+        self, check_id: str, loan_id: str, answer_type: str, payload: dict[str, Any], at: Any
+    ) -> None:
+        await self.save_answers([(check_id, loan_id, answer_type, payload)], at)
+
+    async def save_answers(
+        self, answers: Sequence[tuple[str, str, str, dict[str, Any]]], at: Any
+    ) -> None:
+        for check_id, _, answer_type, payload in answers:
+            self._data.answers.setdefault(check_id, (answer_type, payload))
 
 
 class FakeCases:
@@ -96,7 +124,13 @@ class FakeCases:
     async def set_view(
         self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
     ) -> None:
-        self._data.views[loan_id] = (currency, outstanding, source)
+        await self.set_views([(loan_id, currency, outstanding)], source, at)
+
+    async def set_views(
+        self, views: Sequence[tuple[str, str, Decimal]], source: str, at: datetime
+    ) -> None:
+        for loan_id, currency, outstanding in views:
+            self._data.views[loan_id] = (currency, outstanding, source)
 
 
 class FakeRuns:
@@ -244,3 +278,98 @@ async def test_no_pass_without_the_lock(world: Pass) -> None:
     assert await world.reconciler().run_pass() is None
     assert world.db.data.runs == {}
     assert world.db.published == []
+
+
+# --- checks waiting for the ledger's API ----------------------------------------------------
+
+
+class FakeLedgerApi:
+    """The ledger's own API: knows some loans, or is down."""
+
+    def __init__(self, known: dict[str, LedgerState], *, up: bool = True) -> None:
+        self.known, self.up = known, up
+        self.asked: list[str] = []
+
+    async def balance(self, loan_id: str) -> LedgerState | None:
+        self.asked.append(loan_id)
+        if not self.up:
+            raise LedgerUnavailable("connection refused")
+        return self.known.get(loan_id)
+
+    async def postings_after(self, loan_id: str, after: int, up_to: int) -> list[Posting]:
+        return []
+
+
+def waiting(world: Pass, check_id: str, loan_id: str, seq: int) -> None:
+    check = c.BalanceCheckRequested(
+        check_id=check_id,
+        loan_id=loan_id,
+        currency="CNY",
+        expected_outstanding=Decimal("500.00"),
+        requested_at=NOW - timedelta(seconds=5),
+    )
+    payload = check.model_dump(mode="json")
+    world.db.data.pending[check_id] = (PendingCheck(check_id, seq, loan_id, payload), None)
+
+
+def resolver(world: Pass, api: FakeLedgerApi) -> StaleCheckResolver:
+    return StaleCheckResolver(
+        settings=LedgerSyncSettings(),
+        uow=world.uow,
+        api=api,
+        clock=world.clock,
+        policy=CheckPolicy(tolerance=Decimal("1.00")),
+        freshness=FreshnessPolicy(max_age=None),
+    )
+
+
+def answers_published(world: Pass) -> list[str]:
+    topic = SPEC_BY_MODEL[c.BalanceConfirmed].topic.value
+    return [row["topic"] for row in world.db.published if row["topic"] == topic]
+
+
+async def test_a_check_whose_projection_is_fresh_by_now_is_confirmed_without_asking(
+    world: Pass,
+) -> None:
+    waiting(world, "chk-1", "L2", 1)  # L2's projection is current: 500.00
+    api = FakeLedgerApi({})
+    assert await resolver(world, api).resolve_once() == 1
+    data = world.db.data
+    assert api.asked == []
+    assert data.pending == {}
+    assert data.answers["chk-1"][0] == "confirmed"
+    assert data.views["L2"] == ("CNY", Decimal("500.00"), "confirmation")
+    assert len(answers_published(world)) == 1
+
+
+async def test_a_check_the_ledger_does_not_know_is_refused_as_unknown(world: Pass) -> None:
+    waiting(world, "chk-3", "L3", 1)  # L3: no projection, and the ledger knows nothing
+    api = FakeLedgerApi({})
+    assert await resolver(world, api).resolve_once() == 1
+    answer_type, payload = world.db.data.answers["chk-3"]
+    assert api.asked == ["L3"]
+    assert answer_type == "refused"
+    assert payload["reason"] == "unknown_loan"
+    assert world.db.data.pending == {}
+
+
+async def test_with_the_ledger_down_a_stale_check_is_refused_never_confirmed(
+    world: Pass,
+) -> None:
+    waiting(world, "chk-3", "L3", 1)
+    assert await resolver(world, FakeLedgerApi({}, up=False)).resolve_once() == 1
+    answer_type, payload = world.db.data.answers["chk-3"]
+    assert answer_type == "refused"
+    assert payload["reason"] == "projection_stale"
+    assert "ledger API unavailable" in payload["detail"]
+
+
+async def test_a_leased_check_is_not_leased_again_until_its_lease_runs_out(
+    world: Pass,
+) -> None:
+    waiting(world, "chk-1", "L2", 1)
+    async with world.uow() as uow:
+        await uow.ledger.claim_pending(NOW, timedelta(seconds=60), 10)
+        await uow.commit()
+    assert await resolver(world, FakeLedgerApi({})).resolve_once() == 0
+    assert world.db.data.answers == {}
