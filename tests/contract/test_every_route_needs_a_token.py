@@ -86,7 +86,8 @@ async def test_no_route_answers_without_a_valid_token(token: str) -> None:
     checked = 0
     async for name, http, method, path, op in _routes():
         scopes = [s for req in op["security"] for s in req["oauth2"]]
-        assert len(scopes) == 1 and scopes[0] in SCOPES, (name, path, scopes)
+        assert len(scopes) == 1, (name, path, scopes)
+        assert scopes[0] in SCOPES, (name, path, scopes)
         response = await _call(http, method, path, op, headers)
         assert response.status_code == 401, (name, method, path, response.text)
         assert response.headers["content-type"] == "application/problem+json"

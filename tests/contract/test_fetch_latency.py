@@ -36,6 +36,6 @@ async def test_only_the_notifier_answers_fetches_at_once(
     runtime = build(settings())
     try:
         assert runtime.loops
-        assert all(_fetch(loop) == expected for loop in runtime.loops)
+        assert [_fetch(loop) for loop in runtime.loops] == [expected] * len(runtime.loops)
     finally:
         await runtime.engine.dispose()

@@ -175,8 +175,10 @@ def test_unknown_fields_fail_the_schemas(prod: dc.Rendered) -> None:
     problems = " ".join(dc.validate_schemas(r)[0])
     assert "Deployment/workflow (Kubernetes 1.31.0)" in problems
     assert "readinesProbe" in problems
-    assert "KafkaTopic/loans.overdue.v1" in problems and "'partition'" in problems
-    assert "ScaledObject/notifier" in problems and "is not of type 'string'" in problems
+    assert "KafkaTopic/loans.overdue.v1" in problems
+    assert "'partition'" in problems
+    assert "ScaledObject/notifier" in problems
+    assert "is not of type 'string'" in problems
 
 
 def test_a_fat_or_root_final_stage_is_caught(tmp_path: Any, facts: dc.Facts) -> None:

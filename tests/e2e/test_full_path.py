@@ -114,7 +114,8 @@ async def test_overdue_loan_is_contacted_after_confirmation_and_never_after_repa
             ):
                 assert step in kinds, kinds
             case = (await http.get(f"{wf}/v1/cases/{loan}")).json()
-            assert case["stage"] == "warning" and case["status"] == "open"
+            assert case["stage"] == "warning"
+            assert case["status"] == "open"
             # The e-mail body names the debt, never leaks another party, carries an opt-out.
             body = next(content for rcpts, content in smtp_sink.messages if email in rcpts)
             assert b"800" in body

@@ -246,7 +246,8 @@ async def test_garbage_is_dead_lettered_and_the_consumer_keeps_consuming(
     letters = await eventually(dead_lettered, within=60)
     for origin in origins:
         letter = letters[origin]
-        assert letter.reason and letter.consumer_group
+        assert letter.reason
+        assert letter.consumer_group
         assert len(letter.origin_value) <= LIMIT
     assert world.runtime.live()
 
@@ -325,7 +326,8 @@ async def test_hostile_fields_on_repayments_are_dead_lettered_by_every_service(
     for service in SERVICES:
         for letter in letters[service]:
             assert letter.error_kind in ("invalid", "undecodable"), letter
-            assert letter.reason and "loan_id" not in letter.reason
+            assert letter.reason
+            assert "loan_id" not in letter.reason
             original = sent[letter.origin_partition, letter.origin_offset]
             # The letter keeps the record's exact bytes (item 4), cut headers aside.
             key, value, headers = original_record(letter)
@@ -390,7 +392,8 @@ async def test_a_conflicting_duplicate_is_dead_lettered_and_the_first_effect_sta
         assert len(letters[service]) == 2, letters[service]  # the silent copy made none
         for letter in letters[service]:
             assert letter.error_kind == "conflicting_duplicate"
-            assert "evt-dup" in letter.reason and "another payload" in letter.reason
+            assert "evt-dup" in letter.reason
+            assert "another payload" in letter.reason
             assert original_record(letter)[1] == lending.record_for(other)[2]
     for service in ("ledger-sync", "notifier"):
         assert await repayment_amount(runtime_of(apps, service), "R-dup") == Decimal("10.00")
@@ -468,7 +471,8 @@ async def test_a_handler_failed_letter_replays_in_ledger_sync_and_the_notifier(
         )
         assert page.status_code == 200, page.text
         (letter,) = page.json()["dead_letters"]
-        assert letter["error_kind"] == "handler_failed" and letter["loan_id"] == "L-fails"
+        assert letter["error_kind"] == "handler_failed"
+        assert letter["loan_id"] == "L-fails"
         replayed = await client.post(
             f"/v1/dead-letters/{letter['id']}/replay",
             headers={**ADMIN, "Idempotency-Key": "replay-ls-1"},
@@ -596,7 +600,8 @@ async def test_a_record_aiokafka_cannot_parse_is_dead_lettered_and_its_neighbour
     letters = await eventually(dead_lettered, within=60)
     assert sorted(letter.origin_offset for letter in letters) == offsets[1:3]
     for letter in letters:
-        assert letter.origin_topic == topic and letter.error_kind == "undecodable"
+        assert letter.origin_topic == topic
+        assert letter.error_kind == "undecodable"
         assert "could not be read" in letter.reason
 
     async def days_past_due() -> int | None:

@@ -80,7 +80,8 @@ async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
         return out if loan in out else None
 
     out = await eventually(listed)
-    assert "1 dead letters" in out and "invalid" in out
+    assert "1 dead letters" in out
+    assert "invalid" in out
     letters = json.loads(await ops(url, "--json", "dlq", "list"))["dead_letters"]
     letter_id = letters[0]["id"]
     assert not await case_exists(runtime, loan)
@@ -102,16 +103,19 @@ async def test_cli_lists_and_replays_a_dead_letter_then_works_the_case(
     assert await eventually(lambda: case_exists(runtime, loan))
 
     shown = await ops(url, "case", "show", loan)
-    assert "stage:" in shown and "warning" in shown
+    assert "stage:" in shown
+    assert "warning" in shown
     assert f"B-{loan}" not in shown  # the borrower id stays out of the output
     held = await ops(
         url, "case", "hold", loan, "--kind", "operator", "--reason", "checking a complaint"
     )
-    assert "status:" in held and "held" in held
+    assert "status:" in held
+    assert "held" in held
     resumed = await ops(url, "case", "resume", loan, "--reason", "complaint answered")
     assert "hold:" not in resumed
     timeline = await ops(url, "case", "timeline", loan)
-    assert "case_opened" in timeline and "operator-7" in timeline
+    assert "case_opened" in timeline
+    assert "operator-7" in timeline
 
 
 async def test_cli_reports_problems_and_exits_non_zero(workflow_url: tuple[Runtime, str]) -> None:
@@ -126,4 +130,5 @@ async def test_cli_reports_problems_and_exits_non_zero(workflow_url: tuple[Runti
     result = await asyncio.to_thread(
         CliRunner().invoke, cli.app, ["case", "show", "L-nobody"], env=env
     )
-    assert result.exit_code == 1 and "404 Case not found" in result.stderr
+    assert result.exit_code == 1
+    assert "404 Case not found" in result.stderr

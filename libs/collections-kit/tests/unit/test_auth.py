@@ -69,7 +69,9 @@ def assert_refused(response: httpx.Response, status: int, error: str | None) -> 
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
-    assert body["status"] == status and body["title"] and body["instance"]
+    assert body["status"] == status
+    assert body["title"]
+    assert body["instance"]
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer ")
     if error:

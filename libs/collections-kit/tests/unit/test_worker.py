@@ -311,7 +311,9 @@ async def test_stop_ends_an_idle_wait_at_once_and_runs_on_stop() -> None:
     async with Running(worker) as running:
         running.stop.set()
         await asyncio.wait_for(running.task, timeout=1)
-    assert closed.is_set() and rounds.calls == 1 and ticks.now == 1000.0
+    assert closed.is_set()
+    assert rounds.calls == 1
+    assert ticks.now == 1000.0
 
 
 async def test_stop_ends_a_backoff_at_once() -> None:
@@ -338,7 +340,8 @@ async def test_stop_lets_a_round_in_progress_finish() -> None:
     async with Running(worker) as running:
         running.stop.set()
         await asyncio.wait_for(running.task, timeout=1)
-    assert finished.is_set() and rounds.calls == 1
+    assert finished.is_set()
+    assert rounds.calls == 1
 
 
 async def test_on_stop_runs_when_the_worker_is_cancelled_mid_round() -> None:

@@ -28,7 +28,8 @@ def posting(seq: int, amount: str) -> Posting:
 def test_a_posting_ahead_of_sequence_waits_and_is_applied_when_the_gap_fills() -> None:
     first = apply_posting(None, (), posting(1, "100"), NOW)
     early = apply_posting(first.projection, (), posting(3, "5"), NOW)
-    assert early.projection.watermark == 1 and len(early.still_buffered) == 1
+    assert early.projection.watermark == 1
+    assert len(early.still_buffered) == 1
     filled = apply_posting(early.projection, early.still_buffered, posting(2, "10"), NOW)
     assert filled.projection.watermark == 3
     assert filled.projection.balance == Decimal("115")
@@ -38,7 +39,8 @@ def test_a_posting_ahead_of_sequence_waits_and_is_applied_when_the_gap_fills() -
 def test_a_replayed_posting_changes_nothing() -> None:
     first = apply_posting(None, (), posting(1, "100"), NOW)
     again = apply_posting(first.projection, (), posting(1, "100"), NOW)
-    assert again.projection.balance == Decimal("100") and again.applied == ()
+    assert again.projection.balance == Decimal("100")
+    assert again.applied == ()
 
 
 @given(st.permutations(list(range(1, 9))))
@@ -49,7 +51,8 @@ def test_any_arrival_order_projects_the_same_balance(order: list[int]) -> None:
         result = apply_posting(projection, buffered, posting(seq, str(seq * 10)), NOW)
         projection, buffered = result.projection, result.still_buffered
     assert projection is not None
-    assert projection.watermark == 8 and projection.balance == Decimal(sum(range(1, 9)) * 10)
+    assert projection.watermark == 8
+    assert projection.balance == Decimal(sum(range(1, 9)) * 10)
 
 
 def projection(balance: str) -> Projection:
@@ -60,22 +63,27 @@ def test_money_in_flight_counts_against_the_balance() -> None:
     answer = answer_check(
         projection("500"), False, Decimal("500"), Decimal("500"), NOW, CheckPolicy()
     )
-    assert isinstance(answer, Refuse) and answer.reason == "nothing_owed"
+    assert isinstance(answer, Refuse)
+    assert answer.reason == "nothing_owed"
 
 
 def test_a_gap_blocks_confirmation() -> None:
     answer = answer_check(projection("500"), True, Decimal("0"), Decimal("500"), NOW, CheckPolicy())
-    assert isinstance(answer, Refuse) and answer.reason == "sequence_gap"
+    assert isinstance(answer, Refuse)
+    assert answer.reason == "sequence_gap"
 
 
 def test_a_confirmation_carries_watermark_and_validity_and_flags_a_mismatch() -> None:
     policy = CheckPolicy()
     answer = answer_check(projection("500"), False, Decimal("100"), Decimal("500"), NOW, policy)
     assert isinstance(answer, Confirm)
-    assert answer.outstanding == Decimal("400") and answer.watermark == 4
-    assert answer.valid_until == NOW + policy.validity and answer.mismatch
+    assert answer.outstanding == Decimal("400")
+    assert answer.watermark == 4
+    assert answer.valid_until == NOW + policy.validity
+    assert answer.mismatch
 
 
 def test_an_unknown_loan_is_never_confirmed() -> None:
     answer = answer_check(None, False, Decimal("0"), Decimal("1"), NOW, CheckPolicy())
-    assert isinstance(answer, Refuse) and answer.reason == "unknown_loan"
+    assert isinstance(answer, Refuse)
+    assert answer.reason == "unknown_loan"

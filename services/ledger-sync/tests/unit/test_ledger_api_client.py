@@ -76,7 +76,9 @@ async def test_the_balance_is_read_as_decimal_with_its_sequence() -> None:
     api = client(Ledger(ok(BALANCE)))
     state = await api.balance("L1")
     assert state is not None
-    assert state.balance == Decimal("1050.25") and state.sequence == 3 and state.currency == "CNY"
+    assert state.balance == Decimal("1050.25")
+    assert state.sequence == 3
+    assert state.currency == "CNY"
 
 
 async def test_an_unknown_loan_is_none_and_not_a_failure() -> None:
@@ -101,9 +103,11 @@ async def test_a_503_is_retried_with_jittered_backoff_then_succeeds() -> None:
     sleeps: list[float] = []
     ledger = Ledger(httpx.Response(503), httpx.Response(503), ok(BALANCE))
     state = await client(ledger, sleeps=sleeps).balance("L1")
-    assert state is not None and len(ledger.requests) == 3
+    assert state is not None
+    assert len(ledger.requests) == 3
     assert len(sleeps) == 2
-    assert 0 <= sleeps[0] <= 0.2 and 0 <= sleeps[1] <= 0.4
+    assert 0 <= sleeps[0] <= 0.2
+    assert 0 <= sleeps[1] <= 0.4
 
 
 async def test_transport_errors_exhaust_the_attempts_and_say_so() -> None:
@@ -140,7 +144,7 @@ async def test_postings_are_paged_until_the_wanted_sequence() -> None:
 
     got = await client(pages).postings_after("L1", 1, 5)
     assert [p.sequence for p in got] == [2, 3, 4, 5]
-    assert all(p.loan_id == "L1" and p.amount == Decimal("10.00") for p in got)
+    assert {(p.loan_id, p.amount) for p in got} == {("L1", Decimal("10.00"))}
 
 
 async def test_an_empty_page_ends_the_paging() -> None:

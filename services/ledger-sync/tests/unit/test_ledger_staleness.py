@@ -50,17 +50,21 @@ def projection(
 
 def test_no_projection_is_stale_as_missing() -> None:
     stale = staleness(None, False, NOW, HOUR)
-    assert stale is not None and stale.reason == "missing"
+    assert stale is not None
+    assert stale.reason == "missing"
 
 
 def test_a_gap_is_stale_whatever_the_age() -> None:
     stale = staleness(projection(), True, NOW, HOUR)
-    assert stale is not None and stale.reason == "gap" and "after sequence 3" in stale.detail
+    assert stale is not None
+    assert stale.reason == "gap"
+    assert "after sequence 3" in stale.detail
 
 
 def test_a_projection_older_than_the_max_age_is_stale() -> None:
     stale = staleness(projection(updated=timedelta(hours=2)), False, NOW, HOUR)
-    assert stale is not None and stale.reason == "aged"
+    assert stale is not None
+    assert stale.reason == "aged"
 
 
 def test_exactly_the_max_age_is_still_fresh() -> None:
@@ -83,7 +87,8 @@ def test_a_stale_refusal_says_why_and_is_never_a_confirmation() -> None:
     assert stale is not None
     refusal = refuse_stale(stale, "ledger API unavailable: circuit open", 0)
     assert refusal.reason == "projection_stale"
-    assert "circuit open" in refusal.detail and "no ledger posting" in refusal.detail
+    assert "circuit open" in refusal.detail
+    assert "no ledger posting" in refusal.detail
 
 
 def test_repair_fills_a_gap_through_the_same_rule_as_the_feed() -> None:
@@ -96,7 +101,8 @@ def test_repair_fills_a_gap_through_the_same_rule_as_the_feed() -> None:
         [posting(2, "-100", kind="repayment", repayment_id="R1"), posting(3, "50")],
         NOW,
     )
-    assert fixed.projection.watermark == 3 and fixed.projection.balance == Decimal("950")
+    assert fixed.projection.watermark == 3
+    assert fixed.projection.balance == Decimal("950")
     assert fixed.still_buffered == ()
     assert [p.repayment_id for p in fixed.applied] == ["R1", None]
 
@@ -104,7 +110,9 @@ def test_repair_fills_a_gap_through_the_same_rule_as_the_feed() -> None:
 def test_verify_marks_the_projection_verified_once_it_holds_what_the_ledger_has() -> None:
     current = projection(watermark=3, balance="900", updated=timedelta(days=3))
     result = verify(current, (), LedgerState("CNY", Decimal("950"), 4), [posting(4, "50")], NOW)
-    assert result is not None and result.current and not result.adopted_ledger_balance
+    assert result is not None
+    assert result.current
+    assert not result.adopted_ledger_balance
     assert result.applied.projection.verified_at == NOW
     assert result.applied.projection.balance == Decimal("950")
 
@@ -112,7 +120,8 @@ def test_verify_marks_the_projection_verified_once_it_holds_what_the_ledger_has(
 def test_verify_with_postings_missing_from_the_ledgers_answer_stays_unverified() -> None:
     current = projection(watermark=3)
     result = verify(current, (), LedgerState("CNY", Decimal("1000"), 6), [posting(5, "50")], NOW)
-    assert result is not None and not result.current
+    assert result is not None
+    assert not result.current
     assert result.applied.projection.verified_at is None
     assert (
         staleness(result.applied.projection, bool(result.applied.still_buffered), NOW, HOUR)
@@ -123,7 +132,8 @@ def test_verify_with_postings_missing_from_the_ledgers_answer_stays_unverified()
 def test_at_the_same_sequence_the_ledgers_balance_wins() -> None:
     current = projection(watermark=3, balance="900")
     result = verify(current, (), LedgerState("CNY", Decimal("875.50"), 3), [], NOW)
-    assert result is not None and result.adopted_ledger_balance
+    assert result is not None
+    assert result.adopted_ledger_balance
     assert result.applied.projection.balance == Decimal("875.50")
 
 
@@ -141,12 +151,14 @@ def test_a_confirmation_is_never_given_in_another_currency() -> None:
         CheckPolicy(),
         currency="CNY",
     )
-    assert isinstance(answer, Refuse) and "USD" in answer.detail
+    assert isinstance(answer, Refuse)
+    assert "USD" in answer.detail
 
 
 def test_nothing_owed_carries_what_remains() -> None:
     answer = answer_check(
         projection(balance="100.40"), False, Decimal("100"), Decimal("100.40"), NOW, CheckPolicy()
     )
-    assert isinstance(answer, Refuse) and answer.reason == "nothing_owed"
+    assert isinstance(answer, Refuse)
+    assert answer.reason == "nothing_owed"
     assert answer.outstanding == Decimal("0.40")

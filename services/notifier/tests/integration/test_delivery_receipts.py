@@ -178,7 +178,8 @@ async def test_a_receipt_updates_its_attempt_once_and_odd_ones_are_counted_not_e
     before = {e: counted(e) for e in ("applied", "duplicate", "late", "unmatched")}
 
     first = await notifier.post(receipt("R-1", "CMD-1", message_id="msg-9"))
-    assert first.status_code == 200 and first.json() == {"effect": "applied"}
+    assert first.status_code == 200
+    assert first.json() == {"effect": "applied"}
     assert await notifier.attempt("CMD-1") == ("sent", "delivered", "msg-9")
     # The same receipt again: nothing twice.
     again = await notifier.post(receipt("R-1", "CMD-1", message_id="msg-9"))
@@ -189,7 +190,8 @@ async def test_a_receipt_updates_its_attempt_once_and_odd_ones_are_counted_not_e
     assert await notifier.attempt("CMD-1") == ("sent", "delivered", "msg-9")
     # About nothing of ours.
     stray = await notifier.post(receipt("R-3", "NOT-OURS"))
-    assert stray.status_code == 200 and stray.json() == {"effect": "unmatched"}
+    assert stray.status_code == 200
+    assert stray.json() == {"effect": "unmatched"}
 
     assert [o for o in await notifier.outcomes() if o[0] == "CMD-1"] == [
         ("CMD-1", "sent", "all_checks_passed"),

@@ -210,14 +210,16 @@ async def test_each_command_is_decided_once_recorded_and_announced(
     summary = (await notifier.http.get("/v1/contacts/summary")).json()
     assert summary["totals"] == {"blocked": 1, "deferred": 1, "sent": 2}
     masked = (await notifier.http.get("/v1/borrowers/B1/contact-details")).json()
-    assert masked["email"] == "z***@example.com" and masked["phone"] == "+86*******1234"
+    assert masked["email"] == "z***@example.com"
+    assert masked["phone"] == "+86*******1234"
     assert masked["masked"] is True
     clear = (
         await notifier.http.get(
             "/v1/borrowers/B1/contact-details", headers=dev_headers(["cases:read", "pii:read"])
         )
     ).json()
-    assert clear["email"] == "zhang.san@example.com" and clear["masked"] is False
+    assert clear["email"] == "zhang.san@example.com"
+    assert clear["masked"] is False
 
     # Nothing is due until New York wakes up; at 08:00 there the deferral goes out.
     assert await notifier.dispatcher.dispatch_once() == 0
@@ -489,7 +491,8 @@ async def test_two_dispatchers_never_take_the_same_row(
     finally:
         for r in replicas:
             await r.engine.dispose()
-    assert sum(claimed) == 40 and all(claimed), claimed
+    assert sum(claimed) == 40, claimed
+    assert all(claimed), claimed
     assert len(smtp_sink.message_ids) == 40
     assert smtp_sink.doubled() == {}
     assert [o.outcome for o in await notifier.outcomes()] == ["sent"] * 40
@@ -616,7 +619,8 @@ async def test_a_row_abandoned_mid_send_is_in_doubt_after_its_lease_and_not_sent
         # The first dispatcher marks the row "sending" and dies: whether it handed the
         # e-mail over is not known, and the SMTP relay cannot be asked.
         planned, _, claimed = await dispatcher._decide_due()
-        assert claimed == 1 and await notifier.status("C1") == "sending"
+        assert claimed == 1
+        assert await notifier.status("C1") == "sending"
         assert await notifier.dispatcher.dispatch_once() == 0  # leased: not taken
         notifier.clock.set(NOW + timedelta(seconds=121))
         assert await notifier.dispatcher.dispatch_once() == 1
@@ -735,7 +739,8 @@ async def test_a_validation_notice_in_doubt_is_carried_again_by_the_next_email(
     await notifier.deliver(command("C2", at=notifier.clock.now(), **us), "e2")
     assert await notifier.dispatcher.dispatch_once() == 1
     assert await notifier.status("C2") == "sent"
-    assert len(smtp_sink.messages) == 1 and b"C2@" in smtp_sink.messages[0][1]
+    assert len(smtp_sink.messages) == 1
+    assert b"C2@" in smtp_sink.messages[0][1]
 
 
 class Asked(Flaky):

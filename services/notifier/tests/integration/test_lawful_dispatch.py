@@ -289,7 +289,8 @@ async def test_us_caps_count_calls_and_texts_together_and_survive_a_restart(
     await dispatcher_of(second).dispatch_once()
     state = await statuses(second)
     assert sorted(state[k][0] for k in ("V9", "S9")) == ["deferred", "sent"]
-    assert len(env.provider.sent_keys()) == 8 and env.provider.doubled() == {}
+    assert len(env.provider.sent_keys()) == 8
+    assert env.provider.doubled() == {}
     logged = "\n".join(
         f"{r.getMessage()} {vars(r)}" for r in caplog.records if not r.name.startswith("mail.log")
     )
@@ -591,8 +592,10 @@ async def test_letters_are_rendered_to_html_and_pdf_and_counted_as_sent_to_print
         }
     us_letter, cn_letter = rows["LT-US"], rows["LT-CN"]
     assert us_letter.template == "validation-notice"
-    assert us_letter.pdf.startswith(b"%PDF") and cn_letter.pdf.startswith(b"%PDF")
-    assert "is a debt collector" in us_letter.html and "Springfield" in us_letter.html
+    assert us_letter.pdf.startswith(b"%PDF")
+    assert cn_letter.pdf.startswith(b"%PDF")
+    assert "is a debt collector" in us_letter.html
+    assert "Springfield" in us_letter.html
     # The dispute date: 35 days after the notice, on the borrower's calendar.
     assert "2026-12-28" in us_letter.html
     assert "特此正式通知" in cn_letter.html

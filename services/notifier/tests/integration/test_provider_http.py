@@ -43,7 +43,8 @@ async def test_a_text_is_delivered_and_a_call_reports_whether_it_was_answered(
     assert (await channel.send(message("C1"))).status == "delivered"
     provider_double.script(["unanswered"])
     call = await channel.send(message("C2", "voice"))
-    assert call.status == "unanswered" and call.provider_ref
+    assert call.status == "unanswered"
+    assert call.provider_ref
     assert (await channel.send(message("C3", "voice"))).status == "answered"
     assert [s.kind for key in ("C1", "C2", "C3") for s in provider_double.sends[key]] == [
         "sms",
@@ -74,7 +75,9 @@ async def test_transient_failures_are_retried_with_the_same_key_and_send_once(
         ("C2", True),
     ]
     logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
-    assert NUMBER not in logged and NUMBER[3:] not in logged and "secret text" not in logged
+    assert NUMBER not in logged
+    assert NUMBER[3:] not in logged
+    assert "secret text" not in logged
 
 
 async def test_a_refusal_is_final_and_exhausted_retries_are_not(
@@ -83,11 +86,13 @@ async def test_a_refusal_is_final_and_exhausted_retries_are_not(
     provider_double.script(["fail:400"])
     with pytest.raises(SendError) as refused:
         await channel.send(message("C1"))
-    assert refused.value.code == "provider_400" and refused.value.permanent
+    assert refused.value.code == "provider_400"
+    assert refused.value.permanent
     provider_double.script(["fail:503"] * 3)
     with pytest.raises(SendError) as unavailable:
         await channel.send(message("C2"))
-    assert unavailable.value.code == "provider_503" and not unavailable.value.permanent
+    assert unavailable.value.code == "provider_503"
+    assert not unavailable.value.permanent
     assert provider_double.sent_keys() == []
     # Next time it works, and only then is it sent.
     assert (await channel.send(message("C2"))).status == "delivered"
@@ -99,4 +104,5 @@ async def test_an_unreachable_provider_is_a_transient_error() -> None:
         channel = HttpProviderChannel(client, max_tries=2, backoff_s=0)
         with pytest.raises(SendError) as error:
             await channel.send(message("C1"))
-    assert error.value.code.startswith("provider_unreachable:") and not error.value.permanent
+    assert error.value.code.startswith("provider_unreachable:")
+    assert not error.value.permanent

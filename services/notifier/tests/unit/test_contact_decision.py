@@ -237,7 +237,8 @@ def test_no_contact_details_blocks() -> None:
 def test_a_template_missing_in_the_borrowers_language_blocks() -> None:
     now = local(SHANGHAI, 2026, 11, 22, 10, 0)
     decision = decide(request(now, template="no-such-template"), context(), now, POLICY)
-    assert decision.outcome == "blocked" and decision.reason == "no_template_for_language"
+    assert decision.outcome == "blocked"
+    assert decision.reason == "no_template_for_language"
 
 
 # --- workflow cancellations -----------------------------------------------------------------

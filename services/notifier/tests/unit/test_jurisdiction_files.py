@@ -50,7 +50,8 @@ def test_a_shipped_jurisdiction_file_is_a_sound_policy(code: str) -> None:
     assert EARLIEST <= rules.window.start < rules.window.end <= LATEST
     assert rules.source, "every jurisdiction says where its numbers come from"
     for cap in rules.caps:
-        assert cap.limit >= 1 and cap.days >= 1, cap.name
+        assert cap.limit >= 1, cap.name
+        assert cap.days >= 1, cap.name
     for quiet in rules.quiet_periods:
         assert quiet.days >= 1, quiet.name
     names = (

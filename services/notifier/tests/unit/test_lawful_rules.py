@@ -339,7 +339,8 @@ def test_us_calls_and_texts_wait_for_the_validation_notice() -> None:
     # At 20:50 the look-again time falls after 21:00: it waits for the morning.
     late = local(NEW_YORK, 2026, 11, 23, 20, 50)
     waiting = decide(us(late, channel="sms"), ctx(validation="none"), late, POLICY)
-    assert isinstance(waiting, Defer) and waiting.until == local(NEW_YORK, 2026, 11, 24, 8, 0)
+    assert isinstance(waiting, Defer)
+    assert waiting.until == local(NEW_YORK, 2026, 11, 24, 8, 0)
     assert decide(us(now, channel="sms"), ctx(validation="sent"), now, POLICY).outcome == "sent"
 
 
@@ -491,7 +492,8 @@ def test_the_built_in_rules_are_the_same_data_a_file_would_hold() -> None:
     assert parsed == dict(POLICY.jurisdictions)
     us_rules = parsed["US"]
     assert [c.name for c in us_rules.caps] == ["reg_f_7_in_7"]
-    assert us_rules.caps[0].limit == 7 and us_rules.caps[0].days == 7
+    assert us_rules.caps[0].limit == 7
+    assert us_rules.caps[0].days == 7
     assert us_rules.quiet_periods[0].days == 7
     assert {c.name: c.limit for c in parsed["CN"].caps} == {
         "connected_calls_per_day": 3,

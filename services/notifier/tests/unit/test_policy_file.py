@@ -37,7 +37,8 @@ def test_a_file_can_change_a_built_in_number(tmp_path: Path) -> None:
     cn = load_policy(NotifierSettings(policy_file=path)).jurisdictions["CN"]
     # The file replaces CN whole: what it does not name (the caps) is gone, so a file
     # overriding a built-in jurisdiction must restate everything it keeps.
-    assert cn.window.start.hour == 9 and cn.caps == ()
+    assert cn.window.start.hour == 9
+    assert cn.caps == ()
 
 
 def test_a_wrong_file_stops_the_start(tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ async def test_closed_until_a_first_look_and_open_on_a_quiet_topic() -> None:
     gate = gate_over(log, clock)
     assert not gate.is_open()
     await gate.look()
-    assert gate.is_open() and gate.held() is None
+    assert gate.is_open()
+    assert gate.held() is None
 
 
 async def test_repayments_not_committed_on_any_partition_close_it_until_they_are() -> None:

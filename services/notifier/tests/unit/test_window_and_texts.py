@@ -101,7 +101,8 @@ def test_every_electronic_message_and_call_carries_its_opt_out(
         opt_out_url="https://x/stop",
     )
     line = templates.opt_out_line(language, channel, "https://x/stop")  # type: ignore[arg-type]
-    assert line in text.body and "https://x/stop" in line
+    assert line in text.body
+    assert "https://x/stop" in line
     if channel != "voice":
         assert "STOP" in line
 

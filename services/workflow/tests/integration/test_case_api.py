@@ -64,7 +64,8 @@ async def test_a_kept_promise_is_read_back_with_what_was_paid(
     case = await eventually(kept)
     assert case["arrangement"] is None
     last = case["last_arrangement"]
-    assert last["outcome"] == "kept" and last["kind"] == "promise_to_pay"
+    assert last["outcome"] == "kept"
+    assert last["kind"] == "promise_to_pay"
     assert Decimal(last["paid"]) == Decimal("300") == Decimal(last["total"])
     assert last["ended_at"] is not None
     assert await mismatched_replays(workflow.engine) == []
@@ -120,7 +121,8 @@ async def test_a_backdated_breathing_space_lists_the_contacts_made_inside_it(
     assert datetime.fromisoformat(hold["until"]) == applied + timedelta(days=60)
     assert [c["command_id"] for c in hold["contacts_during_hold"]] == ["cmd-in"]
     read = await case_of(api, "L-advice")
-    assert read is not None and read["hold"]["contacts_during_hold"] == hold["contacts_during_hold"]
+    assert read is not None
+    assert read["hold"]["contacts_during_hold"] == hold["contacts_during_hold"]
     assert await mismatched_replays(workflow.engine) == []
 
 
@@ -151,7 +153,8 @@ async def test_a_hold_ends_by_itself_at_its_end_date_and_reconfirms_before_conta
     case = await eventually(resumed)
     assert case["hold"] is None
     waiting = [i for i in case["intents"] if i["status"] == "awaiting_confirmation"]
-    assert waiting and all(i["command_id"] is None for i in waiting)
+    assert waiting
+    assert [i["command_id"] for i in waiting] == [None] * len(waiting)
     kinds = [
         e["kind"]
         for e in (await api.get("/v1/cases/L-until/timeline", headers=READ)).json()["entries"]

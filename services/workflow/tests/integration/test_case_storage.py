@@ -50,7 +50,8 @@ def columns_a_daily_update_writes() -> set[str]:
     assert opened is not None
     later = NOW + timedelta(days=1)
     updated = d.decide(opened, [], overdue(6, later, "101.00"), DEFAULT_POLICY, later, ids).case
-    assert updated is not None and updated.stage is opened.stage
+    assert updated is not None
+    assert updated.stage is opened.stage
     return {
         f.name
         for f in dataclasses.fields(opened)
@@ -66,7 +67,8 @@ def columns_an_intents_answers_write() -> set[str]:
         return f"id-{label}"
 
     opening = d.decide(None, [], overdue(5, NOW, "100.00"), DEFAULT_POLICY, NOW, ids)
-    assert opening.case is not None and opening.intents
+    assert opening.case is not None
+    assert opening.intents
     planned = opening.intents[0]
     answers: list[m.BalanceConfirmed | m.BalanceRefused] = [
         m.BalanceConfirmed(

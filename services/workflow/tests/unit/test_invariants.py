@@ -56,7 +56,8 @@ class CaseLifecycle(RuleBasedStateMachine):
             lambda label: f"{cause}/{label}",
         )
         if decision.rejected is not None:
-            assert decision.case is None and not decision.effects
+            assert decision.case is None
+            assert not decision.effects
             return
         after = decision.case or before
         self._check_transition(before, after, why)
@@ -76,7 +77,8 @@ class CaseLifecycle(RuleBasedStateMachine):
                 assert effect.intent.check_id == event.check_id
                 previous = self.intents[effect.intent.intent_id]
                 assert previous.status is IntentStatus.AWAITING_CONFIRMATION
-                assert after is not None and after.is_open
+                assert after is not None
+                assert after.is_open
         for intent in decision.intents:
             self.intents[intent.intent_id] = intent
         self.timers.extend(decision.timers)
@@ -181,7 +183,8 @@ class CaseLifecycle(RuleBasedStateMachine):
                 self.now + timedelta(minutes=30),
             )
         )
-        assert self.case is not None and self.case.outstanding == kept
+        assert self.case is not None
+        assert self.case.outstanding == kept
 
     @precondition(lambda self: self.case is not None)
     @rule(share=st.sampled_from(["0.3", "0.6", "1"]), minutes=st.integers(0, 5))
@@ -238,7 +241,7 @@ class CaseLifecycle(RuleBasedStateMachine):
             assert hold.until is not None
             assert hold.until <= since + DEFAULT_POLICY.breathing_space
         if hold.until is not None:
-            assert any(t.token == hold.hold_id and t.due_at == hold.until for t in self.timers)
+            assert (hold.hold_id, hold.until) in {(t.token, t.due_at) for t in self.timers}
 
     @precondition(lambda self: self.case is not None)
     @rule(verified=st.booleans())
@@ -336,7 +339,8 @@ def test_money_read_before_the_overdue_report_decides_as_if_read_after(
     assert first is not None
     if at <= START:
         # Older than the report: already in its figures, as the report read last says.
-        assert first.outstanding == owed and first.is_open
+        assert first.outstanding == owed
+        assert first.is_open
         return
     assert (first.status, first.exit) == (after.status, after.exit)
     assert first.outstanding == after.outstanding or after.is_closed

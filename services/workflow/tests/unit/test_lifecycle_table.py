@@ -95,37 +95,51 @@ def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> 
     stage_index = STAGE_ORDER.index(case.stage)
     match expected.rule:
         case Rule.REJECT:
-            assert decision.rejected == expected.why and after is None
+            assert decision.rejected == expected.why
+            assert after is None
         case Rule.IGNORE:
-            assert after is None and decision.rejected is None
+            assert after is None
+            assert decision.rejected is None
             assert decision.timeline[0].kind == "ignored"
         case Rule.STAY:
-            assert decision.rejected is None and (after is None or after.phase is phase)
+            assert decision.rejected is None
+            assert after is None or after.phase is phase
         case Rule.ADVANCE:
-            assert after is not None and STAGE_ORDER.index(after.stage) == stage_index + 1
+            assert after is not None
+            assert STAGE_ORDER.index(after.stage) == stage_index + 1
         case Rule.TO_LITIGATION:
-            assert after is not None and after.stage is Stage.LITIGATION
+            assert after is not None
+            assert after.stage is Stage.LITIGATION
         case Rule.TO_ENFORCEMENT:
-            assert after is not None and after.stage is Stage.ENFORCEMENT
+            assert after is not None
+            assert after.stage is Stage.ENFORCEMENT
         case Rule.BREAK_ARRANGEMENT:
-            assert after is not None and after.arrangement is None
+            assert after is not None
+            assert after.arrangement is None
             moved = Phase(case.stage.value) in PRE_LEGAL
             assert STAGE_ORDER.index(after.stage) == stage_index + (1 if moved else 0)
         case Rule.END_ARRANGEMENT:
-            assert after is not None and after.arrangement is None and after.stage is case.stage
+            assert after is not None
+            assert after.arrangement is None
+            assert after.stage is case.stage
         case Rule.HOLD:
-            assert after is not None and after.phase is Phase.HELD
+            assert after is not None
+            assert after.phase is Phase.HELD
         case Rule.RESUME | Rule.REOPEN:
-            assert after is not None and after.is_open and after.stage is case.stage
+            assert after is not None
+            assert after.is_open
+            assert after.stage is case.stage
             assert (
                 any(isinstance(e, d.RequestBalanceCheck) for e in decision.effects)
                 or not DEFAULT_POLICY.for_stage(case.stage).contacts
             )
         case Rule.ARRANGE:
-            assert after is not None and after.phase is Phase.ARRANGED
+            assert after is not None
+            assert after.phase is Phase.ARRANGED
         case _:
             exit_ = Exit(expected.rule.value.removeprefix("close_"))
-            assert after is not None and after.status is CaseStatus.CLOSED
+            assert after is not None
+            assert after.status is CaseStatus.CLOSED
             assert after.exit is exit_
             assert d.CancelContacts(exit_.value) in decision.effects
 
