@@ -534,7 +534,7 @@ async def pipeline(
             # part of each loan's work, so the counts are taken after it.
             await _quiesce(bootstrap, dsn, prefix)
             after = await work_done(bootstrap, dsn, prefix)
-            suppression = await _suppression(lender, dsn, loans, samples, rate, prefix)
+            suppression = await _suppression(lender, dsn, loans, samples, rate)
         finally:
             await p.stop()
         rss = {key: rss_mb(member) for key, member in fleet.members.items()}
@@ -655,7 +655,7 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
 
 
 async def _suppression(
-    lender: lending.Lender, dsn: str, loans: int, samples: int, pipeline_rate: float, prefix: str
+    lender: lending.Lender, dsn: str, loans: int, samples: int, pipeline_rate: float
 ) -> dict[str, Any]:
     """Loans whose commands wait (their borrowers are asleep); then each is repaid."""
     night = zone_at_night()

@@ -112,7 +112,7 @@ class MailSink:
     def __init__(self) -> None:
         self.by_message_id: Counter[str] = Counter()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
         for line in envelope.content.decode(errors="replace").splitlines():
             if line.lower().startswith("message-id:"):
                 self.by_message_id[line.split(":", 1)[1].strip()] += 1

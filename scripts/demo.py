@@ -49,7 +49,7 @@ class MailSink:
     def __init__(self) -> None:
         self.received = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Any, _envelope: Any) -> str:  # noqa: N802
         self.received += 1
         return "250 OK"
 

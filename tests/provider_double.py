@@ -189,7 +189,7 @@ class ProviderDouble:
         self.script(list(body.get("outcomes", [])), body.get("to"))
         return JSONResponse({"ok": True})
 
-    async def _list(self, request: Request) -> JSONResponse:
+    async def _list(self, _request: Request) -> JSONResponse:
         with self._lock:
             rows = [
                 {
@@ -205,7 +205,7 @@ class ProviderDouble:
             replays = sum(1 for _, _, replayed in self.requests if replayed)
         return JSONResponse({"sends": rows, "requests": len(self.requests), "replays": replays})
 
-    async def _reset(self, request: Request) -> JSONResponse:
+    async def _reset(self, _request: Request) -> JSONResponse:
         self.reset()
         return JSONResponse({"ok": True})
 

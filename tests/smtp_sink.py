@@ -50,17 +50,17 @@ class SmtpSink:
         """Message-IDs received more than once: must always be empty."""
         return {k: n for k, n in Counter(self.message_ids).items() if n > 1}
 
-    # --- the SMTP handler (aiosmtpd calls these) --------------------------------------------
+    # --- the SMTP handler (aiosmtpd calls these, its arguments by position) -----------------
 
     async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+        self, _server: Any, _session: Any, envelope: Any, address: str, _options: list[str]
     ) -> str:
         if self._refuse is not None:
             return self._refuse.format(address=address)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         self.messages.append(Received(list(envelope.rcpt_tos), envelope.content))
         return "250 OK"
 

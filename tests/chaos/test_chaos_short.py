@@ -12,7 +12,8 @@ from scripts.chaos import Config, run, verdict
 
 # Settling alone may take up to 300 s on a slow machine; the run stays bounded.
 @pytest.mark.timeout(900)
-async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(stack: dict[str, str]) -> None:
+@pytest.mark.usefixtures("stack")
+async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing() -> None:
     report = await run(
         Config(loans=1500, kills_per_replica=1, restart_infrastructure=False, settle_timeout_s=300)
     )

@@ -185,7 +185,8 @@ async def test_notify_rides_the_insert_and_arrives_at_commit(
     finally:
         await listener.close()
     got = await _stored(engine)
-    assert got["n1"]["note"] == "x" and got["n2"]["note"] is None
-    with pytest.raises(ValueError):
+    assert got["n1"]["note"] == "x"
+    assert got["n2"]["note"] is None
+    with pytest.raises(ValueError, match="returning and notify do not combine"):
         async with engine.begin() as conn:
             await insert_rows(conn, things, [{"id": "n3"}], returning="id", notify="c")

@@ -71,7 +71,7 @@ async def test_a_case_written_between_the_reads_of_cases_and_journals_is_no_mism
     writer = make_engine(database_url, schema="workflow")
     wrote: list[bool] = []
 
-    def write_once_the_cases_are_read(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+    def write_once_the_cases_are_read(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if "case_inputs" in statement and not wrote:
             wrote.append(True)
             # Inside the checker's own statement (SQLAlchemy runs it in a greenlet): the

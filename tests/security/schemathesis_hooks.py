@@ -20,7 +20,7 @@ _KEY = re.compile(r"^[A-Za-z0-9._:-]{8,200}$")
 
 
 @schemathesis.hook
-def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:  # noqa: ARG001 - schemathesis's hook signature
     _fresh_key(case)
     if case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY):
         return

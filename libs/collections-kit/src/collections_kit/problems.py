@@ -185,7 +185,7 @@ def install(
             )
         return problem_response(Problem(title="Internal error", status=500), request)
 
-    async def on_disconnect(request: Request, exc: Exception) -> Response:
+    async def on_disconnect(request: Request, _exc: Exception) -> Response:
         # The client went away while its body was being read (closed the connection,
         # gave up waiting): nothing failed here, so one info line and no traceback. The
         # route's template, not its path: a path can carry a borrower's id.

@@ -41,7 +41,8 @@ def test_sasl_scram_over_tls() -> None:
     kwargs = client_kwargs(settings)
     context = kwargs.pop("ssl_context")
     assert isinstance(context, ssl.SSLContext)
-    assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert kwargs == {
         "bootstrap_servers": "k1:9096,k2:9096",
@@ -64,7 +65,8 @@ def test_tls_only_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> 
             kafka_ssl_check_hostname=False,
         )
     )
-    assert kwargs["security_protocol"] == "SSL" and "sasl_mechanism" not in kwargs
+    assert kwargs["security_protocol"] == "SSL"
+    assert "sasl_mechanism" not in kwargs
     context = kwargs["ssl_context"]
     assert not context.check_hostname
     assert len(context.get_ca_certs()) == 1
@@ -137,7 +139,8 @@ def _key(n: int) -> str:
 def test_sealed_values_open_only_where_they_were_sealed() -> None:
     ring = dev_ring()
     sealed = ring.seal("+8613812341234", aad="contact_details.phone:B1")
-    assert sealed is not None and sealed.startswith("pii1:dev1:")
+    assert sealed is not None
+    assert sealed.startswith("pii1:dev1:")
     assert "13812341234" not in sealed
     assert ring.open(sealed, aad="contact_details.phone:B1") == "+8613812341234"
     # A fresh nonce each time: equal phones do not look equal at rest.
@@ -148,7 +151,8 @@ def test_sealed_values_open_only_where_they_were_sealed() -> None:
         ring.open(sealed[:-4] + "AAAA", aad="contact_details.phone:B1")
     with pytest.raises(PiiError, match="not a sealed value"):
         ring.open("+8613812341234", aad="contact_details.phone:B1")
-    assert ring.seal(None, aad="x") is None and ring.open(None, aad="x") is None
+    assert ring.seal(None, aad="x") is None
+    assert ring.open(None, aad="x") is None
     blob = ring.seal_bytes(b"%PDF-1.4 ...", aad="letters.pdf:C1")
     assert ring.open_bytes(blob, aad="letters.pdf:C1") == b"%PDF-1.4 ..."
 
@@ -160,14 +164,15 @@ def test_rotation_old_values_open_new_ones_use_the_active_key() -> None:
     ring = KeyRing.parse(f"k1:{_key(1)},k2:{_key(2)}", "k2")
     assert ring.open(sealed_old, aad="c") == "a@example.com"
     sealed_new = ring.seal("a@example.com", aad="c")
-    assert sealed_new is not None and ring.key_id(sealed_new) == "k2"
+    assert sealed_new is not None
+    assert ring.key_id(sealed_new) == "k2"
     assert ring.key_id(sealed_old) == "k1"
     with pytest.raises(PiiError, match="not in the key ring"):
         KeyRing.parse(f"k1:{_key(1)}").open(sealed_new, aad="c")
 
 
 @pytest.mark.parametrize(
-    "spec, active, message",
+    ("spec", "active", "message"),
     [
         ("", None, "empty"),
         ("k1", None, "<key id>"),

@@ -31,7 +31,8 @@ def test_closed_lets_calls_through_and_a_success_resets_the_count(clock: Clock) 
     b.record_success()
     b.record_failure()
     b.record_failure()
-    assert b.state == "closed" and b.allow()
+    assert b.state == "closed"
+    assert b.allow()
 
 
 def test_consecutive_failures_open_it_and_it_fails_fast(clock: Clock) -> None:
@@ -61,7 +62,9 @@ def test_a_successful_trial_closes_it(clock: Clock) -> None:
     clock.t += 10
     assert b.allow()
     b.record_success()
-    assert b.state == "closed" and b.allow() and b.allow()
+    assert b.state == "closed"
+    assert b.allow()
+    assert b.allow()
 
 
 def test_a_failed_trial_opens_it_again_for_a_full_period(clock: Clock) -> None:
@@ -89,7 +92,7 @@ def test_a_trial_that_never_reports_back_does_not_wedge_it(clock: Clock) -> None
 
 
 def test_nonsense_thresholds_are_refused(clock: Clock) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="failure_threshold >= 1"):
         CircuitBreaker(failure_threshold=0, reset_after_s=1, clock=clock)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reset_after_s > 0"):
         CircuitBreaker(failure_threshold=1, reset_after_s=0, clock=clock)

@@ -84,10 +84,8 @@ async def test_contact_details_are_sealed_at_rest_and_masked_without_pii_read(
     dump = " ".join(str(v) for v in raw.values())
     for value in CLEAR_VALUES:
         assert value not in dump
-    assert all(
-        raw[c].startswith("pii1:dev1:")
-        for c in ("email", "phone", "postal_address", "guarantor_name")
-    )
+    sealed = ("email", "phone", "postal_address", "guarantor_name")
+    assert {c: raw[c][: len("pii1:dev1:")] for c in sealed} == dict.fromkeys(sealed, "pii1:dev1:")
 
     async with client(runtime, ["cases:read"]) as reader:
         masked = (await reader.get("/v1/borrowers/B-PII/contact-details")).json()
@@ -164,10 +162,12 @@ async def test_rows_stored_in_clear_before_the_migration_are_sealed_by_it(
         await asyncio.to_thread(upgrade, bootstrap.MIGRATIONS, database_url, "notifier")
         async with engine.connect() as conn:
             row = (await conn.execute(select(contact_details))).one()
-            assert row.email.startswith("pii1:prod1:") and "old@" not in row.email
+            assert row.email.startswith("pii1:prod1:")
+            assert "old@" not in row.email
             ring = NotifierSettings().key_ring()
             found = await ContactDetailsRepository(conn, ring).get("B-OLD")
-        assert found is not None and found[0].debtor.email == "old@example.com"
+        assert found is not None
+        assert found[0].debtor.email == "old@example.com"
     finally:
         await engine.dispose()
 
@@ -185,7 +185,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
 ]
 
 
-@pytest.mark.parametrize("method, path, body, scope", ROUTES)
+@pytest.mark.parametrize(("method", "path", "body", "scope"), ROUTES)
 async def test_each_route_needs_its_scope(
     runtime: Runtime, method: str, path: str, body: dict[str, Any] | None, scope: str
 ) -> None:
@@ -236,7 +236,8 @@ async def test_after_a_key_rotation_reseal_moves_every_value_to_the_new_key(
     try:
         async with runtime.engine.connect() as conn:
             found = await ContactDetailsRepository(conn, both).get("B-ROT")
-        assert found is not None and found[0].debtor.phone == "+447700900461"
+        assert found is not None
+        assert found[0].debtor.phone == "+447700900461"
         # Step 2: re-seal; step 3: the old key can go.
         assert await reseal(runtime.engine, both) == 7  # the seven columns
         assert await reseal(runtime.engine, both) == 0
@@ -245,7 +246,8 @@ async def test_after_a_key_rotation_reseal_moves_every_value_to_the_new_key(
             raw = (await conn.execute(select(contact_details))).one()
             found = await ContactDetailsRepository(conn, only_new).get("B-ROT")
         assert raw.email.startswith("pii1:k2:")
-        assert found is not None and found[0].guarantor is not None
+        assert found is not None
+        assert found[0].guarantor is not None
         assert found[0].guarantor.name == "Margaret Hamilton"
     finally:
         await runtime.producer.stop()

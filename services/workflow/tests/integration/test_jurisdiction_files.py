@@ -63,7 +63,7 @@ async def case_of(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None
 
 
 async def test_a_jurisdiction_with_a_file_opens_its_case(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     await lender.publish(
         lending.overdue(

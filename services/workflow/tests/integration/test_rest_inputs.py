@@ -15,7 +15,6 @@ import httpx
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
 from collections_kit.envelope import Envelope
-from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from scripts import lending
 from tests.support import eventually, read_topic
@@ -46,7 +45,6 @@ def fields_named(problem: dict[str, Any]) -> set[str]:
 
 
 async def test_a_negative_outstanding_is_dead_lettered_and_opens_no_case(
-    workflow: Runtime,
     api: httpx.AsyncClient,
     lender: lending.Lender,
     stack: dict[str, str],
@@ -66,12 +64,13 @@ async def test_a_negative_outstanding_is_dead_lettered_and_opens_no_case(
         return None
 
     letter = await eventually(dead_letter)
-    assert letter.error_kind == "invalid" and "outstanding_balance" in letter.reason
+    assert letter.error_kind == "invalid"
+    assert "outstanding_balance" in letter.reason
     assert await case_of(api, "L-negative") is None
 
 
 async def test_a_negative_instalment_is_a_422_naming_the_field(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     await lender.publish(lending.overdue("L-neg-plan", Decimal("1000.00")))
     assert await eventually(lambda: case_of(api, "L-neg-plan"))
@@ -91,7 +90,7 @@ async def test_a_negative_instalment_is_a_422_naming_the_field(
 
 
 async def test_an_instalment_due_before_today_in_the_borrowers_zone_is_a_422(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     """A plan due in the past was accepted, and a timer broke it at once: formal notice."""
     await lender.publish(
@@ -117,7 +116,9 @@ async def test_an_instalment_due_before_today_in_the_borrowers_zone_is_a_422(
     assert response.status_code == 422, response.text
     assert ["body", "schedule", 0, "due_at"] in [e["loc"] for e in response.json()["errors"]]
     case = await case_of(api, "L-past-plan")
-    assert case is not None and case["arrangement"] is None and case["stage"] == "warning"
+    assert case is not None
+    assert case["arrangement"] is None
+    assert case["stage"] == "warning"
     # The first minute of today in the borrower's zone (already past there) is on time.
     midnight_there = datetime.combine(now.astimezone(there).date(), time(0, 1), tzinfo=there)
     on_time = await post(
@@ -136,7 +137,7 @@ async def test_an_instalment_due_before_today_in_the_borrowers_zone_is_a_422(
 
 
 async def test_the_openapi_examples_of_arrangements_are_accepted(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     """The document's own example had fixed dates that passed, and broke the case at once."""
     await lender.publish(lending.overdue("L-example", Decimal("20000.00")))
@@ -153,7 +154,7 @@ async def test_the_openapi_examples_of_arrangements_are_accepted(
 
 
 async def test_amounts_are_written_in_the_currencys_minor_unit(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     """Stored as NUMERIC(20, 6), amounts came back as "500.000000" (README: "1234.50")."""
     await lender.publish(lending.overdue("L-yuan", Decimal("1234.5")))
@@ -166,7 +167,7 @@ async def test_amounts_are_written_in_the_currencys_minor_unit(
     assert {c["loan_id"]: c["outstanding"] for c in listed} == {"L-yuan": "1234.50", "L-yen": "500"}
 
 
-async def test_a_405_lists_the_allowed_methods(workflow: Runtime, api: httpx.AsyncClient) -> None:
+async def test_a_405_lists_the_allowed_methods(api: httpx.AsyncClient) -> None:
     """It carried an empty Allow header."""
     for method, path, allowed in (
         ("DELETE", "/v1/cases", "GET"),
@@ -180,7 +181,7 @@ async def test_a_405_lists_the_allowed_methods(workflow: Runtime, api: httpx.Asy
 
 
 async def test_without_a_token_any_request_is_a_401_before_its_input_is_judged(
-    workflow: Runtime, api: httpx.AsyncClient
+    api: httpx.AsyncClient,
 ) -> None:
     """A malformed body without a token got 400/422: authentication comes first."""
     key = {"Idempotency-Key": str(uuid.uuid4())}
@@ -212,7 +213,7 @@ async def test_without_a_token_any_request_is_a_401_before_its_input_is_judged(
 
 
 async def test_empty_query_values_are_taken_as_absent(
-    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+    api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:
     """The README's `GET /v1/cases?stage=&status=...`, taken literally, was refused."""
     await lender.publish(lending.overdue("L-empty-query", Decimal("100.00")))
@@ -226,7 +227,6 @@ async def test_empty_query_values_are_taken_as_absent(
 
 
 async def test_a_jurisdiction_without_a_policy_is_dead_lettered_and_opens_no_case(
-    workflow: Runtime,
     api: httpx.AsyncClient,
     lender: lending.Lender,
     stack: dict[str, str],

@@ -182,7 +182,8 @@ class Reconciler:
                 )
                 event_id = None
                 if finding.publish:
-                    assert finding.outstanding is not None and finding.currency is not None
+                    assert finding.outstanding is not None
+                    assert finding.currency is not None
                     kind: Literal["nothing_owed", "drift"] = (
                         "nothing_owed" if finding.kind == "nothing_owed" else "drift"
                     )

@@ -481,11 +481,13 @@ class Dispatcher:
         dispute_by = None
         if decision.validation_notice:
             rules = self._policy.for_jurisdiction(request.jurisdiction)
-            assert rules is not None and rules.validation_notice is not None
+            assert rules is not None
+            assert rules.validation_notice is not None
             dispute_by = local_now + timedelta(days=rules.validation_notice.dispute_days)
         party = details.party(request.recipient)
         address = details.address_for(request.recipient, request.channel)
-        assert party is not None and address is not None
+        assert party is not None
+        assert address is not None
         template = decision.template or request.template
         text = templates.render(
             template,
