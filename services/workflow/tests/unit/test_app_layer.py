@@ -87,7 +87,7 @@ class FakeCases:
         return 0
 
 
-class FakeRequests:
+class FakeIdempotencyKeys:
     def __init__(self, data: Data) -> None:
         self._data = data
 
@@ -153,7 +153,7 @@ class FakeUnitOfWork:
             actor=self._actor,
         )
         self.cases = FakeCases(self._work)
-        self.requests = FakeRequests(self._work)
+        self.idempotency_keys = FakeIdempotencyKeys(self._work)
         self.timers = FakeTimers(self._work)
         return self
 

@@ -72,7 +72,7 @@ class Commands:
         # answered with the first caller's replay.
         hashed = request_hash({"route": route, "loan_id": loan_id, "body": body, "actor": actor})
         async with self._uow(actor=actor) as uow:
-            kept = await claim_or_replay(uow.requests, key, hashed)
+            kept = await claim_or_replay(uow.idempotency_keys, key, hashed)
             if kept is not None:
                 return kept.status, kept.body
             before, decision = await self._workflow.run(
@@ -85,6 +85,6 @@ class Commands:
             else:
                 outcome = Outcome(200, case=decision.case or before)
             status, rendered = outcome.status, await render(outcome, uow.cases)
-            await uow.requests.keep(key, status, rendered)
+            await uow.idempotency_keys.keep(key, status, rendered)
             await uow.commit()
             return status, rendered

@@ -363,7 +363,7 @@ async def replay_dead_letter(
     async with start(actor=caller.subject) as uow:
         # A concurrent retry with the same key waits here for this one's answer.
         try:
-            kept = await claim_or_replay(uow.requests, key, hashed)
+            kept = await claim_or_replay(uow.idempotency_keys, key, hashed)
         except KeyReusedError as exc:
             raise ProblemError(
                 422, "Idempotency-Key reused", "This key was used for a different request."
@@ -389,6 +389,6 @@ async def replay_dead_letter(
             offset=meta.offset,
             corrected=body.value is not None,
         ).model_dump(mode="json")
-        await uow.requests.keep(key, 200, result)
+        await uow.idempotency_keys.keep(key, 200, result)
         await uow.commit()
     return JSONResponse(result)
