@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 from tests import stack_guard  # noqa: E402 - needs the root on sys.path, set just above
 
 if TYPE_CHECKING:
+    from scripts.lending import Lender
     from tests.provider_double import ProviderDouble
     from tests.smtp_sink import SmtpSink
 
@@ -99,6 +100,19 @@ async def topic_prefix(stack: dict[str, str]) -> AsyncIterator[str]:
     await create_topics(stack["kafka_bootstrap"], prefix)
     yield prefix
     await delete_topics(stack["kafka_bootstrap"], prefix)
+
+
+@pytest.fixture
+async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[Lender]:
+    """The lending system, publishing to this test's topics on the real broker."""
+    from scripts import lending
+    from scripts.infra import producer
+
+    kafka = await producer(stack["kafka_bootstrap"])
+    try:
+        yield lending.Lender(kafka, topic_prefix)
+    finally:
+        await kafka.stop()
 
 
 @pytest.fixture

@@ -38,4 +38,5 @@ async def test_only_the_notifier_answers_fetches_at_once(
         assert runtime.loops
         assert [_fetch(loop) for loop in runtime.loops] == [expected] * len(runtime.loops)
     finally:
+        await runtime.producer.stop()
         await runtime.engine.dispose()

@@ -25,7 +25,6 @@ from collections_kit.topics import Topic
 from ledger_sync.entrypoints import bootstrap as ledger_sync_boot
 from ledger_sync.settings import LedgerSyncSettings
 from scripts import lending
-from scripts.infra import producer
 from scripts.services import ServiceProcess
 from tests.support import eventually, migrate, read_topic, running
 from workflow.adapters.tables import cases, contact_intents, timeline
@@ -54,15 +53,6 @@ async def services(
         running(ledger_sync_boot.build_runtime(ls_settings)) as ls,
     ):
         yield wf, ls
-
-
-@pytest.fixture
-async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lending.Lender]:
-    p = await producer(stack["kafka_bootstrap"])
-    try:
-        yield lending.Lender(p, topic_prefix)
-    finally:
-        await p.stop()
 
 
 async def _scalar(runtime: Runtime, stmt: object) -> object:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from collections_kit import contract as c
@@ -22,22 +20,12 @@ from collections_kit.auth import dev_headers
 from collections_kit.db import make_engine
 from notifier.adapters.tables import contact_attempts, dispatches
 from scripts import lending
-from scripts.infra import producer
 from scripts.services import ServiceProcess
 from tests.provider_double import ProviderDouble
 from tests.smtp_sink import SmtpSink
 from tests.support import eventually, unused_port, zone_at_midday
 
 LEASE_S = 4.0
-
-
-@pytest.fixture
-async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lending.Lender]:
-    p = await producer(stack["kafka_bootstrap"])
-    try:
-        yield lending.Lender(p, topic_prefix)
-    finally:
-        await p.stop()
 
 
 def _notifier(

@@ -1,5 +1,6 @@
 """The workflow alone, in-process, against the real broker and PostgreSQL: its runtime
-(on a clock the test can move), its REST app and a lending system publishing to it."""
+(on a clock the test can move) and its REST app; the root conftest's ``lender`` publishes
+to it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import pytest
 
 from collections_kit.clock import OffsetClock
 from collections_kit.runtime import Runtime
-from scripts import lending
-from scripts.infra import producer
 from tests.support import migrate, running
 from workflow.entrypoints import bootstrap
 from workflow.settings import WorkflowSettings
@@ -46,12 +45,3 @@ async def api(workflow: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         transport=httpx.ASGITransport(app=app), base_url="http://workflow"
     ) as client:
         yield client
-
-
-@pytest.fixture
-async def lender(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[lending.Lender]:
-    p = await producer(stack["kafka_bootstrap"])
-    try:
-        yield lending.Lender(p, topic_prefix)
-    finally:
-        await p.stop()
