@@ -16,7 +16,8 @@ What the port promises, and so what is tested here of each:
   one that refuses the message for good (where it can) is a permanent one;
 - a ``LookupChannel`` (the provider, the recorder) tells a key it has from one it has not,
   and asking sends nothing; a ``BatchChannel`` (the recorder) gives one outcome per message;
-- no error code and no log line carries the address, the name or the text.
+- no error code, provider reference or log line carries the address, the name or the
+  text.
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ async def case(
 async def test_a_send_reaches_the_far_side_once_under_its_key(case: Case) -> None:
     delivery = await case.channel.send(case.message("C1"))
     assert delivery.status == case.status
+    # The provider's reference is stored and logged: it may not carry personal data.
+    assert _personal_data_in(case, str(delivery.provider_ref)) == []
     assert await case.received() == [case.key("C1")]
 
 
