@@ -156,3 +156,50 @@ timeline = Table(
     Column("detail", JSONB, nullable=False),
     Index("ix_timeline_case", "case_id", "id"),
 )
+
+# Work for people (migration 0009): at most one leased task per borrower, one live task of
+# each kind per case; the database enforces both (partial unique indexes).
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", Text, primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("borrower_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("collector", Text),
+    Column("lease_id", Text),
+    Column("leased_at", DateTime(timezone=True)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("renewals", Integer, nullable=False, server_default="0"),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("outcome", Text),
+    Column("detail", JSONB, nullable=False, server_default="{}"),
+    Index(
+        "ix_tasks_queue_open",
+        "queue",
+        "priority",
+        "created_at",
+        postgresql_where=text("status = 'open'"),
+    ),
+    Index("ix_tasks_case", "case_id"),
+    Index("ix_tasks_lease_until", "lease_until", postgresql_where=text("status = 'leased'")),
+    Index(
+        "ux_tasks_leased_borrower",
+        "borrower_id",
+        unique=True,
+        postgresql_where=text("status = 'leased'"),
+    ),
+    Index(
+        "ux_tasks_live_case_kind",
+        "case_id",
+        "kind",
+        unique=True,
+        postgresql_where=text("status IN ('open', 'leased')"),
+    ),
+)
