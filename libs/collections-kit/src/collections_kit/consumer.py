@@ -49,12 +49,12 @@ from aiokafka.errors import (
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from sqlalchemy import Table, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import metrics, tracing
 from collections_kit.clock import Clock
 from collections_kit.contract import SPEC_BY_MODEL, DeadLetter, Message
+from collections_kit.db import database_unavailable
 from collections_kit.envelope import (
     Encoding,
     Envelope,
@@ -182,9 +182,7 @@ def _record_size(record: Any) -> int:
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | ConnectionError | OSError | KafkaError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    return database_unavailable(exc) or isinstance(exc, ConnectionError | OSError | KafkaError)
 
 
 class ConsumerLoop:

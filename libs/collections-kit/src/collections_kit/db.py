@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
@@ -60,6 +61,34 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
         # Statement parameters can hold personal data; errors must not echo them into logs.
         hide_parameters=True,
     )
+
+
+# SQLSTATEs that say "the database cannot serve you now", not "this statement is wrong":
+# class 08 (connection exceptions), too many connections, and the three a restart answers
+# with (admin shutdown, crash shutdown, cannot connect now: shutting down or starting up).
+_UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable or restarting: worth waiting out,
+    never a reason to dead-letter a record or to answer 500.
+
+    asyncpg's refusals during a restart reach us as a plain ``DBAPIError`` (the dialect
+    maps them to its generic ``Error``), so the SQLSTATE is read along the cause chain."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
+            return True
+        origin = getattr(current, "orig", None)
+        current = origin if isinstance(origin, BaseException) else current.__cause__
+    return False
 
 
 def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:

@@ -10,11 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
+
+from collections_kit.db import database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,6 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
-def _database_unreachable(exc: Exception) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 def install(
     app: FastAPI,
     *,
@@ -171,7 +166,7 @@ def install(
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if _database_unreachable(exc):
+        if database_unavailable(exc):
             # Transient by nature (a restart, a failover, a connection that died with the
             # server, which also resets the pool): the caller should retry.
             return problem_response(
