@@ -47,6 +47,8 @@ SCOPES: dict[str, str] = {
     "contacts:write": "Store contact details; record opt-outs and do-not-contact",
     "pii:read": "See personal data (contact details) unmasked",
     "admin": "Operational reports: portfolio summaries, reconciliation runs",
+    "collections:agency": "A collection agency (the token's subject): its placements and the "
+    "cases placed with it, nothing else",
 }
 ALL_SCOPES = tuple(SCOPES)
 # Documentation only: clients get tokens from the organisation's authorisation server.

@@ -268,6 +268,47 @@ class CaseResumed(Message):
     resumed_at: AwareDatetime
 
 
+# Agencies are named by the same ids their tokens carry as subject.
+AgencyId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+PlacementNoticeKind = Literal["placed", "recalled", "held", "resumed", "repaid"]
+RecallReason = Literal["repaid", "hold", "dispute", "closure", "expiry"]
+
+
+class PlacementNotice(Message):
+    """What an agency hears of a case placed with it; keyed by loan.
+
+    ``placed`` gives it the case until ``placed_until``; ``recalled`` takes it back at once
+    (with the reason): repayment, hold, dispute, closure or the placement's expiry. A hold
+    first sends ``held`` (stop calling), then the recall; if the hold ends within the
+    placement's period the case comes back to the same agency with ``resumed``. ``repaid``
+    is a repayment made while placed, with the commission it accrued.
+
+    No personal data (ids only, as on the case events): an agency reads the contact details
+    of a case placed with it over REST, under its own scope.
+    """
+
+    kind: PlacementNoticeKind
+    placement_id: str
+    case_id: str
+    loan_id: LoanId
+    # The lender's opaque borrower id (as on CaseOpened): what contact details are keyed by.
+    borrower_id: LoanId
+    agency: AgencyId
+    tier: str = Field(max_length=64, examples=["primary"])
+    reason: RecallReason | None = None
+    stage: Stage
+    days_past_due: int = Field(ge=0, le=36500)
+    currency: CurrencyCode
+    outstanding: NonNegativeAmount
+    placed_until: AwareDatetime
+    # repaid: the repayment and the agency's commission on it.
+    amount: NonNegativeAmount | None = None
+    commission: NonNegativeAmount | None = None
+    occurred_at: AwareDatetime
+
+
 class BalanceCorrected(Message):
     """Reconciliation found the collections view drifted from the ledger.
 
@@ -431,6 +472,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
         Topic.CASE_EVENTS,
         CaseResumed,
         "A hold ended; contact needs a fresh ledger confirmation.",
+        _WORKFLOW,
+    ),
+    MessageSpec(
+        "collections.placement.notice.v1",
+        Topic.PLACEMENTS,
+        PlacementNotice,
+        "A case placed with an agency, recalled, held, resumed or repaid while placed.",
         _WORKFLOW,
     ),
     MessageSpec(

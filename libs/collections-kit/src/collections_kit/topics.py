@@ -24,6 +24,8 @@ class Topic(StrEnum):
     CONTACT_COMMANDS = "collections.contact-commands.v1"
     CONTACT_OUTCOMES = "collections.contact-outcomes.v1"
     CASE_EVENTS = "collections.case-events.v1"
+    # to collection agencies: placements, recalls and what happens to placed cases
+    PLACEMENTS = "collections.placements.v1"
     DLQ = "collections.dlq.v1"
 
 

@@ -25,3 +25,6 @@ class WorkflowSettings(ServiceSettings):
     # that may open its case late (topics are consumed independently). It covers a consumer
     # lagging behind by that much; beyond it the periodic balance re-check still closes.
     money_seen_retention_hours: float = Field(default=72.0, gt=0)
+    # The agency placement policy (TOML, e.g. policies/placements.toml); None: no agencies,
+    # nothing is placed.
+    placement_policy_file: Path | None = None

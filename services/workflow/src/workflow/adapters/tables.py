@@ -203,3 +203,52 @@ tasks = Table(
         postgresql_where=text("status IN ('open', 'leased')"),
     ),
 )
+
+# Agency placements (migration 0010): at most one running per loan.
+placements = Table(
+    "placements",
+    metadata,
+    Column("placement_id", Text, primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("agency", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("tier_index", Integer, nullable=False),
+    Column("commission_rate", Numeric(9, 6), nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("placed_at", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("amount_placed", Numeric(20, 6), nullable=False),
+    Column("policy_version", Text, nullable=False),
+    Column("collected", Numeric(20, 6), nullable=False),
+    Column("commission", Numeric(20, 6), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("end_reason", Text),
+    Index(
+        "ux_placements_running_loan",
+        "loan_id",
+        unique=True,
+        postgresql_where=text("ended_at IS NULL"),
+    ),
+    Index("ix_placements_loan", "loan_id", "placed_at"),
+    Index(
+        "ix_placements_agency_running",
+        "agency",
+        "loan_id",
+        postgresql_where=text("ended_at IS NULL"),
+    ),
+)
+
+placement_commissions = Table(
+    "placement_commissions",
+    metadata,
+    Column("placement_id", Text, primary_key=True),
+    Column("repayment_id", Text, primary_key=True),
+    Column("agency", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("amount", Numeric(20, 6), nullable=False),
+    Column("commission", Numeric(20, 6), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_placement_commissions_agency", "agency", "currency"),
+)

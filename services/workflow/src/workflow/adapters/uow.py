@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.uow import SqlUnitOfWork
 from workflow.adapters.idempotency import IdempotencyKeyRepository
+from workflow.adapters.placements import PlacementRepository
 from workflow.adapters.repository import CaseRepository, TimerRepository
 
 
@@ -13,8 +14,10 @@ class SqlWorkflowUnitOfWork(SqlUnitOfWork):
     cases: CaseRepository
     idempotency_keys: IdempotencyKeyRepository
     timers: TimerRepository
+    placements: PlacementRepository
 
     def bind(self, conn: AsyncConnection) -> None:
         self.cases = CaseRepository(conn)
         self.idempotency_keys = IdempotencyKeyRepository(conn)
         self.timers = TimerRepository(conn)
+        self.placements = PlacementRepository(conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from collections_kit import contract as c
 from collections_kit.clock import derived_id
@@ -17,11 +18,13 @@ from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from workflow.adapters.journal import encode_input
+from workflow.adapters.placements import PlacementBatch, PlacementRepository
 from workflow.adapters.repository import BatchState, CaseRepository
 from workflow.app.ports import CaseStore
 from workflow.domain import decide as d
 from workflow.domain import messages as m
-from workflow.domain.model import Case
+from workflow.domain import placement as pl
+from workflow.domain.model import Case, TimelineEntry
 from workflow.domain.policy import PolicyBook
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,10 @@ class Workflow:
     table. A single REST command or timer is a batch of one.
     """
 
-    def __init__(self, policies: PolicyBook) -> None:
+    def __init__(self, policies: PolicyBook, placements: pl.PlacementPolicy | None = None) -> None:
         self._policies = policies
+        # None: no agencies; nothing is placed.
+        self._placements = placements
 
     async def run(
         self,
@@ -79,6 +84,11 @@ class Workflow:
             [i.loan_id for i in items],
             [i.check_id for i in items if i.check_id],
             [i.intent_id for i in items if i.intent_id],
+        )
+        placing = (
+            await PlacementRepository(tx.conn).load_for_batch([i.loan_id for i in items])
+            if self._placements is not None
+            else None
         )
         results = []
         for item in items:
@@ -128,8 +138,65 @@ class Workflow:
                     event_id=derived_id(item.cause_id, f"effect/{n}"),
                     subject=subject.loan_id,
                 )
+            if placing is not None:
+                self._place(tx, item, event, decision.case or subject, state, placing)
         await repo.write_batch(state, tx.now)
+        if placing is not None:
+            await PlacementRepository(tx.conn).write_batch(placing, tx.now)
         return results
+
+    def _place(
+        self,
+        tx: Tx,
+        item: Item,
+        event: d.Input,
+        case: Case,
+        state: BatchState,
+        placing: PlacementBatch,
+    ) -> None:
+        """The agencies' side of the decided input, in its transaction: placed, recalled,
+        resumed, commission; on the case timeline and through the same outbox."""
+        assert self._placements is not None
+        outcome = pl.place(
+            case,
+            event,
+            placing.newest.get(case.loan_id),
+            self._placements,
+            tx.now,
+            ids(item.cause_id),
+        )
+        if outcome == pl.NOTHING:
+            return
+        placing.record(outcome)
+        entries = tuple(
+            TimelineEntry(
+                kind=kind,
+                cause=d.cause_of(event),
+                stage_before=case.stage,
+                stage_after=case.stage,
+                status_before=case.status,
+                status_after=case.status,
+                policy_version=self._placements.version,
+                detail=detail,
+            )
+            for kind, detail in outcome.timeline
+        )
+        state.record(
+            case,
+            None,
+            (),
+            entries,
+            outcome.timers,
+            at=tx.now,
+            actor=tx.actor,
+            cause_id=item.cause_id,
+        )
+        for n, notice in enumerate(outcome.notices):
+            tx.publish(
+                _notice_message(notice, case, tx),
+                event_id=derived_id(item.cause_id, f"placement/{n}"),
+                subject=case.loan_id,
+            )
 
 
 def _with_money_seen(state: BatchState, item: Item) -> d.Input:
@@ -270,6 +337,29 @@ def item_for(env: Envelope) -> Item:
                 intent_id=data.intent_id,
             )
     raise AssertionError(f"the workflow does not consume {type(data).__name__}")
+
+
+def _notice_message(notice: pl.Notice, case: Case, tx: Tx) -> c.PlacementNotice:
+    p = notice.placement
+    return c.PlacementNotice(
+        kind=notice.kind,
+        placement_id=p.placement_id,
+        case_id=p.case_id,
+        loan_id=p.loan_id,
+        borrower_id=case.borrower_id,
+        agency=p.agency,
+        tier=p.tier,
+        reason=notice.reason.value if notice.reason else None,
+        stage=case.stage.value,
+        days_past_due=case.days_past_due,
+        currency=case.currency,
+        # An overpaid loan owes nothing: the agency is told zero, not a negative debt.
+        outstanding=max(case.outstanding, Decimal(0)),
+        placed_until=p.until,
+        amount=notice.amount,
+        commission=notice.commission,
+        occurred_at=tx.now,
+    )
 
 
 def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:

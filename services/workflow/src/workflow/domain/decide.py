@@ -528,6 +528,15 @@ def _restart_collecting(case: Case, ctx: _Ctx, first: TimelineEntry) -> Decision
 # --- the decision ------------------------------------------------------------------------
 
 
+def cause_of(event: Input) -> str:
+    """What the timeline names as the cause of the steps ``event`` makes."""
+    if hasattr(event, "request_id"):
+        return f"request:{event.request_id}"
+    if isinstance(event, m.TimerFired):
+        return f"timer:{event.timer_id}"
+    return f"event:{event.event_id}"
+
+
 def decide(
     case: Case | None,
     intents: Sequence[ContactIntent],
@@ -537,14 +546,7 @@ def decide(
     new_id: NewId,
 ) -> Decision:
     """Decide what ``event`` does to ``case`` (None: the loan has no case yet)."""
-    cause = (
-        f"request:{event.request_id}"
-        if hasattr(event, "request_id")
-        else f"timer:{event.timer_id}"
-        if isinstance(event, m.TimerFired)
-        else f"event:{event.event_id}"
-    )
-    ctx = _Ctx(policy, now, new_id, cause)
+    ctx = _Ctx(policy, now, new_id, cause_of(event))
     if isinstance(event, m.OverdueReported):
         return _overdue(case, intents, event, ctx)
     if case is None:
@@ -1047,6 +1049,8 @@ def timer_is_current(case: Case, kind: TimerKind, token: str) -> bool:
             case.arrangement is not None
             and token.rpartition(":")[0] == case.arrangement.arrangement_id
         )
+    if kind is TimerKind.PLACEMENT_EXPIRY:
+        return True  # the placement step decides whether its placement still runs
     return case.is_open  # RECHECK: the firing decides precisely
 
 
@@ -1058,6 +1062,9 @@ def _timer(
         timeline=(_entry(ctx, "timer_stale", case, case, timer=event.kind, token=event.token),),
     )
     kind = TimerKind(event.kind)
+    if kind is TimerKind.PLACEMENT_EXPIRY:
+        # The case itself does not move: the placement step recalls (domain/placement.py).
+        return Decision(case=None)
     if kind in (TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE):
         if event.token != str(case.stage_epoch):
             return stale

@@ -187,6 +187,8 @@ class TimerKind(StrEnum):
     ARRANGEMENT_DUE = "arrangement_due"
     HOLD_EXPIRY = "hold_expiry"
     RECHECK = "recheck"
+    # An agency placement's period ends (domain/placement.py decides; the case does not move).
+    PLACEMENT_EXPIRY = "placement_expiry"
 
 
 @dataclass(frozen=True)

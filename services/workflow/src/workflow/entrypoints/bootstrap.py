@@ -16,6 +16,7 @@ from collections_kit.jurisdictions import known_jurisdictions
 from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
+from workflow.adapters.placement_file import load_placement_policy
 from workflow.adapters.policy_file import policy_book
 from workflow.adapters.tables import inbox, outbox
 from workflow.adapters.uow import SqlWorkflowUnitOfWork
@@ -23,7 +24,7 @@ from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
 from workflow.domain.policy import PolicyBook
-from workflow.entrypoints import dead_letters
+from workflow.entrypoints import agencies, dead_letters
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
@@ -51,7 +52,12 @@ def build_runtime(
     )
     producer = make_producer(settings)
     relay = OutboxRelay(engine, settings.database_url, producer, outbox, settings.db_schema)
-    workflow = Workflow(policies or policy_book(settings.policy_files))
+    placements = (
+        load_placement_policy(settings.placement_policy_file)
+        if settings.placement_policy_file
+        else None
+    )
+    workflow = Workflow(policies or policy_book(settings.policy_files), placements)
     # One transaction each: every read and write of the app layer goes through one.
     uow = partial(SqlWorkflowUnitOfWork, engine, settings, clock, outbox)
     timer_worker = TimerWorker(
@@ -82,7 +88,12 @@ def build_runtime(
         relay=relay,
         loops=[loop],
         workers=[timer_worker],
-        state={"clock": clock, "uow": uow, "commands": Commands(uow, workflow)},
+        state={
+            "clock": clock,
+            "uow": uow,
+            "commands": Commands(uow, workflow),
+            "agencies": placements.agencies() if placements else frozenset(),
+        },
     )
 
 
@@ -92,6 +103,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections workflow",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, dead_letters.router],
+        routers=[router, dead_letters.router, agencies.router],
         manage_runtime=manage_runtime,
     )

@@ -1,0 +1,233 @@
+"""Agency placement against the real broker and PostgreSQL: a placed case is recalled on
+``collections.placements.v1`` as soon as it is repaid; an agency reads only its own cases;
+commission accrues per agency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from collections_kit import contract as c
+from collections_kit.auth import dev_headers
+from collections_kit.clock import OffsetClock
+from collections_kit.envelope import decode
+from collections_kit.runtime import Runtime
+from collections_kit.topics import Topic
+from scripts import lending
+from tests.support import eventually, migrate, mismatched_replays, running
+from workflow.entrypoints import bootstrap
+from workflow.settings import WorkflowSettings
+
+# Every case at 1 day past due or more is placed: one agency, 25% commission.
+POLICY = """
+version = "placements/test"
+
+[[tiers]]
+tier = "primary"
+stages = ["warning", "formal_notice", "guarantor_recourse"]
+min_days_past_due = 1
+min_balance = "100.00"
+period_days = 90
+
+[[tiers.agencies]]
+agency = "agency-a"
+share = 1
+commission_rate = "0.25"
+"""
+
+AGENCY_A = dev_headers(["collections:agency"], subject="agency-a")
+AGENCY_B = dev_headers(["collections:agency"], subject="agency-b")
+READER = dev_headers(["cases:read"], subject="reader")
+ADMIN = dev_headers(["admin"], subject="ops")
+
+
+@pytest.fixture
+async def placing(
+    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+) -> AsyncIterator[Runtime]:
+    policy = tmp_path / "placements.toml"
+    policy.write_text(POLICY)
+    config = WorkflowSettings.model_validate(
+        {
+            "database_url": database_url,
+            "kafka_bootstrap": stack["kafka_bootstrap"],
+            "topic_prefix": topic_prefix,
+            "environment": "test",
+            "placement_policy_file": policy,
+        }
+    )
+    await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
+    async with running(bootstrap.build_runtime(config, clock=OffsetClock())) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+async def api(placing: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = bootstrap.create_app(placing, manage_runtime=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://workflow"
+    ) as client:
+        yield client
+
+
+class Notices:
+    """A live reader of the placements topic from its end as of ``start``."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False
+        )
+        self._topic = topic
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        await self._consumer._client.force_metadata_update()
+        partitions = [
+            TopicPartition(self._topic, p)
+            for p in sorted(self._consumer.partitions_for_topic(self._topic) or ())
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the end now, not at the first fetch
+            await self._consumer.position(tp)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def next_matching(
+        self, wanted: Any, *, within: float = 30.0
+    ) -> tuple[c.PlacementNotice, float]:
+        """The first notice ``wanted(notice)`` accepts, and the monotonic time it arrived."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for records in (await self._consumer.getmany(timeout_ms=50)).values():
+                for r in records:
+                    data = decode(r.key, r.value, r.headers).data
+                    if isinstance(data, c.PlacementNotice) and wanted(data):
+                        return data, time.monotonic()
+        raise AssertionError(f"no matching placement notice within {within}s")
+
+
+@pytest.fixture
+async def notices(stack: dict[str, str], topic_prefix: str) -> AsyncIterator[Notices]:
+    reader = Notices(stack["kafka_bootstrap"], topic_prefix + Topic.PLACEMENTS.value)
+    await reader.start()
+    try:
+        yield reader
+    finally:
+        await reader.stop()
+
+
+async def placed(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None:
+    response = await api.get(f"/v1/placements/{loan_id}", headers=AGENCY_A)
+    return response.json() if response.status_code == 200 else None
+
+
+async def timeline_kinds(api: httpx.AsyncClient, loan_id: str) -> list[str]:
+    response = await api.get(f"/v1/cases/{loan_id}/timeline", headers=READER)
+    return [e["kind"] for e in response.json()["entries"]] if response.status_code == 200 else []
+
+
+async def test_placement_then_repayment_puts_a_recall_on_the_placements_topic_at_once(
+    placing: Runtime, api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+) -> None:
+    await lender.publish(lending.overdue("L-agency-1", Decimal("1000.00"), dpd=10))
+    notice, _ = await notices.next_matching(lambda n: n.loan_id == "L-agency-1")
+    assert notice.kind == "placed"
+    assert notice.agency == "agency-a"
+    assert notice.outstanding == Decimal("1000.00")
+    # No personal data on the topic: ids and amounts, no name or contact details.
+    assert not {"name", "email", "phone", "postal_address"} & set(notice.model_dump())
+    await eventually(lambda: placed(api, "L-agency-1"))
+
+    repaid_at = time.monotonic()
+    await lender.publish(lending.repayment("L-agency-1", Decimal("1000.00"), Decimal("0.00")))
+    recall, arrived = await notices.next_matching(
+        lambda n: n.loan_id == "L-agency-1" and n.kind == "recalled"
+    )
+    latency = arrived - repaid_at
+    # The Must-show figure (recall within a second of the repayment) is read off this line;
+    # the test asserts only that the recall came, once, for the right reason.
+    print(f"\nrecall latency after the repayment's publication: {latency * 1000:.0f} ms")
+    assert recall.reason == "repaid"
+    assert recall.placement_id == notice.placement_id
+
+    # Commission at 25% of what was repaid while placed; the case is no longer the agency's.
+    response = await api.get("/v1/agencies/agency-a/commission", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["running"] == 0
+    assert body["by_currency"] == [
+        {"currency": "CNY", "payments": 1, "collected": "1000.00", "commission": "250.00"}
+    ]
+    gone = await api.get("/v1/placements/L-agency-1", headers=AGENCY_A)
+    assert gone.status_code == 403
+    kinds = await timeline_kinds(api, "L-agency-1")
+    assert kinds.count("case_placed") == 1
+    assert kinds.count("placement_commission_accrued") == 1
+    assert kinds.count("placement_recalled") == 1
+    # Exactly one recall went out for it.
+    await asyncio.sleep(0.5)
+    assert await _count(notices, lambda n: n.loan_id == "L-agency-1" and n.kind == "recalled") == 0
+    # Placements live beside the case: its journal still replays to what is stored.
+    assert await mismatched_replays(placing.engine) == []
+
+
+async def _count(reader: Notices, wanted: Any) -> int:
+    try:
+        await reader.next_matching(wanted, within=1.0)
+    except AssertionError:
+        return 0
+    return 1
+
+
+async def test_an_agency_reads_only_the_cases_placed_with_it(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    await lender.publish(lending.overdue("L-agency-2", Decimal("800.00"), dpd=10))
+    case = await eventually(lambda: placed(api, "L-agency-2"))
+    assert case["placement"]["agency"] == "agency-a"
+    assert case["outstanding"] == "800.00"
+
+    listed = await api.get("/v1/placements", headers=AGENCY_A)
+    assert [p["loan_id"] for p in listed.json()["placements"]] == ["L-agency-2"]
+
+    for loan_id in ("L-agency-2", "L-no-such-loan"):
+        refused = await api.get(f"/v1/placements/{loan_id}", headers=AGENCY_B)
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "not placed with you" in refused.json()["detail"]
+    assert (await api.get("/v1/placements", headers=AGENCY_B)).json()["placements"] == []
+    # A collector's or reader's token is not an agency's.
+    assert (await api.get("/v1/placements/L-agency-2", headers=READER)).status_code == 403
+
+
+async def test_bad_input_is_a_problem_and_changes_nothing(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    await lender.publish(lending.overdue("L-agency-3", Decimal("500.00"), dpd=10))
+    await eventually(lambda: placed(api, "L-agency-3"))
+    before = await timeline_kinds(api, "L-agency-3")
+    for path, headers in (
+        ("/v1/placements/bad%20id", AGENCY_A),
+        ("/v1/placements?limit=0", AGENCY_A),
+        ("/v1/agencies/bad%20agency/commission", ADMIN),
+        ("/v1/agencies/agency-a/commission", AGENCY_A),
+    ):
+        response = await api.get(path, headers=headers)
+        assert response.status_code in (403, 422), (path, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    unknown = await api.get("/v1/agencies/agency-zz/commission", headers=ADMIN)
+    assert unknown.status_code == 404
+    assert "agency-zz" in unknown.json()["detail"]
+    assert await timeline_kinds(api, "L-agency-3") == before
+    assert (await placed(api, "L-agency-3")) is not None

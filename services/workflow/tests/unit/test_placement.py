@@ -1,0 +1,377 @@
+"""Agency placement, pure: who gets a case, when it comes back, what the agency earns.
+
+Each input is decided by the workflow's ``decide`` first and then by ``place``, exactly as
+the app does it (app/handlers.py), against the shipped placement policy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workflow.adapters.placement_file import load_placement_policy
+from workflow.adapters.policy_file import PolicyError
+from workflow.domain import decide as d
+from workflow.domain import messages as m
+from workflow.domain import placement as pl
+from workflow.domain.model import Case, ContactIntent, TimerKind
+from workflow.domain.policy import DEFAULT_POLICY, Stage
+
+SHIPPED = Path(__file__).resolve().parents[2] / "src/workflow/policies/placements.toml"
+POLICY = load_placement_policy(SHIPPED)
+START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    """One loan: its case, intents and placements, as the app keeps them."""
+
+    loan_id: str = "L1"
+    now: datetime = START
+    case: Case | None = None
+    intents: dict[str, ContactIntent] = field(default_factory=dict)
+    placements: dict[str, pl.Placement] = field(default_factory=dict)
+    newest: pl.Placement | None = None
+    notices: list[pl.Notice] = field(default_factory=list)
+    accruals: list[pl.Accrual] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+    n: int = 0
+
+    def run(self, event: d.Input) -> pl.PlacementOutcome | None:
+        self.n += 1
+        cause = f"c{self.n}"
+        decision = d.decide(
+            self.case,
+            list(self.intents.values()),
+            event,
+            DEFAULT_POLICY,
+            self.now,
+            lambda label: f"{cause}/{label}",
+        )
+        if decision.rejected is not None:
+            return None
+        self.case = decision.case or self.case
+        self.intents.update({i.intent_id: i for i in decision.intents})
+        if self.case is None:
+            return None
+        outcome = pl.place(
+            self.case, event, self.newest, POLICY, self.now, lambda label: f"{cause}/{label}"
+        )
+        for p in outcome.placements:
+            self.placements[p.placement_id] = p
+            if self.newest is None or self.newest.placement_id == p.placement_id or p.is_active:
+                self.newest = p
+        self.notices.extend(outcome.notices)
+        self.accruals.extend(outcome.accruals)
+        self.timeline.extend(kind for kind, _ in outcome.timeline)
+        return outcome
+
+    def running(self) -> list[pl.Placement]:
+        return [p for p in self.placements.values() if p.is_active]
+
+    def overdue(self, dpd: int, outstanding: str = "5000.00") -> pl.PlacementOutcome | None:
+        # Each report newer than the last: an older one changes nothing.
+        self.now += timedelta(hours=1)
+        self.n += 1
+        return self.run(
+            m.OverdueReported(
+                f"o{self.n}",
+                self.loan_id,
+                "B1",
+                "consumer-loan",
+                "CNY",
+                Decimal("500.00"),
+                Decimal(outstanding),
+                dpd,
+                self.now,
+                "Asia/Shanghai",
+                "CN",
+            )
+        )
+
+    def repay(self, amount: str, after: str) -> pl.PlacementOutcome | None:
+        self.n += 1
+        return self.run(
+            m.RepaymentReceived(
+                f"r{self.n}", f"R{self.n}", Decimal(amount), Decimal(after), self.now
+            )
+        )
+
+    def hold(self, kind: str = "hardship") -> pl.PlacementOutcome | None:
+        self.n += 1
+        return self.run(m.RequestHold(f"h{self.n}", kind, "documents received", "agent"))
+
+    def resume(self) -> pl.PlacementOutcome | None:
+        self.n += 1
+        return self.run(m.RequestResume(f"u{self.n}", "hold over", "agent", "debt confirmed"))
+
+    def close(self) -> pl.PlacementOutcome | None:
+        self.n += 1
+        return self.run(m.RequestClosure(f"x{self.n}", "written_off", "uncollectable", "agent"))
+
+    def expire(self) -> pl.PlacementOutcome | None:
+        running = self.running()
+        assert running
+        self.now = max(self.now, running[0].until)
+        return self.run(
+            m.TimerFired(
+                "t-" + running[0].placement_id,
+                TimerKind.PLACEMENT_EXPIRY.value,
+                running[0].placement_id,
+                running[0].until,
+            )
+        )
+
+    def to_formal_notice(self) -> None:
+        self.overdue(5)
+        self.now += timedelta(days=1)
+        self.overdue(45)
+        assert self.case is not None
+        assert self.case.stage is Stage.FORMAL_NOTICE
+
+
+def kinds(notices: list[pl.Notice]) -> list[str]:
+    return [n.kind for n in notices]
+
+
+def test_a_case_in_a_tier_stage_past_its_days_is_placed_with_one_agency_until_the_period() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    assert placement.tier == "primary"
+    assert placement.agency in {"agency-north", "agency-south"}
+    assert placement.until == world.now + timedelta(days=90)
+    assert placement.amount_placed == Decimal("5000.00")
+    assert kinds(world.notices) == ["placed"]
+    assert "case_placed" in world.timeline
+
+
+def test_a_case_in_warning_or_below_the_balance_band_is_not_placed() -> None:
+    world = World()
+    world.overdue(5)
+    assert world.running() == []
+    small = World()
+    small.overdue(5, outstanding="50.00")
+    small.now += timedelta(days=1)
+    small.overdue(45, outstanding="50.00")
+    assert small.running() == []
+
+
+def test_the_agency_is_the_same_for_a_case_id_and_follows_the_shares() -> None:
+    (primary, _) = POLICY.tiers
+    chosen = Counter(primary.agency_for(f"case-{i}").agency for i in range(2000))
+    assert primary.agency_for("case-7") == primary.agency_for("case-7")
+    # 60 / 40 within sampling noise.
+    assert 0.55 < chosen["agency-north"] / 2000 < 0.65
+
+
+def test_a_full_repayment_accrues_commission_then_recalls_once() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    world.notices.clear()
+    world.repay("5000.00", "0.00")
+    assert kinds(world.notices) == ["repaid", "recalled"]
+    assert world.notices[-1].reason is pl.RecallReason.REPAID
+    assert world.running() == []
+    (accrual,) = world.accruals
+    assert accrual.commission == (Decimal("5000.00") * placement.commission_rate).quantize(
+        Decimal("0.01")
+    )
+
+
+def test_partial_payments_accrue_commission_in_minor_units_and_keep_the_placement() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.notices.clear()
+    world.repay("333.33", "4666.67")
+    (running,) = world.running()
+    assert kinds(world.notices) == ["repaid"]
+    assert running.collected == Decimal("333.33")
+    # 333.33 * 0.20 = 66.666 or * 0.22 = 73.3326: rounded to the fen, half up.
+    assert running.commission in (Decimal("66.67"), Decimal("73.33"))
+    assert running.commission.as_tuple().exponent == -2
+
+
+def test_commission_is_rounded_to_the_currency_minor_unit() -> None:
+    assert pl.commission_on(Decimal("1001"), Decimal("0.25"), "JPY") == Decimal("250")
+    assert pl.commission_on(Decimal("10.005"), Decimal("0.1"), "KWD") == Decimal("1.001")
+    assert pl.commission_on(Decimal("0.05"), Decimal("0.5"), "EUR") == Decimal("0.03")
+
+
+def test_a_hold_recalls_and_the_end_of_the_hold_gives_the_case_back_to_the_same_agency() -> None:
+    world = World()
+    world.to_formal_notice()
+    (first,) = world.running()
+    world.notices.clear()
+    world.hold()
+    assert kinds(world.notices) == ["held", "recalled"]
+    assert world.notices[-1].reason is pl.RecallReason.HOLD
+    assert world.running() == []
+    world.now += timedelta(days=10)
+    world.resume()
+    (back,) = world.running()
+    assert kinds(world.notices)[-1] == "resumed"
+    assert back.agency == first.agency
+    assert back.until == first.until
+    assert back.placement_id != first.placement_id
+
+
+def test_a_dispute_recalls_with_reason_dispute() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.hold("dispute")
+    assert world.notices[-1].kind == "recalled"
+    assert world.notices[-1].reason is pl.RecallReason.DISPUTE
+
+
+def test_a_closure_recalls_with_reason_closure() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.close()
+    assert world.notices[-1].reason is pl.RecallReason.CLOSURE
+    assert world.running() == []
+
+
+def test_expiry_recalls_and_moves_the_case_on_to_the_next_tier_that_admits_it() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.overdue(95)  # past the secondary tier's 90 days (and on to guarantor recourse)
+    world.notices.clear()
+    world.expire()
+    assert kinds(world.notices) == ["recalled", "placed"]
+    assert world.notices[0].reason is pl.RecallReason.EXPIRY
+    (second,) = world.running()
+    assert second.tier == "secondary"
+    assert second.agency == "agency-east"
+    assert second.tier_index == 1
+    # After the last tier the case stays with the lender.
+    world.expire()
+    assert world.running() == []
+    world.overdue(200)
+    assert world.running() == []
+
+
+def test_a_stale_expiry_timer_does_nothing() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    world.hold()
+    world.resume()
+    world.notices.clear()
+    world.run(
+        m.TimerFired("t-old", TimerKind.PLACEMENT_EXPIRY.value, placement.placement_id, START)
+    )
+    assert world.notices == []
+    assert len(world.running()) == 1
+
+
+def test_the_decision_of_the_case_ignores_a_placement_timer() -> None:
+    world = World()
+    world.to_formal_notice()
+    assert world.case is not None
+    decision = d.decide(
+        world.case,
+        [],
+        m.TimerFired("t", TimerKind.PLACEMENT_EXPIRY.value, "p", world.now),
+        DEFAULT_POLICY,
+        world.now,
+        lambda label: label,
+    )
+    assert decision == d.Decision(case=None)
+
+
+def test_the_shipped_placement_file_loads_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    assert [t.tier for t in POLICY.tiers] == ["primary", "secondary"]
+    for broken in (
+        ("share = 60", "share = 0"),
+        ('commission_rate = "0.20"', 'commission_rate = "1.5"'),
+        ('agency = "agency-north"', 'agency = "agency south"'),
+        ("period_days = 90", "period_days = 0"),
+        (
+            'stages = ["formal_notice", "guarantor_recourse"]\nmin_days_past_due = 45',
+            'stages = ["nope"]\nmin_days_past_due = 45',
+        ),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(SHIPPED.read_text().replace(*broken, 1))
+        with pytest.raises(PolicyError):
+            load_placement_policy(bad)
+
+
+# --- properties --------------------------------------------------------------------------
+
+STEPS = st.lists(
+    st.sampled_from(
+        ["overdue", "partial", "full", "hold", "dispute", "resume", "close", "expire", "reverse"]
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=STEPS, dpd_step=st.integers(1, 40))
+def test_never_two_agencies_at_once_and_each_end_of_a_placement_is_one_recall(
+    steps: list[str], dpd_step: int
+) -> None:
+    world = World()
+    world.to_formal_notice()
+    dpd, outstanding = 45, Decimal("5000.00")
+    for step in steps:
+        world.now += timedelta(days=1)
+        running_before = world.running()
+        outcome: pl.PlacementOutcome | None = None
+        match step:
+            case "overdue":
+                dpd += dpd_step
+                outcome = world.overdue(dpd, str(outstanding))
+            case "partial":
+                if outstanding > 200:
+                    outstanding -= 100
+                    outcome = world.repay("100.00", str(outstanding))
+            case "full":
+                outcome = world.repay(str(outstanding), "0.00")
+                outstanding = Decimal(0)
+            case "hold" | "dispute":
+                outcome = world.hold("dispute" if step == "dispute" else "hardship")
+            case "resume":
+                outcome = world.resume()
+            case "close":
+                outcome = world.close()
+            case "expire":
+                if running_before:
+                    outcome = world.expire()
+            case "reverse":
+                world.n += 1
+                outstanding += 100
+                outcome = world.run(
+                    m.RepaymentReversed(
+                        f"v{world.n}", f"R{world.n}", Decimal(100), outstanding, world.now
+                    )
+                )
+        assert len(world.running()) <= 1, "placed with two agencies at once"
+        if outcome is None:
+            continue
+        recalls = [n for n in outcome.notices if n.kind == "recalled"]
+        case = world.case
+        assert case is not None
+        if running_before and pl.recall_reason(case) is not None:
+            # Repaid, held or closed while placed: exactly one recall, of that placement.
+            assert len(recalls) == 1
+            assert recalls[0].placement.placement_id == running_before[0].placement_id
+            assert world.running() == []
+        else:
+            assert len(recalls) <= 1
+            if recalls:
+                assert recalls[0].reason is pl.RecallReason.EXPIRY
+        for notice in recalls:
+            assert notice.placement.ended_at is not None
+        if pl.recall_reason(case) is not None:
+            assert world.running() == [], "a repaid, held or closed case stays placed"
