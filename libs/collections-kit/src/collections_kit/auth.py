@@ -46,9 +46,13 @@ SCOPES: dict[str, str] = {
     "milestones, closures",
     "contacts:write": "Store contact details; record opt-outs and do-not-contact",
     "pii:read": "See personal data (contact details) unmasked",
+    "contacts:permit": "Ask for a contact permit before contacting a person (collector or "
+    "agency) and report the contact's result",
     "admin": "Operational reports: portfolio summaries, reconciliation runs",
     "collections:agency": "A collection agency (the token's subject): its placements and the "
     "cases placed with it, nothing else",
+    "collections:work": "Work the queues as a collector: lease the next task, record its "
+    "result, release or renew the lease; read queue depths",
 }
 ALL_SCOPES = tuple(SCOPES)
 # Documentation only: clients get tokens from the organisation's authorisation server.

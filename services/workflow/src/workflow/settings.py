@@ -28,3 +28,6 @@ class WorkflowSettings(ServiceSettings):
     # The agency placement policy (TOML, e.g. policies/placements.toml); None: no agencies,
     # nothing is placed.
     placement_policy_file: Path | None = None
+    # The work queues' policy (routes, balance bands, lease length); None: the shipped
+    # policies/queues.toml.
+    queue_policy_file: Path | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import FixedClock
 from collections_kit.outbox import Tx
+from workflow.adapters.policy_file import load_queue_policy
 from workflow.adapters.repository import BatchState
 from workflow.app.commands import Commands, KeyReusedError, Outcome
 from workflow.app.handlers import Workflow
-from workflow.app.ports import CaseStore, DueTimer, KeptAnswer
+from workflow.app.ports import CaseStore, DueTimer, KeptAnswer, QueueCount, TaskStep
 from workflow.app.timers import TimerWorker
 from workflow.domain import messages as m
+from workflow.domain import tasks as tk
 from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
 from workflow.domain.policy import PolicyBook
 
@@ -37,6 +39,8 @@ class Data:
     intents: dict[str, ContactIntent] = field(default_factory=dict)
     timers: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, KeptAnswer] = field(default_factory=dict)
+    tasks: dict[str, tk.Task] = field(default_factory=dict)
+    task_steps: list[TaskStep] = field(default_factory=list)
 
 
 @dataclass
@@ -137,6 +141,67 @@ class FakeTimers:
         return len(late), min(late, default=None)
 
 
+class FakeTasks:
+    """The tasks port in memory; "next" picks by the domain's own rule."""
+
+    def __init__(self, data: Data) -> None:
+        self._data = data
+
+    async def get(self, task_id: str, *, lock: bool = False) -> tk.Task | None:
+        return self._data.tasks.get(task_id)
+
+    async def add(self, tasks: Sequence[tk.Task]) -> list[tk.Task]:
+        live = {(x.case_id, x.kind) for x in self._data.tasks.values() if x.is_live}
+        added = [
+            x
+            for x in tasks
+            if x.task_id not in self._data.tasks and (x.case_id, x.kind) not in live
+        ]
+        self._data.tasks.update({x.task_id: x for x in added})
+        return added
+
+    async def withdraw(
+        self, withdrawals: Sequence[tuple[str, tk.Withdrawal]], at: datetime
+    ) -> list[tk.Task]:
+        ended = []
+        for case_id, w in withdrawals:
+            for x in list(self._data.tasks.values()):
+                if x.case_id == case_id and x.is_live and (w.kinds is None or x.kind in w.kinds):
+                    gone = replace(x, status=tk.TaskStatus.WITHDRAWN, outcome=w.reason, ended_at=at)
+                    self._data.tasks[x.task_id] = gone
+                    ended.append(gone)
+        return ended
+
+    async def save(self, tasks: Sequence[tk.Task]) -> None:
+        self._data.tasks.update({x.task_id: x for x in tasks})
+
+    async def leases_run_out(self, now: datetime, limit: int) -> list[tk.Task]:
+        return [x for x in self._data.tasks.values() if x.lease_expired(now)][:limit]
+
+    async def candidates(self, queue: str, limit: int) -> list[tk.Task]:
+        pick = tk.most_urgent(self._data.tasks.values(), queue, START)
+        return [pick] if pick else []
+
+    async def lock_open(self, task_id: str) -> tk.Task | None:
+        task = self._data.tasks.get(task_id)
+        return task if task is not None and task.status is tk.TaskStatus.OPEN else None
+
+    async def claim_borrower(self, borrower_id: str) -> bool:
+        return True
+
+    async def take(self, task: tk.Task) -> bool:
+        await self.save([task])
+        return True
+
+    async def record(
+        self, steps: Sequence[TaskStep], *, at: datetime, actor: str, policy_version: str
+    ) -> None:
+        self._data.task_steps.extend(steps)
+
+    async def counts(self, now: datetime) -> list[QueueCount]:
+        return []
+
+
 class FakeUnitOfWork:
     """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
 
@@ -155,6 +220,7 @@ class FakeUnitOfWork:
         self.cases = FakeCases(self._work)
         self.idempotency_keys = FakeIdempotencyKeys(self._work)
         self.timers = FakeTimers(self._work)
+        self.tasks = FakeTasks(self._work)
         return self
 
     async def __aexit__(
@@ -287,3 +353,47 @@ async def test_a_due_timer_fires_once_and_is_marked_fired(app: App) -> None:
     escalated = app.db.data.cases[case.loan_id]
     assert escalated.stage != case.stage
     assert "collections.case-events.v1" in app.topics()[published:]
+
+
+async def test_a_hold_withdraws_the_case_tasks_in_its_transaction_a_leased_one_included(
+    app: App,
+) -> None:
+    case = await open_case(app)
+    queues = load_queue_policy()
+    task = tk.new_task(
+        tk.NewTask(tk.TaskKind.CALL_AFTER_FORMAL_NOTICE, "entered formal_notice"),
+        case,
+        queues,
+        START,
+        lambda label: f"id-{label}",
+    )
+    app.db.data.tasks[task.task_id] = tk.lease(task, "collector:1", "lease-1", START, queues)
+    status, _ = await Commands(app.uow, app.workflow).handle(key="k-0003", **hold("hospital"))
+    assert status == 200
+    withdrawn = app.db.data.tasks[task.task_id]
+    assert (withdrawn.status, withdrawn.outcome) == (tk.TaskStatus.WITHDRAWN, "held")
+    assert [(s.kind, s.detail["collector"]) for s in app.db.data.task_steps] == [
+        ("task_withdrawn", "collector:1")
+    ]
+
+
+async def test_an_escalation_into_formal_notice_queues_a_call(app: App) -> None:
+    await open_case(app)
+    flow = Workflow(PolicyBook(), queues=load_queue_policy())
+    status, _ = await Commands(app.uow, flow).handle(
+        key="k-0004",
+        loan_id="L1",
+        route="/v1/cases/L1/escalations",
+        body={"kind": "manual"},
+        actor="agent:1",
+        make=lambda rid: m.RequestEscalation(rid, "manual", "no reply", "agent:1"),
+        render=render,
+    )
+    assert status == 200
+    (task,) = app.db.data.tasks.values()
+    assert (task.kind, task.queue, task.status) == (
+        tk.TaskKind.CALL_AFTER_FORMAL_NOTICE,
+        "calls-zh",  # a Chinese case: worked in Chinese
+        tk.TaskStatus.OPEN,
+    )
+    assert [s.kind for s in app.db.data.task_steps] == ["task_created"]

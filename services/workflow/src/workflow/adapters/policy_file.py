@@ -19,6 +19,7 @@ from workflow.domain.policy import (
     Stage,
     StagePolicy,
 )
+from workflow.domain.tasks import BalanceBand, QueuePolicy, Route, TaskKind, policy_problems
 
 _CHANNELS = set(CHANNELS)
 _RECIPIENTS = set(RECIPIENTS)
@@ -84,3 +85,65 @@ def _validate(policy: EscalationPolicy, path: Path) -> None:
 def policy_book(paths: Sequence[Path]) -> PolicyBook:
     policies = tuple(load_policy(p) for p in paths)
     return PolicyBook(policies or (DEFAULT_POLICY,))
+
+
+# --- the queue policy (work queues: routes, balance bands, leases) ----------------------------
+
+QUEUE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "queues.toml"
+
+
+def load_queue_policy(path: Path = QUEUE_POLICY) -> QueuePolicy:
+    data = tomllib.loads(path.read_text())
+    try:
+        policy = QueuePolicy(
+            version=str(data["version"]),
+            routes=tuple(_route(r) for r in data["routes"]),
+            bands=tuple(
+                BalanceBand(str(b["name"]), Decimal(str(b["below"])) if "below" in b else None)
+                for b in data.get("bands", [])
+            ),
+            languages={str(k): str(v) for k, v in data.get("languages", {}).items()},
+            default_language=str(data.get("default_language", "en")),
+            lease=timedelta(minutes=float(data["lease_minutes"])),
+            max_renewals=int(data["max_renewals"]),
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+    problems = policy_problems(policy)
+    if problems:
+        raise PolicyError(f"{path}: " + "; ".join(problems))
+    return policy
+
+
+_ROUTE_KEYS = {
+    "queue",
+    "priority",
+    "kinds",
+    "stages",
+    "jurisdictions",
+    "products",
+    "bands",
+    "languages",
+    "broken_promise",
+}
+
+
+def _route(data: dict[str, Any]) -> Route:
+    unknown = set(data) - _ROUTE_KEYS
+    if unknown:
+        # A misspelt condition would silently match everything.
+        raise ValueError(f"unknown route keys {sorted(unknown)}")
+    broken = data.get("broken_promise")
+    if broken is not None and not isinstance(broken, bool):
+        raise ValueError("broken_promise must be true or false")
+    return Route(
+        queue=str(data["queue"]),
+        priority=int(data["priority"]),
+        kinds=frozenset(TaskKind(k) for k in data.get("kinds", [])),
+        stages=frozenset(Stage(s) for s in data.get("stages", [])),
+        jurisdictions=frozenset(str(j) for j in data.get("jurisdictions", [])),
+        products=frozenset(str(p) for p in data.get("products", [])),
+        bands=frozenset(str(b) for b in data.get("bands", [])),
+        languages=frozenset(str(lang) for lang in data.get("languages", [])),
+        broken_promise=broken,
+    )

@@ -76,7 +76,7 @@ class Commands:
             if kept is not None:
                 return kept.status, kept.body
             before, decision = await self._workflow.run(
-                uow.tx, loan_id, make(key), f"request:{key}", cases=uow.cases
+                uow.tx, loan_id, make(key), f"request:{key}", cases=uow.cases, tasks=uow.tasks
             )
             if before is None:
                 outcome = Outcome(404, problem=f"No collections case for loan {loan_id}.")

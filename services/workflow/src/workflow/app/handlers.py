@@ -20,10 +20,12 @@ from collections_kit.outbox import Tx
 from workflow.adapters.journal import encode_input
 from workflow.adapters.placements import PlacementBatch, PlacementRepository
 from workflow.adapters.repository import BatchState, CaseRepository
-from workflow.app.ports import CaseStore
+from workflow.adapters.tasks import TaskRepository
+from workflow.app.ports import CaseStore, TaskStep, TaskStore
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain import placement as pl
+from workflow.domain import tasks as t
 from workflow.domain.model import Case, TimelineEntry
 from workflow.domain.policy import PolicyBook
 
@@ -53,10 +55,17 @@ class Workflow:
     table. A single REST command or timer is a batch of one.
     """
 
-    def __init__(self, policies: PolicyBook, placements: pl.PlacementPolicy | None = None) -> None:
+    def __init__(
+        self,
+        policies: PolicyBook,
+        placements: pl.PlacementPolicy | None = None,
+        queues: t.QueuePolicy | None = None,
+    ) -> None:
         self._policies = policies
         # None: no agencies; nothing is placed.
         self._placements = placements
+        # None: no work queues; no task is created (tasks are still withdrawn).
+        self._queues = queues
 
     async def run(
         self,
@@ -68,18 +77,26 @@ class Workflow:
         check_id: str | None = None,
         intent_id: str | None = None,
         cases: CaseStore | None = None,
+        tasks: TaskStore | None = None,
     ) -> tuple[Case | None, d.Decision]:
         ((before, decision),) = await self.run_batch(
-            tx, [Item(loan_id, event, cause_id, check_id, intent_id)], cases=cases
+            tx, [Item(loan_id, event, cause_id, check_id, intent_id)], cases=cases, tasks=tasks
         )
         return before, decision
 
     async def run_batch(
-        self, tx: Tx, items: Sequence[Item], *, cases: CaseStore | None = None
+        self,
+        tx: Tx,
+        items: Sequence[Item],
+        *,
+        cases: CaseStore | None = None,
+        tasks: TaskStore | None = None,
     ) -> list[tuple[Case | None, d.Decision]]:
-        """Decide ``items`` in ``tx``: through ``cases``, the repository of the unit of work
-        the caller opened, or (a consumed batch) the cases of the consumer's transaction."""
+        """Decide ``items`` in ``tx``: through ``cases`` and ``tasks``, the repositories of
+        the unit of work the caller opened, or (a consumed batch) those of the consumer's
+        transaction."""
         repo = cases if cases is not None else CaseRepository(tx.conn)
+        task_changes: list[t.TaskChanges] = []
         state = await repo.load_for_batch(
             [i.loan_id for i in items],
             [i.check_id for i in items if i.check_id],
@@ -121,6 +138,9 @@ class Workflow:
             )
             if subject is None:
                 continue
+            changes = t.changes_for(before, decision.case, decision.timeline)
+            if not changes.empty:
+                task_changes.append(replace(changes, cause=_cause_of(decision, item)))
             input_type, payload = encode_input(event)
             state.journal_rows.append(
                 {
@@ -141,9 +161,60 @@ class Workflow:
             if placing is not None:
                 self._place(tx, item, event, decision.case or subject, state, placing)
         await repo.write_batch(state, tx.now)
+        if task_changes:
+            await self.apply_task_changes(
+                tx, tasks if tasks is not None else TaskRepository(tx.conn), task_changes
+            )
         if placing is not None:
             await PlacementRepository(tx.conn).write_batch(placing, tx.now)
         return results
+
+    async def apply_task_changes(
+        self, tx: Tx, store: TaskStore, batch: Sequence[t.TaskChanges]
+    ) -> list[t.Task]:
+        """Withdraw and create the tasks ``batch`` asks for, in its order, in ``tx`` (the
+        transaction that applied the decisions): a repaid, held or closed case's tasks end
+        with it, a leased one included. Returns the tasks created."""
+        withdrawals: list[tuple[str, t.Withdrawal]] = []
+        cause_of: dict[str, str] = {}
+        created: dict[tuple[str, t.TaskKind], tuple[t.Task, str]] = {}
+        for changes in batch:
+            case = changes.case
+            assert case is not None
+            for w in changes.withdraw:
+                withdrawals.append((case.case_id, w))
+                cause_of[case.case_id] = changes.cause
+                # A task made earlier in this batch and ended by it never reaches the table.
+                for key in [k for k in created if k[0] == case.case_id]:
+                    if w.kinds is None or key[1] in w.kinds:
+                        del created[key]
+            if self._queues is not None:
+                for new in changes.create:
+                    task = t.new_task(new, case, self._queues, tx.now, ids(changes.cause))
+                    created[(case.case_id, new.kind)] = (task, changes.cause)
+        ended = await store.withdraw(withdrawals, tx.now)
+        added = await store.add([task for task, _ in created.values()])
+        causes = {task.task_id: cause for task, cause in created.values()}
+        steps = [
+            TaskStep(
+                task,
+                "task_withdrawn",
+                {"reason": task.outcome, "collector": task.collector},
+                cause_of[task.case_id],
+            )
+            for task in ended
+        ] + [
+            TaskStep(
+                task,
+                "task_created",
+                {"priority": task.priority, "reason": task.reason},
+                causes[task.task_id],
+            )
+            for task in added
+        ]
+        version = self._queues.version if self._queues is not None else "queues/none"
+        await store.record(steps, at=tx.now, actor=tx.actor, policy_version=version)
+        return added
 
     def _place(
         self,
@@ -197,6 +268,11 @@ class Workflow:
                 event_id=derived_id(item.cause_id, f"placement/{n}"),
                 subject=case.loan_id,
             )
+
+
+def _cause_of(decision: d.Decision, item: Item) -> str:
+    """The cause the decision's timeline entries name (the item's id if it made none)."""
+    return next((e.cause for e in decision.timeline), item.cause_id)
 
 
 def _with_money_seen(state: BatchState, item: Item) -> d.Input:

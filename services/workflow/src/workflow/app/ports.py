@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from collections_kit.uow import UnitOfWork
 from workflow.domain.model import Case, ContactIntent, Hold
+from workflow.domain.tasks import Task, Withdrawal
 
 if TYPE_CHECKING:  # the adapters implement these ports (and import this module)
     from workflow.adapters.repository import BatchState
@@ -79,9 +80,80 @@ class TimerStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TaskStep:
+    """A step of a task for its case's timeline (task_created, task_leased, ...)."""
+
+    task: Task
+    kind: str
+    detail: dict[str, Any]
+    # The input or request that made the step, as the case's other timeline entries name it.
+    cause: str
+
+
+@dataclass(frozen=True)
+class QueueCount:
+    """Live tasks of one kind in one queue: open (waiting) or leased, and the oldest open."""
+
+    queue: str
+    kind: str
+    open: int
+    leased: int
+    oldest_open: datetime | None
+
+
+class TaskStore(Protocol):
+    async def get(self, task_id: str, *, lock: bool = False) -> Task | None: ...
+
+    async def add(self, tasks: Sequence[Task]) -> list[Task]:
+        """Insert ``tasks``; those already there (same id, or a live task of the same
+        case and kind) are skipped. Returns the ones inserted."""
+        ...
+
+    async def withdraw(
+        self, withdrawals: Sequence[tuple[str, Withdrawal]], at: datetime
+    ) -> list[Task]:
+        """End the live tasks each (case id, withdrawal) names, leased ones included."""
+        ...
+
+    async def save(self, tasks: Sequence[Task]) -> None: ...
+
+    async def leases_run_out(self, now: datetime, limit: int) -> list[Task]:
+        """Leased tasks whose lease ended by ``now``, locked (skipping locked ones)."""
+        ...
+
+    async def candidates(self, queue: str, limit: int) -> list[Task]:
+        """Open tasks of ``queue`` whose borrower nobody is working, most urgent and oldest
+        first (not locked: each is locked when tried, by :meth:`lock_open`)."""
+        ...
+
+    async def lock_open(self, task_id: str) -> Task | None:
+        """The task, locked, if it is still open and nobody else holds it (None: skip)."""
+        ...
+
+    async def claim_borrower(self, borrower_id: str) -> bool:
+        """Try to take the borrower for this transaction (False: someone is taking them)."""
+        ...
+
+    async def take(self, task: Task) -> bool:
+        """Save ``task``, leased; False (and nothing saved) if its borrower is leased."""
+        ...
+
+    async def record(
+        self, steps: Sequence[TaskStep], *, at: datetime, actor: str, policy_version: str
+    ) -> None:
+        """Write ``steps`` on their cases' timelines."""
+        ...
+
+    async def counts(self, now: datetime) -> list[QueueCount]: ...
+
+
 class WorkflowUnitOfWork(UnitOfWork, Protocol):
     @property
     def cases(self) -> CaseStore: ...
+
+    @property
+    def tasks(self) -> TaskStore: ...
 
     @property
     def idempotency_keys(self) -> IdempotencyKeys: ...

@@ -116,6 +116,7 @@ class TimerWorker:
                 ),
                 f"timer:{timer.timer_id}",
                 cases=uow.cases,
+                tasks=uow.tasks,
             )
             await uow.timers.mark_fired(timer.timer_id, uow.now)
             await uow.commit()

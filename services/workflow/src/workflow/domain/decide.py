@@ -983,7 +983,9 @@ def _outcome(
         return Decision(
             case=replace(case, unanswered_contacts=0, updated_at=ctx.now), timeline=(entry,)
         )
-    if event.outcome == "unanswered":
+    # A collector's "refused to communicate" counts towards the trigger as an unanswered
+    # automated contact does (domain/tasks.py).
+    if event.outcome in ("unanswered", "refused"):
         counted = replace(
             case, unanswered_contacts=case.unanswered_contacts + 1, updated_at=ctx.now
         )

@@ -17,14 +17,15 @@ from collections_kit.outbox import OutboxRelay
 from collections_kit.runtime import Runtime, make_app, make_producer
 from collections_kit.topics import Topic
 from workflow.adapters.placement_file import load_placement_policy
-from workflow.adapters.policy_file import policy_book
+from workflow.adapters.policy_file import load_queue_policy, policy_book
 from workflow.adapters.tables import inbox, outbox
 from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
+from workflow.app.work import WorkQueues
 from workflow.domain.policy import PolicyBook
-from workflow.entrypoints import agencies, dead_letters
+from workflow.entrypoints import agencies, dead_letters, queues
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
@@ -57,7 +58,12 @@ def build_runtime(
         if settings.placement_policy_file
         else None
     )
-    workflow = Workflow(policies or policy_book(settings.policy_files), placements)
+    queue_policy = (
+        load_queue_policy(settings.queue_policy_file)
+        if settings.queue_policy_file
+        else load_queue_policy()
+    )
+    workflow = Workflow(policies or policy_book(settings.policy_files), placements, queue_policy)
     # One transaction each: every read and write of the app layer goes through one.
     uow = partial(SqlWorkflowUnitOfWork, engine, settings, clock, outbox)
     timer_worker = TimerWorker(
@@ -92,6 +98,7 @@ def build_runtime(
             "clock": clock,
             "uow": uow,
             "commands": Commands(uow, workflow),
+            "work": WorkQueues(uow, workflow, queue_policy),
             "agencies": placements.agencies() if placements else frozenset(),
         },
     )
@@ -103,6 +110,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections workflow",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, dead_letters.router, agencies.router],
+        routers=[router, dead_letters.router, agencies.router, queues.router],
         manage_runtime=manage_runtime,
     )
