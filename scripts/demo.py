@@ -115,6 +115,45 @@ async def register_contacts(base_url: str, loans: list[Loan]) -> None:
         await asyncio.gather(*(put(loan) for loan in loans))
 
 
+# People who call (issue 23): two collectors and an agency, each asking for a permit first.
+PERMIT_ACTORS = (
+    dev_headers(["contacts:permit", "collections:work"], subject="collector-1"),
+    dev_headers(["contacts:permit", "collections:work"], subject="collector-2"),
+    dev_headers(["contacts:permit", "collections:agency"], subject="agency-1"),
+)
+
+
+async def work_permits(base_url: str, loans: list[Loan], rng: random.Random) -> list[Any]:
+    """Collectors and the agency ask for a permit before each call on part of the
+    portfolio and report what came of the granted ones; returns the permits by reason."""
+    sample = [loan for loan in loans if loan.kind in ("contacted", "repaid_later")][:90]
+    clients = [httpx.AsyncClient(base_url=base_url, timeout=10, headers=h) for h in PERMIT_ACTORS]
+    try:
+        for n, loan in enumerate(sample):
+            http = clients[n % len(clients)]
+            ask = {"loan_id": loan.loan_id, "person": "debtor", "channel": "voice"}
+            answer = await http.post("/v1/contact-permits", json=ask)
+            if answer.status_code == 201:
+                result = rng.choice(["connected", "unanswered", "conversation"])
+                await http.post(
+                    f"/v1/contact-permits/{answer.json()['permit_id']}/result",
+                    json={"result": result},
+                )
+    finally:
+        for http in clients:
+            await http.aclose()
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
+        summary: list[Any] = (await http.get("/v1/contact-permits/summary")).json()
+    return summary
+
+
+def print_permits(summary: list[Any]) -> None:
+    print("\nContact permits (notifier), by decision/reason and who asked:")
+    for row in summary:
+        label = f"{row['decision']}/{row['reason']} ({row['actor_kind']})"
+        print(f"  {label:<52} {row['count']:>6}")
+
+
 async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
     """Settled = nothing awaits a confirmation and the picture is stable for 3 s."""
     deadline = time.monotonic() + within
@@ -272,9 +311,11 @@ async def run() -> int:
             )
             print(f"published {lender.sent} events in all; waiting for the second wave")
             snapshot = await wait_until_settled(fleet)
+            permits = await work_permits(fleet["notifier"].base_url, loans, rng)
         finally:
             await kafka.stop()
         print_summary(snapshot, sink.received, loans, time.monotonic() - t0)
+        print_permits(permits)
         return 0
     finally:
         codes = await asyncio.to_thread(fleet.stop)

@@ -55,6 +55,10 @@ class NotifierSettings(ServiceSettings):
     # no file, so the workflow opens no case for it: add one with a file.
     policy_file: Path | None = None
 
+    # Contact permits (notifier.app.permits): how long a granted permit lets its holder
+    # start the contact, and how long after that its result may still be reported.
+    permit_ttl_s: float = Field(default=300.0, gt=0)
+    permit_result_window_s: float = Field(default=3600.0, gt=0)
     # How long before the ledger confirmation a repayment still voids it (see decide.py).
     recheck_lookback_s: float = Field(default=RECHECK_LOOKBACK.total_seconds(), ge=0)
     # How long a row may stay "sending" before another dispatcher takes it over.

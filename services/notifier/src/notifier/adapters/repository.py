@@ -184,7 +184,7 @@ class BatchContext:
         )
 
 
-def _request(row: Any) -> ContactRequest:
+def request_of(row: Any) -> ContactRequest:
     return ContactRequest(
         command_id=row.command_id,
         intent_id=row.intent_id,
@@ -209,7 +209,7 @@ def _request(row: Any) -> ContactRequest:
 
 def _dispatch(row: Any) -> Dispatch:
     return Dispatch(
-        request=_request(row),
+        request=request_of(row),
         status=DispatchStatus(row.status),
         due_at=row.due_at,
         attempts=row.attempts,

@@ -185,9 +185,17 @@ contact_attempts = Table(
     Column("settles_by", ts),
     Column("provider_ref", Text),
     Column("updated_at", ts, nullable=False),
+    # Who made the attempt: the notifier's channels ("system"), or a person under a
+    # contact permit (its command_id is then the permit id). Revision 0007.
+    Column("actor_kind", Text, nullable=False, server_default="system"),
+    Column("actor_id", Text),
     CheckConstraint(
-        "result IN ('pending', 'sent', 'delivered', 'answered', 'unanswered', 'failed', 'unknown')",
+        "result IN ('pending', 'sent', 'delivered', 'answered', 'unanswered', 'failed', "
+        "'unknown', 'connected')",
         name="ck_contact_attempts_result",
+    ),
+    CheckConstraint(
+        "actor_kind IN ('system', 'collector', 'agency')", name="ck_contact_attempts_actor_kind"
     ),
     Index("ix_contact_attempts_person", "person", "attempted_at"),
     Index(
@@ -295,4 +303,40 @@ delivery_receipts = Table(
         "effect IN ('applied', 'late', 'unmatched')", name="ck_delivery_receipts_effect"
     ),
     Index("ix_delivery_receipts_command", "command_id"),
+)
+
+# --- contact permits (revision 0007) -------------------------------------------------------
+
+# Every permit asked for, granted or refused, and the result its holder reported. A granted
+# permit's attempt is in contact_attempts (command_id = permit_id), where the caps count it.
+contact_permits = Table(
+    "contact_permits",
+    metadata,
+    Column("permit_id", Text, primary_key=True),
+    Column("loan_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("actor_kind", Text, nullable=False),
+    Column("actor_id", Text, nullable=False),
+    Column("actor_kind_from", Text, nullable=False),
+    Column("decision", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("policy_version", Text, nullable=False),
+    Column("anchor_command_id", Text),
+    Column("asked_at", ts, nullable=False),
+    Column("expires_at", ts),
+    Column("result_by", ts),
+    Column("retry_after", ts),
+    Column("result", Text),
+    Column("result_at", ts),
+    CheckConstraint("decision IN ('granted', 'refused')", name="ck_contact_permits_decision"),
+    CheckConstraint("actor_kind IN ('collector', 'agency')", name="ck_contact_permits_actor_kind"),
+    CheckConstraint(
+        "result IS NULL OR result IN ('connected', 'unanswered', 'conversation')",
+        name="ck_contact_permits_result",
+    ),
+    Index("ix_contact_permits_loan", "loan_id", "asked_at"),
+    Index("ix_contact_permits_decision_reason", "decision", "reason"),
 )

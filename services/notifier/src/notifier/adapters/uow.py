@@ -9,6 +9,7 @@ from collections_kit.clock import Clock
 from collections_kit.pii import KeyRing
 from collections_kit.settings import ServiceSettings
 from collections_kit.uow import SqlUnitOfWork
+from notifier.adapters.permits import PermitRepository
 from notifier.adapters.repository import (
     ContactDetailsRepository,
     DispatchRepository,
@@ -20,6 +21,7 @@ class SqlNotifierUnitOfWork(SqlUnitOfWork):
     dispatches: DispatchRepository
     contact_details: ContactDetailsRepository
     preferences: PreferencesRepository
+    permits: PermitRepository
 
     def __init__(
         self,
@@ -39,3 +41,4 @@ class SqlNotifierUnitOfWork(SqlUnitOfWork):
         self.dispatches = DispatchRepository(conn, self._ring)
         self.contact_details = ContactDetailsRepository(conn, self._ring)
         self.preferences = PreferencesRepository(conn)
+        self.permits = PermitRepository(conn)

@@ -130,7 +130,7 @@ class _Sent:
     delivery: Delivery | None
 
 
-def _lookback(policy: DispatchPolicy) -> timedelta:
+def attempts_lookback(policy: DispatchPolicy) -> timedelta:
     """How far back attempts can matter to any cap or quiet period (plus a day's margin
     for a local calendar day that started before ``now - 24h``)."""
     days = [1]
@@ -383,7 +383,7 @@ class Dispatcher:
                 return [], unsettled, len(claimed)
             since = min(d.request.confirmed_at for d in batch) - policy.recheck_lookback
             contexts = await repo.contexts(
-                batch, repayments_since=since, attempts_since=now - _lookback(policy)
+                batch, repayments_since=since, attempts_since=now - attempts_lookback(policy)
             )
             planned: list[_Planned] = []
             marks: list[tuple[Dispatch, str | None]] = []
@@ -489,6 +489,7 @@ class Dispatcher:
         assert party is not None
         assert address is not None
         template = decision.template or request.template
+        assert template is not None  # a workflow command always names its text
         text = templates.render(
             template,
             details.language,

@@ -22,6 +22,7 @@ from notifier.domain.model import (
 from notifier.domain.receipts import Receipt
 
 if TYPE_CHECKING:  # the adapters implement these ports (and import this module)
+    from notifier.adapters.permits import PermitRepository
     from notifier.adapters.repository import DecisionRecord, DispatchRepository
 
 
@@ -140,3 +141,17 @@ class StartReceiptUnitOfWork(Protocol):
 
 class StartDispatchUnitOfWork(Protocol):
     def __call__(self) -> DispatchUnitOfWork: ...
+
+
+class PermitUnitOfWork(UnitOfWork, Protocol):
+    """A contact permit is decided on the dispatcher's own context loading (and locks)."""
+
+    @property
+    def dispatches(self) -> DispatchRepository: ...
+
+    @property
+    def permits(self) -> PermitRepository: ...
+
+
+class StartPermitUnitOfWork(Protocol):
+    def __call__(self) -> PermitUnitOfWork: ...

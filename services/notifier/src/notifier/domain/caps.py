@@ -127,7 +127,7 @@ def binding_limit(
                 a.command_id == request.command_id
                 or a.person != person
                 or a.loan_id != request.loan_id
-                or not a.maybe_connected
+                or not a.maybe_conversation
                 or a.at <= now - quiet.length
             ):
                 continue

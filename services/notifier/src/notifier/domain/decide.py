@@ -122,7 +122,13 @@ def decide(
     notice = rules.validation_notice
     if notice is not None and request.recipient == "debtor" and context.validation != "sent":
         rule = rules.rule(notice.name)
-        if context.validation == "in_flight" or request.channel not in notice.channels:
+        # A person cannot carry the notice (it is a text of its own): their contact waits
+        # for it like any other channel's.
+        if (
+            context.validation == "in_flight"
+            or request.channel not in notice.channels
+            or request.template is None
+        ):
             return Defer(lawful(now + notice.recheck), rule, "awaiting_validation_notice")
         assert context.details is not None  # checked in _not_allowed
         if not templates.available(notice.template, context.details.language):
@@ -195,6 +201,8 @@ def _not_allowed(
     details = context.details
     if details is None or not details.address_for(request.recipient, request.channel):
         return Block("no_contact_details", RULE_CONTACT_DETAILS)
+    if request.template is None:
+        return None  # a person speaks: no text to check
     if not templates.available(request.template, details.language):
         return Block("no_template_for_language", RULE_TEMPLATES)
     if templates.audience(request.template, details.language) != request.recipient:

@@ -74,7 +74,9 @@ class ContactRequest:
     recipient: Recipient
     channel: ChannelName
     stage: str
-    template: str
+    # None: a person speaks (a collector's or an agency's call under a contact permit), so
+    # there is no text whose language or audience could be checked.
+    template: str | None
     currency: str
     amount_due: Decimal
     confirmation_id: str
@@ -185,9 +187,14 @@ class Closure:
         return request.issued_at <= self.closed_at
 
 
+# "connected": a person's call reached someone but no conversation about the debt took
+# place (reported with a contact permit's result; an automated call's "answered" may
+# always have been a conversation).
 AttemptResult = Literal[
-    "pending", "sent", "delivered", "answered", "unanswered", "failed", "unknown"
+    "pending", "sent", "delivered", "answered", "unanswered", "failed", "unknown", "connected"
 ]
+# Who made an attempt: the notifier's own channels, or a person under a contact permit.
+ActorKind = Literal["system", "collector", "agency"]
 
 
 @dataclass(frozen=True)
@@ -222,10 +229,15 @@ class Attempt:
         return self.result not in ("unanswered", "failed", "delivered")
 
     @property
+    def maybe_conversation(self) -> bool:
+        """Could have been a conversation about the debt (what starts a quiet period)."""
+        return self.maybe_connected and self.result != "connected"
+
+    @property
     def maybe_unanswered(self) -> bool:
         if self.channel != "voice":
             return False
-        return self.result not in ("answered", "failed")
+        return self.result not in ("answered", "connected", "failed")
 
 
 def person_key(borrower_id: str, recipient: Recipient) -> str:

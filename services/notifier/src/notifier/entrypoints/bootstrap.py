@@ -30,12 +30,13 @@ from notifier.adapters.tables import inbox, outbox
 from notifier.adapters.uow import SqlNotifierUnitOfWork
 from notifier.app.dispatcher import Dispatcher, DispatcherConfig
 from notifier.app.handlers import NotifierHandlers
+from notifier.app.permits import PermitConfig, PermitService
 from notifier.app.ports import Channel
 from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain.in_doubt import in_doubt_rules_from_mapping
 from notifier.domain.model import ChannelName
 from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
-from notifier.entrypoints import in_doubt, receipts
+from notifier.entrypoints import in_doubt, permits, receipts
 from notifier.entrypoints.api import router
 from notifier.settings import NotifierSettings
 
@@ -162,6 +163,15 @@ def build_runtime(
             safety_poll_s=settings.dispatch_safety_poll_s,
         ),
     )
+    permit_service = PermitService(
+        uow=uow,
+        policy=policy,
+        gate=gate,
+        config=PermitConfig(
+            ttl=timedelta(seconds=settings.permit_ttl_s),
+            result_window=timedelta(seconds=settings.permit_result_window_s),
+        ),
+    )
     handlers = NotifierHandlers(policy)
     contacts = ConsumerLoop(
         settings=settings,
@@ -194,6 +204,7 @@ def build_runtime(
         state={
             "clock": clock,
             "dispatcher": dispatcher,
+            "permits": permit_service,
             "pii": ring,
             "policy": policy,
             "repayment_gate": gate,
@@ -224,6 +235,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections notifier",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, receipts.router, in_doubt.router],
+        routers=[router, receipts.router, in_doubt.router, permits.router],
         manage_runtime=manage_runtime,
     )
