@@ -51,6 +51,8 @@ SCOPES: dict[str, str] = {
     "admin": "Operational reports: portfolio summaries, reconciliation runs",
     "collections:agency": "A collection agency (the token's subject): its placements and the "
     "cases placed with it, nothing else",
+    "collections:work": "Work the queues as a collector: lease the next task, record its "
+    "result, release or renew the lease; read queue depths",
 }
 ALL_SCOPES = tuple(SCOPES)
 # Documentation only: clients get tokens from the organisation's authorisation server.
