@@ -1,0 +1,101 @@
+"""A collector's contact permit across three real processes, the broker and PostgreSQL.
+
+overdue event → case → ledger confirmation → contact command (the permit's anchor) →
+a collector's permit granted; then the borrower repays in full and the collector's next
+permit is refused with reason ``repaid``: the repayment reached the person who would call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from collections_kit.auth import dev_headers
+from scripts import lending
+from scripts.services import CLEAN_EXIT, Fleet
+from tests.smtp_sink import SmtpSink
+from tests.support import eventually, zone_at_midday
+
+COLLECTOR = dev_headers(["contacts:permit", "collections:work"], subject="col-e2e")
+
+
+@pytest.fixture
+async def fleet(
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=stack["kafka_bootstrap"],
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path / "logs",
+        base_port=18290,
+        smtp_port=smtp_sink.port,
+    )
+    await asyncio.to_thread(fleet.start)
+    try:
+        yield fleet
+    finally:
+        codes = await asyncio.to_thread(fleet.stop)
+        assert all(code in CLEAN_EXIT for code in codes.values()), codes
+
+
+async def test_a_repayment_refuses_the_collectors_next_permit_with_reason_repaid(
+    fleet: Fleet, smtp_sink: SmtpSink, lender: lending.Lender
+) -> None:
+    loan, borrower, email = "L-permit-1", "B-permit-1", "permit.e2e@example.com"
+    notifier = fleet["notifier"].base_url
+    async with httpx.AsyncClient(timeout=10, headers=dev_headers(subject="e2e-test")) as http:
+        put = await http.put(
+            f"{notifier}/v1/borrowers/{borrower}/contact-details",
+            json={"language": "en", "email": email, "phone": "+447700900123"},
+        )
+        assert put.status_code == 204, put.text
+    await lender.publish(lending.disbursement(loan, Decimal("800.00"), currency="GBP"))
+    await lender.publish(
+        lending.overdue(
+            loan,
+            Decimal("800.00"),
+            currency="GBP",
+            tz=zone_at_midday(),
+            jurisdiction="UK",
+            as_of=datetime.now(UTC),
+            borrower_id=borrower,
+        )
+    )
+    # The workflow's first contact (after a ledger confirmation) is the permit's anchor.
+    await eventually(lambda: any(email in rcpts for rcpts, _ in smtp_sink.messages), within=60)
+
+    ask = {"loan_id": loan, "person": "debtor", "channel": "voice"}
+    async with httpx.AsyncClient(timeout=10, headers=COLLECTOR) as http:
+
+        async def answered(reason: str) -> dict[str, Any] | None:
+            answer = await http.post(f"{notifier}/v1/contact-permits", json=ask)
+            body: dict[str, Any] = answer.json()
+            return body if body.get("reason") == reason else None
+
+        granted = await eventually(lambda: answered("all_checks_passed"), within=30)
+        assert granted["actor"] == {"kind": "collector", "id": "col-e2e", "source": "token"}
+        done = await http.post(
+            f"{notifier}/v1/contact-permits/{granted['permit_id']}/result",
+            json={"result": "unanswered"},
+        )
+        assert done.status_code == 200, done.text
+
+        await lender.publish(
+            lending.repayment(loan, Decimal("800.00"), Decimal("0"), currency="GBP")
+        )
+        # Asked until the news is in (grants meanwhile count, as they would for real).
+        refused = await eventually(lambda: answered("repaid"), within=30)
+    assert refused["decision"] == "refused"
+    assert refused["rule"] in ("repayment_recheck", "workflow_cancellation")
