@@ -22,6 +22,7 @@ from workflow.app.commands import Commands, KeyReusedError, Outcome
 from workflow.app.handlers import Workflow
 from workflow.app.ports import CaseStore, DueTimer, KeptAnswer, QueueCount, TaskStep
 from workflow.app.timers import TimerWorker
+from workflow.app.work import WorkQueues
 from workflow.domain import messages as m
 from workflow.domain import tasks as tk
 from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
@@ -397,3 +398,47 @@ async def test_an_escalation_into_formal_notice_queues_a_call(app: App) -> None:
         tk.TaskStatus.OPEN,
     )
     assert [s.kind for s in app.db.data.task_steps] == ["task_created"]
+
+
+async def test_a_collector_leases_a_task_and_its_promise_becomes_an_arrangement(
+    app: App,
+) -> None:
+    case = await open_case(app)
+    queues = load_queue_policy()
+    task = tk.new_task(
+        tk.NewTask(tk.TaskKind.CALL_AFTER_FORMAL_NOTICE, "entered formal_notice"),
+        case,
+        queues,
+        START,
+        lambda label: f"id-{label}",
+    )
+    app.db.data.tasks[task.task_id] = task
+    work = WorkQueues(app.uow, app.workflow, queues)
+    leased = await work.next(task.queue, "collector:1")
+    assert leased is not None
+    assert (leased.task_id, leased.collector) == (task.task_id, "collector:1")
+    assert await work.next(task.queue, "collector:2") is None  # the borrower is being worked
+
+    before = copy.deepcopy(app.db.data)
+    with pytest.raises(tk.TaskRefusedError, match="already past"):
+        await work.result(
+            task.task_id,
+            "collector:1",
+            tk.ResultCode.PROMISE_TO_PAY,
+            tk.Action.OUTBOUND_CALL,
+            promise=tk.Promise(Decimal("100"), START - timedelta(days=1)),
+        )
+    assert app.db.data == before  # refused by the case: nothing changed
+
+    worked = await work.result(
+        task.task_id,
+        "collector:1",
+        tk.ResultCode.PROMISE_TO_PAY,
+        tk.Action.OUTBOUND_CALL,
+        promise=tk.Promise(Decimal("100"), START + timedelta(days=3)),
+    )
+    assert worked.task.status is tk.TaskStatus.DONE
+    arrangement = app.db.data.cases["L1"].arrangement
+    assert arrangement is not None
+    assert arrangement.total == Decimal("100")
+    assert [s.kind for s in app.db.data.task_steps] == ["task_leased", "task_result_recorded"]
