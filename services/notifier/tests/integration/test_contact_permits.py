@@ -247,6 +247,21 @@ async def test_cn_three_connected_calls_by_a_collector_and_two_agencies_refuse_t
         )
         assert refused_one.status_code == 409
 
+    async with as_(runtime, ["cases:read", "admin"], "supervisor") as http:
+        listed = (await http.get("/v1/contact-permits", params={"loan_id": "L-CN"})).json()
+        assert [(p["decision"], p["actor"]["id"], p["result"]) for p in listed] == [
+            ("granted", "col-1", "connected"),
+            ("granted", "agency-A", "connected"),
+            ("granted", "agency-B", "connected"),
+            ("refused", "col-1", None),
+        ]
+        summary = (await http.get("/v1/contact-permits/summary")).json()
+        assert {(r["decision"], r["reason"], r["actor_kind"], r["count"]) for r in summary} == {
+            ("granted", "all_checks_passed", "agency", 2),
+            ("granted", "all_checks_passed", "collector", 1),
+            ("refused", "cap_reached", "collector", 1),
+        }
+
     # The automated calls count the people's: the workflow's call waits for tomorrow too.
     await lender.publish(command("V-auto", "voice", at=clock.now()))
 
