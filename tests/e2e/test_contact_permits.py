@@ -1,13 +1,16 @@
 """A collector's contact permit across three real processes, the broker and PostgreSQL.
 
 overdue event → case → ledger confirmation → contact command (the permit's anchor) →
-a collector's permit granted; then the borrower repays in full and the collector's next
-permit is refused with reason ``repaid``: the repayment reached the person who would call.
+formal notice → a call task, leased by a collector → the collector's permit granted; then
+the borrower repays in full while the task is leased: the task is withdrawn and the
+collector's next permit is refused with reason ``repaid``. The repayment reached the
+person who would call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +27,7 @@ from tests.smtp_sink import SmtpSink
 from tests.support import eventually, zone_at_midday
 
 COLLECTOR = dev_headers(["contacts:permit", "collections:work"], subject="col-e2e")
+SUPERVISOR = dev_headers(["cases:read", "cases:write"], subject="supervisor-e2e")
 
 
 @pytest.fixture
@@ -50,7 +54,7 @@ async def fleet(
         assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
-async def test_a_repayment_refuses_the_collectors_next_permit_with_reason_repaid(
+async def test_a_repayment_while_a_task_is_leased_refuses_the_collectors_next_permit(
     fleet: Fleet, smtp_sink: SmtpSink, lender: lending.Lender
 ) -> None:
     loan, borrower, email = "L-permit-1", "B-permit-1", "permit.e2e@example.com"
@@ -76,8 +80,24 @@ async def test_a_repayment_refuses_the_collectors_next_permit_with_reason_repaid
     # The workflow's first contact (after a ledger confirmation) is the permit's anchor.
     await eventually(lambda: any(email in rcpts for rcpts, _ in smtp_sink.messages), within=60)
 
+    workflow = fleet["workflow"].base_url
+    async with httpx.AsyncClient(timeout=10, headers=SUPERVISOR) as http:
+        escalated = await http.post(
+            f"{workflow}/v1/cases/{loan}/escalations",
+            json={"kind": "manual", "reason": "formal notice due"},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert escalated.status_code == 200, escalated.text
+
     ask = {"loan_id": loan, "person": "debtor", "channel": "voice"}
     async with httpx.AsyncClient(timeout=10, headers=COLLECTOR) as http:
+
+        async def leased() -> dict[str, Any] | None:
+            answer = await http.post(f"{workflow}/v1/queues/calls/next")
+            return answer.json() if answer.status_code == 200 else None
+
+        task = await eventually(leased, within=30)
+        assert (task["loan_id"], task["collector"]) == (loan, "col-e2e")
 
         async def answered(reason: str) -> dict[str, Any] | None:
             answer = await http.post(f"{notifier}/v1/contact-permits", json=ask)
@@ -99,3 +119,13 @@ async def test_a_repayment_refuses_the_collectors_next_permit_with_reason_repaid
         refused = await eventually(lambda: answered("repaid"), within=30)
     assert refused["decision"] == "refused"
     assert refused["rule"] in ("repayment_recheck", "workflow_cancellation")
+
+    async with httpx.AsyncClient(timeout=10, headers=SUPERVISOR) as http:
+
+        async def withdrawn() -> list[dict[str, Any]]:
+            body = (await http.get(f"{workflow}/v1/cases/{loan}/timeline")).json()
+            return [e for e in body["entries"] if e["kind"] == "task_withdrawn"]
+
+        (entry,) = await eventually(withdrawn, within=30)
+    assert entry["detail"]["task_id"] == task["task_id"]
+    assert entry["detail"]["reason"] == "repaid"
