@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -339,4 +340,19 @@ contact_permits = Table(
     ),
     Index("ix_contact_permits_loan", "loan_id", "asked_at"),
     Index("ix_contact_permits_decision_reason", "decision", "reason"),
+)
+
+# The cases placed with an agency now, as the workflow announced them on
+# collections.placements.v1 (migration 0008): an agency reads the contact details of these
+# borrowers only.
+agency_placements = Table(
+    "agency_placements",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("borrower_id", Text, nullable=False),
+    Column("agency", Text, nullable=False),
+    Column("placement_id", Text, nullable=False),
+    Column("running", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_agency_placements_borrower", "borrower_id", "agency"),
 )

@@ -9,6 +9,7 @@ from collections_kit.clock import Clock
 from collections_kit.pii import KeyRing
 from collections_kit.settings import ServiceSettings
 from collections_kit.uow import SqlUnitOfWork
+from notifier.adapters.agency_placements import AgencyPlacementRepository
 from notifier.adapters.permits import PermitRepository
 from notifier.adapters.repository import (
     ContactDetailsRepository,
@@ -22,6 +23,7 @@ class SqlNotifierUnitOfWork(SqlUnitOfWork):
     contact_details: ContactDetailsRepository
     preferences: PreferencesRepository
     permits: PermitRepository
+    agency_placements: AgencyPlacementRepository
 
     def __init__(
         self,
@@ -42,3 +44,4 @@ class SqlNotifierUnitOfWork(SqlUnitOfWork):
         self.contact_details = ContactDetailsRepository(conn, self._ring)
         self.preferences = PreferencesRepository(conn)
         self.permits = PermitRepository(conn)
+        self.agency_placements = AgencyPlacementRepository(conn)

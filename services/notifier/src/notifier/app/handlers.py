@@ -14,6 +14,7 @@ from collections_kit import contract as c
 from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
+from notifier.adapters.agency_placements import AgencyPlacementRepository
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import record_decision
 from notifier.domain.decide import (
@@ -78,6 +79,7 @@ class NotifierHandlers:
             # The other case events (opened, stage changed) are skipped by the consumer loop:
             # a command carries its stage.
             c.CaseClosed: self.closed,
+            c.PlacementNotice: self.placement,
         }
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
@@ -232,6 +234,23 @@ class NotifierHandlers:
             now=tx.now,
         )
         log.info("case resumed", extra={"loan_id": data.loan_id, "hold_id": data.hold_id})
+
+    async def placement(self, tx: Tx, env: Envelope) -> None:
+        """Which agency may read a borrower's contact details: the one a case of theirs is
+        placed with now (held and repaid notices change nothing here; a recall follows)."""
+        data = env.data
+        assert isinstance(data, c.PlacementNotice)
+        repo = AgencyPlacementRepository(tx.conn)
+        if data.kind in ("placed", "resumed"):
+            await repo.placed(
+                loan_id=data.loan_id,
+                borrower_id=data.borrower_id,
+                agency=data.agency,
+                placement_id=data.placement_id,
+                now=tx.now,
+            )
+        elif data.kind == "recalled":
+            await repo.recalled(loan_id=data.loan_id, placement_id=data.placement_id, now=tx.now)
 
     async def closed(self, tx: Tx, env: Envelope) -> None:
         data = env.data

@@ -36,7 +36,7 @@ from notifier.app.repayment_gate import RepaymentGate
 from notifier.domain.in_doubt import in_doubt_rules_from_mapping
 from notifier.domain.model import ChannelName
 from notifier.domain.policy import DispatchPolicy, jurisdictions_from_mapping
-from notifier.entrypoints import in_doubt, permits, receipts
+from notifier.entrypoints import agencies, in_doubt, permits, receipts
 from notifier.entrypoints.api import router
 from notifier.settings import NotifierSettings
 
@@ -44,7 +44,8 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Two consumer loops in the service's one group: repayments have a loop of their own, so a
 # repayment's cancellations never wait behind a poll of commands and case events (under
 # load that wait was most of a repayment's way to the cancelled commands).
-CONTACT_TOPICS = (Topic.CONTACT_COMMANDS, Topic.CASE_EVENTS)
+# Placements: which agency may read whose contact details (entrypoints/agencies.py).
+CONTACT_TOPICS = (Topic.CONTACT_COMMANDS, Topic.CASE_EVENTS, Topic.PLACEMENTS)
 REPAYMENT_TOPICS = (Topic.LOANS_REPAYMENT,)
 CONSUMED = CONTACT_TOPICS + REPAYMENT_TOPICS
 
@@ -235,6 +236,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections notifier",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, receipts.router, in_doubt.router, permits.router],
+        routers=[router, receipts.router, in_doubt.router, permits.router, agencies.router],
         manage_runtime=manage_runtime,
     )
