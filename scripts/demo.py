@@ -154,6 +154,66 @@ def print_permits(summary: list[Any]) -> None:
         print(f"  {label:<52} {row['count']:>6}")
 
 
+# Collectors working the queues (issue 23): the cases past their formal notice wait as tasks.
+QUEUE_WORKERS = ("collector-1", "collector-2", "collector-3")
+RESULTS = ("no_answer", "right_party_contact", "refused_to_pay", "promise_to_pay", "wrong_number")
+
+
+async def work_queues(
+    base_url: str,
+    rng: random.Random,
+    *,
+    rounds: int = 10,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[Counter[str], list[Any]]:
+    """Three collectors ask every queue for next at the same moment and record a result for
+    what they get; returns the results recorded and the queues afterwards."""
+    clients = [
+        httpx.AsyncClient(
+            base_url=base_url,
+            timeout=10,
+            transport=transport,
+            headers=dev_headers(["collections:work"], subject=who),
+        )
+        for who in QUEUE_WORKERS
+    ]
+    worked: Counter[str] = Counter()
+    try:
+        listed = (await clients[0].get("/v1/queues")).json()["queues"]
+        for _ in range(rounds):
+            for queue in [q["queue"] for q in listed]:
+                answers = await asyncio.gather(
+                    *(c.post(f"/v1/queues/{queue}/next") for c in clients)
+                )
+                for client, answer in zip(clients, answers, strict=True):
+                    if answer.status_code != 200:
+                        continue  # nothing (else) to work in this queue
+                    result = rng.choice(RESULTS)
+                    body: dict[str, Any] = {"action": "outbound_call", "result": result}
+                    if result == "promise_to_pay":
+                        due = datetime.now(UTC) + timedelta(days=7)
+                        body["promise"] = {"amount": "50.00", "due_at": due.isoformat()}
+                    done = await client.post(
+                        f"/v1/tasks/{answer.json()['task_id']}/result", json=body
+                    )
+                    worked[result if done.status_code == 200 else f"refused/{result}"] += 1
+        after: list[Any] = (await clients[0].get("/v1/queues")).json()["queues"]
+    finally:
+        for client in clients:
+            await client.aclose()
+    return worked, after
+
+
+def print_work(worked: Counter[str], queues: list[Any]) -> None:
+    print(f"\nWork queues (workflow): tasks worked by {len(QUEUE_WORKERS)} collectors, by result:")
+    for label, count in sorted(worked.items()):
+        print(f"  {label:<40} {count:>6}")
+    print("  still waiting, by queue:")
+    for q in queues:
+        if q["depth"] or q["leased"]:
+            print(f"    {q['queue']:<38} {q['depth']:>6}  (leased {q['leased']})")
+
+
 async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
     """Settled = nothing awaits a confirmation and the picture is stable for 3 s."""
     deadline = time.monotonic() + within
@@ -312,10 +372,12 @@ async def run() -> int:
             print(f"published {lender.sent} events in all; waiting for the second wave")
             snapshot = await wait_until_settled(fleet)
             permits = await work_permits(fleet["notifier"].base_url, loans, rng)
+            worked, queues = await work_queues(fleet["workflow"].base_url, rng)
         finally:
             await kafka.stop()
         print_summary(snapshot, sink.received, loans, time.monotonic() - t0)
         print_permits(permits)
+        print_work(worked, queues)
         return 0
     finally:
         codes = await asyncio.to_thread(fleet.stop)
