@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,13 @@ ADMIN = dev_headers(["admin"], subject="ops")
 
 
 @pytest.fixture
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+@pytest.fixture
 async def placing(
-    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
+    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path, clock: OffsetClock
 ) -> AsyncIterator[Runtime]:
     policy = tmp_path / "placements.toml"
     policy.write_text(POLICY)
@@ -66,7 +72,7 @@ async def placing(
         }
     )
     await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
-    async with running(bootstrap.build_runtime(config, clock=OffsetClock())) as runtime:
+    async with running(bootstrap.build_runtime(config, clock=clock)) as runtime:
         yield runtime
 
 
@@ -180,6 +186,25 @@ async def test_placement_then_repayment_puts_a_recall_on_the_placements_topic_at
     assert await _count(notices, lambda n: n.loan_id == "L-agency-1" and n.kind == "recalled") == 0
     # Placements live beside the case: its journal still replays to what is stored.
     assert await mismatched_replays(placing.engine) == []
+
+
+async def test_a_placement_recalls_itself_when_its_period_ends(
+    api: httpx.AsyncClient, lender: lending.Lender, notices: Notices, clock: OffsetClock
+) -> None:
+    await lender.publish(lending.overdue("L-agency-4", Decimal("700.00"), dpd=10))
+    placed_notice, _ = await notices.next_matching(lambda n: n.loan_id == "L-agency-4")
+    assert placed_notice.kind == "placed"
+    # Past the 90-day period: the durable timer fires and recalls (one tier: none follows).
+    clock.advance(timedelta(days=91))
+    recall, _ = await notices.next_matching(
+        lambda n: n.loan_id == "L-agency-4" and n.kind == "recalled"
+    )
+    assert recall.reason == "expiry"
+    assert recall.placement_id == placed_notice.placement_id
+    assert (await api.get("/v1/placements/L-agency-4", headers=AGENCY_A)).status_code == 403
+    kinds = await timeline_kinds(api, "L-agency-4")
+    assert kinds.count("placement_recalled") == 1
+    assert kinds.count("case_placed") == 1
 
 
 async def _count(reader: Notices, wanted: Any) -> int:
