@@ -5,6 +5,7 @@ count in: one engine, one attempt log."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -339,3 +340,28 @@ async def test_a_permit_for_a_closed_or_unknown_case_is_a_problem_and_changes_no
     async with runtime.engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(contact_permits)) == 0
     assert await counted(runtime) == []
+
+
+async def test_two_people_asking_at_once_never_both_squeeze_under_a_cap(
+    live: tuple[Runtime, lending.Lender, FixedClock],
+) -> None:
+    runtime, lender, clock = live
+    await a_case(runtime, lender, clock.now())
+    async with as_(runtime, COLLECTOR, "col-1") as http:
+        for _ in range(2):
+            permit = (await ask(http)).json()
+            done = await http.post(
+                f"/v1/contact-permits/{permit['permit_id']}/result", json={"result": "connected"}
+            )
+            assert done.status_code == 200, done.text
+    # One connected call left today: a collector and an agency ask in the same instant.
+    async with as_(runtime, COLLECTOR, "col-2") as one, as_(runtime, AGENCY, "agency-A") as two:
+        answers = await asyncio.gather(*(ask(one if n % 2 else two) for n in range(6)))
+    decisions = sorted((a.json()["decision"], a.json()["reason"]) for a in answers)
+    # The per-person lock serialises them: the first grant counts before the next decides.
+    assert decisions == [("granted", "all_checks_passed")] + [("refused", "cap_reached")] * 5
+    assert sorted(r for _, r, _, _ in await counted(runtime)) == [
+        "connected",
+        "connected",
+        "pending",
+    ]
