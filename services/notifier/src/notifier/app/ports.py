@@ -14,16 +14,17 @@ from notifier.domain.in_doubt import Found, NotFound
 from notifier.domain.model import (
     AttemptResult,
     ChannelName,
+    ContactRequest,
     DeliveryStatus,
     Dispatch,
     Language,
     Recipient,
 )
+from notifier.domain.permits import Permit, PermitAsk, PermitDecision, PermitResult
 from notifier.domain.receipts import Receipt
 
 if TYPE_CHECKING:  # the adapters implement these ports (and import this module)
-    from notifier.adapters.permits import PermitRepository
-    from notifier.adapters.repository import DecisionRecord, DispatchRepository
+    from notifier.adapters.repository import BatchContext, DecisionRecord, DispatchRepository
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,56 @@ class StartDispatchUnitOfWork(Protocol):
     def __call__(self) -> DispatchUnitOfWork: ...
 
 
+class ContactContexts(Protocol):
+    """The dispatcher's context loading (DispatchRepository.contexts), locks included."""
+
+    async def contexts(
+        self, batch: Sequence[Dispatch], *, repayments_since: datetime, attempts_since: datetime
+    ) -> BatchContext: ...
+
+
+class PermitStore(Protocol):
+    """What deciding a permit and taking its result read and write (adapters/permits.py)."""
+
+    async def anchor(self, loan_id: str) -> ContactRequest | None: ...
+
+    async def settle_unreported(self, person: str, *, now: datetime) -> None: ...
+
+    async def record(
+        self,
+        permit_id: str,
+        ask: PermitAsk,
+        decision: PermitDecision,
+        *,
+        actor_kind_from: str,
+        anchor: ContactRequest,
+        person: str,
+        number: str | None,
+        policy_version: str,
+        now: datetime,
+        expires_at: datetime,
+        result_by: datetime,
+    ) -> None: ...
+
+    async def get(self, permit_id: str, *, lock: bool = False) -> Permit | None: ...
+
+    async def record_result(
+        self, permit_id: str, result: PermitResult, attempt: AttemptResult, *, now: datetime
+    ) -> None: ...
+
+    async def of_loan(self, loan_id: str, *, limit: int = 200) -> Sequence[Permit]: ...
+
+    async def summary(self) -> list[tuple[str, str, str, int]]: ...
+
+
 class PermitUnitOfWork(UnitOfWork, Protocol):
     """A contact permit is decided on the dispatcher's own context loading (and locks)."""
 
     @property
-    def dispatches(self) -> DispatchRepository: ...
+    def dispatches(self) -> ContactContexts: ...
 
     @property
-    def permits(self) -> PermitRepository: ...
+    def permits(self) -> PermitStore: ...
 
 
 class StartPermitUnitOfWork(Protocol):
