@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,43 @@ async def test_a_placement_recalls_itself_when_its_period_ends(
     kinds = await timeline_kinds(api, "L-agency-4")
     assert kinds.count("placement_recalled") == 1
     assert kinds.count("case_placed") == 1
+
+
+async def test_a_bounced_repayment_takes_the_agencys_commission_back(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    await lender.publish(lending.overdue("L-agency-5", Decimal("1000.00"), dpd=10))
+    await eventually(lambda: placed(api, "L-agency-5"))
+    await lender.publish(
+        lending.repayment("L-agency-5", Decimal("400.00"), Decimal("600.00"), repayment_id="R-5")
+    )
+
+    async def commission() -> dict[str, Any] | None:
+        body = (await api.get("/v1/agencies/agency-a/commission", headers=ADMIN)).json()
+        return body["by_currency"][0] if body["by_currency"] else None
+
+    assert (await eventually(commission))["commission"] == "100.00"
+    await lender.publish(
+        c.RepaymentReversed(
+            repayment_id="R-5",
+            loan_id="L-agency-5",
+            currency="CNY",
+            amount=Decimal("400.00"),
+            outstanding_balance_after=Decimal("1000.00"),
+            reversed_at=datetime.now(UTC),
+        )
+    )
+
+    async def taken_back() -> dict[str, Any] | None:
+        line = await commission()
+        return line if line and line["commission"] == "0.00" else None
+
+    line = await eventually(taken_back)
+    assert line == {"currency": "CNY", "payments": 1, "collected": "0.00", "commission": "0.00"}
+    case = await placed(api, "L-agency-5")
+    assert case is not None
+    assert case["placement"]["commission"] == "0.00"
+    assert "placement_commission_reversed" in await timeline_kinds(api, "L-agency-5")
 
 
 async def _count(reader: Notices, wanted: Any) -> int:

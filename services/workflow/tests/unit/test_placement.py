@@ -7,7 +7,7 @@ the app does it (app/handlers.py), against the shipped placement policy.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -62,7 +62,13 @@ class World:
         if self.case is None:
             return None
         outcome = pl.place(
-            self.case, event, self.newest, POLICY, self.now, lambda label: f"{cause}/{label}"
+            self.case,
+            event,
+            self.newest,
+            POLICY,
+            self.now,
+            lambda label: f"{cause}/{label}",
+            reversed_accrual=self._accrued(event),
         )
         for p in outcome.placements:
             self.placements[p.placement_id] = p
@@ -72,6 +78,19 @@ class World:
         self.accruals.extend(outcome.accruals)
         self.timeline.extend(kind for kind, _ in outcome.timeline)
         return outcome
+
+    def _accrued(self, event: d.Input) -> pl.Accrual | None:
+        """What the repository finds for a reversal: the accrual, unless reversed before."""
+        if not isinstance(event, m.RepaymentReversed):
+            return None
+        ids = [a.repayment_id for a in self.accruals]
+        if f"{event.repayment_id}/reversed" in ids:
+            return None
+        found = [a for a in self.accruals if a.repayment_id == event.repayment_id]
+        if not found:
+            return None
+        accrual = found[0]
+        return replace(accrual, placement=self.placements[accrual.placement.placement_id])
 
     def running(self) -> list[pl.Placement]:
         return [p for p in self.placements.values() if p.is_active]
@@ -198,6 +217,27 @@ def test_partial_payments_accrue_commission_in_minor_units_and_keep_the_placemen
     # 333.33 * 0.20 = 66.666 or * 0.22 = 73.3326: rounded to the fen, half up.
     assert running.commission in (Decimal("66.67"), Decimal("73.33"))
     assert running.commission.as_tuple().exponent == -2
+
+
+def test_a_reversed_repayment_takes_its_commission_back_once() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.repay("400.00", "4600.00")
+    (paid,) = world.running()
+    assert paid.commission > 0
+    repayment_id = world.accruals[0].repayment_id
+    for _ in range(2):  # a second reversal of the same repayment takes nothing more
+        world.n += 1
+        world.run(
+            m.RepaymentReversed(
+                f"v{world.n}", repayment_id, Decimal("400.00"), Decimal("5000.00"), world.now
+            )
+        )
+    (back,) = world.running()
+    assert back.collected == Decimal("0.00")
+    assert back.commission == Decimal("0.00")
+    assert sum(a.commission for a in world.accruals) == 0
+    assert world.timeline.count("placement_commission_reversed") == 1
 
 
 def test_commission_is_rounded_to_the_currency_minor_unit() -> None:

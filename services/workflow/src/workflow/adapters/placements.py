@@ -72,6 +72,9 @@ class PlacementBatch:
     # the one that follows it, so the one-running-per-loan index holds row by row.
     changed: dict[str, Placement] = field(default_factory=dict)
     accruals: list[Accrual] = field(default_factory=list)
+    # (loan id, repayment id) -> the commission that repayment accrued, for the reversals
+    # in the batch (none: it accrued nothing, or was reversed before).
+    reversible: dict[tuple[str, str], Accrual] = field(default_factory=dict)
 
     def record(self, outcome: PlacementOutcome) -> None:
         for p in outcome.placements:
@@ -100,6 +103,42 @@ class PlacementRepository:
             )
         )
         return PlacementBatch({p.loan_id: p for p in map(placement_from_row, rows)})
+
+    async def load_reversible(
+        self, batch: PlacementBatch, reversals: Sequence[tuple[str, str]]
+    ) -> None:
+        """The accruals the batch's reversals take back, each with its placement."""
+        if not reversals:
+            return
+        ids = sorted({r for _, r in reversals} | {f"{r}/reversed" for _, r in reversals})
+        pc = placement_commissions.c
+        rows = await self._conn.execute(
+            select(
+                placements,
+                pc.repayment_id.label("accrued_repayment_id"),
+                pc.amount.label("accrued_amount"),
+                pc.commission.label("accrued_commission"),
+            )
+            .join(placement_commissions, placements.c.placement_id == pc.placement_id)
+            .where(
+                any_of(pc.loan_id, sorted({loan for loan, _ in reversals})),
+                any_of(pc.repayment_id, ids),
+            )
+        )
+        found: dict[tuple[str, str], Accrual] = {}
+        undone: set[tuple[str, str]] = set()
+        for row in rows:
+            m = row._mapping
+            key = (m["loan_id"], m["accrued_repayment_id"])
+            if key[1].endswith("/reversed"):
+                undone.add((key[0], key[1].removesuffix("/reversed")))
+                continue
+            found[key] = Accrual(
+                placement_from_row(row), key[1], m["accrued_amount"], m["accrued_commission"]
+            )
+        batch.reversible = {
+            k: a for k, a in found.items() if k not in undone and k in set(reversals)
+        }
 
     async def write_batch(self, batch: PlacementBatch, at: datetime) -> None:
         await insert_rows(
@@ -155,7 +194,8 @@ class PlacementRepository:
         rows = await self._conn.execute(
             select(
                 placement_commissions.c.currency,
-                func.count(),
+                # Payments; a reversal's row (negative) only takes its money back.
+                func.count().filter(placement_commissions.c.amount > 0),
                 func.sum(placement_commissions.c.amount),
                 func.sum(placement_commissions.c.commission),
             )

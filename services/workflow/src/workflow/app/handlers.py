@@ -107,6 +107,15 @@ class Workflow:
             if self._placements is not None
             else None
         )
+        if placing is not None:
+            await PlacementRepository(tx.conn).load_reversible(
+                placing,
+                [
+                    (i.loan_id, i.event.repayment_id)
+                    for i in items
+                    if isinstance(i.event, m.RepaymentReversed)
+                ],
+            )
         results = []
         for item in items:
             before = state.cases.get(item.loan_id)
@@ -235,6 +244,9 @@ class Workflow:
             self._placements,
             tx.now,
             ids(item.cause_id),
+            reversed_accrual=placing.reversible.pop((case.loan_id, event.repayment_id), None)
+            if isinstance(event, m.RepaymentReversed)
+            else None,
         )
         if outcome == pl.NOTHING:
             return

@@ -15,6 +15,7 @@ Rules worth knowing (also in the README):
   placement's period (``resumed``); after an expiry it moves on to the next tier.
 - A repayment made while placed accrues the agency's commission at its rate, rounded to
   the currency's minor unit (half up, per payment: what the agency's statement shows).
+  Its reversal (a bounced payment) takes that commission back, once.
 """
 
 from __future__ import annotations
@@ -231,6 +232,35 @@ def _accrue(active: Placement, event: m.RepaymentReceived, currency: str) -> Pla
     )
 
 
+def _claw_back(accrual: Accrual, newest: Placement | None) -> PlacementOutcome:
+    """A repayment that accrued commission was reversed: the agency did not collect it."""
+    current = accrual.placement
+    if newest is not None and newest.placement_id == current.placement_id:
+        current = newest
+    back = replace(
+        current,
+        collected=current.collected - accrual.amount,
+        commission=current.commission - accrual.commission,
+    )
+    return PlacementOutcome(
+        placements=(back,),
+        accruals=(
+            Accrual(back, f"{accrual.repayment_id}/reversed", -accrual.amount, -accrual.commission),
+        ),
+        timeline=(
+            (
+                "placement_commission_reversed",
+                _detail(
+                    back,
+                    repayment_id=accrual.repayment_id,
+                    amount=str(accrual.amount),
+                    commission=str(accrual.commission),
+                ),
+            ),
+        ),
+    )
+
+
 def _begin(
     case: Case,
     tier_index: int,
@@ -312,11 +342,31 @@ def place(
     policy: PlacementPolicy,
     now: datetime,
     new_id: NewId,
+    *,
+    reversed_accrual: Accrual | None = None,
 ) -> PlacementOutcome:
     """What ``event``, decided into ``after``, changes for the agencies.
 
-    ``last`` is the loan's newest placement (active or ended), ``None`` if it never had one.
+    ``last`` is the loan's newest placement (active or ended), ``None`` if it never had one;
+    ``reversed_accrual``, for a reversal, the commission its repayment accrued (if any, and
+    not reversed before).
     """
+    clawed = NOTHING
+    if isinstance(event, m.RepaymentReversed) and reversed_accrual is not None:
+        clawed = _claw_back(reversed_accrual, last)
+        if last is not None and last.placement_id == reversed_accrual.placement.placement_id:
+            last = clawed.placements[-1]
+    return clawed.then(_place(after, event, last, policy, now, new_id))
+
+
+def _place(
+    after: Case,
+    event: object,
+    last: Placement | None,
+    policy: PlacementPolicy,
+    now: datetime,
+    new_id: NewId,
+) -> PlacementOutcome:
     active = last if last is not None and last.is_active else None
     if active is None:
         return _next_placement(after, last, policy, now, new_id)
