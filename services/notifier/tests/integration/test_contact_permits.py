@@ -45,6 +45,9 @@ async def live(
         topic_prefix=topic_prefix,
         kafka_bootstrap=stack["kafka_bootstrap"],
         dispatch_safety_poll_s=0.2,
+        # Generous on a busy test machine: a gate closed for a moment would refuse a permit
+        # (repayments_lagging), which is right, but not what these tests are about.
+        repayment_gate_max_lag_ms=10_000,
     )
     runtime = bootstrap.build_runtime(settings, clock=clock)
     await runtime.start()
