@@ -154,6 +154,42 @@ def print_permits(summary: list[Any]) -> None:
         print(f"  {label:<52} {row['count']:>6}")
 
 
+# One agency (issue 23): cases 5 days past due or more are placed with it for 90 days; a
+# repayment recalls them at once, and what was repaid while placed earns it 20%.
+AGENCY = "agency-1"
+PLACEMENT_POLICY = f"""version = "placements/demo"
+
+[[tiers]]
+tier = "primary"
+stages = ["warning", "formal_notice"]
+min_days_past_due = 5
+min_balance = "100.00"
+period_days = 90
+
+[[tiers.agencies]]
+agency = "{AGENCY}"
+share = 1
+commission_rate = "0.20"
+"""
+
+
+async def agency_report(base_url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
+        report: dict[str, Any] = (await http.get(f"/v1/agencies/{AGENCY}/commission")).json()
+    return report
+
+
+def print_agency(report: dict[str, Any]) -> None:
+    placed, running = report["placements"], report["running"]
+    print(f"\nAgency placement (workflow): {report['agency']}")
+    print(f"  placed {placed}, still placed {running}, recalled {placed - running}")
+    for line in report["by_currency"]:
+        print(
+            f"  {line['currency']}: {line['payments']} payments while placed, "
+            f"collected {line['collected']}, commission {line['commission']}"
+        )
+
+
 # Collectors working the queues (issue 23): the cases past their formal notice wait as tasks.
 QUEUE_WORKERS = ("collector-1", "collector-2", "collector-3")
 RESULTS = ("no_answer", "right_party_contact", "refused_to_pay", "promise_to_pay", "wrong_number")
@@ -293,12 +329,16 @@ async def run() -> int:
     sink = MailSink()
     smtp = Controller(sink, hostname="127.0.0.1", port=SMTP_PORT)
     smtp.start()
+    placement_policy = ROOT / ".cache" / "demo" / f"placements-{run_id}.toml"
+    placement_policy.parent.mkdir(parents=True, exist_ok=True)
+    placement_policy.write_text(PLACEMENT_POLICY)
     fleet = Fleet(
         database_url=database_url,
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
         log_dir=ROOT / ".cache" / "demo" / run_id,
         smtp_port=SMTP_PORT,
+        extra_env={"workflow": {"WORKFLOW_PLACEMENT_POLICY_FILE": str(placement_policy)}},
     )
     rng = random.Random(20261122)
     loans = portfolio(rng)
@@ -373,11 +413,13 @@ async def run() -> int:
             snapshot = await wait_until_settled(fleet)
             permits = await work_permits(fleet["notifier"].base_url, loans, rng)
             worked, queues = await work_queues(fleet["workflow"].base_url, rng)
+            agency = await agency_report(fleet["workflow"].base_url)
         finally:
             await kafka.stop()
         print_summary(snapshot, sink.received, loans, time.monotonic() - t0)
         print_permits(permits)
         print_work(worked, queues)
+        print_agency(agency)
         return 0
     finally:
         codes = await asyncio.to_thread(fleet.stop)
