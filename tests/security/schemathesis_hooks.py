@@ -30,6 +30,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:  # noq
             _due_from_tomorrow(case.body)
         if case.path.endswith("/holds") and isinstance(case.body, dict):
             _hold_in_effect(case.body)
+        if case.path.endswith("/result") and isinstance(case.body, dict):
+            _promise_from_tomorrow(case.body)
 
 
 def _fresh_key(case: Any) -> None:
@@ -65,6 +67,14 @@ def _due_from_tomorrow(body: dict[str, Any]) -> None:
     for i, instalment in enumerate(schedule):
         if isinstance(instalment, dict) and isinstance(instalment.get("due_at"), str):
             instalment["due_at"] = (start + timedelta(days=30 * i)).isoformat()
+
+
+def _promise_from_tomorrow(body: dict[str, Any]) -> None:
+    """A task result's promise is an arrangement: due before today, it is refused like one
+    (422, see _due_from_tomorrow); a valid generated date is moved ahead."""
+    promise = body.get("promise")
+    if isinstance(promise, dict) and isinstance(promise.get("due_at"), str):
+        promise["due_at"] = (datetime.now(UTC) + timedelta(days=2)).isoformat()
 
 
 def _hold_in_effect(body: dict[str, Any]) -> None:

@@ -75,6 +75,12 @@ class ResultRequest(BaseModel):
 
     model_config = {
         "json_schema_extra": {
+            # The validator's rule, stated in the schema too, so a client (or a fuzzer)
+            # generating from the OpenAPI document never sends a body it cannot know is
+            # refused: a promise object with promise_to_pay, none (or null) otherwise.
+            "if": {"properties": {"result": {"const": "promise_to_pay"}}, "required": ["result"]},
+            "then": {"required": ["promise"], "properties": {"promise": {"type": "object"}}},
+            "else": {"properties": {"promise": {"type": "null"}}},
             "examples": [
                 {
                     "action": "outbound_call",
@@ -82,7 +88,7 @@ class ResultRequest(BaseModel):
                     "note": "pays on Friday",
                     "promise": {"amount": "250.00", "due_at": "2099-01-23T00:00:00Z"},
                 }
-            ]
+            ],
         }
     }
 
