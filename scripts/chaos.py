@@ -511,6 +511,23 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[Any, Any]]:
     return out
 
 
+def _note_lost(
+    examples: list[dict[str, Any]], record: Any, event_id: str, env: Any, keep: int = 20
+) -> None:
+    if len(examples) >= keep:
+        return
+    examples.append(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "produced_at": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(),
+            "event_id": event_id,
+            "type": type(env.data).__name__ if hasattr(env, "data") else f"malformed: {env}",
+        }
+    )
+
+
 async def check(
     cfg: Config,
     produced: Produced,
@@ -524,6 +541,11 @@ async def check(
     conn = await asyncpg.connect(dsn)
     try:
         lost: dict[str, int] = {}
+        # Which records, so a loss can be investigated once the database is gone: the
+        # first few per service, and every lost run of offsets per partition (a
+        # contiguous run points at the log or the offsets, scattered ones at handling).
+        lost_examples: dict[str, list[dict[str, Any]]] = {}
+        lost_runs: dict[str, dict[str, list[list[int]]]] = {}
         for name, topics in CONSUMES.items():
             group = prefix + name
             schema = SERVICES[name][0]
@@ -542,7 +564,17 @@ async def check(
                         event_id = env.id
                     else:
                         continue
-                    missing += event_id not in seen
+                    if event_id in seen:
+                        continue
+                    missing += 1
+                    _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
+                    runs = lost_runs.setdefault(name, {}).setdefault(
+                        f"{record.topic}/{record.partition}", []
+                    )
+                    if runs and runs[-1][1] == record.offset - 1:
+                        runs[-1][1] = record.offset
+                    else:
+                        runs.append([record.offset, record.offset])
             lost[name] = missing
         sent = await conn.fetch(
             # A contact is made when its attempt is handed over (attempted_at), not when the
@@ -625,6 +657,8 @@ async def check(
         await engine.dispose()
     return {
         "events_lost": lost,
+        "events_lost_examples": lost_examples,
+        "events_lost_offset_runs": lost_runs,
         "commands_dispatched_twice": doubled,
         "sent_twice": sent_twice,
         # Attempts a crash left unknown: in doubt (SMTP, letters) or found at the provider.
@@ -862,6 +896,10 @@ def print_report(report: dict[str, Any]) -> None:
         ("malformed found in the DLQ", checks["malformed_in_dlq"]),
         ("cases equal to their replay", checks["replay_equal"]),
     ]
+    if checks.get("events_lost_offset_runs"):
+        rows.insert(
+            1, ("  lost offsets (first, last) per partition", checks["events_lost_offset_runs"])
+        )
     for label, value in rows:
         print(f"  {label:<50} {value}")
     print("PASS" if not report["failures"] else f"FAIL: {', '.join(report['failures'])}")
