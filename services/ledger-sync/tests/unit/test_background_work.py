@@ -5,21 +5,18 @@ resolver of balance checks waiting for the ledger's API."""
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit import contract as c
 from collections_kit.clock import FixedClock
 from collections_kit.contract import SPEC_BY_MODEL
-from collections_kit.outbox import Tx
+from collections_kit.testing import InMemoryUnitOfWork
 from ledger_sync.adapters.ledger_api import LedgerUnavailable
 from ledger_sync.adapters.repository import PendingCheck
 from ledger_sync.app.reconciliation import Reconciler
@@ -166,40 +163,13 @@ class FakeRuns:
             run.update(status="completed", finished_at=finished_at)
 
 
-class FakeUnitOfWork:
-    """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
+class FakeUnitOfWork(InMemoryUnitOfWork[Database]):
+    source = "ledger-sync"
 
-    def __init__(self, db: Database, clock: FixedClock) -> None:
-        self._db, self._clock = db, clock
-
-    async def __aenter__(self) -> Self:
-        self._work = copy.deepcopy(self._db.data)
-        self.tx = Tx(
-            conn=cast(AsyncConnection, None),  # the fakes hold the data, not a connection
-            now=self._clock.now(),
-            source="ledger-sync",
-            topic_prefix="",
-        )
-        self.ledger = FakeLedger(self._work)
-        self.cases = FakeCases(self._work)
-        self.runs = FakeRuns(self._work)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    @property
-    def now(self) -> datetime:
-        return self.tx.now
-
-    async def commit(self) -> None:
-        self._db.data = self._work
-        self._db.published.extend(self.tx.staged)
+    def bind(self, work: Data) -> None:
+        self.ledger = FakeLedger(work)
+        self.cases = FakeCases(work)
+        self.runs = FakeRuns(work)
 
 
 @dataclass

@@ -8,14 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import FixedClock
-from collections_kit.outbox import Tx
+from collections_kit.testing import InMemoryUnitOfWork
 from notifier.app.receipts import take_receipt
 from notifier.domain.model import AttemptResult, ContactRequest, Dispatch, DispatchStatus
 from notifier.domain.receipts import Receipt
@@ -82,38 +80,11 @@ class FakeDispatches:
         return seqs
 
 
-class FakeUnitOfWork:
-    """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
+class FakeUnitOfWork(InMemoryUnitOfWork[Database]):
+    source = "notifier"
 
-    def __init__(self, db: Database, clock: FixedClock) -> None:
-        self._db, self._clock = db, clock
-
-    async def __aenter__(self) -> Self:
-        self._work = copy.deepcopy(self._db.data)
-        self.tx = Tx(
-            conn=cast(AsyncConnection, None),  # the fake holds the data, not a connection
-            now=self._clock.now(),
-            source="notifier",
-            topic_prefix="",
-        )
-        self.dispatches = FakeDispatches(self._work)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    @property
-    def now(self) -> datetime:
-        return self.tx.now
-
-    async def commit(self) -> None:
-        self._db.data = self._work
-        self._db.published.extend(self.tx.staged)
+    def bind(self, work: Data) -> None:
+        self.dispatches = FakeDispatches(work)
 
 
 def command(command_id: str) -> ContactRequest:

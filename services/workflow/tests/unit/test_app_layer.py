@@ -8,14 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import FixedClock
-from collections_kit.outbox import Tx
+from collections_kit.testing import InMemoryUnitOfWork
 from workflow.adapters.policy_file import load_queue_policy
 from workflow.adapters.repository import BatchState
 from workflow.app.commands import Commands, KeyReusedError, Outcome
@@ -203,42 +201,17 @@ class FakeTasks:
         return []
 
 
-class FakeUnitOfWork:
-    """A transaction on a copy of the data: commit replaces the data, anything else drops it."""
+class FakeUnitOfWork(InMemoryUnitOfWork[Database]):
+    source = "workflow"
 
-    def __init__(self, db: Database, clock: FixedClock, actor: str) -> None:
-        self._db, self._clock, self._actor = db, clock, actor
-
-    async def __aenter__(self) -> Self:
-        self._work = copy.deepcopy(self._db.data)
-        self.tx = Tx(
-            conn=cast(AsyncConnection, None),  # the fakes hold the data, not a connection
-            now=self._clock.now(),
-            source="workflow",
-            topic_prefix="",
-            actor=self._actor,
-        )
-        self.cases = FakeCases(self._work)
-        self.idempotency_keys = FakeIdempotencyKeys(self._work)
-        self.timers = FakeTimers(self._work)
-        self.tasks = FakeTasks(self._work)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    @property
-    def now(self) -> datetime:
-        return self.tx.now
+    def bind(self, work: Data) -> None:
+        self.cases = FakeCases(work)
+        self.idempotency_keys = FakeIdempotencyKeys(work)
+        self.timers = FakeTimers(work)
+        self.tasks = FakeTasks(work)
 
     async def commit(self) -> None:
-        self._db.data = self._work
-        self._db.published.extend(self.tx.staged)
+        await super().commit()
         self._db.commits += 1
 
 
