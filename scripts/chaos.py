@@ -84,6 +84,9 @@ class Config:
     # lag before a pass, or during its hand-over; see notifier.app.repayment_gate).
     race_window_s: float = 5.0
     settle_timeout_s: float = 900.0
+    # How long a record past its group's committed offset at the check may take to be
+    # handled before it counts as never handled.
+    in_flight_timeout_s: float = 120.0
     report_dir: Path = ROOT / "reports"
 
 
@@ -439,16 +442,31 @@ def supervise(fleet: Fleet, faults: Faults) -> None:
 # --- settling and checks ----------------------------------------------------------------------
 
 
-async def lag(bootstrap: str, prefix: str) -> int:
+async def committed_offsets(bootstrap: str, groups: list[str]) -> dict[str, dict[str, int]]:
+    """Per consumer group, its committed offset per "topic/partition"."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await admin.start()
+    try:
+        out: dict[str, dict[str, int]] = {}
+        for group in groups:
+            committed = await admin.list_consumer_group_offsets(group)
+            out[group] = {
+                f"{tp.topic}/{tp.partition}": meta.offset
+                for tp, meta in committed.items()
+                if meta.offset >= 0
+            }
+        return out
+    finally:
+        await admin.close()
+
+
+async def lag(bootstrap: str, prefix: str) -> int:
+    committed = await committed_offsets(bootstrap, [prefix + name for name in SERVICES])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         total = 0
         for name in SERVICES:
-            group = prefix + name
-            committed = await admin.list_consumer_group_offsets(group)
             topics = [prefix + t.value for t in CONSUMES[name]]
             parts = [
                 TopicPartition(t, p)
@@ -456,13 +474,12 @@ async def lag(bootstrap: str, prefix: str) -> int:
                 for p in (consumer.partitions_for_topic(t) or range(6))
             ]
             ends = await consumer.end_offsets(parts)
+            done = committed[prefix + name]
             for tp in parts:
-                done = committed.get(tp)
-                total += ends[tp] - (done.offset if done is not None else 0)
+                total += ends[tp] - done.get(f"{tp.topic}/{tp.partition}", 0)
         return total
     finally:
         await consumer.stop()
-        await admin.close()
 
 
 async def backlog(dsn: str) -> int:
@@ -474,6 +491,11 @@ async def backlog(dsn: str) -> int:
         rows += await conn.fetchval(
             "SELECT count(*) FROM notifier.dispatches WHERE (status = 'pending' "
             "AND due_at <= now()) OR status = 'sending'"
+        )
+        # A due timer is work not yet done: the workflow's re-checks fire five minutes on,
+        # and each starts a new round of messages.
+        rows += await conn.fetchval(
+            "SELECT count(*) FROM workflow.timers WHERE fired_at IS NULL AND due_at <= now()"
         )
         return int(rows)
     finally:
@@ -528,6 +550,52 @@ def _note_lost(
     )
 
 
+@dataclass
+class Accounted:
+    """A consumer group's records, as the check sees them."""
+
+    lost: list[tuple[Any, str, Any]] = field(default_factory=list)
+    # Runs of lost offsets per "topic/partition", (first, last): a contiguous run points at
+    # the log or the offsets, scattered ones at handling.
+    lost_runs: dict[str, list[list[int]]] = field(default_factory=dict)
+    in_flight: list[tuple[Any, Any]] = field(default_factory=list)
+
+
+def account(
+    records: list[tuple[Any, Any]],
+    committed: dict[str, int],
+    seen: set[str],
+    handles: set[type[c.Message]],
+) -> Accounted:
+    """Which of a group's ``records`` (with their decoded envelopes) are lost.
+
+    ``committed`` (offsets per "topic/partition") must have been read before ``seen`` (the
+    group's inbox). A record the group acts on is lost when it lies below the committed
+    offset and has no claim; one at or past it is in flight. The records of types the
+    group skips have no claim to look for; a malformed one is claimed by its origin."""
+    out = Accounted()
+    for record, env in records:
+        if isinstance(env, MalformedMessageError):
+            event_id = f"{record.topic}/{record.partition}/{record.offset}"
+        elif type(env.data) in handles:
+            event_id = env.id
+        else:
+            continue
+        where = f"{record.topic}/{record.partition}"
+        if record.offset >= committed.get(where, 0):
+            out.in_flight.append((record, env))
+            continue
+        if event_id in seen:
+            continue
+        out.lost.append((record, event_id, env))
+        runs = out.lost_runs.setdefault(where, [])
+        if runs and runs[-1][1] == record.offset - 1:
+            runs[-1][1] = record.offset
+        else:
+            runs.append([record.offset, record.offset])
+    return out
+
+
 async def check(
     cfg: Config,
     produced: Produced,
@@ -542,10 +610,15 @@ async def check(
     try:
         lost: dict[str, int] = {}
         # Which records, so a loss can be investigated once the database is gone: the
-        # first few per service, and every lost run of offsets per partition (a
-        # contiguous run points at the log or the offsets, scattered ones at handling).
+        # first few per service, and every lost run of offsets per partition.
         lost_examples: dict[str, list[dict[str, Any]]] = {}
         lost_runs: dict[str, dict[str, list[list[int]]]] = {}
+        in_flight: dict[str, list[tuple[Any, Any]]] = {}
+        # The services run on while this checks (their timers fire, their replies flow):
+        # what a group has committed is read first, its inbox next. A record below the
+        # committed offset was handled before that commit (the inbox commits first), so
+        # its claim must be in the inbox read after; one at or past it may be in flight.
+        committed = await committed_offsets(bootstrap, [prefix + name for name in CONSUMES])
         for name, topics in CONSUMES.items():
             group = prefix + name
             schema = SERVICES[name][0]
@@ -555,27 +628,42 @@ async def check(
                     f"SELECT event_id FROM {schema}.inbox WHERE consumer = $1", group
                 )
             }
-            missing = 0
-            for topic in topics:
-                for record, env in await read_all(bootstrap, prefix + topic.value):
-                    if isinstance(env, MalformedMessageError):
-                        event_id = f"{record.topic}/{record.partition}/{record.offset}"
-                    elif type(env.data) in HANDLES[name]:
-                        event_id = env.id
-                    else:
-                        continue
-                    if event_id in seen:
-                        continue
-                    missing += 1
-                    _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
-                    runs = lost_runs.setdefault(name, {}).setdefault(
-                        f"{record.topic}/{record.partition}", []
+            records = [
+                rec for topic in topics for rec in await read_all(bootstrap, prefix + topic.value)
+            ]
+            accounted = account(records, committed[group], seen, HANDLES[name])
+            lost[name] = len(accounted.lost)
+            in_flight[name] = accounted.in_flight
+            for record, event_id, env in accounted.lost:
+                _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
+            if accounted.lost_runs:
+                lost_runs[name] = accounted.lost_runs
+        in_flight_at_check = {name: len(records) for name, records in in_flight.items()}
+        # What was in flight must be handled soon after, or it is lost too: accounted again
+        # until none is left (then committed offsets, then inboxes, as above).
+        deadline = time.monotonic() + cfg.in_flight_timeout_s
+        while any(in_flight.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(2.0)
+            committed = await committed_offsets(bootstrap, [prefix + name for name in CONSUMES])
+            for name, records in in_flight.items():
+                if not records:
+                    continue
+                group = prefix + name
+                seen = {
+                    r["event_id"]
+                    for r in await conn.fetch(
+                        f"SELECT event_id FROM {SERVICES[name][0]}.inbox WHERE consumer = $1",
+                        group,
                     )
-                    if runs and runs[-1][1] == record.offset - 1:
-                        runs[-1][1] = record.offset
-                    else:
-                        runs.append([record.offset, record.offset])
-            lost[name] = missing
+                }
+                accounted = account(records, committed[group], seen, HANDLES[name])
+                lost[name] += len(accounted.lost)
+                in_flight[name] = accounted.in_flight
+                for record, event_id, env in accounted.lost:
+                    _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
+                for where, runs in accounted.lost_runs.items():
+                    lost_runs.setdefault(name, {}).setdefault(where, []).extend(runs)
+        unhandled = {name: len(records) for name, records in in_flight.items()}
         sent = await conn.fetch(
             # A contact is made when its attempt is handed over (attempted_at), not when the
             # send is recorded: an attempt found at the provider after a crash is recorded a
@@ -659,6 +747,10 @@ async def check(
         "events_lost": lost,
         "events_lost_examples": lost_examples,
         "events_lost_offset_runs": lost_runs,
+        # Records past a group's committed offset when checked: handled later, or counted
+        # unhandled when still there after in_flight_timeout_s.
+        "events_in_flight_at_check": in_flight_at_check,
+        "events_unhandled": unhandled,
         "commands_dispatched_twice": doubled,
         "sent_twice": sent_twice,
         # Attempts a crash left unknown: in doubt (SMTP, letters) or found at the provider.
@@ -705,6 +797,8 @@ def verdict(result: dict[str, Any]) -> list[str]:
     failures = []
     if any(result["events_lost"].values()):
         failures.append("events lost")
+    if any(result.get("events_unhandled", {}).values()):
+        failures.append("events never handled")
     if result["commands_dispatched_twice"]:
         failures.append("commands dispatched twice")
     if result["contacts_after_repayment"]["beyond_race_window"]:
@@ -877,6 +971,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"elapsed {report['elapsed_seconds']}s (settled in {report['settle_seconds']}s)")
     rows = [
         ("events lost", checks["events_lost"]),
+        ("  in flight when checked (then handled / never)", _in_flight(checks)),
         ("commands dispatched twice", checks["commands_dispatched_twice"]),
         (
             "  sent twice (recorded / SMTP by Message-ID / provider by key)",
@@ -903,6 +998,15 @@ def print_report(report: dict[str, Any]) -> None:
     for label, value in rows:
         print(f"  {label:<50} {value}")
     print("PASS" if not report["failures"] else f"FAIL: {', '.join(report['failures'])}")
+
+
+def _in_flight(checks: dict[str, Any]) -> str:
+    at_check = checks.get("events_in_flight_at_check", {})
+    never = checks.get("events_unhandled", {})
+    return ", ".join(
+        f"{name} {n} ({n - never.get(name, 0)} / {never.get(name, 0)})"
+        for name, n in at_check.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
