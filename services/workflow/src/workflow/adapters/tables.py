@@ -155,6 +155,13 @@ timeline = Table(
     Column("policy_version", Text, nullable=False),
     Column("detail", JSONB, nullable=False),
     Index("ix_timeline_case", "case_id", "id"),
+    # A lease runs out once (migration 0011): one expiry entry per lease id.
+    Index(
+        "ux_timeline_lease_expired",
+        text("(detail->>'lease_id')"),
+        unique=True,
+        postgresql_where=text("kind = 'task_lease_expired'"),
+    ),
 )
 
 # Work for people (migration 0009): at most one leased task per borrower, one live task of

@@ -90,17 +90,33 @@ class WorkQueues:
             await uow.commit()  # the leases it returned
             return None
 
-    async def _return_run_out(self, store: TaskStore, now: datetime, actor: str) -> None:
-        returned = t.expire(await store.leases_run_out(now, _EXPIRE_BATCH), now)
-        if not returned:
-            return
-        await store.save(returned)
+    async def _return_run_out(self, store: TaskStore, now: datetime, actor: str) -> int:
+        run_out = [
+            x for x in await store.leases_run_out(now, _EXPIRE_BATCH) if x.lease_expired(now)
+        ]
+        if not run_out:
+            return 0
+        await store.save(t.expire(run_out, now))
+        # The lease's id makes the entry once per lease (migration 0011's unique index).
         await self._record(
             store,
-            [TaskStep(r, "task_lease_expired", {}, f"task:{r.task_id}") for r in returned],
+            [
+                TaskStep(
+                    x,
+                    "task_lease_expired",
+                    {
+                        "collector": x.collector,
+                        "lease_id": x.lease_id,
+                        "lease_until": x.lease_until.isoformat() if x.lease_until else None,
+                    },
+                    f"lease:{x.lease_id}",
+                )
+                for x in run_out
+            ],
             now,
             actor,
         )
+        return len(run_out)
 
     async def renew(self, task_id: str, collector: str) -> t.Task:
         async with self._uow(actor=collector) as uow:
