@@ -550,6 +550,14 @@ def _note_lost(
     )
 
 
+async def claims(conn: Any, service: str, group: str) -> set[str]:
+    """The event ids ``group`` claimed in ``service``'s inbox."""
+    rows = await conn.fetch(
+        f"SELECT event_id FROM {SERVICES[service][0]}.inbox WHERE consumer = $1", group
+    )
+    return {r["event_id"] for r in rows}
+
+
 @dataclass
 class Accounted:
     """A consumer group's records, as the check sees them."""
@@ -614,6 +622,15 @@ async def check(
         lost_examples: dict[str, list[dict[str, Any]]] = {}
         lost_runs: dict[str, dict[str, list[list[int]]]] = {}
         in_flight: dict[str, list[tuple[Any, Any]]] = {}
+
+        def note(name: str, accounted: Accounted) -> None:
+            lost[name] += len(accounted.lost)
+            in_flight[name] = accounted.in_flight
+            for record, event_id, env in accounted.lost:
+                _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
+            for where, runs in accounted.lost_runs.items():
+                lost_runs.setdefault(name, {}).setdefault(where, []).extend(runs)
+
         # The services run on while this checks (their timers fire, their replies flow):
         # what a group has committed is read first, its inbox next. A record below the
         # committed offset was handled before that commit (the inbox commits first), so
@@ -621,23 +638,12 @@ async def check(
         committed = await committed_offsets(bootstrap, [prefix + name for name in CONSUMES])
         for name, topics in CONSUMES.items():
             group = prefix + name
-            schema = SERVICES[name][0]
-            seen = {
-                r["event_id"]
-                for r in await conn.fetch(
-                    f"SELECT event_id FROM {schema}.inbox WHERE consumer = $1", group
-                )
-            }
+            seen = await claims(conn, name, group)
             records = [
                 rec for topic in topics for rec in await read_all(bootstrap, prefix + topic.value)
             ]
-            accounted = account(records, committed[group], seen, HANDLES[name])
-            lost[name] = len(accounted.lost)
-            in_flight[name] = accounted.in_flight
-            for record, event_id, env in accounted.lost:
-                _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
-            if accounted.lost_runs:
-                lost_runs[name] = accounted.lost_runs
+            lost[name] = 0
+            note(name, account(records, committed[group], seen, HANDLES[name]))
         in_flight_at_check = {name: len(records) for name, records in in_flight.items()}
         # What was in flight must be handled soon after, or it is lost too: accounted again
         # until none is left (then committed offsets, then inboxes, as above).
@@ -649,20 +655,8 @@ async def check(
                 if not records:
                     continue
                 group = prefix + name
-                seen = {
-                    r["event_id"]
-                    for r in await conn.fetch(
-                        f"SELECT event_id FROM {SERVICES[name][0]}.inbox WHERE consumer = $1",
-                        group,
-                    )
-                }
-                accounted = account(records, committed[group], seen, HANDLES[name])
-                lost[name] += len(accounted.lost)
-                in_flight[name] = accounted.in_flight
-                for record, event_id, env in accounted.lost:
-                    _note_lost(lost_examples.setdefault(name, []), record, event_id, env)
-                for where, runs in accounted.lost_runs.items():
-                    lost_runs.setdefault(name, {}).setdefault(where, []).extend(runs)
+                seen = await claims(conn, name, group)
+                note(name, account(records, committed[group], seen, HANDLES[name]))
         unhandled = {name: len(records) for name, records in in_flight.items()}
         sent = await conn.fetch(
             # A contact is made when its attempt is handed over (attempted_at), not when the
