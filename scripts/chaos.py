@@ -6,8 +6,9 @@ that nothing was lost, nothing doubled, nobody contacted unlawfully.
 Two replicas of every service run in one consumer group. From 20% of the workload on, each
 replica is SIGKILLed and restarted (at least once by a fault hook: between its database
 commit and its offset commit, or for a notifier first between handing contacts to a channel
-and recording it), the broker and PostgreSQL are each restarted once, and a
-third replica joins and leaves to force rebalances. At the end the run checks, prints and
+and recording it), every replica of every service is SIGKILLed at once, the broker and
+PostgreSQL are each restarted once, and a third replica joins and leaves to force
+rebalances. At the end the run checks, prints and
 writes ``reports/chaos-latest.json``; it exits 1 when a check fails.
 """
 
@@ -106,6 +107,8 @@ class Faults:
     kills: Counter[str] = field(default_factory=Counter)
     hook_crashes: Counter[str] = field(default_factory=Counter)
     broker_restarts: int = 0
+    # Times every replica of every service was SIGKILLed at once.
+    kill_all: int = 0
     postgres_restarts: int = 0
     rebalances: int = 0
     log: list[str] = field(default_factory=list)
@@ -382,6 +385,10 @@ def schedule(cfg: Config, fleet: Fleet, rng: random.Random) -> list[Fault]:
             )
     if cfg.restart_infrastructure:
         plan += [Fault(0.5, "broker"), Fault(0.65, "postgres")]
+    # Every replica of every service SIGKILLed in the same moment, mid-stream (a node or a
+    # zone lost): what found contacts sent twice after a crash (issue 21, item 1). Nobody
+    # is left to take a partition over; all of it must be picked up on restart.
+    plan.append(Fault(0.75, "kill_all"))
     plan += [Fault(0.4, "add_replica", "workflow"), Fault(0.8, "remove_replica", "workflow")]
     return sorted(plan)
 
@@ -406,6 +413,15 @@ async def inject(fault: Fault, fleet: Fleet, faults: Faults) -> None:
             }
         )
         member.start()
+    elif fault.kind == "kill_all":
+        members = list(fleet.members.values())
+        for member in members:
+            member.kill()
+        for key in fleet.members:
+            faults.kills[key] += 1
+        faults.kill_all += 1
+        for member in members:
+            member.start()
     elif fault.kind == "broker":
         await asyncio.to_thread(local_stack.kafka_down)
         await asyncio.sleep(2)
@@ -915,6 +931,7 @@ async def run(cfg: Config) -> dict[str, Any]:
             "faults": {
                 "kills": dict(faults.kills),
                 "hook_crashes": dict(faults.hook_crashes),
+                "kill_all": faults.kill_all,
                 "broker_restarts": faults.broker_restarts,
                 "postgres_restarts": faults.postgres_restarts,
                 "rebalances": faults.rebalances,
@@ -958,7 +975,8 @@ def print_report(report: dict[str, Any]) -> None:
     faults = report["faults"]
     print(
         f"faults: kills {sum(faults['kills'].values())} "
-        f"(hook crashes {faults['hook_crashes']}), broker restarts "
+        f"(hook crashes {faults['hook_crashes']}; all at once {faults.get('kill_all', 0)}), "
+        "broker restarts "
         f"{faults['broker_restarts']}, postgres restarts {faults['postgres_restarts']}, "
         f"rebalances {faults['rebalances']}"
     )
