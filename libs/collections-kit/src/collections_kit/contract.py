@@ -273,14 +273,18 @@ AgencyId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
 PlacementNoticeKind = Literal["placed", "recalled", "held", "resumed", "repaid"]
-RecallReason = Literal["repaid", "hold", "dispute", "closure", "expiry"]
+RecallReason = Literal[
+    "repaid", "hold", "dispute", "closure", "expiry", "stage_changed", "out_of_tier"
+]
 
 
 class PlacementNotice(Message):
     """What an agency hears of a case placed with it; keyed by loan.
 
     ``placed`` gives it the case until ``placed_until``; ``recalled`` takes it back at once
-    (with the reason): repayment, hold, dispute, closure or the placement's expiry. A hold
+    (with the reason): repayment, hold, dispute, closure, the placement's expiry, or the
+    case leaving the placement's tier (``stage_changed``: escalated to a stage the tier does
+    not take; ``out_of_tier``: its balance or days past due no longer fit it). A hold
     first sends ``held`` (stop calling), then the recall; if the hold ends within the
     placement's period the case comes back to the same agency with ``resumed``. ``repaid``
     is a repayment made while placed, with the commission it accrued.

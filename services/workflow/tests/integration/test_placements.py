@@ -207,6 +207,59 @@ async def test_a_placement_recalls_itself_when_its_period_ends(
     assert kinds.count("case_placed") == 1
 
 
+async def recall_entry(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None:
+    response = await api.get(f"/v1/cases/{loan_id}/timeline", headers=READER)
+    entries = response.json()["entries"] if response.status_code == 200 else []
+    return next((e for e in entries if e["kind"] == "placement_recalled"), None)
+
+
+async def test_a_case_escalated_past_its_tiers_stages_is_recalled_at_once(
+    placing: Runtime, api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+) -> None:
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    await lender.publish(lending.overdue("L-agency-6", Decimal("900.00"), dpd=10, as_of=t0))
+    placed_notice, _ = await notices.next_matching(lambda n: n.loan_id == "L-agency-6")
+    assert placed_notice.kind == "placed"
+    # One stage per report: formal notice, guarantor recourse (both the tier's), litigation.
+    for n, dpd in enumerate((65, 95, 125), start=1):
+        await lender.publish(
+            lending.overdue(
+                "L-agency-6", Decimal("900.00"), dpd=dpd, as_of=t0 + timedelta(minutes=n)
+            )
+        )
+    recall, _ = await notices.next_matching(
+        lambda n: n.loan_id == "L-agency-6" and n.kind == "recalled"
+    )
+    assert recall.reason == "stage_changed"
+    assert recall.stage == "litigation"
+    assert recall.placement_id == placed_notice.placement_id
+    assert (await api.get("/v1/placements/L-agency-6", headers=AGENCY_A)).status_code == 403
+    entry = await eventually(lambda: recall_entry(api, "L-agency-6"))
+    assert entry["detail"]["reason"] == "stage_changed"
+    assert entry["detail"]["placement_id"] == placed_notice.placement_id
+    assert (await timeline_kinds(api, "L-agency-6")).count("placement_recalled") == 1
+    assert await mismatched_replays(placing.engine) == []
+
+
+async def test_a_payment_taking_the_balance_below_the_tiers_band_recalls_it(
+    api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+) -> None:
+    await lender.publish(lending.overdue("L-agency-7", Decimal("1000.00"), dpd=10))
+    placed_notice, _ = await notices.next_matching(lambda n: n.loan_id == "L-agency-7")
+    await lender.publish(lending.repayment("L-agency-7", Decimal("950.00"), Decimal("50.00")))
+    recall, _ = await notices.next_matching(
+        lambda n: n.loan_id == "L-agency-7" and n.kind == "recalled"
+    )
+    assert recall.reason == "out_of_tier"
+    assert recall.stage == "warning"
+    assert recall.placement_id == placed_notice.placement_id
+    entry = await eventually(lambda: recall_entry(api, "L-agency-7"))
+    assert entry["detail"]["reason"] == "out_of_tier"
+    # The payment was made while placed: its commission accrued first, then the recall.
+    kinds = await timeline_kinds(api, "L-agency-7")
+    assert kinds.index("placement_commission_accrued") < kinds.index("placement_recalled")
+
+
 async def test_a_bounced_repayment_takes_the_agencys_commission_back(
     api: httpx.AsyncClient, lender: lending.Lender
 ) -> None:

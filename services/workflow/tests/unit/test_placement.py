@@ -43,6 +43,7 @@ class World:
     accruals: list[pl.Accrual] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
     n: int = 0
+    policy: pl.PlacementPolicy = POLICY
 
     def run(self, event: d.Input) -> pl.PlacementOutcome | None:
         self.n += 1
@@ -65,7 +66,7 @@ class World:
             self.case,
             event,
             self.newest,
-            POLICY,
+            self.policy,
             self.now,
             lambda label: f"{cause}/{label}",
             reversed_accrual=self._accrued(event),
@@ -299,6 +300,121 @@ def test_expiry_recalls_and_moves_the_case_on_to_the_next_tier_that_admits_it() 
     assert world.running() == []
 
 
+def test_escalating_past_the_tiers_stages_recalls_at_once_with_reason_stage_changed() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.overdue(65)  # guarantor recourse: still a stage the primary tier takes
+    (placement,) = world.running()
+    world.notices.clear()
+    world.overdue(95)
+    assert world.case is not None
+    assert world.case.stage is Stage.LITIGATION
+    assert kinds(world.notices) == ["recalled"]
+    assert world.notices[0].reason is pl.RecallReason.STAGE_CHANGED
+    assert world.notices[0].placement.placement_id == placement.placement_id
+    assert world.placements[placement.placement_id].end_reason is pl.RecallReason.STAGE_CHANGED
+    # No tier takes litigation: the case stays with the lender, and nothing more is sent.
+    assert world.running() == []
+    world.overdue(120)
+    assert kinds(world.notices) == ["recalled"]
+    assert world.timeline.count("placement_recalled") == 1
+
+
+def test_a_payment_that_clears_the_arrears_accrues_then_recalls_as_the_stage_changes() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    world.notices.clear()
+    world.repay("4950.00", "50.00")  # the arrears paid: back to warning, not a tier stage
+    assert world.case is not None
+    assert world.case.stage is Stage.WARNING
+    assert kinds(world.notices) == ["repaid", "recalled"]
+    assert world.notices[-1].reason is pl.RecallReason.STAGE_CHANGED
+    ended = world.placements[placement.placement_id]
+    assert ended.collected == Decimal("4950.00")
+    assert ended.end_reason is pl.RecallReason.STAGE_CHANGED
+    assert world.running() == []
+
+
+def _banded() -> pl.PlacementPolicy:
+    small, large = (
+        pl.PlacementTier(
+            tier,
+            (Stage.FORMAL_NOTICE, Stage.GUARANTOR_RECOURSE),
+            30,
+            Decimal(low),
+            Decimal(high) if high else None,
+            timedelta(days=90),
+            (pl.AgencyShare(agency, 1, Decimal("0.2")),),
+        )
+        for tier, low, high, agency in (
+            ("small", "100", "1000", "agency-small"),
+            ("large", "1000", None, "agency-large"),
+        )
+    )
+    return pl.PlacementPolicy("placements/banded", (small, large))
+
+
+def test_a_balance_that_grows_out_of_the_band_goes_to_the_tier_that_takes_it_at_once() -> None:
+    world = World(policy=_banded())
+    world.overdue(5, outstanding="900.00")
+    world.now += timedelta(days=1)
+    world.overdue(45, outstanding="900.00")
+    (small,) = world.running()
+    assert small.tier == "small"
+    world.notices.clear()
+    # A bounced payment (nothing accrued on it) puts the balance over the band's 1000.
+    world.n += 1
+    world.run(m.RepaymentReversed("v1", "R-before", Decimal(600), Decimal("1500.00"), world.now))
+    assert kinds(world.notices) == ["recalled", "placed"]
+    assert world.notices[0].reason is pl.RecallReason.OUT_OF_TIER
+    (large,) = world.running()
+    assert (large.tier, large.agency, large.amount_placed) == (
+        "large",
+        "agency-large",
+        Decimal("1500.00"),
+    )
+
+
+def test_a_payment_that_takes_the_balance_below_the_band_recalls_out_of_tier() -> None:
+    world = World(policy=_banded())
+    world.overdue(5, outstanding="1200.00")
+    world.now += timedelta(days=1)
+    world.overdue(45, outstanding="1200.00")
+    (large,) = world.running()
+    assert large.tier == "large"
+    world.notices.clear()
+    world.repay("300.00", "900.00")  # part of the arrears: still formal notice
+    assert world.case is not None
+    assert world.case.stage is Stage.FORMAL_NOTICE
+    assert kinds(world.notices) == ["repaid", "recalled"]
+    assert world.notices[-1].reason is pl.RecallReason.OUT_OF_TIER
+    assert world.placements[large.placement_id].collected == Decimal("300.00")
+    # Tiers are gone through in order: never back to an earlier one ("small").
+    assert world.running() == []
+
+
+def test_a_hold_does_not_resume_into_a_tier_the_case_no_longer_fits() -> None:
+    world = World()
+    world.to_formal_notice()
+    world.hold()
+    world.repay("4950.00", "50.00")  # paid down while held: below the band
+    world.notices.clear()
+    world.resume()
+    assert world.notices == []
+    assert world.running() == []
+
+
+def test_a_placement_whose_tier_left_the_policy_keeps_its_period() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    renamed = replace(POLICY.tiers[0], tier="renamed", stages=(Stage.WARNING,))
+    world.policy = replace(POLICY, tiers=(renamed, POLICY.tiers[1]))
+    world.overdue(50)
+    assert world.running() == [placement]
+
+
 def test_a_stale_expiry_timer_does_nothing() -> None:
     world = World()
     world.to_formal_notice()
@@ -410,8 +526,19 @@ def test_never_two_agencies_at_once_and_each_end_of_a_placement_is_one_recall(
         else:
             assert len(recalls) <= 1
             if recalls:
-                assert recalls[0].reason is pl.RecallReason.EXPIRY
+                assert recalls[0].reason in (
+                    pl.RecallReason.EXPIRY,
+                    pl.RecallReason.STAGE_CHANGED,
+                    pl.RecallReason.OUT_OF_TIER,
+                )
+                if recalls[0].reason is not pl.RecallReason.EXPIRY:
+                    # Left its tier: the reason is the tier's own verdict on the case.
+                    left = pl.tier_left(case, running_before[0], POLICY)
+                    assert left is recalls[0].reason
         for notice in recalls:
             assert notice.placement.ended_at is not None
         if pl.recall_reason(case) is not None:
             assert world.running() == [], "a repaid, held or closed case stays placed"
+        for running in world.running():
+            # A case is placed only while its tier's rules take it.
+            assert pl.tier_left(case, running, POLICY) is None, "placed outside its tier"

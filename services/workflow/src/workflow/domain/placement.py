@@ -10,7 +10,10 @@ Rules worth knowing (also in the README):
 - The agency is chosen from the tier's shares by a hash of the case id and the tier, so
   the choice is stable under replay and spreads cases by share without a counter.
 - A placed case is recalled at once, exactly once, when it is repaid, held (``dispute``
-  for a disputed debt, ``hold`` otherwise), closed, or when the placement expires.
+  for a disputed debt, ``hold`` otherwise), closed, when it leaves its placement's tier
+  (``stage_changed``: escalated to a stage the tier does not take, litigation say;
+  ``out_of_tier``: its balance left the band or its days past due fell below the tier's),
+  or when the placement expires.
 - A case recalled for a hold goes back to the same agency when the hold ends within the
   placement's period (``resumed``); after an expiry it moves on to the next tier.
 - A repayment made while placed accrues the agency's commission at its rate, rounded to
@@ -42,10 +45,16 @@ class RecallReason(StrEnum):
     DISPUTE = "dispute"
     CLOSURE = "closure"
     EXPIRY = "expiry"
+    # The case left its placement's tier: its stage is not one the tier takes...
+    STAGE_CHANGED = "stage_changed"
+    # ...or its balance or days past due no longer fit the tier.
+    OUT_OF_TIER = "out_of_tier"
 
 
 # Recalled for a hold: the case may come back to the same agency when the hold ends.
 _HELD = (RecallReason.HOLD, RecallReason.DISPUTE)
+# Recalled from an open case that may fit a later tier at once.
+_MOVES_ON = (RecallReason.EXPIRY, RecallReason.STAGE_CHANGED, RecallReason.OUT_OF_TIER)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,15 @@ class PlacementPolicy:
 
     def agencies(self) -> frozenset[str]:
         return frozenset(a.agency for t in self.tiers for a in t.agencies)
+
+    def tier_of(self, placement: Placement) -> PlacementTier | None:
+        """The tier a placement was made by, if the policy still has it (same place, same
+        name: a reordered or renamed policy is not read as another tier's rules)."""
+        if placement.tier_index < len(self.tiers):
+            tier = self.tiers[placement.tier_index]
+            if tier.tier == placement.tier:
+                return tier
+        return None
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,24 @@ def recall_reason(case: Case) -> RecallReason | None:
     if case.status is CaseStatus.HELD:
         dispute = case.hold is not None and case.hold.kind is HoldKind.DISPUTE
         return RecallReason.DISPUTE if dispute else RecallReason.HOLD
+    return None
+
+
+def tier_left(case: Case, placement: Placement, policy: PlacementPolicy) -> RecallReason | None:
+    """Why a placed case no longer belongs with its placement's tier (None: it does).
+
+    The tier's own rules decide, the ones that placed it: an agency is contracted for the
+    cases of its tier only, so a case that escalates past the tier's stages or whose
+    balance leaves its band comes back at once instead of at the end of the period. A
+    placement whose tier the policy no longer has keeps its period (nothing says what it
+    should fit now)."""
+    tier = policy.tier_of(placement)
+    if tier is None:
+        return None
+    if case.stage not in tier.stages:
+        return RecallReason.STAGE_CHANGED
+    if not tier.admits(case):
+        return RecallReason.OUT_OF_TIER
     return None
 
 
@@ -313,16 +349,18 @@ def _next_placement(
         return NOTHING
     mine = last if last is not None and last.case_id == case.case_id else None
     if mine is not None and mine.end_reason in _HELD and mine.until > now:
-        tier = policy.tiers[mine.tier_index] if mine.tier_index < len(policy.tiers) else None
+        tier = policy.tier_of(mine)
         share = next((a for a in tier.agencies if a.agency == mine.agency), None) if tier else None
-        if tier is not None and share is not None:
+        # Not back into a tier it no longer fits: it would leave it again at once.
+        if tier is not None and share is not None and tier.admits(case):
             return _begin(
                 case, mine.tier_index, tier, share, mine.until, "resumed", policy, now, new_id
             )
     start = 0
     if mine is not None:
         # An expired or (after its period) held placement moves the case on a tier; one
-        # ended by repayment or closure (the case reopened since) starts at its tier again.
+        # ended by repayment or closure (the case reopened since) starts at its tier again,
+        # and so does one that left its tier (that tier admits it again only once it fits).
         done = mine.end_reason is RecallReason.EXPIRY or mine.end_reason in _HELD
         start = mine.tier_index + 1 if done else mine.tier_index
     for index in range(start, len(policy.tiers)):
@@ -374,7 +412,7 @@ def _place(
     if isinstance(event, m.RepaymentReceived) and event.amount > 0:
         outcome = _accrue(active, event, after.currency)
         active = outcome.placements[-1]
-    reason = recall_reason(after)
+    reason = recall_reason(after) or tier_left(after, active, policy)
     if (
         reason is None
         and isinstance(event, m.TimerFired)
@@ -385,7 +423,7 @@ def _place(
     if reason is None:
         return outcome
     recalled = outcome.then(_recall(active, reason, now))
-    if reason is RecallReason.EXPIRY:
-        # Straight on to the next tier if the case is still collectable.
+    if reason in _MOVES_ON:
+        # Straight on to the next tier that admits it, if the case is still collectable.
         return recalled.then(_next_placement(after, recalled.placements[-1], policy, now, new_id))
     return recalled
