@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,6 +49,7 @@ commission_rate = "0.25"
 AGENCY_A = dev_headers(["collections:agency"], subject="agency-a")
 AGENCY_B = dev_headers(["collections:agency"], subject="agency-b")
 READER = dev_headers(["cases:read"], subject="reader")
+WRITER = dev_headers(["cases:read", "cases:write"], subject="agent:7")
 ADMIN = dev_headers(["admin"], subject="ops")
 
 
@@ -295,6 +297,71 @@ async def test_a_bounced_repayment_takes_the_agencys_commission_back(
     assert case is not None
     assert case["placement"]["commission"] == "0.00"
     assert "placement_commission_reversed" in await timeline_kinds(api, "L-agency-5")
+
+
+async def test_an_agencys_performance_is_computed_from_its_placements_and_payments(
+    api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+) -> None:
+    """Liquidation rate = collected / placed; a hold and its resumption are one placement
+    with two ends (recalled for the hold, then for the repayment)."""
+    await lender.publish(lending.overdue("L-agency-8", Decimal("1000.00"), dpd=10))
+    await lender.publish(lending.overdue("L-agency-9", Decimal("500.00"), dpd=10))
+    await eventually(lambda: placed(api, "L-agency-8"))
+    await eventually(lambda: placed(api, "L-agency-9"))
+    await lender.publish(lending.repayment("L-agency-8", Decimal("250.00"), Decimal("750.00")))
+    for path, body in (
+        ("holds", {"kind": "hardship", "reason": "lost her job"}),
+        ("resume", {"reason": "back at work"}),
+    ):
+        response = await api.post(
+            f"/v1/cases/L-agency-9/{path}",
+            json=body,
+            headers={**WRITER, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert response.status_code == 200, response.text
+    await notices.next_matching(lambda n: n.loan_id == "L-agency-9" and n.kind == "resumed")
+    await lender.publish(lending.repayment("L-agency-9", Decimal("500.00"), Decimal("0.00")))
+    await notices.next_matching(
+        lambda n: n.loan_id == "L-agency-9" and n.kind == "recalled" and n.reason == "repaid"
+    )
+
+    async def performance() -> dict[str, Any] | None:
+        response = await api.get("/v1/agencies/agency-a/performance", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return (
+            body
+            if body["by_currency"] and body["by_currency"][0]["collected"] == "750.00"
+            else None
+        )
+
+    body = await eventually(performance)
+    assert (body["agency"], body["active"], body["ended"]) == ("agency-a", 1, 2)
+    assert body["recalls"] == {
+        "repaid": 1,
+        "hold": 1,
+        "dispute": 0,
+        "closure": 0,
+        "expiry": 0,
+        "stage_changed": 0,
+        "out_of_tier": 0,
+    }
+    # 1000.00 + 500.00 placed (the resumption is not placed again); 250 + 500 collected.
+    assert body["by_currency"] == [
+        {
+            "currency": "CNY",
+            "placements": 2,
+            "placed": "1500.00",
+            "collected": "750.00",
+            "liquidation_rate": "0.5000",
+        }
+    ]
+    refused = await api.get("/v1/agencies/agency-a/performance", headers=AGENCY_A)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    unknown = await api.get("/v1/agencies/agency-zz/performance", headers=ADMIN)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")
 
 
 async def _count(reader: Notices, wanted: Any) -> int:

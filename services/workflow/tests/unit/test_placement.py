@@ -247,6 +247,28 @@ def test_commission_is_rounded_to_the_currency_minor_unit() -> None:
     assert pl.commission_on(Decimal("0.05"), Decimal("0.5"), "EUR") == Decimal("0.03")
 
 
+def test_the_liquidation_rate_is_collected_over_placed_to_four_places() -> None:
+    assert pl.liquidation_rate(Decimal("750.00"), Decimal("1500.00")) == Decimal("0.5000")
+    assert pl.liquidation_rate(Decimal("1"), Decimal("3")) == Decimal("0.3333")
+    assert pl.liquidation_rate(Decimal("2"), Decimal("3")) == Decimal("0.6667")
+    assert pl.liquidation_rate(Decimal("0.00005"), Decimal("1")) == Decimal("0.0001")  # half up
+    assert pl.liquidation_rate(Decimal("0"), Decimal("100")) == Decimal("0.0000")
+    # Nothing placed: no rate (not a zero that reads as a failed agency).
+    assert pl.liquidation_rate(Decimal("0"), Decimal("0")) is None
+
+
+@given(
+    collected=st.decimals(min_value=0, max_value=10**9, places=2),
+    placed=st.decimals(min_value=Decimal("0.01"), max_value=10**9, places=2),
+)
+def test_the_liquidation_rate_is_within_half_a_basis_point_of_the_ratio(
+    collected: Decimal, placed: Decimal
+) -> None:
+    rate = pl.liquidation_rate(collected, placed)
+    assert rate is not None
+    assert abs(rate - collected / placed) <= Decimal("0.00005")
+
+
 def test_a_hold_recalls_and_the_end_of_the_hold_gives_the_case_back_to_the_same_agency() -> None:
     world = World()
     world.to_formal_notice()

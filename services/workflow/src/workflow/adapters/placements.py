@@ -208,6 +208,37 @@ class PlacementRepository:
             for cur, n, collected, commission in rows
         ]
 
+    async def placed_of(self, agency: str) -> list[dict[str, Any]]:
+        """Per currency: the placements made with the agency and the balance placed with it,
+        each placement counted once at the balance it was placed with. A case recalled for
+        a hold and resumed within its period is the same placement (same case, tier and
+        period end): its resumption is not placed again."""
+        p = placements.c
+        first = (
+            select(p.currency, p.amount_placed)
+            .where(p.agency == agency)
+            .ext(distinct_on(p.case_id, p.tier_index, p.until))
+            .order_by(p.case_id, p.tier_index, p.until, p.placed_at)
+            .subquery()
+        )
+        rows = await self._conn.execute(
+            select(first.c.currency, func.count(), func.sum(first.c.amount_placed))
+            .group_by(first.c.currency)
+            .order_by(first.c.currency)
+        )
+        return [
+            {"currency": cur, "placements": int(n), "placed": placed} for cur, n, placed in rows
+        ]
+
+    async def recalls_of(self, agency: str) -> dict[str, int]:
+        """The agency's ended placements by why they ended (the recall's reason)."""
+        rows = await self._conn.execute(
+            select(placements.c.end_reason, func.count())
+            .where(placements.c.agency == agency, placements.c.ended_at.is_not(None))
+            .group_by(placements.c.end_reason)
+        )
+        return {reason: int(n) for reason, n in rows}
+
     async def placed_counts(self, agency: str) -> dict[str, int]:
         """How many placements the agency holds now, and has held in all."""
         running = placements.c.ended_at.is_(None)

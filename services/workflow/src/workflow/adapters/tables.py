@@ -244,6 +244,8 @@ placements = Table(
         "loan_id",
         postgresql_where=text("ended_at IS NULL"),
     ),
+    # The per-agency report, ended placements included (migration 0012).
+    Index("ix_placements_agency", "agency", "currency"),
 )
 
 placement_commissions = Table(

@@ -196,6 +196,15 @@ def commission_on(amount: Decimal, rate: Decimal, currency: str) -> Decimal:
     return (amount * rate).quantize(Decimal(1).scaleb(-(units or 0)), rounding=ROUND_HALF_UP)
 
 
+def liquidation_rate(collected: Decimal, placed: Decimal) -> Decimal | None:
+    """The share of what was placed with an agency that it collected: ``collected / placed``,
+    rounded half up to four places (0.4321 is 43.21%). None when nothing was placed: no
+    rate, rather than a zero that reads as an agency that failed."""
+    if placed <= 0:
+        return None
+    return (collected / placed).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
 def _detail(p: Placement, **more: object) -> dict[str, object]:
     base: dict[str, object] = {
         "placement_id": p.placement_id,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from collections_kit.auth import Principal, require
 from collections_kit.money import Amount, InCurrency
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
-from workflow.domain.placement import Placement
+from workflow.domain.placement import Placement, RecallReason, liquidation_rate
 from workflow.entrypoints.api import LoanIdPath, Reads
 
 Agency = Annotated[Principal, require("collections:agency")]
@@ -81,6 +81,42 @@ class CommissionLine(InCurrency):
     payments: int
     collected: Amount
     commission: Amount
+
+
+class LiquidationLine(InCurrency):
+    currency: str
+    placements: int = Field(
+        description="Placements made with the agency in this currency, running ones included; "
+        "a case recalled for a hold and resumed within its period is one placement."
+    )
+    placed: Amount = Field(
+        description="Balance placed: the sum over those placements of the case's outstanding "
+        "balance when it was placed (a resumed placement at its first placement's balance)."
+    )
+    collected: Amount = Field(
+        description="Repaid while placed with the agency, net of reversals: the sum of the "
+        "repayments recorded against its placements (the commission's basis)."
+    )
+    liquidation_rate: Decimal | None = Field(
+        description="collected / placed, rounded half up to four places (0.4321 is 43.21%); "
+        "running placements count with what they collected so far. Null when nothing "
+        "was placed.",
+        examples=["0.4321"],
+    )
+
+
+class AgencyPerformance(BaseModel):
+    agency: str
+    active: int = Field(description="Cases placed with the agency now.")
+    ended: int = Field(description="Placements with the agency that ended (recalled).")
+    recalls: dict[str, int] = Field(
+        description="Ended placements by the recall's reason (every reason of "
+        "collections.placements.v1, zero when none): repaid, hold, dispute, closure, "
+        "expiry, stage_changed, out_of_tier. A recall for a hold counts even if the case "
+        "came back (resumed).",
+        examples=[{"repaid": 12, "expiry": 3, "stage_changed": 1}],
+    )
+    by_currency: list[LiquidationLine]
 
 
 class AgencyCommission(BaseModel):
@@ -179,10 +215,64 @@ async def get_placed_case(loan_id: LoanIdPath, uow: Reads, caller: Agency) -> Pl
 async def get_commission(
     agency: AgencyPath, request: Request, uow: Reads, _: Admin
 ) -> AgencyCommission:
-    known: frozenset[str] = request.app.state.runtime.state.get("agencies", frozenset())
     async with uow() as work:
         counts = await work.placements.placed_counts(agency)
         lines = await work.placements.commission_of(agency)
+    _known_or_404(request, agency, counts)
+    return AgencyCommission(
+        agency=agency,
+        placements=counts["placements"],
+        running=counts["running"],
+        by_currency=[CommissionLine(**line) for line in lines],
+    )
+
+
+@router.get(
+    "/agencies/{agency}/performance",
+    response_model=AgencyPerformance,
+    responses=PROBLEM_RESPONSES,
+    tags=["reports"],
+    summary="An agency's placements active and ended, recalls by reason and liquidation rate",
+    description="Computed from the placements and the repayments recorded against them, "
+    "when asked (no counters): per currency, **liquidation rate = collected / placed**, "
+    "where *collected* is what was repaid while a case was placed with the agency, net of "
+    "reversals, and *placed* is the outstanding balance of each of its placements when it "
+    "was placed (a case resumed after a hold within the same period counted once).",
+)
+async def get_performance(
+    agency: AgencyPath, request: Request, uow: Reads, _: Admin
+) -> AgencyPerformance:
+    async with uow() as work:
+        counts = await work.placements.placed_counts(agency)
+        recalls = await work.placements.recalls_of(agency)
+        placed = await work.placements.placed_of(agency)
+        commission = await work.placements.commission_of(agency)
+    _known_or_404(request, agency, counts)
+    collected = {line["currency"]: line["collected"] for line in commission}
+    lines = []
+    for line in placed:
+        got = collected.get(line["currency"], Decimal(0))
+        lines.append(
+            LiquidationLine(
+                currency=line["currency"],
+                placements=line["placements"],
+                placed=line["placed"],
+                collected=got,
+                liquidation_rate=liquidation_rate(got, line["placed"]),
+            )
+        )
+    return AgencyPerformance(
+        agency=agency,
+        active=counts["running"],
+        ended=counts["placements"] - counts["running"],
+        recalls={r.value: 0 for r in RecallReason} | recalls,
+        by_currency=lines,
+    )
+
+
+def _known_or_404(request: Request, agency: str, counts: dict[str, int]) -> None:
+    """An agency is known if the placement policy names it or it ever held a placement."""
+    known: frozenset[str] = request.app.state.runtime.state.get("agencies", frozenset())
     if agency not in known and not counts["placements"]:
         raise ProblemError(
             404,
@@ -190,9 +280,3 @@ async def get_commission(
             f"No agency {agency} in the placement policy, and none ever held a placement.",
             type_="https://collections.example/problems/agency-not-found",
         )
-    return AgencyCommission(
-        agency=agency,
-        placements=counts["placements"],
-        running=counts["running"],
-        by_currency=[CommissionLine(**line) for line in lines],
-    )
