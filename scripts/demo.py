@@ -191,7 +191,14 @@ def print_agency(report: dict[str, Any]) -> None:
 
 
 # Collectors working the queues (issue 23): the cases past their formal notice wait as tasks.
-QUEUE_WORKERS = ("collector-1", "collector-2", "collector-3")
+# Their groups (the token's `groups` claim) are the queues' access in policies/queues.toml:
+# the Chinese desk works the -zh queues, a senior negotiator the large balances, legal staff
+# the legal reviews; a queue a collector may not work answers them 403.
+QUEUE_WORKERS = {
+    "collector-1": ("zh-CN", "senior-negotiators"),
+    "collector-2": ("zh-CN",),
+    "collector-3": ("legal",),
+}
 RESULTS = ("no_answer", "right_party_contact", "refused_to_pay", "promise_to_pay", "wrong_number")
 
 
@@ -209,9 +216,9 @@ async def work_queues(
             base_url=base_url,
             timeout=10,
             transport=transport,
-            headers=dev_headers(["collections:work"], subject=who),
+            headers=dev_headers(["collections:work"], subject=who, groups=groups),
         )
-        for who in QUEUE_WORKERS
+        for who, groups in QUEUE_WORKERS.items()
     ]
     worked: Counter[str] = Counter()
     try:
@@ -223,7 +230,7 @@ async def work_queues(
                 )
                 for client, answer in zip(clients, answers, strict=True):
                     if answer.status_code != 200:
-                        continue  # nothing (else) to work in this queue
+                        continue  # nothing (else) to work here, or not their queue (403)
                     result = rng.choice(RESULTS)
                     body: dict[str, Any] = {"action": "outbound_call", "result": result}
                     if result == "promise_to_pay":

@@ -70,10 +70,13 @@ _SUBJECT = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 @dataclass(frozen=True)
 class Principal:
-    """Who called: the token's subject (the actor on audit trails) and its scopes."""
+    """Who called: the token's subject (the actor on audit trails), its scopes, and the
+    groups the organisation's authorisation server puts it in (RFC 9068 ``groups``: a
+    collector's team, language desk or legal staff; policy data decides what they allow)."""
 
     subject: str
     scopes: frozenset[str]
+    groups: frozenset[str] = frozenset()
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
@@ -133,6 +136,7 @@ def dev_token(
     expires_in: float = 3600.0,
     now: float | None = None,
     kid: str = DEV_KID,
+    groups: Iterable[str] = (),
 ) -> str:
     """A token signed with the development key, for the demo, chaos runs and tests."""
     issued = time.time() if now is None else now
@@ -146,6 +150,8 @@ def dev_token(
         "scope": " ".join(scopes),
         "client_id": subject,
     }
+    if groups:
+        claims["groups"] = list(groups)
     return jwt.encode(claims, _dev_private_key(), algorithm="ES256", headers={"kid": kid})
 
 
@@ -300,7 +306,7 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not _SUBJECT.match(subject):
             raise AuthError(401, "invalid_token", "The token's subject is not usable.")
-        return Principal(subject=subject, scopes=_scopes_of(claims))
+        return Principal(subject=subject, scopes=_scopes_of(claims), groups=_groups_of(claims))
 
 
 def _scopes_of(claims: dict[str, Any]) -> frozenset[str]:
@@ -310,6 +316,15 @@ def _scopes_of(claims: dict[str, Any]) -> frozenset[str]:
         return frozenset(raw.split())
     if isinstance(raw, list):
         return frozenset(s for s in raw if isinstance(s, str))
+    return frozenset()
+
+
+def _groups_of(claims: dict[str, Any]) -> frozenset[str]:
+    # RFC 9068 section 2.2.3.1: a JSON array of group names. Anything else grants nothing
+    # (a group only ever widens what a caller may do, so an unreadable claim must not).
+    raw = claims.get("groups")
+    if isinstance(raw, list):
+        return frozenset(g for g in raw if isinstance(g, str) and g)
     return frozenset()
 
 

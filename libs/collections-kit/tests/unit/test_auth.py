@@ -192,6 +192,21 @@ async def test_scp_list_claims_are_understood() -> None:
     assert (await call("GET", "/read", token)).status_code == 200
 
 
+async def test_the_groups_claim_is_read_and_anything_unreadable_grants_nothing() -> None:
+    from collections_kit.auth import _dev_private_key
+
+    verifier = TokenVerifier(SETTINGS)
+    who = await verifier.verify(dev_token(["collections:work"], "c:1", groups=["legal", "zh-CN"]))
+    assert who.groups == frozenset({"legal", "zh-CN"})
+    assert (await verifier.verify(dev_token(["collections:work"], "c:2"))).groups == frozenset()
+    base = {"sub": "c:3", "aud": "workflow", "exp": int(time.time()) + 60, "scope": "x"}
+    for odd in ("legal", {"legal": True}, [1, None, ""], 7):
+        token = jwt.encode(
+            {**base, "groups": odd}, _dev_private_key(), algorithm="ES256", headers={"kid": DEV_KID}
+        )
+        assert (await verifier.verify(token)).groups == frozenset()
+
+
 async def test_keys_from_a_jwks_url_are_cached_and_a_new_kid_is_fetched() -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))

@@ -1,7 +1,9 @@
 """Work queues through the REST API, against the real broker and PostgreSQL: two collectors
 asking for next at the same moment never get the same borrower; a repayment consumed from
 Kafka while a task is leased withdraws it; results act on the case; leases run out, are
-released and renewed; bad input is a problem document and changes nothing."""
+released and renewed; only the collectors the queue policy names (by subject or group) work a
+queue; a retried request with its Idempotency-Key is answered as before; bad input is a
+problem document and changes nothing."""
 
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ WRITE = dev_headers(["cases:read", "cases:write"], subject="supervisor:1")
 QUEUE = "calls-zh"  # a Chinese case's call after its formal notice
 
 
-def collector(name: str) -> dict[str, str]:
-    return dev_headers(["collections:work"], subject=name)
+def collector(name: str, groups: tuple[str, ...] = ("zh-CN",)) -> dict[str, str]:
+    """A collector's token; by default one of the Chinese desk, who may work calls-zh."""
+    return dev_headers(["collections:work"], subject=name, groups=groups)
 
 
 async def case_of(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] | None:
@@ -62,8 +65,11 @@ async def needs_a_call(
     assert escalated.json()["stage"] == "formal_notice"
 
 
-async def next_task(api: httpx.AsyncClient, who: str, name: str = QUEUE) -> httpx.Response:
-    return await api.post(f"/v1/queues/{name}/next", headers=collector(who))
+async def next_task(
+    api: httpx.AsyncClient, who: str, name: str = QUEUE, *, key: str | None = None
+) -> httpx.Response:
+    headers = {**collector(who), **({"Idempotency-Key": key} if key else {})}
+    return await api.post(f"/v1/queues/{name}/next", headers=headers)
 
 
 async def result(
@@ -295,3 +301,127 @@ async def test_a_lease_runs_out_is_renewed_and_released(
     assert listed.status_code == 200
     mine = next(q for q in listed.json()["queues"] if q["queue"] == QUEUE)
     assert mine["by_kind"] == {"call_after_formal_notice": 1}
+
+
+async def test_only_the_collectors_the_queue_policy_names_work_a_queue(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    await needs_a_call(api, lender, "L-desk", "B-desk")
+    before = (await timeline(api, "L-desk"), await queue(api))
+    # A collector of the legal staff, not of the Chinese desk: 403 naming the queue.
+    outsider = await api.post(f"/v1/queues/{QUEUE}/next", headers=collector("c:9", ("legal",)))
+    assert outsider.status_code == 403, outsider.text
+    assert outsider.headers["content-type"] == "application/problem+json"
+    problem = outsider.json()
+    assert problem["title"] == "Queue not assigned"
+    assert "may not work the queue calls-zh" in problem["detail"]
+    assert "group zh-CN" in problem["detail"]
+    # Legal review is legal staff's only; an unknown queue stays 404 for anyone.
+    legal = await api.post("/v1/queues/legal/next", headers=collector("c:1"))
+    assert legal.status_code == 403
+    assert "the queue legal" in legal.json()["detail"]
+    assert (await next_task(api, "c:9", name="no-such-queue")).status_code == 404
+    assert (
+        await api.post("/v1/queues/legal/next", headers=collector("c:9", ("legal",)))
+    ).status_code == 204
+    assert (await timeline(api, "L-desk"), await queue(api)) == before
+
+    # A task of the queue: its holder's colleague outside the desk may not touch it either.
+    task = (await next_task(api, "c:1")).json()
+    before = (await timeline(api, "L-desk"), await queue(api))
+    for path, body in (
+        ("result", {"action": "outbound_call", "result": "no_answer"}),
+        ("renew", None),
+        ("release", None),
+    ):
+        refused = await api.post(
+            f"/v1/tasks/{task['task_id']}/{path}", json=body, headers=collector("c:1", ())
+        )
+        assert refused.status_code == 403, refused.text
+        assert "calls-zh" in refused.json()["detail"]
+    assert (await timeline(api, "L-desk"), await queue(api)) == before
+
+
+async def test_a_retry_with_its_idempotency_key_is_answered_as_before(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    await needs_a_call(api, lender, "L-retry-1", "B-retry-1")
+    await needs_a_call(api, lender, "L-retry-2", "B-retry-2")
+    first = await next_task(api, "c:1", key="next-key-0001")
+    assert first.status_code == 200, first.text
+    again = await next_task(api, "c:1", key="next-key-0001")
+    # The same task, not a second lease of the other borrower.
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    state = await queue(api)
+    assert (state["leased"], state["depth"]) == (1, 1)
+    task = first.json()
+    leases = [e for e in await timeline(api, task["loan_id"]) if e["kind"] == "task_leased"]
+    assert len(leases) == 1
+    # The same key from another collector, or for another queue: refused, nothing changes.
+    for who, name in (("c:2", QUEUE), ("c:1", "calls")):
+        reused = await next_task(api, who, name, key="next-key-0001")
+        assert reused.status_code == 422, reused.text
+        assert reused.headers["content-type"] == "application/problem+json"
+        assert reused.json()["title"] == "Idempotency-Key reused"
+    assert await queue(api) == state
+
+    # A result retried after its answer was lost: the same answer, one result on the case.
+    body = {"action": "outbound_call", "result": "no_answer"}
+    headers = {**collector("c:1"), "Idempotency-Key": "result-key-01"}
+    done = await api.post(f"/v1/tasks/{task['task_id']}/result", json=body, headers=headers)
+    assert done.status_code == 200, done.text
+    retried = await api.post(f"/v1/tasks/{task['task_id']}/result", json=body, headers=headers)
+    assert (retried.status_code, retried.json()) == (200, done.json())
+    other = await api.post(
+        f"/v1/tasks/{task['task_id']}/result",
+        json={"action": "outbound_call", "result": "wrong_number"},
+        headers=headers,
+    )
+    assert other.status_code == 422
+    results = [
+        e for e in await timeline(api, task["loan_id"]) if e["kind"] == "task_result_recorded"
+    ]
+    assert len(results) == 1
+
+    # Release and renew retried: answered as before, not refused as "not held".
+    second = (await next_task(api, "c:2")).json()
+    for path in ("renew", "release"):
+        headers = {**collector("c:2"), "Idempotency-Key": f"{path}-key-0001"}
+        url = f"/v1/tasks/{second['task_id']}/{path}"
+        once = await api.post(url, headers=headers)
+        assert once.status_code == 200, once.text
+        assert (await api.post(url, headers=headers)).json() == once.json()
+    kinds = [e["kind"] for e in await timeline(api, second["loan_id"])]
+    assert (kinds.count("task_lease_renewed"), kinds.count("task_released")) == (1, 1)
+
+
+async def test_a_lease_that_runs_out_is_swept_back_once_without_a_next(
+    api: httpx.AsyncClient, lender: lending.Lender, clock: OffsetClock
+) -> None:
+    await needs_a_call(api, lender, "L-swept", "B-swept")
+    task = (await next_task(api, "c:1")).json()
+    assert ((await queue(api))["leased"], (await queue(api))["depth"]) == (1, 0)
+
+    clock.advance(timedelta(minutes=16))
+    # Readers count it waiting at once, whether or not it was swept yet.
+    state = await queue(api)
+    assert (state["leased"], state["depth"]) == (0, 1)
+    listed = await api.get("/v1/queues", headers=collector("supervisor"))
+    mine = next(q for q in listed.json()["queues"] if q["queue"] == QUEUE)
+    assert (mine["leased"], mine["depth"]) == (0, 1)
+
+    async def expired() -> list[dict[str, Any]]:
+        return [e for e in await timeline(api, "L-swept") if e["kind"] == "task_lease_expired"]
+
+    # Nobody asked the queue for next: the sweeper put the expiry on the timeline.
+    (entry,) = await eventually(expired)
+    assert entry["actor"] == "lease-sweeper"
+    assert entry["detail"]["task_id"] == task["task_id"]
+    assert entry["detail"]["collector"] == "c:1"
+    assert entry["detail"]["lease_until"] is not None
+    taken = await next_task(api, "c:2")
+    assert taken.status_code == 200
+    assert taken.json()["task_id"] == task["task_id"]
+    await asyncio.sleep(1.5)  # a sweep or two more: still one expiry for that lease
+    assert len(await expired()) == 1

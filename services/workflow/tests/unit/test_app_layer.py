@@ -20,7 +20,7 @@ from workflow.app.commands import Commands, KeyReusedError, Outcome
 from workflow.app.handlers import Workflow
 from workflow.app.ports import CaseStore, DueTimer, KeptAnswer, QueueCount, TaskStep
 from workflow.app.timers import TimerWorker
-from workflow.app.work import WorkQueues
+from workflow.app.work import Once, Worked, WorkQueues
 from workflow.domain import messages as m
 from workflow.domain import tasks as tk
 from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
@@ -28,6 +28,9 @@ from workflow.domain.policy import PolicyBook
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 STAGE_LIMIT = timedelta(days=46)  # past the warning stage's 45-day limit
+# Collectors of the Chinese desk: the queue policy gives calls-zh to the group zh-CN.
+ZH_1 = tk.Worker("collector:1", frozenset({"zh-CN"}))
+ZH_2 = tk.Worker("collector:2", frozenset({"zh-CN"}))
 
 
 @dataclass
@@ -387,16 +390,16 @@ async def test_a_collector_leases_a_task_and_its_promise_becomes_an_arrangement(
     )
     app.db.data.tasks[task.task_id] = task
     work = WorkQueues(app.uow, app.workflow, queues)
-    leased = await work.next(task.queue, "collector:1")
-    assert leased is not None
+    leased = await work.next(task.queue, ZH_1)
+    assert isinstance(leased, tk.Task)
     assert (leased.task_id, leased.collector) == (task.task_id, "collector:1")
-    assert await work.next(task.queue, "collector:2") is None  # the borrower is being worked
+    assert await work.next(task.queue, ZH_2) is None  # the borrower is being worked
 
     before = copy.deepcopy(app.db.data)
     with pytest.raises(tk.TaskRefusedError, match="already past"):
         await work.result(
             task.task_id,
-            "collector:1",
+            ZH_1,
             tk.ResultCode.PROMISE_TO_PAY,
             tk.Action.OUTBOUND_CALL,
             promise=tk.Promise(Decimal("100"), START - timedelta(days=1)),
@@ -405,13 +408,121 @@ async def test_a_collector_leases_a_task_and_its_promise_becomes_an_arrangement(
 
     worked = await work.result(
         task.task_id,
-        "collector:1",
+        ZH_1,
         tk.ResultCode.PROMISE_TO_PAY,
         tk.Action.OUTBOUND_CALL,
         promise=tk.Promise(Decimal("100"), START + timedelta(days=3)),
     )
+    assert isinstance(worked, Worked)
     assert worked.task.status is tk.TaskStatus.DONE
     arrangement = app.db.data.cases["L1"].arrangement
     assert arrangement is not None
     assert arrangement.total == Decimal("100")
-    assert [s.kind for s in app.db.data.task_steps] == ["task_leased", "task_result_recorded"]
+    assert [s.kind for s in app.db.data.task_steps if s.kind.startswith("task_")] == [
+        "task_leased",
+        "task_result_recorded",
+    ]
+
+
+def a_call_task(app: App, case: Case) -> tk.Task:
+    """The call after the formal notice of ``case`` (a Chinese case: queue calls-zh)."""
+    task = tk.new_task(
+        tk.NewTask(tk.TaskKind.CALL_AFTER_FORMAL_NOTICE, "entered formal_notice"),
+        case,
+        load_queue_policy(),
+        START,
+        lambda label: f"id-{label}",
+    )
+    app.db.data.tasks[task.task_id] = task
+    return task
+
+
+async def test_a_collector_outside_the_queues_groups_is_refused_and_nothing_changes(
+    app: App,
+) -> None:
+    task = a_call_task(app, await open_case(app))
+    work = WorkQueues(app.uow, app.workflow, load_queue_policy())
+    outsider = tk.Worker("collector:9", frozenset({"legal"}))
+    before = copy.deepcopy(app.db.data)
+    with pytest.raises(tk.TaskRefusedError) as refused:
+        await work.next("calls-zh", outsider)
+    assert refused.value.status == 403
+    assert "calls-zh" in refused.value.detail
+    assert "group zh-CN" in refused.value.detail
+
+    # A task of that queue, even one the outsider somehow holds, is refused the same way.
+    leased = await work.next("calls-zh", ZH_1)
+    assert isinstance(leased, tk.Task)
+    app.db.data.tasks[task.task_id] = replace(leased, collector="collector:9")
+    before = copy.deepcopy(app.db.data)
+    for attempt in (
+        work.renew(task.task_id, outsider),
+        work.release(task.task_id, outsider),
+        work.result(task.task_id, outsider, tk.ResultCode.NO_ANSWER, tk.Action.OUTBOUND_CALL),
+    ):
+        with pytest.raises(tk.TaskRefusedError) as refused:
+            await attempt
+        assert (refused.value.status, refused.value.title) == (403, "Queue not assigned")
+    assert app.db.data == before
+    # Named by subject, a collector works the queue without the group.
+    named = replace(
+        load_queue_policy(),
+        access={"calls-zh": tk.QueueAccess(collectors=frozenset({"collector:9"}))},
+    )
+    named.check_may_work("calls-zh", tk.Worker("collector:9"))
+
+
+async def test_a_retried_next_gets_the_same_task_not_a_second_lease(app: App) -> None:
+    case = await open_case(app)
+    first_task = a_call_task(app, case)
+    work = WorkQueues(app.uow, app.workflow, load_queue_policy())
+
+    def answer(task: tk.Task | None) -> tuple[int, dict[str, Any]]:
+        return (204, {}) if task is None else (200, {"task_id": task.task_id})
+
+    once = Once("key-next-0001", {"route": "/v1/queues/calls-zh/next", "body": None}, answer)
+    leased = await work.next("calls-zh", ZH_1, once=once)
+    assert isinstance(leased, tk.Task)
+    # Released, so a second lease would be possible: the retry still gets the first answer.
+    await work.release(leased.task_id, ZH_1)
+    steps = len(app.db.data.task_steps)
+    again = await work.next("calls-zh", ZH_1, once=once)
+    assert isinstance(again, KeptAnswer)
+    assert (again.status, again.body) == (200, {"task_id": first_task.task_id})
+    assert len(app.db.data.task_steps) == steps
+    assert app.db.data.tasks[first_task.task_id].status is tk.TaskStatus.OPEN
+    # The same key for another request, or from another collector: refused.
+    with pytest.raises(KeyReusedError):
+        await work.next(
+            "calls", ZH_1, once=replace(once, request={"route": "/v1/queues/calls/next"})
+        )
+    with pytest.raises(KeyReusedError):
+        await work.next("calls-zh", ZH_2, once=once)
+
+
+async def test_a_refused_request_does_not_keep_its_key(app: App) -> None:
+    task = a_call_task(app, await open_case(app))
+    work = WorkQueues(app.uow, app.workflow, load_queue_policy())
+    once: Once[tk.Task] = Once("key-renew-001", {"route": "renew"}, lambda _: (200, {}))
+    with pytest.raises(tk.TaskRefusedError, match="do not hold"):
+        await work.renew(task.task_id, ZH_1, once=once)
+    assert "key-renew-001" not in app.db.data.keys
+
+
+async def test_the_sweeper_returns_a_lease_that_ran_out_once(app: App) -> None:
+    task = a_call_task(app, await open_case(app))
+    policy = load_queue_policy()
+    work = WorkQueues(app.uow, app.workflow, policy)
+    leased = await work.next("calls-zh", ZH_1)
+    assert isinstance(leased, tk.Task)
+    assert await work.return_run_out() == 0  # still running
+    app.clock.set(START + policy.lease)
+    assert await work.return_run_out() == 1
+    assert await work.return_run_out() == 0
+    assert app.db.data.tasks[task.task_id].status is tk.TaskStatus.OPEN
+    # A "next" after the sweep leases it again without a second expiry.
+    assert isinstance(await work.next("calls-zh", ZH_2), tk.Task)
+    expired = [s for s in app.db.data.task_steps if s.kind == "task_lease_expired"]
+    assert [(s.detail["collector"], s.detail["lease_id"]) for s in expired] == [
+        ("collector:1", leased.lease_id)
+    ]

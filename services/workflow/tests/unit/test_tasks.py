@@ -141,6 +141,65 @@ def test_a_misspelt_route_condition_is_refused_not_ignored(tmp_path: Path) -> No
         load_queue_policy(path)
 
 
+# --- who may work which queue ------------------------------------------------------------------
+
+
+def test_legal_review_is_worked_only_by_legal_staff() -> None:
+    legal = t.Worker("collector:ana", frozenset({"legal"}))
+    desk = t.Worker("collector:bo", frozenset({"zh-CN"}))
+    POLICY.check_may_work("legal", legal)
+    with pytest.raises(t.TaskRefusedError) as refused:
+        POLICY.check_may_work("legal", desk)
+    assert refused.value.status == 403
+    assert "may not work the queue legal" in refused.value.detail
+    assert "group legal" in refused.value.detail
+    # Chinese cases by the Chinese desk; the open queues by anyone who works queues.
+    POLICY.check_may_work("calls-zh", desk)
+    with pytest.raises(t.TaskRefusedError):
+        POLICY.check_may_work("calls-zh", legal)
+    for worker in (legal, desk, t.Worker("collector:new")):
+        POLICY.check_may_work("calls", worker)
+
+
+@given(
+    anyone=st.booleans(),
+    named=st.frozensets(st.sampled_from(["c1", "c2", "c3"])),
+    groups=st.frozensets(st.sampled_from(["g1", "g2", "g3"])),
+    who=st.sampled_from(["c1", "c2", "c3", "c4"]),
+    carries=st.frozensets(st.sampled_from(["g1", "g2", "g3", "g4"])),
+)
+def test_access_admits_exactly_anyone_the_named_and_the_groups_members(
+    anyone: bool, named: frozenset[str], groups: frozenset[str], who: str, carries: frozenset[str]
+) -> None:
+    access = t.QueueAccess(anyone=anyone, collectors=named, groups=groups)
+    expected = anyone or who in named or bool(groups & carries)
+    assert access.admits(t.Worker(who, carries)) is expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (
+            'legal = { groups = ["legal"] }\n',
+            "",
+            "no access entry says who may work the queue legal",
+        ),
+        ('legal = { groups = ["legal"] }', 'legal = { group = ["legal"] }', "unknown access keys"),
+        ("legal = {", 'lgeal = { groups = ["x"] }\nlegal = {', "lgeal, which no route fills"),
+        ("calls = { anyone = true }", 'calls = { anyone = true, groups = ["x"] }', "not both"),
+        ("calls = { anyone = true }", 'calls = { anyone = "yes" }', "anyone must be true or false"),
+    ],
+)
+def test_a_policy_that_leaves_a_queue_open_or_closed_by_mistake_is_refused(
+    tmp_path: Path, old: str, new: str, reason: str
+) -> None:
+    text = Path(t.__file__).parent.parent.joinpath("policies", "queues.toml").read_text()
+    path = tmp_path / "queues.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(PolicyError, match=reason):
+        load_queue_policy(path)
+
+
 # --- which situations make which task ----------------------------------------------------------
 
 

@@ -19,7 +19,14 @@ from workflow.domain.policy import (
     Stage,
     StagePolicy,
 )
-from workflow.domain.tasks import BalanceBand, QueuePolicy, Route, TaskKind, policy_problems
+from workflow.domain.tasks import (
+    BalanceBand,
+    QueueAccess,
+    QueuePolicy,
+    Route,
+    TaskKind,
+    policy_problems,
+)
 
 _CHANNELS = set(CHANNELS)
 _RECIPIENTS = set(RECIPIENTS)
@@ -106,6 +113,7 @@ def load_queue_policy(path: Path = QUEUE_POLICY) -> QueuePolicy:
             default_language=str(data.get("default_language", "en")),
             lease=timedelta(minutes=float(data["lease_minutes"])),
             max_renewals=int(data["max_renewals"]),
+            access={str(q): _access(a) for q, a in data.get("access", {}).items()},
         )
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise PolicyError(f"{path}: {exc}") from exc
@@ -126,6 +134,27 @@ _ROUTE_KEYS = {
     "languages",
     "broken_promise",
 }
+
+
+_ACCESS_KEYS = {"anyone", "collectors", "groups"}
+
+
+def _access(data: dict[str, Any]) -> QueueAccess:
+    unknown = set(data) - _ACCESS_KEYS
+    if unknown:
+        # A misspelt key ("group") would silently close the queue to the people it names.
+        raise ValueError(f"unknown access keys {sorted(unknown)}")
+    anyone = data.get("anyone", False)
+    if not isinstance(anyone, bool):
+        raise ValueError("anyone must be true or false")
+    for key in ("collectors", "groups"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f"{key} must be a list of names")
+    return QueueAccess(
+        anyone=anyone,
+        collectors=frozenset(str(c) for c in data.get("collectors", [])),
+        groups=frozenset(str(g) for g in data.get("groups", [])),
+    )
 
 
 def _route(data: dict[str, Any]) -> Route:

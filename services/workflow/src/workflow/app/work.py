@@ -1,25 +1,47 @@
-"""The work queues' use cases: next, result, release, renew, and the queues' depths.
+"""The work queues' use cases: next, result, release, renew, and the queues' depths; and
+the sweeper that returns leases that ran out.
 
 Each is one unit of work; a refusal (:class:`~workflow.domain.tasks.TaskRefusedError`) leaves it
 uncommitted, so nothing changes. The rules are the domain's (``domain/tasks.py``); this
-only loads, applies them and saves.
+only loads, applies them and saves. Who may work which queue is the queue policy's
+(``access``), checked on every request about a queue or a task before anything else.
+
+A request may carry an ``Idempotency-Key`` (:class:`Once`): the key is claimed in the
+request's own transaction with the mechanism of the case commands (``app/commands.py``) and
+keeps the answer, so a retried "next" gets the task its first attempt leased, not a second
+lease. A refused request changes nothing, its key included.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 from collections_kit.clock import new_id
+from collections_kit.worker import PollingWorker
+from workflow.app.commands import claim_or_replay, request_hash
 from workflow.app.handlers import Workflow
-from workflow.app.ports import QueueCount, StartUnitOfWork, TaskStep, TaskStore
+from workflow.app.ports import (
+    KeptAnswer,
+    QueueCount,
+    StartUnitOfWork,
+    TaskStep,
+    TaskStore,
+    WorkflowUnitOfWork,
+)
 from workflow.domain import tasks as t
 
 # How many candidates one "next" looks at: enough to step past borrowers other collectors
 # are taking at the same moment.
 _CANDIDATES = 20
-# Leases run out and are returned by "next" itself, a bounded number at a time.
+# Leases that ran out are returned (by the sweeper, or a "next" that finds them first) a
+# bounded number at a time.
 _EXPIRE_BATCH = 200
+# The actor of a lease's expiry on the timeline when the sweeper returns it.
+LEASE_EXPIRY_ACTOR = "lease-sweeper"
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,19 @@ class UnknownQueueError(LookupError):
     pass
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Once(Generic[R]):
+    """An Idempotency-Key on a task request: what it is claimed for (the route and body;
+    the collector is added) and how the answer kept for its retries is made."""
+
+    key: str
+    request: dict[str, Any]
+    answer: Callable[[R], tuple[int, dict[str, Any]]]
+
+
 class WorkQueues:
     def __init__(self, uow: StartUnitOfWork, workflow: Workflow, policy: t.QueuePolicy) -> None:
         self._uow = uow
@@ -52,45 +87,81 @@ class WorkQueues:
         if queue not in self._policy.queues:
             raise UnknownQueueError(queue)
 
-    async def next(self, queue: str, collector: str) -> t.Task | None:
-        """Lease ``collector`` the most urgent task of ``queue`` whose borrower nobody is
-        working (None: nothing to work)."""
-        self._known(queue)
-        async with self._uow(actor=collector) as uow:
-            await self._return_run_out(uow.tasks, uow.now, uow.tx.actor)
-            for candidate in await uow.tasks.candidates(queue, _CANDIDATES):
-                if not await uow.tasks.claim_borrower(candidate.borrower_id):
-                    continue  # another collector is taking this borrower right now
-                task = await uow.tasks.lock_open(candidate.task_id)
-                if task is None:
-                    continue  # taken or withdrawn since the candidates were read
-                leased = t.lease(task, collector, new_id(), uow.now, self._policy)
-                if not await uow.tasks.take(leased):
-                    continue  # someone took the borrower since the candidates were read
-                await self._record(
-                    uow.tasks,
-                    [
-                        TaskStep(
-                            leased,
-                            "task_leased",
-                            {
-                                "collector": collector,
-                                "lease_until": leased.lease_until.isoformat()
-                                if leased.lease_until
-                                else None,
-                            },
-                            f"lease:{leased.lease_id}",
-                        )
-                    ],
-                    uow.now,
-                    collector,
-                )
-                await uow.commit()
-                return leased
-            await uow.commit()  # the leases it returned
+    async def _claim(
+        self, uow: WorkflowUnitOfWork, worker: t.Worker, once: Once[Any] | None
+    ) -> KeptAnswer | None:
+        """Claim the request's key first, before anything is read: a retry is answered as
+        its first attempt was, even when the task has moved on since (worked, released)."""
+        if once is None:
             return None
+        # The collector is part of the request: another caller reusing a key is refused,
+        # never answered with the first caller's task.
+        hashed = request_hash({**once.request, "actor": worker.collector})
+        return await claim_or_replay(uow.idempotency_keys, once.key, hashed)
+
+    async def _done(self, uow: WorkflowUnitOfWork, once: Once[R] | None, result: R) -> None:
+        if once is not None:
+            status, body = once.answer(result)
+            await uow.idempotency_keys.keep(once.key, status, body)
+        await uow.commit()
+
+    async def next(
+        self, queue: str, worker: t.Worker, *, once: Once[t.Task | None] | None = None
+    ) -> t.Task | KeptAnswer | None:
+        """Lease ``worker`` the most urgent task of ``queue`` whose borrower nobody is
+        working (None: nothing to work; a :class:`KeptAnswer`: a retry, answered as before)."""
+        self._known(queue)
+        self._policy.check_may_work(queue, worker)
+        collector = worker.collector
+        async with self._uow(actor=collector) as uow:
+            kept = await self._claim(uow, worker, once)
+            if kept is not None:
+                return kept
+            await self._return_run_out(uow.tasks, uow.now, uow.tx.actor)
+            leased = await self._lease(uow.tasks, queue, collector, uow.now)
+            # Committed either way: the leases it returned.
+            await self._done(uow, once, leased)
+            return leased
+
+    async def _lease(
+        self, store: TaskStore, queue: str, collector: str, now: datetime
+    ) -> t.Task | None:
+        for candidate in await store.candidates(queue, _CANDIDATES):
+            if not await store.claim_borrower(candidate.borrower_id):
+                continue  # another collector is taking this borrower right now
+            task = await store.lock_open(candidate.task_id)
+            if task is None:
+                continue  # taken or withdrawn since the candidates were read
+            leased = t.lease(task, collector, new_id(), now, self._policy)
+            if not await store.take(leased):
+                continue  # someone took the borrower since the candidates were read
+            until = leased.lease_until.isoformat() if leased.lease_until else None
+            await self._record(
+                store,
+                [
+                    TaskStep(
+                        leased,
+                        "task_leased",
+                        {"collector": collector, "lease_until": until},
+                        f"lease:{leased.lease_id}",
+                    )
+                ],
+                now,
+                collector,
+            )
+            return leased
+        return None
+
+    async def return_run_out(self) -> int:
+        """Return to their queues the leases that ran out (a batch of them), each with its
+        ``task_lease_expired`` entry: the sweeper's round. How many it returned."""
+        async with self._uow(actor=LEASE_EXPIRY_ACTOR) as uow:
+            returned = await self._return_run_out(uow.tasks, uow.now, uow.tx.actor)
+            await uow.commit()
+        return returned
 
     async def _return_run_out(self, store: TaskStore, now: datetime, actor: str) -> int:
+        # Locked SKIP LOCKED: the sweeper and a "next" never return the same lease both.
         run_out = [
             x for x in await store.leases_run_out(now, _EXPIRE_BATCH) if x.lease_expired(now)
         ]
@@ -118,9 +189,15 @@ class WorkQueues:
         )
         return len(run_out)
 
-    async def renew(self, task_id: str, collector: str) -> t.Task:
+    async def renew(
+        self, task_id: str, worker: t.Worker, *, once: Once[t.Task] | None = None
+    ) -> t.Task | KeptAnswer:
+        collector = worker.collector
         async with self._uow(actor=collector) as uow:
-            task = await self._held(uow.tasks, task_id)
+            kept = await self._claim(uow, worker, once)
+            if kept is not None:
+                return kept
+            task = await self._held(uow.tasks, task_id, worker)
             renewed = t.renew(task, collector, uow.now, self._policy)
             await uow.tasks.save([renewed])
             until = renewed.lease_until.isoformat() if renewed.lease_until else None
@@ -137,12 +214,18 @@ class WorkQueues:
                 uow.now,
                 collector,
             )
-            await uow.commit()
+            await self._done(uow, once, renewed)
             return renewed
 
-    async def release(self, task_id: str, collector: str) -> t.Task:
+    async def release(
+        self, task_id: str, worker: t.Worker, *, once: Once[t.Task] | None = None
+    ) -> t.Task | KeptAnswer:
+        collector = worker.collector
         async with self._uow(actor=collector) as uow:
-            task = await self._held(uow.tasks, task_id)
+            kept = await self._claim(uow, worker, once)
+            if kept is not None:
+                return kept
+            task = await self._held(uow.tasks, task_id, worker)
             released = t.release(task, collector, uow.now)
             await uow.tasks.save([released])
             await self._record(
@@ -158,27 +241,32 @@ class WorkQueues:
                 uow.now,
                 collector,
             )
-            await uow.commit()
+            await self._done(uow, once, released)
             return released
 
     async def result(
         self,
         task_id: str,
-        collector: str,
+        worker: t.Worker,
         result: t.ResultCode,
         action: t.Action,
         *,
         note: str = "",
         promise: t.Promise | None = None,
-    ) -> Worked:
+        once: Once[Worked] | None = None,
+    ) -> Worked | KeptAnswer:
         """Record what came of the task and apply it to the case, in one transaction: a
         result the case's rules refuse (a promise dated in the past, say) changes nothing."""
+        collector = worker.collector
         async with self._uow(actor=collector) as uow:
-            seen = await self._held(uow.tasks, task_id, lock=False)
+            kept = await self._claim(uow, worker, once)
+            if kept is not None:
+                return kept
+            seen = await self._held(uow.tasks, task_id, worker, lock=False)
             # The case first, then its task: the order a consumed repayment locks them in
             # (the other order could deadlock with it).
             await uow.cases.get(seen.loan_id, lock=True)
-            task = await self._held(uow.tasks, task_id)
+            task = await self._held(uow.tasks, task_id, worker)
             t.check_holder(task, collector, uow.now)
             assert task.lease_id is not None
             request_id = f"task-result:{task.task_id}:{task.lease_id}"
@@ -236,13 +324,18 @@ class WorkQueues:
                         [t.TaskChanges(case, create=(effect.follow_up,), cause=cause)],
                     )
                     follow_up = created[0] if created else None
-            await uow.commit()
-            return Worked(done, follow_up)
+            worked = Worked(done, follow_up)
+            await self._done(uow, once, worked)
+            return worked
 
-    async def _held(self, store: TaskStore, task_id: str, *, lock: bool = True) -> t.Task:
+    async def _held(
+        self, store: TaskStore, task_id: str, worker: t.Worker, *, lock: bool = True
+    ) -> t.Task:
+        """The task, if it exists and its queue is one ``worker`` may work (404, 403)."""
         task = await store.get(task_id, lock=lock)
         if task is None:
             raise t.TaskRefusedError(404, "Task not found", f"No task {task_id}.")
+        self._policy.check_may_work(task.queue, worker)
         return task
 
     async def _record(
@@ -260,6 +353,28 @@ class WorkQueues:
         async with self._uow() as uow:
             counts = await uow.tasks.counts(uow.now)
         return _view(queue, counts)
+
+
+class LeaseSweeper:
+    """Returns leases that ran out to their queues as they run out, so the case timeline
+    shows the lease expiring when it did (not when someone next asks the queue) and the
+    queue's readers see the task waiting again. A "next" still returns any the sweeper has
+    not reached yet; both lock the task ``SKIP LOCKED``, so each lease expires once."""
+
+    def __init__(self, work: WorkQueues, *, poll_s: float = 1.0) -> None:
+        self._work = work
+        self._worker = PollingWorker("lease sweeper", self._round, interval_s=poll_s)
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._worker.run(stop)
+
+    async def _round(self) -> bool:
+        # A full batch: more may have run out already.
+        return await self._work.return_run_out() >= _EXPIRE_BATCH
 
 
 def _view(queue: str, counts: list[QueueCount]) -> QueueView:

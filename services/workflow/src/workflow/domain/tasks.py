@@ -158,6 +158,39 @@ class RoutingFacts:
 
 
 @dataclass(frozen=True)
+class Worker:
+    """Who asks for work: the collector (the token's subject) and the groups the token
+    carries (their team, language desk, legal staff)."""
+
+    collector: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class QueueAccess:
+    """Who may work one queue: anyone who works queues, or only the collectors named and
+    the members of the groups named."""
+
+    anyone: bool = False
+    collectors: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    def admits(self, worker: Worker) -> bool:
+        return (
+            self.anyone
+            or worker.collector in self.collectors
+            or not self.groups.isdisjoint(worker.groups)
+        )
+
+    def describe(self) -> str:
+        if self.anyone:
+            return "anyone who works queues"
+        named = [f"group {g}" for g in sorted(self.groups)]
+        named += [f"collector {c}" for c in sorted(self.collectors)]
+        return ", ".join(named) if named else "nobody"
+
+
+@dataclass(frozen=True)
 class QueuePolicy:
     version: str
     routes: tuple[Route, ...]
@@ -169,10 +202,24 @@ class QueuePolicy:
     lease: timedelta = timedelta(minutes=15)
     # How many times a lease may be renewed before the task must go back or get a result.
     max_renewals: int = 4
+    # Who may work each queue. A queue without an entry is worked by nobody: the loader
+    # refuses such a policy, so a new queue is never opened to everyone by omission.
+    access: dict[str, QueueAccess] = field(default_factory=dict)
 
     @property
     def queues(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r.queue for r in self.routes))
+
+    def check_may_work(self, queue: str, worker: Worker) -> None:
+        """Refuse (403) unless the queue policy lets ``worker`` work ``queue``."""
+        access = self.access.get(queue, QueueAccess())
+        if not access.admits(worker):
+            raise TaskRefusedError(
+                403,
+                "Queue not assigned",
+                f"{worker.collector} may not work the queue {queue}: it is worked by "
+                f"{access.describe()} (queue policy {self.version}).",
+            )
 
     def band_of(self, outstanding: Decimal) -> str:
         for band in self.bands:
@@ -226,6 +273,15 @@ def policy_problems(policy: QueuePolicy) -> list[str]:
         unknown = route.bands - set(names)
         if unknown:
             problems.append(f"route to {route.queue} names unknown bands {sorted(unknown)}")
+    for queue in policy.queues:
+        if queue not in policy.access:
+            problems.append(f"no access entry says who may work the queue {queue}")
+    for queue, access in policy.access.items():
+        if queue not in policy.queues:
+            # A misspelt queue name would leave the real queue closed, or this one unused.
+            problems.append(f"access names the queue {queue}, which no route fills")
+        if access.anyone and (access.collectors or access.groups):
+            problems.append(f"access to {queue}: anyone, or collectors and groups, not both")
     return problems
 
 

@@ -23,7 +23,7 @@ from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
-from workflow.app.work import WorkQueues
+from workflow.app.work import LeaseSweeper, WorkQueues
 from workflow.domain.policy import PolicyBook
 from workflow.entrypoints import agencies, dead_letters, queues
 from workflow.entrypoints.api import router
@@ -72,6 +72,7 @@ def build_runtime(
         workflow,
         money_seen_retention=timedelta(hours=settings.money_seen_retention_hours),
     )
+    work = WorkQueues(uow, workflow, queue_policy)
     handlers = WorkflowHandlers(workflow)
     loop = ConsumerLoop(
         settings=settings,
@@ -93,12 +94,13 @@ def build_runtime(
         producer=producer,
         relay=relay,
         loops=[loop],
-        workers=[timer_worker],
+        # The sweeper returns leases that ran out as they do (timeline, queue depths).
+        workers=[timer_worker, LeaseSweeper(work)],
         state={
             "clock": clock,
             "uow": uow,
             "commands": Commands(uow, workflow),
-            "work": WorkQueues(uow, workflow, queue_policy),
+            "work": work,
             "agencies": placements.agencies() if placements else frozenset(),
         },
     )

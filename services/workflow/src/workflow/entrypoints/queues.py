@@ -1,27 +1,52 @@
 """REST for collectors: the work queues. ``next`` leases the most urgent task a collector may
-work (the collector is the token's subject), a result acts on the case, a lease is released
+work (the collector is the token's subject; the queues they may work are the queue policy's,
+by subject or by the token's ``groups``), a result acts on the case, a lease is released
 or renewed; the queues' depths for whoever supervises them. Every refusal is an RFC 9457
-problem document, and nothing changes."""
+problem document, and nothing changes. The task routes take an optional
+``Idempotency-Key``: a retry with it is answered as its first attempt was."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 
 from collections_kit.auth import Principal, require
 from collections_kit.money import NonNegativeAmount
-from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
-from workflow.app.work import QueueView, UnknownQueueError, WorkQueues
+from collections_kit.problems import (
+    AUTH_RESPONSES,
+    PROBLEM_JSON,
+    PROBLEM_RESPONSES,
+    Problem,
+    ProblemError,
+)
+from workflow.app.commands import KeyReusedError
+from workflow.app.ports import KeptAnswer
+from workflow.app.work import Once, QueueView, UnknownQueueError, Worked, WorkQueues
 from workflow.domain import tasks as t
 from workflow.entrypoints.api import Timestamp
 
 Collector = Annotated[Principal, require("collections:work")]
 QueueName = Annotated[str, Path(pattern=r"^[a-z0-9-]{1,64}$", examples=["calls"])]
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+# Optional here (the case writes require one): a collector's client that retries a request
+# whose answer it lost sends one, and is answered as the first attempt was.
+OptionalIdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=8,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Unique per intended request; a retry with the same key replays the "
+        "answer (a retried next gets the same task, not a second lease). The same key with "
+        "another request is refused (422).",
+        examples=["0b6c6d0e-5a53-4a4e-9d7e-3f0a4c1d2e71"],
+    ),
+]
 
 _CONFLICT = {
     "model": Problem,
@@ -29,7 +54,17 @@ _CONFLICT = {
     "withdrawn or already worked, or the case's rules refuse the result",
     "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
-TASK_PROBLEMS: dict[int | str, dict[str, Any]] = {**PROBLEM_RESPONSES, 409: _CONFLICT}
+# 403 is also the queue policy's: the caller holds the scope but may not work this queue.
+_FORBIDDEN = {
+    **AUTH_RESPONSES["403"],
+    "description": "The token lacks the scope collections:work, or the queue policy does not "
+    "let the caller work this queue (the problem names the queue)",
+}
+TASK_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    **PROBLEM_RESPONSES,
+    403: _FORBIDDEN,
+    409: _CONFLICT,
+}
 
 
 class TaskView(BaseModel):
@@ -165,17 +200,68 @@ def _refused(refusal: t.TaskRefusedError) -> ProblemError:
     )
 
 
+def _worker(caller: Principal) -> t.Worker:
+    return t.Worker(caller.subject, caller.groups)
+
+
+def _once(key: str | None, request: Request, body: Any, answer: Any) -> Any:
+    if key is None:
+        return None
+    return Once(key, {"route": request.url.path, "body": body}, answer)
+
+
+def _replayed(kept: KeptAnswer) -> Response:
+    if kept.status == 204:
+        return Response(status_code=204)
+    media = PROBLEM_JSON if kept.status >= 400 else "application/json"
+    return JSONResponse(kept.body, status_code=kept.status, media_type=media)
+
+
+def _key_reused() -> ProblemError:
+    # As the case writes answer it (entrypoints/api.py).
+    return ProblemError(422, "Idempotency-Key reused", "This key was used for a different request.")
+
+
+def _answer_task(task: t.Task) -> tuple[int, dict[str, Any]]:
+    return 200, _task_view(task).model_dump(mode="json")
+
+
+def _answer_next(task: t.Task | None) -> tuple[int, dict[str, Any]]:
+    return (204, {}) if task is None else _answer_task(task)
+
+
+def _result_view(worked: Worked) -> ResultView:
+    return ResultView(
+        task=_task_view(worked.task),
+        follow_up=_task_view(worked.follow_up) if worked.follow_up else None,
+    )
+
+
+def _answer_result(worked: Worked) -> tuple[int, dict[str, Any]]:
+    return 200, _result_view(worked).model_dump(mode="json")
+
+
 @router.post(
     "/queues/{queue}/next",
     response_model=TaskView,
     responses={**TASK_PROBLEMS, 204: {"description": "Nothing to work in this queue now"}},
     summary="Lease the most urgent task of a queue whose borrower nobody is working",
 )
-async def next_task(queue: QueueName, request: Request, caller: Collector) -> Any:
+async def next_task(
+    queue: QueueName, request: Request, caller: Collector, key: OptionalIdempotencyKey = None
+) -> Any:
     try:
-        task = await _work(request).next(queue, caller.subject)
+        task = await _work(request).next(
+            queue, _worker(caller), once=_once(key, request, None, _answer_next)
+        )
     except UnknownQueueError as exc:
         raise _unknown_queue(queue) from exc
+    except t.TaskRefusedError as refusal:
+        raise _refused(refusal) from refusal
+    except KeyReusedError as exc:
+        raise _key_reused() from exc
+    if isinstance(task, KeptAnswer):
+        return _replayed(task)
     if task is None:
         return Response(status_code=204)
     return _task_view(task)
@@ -188,19 +274,30 @@ async def next_task(queue: QueueName, request: Request, caller: Collector) -> An
     summary="Record what came of a task you hold; it acts on the case",
 )
 async def record_result(
-    task_id: TaskId, body: ResultRequest, request: Request, caller: Collector
-) -> ResultView:
+    task_id: TaskId,
+    body: ResultRequest,
+    request: Request,
+    caller: Collector,
+    key: OptionalIdempotencyKey = None,
+) -> Any:
     promise = t.Promise(body.promise.amount, body.promise.due_at) if body.promise else None
     try:
         worked = await _work(request).result(
-            task_id, caller.subject, body.result, body.action, note=body.note, promise=promise
+            task_id,
+            _worker(caller),
+            body.result,
+            body.action,
+            note=body.note,
+            promise=promise,
+            once=_once(key, request, body.model_dump(mode="json"), _answer_result),
         )
     except t.TaskRefusedError as refusal:
         raise _refused(refusal) from refusal
-    return ResultView(
-        task=_task_view(worked.task),
-        follow_up=_task_view(worked.follow_up) if worked.follow_up else None,
-    )
+    except KeyReusedError as exc:
+        raise _key_reused() from exc
+    if isinstance(worked, KeptAnswer):
+        return _replayed(worked)
+    return _result_view(worked)
 
 
 @router.post(
@@ -209,11 +306,18 @@ async def record_result(
     responses=TASK_PROBLEMS,
     summary="Give a task you hold back to its queue",
 )
-async def release_task(task_id: TaskId, request: Request, caller: Collector) -> TaskView:
+async def release_task(
+    task_id: TaskId, request: Request, caller: Collector, key: OptionalIdempotencyKey = None
+) -> Any:
     try:
-        return _task_view(await _work(request).release(task_id, caller.subject))
+        released = await _work(request).release(
+            task_id, _worker(caller), once=_once(key, request, None, _answer_task)
+        )
     except t.TaskRefusedError as refusal:
         raise _refused(refusal) from refusal
+    except KeyReusedError as exc:
+        raise _key_reused() from exc
+    return _replayed(released) if isinstance(released, KeptAnswer) else _task_view(released)
 
 
 @router.post(
@@ -222,11 +326,18 @@ async def release_task(task_id: TaskId, request: Request, caller: Collector) -> 
     responses=TASK_PROBLEMS,
     summary="Extend the lease of a task you hold",
 )
-async def renew_task(task_id: TaskId, request: Request, caller: Collector) -> TaskView:
+async def renew_task(
+    task_id: TaskId, request: Request, caller: Collector, key: OptionalIdempotencyKey = None
+) -> Any:
     try:
-        return _task_view(await _work(request).renew(task_id, caller.subject))
+        renewed = await _work(request).renew(
+            task_id, _worker(caller), once=_once(key, request, None, _answer_task)
+        )
     except t.TaskRefusedError as refusal:
         raise _refused(refusal) from refusal
+    except KeyReusedError as exc:
+        raise _key_reused() from exc
+    return _replayed(renewed) if isinstance(renewed, KeptAnswer) else _task_view(renewed)
 
 
 @router.get(
