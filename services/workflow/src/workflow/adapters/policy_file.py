@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,13 +12,18 @@ from typing import Any
 
 from collections_kit.vocabulary import CHANNELS, RECIPIENTS
 from workflow.domain.policy import (
+    DEFAULT_NEGOTIATION,
     DEFAULT_POLICY,
     STAGE_ORDER,
+    Charge,
     ContactPlan,
     EscalationPolicy,
+    NegotiationPolicy,
+    NegotiationTerms,
     PolicyBook,
     Stage,
     StagePolicy,
+    UnreasonableRule,
 )
 from workflow.domain.tasks import (
     BalanceBand,
@@ -55,8 +61,11 @@ def load_policy(path: Path) -> EscalationPolicy:
             ),
             recheck_base=timedelta(minutes=int(data["recheck_base_minutes"])),
             recheck_max=timedelta(minutes=int(data["recheck_max_minutes"])),
+            negotiation=_negotiation(data["negotiation"])
+            if "negotiation" in data
+            else DEFAULT_NEGOTIATION,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise PolicyError(f"{path}: {exc}") from exc
     _validate(policy, path)
     return policy
@@ -75,7 +84,105 @@ def _stage(data: dict[str, Any]) -> StagePolicy:
     )
 
 
+_NEGOTIATION_KEYS = {
+    "min_down_payment_share",
+    "max_term_months",
+    "waivable",
+    "approvers",
+    "refuse_below_floor_share",
+    "approved",
+    "unreasonable",
+    "jurisdictions",
+}
+
+
+def _negotiation(data: dict[str, Any]) -> NegotiationPolicy:
+    unknown = set(data) - _NEGOTIATION_KEYS
+    if unknown:
+        # A misspelt term would silently fall back to nothing at all.
+        raise ValueError(f"unknown negotiation keys {sorted(unknown)}")
+    overrides = data.get("jurisdictions", {})
+    return replace(
+        _negotiation_terms(data),
+        jurisdictions=tuple(
+            (str(code), _negotiation_terms(_overridden(data, override)))
+            for code, override in sorted(overrides.items())
+        ),
+    )
+
+
+def _overridden(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A jurisdiction's table replaces the keys it names, one level into sub-tables."""
+    merged = {k: v for k, v in base.items() if k != "jurisdictions"}
+    for key, value in override.items():
+        if key == "jurisdictions":
+            raise ValueError("a jurisdiction's negotiation cannot name jurisdictions")
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    return merged
+
+
+def _negotiation_terms(data: dict[str, Any]) -> NegotiationPolicy:
+    unreasonable = data["unreasonable"]
+    return NegotiationPolicy(
+        standard=_terms(data),
+        approved=_terms(data["approved"]),
+        approvers=frozenset(str(g) for g in data.get("approvers", [])),
+        refuse_below_floor_share=Decimal(str(data["refuse_below_floor_share"])),
+        unreasonable=UnreasonableRule(
+            refusals=int(unreasonable["refusals"]),
+            period=timedelta(days=int(unreasonable["period_days"])),
+            below_floor_share=Decimal(str(unreasonable["below_floor_share"])),
+        ),
+    )
+
+
+def _terms(data: dict[str, Any]) -> NegotiationTerms:
+    return NegotiationTerms(
+        min_down_payment_share=Decimal(str(data["min_down_payment_share"])),
+        max_term_months=int(data["max_term_months"]),
+        waivable=tuple(
+            (charge, Decimal(str(data.get("waivable", {})[charge.value])))
+            for charge in Charge
+            if charge.value in data.get("waivable", {})
+        ),
+    )
+
+
+def negotiation_problems(policy: NegotiationPolicy) -> list[str]:
+    """What makes a negotiation policy unusable: a share outside 0..1, terms an approver
+    could not grant, or a refusal rule that can never (or always) fire."""
+    problems = []
+    for code, terms in (("", policy), *policy.jurisdictions):
+        at = f"negotiation{'.jurisdictions.' + code if code else ''}"
+        for name, t in (("", terms.standard), (".approved", terms.approved)):
+            shares = [t.min_down_payment_share, *(s for _, s in t.waivable)]
+            if any(not Decimal(0) <= s <= 1 for s in shares):
+                problems.append(f"{at}{name}: shares are between 0 and 1")
+            if t.max_term_months < 1:
+                problems.append(f"{at}{name}: max_term_months is at least 1")
+            if t.min_down_payment_share + sum(s for _, s in t.waivable) > 1:
+                problems.append(f"{at}{name}: the down payment and waivers exceed the debt")
+        std, up = terms.standard, terms.approved
+        if (
+            up.min_down_payment_share > std.min_down_payment_share
+            or up.max_term_months < std.max_term_months
+            or any(up.waiver_share(c) < std.waiver_share(c) for c in Charge)
+        ):
+            problems.append(f"{at}.approved: an approver's terms include the standard ones")
+        rule = terms.unreasonable
+        if rule.refusals < 1 or rule.period <= timedelta(0):
+            problems.append(f"{at}.unreasonable: refusals and period_days are at least 1")
+        if not Decimal(0) <= rule.below_floor_share <= terms.refuse_below_floor_share <= 1:
+            problems.append(
+                f"{at}: 0 <= unreasonable.below_floor_share <= refuse_below_floor_share <= 1"
+            )
+    return problems
+
+
 def _validate(policy: EscalationPolicy, path: Path) -> None:
+    problems = negotiation_problems(policy.negotiation)
+    if problems:
+        raise PolicyError(f"{path}: " + "; ".join(problems))
     if tuple(s.stage for s in policy.stages) != STAGE_ORDER:
         raise PolicyError(f"{path}: stages must be listed once each, in order")
     thresholds = [s.min_days_past_due for s in policy.stages]

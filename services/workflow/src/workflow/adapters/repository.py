@@ -140,6 +140,7 @@ def case_from_row(row: Any) -> Case:
         unanswered_contacts=m["unanswered_contacts"],
         milestones=tuple(m["milestones"] or ()),
         money_applied_at=m["money_applied_at"],
+        refused_proposals=tuple(datetime.fromisoformat(at) for at in m["refused_proposals"]),
     )
 
 
@@ -172,6 +173,7 @@ def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
         "milestones": list(case.milestones),
         "next_action_at": next_action_at,
         "money_applied_at": case.money_applied_at,
+        "refused_proposals": [at.isoformat() for at in case.refused_proposals],
     }
 
 

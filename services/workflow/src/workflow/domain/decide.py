@@ -24,6 +24,7 @@ from decimal import Decimal
 from itertools import pairwise
 
 from workflow.domain import messages as m
+from workflow.domain import negotiation as n
 from workflow.domain.lifecycle import PRE_LEGAL, Phase, Rule, Transition, Trigger, transition
 from workflow.domain.model import (
     Arrangement,
@@ -118,6 +119,7 @@ Input = (
     | m.RequestHold
     | m.RequestResume
     | m.RecordArrangement
+    | m.SubmitProposal
     | m.RequestEscalation
     | m.RecordLegalMilestone
     | m.RequestClosure
@@ -555,27 +557,7 @@ def decide(
         case m.RepaymentReceived():
             return _repayment(case, intents, event, ctx)
         case m.RepaymentReversed():
-            reversed_ = replace(
-                case, outstanding=event.outstanding_after, updated_at=now, money_applied_at=now
-            )
-            if event.outstanding_after <= policy.tolerance:
-                return Decision(
-                    case=None,
-                    timeline=(
-                        _entry(
-                            ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id
-                        ),
-                    ),
-                )
-            return apply_rule(
-                reversed_,
-                intents,
-                Trigger.REPAYMENT_REVERSED,
-                ctx,
-                changed=True,
-                repayment_id=event.repayment_id,
-                amount=str(event.amount),
-            )
+            return _reversal(case, intents, event, ctx)
         case m.BalanceConfirmed():
             return _confirmed(case, intents, event, ctx)
         case m.BalanceRefused():
@@ -627,6 +609,8 @@ def decide(
             )
         case m.RecordArrangement():
             return _arrangement(case, intents, event, ctx)
+        case m.SubmitProposal():
+            return _proposal(case, intents, event, ctx)
         case m.RequestEscalation():
             trigger = {
                 "manual": Trigger.MANUAL_ESCALATION,
@@ -644,6 +628,30 @@ def decide(
             }[event.exit]
             return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
     raise AssertionError(f"unhandled input {event!r}")
+
+
+def _reversal(
+    case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReversed, ctx: _Ctx
+) -> Decision:
+    if event.outstanding_after <= ctx.policy.tolerance:
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id),
+            ),
+        )
+    reversed_ = replace(
+        case, outstanding=event.outstanding_after, updated_at=ctx.now, money_applied_at=ctx.now
+    )
+    return apply_rule(
+        reversed_,
+        intents,
+        Trigger.REPAYMENT_REVERSED,
+        ctx,
+        changed=True,
+        repayment_id=event.repayment_id,
+        amount=str(event.amount),
+    )
 
 
 def _overdue(
@@ -841,10 +849,40 @@ def _maybe_step_back(case: Case, ctx: _Ctx) -> Decision:
     )
 
 
+# Balance checks asked for the people who contact the borrower (a collector leasing a
+# task), not for a contact intent: their answer is the notifier's, for contact permits.
+PERMIT_CHECK = "permit-check:"
+
+
+def permit_check_id(cause: str) -> str:
+    """The id of a balance check asked for contact permits, once per ``cause``."""
+    return PERMIT_CHECK + cause
+
+
 def _confirmed(
     case: Case, intents: Sequence[ContactIntent], event: m.BalanceConfirmed, ctx: _Ctx
 ) -> Decision:
     intent = next((i for i in intents if i.check_id == event.check_id), None)
+    if intent is None and event.check_id.startswith(PERMIT_CHECK):
+        # On the timeline only: the case's state is not the people's check to change (a
+        # command's confirmation adopts the ledger's figure; the next one will).
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(
+                    ctx,
+                    "balance_reconfirmed",
+                    case,
+                    case,
+                    check_id=event.check_id,
+                    confirmation_id=event.confirmation_id,
+                    confirmed_outstanding=str(event.confirmed_outstanding),
+                    ledger_watermark=event.ledger_watermark,
+                    valid_until=event.valid_until.isoformat(),
+                    why="contact_permits",
+                ),
+            ),
+        )
     if (
         intent is None
         or intent.status is not IntentStatus.AWAITING_CONFIRMATION
@@ -931,6 +969,22 @@ def _refused(
     if event.reason == "nothing_owed":
         return apply_rule(case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, check_id=event.check_id)
     intent = next((i for i in intents if i.check_id == event.check_id), None)
+    if intent is None and event.check_id.startswith(PERMIT_CHECK):
+        # People asking for permits stay refused balance_unconfirmed (the notifier's view).
+        return Decision(
+            case=None,
+            timeline=(
+                _entry(
+                    ctx,
+                    "balance_not_reconfirmed",
+                    case,
+                    case,
+                    check_id=event.check_id,
+                    reason=event.reason,
+                    detail=event.detail or None,
+                ),
+            ),
+        )
     if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION:
         return Decision(case=None)
     # No confirmation on data the ledger cannot vouch for: ask again later, backing off.
@@ -1203,6 +1257,113 @@ def _arrangement(
         ctx,
         arrangement=arrangement,
         actor=event.actor,
+    )
+
+
+def _proposal(
+    case: Case, intents: Sequence[ContactIntent], event: m.SubmitProposal, ctx: _Ctx
+) -> Decision:
+    """Answer a proposal by the negotiation policy (domain/negotiation.py): accepted, it is
+    recorded as an arrangement is; refused, it counts towards the unreasonable-proposal
+    rule, which escalates by itself once met. The proposal and its answer are on the
+    timeline either way."""
+    # Only where an arrangement could follow: not on hold, not during one, not once closed.
+    allowed = transition(case.phase, Trigger.ARRANGEMENT_REQUESTED)
+    if allowed.rule is Rule.REJECT:
+        return Decision(case=None, rejected=allowed.why)
+    bad = n.problems(event, case.outstanding, case.currency)
+    if bad:
+        # The REST route refuses these first; here only if the case changed meanwhile.
+        return Decision(
+            case=None,
+            rejected="; ".join(f"{'.'.join(map(str, at))}: {why}" for at, why in bad),
+        )
+    answer = n.evaluate(
+        event, case.outstanding, case.currency, case.jurisdiction, ctx.policy.negotiation, ctx.now
+    )
+    received = _entry(
+        ctx,
+        "proposal_received",
+        case,
+        case,
+        actor=event.actor,
+        via=event.via,
+        note=event.note or None,
+        **n.terms_detail(event),
+    )
+    rules = [{"rule": b.rule, "detail": b.detail} for b in answer.breaches] or None
+    if answer.verdict is n.Verdict.ACCEPTED:
+        plan = m.RecordArrangement(
+            request_id=event.request_id,
+            kind="instalment_plan",
+            # A zero down payment is no payment: the plan starts with the first instalment.
+            schedule=tuple(p for p in (event.down_payment, *event.instalments) if p.amount > 0),
+            actor=event.actor,
+            interest_reduction=event.waivers.penalty_interest or None,
+            note=event.note,
+        )
+        arranged = _arrangement(case, intents, plan, ctx)
+        if arranged.rejected is not None:
+            return arranged
+        accepted = _entry(
+            ctx,
+            "proposal_accepted",
+            case,
+            arranged.case,
+            actor=event.actor,
+            floor=str(answer.floor),
+            approved_by=event.actor if answer.approved else None,
+            waivers=n.terms_detail(event)["waivers"] or None,
+        )
+        return Decision(case=None, timeline=(received, accepted)).then(arranged)
+    if answer.verdict is n.Verdict.COUNTERED:
+        assert answer.counter is not None
+        countered = _entry(
+            ctx,
+            "proposal_countered",
+            case,
+            case,
+            rules=rules,
+            floor=str(answer.floor),
+            approvable=answer.approvable or None,
+            counter=n.terms_detail(answer.counter),
+        )
+        return Decision(case=None, timeline=(received, countered))
+    refused_at, fired = n.count_refusal(
+        case.refused_proposals, ctx.policy.negotiation, case.jurisdiction, ctx.now
+    )
+    rule = answer.unreasonable or fired
+    # Once the trigger fires the count starts again: each firing needs its own refusals.
+    counted = replace(case, refused_proposals=() if rule else refused_at, updated_at=ctx.now)
+    refused = Decision(
+        case=counted,
+        timeline=(
+            received,
+            _entry(
+                ctx,
+                "proposal_refused",
+                case,
+                counted,
+                rules=rules,
+                floor=str(answer.floor),
+                refusals=len(refused_at),
+                unreasonable=rule,
+            ),
+        ),
+    )
+    if rule is None:
+        return refused
+    return refused.then(
+        apply_rule(
+            counted,
+            intents,
+            Trigger.PROPOSAL_UNREASONABLE,
+            ctx,
+            changed=True,
+            actor=event.actor,
+            reason=f"negotiation policy: {rule}",
+            rule=rule,
+        )
     )
 
 

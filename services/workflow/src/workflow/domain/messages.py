@@ -147,6 +147,35 @@ class RecordArrangement:
 
 
 @dataclass(frozen=True)
+class Waivers:
+    """Charges a proposal asks to have waived, as amounts (domain/negotiation.py)."""
+
+    penalty_interest: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    principal: Decimal = Decimal(0)
+
+    @property
+    def total(self) -> Decimal:
+        return self.penalty_interest + self.fees + self.principal
+
+
+@dataclass(frozen=True)
+class SubmitProposal:
+    """A borrower's proposal, brought by a collector, an agency or the borrower portal."""
+
+    request_id: str
+    actor: str
+    via: str  # collector | agency | portal
+    down_payment: InstalmentTerms
+    instalments: tuple[InstalmentTerms, ...]
+    waivers: Waivers = Waivers()
+    note: str = ""
+    # The proposer's groups when it was made (its token's): what they may approve. Part of
+    # the journalled input, so the replay judges with the same authority.
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RequestEscalation:
     request_id: str
     kind: str  # manual | fraud | proposal_unreasonable

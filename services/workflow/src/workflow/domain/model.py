@@ -127,6 +127,9 @@ class Case:
     # When the case last applied a repayment or reversal: a balance check asked for before
     # then was answered on older money and must not set the outstanding back.
     money_applied_at: datetime | None = None
+    # When proposals were refused, within the negotiation policy's period: enough of them
+    # make the proposal "unreasonable" by the policy's rule (domain/negotiation.py).
+    refused_proposals: tuple[datetime, ...] = ()
 
     @property
     def is_open(self) -> bool:

@@ -6,9 +6,10 @@ policy never rewrites how an old decision is explained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 
 # The stages cross services (the contract, the notifier): defined once, in the kit.
 from collections_kit.vocabulary import BALANCE_TOLERANCE
@@ -41,6 +42,88 @@ class StagePolicy:
     max_duration: timedelta | None = None
 
 
+class Charge(StrEnum):
+    """What a borrower may ask to have waived, in the order a lender gives them up."""
+
+    PENALTY_INTEREST = "penalty_interest"
+    FEES = "fees"
+    PRINCIPAL = "principal"
+
+
+@dataclass(frozen=True)
+class NegotiationTerms:
+    """The terms a proposal may have at one level of authority."""
+
+    # The first payment must be at least this share of what is owed (seed 001: 10%).
+    min_down_payment_share: Decimal
+    # The last payment falls at most this many calendar months after the proposal.
+    max_term_months: int
+    # Each charge that may be waived, up to this share of what is owed (absent: never).
+    waivable: tuple[tuple[Charge, Decimal], ...] = ()
+
+    def waiver_share(self, charge: Charge) -> Decimal:
+        return dict(self.waivable).get(charge, Decimal(0))
+
+
+@dataclass(frozen=True)
+class UnreasonableRule:
+    """When a proposal counts as "clearly unreasonable" (seed 003) without anyone saying so:
+    the policy's judgement, reproducible, instead of a collector's mood."""
+
+    # This many refused proposals within ``period`` fire the trigger.
+    refusals: int
+    period: timedelta
+    # A down payment under this share of the minimum fires it at once.
+    below_floor_share: Decimal
+
+
+@dataclass(frozen=True)
+class NegotiationPolicy:
+    standard: NegotiationTerms
+    # Up to these terms with the agreement of a member of ``approvers`` (token groups).
+    approved: NegotiationTerms
+    approvers: frozenset[str]
+    # Countering is for proposals near the terms: a down payment under this share of the
+    # minimum is refused, not countered.
+    refuse_below_floor_share: Decimal
+    unreasonable: UnreasonableRule
+    # Whole policies for jurisdictions that differ from the product's own.
+    jurisdictions: tuple[tuple[str, NegotiationPolicy], ...] = ()
+
+    def for_jurisdiction(self, jurisdiction: str) -> NegotiationPolicy:
+        return dict(self.jurisdictions).get(jurisdiction, self)
+
+
+_NEGOTIATION = NegotiationPolicy(
+    standard=NegotiationTerms(
+        min_down_payment_share=Decimal("0.10"),
+        max_term_months=6,
+        waivable=((Charge.PENALTY_INTEREST, Decimal("0.10")), (Charge.FEES, Decimal("0.05"))),
+    ),
+    approved=NegotiationTerms(
+        min_down_payment_share=Decimal("0.05"),
+        max_term_months=12,
+        waivable=(
+            (Charge.PENALTY_INTEREST, Decimal("0.25")),
+            (Charge.FEES, Decimal("0.10")),
+            (Charge.PRINCIPAL, Decimal("0.05")),
+        ),
+    ),
+    approvers=frozenset({"supervisors"}),
+    refuse_below_floor_share=Decimal("0.25"),
+    unreasonable=UnreasonableRule(
+        refusals=3, period=timedelta(days=90), below_floor_share=Decimal("0.10")
+    ),
+)
+DEFAULT_NEGOTIATION = replace(
+    _NEGOTIATION,
+    # CONC 7.3.4: forbearance in the UK gives a borrower in difficulty more time to pay.
+    jurisdictions=(
+        ("UK", replace(_NEGOTIATION, standard=replace(_NEGOTIATION.standard, max_term_months=12))),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class EscalationPolicy:
     version: str
@@ -60,6 +143,8 @@ class EscalationPolicy:
     # Retrying a balance check the ledger could not answer: base * 2**attempt, capped.
     recheck_base: timedelta = timedelta(minutes=5)
     recheck_max: timedelta = timedelta(hours=6)
+    # How proposals are answered (domain/negotiation.py).
+    negotiation: NegotiationPolicy = field(default=DEFAULT_NEGOTIATION)
 
     def for_stage(self, stage: Stage) -> StagePolicy:
         for policy in self.stages:
@@ -69,7 +154,8 @@ class EscalationPolicy:
 
 
 DEFAULT_POLICY = EscalationPolicy(
-    version="consumer-loan/2026-11-01",
+    # 2026-12-04: negotiation terms added; every escalation rule is as in 2026-11-01.
+    version="consumer-loan/2026-12-04",
     product="consumer-loan",
     tolerance=BALANCE_TOLERANCE,
     stages=(
