@@ -425,3 +425,21 @@ async def test_a_lease_that_runs_out_is_swept_back_once_without_a_next(
     assert taken.json()["task_id"] == task["task_id"]
     await asyncio.sleep(1.5)  # a sweep or two more: still one expiry for that lease
     assert len(await expired()) == 1
+
+
+async def test_a_lapsed_lease_counts_as_waiting_before_anything_returns_it(
+    workflow: Runtime, api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    """The depths are computed on read: a lease past its end is waiting, not leased, even
+    while its row still says leased (between two sweeps)."""
+    await needs_a_call(api, lender, "L-lapsed", "B-lapsed")
+    task = (await next_task(api, "c:1")).json()
+    async with workflow.state["uow"]() as uow:
+        now = uow.now
+        running = await uow.tasks.counts(now)
+        lapsed = await uow.tasks.counts(now + timedelta(minutes=16))
+        row = await uow.tasks.get(task["task_id"])
+    assert row is not None
+    assert row.status.value == "leased"  # nothing returned it: the reads alone
+    assert [(c.open, c.leased) for c in running if c.queue == QUEUE] == [(0, 1)]
+    assert [(c.open, c.leased) for c in lapsed if c.queue == QUEUE] == [(1, 0)]
