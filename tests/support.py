@@ -11,13 +11,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from collections_kit.envelope import Envelope, MalformedMessageError, decode
 from collections_kit.runtime import Runtime
 from scripts.infra import read_to_end
+
+if TYPE_CHECKING:
+    from workflow.domain.placement import Placement, PlacementPolicy
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Envelope | MalformedMessageError]:
@@ -79,11 +82,19 @@ async def migrate(migrations: Any, url: str, schema: str) -> None:
     await asyncio.to_thread(upgrade, migrations, url, schema)
 
 
-async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
+async def mismatched_replays(
+    engine: Any, placements: PlacementPolicy | None = None
+) -> list[dict[str, Any]]:
     """Cases whose stored state differs from the replay of their journal (should be none).
 
     Each as JSON-ready facts to investigate it by: its loan and case ids, the fields that
     differ (stored and replayed value), the stored row and the journal.
+
+    A case's placements and their commission rows are part of its state: replayed with
+    ``placements``, the placement policy the workflow ran with (a ``PlacementPolicy``;
+    None: it ran without agencies, so no case may have a placement), they must equal what
+    is stored, field by field; if not, ``fields`` names ``placements`` and/or
+    ``placement_commissions`` with the stored and replayed rows.
 
     Cases and journals are read in ONE snapshot (repeatable read): the workflow may still
     be writing while this runs (timers fire, a re-check's confirmation comes back), and a
@@ -93,9 +104,11 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
     """
     from sqlalchemy import select
 
-    from workflow.adapters.journal import replay
+    from workflow.adapters.journal import replay_with_placements
+    from workflow.adapters.placements import placement_from_row
     from workflow.adapters.repository import case_from_row
-    from workflow.adapters.tables import case_inputs, cases
+    from workflow.adapters.tables import case_inputs, cases, placement_commissions
+    from workflow.adapters.tables import placements as placement_rows
     from workflow.domain.policy import PolicyBook
 
     policies = PolicyBook()
@@ -107,14 +120,31 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
             select(case_inputs).order_by(case_inputs.c.case_id, case_inputs.c.id)
         ):
             journals.setdefault(entry.case_id, []).append(entry)
+        # Placements change only in their case's transaction: the same snapshot holds them.
+        placed: dict[str, dict[str, Placement]] = {}
+        for p in map(placement_from_row, await conn.execute(select(placement_rows))):
+            placed.setdefault(p.case_id, {})[p.placement_id] = p
+        owner = {p: case for case, ps in placed.items() for p in ps}
+        accrued: dict[str, dict[tuple[str, str], tuple[Decimal, Decimal]]] = {}
+        for a in await conn.execute(select(placement_commissions)):
+            accrued.setdefault(owner.get(a.placement_id, ""), {})[
+                (a.placement_id, a.repayment_id)
+            ] = (a.amount, a.commission)
     bad = []
     for row in rows:
         stored = case_from_row(row)
         journal = journals.get(stored.case_id, [])
-        replayed = replay(journal, policies)
-        if replayed == stored:
+        again = replay_with_placements(journal, policies, placements)
+        replayed = again.case
+        stored_placed = placed.get(stored.case_id, {})
+        stored_accrued = accrued.get(stored.case_id, {})
+        if (
+            replayed == stored
+            and again.placements == stored_placed
+            and again.accruals == stored_accrued
+        ):
             continue
-        fields = (
+        fields: dict[str, dict[str, Any]] = (
             {
                 f.name: {
                     "stored": _plain(getattr(stored, f.name)),
@@ -126,6 +156,16 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
             if replayed is not None
             else {"case": {"stored": stored.case_id, "replayed": None}}
         )
+        if again.placements != stored_placed:
+            fields["placements"] = {
+                "stored": _plain(sorted(stored_placed.values(), key=_placed_order)),
+                "replayed": _plain(sorted(again.placements.values(), key=_placed_order)),
+            }
+        if again.accruals != stored_accrued:
+            fields["placement_commissions"] = {
+                "stored": _accrual_rows(stored_accrued),
+                "replayed": _accrual_rows(again.accruals),
+            }
         bad.append(
             {
                 "loan_id": stored.loan_id,
@@ -145,6 +185,17 @@ async def mismatched_replays(engine: Any) -> list[dict[str, Any]]:
             }
         )
     return bad
+
+
+def _placed_order(p: Placement) -> tuple[datetime, str]:
+    return (p.placed_at, p.placement_id)
+
+
+def _accrual_rows(rows: dict[tuple[str, str], tuple[Decimal, Decimal]]) -> list[dict[str, str]]:
+    return [
+        {"placement_id": p, "repayment_id": r, "amount": str(a), "commission": str(c)}
+        for (p, r), (a, c) in sorted(rows.items())
+    ]
 
 
 def _plain(value: Any) -> Any:

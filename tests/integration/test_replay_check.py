@@ -1,6 +1,7 @@
-"""The replay check (every case equals the fold of ``decide`` over its journal) against a
-real PostgreSQL, while the workflow keeps writing: it must compare a case with the journal
-of the same moment, and say how a case differs when it does."""
+"""The replay check (every case equals the fold of ``decide`` over its journal, and its
+placements the fold of ``place`` after it) against a real PostgreSQL, while the workflow
+keeps writing: it must compare a case with the journal of the same moment, and say how a
+case differs when it does."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from collections_kit.outbox import Tx
 from tests.support import migrate, mismatched_replays
 from workflow.app.handlers import Item, Workflow
 from workflow.domain import messages as m
-from workflow.domain.policy import PolicyBook
+from workflow.domain import placement as pl
+from workflow.domain.policy import PolicyBook, Stage
 from workflow.entrypoints import bootstrap
 
 
@@ -112,3 +114,85 @@ async def test_a_mismatch_names_the_fields_that_differ_with_the_journal_and_stor
     assert mismatch["journal"][0]["payload"]["outstanding"] == "900.00"
     assert mismatch["stored"]["outstanding"] == "1.000000"
     assert mismatch["stored"]["case_id"] == mismatch["case_id"]
+
+
+# One tier, one agency: every warning case of 100.00 or more is placed, at 25%.
+PLACEMENTS = pl.PlacementPolicy(
+    "placements/replay-check",
+    (
+        pl.PlacementTier(
+            "primary",
+            (Stage.WARNING,),
+            1,
+            Decimal("100.00"),
+            None,
+            timedelta(days=90),
+            (pl.AgencyShare("agency-a", 1, Decimal("0.25")),),
+        ),
+    ),
+)
+
+
+async def apply_placing(
+    engine: AsyncEngine,
+    events: list[m.OverdueReported | m.RepaymentReceived | m.RepaymentReversed],
+    at: datetime,
+) -> None:
+    """Inputs through the workflow with agencies, decided as one batch, committed."""
+    async with engine.begin() as conn:
+        tx = Tx(conn=conn, now=at, source="workflow", topic_prefix="")
+        await Workflow(PolicyBook(), placements=PLACEMENTS).run_batch(
+            tx, [Item("L-1", e, e.event_id) for e in events]
+        )
+
+
+def reversal(at: datetime) -> m.RepaymentReversed:
+    return m.RepaymentReversed("e-bounced", "R-1", Decimal("300.00"), Decimal("900.00"), at)
+
+
+async def test_a_placement_that_differs_from_its_replay_is_caught(engine: AsyncEngine) -> None:
+    at = datetime.now(UTC)
+    await apply_placing(engine, [overdue(at)], at)
+    await apply_placing(engine, [repayment(at)], at + timedelta(seconds=1))
+    assert await mismatched_replays(engine, PLACEMENTS) == []
+
+    # Checked as if the workflow ran without agencies: the stored placement is unexplained.
+    (unexplained,) = await mismatched_replays(engine)
+    assert set(unexplained["fields"]) == {"placements", "placement_commissions"}
+    assert unexplained["fields"]["placements"]["replayed"] == []
+
+    # A placement decision that is not its inputs' (another agency, another commission).
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE placements SET agency = 'agency-b'"))
+        await conn.execute(text("UPDATE placement_commissions SET commission = 0"))
+    (mismatch,) = await mismatched_replays(engine, PLACEMENTS)
+    assert mismatch["loan_id"] == "L-1"
+    assert set(mismatch["fields"]) == {"placements", "placement_commissions"}
+    (stored,) = mismatch["fields"]["placements"]["stored"]
+    (replayed,) = mismatch["fields"]["placements"]["replayed"]
+    assert (stored["agency"], replayed["agency"]) == ("agency-b", "agency-a")
+    assert stored["placement_id"] == replayed["placement_id"]
+    commissions = mismatch["fields"]["placement_commissions"]
+    assert [c["commission"] for c in commissions["replayed"]] == ["75.00"]
+    assert [c["commission"] for c in commissions["stored"]] == ["0.000000"]
+
+
+async def test_a_repayment_and_its_reversal_in_one_batch_replay_as_stored(
+    engine: AsyncEngine,
+) -> None:
+    # A backlog read at once (a replica's restart): the reversal finds the commission its
+    # repayment accrued earlier in the same batch, and takes it back as the replay does.
+    at = datetime.now(UTC)
+    await apply_placing(engine, [overdue(at)], at)
+    later = at + timedelta(seconds=1)
+    await apply_placing(engine, [repayment(later), reversal(later)], later)
+    assert await mismatched_replays(engine, PLACEMENTS) == []
+    async with engine.connect() as conn:
+        placed = (await conn.execute(text("SELECT collected, commission FROM placements"))).one()
+        rows = (
+            await conn.execute(
+                text("SELECT repayment_id, commission FROM placement_commissions ORDER BY 1")
+            )
+        ).all()
+    assert tuple(placed) == (Decimal(0), Decimal(0))
+    assert [(r, c) for r, c in rows] == [("R-1", Decimal("75")), ("R-1/reversed", Decimal("-75"))]

@@ -26,6 +26,7 @@ from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from scripts import lending
 from tests.support import eventually, migrate, mismatched_replays, running
+from workflow.adapters.placement_file import load_placement_policy
 from workflow.entrypoints import bootstrap
 from workflow.settings import WorkflowSettings
 
@@ -59,18 +60,27 @@ def clock() -> OffsetClock:
 
 
 @pytest.fixture
-async def placing(
-    stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path, clock: OffsetClock
-) -> AsyncIterator[Runtime]:
+def policy_file(tmp_path: Path) -> Path:
     policy = tmp_path / "placements.toml"
     policy.write_text(POLICY)
+    return policy
+
+
+@pytest.fixture
+async def placing(
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    policy_file: Path,
+    clock: OffsetClock,
+) -> AsyncIterator[Runtime]:
     config = WorkflowSettings.model_validate(
         {
             "database_url": database_url,
             "kafka_bootstrap": stack["kafka_bootstrap"],
             "topic_prefix": topic_prefix,
             "environment": "test",
-            "placement_policy_file": policy,
+            "placement_policy_file": policy_file,
         }
     )
     await migrate(bootstrap.MIGRATIONS, database_url, config.db_schema)
@@ -146,7 +156,11 @@ async def timeline_kinds(api: httpx.AsyncClient, loan_id: str) -> list[str]:
 
 
 async def test_placement_then_repayment_puts_a_recall_on_the_placements_topic_at_once(
-    placing: Runtime, api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+    placing: Runtime,
+    api: httpx.AsyncClient,
+    lender: lending.Lender,
+    notices: Notices,
+    policy_file: Path,
 ) -> None:
     await lender.publish(lending.overdue("L-agency-1", Decimal("1000.00"), dpd=10))
     notice, _ = await notices.next_matching(lambda n: n.loan_id == "L-agency-1")
@@ -186,8 +200,8 @@ async def test_placement_then_repayment_puts_a_recall_on_the_placements_topic_at
     # Exactly one recall went out for it.
     await asyncio.sleep(0.5)
     assert await _count(notices, lambda n: n.loan_id == "L-agency-1" and n.kind == "recalled") == 0
-    # Placements live beside the case: its journal still replays to what is stored.
-    assert await mismatched_replays(placing.engine) == []
+    # Placements live beside the case: its journal replays to the case and its placements.
+    assert await mismatched_replays(placing.engine, load_placement_policy(policy_file)) == []
 
 
 async def test_a_placement_recalls_itself_when_its_period_ends(
@@ -216,7 +230,11 @@ async def recall_entry(api: httpx.AsyncClient, loan_id: str) -> dict[str, Any] |
 
 
 async def test_a_case_escalated_past_its_tiers_stages_is_recalled_at_once(
-    placing: Runtime, api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+    placing: Runtime,
+    api: httpx.AsyncClient,
+    lender: lending.Lender,
+    notices: Notices,
+    policy_file: Path,
 ) -> None:
     t0 = datetime.now(UTC) - timedelta(hours=1)
     await lender.publish(lending.overdue("L-agency-6", Decimal("900.00"), dpd=10, as_of=t0))
@@ -240,7 +258,7 @@ async def test_a_case_escalated_past_its_tiers_stages_is_recalled_at_once(
     assert entry["detail"]["reason"] == "stage_changed"
     assert entry["detail"]["placement_id"] == placed_notice.placement_id
     assert (await timeline_kinds(api, "L-agency-6")).count("placement_recalled") == 1
-    assert await mismatched_replays(placing.engine) == []
+    assert await mismatched_replays(placing.engine, load_placement_policy(policy_file)) == []
 
 
 async def test_a_payment_taking_the_balance_below_the_tiers_band_recalls_it(
@@ -263,7 +281,7 @@ async def test_a_payment_taking_the_balance_below_the_tiers_band_recalls_it(
 
 
 async def test_a_bounced_repayment_takes_the_agencys_commission_back(
-    api: httpx.AsyncClient, lender: lending.Lender
+    placing: Runtime, api: httpx.AsyncClient, lender: lending.Lender, policy_file: Path
 ) -> None:
     await lender.publish(lending.overdue("L-agency-5", Decimal("1000.00"), dpd=10))
     await eventually(lambda: placed(api, "L-agency-5"))
@@ -297,10 +315,16 @@ async def test_a_bounced_repayment_takes_the_agencys_commission_back(
     assert case is not None
     assert case["placement"]["commission"] == "0.00"
     assert "placement_commission_reversed" in await timeline_kinds(api, "L-agency-5")
+    # The claw-back replays from the journal too: placement and commission rows.
+    assert await mismatched_replays(placing.engine, load_placement_policy(policy_file)) == []
 
 
 async def test_an_agencys_performance_is_computed_from_its_placements_and_payments(
-    api: httpx.AsyncClient, lender: lending.Lender, notices: Notices
+    placing: Runtime,
+    api: httpx.AsyncClient,
+    lender: lending.Lender,
+    notices: Notices,
+    policy_file: Path,
 ) -> None:
     """Liquidation rate = collected / placed; a hold and its resumption are one placement
     with two ends (recalled for the hold, then for the repayment)."""
@@ -362,6 +386,8 @@ async def test_an_agencys_performance_is_computed_from_its_placements_and_paymen
     unknown = await api.get("/v1/agencies/agency-zz/performance", headers=ADMIN)
     assert unknown.status_code == 404
     assert unknown.headers["content-type"].startswith("application/problem+json")
+    # Held, resumed and repaid: the placements replay from the journal as stored.
+    assert await mismatched_replays(placing.engine, load_placement_policy(policy_file)) == []
 
 
 async def _count(reader: Notices, wanted: Any) -> int:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workflow.adapters.placement_file import load_placement_policy
+from workflow.adapters.placements import PlacementBatch
 from workflow.adapters.policy_file import PolicyError
 from workflow.domain import decide as d
 from workflow.domain import messages as m
@@ -239,6 +240,75 @@ def test_a_reversed_repayment_takes_its_commission_back_once() -> None:
     assert back.commission == Decimal("0.00")
     assert sum(a.commission for a in world.accruals) == 0
     assert world.timeline.count("placement_commission_reversed") == 1
+
+
+def test_two_reversals_in_one_batch_take_back_from_the_placement_as_it_then_is() -> None:
+    """The batch's bookkeeping (adapters/placements.PlacementBatch), as the app and the
+    replay both use it: two payments on a placement that expired (the case moved on to the
+    next tier's agency), both bounced in one batch; each reversal starts from what the one
+    before left, not from the placement as loaded."""
+    world = World()
+    world.to_formal_notice()
+    world.repay("100.00", "4900.00")
+    world.repay("200.00", "4700.00")
+    world.overdue(95, outstanding="4700.00")
+    world.expire()
+    (ended,) = [p for p in world.placements.values() if p.tier == "primary"]
+    (current,) = world.running()
+    assert current.tier == "secondary"
+    assert ended.collected == Decimal("300.00")
+    # As loaded from the store for the batch: both accruals, each with the ended placement;
+    # the loan's newest placement is the secondary tier's.
+    batch = PlacementBatch({world.loan_id: current})
+    batch.reversible = {
+        (world.loan_id, a.repayment_id): replace(a, placement=ended) for a in world.accruals
+    }
+    assert world.case is not None
+    for n, accrual in enumerate(world.accruals):
+        event = m.RepaymentReversed(
+            f"v{n}", accrual.repayment_id, accrual.amount, Decimal("5000.00"), world.now
+        )
+        taken = batch.take_reversible(world.loan_id, accrual.repayment_id)
+        assert taken is not None
+        batch.record(
+            pl.place(
+                world.case,
+                event,
+                batch.newest.get(world.loan_id),
+                POLICY,
+                world.now,
+                lambda label, n=n: f"v{n}/{label}",
+                reversed_accrual=taken,
+            )
+        )
+    back = batch.changed[ended.placement_id]
+    assert (back.collected, back.commission) == (Decimal("0.00"), Decimal("0.00"))
+    # A third reversal of either finds nothing left to take back.
+    assert batch.take_reversible(world.loan_id, world.accruals[0].repayment_id) is None
+
+
+def test_a_repayment_accrued_in_a_batch_is_reversible_later_in_it() -> None:
+    world = World()
+    world.to_formal_notice()
+    (placement,) = world.running()
+    batch = PlacementBatch({world.loan_id: placement})
+    assert world.case is not None
+    batch.record(
+        pl.place(
+            world.case,
+            m.RepaymentReceived(
+                "r", "R-in-batch", Decimal("400.00"), Decimal("4600.00"), world.now
+            ),
+            placement,
+            POLICY,
+            world.now,
+            lambda label: f"r/{label}",
+        )
+    )
+    taken = batch.take_reversible(world.loan_id, "R-in-batch")
+    assert taken is not None
+    assert taken.amount == Decimal("400.00")
+    assert batch.take_reversible(world.loan_id, "R-in-batch") is None
 
 
 def test_commission_is_rounded_to_the_currency_minor_unit() -> None:

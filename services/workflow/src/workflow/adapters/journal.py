@@ -12,14 +12,17 @@ import dataclasses
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from collections_kit.clock import derived_id
+from workflow.adapters.placements import PlacementBatch
 from workflow.domain import decide as d
 from workflow.domain import messages as m
+from workflow.domain import placement as pl
 from workflow.domain.model import Case, ContactIntent
 from workflow.domain.policy import PolicyBook
 
@@ -71,21 +74,66 @@ def decode_input(input_type: str, payload: dict[str, Any]) -> d.Input:
 
 def replay(rows: Sequence[Any], policies: PolicyBook) -> Case | None:
     """Fold ``decide`` over a journal exactly as the app applied it."""
+    return replay_with_placements(rows, policies, None).case
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A case and its agencies' side as the fold of its journal makes them."""
+
+    case: Case | None
+    # Each placement as it stands after the last input, by id.
+    placements: dict[str, pl.Placement]
+    # The commission rows, by (placement id, repayment id): amount and commission.
+    accruals: dict[tuple[str, str], tuple[Decimal, Decimal]]
+
+
+def replay_with_placements(
+    rows: Sequence[Any], policies: PolicyBook, placements: pl.PlacementPolicy | None
+) -> Replayed:
+    """Fold ``decide`` and then ``place`` over a journal exactly as the app applies them
+    (``Workflow.run_batch``): every journalled input, after the case decision, through the
+    same ``PlacementBatch`` bookkeeping (newest placement, reversible commission). With
+    ``placements`` None (a deployment without agencies) nothing is placed."""
     case: Case | None = None
     intents: dict[str, ContactIntent] = {}
+    placing = PlacementBatch({})
     for row in rows:
         event = decode_input(row.input_type, row.payload)
         product = case.product if case else getattr(event, "product", "")
+        new_id = partial(derived_id, row.cause_id)
         decision = d.decide(
             case,
             list(intents.values()),
             event,
             policies.for_product(product),
             row.at,
-            partial(derived_id, row.cause_id),
+            new_id,
         )
         if decision.rejected is not None:
             continue
         case = decision.case or case
         intents.update({i.intent_id: i for i in decision.intents})
-    return case
+        if placements is None or case is None:
+            continue
+        placing.record(
+            pl.place(
+                case,
+                event,
+                placing.newest.get(case.loan_id),
+                placements,
+                row.at,
+                new_id,
+                reversed_accrual=placing.take_reversible(case.loan_id, event.repayment_id)
+                if isinstance(event, m.RepaymentReversed)
+                else None,
+            )
+        )
+    return Replayed(
+        case,
+        dict(placing.changed),
+        {
+            (a.placement.placement_id, a.repayment_id): (a.amount, a.commission)
+            for a in placing.accruals
+        },
+    )

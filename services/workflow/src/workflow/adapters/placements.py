@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.db import any_of, insert_rows, on_conflict_update
 from workflow.adapters.tables import placement_commissions, placements
-from workflow.domain.placement import Accrual, Placement, PlacementOutcome, RecallReason
+from workflow.domain.placement import (
+    REVERSED,
+    Accrual,
+    Placement,
+    PlacementOutcome,
+    RecallReason,
+)
 
 
 def placement_from_row(row: Any) -> Placement:
@@ -72,8 +78,9 @@ class PlacementBatch:
     # the one that follows it, so the one-running-per-loan index holds row by row.
     changed: dict[str, Placement] = field(default_factory=dict)
     accruals: list[Accrual] = field(default_factory=list)
-    # (loan id, repayment id) -> the commission that repayment accrued, for the reversals
-    # in the batch (none: it accrued nothing, or was reversed before).
+    # (loan id, repayment id) -> the commission that repayment accrued and nobody took back
+    # yet: loaded for the batch's reversals, and each accrued in the batch (none: it
+    # accrued nothing, or was reversed before). Kept current by ``record``.
     reversible: dict[tuple[str, str], Accrual] = field(default_factory=dict)
 
     def record(self, outcome: PlacementOutcome) -> None:
@@ -82,7 +89,24 @@ class PlacementBatch:
             known = self.newest.get(p.loan_id)
             if known is None or known.placement_id == p.placement_id or p.is_active:
                 self.newest[p.loan_id] = p
+            # A reversal later in the batch takes back from the placement as it is then,
+            # not as loaded (two reversals against one ended placement would undo one).
+            for key, a in list(self.reversible.items()):
+                if a.placement.placement_id == p.placement_id:
+                    self.reversible[key] = replace(a, placement=p)
         self.accruals.extend(outcome.accruals)
+        # A repayment accrued in this batch can be reversed later in it (a backlog read at
+        # once after a restart): what was loaded before the batch does not know it.
+        for a in outcome.accruals:
+            if a.repayment_id.endswith(REVERSED):
+                self.reversible.pop((a.placement.loan_id, a.repayment_id[: -len(REVERSED)]), None)
+            else:
+                self.reversible[(a.placement.loan_id, a.repayment_id)] = a
+
+    def take_reversible(self, loan_id: str, repayment_id: str) -> Accrual | None:
+        """The commission a reversed repayment accrued and nobody took back yet (None: it
+        accrued none, or it was taken back before), once."""
+        return self.reversible.pop((loan_id, repayment_id), None)
 
 
 class PlacementRepository:
@@ -110,7 +134,7 @@ class PlacementRepository:
         """The accruals the batch's reversals take back, each with its placement."""
         if not reversals:
             return
-        ids = sorted({r for _, r in reversals} | {f"{r}/reversed" for _, r in reversals})
+        ids = sorted({r for _, r in reversals} | {f"{r}{REVERSED}" for _, r in reversals})
         pc = placement_commissions.c
         rows = await self._conn.execute(
             select(
@@ -130,8 +154,8 @@ class PlacementRepository:
         for row in rows:
             m = row._mapping
             key = (m["loan_id"], m["accrued_repayment_id"])
-            if key[1].endswith("/reversed"):
-                undone.add((key[0], key[1].removesuffix("/reversed")))
+            if key[1].endswith(REVERSED):
+                undone.add((key[0], key[1].removesuffix(REVERSED)))
                 continue
             found[key] = Accrual(
                 placement_from_row(row), key[1], m["accrued_amount"], m["accrued_commission"]

@@ -158,6 +158,10 @@ class Notice:
     commission: Decimal | None = None
 
 
+# The suffix of the repayment id a commission's reversal is recorded under (once).
+REVERSED = "/reversed"
+
+
 @dataclass(frozen=True)
 class Accrual:
     """Commission earned on one repayment made while placed."""
@@ -290,7 +294,7 @@ def _claw_back(accrual: Accrual, newest: Placement | None) -> PlacementOutcome:
     return PlacementOutcome(
         placements=(back,),
         accruals=(
-            Accrual(back, f"{accrual.repayment_id}/reversed", -accrual.amount, -accrual.commission),
+            Accrual(back, accrual.repayment_id + REVERSED, -accrual.amount, -accrual.commission),
         ),
         timeline=(
             (
