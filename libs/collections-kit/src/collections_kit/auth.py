@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ from typing import Any
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.security import OAuth2, SecurityScopes
 from starlette.requests import HTTPConnection
@@ -381,10 +382,13 @@ async def _authenticate(
 
 
 def _required_scopes(dependant: Any) -> list[str] | None:
-    """The scopes the route's :func:`require` asks for; None if the route needs no token."""
+    """The scopes the route's :func:`require` or :func:`require_any` accepts (one of them
+    is enough); None if the route needs no token."""
     for sub in getattr(dependant, "dependencies", ()):
         if getattr(sub, "call", None) is _authenticate:
             return list(sub.own_oauth_scopes or ())
+        if getattr(sub, "call", None) in _ANY_OF:
+            return list(_ANY_OF[sub.call])
         found = _required_scopes(sub)
         if found is not None:
             return found
@@ -401,7 +405,10 @@ async def refusal_before_input(request: Request) -> ProblemError | None:
     if scopes is None:
         return None
     try:
-        await _authenticate(request, SecurityScopes(scopes), request.headers.get("Authorization"))
+        principal = await _authenticate(
+            request, SecurityScopes([]), request.headers.get("Authorization")
+        )
+        _holds_one_of(principal, scopes)
     except ProblemError as refused:
         return refused
     return None
@@ -412,3 +419,60 @@ def require(scope: str) -> Any:
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope}")
     return Security(_authenticate, scopes=[scope])
+
+
+def _holds_one_of(principal: Principal, scopes: list[str]) -> None:
+    if scopes and not any(principal.has(s) for s in scopes):
+        needed = " ".join(scopes)
+        what = f"the scope {needed}" if len(scopes) == 1 else f"one of the scopes {needed}"
+        raise AuthError(403, "insufficient_scope", f"This needs {what}.", scope=needed).problem()
+
+
+# The dependencies require_any made, with the scopes each accepts.
+_ANY_OF: dict[Callable[..., Any], tuple[str, ...]] = {}
+
+
+def require_any(*scopes: str) -> Any:
+    """A route dependency: the caller's :class:`Principal`, which must hold at least one of
+    ``scopes`` (a route several kinds of caller use; the route tells them apart by scope).
+    OpenAPI lists one security requirement per scope: alternatives, any one enough."""
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or len(scopes) < 2:
+        raise ValueError(f"require_any needs two or more known scopes, not {scopes}")
+
+    async def one_of(request: Request, **headers: str | None) -> Principal:
+        principal = await _authenticate(request, SecurityScopes([]), headers["authorization_0"])
+        _holds_one_of(principal, list(scopes))
+        return principal
+
+    # One parameter per scope, each the bearer scheme with that scope: FastAPI documents
+    # each as its own requirement. All read the same Authorization header.
+    one_of.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+            ),
+            *(
+                inspect.Parameter(
+                    f"authorization_{n}",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=Security(_scheme, scopes=[scope]),
+                    annotation=str | None,
+                )
+                for n, scope in enumerate(scopes)
+            ),
+        ],
+        return_annotation=Principal,
+    )
+    _ANY_OF[one_of] = scopes
+    return Depends(one_of)
+
+
+def alternative_scopes(route: Any) -> tuple[str, ...] | None:
+    """The scopes a route made with :func:`require_any` accepts, any one enough; None for
+    any other route. FastAPI merges every scope of one scheme into one requirement (all
+    needed), so the runtime rewrites these operations' ``security`` as alternatives."""
+    for sub in getattr(getattr(route, "dependant", None), "dependencies", ()):
+        if getattr(sub, "call", None) in _ANY_OF:
+            return _ANY_OF[sub.call]
+    return None

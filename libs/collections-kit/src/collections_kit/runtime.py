@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import problems, tracing
-from collections_kit.auth import TokenVerifier, refusal_before_input
+from collections_kit.auth import TokenVerifier, alternative_scopes, refusal_before_input
 from collections_kit.consumer import ConsumerLoop
 from collections_kit.kafka import client_kwargs
 from collections_kit.limits import BodySizeLimit, EmptyQueryValuesAbsent
@@ -242,14 +242,14 @@ def make_app(
     app.include_router(ops)
     for router in routers:
         app.include_router(router)
-    _document_refusals(app)
+    _document_refusals(app, routers)
     return app
 
 
 _EMPTY = {"type": "string", "maxLength": 0, "description": "Left empty: as if absent."}
 
 
-def _document_refusals(app: FastAPI) -> None:
+def _document_refusals(app: FastAPI, routers: Sequence[APIRouter] = ()) -> None:
     """Every operation that needs a token answers 401 and 403; one with a body, 400
     (not even JSON) and 413; an optional query parameter may be left empty."""
     build = app.openapi
@@ -271,6 +271,12 @@ def _document_refusals(app: FastAPI) -> None:
                     if parameter.get("in") == "query" and not parameter.get("required"):
                         # EmptyQueryValuesAbsent: `?stage=` is as if no stage was given.
                         parameter["schema"] = {"anyOf": [parameter["schema"], _EMPTY]}
+        for route in (r for router in routers for r in router.routes):
+            scopes = alternative_scopes(route)
+            for method in getattr(route, "methods", ()) if scopes else ():
+                operation = schema["paths"][getattr(route, "path_format", "")][method.lower()]
+                # Any one scope is enough: one requirement each (OpenAPI's "or").
+                operation["security"] = [{"oauth2": [scope]} for scope in scopes or ()]
         app.openapi_schema = schema
         return schema
 

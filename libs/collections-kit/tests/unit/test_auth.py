@@ -25,6 +25,7 @@ from collections_kit.auth import (
     dev_jwks,
     dev_token,
     require,
+    require_any,
 )
 from collections_kit.settings import ServiceSettings
 
@@ -42,6 +43,12 @@ def app_with(settings: ServiceSettings = SETTINGS) -> FastAPI:
 
     @app.post("/write")
     async def write(who: Annotated[Principal, require("cases:write")]) -> dict[str, str]:
+        return {"actor": who.subject}
+
+    @app.post("/either")
+    async def either(
+        who: Annotated[Principal, require_any("cases:write", "collections:agency")],
+    ) -> dict[str, str]:
         return {"actor": who.subject}
 
     return app
@@ -112,6 +119,19 @@ async def test_a_token_without_the_scope_is_forbidden() -> None:
     response = await call("POST", "/write", dev_token(["cases:read", "pii:read"]))
     assert_refused(response, 403, "insufficient_scope")
     assert 'scope="cases:write"' in response.headers["www-authenticate"]
+
+
+async def test_any_one_of_alternative_scopes_is_enough_and_none_is_forbidden() -> None:
+    for scopes in (["cases:write"], ["collections:agency"], ["cases:write", "admin"]):
+        response = await call("POST", "/either", dev_token(scopes, "agency-north"))
+        assert response.status_code == 200, (scopes, response.text)
+    assert_refused(await call("POST", "/either"), 401, None)
+    response = await call("POST", "/either", dev_token(["cases:read", "collections:work"]))
+    assert_refused(response, 403, "insufficient_scope")
+    assert 'scope="cases:write collections:agency"' in response.headers["www-authenticate"]
+    assert "one of the scopes" in response.json()["detail"]
+    with pytest.raises(ValueError, match="two or more known scopes"):
+        require_any("cases:write", "no:such")
 
 
 async def test_the_issuer_is_checked_when_configured() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from workflow.app.handlers import Workflow
 from workflow.app.ports import CaseStore, IdempotencyKeys, KeptAnswer, StartUnitOfWork
 from workflow.domain import decide as d
-from workflow.domain.model import Case
+from workflow.domain.model import Case, TimelineEntry
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Outcome:
     case: Case | None = None
     problem: str | None = None
     replayed_body: dict[str, Any] | None = None
+    # What the decision put on the timeline: an answer some routes render (a proposal's).
+    timeline: tuple[TimelineEntry, ...] = ()
 
 
 class KeyReusedError(Exception):
@@ -83,7 +85,7 @@ class Commands:
             elif decision.rejected is not None:
                 outcome = Outcome(409, case=before, problem=decision.rejected)
             else:
-                outcome = Outcome(200, case=decision.case or before)
+                outcome = Outcome(200, case=decision.case or before, timeline=decision.timeline)
             status, rendered = outcome.status, await render(outcome, uow.cases)
             await uow.idempotency_keys.keep(key, status, rendered)
             await uow.commit()

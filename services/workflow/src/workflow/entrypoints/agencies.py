@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from collections_kit.auth import Principal, require
 from collections_kit.money import Amount, InCurrency
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
+from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.domain.placement import Placement, RecallReason, liquidation_rate
 from workflow.entrypoints.api import LoanIdPath, Reads
 
@@ -155,6 +156,15 @@ def _not_placed(loan_id: str) -> ProblemError:
     )
 
 
+async def placed_with(work: SqlWorkflowUnitOfWork, loan_id: str, agency: str) -> Placement:
+    """The running placement of ``loan_id`` with ``agency``; 403 if it is not placed with it
+    now (never placed, placed with another agency, recalled, or no such loan)."""
+    placement = await work.placements.running(loan_id)
+    if placement is None or placement.agency != agency:
+        raise _not_placed(loan_id)
+    return placement
+
+
 @router.get(
     "/placements",
     response_model=PlacementPage,
@@ -183,9 +193,7 @@ async def list_placements(
 )
 async def get_placed_case(loan_id: LoanIdPath, uow: Reads, caller: Agency) -> PlacedCaseView:
     async with uow() as work:
-        placement = await work.placements.running(loan_id)
-        if placement is None or placement.agency != caller.subject:
-            raise _not_placed(loan_id)
+        placement = await placed_with(work, loan_id, caller.subject)
         case = await work.cases.get(loan_id)
     if case is None:  # pragma: no cover - a placement is made only for a case
         raise _not_placed(loan_id)

@@ -528,8 +528,16 @@ async def get_summary(uow: Reads, _: Admin) -> Summary:
 
 
 async def _command(
-    request: Request, loan_id: str, key: str, actor: str, body: BaseModel, make: Any
+    request: Request,
+    loan_id: str,
+    key: str,
+    actor: str,
+    body: BaseModel,
+    make: Any,
+    answer: Callable[[Outcome, CaseView], BaseModel] | None = None,
 ) -> JSONResponse:
+    """Run the command; answer with the case, or with what ``answer`` makes of the outcome
+    and the case (a proposal's verdict)."""
     commands: Commands = request.app.state.runtime.state["commands"]
 
     async def render(outcome: Outcome, repo: CaseStore) -> dict[str, Any]:
@@ -546,7 +554,7 @@ async def _command(
         hold = outcome.case.hold
         during = await repo.contacts_made_during(outcome.case.case_id, hold) if hold else []
         view = _case_view(outcome.case, intents, None, during)
-        return view.model_dump(mode="json")
+        return (answer(outcome, view) if answer else view).model_dump(mode="json")
 
     try:
         status, payload = await commands.handle(

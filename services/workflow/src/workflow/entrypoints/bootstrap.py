@@ -25,7 +25,7 @@ from workflow.app.handlers import Workflow, WorkflowHandlers
 from workflow.app.timers import TimerWorker
 from workflow.app.work import LeaseSweeper, WorkQueues
 from workflow.domain.policy import PolicyBook
-from workflow.entrypoints import agencies, dead_letters, queues
+from workflow.entrypoints import agencies, dead_letters, proposals, queues
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
@@ -112,6 +112,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections workflow",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, dead_letters.router, agencies.router, queues.router],
+        routers=[router, dead_letters.router, agencies.router, queues.router, proposals.router],
         manage_runtime=manage_runtime,
     )
