@@ -52,7 +52,7 @@ async def _count(runtime: Runtime, sql: str) -> int:
 async def test_each_loop_gets_all_partitions_of_its_topics_and_consumes_them(
     notifier: Runtime, stack: dict[str, str], topic_prefix: str
 ) -> None:
-    contacts, repayments = notifier.loops
+    contacts, repayments, confirmations = notifier.loops
     now = datetime.now(UTC)
     p = await producer(stack["kafka_bootstrap"])
     try:
@@ -102,6 +102,17 @@ async def test_each_loop_gets_all_partitions_of_its_topics_and_consumes_them(
         for t in notifier_boot.CONTACT_TOPICS
         for n in partitions
     }
+    # Nothing was published to its topics: its assignment may come a moment later.
+    assert await eventually(
+        lambda: (
+            confirmations.assigned
+            == {
+                TopicPartition(topic_prefix + t.value, n)
+                for t in notifier_boot.CONFIRMATION_TOPICS
+                for n in partitions
+            }
+        )
+    )
 
 
 def _command(command_id: str, loan_id: str, now: datetime) -> c.ContactCommand:
@@ -149,8 +160,9 @@ async def test_nothing_is_sent_while_the_repayment_lane_is_behind_then_the_repai
     )
     await migrate(notifier_boot.MIGRATIONS, database_url, settings.db_schema)
     runtime = notifier_boot.build_runtime(settings)
-    contacts, repayments = runtime.loops
-    runtime.loops = [contacts]  # the repayment lane is down (a restart, a rebalance)
+    contacts, repayments, confirmations = runtime.loops
+    # The repayment lane is down (a restart, a rebalance).
+    runtime.loops = [contacts, confirmations]
     app = notifier_boot.create_app(runtime, manage_runtime=False)
     now = datetime.now(UTC)
     async with (

@@ -215,6 +215,33 @@ class ContactOutcome(Message):
     occurred_at: AwareDatetime
 
 
+class ContactPermitNoted(Message):
+    """A person's contact permit, for the case's timeline: ``granted``, ``refused`` (with
+    the reason and the rule that decided) or its ``result`` reported by its holder.
+
+    Ids and codes only, never personal data (no number, no name). It records; it does not
+    act on the case: a collector's call result acts through the workflow's task result.
+    ``confirmation_needed``: refused for want of a valid ledger confirmation, with none on
+    its way; the workflow asks ledger-sync for one (the permit's ``retry_after`` says when
+    to ask again).
+    """
+
+    kind: Literal["granted", "refused", "result"]
+    permit_id: str = Field(max_length=100)
+    loan_id: LoanId
+    person: vocabulary.Recipient
+    channel: Channel
+    actor_kind: Literal["collector", "agency"]
+    actor_id: str = Field(max_length=200)
+    # all_checks_passed, or why the contact was refused (the permit API's reason codes).
+    reason: str = Field(max_length=64)
+    rule: str = Field(max_length=120)
+    retry_after: AwareDatetime | None = None
+    result: Literal["connected", "unanswered", "conversation"] | None = None
+    confirmation_needed: bool = False
+    occurred_at: AwareDatetime
+
+
 class CaseOpened(Message):
     case_id: str
     loan_id: LoanId
@@ -441,6 +468,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
         Topic.CONTACT_OUTCOMES,
         ContactOutcome,
         "What the notifier did with a command.",
+        _NOTIFIER,
+    ),
+    MessageSpec(
+        "collections.contact.permit.v1",
+        Topic.CONTACT_OUTCOMES,
+        ContactPermitNoted,
+        "A person's contact permit granted or refused (with the reason), or its result.",
         _NOTIFIER,
     ),
     MessageSpec(

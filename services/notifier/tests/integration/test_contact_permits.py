@@ -387,3 +387,86 @@ async def test_two_people_asking_at_once_never_both_squeeze_under_a_cap(
         "connected",
         "pending",
     ]
+
+
+async def test_a_fresh_confirmation_over_kafka_anchors_a_permit_whose_command_is_old(
+    live: tuple[Runtime, lending.Lender, FixedClock],
+) -> None:
+    """The case's last command was confirmed long ago: refused balance_unconfirmed, first
+    with nothing asked for (``confirmation_needed``), then, once the workflow asked
+    ledger-sync (a leased task), with a ``retry_after``; the answer's confirmation grants
+    the next permit, and a repayment after it refuses with reason repaid."""
+    runtime, lender, clock = live
+    await a_case(runtime, lender, clock.now() - timedelta(hours=2))
+    async with as_(runtime, COLLECTOR, "col-1") as http:
+        needed = (await ask(http)).json()
+        assert (needed["reason"], needed["detail"], needed["retry_after"]) == (
+            "balance_unconfirmed",
+            "confirmation_needed",
+            None,
+        )
+
+        check = c.BalanceCheckRequested(
+            check_id="permit-check:lease:L1:0",
+            loan_id="L-CN",
+            currency="CNY",
+            expected_outstanding=Decimal("990.00"),
+            requested_at=clock.now(),
+        )
+        await lender.publish(check)
+
+        async def waiting() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await ask(http)).json()
+            return body if body["detail"] == "confirmation_requested" else None
+
+        on_its_way = await eventually(waiting)
+        assert on_its_way["reason"] == "balance_unconfirmed"
+        assert datetime.fromisoformat(on_its_way["retry_after"]) == clock.now() + timedelta(
+            seconds=3
+        )
+
+        await lender.publish(
+            c.BalanceConfirmed(
+                check_id=check.check_id,
+                loan_id="L-CN",
+                confirmation_id="conf-lease",
+                currency="CNY",
+                confirmed_outstanding=Decimal("990.00"),
+                ledger_watermark=4,
+                confirmed_at=clock.now(),
+                valid_until=clock.now() + timedelta(minutes=30),
+                expected_outstanding=Decimal("990.00"),
+            )
+        )
+
+        async def granted() -> dict[str, Any] | None:
+            answer = await ask(http)
+            return answer.json() if answer.status_code == 201 else None
+
+        permit = await eventually(granted)
+        async with runtime.engine.connect() as conn:
+            rested_on = await conn.scalar(
+                select(contact_permits.c.confirmation_id).where(
+                    contact_permits.c.permit_id == permit["permit_id"]
+                )
+            )
+        assert rested_on == "conf-lease"
+
+        clock.set(clock.now() + timedelta(minutes=1))
+        await lender.publish(
+            c.RepaymentReceived(
+                repayment_id="R-lease",
+                loan_id="L-CN",
+                currency="CNY",
+                amount=Decimal("100.00"),
+                outstanding_balance_after=Decimal("890.00"),
+                received_at=clock.now() - timedelta(seconds=10),
+            )
+        )
+        await eventually(lambda: _repayment_held(runtime, "R-lease"))
+        refusal = (await ask(http)).json()
+    assert (refusal["decision"], refusal["reason"], refusal["rule"]) == (
+        "refused",
+        "repaid",
+        "repayment_recheck",
+    )

@@ -370,11 +370,12 @@ async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_
     """Repayments never wait behind a poll of commands and case events: their topic has a
     consumer loop of its own, in the service's one group (so the same inbox and offsets),
     and a poll of it stops the loan's waiting commands."""
-    contacts, repayments = notifier.runtime.loops
-    assert contacts._group == repayments._group
-    assert contacts._client_id != repayments._client_id
+    # The third loop reads balance checks and confirmations (contact permits rest on them).
+    contacts, repayments, confirmations = notifier.runtime.loops
+    assert contacts._group == repayments._group == confirmations._group
+    assert len({contacts._client_id, repayments._client_id, confirmations._client_id}) == 3
     assert repayments._topics == [Topic.LOANS_REPAYMENT.value]
-    assert Topic.LOANS_REPAYMENT.value not in contacts._topics
+    assert Topic.LOANS_REPAYMENT.value not in contacts._topics + confirmations._topics
     await put_details(notifier)
     await notifier.deliver(command("C1", "L1"), "cmd-1")
     await notifier.deliver(command("C2", "L2"), "cmd-2")

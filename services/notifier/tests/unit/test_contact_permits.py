@@ -32,8 +32,13 @@ from notifier.domain.model import (
 )
 from notifier.domain.permits import (
     ATTEMPT_RESULT,
+    CONFIRMATION_NEEDED,
+    CONFIRMATION_ON_ITS_WAY,
     RULE_CASE,
+    ConfirmationView,
+    ConfirmationWait,
     Granted,
+    LedgerConfirmation,
     Permit,
     PermitAsk,
     PermitResult,
@@ -207,6 +212,143 @@ def test_a_stale_ledger_confirmation_refuses_balance_unconfirmed() -> None:
     refused = permit(ask(), ctx(), TEN_SH, stale)
     assert isinstance(refused, Refused)
     assert (refused.reason, refused.rule) == ("balance_unconfirmed", "ledger_confirmation_validity")
+
+
+# --- a fresher ledger confirmation (a leased task's) as the permit's anchor ------------------
+
+# The case's last command was confirmed two hours ago: its confirmation has long expired.
+OLD = anchor(
+    TEN_SH - timedelta(hours=2),
+    confirmation_valid_until=TEN_SH - timedelta(hours=1, minutes=30),
+)
+
+
+def fresh(at: datetime, *, valid: timedelta = timedelta(minutes=30)) -> LedgerConfirmation:
+    return LedgerConfirmation("conf-lease", 9, Decimal("990.00"), at, at + valid)
+
+
+def on(
+    view: ConfirmationView, context: DispatchContext, now: datetime = TEN_SH
+) -> Granted | Refused:
+    return decide_permit(
+        ask(), OLD, context, permit_id="permit-x", now=now, policy=POLICY, confirmations=view
+    )
+
+
+def test_a_fresh_confirmation_grants_a_permit_on_a_case_whose_last_command_is_old() -> None:
+    refused = on(ConfirmationView(), ctx())
+    assert isinstance(refused, Refused)
+    assert refused.reason == "balance_unconfirmed"
+    assert on(ConfirmationView(fresh(TEN_SH - timedelta(seconds=2))), ctx()) == Granted(
+        "CN.contact_window"
+    )
+
+
+def test_a_repayment_after_the_fresh_confirmation_still_refuses_with_reason_repaid() -> None:
+    view = ConfirmationView(fresh(TEN_SH - timedelta(minutes=3)))
+    repaid = Repayment("r1", TEN_SH - timedelta(minutes=1), reversed=False)
+    assert on(view, ctx(repayments=(repaid,))) == Refused(
+        "repaid", RULE_RECHECK, "repaid_after_confirmation"
+    )
+    # One the fresh confirmation saw (well before it, past the lookback) does not void it.
+    seen = Repayment("r0", TEN_SH - timedelta(minutes=30), reversed=False)
+    assert isinstance(on(view, ctx(repayments=(seen,))), Granted)
+
+
+def test_a_fresh_confirmation_that_expired_or_is_older_than_the_commands_is_not_used() -> None:
+    lapsed = ConfirmationView(fresh(TEN_SH - timedelta(minutes=31)))
+    refused = on(lapsed, ctx())
+    assert isinstance(refused, Refused)
+    assert refused.reason == "balance_unconfirmed"
+    # Older than the command's own confirmation: the command's stands (here still valid).
+    current = anchor(TEN_SH)
+    older = ConfirmationView(fresh(current.confirmed_at - timedelta(minutes=1), valid=timedelta(0)))
+    granted = decide_permit(
+        ask(), current, ctx(), permit_id="p", now=TEN_SH, policy=POLICY, confirmations=older
+    )
+    assert isinstance(granted, Granted)
+
+
+def test_a_cancellation_of_the_command_still_covers_a_fresher_confirmation() -> None:
+    """Only the confirmation is replaced: the workflow's cancellation of everything issued
+    so far still stops a person (the case's next command lifts it)."""
+    cancelled = ctx(cancellations=(Cancellation("held", TEN_SH - timedelta(minutes=10)),))
+    refused = on(ConfirmationView(fresh(TEN_SH - timedelta(seconds=2))), cancelled)
+    assert isinstance(refused, Refused)
+    assert refused.reason == "hold"
+
+
+def test_balance_unconfirmed_says_when_to_retry_if_a_confirmation_is_on_its_way() -> None:
+    wait = ConfirmationWait(expect=timedelta(seconds=3), give_up=timedelta(seconds=60))
+
+    def refusal(view: ConfirmationView) -> Refused:
+        decision = decide_permit(
+            ask(),
+            OLD,
+            ctx(),
+            permit_id="p",
+            now=TEN_SH,
+            policy=POLICY,
+            confirmations=view,
+            wait=wait,
+        )
+        assert isinstance(decision, Refused)
+        assert decision.reason == "balance_unconfirmed"
+        return decision
+
+    asked = refusal(ConfirmationView(pending_since=TEN_SH - timedelta(seconds=1)))
+    assert (asked.detail, asked.retry_after) == (
+        CONFIRMATION_ON_ITS_WAY,
+        TEN_SH + timedelta(seconds=3),
+    )
+    # Nothing asked for, or asked for so long ago it is presumed lost: one must be asked for.
+    for view in (
+        ConfirmationView(),
+        ConfirmationView(pending_since=TEN_SH - timedelta(seconds=61)),
+    ):
+        needed = refusal(view)
+        assert (needed.detail, needed.retry_after) == (CONFIRMATION_NEEDED, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    command_age=st.integers(min_value=0, max_value=120),
+    fresh_age=st.one_of(st.none(), st.integers(min_value=0, max_value=120)),
+    repaid_age=st.one_of(st.none(), st.integers(min_value=0, max_value=120)),
+)
+def test_a_permit_rests_on_an_unexpired_confirmation_no_later_repayment_voids(
+    command_age: int, fresh_age: int | None, repaid_age: int | None
+) -> None:
+    """Granted only if the confirmation it rests on (the command's or a fresher one,
+    minutes old) is valid for 30 minutes and no repayment came after it (less the
+    lookback): the invariant every contact command is held to."""
+    valid = timedelta(minutes=30)
+    at = TEN_SH - timedelta(minutes=command_age)
+    base = anchor(TEN_SH, confirmed_at=at, confirmation_valid_until=at + valid)
+    latest = fresh(TEN_SH - timedelta(minutes=fresh_age)) if fresh_age is not None else None
+    repayments = (
+        (Repayment("r", TEN_SH - timedelta(minutes=repaid_age), reversed=False),)
+        if repaid_age is not None
+        else ()
+    )
+    decision = decide_permit(
+        ask(),
+        base,
+        ctx(repayments=repayments),
+        permit_id="p",
+        now=TEN_SH,
+        policy=POLICY,
+        confirmations=ConfirmationView(latest),
+    )
+    confirmed_at = max(at, latest.confirmed_at) if latest else at
+    if isinstance(decision, Granted):
+        assert confirmed_at + valid > TEN_SH
+        assert not any(
+            r.received_at is not None and r.received_at > confirmed_at - POLICY.recheck_lookback
+            for r in repayments
+        )
+    elif confirmed_at + valid > TEN_SH and not repayments:
+        raise AssertionError(f"refused with a valid confirmation and no repayment: {decision}")
 
 
 def test_no_contact_command_for_the_loan_is_an_unknown_case() -> None:

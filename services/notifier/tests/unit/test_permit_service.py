@@ -3,6 +3,7 @@ grant, a refusal and a closed case; the repayment gate; a result taken once."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, cast
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from collections_kit.outbox import Tx
 from notifier.adapters.repository import BatchContext
 from notifier.app.permits import PermitConfig, PermitService
 from notifier.app.ports import StartPermitUnitOfWork
@@ -22,7 +26,12 @@ from notifier.domain.model import (
     Party,
 )
 from notifier.domain.permits import (
+    CONFIRMATION_ASKED,
+    CONFIRMATION_ON_ITS_WAY,
+    NO_CONFIRMATIONS,
+    ConfirmationView,
     Granted,
+    LedgerConfirmation,
     Permit,
     PermitAsk,
     PermitDecision,
@@ -33,6 +42,7 @@ from notifier.domain.policy import DispatchPolicy
 
 # 10:00 in Shanghai.
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+CN_PHONE = "+8613812341234"
 ASK = PermitAsk("L1", "debtor", "voice", "collector", "col-1")
 ANCHOR = ContactRequest(
     command_id="cmd-1",
@@ -62,6 +72,13 @@ class Data:
     closures: list[Closure] = field(default_factory=list)
     permits: dict[str, Permit] = field(default_factory=dict)
     attempts: dict[str, AttemptResult] = field(default_factory=dict)
+    confirmations: ConfirmationView = NO_CONFIRMATIONS
+    # When a refusal asked the workflow for a confirmation.
+    asked: list[datetime] = field(default_factory=list)
+    # The confirmation each permit was decided on.
+    confirmation_of: dict[str, str] = field(default_factory=dict)
+    # The outbox: what committed transactions published.
+    published: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FakeContexts:
@@ -71,9 +88,7 @@ class FakeContexts:
     async def contexts(
         self, batch: Sequence[Dispatch], *, repayments_since: datetime, attempts_since: datetime
     ) -> BatchContext:
-        ctx = BatchContext(
-            details={"B1": ContactDetails("B1", "zh-CN", Party(phone="+8613812341234"))}
-        )
+        ctx = BatchContext(details={"B1": ContactDetails("B1", "zh-CN", Party(phone=CN_PHONE))})
         ctx.closures["L1"] = list(self._data.closures)
         return ctx
 
@@ -84,6 +99,12 @@ class FakePermits:
 
     async def anchor(self, loan_id: str) -> ContactRequest | None:
         return self._data.anchor
+
+    async def confirmations(self, loan_id: str) -> ConfirmationView:
+        return self._data.confirmations
+
+    async def confirmation_asked(self, loan_id: str, *, now: datetime) -> None:
+        self._data.asked.append(now)
 
     async def settle_unreported(self, person: str, *, now: datetime) -> None:
         return None
@@ -104,6 +125,7 @@ class FakePermits:
         result_by: datetime,
     ) -> None:
         granted = isinstance(decision, Granted)
+        self._data.confirmation_of[permit_id] = anchor.confirmation_id
         self._data.permits[permit_id] = Permit(
             permit_id=permit_id,
             loan_id=ask.loan_id,
@@ -150,14 +172,14 @@ class FakeUnitOfWork:
             closures=list(db.closures),
             permits=dict(db.permits),
             attempts=dict(db.attempts),
+            asked=list(db.asked),
+            published=[],
+            confirmation_of=dict(db.confirmation_of),
         )
         self.now = now
         self.dispatches = FakeContexts(self._work)
         self.permits = FakePermits(self._work)
-
-    @property
-    def tx(self) -> Any:
-        raise NotImplementedError
+        self.tx = Tx(conn=cast(AsyncConnection, None), now=now, source="notifier", topic_prefix="")
 
     async def __aenter__(self) -> Self:
         return self
@@ -172,6 +194,8 @@ class FakeUnitOfWork:
 
     async def commit(self) -> None:
         self._db.permits, self._db.attempts = self._work.permits, self._work.attempts
+        self._db.asked, self._db.confirmation_of = self._work.asked, self._work.confirmation_of
+        self._db.published.extend(self.tx.staged)
 
 
 @dataclass
@@ -249,3 +273,82 @@ async def test_a_result_is_taken_once_by_its_holder() -> None:
     assert world.db.attempts[permit_id] == "answered"
     assert (await service.result(permit_id, "agency-9", "connected")).check == "not_yours"
     assert (await service.result("permit-none", "col-1", "connected")).check == "unknown"
+
+
+def notes(world: World) -> list[dict[str, Any]]:
+    """The permit steps published for the case timeline, in order."""
+    return [
+        json.loads(row["value"])
+        for row in world.db.published
+        if row["topic"] == "collections.contact-outcomes.v1"
+    ]
+
+
+async def test_each_decision_and_result_is_published_for_the_case_timeline_once() -> None:
+    world = World()
+    service = world.service()
+    granted = await service.ask(ASK, kind_from="token")
+    world.gate.open = False
+    refused = await service.ask(ASK, kind_from="token")
+    world.now = NOW + timedelta(minutes=1)
+    for _ in range(2):  # a retried report: one step
+        await service.result(granted.permit_id, "col-1", "connected")
+    published = notes(world)
+    assert [(n["kind"], n["permit_id"], n["reason"]) for n in published] == [
+        ("granted", granted.permit_id, "all_checks_passed"),
+        ("refused", refused.permit_id, "repayments_lagging"),
+        ("result", granted.permit_id, "all_checks_passed"),
+    ]
+    assert published[2]["result"] == "connected"
+    # Ids and codes only: who acted, never anyone's number or name.
+    assert {(n["actor_kind"], n["actor_id"], n["person"]) for n in published} == {
+        ("collector", "col-1", "debtor")
+    }
+    assert not any(CN_PHONE in json.dumps(n) for n in published)
+    # A case it refuses as bad input publishes nothing, as it stores nothing.
+    world.db.closures.append(Closure("written_off", world.now - timedelta(seconds=1)))
+    await service.ask(ASK, kind_from="token")
+    assert len(notes(world)) == 3
+
+
+async def test_a_lapsed_confirmation_with_none_on_its_way_asks_for_one_once() -> None:
+    """The first refusal asks the workflow for a confirmation (and says when to retry);
+    the next ones, while it is on its way, only say when."""
+    lapsed = replace(
+        ANCHOR,
+        confirmed_at=NOW - timedelta(hours=2),
+        confirmation_valid_until=NOW - timedelta(hours=1, minutes=30),
+    )
+    world = World(db=Data(anchor=lapsed))
+    service = world.service()
+    first = await service.ask(ASK, kind_from="token")
+    assert first.decision == Refused(
+        "balance_unconfirmed",
+        "ledger_confirmation_validity",
+        CONFIRMATION_ASKED,
+        NOW + timedelta(seconds=3),
+    )
+    assert world.db.asked == [NOW]
+    (note,) = notes(world)
+    assert (note["reason"], note["confirmation_needed"]) == ("balance_unconfirmed", True)
+
+    world.now = NOW + timedelta(seconds=1)
+    world.db.confirmations = ConfirmationView(pending_since=NOW)
+    second = await service.ask(ASK, kind_from="token")
+    assert isinstance(second.decision, Refused)
+    assert (second.decision.detail, second.decision.retry_after) == (
+        CONFIRMATION_ON_ITS_WAY,
+        NOW + timedelta(seconds=4),
+    )
+    assert world.db.asked == [NOW]  # not asked again
+    assert notes(world)[-1]["confirmation_needed"] is False
+
+    # The confirmation arrives: the permit rests on it.
+    world.db.confirmations = ConfirmationView(
+        LedgerConfirmation(
+            "conf-fresh", 9, Decimal("990.00"), world.now, world.now + timedelta(minutes=30)
+        )
+    )
+    third = await service.ask(ASK, kind_from="token")
+    assert third.decision == Granted("CN.contact_window")
+    assert world.db.confirmation_of[third.permit_id] == "conf-fresh"

@@ -4,6 +4,7 @@ idempotent by key, and a due timer fires once."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from workflow.app.timers import TimerWorker
 from workflow.app.work import Once, Worked, WorkQueues
 from workflow.domain import messages as m
 from workflow.domain import tasks as tk
+from workflow.domain.decide import PERMIT_CHECK
 from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
 from workflow.domain.policy import PolicyBook
 
@@ -526,3 +528,31 @@ async def test_the_sweeper_returns_a_lease_that_ran_out_once(app: App) -> None:
     assert [(s.detail["collector"], s.detail["lease_id"]) for s in expired] == [
         ("collector:1", leased.lease_id)
     ]
+
+
+async def test_a_lease_and_a_renewal_ask_ledger_sync_to_confirm_the_balance_again(
+    app: App,
+) -> None:
+    """The collector's contact permits rest on a ledger confirmation still valid: leasing
+    (and renewing) a task asks for a fresh one, with the contact commands' balance check."""
+    case = await open_case(app)
+    task = a_call_task(app, case)
+    work = WorkQueues(app.uow, app.workflow, load_queue_policy())
+    published = len(app.db.published)
+    leased = await work.next("calls-zh", ZH_1)
+    assert isinstance(leased, tk.Task)
+    await work.renew(task.task_id, ZH_1)
+    asked = [
+        json.loads(row["value"])
+        for row in app.db.published[published:]
+        if row["topic"] == "collections.balance-checks.v1"
+    ]
+    assert [a["loan_id"] for a in asked] == ["L1", "L1"]
+    assert all(a["expected_outstanding"] == str(case.outstanding) for a in asked)
+    checks = [a["check_id"] for a in asked]
+    assert len(set(checks)) == 2
+    assert all(c.startswith(PERMIT_CHECK) for c in checks)
+    steps = [s for s in app.db.data.task_steps if s.kind == "balance_check_requested"]
+    assert [s.detail["check_id"] for s in steps] == checks
+    # Nothing else of the case changed: a lease is not a case input.
+    assert app.db.data.cases["L1"] == case

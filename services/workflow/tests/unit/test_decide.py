@@ -521,3 +521,74 @@ def test_a_contact_outcome_keeps_when_the_contact_was_made() -> None:
         m.ContactOutcomeReported("e", "c1", "i1", "sms", "sent", "", occurred_at=sent_at),
     )
     assert result.timeline[0].detail["occurred_at"] == sent_at.isoformat()
+
+
+def test_a_confirmation_asked_for_contact_permits_is_on_the_timeline_and_changes_nothing() -> None:
+    case = open_case()
+    intents = opened().intents
+    check = d.permit_check_id("lease:l-1:0")
+    confirmed = run(case, confirmation(check, amount="900.00"), intents)
+    assert confirmed.case is None  # not the people's check to change the case's balance
+    assert confirmed.intents == ()
+    assert confirmed.effects == ()
+    (entry,) = confirmed.timeline
+    assert entry.kind == "balance_reconfirmed"
+    assert entry.detail["check_id"] == check
+    assert entry.detail["confirmed_outstanding"] == "900.00"
+    refused = run(case, m.BalanceRefused("e3", check, "projection_stale", "lagging"), intents)
+    assert refused.case is None
+    assert [e.kind for e in refused.timeline] == ["balance_not_reconfirmed"]
+    # "Nothing owed" closes the case whichever check found it out.
+    gone = run(case, m.BalanceRefused("e4", check, "nothing_owed", ""), intents)
+    assert gone.case is not None
+    assert gone.case.is_closed
+
+
+def permit_noted(kind: str, **changes: object) -> m.PermitNoted:
+    base = m.PermitNoted(
+        "e-permit",
+        kind,
+        "permit-1",
+        "debtor",
+        "voice",
+        "collector",
+        "col-1",
+        "all_checks_passed" if kind != "refused" else "cap_reached",
+        "CN.contact_window",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_permit_and_its_result_are_on_the_timeline_and_change_nothing_else() -> None:
+    case = replace(open_case(), unanswered_contacts=2)
+    for kind, extra in (
+        ("granted", {}),
+        ("refused", {"retry_after": NOW + timedelta(hours=1)}),
+        ("result", {"result": "unanswered"}),
+    ):
+        decision = run(case, permit_noted(kind, **extra), opened().intents)
+        assert decision.case is None  # a result is not counted here: the task's result acts
+        assert decision.effects == ()
+        (entry,) = decision.timeline
+        assert entry.kind == f"permit_{kind}"
+        assert entry.detail["actor_kind"] == "collector"
+        assert entry.detail["actor_id"] == "col-1"
+        assert entry.cause == "event:e-permit"
+
+
+def test_a_refusal_for_want_of_a_confirmation_asks_ledger_sync_for_one_if_the_case_is_open() -> (
+    None
+):
+    case = open_case()
+    needed = permit_noted(
+        "refused", reason="balance_unconfirmed", rule="x", confirmation_needed=True
+    )
+    decision = run(case, needed)
+    assert decision.case is None
+    (check,) = decision.effects
+    assert isinstance(check, d.RequestPermitCheck)
+    assert check.check_id == d.permit_check_id("permit:permit-1")
+    assert check.expected_outstanding == case.outstanding
+    assert [e.kind for e in decision.timeline] == ["permit_refused", "balance_check_requested"]
+    held = replace(case, status=CaseStatus.HELD)
+    assert run(held, needed).effects == ()

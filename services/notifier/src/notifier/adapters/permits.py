@@ -10,14 +10,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.adapters.repository import request_of
-from notifier.adapters.tables import contact_attempts, contact_permits, dispatches
+from notifier.adapters.tables import (
+    contact_attempts,
+    contact_permits,
+    dispatches,
+    loan_confirmations,
+)
 from notifier.domain.model import AttemptResult, ContactRequest
 from notifier.domain.permits import (
+    NO_CONFIRMATIONS,
+    ConfirmationView,
     Granted,
+    LedgerConfirmation,
     Permit,
     PermitAsk,
     PermitDecision,
@@ -67,6 +76,109 @@ class PermitRepository:
         ).first()
         return request_of(row) if row is not None else None
 
+    async def confirmations(self, loan_id: str) -> ConfirmationView:
+        """The loan's freshest ledger confirmation, and since when one has been on its way
+        (a check the workflow asked for and nobody answered yet, or a permit refusal's
+        request that no check has answered yet)."""
+        row = (
+            await self._conn.execute(
+                select(loan_confirmations).where(loan_confirmations.c.loan_id == loan_id)
+            )
+        ).first()
+        if row is None:
+            return NO_CONFIRMATIONS
+        latest = (
+            LedgerConfirmation(
+                row.confirmation_id,
+                row.ledger_watermark,
+                row.confirmed_outstanding,
+                row.confirmed_at,
+                row.valid_until,
+            )
+            if row.confirmed_at is not None
+            else None
+        )
+        waiting: list[datetime] = []
+        if row.requested_at is not None and row.requested_check_id != row.answered_check_id:
+            waiting.append(row.requested_at)
+        if row.asked_at is not None and (
+            row.confirmed_at is None or row.confirmed_at < row.asked_at
+        ):
+            waiting.append(row.asked_at)
+        return ConfirmationView(latest, max(waiting) if waiting else None)
+
+    async def check_requested(
+        self, loan_id: str, check_id: str, at: datetime, *, now: datetime
+    ) -> None:
+        """The workflow asked ledger-sync for a confirmation: one is on its way (a request
+        the notifier made is now this check)."""
+        t = loan_confirmations
+        stmt = pg_insert(t).values(
+            loan_id=loan_id, requested_check_id=check_id, requested_at=at, updated_at=now
+        )
+        newer = t.c.requested_at.is_(None) | (t.c.requested_at <= stmt.excluded.requested_at)
+        await self._conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[t.c.loan_id],
+                set_={
+                    "requested_check_id": stmt.excluded.requested_check_id,
+                    "requested_at": stmt.excluded.requested_at,
+                    "asked_at": None,
+                    "updated_at": now,
+                },
+                where=newer,
+            )
+        )
+
+    async def check_answered(
+        self, loan_id: str, check_id: str, confirmation: LedgerConfirmation | None, *, now: datetime
+    ) -> None:
+        """Ledger-sync answered a check: a confirmation (kept if it is the freshest) or a
+        refusal (None: nothing to rest on, and nothing on its way any more)."""
+        t = loan_confirmations
+        values: dict[str, Any] = {
+            "loan_id": loan_id,
+            "answered_check_id": check_id,
+            "updated_at": now,
+        }
+        if confirmation is not None:
+            values |= {
+                "confirmation_id": confirmation.confirmation_id,
+                "ledger_watermark": confirmation.ledger_watermark,
+                "confirmed_outstanding": confirmation.confirmed_outstanding,
+                "confirmed_at": confirmation.confirmed_at,
+                "valid_until": confirmation.valid_until,
+            }
+        stmt = pg_insert(t).values(**values)
+        fresher = t.c.confirmed_at.is_(None) | (t.c.confirmed_at < stmt.excluded.confirmed_at)
+        keep = {
+            # A refusal or an older confirmation (a republished answer) keeps the freshest.
+            name: func.coalesce(case((fresher, stmt.excluded[name]), else_=t.c[name]), t.c[name])
+            for name in (
+                "confirmation_id",
+                "ledger_watermark",
+                "confirmed_outstanding",
+                "confirmed_at",
+                "valid_until",
+            )
+        }
+        await self._conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[t.c.loan_id],
+                set_={**keep, "answered_check_id": check_id, "updated_at": now},
+            )
+        )
+
+    async def confirmation_asked(self, loan_id: str, *, now: datetime) -> None:
+        """A permit refusal asked the workflow for a confirmation: one is on its way."""
+        t = loan_confirmations
+        stmt = pg_insert(t).values(loan_id=loan_id, asked_at=now, updated_at=now)
+        await self._conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[t.c.loan_id], set_={"asked_at": now, "updated_at": now}
+            )
+        )
+
     async def settle_unreported(self, person: str, *, now: datetime) -> None:
         """Permits whose result never came in time count as ``unknown`` from then on: the
         call may have happened, and may have been a conversation (the worst case)."""
@@ -115,6 +227,7 @@ class PermitRepository:
                 detail=refused.detail if refused else "",
                 policy_version=policy_version,
                 anchor_command_id=anchor.command_id,
+                confirmation_id=anchor.confirmation_id,
                 asked_at=now,
                 expires_at=expires_at if granted else None,
                 result_by=result_by if granted else None,

@@ -326,6 +326,8 @@ contact_permits = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Column("policy_version", Text, nullable=False),
     Column("anchor_command_id", Text),
+    # The ledger confirmation it was decided on: the anchor's, or a fresher one (0009).
+    Column("confirmation_id", Text),
     Column("asked_at", ts, nullable=False),
     Column("expires_at", ts),
     Column("result_by", ts),
@@ -340,6 +342,26 @@ contact_permits = Table(
     ),
     Index("ix_contact_permits_loan", "loan_id", "asked_at"),
     Index("ix_contact_permits_decision_reason", "decision", "reason"),
+)
+
+# What the notifier has read of each loan's balance checks (migration 0009): the freshest
+# ledger confirmation (a permit rests on it when it is fresher than the anchor command's),
+# the newest check asked for and the newest answered, and when a permit refusal last asked
+# the workflow for one. Never personal data: ids, amounts and times.
+loan_confirmations = Table(
+    "loan_confirmations",
+    metadata,
+    Column("loan_id", Text, primary_key=True),
+    Column("confirmation_id", Text),
+    Column("ledger_watermark", BigInteger),
+    Column("confirmed_outstanding", Numeric(20, 6)),
+    Column("confirmed_at", ts),
+    Column("valid_until", ts),
+    Column("requested_check_id", Text),
+    Column("requested_at", ts),
+    Column("answered_check_id", Text),
+    Column("asked_at", ts),
+    Column("updated_at", ts, nullable=False),
 )
 
 # The cases placed with an agency now, as the workflow announced them on

@@ -15,6 +15,7 @@ from collections_kit.consumer import Handler
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx
 from notifier.adapters.agency_placements import AgencyPlacementRepository
+from notifier.adapters.permits import PermitRepository
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import record_decision
 from notifier.domain.decide import (
@@ -26,6 +27,7 @@ from notifier.domain.decide import (
     voids_confirmation,
 )
 from notifier.domain.model import Cancellation, Closure, ContactRequest
+from notifier.domain.permits import LedgerConfirmation
 from notifier.domain.policy import DispatchPolicy
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,10 @@ class NotifierHandlers:
             # a command carries its stage.
             c.CaseClosed: self.closed,
             c.PlacementNotice: self.placement,
+            # The loans' balance checks and their answers: what a contact permit rests on.
+            c.BalanceCheckRequested: self.check_requested,
+            c.BalanceConfirmed: self.balance_confirmed,
+            c.BalanceRefused: self.balance_refused,
         }
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
@@ -251,6 +257,38 @@ class NotifierHandlers:
             )
         elif data.kind == "recalled":
             await repo.recalled(loan_id=data.loan_id, placement_id=data.placement_id, now=tx.now)
+
+    async def check_requested(self, tx: Tx, env: Envelope) -> None:
+        """The workflow asked ledger-sync to confirm a loan's balance: a person refused a
+        permit for want of a confirmation is told when to ask again."""
+        data = env.data
+        assert isinstance(data, c.BalanceCheckRequested)
+        await PermitRepository(tx.conn).check_requested(
+            data.loan_id, data.check_id, data.requested_at, now=tx.now
+        )
+
+    async def balance_confirmed(self, tx: Tx, env: Envelope) -> None:
+        """A fresh ledger confirmation: a person's permit may rest on it (decide checks it as
+        a command's: unexpired, no repayment since)."""
+        data = env.data
+        assert isinstance(data, c.BalanceConfirmed)
+        confirmation = LedgerConfirmation(
+            data.confirmation_id,
+            data.ledger_watermark,
+            data.confirmed_outstanding,
+            data.confirmed_at,
+            data.valid_until,
+        )
+        await PermitRepository(tx.conn).check_answered(
+            data.loan_id, data.check_id, confirmation, now=tx.now
+        )
+
+    async def balance_refused(self, tx: Tx, env: Envelope) -> None:
+        data = env.data
+        assert isinstance(data, c.BalanceRefused)
+        await PermitRepository(tx.conn).check_answered(
+            data.loan_id, data.check_id, None, now=tx.now
+        )
 
     async def closed(self, tx: Tx, env: Envelope) -> None:
         data = env.data

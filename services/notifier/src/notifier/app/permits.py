@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from collections_kit import contract as c
+from collections_kit.clock import derived_id
+from collections_kit.outbox import Tx
 from notifier.app.dispatcher import attempts_lookback
 from notifier.app.ports import StartPermitUnitOfWork
 from notifier.domain.model import Dispatch, DispatchContext, DispatchStatus, person_key
 from notifier.domain.permits import (
     ATTEMPT_RESULT,
+    CONFIRMATION_NEEDED,
+    ConfirmationWait,
     Granted,
     Permit,
     PermitAsk,
@@ -27,6 +32,8 @@ from notifier.domain.permits import (
     PermitResult,
     Refused,
     ResultCheck,
+    anchored,
+    asking_for_confirmation,
     check_result,
     decide_permit,
     human_request,
@@ -49,6 +56,8 @@ class PermitConfig:
     ttl: timedelta = timedelta(minutes=5)
     # How long after that the result may still be reported (a call takes its time).
     result_window: timedelta = timedelta(hours=1)
+    # How long a ledger confirmation asked for takes, and when it is presumed lost.
+    confirmation: ConfirmationWait = field(default_factory=ConfirmationWait)
 
 
 @dataclass(frozen=True)
@@ -94,13 +103,16 @@ class PermitService:
         policy, config = self._policy, self._config
         async with self._uow() as work:
             now = work.now
-            anchor = await work.permits.anchor(ask.loan_id)
+            command = await work.permits.anchor(ask.loan_id)
             expires_at, result_by = now + config.ttl, now + config.ttl + config.result_window
-            if anchor is None:
+            if command is None:
                 decision = decide_permit(
                     ask, None, _NO_CONTEXT, permit_id=permit_id, now=now, policy=policy
                 )
                 return PermitAnswer(permit_id, decision, now, None, None, recorded=False)
+            confirmations = await work.permits.confirmations(ask.loan_id)
+            # The command's confirmation, or a fresher one (a lease's, a refusal's request).
+            anchor = anchored(command, confirmations)
             request = human_request(anchor, ask, permit_id)
             person = person_key(request.borrower_id, request.recipient)
             await work.permits.settle_unreported(person, now=now)
@@ -117,6 +129,8 @@ class PermitService:
                 permit_id=permit_id,
                 now=now,
                 policy=policy,
+                confirmations=confirmations,
+                wait=config.confirmation,
             )
             if isinstance(decision, Refused) and decision.reason == "case_closed":
                 # Bad input rather than a decision: nothing is stored (the caller gets a
@@ -129,6 +143,13 @@ class PermitService:
             ):
                 # As the dispatcher holds its passes: a repayment may be on its way here.
                 decision = Refused("repayments_lagging", RULE_REPAYMENT_GATE, "view_lagging")
+            needed = isinstance(decision, Refused) and decision.detail == CONFIRMATION_NEEDED
+            if isinstance(decision, Refused) and needed:
+                # Nobody has asked for a confirmation since the last one lapsed: this
+                # refusal does (the workflow asks ledger-sync, as for a leased task), and
+                # says when to ask again.
+                await work.permits.confirmation_asked(ask.loan_id, now=now)
+                decision = asking_for_confirmation(decision, now, config.confirmation)
             await work.permits.record(
                 permit_id,
                 ask,
@@ -141,6 +162,16 @@ class PermitService:
                 now=now,
                 expires_at=expires_at,
                 result_by=result_by,
+            )
+            _note(
+                work.tx,
+                ask,
+                permit_id,
+                "granted" if isinstance(decision, Granted) else "refused",
+                reason=decision.reason if isinstance(decision, Refused) else GRANTED_REASON,
+                rule=decision.rule,
+                retry_after=decision.retry_after if isinstance(decision, Refused) else None,
+                confirmation_needed=needed,
             )
             await work.commit()
         granted = not isinstance(decision, Refused)
@@ -164,6 +195,22 @@ class PermitService:
                 await work.permits.record_result(
                     permit_id, result, ATTEMPT_RESULT[result], now=work.now
                 )
+                the_ask = PermitAsk(
+                    permit.loan_id,
+                    permit.recipient,
+                    permit.channel,
+                    permit.actor_kind,
+                    permit.actor_id,
+                )
+                _note(
+                    work.tx,
+                    the_ask,
+                    permit_id,
+                    "result",
+                    reason=permit.reason,
+                    rule=permit.rule,
+                    result=result,
+                )
                 await work.commit()
                 permit = replace(permit, result=result, result_at=work.now)
         return ResultAnswer(check, permit)
@@ -175,3 +222,41 @@ class PermitService:
     async def summary(self) -> list[tuple[str, str, str, int]]:
         async with self._uow() as work:
             return await work.permits.summary()
+
+
+GRANTED_REASON = "all_checks_passed"
+
+
+def _note(
+    tx: Tx,
+    ask: PermitAsk,
+    permit_id: str,
+    kind: Literal["granted", "refused", "result"],
+    *,
+    reason: str,
+    rule: str,
+    retry_after: datetime | None = None,
+    result: PermitResult | None = None,
+    confirmation_needed: bool = False,
+) -> None:
+    """The permit's step for the case timeline, through the outbox in the permit's own
+    transaction (ids and codes only: the workflow consumes the contact outcomes' topic)."""
+    tx.publish(
+        c.ContactPermitNoted(
+            kind=kind,
+            permit_id=permit_id,
+            loan_id=ask.loan_id,
+            person=ask.recipient,
+            channel=ask.channel,
+            actor_kind=ask.actor_kind,
+            actor_id=ask.actor_id,
+            reason=reason,
+            rule=rule,
+            retry_after=retry_after,
+            result=result,
+            confirmation_needed=confirmation_needed,
+            occurred_at=tx.now,
+        ),
+        event_id=derived_id(permit_id, kind),
+        subject=ask.loan_id,
+    )

@@ -20,7 +20,13 @@ from notifier.domain.model import (
     Language,
     Recipient,
 )
-from notifier.domain.permits import Permit, PermitAsk, PermitDecision, PermitResult
+from notifier.domain.permits import (
+    ConfirmationView,
+    Permit,
+    PermitAsk,
+    PermitDecision,
+    PermitResult,
+)
 from notifier.domain.receipts import Receipt
 
 if TYPE_CHECKING:  # the adapters implement these ports (and import this module)
@@ -156,6 +162,10 @@ class PermitStore(Protocol):
     """What deciding a permit and taking its result read and write (adapters/permits.py)."""
 
     async def anchor(self, loan_id: str) -> ContactRequest | None: ...
+
+    async def confirmations(self, loan_id: str) -> ConfirmationView: ...
+
+    async def confirmation_asked(self, loan_id: str, *, now: datetime) -> None: ...
 
     async def settle_unreported(self, person: str, *, now: datetime) -> None: ...
 

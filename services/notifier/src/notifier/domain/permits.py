@@ -11,12 +11,19 @@ grant; anything else (cancel, block, defer) is a refusal, named by a short reaso
 collector's screen can show and by the rule that decided, as in the contact audit trail.
 A granted permit counts as an attempt in flight, the worst case for every cap, until its
 result is recorded: two people asking at once cannot both squeeze under one cap.
+
+The ledger confirmation a permit rests on is the anchor command's, or a fresher one: the
+workflow asks ledger-sync for one when a collector leases a task (and when a permit is
+refused for want of one), and the notifier reads the answers (``ConfirmationView``). A
+fresher confirmation replaces only the anchor's confirmation; ``decide`` then checks it
+exactly as it checks a command's: unexpired, and no repayment since voids it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Literal
 
 from notifier.domain.decide import (
@@ -112,6 +119,73 @@ class Refused:
 
 PermitDecision = Granted | Refused
 
+
+@dataclass(frozen=True)
+class LedgerConfirmation:
+    """A ledger-sync confirmation of a loan's balance (``BalanceConfirmed``)."""
+
+    confirmation_id: str
+    ledger_watermark: int
+    confirmed_outstanding: Decimal
+    confirmed_at: datetime
+    valid_until: datetime
+
+
+@dataclass(frozen=True)
+class ConfirmationView:
+    """What the notifier has read of one loan's balance checks and their answers."""
+
+    # The newest confirmation (by confirmed_at), whichever check asked for it.
+    latest: LedgerConfirmation | None = None
+    # When the newest check still without an answer was asked for (None: none waits).
+    pending_since: datetime | None = None
+
+
+NO_CONFIRMATIONS = ConfirmationView()
+
+
+@dataclass(frozen=True)
+class ConfirmationWait:
+    """How long a confirmation asked for takes to arrive, and when to stop waiting."""
+
+    # What a person is told to wait before asking again (the round trip through the
+    # workflow, ledger-sync and back takes about a second on a healthy system).
+    expect: timedelta = timedelta(seconds=3)
+    # A check unanswered for longer is presumed lost (refused, or a service down): a
+    # refusal then asks for another one rather than promising one.
+    give_up: timedelta = timedelta(seconds=60)
+
+
+def anchored(anchor: ContactRequest, view: ConfirmationView) -> ContactRequest:
+    """``anchor`` resting on the freshest confirmation known for its loan.
+
+    Only the confirmation changes (its id, watermark, amount, time and validity): the case,
+    stage, time zone and the command's issue time stay the command's, so a workflow
+    cancellation that covers the command still covers a person's contact.
+    """
+    fresh = view.latest
+    if fresh is None or fresh.confirmed_at <= anchor.confirmed_at:
+        return anchor
+    return replace(
+        anchor,
+        confirmation_id=fresh.confirmation_id,
+        ledger_watermark=fresh.ledger_watermark,
+        amount_due=fresh.confirmed_outstanding,
+        confirmed_at=fresh.confirmed_at,
+        confirmation_valid_until=fresh.valid_until,
+    )
+
+
+def confirmation_on_its_way(
+    view: ConfirmationView, now: datetime, wait: ConfirmationWait
+) -> datetime | None:
+    """When to ask again, if a confirmation has been asked for and may still come."""
+    since = view.pending_since
+    if since is None or since <= now - wait.give_up:
+        return None
+    return max(now, since) + wait.expect
+
+
 # The workflow's cancellation reasons (ContactCancelled.reason), as permit refusals.
 _CANCELLED: dict[str, RefusalReason] = {
     "repaid": "repaid",
@@ -196,12 +270,39 @@ def decide_permit(
     permit_id: str,
     now: datetime,
     policy: DispatchPolicy,
+    confirmations: ConfirmationView = NO_CONFIRMATIONS,
+    wait: ConfirmationWait = ConfirmationWait(),
 ) -> PermitDecision:
     """Grant or refuse ``ask``, on ``anchor`` (the loan's latest contact command, None if
-    the notifier has none) and ``context`` (loaded as the dispatcher loads it)."""
+    the notifier has none) resting on the freshest of its loan's ``confirmations``, and
+    ``context`` (loaded as the dispatcher loads it).
+
+    Refused for want of a valid confirmation, the answer says when to ask again if one is
+    on its way (``retry_after``); if none is, its detail says one must be asked for
+    (``confirmation_needed``: the app asks the workflow for one)."""
     if anchor is None:
         return Refused("case_unknown", RULE_CASE, "no_contact_command_for_loan")
-    return judge(decide(human_request(anchor, ask, permit_id), context, now, policy))
+    request = human_request(anchored(anchor, confirmations), ask, permit_id)
+    decision = judge(decide(request, context, now, policy))
+    if isinstance(decision, Refused) and decision.reason == "balance_unconfirmed":
+        retry = confirmation_on_its_way(confirmations, now, wait)
+        if retry is None:
+            return replace(decision, detail=CONFIRMATION_NEEDED)
+        return replace(decision, detail=CONFIRMATION_ON_ITS_WAY, retry_after=retry)
+    return decision
+
+
+# The details of a ``balance_unconfirmed`` refusal: a confirmation has been asked for and
+# may still come (with ``retry_after``), or none has and one must be; ``asked``: none had,
+# and this refusal asked the workflow for one (with ``retry_after``).
+CONFIRMATION_ON_ITS_WAY = "confirmation_requested"
+CONFIRMATION_NEEDED = "confirmation_needed"
+CONFIRMATION_ASKED = "confirmation_asked"
+
+
+def asking_for_confirmation(refused: Refused, now: datetime, wait: ConfirmationWait) -> Refused:
+    """``refused`` once a confirmation has been asked for on its account: on its way now."""
+    return replace(refused, detail=CONFIRMATION_ASKED, retry_after=now + wait.expect)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,10 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Placements: which agency may read whose contact details (entrypoints/agencies.py).
 CONTACT_TOPICS = (Topic.CONTACT_COMMANDS, Topic.CASE_EVENTS, Topic.PLACEMENTS)
 REPAYMENT_TOPICS = (Topic.LOANS_REPAYMENT,)
-CONSUMED = CONTACT_TOPICS + REPAYMENT_TOPICS
+# The balance checks and ledger confirmations (one of each per contact command): a loop of
+# their own, so they never hold a poll of commands back. A permit rests on the freshest.
+CONFIRMATION_TOPICS = (Topic.BALANCE_CHECKS, Topic.BALANCE_CONFIRMATIONS)
+CONSUMED = CONTACT_TOPICS + REPAYMENT_TOPICS + CONFIRMATION_TOPICS
 
 DESCRIPTION = """Turns the workflow's contact commands into lawful contacts, or into
 recorded reasons why not.
@@ -195,12 +198,22 @@ def build_runtime(
         clock=clock,
         lane="repayments",
     )
+    confirmations = ConsumerLoop(
+        settings=settings,
+        engine=engine,
+        inbox=inbox,
+        outbox=outbox,
+        topics=[t.value for t in CONFIRMATION_TOPICS],
+        handlers=_routes_on(handlers.routes(), CONFIRMATION_TOPICS),
+        clock=clock,
+        lane="confirmations",
+    )
     return Runtime(
         settings=settings,
         engine=engine,
         producer=producer,
         relay=relay,
-        loops=[contacts, repayments],
+        loops=[contacts, repayments, confirmations],
         workers=[dispatcher, gate, *workers],
         state={
             "clock": clock,

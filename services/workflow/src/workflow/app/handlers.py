@@ -329,6 +329,7 @@ class WorkflowHandlers:
                 c.BalanceRefused,
                 c.BalanceCorrected,
                 c.ContactOutcome,
+                c.ContactPermitNoted,
             ),
             one,
         )
@@ -424,6 +425,25 @@ def item_for(env: Envelope) -> Item:
                 env.id,
                 intent_id=data.intent_id,
             )
+        case c.ContactPermitNoted():
+            return Item(
+                data.loan_id,
+                m.PermitNoted(
+                    env.id,
+                    data.kind,
+                    data.permit_id,
+                    data.person,
+                    data.channel,
+                    data.actor_kind,
+                    data.actor_id,
+                    data.reason,
+                    data.rule,
+                    data.retry_after,
+                    data.result,
+                    data.confirmation_needed,
+                ),
+                env.id,
+            )
     raise AssertionError(f"the workflow does not consume {type(data).__name__}")
 
 
@@ -450,16 +470,24 @@ def _notice_message(notice: pl.Notice, case: Case, tx: Tx) -> c.PlacementNotice:
     )
 
 
+def balance_check(check_id: str, case: Case, expected: Decimal, tx: Tx) -> c.BalanceCheckRequested:
+    """Ask ledger-sync to confirm ``case``'s balance: before a contact command, and for the
+    people who contact the borrower (a leased task: ``d.permit_check_id``)."""
+    return c.BalanceCheckRequested(
+        check_id=check_id,
+        loan_id=case.loan_id,
+        currency=case.currency,
+        expected_outstanding=expected,
+        requested_at=tx.now,
+    )
+
+
 def _message_for(effect: d.Effect, case: Case, tx: Tx) -> c.Message:
     match effect:
         case d.RequestBalanceCheck(intent=intent, expected_outstanding=expected):
-            return c.BalanceCheckRequested(
-                check_id=intent.check_id,
-                loan_id=case.loan_id,
-                currency=case.currency,
-                expected_outstanding=expected,
-                requested_at=tx.now,
-            )
+            return balance_check(intent.check_id, case, expected, tx)
+        case d.RequestPermitCheck(check_id=check_id, expected_outstanding=expected):
+            return balance_check(check_id, case, expected, tx)
         case d.IssueContactCommand(intent=intent, confirmation=conf):
             assert intent.command_id is not None
             return c.ContactCommand(

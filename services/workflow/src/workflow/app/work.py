@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from collections_kit.clock import new_id
+from collections_kit.clock import derived_id, new_id
 from collections_kit.worker import PollingWorker
 from workflow.app.commands import claim_or_replay, request_hash
-from workflow.app.handlers import Workflow
+from workflow.app.handlers import Workflow, balance_check
 from workflow.app.ports import (
     KeptAnswer,
     QueueCount,
@@ -32,6 +32,7 @@ from workflow.app.ports import (
     TaskStore,
     WorkflowUnitOfWork,
 )
+from workflow.domain import decide as d
 from workflow.domain import tasks as t
 
 # How many candidates one "next" looks at: enough to step past borrowers other collectors
@@ -119,6 +120,8 @@ class WorkQueues:
                 return kept
             await self._return_run_out(uow.tasks, uow.now, uow.tx.actor)
             leased = await self._lease(uow.tasks, queue, collector, uow.now)
+            if leased is not None:
+                await self._confirm_balance(uow, leased)
             # Committed either way: the leases it returned.
             await self._done(uow, once, leased)
             return leased
@@ -151,6 +154,28 @@ class WorkQueues:
             )
             return leased
         return None
+
+    async def _confirm_balance(self, uow: WorkflowUnitOfWork, task: t.Task) -> None:
+        """Ask ledger-sync for a fresh confirmation of the task's loan, with the balance
+        check every contact command waits for: the collector's contact permits (the
+        notifier's) rest on one still valid, and the case's last command may be hours old.
+        The answer reaches the notifier in about a second, the case's timeline with it."""
+        case = await uow.cases.get(task.loan_id)
+        if case is None or not case.is_open:
+            return  # a held or closed case has no tasks to work (and no permits)
+        cause = f"lease:{task.lease_id}:{task.renewals}"
+        check_id = d.permit_check_id(cause)
+        uow.tx.publish(
+            balance_check(check_id, case, case.outstanding, uow.tx),
+            event_id=derived_id(cause, "balance-check"),
+            subject=case.loan_id,
+        )
+        await self._record(
+            uow.tasks,
+            [TaskStep(task, "balance_check_requested", {"check_id": check_id}, cause)],
+            uow.now,
+            uow.tx.actor,
+        )
 
     async def return_run_out(self) -> int:
         """Return to their queues the leases that ran out (a batch of them), each with its
@@ -200,6 +225,7 @@ class WorkQueues:
             task = await self._held(uow.tasks, task_id, worker)
             renewed = t.renew(task, collector, uow.now, self._policy)
             await uow.tasks.save([renewed])
+            await self._confirm_balance(uow, renewed)
             until = renewed.lease_until.isoformat() if renewed.lease_until else None
             await self._record(
                 uow.tasks,

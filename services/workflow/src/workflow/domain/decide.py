@@ -56,6 +56,15 @@ class RequestBalanceCheck:
 
 
 @dataclass(frozen=True)
+class RequestPermitCheck:
+    """A balance check for the people who contact the borrower (their contact permits),
+    not for a contact intent: the same request to ledger-sync, with a ``PERMIT_CHECK`` id."""
+
+    check_id: str
+    expected_outstanding: Decimal
+
+
+@dataclass(frozen=True)
 class IssueContactCommand:
     intent: ContactIntent
     confirmation: m.BalanceConfirmed
@@ -98,6 +107,7 @@ class AnnounceResumed:
 
 Effect = (
     RequestBalanceCheck
+    | RequestPermitCheck
     | IssueContactCommand
     | CancelContacts
     | AnnounceCaseOpened
@@ -115,6 +125,7 @@ Input = (
     | m.BalanceRefused
     | m.BalanceCorrected
     | m.ContactOutcomeReported
+    | m.PermitNoted
     | m.TimerFired
     | m.RequestHold
     | m.RequestResume
@@ -563,26 +574,11 @@ def decide(
         case m.BalanceRefused():
             return _refused(case, intents, event, ctx)
         case m.BalanceCorrected():
-            if event.kind == "nothing_owed":
-                return apply_rule(
-                    case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, correction="reconciliation"
-                )
-            corrected = replace(case, outstanding=event.ledger_outstanding, updated_at=now)
-            return Decision(
-                case=corrected,
-                timeline=(
-                    _entry(
-                        ctx,
-                        "balance_corrected",
-                        case,
-                        corrected,
-                        from_=str(case.outstanding),
-                        to=str(event.ledger_outstanding),
-                    ),
-                ),
-            )
+            return _corrected(case, intents, event, ctx)
         case m.ContactOutcomeReported():
             return _outcome(case, intents, event, ctx)
+        case m.PermitNoted():
+            return _permit(case, event, ctx)
         case m.TimerFired():
             return _timer(case, intents, event, ctx)
         case m.RequestHold():
@@ -628,6 +624,29 @@ def decide(
             }[event.exit]
             return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
     raise AssertionError(f"unhandled input {event!r}")
+
+
+def _corrected(
+    case: Case, intents: Sequence[ContactIntent], event: m.BalanceCorrected, ctx: _Ctx
+) -> Decision:
+    if event.kind == "nothing_owed":
+        return apply_rule(
+            case, intents, Trigger.LEDGER_NOTHING_OWED, ctx, correction="reconciliation"
+        )
+    corrected = replace(case, outstanding=event.ledger_outstanding, updated_at=ctx.now)
+    return Decision(
+        case=corrected,
+        timeline=(
+            _entry(
+                ctx,
+                "balance_corrected",
+                case,
+                corrected,
+                from_=str(case.outstanding),
+                to=str(event.ledger_outstanding),
+            ),
+        ),
+    )
 
 
 def _reversal(
@@ -1012,6 +1031,38 @@ def _refused(
                 detail=event.detail or None,
                 recheck_at=(ctx.now + delay).isoformat(),
             ),
+        ),
+    )
+
+
+def _permit(case: Case, event: m.PermitNoted, ctx: _Ctx) -> Decision:
+    """A person's permit on the timeline, and nothing else of the case: its result acts
+    through the task's result (counting it here too would count a refusal twice). Refused
+    for want of a ledger confirmation with none on its way, ask ledger-sync for one."""
+    entry = _entry(
+        ctx,
+        f"permit_{event.kind}",
+        case,
+        case,
+        permit_id=event.permit_id,
+        person=event.person,
+        channel=event.channel,
+        actor_kind=event.actor_kind,
+        actor_id=event.actor_id,
+        reason=event.reason,
+        rule=event.rule,
+        retry_after=event.retry_after.isoformat() if event.retry_after else None,
+        result=event.result,
+    )
+    if not (event.confirmation_needed and case.is_open):
+        return Decision(case=None, timeline=(entry,))
+    check_id = permit_check_id(f"permit:{event.permit_id}")
+    return Decision(
+        case=None,
+        effects=(RequestPermitCheck(check_id, case.outstanding),),
+        timeline=(
+            entry,
+            _entry(ctx, "balance_check_requested", case, case, check_id=check_id),
         ),
     )
 

@@ -92,6 +92,26 @@ class ContactOutcomeReported:
 
 
 @dataclass(frozen=True)
+class PermitNoted:
+    """A person's contact permit, as the notifier decided it: granted, refused, or its
+    reported result. For the timeline only (a collector's result acts through the task)."""
+
+    event_id: str
+    kind: str  # granted | refused | result
+    permit_id: str
+    person: str
+    channel: str
+    actor_kind: str  # collector | agency
+    actor_id: str
+    reason: str
+    rule: str
+    retry_after: datetime | None = None
+    result: str | None = None
+    # Refused for want of a valid ledger confirmation, with none on its way: ask for one.
+    confirmation_needed: bool = False
+
+
+@dataclass(frozen=True)
 class BalanceCorrected:
     event_id: str
     kind: str  # nothing_owed | drift
