@@ -123,7 +123,10 @@ class PermitRepository:
                 set_={
                     "requested_check_id": stmt.excluded.requested_check_id,
                     "requested_at": stmt.excluded.requested_at,
-                    "asked_at": None,
+                    # A permit refusal's request is now this check (if it came after it).
+                    "asked_at": case(
+                        (t.c.asked_at <= stmt.excluded.requested_at, None), else_=t.c.asked_at
+                    ),
                     "updated_at": now,
                 },
                 where=newer,
