@@ -144,6 +144,8 @@ async def test_the_policys_number_of_refusals_sends_the_case_to_litigation(
         assert "refuse_below_floor_share" in {r["rule"] for r in answer["rules"]}
         last = n == RULE.refusals - 1
         assert (answer["unreasonable"] is not None) is last
+        # Counted on the case until the rule fires; then the count starts again.
+        assert len(answer["case"]["refused_proposals"]) == (0 if last else n + 1)
     assert answer["case"]["stage"] == "litigation"
     case = await case_of(api, "L-refused")
     assert case is not None

@@ -182,6 +182,11 @@ class CaseView(InCurrency):
     )
     milestones: list[str]
     unanswered_contacts: int
+    refused_proposals: list[datetime] = Field(
+        default_factory=list,
+        description="When proposals were refused, within the negotiation policy's period: "
+        "at its count the proposal is unreasonable and the case goes to litigation.",
+    )
     next_action_at: datetime | None
     intents: list[IntentView]
 
@@ -386,6 +391,7 @@ def _case_view(
         else None,
         milestones=list(case.milestones),
         unanswered_contacts=case.unanswered_contacts,
+        refused_proposals=list(case.refused_proposals),
         next_action_at=next_action_at,
         intents=[
             IntentView(
