@@ -25,6 +25,7 @@ from notifier.adapters.tables import (
     contact_attempts,
     contact_permits,
     dispatches,
+    loan_confirmations,
     repayments,
 )
 from notifier.app.repayment_gate import RepaymentGate
@@ -392,19 +393,26 @@ async def test_two_people_asking_at_once_never_both_squeeze_under_a_cap(
 async def test_a_fresh_confirmation_over_kafka_anchors_a_permit_whose_command_is_old(
     live: tuple[Runtime, lending.Lender, FixedClock],
 ) -> None:
-    """The case's last command was confirmed long ago: refused balance_unconfirmed, first
-    with nothing asked for (``confirmation_needed``), then, once the workflow asked
-    ledger-sync (a leased task), with a ``retry_after``; the answer's confirmation grants
-    the next permit, and a repayment after it refuses with reason repaid."""
+    """The case's last command was confirmed long ago: refused balance_unconfirmed; the
+    first refusal asks the workflow for a confirmation (``confirmation_asked``), the next,
+    once the workflow's check is seen, says it is on its way; each with a ``retry_after``.
+    The answer's confirmation grants the next permit, and a repayment after it refuses
+    with reason repaid."""
     runtime, lender, clock = live
     await a_case(runtime, lender, clock.now() - timedelta(hours=2))
     async with as_(runtime, COLLECTOR, "col-1") as http:
-        needed = (await ask(http)).json()
-        assert (needed["reason"], needed["detail"], needed["retry_after"]) == (
+        asked = (await ask(http)).json()
+        assert (asked["reason"], asked["detail"], asked["retry_after"]) == (
             "balance_unconfirmed",
-            "confirmation_needed",
-            None,
+            "confirmation_asked",
+            "2026-11-23T02:00:03Z",
         )
+        # Remembered: the next refusal does not ask again while this request stands.
+        async with runtime.engine.connect() as conn:
+            asked_at = await conn.scalar(
+                select(loan_confirmations.c.asked_at).where(loan_confirmations.c.loan_id == "L-CN")
+            )
+        assert asked_at == clock.now()
 
         check = c.BalanceCheckRequested(
             check_id="permit-check:lease:L1:0",
