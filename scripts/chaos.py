@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -47,6 +47,9 @@ from scripts.infra import create_database, create_topics, delete_topics, drop_da
 from scripts.services import ROOT, SERVICES, Fleet
 from tests.provider_double import ProviderDouble
 from tests.support import mismatched_replays
+
+if TYPE_CHECKING:
+    from workflow.domain.placement import PlacementPolicy
 
 # The services trust the development signing key in dev: chaos calls them as a client.
 CHAOS_AUTH = dev_headers(["cases:write", "contacts:write"], subject="chaos", expires_in=24 * 3600)
@@ -72,10 +75,37 @@ DUMPED_MISMATCHES = 100
 HANDLES: dict[str, set[type[c.Message]]] = {}
 
 
+# One agency tier for the cases that reach formal notice (about half): placed, recalled on
+# repayment, hold or a stage change, resumed, commission taken back on a bounce. The replay
+# check then compares every case's placements and commission with their replay too.
+PLACEMENT_POLICY = """version = "placements/chaos"
+
+[[tiers]]
+tier = "primary"
+stages = ["formal_notice"]
+min_days_past_due = 30
+min_balance = "100.00"
+period_days = 90
+
+[[tiers.agencies]]
+agency = "agency-north"
+share = 60
+commission_rate = "0.20"
+
+[[tiers.agencies]]
+agency = "agency-south"
+share = 40
+commission_rate = "0.22"
+"""
+PLACEMENT_POLICY_FILE = ROOT / ".cache" / "chaos" / "placements.toml"
+
+
 @dataclass
 class Config:
     loans: int = 20_000
     seed: int = 7
+    # The workflow places cases with agencies (PLACEMENT_POLICY): --no-placements for none.
+    placements: bool = True
     partitions: int = 6
     replicas: int = 2
     kills_per_replica: int = 3
@@ -749,8 +779,9 @@ async def check(
         await conn.close()
     engine = make_engine(database_url, schema="workflow")
     try:
-        mismatched = await mismatched_replays(engine)
+        mismatched = await mismatched_replays(engine, _placement_policy(cfg))
         total_cases = await _count_cases(engine)
+        total_placements = await _count_placements(engine)
     finally:
         await engine.dispose()
     return {
@@ -782,6 +813,8 @@ async def check(
         },
         "replay_equal": {
             "cases": total_cases,
+            # Compared with their case: each placement and its commission rows.
+            "placements": total_placements,
             "mismatched": len(mismatched),
             "share": round(1 - len(mismatched) / total_cases, 4) if total_cases else 1.0,
             "examples": [m["loan_id"] for m in mismatched[:10]],
@@ -792,6 +825,22 @@ async def check(
         "_mismatched_replays": mismatched[:DUMPED_MISMATCHES],
         "contacts_sent": len(sent),
     }
+
+
+def _placement_policy(cfg: Config) -> PlacementPolicy | None:
+    """The placement policy the workflow ran with (None: it placed nothing)."""
+    from workflow.adapters.placement_file import load_placement_policy
+
+    return load_placement_policy(PLACEMENT_POLICY_FILE) if cfg.placements else None
+
+
+async def _count_placements(engine: Any) -> int:
+    from sqlalchemy import func, select
+
+    from workflow.adapters.tables import placements
+
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(placements)) or 0)
 
 
 async def _count_cases(engine: Any) -> int:
@@ -865,6 +914,9 @@ async def run(cfg: Config) -> dict[str, Any]:
     smtp = Controller(mail, hostname="127.0.0.1", port=2541)
     smtp.start()
     provider = ProviderDouble().start()
+    if cfg.placements:
+        PLACEMENT_POLICY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        PLACEMENT_POLICY_FILE.write_text(PLACEMENT_POLICY)
     fleet = Fleet(
         database_url=database_url,
         kafka_bootstrap=bootstrap,
@@ -874,12 +926,17 @@ async def run(cfg: Config) -> dict[str, Any]:
         smtp_port=2541,
         replicas=dict.fromkeys(SERVICES, cfg.replicas),
         extra_env={
+            "workflow": (
+                {"WORKFLOW_PLACEMENT_POLICY_FILE": str(PLACEMENT_POLICY_FILE)}
+                if cfg.placements
+                else {}
+            ),
             "notifier": {
                 "NOTIFIER_PROVIDER_BASE_URL": provider.base_url,
                 # A crash's unknown attempts resolve within
                 # the run (default 120 s).
                 "NOTIFIER_SENDING_LEASE_S": "60",
-            }
+            },
         },
     )
     faults = Faults()
@@ -1030,12 +1087,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a few thousand loans, one kill per replica, no infra restarts",
     )
+    parser.add_argument(
+        "--no-placements",
+        action="store_true",
+        help="run the workflow without agencies (nothing placed, no placements replayed)",
+    )
     args = parser.parse_args(argv)
-    cfg = Config(loans=args.loans, seed=args.seed)
+    cfg = Config(loans=args.loans, seed=args.seed, placements=not args.no_placements)
     if args.short:
         cfg = Config(
             loans=min(args.loans, 2000),
             seed=args.seed,
+            placements=not args.no_placements,
             kills_per_replica=1,
             restart_infrastructure=False,
             settle_timeout_s=300,

@@ -5,9 +5,11 @@ case differs when it does."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,9 @@ from sqlalchemy.util import await_only
 
 from collections_kit.db import make_engine
 from collections_kit.outbox import Tx
+from scripts.chaos import PLACEMENT_POLICY
 from tests.support import migrate, mismatched_replays
+from workflow.adapters.placement_file import load_placement_policy
 from workflow.app.handlers import Item, Workflow
 from workflow.domain import messages as m
 from workflow.domain import placement as pl
@@ -196,3 +200,124 @@ async def test_a_repayment_and_its_reversal_in_one_batch_replay_as_stored(
         ).all()
     assert tuple(placed) == (Decimal(0), Decimal(0))
     assert [(r, c) for r, c in rows] == [("R-1", Decimal("75")), ("R-1/reversed", Decimal("-75"))]
+
+
+async def test_the_next_batch_continues_from_the_newest_of_placements_made_at_one_instant(
+    engine: AsyncEngine,
+) -> None:
+    # Placed, held and resumed in one batch: two placements with the same times. After the
+    # repayment and its bounce the case is placed anew (a new period), not resumed from the
+    # held one, which times alone could not tell from the newest (seed 20 of the test below
+    # found it).
+    at = datetime.now(UTC)
+    hold = m.RequestHold("h-1", "hardship", "lost job", "agent")
+    resume = m.RequestResume("u-1", "back at work", "agent")
+    async with engine.begin() as conn:
+        tx = Tx(conn=conn, now=at, source="workflow", topic_prefix="")
+        await Workflow(PolicyBook(), placements=PLACEMENTS).run_batch(
+            tx,
+            [
+                Item("L-1", overdue(at), "e-overdue"),
+                Item("L-1", hold, "h-1"),
+                Item("L-1", resume, "u-1"),
+            ],
+        )
+    paid = m.RepaymentReceived("e-paid", "R-2", Decimal("900.00"), Decimal("0.00"), at)
+    bounced = m.RepaymentReversed("e-bounced", "R-2", Decimal("900.00"), Decimal("900.00"), at)
+    await apply_placing(engine, [paid], at + timedelta(seconds=1))
+    await apply_placing(engine, [bounced], at + timedelta(seconds=2))
+    assert await mismatched_replays(engine, PLACEMENTS) == []
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT until, end_reason FROM placements ORDER BY seq"))
+        ).all()
+    assert [reason for _, reason in rows] == ["hold", "repaid", None]
+    assert rows[-1][0] == at + timedelta(seconds=2) + timedelta(days=90)
+
+
+HOLDS = (m.RequestHold, m.RequestResume)
+
+
+def chaos_like(loans: int, rng: random.Random, t0: datetime) -> list[list[tuple[str, Any]]]:
+    """Each loan's inputs in order, as the chaos run sends them: opened, formal notice
+    (placed), a hold and its end, a full or partial repayment, sometimes bounced."""
+    out = []
+    for i in range(loans):
+        loan, owed = f"L-{i:03d}", Decimal(rng.randrange(20_000, 2_000_000)) / 100
+        steps: list[tuple[str, Any]] = [
+            (loan, _overdue(loan, owed, 5, t0)),
+            (loan, _overdue(loan, owed, 35, t0 + timedelta(minutes=30))),
+        ]
+        if rng.random() < 0.3:
+            steps.append((loan, m.RequestHold(f"h-{loan}", "hardship", "lost job", "agent")))
+            if rng.random() < 0.7:
+                steps.append((loan, m.RequestResume(f"u-{loan}", "back at work", "agent")))
+        paid = owed if rng.random() < 0.5 else (owed * Decimal("0.3")).quantize(Decimal("0.01"))
+        if rng.random() < 0.8:
+            steps.append(
+                (loan, m.RepaymentReceived(f"r-{loan}", f"R-{loan}", paid, owed - paid, t0))
+            )
+            if rng.random() < 0.4:
+                steps.append((loan, m.RepaymentReversed(f"v-{loan}", f"R-{loan}", paid, owed, t0)))
+        out.append(steps)
+    return out
+
+
+def _overdue(loan: str, owed: Decimal, dpd: int, as_of: datetime) -> m.OverdueReported:
+    return m.OverdueReported(
+        f"o{dpd}-{loan}",
+        loan,
+        f"B-{loan}",
+        "consumer-loan",
+        "CNY",
+        (owed / 10).quantize(Decimal("0.01")),
+        owed,
+        dpd,
+        as_of,
+        "Asia/Shanghai",
+        "CN",
+    )
+
+
+@pytest.fixture
+def chaos_placements(tmp_path: Path) -> pl.PlacementPolicy:
+    """The placement policy the chaos run gives the workflow."""
+    policy = tmp_path / "placements.toml"
+    policy.write_text(PLACEMENT_POLICY)
+    return load_placement_policy(policy)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 20])
+async def test_placements_replay_as_stored_however_inputs_are_batched(
+    engine: AsyncEngine, seed: int, chaos_placements: pl.PlacementPolicy
+) -> None:
+    """The chaos run's workload through the one write path, its inputs cut into batches at
+    random (a loan's inputs in order, several loans per batch, a repayment and its reversal
+    sometimes together): every case and its placements equal the replay of its journal,
+    which decides one input at a time."""
+    rng = random.Random(seed)
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    queues = chaos_like(30, rng, t0)
+    at = t0
+    while any(queues):
+        batch: list[Item] = []
+        for _ in range(rng.randint(1, 12)):
+            live = [q for q in queues if q]
+            if not live:
+                break
+            loan, event = rng.choice(live).pop(0)
+            cause = event.request_id if isinstance(event, HOLDS) else event.event_id
+            batch.append(Item(loan, event, cause))
+        at += timedelta(seconds=1)
+        async with engine.begin() as conn:
+            tx = Tx(conn=conn, now=at, source="workflow", topic_prefix="")
+            await Workflow(PolicyBook(), placements=chaos_placements).run_batch(tx, batch)
+    assert await mismatched_replays(engine, chaos_placements) == []
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT coalesce(end_reason, 'running'), count(*) FROM placements GROUP BY 1")
+        )
+        reasons: dict[str, int] = {reason: n for reason, n in rows}
+    # The workload reaches placements, recalls of several kinds and resumptions.
+    assert reasons.get("repaid", 0) + reasons.get("stage_changed", 0) > 0, reasons
+    assert reasons.get("hold", 0) > 0, reasons

@@ -7,6 +7,7 @@ the app does it (app/handlers.py), against the shipped placement policy.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -242,6 +243,10 @@ def test_a_reversed_repayment_takes_its_commission_back_once() -> None:
     assert world.timeline.count("placement_commission_reversed") == 1
 
 
+def named(cause: str) -> Callable[[str], str]:
+    return lambda label: f"{cause}/{label}"
+
+
 def test_two_reversals_in_one_batch_take_back_from_the_placement_as_it_then_is() -> None:
     """The batch's bookkeeping (adapters/placements.PlacementBatch), as the app and the
     replay both use it: two payments on a placement that expired (the case moved on to the
@@ -277,7 +282,7 @@ def test_two_reversals_in_one_batch_take_back_from_the_placement_as_it_then_is()
                 batch.newest.get(world.loan_id),
                 POLICY,
                 world.now,
-                lambda label, n=n: f"v{n}/{label}",
+                named(event.event_id),
                 reversed_accrual=taken,
             )
         )

@@ -123,7 +123,8 @@ class PlacementRepository:
             .order_by(
                 placements.c.loan_id,
                 placements.c.ended_at.is_(None).desc(),
-                placements.c.placed_at.desc(),
+                # The newest: written last (times tie for those made in one batch).
+                placements.c.seq.desc(),
             )
         )
         return PlacementBatch({p.loan_id: p for p in map(placement_from_row, rows)})

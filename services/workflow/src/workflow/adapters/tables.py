@@ -232,6 +232,8 @@ placements = Table(
     Column("commission", Numeric(20, 6), nullable=False),
     Column("ended_at", DateTime(timezone=True)),
     Column("end_reason", Text),
+    # In the order written (migration 0014): a loan's newest placement is its highest.
+    Column("seq", BigInteger, Identity(), nullable=False),
     Index(
         "ux_placements_running_loan",
         "loan_id",
