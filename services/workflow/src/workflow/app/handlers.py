@@ -244,7 +244,7 @@ class Workflow:
             self._placements,
             tx.now,
             ids(item.cause_id),
-            reversed_accrual=placing.reversible.pop((case.loan_id, event.repayment_id), None)
+            reversed_accrual=placing.take_reversible(case.loan_id, event.repayment_id)
             if isinstance(event, m.RepaymentReversed)
             else None,
         )
