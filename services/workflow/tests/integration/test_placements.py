@@ -430,6 +430,8 @@ async def test_bad_input_is_a_problem_and_changes_nothing(
         ("/v1/placements?limit=0", AGENCY_A),
         ("/v1/agencies/bad%20agency/commission", ADMIN),
         ("/v1/agencies/agency-a/commission", AGENCY_A),
+        ("/v1/agencies/bad%20agency/performance", ADMIN),
+        ("/v1/agencies/agency-a/performance", AGENCY_A),
     ):
         response = await api.get(path, headers=headers)
         assert response.status_code in (403, 422), (path, response.text)
