@@ -216,6 +216,9 @@ def test_no_proposal_while_an_arrangement_runs_or_the_case_is_held() -> None:
     assert decide(arranged, proposal("1000.00", request_id="r2")).rejected == (
         "one arrangement at a time"
     )
+    held = decide(case(), m.RequestHold("h1", "hardship", "lost job", "ops")).case
+    assert held is not None
+    assert decide(held, proposal("1000.00")).rejected == "the case is on hold: resume it first"
 
 
 # --- malformed proposals -------------------------------------------------------------------
