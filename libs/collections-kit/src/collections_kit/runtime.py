@@ -249,6 +249,15 @@ def make_app(
 _EMPTY = {"type": "string", "maxLength": 0, "description": "Left empty: as if absent."}
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without the ``{"type": "null"}`` branch pydantic gives ``str | None``."""
+    branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) != 1 or len(branches) == len(schema.get("anyOf", ())):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**branches[0], **rest}
+
+
 def _document_refusals(app: FastAPI, routers: Sequence[APIRouter] = ()) -> None:
     """Every operation that needs a token answers 401 and 403; one with a body, 400
     (not even JSON) and 413; an optional query parameter may be left empty."""
@@ -268,6 +277,10 @@ def _document_refusals(app: FastAPI, routers: Sequence[APIRouter] = ()) -> None:
                     responses.setdefault("400", problems.MALFORMED_BODY_RESPONSE)
                     responses.setdefault("413", problems.TOO_LARGE_RESPONSE)
                 for parameter in operation.get("parameters", ()):
+                    if parameter.get("in") == "header":
+                        # A header is text or absent, never JSON null: an optional one's
+                        # null branch let clients (and fuzzers) send "null" as its value.
+                        parameter["schema"] = _without_null(parameter["schema"])
                     if parameter.get("in") == "query" and not parameter.get("required"):
                         # EmptyQueryValuesAbsent: `?stage=` is as if no stage was given.
                         parameter["schema"] = {"anyOf": [parameter["schema"], _EMPTY]}
