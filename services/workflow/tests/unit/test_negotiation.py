@@ -80,7 +80,7 @@ def evaluate(p: m.SubmitProposal, c: Case | None = None) -> n.Answer:
     return n.evaluate(p, c.outstanding, c.currency, c.jurisdiction, TERMS, NOW)
 
 
-def decide(c: Case, p: m.SubmitProposal, at: datetime = NOW) -> d.Decision:
+def decide(c: Case, p: d.Input, at: datetime = NOW) -> d.Decision:
     return d.decide(c, [], p, POLICY, at, ids)
 
 
