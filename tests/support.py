@@ -83,7 +83,7 @@ async def migrate(migrations: Any, url: str, schema: str) -> None:
 
 
 async def mismatched_replays(
-    engine: Any, placements: PlacementPolicy | None = None
+    engine: Any, placements: PlacementPolicy | None = None, policies: Any = None
 ) -> list[dict[str, Any]]:
     """Cases whose stored state differs from the replay of their journal (should be none).
 
@@ -111,7 +111,8 @@ async def mismatched_replays(
     from workflow.adapters.tables import placements as placement_rows
     from workflow.domain.policy import PolicyBook
 
-    policies = PolicyBook()
+    # The policy book the workflow ran with (variants included); default: the built-in one.
+    book: PolicyBook = policies if policies is not None else PolicyBook()
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         rows = (await conn.execute(select(cases).order_by(cases.c.loan_id))).all()
@@ -134,7 +135,7 @@ async def mismatched_replays(
     for row in rows:
         stored = case_from_row(row)
         journal = journals.get(stored.case_id, [])
-        again = replay_with_placements(journal, policies, placements)
+        again = replay_with_placements(journal, book, placements, stored.variant)
         replayed = again.case
         stored_placed = placed.get(stored.case_id, {})
         stored_accrued = accrued.get(stored.case_id, {})

@@ -72,9 +72,9 @@ def decode_input(input_type: str, payload: dict[str, Any]) -> d.Input:
     return decoded
 
 
-def replay(rows: Sequence[Any], policies: PolicyBook) -> Case | None:
+def replay(rows: Sequence[Any], policies: PolicyBook, variant: str | None = None) -> Case | None:
     """Fold ``decide`` over a journal exactly as the app applied it."""
-    return replay_with_placements(rows, policies, None).case
+    return replay_with_placements(rows, policies, None, variant).case
 
 
 @dataclass(frozen=True)
@@ -89,24 +89,32 @@ class Replayed:
 
 
 def replay_with_placements(
-    rows: Sequence[Any], policies: PolicyBook, placements: pl.PlacementPolicy | None
+    rows: Sequence[Any],
+    policies: PolicyBook,
+    placements: pl.PlacementPolicy | None,
+    variant: str | None = None,
 ) -> Replayed:
     """Fold ``decide`` and then ``place`` over a journal exactly as the app applies them
     (``Workflow.run_batch``): every journalled input, after the case decision, through the
     same ``PlacementBatch`` bookkeeping (newest placement, reversible commission). With
-    ``placements`` None (a deployment without agencies) nothing is placed."""
+    ``placements`` None (a deployment without agencies) nothing is placed.
+
+    ``variant`` is the champion-challenger variant stored on the case: the shares may
+    have changed since it opened, and the case keeps the variant it was assigned then.
+    None: assign it as the book's shares do now (a case not stored yet)."""
     case: Case | None = None
     intents: dict[str, ContactIntent] = {}
     placing = PlacementBatch({})
     for row in rows:
         event = decode_input(row.input_type, row.payload)
         product = case.product if case else getattr(event, "product", "")
+        loan_id = case.loan_id if case else getattr(event, "loan_id", "")
         new_id = partial(derived_id, row.cause_id)
         decision = d.decide(
             case,
             list(intents.values()),
             event,
-            policies.for_product(product),
+            policies.for_case(product, loan_id, case.variant if case else variant),
             row.at,
             new_id,
         )

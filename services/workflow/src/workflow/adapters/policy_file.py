@@ -21,6 +21,7 @@ from workflow.domain.policy import (
     NegotiationPolicy,
     NegotiationTerms,
     PolicyBook,
+    ProductPolicy,
     Stage,
     StagePolicy,
     UnreasonableRule,
@@ -43,7 +44,87 @@ class PolicyError(ValueError):
 
 
 def load_policy(path: Path) -> EscalationPolicy:
+    """The product's base policy (its variants, if any, are in ``load_product_policy``)."""
+    return load_product_policy(path).base
+
+
+def load_product_policy(path: Path) -> ProductPolicy:
+    """A product's policy and its champion-challenger variants, each a whole policy: the
+    base file with the variant's overrides applied, validated like any policy file."""
     data = tomllib.loads(path.read_text())
+    variants = data.pop("variants", {})
+    base = _policy(data, path)
+    if not variants:
+        return ProductPolicy(base)
+    try:
+        shares = tuple((str(name), _share(v)) for name, v in variants.items())
+        if sum(share for _, share in shares) != 100:
+            raise ValueError(f"variant shares add up to {sum(s for _, s in shares)}, not 100")
+        merged = [
+            (name, _with_variant(data, {k: x for k, x in v.items() if k != "share"}))
+            for name, v in variants.items()
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(f"{path}: variants: {exc}") from exc
+    return ProductPolicy(
+        base,
+        shares,
+        tuple((name, replace(_policy(d, path), variant=name)) for name, d in merged),
+    )
+
+
+def _share(variant: dict[str, Any]) -> int:
+    share = variant["share"]
+    if not isinstance(share, int) or isinstance(share, bool) or not 0 <= share <= 100:
+        raise ValueError("a variant's share is a whole percent from 0 to 100")
+    return share
+
+
+# What a variant may override: everything that decides a case, nothing that names the
+# policy (its version and product are the base's: a variant is a strategy, not a product).
+_FIXED_KEYS = {"version", "product"}
+_STAGE_KEYS = {"min_days_past_due", "max_duration_days", "contacts"}
+
+
+def _with_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """The base policy's data with a variant's overrides. Only keys the base has may be
+    overridden: a misspelt key would otherwise leave the variant deciding like the
+    champion, and the comparison would measure nothing."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key in _FIXED_KEYS or key not in base:
+            raise ValueError(f"a variant cannot set {key!r}")
+        if key == "stages":
+            merged["stages"] = _stages_overridden(base["stages"], value)
+        elif key == "negotiation":
+            merged["negotiation"] = _nested_overridden(base["negotiation"], value, key)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _stages_overridden(stages: list[dict[str, Any]], override: dict[str, Any]) -> list[Any]:
+    by_name = {s["stage"]: s for s in stages}
+    for name, keys in override.items():
+        if name not in by_name:
+            raise ValueError(f"a variant overrides unknown stage {name!r}")
+        unknown = set(keys) - _STAGE_KEYS
+        if unknown:
+            raise ValueError(f"a variant overrides unknown stage keys {sorted(unknown)}")
+    return [{**s, **override.get(s["stage"], {})} for s in stages]
+
+
+def _nested_overridden(base: dict[str, Any], override: dict[str, Any], at: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ValueError(f"a variant cannot set {at}.{key}")
+        both_tables = isinstance(value, dict) and isinstance(base[key], dict)
+        merged[key] = _nested_overridden(base[key], value, f"{at}.{key}") if both_tables else value
+    return merged
+
+
+def _policy(data: dict[str, Any], path: Path) -> EscalationPolicy:
     try:
         stages = tuple(_stage(s) for s in data["stages"])
         policy = EscalationPolicy(
@@ -197,7 +278,7 @@ def _validate(policy: EscalationPolicy, path: Path) -> None:
 
 
 def policy_book(paths: Sequence[Path]) -> PolicyBook:
-    policies = tuple(load_policy(p) for p in paths)
+    policies = tuple(load_product_policy(p) for p in paths)
     return PolicyBook(policies or (DEFAULT_POLICY,))
 
 

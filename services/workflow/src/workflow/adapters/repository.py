@@ -141,6 +141,7 @@ def case_from_row(row: Any) -> Case:
         milestones=tuple(m["milestones"] or ()),
         money_applied_at=m["money_applied_at"],
         refused_proposals=tuple(datetime.fromisoformat(at) for at in m["refused_proposals"]),
+        variant=m["variant"],
     )
 
 
@@ -161,6 +162,7 @@ def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
         "borrower_time_zone": case.borrower_time_zone,
         "jurisdiction": case.jurisdiction,
         "policy_version": case.policy_version,
+        "variant": case.variant,
         "opened_at": case.opened_at,
         "updated_at": case.updated_at,
         "stage_epoch": case.stage_epoch,

@@ -54,6 +54,7 @@ cases = Table(
     Column("next_action_at", DateTime(timezone=True)),
     Column("money_applied_at", DateTime(timezone=True)),
     Column("refused_proposals", JSONB, nullable=False, server_default="[]"),
+    Column("variant", Text, nullable=False, server_default=""),
     Index("ix_cases_stage_status", "status", "stage"),
     Index("ix_cases_next_action_at", "next_action_at"),
     # No index on days_past_due: it changes daily for every case, and an index on it

@@ -126,7 +126,7 @@ class Workflow:
                 before,
                 list(known.values()),
                 event,
-                self._policies.for_product(product),
+                self._policies.for_case(product, item.loan_id, before.variant if before else None),
                 tx.now,
                 ids(item.cause_id),
             )

@@ -187,7 +187,12 @@ def _entry(
         status_before=before.status if before else None,
         status_after=after.status if after else None,
         policy_version=ctx.policy.version,
-        detail={k: v for k, v in detail.items() if v is not None},
+        # Every decision names the variant that took it, so results compare per variant.
+        detail={
+            k: v
+            for k, v in {**detail, "variant": ctx.policy.variant or None}.items()
+            if v is not None
+        },
     )
 
 
@@ -693,6 +698,7 @@ def _overdue(
             borrower_time_zone=event.borrower_time_zone,
             jurisdiction=event.jurisdiction,
             policy_version=ctx.policy.version,
+            variant=ctx.policy.variant,
             opened_at=ctx.now,
             updated_at=ctx.now,
             stage_entered_at=ctx.now,

@@ -130,6 +130,9 @@ class Case:
     # When proposals were refused, within the negotiation policy's period: enough of them
     # make the proposal "unreasonable" by the policy's rule (domain/negotiation.py).
     refused_proposals: tuple[datetime, ...] = ()
+    # Champion-challenger: the policy variant assigned at open and kept for life ("": the
+    # product has none). Every decision on the case is taken under this variant's policy.
+    variant: str = ""
 
     @property
     def is_open(self) -> bool:

@@ -6,6 +6,7 @@ policy never rewrites how an old decision is explained.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
@@ -145,6 +146,8 @@ class EscalationPolicy:
     recheck_max: timedelta = timedelta(hours=6)
     # How proposals are answered (domain/negotiation.py).
     negotiation: NegotiationPolicy = field(default=DEFAULT_NEGOTIATION)
+    # Champion-challenger: the variant this policy is ("" when the product has none).
+    variant: str = ""
 
     def for_stage(self, stage: Stage) -> StagePolicy:
         for policy in self.stages:
@@ -191,16 +194,60 @@ DEFAULT_POLICY = EscalationPolicy(
 )
 
 
+# Champion-challenger: a variant's share of new cases, in whole percent.
+Shares = tuple[tuple[str, int], ...]
+
+
+def assign_variant(loan_id: str, shares: Shares) -> str:
+    """The variant a new case gets: a pure function of its loan id and the shares.
+
+    blake2b, not ``hash()``: Python salts string hashes per process, and an assignment
+    must come out the same on every replica, after every restart, and in a replay.
+    The loan id lands in one of 100 buckets, and each variant owns a run of buckets as
+    long as its share, in the order the policy lists them."""
+    bucket = int.from_bytes(hashlib.blake2b(loan_id.encode(), digest_size=8).digest()) % 100
+    cumulative = 0
+    for name, share in shares:
+        cumulative += share
+        if bucket < cumulative:
+            return name
+    raise ValueError("variant shares must add up to 100")
+
+
+@dataclass(frozen=True)
+class ProductPolicy:
+    """A product's policy with its variants: each a whole, validated policy."""
+
+    base: EscalationPolicy
+    # (name, share) in the order the file lists them; empty: no champion-challenger.
+    shares: Shares = ()
+    variants: tuple[tuple[str, EscalationPolicy], ...] = ()
+
+    def for_case(self, loan_id: str, variant: str | None) -> EscalationPolicy:
+        """The policy deciding a case: the variant stored on it, for life; a new case
+        (``variant`` None) gets the one its loan id is assigned under today's shares.
+        A stored variant no longer declared falls back to the base policy."""
+        by_name = dict(self.variants)
+        if variant is None:
+            return by_name[assign_variant(loan_id, self.shares)] if self.shares else self.base
+        return by_name.get(variant, self.base)
+
+
 class PolicyBook:
     """Policies by product; unknown products fall back to the default policy."""
 
     def __init__(
         self,
-        policies: tuple[EscalationPolicy, ...] = (DEFAULT_POLICY,),
+        policies: tuple[EscalationPolicy | ProductPolicy, ...] = (DEFAULT_POLICY,),
         default: EscalationPolicy = DEFAULT_POLICY,
     ) -> None:
-        self._by_product = {p.product: p for p in policies}
-        self._default = default
+        products = [p if isinstance(p, ProductPolicy) else ProductPolicy(p) for p in policies]
+        self._by_product = {p.base.product: p for p in products}
+        self._default = ProductPolicy(default)
 
     def for_product(self, product: str) -> EscalationPolicy:
-        return self._by_product.get(product, self._default)
+        return self._by_product.get(product, self._default).base
+
+    def for_case(self, product: str, loan_id: str, variant: str | None) -> EscalationPolicy:
+        """The policy deciding one case (``variant``: the one stored on it, None if new)."""
+        return self._by_product.get(product, self._default).for_case(loan_id, variant)

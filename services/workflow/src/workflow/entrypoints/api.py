@@ -170,6 +170,12 @@ class CaseView(InCurrency):
     jurisdiction: str
     borrower_time_zone: str
     policy_version: str
+    variant: str = Field(
+        default="",
+        description="The champion-challenger variant of the product's policy assigned "
+        "when the case opened and kept for life; every decision on the case is taken "
+        'under it ("": the product has no variants).',
+    )
     opened_at: datetime
     updated_at: datetime
     stage_entered_at: datetime | None
@@ -370,6 +376,7 @@ def _case_view(
         jurisdiction=case.jurisdiction,
         borrower_time_zone=case.borrower_time_zone,
         policy_version=case.policy_version,
+        variant=case.variant,
         opened_at=case.opened_at,
         updated_at=case.updated_at,
         stage_entered_at=case.stage_entered_at,
