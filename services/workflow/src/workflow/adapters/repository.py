@@ -264,7 +264,9 @@ class BatchState:
                 "status_before": e.status_before.value if e.status_before else None,
                 "status_after": e.status_after.value if e.status_after else None,
                 "policy_version": e.policy_version,
-                "detail": e.detail,
+                # Champion-challenger: every entry a case writes (its decisions and its
+                # placements alike) names the case's variant, so results compare per variant.
+                "detail": {**e.detail, "variant": subject.variant} if subject.variant else e.detail,
             }
             for e in entries
         )

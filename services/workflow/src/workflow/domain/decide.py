@@ -187,12 +187,7 @@ def _entry(
         status_before=before.status if before else None,
         status_after=after.status if after else None,
         policy_version=ctx.policy.version,
-        # Every decision names the variant that took it, so results compare per variant.
-        detail={
-            k: v
-            for k, v in {**detail, "variant": ctx.policy.variant or None}.items()
-            if v is not None
-        },
+        detail={k: v for k, v in detail.items() if v is not None},
     )
 
 
