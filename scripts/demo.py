@@ -8,6 +8,7 @@ would; waits until the system settles; prints what happened; stops what it start
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import sys
@@ -257,6 +258,39 @@ def print_work(worked: Counter[str], queues: list[Any]) -> None:
             print(f"    {q['queue']:<38} {q['depth']:>6}  (leased {q['leased']})")
 
 
+# Champion-challenger (issue 24 item 3): the shipped consumer-loan policy with a 50/50
+# split; the challenger texts only (no warning e-mail) and sends the formal notice at 20
+# days past due instead of 30. Each loan's variant is fixed by its loan id.
+VARIANTS = """
+[variants.champion]
+share = 50
+
+[variants.challenger]
+share = 50
+stages.formal_notice.min_days_past_due = 20
+stages.warning.contacts = [{ channel = "sms", recipient = "debtor", template = "warning-reminder" }]
+"""
+CONSUMER_LOAN_POLICY = ROOT / "services/workflow/src/workflow/policies/consumer-loan.toml"
+
+
+def variant_counts(snapshot: dict[str, Any]) -> Counter[str]:
+    """Cases per champion-challenger variant, from the workflow's summary."""
+    counts: Counter[str] = Counter()
+    for row in snapshot["workflow"]["cases"]:
+        counts[row.get("variant") or "(none)"] += row["count"]
+    return counts
+
+
+def print_variants(snapshot: dict[str, Any]) -> None:
+    counts = variant_counts(snapshot)
+    total = sum(counts.values()) or 1
+    print("\nChampion-challenger (workflow): cases per variant")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:<28} {count:>6}  ({100 * count / total:.1f}%)")
+    # Hook for issue 24 item 4: the measures per variant (GET /v1/kpis?group_by=variant)
+    # print here, beside the counts; the variant is on every case and timeline entry.
+
+
 async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
     """Settled = nothing awaits a confirmation and the picture is stable for 3 s."""
     deadline = time.monotonic() + within
@@ -339,13 +373,20 @@ async def run() -> int:
     placement_policy = ROOT / ".cache" / "demo" / f"placements-{run_id}.toml"
     placement_policy.parent.mkdir(parents=True, exist_ok=True)
     placement_policy.write_text(PLACEMENT_POLICY)
+    product_policy = placement_policy.parent / f"consumer-loan-{run_id}.toml"
+    product_policy.write_text(CONSUMER_LOAN_POLICY.read_text() + VARIANTS)
     fleet = Fleet(
         database_url=database_url,
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
         log_dir=ROOT / ".cache" / "demo" / run_id,
         smtp_port=SMTP_PORT,
-        extra_env={"workflow": {"WORKFLOW_PLACEMENT_POLICY_FILE": str(placement_policy)}},
+        extra_env={
+            "workflow": {
+                "WORKFLOW_PLACEMENT_POLICY_FILE": str(placement_policy),
+                "WORKFLOW_POLICY_FILES": json.dumps([str(product_policy)]),
+            }
+        },
     )
     rng = random.Random(20261122)
     loans = portfolio(rng)
@@ -427,6 +468,7 @@ async def run() -> int:
         print_permits(permits)
         print_work(worked, queues)
         print_agency(agency)
+        print_variants(snapshot)
         return 0
     finally:
         codes = await asyncio.to_thread(fleet.stop)

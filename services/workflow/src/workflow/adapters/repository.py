@@ -612,9 +612,9 @@ class CaseRepository:
 
     async def summary(self) -> dict[str, Any]:
         by_stage = await self._conn.execute(
-            select(cases.c.status, cases.c.stage, cases.c.exit, func.count()).group_by(
-                cases.c.status, cases.c.stage, cases.c.exit
-            )
+            select(
+                cases.c.status, cases.c.stage, cases.c.exit, cases.c.variant, func.count()
+            ).group_by(cases.c.status, cases.c.stage, cases.c.exit, cases.c.variant)
         )
         by_intent = await self._conn.execute(
             select(contact_intents.c.status, contact_intents.c.reason, func.count()).group_by(
@@ -623,7 +623,8 @@ class CaseRepository:
         )
         return {
             "cases": [
-                {"status": s, "stage": st, "exit": ex, "count": n} for s, st, ex, n in by_stage
+                {"status": s, "stage": st, "exit": ex, "variant": v, "count": n}
+                for s, st, ex, v, n in by_stage
             ],
             "intents": [{"status": s, "reason": r, "count": n} for s, r, n in by_intent],
         }
