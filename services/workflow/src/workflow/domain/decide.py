@@ -191,6 +191,11 @@ def _entry(
     )
 
 
+def _noted(ctx: _Ctx, what: str, case: Case, **detail: object) -> Decision:
+    """A decision that changes nothing but the case's timeline."""
+    return Decision(case=None, timeline=(_entry(ctx, what, case, case, **detail),))
+
+
 # --- building blocks --------------------------------------------------------------------
 
 
@@ -653,12 +658,7 @@ def _reversal(
     case: Case, intents: Sequence[ContactIntent], event: m.RepaymentReversed, ctx: _Ctx
 ) -> Decision:
     if event.outstanding_after <= ctx.policy.tolerance:
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(ctx, "reversal_recorded", case, case, repayment_id=event.repayment_id),
-            ),
-        )
+        return _noted(ctx, "reversal_recorded", case, repayment_id=event.repayment_id)
     reversed_ = replace(
         case, outstanding=event.outstanding_after, updated_at=ctx.now, money_applied_at=ctx.now
     )
@@ -742,32 +742,15 @@ def _overdue(
             _plan_contacts(opened, ctx, "open")
         )
     if event.as_of <= case.last_overdue_as_of:
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(
-                    ctx,
-                    "stale_overdue_ignored",
-                    case,
-                    case,
-                    as_of=event.as_of.isoformat(),
-                    applied_as_of=case.last_overdue_as_of.isoformat(),
-                ),
-            ),
+        return _noted(
+            ctx,
+            "stale_overdue_ignored",
+            case,
+            as_of=event.as_of.isoformat(),
+            applied_as_of=case.last_overdue_as_of.isoformat(),
         )
     if case.is_closed:
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(
-                    ctx,
-                    "overdue_after_close_ignored",
-                    case,
-                    case,
-                    days_past_due=event.days_past_due,
-                ),
-            ),
-        )
+        return _noted(ctx, "overdue_after_close_ignored", case, days_past_due=event.days_past_due)
     updated = replace(
         case,
         outstanding=event.outstanding,
@@ -886,22 +869,16 @@ def _confirmed(
     if intent is None and event.check_id.startswith(PERMIT_CHECK):
         # On the timeline only: the case's state is not the people's check to change (a
         # command's confirmation adopts the ledger's figure; the next one will).
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(
-                    ctx,
-                    "balance_reconfirmed",
-                    case,
-                    case,
-                    check_id=event.check_id,
-                    confirmation_id=event.confirmation_id,
-                    confirmed_outstanding=str(event.confirmed_outstanding),
-                    ledger_watermark=event.ledger_watermark,
-                    valid_until=event.valid_until.isoformat(),
-                    why="contact_permits",
-                ),
-            ),
+        return _noted(
+            ctx,
+            "balance_reconfirmed",
+            case,
+            check_id=event.check_id,
+            confirmation_id=event.confirmation_id,
+            confirmed_outstanding=str(event.confirmed_outstanding),
+            ledger_watermark=event.ledger_watermark,
+            valid_until=event.valid_until.isoformat(),
+            why="contact_permits",
         )
     if (
         intent is None
@@ -915,17 +892,9 @@ def _confirmed(
             if case.is_closed
             else "intent no longer waits for this check"
         )
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(ctx, "confirmation_not_used", case, case, check_id=event.check_id, why=why),
-            ),
-        )
+        return _noted(ctx, "confirmation_not_used", case, check_id=event.check_id, why=why)
     if event.valid_until <= ctx.now:
-        return Decision(
-            case=None,
-            timeline=(_entry(ctx, "confirmation_expired", case, case, intent_id=intent.intent_id),),
-        )
+        return _noted(ctx, "confirmation_expired", case, intent_id=intent.intent_id)
     commanded = replace(
         intent,
         status=IntentStatus.COMMANDED,
@@ -991,19 +960,13 @@ def _refused(
     intent = next((i for i in intents if i.check_id == event.check_id), None)
     if intent is None and event.check_id.startswith(PERMIT_CHECK):
         # People asking for permits stay refused balance_unconfirmed (the notifier's view).
-        return Decision(
-            case=None,
-            timeline=(
-                _entry(
-                    ctx,
-                    "balance_not_reconfirmed",
-                    case,
-                    case,
-                    check_id=event.check_id,
-                    reason=event.reason,
-                    detail=event.detail or None,
-                ),
-            ),
+        return _noted(
+            ctx,
+            "balance_not_reconfirmed",
+            case,
+            check_id=event.check_id,
+            reason=event.reason,
+            detail=event.detail or None,
         )
     if intent is None or intent.status is not IntentStatus.AWAITING_CONFIRMATION:
         return Decision(case=None)
@@ -1165,10 +1128,7 @@ def timer_is_current(case: Case, kind: TimerKind, token: str) -> bool:
 def _timer(
     case: Case, intents: Sequence[ContactIntent], event: m.TimerFired, ctx: _Ctx
 ) -> Decision:
-    stale = Decision(
-        case=None,
-        timeline=(_entry(ctx, "timer_stale", case, case, timer=event.kind, token=event.token),),
-    )
+    stale = _noted(ctx, "timer_stale", case, timer=event.kind, token=event.token)
     kind = TimerKind(event.kind)
     if kind is TimerKind.PLACEMENT_EXPIRY:
         # The case itself does not move: the placement step recalls (domain/placement.py).
@@ -1192,18 +1152,8 @@ def _timer(
         if arrangement is None or arrangement.arrangement_id != arrangement_id:
             return stale
         if arrangement.covered(int(index)):
-            return Decision(
-                case=None,
-                timeline=(
-                    _entry(
-                        ctx,
-                        "instalment_kept",
-                        case,
-                        case,
-                        arrangement_id=arrangement_id,
-                        instalment=int(index),
-                    ),
-                ),
+            return _noted(
+                ctx, "instalment_kept", case, arrangement_id=arrangement_id, instalment=int(index)
             )
         return apply_rule(
             case,
