@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -177,37 +178,27 @@ def build_runtime(
         ),
     )
     handlers = NotifierHandlers(policy)
-    contacts = ConsumerLoop(
-        settings=settings,
-        engine=engine,
-        inbox=inbox,
-        outbox=outbox,
-        topics=[t.value for t in CONTACT_TOPICS],
-        handlers=_routes_on(handlers.routes(), CONTACT_TOPICS),
+
+    def loop(topics: tuple[Topic, ...], **options: Any) -> ConsumerLoop:
+        """A consumer loop of the notifier's group on ``topics``, with their handlers."""
+        return ConsumerLoop(
+            settings=settings,
+            engine=engine,
+            inbox=inbox,
+            outbox=outbox,
+            topics=[t.value for t in topics],
+            handlers=_routes_on(handlers.routes(), topics),
+            clock=clock,
+            **options,
+        )
+
+    contacts = loop(
+        CONTACT_TOPICS,
         batch_handler=handlers.batch,
-        clock=clock,
         on_committed=partial(_wake_for_new_commands, handlers, dispatcher),
     )
-    repayments = ConsumerLoop(
-        settings=settings,
-        engine=engine,
-        inbox=inbox,
-        outbox=outbox,
-        topics=[t.value for t in REPAYMENT_TOPICS],
-        handlers=_routes_on(handlers.routes(), REPAYMENT_TOPICS),
-        clock=clock,
-        lane="repayments",
-    )
-    confirmations = ConsumerLoop(
-        settings=settings,
-        engine=engine,
-        inbox=inbox,
-        outbox=outbox,
-        topics=[t.value for t in CONFIRMATION_TOPICS],
-        handlers=_routes_on(handlers.routes(), CONFIRMATION_TOPICS),
-        clock=clock,
-        lane="confirmations",
-    )
+    repayments = loop(REPAYMENT_TOPICS, lane="repayments")
+    confirmations = loop(CONFIRMATION_TOPICS, lane="confirmations")
     return Runtime(
         settings=settings,
         engine=engine,
