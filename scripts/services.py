@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # uvicorn re-raises SIGTERM once its graceful shutdown is done, so that is a clean exit.
 CLEAN_EXIT = (0, -signal.SIGTERM, None)
 
+# Which services each process that started a fleet has running: a test killed by pytest's
+# timeout ends its process with os._exit, so no teardown stops its fleet, and the orphans
+# hold their ports for the next run. The next fleet started from this clone reaps them.
+FLEETS_DIR = ROOT / ".cache" / "fleets"
+
 SERVICES: dict[str, tuple[str, str]] = {
     # name: (python module, env prefix)
     "workflow": ("workflow", "WORKFLOW_"),
@@ -61,6 +66,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        _register(self.process.pid, module)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -92,6 +98,52 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _register(pid: int, module: str) -> None:
+    FLEETS_DIR.mkdir(parents=True, exist_ok=True)
+    with (FLEETS_DIR / f"{os.getpid()}.pids").open("a") as registry:
+        registry.write(f"{pid} {module}\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(fleets_dir: Path = FLEETS_DIR) -> list[int]:
+    """SIGKILL the services of fleets whose starting process has died; returns their pids.
+
+    A recorded pid is killed only while its command line is still ``-m <module> serve``,
+    so a pid the kernel has since given to another program is left alone."""
+    reaped: list[int] = []
+    for registry in sorted(fleets_dir.glob("*.pids")) if fleets_dir.is_dir() else []:
+        if _alive(int(registry.stem)):
+            continue
+        for line in registry.read_text().splitlines():
+            pid_text, module = line.split()
+            try:
+                argv = Path(f"/proc/{pid_text}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone already
+            if _serves(argv, module):
+                try:
+                    os.kill(int(pid_text), signal.SIGKILL)
+                    reaped.append(int(pid_text))
+                except ProcessLookupError:
+                    pass
+        registry.unlink(missing_ok=True)
+    return reaped
+
+
+def _serves(argv: list[bytes], module: str) -> bool:
+    wanted = [b"-m", module.encode(), b"serve"]
+    return any(argv[i : i + 3] == wanted for i in range(len(argv)))
 
 
 @dataclass
@@ -155,6 +207,7 @@ class Fleet:
         return [key for key, m in self.members.items() if m.name == name]
 
     def start(self) -> None:
+        reap_orphans()
         migrated: set[str] = set()
         for member in self.members.values():
             if member.name not in migrated:
