@@ -476,7 +476,12 @@ class _Lag:
 
 
 async def pipeline(
-    admin_url: str, bootstrap: str, loans: int, samples: int, replicas: dict[str, int] | None = None
+    admin_url: str,
+    bootstrap: str,
+    loans: int,
+    samples: int,
+    replicas: dict[str, int] | None = None,
+    base_port: int = 18510,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_pl_{run}", f"benchpl{run}."
@@ -488,7 +493,7 @@ async def pipeline(
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
         log_dir=ROOT / ".cache" / "bench" / run,
-        base_port=18510,
+        base_port=base_port,
         extra_env={
             "workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"},
@@ -543,8 +548,11 @@ async def pipeline(
                 "loans": loans,
                 "loans_per_s": round(rate, 1),
                 "machine_cpu_us_per_loan": cpu_us,
-                "messages_consumed_per_loan": round((after[0] - before[0]) / loans, 2),
-                "rows_written_per_loan": round((after[1] - before[1]) / loans, 2),
+                "messages_consumed_per_loan": round((after.consumed - before.consumed) / loans, 2),
+                "rows_written_per_loan": round(
+                    (after.rows_written - before.rows_written) / loans, 2
+                ),
+                "rows_by_table": rows_by_table(before, after, loans),
             },
             suppression,
             rss,
@@ -555,7 +563,20 @@ async def pipeline(
         await drop_database(admin_url, name)
 
 
-async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
+@dataclass(frozen=True)
+class WorkDone:
+    """Records the services' consumer groups have committed so far, and the rows the run's
+    database has written, per table: (inserted, updated, deleted)."""
+
+    consumed: int
+    rows: dict[str, tuple[int, int, int]]
+
+    @property
+    def rows_written(self) -> int:
+        return sum(sum(counts) for counts in self.rows.values())
+
+
+async def work_done(bootstrap: str, dsn: str, prefix: str) -> WorkDone:
     """Records the services' consumer groups have committed so far, and rows the run's
     database has written (inserted, updated or deleted: PostgreSQL's table statistics,
     once they have settled: ``STATS_SETTLE_S``)."""
@@ -564,12 +585,29 @@ async def work_done(bootstrap: str, dsn: str, prefix: str) -> tuple[int, int]:
     await asyncio.sleep(STATS_SETTLE_S)
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetchval(
-            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+        rows = await conn.fetch(
+            "SELECT schemaname || '.' || relname AS name, n_tup_ins, n_tup_upd, n_tup_del"
+            " FROM pg_stat_user_tables"
         )
     finally:
         await conn.close()
-    return consumed, int(rows)
+    return WorkDone(
+        consumed, {r["name"]: (r["n_tup_ins"], r["n_tup_upd"], r["n_tup_del"]) for r in rows}
+    )
+
+
+def rows_by_table(before: WorkDone, after: WorkDone, loans: int) -> dict[str, dict[str, float]]:
+    """Rows written per loan in each table between two counts, split into inserted, updated
+    and deleted (only the non-zero ones), the most written first: where
+    ``rows_written_per_loan`` comes from, so a change to it shows which table moved."""
+    split: dict[str, dict[str, float]] = {}
+    for name, counts in after.rows.items():
+        was = before.rows.get(name, (0, 0, 0))
+        kinds = zip(("inserted", "updated", "deleted"), counts, was, strict=True)
+        per_loan = {kind: round((now - then) / loans, 2) for kind, now, then in kinds}
+        if any(per_loan.values()):
+            split[name] = {kind: n for kind, n in per_loan.items() if n}
+    return dict(sorted(split.items(), key=lambda item: -sum(item[1].values())))
 
 
 def plumbing(flow: dict[str, Any], kafka: Baseline, pg: Baseline) -> dict[str, Any]:

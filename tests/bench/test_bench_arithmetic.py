@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from bench.run import Baseline, cost_ratio, per_unit_us, plumbing, scale_order
+from bench.run import (
+    Baseline,
+    WorkDone,
+    cost_ratio,
+    per_unit_us,
+    plumbing,
+    rows_by_table,
+    scale_order,
+)
 
 
 def _run(existing: int, us: float, cpu: float | None = None) -> dict[str, Any]:
@@ -56,3 +64,22 @@ def test_cpu_per_unit() -> None:
     assert per_unit_us(10.0, 12.5, 1_000) == 2500.0
     assert per_unit_us(None, 12.5, 1_000) is None
     assert per_unit_us(10.0, 12.5, 0) is None
+
+
+def test_rows_by_table_splits_each_tables_writes_per_loan() -> None:
+    before = WorkDone(0, {"w.outbox": (10, 0, 10), "w.cases": (5, 5, 0), "n.idle": (3, 0, 0)})
+    after = WorkDone(
+        0,
+        {
+            "w.outbox": (210, 0, 210),
+            "w.cases": (105, 105, 0),
+            "n.idle": (3, 0, 0),
+            "n.new": (100, 0, 0),
+        },
+    )
+    assert rows_by_table(before, after, 100) == {
+        "w.outbox": {"inserted": 2.0, "deleted": 2.0},
+        "w.cases": {"inserted": 1.0, "updated": 1.0},
+        "n.new": {"inserted": 1.0},
+    }
+    assert after.rows_written - before.rows_written == 700
