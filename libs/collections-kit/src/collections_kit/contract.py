@@ -10,9 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from collections_kit import vocabulary
 from collections_kit.jurisdictions import JURISDICTION_PATTERN
@@ -33,6 +43,15 @@ Jurisdiction = Annotated[
     str, StringConstraints(pattern=JURISDICTION_PATTERN), Field(examples=["CN", "US", "UK"])
 ]
 Channel = vocabulary.Channel
+# A risk score from 0 to 1, written as a decimal string as amounts are (no binary float
+# on the wire: a threshold of 0.7 must compare exactly).
+SCORE_PATTERN = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$"
+Score = Annotated[
+    Decimal,
+    Field(ge=0, le=1, max_digits=7, decimal_places=6),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": SCORE_PATTERN, "examples": ["0.82"]}),
+]
 # The stages are collections_kit.vocabulary's; a Literal of its members keeps each field's
 # JSON Schema an inline enum of their values (test_envelope checks it names every member).
 Stage = Literal[
@@ -102,6 +121,40 @@ class RepaymentReversed(Message):
     outstanding_balance_after: NonNegativeAmount
     reversed_at: AwareDatetime
     reason: str = Field(default="", max_length=200)
+
+
+class RiskSignal(Message):
+    """A risk model's signal about a loan that is still current (early warning).
+
+    ``score`` runs from 0 (no risk seen) to 1; the product's policy says from which score a
+    pre-delinquency case opens. The signal holds until ``valid_until``; a later one may
+    extend it. Carries what an overdue report carries about the borrower, so that a case
+    can contact them (and become an ordinary case if the loan falls overdue).
+    """
+
+    signal_id: LoanId
+    loan_id: LoanId
+    borrower_id: LoanId
+    product: str = Field(default="consumer-loan", max_length=64)
+    kind: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9_]+$",
+        examples=["income_drop", "missed_other_payment", "overdraft"],
+    )
+    score: Score
+    currency: CurrencyCode
+    outstanding_balance: NonNegativeAmount
+    observed_at: AwareDatetime
+    valid_until: AwareDatetime
+    borrower_time_zone: str = Field(max_length=64, examples=["Asia/Shanghai"])
+    jurisdiction: Jurisdiction
+
+    @model_validator(mode="after")
+    def _valid_after_observed(self) -> RiskSignal:
+        if self.valid_until <= self.observed_at:
+            raise ValueError("valid_until must be after observed_at")
+        return self
 
 
 class LedgerPostingBooked(Message):
@@ -419,6 +472,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
         Topic.LOANS_REPAYMENT,
         RepaymentReversed,
         "A repayment bounced or was reversed.",
+        _LENDER,
+    ),
+    MessageSpec(
+        "loan.risk-signal.v1",
+        Topic.LOANS_RISK_SIGNALS,
+        RiskSignal,
+        "A risk signal about a current loan (early warning).",
         _LENDER,
     ),
     MessageSpec(

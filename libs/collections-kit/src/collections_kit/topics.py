@@ -17,6 +17,9 @@ class Topic(StrEnum):
     LOANS_OVERDUE = "loans.overdue.v1"
     LOANS_REPAYMENT = "loans.repayment.v1"
     LEDGER_POSTINGS = "ledger.postings.v1"
+    # early warning: risk signals about loans that are still current (published by the
+    # lender's risk models; the workflow may open a pre-delinquency case)
+    LOANS_RISK_SIGNALS = "loans.risk-signals.v1"
     # between our services
     BALANCE_CHECKS = "collections.balance-checks.v1"
     BALANCE_CONFIRMATIONS = "collections.balance-confirmations.v1"

@@ -27,12 +27,14 @@ from workflow.domain.model import (
     Hold,
     HoldKind,
     Instalment,
+    PreDelinquency,
 )
 from workflow.domain.policy import DEFAULT_POLICY, STAGE_ORDER, Stage
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CTX = d._Ctx(DEFAULT_POLICY, NOW, lambda label: f"id-{label}", "test")
 HOLD = Hold("h1", HoldKind.OPERATOR, "checking", "agent:1", NOW)
+PRE = PreDelinquency("S1", "income_drop", Decimal("0.9"), NOW, NOW + timedelta(days=30))
 ARRANGEMENT = Arrangement(
     "a1",
     ArrangementKind.PROMISE_TO_PAY,
@@ -68,6 +70,8 @@ def case_in(phase: Phase) -> Case:
         return replace(base, stage=Stage(phase.value))
     if phase is Phase.ARRANGED:
         return replace(base, arrangement=ARRANGEMENT)
+    if phase is Phase.PRE_DELINQUENCY:
+        return replace(base, days_past_due=0, amount_overdue=Decimal(0), pre_delinquency=PRE)
     if phase is Phase.HELD:
         return replace(base, status=CaseStatus.HELD, hold=HOLD)
     return replace(base, status=CaseStatus.CLOSED, exit=Exit(phase.value))
@@ -80,6 +84,9 @@ def test_the_table_covers_every_pair() -> None:
 @pytest.mark.parametrize(("phase", "trigger"), list(TRANSITIONS))
 def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> None:
     case = case_in(phase)
+    if trigger is Trigger.FELL_OVERDUE and phase in (Phase.HELD, *EXITS):
+        # Routed here only for a case opened by a risk signal (held, or ended so).
+        case = replace(case, pre_delinquency=PRE)
     assert case.phase is phase
     expected = TRANSITIONS[(phase, trigger)]
     decision = d.apply_rule(
@@ -116,7 +123,8 @@ def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> 
         case Rule.BREAK_ARRANGEMENT:
             assert after is not None
             assert after.arrangement is None
-            moved = Phase(case.stage.value) in PRE_LEGAL
+            # A pre-delinquency case's loan is not overdue: a broken plan advances nothing.
+            moved = Phase(case.stage.value) in PRE_LEGAL and case.pre_delinquency is None
             assert STAGE_ORDER.index(after.stage) == stage_index + (1 if moved else 0)
         case Rule.END_ARRANGEMENT:
             assert after is not None
@@ -135,7 +143,17 @@ def test_every_pair_does_what_the_table_says(phase: Phase, trigger: Trigger) -> 
             )
         case Rule.ARRANGE:
             assert after is not None
-            assert after.phase is Phase.ARRANGED
+            assert after.arrangement is not None
+            # A pre-delinquency case stays one under its plan (it never escalates either way).
+            assert after.phase is (
+                Phase.PRE_DELINQUENCY if case.pre_delinquency else Phase.ARRANGED
+            )
+        case Rule.TO_COLLECTION:
+            assert after is not None
+            assert after.pre_delinquency is None
+            assert after.stage is Stage.WARNING
+            assert after.case_id == case.case_id
+            assert after.status is (CaseStatus.HELD if phase is Phase.HELD else CaseStatus.OPEN)
         case _:
             exit_ = Exit(expected.rule.value.removeprefix("close_"))
             assert after is not None
@@ -150,6 +168,10 @@ def test_settled_written_off_and_closed_are_absorbing(trigger: Trigger) -> None:
         rule = TRANSITIONS[(phase, trigger)].rule
         if phase is Phase.REPAID and trigger is Trigger.REPAYMENT_REVERSED:
             assert rule is Rule.REOPEN  # the payment that closed it never happened
+        elif phase in (Phase.REPAID, Phase.CLOSED) and trigger is Trigger.FELL_OVERDUE:
+            # Only a case that ended pre-delinquent (expired, repaid) gets this trigger: its
+            # loan fell overdue since, and the same case collects.
+            assert rule is Rule.TO_COLLECTION
         else:
             assert rule in (Rule.IGNORE, Rule.REJECT), (phase, trigger)
 

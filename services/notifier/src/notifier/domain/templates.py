@@ -62,6 +62,29 @@ _TEMPLATES: dict[tuple[str, Language], Template] = {
         "您好，提醒您贷款 {loan_ref} 应还 {amount} {currency}。"
         "如暂时还款困难，我们可以协商还款计划。{opt_out}",
     ),
+    # Early warning (the workflow's pre-delinquency cases): the loan is not overdue, so the
+    # text claims nothing is due; it offers a plan before a payment is missed.
+    ("early-warning-offer", "en"): _T(
+        "debtor",
+        "Your loan {loan_ref}: help before a payment is missed",
+        "Hello,\n\nnothing on your loan {loan_ref} is overdue. If your situation has "
+        "changed and the coming payments look hard, tell us before one is missed: we can "
+        "agree on a plan that fits, without charges for asking.\n\n{opt_out}\n",
+        "Loan {loan_ref}: nothing is overdue. If coming payments look hard, reply and we "
+        "can agree on a plan before one is missed. {opt_out}",
+        "Hello, nothing on your loan {loan_ref} is overdue. If the coming payments look "
+        "hard, we can agree on a plan before one is missed. {opt_out}",
+    ),
+    ("early-warning-offer", "zh-CN"): _T(
+        "debtor",
+        "贷款 {loan_ref}：在逾期之前为您提供帮助",
+        "您好：\n\n您的贷款 {loan_ref} 目前没有逾期。如您的情况有变、后续还款可能有困难，"
+        "请在逾期之前告诉我们，我们可以协商适合您的还款计划，咨询不收取任何费用。\n\n{opt_out}\n",
+        "贷款 {loan_ref} 目前没有逾期。如后续还款可能有困难，请回复，我们可在逾期前协商还款计划。"
+        "{opt_out}",
+        "您好，您的贷款 {loan_ref} 目前没有逾期。"
+        "如后续还款可能有困难，我们可以在逾期前协商还款计划。{opt_out}",
+    ),
     ("formal-notice", "en"): _T(
         "debtor",
         "Formal notice: loan {loan_ref}",

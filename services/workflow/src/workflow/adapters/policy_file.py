@@ -17,6 +17,7 @@ from workflow.domain.policy import (
     STAGE_ORDER,
     Charge,
     ContactPlan,
+    EarlyWarningPolicy,
     EscalationPolicy,
     NegotiationPolicy,
     NegotiationTerms,
@@ -96,8 +97,8 @@ def _with_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
             raise ValueError(f"a variant cannot set {key!r}")
         if key == "stages":
             merged["stages"] = _stages_overridden(base["stages"], value)
-        elif key == "negotiation":
-            merged["negotiation"] = _nested_overridden(base["negotiation"], value, key)
+        elif key in ("negotiation", "early_warning"):
+            merged[key] = _nested_overridden(base[key], value, key)
         else:
             merged[key] = value
     return merged
@@ -145,6 +146,10 @@ def _policy(data: dict[str, Any], path: Path) -> EscalationPolicy:
             negotiation=_negotiation(data["negotiation"])
             if "negotiation" in data
             else DEFAULT_NEGOTIATION,
+            # No [early_warning] table: the product opens no pre-delinquency case.
+            early_warning=_early_warning(data["early_warning"])
+            if "early_warning" in data
+            else None,
         )
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise PolicyError(f"{path}: {exc}") from exc
@@ -162,6 +167,25 @@ def _stage(data: dict[str, Any]) -> StagePolicy:
             for c in data.get("contacts", [])
         ),
         max_duration=timedelta(days=int(days)) if days is not None else None,
+    )
+
+
+_EARLY_WARNING_KEYS = {"threshold", "reminder_every_days", "contacts"}
+
+
+def _early_warning(data: dict[str, Any]) -> EarlyWarningPolicy:
+    unknown = set(data) - _EARLY_WARNING_KEYS
+    if unknown:
+        raise ValueError(f"unknown early_warning keys {sorted(unknown)}")
+    contacts = tuple(
+        ContactPlan(c["channel"], c["recipient"], c["template"]) for c in data["contacts"]
+    )
+    if any(c.channel not in _CHANNELS for c in contacts):
+        raise ValueError("unknown channel in early_warning")
+    return EarlyWarningPolicy(
+        threshold=Decimal(str(data["threshold"])),
+        reminder_every=timedelta(days=int(data["reminder_every_days"])),
+        contacts=contacts,
     )
 
 

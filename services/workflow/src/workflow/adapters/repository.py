@@ -35,11 +35,36 @@ from workflow.domain.model import (
     HoldKind,
     Instalment,
     IntentStatus,
+    PreDelinquency,
     TimelineEntry,
     Timer,
     TimerKind,
 )
 from workflow.domain.policy import Stage
+
+
+def _pre_delinquency_json(pre: PreDelinquency | None) -> dict[str, Any] | None:
+    if pre is None:
+        return None
+    return {
+        "signal_id": pre.signal_id,
+        "kind": pre.kind,
+        "score": str(pre.score),
+        "observed_at": pre.observed_at.isoformat(),
+        "valid_until": pre.valid_until.isoformat(),
+    }
+
+
+def _pre_delinquency(data: dict[str, Any] | None) -> PreDelinquency | None:
+    if not data:
+        return None
+    return PreDelinquency(
+        signal_id=data["signal_id"],
+        kind=data["kind"],
+        score=Decimal(data["score"]),
+        observed_at=datetime.fromisoformat(data["observed_at"]),
+        valid_until=datetime.fromisoformat(data["valid_until"]),
+    )
 
 
 def _hold_json(hold: Hold | None) -> dict[str, Any] | None:
@@ -142,6 +167,7 @@ def case_from_row(row: Any) -> Case:
         money_applied_at=m["money_applied_at"],
         refused_proposals=tuple(datetime.fromisoformat(at) for at in m["refused_proposals"]),
         variant=m["variant"],
+        pre_delinquency=_pre_delinquency(m["pre_delinquency"]),
     )
 
 
@@ -176,6 +202,7 @@ def _case_values(case: Case, next_action_at: datetime | None) -> dict[str, Any]:
         "next_action_at": next_action_at,
         "money_applied_at": case.money_applied_at,
         "refused_proposals": [at.isoformat() for at in case.refused_proposals],
+        "pre_delinquency": _pre_delinquency_json(case.pre_delinquency),
     }
 
 

@@ -55,6 +55,8 @@ cases = Table(
     Column("money_applied_at", DateTime(timezone=True)),
     Column("refused_proposals", JSONB, nullable=False, server_default="[]"),
     Column("variant", Text, nullable=False, server_default=""),
+    # Early warning: the risk signal a pre-delinquency case rests on (migration 0016).
+    Column("pre_delinquency", JSONB),
     Index("ix_cases_stage_status", "status", "stage"),
     Index("ix_cases_next_action_at", "next_action_at"),
     # No index on days_past_due: it changes daily for every case, and an index on it

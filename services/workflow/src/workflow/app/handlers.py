@@ -323,6 +323,7 @@ class WorkflowHandlers:
         return dict.fromkeys(
             (
                 c.LoanOverdue,
+                c.RiskSignal,
                 c.RepaymentReceived,
                 c.RepaymentReversed,
                 c.BalanceConfirmed,
@@ -354,6 +355,26 @@ def item_for(env: Envelope) -> Item:
                     outstanding=data.outstanding_balance,
                     days_past_due=data.days_past_due,
                     as_of=data.as_of,
+                    borrower_time_zone=data.borrower_time_zone,
+                    jurisdiction=data.jurisdiction,
+                ),
+                env.id,
+            )
+        case c.RiskSignal():
+            return Item(
+                data.loan_id,
+                m.RiskSignalReceived(
+                    event_id=env.id,
+                    signal_id=data.signal_id,
+                    loan_id=data.loan_id,
+                    borrower_id=data.borrower_id,
+                    product=data.product,
+                    kind=data.kind,
+                    score=data.score,
+                    currency=data.currency,
+                    outstanding=data.outstanding_balance,
+                    observed_at=data.observed_at,
+                    valid_until=data.valid_until,
                     borrower_time_zone=data.borrower_time_zone,
                     jurisdiction=data.jurisdiction,
                 ),

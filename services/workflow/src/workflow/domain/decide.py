@@ -37,11 +37,18 @@ from workflow.domain.model import (
     HoldKind,
     Instalment,
     IntentStatus,
+    PreDelinquency,
     TimelineEntry,
     Timer,
     TimerKind,
 )
-from workflow.domain.policy import STAGE_ORDER, EscalationPolicy, Stage, next_stage
+from workflow.domain.policy import (
+    STAGE_ORDER,
+    ContactPlan,
+    EscalationPolicy,
+    Stage,
+    next_stage,
+)
 
 NewId = Callable[[str], str]
 
@@ -119,6 +126,7 @@ Effect = (
 
 Input = (
     m.OverdueReported
+    | m.RiskSignalReceived
     | m.RepaymentReceived
     | m.RepaymentReversed
     | m.BalanceConfirmed
@@ -199,10 +207,18 @@ def _noted(ctx: _Ctx, what: str, case: Case, **detail: object) -> Decision:
 # --- building blocks --------------------------------------------------------------------
 
 
+def _contacts_for(case: Case, policy: EscalationPolicy) -> tuple[ContactPlan, ...]:
+    """What a case contacts on entering its stage: a pre-delinquency case its early-warning
+    reminders (the borrower only), any other its stage's contacts."""
+    if case.pre_delinquency is not None:
+        return policy.early_warning.contacts if policy.early_warning else ()
+    return policy.for_stage(case.stage).contacts
+
+
 def _plan_contacts(case: Case, ctx: _Ctx, label: str) -> Decision:
     """Intents for the stage's contacts, each waiting for a ledger confirmation."""
     intents = []
-    for i, plan in enumerate(ctx.policy.for_stage(case.stage).contacts):
+    for i, plan in enumerate(_contacts_for(case, ctx.policy)):
         intent_id = ctx.new_id(f"intent/{label}/{case.stage}/{i}")
         intents.append(
             ContactIntent(
@@ -255,6 +271,19 @@ def _cancel_pending(intents: Sequence[ContactIntent], reason: str) -> tuple[Cont
 
 
 def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
+    if case.pre_delinquency is not None:
+        # No stage time limit: a pre-delinquency case never escalates. Its next reminder,
+        # under the epoch, so a hold or a new epoch ends the old chain of reminders.
+        early = ctx.policy.early_warning
+        if early is None:
+            return ()
+        return (
+            Timer(
+                TimerKind.EARLY_WARNING_REMINDER,
+                ctx.now + early.reminder_every,
+                str(case.stage_epoch),
+            ),
+        )
     timers = []
     limit = ctx.policy.for_stage(case.stage).max_duration
     if limit is not None:
@@ -349,10 +378,17 @@ def _reopen(case: Case, ctx: _Ctx, kind: str, **detail: object) -> Decision:
         policy_version=ctx.policy.version,
         updated_at=ctx.now,
     )
+    # Closing superseded a pre-delinquency case's expiry timer: a bounced repayment that
+    # reopens it sets it again (at once if the signal has expired meanwhile).
+    expiry = (
+        (_expiry_timer(reopened.pre_delinquency, ctx),)
+        if case.is_closed and reopened.pre_delinquency is not None
+        else ()
+    )
     return Decision(
         case=reopened,
         timeline=(_entry(ctx, kind, case, reopened, **detail),),
-        timers=_stage_timers(reopened, ctx),
+        timers=_stage_timers(reopened, ctx) + expiry,
     ).then(_plan_contacts(reopened, ctx, f"reopen-{reopened.stage_epoch}"))
 
 
@@ -412,6 +448,8 @@ def apply_rule(
         case Rule.ARRANGE:
             assert arrangement is not None
             return _arrange(case, intents, arrangement, ctx, actor)
+        case Rule.TO_COLLECTION:
+            return _to_collection(case, intents, ctx, trigger, why, **detail)
     raise AssertionError(f"unhandled rule {rule.rule}")
 
 
@@ -454,7 +492,8 @@ def _break_arrangement(
     ended = _end_arrangement(case, "broken", ctx)
     broken = _entry(ctx, "arrangement_broken", case, ended, **detail)
     target = next_stage(case.stage)
-    if Phase(case.stage.value) in PRE_LEGAL and target is not None:
+    # A pre-delinquency case's loan is not overdue: a broken plan advances nothing.
+    if case.pre_delinquency is None and Phase(case.stage.value) in PRE_LEGAL and target:
         decision = _enter_stage(ended, intents, target, ctx, trigger, "broken promise")
         return Decision(case=None, timeline=(broken,)).then(decision)
     return _restart_collecting(ended, ctx, broken)
@@ -567,6 +606,8 @@ def decide(
     ctx = _Ctx(policy, now, new_id, cause_of(event))
     if isinstance(event, m.OverdueReported):
         return _overdue(case, intents, event, ctx)
+    if isinstance(event, m.RiskSignalReceived):
+        return _risk_signal(case, event, ctx)
     if case is None:
         return Decision(case=None, rejected="no case for this loan")
     match event:
@@ -589,25 +630,7 @@ def decide(
         case m.RequestHold():
             return _hold(case, intents, event, ctx)
         case m.RequestResume():
-            if (
-                case.hold is not None
-                and case.hold.kind is HoldKind.DISPUTE
-                and not event.verification_outcome
-            ):
-                return Decision(
-                    case=None,
-                    rejected="a disputed debt resumes only after its "
-                    "verification outcome is recorded",
-                )
-            return apply_rule(
-                case,
-                intents,
-                Trigger.RESUME,
-                ctx,
-                actor=event.actor,
-                reason=event.reason,
-                verification=event.verification_outcome,
-            )
+            return _resume_request(case, intents, event, ctx)
         case m.RecordArrangement():
             return _arrangement(case, intents, event, ctx)
         case m.SubmitProposal():
@@ -629,6 +652,29 @@ def decide(
             }[event.exit]
             return apply_rule(case, intents, trigger, ctx, actor=event.actor, reason=event.reason)
     raise AssertionError(f"unhandled input {event!r}")
+
+
+def _resume_request(
+    case: Case, intents: Sequence[ContactIntent], event: m.RequestResume, ctx: _Ctx
+) -> Decision:
+    if (
+        case.hold is not None
+        and case.hold.kind is HoldKind.DISPUTE
+        and not event.verification_outcome
+    ):
+        return Decision(
+            case=None,
+            rejected="a disputed debt resumes only after its verification outcome is recorded",
+        )
+    return apply_rule(
+        case,
+        intents,
+        Trigger.RESUME,
+        ctx,
+        actor=event.actor,
+        reason=event.reason,
+        verification=event.verification_outcome,
+    )
 
 
 def _corrected(
@@ -741,6 +787,10 @@ def _overdue(
         return announced.then(Decision(case=None, timers=_stage_timers(opened, ctx))).then(
             _plan_contacts(opened, ctx, "open")
         )
+    if case.pre_delinquency is not None:
+        # Before the staleness check: a pre-delinquency case has applied no overdue report
+        # (its as-of is the signal's), and any report means the loan fell overdue.
+        return _fall_overdue(case, intents, event, ctx)
     if event.as_of <= case.last_overdue_as_of:
         return _noted(
             ctx,
@@ -1122,6 +1172,13 @@ def timer_is_current(case: Case, kind: TimerKind, token: str) -> bool:
         )
     if kind is TimerKind.PLACEMENT_EXPIRY:
         return True  # the placement step decides whether its placement still runs
+    if kind is TimerKind.SIGNAL_EXPIRY:
+        return (
+            case.pre_delinquency is not None
+            and token == case.pre_delinquency.valid_until.isoformat()
+        )
+    if kind is TimerKind.EARLY_WARNING_REMINDER:
+        return case.pre_delinquency is not None and token == str(case.stage_epoch)
     return case.is_open  # RECHECK: the firing decides precisely
 
 
@@ -1133,6 +1190,12 @@ def _timer(
     if kind is TimerKind.PLACEMENT_EXPIRY:
         # The case itself does not move: the placement step recalls (domain/placement.py).
         return Decision(case=None)
+    if kind in (TimerKind.SIGNAL_EXPIRY, TimerKind.EARLY_WARNING_REMINDER):
+        if not timer_is_current(case, kind, event.token):
+            return stale
+        if kind is TimerKind.SIGNAL_EXPIRY:
+            return apply_rule(case, intents, Trigger.SIGNAL_EXPIRED, ctx, reason="signal expired")
+        return _remind(case, ctx)
     if kind in (TimerKind.STAGE_TIME_LIMIT, TimerKind.NOTICE_DEADLINE):
         if event.token != str(case.stage_epoch):
             return stale
@@ -1242,6 +1305,9 @@ def _arrangement(
         problem = "payment dates must increase"
     elif schedule[-1].due_at <= ctx.now:
         problem = "the last payment date is already past"
+    elif case.arrangement is not None:
+        # Only a pre-delinquency case gets here with one (its phase is not "arranged").
+        problem = "one arrangement at a time"
     if problem:
         return Decision(case=None, rejected=problem)
     arrangement = Arrangement(
@@ -1273,6 +1339,10 @@ def _proposal(
     allowed = transition(case.phase, Trigger.ARRANGEMENT_REQUESTED)
     if allowed.rule is Rule.REJECT:
         return Decision(case=None, rejected=allowed.why)
+    if case.arrangement is not None:
+        # A pre-delinquency case's phase does not say "arranged" (it never escalates either
+        # way), so its running plan is checked here.
+        return Decision(case=None, rejected="one arrangement at a time")
     bad = n.problems(event, case.outstanding, case.currency)
     if bad:
         # The REST route refuses these first; here only if the case changed meanwhile.
@@ -1355,6 +1425,19 @@ def _proposal(
     )
     if rule is None:
         return refused
+    if case.pre_delinquency is not None:
+        # The loan is not overdue: the rule is on the timeline, nothing escalates.
+        why = transition(case.phase, Trigger.PROPOSAL_UNREASONABLE).why
+        return refused.then(
+            _noted(
+                ctx,
+                "ignored",
+                counted,
+                trigger=Trigger.PROPOSAL_UNREASONABLE.value,
+                why=why,
+                rule=rule,
+            )
+        )
     return refused.then(
         apply_rule(
             counted,
@@ -1406,3 +1489,237 @@ def _milestone(
         actor=event.actor,
         note=event.note or None,
     )
+
+
+# --- early warning: pre-delinquency cases -------------------------------------------------
+
+
+def _expiry_timer(pre: PreDelinquency, ctx: _Ctx) -> Timer:
+    """The pre-delinquency ends when its signal does: at ``valid_until`` (at once if that
+    has passed), named by it so that a signal extending it makes this one stale."""
+    return Timer(
+        TimerKind.SIGNAL_EXPIRY, max(pre.valid_until, ctx.now), pre.valid_until.isoformat()
+    )
+
+
+def _signal_detail(event: m.RiskSignalReceived) -> dict[str, object]:
+    return {
+        "signal_id": event.signal_id,
+        "signal_kind": event.kind,
+        "score": str(event.score),
+        "observed_at": event.observed_at.isoformat(),
+        "valid_until": event.valid_until.isoformat(),
+    }
+
+
+def _risk_signal(case: Case | None, event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
+    """A risk signal about a current loan. At or above the product's threshold, and still
+    valid, it opens a pre-delinquency case, or extends the one open; anything else is
+    only noted on an existing case's timeline. Below the threshold without a case nothing
+    is kept (the inbox has the event): a case is something the borrower hears from."""
+    early = ctx.policy.early_warning
+    above = early is not None and event.score >= early.threshold
+    valid = event.valid_until > ctx.now
+    if case is None:
+        if not (above and valid):
+            return Decision(case=None)
+        return _open_pre_delinquency(event, ctx)
+    pre = case.pre_delinquency
+    if pre is None or case.is_closed:
+        why = "the case is closed" if case.is_closed else "the loan is already overdue"
+        return _noted(ctx, "risk_signal_noted", case, why=why, **_signal_detail(event))
+    if not (above and valid) or event.valid_until <= pre.valid_until:
+        why = (
+            "below the threshold"
+            if not above
+            else "already expired"
+            if not valid
+            else "no later than the signal in force"
+        )
+        return _noted(ctx, "risk_signal_noted", case, why=why, **_signal_detail(event))
+    extended = replace(
+        case,
+        pre_delinquency=replace(
+            pre,
+            kind=event.kind,
+            score=event.score,
+            observed_at=event.observed_at,
+            valid_until=event.valid_until,
+        ),
+        updated_at=ctx.now,
+    )
+    assert extended.pre_delinquency is not None
+    return Decision(
+        case=extended,
+        timeline=(
+            _entry(
+                ctx,
+                "pre_delinquency_extended",
+                case,
+                extended,
+                until_before=pre.valid_until.isoformat(),
+                **_signal_detail(event),
+            ),
+        ),
+        timers=(_expiry_timer(extended.pre_delinquency, ctx),),
+    )
+
+
+def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
+    """A case for a loan that is not overdue: at the first stage's name, without any
+    overdue figures, reminding the borrower until the signal expires."""
+    pre = PreDelinquency(
+        signal_id=event.signal_id,
+        kind=event.kind,
+        score=event.score,
+        observed_at=event.observed_at,
+        valid_until=event.valid_until,
+    )
+    opened = Case(
+        case_id=ctx.new_id("case"),
+        loan_id=event.loan_id,
+        borrower_id=event.borrower_id,
+        product=event.product,
+        currency=event.currency,
+        stage=Stage.WARNING,
+        status=CaseStatus.OPEN,
+        exit=None,
+        outstanding=event.outstanding,
+        amount_overdue=Decimal(0),
+        days_past_due=0,
+        # No overdue report applied yet: the signal's time stands in (an overdue report
+        # for a pre-delinquency case is never stale, see _overdue).
+        last_overdue_as_of=event.observed_at,
+        borrower_time_zone=event.borrower_time_zone,
+        jurisdiction=event.jurisdiction,
+        policy_version=ctx.policy.version,
+        variant=ctx.policy.variant,
+        opened_at=ctx.now,
+        updated_at=ctx.now,
+        stage_entered_at=ctx.now,
+        outstanding_at_stage_entry=event.outstanding,
+        pre_delinquency=pre,
+    )
+    return (
+        Decision(
+            case=opened,
+            effects=(AnnounceCaseOpened(),),
+            timeline=(
+                _entry(
+                    ctx,
+                    "pre_delinquency_opened",
+                    None,
+                    opened,
+                    outstanding=str(opened.outstanding),
+                    **_signal_detail(event),
+                ),
+            ),
+            timers=(_expiry_timer(pre, ctx), *_stage_timers(opened, ctx)),
+        )
+    ).then(_plan_contacts(opened, ctx, "pre-delinquency"))
+
+
+def _remind(case: Case, ctx: _Ctx) -> Decision:
+    """A pre-delinquency reminder: the policy's contacts again (each after its own ledger
+    confirmation), and the next one. Held or under a running plan, the chain goes on
+    without contacting."""
+    following = Decision(case=None, timers=_stage_timers(case, ctx))
+    if not case.is_open or case.arrangement is not None:
+        why = "the case is on hold" if not case.is_open else "an arrangement is running"
+        return _noted(ctx, "reminder_skipped", case, why=why).then(following)
+    label = f"reminder-{case.stage_epoch}-{ctx.now.isoformat()}"
+    return (
+        _noted(ctx, "pre_delinquency_reminder", case)
+        .then(following)
+        .then(_plan_contacts(case, ctx, label))
+    )
+
+
+def _fall_overdue(
+    case: Case, intents: Sequence[ContactIntent], event: m.OverdueReported, ctx: _Ctx
+) -> Decision:
+    """An overdue report for a case opened by a risk signal: the lifecycle table decides
+    (an open, held, expired or repaid pre-delinquency case becomes an ordinary one)."""
+    reported = replace(
+        case,
+        outstanding=event.outstanding,
+        amount_overdue=event.amount_overdue,
+        days_past_due=event.days_past_due,
+        last_overdue_as_of=event.as_of,
+        updated_at=ctx.now,
+    )
+    return apply_rule(
+        reported,
+        intents,
+        Trigger.FELL_OVERDUE,
+        ctx,
+        changed=True,
+        days_past_due=event.days_past_due,
+        as_of=event.as_of.isoformat(),
+    )
+
+
+def _to_collection(
+    case: Case,
+    intents: Sequence[ContactIntent],
+    ctx: _Ctx,
+    trigger: Trigger,
+    why: str,
+    **detail: object,
+) -> Decision:
+    """The same case, its timeline kept, now collecting at warning: the pre-delinquency
+    contacts still waiting are superseded, a plan agreed before ends (the loan fell
+    overdue under it), and the warning stage's contacts and timers start. A held case
+    stays held (resuming starts them); an expired or repaid one is reopened."""
+    pre = case.pre_delinquency
+    assert pre is not None
+    signal = {"signal_id": pre.signal_id, "signal_kind": pre.kind, "score": str(pre.score)}
+    if case.status is CaseStatus.HELD:
+        ordinary = replace(case, pre_delinquency=None, policy_version=ctx.policy.version)
+        return Decision(
+            case=ordinary,
+            timeline=(
+                _entry(
+                    ctx,
+                    "pre_delinquency_ended",
+                    case,
+                    ordinary,
+                    trigger=trigger.value,
+                    why=why,
+                    **signal,
+                    **detail,
+                ),
+            ),
+        )
+    ordinary = replace(
+        _end_arrangement(case, "cancelled", ctx),
+        pre_delinquency=None,
+        stage=Stage.WARNING,
+        status=CaseStatus.OPEN,
+        exit=None,
+        stage_epoch=case.stage_epoch + 1,
+        stage_entered_at=ctx.now,
+        outstanding_at_stage_entry=case.outstanding,
+        unanswered_contacts=0,
+        policy_version=ctx.policy.version,
+    )
+    # ledger-sync forgot a closed case: it is announced as at its opening.
+    announce = (AnnounceCaseOpened(),) if case.is_closed else ()
+    return Decision(
+        case=ordinary,
+        intents=_cancel_pending(intents, "superseded_by_delinquency"),
+        effects=announce,
+        timeline=(
+            _entry(
+                ctx,
+                "pre_delinquency_ended",
+                case,
+                ordinary,
+                trigger=trigger.value,
+                why=why,
+                **signal,
+                **detail,
+            ),
+        ),
+        timers=_stage_timers(ordinary, ctx),
+    ).then(_plan_contacts(ordinary, ctx, f"delinquent-{ordinary.stage_epoch}"))

@@ -23,6 +23,8 @@ class Phase(StrEnum):
     GUARANTOR_RECOURSE = Stage.GUARANTOR_RECOURSE.value
     LITIGATION = Stage.LITIGATION.value
     ENFORCEMENT = Stage.ENFORCEMENT.value
+    # Early warning: opened by a risk signal on a loan that is still current.
+    PRE_DELINQUENCY = "pre_delinquency"
     ARRANGED = "arranged"
     HELD = "held"
     REPAID = "repaid"
@@ -49,6 +51,8 @@ class Trigger(StrEnum):
     REPAYMENT_REVERSED = "repayment_reversed"
     LEDGER_NOTHING_OWED = "ledger_nothing_owed"
     HOLD_EXPIRED = "hold_expired"  # timer: breathing space (or a dated hold) ran its length
+    SIGNAL_EXPIRED = "signal_expired"  # timer: a pre-delinquency case's risk signal expired
+    FELL_OVERDUE = "fell_overdue"  # an overdue report for a pre-delinquency case's loan
     # From people, through the REST API
     FRAUD_SUSPECTED = "fraud_suspected"
     PROPOSAL_UNREASONABLE = "proposal_unreasonable"
@@ -77,6 +81,9 @@ class Rule(StrEnum):
     HOLD = "hold"
     RESUME = "resume"  # back to the stage, contacts re-confirmed first
     REOPEN = "reopen"  # a repaid case whose payment bounced
+    # A pre-delinquency case becomes an ordinary one at warning, the same case, its history
+    # kept (one that ended expired or repaid is reopened so).
+    TO_COLLECTION = "to_collection"
     ARRANGE = "arrange"
     IGNORE = "ignore"  # recorded on the timeline, nothing changes (stale or irrelevant)
     REJECT = "reject"  # refused: an API caller gets 409 with the reason
@@ -103,6 +110,9 @@ _IGNORE_GRACE = Transition(Rule.IGNORE, "an arrangement is running: grace period
 _REJECT_HELD = Transition(Rule.REJECT, "the case is on hold: resume it first")
 _STALE = Transition(Rule.IGNORE, "stale: the case moved on since this was scheduled")
 _COURT = Transition(Rule.STAY, "legal stages advance by court milestones only")
+# Early warning: the loan is current, so nothing a pre-delinquency case sees escalates it.
+_IGNORE_PRE = Transition(Rule.IGNORE, "pre-delinquency: the loan is not overdue, nothing escalates")
+_REJECT_PRE = Transition(Rule.REJECT, "pre-delinquency: the loan is not overdue, nothing escalates")
 
 
 def _exits(transition: Transition) -> dict[str, Transition]:
@@ -112,6 +122,7 @@ def _exits(transition: Transition) -> dict[str, Transition]:
 _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
     Trigger.DPD_THRESHOLD: _rules(
         Transition(Rule.ADVANCE),
+        pre_delinquency=_IGNORE_PRE,
         litigation=_COURT,
         enforcement=_COURT,
         arranged=_IGNORE_GRACE,
@@ -120,6 +131,7 @@ _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
     ),
     Trigger.STAGE_TIME_LIMIT: _rules(
         Transition(Rule.ADVANCE),
+        pre_delinquency=_IGNORE_PRE,
         litigation=_COURT,
         enforcement=_COURT,
         arranged=_IGNORE_GRACE,
@@ -132,11 +144,25 @@ _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
         arranged=_IGNORE_GRACE,
         held=_IGNORE_HELD,
     ),
-    Trigger.ARRANGEMENT_BROKEN: _rules(_STALE, arranged=Transition(Rule.BREAK_ARRANGEMENT)),
-    Trigger.PROMISE_KEPT: _rules(_STALE, arranged=Transition(Rule.END_ARRANGEMENT)),
-    Trigger.PLAN_COMPLETED: _rules(_STALE, arranged=Transition(Rule.CLOSE_SETTLED)),
+    # A pre-delinquency case's plan ends as any plan does, but breaking it advances nothing.
+    Trigger.ARRANGEMENT_BROKEN: _rules(
+        _STALE,
+        arranged=Transition(Rule.BREAK_ARRANGEMENT),
+        pre_delinquency=Transition(Rule.BREAK_ARRANGEMENT, "the loan is not overdue: it stays"),
+    ),
+    Trigger.PROMISE_KEPT: _rules(
+        _STALE,
+        arranged=Transition(Rule.END_ARRANGEMENT),
+        pre_delinquency=Transition(Rule.END_ARRANGEMENT),
+    ),
+    Trigger.PLAN_COMPLETED: _rules(
+        _STALE,
+        arranged=Transition(Rule.CLOSE_SETTLED),
+        pre_delinquency=Transition(Rule.CLOSE_SETTLED),
+    ),
     Trigger.REFUSED_TO_COMMUNICATE: _rules(
         Transition(Rule.TO_LITIGATION, "refuses to communicate"),
+        pre_delinquency=_IGNORE_PRE,
         litigation=_STAY,
         enforcement=_STAY,
         arranged=_IGNORE_GRACE,
@@ -154,8 +180,25 @@ _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
         closed=_IGNORE_CLOSED,
     ),
     Trigger.HOLD_EXPIRED: _rules(_STALE, held=Transition(Rule.RESUME, "hold expired")),
+    # The timer is current only while the case is pre-delinquent (held or not).
+    Trigger.SIGNAL_EXPIRED: _rules(
+        _STALE,
+        pre_delinquency=Transition(Rule.CLOSE_CLOSED, "the risk signal expired"),
+        held=Transition(Rule.CLOSE_CLOSED, "the risk signal expired"),
+    ),
+    # Reached only for a case opened by a risk signal (decide routes the report there).
+    Trigger.FELL_OVERDUE: _rules(
+        Transition(Rule.IGNORE, "not a pre-delinquency case"),
+        pre_delinquency=Transition(Rule.TO_COLLECTION, "the loan fell overdue"),
+        held=Transition(Rule.TO_COLLECTION, "the loan fell overdue (the hold stays)"),
+        repaid=Transition(Rule.TO_COLLECTION, "the loan fell overdue again"),
+        closed=Transition(Rule.TO_COLLECTION, "the loan fell overdue after the signal expired"),
+        settled=_IGNORE_CLOSED,
+        written_off=_IGNORE_CLOSED,
+    ),
     Trigger.FRAUD_SUSPECTED: _rules(
         Transition(Rule.TO_LITIGATION, "suspected fraud goes straight to litigation"),
+        pre_delinquency=_REJECT_PRE,
         litigation=_STAY,
         enforcement=_STAY,
         held=_REJECT_HELD,
@@ -163,6 +206,7 @@ _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
     ),
     Trigger.PROPOSAL_UNREASONABLE: _rules(
         Transition(Rule.TO_LITIGATION, "the borrower's proposal is unreasonable"),
+        pre_delinquency=_REJECT_PRE,
         litigation=_STAY,
         enforcement=_STAY,
         arranged=Transition(Rule.REJECT, "an arrangement was agreed; break it first"),
@@ -171,6 +215,7 @@ _BY_TRIGGER: dict[Trigger, dict[Phase, Transition]] = {
     ),
     Trigger.MANUAL_ESCALATION: _rules(
         Transition(Rule.ADVANCE, "escalated by an operator"),
+        pre_delinquency=_REJECT_PRE,
         litigation=Transition(Rule.REJECT, "enforcement needs a judgment: record it"),
         enforcement=Transition(Rule.REJECT, "enforcement is the last stage"),
         arranged=Transition(Rule.REJECT, "an arrangement is running"),
@@ -214,11 +259,20 @@ def transition(phase: Phase, trigger: Trigger) -> Transition:
 
 def mermaid() -> str:
     """The phase changes of the table as a mermaid state diagram (docs)."""
-    lines = ["stateDiagram-v2", "    [*] --> warning: overdue report"]
+    lines = [
+        "stateDiagram-v2",
+        "    [*] --> warning: overdue report",
+        "    [*] --> pre_delinquency: risk signal",
+    ]
     seen: set[str] = set()
     order = list(Stage)
     for (phase, trigger), t in TRANSITIONS.items():
         target: str | None = None
+        if phase is Phase.PRE_DELINQUENCY and t.rule in (
+            Rule.BREAK_ARRANGEMENT,
+            Rule.END_ARRANGEMENT,
+        ):
+            continue  # its plan ends, the case stays pre-delinquent
         if t.rule is Rule.ADVANCE and phase.value in [s.value for s in order[:-1]]:
             target = order[[s.value for s in order].index(phase.value) + 1].value
         elif t.rule is Rule.TO_LITIGATION and phase is not Phase.LITIGATION:
@@ -233,6 +287,8 @@ def mermaid() -> str:
             target = "held" if t.rule is Rule.HOLD else "arranged"
         elif t.rule in (Rule.RESUME, Rule.END_ARRANGEMENT) or t.rule is Rule.REOPEN:
             target = "stage_before"
+        elif t.rule is Rule.TO_COLLECTION:
+            target = Phase.WARNING.value
         if target is None:
             continue
         line = f"    {phase.value} --> {target}: {trigger.value}"

@@ -43,6 +43,26 @@ class OverdueReported:
 
 
 @dataclass(frozen=True)
+class RiskSignalReceived:
+    """A risk model's signal about a loan that is still current (early warning): with the
+    borrower's particulars an overdue report carries, so a case can contact them."""
+
+    event_id: str
+    signal_id: str
+    loan_id: str
+    borrower_id: str
+    product: str
+    kind: str
+    score: Decimal
+    currency: str
+    outstanding: Decimal
+    observed_at: datetime
+    valid_until: datetime
+    borrower_time_zone: str
+    jurisdiction: str
+
+
+@dataclass(frozen=True)
 class RepaymentReceived:
     event_id: str
     repayment_id: str

@@ -92,6 +92,21 @@ class Arrangement:
 
 
 @dataclass(frozen=True)
+class PreDelinquency:
+    """The risk signal a pre-delinquency case rests on (early warning): the loan is current,
+    so the case reminds the borrower and never escalates, until the signal expires, the
+    loan is repaid, or it falls overdue and the case collects as any other."""
+
+    # The signal that opened this pre-delinquency (a later one may extend it).
+    signal_id: str
+    kind: str
+    score: Decimal
+    observed_at: datetime
+    # The case ends by itself then (a durable timer); a later signal may move it on.
+    valid_until: datetime
+
+
+@dataclass(frozen=True)
 class Case:
     case_id: str
     loan_id: str
@@ -133,6 +148,9 @@ class Case:
     # Champion-challenger: the policy variant assigned at open and kept for life ("": the
     # product has none). Every decision on the case is taken under this variant's policy.
     variant: str = ""
+    # Early warning: set while the case is a pre-delinquency case (the loan is not overdue),
+    # and kept on a case that ended so (expired, repaid), which an overdue report reopens.
+    pre_delinquency: PreDelinquency | None = None
 
     @property
     def is_open(self) -> bool:
@@ -149,6 +167,10 @@ class Case:
             return Phase(self.exit.value)
         if self.status is CaseStatus.HELD:
             return Phase.HELD
+        # Before "arranged": a plan agreed before the loan fell due changes nothing of the
+        # rule that a pre-delinquency case never escalates.
+        if self.pre_delinquency is not None:
+            return Phase.PRE_DELINQUENCY
         if self.arrangement is not None:
             return Phase.ARRANGED
         return Phase(self.stage.value)
@@ -195,6 +217,11 @@ class TimerKind(StrEnum):
     RECHECK = "recheck"
     # An agency placement's period ends (domain/placement.py decides; the case does not move).
     PLACEMENT_EXPIRY = "placement_expiry"
+    # Early warning: the risk signal a pre-delinquency case rests on expires (token: its
+    # valid_until, so a signal that extended it makes the older timer stale).
+    SIGNAL_EXPIRY = "signal_expiry"
+    # Early warning: the next reminder to the borrower (token: the stage epoch).
+    EARLY_WARNING_REMINDER = "early_warning_reminder"
 
 
 @dataclass(frozen=True)

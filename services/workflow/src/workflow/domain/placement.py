@@ -80,8 +80,11 @@ class PlacementTier:
     agencies: tuple[AgencyShare, ...]
 
     def admits(self, case: Case) -> bool:
+        # A pre-delinquency case (early warning) is the borrower's and ours alone: its loan
+        # is not overdue, whatever tier might name its stage.
         return (
-            case.stage in self.stages
+            case.pre_delinquency is None
+            and case.stage in self.stages
             and case.days_past_due >= self.min_days_past_due
             and case.outstanding >= self.min_balance
             and (self.max_balance is None or case.outstanding < self.max_balance)

@@ -126,6 +126,35 @@ DEFAULT_NEGOTIATION = replace(
 
 
 @dataclass(frozen=True)
+class EarlyWarningPolicy:
+    """When a risk signal about a current loan opens a pre-delinquency case, and what that
+    case does: remind the borrower, and only the borrower, until the signal expires."""
+
+    # A signal scoring at least this opens a case (a score is 0..1).
+    threshold: Decimal
+    # The borrower is reminded again this long after each reminder while the case lasts.
+    reminder_every: timedelta
+    # What each reminder sends; every one is to the debtor (checked here and on loading).
+    contacts: tuple[ContactPlan, ...]
+
+    def __post_init__(self) -> None:
+        if not Decimal(0) <= self.threshold <= 1:
+            raise ValueError("early_warning.threshold is a score between 0 and 1")
+        if self.reminder_every <= timedelta(0):
+            raise ValueError("early_warning.reminder_every_days is at least 1")
+        if any(c.recipient != "debtor" for c in self.contacts):
+            # A current loan's borrower owes nothing overdue: nobody else may hear of it.
+            raise ValueError("early_warning contacts are to the debtor only")
+
+
+DEFAULT_EARLY_WARNING = EarlyWarningPolicy(
+    threshold=Decimal("0.70"),
+    reminder_every=timedelta(days=7),
+    contacts=(ContactPlan("email", "debtor", "early-warning-offer"),),
+)
+
+
+@dataclass(frozen=True)
 class EscalationPolicy:
     version: str
     product: str
@@ -148,6 +177,8 @@ class EscalationPolicy:
     negotiation: NegotiationPolicy = field(default=DEFAULT_NEGOTIATION)
     # Champion-challenger: the variant this policy is ("" when the product has none).
     variant: str = ""
+    # Early warning: pre-delinquency cases from risk signals (None: the product opens none).
+    early_warning: EarlyWarningPolicy | None = field(default=DEFAULT_EARLY_WARNING)
 
     def for_stage(self, stage: Stage) -> StagePolicy:
         for policy in self.stages:

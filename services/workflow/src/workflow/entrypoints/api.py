@@ -25,6 +25,7 @@ from pydantic import (
 
 from collections_kit.auth import Principal, require
 from collections_kit.clock import Clock
+from collections_kit.contract import Score
 from collections_kit.contract import Stage as StageName
 from collections_kit.money import Amount, InCurrency, NonNegativeAmount
 from collections_kit.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
@@ -154,6 +155,16 @@ class ArrangementView(BaseModel):
     ended_at: datetime | None = None
 
 
+class PreDelinquencyView(BaseModel):
+    signal_id: str = Field(description="The risk signal that opened the pre-delinquency.")
+    kind: str
+    score: Score
+    observed_at: datetime
+    valid_until: datetime = Field(
+        description="The case ends by itself then, unless a later signal extends it."
+    )
+
+
 class CaseView(InCurrency):
     case_id: str
     loan_id: str
@@ -195,6 +206,12 @@ class CaseView(InCurrency):
     )
     next_action_at: datetime | None
     intents: list[IntentView]
+    pre_delinquency: PreDelinquencyView | None = Field(
+        default=None,
+        description="Early warning: the risk signal a pre-delinquency case (phase "
+        "`pre_delinquency`: the loan is not overdue) rests on; kept on a case that ended "
+        "so, null on an ordinary case (docs/early-warning.md).",
+    )
 
 
 class CaseSummaryView(InCurrency):
@@ -399,6 +416,15 @@ def _case_view(
         milestones=list(case.milestones),
         unanswered_contacts=case.unanswered_contacts,
         refused_proposals=list(case.refused_proposals),
+        pre_delinquency=PreDelinquencyView(
+            signal_id=case.pre_delinquency.signal_id,
+            kind=case.pre_delinquency.kind,
+            score=case.pre_delinquency.score,
+            observed_at=case.pre_delinquency.observed_at,
+            valid_until=case.pre_delinquency.valid_until,
+        )
+        if case.pre_delinquency
+        else None,
         next_action_at=next_action_at,
         intents=[
             IntentView(

@@ -33,6 +33,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 CONSUMED = (
     Topic.LOANS_OVERDUE,
     Topic.LOANS_REPAYMENT,
+    Topic.LOANS_RISK_SIGNALS,
     Topic.BALANCE_CONFIRMATIONS,
     Topic.CONTACT_OUTCOMES,
 )
