@@ -25,6 +25,7 @@ from aiosmtpd.controller import Controller
 
 from collections_kit.auth import dev_headers
 from scripts import lending
+from scripts import measures as measures_report
 from scripts import stack as local_stack
 from scripts.infra import create_database, create_topics, delete_topics, drop_database, producer
 from scripts.services import CLEAN_EXIT, ROOT, Fleet
@@ -287,8 +288,39 @@ def print_variants(snapshot: dict[str, Any]) -> None:
     print("\nChampion-challenger (workflow): cases per variant")
     for name, count in sorted(counts.items()):
         print(f"  {name:<28} {count:>6}  ({100 * count / total:.1f}%)")
-    # Hook for issue 24 item 4: the measures per variant (GET /v1/kpis?group_by=variant)
-    # print here, beside the counts; the variant is on every case and timeline entry.
+
+
+# The measures per variant (issue 24 item 4), as a collections manager would read them: from
+# the workflow's GET /v1/kpis, computed from the case timelines (docs/measures.md).
+KPI_READER = dev_headers(["cases:read"], subject="demo-manager")
+MEASURES_CHART = ROOT / ".cache" / "demo" / "measures-per-variant.png"
+
+
+async def measures_by_variant(
+    base_url: str,
+    start: datetime,
+    end: datetime,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, Any]:
+    """GET /v1/kpis?group_by=variant over [start, end). An error answer fails the demo:
+    what may legitimately be missing (no placements, so no liquidation rate) is inside the
+    document as a null value, never a missing endpoint."""
+    params = {"group_by": "variant", "from": start.isoformat(), "to": end.isoformat()}
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=30, headers=KPI_READER, transport=transport
+    ) as http:
+        response = await http.get("/v1/kpis", params=params)
+        response.raise_for_status()
+        report: dict[str, Any] = response.json()
+    return report
+
+
+def print_measures(report: dict[str, Any]) -> None:
+    print()
+    print(measures_report.format_measures(report))
+    chart = measures_report.draw_chart(report, MEASURES_CHART)
+    print(f"\nChart (stage funnel and roll rates per variant): {chart}")
 
 
 async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
@@ -395,6 +427,7 @@ async def run() -> int:
         await asyncio.to_thread(fleet.start)
         await register_contacts(fleet["notifier"].base_url, loans)
         t0 = time.monotonic()
+        started_at = datetime.now(UTC)
         kafka = await producer(bootstrap)
         lender = lending.Lender(kafka, prefix)
         try:
@@ -462,6 +495,13 @@ async def run() -> int:
             permits = await work_permits(fleet["notifier"].base_url, loans, rng)
             worked, queues = await work_queues(fleet["workflow"].base_url, rng)
             agency = await agency_report(fleet["workflow"].base_url)
+            # The whole run: from just before the first event to past the second wave,
+            # whose overdue feed is dated a day ahead.
+            measures = await measures_by_variant(
+                fleet["workflow"].base_url,
+                started_at - timedelta(minutes=1),
+                datetime.now(UTC) + timedelta(days=2),
+            )
         finally:
             await kafka.stop()
         print_summary(snapshot, sink.received, loans, time.monotonic() - t0)
@@ -469,6 +509,7 @@ async def run() -> int:
         print_work(worked, queues)
         print_agency(agency)
         print_variants(snapshot)
+        print_measures(measures)
         return 0
     finally:
         codes = await asyncio.to_thread(fleet.stop)
