@@ -21,7 +21,14 @@ No Docker engine, no cluster and no schema site is needed:
   every metric an alert uses is exported by the code (or marked pending) and every alert has a
   runbook section.
 * **Compose**: ``deploy/compose.yaml`` against the compose-spec schema (the copy the
-  ``check-jsonschema`` wheel vendors) plus the same settings and wiring checks.
+  ``check-jsonschema`` wheel vendors) plus the same settings and wiring checks; its
+  Prometheus scrapes every service and its Grafana loads every dashboard (provisioning files).
+* **Grafana dashboards** (``deploy/k8s/components/dashboards/*.json``): the fields Grafana
+  needs (uid, title, schemaVersion, panels with unique integer ids inside the 24-column grid,
+  a refId and an expression per query, data sources through a variable), every ``$variable``
+  defined, every metric a query or a variable reads exported by the code (or by a named
+  external exporter); and every overlay renders each one, unchanged, in a ConfigMap
+  labelled ``grafana_dashboard: "1"`` for the Grafana sidecar.
 * **Dockerfiles**: parsed with BuildKit's own parser (the ``dockerfile`` wheel); multi-stage,
   numeric non-root USER, no build tools or installers in the final stage, locked ``uv sync``,
   and ``.dockerignore`` keeps what the COPYs need and drops ``.git``/``.venv``/``.cache``.
@@ -69,6 +76,8 @@ SCHEMAS = DEPLOY / "schemas"
 DOCKER = DEPLOY / "docker"
 COMPOSE = DEPLOY / "compose.yaml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
+DASHBOARDS = K8S / "components" / "dashboards"
+GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
 CONTRACT = ROOT / "contracts" / "asyncapi.json"
 BIN_DIR = ROOT / ".cache" / "bin"
 
@@ -246,13 +255,9 @@ def exported_metrics() -> set[str]:
                 modules.update(
                     a.asname or a.name for a in node.names if a.name == "prometheus_client"
                 )
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         for node in ast.walk(tree):
-            if not (
-                isinstance(node, ast.Call)
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
+            if not (isinstance(node, ast.Call) and node.args):
                 continue
             func = node.func
             if isinstance(func, ast.Name):
@@ -267,10 +272,80 @@ def exported_metrics() -> set[str]:
                 kind = None
             if kind is None:
                 continue
-            base = node.args[0].value
-            if kind == "Counter":
-                base = base.removesuffix("_total")
-            names.update(base + suffix for suffix in suffixes[kind])
+            for base in _metric_names(node.args[0], _enclosing_generators(node, parents)):
+                if kind == "Counter":
+                    base = base.removesuffix("_total")
+                names.update(base + suffix for suffix in suffixes[kind])
+    return names
+
+
+def _enclosing_generators(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> list[Any]:
+    """The ``for`` clauses of the comprehensions around ``node``, outermost first."""
+    found: list[ast.comprehension] = []
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            found[:0] = node.generators
+    return found
+
+
+def _bind(target: ast.expr, value: object) -> dict[str, object] | None:
+    if isinstance(target, ast.Name):
+        return {target.id: value}
+    if isinstance(target, ast.Tuple) and isinstance(value, tuple):
+        if len(target.elts) != len(value):
+            return None
+        bound: dict[str, object] = {}
+        for elt, item in zip(target.elts, value, strict=True):
+            part = _bind(elt, item)
+            if part is None:
+                return None
+            bound |= part
+        return bound
+    return None
+
+
+def _metric_names(arg: ast.expr, generators: list[ast.comprehension]) -> list[str]:
+    """A metric's name: a string literal, or an f-string over the names a comprehension
+    takes from a literal tuple (``{n: Gauge(f"x_{n}", ...) for n in ("a", "b")}``), expanded
+    to every name it makes. Anything else is not followed: its series stay unknown."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return [arg.value]
+    if not isinstance(arg, ast.JoinedStr):
+        return []
+    bindings: list[dict[str, object]] = [{}]
+    for generator in generators:
+        try:
+            values = ast.literal_eval(generator.iter)
+        except ValueError:
+            return []
+        if not isinstance(values, (tuple, list)):
+            return []
+        expanded = []
+        for binding in bindings:
+            for value in values:
+                bound = _bind(generator.target, value)
+                if bound is None:
+                    return []
+                expanded.append(binding | bound)
+        bindings = expanded
+    names = []
+    for binding in bindings:
+        parts = []
+        for part in arg.values:
+            if isinstance(part, ast.Constant):
+                parts.append(str(part.value))
+            elif (
+                isinstance(part, ast.FormattedValue)
+                and isinstance(part.value, ast.Name)
+                and part.value.id in binding
+                and part.conversion == -1
+                and part.format_spec is None
+            ):
+                parts.append(str(binding[part.value.id]))
+            else:
+                return []
+        names.append("".join(parts))
     return names
 
 
@@ -1099,6 +1174,11 @@ def promql_metrics(expr: str) -> set[str]:
     return {t for t in tokens if t not in PROMQL_WORDS}
 
 
+def external_metric(metric: str) -> bool:
+    """Exported by another exporter (EXTERNAL_METRICS), not by the code."""
+    return any(metric == p or (p.endswith("_") and metric.startswith(p)) for p in EXTERNAL_METRICS)
+
+
 def markdown_anchors(text: str) -> set[str]:
     anchors = set()
     for line in text.splitlines():
@@ -1169,11 +1249,11 @@ def check_alerts(rendered: Rendered, facts: Facts) -> tuple[list[str], str]:
                         f"{PENDING_METRICS_ANNOTATION}"
                     )
                 for metric in sorted(promql_metrics(str(rule["expr"]))):
-                    external = any(
-                        metric == p or (p.endswith("_") and metric.startswith(p))
-                        for p in EXTERNAL_METRICS
-                    )
-                    if metric not in facts.metrics and not external and metric not in pending:
+                    if (
+                        metric not in facts.metrics
+                        and not external_metric(metric)
+                        and metric not in pending
+                    ):
                         problems.append(
                             f"{where}: metric {metric} is not exported by the code "
                             f"(nor external, nor in {PENDING_METRICS_ANNOTATION})"
@@ -1198,6 +1278,252 @@ def check_runbook(facts: Facts) -> list[str]:
         if service not in text:
             problems.append(f"docs/runbook.md never mentions {service}")
     return problems
+
+
+# --- Grafana dashboards -----------------------------------------------------------------------
+
+# Variables Grafana defines itself; any other $name in a query must be a dashboard variable.
+GRAFANA_BUILTINS = {
+    "__interval",
+    "__interval_ms",
+    "__rate_interval",
+    "__range",
+    "__range_s",
+    "__range_ms",
+    "__from",
+    "__to",
+    "__name",
+    "__dashboard",
+    "__org",
+    "__user",
+}
+_GRAFANA_VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+)|\[\[(\w+)\]\])")
+# Grafana's uid limit; a longer one is refused on import.
+GRAFANA_UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+GRID_COLUMNS = 24
+# Client-side `kubectl apply` copies the whole object into an annotation of at most 256 KiB.
+DASHBOARD_MAX_BYTES = 200_000
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(DASHBOARDS.glob("*.json"))
+
+
+def dashboard_panels(panels: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, those inside (collapsed) rows too."""
+    for panel in panels:
+        if isinstance(panel, dict):
+            yield panel
+            yield from dashboard_panels(panel.get("panels") or [])
+
+
+def variable_query_expr(query: Any) -> str:
+    """The PromQL inside a query variable: label_values(expr, label), query_result(expr)."""
+    text = str(query.get("query", "") if isinstance(query, dict) else query).strip()
+    match = re.fullmatch(r"label_values\(\s*(.*?)\s*,\s*\w+\s*\)", text, re.S)
+    if match:
+        return match.group(1)
+    if re.fullmatch(r"label_values\(\s*\w+\s*\)|label_names\(.*\)|metrics\(.*\)", text, re.S):
+        return ""
+    match = re.fullmatch(r"query_result\((.*)\)", text, re.S)
+    return match.group(1) if match else text
+
+
+def _dashboard_fields(name: str, dashboard: Mapping[str, Any], size: int) -> list[str]:
+    problems = []
+    if size > DASHBOARD_MAX_BYTES:
+        problems.append(f"{name}: over {DASHBOARD_MAX_BYTES} bytes (kubectl apply's annotation)")
+    if not GRAFANA_UID.match(str(dashboard.get("uid", ""))):
+        problems.append(f"{name}: uid must be 1-40 letters, digits, - or _")
+    if not isinstance(dashboard.get("title"), str) or not dashboard["title"].strip():
+        problems.append(f"{name}: no title")
+    if not isinstance(dashboard.get("schemaVersion"), int):
+        problems.append(f"{name}: no integer schemaVersion")
+    if dashboard.get("id") is not None:
+        problems.append(f"{name}: id must be null or absent (Grafana assigns it per instance)")
+    if not isinstance(dashboard.get("panels"), list) or not dashboard["panels"]:
+        problems.append(f"{name}: no panels")
+    return problems
+
+
+def _panel_layout(where: str, panel: Mapping[str, Any], ids: set[int]) -> list[str]:
+    """The panel's id is an integer no other panel has; it sits inside the grid."""
+    problems = []
+    pid = panel.get("id")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        problems.append(f"{where} has no integer id")
+    elif pid in ids:
+        problems.append(f"{where}: id {pid} is used twice")
+    else:
+        ids.add(pid)
+    if not panel.get("type"):
+        problems.append(f"{where} has no type")
+    grid = panel.get("gridPos") or {}
+    if not all(isinstance(grid.get(k), int) for k in ("h", "w", "x", "y")):
+        problems.append(f"{where}: gridPos needs integer h, w, x and y")
+    elif min(grid["w"], grid["h"]) < 1 or grid["x"] < 0 or grid["x"] + grid["w"] > GRID_COLUMNS:
+        problems.append(f"{where}: gridPos outside the {GRID_COLUMNS} columns")
+    return problems
+
+
+def dashboard_problems(name: str, text: str, facts: Facts) -> list[str]:
+    """What Grafana needs to load ``text`` as a dashboard, and every metric a query reads
+    exported by the code (or by an EXTERNAL_METRICS exporter)."""
+    try:
+        dashboard = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [f"{name}: not JSON: {exc}"]
+    if not isinstance(dashboard, dict):
+        return [f"{name}: not a JSON object"]
+    problems = _dashboard_fields(name, dashboard, len(text.encode()))
+    if not isinstance(dashboard.get("panels"), list):
+        return problems
+    variables = {
+        v.get("name"): v for v in dashboard.get("templating", {}).get("list", []) if "name" in v
+    }
+    sources = {n for n, v in variables.items() if v.get("type") == "datasource"}
+    queried = {n: v for n, v in variables.items() if v.get("type") == "query"}
+    exprs = [(f"variable {n}", variable_query_expr(v.get("query", ""))) for n, v in queried.items()]
+    # Where each query reads from: a data source variable, so one JSON serves any Grafana.
+    uses = [(f"variable {n}", v.get("datasource")) for n, v in queried.items()]
+    ids: set[int] = set()
+    for panel in dashboard_panels(dashboard["panels"]):
+        where = f"{name}: panel {panel.get('id')} {panel.get('title', '')!r}"
+        problems += _panel_layout(where, panel, ids)
+        if panel.get("type") == "row":
+            continue
+        targets = panel.get("targets") or []
+        refs = [t.get("refId") for t in targets]
+        if not targets:
+            problems.append(f"{where} has no query")
+        elif len(set(refs)) != len(refs) or not all(refs):
+            problems.append(f"{where}: each query needs its own refId")
+        uses += [(where, panel.get("datasource")), *((where, t.get("datasource")) for t in targets)]
+        for target in targets:
+            expr = target.get("expr")
+            if not isinstance(expr, str) or not expr.strip():
+                problems.append(f"{where}: query {target.get('refId')} has no expr")
+            else:
+                exprs.append((where, expr))
+    for where, source in uses:
+        uid = source.get("uid", "") if isinstance(source, dict) else str(source or "")
+        ref = _GRAFANA_VARIABLE.fullmatch(uid)
+        if ref and next(g for g in ref.groups() if g) not in sources:
+            problems.append(f"{where}: data source {uid} is not a datasource variable")
+    for where, expr in exprs:
+        for groups in _GRAFANA_VARIABLE.findall(expr):
+            var = next(g for g in groups if g)
+            if var not in variables and var not in GRAFANA_BUILTINS:
+                problems.append(f"{where}: ${var} is not a dashboard variable")
+        for metric in sorted(promql_metrics(_GRAFANA_VARIABLE.sub(" ", expr))):
+            if metric not in facts.metrics and not external_metric(metric):
+                problems.append(f"{where}: metric {metric} is not exported by the code")
+    return problems
+
+
+def check_dashboards(facts: Facts) -> tuple[list[str], str]:
+    files = dashboard_files()
+    if not files:
+        return [f"no dashboard in {DASHBOARDS.relative_to(ROOT)}"], ""
+    problems = []
+    panels = 0
+    for path in files:
+        text = path.read_text()
+        problems += dashboard_problems(str(path.relative_to(ROOT)), text, facts)
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            panels += sum(1 for _ in dashboard_panels(json.loads(text)["panels"]))
+    return problems, f"{len(files)} dashboards, {panels} panels, every query's metrics exported"
+
+
+def check_dashboard_configmaps(rendered: Rendered) -> list[str]:
+    """The overlay ships every dashboard, as it stands in the repository, in a ConfigMap the
+    Grafana sidecar loads (label grafana_dashboard: "1")."""
+    shipped: dict[str, str] = {}
+    for config_map in rendered.of_kind("ConfigMap"):
+        labels = config_map["metadata"].get("labels") or {}
+        if labels.get(GRAFANA_DASHBOARD_LABEL) == "1":
+            shipped |= config_map.get("data") or {}
+    problems = []
+    for path in dashboard_files():
+        if path.name not in shipped:
+            problems.append(
+                f'no ConfigMap labelled {GRAFANA_DASHBOARD_LABEL}: "1" holds {path.name} '
+                f"(components/dashboards in the overlay)"
+            )
+        elif shipped[path.name] != path.read_text():
+            problems.append(f"the ConfigMap's {path.name} differs from {path.relative_to(ROOT)}")
+    return problems
+
+
+def _bind_mounts(svc: Mapping[str, Any]) -> dict[str, Path]:
+    """A compose service's bind mounts: target path -> source file (relative to deploy/)."""
+    mounts = {}
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, str) and volume.startswith((".", "/")):
+            source, target = volume.split(":")[:2]
+            mounts[target] = (COMPOSE.parent / source).resolve()
+        elif isinstance(volume, dict) and volume.get("type") == "bind":
+            mounts[str(volume["target"])] = (COMPOSE.parent / str(volume["source"])).resolve()
+    return mounts
+
+
+def check_compose_monitoring(facts: Facts) -> tuple[list[str], str]:
+    """compose's Prometheus scrapes every service; its Grafana has it as a data source and
+    loads every dashboard, through provisioning files that exist and say so."""
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text()).get("services", {})
+    problems = []
+    for needed in ("prometheus", "grafana"):
+        if needed not in services:
+            problems.append(f"compose: no {needed} service")
+    if problems:
+        return problems, ""
+    mounts = {name: _bind_mounts(svc) for name, svc in services.items()}
+    for name, by_target in mounts.items():
+        for source in by_target.values():
+            if not source.exists():
+                problems.append(f"compose service {name} mounts {source}, which does not exist")
+    if problems:
+        return problems, ""
+
+    scraped: set[str] = set()
+    for source in mounts["prometheus"].values():
+        config = yaml.safe_load(source.read_text()) if source.is_file() else None
+        for job in (config or {}).get("scrape_configs", []) if isinstance(config, dict) else []:
+            for static in job.get("static_configs", []):
+                scraped |= {str(t).rsplit(":", 1)[0] for t in static.get("targets", [])}
+    for service in facts.services:
+        if service not in scraped:
+            problems.append(f"compose: prometheus does not scrape {service}")
+
+    grafana = mounts["grafana"]
+    provisioned = {
+        kind: [
+            yaml.safe_load(source.read_text())
+            for target, source in grafana.items()
+            if target.startswith(f"/etc/grafana/provisioning/{kind}/")
+        ]
+        for kind in ("datasources", "dashboards")
+    }
+    datasources = [d for doc in provisioned["datasources"] for d in doc.get("datasources", [])]
+    if not any(
+        d.get("type") == "prometheus" and urlsplit(str(d.get("url"))).hostname == "prometheus"
+        for d in datasources
+    ):
+        problems.append("compose: grafana has no provisioned data source on the prometheus service")
+    paths = {
+        str(p["options"]["path"]).rstrip("/")
+        for doc in provisioned["dashboards"]
+        for p in doc.get("providers", [])
+        if p.get("type", "file") == "file" and p.get("options", {}).get("path")
+    }
+    for path in dashboard_files():
+        targets = [t for t, source in grafana.items() if source == path.resolve()]
+        if not any(str(PurePosixPath(t).parent) in paths for t in targets):
+            problems.append(
+                f"compose: grafana does not load {path.relative_to(ROOT)} (mounted into a "
+                f"provisioned dashboards path)"
+            )
+    return problems, f"prometheus scrapes {len(scraped)} targets; grafana provisioned"
 
 
 # --- compose ----------------------------------------------------------------------------------
@@ -1606,6 +1932,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     report.run("Dockerfiles", partial(check_dockerfiles, facts))
     report.run("Dockerfiles: builder stages dry-run without Docker", partial(check_builders, facts))
     report.run("runbook", partial(check_runbook, facts))
+    report.run("Grafana dashboards: fields, panels, metrics", partial(check_dashboards, facts))
+    report.run("compose: Prometheus and Grafana", partial(check_compose_monitoring, facts))
 
     kustomize: Path | None = None
 
@@ -1640,6 +1968,10 @@ def main(argv: Iterable[str] | None = None) -> int:
             partial(check_workload_hygiene, r),
         )
         report.run(f"[{overlay}] Secret and ConfigMap references", partial(check_references, r))
+        report.run(
+            f"[{overlay}] Grafana dashboards in a sidecar ConfigMap",
+            partial(check_dashboard_configmaps, r),
+        )
         if r.of_kind("PrometheusRule") or r.of_kind("ServiceMonitor"):
             report.run(
                 f"[{overlay}] alerts: metrics and runbook sections", partial(check_alerts, r, facts)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import copy
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +210,97 @@ def test_compose_settings_are_checked_against_the_code(facts: dc.Facts) -> None:
     }
     problems = dc.settings_problems(service, env, "compose service notifier")
     assert "do not validate" in " ".join(problems)
+
+
+# --- the Grafana dashboard ------------------------------------------------------------------
+
+
+def dashboard_text() -> str:
+    (path,) = dc.dashboard_files()
+    return path.read_text()
+
+
+def test_the_dashboard_loads_and_ships_in_every_overlay(facts: dc.Facts) -> None:
+    assert dc.check_dashboards(facts)[0] == []
+    for overlay in dc.OVERLAYS:
+        assert dc.check_dashboard_configmaps(dc.render(dc.ensure_kustomize(), overlay)) == []
+
+
+def test_dashboard_mistakes_are_caught(facts: dc.Facts) -> None:
+    board = json.loads(dashboard_text())
+    del board["uid"]
+    board["schemaVersion"] = "39"
+    panels = [p for p in dc.dashboard_panels(board["panels"]) if p["type"] != "row"]
+    panels[1]["id"] = panels[0]["id"]
+    panels[2]["gridPos"]["x"] = 20
+    panels[2]["gridPos"]["w"] = 6
+    panels[3]["targets"][0]["expr"] = 'sum(rate(collections_no_such_metric_total{v="$nope"}[5m]))'
+    panels[4]["targets"] = []
+    problems = " | ".join(dc.dashboard_problems("d.json", json.dumps(board), facts))
+    assert "uid must be" in problems
+    assert "no integer schemaVersion" in problems
+    assert f"id {panels[0]['id']} is used twice" in problems
+    assert "gridPos outside the 24 columns" in problems
+    assert "metric collections_no_such_metric_total is not exported by the code" in problems
+    assert "$nope is not a dashboard variable" in problems
+    assert "has no query" in problems
+    assert dc.dashboard_problems("d.json", "{", facts)[0].startswith("d.json: not JSON")
+
+
+def test_a_variable_on_an_unknown_metric_is_caught(facts: dc.Facts) -> None:
+    board = json.loads(dashboard_text())
+    board.setdefault("templating", {}).setdefault("list", []).append(
+        {
+            "name": "gone",
+            "type": "query",
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "query": {"query": "label_values(collections_gone, variant)", "refId": "x"},
+        }
+    )
+    problems = " ".join(dc.dashboard_problems("d.json", json.dumps(board), facts))
+    assert "metric collections_gone is not exported by the code" in problems
+
+
+def test_an_overlay_without_the_dashboard_configmap_is_caught(prod: dc.Rendered) -> None:
+    r = mutated(prod)
+    (config_map,) = [
+        d
+        for d in r.of_kind("ConfigMap")
+        if d["metadata"].get("labels", {}).get(dc.GRAFANA_DASHBOARD_LABEL) == "1"
+    ]
+    (key,) = config_map["data"]
+    config_map["data"][key] += " "
+    assert "differs from" in " ".join(dc.check_dashboard_configmaps(r))
+    r.docs.remove(config_map)
+    assert "no ConfigMap labelled grafana_dashboard" in " ".join(dc.check_dashboard_configmaps(r))
+
+
+def test_compose_grafana_and_prometheus_wiring_is_checked(
+    tmp_path: Path, facts: dc.Facts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(dc.DEPLOY / "monitoring", tmp_path / "monitoring")
+    (tmp_path / "k8s").symlink_to(dc.K8S)
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(dc.COMPOSE.read_text())
+    monkeypatch.setattr(dc, "COMPOSE", compose)
+    assert dc.check_compose_monitoring(facts)[0] == []
+    scrape = tmp_path / "monitoring" / "prometheus.yaml"
+    scrape.write_text(scrape.read_text().replace('"notifier:8080"', '"elsewhere:8080"'))
+    provider = tmp_path / "monitoring" / "grafana-dashboards.yaml"
+    provider.write_text(provider.read_text().replace("/etc/grafana/dashboards", "/srv/boards"))
+    problems = " ".join(dc.check_compose_monitoring(facts)[0])
+    assert "prometheus does not scrape notifier" in problems
+    assert "grafana does not load deploy/k8s/components/dashboards/collections.json" in problems
+
+
+def test_metric_names_made_in_a_comprehension_are_found() -> None:
+    tree = ast.parse(
+        "G = {n: Gauge(f'kpi_{n}', h) for n, h in (('roll_rate', 'x'), ('cure_rate', 'y'))}\n"
+        "H = [Gauge(f'x_{n}', 'h') for n in names()]\n"
+    )
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args]
+    found = [dc._metric_names(c.args[0], dc._enclosing_generators(c, parents)) for c in calls]
+    assert ["kpi_roll_rate", "kpi_cure_rate"] in found
+    # Names the check cannot know without running the code are not guessed.
+    assert [] in found
