@@ -323,6 +323,47 @@ def print_measures(report: dict[str, Any]) -> None:
     print(f"\nChart (stage funnel and roll rates per variant): {chart}")
 
 
+# Early warning (issue 24 item 2): every 20th loan that will fall overdue gets a risk signal
+# first, while it is still current.
+def early_warning_loans(loans: list[Loan]) -> list[Loan]:
+    return [loan for loan in loans if loan.kind == "contacted" and int(loan.loan_id[2:]) % 20 == 0]
+
+
+def early_warning_counts(timelines: dict[str, list[str]]) -> dict[str, int]:
+    """Of the signalled loans' case timelines (entry kinds, in order): pre-delinquency
+    cases opened, contacted before their loan fell due, and become ordinary cases since."""
+
+    def before_overdue(kinds: list[str]) -> list[str]:
+        end = "pre_delinquency_ended"
+        return kinds[: kinds.index(end)] if end in kinds else kinds
+
+    opened = [k for k in timelines.values() if "pre_delinquency_opened" in k]
+    return {
+        "signalled": len(timelines),
+        "opened": len(opened),
+        "contacted": sum("contact_commanded" in before_overdue(k) for k in opened),
+        "ordinary": sum("pre_delinquency_ended" in k for k in opened),
+    }
+
+
+async def early_warning_report(base_url: str, loans: list[Loan]) -> dict[str, int]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
+        timelines = {}
+        for loan in loans:
+            response = await http.get(f"/v1/cases/{loan.loan_id}/timeline?limit=500")
+            entries = response.json().get("entries", []) if response.status_code == 200 else []
+            timelines[loan.loan_id] = [e["kind"] for e in entries]
+    return early_warning_counts(timelines)
+
+
+def print_early_warning(counts: dict[str, int]) -> None:
+    print(
+        f"\nEarly warning (workflow): {counts['signalled']} risk signals on current loans, "
+        f"{counts['opened']} pre-delinquency cases opened, {counts['contacted']} contacted "
+        f"(the borrower only), {counts['ordinary']} became ordinary cases once overdue"
+    )
+
+
 async def wait_until_settled(fleet: Fleet, *, within: float = 180.0) -> dict[str, Any]:
     """Settled = nothing awaits a confirmation and the picture is stable for 3 s."""
     deadline = time.monotonic() + within
@@ -450,7 +491,22 @@ async def run() -> int:
                 for loan in loans
                 if loan.kind == "repaid_early"
             )
-            await asyncio.sleep(1.0)
+            # Early warning: risk signals before the loans fall due; their pre-delinquency
+            # cases contact the borrowers before the overdue feed below arrives.
+            signalled = early_warning_loans(loans)
+            await lender.publish_many(
+                lending.risk_signal(
+                    loan.loan_id,
+                    loan.principal,
+                    observed_at=now - timedelta(hours=1),
+                    currency=loan.currency,
+                    tz=loan.zone,
+                    jurisdiction=loan.jurisdiction,
+                    borrower_id=loan.borrower_id,
+                )
+                for loan in signalled
+            )
+            await wait_until_settled(fleet)
             await lender.publish_many(
                 lending.overdue(
                     loan.loan_id,
@@ -495,6 +551,7 @@ async def run() -> int:
             permits = await work_permits(fleet["notifier"].base_url, loans, rng)
             worked, queues = await work_queues(fleet["workflow"].base_url, rng)
             agency = await agency_report(fleet["workflow"].base_url)
+            early_warning = await early_warning_report(fleet["workflow"].base_url, signalled)
             # The whole run: from just before the first event to past the second wave,
             # whose overdue feed is dated a day ahead.
             measures = await measures_by_variant(
@@ -508,6 +565,7 @@ async def run() -> int:
         print_permits(permits)
         print_work(worked, queues)
         print_agency(agency)
+        print_early_warning(early_warning)
         print_variants(snapshot)
         print_measures(measures)
         return 0

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -115,6 +115,37 @@ def overdue(
         outstanding_balance=outstanding,
         days_past_due=dpd,
         as_of=as_of or datetime.now(UTC),
+        borrower_time_zone=tz,
+        jurisdiction=jurisdiction,
+    )
+
+
+def risk_signal(
+    loan_id: str,
+    outstanding: Decimal,
+    *,
+    score: Decimal = Decimal("0.90"),
+    kind: str = "income_drop",
+    valid_for: timedelta = timedelta(days=30),
+    observed_at: datetime | None = None,
+    signal_id: str | None = None,
+    currency: str = "CNY",
+    tz: str = "Asia/Shanghai",
+    jurisdiction: str = "CN",
+    borrower_id: str | None = None,
+) -> c.RiskSignal:
+    """A risk model's signal about a loan that is still current (early warning)."""
+    observed = observed_at or datetime.now(UTC)
+    return c.RiskSignal(
+        signal_id=signal_id or f"S-{uuid.uuid4().hex[:12]}",
+        loan_id=loan_id,
+        borrower_id=borrower_id or f"B-{loan_id}",
+        kind=kind,
+        score=score,
+        currency=currency,
+        outstanding_balance=outstanding,
+        observed_at=observed,
+        valid_until=observed + valid_for,
         borrower_time_zone=tz,
         jurisdiction=jurisdiction,
     )

@@ -20,8 +20,9 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
-    model_validator,
+    field_validator,
 )
 
 from collections_kit import vocabulary
@@ -150,11 +151,14 @@ class RiskSignal(Message):
     borrower_time_zone: str = Field(max_length=64, examples=["Asia/Shanghai"])
     jurisdiction: Jurisdiction
 
-    @model_validator(mode="after")
-    def _valid_after_observed(self) -> RiskSignal:
-        if self.valid_until <= self.observed_at:
+    @field_validator("valid_until")
+    @classmethod
+    def _valid_after_observed(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # On the field, so that a dead letter's reason names it.
+        observed = info.data.get("observed_at")
+        if observed is not None and value <= observed:
             raise ValueError("valid_until must be after observed_at")
-        return self
+        return value
 
 
 class LedgerPostingBooked(Message):
