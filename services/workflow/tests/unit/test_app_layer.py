@@ -25,6 +25,7 @@ from workflow.app.work import Once, Worked, WorkQueues
 from workflow.domain import messages as m
 from workflow.domain import tasks as tk
 from workflow.domain.decide import PERMIT_CHECK
+from workflow.domain.measures import CaseHistory
 from workflow.domain.model import Case, CaseStatus, ContactIntent, Hold, TimerKind
 from workflow.domain.policy import PolicyBook
 
@@ -93,6 +94,9 @@ class FakeCases:
 
     async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int:
         return 0
+
+    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
+        return []
 
 
 class FakeIdempotencyKeys:

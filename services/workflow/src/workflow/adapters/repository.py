@@ -23,6 +23,7 @@ from workflow.adapters.tables import (
 )
 from workflow.app.ports import DueTimer
 from workflow.domain.decide import timer_is_current
+from workflow.domain.measures import CaseHistory, Recorded
 from workflow.domain.messages import MoneySeen
 from workflow.domain.model import (
     Arrangement,
@@ -655,6 +656,64 @@ class CaseRepository:
             ],
             "intents": [{"status": s, "reason": r, "count": n} for s, r, n in by_intent],
         }
+
+    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
+        """The timelines the measures of ``[start, end)`` read (domain/measures.py): of
+        every case opened before ``end`` that is not closed now or has an entry since
+        ``start`` (a case closed before ``start`` and quiet since adds nothing), its
+        entries before ``end`` in the order written."""
+        touched = (
+            select(timeline.c.id)
+            .where(timeline.c.case_id == cases.c.case_id, timeline.c.at >= start)
+            .exists()
+        )
+        chosen = (
+            select(cases.c.case_id, cases.c.product, cases.c.jurisdiction, cases.c.variant)
+            .where(cases.c.opened_at < end, or_(cases.c.status != "closed", touched))
+            .cte("chosen")
+        )
+        rows = await self._conn.execute(
+            select(
+                chosen.c.case_id,
+                chosen.c.product,
+                chosen.c.jurisdiction,
+                chosen.c.variant,
+                timeline.c.at,
+                timeline.c.kind,
+                timeline.c.stage_before,
+                timeline.c.stage_after,
+                timeline.c.status_before,
+                timeline.c.status_after,
+                timeline.c.detail,
+            )
+            .join(timeline, timeline.c.case_id == chosen.c.case_id)
+            .where(timeline.c.at < end)
+            .order_by(chosen.c.case_id, timeline.c.id)
+        )
+        found: dict[str, tuple[Any, list[Recorded]]] = {}
+        for r in rows:
+            _, entries = found.setdefault(r.case_id, (r, []))
+            entries.append(
+                Recorded(
+                    at=r.at,
+                    kind=r.kind,
+                    stage_before=r.stage_before,
+                    stage_after=r.stage_after,
+                    status_before=r.status_before,
+                    status_after=r.status_after,
+                    detail=r.detail,
+                )
+            )
+        return [
+            CaseHistory(
+                case_id=case_id,
+                product=first.product,
+                jurisdiction=first.jurisdiction,
+                variant=first.variant,
+                entries=tuple(entries),
+            )
+            for case_id, (first, entries) in found.items()
+        ]
 
 
 # Past-due timers are counted up to this many (the gauge needs no more).

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from collections_kit.uow import UnitOfWork
+from workflow.domain.measures import CaseHistory
 from workflow.domain.model import Case, ContactIntent, Hold
 from workflow.domain.tasks import Task, Withdrawal
 
@@ -52,6 +53,10 @@ class CaseStore(Protocol):
     async def contacts_made_during(self, case_id: str, hold: Hold) -> list[dict[str, Any]]: ...
 
     async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int: ...
+
+    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
+        """The case timelines the measures of ``[start, end)`` read (domain/measures.py)."""
+        ...
 
 
 class IdempotencyKeys(Protocol):

@@ -270,6 +270,12 @@ def _cancel_pending(intents: Sequence[ContactIntent], reason: str) -> tuple[Cont
     )
 
 
+def _intent_ids(cancelled: Sequence[ContactIntent]) -> list[str] | None:
+    """The contacts a closure or a hold cancelled before any command left, for the
+    timeline: the suppressed contacts of the measures (domain/measures.py) count them."""
+    return [i.intent_id for i in cancelled] or None
+
+
 def _stage_timers(case: Case, ctx: _Ctx) -> tuple[Timer, ...]:
     if case.pre_delinquency is not None:
         # No stage time limit: a pre-delinquency case never escalates. Its next reminder,
@@ -354,13 +360,21 @@ def _close(
         policy_version=ctx.policy.version,
         updated_at=ctx.now,
     )
+    cancelled = _cancel_pending(intents, exit_.value)
     return Decision(
         case=closed,
-        intents=_cancel_pending(intents, exit_.value),
+        intents=cancelled,
         effects=(CancelContacts(exit_.value), AnnounceCaseClosed(exit_, trigger.value)),
         timeline=(
             _entry(
-                ctx, "case_closed", case, closed, exit=exit_.value, trigger=trigger.value, **detail
+                ctx,
+                "case_closed",
+                case,
+                closed,
+                exit=exit_.value,
+                trigger=trigger.value,
+                contacts_cancelled=_intent_ids(cancelled),
+                **detail,
             ),
         ),
     )
@@ -510,9 +524,10 @@ def _put_on_hold(case: Case, intents: Sequence[ContactIntent], hold: Hold, ctx: 
     expiry: tuple[Timer, ...] = (
         (Timer(TimerKind.HOLD_EXPIRY, hold.until, hold.hold_id),) if hold.until else ()
     )
+    cancelled = _cancel_pending(intents, "held")
     return Decision(
         case=held,
-        intents=_cancel_pending(intents, "held"),
+        intents=cancelled,
         effects=(CancelContacts("held"), AnnounceHeld(hold)),
         timeline=(
             _entry(
@@ -526,6 +541,7 @@ def _put_on_hold(case: Case, intents: Sequence[ContactIntent], hold: Hold, ctx: 
                 actor=hold.actor,
                 until=hold.until.isoformat() if hold.until else None,
                 effective_from=hold.effective_from.isoformat() if hold.effective_from else None,
+                contacts_cancelled=_intent_ids(cancelled),
             ),
         ),
         timers=expiry,

@@ -350,6 +350,8 @@ def _begin(
                     until=until.isoformat(),
                     commission_rate=str(agency.commission_rate),
                     policy_version=policy.version,
+                    # The liquidation rate's denominator (domain/measures.py).
+                    amount_placed=str(placement.amount_placed),
                 ),
             ),
         ),

@@ -22,10 +22,11 @@ from workflow.adapters.tables import inbox, outbox
 from workflow.adapters.uow import SqlWorkflowUnitOfWork
 from workflow.app.commands import Commands
 from workflow.app.handlers import Workflow, WorkflowHandlers
+from workflow.app.kpis import KpiGauges
 from workflow.app.timers import TimerWorker
 from workflow.app.work import LeaseSweeper, WorkQueues
 from workflow.domain.policy import PolicyBook
-from workflow.entrypoints import agencies, dead_letters, proposals, queues
+from workflow.entrypoints import agencies, dead_letters, kpis, proposals, queues
 from workflow.entrypoints.api import router
 from workflow.settings import WorkflowSettings
 
@@ -75,6 +76,19 @@ def build_runtime(
     )
     work = WorkQueues(uow, workflow, queue_policy)
     handlers = WorkflowHandlers(workflow)
+    # Recomputed from the timelines at an interval, never counted in memory (docs/measures.md).
+    kpi_gauges = (
+        [
+            KpiGauges(
+                uow,
+                clock,
+                window=timedelta(hours=settings.kpi_window_hours),
+                every_s=settings.kpi_refresh_s,
+            )
+        ]
+        if settings.kpi_refresh_s > 0
+        else []
+    )
     loop = ConsumerLoop(
         settings=settings,
         engine=engine,
@@ -96,7 +110,7 @@ def build_runtime(
         relay=relay,
         loops=[loop],
         # The sweeper returns leases that ran out as they do (timeline, queue depths).
-        workers=[timer_worker, LeaseSweeper(work)],
+        workers=[timer_worker, LeaseSweeper(work), *kpi_gauges],
         state={
             "clock": clock,
             "uow": uow,
@@ -113,6 +127,13 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         title="Collections workflow",
         version="1.0.0",
         description=DESCRIPTION,
-        routers=[router, dead_letters.router, agencies.router, queues.router, proposals.router],
+        routers=[
+            router,
+            dead_letters.router,
+            agencies.router,
+            queues.router,
+            proposals.router,
+            kpis.router,
+        ],
         manage_runtime=manage_runtime,
     )
