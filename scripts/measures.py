@@ -9,6 +9,7 @@ denominator is 0 (no agency placements: no liquidation rate) is shown as such, n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ NO_VARIANT = "(no variant)"
 
 def group_label(group: str) -> str:
     return group or NO_VARIANT
+
+
+def period(report: Mapping[str, Any]) -> str:
+    """'2026-11-01 00:00 to 2026-12-01 00:00 UTC' from the document's from and to (to the
+    minute: the endpoint echoes them to the microsecond)."""
+    ends = [datetime.fromisoformat(report[k]).astimezone(UTC) for k in ("from", "to")]
+    return " to ".join(f"{e:%Y-%m-%d %H:%M}" for e in ends) + " UTC"
 
 
 def _amount(x: float) -> str:
@@ -67,8 +75,7 @@ def format_measures(report: Mapping[str, Any]) -> str:
     first = max(len(label) for label, _ in rows)
     widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(header)]
     lines = [
-        f"Measures by {report['group_by']}, {report['from']} to {report['to']} "
-        f"(GET /v1/kpis; docs/measures.md):",
+        f"Measures by {report['group_by']}, {period(report)} (GET /v1/kpis; docs/measures.md):",
         "  " + " " * first + "".join(f"  {h:>{w}}" for h, w in zip(header, widths, strict=True)),
     ]
     for label, cells in rows:
@@ -126,9 +133,7 @@ def draw_chart(report: Mapping[str, Any], path: Path) -> Path:
         if groups:
             ax.legend(title=report["group_by"])
         ax.grid(axis="y", alpha=0.3)
-    figure.suptitle(
-        f"Collections measures by {report['group_by']}, {report['from']} to {report['to']}"
-    )
+    figure.suptitle(f"Collections measures by {report['group_by']}, {period(report)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path

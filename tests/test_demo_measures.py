@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from scripts import demo
-from scripts.measures import draw_chart, format_measure, format_measures, stage_order
+from scripts.measures import (
+    draw_chart,
+    format_measure,
+    format_measures,
+    period,
+    stage_order,
+)
 
 
 def m(value: float | None, numerator: float, denominator: float) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def test_a_measure_prints_its_value_and_what_it_was_computed_from() -> None:
 def test_the_table_has_a_column_per_variant_and_a_row_per_measure() -> None:
     table = format_measures(REPORT)
     lines = table.splitlines()
-    assert "2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z" in lines[0]
+    assert "2026-11-01 00:00 to 2026-12-01 00:00 UTC" in lines[0]
     assert lines[1].split() == ["challenger", "champion"]
     rows = {line.split("  ")[1].strip(): line for line in lines[2:]}
     assert list(rows)[:8] == [
@@ -99,6 +105,11 @@ def test_a_product_without_variants_and_an_empty_period_read_plainly() -> None:
     assert format_measures(report).splitlines()[1].strip() == "(no variant)"
     report["groups"] = []
     assert "(no cases in the period)" in format_measures(report)
+
+
+def test_the_period_reads_to_the_minute_in_utc() -> None:
+    report = {"from": "2026-12-04T15:06:59.123456Z", "to": "2026-12-06T16:08:00+01:00"}
+    assert period(report) == "2026-12-04 15:06 to 2026-12-06 15:08 UTC"
 
 
 def test_stages_follow_escalation_order_and_unknown_ones_are_kept() -> None:
