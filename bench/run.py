@@ -13,6 +13,8 @@ Every figure comes from one run on the same broker and database:
   cancelling transaction's commit time; when a 2 ms poll saw it is kept as ``observed_*``),
   under a background load of 20% of the pipeline rate (once the pipeline's tail drained);
 - ``scale``: ingest rate with 10k, 100k and 1M existing cases, and each service's peak RSS.
+- ``peer.dbos``: the same loans (fewer of them) through a DBOS Transact peer written the
+  way its examples are (bench/peers/dbos; ``python -m bench.run --only peer`` runs it alone).
 
 Sizes come from the environment (``BENCH_INGEST_EVENTS``, ``BENCH_PIPELINE_LOANS``,
 ``BENCH_SCALE``...) so a quick run is possible; the defaults are the issue's. Results go to
@@ -21,6 +23,7 @@ Sizes come from the environment (``BENCH_INGEST_EVENTS``, ``BENCH_PIPELINE_LOANS
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -69,6 +72,11 @@ class Sizes:
     scale_events: int = env_int("BENCH_SCALE_EVENTS", 300_000)
     pipeline_loans: int = env_int("BENCH_PIPELINE_LOANS", 100_000)
     suppression_samples: int = env_int("BENCH_SUPPRESSION_SAMPLES", 200)
+    # The DBOS Transact peer (bench/peer.py): loans through it, and how many held contacts
+    # are repaid to show the cancellation. Fewer loans than the pipeline: at its rate here
+    # 5,000 take about a minute.
+    peer_loans: int = env_int("BENCH_PEER_LOANS", 5_000)
+    peer_repaid: int = env_int("BENCH_PEER_REPAID", 20)
     # Workflow replicas applying the ingest (one consumer group), as it would be deployed:
     # one per core plus one, because a replica waits on PostgreSQL for about a third of
     # each batch (measured with py-spy --idle), and the spare fills those waits.
@@ -867,6 +875,7 @@ async def run(sizes: Sizes) -> dict[str, Any]:
         sizes.pipeline_replicas,
     )
     flow["plumbing"] = plumbing(flow, kafka, pg)
+    peer = await run_peer(admin_url, bootstrap, sizes)
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
         "machine": {"cores": os.cpu_count()},
@@ -889,10 +898,18 @@ async def run(sizes: Sizes) -> dict[str, Any]:
             **ratio,
             "peak_rss_mb": {**rss, "workflow_ingest": max(s["workflow_rss_mb"] for s in scale)},
         },
+        "peer": {"dbos": peer},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     result["floors"] = floors(result)
     return result
+
+
+async def run_peer(admin_url: str, bootstrap: str, sizes: Sizes) -> dict[str, Any]:
+    from bench.peer import dbos_peer  # it imports this module's helpers
+
+    print(f"peer: DBOS Transact, {sizes.peer_loans} loans ...", flush=True)
+    return await dbos_peer(admin_url, bootstrap, sizes.peer_loans, sizes.peer_repaid)
 
 
 def scale_order(sizes: tuple[int, ...]) -> list[int]:
@@ -937,7 +954,42 @@ def floors(r: dict[str, Any]) -> dict[str, bool]:
         "suppression p99 <= 100 ms": r["suppression_ms"]["p99"] <= 100,
         "cost at largest <= 1.25 x smallest": r["scale"]["cost_ratio_largest_vs_smallest"] <= 1.25,
         "peak RSS <= 300 MB": all(v <= 300 for v in r["scale"]["peak_rss_mb"].values()),
+        **peer_floors(r),
     }
+
+
+def peer_floors(r: dict[str, Any]) -> dict[str, bool]:
+    if "peer" not in r:
+        return {}
+    dbos = r["peer"]["dbos"]
+    return {
+        "pipeline >= 2 x DBOS peer": r["pipeline"]["loans_per_s"] >= 2 * dbos["loans_per_s"],
+        "DBOS peer: each contact mailed once, each repaid one cancelled": (
+            dbos["mailed_once"] == dbos["loans"]
+            and dbos["mailed_twice_or_more"] == 0
+            and dbos["repaid_mailed"] == 0
+            and dbos["repaid_cancelled"] == dbos["repaid"]
+        ),
+    }
+
+
+def peer_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "peer" not in r:
+        return []
+    d = r["peer"]["dbos"]
+    return [
+        ("peer.dbos.loans_per_s", d["loans_per_s"]),
+        (
+            "peer.dbos: machine CPU us per loan (its process; the SMTP sink); rows per loan",
+            f"{d['machine_cpu_us_per_loan']} ({d['peer_process_cpu_us_per_loan']}; "
+            f"{d['smtp_sink_cpu_us_per_loan']}); {d['rows_written_per_loan']}",
+        ),
+        (
+            "peer.dbos: mailed once / loans; repaid: mailed, cancelled / repaid",
+            f"{d['mailed_once']} / {d['loans']}; {d['repaid_mailed']}, "
+            f"{d['repaid_cancelled']} / {d['repaid']}",
+        ),
+    ]
 
 
 def table(r: dict[str, Any]) -> str:
@@ -985,6 +1037,7 @@ def table(r: dict[str, Any]) -> str:
         ),
         ("  in machine CPU per event", r["scale"]["machine_cpu_cost_ratio_largest_vs_smallest"]),
         ("peak RSS MB", r["scale"]["peak_rss_mb"]),
+        *peer_rows(r),
     ]
     lines = [f"| {k} | {v} |" for k, v in rows]
     lines += [f"| floor: {k} | {'met' if ok else 'NOT met'} |" for k, ok in r["floors"].items()]
@@ -992,6 +1045,14 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--only",
+        choices=["peer"],
+        help="run one phase alone (sized by its BENCH_* variables), into results/<phase>.json",
+    )
+    if parser.parse_args().only == "peer":
+        return only_peer()
     result = asyncio.run(run(Sizes()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
@@ -1000,6 +1061,22 @@ def main() -> int:
     print(
         f"\nwrote {RESULTS / 'latest.json'} and {RESULTS / 'scale.png'} in {result['elapsed_s']}s"
     )
+    return 0
+
+
+def only_peer() -> int:
+    local_stack.ensure_up()
+    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    result = {
+        "measured_at": datetime.now(UTC).isoformat(),
+        "peer": {"dbos": asyncio.run(run_peer(admin_url, bootstrap, Sizes()))},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "peer.json").write_text(json.dumps(result, indent=2))
+    print("| figure | value |\n|---|---|")
+    print("\n".join(f"| {k} | {v} |" for k, v in peer_rows(result)))
+    print(f"\nwrote {RESULTS / 'peer.json'}")
     return 0
 
 
