@@ -189,7 +189,8 @@ class EscalationPolicy:
 
 DEFAULT_POLICY = EscalationPolicy(
     # 2026-12-04: negotiation terms added; every escalation rule is as in 2026-11-01.
-    version="consumer-loan/2026-12-04",
+    # 2026-12-04.2: early warning added (pre-delinquency cases); nothing else changed.
+    version="consumer-loan/2026-12-04.2",
     product="consumer-loan",
     tolerance=BALANCE_TOLERANCE,
     stages=(
