@@ -8,15 +8,21 @@ ordinary case, the same case with the same history.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
+from types import SimpleNamespace
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from collections_kit.clock import derived_id
+from collections_kit.db import _document
+from workflow.adapters.journal import encode_input, replay
 from workflow.domain import decide as d
 from workflow.domain import messages as m
 from workflow.domain.lifecycle import Phase
@@ -29,7 +35,7 @@ from workflow.domain.model import (
     Timer,
     TimerKind,
 )
-from workflow.domain.policy import DEFAULT_POLICY, Stage
+from workflow.domain.policy import DEFAULT_POLICY, PolicyBook, Stage
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 POLICY = DEFAULT_POLICY
@@ -297,6 +303,55 @@ def test_unreasonable_proposals_do_not_send_a_pre_delinquency_case_to_court() ->
     kinds = [e.kind for e in decision.timeline]
     assert kinds == ["proposal_received", "proposal_refused", "ignored"]
     assert decision.timeline[-1].detail["trigger"] == "proposal_unreasonable"
+
+
+def test_the_journal_of_a_pre_delinquency_story_replays_to_the_same_case() -> None:
+    """Every input the app journals (signals, their timers, the overdue report), encoded as
+    stored, folds through ``decide`` into the case the decisions made (ADR 0008)."""
+    rows: list[SimpleNamespace] = []
+    case: Case | None = None
+    intents: dict[str, ContactIntent] = {}
+    timers: list[Timer] = []
+    story: list[tuple[datetime, d.Input]] = [
+        (NOW, signal()),
+        (NOW + timedelta(days=1), signal(valid_for=timedelta(days=50), signal_id="S2")),
+    ]
+    at = NOW
+    for n in range(6):
+        if n < len(story):
+            at, event = story[n]
+        else:
+            timer = min(timers, key=lambda t: t.due_at)
+            timers.remove(timer)
+            at = timer.due_at
+            event = m.TimerFired(f"t{n}", timer.kind.value, timer.token, timer.due_at)
+        cause = f"cause-{n}"
+        decision = d.decide(
+            case, list(intents.values()), event, POLICY, at, partial(derived_id, cause)
+        )
+        assert decision.rejected is None
+        case = decision.case or case
+        intents.update({i.intent_id: i for i in decision.intents})
+        timers.extend(decision.timers)
+        input_type, payload = encode_input(event)
+        ((stored,),) = json.loads(_document([{"payload": payload}], ("payload",)))
+        rows.append(SimpleNamespace(input_type=input_type, payload=stored, at=at, cause_id=cause))
+    overdue_at = at + timedelta(days=1)
+    event = overdue(as_of=overdue_at)
+    decision = d.decide(
+        case, list(intents.values()), event, POLICY, overdue_at, partial(derived_id, "cause-x")
+    )
+    case = decision.case
+    input_type, payload = encode_input(event)
+    ((stored,),) = json.loads(_document([{"payload": payload}], ("payload",)))
+    rows.append(
+        SimpleNamespace(input_type=input_type, payload=stored, at=overdue_at, cause_id="cause-x")
+    )
+    assert case is not None
+    assert case.pre_delinquency is None
+    kinds = {row.payload.get("kind") for row in rows if row.input_type == "TimerFired"}
+    assert "early_warning_reminder" in kinds
+    assert replay(rows, PolicyBook()) == case
 
 
 # --- the property: whatever arrives before the overdue report ------------------------------

@@ -59,6 +59,22 @@ SAMPLES: list[d.Input] = [
     m.RequestResume("k", "r", "a", None),
     m.TimerFired("t", "recheck", "i:1", AT),
     m.BalanceConfirmed("e", "c", "conf", Decimal("9"), 3, AT, AT),
+    m.RiskSignalReceived(
+        "e",
+        "S",
+        "L",
+        "B",
+        "p",
+        "income_drop",
+        Decimal("0.825"),
+        "CNY",
+        Decimal("100.50"),
+        AT,
+        AT,
+        "Asia/Shanghai",
+        "CN",
+    ),
+    m.TimerFired("t", "signal_expiry", AT.isoformat(), AT),
 ]
 
 
