@@ -45,6 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from collections_kit.auth import dev_headers
 from collections_kit.db import asyncpg_dsn
+from collections_kit.outbox import waiting_sql
 from scripts import lending
 from scripts import stack as local_stack
 from scripts.infra import create_database, create_topics, delete_topics, drop_database
@@ -690,7 +691,7 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
                     raise TimeoutError("the pipeline did not drain")
                 waiting = sum(
                     [
-                        int(await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
+                        int(await conn.fetchval(waiting_sql(schema)))
                         for schema in ("workflow", "ledger_sync", "notifier")
                     ]
                 )

@@ -40,6 +40,7 @@ from collections_kit import contract as c
 from collections_kit.auth import dev_headers
 from collections_kit.db import asyncpg_dsn, make_engine
 from collections_kit.envelope import MalformedMessageError, decode
+from collections_kit.outbox import waiting_sql
 from collections_kit.topics import Topic
 from scripts import lending
 from scripts import stack as local_stack
@@ -533,7 +534,7 @@ async def backlog(dsn: str) -> int:
     try:
         rows = 0
         for schema in ("workflow", "ledger_sync", "notifier"):
-            rows += await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox")
+            rows += await conn.fetchval(waiting_sql(schema))
         rows += await conn.fetchval(
             "SELECT count(*) FROM notifier.dispatches WHERE (status = 'pending' "
             "AND due_at <= now()) OR status = 'sending'"

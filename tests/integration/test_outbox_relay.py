@@ -1,7 +1,9 @@
 """The outbox relay hands committed rows to the broker as one record batch per partition:
 each record lands on the partition ``producer.send`` chooses for its key (the producer's
 own choice is the oracle here), a loan's messages keep the outbox's order across several
-batches of one partition, every header and byte arrives, and the rows are gone after."""
+batches of one partition, every header and byte arrives, and nothing is left to relay
+after. The relay's position: it stops at a gap until the gap is settled, never skips a
+row committed late, and relayed rows are truncated together."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import MetaData, func, select
+from sqlalchemy import MetaData, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import contract as c
+from collections_kit import outbox as outbox_module
 from collections_kit.db import make_engine, plumbing_tables
 from collections_kit.envelope import decode
-from collections_kit.outbox import OutboxRelay, Tx, flush
+from collections_kit.outbox import OutboxRelay, Tx, flush, waiting
 from collections_kit.topics import Topic
 from scripts.infra import read_to_end
 
@@ -95,7 +98,7 @@ async def test_rows_go_out_in_batches_on_the_partition_send_would_choose(
         seen[loan].append(n)
     assert seen == {loan: list(range(PER_LOAN)) for loan in LOANS}
     async with engine.connect() as conn:
-        assert await conn.scalar(select(func.count()).select_from(outbox)) == 0
+        assert await waiting(conn, outbox) == 0
 
 
 class _RefusingBatch:
@@ -129,4 +132,108 @@ async def test_a_record_no_batch_takes_fails_the_drain_and_its_rows_stay(
     finally:
         await producer.stop()
     async with engine.connect() as conn:
-        assert await conn.scalar(select(func.count()).select_from(outbox)) == 1
+        assert await waiting(conn, outbox) == 1
+
+
+def _stage(conn: object, topic_prefix: str, loan: str, n: int) -> Tx:
+    now = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    tx = Tx(conn=conn, now=now, source="relay-test", topic_prefix=topic_prefix)  # type: ignore[arg-type]
+    tx.publish(
+        c.ContactCancelled(loan_id=loan, command_id=f"cmd-{n}", reason="repaid", cancelled_at=now),
+        event_id=f"{loan}/{n}",
+        subject=loan,
+    )
+    return tx
+
+
+async def _relayed_ids(bootstrap: str, topic_prefix: str) -> list[str]:
+    records = await read_to_end(bootstrap, [topic_prefix + Topic.CONTACT_COMMANDS.value])
+    return [decode(r.key, r.value, r.headers).id for r in records]
+
+
+async def test_the_relay_waits_for_a_lower_id_that_commits_late(
+    engine: AsyncEngine, database_url: str, stack: dict[str, str], topic_prefix: str
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"], acks="all")
+    await producer.start()
+    try:
+        relay = OutboxRelay(engine, database_url, producer, outbox, SCHEMA)
+        async with engine.connect() as late:
+            await late.begin()
+            tx = _stage(late, topic_prefix, "L-1", 1)
+            await flush(tx, outbox, SCHEMA)  # takes id 1 and stays open
+            async with engine.begin() as conn:
+                await flush(_stage(conn, topic_prefix, "L-1", 2), outbox, SCHEMA)
+            # id 2 is committed, id 1 is not: publishing 2 would put it ahead of 1 for
+            # good (and the position past 1 would lose it).
+            assert await relay.drain_once() == 0
+            await late.commit()
+        assert await relay.drain_once() == 2
+        assert await _relayed_ids(stack["kafka_bootstrap"], topic_prefix) == ["L-1/1", "L-1/2"]
+        # A relay started afresh (another replica, a restart) starts from the position.
+        again = OutboxRelay(engine, database_url, producer, outbox, SCHEMA)
+        assert await again.drain_once() == 0
+    finally:
+        await producer.stop()
+
+
+async def test_a_gap_left_by_a_rollback_is_settled_and_stepped_over(
+    engine: AsyncEngine,
+    database_url: str,
+    stack: dict[str, str],
+    topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "_GAP_PATIENCE_S", 0.0)
+    producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"], acks="all")
+    await producer.start()
+    try:
+        relay = OutboxRelay(engine, database_url, producer, outbox, SCHEMA)
+        async with engine.connect() as rolled_back:
+            await rolled_back.begin()
+            await flush(_stage(rolled_back, topic_prefix, "L-2", 1), outbox, SCHEMA)
+            await rolled_back.rollback()
+        async with engine.begin() as conn:
+            await flush(_stage(conn, topic_prefix, "L-2", 2), outbox, SCHEMA)
+        assert await relay.drain_once() == 0  # the gap at id 1, first seen
+        assert await relay.drain_once() == 1  # settled: id 1 will never come
+        assert await _relayed_ids(stack["kafka_bootstrap"], topic_prefix) == ["L-2/2"]
+    finally:
+        await producer.stop()
+
+
+async def test_relayed_rows_are_truncated_together_and_ids_go_on(
+    engine: AsyncEngine,
+    database_url: str,
+    stack: dict[str, str],
+    topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "_TRUNCATE_AFTER_S", 0.0)
+    monkeypatch.setattr(outbox_module, "_TRUNCATE_RETRY_S", 0.0)
+    producer = AIOKafkaProducer(bootstrap_servers=stack["kafka_bootstrap"], acks="all")
+    await producer.start()
+    try:
+        relay = OutboxRelay(engine, database_url, producer, outbox, SCHEMA)
+        async with engine.begin() as conn:
+            tx = _stage(conn, topic_prefix, "L-3", 1)
+            tx.staged += _stage(conn, topic_prefix, "L-3", 2).staged
+            await flush(tx, outbox, SCHEMA)
+        file = text("SELECT pg_relation_filenode('outbox')")
+        async with engine.connect() as conn:
+            before = await conn.scalar(file)
+        assert await relay.drain_once() == 2
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(outbox)) == 0
+            # Truncated (a new file), not deleted row by row.
+            assert await conn.scalar(file) != before
+        async with engine.begin() as conn:
+            await flush(_stage(conn, topic_prefix, "L-3", 3), outbox, SCHEMA)
+        assert await relay.drain_once() == 1
+        assert await _relayed_ids(stack["kafka_bootstrap"], topic_prefix) == [
+            "L-3/1",
+            "L-3/2",
+            "L-3/3",
+        ]
+    finally:
+        await producer.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     ColumnElement,
     DateTime,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
+    true,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -79,16 +81,22 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    return any(
+        state.startswith("08") or state in _UNAVAILABLE_SQLSTATES for state in sqlstates(exc)
+    )
+
+
+def sqlstates(exc: BaseException) -> Iterator[str]:
+    """The SQLSTATEs along ``exc``'s cause chain (SQLAlchemy's ``orig``, then ``__cause__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         state = getattr(current, "sqlstate", None)
-        if isinstance(state, str) and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
-            return True
+        if isinstance(state, str):
+            yield state
         origin = getattr(current, "orig", None)
         current = origin if isinstance(origin, BaseException) else current.__cause__
-    return False
 
 
 def any_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
@@ -248,4 +256,23 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("headers", JSONB, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+    # How far the relay has published the outbox (one row; see collections_kit.outbox):
+    # relayed rows are not deleted one by one but truncated together.
+    Table(
+        RELAYED_TABLE,
+        metadata,
+        Column("one", Boolean, primary_key=True, server_default=true()),
+        Column("relayed_to", BigInteger, nullable=False),
+        CheckConstraint("one", name="outbox_relayed_one_row"),
+    )
     return inbox, outbox
+
+
+RELAYED_TABLE = "outbox_relayed"
+
+
+def relayed_table(outbox: Table) -> Table:
+    """The relay's position beside ``outbox`` (defined with it by :func:`plumbing_tables`)."""
+    return outbox.metadata.tables[
+        f"{outbox.schema}.{RELAYED_TABLE}" if outbox.schema else RELAYED_TABLE
+    ]

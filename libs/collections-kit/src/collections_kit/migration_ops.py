@@ -64,3 +64,26 @@ def add_inbox_fingerprint_v1(op: Any, schema: str) -> None:
 def drop_inbox_fingerprint_v1(op: Any, schema: str) -> None:
     op.drop_column("inbox", "dead_lettered", schema=schema)
     op.drop_column("inbox", "fingerprint", schema=schema)
+
+
+def add_outbox_relayed_v1(op: Any, schema: str) -> None:
+    """The relay's position in the outbox (one row): relayed rows stay until the relay
+    truncates them together, instead of a DELETE per row. Starts at 0: every row present
+    when this runs is still to be relayed (relayed ones were deleted)."""
+    op.create_table(
+        "outbox_relayed",
+        sa.Column("one", sa.Boolean, primary_key=True, server_default=sa.true()),
+        sa.Column("relayed_to", sa.BigInteger, nullable=False),
+        sa.CheckConstraint("one", name="outbox_relayed_one_row"),
+        schema=schema,
+    )
+    op.execute(f'INSERT INTO "{schema}".outbox_relayed (relayed_to) VALUES (0)')
+
+
+def drop_outbox_relayed_v1(op: Any, schema: str) -> None:
+    """Back to deleting each relayed row: those already relayed go now."""
+    op.execute(
+        f'DELETE FROM "{schema}".outbox WHERE id <= '
+        f'(SELECT relayed_to FROM "{schema}".outbox_relayed)'
+    )
+    op.drop_table("outbox_relayed", schema=schema)

@@ -2,9 +2,21 @@
 
 Handlers never produce to Kafka. They stage messages in the ``outbox`` table inside the
 same transaction as their state change; the relay publishes committed rows with an
-idempotent producer and deletes them. A crash at any point leaves either nothing or a row
-that will be (re)published: at-least-once on the wire, made exactly-once in effect by the
+idempotent producer and moves its position (``outbox_relayed``, one row) past them in the
+transaction that read them. A crash at any point leaves either nothing or a row that will
+be (re)published: at-least-once on the wire, made exactly-once in effect by the
 consumers' inbox, because every message keeps its ``ce_id``.
+
+Relayed rows are not deleted one by one (a DELETE writes every row a second time): they
+are truncated together, once enough have accumulated or the outbox has gone quiet.
+
+The position is only moved over ids that can no longer appear below it. Ids are taken
+when a row is inserted, so a transaction may commit a lower id after a higher one: the
+relay publishes the unbroken run of ids after its position and stops at a gap. A gap that
+lasts (its transaction rolled back, or is slow to commit) is settled by taking the table
+in SHARE mode for a moment: that waits for every transaction that has inserted into the
+outbox (they hold ROW EXCLUSIVE until they end) and for no other, after which every id up
+to the highest present is final, and a missing one was rolled back.
 """
 
 from __future__ import annotations
@@ -21,12 +33,14 @@ from typing import Any
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import Span
-from sqlalchemy import Table, delete, func, select, text
+from sqlalchemy import Table, func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
-from collections_kit.db import any_of, asyncpg_dsn, insert_rows
+from collections_kit.db import asyncpg_dsn, insert_rows, relayed_table, sqlstates
 from collections_kit.envelope import Envelope, encode_text_headers
 from collections_kit.worker import PollingWorker
 
@@ -36,6 +50,46 @@ _MEASURE_EVERY_S = 1.0
 _COUNT_CAP = 100_000
 # The producer's own default: records of one key (one loan) always share a partition.
 _PARTITIONER = DefaultPartitioner()
+# How long a gap at the front of the outbox may hold the relay before it is settled (see
+# above): a transaction that inserted into the outbox is committing, which takes a few
+# milliseconds, so most gaps fill by themselves well within this.
+_GAP_PATIENCE_S = 0.05
+# Relayed rows are truncated once this many have been relayed since the last truncation,
+# or once the outbox is drained and the last truncation is this old.
+_TRUNCATE_AFTER_ROWS = 20_000
+_TRUNCATE_AFTER_S = 10.0
+# The truncation's ACCESS EXCLUSIVE lock waits for the transactions inserting at that
+# moment and makes new ones wait behind it: never longer than this (it tries again later).
+_TRUNCATE_LOCK_TIMEOUT = "100ms"
+# ... and publishes at most this many rows that arrived since the last batch while it holds
+# the lock (more, and it tries again at the earliest this much later).
+_TRUNCATE_LEFTOVERS = 500
+_TRUNCATE_RETRY_S = 1.0
+_SETTLE_LOCK_TIMEOUT = "2s"
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+async def waiting(conn: AsyncConnection, outbox: Table) -> int:
+    """Rows of ``outbox`` not relayed yet (relayed ones stay until truncated)."""
+    return int(
+        await conn.scalar(
+            select(func.count()).where(outbox.c.id > _position_of(relayed_table(outbox)))
+        )
+        or 0
+    )
+
+
+def waiting_sql(schema: str) -> str:
+    """:func:`waiting` as SQL text, for scripts on a plain connection."""
+    return (
+        f'SELECT count(*) FROM "{schema}".outbox WHERE id > '
+        f'coalesce((SELECT relayed_to FROM "{schema}".outbox_relayed), 0)'
+    )
+
+
+def _position_of(relayed: Table) -> Any:
+    """The relay's position as a scalar subquery: 0 before its first batch."""
+    return func.coalesce(select(relayed.c.relayed_to).scalar_subquery(), 0)
 
 
 def notify_channel(schema: str) -> str:
@@ -131,6 +185,14 @@ class OutboxRelay:
             on_stop=self._close_listener,
         )
         self._measured_at = 0.0
+        self._relayed = relayed_table(outbox)
+        self._qualified = f'"{outbox.schema}".{outbox.name}' if outbox.schema else outbox.name
+        # The highest id known to be final (every lower one committed or rolled back), and
+        # the gap the relay is stopped at, with when it was first seen.
+        self._settled = 0
+        self._gap: tuple[int, float] | None = None
+        self._relayed_since_truncation = 0
+        self._truncated_at = self._truncation_tried_at = time.monotonic()
 
     @property
     def heartbeat(self) -> float:
@@ -165,27 +227,136 @@ class OutboxRelay:
             self._listener = None
 
     async def drain_once(self) -> int:
+        """Publish the committed rows after the relay's position, up to the first gap (see
+        the module's docstring); then truncate relayed rows if it is time to."""
+        if self._gap is not None and time.monotonic() - self._gap[1] >= _GAP_PATIENCE_S:
+            self._settled = max(self._settled, await self._settle())
         async with self._engine.begin() as conn:
-            got = await conn.scalar(
+            if not await self._lead(conn):
+                return 0
+            position = await self._position(conn)
+            rows: Sequence[Any] = (
+                await conn.execute(
+                    select(self._outbox)
+                    .where(self._outbox.c.id > position)
+                    .order_by(self._outbox.c.id)
+                    .limit(self._batch)
+                )
+            ).all()
+            ready = self._unbroken(rows, position)
+            if ready:
+                await self._publish(ready)
+                await self._advance(conn, ready[-1].id)
+        if ready:
+            metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(ready))
+            self._relayed_since_truncation += len(ready)
+        if self._gap is not None:
+            # Nothing may wake the relay when the gap's transaction rolled back: look again.
+            asyncio.get_running_loop().call_later(_GAP_PATIENCE_S, self._worker.wake)
+        elif self._truncation_due(drained=len(rows) < self._batch):
+            await self._truncate()
+        return len(ready)
+
+    async def _lead(self, conn: AsyncConnection) -> bool:
+        """One replica relays at a time (for the rest of ``conn``'s transaction)."""
+        return bool(
+            await conn.scalar(
                 text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"),
                 {"k": f"outbox-relay:{self._schema}"},
             )
-            if not got:
-                return 0
-            rows: Sequence[Any] = (
-                await conn.execute(
-                    select(self._outbox).order_by(self._outbox.c.id).limit(self._batch)
-                )
-            ).all()
-            if not rows:
-                return 0
-            await self._publish(rows)
-            # Exactly the rows read: a transaction that commits a lower id later must not lose it.
-            await conn.execute(
-                delete(self._outbox).where(any_of(self._outbox.c.id, [row.id for row in rows]))
+        )
+
+    async def _position(self, conn: AsyncConnection) -> int:
+        return int(await conn.scalar(select(_position_of(self._relayed))) or 0)
+
+    async def _advance(self, conn: AsyncConnection, to: int) -> None:
+        upsert = insert(self._relayed).values(one=True, relayed_to=to)
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[self._relayed.c.one],
+                set_={"relayed_to": func.greatest(self._relayed.c.relayed_to, to)},
             )
-            metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
-            return len(rows)
+        )
+
+    def _unbroken(self, rows: Sequence[Any], position: int) -> Sequence[Any]:
+        """``rows`` up to the first id that may still appear before it: a gap above the
+        highest id known to be final (``_settled``). Remembers the gap and since when."""
+        expected = position + 1
+        for i, row in enumerate(rows):
+            if row.id != expected and row.id > self._settled + 1:
+                gap = max(expected, self._settled + 1)
+                if self._gap is None or self._gap[0] != gap:
+                    self._gap = (gap, time.monotonic())
+                return rows[:i]
+            expected = row.id + 1
+        self._gap = None
+        return rows
+
+    async def _settle(self) -> int:
+        """The highest id below which nothing more can appear: once every transaction that
+        has inserted into the outbox has ended (SHARE mode waits for exactly those), the
+        highest id present. Holds writers back for about one commit."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{_SETTLE_LOCK_TIMEOUT}'"))
+                await conn.execute(text(f"LOCK TABLE {self._qualified} IN SHARE MODE"))
+                return int(await conn.scalar(select(func.max(self._outbox.c.id))) or 0)
+        except DBAPIError as exc:
+            if _LOCK_NOT_AVAILABLE not in sqlstates(exc):
+                raise
+            log.info("outbox %s: a writer held the table; the gap waits", self._schema)
+            return self._settled
+
+    def _truncation_due(self, *, drained: bool) -> bool:
+        if self._relayed_since_truncation >= _TRUNCATE_AFTER_ROWS:
+            return True
+        return (
+            drained
+            and self._relayed_since_truncation > 0
+            and time.monotonic() - self._truncated_at >= _TRUNCATE_AFTER_S
+        )
+
+    async def _truncate(self) -> None:
+        if time.monotonic() - self._truncation_tried_at < _TRUNCATE_RETRY_S:
+            return
+        self._truncation_tried_at = time.monotonic()
+        await self._truncate_now()
+
+    async def _truncate_now(self) -> None:
+        """Empty the table of relayed rows at once (TRUNCATE writes no row, where a DELETE
+        writes each): under ACCESS EXCLUSIVE, so every row present is final; the few that
+        came in since the last batch are published first. Gives up if the lock is not
+        had quickly, or if too many rows wait: the next round tries again."""
+        try:
+            async with self._engine.begin() as conn:
+                if not await self._lead(conn):
+                    return
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{_TRUNCATE_LOCK_TIMEOUT}'"))
+                await conn.execute(text(f"LOCK TABLE {self._qualified} IN ACCESS EXCLUSIVE MODE"))
+                position = await self._position(conn)
+                rows = (
+                    await conn.execute(
+                        select(self._outbox)
+                        .where(self._outbox.c.id > position)
+                        .order_by(self._outbox.c.id)
+                        .limit(_TRUNCATE_LEFTOVERS + 1)
+                    )
+                ).all()
+                if len(rows) > _TRUNCATE_LEFTOVERS:
+                    return  # writers are not held while a whole batch goes out
+                if rows:
+                    await self._publish(rows)
+                    await self._advance(conn, rows[-1].id)
+                    metrics.OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
+                await conn.execute(text(f"TRUNCATE {self._qualified}"))
+        except DBAPIError as exc:
+            if _LOCK_NOT_AVAILABLE not in sqlstates(exc):
+                raise
+            log.debug("outbox %s: busy; truncation later", self._schema)
+            return
+        self._relayed_since_truncation = 0
+        self._truncated_at = time.monotonic()
+        self._gap = None
 
     async def _publish(self, rows: Sequence[Any]) -> None:
         """Hand ``rows`` to the producer as one record batch per partition, in order, and
@@ -235,11 +406,16 @@ class OutboxRelay:
             return
         self._measured_at = now
         table = self._outbox
+        after = table.c.id > _position_of(self._relayed)
         async with self._engine.connect() as conn:
             size = await conn.scalar(
-                select(func.count()).select_from(select(table.c.id).limit(_COUNT_CAP).subquery())
+                select(func.count()).select_from(
+                    select(table.c.id).where(after).limit(_COUNT_CAP).subquery()
+                )
             )
-            oldest = await conn.scalar(select(table.c.created_at).order_by(table.c.id).limit(1))
+            oldest = await conn.scalar(
+                select(table.c.created_at).where(after).order_by(table.c.id).limit(1)
+            )
         self._observe_backlog(int(size or 0), oldest)
 
     def _observe_backlog(self, size: int, oldest: datetime | None) -> None:
