@@ -207,6 +207,13 @@ def test_an_overdue_report_makes_it_an_ordinary_case_with_the_same_id() -> None:
     assert (after.days_past_due, after.amount_overdue) == (3, Decimal("400.00"))
     assert decision.timeline[0].kind == "pre_delinquency_ended"
     assert decision.timeline[0].detail["trigger"] == "fell_overdue"
+    # The collections case opens here, as an overdue report opens one (the measures' start).
+    entry = decision.timeline[1]
+    assert (entry.kind, entry.stage_before, entry.stage_after) == (
+        "case_opened",
+        None,
+        Stage.WARNING,
+    )
     # The warning stage's own contacts and time limit take over.
     assert {t.kind for t in decision.timers} == {TimerKind.STAGE_TIME_LIMIT}
     warning = POLICY.for_stage(Stage.WARNING).contacts

@@ -1690,23 +1690,35 @@ def _to_collection(
     pre = case.pre_delinquency
     assert pre is not None
     signal = {"signal_id": pre.signal_id, "signal_kind": pre.kind, "score": str(pre.score)}
-    if case.status is CaseStatus.HELD:
-        ordinary = replace(case, pre_delinquency=None, policy_version=ctx.policy.version)
-        return Decision(
-            case=ordinary,
-            timeline=(
-                _entry(
-                    ctx,
-                    "pre_delinquency_ended",
-                    case,
-                    ordinary,
-                    trigger=trigger.value,
-                    why=why,
-                    **signal,
-                    **detail,
-                ),
+
+    def entries(ordinary: Case) -> tuple[TimelineEntry, ...]:
+        # Then the collections case opens, as an overdue report opens one: the measures
+        # (domain/measures.py) count the case from here, as any case entering warning.
+        return (
+            _entry(
+                ctx,
+                "pre_delinquency_ended",
+                case,
+                ordinary,
+                trigger=trigger.value,
+                why=why,
+                **signal,
+                **detail,
+            ),
+            _entry(
+                ctx,
+                "case_opened",
+                None,
+                ordinary,
+                days_past_due=ordinary.days_past_due,
+                outstanding=str(ordinary.outstanding),
+                pre_delinquency=pre.signal_id,
             ),
         )
+
+    if case.status is CaseStatus.HELD:
+        ordinary = replace(case, pre_delinquency=None, policy_version=ctx.policy.version)
+        return Decision(case=ordinary, timeline=entries(ordinary))
     ordinary = replace(
         _end_arrangement(case, "cancelled", ctx),
         pre_delinquency=None,
@@ -1725,17 +1737,6 @@ def _to_collection(
         case=ordinary,
         intents=_cancel_pending(intents, "superseded_by_delinquency"),
         effects=announce,
-        timeline=(
-            _entry(
-                ctx,
-                "pre_delinquency_ended",
-                case,
-                ordinary,
-                trigger=trigger.value,
-                why=why,
-                **signal,
-                **detail,
-            ),
-        ),
+        timeline=entries(ordinary),
         timers=_stage_timers(ordinary, ctx),
     ).then(_plan_contacts(ordinary, ctx, f"delinquent-{ordinary.stage_epoch}"))
