@@ -175,6 +175,34 @@ def test_it_ends_when_the_signal_expires() -> None:
     assert all(i.status is IntentStatus.CANCELLED for i in decision.intents)
 
 
+def test_a_new_signal_after_expiry_makes_it_pre_delinquent_again() -> None:
+    case, opened = pre_case()
+    (expiry,) = [t for t in opened.timers if t.kind is TimerKind.SIGNAL_EXPIRY]
+    closed = fired(expiry, case).case
+    assert closed is not None
+    later = expiry.due_at + timedelta(days=10)
+    decision = run(closed, signal(observed_at=later, signal_id="S9"), at=later)
+    again = decision.case
+    assert again is not None
+    assert again.case_id == case.case_id
+    assert again.phase is Phase.PRE_DELINQUENCY
+    assert again.pre_delinquency is not None
+    assert again.pre_delinquency.signal_id == "S9"
+    assert decision.timeline[0].kind == "pre_delinquency_reopened"
+    assert d.AnnounceCaseOpened() in decision.effects
+    assert {i.recipient for i in decision.intents} == {"debtor"}
+    assert {t.kind for t in decision.timers} == {
+        TimerKind.SIGNAL_EXPIRY,
+        TimerKind.EARLY_WARNING_REMINDER,
+    }
+    # A repaid one stays closed: a signal is only noted.
+    repaid = run(case, m.RepaymentReceived("e-r", "R1", Decimal("5000"), Decimal(0), NOW)).case
+    assert repaid is not None
+    noted = run(repaid, signal(signal_id="S10"))
+    assert noted.case is None
+    assert [e.kind for e in noted.timeline] == ["risk_signal_noted"]
+
+
 def test_it_ends_when_the_loan_is_repaid() -> None:
     case, _ = pre_case()
     decision = run(case, m.RepaymentReceived("e-r", "R1", Decimal("5000"), Decimal(0), NOW))

@@ -1541,6 +1541,9 @@ def _risk_signal(case: Case | None, event: m.RiskSignalReceived, ctx: _Ctx) -> D
             return Decision(case=None)
         return _open_pre_delinquency(event, ctx)
     pre = case.pre_delinquency
+    if pre is not None and case.exit is Exit.CLOSED and above and valid:
+        # Its earlier signal expired (or a person closed it): the loan is still current.
+        return _reopen_pre_delinquency(case, event, ctx)
     if pre is None or case.is_closed:
         why = "the case is closed" if case.is_closed else "the loan is already overdue"
         return _noted(ctx, "risk_signal_noted", case, why=why, **_signal_detail(event))
@@ -1633,6 +1636,48 @@ def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
             timers=(_expiry_timer(pre, ctx), *_stage_timers(opened, ctx)),
         )
     ).then(_plan_contacts(opened, ctx, "pre-delinquency"))
+
+
+def _reopen_pre_delinquency(case: Case, event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
+    """A new signal on a pre-delinquency case that ended closed: the same case, its
+    history kept, pre-delinquent again on the new signal, confirming before any contact.
+    Announced as at its opening: ledger-sync forgot the case when it closed."""
+    pre = PreDelinquency(
+        signal_id=event.signal_id,
+        kind=event.kind,
+        score=event.score,
+        observed_at=event.observed_at,
+        valid_until=event.valid_until,
+    )
+    reopened = replace(
+        case,
+        status=CaseStatus.OPEN,
+        exit=None,
+        hold=None,
+        outstanding=event.outstanding,
+        outstanding_at_stage_entry=event.outstanding,
+        stage_epoch=case.stage_epoch + 1,
+        stage_entered_at=ctx.now,
+        unanswered_contacts=0,
+        policy_version=ctx.policy.version,
+        updated_at=ctx.now,
+        pre_delinquency=pre,
+    )
+    return Decision(
+        case=reopened,
+        effects=(AnnounceCaseOpened(),),
+        timeline=(
+            _entry(
+                ctx,
+                "pre_delinquency_reopened",
+                case,
+                reopened,
+                outstanding=str(reopened.outstanding),
+                **_signal_detail(event),
+            ),
+        ),
+        timers=(_expiry_timer(pre, ctx), *_stage_timers(reopened, ctx)),
+    ).then(_plan_contacts(reopened, ctx, f"pre-delinquency-{reopened.stage_epoch}"))
 
 
 def _remind(case: Case, ctx: _Ctx) -> Decision:
