@@ -1,12 +1,15 @@
 """``make bench``'s peer phase: the same loans through the DBOS Transact peer
 (``bench/peers/dbos``), measured the way the pipeline is.
 
-The peer runs as a process of its own on the same PostgreSQL server (its own database) and
-broker (its own topic prefix); its e-mails go to an SMTP server on loopback in this process.
+The peer runs as processes of its own (by default one per core: a Python process uses one
+core at most, and the pipeline runs three) in one consumer group, on the same PostgreSQL
+server (its own database) and broker (its own topic prefix); its e-mails go to an SMTP
+server on loopback in this process.
 The loans are booked in the lender's loan book the peer reads, the overdue events published
 as the pipeline's are, and the clock runs from the first event to the last e-mail received.
 Then a few loans whose contact is held (their borrowers asleep) are repaid: each must be
-cancelled and none mailed. Sizes: ``BENCH_PEER_LOANS``, ``BENCH_PEER_REPAID``.
+cancelled and none mailed. Sizes: ``BENCH_PEER_LOANS``, ``BENCH_PEER_REPAID``,
+``BENCH_PEER_PROCESSES``.
 """
 
 from __future__ import annotations
@@ -119,12 +122,23 @@ async def _delete_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
+def _peers_cpu_s(peers: list[subprocess.Popen[bytes]]) -> float | None:
+    each = [_proc_cpu_s(f"/proc/{peer.pid}/stat") for peer in peers]
+    return None if None in each else sum(s for s in each if s is not None)
+
+
 def _email(loan_id: str) -> str:
     return f"{loan_id}@borrowers.example"
 
 
 async def dbos_peer(
-    admin_url: str, bootstrap: str, loans: int, repaid: int, *, count_rows: bool = True
+    admin_url: str,
+    bootstrap: str,
+    loans: int,
+    repaid: int,
+    *,
+    processes: int = 2,
+    count_rows: bool = True,
 ) -> dict[str, Any]:
     """Run the peer over ``loans`` contacts and ``repaid`` cancelled ones; its figures."""
     run = uuid.uuid4().hex[:8]
@@ -148,11 +162,15 @@ async def dbos_peer(
             "PEER_TOPIC_PREFIX": prefix,
             "PEER_SMTP_PORT": str(mail.port),
         }
-        peer = await asyncio.to_thread(_spawn, env, log_dir / "peer.log")
-        cleanup.push_async_callback(_stop, peer)
+        peers = []
+        for i in range(processes):
+            # Each its own DBOS executor: on a restart it recovers its own pending workflows.
+            executor = {"PEER_EXECUTOR_ID": f"peer-{i}"}
+            peers.append(await asyncio.to_thread(_spawn, env | executor, log_dir / f"peer-{i}.log"))
+            cleanup.push_async_callback(_stop, peers[-1])
         conn = await asyncpg.connect(asyncpg_dsn(url))
         cleanup.push_async_callback(conn.close)
-        await _until(peer, lambda: _joined(bootstrap, prefix + "peer"), "the peer to join")
+        await _until(peers, lambda: _joined(bootstrap, prefix + "peer", processes), "joining")
         held = [f"H-{i:07d}" for i in range(repaid)]
         contacted = [f"P-{i:07d}" for i in range(loans)]
         # Set-up, not measured: the lender's loan book, as its core system keeps it.
@@ -167,23 +185,23 @@ async def dbos_peer(
         cleanup.push_async_callback(p.stop)
         lender = lending.Lender(p, prefix)
         started, cpu_started = time.perf_counter(), busy_cpu_s()
-        peer_cpu, sink_cpu = _proc_cpu_s(f"/proc/{peer.pid}/stat"), mail.cpu_s()
+        peer_cpu, sink_cpu = _peers_cpu_s(peers), mail.cpu_s()
         zone = zone_at_midday()
         await lender.publish_many(_overdue(loan, zone) for loan in contacted)
-        await _until(peer, lambda: _mailed(conn, mail, loans), "every e-mail", 1500)
+        await _until(peers, lambda: _mailed(conn, mail, loans), "every e-mail", 1500)
         elapsed = time.perf_counter() - started
         cpu_us = per_unit_us(cpu_started, busy_cpu_s(), loans)
-        peer_us = per_unit_us(peer_cpu, _proc_cpu_s(f"/proc/{peer.pid}/stat"), loans)
+        peer_us = per_unit_us(peer_cpu, _peers_cpu_s(peers), loans)
         sink_us = per_unit_us(sink_cpu, mail.cpu_s(), loans)
         # Held contacts (their borrowers at night), each repaid once its contact waits.
         night = zone_at_night()
         await lender.publish_many(_overdue(loan, night) for loan in held)
-        await _until(peer, lambda: _count(conn, "peer.held_contacts", repaid), "the holds")
+        await _until(peers, lambda: _count(conn, "peer.held_contacts", repaid), "the holds")
         await lender.publish_many(
             lending.repayment(loan, Decimal("900.00"), Decimal("0"), currency="GBP")
             for loan in held
         )
-        await _until(peer, lambda: _all_finished(conn), "every workflow to finish")
+        await _until(peers, lambda: _all_finished(conn), "every workflow to finish")
         after = await _rows_written(conn) if count_rows else 0
         synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
         outcomes = Counter(
@@ -194,9 +212,10 @@ async def dbos_peer(
     mailed = {loan: mail.by_recipient[_email(loan)] for loan in contacted + held}
     return {
         "loans": loans,
+        "processes": processes,
         "loans_per_s": round(loans / elapsed, 1),
         "machine_cpu_us_per_loan": cpu_us,
-        # Of the machine's: the peer's own process, and the SMTP server the bench runs
+        # Of the machine's: the peer's own processes, and the SMTP server the bench runs
         # (the pipeline's bench policy sends SMS to a recording channel, not e-mail).
         "peer_process_cpu_us_per_loan": peer_us,
         "smtp_sink_cpu_us_per_loan": sink_us,
@@ -238,9 +257,9 @@ async def _mailed(conn: asyncpg.Connection, mail: MailBox, loans: int) -> bool:
     return False
 
 
-async def _joined(bootstrap: str, group: str) -> bool:
+async def _joined(bootstrap: str, group: str, members: int) -> bool:
     async with _Lag(bootstrap) as lag:
-        return await lag.stable(group, 1)
+        return await lag.stable(group, members)
 
 
 async def _count(conn: asyncpg.Connection, table: str, target: int) -> bool:
@@ -270,16 +289,17 @@ async def _rows_written(conn: asyncpg.Connection) -> int:
 
 
 async def _until(
-    peer: subprocess.Popen[bytes],
+    peers: list[subprocess.Popen[bytes]],
     done: Callable[[], Awaitable[bool]],
     what: str,
     timeout: float = 180,
 ) -> None:
-    """Poll ``done()`` until it is true; fail at once if the peer exits."""
+    """Poll ``done()`` until it is true; fail at once if a peer process exits."""
     deadline = time.monotonic() + timeout
     while not await done():
-        if peer.poll() is not None:
-            raise RuntimeError(f"the DBOS peer exited ({peer.returncode}) waiting for {what}")
+        for peer in peers:
+            if peer.poll() is not None:
+                raise RuntimeError(f"a DBOS peer exited ({peer.returncode}) waiting for {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"waiting for {what}")
         await asyncio.sleep(0.05)

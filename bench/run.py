@@ -79,6 +79,7 @@ class Sizes:
     # even then.
     peer_loans: int = env_int("BENCH_PEER_LOANS", 3_000)
     peer_repaid: int = env_int("BENCH_PEER_REPAID", 20)
+    peer_processes: int = env_int("BENCH_PEER_PROCESSES", os.cpu_count() or 1)
     # Workflow replicas applying the ingest (one consumer group), as it would be deployed:
     # one per core plus one, because a replica waits on PostgreSQL for about a third of
     # each batch (measured with py-spy --idle), and the spare fills those waits.
@@ -910,9 +911,18 @@ async def run(sizes: Sizes) -> dict[str, Any]:
 async def run_peer(admin_url: str, bootstrap: str, sizes: Sizes) -> dict[str, Any]:
     from bench.peer import dbos_peer  # it imports this module's helpers
 
-    print(f"peer: DBOS Transact, {sizes.peer_loans} loans ...", flush=True)
+    print(
+        f"peer: DBOS Transact, {sizes.peer_loans} loans, {sizes.peer_processes} processes ...",
+        flush=True,
+    )
     try:
-        return await dbos_peer(admin_url, bootstrap, sizes.peer_loans, sizes.peer_repaid)
+        return await dbos_peer(
+            admin_url,
+            bootstrap,
+            sizes.peer_loans,
+            sizes.peer_repaid,
+            processes=sizes.peer_processes,
+        )
     except Exception as exc:
         # Last in the run: its failure is reported (and fails its floors) rather than
         # losing the twenty minutes of figures before it.
@@ -992,7 +1002,7 @@ def peer_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("peer.dbos.loans_per_s", d["loans_per_s"]),
         (
-            "peer.dbos: machine CPU us per loan (its process; the SMTP sink); rows per loan",
+            "peer.dbos: machine CPU us per loan (its processes; the SMTP sink); rows per loan",
             f"{d['machine_cpu_us_per_loan']} ({d['peer_process_cpu_us_per_loan']}; "
             f"{d['smtp_sink_cpu_us_per_loan']}); {d['rows_written_per_loan']}",
         ),

@@ -233,6 +233,8 @@ async def main() -> None:
             "name": "collections-peer",
             "system_database_url": database_url,
             "max_executor_threads": THREADS,
+            # One per process: each recovers its own pending workflows when restarted.
+            "executor_id": os.environ.get("PEER_EXECUTOR_ID", "local"),
         }
     )
     ds = await AsyncSQLAlchemyDatasource.create(database_url, {"pool_size": POOL_SIZE})
