@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -162,15 +163,18 @@ async def dbos_peer(
             "PEER_TOPIC_PREFIX": prefix,
             "PEER_SMTP_PORT": str(mail.port),
         }
-        peers = []
+        peers: list[subprocess.Popen[bytes]] = []
         for i in range(processes):
             # Each its own DBOS executor: on a restart it recovers its own pending workflows.
             executor = {"PEER_EXECUTOR_ID": f"peer-{i}"}
             peers.append(await asyncio.to_thread(_spawn, env | executor, log_dir / f"peer-{i}.log"))
             cleanup.push_async_callback(_stop, peers[-1])
+            # One at a time: the first creates the tables and DBOS's own, and two processes
+            # running the same CREATE ... IF NOT EXISTS at once can both try to create.
+            joined = functools.partial(_joined, bootstrap, prefix + "peer", len(peers))
+            await _until(peers, joined, "joining")
         conn = await asyncpg.connect(asyncpg_dsn(url))
         cleanup.push_async_callback(conn.close)
-        await _until(peers, lambda: _joined(bootstrap, prefix + "peer", processes), "joining")
         held = [f"H-{i:07d}" for i in range(repaid)]
         contacted = [f"P-{i:07d}" for i in range(loans)]
         # Set-up, not measured: the lender's loan book, as its core system keeps it.
