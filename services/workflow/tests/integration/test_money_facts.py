@@ -241,3 +241,34 @@ async def test_a_repayment_decided_while_the_opening_report_commits_is_not_lost(
     )
     assert await scalar(workflow, select(func.count()).select_from(money_seen)) == 0
     assert await mismatched_replays(workflow.engine) == []
+
+
+async def test_a_repayment_read_before_a_risk_signal_sets_its_case_balance(
+    workflow: Runtime, lender: lending.Lender
+) -> None:
+    """Early warning: the newest repayment of a loan without a case, seen after the signal
+    was observed, is news to it; one that repaid the loan opens no case."""
+    observed = datetime.now(UTC) - timedelta(hours=1)
+    # The repaid loan's first: read by the time the other's case is there (and a second on).
+    for loan, after in (("L-ew-paid", Decimal("0")), ("L-ew-part", Decimal("700.00"))):
+        await lender.publish(
+            lending.repayment(loan, Decimal("300.00"), after, repayment_id=f"R-{loan}")
+        )
+        await eventually(
+            lambda loan=loan: scalar(  # type: ignore[misc]
+                workflow, select(money_seen.c.repayment_id).where(money_seen.c.loan_id == loan)
+            )
+        )
+        await lender.publish(lending.risk_signal(loan, Decimal("1000.00"), observed_at=observed))
+    outstanding = await eventually(
+        lambda: scalar(workflow, select(cases.c.outstanding).where(cases.c.loan_id == "L-ew-part"))
+    )
+    assert outstanding == Decimal("700.00")
+    await asyncio.sleep(1.0)  # the repaid loan's signal has been read by now
+    assert (
+        await scalar(
+            workflow, select(func.count()).select_from(cases).where(cases.c.loan_id == "L-ew-paid")
+        )
+        == 0
+    )
+    assert await mismatched_replays(workflow.engine) == []

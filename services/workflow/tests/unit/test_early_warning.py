@@ -133,6 +133,21 @@ def test_below_the_threshold_or_expired_a_signal_opens_nothing() -> None:
     assert run(None, late) == d.Decision(case=None)
 
 
+def test_money_seen_after_the_signal_was_observed_is_news_to_it() -> None:
+    """As for an overdue report: the newest repayment of a loan without a case."""
+    later = m.MoneySeen("e0", "repayment", "R1", Decimal("1000"), Decimal("4000"), NOW)
+    paid = replace(signal(observed_at=NOW - timedelta(hours=1)), money_seen=later)
+    case = run(None, paid).case
+    assert case is not None
+    assert case.outstanding == Decimal("4000")
+    older = replace(later, at=NOW - timedelta(hours=2))
+    case = run(None, replace(paid, money_seen=older)).case
+    assert case is not None
+    assert case.outstanding == Decimal("5000.00")
+    repaid = replace(later, outstanding_after=Decimal(0))
+    assert run(None, replace(paid, money_seen=repaid)) == d.Decision(case=None)
+
+
 def test_a_product_without_early_warning_opens_nothing() -> None:
     policy = replace(POLICY, early_warning=None)
     assert d.decide(None, [], signal("1"), policy, NOW, ids) == d.Decision(case=None)

@@ -305,7 +305,7 @@ def _with_money_seen(state: BatchState, item: Item) -> d.Input:
                     event.at,
                 ),
             )
-        case m.OverdueReported() if item.loan_id in state.money:
+        case m.OverdueReported() | m.RiskSignalReceived() if item.loan_id in state.money:
             return replace(event, money_seen=state.money[item.loan_id])
     return event
 

@@ -1587,6 +1587,15 @@ def _risk_signal(case: Case | None, event: m.RiskSignalReceived, ctx: _Ctx) -> D
 def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
     """A case for a loan that is not overdue: at the first stage's name, without any
     overdue figures, reminding the borrower until the signal expires."""
+    seen = event.money_seen
+    outstanding = event.outstanding
+    # Money seen after the signal was observed is news to it; older money is in its balance.
+    if seen is not None and seen.at > event.observed_at:
+        if seen.outstanding_after <= ctx.policy.tolerance:
+            return Decision(case=None)  # repaid since: nobody to warn
+        outstanding = seen.outstanding_after
+    else:
+        seen = None
     pre = PreDelinquency(
         signal_id=event.signal_id,
         kind=event.kind,
@@ -1603,7 +1612,7 @@ def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
         stage=Stage.WARNING,
         status=CaseStatus.OPEN,
         exit=None,
-        outstanding=event.outstanding,
+        outstanding=outstanding,
         amount_overdue=Decimal(0),
         days_past_due=0,
         # No overdue report applied yet: the signal's time stands in (an overdue report
@@ -1616,7 +1625,7 @@ def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
         opened_at=ctx.now,
         updated_at=ctx.now,
         stage_entered_at=ctx.now,
-        outstanding_at_stage_entry=event.outstanding,
+        outstanding_at_stage_entry=outstanding,
         pre_delinquency=pre,
     )
     return (
@@ -1630,6 +1639,8 @@ def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
                     None,
                     opened,
                     outstanding=str(opened.outstanding),
+                    reported_outstanding=str(event.outstanding) if seen else None,
+                    money_seen=seen.repayment_id if seen else None,
                     **_signal_detail(event),
                 ),
             ),

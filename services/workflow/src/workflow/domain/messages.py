@@ -60,6 +60,9 @@ class RiskSignalReceived:
     valid_until: datetime
     borrower_time_zone: str
     jurisdiction: str
+    # Attached by the app when the loan has no case, as to an overdue report: the newest
+    # repayment seen of it. Part of the journalled input, so the replay decides on it too.
+    money_seen: MoneySeen | None = None
 
 
 @dataclass(frozen=True)
