@@ -38,6 +38,7 @@ from aiosmtpd.controller import Controller
 
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
+from collections_kit.consumer import claims_sql
 from collections_kit.db import asyncpg_dsn, make_engine
 from collections_kit.envelope import MalformedMessageError, decode
 from collections_kit.outbox import waiting_sql
@@ -599,9 +600,7 @@ def _note_lost(
 
 async def claims(conn: Any, service: str, group: str) -> set[str]:
     """The event ids ``group`` claimed in ``service``'s inbox."""
-    rows = await conn.fetch(
-        f"SELECT event_id FROM {SERVICES[service][0]}.inbox WHERE consumer = $1", group
-    )
+    rows = await conn.fetch(claims_sql(SERVICES[service][0]), group)
     return {r["event_id"] for r in rows}
 
 

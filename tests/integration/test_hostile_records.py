@@ -622,7 +622,10 @@ async def test_a_record_aiokafka_cannot_parse_is_dead_lettered_and_its_neighbour
         claimed = set(
             (
                 await conn.execute(
-                    text(f'SELECT event_id FROM "{world.runtime.settings.db_schema}".inbox')
+                    text(
+                        f"SELECT unnest(event_ids) FROM "
+                        f'"{world.runtime.settings.db_schema}".inbox_claims'
+                    )
                 )
             ).scalars()
         )

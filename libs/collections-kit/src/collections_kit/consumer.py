@@ -17,6 +17,14 @@ messages during an outage would lose them. Should even the dead letter fail, a b
 record the Kafka client cannot parse is found, dead-lettered by its position and stepped
 over. No record stops the loop.
 
+A poll's claims are one row of ``inbox_claims`` (the ids, their fingerprints and whether
+each ended in a dead letter, as arrays, an id found through a GIN index), not a row per
+message: the claims were a third of the rows a loan wrote. Two replicas that claim the
+same id at once (a zombie after a rebalance, a publisher's duplicate on another
+partition) are kept apart by a transaction-scoped advisory lock per id, taken in sorted
+order before the claims are read, as the primary key of the row-per-message inbox did.
+Claims from before ``inbox_claims`` (the ``inbox`` table) still count.
+
 The inbox keeps a fingerprint of each claimed payload. An event id that comes again with
 the same payload is a duplicate, counted and skipped; with another payload it is a
 publisher's bug: the first effect stands and the record is dead-lettered as a
@@ -76,8 +84,46 @@ DEAD_LETTER_HEADER_LIMIT = 1024
 VALUE_TRUNCATED = "value truncated here"  # in the reason of an oversized record's letter
 
 Handler = Callable[[Tx, Envelope], Awaitable[None]]
+
 # Handles a whole polled batch at once (one read of state, one write per table).
 BatchHandler = Callable[[Tx, Sequence[Envelope]], Awaitable[None]]
+
+_LOCK_CLAIMS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(:consumer || chr(10) || id, 0))) "
+    "FROM unnest(CAST(:ids AS text[])) AS id"
+)
+
+
+# The latest claim of each id (a batch row's, else the old inbox's), and one new row with
+# the ids this transaction claims: those never claimed, and those whose latest claim ended
+# in a handler_failed letter.
+_CLAIM = """
+    WITH req AS (
+        SELECT r.event_id, r.fp, r.dl
+        FROM unnest(CAST(:ids AS text[]), CAST(:fps AS bytea[]), CAST(:dls AS boolean[]))
+             AS r(event_id, fp, dl)),
+    earlier AS (
+        SELECT DISTINCT ON (event_id) event_id, fingerprint, dead_lettered FROM (
+            SELECT c.event_id, c.fingerprint, c.dead_lettered, b.seq
+            FROM "{schema}".inbox_claims b,
+                 unnest(b.event_ids, b.fingerprints, b.dead_lettered)
+                 AS c(event_id, fingerprint, dead_lettered)
+            WHERE b.consumer = :consumer AND b.event_ids && CAST(:ids AS text[])
+            UNION ALL
+            SELECT i.event_id, i.fingerprint, i.dead_lettered, 0
+            FROM "{schema}".inbox i
+            WHERE i.consumer = :consumer AND i.event_id = ANY(CAST(:ids AS text[]))
+        ) claims
+        WHERE event_id = ANY(CAST(:ids AS text[]))
+        ORDER BY event_id, seq DESC),
+    claimed AS (
+        INSERT INTO "{schema}".inbox_claims (consumer, event_ids, fingerprints, dead_lettered)
+        SELECT :consumer, array_agg(req.event_id), array_agg(req.fp), array_agg(req.dl)
+        FROM req LEFT JOIN earlier e ON e.event_id = req.event_id
+        WHERE e.event_id IS NULL OR e.dead_lettered
+        HAVING count(*) > 0)
+    SELECT event_id, fingerprint, dead_lettered FROM earlier
+    """
 
 
 @dataclass(frozen=True)
@@ -89,6 +135,22 @@ class _Item:
     # Of the payload claimed under event_id (decoded records only): tells a conflicting
     # duplicate from a redelivery.
     fingerprint: bytes | None = None
+
+
+def claims_sql(schema: str) -> str:
+    """The event ids a consumer (``$1``) has claimed in ``schema``, as SQL text for a plain
+    connection: one row each, from the poll rows and the older row-per-claim inbox."""
+    return (
+        f'SELECT unnest(event_ids) AS event_id FROM "{schema}".inbox_claims '
+        f"WHERE consumer = $1 UNION "
+        f'SELECT event_id FROM "{schema}".inbox WHERE consumer = $1'
+    )
+
+
+def _failed(item: _Item) -> bool:
+    """Whether ``item`` is the dead letter of a handler that failed on it (a claim a
+    replay of the letter may take over)."""
+    return item.error is not None and item.error.kind == "handler_failed"
 
 
 def _fingerprint(ce_type: str, value: bytes) -> bytes:
@@ -212,6 +274,7 @@ class ConsumerLoop:
         self._inbox = inbox
         self._outbox = outbox
         self._schema = settings.db_schema
+        self._claim_sql = text(_CLAIM.format(schema=self._schema))
         self._topics = [settings.topic_prefix + t for t in topics]
         self._handlers = handlers
         self._clock = clock
@@ -589,10 +652,7 @@ class ConsumerLoop:
                 source=self._settings.service_name,
                 topic_prefix=self._settings.topic_prefix,
             )
-            fresh = await self._claim(tx, items)
-            claimed = await self._claimed_fingerprints(
-                tx, {item.event_id for item in items} - fresh
-            )
+            fresh, claimed = await self._claim(tx, items)
             batch: list[Envelope] = []
             for item in items:
                 if item.event_id not in fresh:
@@ -637,47 +697,32 @@ class ConsumerLoop:
         for (topic, outcome), n in outcomes.items():
             metrics.MESSAGES_CONSUMED.labels(self._group, topic, outcome).inc(n)
 
-    async def _claim(self, tx: Tx, items: Sequence[_Item]) -> set[str]:
-        """Claims the items' event ids; returns those this transaction may act on: new ones,
-        and those whose claim ended in a handler_failed letter (taken over, see above)."""
+    async def _claim(
+        self, tx: Tx, items: Sequence[_Item]
+    ) -> tuple[set[str], dict[str, bytes | None]]:
+        """Claims the items' event ids; returns those this transaction may act on (new ones,
+        and those whose claim ended in a handler_failed letter: taken over, see above), and
+        the fingerprint each other one was claimed with."""
         first: dict[str, _Item] = {}
         for item in items:
             first.setdefault(item.event_id, item)
-        # Array parameters instead of a VALUES list: the statement is prepared once,
-        # whatever the batch size.
+        ids = sorted(first)  # every claimer locks in this order: no deadlock between them
+        # Array parameters: the statements are prepared once, whatever the batch size. The
+        # locks first, in a statement of their own: the claims are read by the next one,
+        # whose snapshot then includes what the transactions waited for committed.
+        await tx.conn.execute(_LOCK_CLAIMS, {"consumer": self._group, "ids": ids})
         rows = await tx.conn.execute(
-            text(
-                f'INSERT INTO "{self._schema}".inbox AS i '
-                "(consumer, event_id, fingerprint, dead_lettered) "
-                "SELECT :consumer, c.id, c.fp, c.dl FROM unnest(CAST(:ids AS text[]), "
-                "CAST(:fps AS bytea[]), CAST(:dls AS boolean[])) AS c(id, fp, dl) "
-                "ON CONFLICT (consumer, event_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
-                " dead_lettered = EXCLUDED.dead_lettered, received_at = now() "
-                "WHERE i.dead_lettered RETURNING event_id"
-            ),
+            self._claim_sql,
             {
                 "consumer": self._group,
-                "ids": list(first),
-                "fps": [item.fingerprint for item in first.values()],
-                "dls": [
-                    item.error is not None and item.error.kind == "handler_failed"
-                    for item in first.values()
-                ],
+                "ids": ids,
+                "fps": [first[i].fingerprint for i in ids],
+                "dls": [_failed(first[i]) for i in ids],
             },
         )
-        return set(rows.scalars())
-
-    async def _claimed_fingerprints(self, tx: Tx, event_ids: set[str]) -> dict[str, bytes | None]:
-        if not event_ids:  # the usual case: no duplicate in the poll, no second statement
-            return {}
-        rows = await tx.conn.execute(
-            text(
-                f'SELECT event_id, fingerprint FROM "{self._schema}".inbox '
-                "WHERE consumer = :consumer AND event_id = ANY(CAST(:ids AS text[]))"
-            ),
-            {"consumer": self._group, "ids": sorted(event_ids)},
-        )
-        return {row.event_id: row.fingerprint for row in rows}
+        earlier = {row.event_id: (row.fingerprint, row.dead_lettered) for row in rows}
+        fresh = {i for i in ids if i not in earlier or earlier[i][1]}
+        return fresh, {i: fp for i, (fp, _) in earlier.items() if i not in fresh}
 
     def _dead_letter(self, tx: Tx, record: Any, error: MalformedMessageError) -> None:
         letter, subject = dead_letter_of(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Identity,
+    Index,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -255,6 +256,19 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("value", LargeBinary, nullable=False),
         Column("headers", JSONB, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    # A poll's claims in one row (collections_kit.consumer): the ids, found through the
+    # GIN index, with their fingerprints and dead-letter flags at the same positions.
+    Table(
+        "inbox_claims",
+        metadata,
+        Column("seq", BigInteger, Identity(), primary_key=True),
+        Column("consumer", Text, nullable=False),
+        Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("event_ids", ARRAY(Text), nullable=False),
+        Column("fingerprints", ARRAY(LargeBinary), nullable=False),
+        Column("dead_lettered", ARRAY(Boolean), nullable=False),
+        Index("ix_inbox_claims_event_ids", "event_ids", postgresql_using="gin"),
     )
     # How far the relay has published the outbox (one row; see collections_kit.outbox):
     # relayed rows are not deleted one by one but truncated together.

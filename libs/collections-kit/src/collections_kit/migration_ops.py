@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 
 def schema_of(op: Any) -> str:
@@ -87,3 +87,44 @@ def drop_outbox_relayed_v1(op: Any, schema: str) -> None:
         f'(SELECT relayed_to FROM "{schema}".outbox_relayed)'
     )
     op.drop_table("outbox_relayed", schema=schema)
+
+
+def add_inbox_claims_v1(op: Any, schema: str) -> None:
+    """A poll's claims in one row instead of a row per message (collections_kit.consumer).
+    The ``inbox`` table stays: its claims are still read, no longer written."""
+    op.create_table(
+        "inbox_claims",
+        sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("consumer", sa.Text, nullable=False),
+        sa.Column(
+            "claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("event_ids", ARRAY(sa.Text), nullable=False),
+        sa.Column("fingerprints", ARRAY(sa.LargeBinary), nullable=False),
+        sa.Column("dead_lettered", ARRAY(sa.Boolean), nullable=False),
+        schema=schema,
+    )
+    op.create_index(
+        "ix_inbox_claims_event_ids",
+        "inbox_claims",
+        ["event_ids"],
+        postgresql_using="gin",
+        schema=schema,
+    )
+
+
+def drop_inbox_claims_v1(op: Any, schema: str) -> None:
+    """Back to a row per claim: the batch rows' claims move into ``inbox`` (the latest of
+    each id)."""
+    op.execute(
+        f"""INSERT INTO "{schema}".inbox (consumer, event_id, fingerprint, dead_lettered)
+        SELECT DISTINCT ON (b.consumer, c.event_id) b.consumer, c.event_id, c.fingerprint,
+               c.dead_lettered
+        FROM "{schema}".inbox_claims b,
+             unnest(b.event_ids, b.fingerprints, b.dead_lettered)
+             AS c(event_id, fingerprint, dead_lettered)
+        ORDER BY b.consumer, c.event_id, b.seq DESC
+        ON CONFLICT (consumer, event_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+            dead_lettered = EXCLUDED.dead_lettered"""
+    )
+    op.drop_table("inbox_claims", schema=schema)

@@ -1,0 +1,97 @@
+"""A poll's inbox claims are one row (collections_kit.consumer): the same id claimed by two
+transactions at once has one effect (the second waits for the first and finds its claim),
+a claim that ended in a handler_failed letter is taken over once, and claims from the
+row-per-message inbox still count."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from collections_kit.consumer import ConsumerLoop, _Item
+from collections_kit.envelope import MalformedMessageError
+from collections_kit.outbox import Tx
+from collections_kit.runtime import Runtime
+from tests.support import migrate, running
+from workflow.entrypoints import bootstrap as workflow_boot
+from workflow.settings import WorkflowSettings
+
+NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def runtime(
+    stack: dict[str, str], database_url: str, topic_prefix: str
+) -> AsyncIterator[Runtime]:
+    config = WorkflowSettings.model_validate(
+        {
+            "database_url": database_url,
+            "kafka_bootstrap": stack["kafka_bootstrap"],
+            "topic_prefix": topic_prefix,
+        }
+    )
+    await migrate(workflow_boot.MIGRATIONS, database_url, config.db_schema)
+    async with running(workflow_boot.build_runtime(config)) as runtime:
+        yield runtime
+
+
+def _item(event_id: str, fingerprint: bytes, *, failed: bool = False) -> _Item:
+    error = MalformedMessageError("handler_failed", "boom") if failed else None
+    return _Item(None, event_id, None, error, fingerprint)
+
+
+async def _claim(
+    loop: ConsumerLoop, conn: AsyncConnection, items: list[_Item]
+) -> tuple[set[str], dict[str, bytes | None]]:
+    tx = Tx(conn=conn, now=NOW, source="test", topic_prefix="")
+    return await loop._claim(tx, items)
+
+
+async def test_one_id_claimed_by_two_transactions_at_once_is_fresh_for_one(
+    runtime: Runtime,
+) -> None:
+    loop = runtime.loops[0]
+    async with runtime.engine.connect() as first, runtime.engine.connect() as second:
+        await first.begin()
+        await second.begin()
+        assert await _claim(loop, first, [_item("e-1", b"a"), _item("e-2", b"b")]) == (
+            {"e-1", "e-2"},
+            {},
+        )
+        later = asyncio.create_task(_claim(loop, second, [_item("e-2", b"b"), _item("e-3", b"c")]))
+        await asyncio.sleep(0.3)
+        assert not later.done()  # waits for the first transaction's claim of e-2
+        await first.commit()
+        assert await later == ({"e-3"}, {"e-2": b"b"})
+        await second.commit()
+    async with runtime.engine.begin() as conn:
+        # Each id once, in the poll's row (a row per claiming transaction).
+        rows = (
+            await conn.execute(text("SELECT event_ids FROM inbox_claims ORDER BY seq"))
+        ).scalars()
+        assert list(rows) == [["e-1", "e-2"], ["e-3"]]
+
+
+async def test_a_failed_claim_is_taken_over_once_and_old_inbox_claims_count(
+    runtime: Runtime,
+) -> None:
+    loop = runtime.loops[0]
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO inbox (consumer, event_id, fingerprint) VALUES (:c, 'old', 'x')"),
+            {"c": loop._group},
+        )
+        assert await _claim(loop, conn, [_item("e-9", b"f", failed=True)]) == ({"e-9"}, {})
+    async with runtime.engine.begin() as conn:
+        # The letter's claim is taken over by the replay, and an old inbox claim is a claim.
+        assert await _claim(loop, conn, [_item("e-9", b"g"), _item("old", b"y")]) == (
+            {"e-9"},
+            {"old": b"x"},
+        )
+    async with runtime.engine.begin() as conn:
+        assert await _claim(loop, conn, [_item("e-9", b"h")]) == (set(), {"e-9": b"g"})
