@@ -95,7 +95,10 @@ class Timeline:
         self.t = BASE + timedelta(hours=draw(st.integers(0, 40 * 24)))
         self.stage, self.status = "warning", "open"
         self.exit: str | None = None
-        self.entries = [Entry(self.t, "case_opened", None, self.stage, None, self.status)]
+        # Some begin as pre-delinquency cases (early warning) that may become ordinary.
+        self.pre = draw(st.integers(0, 3)) == 0
+        first = "pre_delinquency_opened" if self.pre else "case_opened"
+        self.entries = [Entry(self.t, first, None, self.stage, None, self.status)]
         self.arrangement: list[Any] | None = None  # [id, instalments, judged]
         self.placed = False
         self.intents: list[str] = []
@@ -111,7 +114,9 @@ class Timeline:
     def step(self) -> None:
         self.t += timedelta(hours=self.draw(st.integers(0, 6 * 24)))
         self.n = next(_ids)
-        if self.status == "closed":
+        if self.pre and self.status != "closed":
+            self.while_pre_delinquent()
+        elif self.status == "closed":
             self.when_closed()
         elif self.status == "held":
             self.when_held()
@@ -119,6 +124,20 @@ class Timeline:
             # Weighted towards what makes promises, cures and placements to measure.
             action = self.draw(st.sampled_from(OPEN_ACTIONS))
             action(self)
+
+    def while_pre_delinquent(self) -> None:
+        action = self.draw(st.sampled_from(["contact", "arrange", "overdue", "expire"]))
+        if action == "contact":
+            self.contact()
+        elif action == "arrange":
+            self.arrange()
+        elif action == "overdue":
+            self.arrangement, self.pre = None, False
+            self.add("pre_delinquency_ended", trigger="dpd_threshold")
+            self.entries.append(Entry(self.t, "case_opened", None, self.stage, None, self.status))
+        else:
+            self.arrangement, self.exit = None, "closed"
+            self.add("case_closed", status_to="closed", exit="closed", trigger="close")
 
     def when_closed(self) -> None:
         action = self.draw(st.sampled_from(["reopen", "late_outcome", "nothing"]))
@@ -405,13 +424,21 @@ class Reference:
         self.here: list[str | None] = []
         stage = status = None
         self.at_start: tuple[str | None, str | None] = (None, None)
+        # Entries of a pre-delinquency phase (its opening to its end, both included).
+        self.pre: list[bool] = []
+        pre = False
         for x in self.entries:
+            pre = pre or x.kind in ("pre_delinquency_opened", "pre_delinquency_reopened")
             if x.at < start:
                 self.at_start = (x.stage_after or stage, x.status_after or status)
+                if pre and x.kind != "pre_delinquency_ended":
+                    self.at_start = (None, None)
+            self.pre.append(pre)
+            pre = pre and x.kind != "pre_delinquency_ended"
             self.here.append(x.stage_before or stage or x.stage_after)
             stage, status = x.stage_after or stage, x.status_after or status
         self.final_status = status
-        self.period = [i for i, x in enumerate(self.entries) if x.at >= start]
+        self.period = [i for i, x in enumerate(self.entries) if x.at >= start and not self.pre[i]]
         self.recipients = {
             x.detail["intent_id"]: x.detail["recipient"]
             for x in self.entries
@@ -468,7 +495,7 @@ class Reference:
     def cures(self) -> None:
         """The closure that stands at the end, from a group the case joined in the period."""
         closures = [i for i, x in enumerate(self.entries) if x.kind == "case_closed"]
-        if self.final_status != "closed" or not closures:
+        if self.final_status != "closed" or not closures or self.pre[closures[-1]]:
             return
         i = closures[-1]
         g = self.key(self.here[i])
@@ -515,7 +542,8 @@ class Reference:
             judged = 0
             for j in range(i + 1, len(self.entries)):
                 y = self.entries[j]
-                out = self.out[self.key(self.here[j])] if y.at >= self.start else _zero()
+                counted = y.at >= self.start and not self.pre[j]
+                out = self.out[self.key(self.here[j])] if counted else _zero()
                 if y.kind == "instalment_kept":
                     judged += 1
                     out["due"] += 1
@@ -556,6 +584,7 @@ class Reference:
 
 WITHHELD = ("contact_blocked", "contact_deferred", "contact_cancelled", "contact_suppressed")
 ARRANGEMENT_ENDS = (
+    "pre_delinquency_ended",
     "arrangement_broken",
     "arrangement_kept",
     "case_closed",

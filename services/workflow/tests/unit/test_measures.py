@@ -284,3 +284,30 @@ def test_nothing_to_measure_is_null_not_zero() -> None:
     assert g.measures["days_to_cure"].value is None
     assert g.measures["cure_rate"].value == 0.0
     assert measure([], START, END, GroupBy.VARIANT) == []
+
+
+def test_a_pre_delinquency_phase_counts_for_nothing_until_the_case_opens() -> None:
+    early = Recorded(at(5), "pre_delinquency_opened", None, "warning", None, "open", {})
+    a = case(
+        "a",
+        early,
+        e(11, "contact_sent", "warning", channel="voice"),
+        e(12, "arrangement_recorded", "warning", arrangement_id="p", instalments=1),
+        e(13, "pre_delinquency_ended", "warning", None, "open"),
+        Recorded(at(13), "case_opened", None, "warning", None, "open", {}),
+        e(15, "case_closed", "warning", None, "open", "closed", exit="repaid"),
+    )
+    only_early = case(
+        "b",
+        early,
+        e(12, "contact_sent", "warning", channel="sms"),
+        e(14, "case_closed", "warning", None, "open", "closed", exit="repaid"),
+    )
+    g = one([a, only_early])
+    assert g.cases == 1
+    assert parts(g, "cure_rate") == (1, 1)
+    assert parts(g, "days_to_cure") == (2, 1)
+    assert parts(g, "contacts_per_cure") == (0, 1)
+    assert parts(g, "right_party_contact_rate") == (0, 0)
+    assert parts(g, "promise_kept_rate") == (0, 0)  # the plan ended with the phase
+    assert g.stage_funnel["warning"] == 1

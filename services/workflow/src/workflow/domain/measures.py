@@ -60,6 +60,10 @@ WORKFLOW_SUPPRESSED = "contact_suppressed"
 # Contacts cancelled by the workflow before any command left (a closure or a hold while
 # they waited for the ledger): named on the entry that did it.
 CANCELLED_PENDING = "contacts_cancelled"
+# A pre-delinquency phase (early warning, the loan not overdue) starts and ends with these
+# entries; the ordinary case's case_opened follows its end.
+PRE_DELINQUENCY_STARTS = frozenset({"pre_delinquency_opened", "pre_delinquency_reopened"})
+PRE_DELINQUENCY_END = "pre_delinquency_ended"
 _DAY = Decimal(86_400)
 
 
@@ -235,6 +239,8 @@ class _CaseWalk:
         self.cohort: set[str] = set()
         self.last_entry: dict[str, datetime] = {}
         self.closed: tuple[str, str | None, datetime] | None = None  # (exit, group, at)
+        # In a pre-delinquency phase (early warning): nothing counts.
+        self.pre_delinquent = False
 
     def key(self, stage: str | None) -> str | None:
         return self.fixed if self.group_by is not GroupBy.STAGE else stage
@@ -242,6 +248,8 @@ class _CaseWalk:
     def exposed_at_start(self) -> None:
         """The case as it was at the period's start: exposed to its stage if not closed."""
         g = self.key(self.stage)
+        if self.pre_delinquent:
+            return
         if self.status not in (None, "closed") and self.stage is not None and g is not None:
             self.tallies[g].cases.add(self.case)
             self.tallies[g].exposed[self.stage].add(self.case)
@@ -296,7 +304,7 @@ class _CaseWalk:
             self.placed.collected += _amount(detail, "amount")
         elif self.placed is not None and e.kind == "placement_commission_reversed":
             self.placed.collected -= _amount(detail, "amount")
-        if e.kind == "case_closed":
+        if e.kind == "case_closed" and not self.pre_delinquent:
             self.closed = (str(detail.get("exit", "")), g, e.at)
         elif e.kind == "case_reopened":
             self.closed = None
@@ -341,11 +349,18 @@ def _walk(
         if not seen_start and e.at >= start:
             walk.exposed_at_start()
             seen_start = True
+        if e.kind in PRE_DELINQUENCY_STARTS:
+            walk.pre_delinquent = True
+            walk.closed = None
         g = walk.key(e.stage_before or walk.stage or e.stage_after)
-        in_period = e.at >= start
+        # Early warning: a case counts from its collections opening (the case_opened
+        # after pre_delinquency_ended), never for what it did before its loan was overdue.
+        in_period = e.at >= start and not walk.pre_delinquent
         if in_period and g is not None:
             walk.count(e, g)
         walk.follow(e, g, in_period)
+        if e.kind == PRE_DELINQUENCY_END:
+            walk.pre_delinquent = False
     if not seen_start:
         walk.exposed_at_start()
     walk.finish()
@@ -388,7 +403,7 @@ def _judge(e: Recorded, running: list[Any] | None, t: _Tally | None) -> list[Any
         if d.get("exit") == "repaid" or d.get("trigger") == "plan_completed":
             count(left, left)
         return None
-    if e.kind in ("stage_changed", "case_held"):
+    if e.kind in ("stage_changed", "case_held", PRE_DELINQUENCY_END):
         return None
     return running
 
