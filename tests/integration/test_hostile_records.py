@@ -642,16 +642,17 @@ async def test_a_dead_letter_that_cannot_be_stored_never_stops_the_consumer(worl
         await conn.execute(
             text(
                 f'CREATE FUNCTION "{schema}".refuse_letter() RETURNS trigger LANGUAGE plpgsql '
-                "AS $$ BEGIN RAISE EXCEPTION 'letter refused for the test' "
-                "USING ERRCODE = 'check_violation'; END $$"
+                "AS $$ BEGIN IF EXISTS (SELECT 1 FROM unnest(NEW.topics, NEW.payloads) "
+                "AS m(topic, value) WHERE m.topic LIKE '%collections.dlq.v1' "
+                "AND (position('L-unkeepable' IN convert_from(m.value, 'UTF8')) > 0 "
+                "OR position('loan.unstorable' IN convert_from(m.value, 'UTF8')) > 0)) THEN "
+                "RAISE EXCEPTION 'letter refused for the test' "
+                "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$"
             )
         )
         await conn.execute(
             text(
                 f'CREATE TRIGGER refuse_letter BEFORE INSERT ON "{schema}".outbox FOR EACH ROW '
-                "WHEN (NEW.topic LIKE '%collections.dlq.v1' AND (position('L-unkeepable' IN "
-                "convert_from(NEW.value, 'UTF8')) > 0 OR position('loan.unstorable' IN "
-                "convert_from(NEW.value, 'UTF8')) > 0)) "
                 f'EXECUTE FUNCTION "{schema}".refuse_letter()'
             )
         )

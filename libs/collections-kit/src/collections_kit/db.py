@@ -247,14 +247,16 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("dead_lettered", Boolean, nullable=False, server_default=false()),
         PrimaryKeyConstraint("consumer", "event_id"),
     )
+    # One row per transaction: its messages in the order staged, the n-th message being the
+    # n-th element of each array (``header_sets``: a JSON array of each one's header pairs).
     outbox = Table(
         "outbox",
         metadata,
         Column("id", BigInteger, Identity(), primary_key=True),
-        Column("topic", Text, nullable=False),
-        Column("key", LargeBinary, nullable=False),
-        Column("value", LargeBinary, nullable=False),
-        Column("headers", JSONB, nullable=False),
+        Column("topics", ARRAY(Text), nullable=False),
+        Column("keys", ARRAY(LargeBinary), nullable=False),
+        Column("payloads", ARRAY(LargeBinary), nullable=False),
+        Column("header_sets", JSONB, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     # A poll's claims in one row (collections_kit.consumer): the ids, found through the

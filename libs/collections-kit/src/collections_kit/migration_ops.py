@@ -128,3 +128,46 @@ def drop_inbox_claims_v1(op: Any, schema: str) -> None:
             dead_lettered = EXCLUDED.dead_lettered"""
     )
     op.drop_table("inbox_claims", schema=schema)
+
+
+def outbox_rows_per_transaction_v1(op: Any, schema: str) -> None:
+    """The outbox holds a transaction's messages in one row (arrays in staging order);
+    rows waiting at the upgrade become rows of one message each, in their order."""
+    t = f'"{schema}".outbox'
+    op.execute(
+        f"ALTER TABLE {t} ADD COLUMN topics text[], ADD COLUMN keys bytea[], "
+        "ADD COLUMN payloads bytea[], ADD COLUMN header_sets jsonb"
+    )
+    op.execute(
+        f"UPDATE {t} SET topics = ARRAY[topic], keys = ARRAY[key], payloads = ARRAY[value], "
+        "header_sets = jsonb_build_array(headers)"
+    )
+    op.execute(
+        f"ALTER TABLE {t} ALTER COLUMN topics SET NOT NULL, ALTER COLUMN keys SET NOT NULL, "
+        "ALTER COLUMN payloads SET NOT NULL, ALTER COLUMN header_sets SET NOT NULL, "
+        "DROP COLUMN topic, DROP COLUMN key, DROP COLUMN value, DROP COLUMN headers"
+    )
+
+
+def outbox_row_per_message_v1(op: Any, schema: str) -> None:
+    """Back to a row per message: each waiting transaction's messages become rows, in order."""
+    t = f'"{schema}".outbox'
+    op.execute(
+        f"ALTER TABLE {t} ADD COLUMN topic text, ADD COLUMN key bytea, ADD COLUMN value bytea, "
+        "ADD COLUMN headers jsonb"
+    )
+    op.execute(
+        f"INSERT INTO {t} (topic, key, value, headers, created_at, topics, keys, payloads, "
+        "header_sets) "
+        "SELECT m.topic, m.key, m.value, o.header_sets -> (m.n::int - 1), o.created_at, "
+        "'{}', '{}', '{}', '[]' "
+        f"FROM {t} o, unnest(o.topics, o.keys, o.payloads) WITH ORDINALITY "
+        "AS m(topic, key, value, n) "
+        "WHERE o.topic IS NULL ORDER BY o.id, m.n"
+    )
+    op.execute(f"DELETE FROM {t} WHERE topic IS NULL")
+    op.execute(
+        f"ALTER TABLE {t} ALTER COLUMN topic SET NOT NULL, ALTER COLUMN key SET NOT NULL, "
+        "ALTER COLUMN value SET NOT NULL, ALTER COLUMN headers SET NOT NULL, "
+        "DROP COLUMN topics, DROP COLUMN keys, DROP COLUMN payloads, DROP COLUMN header_sets"
+    )

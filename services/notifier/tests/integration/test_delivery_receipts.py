@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
@@ -102,7 +102,9 @@ class Notifier:
 
     async def outcomes(self) -> list[tuple[str, str, str]]:
         async with self.runtime.engine.connect() as conn:
-            rows = await conn.execute(select(outbox.c.value).order_by(outbox.c.id))
+            rows = await conn.execute(
+                select(func.unnest(outbox.c.payloads).label("value")).order_by(outbox.c.id)
+            )
             found = [c.ContactOutcome.model_validate(json.loads(r.value)) for r in rows]
         return [(o.command_id, o.outcome, o.reason) for o in found]
 

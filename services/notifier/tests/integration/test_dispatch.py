@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 
 from collections_kit import contract as c
 from collections_kit import metrics
@@ -82,7 +82,9 @@ class Notifier:
 
     async def outcomes(self) -> list[c.ContactOutcome]:
         async with self.runtime.engine.connect() as conn:
-            rows = await conn.execute(select(outbox.c.value).order_by(outbox.c.id))
+            rows = await conn.execute(
+                select(func.unnest(outbox.c.payloads).label("value")).order_by(outbox.c.id)
+            )
             return [c.ContactOutcome.model_validate(json.loads(r.value)) for r in rows]
 
     async def status(self, command_id: str) -> str:

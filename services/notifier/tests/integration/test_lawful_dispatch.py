@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from collections_kit import contract as c
 from collections_kit.auth import dev_headers
@@ -123,7 +123,9 @@ async def deliver(runtime: Runtime, clock: FixedClock, message: c.Message, event
 
 async def outcomes(runtime: Runtime) -> list[c.ContactOutcome]:
     async with runtime.engine.connect() as conn:
-        rows = await conn.execute(select(outbox.c.value).order_by(outbox.c.id))
+        rows = await conn.execute(
+            select(func.unnest(outbox.c.payloads).label("value")).order_by(outbox.c.id)
+        )
         return [c.ContactOutcome.model_validate(json.loads(r.value)) for r in rows]
 
 
