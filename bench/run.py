@@ -506,7 +506,12 @@ async def pipeline(
         log_dir=ROOT / ".cache" / "bench" / run,
         base_port=base_port,
         extra_env={
-            "workflow": {"WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)])},
+            # No KPI gauges: a refresh reads every timeline, which is not the pipeline's
+            # work (docs/measures.md).
+            "workflow": {
+                "WORKFLOW_POLICY_FILES": json.dumps([str(POLICY)]),
+                "WORKFLOW_KPI_REFRESH_S": "0",
+            },
             "notifier": {"NOTIFIER_DISPATCH_BATCH": "500"},
         },
         replicas=replicas or {},

@@ -33,5 +33,6 @@ class WorkflowSettings(ServiceSettings):
     queue_policy_file: Path | None = None
     # The collections_kpi_* gauges (docs/measures.md): recomputed from the case timelines
     # this often, over the trailing window of this many hours; 0 seconds: never (no gauges).
-    kpi_refresh_s: float = Field(default=60.0, ge=0)
+    # Each refresh reads every case touched in the window (a page at a time).
+    kpi_refresh_s: float = Field(default=300.0, ge=0)
     kpi_window_hours: float = Field(default=720.0, gt=0, le=366 * 24)

@@ -95,7 +95,9 @@ class FakeCases:
     async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int:
         return 0
 
-    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
+    async def histories(
+        self, start: datetime, end: datetime, *, after: str = "", limit: int | None = None
+    ) -> list[CaseHistory]:
         return []
 
 

@@ -657,11 +657,14 @@ class CaseRepository:
             "intents": [{"status": s, "reason": r, "count": n} for s, r, n in by_intent],
         }
 
-    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
+    async def histories(
+        self, start: datetime, end: datetime, *, after: str = "", limit: int | None = None
+    ) -> list[CaseHistory]:
         """The timelines the measures of ``[start, end)`` read (domain/measures.py): of
         every case opened before ``end`` that is not closed now or has an entry since
         ``start`` (a case closed before ``start`` and quiet since adds nothing), its
-        entries before ``end`` in the order written."""
+        entries before ``end`` in the order written. A page: up to ``limit`` such cases
+        after case id ``after``, in case id order."""
         touched = (
             select(timeline.c.id)
             .where(timeline.c.case_id == cases.c.case_id, timeline.c.at >= start)
@@ -669,7 +672,13 @@ class CaseRepository:
         )
         chosen = (
             select(cases.c.case_id, cases.c.product, cases.c.jurisdiction, cases.c.variant)
-            .where(cases.c.opened_at < end, or_(cases.c.status != "closed", touched))
+            .where(
+                cases.c.opened_at < end,
+                cases.c.case_id > after,
+                or_(cases.c.status != "closed", touched),
+            )
+            .order_by(cases.c.case_id)
+            .limit(limit)
             .cte("chosen")
         )
         rows = await self._conn.execute(

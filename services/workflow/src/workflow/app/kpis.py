@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from collections_kit.clock import Clock
 from collections_kit.worker import PollingWorker
 from workflow.app.ports import StartUnitOfWork, WorkflowUnitOfWork
-from workflow.domain.measures import GroupBy, GroupMeasures, Ratio, measure
+from workflow.domain.measures import GroupBy, GroupMeasures, Measurement, Ratio
 from workflow.metrics import (
     KPI_CASES,
     KPI_DENOMINATOR,
@@ -29,12 +29,28 @@ from workflow.metrics import (
     KPI_WINDOW,
 )
 
+# Cases read per page: memory holds one page of timelines, not the portfolio.
+PAGE = 2_000
+
 
 async def measured(
-    uow: WorkflowUnitOfWork, start: datetime, end: datetime, group_by: GroupBy
+    uow: WorkflowUnitOfWork,
+    start: datetime,
+    end: datetime,
+    group_by: GroupBy,
+    *,
+    page: int = PAGE,
 ) -> list[GroupMeasures]:
-    """The measures of ``[start, end)`` per group, from what the cases recorded."""
-    return measure(await uow.cases.histories(start, end), start, end, group_by)
+    """The measures of ``[start, end)`` per group, from what the cases recorded, read a
+    page of cases at a time in one transaction (one snapshot)."""
+    measurement = Measurement(start, end, group_by)
+    after = ""
+    while True:
+        histories = await uow.cases.histories(start, end, after=after, limit=page)
+        measurement.add(histories)
+        if len(histories) < page:
+            return measurement.groups()
+        after = histories[-1].case_id
 
 
 def _gauge_value(ratio: Ratio) -> float:
@@ -81,7 +97,11 @@ class KpiGauges:
         self._uow = uow
         self._clock = clock
         self._window = window
-        self._worker = PollingWorker("kpi gauges", self.refresh, interval_s=every_s)
+        # The first refresh one interval after the start: a restart (or a fleet of them)
+        # does not read every timeline at once.
+        self._worker = PollingWorker(
+            "kpi gauges", self.refresh, interval_s=every_s, idle_first=True
+        )
 
     @property
     def heartbeat(self) -> float:

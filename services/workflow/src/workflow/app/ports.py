@@ -54,8 +54,11 @@ class CaseStore(Protocol):
 
     async def prune_money_seen(self, before: datetime, *, limit: int = 10_000) -> int: ...
 
-    async def histories(self, start: datetime, end: datetime) -> list[CaseHistory]:
-        """The case timelines the measures of ``[start, end)`` read (domain/measures.py)."""
+    async def histories(
+        self, start: datetime, end: datetime, *, after: str = "", limit: int | None = None
+    ) -> list[CaseHistory]:
+        """The case timelines the measures of ``[start, end)`` read (domain/measures.py),
+        a page of up to ``limit`` cases after case id ``after``, in case id order."""
         ...
 
 

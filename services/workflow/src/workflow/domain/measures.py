@@ -421,9 +421,29 @@ def measure(
     histories: Iterable[CaseHistory], start: datetime, end: datetime, group_by: GroupBy
 ) -> list[GroupMeasures]:
     """The measures of the period ``[start, end)`` per group, groups in name order."""
-    tallies = _Tallies()
-    for h in histories:
-        _walk(h, start, end, group_by, tallies)
+    measurement = Measurement(start, end, group_by)
+    measurement.add(histories)
+    return measurement.groups()
+
+
+class Measurement:
+    """The measures of ``[start, end)``, taken case by case: a caller reads the timelines a
+    page at a time (each case's whole history in one page) and adds each page, so memory
+    holds a page, not the portfolio."""
+
+    def __init__(self, start: datetime, end: datetime, group_by: GroupBy) -> None:
+        self.start, self.end, self.group_by = start, end, group_by
+        self._tallies = _Tallies()
+
+    def add(self, histories: Iterable[CaseHistory]) -> None:
+        for h in histories:
+            _walk(h, self.start, self.end, self.group_by, self._tallies)
+
+    def groups(self) -> list[GroupMeasures]:
+        return _assemble(self._tallies, self.group_by)
+
+
+def _assemble(tallies: _Tallies, group_by: GroupBy) -> list[GroupMeasures]:
     out = []
     for group in sorted(tallies):
         t = tallies[group]
