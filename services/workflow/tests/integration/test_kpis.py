@@ -23,6 +23,8 @@ from sqlalchemy import text
 
 from collections_kit.auth import dev_headers
 from collections_kit.runtime import Runtime
+from scripts import lending
+from tests.support import eventually
 from workflow.adapters.repository import BatchState
 from workflow.app.kpis import KpiGauges, measured
 from workflow.domain.measures import GroupBy
@@ -831,3 +833,50 @@ async def test_the_kpis_need_a_token_that_may_read_cases(api: httpx.AsyncClient)
     assert body["group_by"] == "variant"
     span = datetime.fromisoformat(body["to"]) - datetime.fromisoformat(body["from"])
     assert span == timedelta(days=30)
+
+
+# --- on what the workflow itself decided --------------------------------------------------
+
+
+async def test_the_kpis_read_what_the_workflow_recorded(
+    api: httpx.AsyncClient, lender: lending.Lender
+) -> None:
+    """Two cases opened by overdue reports, one repaid in full while its contacts still
+    wait for the ledger: a cure of two, both in the warning funnel, and the contacts the
+    closure cancelled counted as suppressed for repaid."""
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    for loan in ("L-kpi-repaid", "L-kpi-open"):
+        await lender.publish(lending.overdue(loan, Decimal("800.00")))
+
+    async def opened() -> bool:
+        found = [
+            (await api.get(f"/v1/cases/{loan}", headers=READ)).status_code
+            for loan in ("L-kpi-repaid", "L-kpi-open")
+        ]
+        return found == [200, 200]
+
+    await eventually(opened)
+    waiting = (await api.get("/v1/cases/L-kpi-repaid", headers=READ)).json()["intents"]
+    await lender.publish(lending.repayment("L-kpi-repaid", Decimal("800.00"), Decimal("0")))
+
+    async def closed() -> bool:
+        case = (await api.get("/v1/cases/L-kpi-repaid", headers=READ)).json()
+        return bool(case["status"] == "closed")
+
+    await eventually(closed)
+    response = await api.get(
+        "/v1/kpis",
+        params={
+            "from": start.isoformat(),
+            "to": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
+        },
+        headers=READ,
+    )
+    assert response.status_code == 200, response.text
+    [group] = response.json()["groups"]
+    assert group["cases"] == 2
+    assert group["stage_funnel"]["warning"] == 2
+    cure = group["measures"]["cure_rate"]
+    assert (cure["numerator"], cure["denominator"], cure["value"]) == (1, 2, 0.5)
+    assert group["measures"]["days_to_cure"]["denominator"] == 1
+    assert group["suppressed_contacts"].get("repaid") == len(waiting) > 0
