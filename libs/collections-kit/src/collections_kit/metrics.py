@@ -36,7 +36,7 @@ OUTBOX_PUBLISHED = Counter(
 )
 OUTBOX_BACKLOG = Gauge(
     "collections_outbox_backlog",
-    "Rows waiting in the outbox table (counted up to 100,000)",
+    "Messages waiting in the outbox table (those of up to 100,000 transactions)",
     ["schema"],
 )
 OUTBOX_OLDEST_AGE = Gauge(
