@@ -54,14 +54,16 @@ _PARTITIONER = DefaultPartitioner()
 # above): a transaction that inserted into the outbox is committing, which takes a few
 # milliseconds, so most gaps fill by themselves well within this.
 _GAP_PATIENCE_S = 0.05
-# Relayed rows are truncated once this many have been relayed since the last truncation,
-# or once the outbox is drained and the last truncation is this old.
-_TRUNCATE_AFTER_ROWS = 20_000
-_TRUNCATE_AFTER_S = 10.0
+# Relayed rows are truncated once this many messages have been relayed since the last
+# truncation, or once the outbox is drained and the last truncation is this old. Seldom:
+# each truncation holds the outbox's writers for a moment (below), and relayed rows (a
+# transaction's messages each) cost only their space while they wait.
+_TRUNCATE_AFTER_MESSAGES = 100_000
+_TRUNCATE_AFTER_S = 60.0
 # The truncation's ACCESS EXCLUSIVE lock waits for the transactions inserting at that
 # moment and makes new ones wait behind it: never longer than this (it tries again later).
 _TRUNCATE_LOCK_TIMEOUT = "100ms"
-# ... and publishes at most this many rows that arrived since the last batch while it holds
+# ... and publishes at most this many messages that came since the last batch while it holds
 # the lock (more, and it tries again at the earliest this much later).
 _TRUNCATE_LEFTOVERS = 500
 _TRUNCATE_RETRY_S = 1.0
@@ -336,7 +338,7 @@ class OutboxRelay:
             return self._settled
 
     def _truncation_due(self, *, drained: bool) -> bool:
-        if self._relayed_since_truncation >= _TRUNCATE_AFTER_ROWS:
+        if self._relayed_since_truncation >= _TRUNCATE_AFTER_MESSAGES:
             return True
         return (
             drained
