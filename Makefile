@@ -14,6 +14,7 @@ N ?= 20000
 
 help:
 	@echo "make demo       install, start the stack and services, run a 1,000-loan portfolio, print a summary"
+	@echo "                and the measures per variant, write a chart (.cache/demo/measures-per-variant.png)"
 	@echo "make test       lint (ruff, mypy), contract check, unit + integration + end-to-end tests"
 	@echo "make stack-up   start Kafka (KRaft) and PostgreSQL locally;  make stack-down stops them"
 	@echo "make contracts  regenerate contracts/ (AsyncAPI, JSON Schemas, OpenAPI) from the code"

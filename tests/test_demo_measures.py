@@ -20,6 +20,7 @@ from scripts.measures import (
     period,
     stage_order,
 )
+from workflow.entrypoints.kpis import KpiReport
 
 
 def m(value: float | None, numerator: float, denominator: float) -> dict[str, Any]:
@@ -64,6 +65,12 @@ REPORT: dict[str, Any] = {
     "group_by": "variant",
     "groups": [group("challenger", 488, 0.25, False), group("champion", 512, 0.31, True)],
 }
+
+
+def test_the_fixture_is_what_the_endpoint_answers() -> None:
+    # The document these tests draw from has the endpoint's shape, not a guess at it.
+    parsed = KpiReport.model_validate(REPORT)
+    assert parsed.model_dump(mode="json", by_alias=True)["groups"] == REPORT["groups"]
 
 
 def test_a_measure_prints_its_value_and_what_it_was_computed_from() -> None:
