@@ -34,6 +34,11 @@ DECLARED = {
     "ledger_sync_ledger_api_calls_total",
     "ledger_sync_balance_check_failures_total",
     "notifier_delivery_receipts_total",
+    # The KPI gauges: set by the workflow's first refresh, one interval after its start.
+    "collections_kpi_cure_rate",
+    "collections_kpi_stage_funnel",
+    "collections_kpi_suppressed_contacts",
+    "collections_kpi_refreshed_timestamp_seconds",
 }
 
 
