@@ -695,13 +695,16 @@ class CaseRepository:
                 timeline.c.status_after,
                 timeline.c.detail,
             )
-            .join(timeline, timeline.c.case_id == chosen.c.case_id)
-            .where(timeline.c.at < end)
+            # Outer: every chosen case is in the page, entries or not, so a short page
+            # means the last one.
+            .outerjoin(timeline, and_(timeline.c.case_id == chosen.c.case_id, timeline.c.at < end))
             .order_by(chosen.c.case_id, timeline.c.id)
         )
         found: dict[str, tuple[Any, list[Recorded]]] = {}
         for r in rows:
             _, entries = found.setdefault(r.case_id, (r, []))
+            if r.kind is None:
+                continue
             entries.append(
                 Recorded(
                     at=r.at,
