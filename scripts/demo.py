@@ -282,6 +282,62 @@ def variant_counts(snapshot: dict[str, Any]) -> Counter[str]:
     return counts
 
 
+# Negotiation (issue 24): borrowers propose terms through the lender's portal and the
+# product's negotiation policy answers (docs/negotiation.md): 10% down and the rest within
+# six months is accepted and becomes the plan, 5% down is countered with the policy's
+# minimum, and a borrower whose third proposal in 90 days is far under it (2% down) has
+# made the "clearly unreasonable proposal" that sends the case to litigation by itself.
+PORTAL = dev_headers(["cases:write"], subject="borrower-portal")
+
+
+def proposal(outstanding: Decimal, down_share: Decimal, now: datetime) -> dict[str, Any]:
+    """A down payment tomorrow and the rest in five monthly instalments, the last one
+    taking the rounding, so that the payments add up to what is owed."""
+    down = (outstanding * down_share).quantize(Decimal("0.01"))
+    each = ((outstanding - down) / 5).quantize(Decimal("0.01"))
+    amounts = [each] * 4 + [outstanding - down - each * 4]
+    return {
+        "down_payment": {"due_at": (now + timedelta(days=1)).isoformat(), "amount": str(down)},
+        "instalments": [
+            {"due_at": (now + timedelta(days=30 * (k + 1))).isoformat(), "amount": str(a)}
+            for k, a in enumerate(amounts)
+        ],
+        "note": f"{down_share:.0%} down (demo)",
+    }
+
+
+async def negotiate(base_url: str, loans: list[Loan]) -> Counter[str]:
+    """Proposals on 30 contacted loans; returns the answers (and the litigations fired)."""
+    # From the end of the portfolio: the permits and the queues work its start.
+    sample = [loan for loan in loans if loan.kind == "contacted"][-30:]
+    answers: Counter[str] = Counter()
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=PORTAL) as http:
+        for n, loan in enumerate(sample):
+            case = (await http.get(f"/v1/cases/{loan.loan_id}")).json()
+            owed, now = Decimal(case["outstanding"]), datetime.now(UTC)
+            shares = [Decimal("0.10")], [Decimal("0.05")], [Decimal("0.02")] * 3
+            for share in shares[n % 3]:
+                answer = await http.post(
+                    f"/v1/cases/{loan.loan_id}/proposals",
+                    json=proposal(owed, share, now),
+                    headers={"Idempotency-Key": str(uuid.uuid4())},
+                )
+                if answer.status_code != 200:
+                    answers[f"answered {answer.status_code}"] += 1
+                    break
+                body = answer.json()
+                answers[f"{share:.0%} down: {body['verdict']}"] += 1
+                if body["unreasonable"]:
+                    answers[f"litigation ({body['unreasonable']})"] += 1
+    return answers
+
+
+def print_negotiation(answers: Counter[str]) -> None:
+    print("\nNegotiation (workflow): proposals from the borrower portal, by answer:")
+    for label, count in sorted(answers.items()):
+        print(f"  {label:<44} {count:>6}")
+
+
 def print_variants(snapshot: dict[str, Any]) -> None:
     counts = variant_counts(snapshot)
     total = sum(counts.values()) or 1
@@ -551,6 +607,7 @@ async def run() -> int:
             permits = await work_permits(fleet["notifier"].base_url, loans, rng)
             worked, queues = await work_queues(fleet["workflow"].base_url, rng)
             agency = await agency_report(fleet["workflow"].base_url)
+            negotiation = await negotiate(fleet["workflow"].base_url, loans)
             early_warning = await early_warning_report(fleet["workflow"].base_url, signalled)
             # The whole run: the workflow dates what it records by its own clock (not the
             # overdue feed's as_of, a day ahead in the second wave), so [start, now) holds it.
@@ -565,6 +622,7 @@ async def run() -> int:
         print_permits(permits)
         print_work(worked, queues)
         print_agency(agency)
+        print_negotiation(negotiation)
         print_early_warning(early_warning)
         print_variants(snapshot)
         print_measures(measures)
