@@ -1,11 +1,15 @@
 """The measures (domain/measures.py) on timelines written by hand: each definition of
-docs/measures.md, its period and its grouping."""
+docs/measures.md, its period and its grouping; the gauges set from the figures."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import REGISTRY
+
+from workflow.app.kpis import publish
 from workflow.domain.measures import CaseHistory, GroupBy, GroupMeasures, Recorded, measure
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -311,3 +315,24 @@ def test_a_pre_delinquency_phase_counts_for_nothing_until_the_case_opens() -> No
     assert parts(g, "right_party_contact_rate") == (0, 0)
     assert parts(g, "promise_kept_rate") == (0, 0)  # the plan ended with the phase
     assert g.stage_funnel["warning"] == 1
+
+
+def test_the_gauges_are_set_to_the_figures_and_drop_a_variant_gone() -> None:
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    both = measure(
+        [case("a", opened(11)), case("b", opened(11), variant="challenger")],
+        START,
+        END,
+        GroupBy.VARIANT,
+    )
+    publish(both, END - START, END)
+    assert sample("collections_kpi_cases", variant="challenger") == 1
+    promise = sample("collections_kpi_promise_kept_rate", variant="champion")
+    assert promise is not None
+    assert math.isnan(promise)  # nothing to measure
+    assert sample("collections_kpi_refreshed_timestamp_seconds") == END.timestamp()
+    publish(measure([case("a", opened(11))], START, END, GroupBy.VARIANT), END - START, END)
+    assert sample("collections_kpi_cases", variant="challenger") is None
+    assert sample("collections_kpi_cases", variant="champion") == 1
