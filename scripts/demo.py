@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from typing import Any
 
 import httpx
@@ -287,13 +287,14 @@ def variant_counts(snapshot: dict[str, Any]) -> Counter[str]:
 # six months is accepted and becomes the plan, 5% down is countered with the policy's
 # minimum, and a borrower whose third proposal in 90 days is far under it (2% down) has
 # made the "clearly unreasonable proposal" that sends the case to litigation by itself.
-PORTAL = dev_headers(["cases:write"], subject="borrower-portal")
+PORTAL = dev_headers(["cases:read", "cases:write"], subject="borrower-portal")
 
 
 def proposal(outstanding: Decimal, down_share: Decimal, now: datetime) -> dict[str, Any]:
     """A down payment tomorrow and the rest in five monthly instalments, the last one
     taking the rounding, so that the payments add up to what is owed."""
-    down = (outstanding * down_share).quantize(Decimal("0.01"))
+    # Rounded up: a down payment a fraction of a cent under the policy's share is countered.
+    down = (outstanding * down_share).quantize(Decimal("0.01"), rounding=ROUND_UP)
     each = ((outstanding - down) / 5).quantize(Decimal("0.01"))
     amounts = [each] * 4 + [outstanding - down - each * 4]
     return {
@@ -313,7 +314,9 @@ async def negotiate(base_url: str, loans: list[Loan]) -> Counter[str]:
     answers: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=PORTAL) as http:
         for n, loan in enumerate(sample):
-            case = (await http.get(f"/v1/cases/{loan.loan_id}")).json()
+            read = await http.get(f"/v1/cases/{loan.loan_id}")
+            read.raise_for_status()
+            case = read.json()
             owed, now = Decimal(case["outstanding"]), datetime.now(UTC)
             shares = [Decimal("0.10")], [Decimal("0.05")], [Decimal("0.02")] * 3
             for share in shares[n % 3]:
@@ -328,7 +331,7 @@ async def negotiate(base_url: str, loans: list[Loan]) -> Counter[str]:
                 body = answer.json()
                 answers[f"{share:.0%} down: {body['verdict']}"] += 1
                 if body["unreasonable"]:
-                    answers[f"litigation ({body['unreasonable']})"] += 1
+                    answers["then litigation: proposal_unreasonable"] += 1
     return answers
 
 
@@ -403,10 +406,13 @@ def early_warning_counts(timelines: dict[str, list[str]]) -> dict[str, int]:
 
 
 async def early_warning_report(base_url: str, loans: list[Loan]) -> dict[str, int]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=DEMO_AUTH) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=KPI_READER) as http:
         timelines = {}
         for loan in loans:
             response = await http.get(f"/v1/cases/{loan.loan_id}/timeline?limit=500")
+            # A loan with no case has none (404); any other answer is the demo's own fault.
+            if response.status_code != 404:
+                response.raise_for_status()
             entries = response.json().get("entries", []) if response.status_code == 200 else []
             timelines[loan.loan_id] = [e["kind"] for e in entries]
     return early_warning_counts(timelines)

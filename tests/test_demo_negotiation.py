@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +22,7 @@ def test_payments_add_up_to_what_is_owed_within_six_months(owed: Decimal, share:
     body = ProposalRequest.model_validate(proposal(owed, share, NOW))
     payments = [body.down_payment, *body.instalments]
     assert sum(p.amount for p in payments) == owed
-    assert body.down_payment.amount == (owed * share).quantize(Decimal("0.01"))
+    assert body.down_payment.amount == (owed * share).quantize(Decimal("0.01"), rounding=ROUND_UP)
     assert all(p.amount > 0 for p in body.instalments)
     dates = [p.due_at for p in payments]
     assert dates == sorted(dates)
