@@ -124,7 +124,7 @@ class LedgerRepository:
         projection (locked until commit, as ``projection(lock=True)``), whether a sequence
         gap or an earlier check waiting for the ledger's API holds the loan back, and the
         money in flight. Per-statement round trips were most of ledger-sync's cost under
-        load (see the README's performance section)."""
+        load (bench/HISTORY.md)."""
         rows = await self._conn.execute(
             _CHECK_CONTEXTS,
             {"loans": [loan for loan, _ in checks], "checks": [check for _, check in checks]},

@@ -33,7 +33,7 @@ What "current" means, and why it is checked for the whole group:
 - The broker unreachable: no look succeeds, the last good one ages past ``max_lag``, and
   the gate closes.
 
-What remains (the documented race window, README "Documented limits"): a repayment
+What remains (the documented race window, docs/reliability.md "Documented limits"): a repayment
 published less than ``max_lag`` (plus a look's interval) before a pass, or during the
 pass's hand-over to the channel, can still miss it. The chaos run allows 5 s.
 """

@@ -6,7 +6,8 @@ an input yields the same decision to the letter.
 
 How an input becomes a decision: it is mapped to a :class:`Trigger` (or handled as plain
 bookkeeping, such as a contact outcome), the lifecycle table gives the rule for the case's
-phase, and the rule is applied here. Rules worth knowing (also in the README):
+phase, and the rule is applied here. Rules worth knowing (docs/lifecycle-guide.md tells
+them at length):
 - An overdue report older than, or as old as, the last one applied changes nothing.
 - A case escalates at most one stage at a time; only suspected fraud, refusal to
   communicate and an unreasonable proposal jump straight to litigation.

@@ -5,7 +5,7 @@ case after one decided input and at the loan's newest placement, and says what c
 the agency. The app runs it on the same input, in the same transaction, after ``decide``:
 the notices go out through the same outbox as the case change that caused them.
 
-Rules worth knowing (also in the README):
+Rules worth knowing (also in docs/agencies.md):
 - A case is placed with one agency at a time (the store enforces it as well).
 - The agency is chosen from the tier's shares by a hash of the case id and the tier, so
   the choice is stable under replay and spreads cases by share without a counter.
