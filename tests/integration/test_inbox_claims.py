@@ -95,3 +95,40 @@ async def test_a_failed_claim_is_taken_over_once_and_old_inbox_claims_count(
         )
     async with runtime.engine.begin() as conn:
         assert await _claim(loop, conn, [_item("e-9", b"h")]) == (set(), {"e-9": b"g"})
+
+
+async def test_the_claim_lookup_reads_the_index_however_many_claims_there_are(
+    runtime: Runtime,
+) -> None:
+    """The 1M-case bench collapsed when the planner scanned every claim row (a small heap,
+    its arrays out of line) and compared each row's ids with the poll's, pairwise: it costs
+    ``&&`` as one operator whatever the arrays hold. The lookup must go through the index."""
+    loop = runtime.loops[0]
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO inbox_claims (consumer, event_ids, fingerprints, dead_lettered) "
+                "SELECT :c, array_agg('old-' || p || '-' || i), array_agg('\\x00'::bytea), "
+                "array_agg(false) FROM generate_series(1, 300) p, generate_series(1, 500) i "
+                "GROUP BY p"
+            ),
+            {"c": loop._group},
+        )
+        await conn.execute(text("ANALYZE inbox_claims"))
+    async with runtime.engine.begin() as conn:
+        fresh = [_item(f"new-{i}", b"n") for i in range(500)]
+        again = [_item("old-7-7", b"m")]
+        assert await _claim(loop, conn, fresh + again) == (
+            {f"new-{i}" for i in range(500)},
+            {"old-7-7": b"\x00"},
+        )
+        scans = (
+            await conn.execute(
+                text(
+                    "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                    "WHERE relid = 'inbox_claims'::regclass"
+                )
+            )
+        ).one()
+        assert scans.seq_scan == 0
+        assert scans.idx_scan >= 1

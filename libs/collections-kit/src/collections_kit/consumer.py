@@ -18,8 +18,9 @@ record the Kafka client cannot parse is found, dead-lettered by its position and
 over. No record stops the loop.
 
 A poll's claims are one row of ``inbox_claims`` (the ids, their fingerprints and whether
-each ended in a dead letter, as arrays, an id found through a GIN index), not a row per
-message: the claims were a third of the rows a loan wrote. Two replicas that claim the
+each ended in a dead letter, as arrays, an id found through a GIN index that the lookup
+always reads), not a row per message: the claims were a third of the rows a loan
+wrote. Two replicas that claim the
 same id at once (a zombie after a rebalance, a publisher's duplicate on another
 partition) are kept apart by a transaction-scoped advisory lock per id, taken in sorted
 order before the claims are read, as the primary key of the row-per-message inbox did.
@@ -96,7 +97,8 @@ _LOCK_CLAIMS = text(
 
 # The latest claim of each id (a batch row's, else the old inbox's), and one new row with
 # the ids this transaction claims: those never claimed, and those whose latest claim ended
-# in a handler_failed letter.
+# in a handler_failed letter. The batch rows are read by ``inbox_claims_of``, a function
+# that keeps the GIN index in use (migration_ops.add_inbox_claims_lookup_v1 says why).
 _CLAIM = """
     WITH req AS (
         SELECT r.event_id, r.fp, r.dl
@@ -104,17 +106,13 @@ _CLAIM = """
              AS r(event_id, fp, dl)),
     earlier AS (
         SELECT DISTINCT ON (event_id) event_id, fingerprint, dead_lettered FROM (
-            SELECT c.event_id, c.fingerprint, c.dead_lettered, b.seq
-            FROM "{schema}".inbox_claims b,
-                 unnest(b.event_ids, b.fingerprints, b.dead_lettered)
-                 AS c(event_id, fingerprint, dead_lettered)
-            WHERE b.consumer = :consumer AND b.event_ids && CAST(:ids AS text[])
+            SELECT c.event_id, c.fingerprint, c.dead_lettered, c.seq
+            FROM "{schema}".inbox_claims_of(:consumer, CAST(:ids AS text[])) c
             UNION ALL
             SELECT i.event_id, i.fingerprint, i.dead_lettered, 0
             FROM "{schema}".inbox i
             WHERE i.consumer = :consumer AND i.event_id = ANY(CAST(:ids AS text[]))
         ) claims
-        WHERE event_id = ANY(CAST(:ids AS text[]))
         ORDER BY event_id, seq DESC),
     claimed AS (
         INSERT INTO "{schema}".inbox_claims (consumer, event_ids, fingerprints, dead_lettered)

@@ -260,7 +260,8 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     # A poll's claims in one row (collections_kit.consumer): the ids, found through the
-    # GIN index, with their fingerprints and dead-letter flags at the same positions.
+    # GIN index, with their fingerprints and dead-letter flags at the same positions. The
+    # lookup is the migrations' ``inbox_claims_of`` function (a table alone lacks it).
     Table(
         "inbox_claims",
         metadata,
@@ -270,7 +271,12 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("event_ids", ARRAY(Text), nullable=False),
         Column("fingerprints", ARRAY(LargeBinary), nullable=False),
         Column("dead_lettered", ARRAY(Boolean), nullable=False),
-        Index("ix_inbox_claims_event_ids", "event_ids", postgresql_using="gin"),
+        Index(
+            "ix_inbox_claims_event_ids",
+            "event_ids",
+            postgresql_using="gin",
+            postgresql_with={"fastupdate": "off"},
+        ),
     )
     # How far the relay has published the outbox (one row; see collections_kit.outbox):
     # relayed rows are not deleted one by one but truncated together.

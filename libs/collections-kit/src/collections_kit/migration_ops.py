@@ -130,6 +130,39 @@ def drop_inbox_claims_v1(op: Any, schema: str) -> None:
     op.drop_table("inbox_claims", schema=schema)
 
 
+def add_inbox_claims_lookup_v1(op: Any, schema: str) -> None:
+    """The claim lookup as a function that always reads the GIN index, which also stops
+    buffering its entries (``fastupdate``).
+
+    The planner costs ``&&`` as one operator, but overlapping two 500-id arrays is some
+    250,000 comparisons; the claim rows' heap is small (their arrays live out of line), so
+    it chose to scan every row, and each poll's claim grew with every claim ever made (the
+    1M-case bench stalled). ``enable_seqscan = off`` for the function's own query only
+    keeps the index in use whatever the statistics say. Without ``fastupdate`` each search
+    reads the index alone, not also a pending list of up to 4 MB, and no insert pays for
+    merging that list mid-poll."""
+    op.execute(f'ALTER INDEX "{schema}".ix_inbox_claims_event_ids SET (fastupdate = off)')
+    op.execute(f"SELECT gin_clean_pending_list('\"{schema}\".ix_inbox_claims_event_ids')")
+    op.execute(
+        f"""CREATE FUNCTION "{schema}".inbox_claims_of(claimer text, ids text[])
+        RETURNS TABLE (event_id text, fingerprint bytea, dead_lettered boolean, seq bigint)
+        LANGUAGE sql STABLE
+        SET enable_seqscan = off
+        AS $$
+            SELECT c.event_id, c.fingerprint, c.dead_lettered, b.seq
+            FROM "{schema}".inbox_claims b,
+                 unnest(b.event_ids, b.fingerprints, b.dead_lettered)
+                 AS c(event_id, fingerprint, dead_lettered)
+            WHERE b.consumer = $1 AND b.event_ids && $2 AND c.event_id = ANY($2)
+        $$"""
+    )
+
+
+def drop_inbox_claims_lookup_v1(op: Any, schema: str) -> None:
+    op.execute(f'DROP FUNCTION "{schema}".inbox_claims_of(text, text[])')
+    op.execute(f'ALTER INDEX "{schema}".ix_inbox_claims_event_ids RESET (fastupdate)')
+
+
 def outbox_rows_per_transaction_v1(op: Any, schema: str) -> None:
     """The outbox holds a transaction's messages in one row (arrays in staging order);
     rows waiting at the upgrade become rows of one message each, in their order."""
