@@ -335,6 +335,63 @@ async def test_repeated_checks_for_one_loan_are_answered_consistently_and_idempo
     assert view["verified_at"] is not None
 
 
+async def test_redelivered_checks_and_case_events_change_neither_the_case_nor_its_figure(
+    harness: Harness,
+) -> None:
+    """The collections side's figure of a loan is its newest answer's (0008: no row of its
+    own per check): a check redelivered or asked again, and a case opening redelivered,
+    leave one open case, one stored answer and the same figure."""
+    opened = case_opened("L-once")
+    async with running(await harness.runtime()) as ls:
+        await harness.book(posting("L-once", 1, "700.00", "disbursement"))
+        await eventually(lambda: projected(ls, "L-once", 1))
+        await harness.lender.publish(opened, event_id="evt-open-once")
+        k = await harness.check("L-once", "690.00", event_id="evt-chk-once")
+        await harness.answer(k)
+
+        async def state() -> tuple[Any, ...]:
+            async with ls.engine.connect() as conn:
+                case = (
+                    await conn.execute(
+                        text("SELECT case_id, opened_at FROM open_cases WHERE loan_id = 'L-once'")
+                    )
+                ).all()
+                figure = (
+                    await conn.execute(
+                        text(
+                            "SELECT currency, outstanding, source, updated_at "
+                            "FROM collections_views WHERE loan_id = 'L-once'"
+                        )
+                    )
+                ).all()
+                stored = await conn.scalar(
+                    text("SELECT count(*) FROM balance_answers WHERE loan_id = 'L-once'")
+                )
+            return case, figure, stored
+
+        first = await state()  # the answer is on the wire: its transaction committed
+        await harness.lender.publish(opened, event_id="evt-open-once")  # redelivered
+        await harness.check("L-once", "690.00", check_id=k, event_id="evt-chk-once")
+        await harness.check("L-once", "690.00", check_id=k)  # asked again: republished
+
+        async def republished() -> bool:
+            return len((await harness.answers(k)).get(k, [])) >= 2
+
+        await eventually(republished)
+        await asyncio.sleep(1.5)  # the redelivered opening, if it were applied, is by now
+        later = await state()
+        copies = (await harness.answers(k))[k]
+
+    case, figure, stored = first
+    assert [row.case_id for row in case] == ["case-L-once"]
+    assert [(f.currency, f.outstanding, f.source) for f in figure] == [
+        ("CNY", Decimal("700.00"), "confirmation")
+    ]
+    assert stored == 1
+    assert later == first
+    assert len({e.id for e in copies}) == 1, "one answer, however often asked"
+
+
 # --- Must show: stale projection + ledger API down -> no confirmation; recovers ------------
 
 

@@ -18,7 +18,7 @@ from collections_kit.clock import FixedClock
 from collections_kit.contract import SPEC_BY_MODEL
 from collections_kit.testing import InMemoryUnitOfWork
 from ledger_sync.adapters.ledger_api import LedgerUnavailable
-from ledger_sync.adapters.repository import PendingCheck
+from ledger_sync.adapters.repository import PendingCheck, StoredAnswer
 from ledger_sync.app.reconciliation import Reconciler
 from ledger_sync.app.verifier import StaleCheckResolver
 from ledger_sync.domain.ledger import (
@@ -39,12 +39,14 @@ class Data:
     projections: dict[str, Projection] = field(default_factory=dict)
     open_cases: dict[str, OpenCase] = field(default_factory=dict)
     corrections: dict[str, tuple[str, Decimal, int]] = field(default_factory=dict)
+    # The figures corrections set; an answer's is stored with it (figures, by check id).
     views: dict[str, tuple[str, Decimal, str]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[tuple[str, str, str | None]] = field(default_factory=list)
     # Checks waiting for the ledger's API (with their lease), and the answers given.
     pending: dict[str, tuple[PendingCheck, datetime | None]] = field(default_factory=dict)
     answers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    figures: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,15 +96,21 @@ class FakeLedger:
         return sorted(taken, key=lambda p: p.seq)
 
     async def save_answer(
-        self, check_id: str, loan_id: str, answer_type: str, payload: dict[str, Any], at: Any
+        self,
+        check_id: str,
+        loan_id: str,
+        answer_type: str,
+        payload: dict[str, Any],
+        at: Any,
+        figure: tuple[str, Decimal],
     ) -> None:
-        await self.save_answers([(check_id, loan_id, answer_type, payload)], at)
+        await self.save_answers([(check_id, loan_id, answer_type, payload, figure)], at)
 
-    async def save_answers(
-        self, answers: Sequence[tuple[str, str, str, dict[str, Any]]], at: Any
-    ) -> None:
-        for check_id, _, answer_type, payload in answers:
-            self._data.answers.setdefault(check_id, (answer_type, payload))
+    async def save_answers(self, answers: Sequence[StoredAnswer], at: Any) -> None:
+        for check_id, _, answer_type, payload, figure in answers:
+            if check_id not in self._data.answers:
+                self._data.answers[check_id] = (answer_type, payload)
+                self._data.figures[check_id] = figure
 
 
 class FakeCases:
@@ -121,13 +129,7 @@ class FakeCases:
     async def set_view(
         self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
     ) -> None:
-        await self.set_views([(loan_id, currency, outstanding)], source, at)
-
-    async def set_views(
-        self, views: Sequence[tuple[str, str, Decimal]], source: str, at: datetime
-    ) -> None:
-        for loan_id, currency, outstanding in views:
-            self._data.views[loan_id] = (currency, outstanding, source)
+        self._data.views[loan_id] = (currency, outstanding, source)
 
 
 class FakeRuns:
@@ -308,7 +310,10 @@ async def test_a_check_whose_projection_is_fresh_by_now_is_confirmed_without_ask
     assert api.asked == []
     assert data.pending == {}
     assert data.answers["chk-1"][0] == "confirmed"
-    assert data.views["L2"] == ("CNY", Decimal("500.00"), "confirmation")
+    # The ledger's amount is the collections side's figure from here, stored with the
+    # answer: no figure of its own.
+    assert data.figures["chk-1"] == ("CNY", Decimal("500.00"))
+    assert data.views == {}
     assert len(answers_published(world)) == 1
 
 
@@ -321,6 +326,8 @@ async def test_a_check_the_ledger_does_not_know_is_refused_as_unknown(world: Pas
     assert answer_type == "refused"
     assert payload["reason"] == "unknown_loan"
     assert world.db.data.pending == {}
+    # Refused: the collections side keeps what it expected.
+    assert world.db.data.figures["chk-3"] == ("CNY", Decimal("500.00"))
 
 
 async def test_with_the_ledger_down_a_stale_check_is_refused_never_confirmed(
@@ -343,3 +350,18 @@ async def test_a_leased_check_is_not_leased_again_until_its_lease_runs_out(
         await uow.commit()
     assert await resolver(world, FakeLedgerApi({})).resolve_once() == 0
     assert world.db.data.answers == {}
+
+
+async def test_a_check_on_a_paid_loan_leaves_the_ledgers_figure_with_its_answer(
+    world: Pass,
+) -> None:
+    """nothing_owed: the refusal's figure is the ledger's (the settled correction's), not
+    what the workflow expected; the correction is noted on the case, no figure of its own
+    is written."""
+    waiting(world, "chk-paid", "L1", 1)  # L1's projection: 0.00
+    assert await resolver(world, FakeLedgerApi({})).resolve_once() == 1
+    data = world.db.data
+    assert data.answers["chk-paid"][1]["reason"] == "nothing_owed"
+    assert data.figures["chk-paid"] == ("CNY", Decimal("0.00"))
+    assert data.corrections == {"L1": ("nothing_owed", Decimal("0.00"), 7)}
+    assert data.views == {}

@@ -8,12 +8,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, desc, select, update
+from sqlalchemy import delete, desc, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.db import insert_rows, on_conflict_update
 from ledger_sync.adapters.tables import (
+    collections_corrections,
     collections_views,
     open_cases,
     reconciliation_findings,
@@ -28,7 +29,9 @@ _CASE_OPENED = (
     "last_correction_outstanding = NULL, last_correction_watermark = NULL "
     'WHERE "open_cases".case_id <> EXCLUDED.case_id'
 )
-_VIEW_UPSERT = on_conflict_update("loan_id", ("currency", "outstanding", "source", "updated_at"))
+_CORRECTION_UPSERT = on_conflict_update(
+    "loan_id", ("currency", "outstanding", "source", "updated_at")
+)
 
 
 class CasesRepository:
@@ -73,35 +76,38 @@ class CasesRepository:
     async def set_view(
         self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
     ) -> None:
-        await self.set_views([(loan_id, currency, outstanding)], source, at)
-
-    async def set_views(
-        self, views: Sequence[tuple[str, str, Decimal]], source: str, at: datetime
-    ) -> None:
-        """``(loan id, currency, outstanding)`` each, for distinct loans."""
-        if not views:
-            return
+        """A figure set by a correction. Answers store theirs with the answer, waiting checks
+        theirs in the queue: the ``collections_views`` view takes the newest of the three."""
         await insert_rows(
             self._conn,
-            collections_views,
+            collections_corrections,
             [
                 {
-                    "loan_id": loan,
+                    "loan_id": loan_id,
                     "currency": currency,
                     "outstanding": outstanding,
                     "source": source,
                     "updated_at": at,
                 }
-                for loan, currency, outstanding in views
             ],
-            on_conflict=_VIEW_UPSERT,
+            on_conflict=_CORRECTION_UPSERT,
         )
 
     async def open_cases_page(self, after_loan_id: str, limit: int) -> list[OpenCase]:
         """Open cases in loan id order after ``after_loan_id`` (keyset paging)."""
+        # Per case, the view's row of its loan alone, each of its parts read through its
+        # loan id index. The LIMIT keeps it so: without it the planner merges the page with
+        # the whole view, sorting every answer ever given (EXPLAIN ANALYZE, 100,000 cases
+        # and 300,000 answers: 178 ms a page, 3 ms with it).
+        view = (
+            select(collections_views.c.outstanding, collections_views.c.currency)
+            .where(collections_views.c.loan_id == open_cases.c.loan_id)
+            .limit(1)
+            .lateral()
+        )
         rows = await self._conn.execute(
-            select(open_cases, collections_views.c.outstanding, collections_views.c.currency)
-            .outerjoin(collections_views, collections_views.c.loan_id == open_cases.c.loan_id)
+            select(open_cases, view.c.outstanding, view.c.currency)
+            .outerjoin(view, true())
             .where(open_cases.c.loan_id > after_loan_id)
             .order_by(open_cases.c.loan_id)
             .limit(limit)

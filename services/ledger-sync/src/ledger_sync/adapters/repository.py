@@ -52,6 +52,11 @@ _CHECK_CONTEXTS = text("""
     ORDER BY req.n""")
 
 
+# (check id, loan id, answer type, payload, (currency, outstanding) the collections side
+# holds once it has the answer)
+StoredAnswer = tuple[str, str, str, dict[str, Any], tuple[str, Decimal]]
+
+
 @dataclass(frozen=True)
 class CheckContext:
     projection: Projection | None
@@ -269,15 +274,21 @@ class LedgerRepository:
         return Decimal(total or 0)
 
     async def save_answer(
-        self, check_id: str, loan_id: str, answer_type: str, payload: dict[str, Any], at: Any
+        self,
+        check_id: str,
+        loan_id: str,
+        answer_type: str,
+        payload: dict[str, Any],
+        at: Any,
+        figure: tuple[str, Decimal],
     ) -> None:
-        await self.save_answers([(check_id, loan_id, answer_type, payload)], at)
+        await self.save_answers([(check_id, loan_id, answer_type, payload, figure)], at)
 
-    async def save_answers(
-        self, answers: Sequence[tuple[str, str, str, dict[str, Any]]], at: Any
-    ) -> None:
-        """``(check id, loan id, answer type, payload)`` each; a check answered already
-        keeps its first answer."""
+    async def save_answers(self, answers: Sequence[StoredAnswer], at: Any) -> None:
+        """``(check id, loan id, answer type, payload, (currency, outstanding))`` each; the
+        figure is what the collections side holds once it has the answer (the
+        ``collections_views`` view reads it: no row of its own per check). A check
+        answered already keeps its first answer."""
         await insert_rows(
             self._conn,
             balance_answers,
@@ -288,8 +299,10 @@ class LedgerRepository:
                     "answer_type": kind,
                     "payload": payload,
                     "answered_at": at,
+                    "collections_currency": currency,
+                    "collections_outstanding": outstanding,
                 }
-                for check, loan, kind, payload in answers
+                for check, loan, kind, payload, (currency, outstanding) in answers
             ],
             on_conflict="ON CONFLICT DO NOTHING",
         )

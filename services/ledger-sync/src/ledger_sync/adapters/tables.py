@@ -8,12 +8,15 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
+    Index,
     Integer,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
+    column,
+    table,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -68,6 +71,12 @@ balance_answers = Table(
     Column("answer_type", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("answered_at", DateTime(timezone=True), nullable=False),
+    # What the collections side holds for the loan once it has this answer (0008): the
+    # ledger's amount confirmed or corrected (nothing_owed), else the check's expectation.
+    # Null on answers from before 0008 (their figure is in collections_corrections).
+    Column("collections_currency", Text),
+    Column("collections_outstanding", Numeric(20, 6)),
+    Index("ix_balance_answers_loan_id_answered_at", "loan_id", "answered_at"),
 )
 
 # Balance checks waiting for the ledger's API (0002): the projection was stale, or an earlier
@@ -99,16 +108,30 @@ open_cases = Table(
     Column("last_correction_watermark", Integer),
 )
 
-# What the collections side last held as a loan's outstanding, as seen from here (0002).
-collections_views = Table(
-    "collections_views",
+# The figures a reconciliation pass's corrections set (0008; before it, every figure of
+# collections_views was written here, and those rows stay).
+collections_corrections = Table(
+    "collections_corrections",
     metadata,
     Column("loan_id", Text, primary_key=True),
     Column("currency", Text, nullable=False),
     Column("outstanding", Numeric(20, 6), nullable=False),
-    # check (the workflow's expectation), confirmation or correction (ledger-sync's figure).
+    # correction; rows from before 0008 also check or confirmation.
     Column("source", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# What the collections side last held as a loan's outstanding, as seen from here: a view
+# (0008), per loan the newest of the answers' figures, the waiting checks' expectations and
+# the corrections. Not a table of the metadata: nothing writes it.
+collections_views = table(
+    "collections_views",
+    column("loan_id", Text),
+    column("currency", Text),
+    column("outstanding", Numeric(20, 6)),
+    # check (the workflow's expectation), confirmation or correction (ledger-sync's figure).
+    column("source", Text),
+    column("updated_at", DateTime(timezone=True)),
 )
 
 reconciliation_runs = Table(

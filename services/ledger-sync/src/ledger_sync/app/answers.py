@@ -35,7 +35,7 @@ async def stage_answer(
     a lease ran out), the check still yields one answer downstream.
     """
     if isinstance(verdict, Confirm):
-        await stage_confirmations(tx, ledger, cases, [(check, verdict)], path=path)
+        await stage_confirmations(tx, ledger, [(check, verdict)], path=path)
         return
     answer = c.BalanceRefused(
         check_id=check.check_id,
@@ -45,8 +45,20 @@ async def stage_answer(
         ledger_watermark=verdict.watermark,
         refused_at=tx.now,
     )
+    # The figure the collections side holds from here: a refusal leaves it with what it
+    # expected, a settled correction (nothing_owed, below) gives it the ledger's.
+    figure = (check.currency, check.expected_outstanding)
+    if verdict.reason == "nothing_owed":
+        assert verdict.outstanding is not None
+        assert ledger_currency is not None
+        figure = (ledger_currency, verdict.outstanding)
     await ledger.save_answer(
-        check.check_id, check.loan_id, "refused", json.loads(answer.model_dump_json()), tx.now
+        check.check_id,
+        check.loan_id,
+        "refused",
+        json.loads(answer.model_dump_json()),
+        tx.now,
+        figure,
     )
     _publish(tx, check, answer, path, verdict.reason)
     if verdict.reason in _TECHNICAL_REFUSALS:
@@ -71,21 +83,18 @@ async def stage_answer(
         await cases.note_correction(
             check.loan_id, "nothing_owed", verdict.outstanding, verdict.watermark
         )
-        await cases.set_view(
-            check.loan_id, ledger_currency, verdict.outstanding, "correction", tx.now
-        )
 
 
 async def stage_confirmations(
     tx: Tx,
     ledger: Answers,
-    cases: CaseViews,
     confirmed: Sequence[tuple[c.BalanceCheckRequested, Confirm]],
     *,
     path: str,
 ) -> None:
-    """``stage_answer`` for confirmations of distinct loans, with one write per table for
-    all of them: the collections view takes the ledger's amount, the answer is stored."""
+    """``stage_answer`` for confirmations of distinct loans, in one write for all of them:
+    the answers are stored, each with the ledger's amount as the collections side's
+    figure."""
     answers = []
     for check, verdict in confirmed:
         answers.append(
@@ -108,14 +117,15 @@ async def stage_confirmations(
                 "confirmed amount differs from the expected one beyond tolerance",
                 extra={"check_id": check.check_id, "watermark": verdict.watermark},
             )
-    await cases.set_views(
-        [(check.loan_id, check.currency, verdict.outstanding) for check, verdict in confirmed],
-        "confirmation",
-        tx.now,
-    )
     await ledger.save_answers(
         [
-            (answer.check_id, answer.loan_id, "confirmed", json.loads(answer.model_dump_json()))
+            (
+                answer.check_id,
+                answer.loan_id,
+                "confirmed",
+                json.loads(answer.model_dump_json()),
+                (answer.currency, answer.confirmed_outstanding),
+            )
             for answer in answers
         ],
         tx.now,

@@ -160,8 +160,9 @@ class LedgerSyncHandlers:
                 or staleness(projection, has_gap, tx.now, self._freshness) is not None
             ):
                 # Behind an earlier waiting check for the loan too: one loan's answers keep
-                # their order and all rest on the same refreshed projection.
-                await self._expected(tx, data)
+                # their order and all rest on the same refreshed projection. (The waiting
+                # check's expectation is the collections side's figure meanwhile: the
+                # collections_views view reads it from the queue.)
                 await repo.enqueue_check(
                     data.check_id, data.loan_id, json.loads(data.model_dump_json()), tx.now
                 )
@@ -180,7 +181,6 @@ class LedgerSyncHandlers:
             if isinstance(verdict, Confirm):
                 confirmed.append((data, verdict))  # a confirmation records the ledger's amount
                 continue
-            await self._expected(tx, data)
             await stage_answer(
                 tx,
                 repo,
@@ -191,18 +191,7 @@ class LedgerSyncHandlers:
                 path="projection",
             )
         if confirmed:
-            await stage_confirmations(
-                tx, repo, CasesRepository(tx.conn), confirmed, path="projection"
-            )
-
-    @staticmethod
-    async def _expected(tx: Tx, data: c.BalanceCheckRequested) -> None:
-        """What the workflow believes is owed: reconciliation compares the ledger with it.
-        Written after the projection's lock, the order every writer of a loan uses (the
-        stale-check resolver locks the projection, then records the confirmation)."""
-        await CasesRepository(tx.conn).set_view(
-            data.loan_id, data.currency, data.expected_outstanding, "check", tx.now
-        )
+            await stage_confirmations(tx, repo, confirmed, path="projection")
 
     async def case_opened(self, tx: Tx, env: Envelope) -> None:
         data = env.data

@@ -19,19 +19,23 @@ from ledger_sync.domain.ledger import Posting, Projection
 from ledger_sync.domain.reconciliation import Finding, OpenCase
 
 if TYPE_CHECKING:  # the adapters implement these ports
-    from ledger_sync.adapters.repository import PendingCheck
+    from ledger_sync.adapters.repository import PendingCheck, StoredAnswer
 
 
 class Answers(Protocol):
     """The answers given to balance checks (a check asked again gets the same one)."""
 
     async def save_answer(
-        self, check_id: str, loan_id: str, answer_type: str, payload: dict[str, Any], at: Any
+        self,
+        check_id: str,
+        loan_id: str,
+        answer_type: str,
+        payload: dict[str, Any],
+        at: Any,
+        figure: tuple[str, Decimal],
     ) -> None: ...
 
-    async def save_answers(
-        self, answers: Sequence[tuple[str, str, str, dict[str, Any]]], at: Any
-    ) -> None: ...
+    async def save_answers(self, answers: Sequence[StoredAnswer], at: Any) -> None: ...
 
 
 class LedgerStore(Answers, Protocol):
@@ -63,7 +67,8 @@ class LedgerStore(Answers, Protocol):
 
 
 class CaseViews(Protocol):
-    """The open cases as ledger-sync knows them, and what the collections side holds."""
+    """The open cases as ledger-sync knows them, and what the collections side holds (set
+    here by a correction; an answer's figure is stored with the answer)."""
 
     async def open_cases_page(self, after_loan_id: str, limit: int) -> list[OpenCase]: ...
 
@@ -73,10 +78,6 @@ class CaseViews(Protocol):
 
     async def set_view(
         self, loan_id: str, currency: str, outstanding: Decimal, source: str, at: datetime
-    ) -> None: ...
-
-    async def set_views(
-        self, views: Sequence[tuple[str, str, Decimal]], source: str, at: datetime
     ) -> None: ...
 
 
