@@ -83,3 +83,31 @@ def test_a_failed_peer_is_reported_and_fails_without_a_rate() -> None:
 def test_a_result_without_a_peer_has_no_peer_floors_or_rows() -> None:
     assert peer_floors({"pipeline": {"loans_per_s": 900.0}}) == {}
     assert peer_rows({}) == []
+
+
+def test_issue_25s_floors_are_checked_on_the_run() -> None:
+    from bench.run import floors
+
+    result = _result(_peer())
+    result.update(
+        ingest={"events_per_s": 12_000, "share_of_kafka_baseline": 0.51},
+        suppression_ms={"p99": 29.0},
+        scale={"cost_ratio_largest_vs_smallest": 1.0, "peak_rss_mb": {"workflow": 200}},
+    )
+    result["pipeline"].update(
+        loans_per_s=2_000.0,
+        rows_written_per_loan=20.0,
+        machine_cpu_us_per_loan=1_500.0,
+        plumbing={"plumbing_cpu_us_per_loan": 750.0},
+    )
+    assert all(floors(result).values()), floors(result)
+    result["pipeline"].update(rows_written_per_loan=24.04, machine_cpu_us_per_loan=1_600.0)
+    result["suppression_ms"]["p99"] = 46.9
+    result["ingest"]["share_of_kafka_baseline"] = 0.49
+    missed = {k for k, ok in floors(result).items() if not ok}
+    assert missed == {
+        "ingest >= 0.5 x kafka baseline",
+        "pipeline rows written per loan <= 20",
+        "pipeline machine CPU per loan <= 2 x plumbing alone",
+        "suppression p99 <= 30 ms",
+    }
