@@ -27,10 +27,13 @@ from notifier.domain.decide import (
     voids_confirmation,
 )
 from notifier.domain.model import Cancellation, Closure, ContactRequest
-from notifier.domain.permits import LedgerConfirmation
+from notifier.domain.permits import CheckAnswered, CheckRequested, LedgerConfirmation
 from notifier.domain.policy import DispatchPolicy
 
 log = logging.getLogger(__name__)
+
+# A loan's balance checks and their answers: stored a run at a time (see batch).
+_CHECKS = (c.BalanceCheckRequested, c.BalanceConfirmed, c.BalanceRefused)
 
 
 def to_request(data: c.ContactCommand) -> ContactRequest:
@@ -89,18 +92,26 @@ class NotifierHandlers:
         }
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
-        """A polled batch in its order, one message at a time, except that a run of contact
-        commands is stored in one statement (the first of two copies wins, as one at a time;
-        anything else ends the run first)."""
+        """A polled batch in its order, one message at a time, except for two kinds of run,
+        each stored in one statement: contact commands (the first of two copies wins, as
+        one at a time) and the loans' balance checks and answers (what a permit rests on;
+        their own table, which nothing else in a batch reads or writes). Any other message
+        ends both runs first."""
         routes = self.routes()
         run: list[Envelope] = []
+        checks: list[Envelope] = []
         for env in envelopes:
             if isinstance(env.data, c.ContactCommand):
                 run.append(env)
                 continue
+            if isinstance(env.data, _CHECKS):
+                checks.append(env)
+                continue
             await self._commands(tx, run)
+            await self._checks(tx, checks)
             await routes[type(env.data)](tx, env)
         await self._commands(tx, run)
+        await self._checks(tx, checks)
 
     async def command(self, tx: Tx, env: Envelope) -> None:
         await self._commands(tx, [env])
@@ -261,34 +272,44 @@ class NotifierHandlers:
     async def check_requested(self, tx: Tx, env: Envelope) -> None:
         """The workflow asked ledger-sync to confirm a loan's balance: a person refused a
         permit for want of a confirmation is told when to ask again."""
-        data = env.data
-        assert isinstance(data, c.BalanceCheckRequested)
-        await PermitRepository(tx.conn).check_requested(
-            data.loan_id, data.check_id, data.requested_at, now=tx.now
-        )
+        await self._checks(tx, [env])
 
     async def balance_confirmed(self, tx: Tx, env: Envelope) -> None:
         """A fresh ledger confirmation: a person's permit may rest on it (decide checks it as
         a command's: unexpired, no repayment since)."""
-        data = env.data
-        assert isinstance(data, c.BalanceConfirmed)
-        confirmation = LedgerConfirmation(
-            data.confirmation_id,
-            data.ledger_watermark,
-            data.confirmed_outstanding,
-            data.confirmed_at,
-            data.valid_until,
-        )
-        await PermitRepository(tx.conn).check_answered(
-            data.loan_id, data.check_id, confirmation, now=tx.now
-        )
+        await self._checks(tx, [env])
 
     async def balance_refused(self, tx: Tx, env: Envelope) -> None:
-        data = env.data
-        assert isinstance(data, c.BalanceRefused)
-        await PermitRepository(tx.conn).check_answered(
-            data.loan_id, data.check_id, None, now=tx.now
-        )
+        await self._checks(tx, [env])
+
+    async def _checks(self, tx: Tx, run: list[Envelope]) -> None:
+        """A run of checks and answers, in order: the two kinds change different columns
+        of a loan's row, so the checks go in one statement and the answers in another."""
+        if not run:
+            return
+        requested: list[CheckRequested] = []
+        answered: list[CheckAnswered] = []
+        for env in run:
+            data = env.data
+            if isinstance(data, c.BalanceCheckRequested):
+                requested.append(CheckRequested(data.loan_id, data.check_id, data.requested_at))
+            elif isinstance(data, c.BalanceConfirmed):
+                confirmation = LedgerConfirmation(
+                    data.confirmation_id,
+                    data.ledger_watermark,
+                    data.confirmed_outstanding,
+                    data.confirmed_at,
+                    data.valid_until,
+                )
+                answered.append(CheckAnswered(data.loan_id, data.check_id, confirmation))
+            elif isinstance(data, c.BalanceRefused):
+                answered.append(CheckAnswered(data.loan_id, data.check_id, None))
+        repo = PermitRepository(tx.conn)
+        if requested:
+            await repo.checks_requested(requested, now=tx.now)
+        if answered:
+            await repo.checks_answered(answered, now=tx.now)
+        run.clear()
 
     async def closed(self, tx: Tx, env: Envelope) -> None:
         data = env.data

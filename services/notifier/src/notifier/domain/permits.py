@@ -132,6 +132,24 @@ class LedgerConfirmation:
 
 
 @dataclass(frozen=True)
+class CheckRequested:
+    """The workflow asked ledger-sync to confirm a loan's balance (``BalanceCheckRequested``)."""
+
+    loan_id: str
+    check_id: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class CheckAnswered:
+    """Ledger-sync's answer to a check: a confirmation, or None for a refusal."""
+
+    loan_id: str
+    check_id: str
+    confirmation: LedgerConfirmation | None
+
+
+@dataclass(frozen=True)
 class ConfirmationView:
     """What the notifier has read of one loan's balance checks and their answers."""
 
