@@ -19,12 +19,11 @@ over. No record stops the loop.
 
 A poll's claims are one row of ``inbox_claims`` (the ids, their fingerprints and whether
 each ended in a dead letter, as arrays, an id found through a GIN index that the lookup
-always reads), not a row per message: the claims were a third of the rows a loan
-wrote. Two replicas that claim the
-same id at once (a zombie after a rebalance, a publisher's duplicate on another
-partition) are kept apart by a transaction-scoped advisory lock per id, taken in sorted
-order before the claims are read, as the primary key of the row-per-message inbox did.
-Claims from before ``inbox_claims`` (the ``inbox`` table) still count.
+always reads), not a row per message: the claims were a third of the rows a loan wrote.
+Two replicas that claim the same id at once (a zombie after a rebalance, a publisher's
+duplicate on another partition) are kept apart by a transaction-scoped advisory lock per
+id, taken in sorted order before the claims are read, as the primary key of the
+row-per-message inbox did. Claims from before ``inbox_claims`` (the ``inbox`` table) still count.
 
 The inbox keeps a fingerprint of each claimed payload. An event id that comes again with
 the same payload is a duplicate, counted and skipped; with another payload it is a
