@@ -59,12 +59,13 @@ def _permit(row: Any) -> Permit:
 
 
 # A batch's checks and answers are written a statement each (a statement per record was
-# 28% of the notifier's CPU in the pipeline benchmark). The conditions are those of one
-# record at a time: a request takes the row over only if it is not older than the one
-# there, and a permit refusal's request (asked_at) is then answered by it if not later;
-# an answer always names its check, and its confirmation stays only if fresher than the
-# one there (a refusal, or a republished older answer, keeps what is there).
-_T = '"loan_confirmations"'
+# 28% of the notifier's py-spy samples in the pipeline benchmark, most of them waiting on
+# the database: bench/HISTORY.md). The conditions are those of one record at a time: a
+# request takes the row over only if it is not older than the one there, and a permit
+# refusal's request (asked_at) is then answered by it if not later; an answer always names
+# its check, and its confirmation stays only if fresher than the one there (a refusal, or
+# a republished older answer, keeps what is there).
+_T = f'"{loan_confirmations.name}"'
 _REQUESTED = (
     'ON CONFLICT ("loan_id") DO UPDATE SET '
     '"requested_check_id" = EXCLUDED."requested_check_id", '

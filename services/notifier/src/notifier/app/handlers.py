@@ -86,9 +86,9 @@ class NotifierHandlers:
             c.CaseClosed: self.closed,
             c.PlacementNotice: self.placement,
             # The loans' balance checks and their answers: what a contact permit rests on.
-            c.BalanceCheckRequested: self.check_requested,
-            c.BalanceConfirmed: self.balance_confirmed,
-            c.BalanceRefused: self.balance_refused,
+            c.BalanceCheckRequested: self.check_fact,
+            c.BalanceConfirmed: self.check_fact,
+            c.BalanceRefused: self.check_fact,
         }
 
     async def batch(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
@@ -269,17 +269,11 @@ class NotifierHandlers:
         elif data.kind == "recalled":
             await repo.recalled(loan_id=data.loan_id, placement_id=data.placement_id, now=tx.now)
 
-    async def check_requested(self, tx: Tx, env: Envelope) -> None:
-        """The workflow asked ledger-sync to confirm a loan's balance: a person refused a
-        permit for want of a confirmation is told when to ask again."""
-        await self._checks(tx, [env])
-
-    async def balance_confirmed(self, tx: Tx, env: Envelope) -> None:
-        """A fresh ledger confirmation: a person's permit may rest on it (decide checks it as
-        a command's: unexpired, no repayment since)."""
-        await self._checks(tx, [env])
-
-    async def balance_refused(self, tx: Tx, env: Envelope) -> None:
+    async def check_fact(self, tx: Tx, env: Envelope) -> None:
+        """A balance check the workflow asked for, or ledger-sync's answer to one: what a
+        person's permit rests on (a fresh confirmation; decide checks it as a command's:
+        unexpired, no repayment since) and whether one is on its way (a person refused for
+        want of one is told when to ask again)."""
         await self._checks(tx, [env])
 
     async def _checks(self, tx: Tx, run: list[Envelope]) -> None:
