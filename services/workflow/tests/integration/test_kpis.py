@@ -309,9 +309,12 @@ def portfolios(draw: st.DrawFn) -> tuple[list[Made], datetime, datetime, str]:
 
 
 async def store(runtime: Runtime, made: list[Made]) -> None:
-    """Write the cases and their timelines through the real repository, as a batch does."""
+    """Write the cases and their timelines through the real repository, as a batch does:
+    every other case's entries in their journalled inputs' rows, the rest as rows of their
+    own (as the work queues' entries are), so the measures read both of the timeline's
+    sources."""
     state = BatchState(cases={})
-    for m in made:
+    for i, m in enumerate(made):
         first = m.entries[0].at
         row = Case(
             case_id=f"case-{m.loan_id}",
@@ -334,6 +337,10 @@ async def store(runtime: Runtime, made: list[Made]) -> None:
             variant=m.variant,
         )
         for n, x in enumerate(m.entries):
+            if i % 2 == 0:
+                state.journal(
+                    row, "Test", {}, at=x.at, actor="test", cause_id=f"test:{m.loan_id}:{n}"
+                )
             state.record(
                 row,
                 row,
@@ -661,7 +668,9 @@ async def test_the_kpis_equal_a_recomputation_from_the_case_timelines(
     made, start, end, group_by = portfolio
     schema = workflow.settings.db_schema
     async with workflow.engine.begin() as conn:
-        await conn.execute(text(f'TRUNCATE "{schema}".cases, "{schema}".timeline'))
+        await conn.execute(
+            text(f'TRUNCATE "{schema}".cases, "{schema}".case_inputs, "{schema}".timeline_rows')
+        )
     await store(workflow, made)
 
     response = await api.get(

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.clock import derived_id
@@ -19,6 +19,7 @@ from workflow.adapters.tables import (
     contact_intents,
     money_seen,
     timeline,
+    timeline_rows,
     timers,
 )
 from workflow.app.ports import DueTimer
@@ -236,9 +237,12 @@ class BatchState:
     timers: dict[str, dict[str, tuple[TimerKind, str, datetime]]] = field(default_factory=dict)
     changed_cases: dict[str, Case] = field(default_factory=dict)  # by case id
     changed_intents: dict[str, ContactIntent] = field(default_factory=dict)
+    # Entries no journalled input wrote (``timeline_rows``), and the journal's rows, which
+    # hold the entries their input wrote (migration 0021).
     timeline_rows: list[dict[str, Any]] = field(default_factory=list)
     new_timers: list[dict[str, Any]] = field(default_factory=list)
     journal_rows: list[dict[str, Any]] = field(default_factory=list)
+    journalled: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     # Money seen of loans without a case (by loan id), and what the batch changed of it.
     money: dict[str, MoneySeen] = field(default_factory=dict)
     remembered: dict[str, MoneySeen] = field(default_factory=dict)
@@ -256,6 +260,32 @@ class BatchState:
         if self.money.pop(loan_id, None) is not None:
             self.remembered.pop(loan_id, None)
             self.forgotten.add(loan_id)
+
+    def journal(
+        self,
+        subject: Case,
+        input_type: str,
+        payload: Any,
+        *,
+        at: datetime,
+        actor: str,
+        cause_id: str,
+    ) -> None:
+        """Journal the input ``cause_id`` that ``subject``'s decision was made from; the
+        timeline entries :meth:`record` takes for it, at the same time by the same actor,
+        go into its row."""
+        row = {
+            "case_id": subject.case_id,
+            "loan_id": subject.loan_id,
+            "at": at,
+            "cause_id": cause_id,
+            "input_type": input_type,
+            "payload": payload,
+            "actor": actor,
+            "entries": [],
+        }
+        self.journal_rows.append(row)
+        self.journalled[(subject.case_id, cause_id)] = row
 
     def record(
         self,
@@ -279,14 +309,10 @@ class BatchState:
         for intent in intents:
             known[intent.intent_id] = intent
             self.changed_intents[intent.intent_id] = intent
-        self.timeline_rows.extend(
+        written = [
             {
-                "case_id": subject.case_id,
-                "loan_id": subject.loan_id,
-                "at": at,
                 "kind": e.kind,
                 "cause": e.cause,
-                "actor": actor,
                 "stage_before": e.stage_before.value if e.stage_before else None,
                 "stage_after": e.stage_after.value if e.stage_after else None,
                 "status_before": e.status_before.value if e.status_before else None,
@@ -297,7 +323,21 @@ class BatchState:
                 "detail": {**e.detail, "variant": subject.variant} if subject.variant else e.detail,
             }
             for e in entries
-        )
+        ]
+        journal = self.journalled.get((subject.case_id, cause_id))
+        if journal is not None and journal["at"] == at and journal["actor"] == actor:
+            journal["entries"].extend(written)
+        else:
+            self.timeline_rows.extend(
+                {
+                    "case_id": subject.case_id,
+                    "loan_id": subject.loan_id,
+                    "at": at,
+                    "actor": actor,
+                    **entry,
+                }
+                for entry in written
+            )
         for t in new_timers:
             timer_id = derived_id(cause_id, f"timer/{t.kind}/{t.token}")
             self.timers.setdefault(subject.case_id, {})[timer_id] = (t.kind, t.token, t.due_at)
@@ -507,7 +547,6 @@ class CaseRepository:
             [_intent_values(i) for i in state.changed_intents.values()],
             on_conflict=_INTENT_UPSERT,
         )
-        await insert_rows(self._conn, timeline, state.timeline_rows)
         gone = set(superseded)
         await insert_rows(
             self._conn,
@@ -531,6 +570,8 @@ class CaseRepository:
                 .values(fired_at=at, outcome="superseded")
             )
         await insert_rows(self._conn, case_inputs, state.journal_rows)
+        # After the journal: ids rise in the order entries are written (see tables.timeline).
+        await insert_rows(self._conn, timeline_rows, state.timeline_rows)
         await insert_rows(
             self._conn,
             money_seen,
@@ -681,12 +722,13 @@ class CaseRepository:
             .limit(limit)
             .cte("chosen")
         )
-        rows = await self._conn.execute(
+        # Lateral, and kept a subquery (OFFSET 0: the planner would flatten it into a join):
+        # each case's entries are read by its id through the indexes of the view's two
+        # sources. Joined whole, the view expands every journal row's entries (1.5 s for a
+        # page of 2,000 cases against 600,000 journal rows; this way, milliseconds).
+        written = (
             select(
-                chosen.c.case_id,
-                chosen.c.product,
-                chosen.c.jurisdiction,
-                chosen.c.variant,
+                timeline.c.id,
                 timeline.c.at,
                 timeline.c.kind,
                 timeline.c.stage_before,
@@ -695,10 +737,28 @@ class CaseRepository:
                 timeline.c.status_after,
                 timeline.c.detail,
             )
+            .where(timeline.c.case_id == chosen.c.case_id, timeline.c.at < end)
+            .offset(0)
+            .lateral("written")
+        )
+        rows = await self._conn.execute(
+            select(
+                chosen.c.case_id,
+                chosen.c.product,
+                chosen.c.jurisdiction,
+                chosen.c.variant,
+                written.c.at,
+                written.c.kind,
+                written.c.stage_before,
+                written.c.stage_after,
+                written.c.status_before,
+                written.c.status_after,
+                written.c.detail,
+            )
             # Outer: every chosen case is in the page, entries or not, so a short page
             # means the last one.
-            .outerjoin(timeline, and_(timeline.c.case_id == chosen.c.case_id, timeline.c.at < end))
-            .order_by(chosen.c.case_id, timeline.c.id)
+            .select_from(chosen.outerjoin(written, true()))
+            .order_by(chosen.c.case_id, written.c.id)
         )
         found: dict[str, tuple[Any, list[Recorded]]] = {}
         for r in rows:

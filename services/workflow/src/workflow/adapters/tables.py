@@ -104,16 +104,23 @@ timers = Table(
     Index("ix_timers_case", "case_id"),
 )
 
+# The journal: every input a case's decisions were made from, with the timeline entries the
+# decision wrote (migration 0021: in the input's row, not a row each; ``timeline`` below
+# reads them back). Ids come from ``timeline_slots``, shared with ``timeline_rows``.
 case_inputs = Table(
     "case_inputs",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, server_default=text("nextval('timeline_slots')"), primary_key=True),
     Column("case_id", Text, nullable=False),
     Column("loan_id", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("cause_id", Text, nullable=False),
     Column("input_type", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
+    # Who made the decision (the timeline's ``actor``), and its entries: JSON objects with
+    # the timeline's other columns (kind, cause, stage_before... detail).
+    Column("actor", Text),
+    Column("entries", JSONB, nullable=False, server_default="[]"),
     Index("ix_case_inputs_case", "case_id", "id"),
 )
 
@@ -142,10 +149,17 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-timeline = Table(
-    "timeline",
+# Timeline entries that no journalled input wrote (the work queues' task entries), and
+# every entry written before migration 0021. Insert here; read through ``timeline``.
+timeline_rows = Table(
+    "timeline_rows",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "id",
+        BigInteger,
+        server_default=text("nextval('timeline_slots') * 1024"),
+        primary_key=True,
+    ),
     Column("case_id", Text, nullable=False),
     Column("loan_id", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
@@ -166,6 +180,28 @@ timeline = Table(
         unique=True,
         postgresql_where=text("kind = 'task_lease_expired'"),
     ),
+)
+
+# A case's timeline, in the order written: a VIEW (migration 0021) over ``timeline_rows``
+# and the entries in the journal's rows, the id of an entry in an input's row being
+# ``input id * 1024 + its position`` (1, 2...), and a row's ``slot * 1024``: one sequence
+# gives both, so ids rise in the order entries were written, old and new alike. Read only.
+timeline = Table(
+    "timeline",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("case_id", Text, nullable=False),
+    Column("loan_id", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("actor", Text),
+    Column("stage_before", Text),
+    Column("stage_after", Text),
+    Column("status_before", Text),
+    Column("status_after", Text),
+    Column("policy_version", Text, nullable=False),
+    Column("detail", JSONB, nullable=False),
 )
 
 # Work for people (migration 0009): at most one leased task per borrower, one live task of

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.db import insert_rows, update_rows
-from workflow.adapters.tables import tasks, timeline
+from workflow.adapters.tables import tasks, timeline_rows
 from workflow.app.ports import QueueCount, TaskStep
 from workflow.domain.tasks import LIVE, Task, TaskKind, TaskStatus, Withdrawal
 
@@ -217,7 +217,7 @@ class TaskRepository:
     ) -> None:
         await insert_rows(
             self._conn,
-            timeline,
+            timeline_rows,
             [
                 {
                     "case_id": s.task.case_id,

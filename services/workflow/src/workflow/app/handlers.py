@@ -135,7 +135,15 @@ class Workflow:
                 continue
             if before is None and decision.case is not None:
                 state.forget(item.loan_id)
-            subject = state.record(
+            subject = decision.case or before
+            if subject is None:
+                continue
+            # Journalled first: the entries recorded next go into the input's row.
+            input_type, payload = encode_input(event)
+            state.journal(
+                subject, input_type, payload, at=tx.now, actor=tx.actor, cause_id=item.cause_id
+            )
+            state.record(
                 before,
                 decision.case,
                 decision.intents,
@@ -145,22 +153,9 @@ class Workflow:
                 actor=tx.actor,
                 cause_id=item.cause_id,
             )
-            if subject is None:
-                continue
             changes = t.changes_for(before, decision.case, decision.timeline)
             if not changes.empty:
                 task_changes.append(replace(changes, cause=_cause_of(decision, item)))
-            input_type, payload = encode_input(event)
-            state.journal_rows.append(
-                {
-                    "case_id": subject.case_id,
-                    "loan_id": subject.loan_id,
-                    "at": tx.now,
-                    "cause_id": item.cause_id,
-                    "input_type": input_type,
-                    "payload": payload,
-                }
-            )
             for n, effect in enumerate(decision.effects):
                 tx.publish(
                     _message_for(effect, subject, tx),
