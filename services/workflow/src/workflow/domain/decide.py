@@ -736,42 +736,59 @@ def _reversal(
     )
 
 
+def _opened_case(
+    event: m.OverdueReported | m.RiskSignalReceived,
+    ctx: _Ctx,
+    *,
+    outstanding: Decimal,
+    amount_overdue: Decimal,
+    days_past_due: int,
+    as_of: datetime,
+    pre_delinquency: PreDelinquency | None = None,
+) -> Case:
+    """A new case of the event's loan, open in the first stage under the policy (and
+    variant) the loan was assigned; an overdue report and a risk signal open one alike."""
+    return Case(
+        case_id=ctx.new_id("case"),
+        loan_id=event.loan_id,
+        borrower_id=event.borrower_id,
+        product=event.product,
+        currency=event.currency,
+        stage=Stage.WARNING,
+        status=CaseStatus.OPEN,
+        exit=None,
+        outstanding=outstanding,
+        amount_overdue=amount_overdue,
+        days_past_due=days_past_due,
+        last_overdue_as_of=as_of,
+        borrower_time_zone=event.borrower_time_zone,
+        jurisdiction=event.jurisdiction,
+        policy_version=ctx.policy.version,
+        variant=ctx.policy.variant,
+        opened_at=ctx.now,
+        updated_at=ctx.now,
+        stage_entered_at=ctx.now,
+        outstanding_at_stage_entry=outstanding,
+        pre_delinquency=pre_delinquency,
+    )
+
+
 def _overdue(
     case: Case | None, intents: Sequence[ContactIntent], event: m.OverdueReported, ctx: _Ctx
 ) -> Decision:
     if case is None:
-        opened = Case(
-            case_id=ctx.new_id("case"),
-            loan_id=event.loan_id,
-            borrower_id=event.borrower_id,
-            product=event.product,
-            currency=event.currency,
-            stage=Stage.WARNING,
-            status=CaseStatus.OPEN,
-            exit=None,
-            outstanding=event.outstanding,
-            amount_overdue=event.amount_overdue,
-            days_past_due=event.days_past_due,
-            last_overdue_as_of=event.as_of,
-            borrower_time_zone=event.borrower_time_zone,
-            jurisdiction=event.jurisdiction,
-            policy_version=ctx.policy.version,
-            variant=ctx.policy.variant,
-            opened_at=ctx.now,
-            updated_at=ctx.now,
-            stage_entered_at=ctx.now,
-            outstanding_at_stage_entry=event.outstanding,
-        )
         seen = event.money_seen
         # Money seen after the report's as-of is news to it; older money is in its figures.
-        if seen is not None and seen.at > event.as_of:
-            opened = replace(
-                opened,
-                outstanding=seen.outstanding_after,
-                outstanding_at_stage_entry=seen.outstanding_after,
-            )
-        else:
+        if seen is not None and seen.at <= event.as_of:
             seen = None
+        opened = _opened_case(
+            event,
+            ctx,
+            outstanding=seen.outstanding_after if seen else event.outstanding,
+            amount_overdue=event.amount_overdue,
+            days_past_due=event.days_past_due,
+            as_of=event.as_of,
+        )
         announced = Decision(
             case=opened,
             effects=(AnnounceCaseOpened(),),
@@ -1604,29 +1621,15 @@ def _open_pre_delinquency(event: m.RiskSignalReceived, ctx: _Ctx) -> Decision:
         observed_at=event.observed_at,
         valid_until=event.valid_until,
     )
-    opened = Case(
-        case_id=ctx.new_id("case"),
-        loan_id=event.loan_id,
-        borrower_id=event.borrower_id,
-        product=event.product,
-        currency=event.currency,
-        stage=Stage.WARNING,
-        status=CaseStatus.OPEN,
-        exit=None,
+    opened = _opened_case(
+        event,
+        ctx,
         outstanding=outstanding,
         amount_overdue=Decimal(0),
         days_past_due=0,
         # No overdue report applied yet: the signal's time stands in (an overdue report
         # for a pre-delinquency case is never stale, see _overdue).
-        last_overdue_as_of=event.observed_at,
-        borrower_time_zone=event.borrower_time_zone,
-        jurisdiction=event.jurisdiction,
-        policy_version=ctx.policy.version,
-        variant=ctx.policy.variant,
-        opened_at=ctx.now,
-        updated_at=ctx.now,
-        stage_entered_at=ctx.now,
-        outstanding_at_stage_entry=outstanding,
+        as_of=event.observed_at,
         pre_delinquency=pre,
     )
     return (
