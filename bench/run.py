@@ -49,7 +49,7 @@ from collections_kit.outbox import waiting_sql
 from scripts import lending
 from scripts import stack as local_stack
 from scripts.infra import create_database, create_topics, delete_topics, drop_database
-from scripts.services import ROOT, Fleet, ServiceProcess
+from scripts.services import DEFAULT_BASE_PORT, ROOT, Fleet, ServiceProcess
 
 RESULTS = ROOT / "bench" / "results"
 POLICY = ROOT / "bench" / "policy-sms-only.toml"
@@ -332,7 +332,7 @@ async def ingest(
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
         log_dir=ROOT / ".cache" / "bench" / run,
-        base_port=18500,
+        base_port=DEFAULT_BASE_PORT + 400,
         replicas={"workflow": replicas},
     )
     workflow = fleet["workflow"]
@@ -492,7 +492,7 @@ async def pipeline(
     loans: int,
     samples: int,
     replicas: dict[str, int] | None = None,
-    base_port: int = 18510,
+    base_port: int = DEFAULT_BASE_PORT + 410,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_pl_{run}", f"benchpl{run}."

@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # uvicorn re-raises SIGTERM once its graceful shutdown is done, so that is a clean exit.
 CLEAN_EXIT = (0, -signal.SIGTERM, None)
 
+# The first HTTP port of a fleet and the SMTP port its notifier sends to, unless its caller
+# names them: movable from the environment, so that a second clone's fleets (a bench next to
+# another checkout's tests) do not take the same ports.
+DEFAULT_BASE_PORT = int(os.environ.get("FLEET_BASE_PORT", "18100"))
+DEFAULT_SMTP_PORT = int(os.environ.get("FLEET_SMTP_PORT", "2525"))
+
 # Which services each process that started a fleet has running: a test killed by pytest's
 # timeout ends its process with os._exit, so no teardown stops its fleet, and the orphans
 # hold their ports for the next run. The next fleet started from this clone reaps them.
@@ -157,8 +163,8 @@ class Fleet:
     kafka_bootstrap: str
     topic_prefix: str
     log_dir: Path
-    base_port: int = 18100
-    smtp_port: int = 2525
+    base_port: int = DEFAULT_BASE_PORT
+    smtp_port: int = DEFAULT_SMTP_PORT
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     members: dict[str, ServiceProcess] = field(default_factory=dict)
