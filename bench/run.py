@@ -11,7 +11,10 @@ Every figure comes from one run on the same broker and database:
   balance check, the ledger confirmation and the notifier's compliance guard;
 - ``suppression_ms``: repayment produced → that loan's pending commands cancelled (the
   cancelling transaction's commit time; when a 2 ms poll saw it is kept as ``observed_*``),
-  under a background load of 20% of the pipeline rate (once the pipeline's tail drained);
+  under a background load of 20% of the pipeline rate (once the pipeline's tail drained),
+  with each sample's hops (``python -m bench.run --only suppression`` runs the pipeline and
+  this phase alone, e.g. with ``BENCH_PIPELINE_LOANS=5000 BENCH_SUPPRESSION_SAMPLES=400
+  BENCH_SUPPRESSION_BACKGROUND=220`` for a fixed background load, in about 80 s);
 - ``scale``: ingest rate with 10k, 100k and 1M existing cases, and each service's peak RSS.
 - ``peer.dbos``: the same loans (fewer of them) through a DBOS Transact peer written the
   way its examples are (bench/peers/dbos; ``python -m bench.run --only peer`` runs it alone).
@@ -493,6 +496,7 @@ async def pipeline(
     samples: int,
     replicas: dict[str, int] | None = None,
     base_port: int = DEFAULT_BASE_PORT + 410,
+    raw: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     run = uuid.uuid4().hex[:8]
     name, prefix = f"bench_pl_{run}", f"benchpl{run}."
@@ -555,7 +559,7 @@ async def pipeline(
             # part of each loan's work, so the counts are taken after it.
             await _quiesce(bootstrap, dsn, prefix)
             after = await work_done(bootstrap, dsn, prefix)
-            suppression = await _suppression(lender, dsn, loans, samples, rate)
+            suppression = await _suppression(lender, dsn, loans, samples, rate, raw)
         finally:
             await p.stop()
         rss = {key: rss_mb(member) for key, member in fleet.members.items()}
@@ -709,7 +713,12 @@ async def _quiesce(bootstrap: str, dsn: str, prefix: str, timeout: float = 600) 
 
 
 async def _suppression(
-    lender: lending.Lender, dsn: str, loans: int, samples: int, pipeline_rate: float
+    lender: lending.Lender,
+    dsn: str,
+    loans: int,
+    samples: int,
+    pipeline_rate: float,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Loans whose commands wait (their borrowers are asleep); then each is repaid."""
     night = zone_at_night()
@@ -731,45 +740,69 @@ async def _suppression(
         f"AND loan_id >= 'P-{loans:07d}'",
         samples,
     )
-    background = _Background(lender, pipeline_rate * 0.2)
+    # BENCH_SUPPRESSION_BACKGROUND: a fixed rate instead (loans/s), so that runs of two
+    # versions compare under the same load when the pipeline's own rate moves with the
+    # machine (`--only suppression`; `make bench` leaves it unset).
+    rate = float(os.environ.get("BENCH_SUPPRESSION_BACKGROUND", "0")) or pipeline_rate * 0.2
+    background = _Background(lender, rate)
     background.start()
-    committed, observed = [], []
+    cpu_started = busy_cpu_s()
+    committed, observed, acked, started, sent = [], [], [], [], []
     conn = await asyncpg.connect(dsn)
     try:
         # The cancellation happens when its transaction commits: PostgreSQL records that
         # moment when track_commit_timestamp is on (scripts/stack.py turns it on; same
         # host, same clock as `produced`). The decision's own timestamp would not do: it
-        # is taken when its transaction starts, before the work.
+        # is taken when its transaction starts, before the work (kept as a hop below).
         stamped = await conn.fetchval("SHOW track_commit_timestamp") == "on"
         for loan in ids:
             produced = datetime.now(UTC)
+            sent.append(produced.timestamp())
             await lender.publish(
                 lending.repayment(loan, Decimal("900.00"), Decimal("0"), currency="GBP")
             )
+            acked.append((datetime.now(UTC) - produced).total_seconds() * 1000)
             # Until the cancellation is visible to another connection: with the 2 ms poll
             # and this process's own scheduling, an upper bound (kept beside the other).
             while (
-                at := await conn.fetchval(
+                row := await conn.fetchrow(
                     "SELECT CASE WHEN $2 THEN pg_xact_commit_timestamp(xmin) "
-                    "ELSE clock_timestamp() END FROM notifier.contact_decisions "
-                    "WHERE loan_id = $1 AND decision = 'cancelled' LIMIT 1",
+                    "ELSE clock_timestamp() END AS done, at FROM notifier.contact_decisions "
+                    "WHERE loan_id = $1 AND decision = 'cancelled' ORDER BY id LIMIT 1",
                     loan,
                     stamped,
                 )
             ) is None:
                 await asyncio.sleep(0.002)
             observed.append((datetime.now(UTC) - produced).total_seconds() * 1000)
-            committed.append((at - produced).total_seconds() * 1000)
+            committed.append((row["done"] - produced).total_seconds() * 1000)
+            started.append((row["at"] - produced).total_seconds() * 1000)
     finally:
+        cpu_us = per_unit_us(cpu_started, busy_cpu_s(), max(background.sent, 1))
         background_rate = await background.stop()
         await conn.close()
     figures = committed if stamped else observed
     return {
         "samples": len(figures),
         "background_loans_per_s": round(background_rate, 1),
+        # The machine's CPU over the phase per background loan (the samples' own work
+        # included): what a change to how the services wait for records costs.
+        "machine_cpu_us_per_background_loan": cpu_us,
         "measured_to": "commit" if stamped else "observed",
         **_percentiles(figures, ""),
         **_percentiles(observed, "observed_"),
+        # Where each sample's time went: the lender's producer acknowledged (linger and
+        # the broker's append), the notifier's cancelling transaction started (its
+        # decision's timestamp: the record fetched, decoded and waiting for the loop), and
+        # that transaction's own time to its commit.
+        "hops": {
+            "acked": _percentiles(acked, ""),
+            "to_tx_start": _percentiles(started, ""),
+            "in_tx": _percentiles([d - s for d, s in zip(figures, started, strict=True)], ""),
+        },
+        # Each sample's (produced as a Unix time, then in ms: acked, tx start, figure), in
+        # order: for `--only suppression`.
+        **({"raw": list(zip(sent, acked, started, figures, strict=True))} if raw else {}),
     }
 
 
@@ -777,6 +810,7 @@ def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
     ordered = sorted(values)
     return {
         f"{prefix}p50": round(statistics.median(ordered), 1),
+        f"{prefix}p90": round(ordered[max(0, int(len(ordered) * 0.9) - 1)], 1),
         f"{prefix}p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
         f"{prefix}max": round(ordered[-1], 1),
     }
@@ -797,6 +831,10 @@ class _Background:
     def start(self) -> None:
         self._started = time.perf_counter()
         self._task = asyncio.create_task(self._run())
+
+    @property
+    def sent(self) -> int:
+        return self._sent
 
     async def stop(self) -> float:
         """Stop; returns the loans per second actually produced."""
@@ -1083,11 +1121,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
         "--only",
-        choices=["peer"],
+        choices=["peer", "suppression"],
         help="run one phase alone (sized by its BENCH_* variables), into results/<phase>.json",
     )
-    if parser.parse_args().only == "peer":
+    only = parser.parse_args().only
+    if only == "peer":
         return only_peer()
+    if only == "suppression":
+        return only_suppression()
     result = asyncio.run(run(Sizes()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
@@ -1112,6 +1153,43 @@ def only_peer() -> int:
     print("| figure | value |\n|---|---|")
     print("\n".join(f"| {k} | {v} |" for k, v in peer_rows(result)))
     print(f"\nwrote {RESULTS / 'peer.json'}")
+    return 0
+
+
+def only_suppression() -> int:
+    """The pipeline and the suppression figure alone (``BENCH_PIPELINE_LOANS``,
+    ``BENCH_SUPPRESSION_SAMPLES``; e.g. 20,000 and 200 for a run of a few minutes), into
+    results/suppression.json with each sample's hops."""
+    local_stack.ensure_up()
+    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    sizes = Sizes()
+    flow, suppression, _ = asyncio.run(
+        pipeline(
+            admin_url,
+            bootstrap,
+            sizes.pipeline_loans,
+            sizes.suppression_samples,
+            sizes.pipeline_replicas,
+            raw=True,
+        )
+    )
+    result = {
+        "measured_at": datetime.now(UTC).isoformat(),
+        "pipeline": flow,
+        "suppression_ms": suppression,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "suppression.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"pipeline: {flow['loans']} loans, {flow['loans_per_s']} loans/s, "
+        f"{flow['machine_cpu_us_per_loan']} us of machine CPU per loan"
+    )
+    print(f"suppression_ms (background {suppression['background_loans_per_s']} loans/s):")
+    figures = {"figure": {k: v for k, v in suppression.items() if k[0] == "p" or k == "max"}}
+    for hop, p in {**figures, **suppression["hops"]}.items():
+        print(f"  {hop:<12} " + " / ".join(f"{k} {v}" for k, v in p.items()))
+    print(f"\nwrote {RESULTS / 'suppression.json'}")
     return 0
 
 
