@@ -1,6 +1,7 @@
-"""Which consumer may let the broker gather records: the notifier's fetches answer at once
-(a repayment must stop contact without waiting), the workflow's and ledger-sync's wait up
-to 100 ms for 64 KB under a trickle. Read from the Kafka consumer each service builds."""
+"""Which consumer may let the broker gather records: the notifier's repayment loop answers
+at once (a repayment must stop contact without waiting); every other loop, the notifier's
+others included, waits up to 100 ms for 64 KB under a trickle. Read from the Kafka consumer
+each service builds."""
 
 from __future__ import annotations
 
@@ -22,21 +23,43 @@ def _fetch(loop: ConsumerLoop) -> tuple[Any, Any]:
     return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms
 
 
+GATHER = (64 * 1024, 100)
+AT_ONCE = (1, 500)
+
+
 @pytest.mark.parametrize(
     ("build", "settings", "expected"),
     [
-        (notifier_boot.build_runtime, NotifierSettings, (1, 500)),
-        (workflow_boot.build_runtime, WorkflowSettings, (64 * 1024, 100)),
-        (ledger_sync_boot.build_runtime, LedgerSyncSettings, (64 * 1024, 100)),
+        # Commands and case events; repayments; checks and confirmations.
+        (notifier_boot.build_runtime, NotifierSettings, [GATHER, AT_ONCE, GATHER]),
+        (workflow_boot.build_runtime, WorkflowSettings, None),
+        (ledger_sync_boot.build_runtime, LedgerSyncSettings, None),
     ],
 )
-async def test_only_the_notifier_answers_fetches_at_once(
-    build: Any, settings: Any, expected: tuple[int, int]
+async def test_only_the_notifier_repayment_loop_answers_fetches_at_once(
+    build: Any, settings: Any, expected: list[tuple[int, int]] | None
 ) -> None:
     runtime = build(settings())
     try:
         assert runtime.loops
-        assert [_fetch(loop) for loop in runtime.loops] == [expected] * len(runtime.loops)
+        wanted = expected or [GATHER] * len(runtime.loops)
+        assert [_fetch(loop) for loop in runtime.loops] == wanted
+    finally:
+        await runtime.producer.stop()
+        await runtime.engine.dispose()
+
+
+async def test_the_notifier_repayment_loop_fetch_is_its_own_setting() -> None:
+    runtime = notifier_boot.build_runtime(
+        NotifierSettings(
+            fetch_min_bytes=1024,
+            fetch_max_wait_ms=50,
+            repayment_fetch_min_bytes=2,
+            repayment_fetch_max_wait_ms=250,
+        )
+    )
+    try:
+        assert [_fetch(loop) for loop in runtime.loops] == [(1024, 50), (2, 250), (1024, 50)]
     finally:
         await runtime.producer.stop()
         await runtime.engine.dispose()

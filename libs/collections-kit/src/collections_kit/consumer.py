@@ -260,8 +260,17 @@ class ConsumerLoop:
         lane: str = "",
         applied_first: tuple[type[Message], ...] = (),
         admit: Callable[[Message], str | None] | None = None,
+        fetch_min_bytes: int | None = None,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         self._settings = settings
+        # How long the broker may hold this loop's fetches (default: the service's
+        # settings): a loop whose records are urgent answers at once while its service's
+        # other loops let records gather (the notifier's repayments).
+        self._fetch_min_bytes = fetch_min_bytes or settings.fetch_min_bytes
+        self._fetch_max_wait_ms = (
+            settings.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
+        )
         # The service's own judgement of a well-formed message: a reason to refuse it as
         # invalid (a jurisdiction it has no policy for), or None.
         self._admit = admit
@@ -295,8 +304,8 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.max_batch,
-            fetch_min_bytes=self._settings.fetch_min_bytes,
-            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            fetch_min_bytes=self._fetch_min_bytes,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
             # Bounded so a poison flood cannot exhaust memory.
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=2 * 1024 * 1024,

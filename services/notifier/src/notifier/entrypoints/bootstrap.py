@@ -197,8 +197,15 @@ def build_runtime(
         batch_handler=handlers.batch,
         on_committed=partial(_wake_for_new_commands, handlers, dispatcher),
     )
-    repayments = loop(REPAYMENT_TOPICS, lane="repayments")
-    confirmations = loop(CONFIRMATION_TOPICS, lane="confirmations")
+    repayments = loop(
+        REPAYMENT_TOPICS,
+        lane="repayments",
+        fetch_min_bytes=settings.repayment_fetch_min_bytes,
+        fetch_max_wait_ms=settings.repayment_fetch_max_wait_ms,
+    )
+    # A poll's checks and answers in one statement per kind (handlers.batch, as when they
+    # travelled with the commands), not a statement per record.
+    confirmations = loop(CONFIRMATION_TOPICS, lane="confirmations", batch_handler=handlers.batch)
     return Runtime(
         settings=settings,
         engine=engine,
