@@ -75,11 +75,21 @@ async def running(runtime: Runtime) -> AsyncIterator[Runtime]:
         await runtime.stop()
 
 
-async def migrate(migrations: Any, url: str, schema: str) -> None:
+async def migrate(migrations: Any, url: str, schema: str, revision: str = "head") -> None:
     from collections_kit.migrate import upgrade
 
     # Alembic's env runs its own event loop; keep it off the test's loop.
-    await asyncio.to_thread(upgrade, migrations, url, schema)
+    await asyncio.to_thread(upgrade, migrations, url, schema, revision)
+
+
+async def downgrade(migrations: Any, url: str, schema: str, revision: str) -> None:
+    """Down to ``revision``: how a migration test checks that the way back keeps the data."""
+    from alembic import command
+
+    from collections_kit.migrate import alembic_config
+
+    config = alembic_config(migrations, url, schema)
+    await asyncio.to_thread(command.downgrade, config, revision)
 
 
 async def mismatched_replays(

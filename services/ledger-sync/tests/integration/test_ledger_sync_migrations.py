@@ -4,7 +4,6 @@ the downgrade writes the view's rows back into the table."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,15 +11,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.db import make_engine
-from collections_kit.migrate import alembic_config, upgrade
 from ledger_sync.adapters.cases import CasesRepository
 from ledger_sync.adapters.repository import LedgerRepository
 from ledger_sync.entrypoints.bootstrap import MIGRATIONS
+from tests.support import downgrade, migrate
 
 SCHEMA = "ledger_sync"
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -28,11 +26,11 @@ T1 = T0 + timedelta(hours=1)
 
 
 async def _migrate(url: str, revision: str) -> None:
-    await asyncio.to_thread(upgrade, MIGRATIONS, url, SCHEMA, revision)
+    await migrate(MIGRATIONS, url, SCHEMA, revision)
 
 
 async def _downgrade(url: str, revision: str) -> None:
-    await asyncio.to_thread(command.downgrade, alembic_config(MIGRATIONS, url, SCHEMA), revision)
+    await downgrade(MIGRATIONS, url, SCHEMA, revision)
 
 
 @pytest.fixture

@@ -5,19 +5,17 @@ downgrade writes the inputs' entries back as rows, in the same order."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit.db import insert_rows, make_engine
-from collections_kit.migrate import alembic_config, upgrade
+from tests.support import downgrade, migrate
 from workflow.adapters.repository import BatchState, CaseRepository
 from workflow.adapters.tables import timeline_rows
 from workflow.domain.model import Case, CaseStatus, TimelineEntry
@@ -29,11 +27,11 @@ T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 async def _migrate(url: str, revision: str) -> None:
-    await asyncio.to_thread(upgrade, MIGRATIONS, url, SCHEMA, revision)
+    await migrate(MIGRATIONS, url, SCHEMA, revision)
 
 
 async def _downgrade(url: str, revision: str) -> None:
-    await asyncio.to_thread(command.downgrade, alembic_config(MIGRATIONS, url, SCHEMA), revision)
+    await downgrade(MIGRATIONS, url, SCHEMA, revision)
 
 
 @pytest.fixture
