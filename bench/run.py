@@ -896,10 +896,24 @@ def chart(scale: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path)
 
 
-async def run(sizes: Sizes) -> dict[str, Any]:
+def _stack() -> tuple[str, str]:
+    """The database server's admin URL and the broker's address, the local stack started if
+    the environment names none."""
     local_stack.ensure_up()
     admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    return admin_url, os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+
+
+def _write(name: str, result: dict[str, Any]) -> Path:
+    """``result`` as ``bench/results/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+async def run(sizes: Sizes) -> dict[str, Any]:
+    admin_url, bootstrap = _stack()
     started = time.perf_counter()
     print("baseline: kafka consume-produce loop ...", flush=True)
     kafka = await baseline_kafka(bootstrap, sizes.baseline_msgs)
@@ -1130,29 +1144,23 @@ def main() -> int:
     if only == "suppression":
         return only_suppression()
     result = asyncio.run(run(Sizes()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    path = _write("latest", result)
     chart(result["scale"]["runs"], RESULTS / "scale.png")
     print(table(result))
-    print(
-        f"\nwrote {RESULTS / 'latest.json'} and {RESULTS / 'scale.png'} in {result['elapsed_s']}s"
-    )
+    print(f"\nwrote {path} and {RESULTS / 'scale.png'} in {result['elapsed_s']}s")
     return 0
 
 
 def only_peer() -> int:
-    local_stack.ensure_up()
-    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    admin_url, bootstrap = _stack()
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
         "peer": {"dbos": asyncio.run(run_peer(admin_url, bootstrap, Sizes()))},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "peer.json").write_text(json.dumps(result, indent=2))
+    path = _write("peer", result)
     print("| figure | value |\n|---|---|")
     print("\n".join(f"| {k} | {v} |" for k, v in peer_rows(result)))
-    print(f"\nwrote {RESULTS / 'peer.json'}")
+    print(f"\nwrote {path}")
     return 0
 
 
@@ -1160,9 +1168,7 @@ def only_suppression() -> int:
     """The pipeline and the suppression figure alone (``BENCH_PIPELINE_LOANS``,
     ``BENCH_SUPPRESSION_SAMPLES``; e.g. 20,000 and 200 for a run of a few minutes), into
     results/suppression.json with each sample's hops."""
-    local_stack.ensure_up()
-    admin_url = os.environ.get("DATABASE_URL", local_stack.DATABASE_URL)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", local_stack.KAFKA_BOOTSTRAP)
+    admin_url, bootstrap = _stack()
     sizes = Sizes()
     flow, suppression, _ = asyncio.run(
         pipeline(
@@ -1179,8 +1185,7 @@ def only_suppression() -> int:
         "pipeline": flow,
         "suppression_ms": suppression,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "suppression.json").write_text(json.dumps(result, indent=2))
+    path = _write("suppression", result)
     print(
         f"pipeline: {flow['loans']} loans, {flow['loans_per_s']} loans/s, "
         f"{flow['machine_cpu_us_per_loan']} us of machine CPU per loan"
@@ -1189,7 +1194,7 @@ def only_suppression() -> int:
     figures = {"figure": {k: v for k, v in suppression.items() if k[0] == "p" or k == "max"}}
     for hop, p in {**figures, **suppression["hops"]}.items():
         print(f"  {hop:<12} " + " / ".join(f"{k} {v}" for k, v in p.items()))
-    print(f"\nwrote {RESULTS / 'suppression.json'}")
+    print(f"\nwrote {path}")
     return 0
 
 
