@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
     SerializerFunctionWrapHandler,
@@ -98,6 +99,19 @@ class InCurrency(BaseModel):
             return handler(self)
         with amounts_in(currency):
             return handler(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema = handler(source)
+        if "currency" not in cls.__pydantic_fields__ and schema.get("type") == "model":
+            # Without a currency of its own the wrap only calls its handler, yet running it
+            # (pydantic-core calling back into Python, then serialising the dict it gets)
+            # was three quarters of a message's model_dump_json. A model nested in one with
+            # a currency still writes its amounts in it: the outer model's wrap sets it.
+            return cast(CoreSchema, {k: v for k, v in schema.items() if k != "serialization"})
+        return schema
 
     @classmethod
     def __get_pydantic_json_schema__(

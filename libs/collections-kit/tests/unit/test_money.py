@@ -87,3 +87,25 @@ def test_messages_and_views_carrying_a_currency_write_their_amounts_in_it() -> N
     assert View.model_json_schema(mode="serialization") == View.model_json_schema()
     # Outside a model that names a currency, an amount is written as it is.
     assert Line(amount=Decimal("3.000000")).model_dump(mode="json") == {"amount": "3.000000"}
+
+
+def test_a_model_without_a_currency_writes_its_amounts_in_its_parents() -> None:
+    """Such a model has no wrap of its own (it cost most of a message's serialisation): a
+    parent with a currency still sets it; alone, its amounts are written as they are."""
+
+    class Instalment(InCurrency):
+        amount: Amount
+
+    class Plan(InCurrency):
+        currency: str
+        instalments: list[Instalment]
+
+    class PricedInstalment(Instalment):
+        currency: str
+
+    plan = Plan(currency="JPY", instalments=[Instalment(amount=Decimal("7.000000"))])
+    assert plan.model_dump_json() == '{"currency":"JPY","instalments":[{"amount":"7"}]}'
+    assert Instalment(amount=Decimal("7.000000")).model_dump_json() == '{"amount":"7.000000"}'
+    # A subclass that adds a currency gets the wrap back.
+    priced = PricedInstalment(amount=Decimal("7.000000"), currency="GBP")
+    assert priced.model_dump(mode="json") == {"amount": "7.00", "currency": "GBP"}
