@@ -38,6 +38,8 @@ def main() -> int:
         f"{flow['loans_per_s']} loans/s, {flow['machine_cpu_us_per_loan']} us of machine CPU "
         "per loan (timings: the machine's, not the figure)"
     )
+    parts: dict[str, float] = flow["cpu_us_per_loan_by_part"]  # type: ignore[assignment]
+    print("  of which: " + ", ".join(f"{part} {us}" for part, us in parts.items()))
     by_table: dict[str, dict[str, float]] = flow["rows_by_table"]  # type: ignore[assignment]
     for name, kinds in by_table.items():
         split = ", ".join(f"{kind} {n}" for kind, n in kinds.items())

@@ -8,7 +8,9 @@ Every figure comes from one run on the same broker and database:
 - ``ingest.events_per_s``: overdue events applied by the workflow (a real process: state
   updated and committed), against 1,000,000 existing cases;
 - ``pipeline.loans_per_s``: loans from overdue event to contact dispatched, through the
-  balance check, the ledger confirmation and the notifier's compliance guard;
+  balance check, the ledger confirmation and the notifier's compliance guard; its machine
+  CPU per loan, and (``cpu_us_per_loan_by_part``) each service's, PostgreSQL's, the
+  broker's and the bench's own, read per process, so less disturbed by other work;
 - ``suppression_ms``: repayment produced → that loan's pending commands cancelled (the
   cancelling transaction's commit time; when a 2 ms poll saw it is kept as ``observed_*``),
   under a background load of 20% of the pipeline rate (once the pipeline's tail drained),
@@ -308,6 +310,40 @@ async def wal_counters(conn: asyncpg.Connection) -> tuple[int, int, int] | None:
     return int(wal["wal_fpi"]), int(wal["wal_bytes"]), int(checkpoints)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has spent, 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(fleet: Fleet) -> dict[str, float]:
+    """CPU seconds spent so far by each part of the pipeline: each service (its replicas
+    added), PostgreSQL (the postmaster and its children: every backend and worker), the
+    broker and this bench process. Processes that ended meanwhile are not counted (a
+    connection closed mid-run), so the parts add up to a little less than the machine's
+    figure; the rest of the machine is that difference, not a part."""
+    pids: dict[str, list[int]] = {}
+    for member in fleet.members.values():
+        if member.process is not None:
+            pids.setdefault(member.name, []).append(member.process.pid)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids["kafka"] = [int(local_stack.KAFKA_PID_FILE.read_text().split()[0])]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        postmaster = int((local_stack.PG_DATA_DIR / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        pids["postgresql"] = [postmaster, *map(int, children)]
+    pids["bench"] = [os.getpid()]
+    return {role: sum(map(process_cpu_s, ps)) for role, ps in pids.items()}
+
+
+def per_part_us(started: dict[str, float], ended: dict[str, float], n: int) -> dict[str, float]:
+    return {role: round((ended[role] - started.get(role, 0.0)) * 1e6 / n, 1) for role in ended if n}
+
+
 def rss_mb(member: ServiceProcess) -> float:
     if member.process is None:
         return 0.0
@@ -535,6 +571,7 @@ async def pipeline(
             )
             before = await work_done(bootstrap, dsn, prefix)
             started, cpu_started = time.perf_counter(), busy_cpu_s()
+            parts_started = cpu_by_part(fleet)
             await lender.publish_many(
                 lending.overdue(
                     f"P-{i:07d}",
@@ -553,6 +590,7 @@ async def pipeline(
             )
             elapsed = time.perf_counter() - started
             cpu_us = per_unit_us(cpu_started, busy_cpu_s(), loans)
+            by_part = per_part_us(parts_started, cpu_by_part(fleet), loans)
             rate = loans / elapsed
             # The pipeline's tail (outcomes relayed and consumed) is not the background
             # load the suppression figure is specified under: let it drain first. It is
@@ -568,6 +606,8 @@ async def pipeline(
                 "loans": loans,
                 "loans_per_s": round(rate, 1),
                 "machine_cpu_us_per_loan": cpu_us,
+                # Where it went: each service, PostgreSQL, the broker, the bench itself.
+                "cpu_us_per_loan_by_part": by_part,
                 "messages_consumed_per_loan": round((after.consumed - before.consumed) / loans, 2),
                 "rows_written_per_loan": round(
                     (after.rows_written - before.rows_written) / loans, 2
@@ -1091,6 +1131,13 @@ def table(r: dict[str, Any]) -> str:
             f"{r['pipeline']['machine_cpu_us_per_loan']}; "
             f"{r['pipeline']['messages_consumed_per_loan']}, "
             f"{r['pipeline']['rows_written_per_loan']}",
+        ),
+        (
+            "pipeline: CPU us per loan by part",
+            ", ".join(
+                f"{part} {us}"
+                for part, us in r["pipeline"].get("cpu_us_per_loan_by_part", {}).items()
+            ),
         ),
         (
             "pipeline: plumbing alone at the baselines' CPU per unit (us per loan; ceiling)",

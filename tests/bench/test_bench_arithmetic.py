@@ -13,8 +13,10 @@ from bench.run import (
     Baseline,
     WorkDone,
     cost_ratio,
+    per_part_us,
     per_unit_us,
     plumbing,
+    process_cpu_s,
     rows_by_table,
     scale_order,
 )
@@ -83,3 +85,23 @@ def test_rows_by_table_splits_each_tables_writes_per_loan() -> None:
         "n.new": {"inserted": 1.0},
     }
     assert after.rows_written - before.rows_written == 700
+
+
+def test_each_part_is_priced_per_loan_from_its_own_processes() -> None:
+    started = {"workflow": 1.0, "postgresql": 2.0}
+    ended = {"workflow": 1.5, "postgresql": 2.25, "bench": 0.1}
+
+    # A part seen only at the end (its process started meanwhile) counts from zero.
+    assert per_part_us(started, ended, 1000) == {
+        "workflow": 500.0,
+        "postgresql": 250.0,
+        "bench": 100.0,
+    }
+    assert per_part_us(started, ended, 0) == {}
+
+
+def test_a_process_cpu_is_read_and_a_gone_one_is_zero() -> None:
+    sum(i * i for i in range(200_000))  # some CPU of our own
+
+    assert process_cpu_s(os.getpid()) > 0
+    assert process_cpu_s(2**22 + 1) == 0.0  # above the kernel's pid limit: no such process
