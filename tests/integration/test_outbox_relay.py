@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import MetaData, func, select, text
+from sqlalchemy import MetaData, event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import contract as c
 from collections_kit import outbox as outbox_module
 from collections_kit.db import make_engine, plumbing_tables
 from collections_kit.envelope import decode
-from collections_kit.outbox import OutboxRelay, Tx, flush, waiting
+from collections_kit.outbox import Along, OutboxRelay, Tx, flush, waiting
 from collections_kit.topics import Topic
 from scripts.infra import read_to_end
 
@@ -237,3 +237,58 @@ async def test_relayed_rows_are_truncated_together_and_ids_go_on(
         ]
     finally:
         await producer.stop()
+
+
+async def test_a_write_along_the_outbox_row_is_one_statement_in_the_order_staged(
+    engine: AsyncEngine,
+) -> None:
+    """``flush(along=...)``: the caller's write runs in the statement that writes the outbox
+    row (one round trip for both), with every message staged so far; what is staged after
+    goes in the next row, after it. With nothing staged the write still runs, alone. A
+    transaction that does not know its outbox says so rather than lose the write."""
+    now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE notes (n int NOT NULL)")
+    statements: list[str] = []
+
+    def on_execute(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    def cancelled(n: int) -> c.ContactCancelled:
+        return c.ContactCancelled(
+            loan_id="L-1", command_id=f"cmd-{n}", reason="repaid", cancelled_at=now
+        )
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        async with engine.begin() as conn:
+            tx = Tx(
+                conn=conn,
+                now=now,
+                source="relay-test",
+                topic_prefix="",
+                outbox=outbox,
+                schema=SCHEMA,
+            )
+            tx.publish(cancelled(1), event_id="e-1", subject="L-1")
+            tx.publish(cancelled(2), event_id="e-2", subject="L-1")
+            statements.clear()
+            noted = "noted AS (INSERT INTO notes SELECT n FROM unnest($1::int[]) AS n)"
+            assert await flush(tx, along=Along(noted, [1, 2])) == 2
+            assert len(statements) == 1
+            tx.publish(cancelled(3), event_id="e-3", subject="L-1")
+            assert await flush(tx) == 1
+            assert await flush(tx, along=Along(noted, [3])) == 0
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(outbox.c.payloads).order_by(outbox.c.id))).all()
+        ids = [
+            [c.ContactCancelled.model_validate_json(p).command_id for p in r.payloads] for r in rows
+        ]
+        assert ids == [["cmd-1", "cmd-2"], ["cmd-3"]]
+        assert sorted((await conn.exec_driver_sql("SELECT n FROM notes")).scalars()) == [1, 2, 3]
+        alone = Tx(conn=conn, now=now, source="relay-test", topic_prefix="")
+        alone.publish(cancelled(4), event_id="e-4", subject="L-1")
+        with pytest.raises(ValueError, match="does not know its outbox"):
+            await flush(alone, along=Along(noted, [4]))

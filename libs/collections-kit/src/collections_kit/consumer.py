@@ -657,6 +657,8 @@ class ConsumerLoop:
                 now=self._clock.now(),
                 source=self._settings.service_name,
                 topic_prefix=self._settings.topic_prefix,
+                outbox=self._outbox,
+                schema=self._schema,
             )
             fresh, claimed = await self._claim(tx, items)
             batch: list[Envelope] = []
@@ -699,7 +701,7 @@ class ConsumerLoop:
             if batch:
                 assert self._batch_handler is not None
                 await self._batch_handler(tx, batch)
-            await flush(tx, self._outbox, self._schema)
+            await flush(tx)
         for (topic, outcome), n in outcomes.items():
             metrics.MESSAGES_CONSUMED.labels(self._group, topic, outcome).inc(n)
 

@@ -247,8 +247,10 @@ def plumbing_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("dead_lettered", Boolean, nullable=False, server_default=false()),
         PrimaryKeyConstraint("consumer", "event_id"),
     )
-    # One row per transaction: its messages in the order staged, the n-th message being the
-    # n-th element of each array (``header_sets``: a JSON array of each one's header pairs).
+    # One row per flush (a transaction's messages; two rows when a handler wrote its own
+    # change along with those staged before it): in the order staged, the n-th message being
+    # the n-th element of each array (``header_sets``: a JSON array of each one's header
+    # pairs).
     outbox = Table(
         "outbox",
         metadata,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import Span
 from sqlalchemy import Table, func, select, text
@@ -103,6 +105,18 @@ def notify_channel(schema: str) -> str:
     return f"outbox_{schema}"
 
 
+@dataclass(frozen=True)
+class Along:
+    """A caller's own write, run in the statement that writes the outbox row (one round trip
+    for both): one or more data-modifying CTEs (``name AS (...)``, comma-separated, none
+    named ``written``) whose only parameter is ``$1``, and the value of ``$1``. (A
+    data-modifying WITH must be at a statement's top level, so the caller's are spelled out
+    as CTEs rather than given as one nested statement.)"""
+
+    sql: str
+    param: Any
+
+
 @dataclass
 class Tx:
     """One unit of work: a database transaction plus the messages it will publish."""
@@ -116,6 +130,11 @@ class Tx:
     # subject (loan id) -> the span of the consumed message about it (set by the consumer),
     # so a message staged by a batch handler continues the trace of the one that caused it.
     causes: dict[str, Span] = field(default_factory=dict)
+    # Where the staged messages are written (the outbox table and the schema whose relays
+    # are woken), for a handler that writes its last change together with them
+    # (``flush(tx, along=...)``); set by the consumer loop and the unit of work.
+    outbox: Table | None = None
+    schema: str = ""
 
     def publish(
         self,
@@ -148,28 +167,64 @@ class Tx:
         )
 
 
-async def flush(tx: Tx, outbox: Table, schema: str) -> int:
+async def flush(
+    tx: Tx, outbox: Table | None = None, schema: str | None = None, *, along: Along | None = None
+) -> int:
     """Write the staged messages as one row (a row per message was a third of the outbox's
     writes per loan, and the workflow's batches stage hundreds) and wake the relays, in one
-    statement (the notification is delivered at commit)."""
+    statement (the notification is delivered at commit). ``outbox`` and ``schema`` (given
+    together) default to the transaction's own.
+
+    ``along``: a write of the caller's that rides the same statement, run whether or not
+    messages are staged (a notifier's cancellation: decisions and their outcomes in one
+    round trip). Everything staged so far is written with it; what is staged later goes in
+    the next flush's row, after it, so the order on the wire is kept.
+
+    Plain SQL, prepared once per connection: no SQL expression built (and cache-keyed) per
+    transaction."""
+    if not tx.staged and along is None:
+        return 0
+    if outbox is None:
+        outbox, schema = tx.outbox, tx.schema
+    if outbox is None or not schema:
+        raise ValueError("flush: this unit of work does not know its outbox")
     if not tx.staged:
+        assert along is not None
+        await tx.conn.exec_driver_sql(f"WITH {along.sql} SELECT 1", (along.param,))
         return 0
     staged = tx.staged
-    written = (
-        insert(outbox)
-        .values(
-            topics=[m["topic"] for m in staged],
-            keys=[m["key"] for m in staged],
-            payloads=[m["value"] for m in staged],
-            header_sets=[m["headers"] for m in staged],
-        )
-        .cte("written")
+    row = (
+        [m["topic"] for m in staged],
+        [m["key"] for m in staged],
+        [m["value"] for m in staged],
+        orjson.dumps([m["headers"] for m in staged]).decode(),
+        notify_channel(schema),
     )
-    # A data-modifying WITH runs to completion whether or not it is read.
-    await tx.conn.execute(select(func.pg_notify(notify_channel(schema), "")).add_cte(written))
+    params = row if along is None else (along.param, *row)
+    await tx.conn.exec_driver_sql(
+        _flush_sql(_qualified(outbox), along.sql if along is not None else None), params
+    )
     count = len(staged)
     tx.staged.clear()
     return count
+
+
+@functools.lru_cache(maxsize=64)
+def _flush_sql(table: str, along: str | None) -> str:
+    """The outbox row written and the relays woken (after ``along``'s CTEs, which take
+    ``$1``, if there are any)."""
+    p = [f"${i}" for i in range(2 if along else 1, 7)]
+    ctes = [along] if along else []
+    # A data-modifying WITH runs to completion whether or not it is read.
+    ctes.append(
+        f"written AS (INSERT INTO {table} (topics, keys, payloads, header_sets) "
+        f"VALUES ({p[0]}::text[], {p[1]}::bytea[], {p[2]}::bytea[], {p[3]}::text::jsonb))"
+    )
+    return f"WITH {', '.join(ctes)} SELECT pg_notify({p[4]}, '')"
+
+
+def _qualified(table: Table) -> str:
+    return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
 
 
 class OutboxRelay:
@@ -207,7 +262,7 @@ class OutboxRelay:
         )
         self._measured_at = 0.0
         self._relayed = relayed_table(outbox)
-        self._qualified = f'"{outbox.schema}".{outbox.name}' if outbox.schema else outbox.name
+        self._qualified = _qualified(outbox)
         # The highest id known to be final (every lower one committed or rolled back), and
         # the gap the relay is stopped at, with when it was first seen.
         self._settled = 0

@@ -100,6 +100,8 @@ class SqlUnitOfWork:
                 source=self._settings.service_name,
                 topic_prefix=self._settings.topic_prefix,
                 actor=self._actor,
+                outbox=self._outbox,
+                schema=self._settings.db_schema,
             )
             self.bind(conn)
         except BaseException:
@@ -122,7 +124,7 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         conn = self._connection()
-        await flush(self.tx, self._outbox, self._settings.db_schema)
+        await flush(self.tx)
         await conn.commit()
 
     async def rollback(self) -> None:
