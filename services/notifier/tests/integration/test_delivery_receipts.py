@@ -66,7 +66,14 @@ class Notifier:
         )
         routes = NotifierHandlers(DispatchPolicy()).routes()
         async with self.runtime.engine.begin() as conn:
-            tx = Tx(conn=conn, now=NOW, source="test", topic_prefix="")
+            tx = Tx(
+                conn=conn,
+                now=NOW,
+                source="test",
+                topic_prefix="",
+                outbox=outbox,
+                schema="notifier",
+            )
             await routes[c.ContactCommand](
                 tx,
                 Envelope(
@@ -78,7 +85,7 @@ class Notifier:
                     data=data,
                 ),
             )
-            await flush(tx, outbox, "notifier")
+            await flush(tx)
 
     async def attempt(self, command_id: str) -> tuple[str, str, str | None]:
         async with self.runtime.engine.connect() as conn:

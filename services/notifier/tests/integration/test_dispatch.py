@@ -10,11 +10,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import event, func, select, text
@@ -23,16 +24,19 @@ from collections_kit import contract as c
 from collections_kit import metrics
 from collections_kit.auth import dev_headers
 from collections_kit.clock import FixedClock
+from collections_kit.db import asyncpg_dsn
 from collections_kit.envelope import Envelope
 from collections_kit.outbox import Tx, flush
 from collections_kit.runtime import Runtime
 from collections_kit.topics import Topic
 from notifier.adapters.recording import open_recorded
+from notifier.adapters.repository import DecisionRecord, DispatchRepository
 from notifier.adapters.tables import dispatches, outbox, recorded_sends
 from notifier.app.dispatcher import Dispatcher, _Sent
-from notifier.app.handlers import NotifierHandlers
+from notifier.app.handlers import NotifierHandlers, to_request
 from notifier.app.ports import Delivery, OutgoingMessage, SendError
 from notifier.domain.in_doubt import Found, NotFound
+from notifier.domain.model import DispatchStatus, Repayment
 from notifier.domain.policy import DispatchPolicy
 from notifier.entrypoints import bootstrap
 from notifier.settings import NotifierSettings
@@ -65,7 +69,14 @@ class Notifier:
         """Run the handler as the consumer loop would: one transaction, outbox flushed."""
         routes = (handlers or NotifierHandlers(DispatchPolicy())).routes()
         async with self.runtime.engine.begin() as conn:
-            tx = Tx(conn=conn, now=self.clock.now(), source="test", topic_prefix="")
+            tx = Tx(
+                conn=conn,
+                now=self.clock.now(),
+                source="test",
+                topic_prefix="",
+                outbox=outbox,
+                schema="notifier",
+            )
             subject = str(getattr(message, "loan_id", ""))
             await routes[type(message)](
                 tx,
@@ -78,7 +89,7 @@ class Notifier:
                     data=message,
                 ),
             )
-            await flush(tx, outbox, "notifier")
+            await flush(tx)
 
     async def outcomes(self) -> list[c.ContactOutcome]:
         async with self.runtime.engine.connect() as conn:
@@ -405,6 +416,243 @@ async def test_a_repayment_is_handled_by_a_loop_of_its_own_that_cancels_waiting_
     assert [await notifier.status(x) for x in ("C1", "C2")] == ["cancelled", "pending"]
     async with notifier.runtime.engine.connect() as conn:
         assert (await conn.execute(_CLAIMED)).scalars().all() == ["pay-1"]
+
+
+def repaid(loan_id: str, repayment_id: str, **changes: Any) -> c.RepaymentReceived:
+    fields: dict[str, Any] = {
+        "repayment_id": repayment_id,
+        "loan_id": loan_id,
+        "currency": "CNY",
+        "amount": Decimal("10"),
+        "outstanding_balance_after": Decimal("0"),
+        "received_at": NOW,
+    }
+    fields.update(changes)
+    return c.RepaymentReceived(**fields)
+
+
+async def test_a_repayment_poll_is_four_statements_and_one_event_id_has_one_effect(
+    notifier: Notifier,
+) -> None:
+    """The repayment loop's transaction, on the path of every suppression: the inbox's
+    locks and claim, the repayment stored with the loan's waiting commands read and locked,
+    and the decisions written with the outbox row that announces them. Each waiting command
+    is cancelled, audited and announced as one at a time would; the same event id again
+    changes nothing, and with another payload it is dead-lettered."""
+    await notifier.deliver(command("C1", "L1"), "cmd-1")
+    await notifier.deliver(command("C2", "L1", issued_at=NOW - timedelta(minutes=5)), "cmd-2")
+    await notifier.deliver(command("C3", "L2"), "cmd-3")
+    _, repayments, _ = notifier.runtime.loops
+    statements: list[str] = []
+
+    def on_execute(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = notifier.runtime.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        await repayments._handle_poll(
+            poll_of([lending.record_for(repaid("L1", "R1"), event_id="pay-1")])
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+    assert len(statements) == 4, statements
+    assert [await notifier.status(x) for x in ("C1", "C2", "C3")] == [
+        "cancelled",
+        "cancelled",
+        "pending",
+    ]
+    # In the order the commands were issued, each event id derived from the repayment's.
+    outcomes = await notifier.outcomes()
+    assert [(o.command_id, o.outcome, o.reason, o.rule) for o in outcomes] == [
+        ("C2", "cancelled", "repaid_after_confirmation", "repayment_recheck"),
+        ("C1", "cancelled", "repaid_after_confirmation", "repayment_recheck"),
+    ]
+    async with notifier.runtime.engine.connect() as conn:
+        decided = (
+            await conn.execute(
+                text(
+                    "SELECT d.command_id, d.seq, d.loan_id, d.channel, d.recipient, d.decision,"
+                    " d.reason, d.rule, d.policy_version, d.at, d.due_at,"
+                    " p.status, p.decision_seq, p.reason AS p_reason, p.rule AS p_rule,"
+                    " p.updated_at FROM contact_decisions d"
+                    " JOIN dispatches p USING (command_id) ORDER BY d.id"
+                )
+            )
+        ).all()
+    policy = DispatchPolicy().version
+    expected = ("cancelled", "repaid_after_confirmation", "repayment_recheck", policy, NOW)
+    assert [tuple(r) for r in decided] == [
+        (x, 1, "L1", "email", "debtor", *expected, None, "cancelled", 1, *expected[1:3], NOW)
+        for x in ("C2", "C1")
+    ]
+
+    await repayments._handle_poll(
+        poll_of([lending.record_for(repaid("L1", "R1"), event_id="pay-1")])
+    )
+    other = repaid("L1", "R1", amount=Decimal("20"))
+    await repayments._handle_poll(poll_of([lending.record_for(other, event_id="pay-1")]))
+    async with notifier.runtime.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM contact_decisions")) == 2
+        topics = (await conn.execute(text("SELECT unnest(topics) FROM outbox"))).scalars()
+        assert sorted(topics) == sorted([Topic.CONTACT_OUTCOMES.value] * 2 + [Topic.DLQ.value])
+
+
+async def test_a_repayment_is_stored_with_the_loans_waiting_commands_read_and_locked(
+    notifier: Notifier, database_url: str
+) -> None:
+    """``record_repayment``: one statement stores the repayment (completing a reversal seen
+    first, never moving the moment it was received) and returns the loan's commands not
+    yet handed to a channel, in the order issued, locked against the dispatcher until the
+    transaction ends; nothing else is returned or locked."""
+    await notifier.deliver(command("C1", "L1"), "cmd-1")
+    await notifier.deliver(command("C2", "L1", issued_at=NOW - timedelta(minutes=5)), "cmd-2")
+    await notifier.deliver(command("C3", "L1"), "cmd-3")
+    await notifier.deliver(command("C4", "L2"), "cmd-4")
+    async with notifier.runtime.engine.begin() as conn:
+        await conn.execute(
+            dispatches.update().where(dispatches.c.command_id == "C3").values(status="sent")
+        )
+        await conn.execute(
+            dispatches.update().where(dispatches.c.command_id == "C1").values(status="deferred")
+        )
+    await notifier.deliver(
+        c.RepaymentReversed(
+            repayment_id="R1",
+            loan_id="L1",
+            currency="CNY",
+            amount=Decimal("10"),
+            outstanding_balance_after=Decimal("1000"),
+            reversed_at=NOW,
+        ),
+        "rev-1",
+    )
+    received = NOW - timedelta(minutes=2)
+    other = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with notifier.runtime.engine.begin() as conn:
+            repo = DispatchRepository(conn)
+            repayment, waiting = await repo.record_repayment(
+                repayment_id="R1",
+                loan_id="L1",
+                currency="CNY",
+                amount=Decimal("10"),
+                received_at=received,
+                now=NOW,
+            )
+            assert repayment == Repayment("R1", received, True)
+            assert [(d.command_id, d.status.value) for d in waiting] == [
+                ("C2", "pending"),
+                ("C1", "deferred"),
+            ]
+            assert waiting[1].request == to_request(command("C1", "L1"))
+            async with other.transaction():
+                for command_id, locked in (
+                    ("C1", True),
+                    ("C2", True),
+                    ("C3", False),
+                    ("C4", False),
+                ):
+                    lock = (
+                        "SELECT 1 FROM notifier.dispatches WHERE command_id = $1 FOR UPDATE NOWAIT"
+                    )
+                    if locked:
+                        with pytest.raises(asyncpg.LockNotAvailableError):
+                            async with other.transaction():
+                                await other.execute(lock, command_id)
+                    else:
+                        async with other.transaction():
+                            await other.execute(lock, command_id)
+            # Nothing waits for L2's repayment once its command is gone; a replay of L1's
+            # keeps the first moment received.
+            assert (
+                await repo.record_repayment(
+                    repayment_id="R1",
+                    loan_id="L1",
+                    currency="CNY",
+                    amount=Decimal("10"),
+                    received_at=NOW,
+                    now=NOW,
+                )
+            )[0] == Repayment("R1", received, True)
+            await conn.execute(
+                dispatches.update().where(dispatches.c.command_id == "C4").values(status="sent")
+            )
+            assert await repo.record_repayment(
+                repayment_id="R2",
+                loan_id="L2",
+                currency="CNY",
+                amount=Decimal("10"),
+                received_at=NOW,
+                now=NOW,
+            ) == (Repayment("R2", NOW, False), [])
+    finally:
+        await other.close()
+
+
+async def test_decisions_along_the_outbox_row_are_the_rows_record_writes(
+    notifier: Notifier,
+) -> None:
+    """``DispatchRepository.decisions`` (run along the outbox row) leaves each dispatch and
+    its audit trail exactly as ``record`` does, with or without a due time; a dispatch in
+    flight is refused (its attempt would need settling)."""
+    for n in range(4):
+        await notifier.deliver(command(f"C{n}", f"L{n}"), f"cmd-{n}")
+    later = NOW + timedelta(hours=3)
+    async with notifier.runtime.engine.begin() as conn:
+        repo = DispatchRepository(conn)
+        tx = Tx(
+            conn=conn,
+            now=NOW,
+            source="test",
+            topic_prefix="",
+            outbox=outbox,
+            schema="notifier",
+        )
+        found = {d.command_id: d for n in range(4) for d in await repo.cancellable(f"L{n}")}
+
+        def decision(command_id: str, due_at: datetime | None) -> DecisionRecord:
+            return DecisionRecord(
+                dispatch=found[command_id],
+                decision="deferred" if due_at else "cancelled",
+                reason="r",
+                rule="x.y",
+                policy_version="p1",
+                at=NOW,
+                due_at=due_at,
+            )
+
+        await repo.record(decision("C0", None), status=DispatchStatus.CANCELLED)
+        await repo.record(decision("C1", later), status=DispatchStatus.DEFERRED)
+        await flush(
+            tx, along=repo.decisions([decision("C2", None)], status=DispatchStatus.CANCELLED)
+        )
+        await flush(
+            tx, along=repo.decisions([decision("C3", later)], status=DispatchStatus.DEFERRED)
+        )
+        sending = replace(found["C0"], status=DispatchStatus.SENDING)
+        with pytest.raises(ValueError, match="in flight"):
+            repo.decisions(
+                [replace(decision("C0", None), dispatch=sending)], status=DispatchStatus.CANCELLED
+            )
+    async with notifier.runtime.engine.connect() as conn:
+        rows = {
+            r.command_id: r
+            for r in await conn.execute(
+                text(
+                    "SELECT p.command_id, p.status, p.due_at AS p_due_at, p.decision_seq,"
+                    " p.reason AS p_reason, p.rule AS p_rule, p.updated_at, p.last_error,"
+                    " d.seq, d.channel, d.recipient, d.decision, d.reason, d.rule,"
+                    " d.policy_version, d.at, d.due_at"
+                    " FROM dispatches p JOIN contact_decisions d USING (command_id)"
+                )
+            )
+        }
+    assert len(rows) == 4
+    for one_by_one, along in (("C0", "C2"), ("C1", "C3")):
+        assert tuple(rows[one_by_one])[1:] == tuple(rows[along])[1:]
+    assert rows["C3"].p_due_at == later
+    assert rows["C2"].status == "cancelled"
 
 
 async def test_a_case_event_the_notifier_has_no_use_for_is_neither_claimed_nor_committed(

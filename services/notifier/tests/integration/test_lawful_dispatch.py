@@ -106,7 +106,14 @@ def dispatcher_of(runtime: Runtime) -> Dispatcher:
 async def deliver(runtime: Runtime, clock: FixedClock, message: c.Message, event_id: str) -> None:
     routes = NotifierHandlers(DispatchPolicy()).routes()
     async with runtime.engine.begin() as conn:
-        tx = Tx(conn=conn, now=clock.now(), source="test", topic_prefix="")
+        tx = Tx(
+            conn=conn,
+            now=clock.now(),
+            source="test",
+            topic_prefix="",
+            outbox=outbox,
+            schema="notifier",
+        )
         await routes[type(message)](
             tx,
             Envelope(
@@ -118,7 +125,7 @@ async def deliver(runtime: Runtime, clock: FixedClock, message: c.Message, event
                 data=message,
             ),
         )
-        await flush(tx, outbox, "notifier")
+        await flush(tx)
 
 
 async def outcomes(runtime: Runtime) -> list[c.ContactOutcome]:

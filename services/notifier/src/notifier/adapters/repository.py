@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.db import any_of, insert_rows, on_conflict_update, update_rows
+from collections_kit.outbox import Along
 from collections_kit.pii import KeyRing, PiiError
 from collections_kit.vocabulary import CHANNELS
 from notifier.adapters.tables import (
@@ -62,6 +64,53 @@ _OPEN = [s.value for s in OPEN_STATUSES]
 _ATTEMPT_RESTART = on_conflict_update(
     "command_id", ("result", "attempted_at", "settles_by", "number_key", "updated_at")
 )
+# A repayment stored (a reversal seen first left a row without received_at: completed, its
+# reversed_at kept) and the loan's commands not yet handed to a channel read and locked
+# against the dispatcher, as ``cancellable`` does, in one statement: the read shares the
+# insert's snapshot, as a statement after it had the same view, since it touches no
+# repayment. One row when none waits (the dispatch columns NULL). Plain SQL, prepared once
+# per connection: no SQL expression built per repayment.
+_REPAID_AND_WAITING = f"""
+    WITH paid AS (
+        INSERT INTO repayments AS p
+            (repayment_id, loan_id, currency, amount, received_at, reversed_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, NULL, $6)
+        ON CONFLICT (repayment_id) DO UPDATE
+            SET received_at = coalesce(p.received_at, EXCLUDED.received_at),
+                updated_at = EXCLUDED.updated_at
+        RETURNING p.received_at, p.reversed_at)
+    SELECT paid.received_at AS repaid_at, paid.reversed_at AS repaid_reversed_at, w.*
+    FROM paid LEFT JOIN (
+        SELECT * FROM dispatches
+        WHERE loan_id = $2
+          AND status IN ({", ".join(f"'{s.value}'" for s in CANCELLABLE_STATUSES)})
+        ORDER BY issued_at, command_id
+        FOR UPDATE) AS w ON true
+    ORDER BY w.issued_at, w.command_id
+    """
+
+# Decisions on dispatches not ``sending`` (no attempt to settle), as ``record`` writes each:
+# the audit rows appended and the dispatches' new state, for a JSON array of
+# [command id, seq, loan, channel, recipient, decision, reason, rule, policy version, at,
+# due at, status] in ``$1``, the audit rows numbered in the array's order. As CTEs, to ride
+# the outbox row's statement (``decisions``).
+_DECISIONS = """
+    decided AS (
+        INSERT INTO contact_decisions (command_id, seq, loan_id, channel, recipient, decision,
+                                       reason, rule, policy_version, at, due_at)
+        SELECT e->>0, (e->>1)::int, e->>2, e->>3, e->>4, e->>5, e->>6, e->>7, e->>8,
+               (e->>9)::timestamptz, (e->>10)::timestamptz
+        FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
+        ORDER BY n),
+    applied AS (
+        UPDATE dispatches AS d
+        SET status = e->>11, decision_seq = (e->>1)::int, reason = e->>6, rule = e->>7,
+            updated_at = (e->>9)::timestamptz,
+            due_at = coalesce((e->>10)::timestamptz, d.due_at)
+        FROM jsonb_array_elements($1::text::jsonb) AS e
+        WHERE d.command_id = e->>0)
+    """
+
 # First key of the two-key advisory locks on people and numbers (a space of its own).
 _CONTACT_LOCK_NS = 0x4E54
 
@@ -384,32 +433,18 @@ class DispatchRepository:
         amount: object,
         received_at: datetime,
         now: datetime,
-    ) -> Repayment:
-        """Store a receipt; returns the repayment as now known (a reversal may precede it)."""
-        stmt = pg_insert(repayments).values(
-            repayment_id=repayment_id,
-            loan_id=loan_id,
-            currency=currency,
-            amount=amount,
-            received_at=received_at,
-            reversed_at=None,
-            updated_at=now,
+    ) -> tuple[Repayment, list[Dispatch]]:
+        """Store a receipt; returns the repayment as now known (a reversal may precede it)
+        and the loan's commands not yet handed to a channel, locked against the dispatcher
+        (as ``cancellable``), in one round trip: on the path of every suppression."""
+        result = await self._conn.exec_driver_sql(
+            _REPAID_AND_WAITING,
+            (repayment_id, loan_id, currency, amount, received_at, now),
         )
-        # A reversal seen first left a row without received_at: complete it, keep reversed_at.
-        row = (
-            await self._conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[repayments.c.repayment_id],
-                    set_={
-                        "received_at": func.coalesce(
-                            repayments.c.received_at, stmt.excluded.received_at
-                        ),
-                        "updated_at": stmt.excluded.updated_at,
-                    },
-                ).returning(repayments.c.received_at, repayments.c.reversed_at)
-            )
-        ).one()
-        return Repayment(repayment_id, row.received_at, row.reversed_at is not None)
+        rows = result.all()
+        head = rows[0]
+        repayment = Repayment(repayment_id, head.repaid_at, head.repaid_reversed_at is not None)
+        return repayment, [_dispatch(row) for row in rows if row.command_id is not None]
 
     async def reverse_repayment(
         self,
@@ -1075,6 +1110,36 @@ class DispatchRepository:
             .add_cte(applied)
         )
         return seq
+
+    @staticmethod
+    def decisions(records: Sequence[DecisionRecord], *, status: DispatchStatus) -> Along:
+        """``record`` for each of ``records`` (each dispatch's next decision; none of them
+        ``sending``), as a write to run along the outbox row's (``collections_kit.outbox.
+        flush``): one statement for the decisions and the messages that announce them."""
+        if any(r.dispatch.status is DispatchStatus.SENDING for r in records):
+            raise ValueError("decisions: a dispatch in flight has an attempt to settle")
+        return Along(
+            _DECISIONS,
+            orjson.dumps(
+                [
+                    [
+                        r.dispatch.command_id,
+                        r.dispatch.decision_seq + 1,
+                        r.dispatch.request.loan_id,
+                        r.dispatch.request.channel,
+                        r.dispatch.request.recipient,
+                        r.decision,
+                        r.reason,
+                        r.rule,
+                        r.policy_version,
+                        r.at,
+                        r.due_at,
+                        status.value,
+                    ]
+                    for r in records
+                ]
+            ).decode(),
+        )
 
     async def next_due(self) -> datetime | None:
         due: datetime | None = await self._conn.scalar(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from collections_kit import contract as c
 from collections_kit.clock import derived_id
-from collections_kit.outbox import Tx
+from collections_kit.outbox import Tx, flush
 from notifier.adapters.repository import DecisionRecord, DispatchRepository
 from notifier.app.ports import SentRecords
 from notifier.domain.model import DeliveryStatus, Dispatch, DispatchStatus, Outcome
@@ -61,6 +61,46 @@ async def record_decision(
         else derived_id(dispatch.command_id, f"decision/{seq}")
     )
     _announce(tx, dispatch, outcome, reason, rule, event_id)
+
+
+async def record_cancellations(
+    tx: Tx,
+    repo: DispatchRepository,
+    dispatches: Sequence[Dispatch],
+    *,
+    reason: str,
+    rule: str,
+    policy_version: str,
+    cause_id: str,
+) -> None:
+    """``record_decision(outcome="cancelled", cause_id=...)`` for each of ``dispatches``
+    (none of them in flight): the same rows and the same events (ids included), the
+    decisions written in the statement that writes the outbox row announcing them (with
+    whatever else the transaction has staged so far). Cancelling is on the path of every
+    suppression; one round trip for both instead of one per decision and one for the row."""
+    if not dispatches:
+        return
+    for dispatch in dispatches:
+        _announce(
+            tx,
+            dispatch,
+            "cancelled",
+            reason,
+            rule,
+            derived_id(cause_id, f"outcome/{dispatch.command_id}"),
+        )
+    records = [
+        DecisionRecord(
+            dispatch=dispatch,
+            decision="cancelled",
+            reason=reason,
+            rule=rule,
+            policy_version=policy_version,
+            at=tx.now,
+        )
+        for dispatch in dispatches
+    ]
+    await flush(tx, along=repo.decisions(records, status=DispatchStatus.CANCELLED))
 
 
 def _announce(

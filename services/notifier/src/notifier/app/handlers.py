@@ -17,7 +17,7 @@ from collections_kit.outbox import Tx
 from notifier.adapters.agency_placements import AgencyPlacementRepository
 from notifier.adapters.permits import PermitRepository
 from notifier.adapters.repository import DispatchRepository
-from notifier.app.audit import record_decision
+from notifier.app.audit import record_cancellations
 from notifier.domain.decide import (
     REPAID_AFTER_CONFIRMATION,
     RULE_CANCELLATION,
@@ -26,7 +26,7 @@ from notifier.domain.decide import (
     RULE_RECHECK,
     voids_confirmation,
 )
-from notifier.domain.model import Cancellation, Closure, ContactRequest
+from notifier.domain.model import Cancellation, Closure, ContactRequest, Dispatch
 from notifier.domain.permits import CheckAnswered, CheckRequested, LedgerConfirmation
 from notifier.domain.policy import DispatchPolicy
 
@@ -150,11 +150,11 @@ class NotifierHandlers:
         # Remembered first, so a command issued before it but arriving after it is also
         # stopped (the dispatcher checks the mark before anything else).
         await repo.remember_cancellation(data.loan_id, cancellation, now=tx.now)
-        await self._cancel_waiting(
+        await self._cancel(
             tx,
-            repo,
             env,
             data.loan_id,
+            await repo.cancellable(data.loan_id),
             cancellation.covers,
             reason=data.reason,
             rule=RULE_CANCELLATION,
@@ -173,7 +173,8 @@ class NotifierHandlers:
         data = env.data
         assert isinstance(data, c.RepaymentReceived)
         repo = DispatchRepository(tx.conn)
-        repayment = await repo.record_repayment(
+        # The loan's waiting commands come back with the stored repayment (one round trip).
+        repayment, waiting = await repo.record_repayment(
             repayment_id=data.repayment_id,
             loan_id=data.loan_id,
             currency=data.currency,
@@ -181,11 +182,11 @@ class NotifierHandlers:
             received_at=data.received_at,
             now=tx.now,
         )
-        await self._cancel_waiting(
+        await self._cancel(
             tx,
-            repo,
             env,
             data.loan_id,
+            waiting,
             lambda request: voids_confirmation(repayment, request, self._policy),
             reason=REPAID_AFTER_CONFIRMATION,
             rule=RULE_RECHECK,
@@ -225,11 +226,11 @@ class NotifierHandlers:
             now=tx.now,
         )
         at = max(tx.now, data.held_at)
-        await self._cancel_waiting(
+        await self._cancel(
             tx,
-            repo,
             env,
             data.loan_id,
+            await repo.cancellable(data.loan_id),
             lambda request: hold.covers(request, at),
             reason=f"case_held_{data.kind}",
             rule=RULE_HOLD,
@@ -316,11 +317,11 @@ class NotifierHandlers:
             closed_at=data.closed_at,
         )
         closure = Closure(data.outcome, data.closed_at)
-        await self._cancel_waiting(
+        await self._cancel(
             tx,
-            repo,
             env,
             data.loan_id,
+            await repo.cancellable(data.loan_id),
             closure.covers,
             reason=f"case_closed_{data.outcome}",
             rule=RULE_CLOSED,
@@ -328,12 +329,12 @@ class NotifierHandlers:
             detail={"outcome": data.outcome},
         )
 
-    async def _cancel_waiting(
+    async def _cancel(
         self,
         tx: Tx,
-        repo: DispatchRepository,
         env: Envelope,
         loan_id: str,
+        waiting: list[Dispatch],
         covers: Callable[[ContactRequest], bool],
         *,
         reason: str,
@@ -341,21 +342,20 @@ class NotifierHandlers:
         message: str,
         detail: dict[str, str] | None = None,
     ) -> None:
-        """Cancel, audited and announced, each of the loan's commands not yet handed to a
-        channel that ``covers`` says the news stops (locked against the dispatcher)."""
-        for dispatch in await repo.cancellable(loan_id):
-            if not covers(dispatch.request):
-                continue
-            await record_decision(
-                tx,
-                repo,
-                dispatch,
-                outcome="cancelled",
-                reason=reason,
-                rule=rule,
-                policy_version=self._policy.version,
-                cause_id=env.id,
-            )
+        """Cancel, audited and announced, each of the loan's ``waiting`` commands (not yet
+        handed to a channel, locked against the dispatcher) that ``covers`` says the news
+        stops."""
+        stopped = [dispatch for dispatch in waiting if covers(dispatch.request)]
+        await record_cancellations(
+            tx,
+            DispatchRepository(tx.conn),
+            stopped,
+            reason=reason,
+            rule=rule,
+            policy_version=self._policy.version,
+            cause_id=env.id,
+        )
+        for dispatch in stopped:
             log.info(
                 message,
                 extra={"command_id": dispatch.command_id, "loan_id": loan_id, **(detail or {})},
