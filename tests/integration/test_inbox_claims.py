@@ -1,7 +1,8 @@
 """A poll's inbox claims are one row (collections_kit.consumer): the same id claimed by two
 transactions at once has one effect (the second waits for the first and finds its claim),
 a claim that ended in a handler_failed letter is taken over once, and claims from the
-row-per-message inbox still count."""
+row-per-message inbox still count. Claims older than the retention are pruned, a bounded
+pass at a time (collections_kit.inbox_retention)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from collections_kit.consumer import ConsumerLoop, _Item
 from collections_kit.envelope import MalformedMessageError
+from collections_kit.inbox_retention import PASS_ROWS
 from collections_kit.outbox import Tx
 from collections_kit.runtime import Runtime
 from tests.support import migrate, running
@@ -132,3 +134,57 @@ async def test_the_claim_lookup_reads_the_index_however_many_claims_there_are(
         ).one()
         assert scans.seq_scan == 0
         assert scans.idx_scan >= 1
+
+
+async def test_claims_past_the_retention_are_pruned_a_bounded_pass_at_a_time(
+    runtime: Runtime,
+) -> None:
+    """45 days by default: the pruner deletes older poll rows and older row-per-message
+    claims, never a younger one, at most PASS_ROWS rows of each per pass; every runtime
+    runs it (the kit adds it, no bootstrap has to)."""
+    loop = runtime.loops[0]
+    assert ("inbox", runtime.inbox_pruner) in runtime._named_workers()
+    async with runtime.engine.begin() as conn:
+        # Old poll rows interleaved with young ones by seq (concurrent claimers' ids and
+        # times need not agree), then the young claims of today's polls.
+        await conn.execute(
+            text(
+                "INSERT INTO inbox_claims (consumer, claimed_at, event_ids, fingerprints, "
+                "dead_lettered) SELECT :c, now() - CASE WHEN p % 100 = 0 THEN interval '44 days' "
+                "ELSE interval '46 days' END, ARRAY['old-' || p], ARRAY['\\x01'::bytea], "
+                "ARRAY[false] FROM generate_series(1, :n) p"
+            ),
+            {"c": loop._group, "n": PASS_ROWS + 50},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO inbox (consumer, event_id, fingerprint, received_at) "
+                "SELECT :c, 'legacy-' || p, '\\x02', now() - interval '60 days' "
+                "FROM generate_series(1, 3) p"
+            ),
+            {"c": loop._group},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO inbox (consumer, event_id, fingerprint) VALUES (:c, 'legacy-new', 'x')"
+            ),
+            {"c": loop._group},
+        )
+        assert await _claim(loop, conn, [_item("young", b"y")]) == ({"young"}, {})
+
+    # The first pass reads the oldest PASS_ROWS poll rows: 990 of them are old.
+    assert await runtime.inbox_pruner.prune_once() == (PASS_ROWS - PASS_ROWS // 100, 3)
+    assert await runtime.inbox_pruner._prune_pass() is False  # the 50 left: no more waiting
+    assert await runtime.inbox_pruner.prune_once() == (0, 0)
+    async with runtime.engine.begin() as conn:
+        left = set(
+            (await conn.execute(text("SELECT unnest(event_ids) FROM inbox_claims"))).scalars()
+        )
+        assert left == {f"old-{p}" for p in range(100, PASS_ROWS + 51, 100)} | {"young"}
+        legacy = set((await conn.execute(text("SELECT event_id FROM inbox"))).scalars())
+        assert legacy == {"legacy-new"}
+        # What is kept still counts as a claim; what was pruned is forgotten.
+        assert await _claim(loop, conn, [_item("young", b"y"), _item("old-1", b"\x01")]) == (
+            {"old-1"},
+            {"young": b"y"},
+        )

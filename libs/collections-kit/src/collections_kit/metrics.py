@@ -34,6 +34,11 @@ OUTBOX_PUBLISHED = Counter(
     "Outbox rows published to Kafka",
     ["schema"],
 )
+INBOX_PRUNED = Counter(
+    "collections_inbox_rows_pruned_total",
+    "Inbox rows (a poll's claims each, or an older single claim) deleted past the retention",
+    ["schema"],
+)
 OUTBOX_BACKLOG = Gauge(
     "collections_outbox_backlog",
     "Messages waiting in the outbox table (those of up to 100,000 transactions)",

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from collections_kit import problems, tracing
 from collections_kit.auth import TokenVerifier, alternative_scopes, refusal_before_input
 from collections_kit.consumer import ConsumerLoop
+from collections_kit.inbox_retention import InboxPruner
 from collections_kit.kafka import client_kwargs
 from collections_kit.limits import BodySizeLimit, EmptyQueryValuesAbsent
 from collections_kit.outbox import OutboxRelay
@@ -79,6 +80,13 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     failed: bool = False
+    # Every service's inbox is pruned the same way, so no bootstrap has to remember it.
+    inbox_pruner: InboxPruner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbox_pruner = InboxPruner(
+            self.engine, self.settings.db_schema, self.settings.inbox_retention_days
+        )
 
     async def start(self) -> None:
         await self.producer.start()
@@ -111,7 +119,7 @@ class Runtime:
         await self.engine.dispose()
 
     def _named_workers(self) -> list[tuple[str, Worker]]:
-        named: list[tuple[str, Worker]] = [("relay", self.relay)]
+        named: list[tuple[str, Worker]] = [("relay", self.relay), ("inbox", self.inbox_pruner)]
         named += [(f"consumer-{i}", loop) for i, loop in enumerate(self.loops)]
         named += [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
         return named

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from collections_kit.topics import DLQ_RETENTION_DAYS
+
 Environment = Literal["dev", "test", "prod"]
 
 
@@ -49,6 +51,9 @@ class ServiceSettings(BaseSettings):
 
     # A record larger than this (key + value + headers) is dead-lettered unread.
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)
+    # How long the inbox remembers a consumed event id: longer than any copy of the event
+    # can come back, the dead-letter topic's month included (collections_kit.inbox_retention).
+    inbox_retention_days: int = Field(default=45, gt=DLQ_RETENTION_DAYS)
 
     # --- Kafka security (see README, "Security") ----------------------------------------------
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -42,7 +42,8 @@ class TopicSpec:
 DEFAULT_PARTITIONS = 6
 # A week: long enough to replay after an outage; the DLQ keeps a month for investigation.
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
-DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+DLQ_RETENTION_DAYS = 30
+DLQ_RETENTION_MS = DLQ_RETENTION_DAYS * 24 * 3600 * 1000
 
 
 def topic_specs(prefix: str = "", partitions: int | None = None) -> list[TopicSpec]:
