@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from scripts.stack import PG_PORT as PORT
 from tests.stack_guard import STACK_FIXTURES, Guard, StackTouchedError, guard, needs_stack
 
-PORT = 15432
+# The database's port as this run configures it (PG_PORT), not its default: a checkout on
+# other ports (a second stack beside the first) runs the same tests.
 
 
 def test_no_unit_test_of_this_run_asks_for_the_stack(request: pytest.FixtureRequest) -> None:
