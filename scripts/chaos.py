@@ -3,12 +3,15 @@ that nothing was lost, nothing doubled, nobody contacted unlawfully.
 
     python -m scripts.chaos [--loans 20000] [--seed 7] [--short]
 
-Two replicas of every service run in one consumer group. From 20% of the workload on, each
-replica is SIGKILLed and restarted (at least once by a fault hook: between its database
-commit and its offset commit, or for a notifier first between handing contacts to a channel
-and recording it), every replica of every service is SIGKILLed at once, the broker and
-PostgreSQL are each restarted once, and a third replica joins and leaves to force
-rebalances. At the end the run checks, prints and
+Two replicas of every service run in one consumer group. The workload: disbursements, a
+risk signal for a tenth of the loans while still current (early warning), overdue reports
+(some late and out of order), holds, resumes and promises through the REST API, full and
+partial repayments, bounced repayments, duplicates and malformed records. From 20% of the
+workload on, each replica is SIGKILLed and restarted (at least once by a fault hook:
+between its database commit and its offset commit, or for a notifier first between
+handing contacts to a channel and recording it), every replica of every service is
+SIGKILLed at once, the broker and PostgreSQL are each restarted once, and a third replica
+joins and leaves to force rebalances. At the end the run checks, prints and
 writes ``reports/chaos-latest.json``; it exits 1 when a check fails.
 """
 
@@ -171,6 +174,24 @@ def workload(cfg: Config, rng: random.Random) -> list[list[tuple[str, Any]]]:
         principal = Decimal(rng.randrange(50_000, 2_000_000)) / 100
         seq = 1
         rounds[0].append(("event", lending.disbursement(loan, principal, currency=currency)))
+        if rng.random() < 0.1:
+            # Early warning: a risk signal while the loan is current opens a pre-delinquency
+            # case (reminders on a timer), which the overdue report then makes ordinary.
+            rounds[0].append(
+                (
+                    "event",
+                    lending.risk_signal(
+                        loan,
+                        principal,
+                        signal_id=f"S-{i:06d}",
+                        currency=currency,
+                        tz=zone,
+                        jurisdiction=jurisdiction,
+                        observed_at=t0 - timedelta(minutes=10),
+                        borrower_id=f"D-{i:06d}",
+                    ),
+                )
+            )
         rounds[1].append(
             (
                 "event",

@@ -279,6 +279,13 @@ async def test_cn_three_connected_calls_by_a_collector_and_two_agencies_refuse_t
             ("granted", "agency-B", "connected"),
             ("refused", "col-1", None),
         ]
+        # The list says what the answers said: the confirmation each rested on, and for a
+        # refusal what happens next and when to ask again.
+        assert {p["confirmation_id"] for p in listed} == {"conf-1"}
+        assert (listed[-1]["reason"], listed[-1]["retry_after"]) == (
+            "cap_reached",
+            body["retry_after"],
+        )
         summary = (await http.get("/v1/contact-permits/summary")).json()
         assert {(r["decision"], r["reason"], r["actor_kind"], r["count"]) for r in summary} == {
             ("granted", "all_checks_passed", "agency", 2),
@@ -459,6 +466,7 @@ async def test_a_fresh_confirmation_over_kafka_anchors_a_permit_whose_command_is
                 )
             )
         assert rested_on == "conf-lease"
+        assert permit["confirmation_id"] == "conf-lease"
 
         clock.set(clock.now() + timedelta(minutes=1))
         await lender.publish(

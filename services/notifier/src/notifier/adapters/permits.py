@@ -55,6 +55,9 @@ def _permit(row: Any) -> Permit:
         result=row.result,
         result_at=row.result_at,
         actor_from=row.actor_kind_from,
+        detail=row.detail,
+        retry_after=row.retry_after,
+        confirmation_id=row.confirmation_id,
     )
 
 

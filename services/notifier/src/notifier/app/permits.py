@@ -69,6 +69,8 @@ class PermitAnswer:
     result_by: datetime | None
     # False: nothing was stored (no case to anchor on, or it is closed).
     recorded: bool
+    # The ledger confirmation the decision rested on (None when nothing was stored).
+    confirmation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class PermitService:
             expires_at if granted else None,
             result_by if granted else None,
             recorded=True,
+            confirmation_id=anchor.confirmation_id,
         )
 
     async def result(self, permit_id: str, actor_id: str, result: PermitResult) -> ResultAnswer:

@@ -344,6 +344,11 @@ class Permit:
     result_at: datetime | None = None
     # Where the actor's kind came from: the token, or the body (a delegate's).
     actor_from: str = "token"
+    # Refused: what happens next (``confirmation_requested``...) and when to ask again.
+    detail: str = ""
+    retry_after: datetime | None = None
+    # The ledger confirmation the decision rested on: the command's or a fresher one.
+    confirmation_id: str | None = None
 
 
 # What to do with a reported result.

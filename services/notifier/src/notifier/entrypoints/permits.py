@@ -100,6 +100,11 @@ class PermitView(BaseModel):
     )
     result: str | None = None
     result_at: datetime | None = None
+    confirmation_id: str | None = Field(
+        default=None,
+        description="The ledger confirmation the decision rested on: the last contact "
+        "command's, or a fresher one",
+    )
 
 
 class PermitCount(BaseModel):
@@ -155,11 +160,14 @@ def _view(permit: Permit) -> PermitView:
         actor=ActorView(kind=permit.actor_kind, id=permit.actor_id, source=permit.actor_from),
         reason=permit.reason,
         rule=permit.rule,
+        detail=permit.detail,
         asked_at=permit.asked_at,
         expires_at=permit.expires_at,
         result_by=permit.result_by,
+        retry_after=permit.retry_after,
         result=permit.result,
         result_at=permit.result_at,
+        confirmation_id=permit.confirmation_id,
     )
 
 
@@ -228,6 +236,7 @@ async def ask_permit(
         expires_at=answer.expires_at,
         result_by=answer.result_by,
         retry_after=decision.retry_after if isinstance(decision, Refused) else None,
+        confirmation_id=answer.confirmation_id,
     )
 
 
