@@ -16,7 +16,6 @@ is deleting). ADR 0020 says why not partitions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
@@ -24,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from collections_kit import metrics
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ _PRUNE_LEGACY = """
     """
 
 
-class InboxPruner:
+class InboxPruner(RunsOnAPollingWorker):
     """Deletes the claims of ``schema``'s inbox older than ``retention_days``."""
 
     def __init__(self, engine: AsyncEngine, schema: str, retention_days: int) -> None:
@@ -66,13 +65,6 @@ class InboxPruner:
         self._worker = PollingWorker(
             "inbox pruner", self._prune_pass, interval_s=INTERVAL_S, idle_first=True
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _prune_pass(self) -> bool:
         claims, legacy = await self.prune_once()

@@ -44,7 +44,7 @@ from collections_kit import metrics, tracing
 from collections_kit.contract import SPEC_BY_MODEL, Message
 from collections_kit.db import asyncpg_dsn, relayed_table, sqlstates
 from collections_kit.envelope import Envelope, encode_text_headers
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 
 log = logging.getLogger(__name__)
 # The backlog gauges are refreshed at most this often; the count stops at the cap.
@@ -227,7 +227,7 @@ def _qualified(table: Table) -> str:
     return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
 
 
-class OutboxRelay:
+class OutboxRelay(RunsOnAPollingWorker):
     """Publishes committed outbox rows in id order.
 
     One replica relays at a time (a transaction-scoped advisory lock), which keeps
@@ -269,16 +269,6 @@ class OutboxRelay:
         self._gap: tuple[int, float] | None = None
         self._relayed_since_truncation = 0
         self._truncated_at = self._truncation_tried_at = time.monotonic()
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    def wake(self) -> None:
-        self._worker.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _relay_once(self) -> bool:
         """One round: listen (again, after a failure), then drain a batch; a full batch

@@ -4,7 +4,8 @@ A worker does its job in rounds: the outbox relay drains a batch, the workflow's
 what is due, ledger-sync answers waiting balance checks and runs its reconciliation pass, the
 notifier dispatches due contacts and looks at its repayments lane. Each of them builds a
 :class:`PollingWorker` with a name, the round (a method of its own that returns whether more
-work is waiting right now) and how long to idle between rounds; the worker owns the rest:
+work is waiting right now) and how long to idle between rounds (and, to be run by the
+runtime, derives from :class:`RunsOnAPollingWorker`); the worker owns the rest:
 
 - **Wake or interval.** After a round that left nothing waiting, the worker idles for the
   interval, or until ``idle_for`` says the next piece of work is due (a timer, a deferred
@@ -206,3 +207,23 @@ class PollingWorker:
                 "trace": "".join(traceback.format_tb(exc.__traceback__)),
             },
         )
+
+
+class RunsOnAPollingWorker:
+    """For a class whose loop is the :class:`PollingWorker` it holds as ``_worker`` (the
+    relay, the timers, the dispatcher...): what ``runtime.Worker`` asks of it, delegated
+    to that worker, written once."""
+
+    _worker: PollingWorker
+
+    @property
+    def heartbeat(self) -> float:
+        return self._worker.heartbeat
+
+    def wake(self) -> None:
+        """New work may be waiting (a commit's ``pg_notify``, a consumer's committed
+        batch): end the idle now, not at the interval."""
+        self._worker.wake()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._worker.run(stop)

@@ -22,7 +22,7 @@ from typing import Literal
 
 from collections_kit import contract as c
 from collections_kit.clock import Clock, derived_id, new_id
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from ledger_sync.adapters.ledger_api import LedgerApi
 from ledger_sync.app.ports import PassLock, StartUnitOfWork
 from ledger_sync.app.refresh import Fetched, UnknownToLedger, apply_fetched, fetch
@@ -34,7 +34,7 @@ from ledger_sync.settings import LedgerSyncSettings
 log = logging.getLogger(__name__)
 
 
-class Reconciler:
+class Reconciler(RunsOnAPollingWorker):
     def __init__(
         self,
         *,
@@ -63,13 +63,6 @@ class Reconciler:
             interval_s=settings.reconciliation_interval_s,
             idle_first=True,
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _pass_round(self) -> bool:
         await self.run_pass()

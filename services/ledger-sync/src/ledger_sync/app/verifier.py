@@ -25,7 +25,7 @@ from datetime import timedelta
 
 from collections_kit import contract as c
 from collections_kit.clock import Clock
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from ledger_sync.adapters.ledger_api import LedgerApi
 from ledger_sync.adapters.repository import PendingCheck
 from ledger_sync.app.answers import stage_answer
@@ -53,7 +53,7 @@ from ledger_sync.settings import LedgerSyncSettings
 log = logging.getLogger(__name__)
 
 
-class StaleCheckResolver:
+class StaleCheckResolver(RunsOnAPollingWorker):
     def __init__(
         self,
         *,
@@ -83,10 +83,6 @@ class StaleCheckResolver:
             interval_s=settings.pending_check_poll_s,
         )
 
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
     def note_enqueued(self) -> None:
         """A handler queued a check (its transaction has not committed yet)."""
         self._enqueued = True
@@ -96,9 +92,6 @@ class StaleCheckResolver:
         if self._enqueued:
             self._enqueued = False
             self._worker.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _resolve_round(self) -> bool:
         return await self.resolve_once() > 0

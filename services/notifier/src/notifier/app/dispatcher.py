@@ -45,7 +45,7 @@ from prometheus_client import Counter as PromCounter
 from collections_kit.clock import Clock
 from collections_kit.faults import crash_point
 from collections_kit.outbox import Tx
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from notifier.adapters.repository import DispatchRepository
 from notifier.app.audit import announce_delivery, record_decision, record_sent_many
 from notifier.app.ports import (
@@ -139,7 +139,7 @@ def attempts_lookback(policy: DispatchPolicy) -> timedelta:
     return timedelta(days=max(days) + 1)
 
 
-class Dispatcher:
+class Dispatcher(RunsOnAPollingWorker):
     def __init__(
         self,
         *,
@@ -166,17 +166,6 @@ class Dispatcher:
             idle_for=self._next_due_in,
             quote_errors=False,
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    def wake(self) -> None:
-        """New work may be due (the consumer committed a batch): look now, not at the poll."""
-        self._worker.wake()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _dispatch_round(self) -> bool:
         if self._gate is not None and not self._gate.is_open():

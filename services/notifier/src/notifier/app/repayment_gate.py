@@ -49,7 +49,7 @@ from typing import Protocol
 
 from prometheus_client import Gauge
 
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class _Mark:
     ends: Mapping[int, int]
 
 
-class RepaymentGate:
+class RepaymentGate(RunsOnAPollingWorker):
     """Open while every repayment published up to ``max_lag_s`` ago is applied."""
 
     def __init__(
@@ -114,10 +114,6 @@ class RepaymentGate:
         self._worker = PollingWorker(
             "repayment gate", self._look_once, interval_s=look_every_s, on_stop=self._log.close
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
 
     def is_open(self) -> bool:
         return (
@@ -176,9 +172,6 @@ class RepaymentGate:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _look_once(self) -> bool:
         try:

@@ -8,13 +8,12 @@ the window)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from collections_kit.clock import Clock
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from workflow.app.ports import StartUnitOfWork, WorkflowUnitOfWork
 from workflow.domain.measures import GroupBy, GroupMeasures, Measurement, Ratio
 from workflow.metrics import (
@@ -88,7 +87,7 @@ def publish(groups: Sequence[GroupMeasures], window: timedelta, at: datetime) ->
     KPI_REFRESHED.set(at.timestamp())
 
 
-class KpiGauges:
+class KpiGauges(RunsOnAPollingWorker):
     """Recomputes the KPI gauges every ``every_s`` seconds over the trailing ``window``."""
 
     def __init__(
@@ -102,13 +101,6 @@ class KpiGauges:
         self._worker = PollingWorker(
             "kpi gauges", self.refresh, interval_s=every_s, idle_first=True
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def refresh(self) -> bool:
         end = self._clock.now()

@@ -10,13 +10,12 @@ was already marked superseded, or finds a newer epoch and does nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import timedelta
 
 from collections_kit.clock import Clock
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from workflow.app.handlers import Workflow
 from workflow.app.ports import StartUnitOfWork
 from workflow.domain import messages as m
@@ -25,7 +24,7 @@ from workflow.metrics import TIMERS_OLDEST_OVERDUE, TIMERS_OVERDUE
 log = logging.getLogger(__name__)
 
 
-class TimerWorker:
+class TimerWorker(RunsOnAPollingWorker):
     def __init__(
         self,
         uow: StartUnitOfWork,
@@ -47,13 +46,6 @@ class TimerWorker:
         self._worker = PollingWorker(
             "timer worker", self._fire_round, interval_s=poll_s, idle_for=self._next_due_in
         )
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _fire_round(self) -> bool:
         """Fire what is due; a full batch means more may be due already."""

@@ -14,14 +14,13 @@ lease. A refused request changes nothing, its key included.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from collections_kit.clock import derived_id, new_id
-from collections_kit.worker import PollingWorker
+from collections_kit.worker import PollingWorker, RunsOnAPollingWorker
 from workflow.app.commands import claim_or_replay, request_hash
 from workflow.app.handlers import Workflow, balance_check
 from workflow.app.ports import (
@@ -381,7 +380,7 @@ class WorkQueues:
         return _view(queue, counts)
 
 
-class LeaseSweeper:
+class LeaseSweeper(RunsOnAPollingWorker):
     """Returns leases that ran out to their queues as they run out, so the case timeline
     shows the lease expiring when it did (not when someone next asks the queue) and the
     queue's readers see the task waiting again. A "next" still returns any the sweeper has
@@ -390,13 +389,6 @@ class LeaseSweeper:
     def __init__(self, work: WorkQueues, *, poll_s: float = 1.0) -> None:
         self._work = work
         self._worker = PollingWorker("lease sweeper", self._round, interval_s=poll_s)
-
-    @property
-    def heartbeat(self) -> float:
-        return self._worker.heartbeat
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._worker.run(stop)
 
     async def _round(self) -> bool:
         # A full batch: more may have run out already.
