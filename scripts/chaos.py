@@ -803,6 +803,7 @@ async def check(
         mismatched = await mismatched_replays(engine, _placement_policy(cfg))
         total_cases = await _count_cases(engine)
         total_placements = await _count_placements(engine)
+        early_warned = await _count_pre_delinquency_openings(engine)
     finally:
         await engine.dispose()
     return {
@@ -836,6 +837,8 @@ async def check(
             "cases": total_cases,
             # Compared with their case: each placement and its commission rows.
             "placements": total_placements,
+            # Of them, cases a risk signal opened before the loan fell overdue.
+            "pre_delinquency_opened": early_warned,
             "mismatched": len(mismatched),
             "share": round(1 - len(mismatched) / total_cases, 4) if total_cases else 1.0,
             "examples": [m["loan_id"] for m in mismatched[:10]],
@@ -845,6 +848,7 @@ async def check(
         # Popped by run(): written to a file of its own before the database is dropped.
         "_mismatched_replays": mismatched[:DUMPED_MISMATCHES],
         "contacts_sent": len(sent),
+        "risk_signals_sent": len(produced.valid.get(Topic.LOANS_RISK_SIGNALS.value, ())),
     }
 
 
@@ -862,6 +866,22 @@ async def _count_placements(engine: Any) -> int:
 
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(placements)) or 0)
+
+
+async def _count_pre_delinquency_openings(engine: Any) -> int:
+    from sqlalchemy import func, select
+
+    from workflow.adapters.tables import timeline
+
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(
+                select(func.count(func.distinct(timeline.c.case_id))).where(
+                    timeline.c.kind == "pre_delinquency_opened"
+                )
+            )
+            or 0
+        )
 
 
 async def _count_cases(engine: Any) -> int:
@@ -891,6 +911,9 @@ def verdict(result: dict[str, Any]) -> list[str]:
         failures.append("malformed messages missing from the DLQ")
     if result["replay_equal"]["share"] < 1.0:
         failures.append("cases differ from their replay")
+    if result["risk_signals_sent"] and not result["replay_equal"]["pre_delinquency_opened"]:
+        # The early-warning path must have run, or its replay equality proves nothing.
+        failures.append("risk signals opened no pre-delinquency case")
     return failures
 
 

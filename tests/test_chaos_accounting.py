@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from collections_kit import contract as c
 from collections_kit.envelope import Envelope, MalformedMessageError
-from scripts.chaos import account
+from scripts.chaos import account, verdict
 
 TOPIC = "t.case-events"
 
@@ -103,3 +103,22 @@ def test_every_handled_record_is_lost_claimed_or_in_flight_exactly_once(
     in_flight = {r.offset for r, _ in accounted.in_flight}
     assert lost == {o for o in range(committed) if o not in claimed}
     assert in_flight == set(range(committed, 30))
+
+
+def test_risk_signals_that_opened_no_case_fail_the_run() -> None:
+    """A replay equality over cases the early-warning path never reached proves nothing
+    about it: signals sent and no pre-delinquency case opened is a failure of its own."""
+    clean = {
+        "events_lost": {"workflow": 0},
+        "commands_dispatched_twice": 0,
+        "contacts_after_repayment": {"beyond_race_window": 0},
+        "contacts_outside_window": 0,
+        "contacts_over_cap": 0,
+        "malformed_in_dlq": {"share": 1.0},
+        "replay_equal": {"share": 1.0, "pre_delinquency_opened": 12},
+        "risk_signals_sent": 150,
+    }
+    assert verdict(clean) == []
+    unopened = {**clean, "replay_equal": {"share": 1.0, "pre_delinquency_opened": 0}}
+    assert verdict(unopened) == ["risk signals opened no pre-delinquency case"]
+    assert verdict({**unopened, "risk_signals_sent": 0}) == []

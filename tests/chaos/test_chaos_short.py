@@ -21,3 +21,6 @@ async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing() -> None:
     assert verdict(checks) == [], checks
     assert sum(report["faults"]["kills"].values()) >= 6
     assert checks["malformed_in_dlq"]["produced"] > 0
+    # The early-warning path ran under the faults too (verdict fails on none opened).
+    assert checks["risk_signals_sent"] > 0
+    assert checks["replay_equal"]["pre_delinquency_opened"] > 0
