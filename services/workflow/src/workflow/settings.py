@@ -25,6 +25,9 @@ class WorkflowSettings(ServiceSettings):
     # that may open its case late (topics are consumed independently). It covers a consumer
     # lagging behind by that much; beyond it the periodic balance re-check still closes.
     money_seen_retention_hours: float = Field(default=72.0, gt=0)
+    # How long a REST write's Idempotency-Key and answer are kept for its retries (a client
+    # retrying a month later is not retrying: it is a new request under an old key).
+    idempotency_key_retention_hours: float = Field(default=720.0, gt=0)
     # The agency placement policy (TOML, e.g. policies/placements.toml); None: no agencies,
     # nothing is placed.
     placement_policy_file: Path | None = None

@@ -44,6 +44,7 @@ class Data:
     intents: dict[str, ContactIntent] = field(default_factory=dict)
     timers: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, KeptAnswer] = field(default_factory=dict)
+    key_claimed_at: dict[str, datetime] = field(default_factory=dict)
     tasks: dict[str, tk.Task] = field(default_factory=dict)
     task_steps: list[TaskStep] = field(default_factory=list)
 
@@ -102,13 +103,14 @@ class FakeCases:
 
 
 class FakeIdempotencyKeys:
-    def __init__(self, data: Data) -> None:
-        self._data = data
+    def __init__(self, data: Data, now: datetime) -> None:
+        self._data, self._now = data, now
 
     async def claim(self, key: str, request_hash: str) -> bool:
         if key in self._data.keys:
             return False
         self._data.keys[key] = KeptAnswer(request_hash, 0, {})
+        self._data.key_claimed_at[key] = self._now
         return True
 
     async def kept(self, key: str) -> KeptAnswer:
@@ -116,6 +118,14 @@ class FakeIdempotencyKeys:
 
     async def keep(self, key: str, status: int, body: dict[str, Any]) -> None:
         self._data.keys[key] = KeptAnswer(self._data.keys[key].request_hash, status, body)
+
+    async def prune(self, before: datetime, *, limit: int = 10_000) -> int:
+        old = sorted((at, key) for key, at in self._data.key_claimed_at.items() if at < before)[
+            :limit
+        ]
+        for _, key in old:
+            del self._data.keys[key], self._data.key_claimed_at[key]
+        return len(old)
 
 
 class FakeTimers:
@@ -217,7 +227,7 @@ class FakeUnitOfWork(InMemoryUnitOfWork[Database]):
 
     def bind(self, work: Data) -> None:
         self.cases = FakeCases(work)
-        self.idempotency_keys = FakeIdempotencyKeys(work)
+        self.idempotency_keys = FakeIdempotencyKeys(work, self.tx.now)
         self.timers = FakeTimers(work)
         self.tasks = FakeTasks(work)
 
@@ -300,6 +310,25 @@ async def test_a_command_retried_with_its_key_and_body_replays_the_answer(app: A
     assert again == first
     assert len(app.db.published) == published  # nothing decided or published twice
     assert app.db.commits == commits  # the replay changed nothing
+
+
+async def test_a_key_is_forgotten_with_its_answer_past_the_retention(app: App) -> None:
+    """The timer worker prunes keys older than the retention (30 days by default) with the
+    money seen, a minute apart at most; a younger key still replays its answer."""
+    await open_case(app)
+    commands = Commands(app.uow, app.workflow)
+    first = await commands.handle(key="k-0001", **hold("hospital"))
+    app.clock.set(app.clock.now() + timedelta(days=20))
+    await commands.handle(key="k-0002", **hold("hospital"))
+    worker = TimerWorker(app.uow, app.clock, app.workflow)
+    assert await worker.prune_expired(every_s=0) == 0
+    app.clock.set(app.clock.now() + timedelta(days=10, seconds=1))
+    assert await worker.prune_expired(every_s=0) == 1
+    assert set(app.db.data.keys) == {"k-0002"}
+    assert await worker.prune_expired(every_s=0) == 0
+    # Forgotten: the same key and body is a new request, decided afresh (already held).
+    again = await commands.handle(key="k-0001", **hold("hospital"))
+    assert again != first
 
 
 async def test_a_key_reused_for_another_request_is_refused_and_changes_nothing(

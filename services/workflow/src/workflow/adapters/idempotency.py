@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,3 +44,18 @@ class IdempotencyKeyRepository:
             .where(idempotency_keys.c.key == key)
             .values(status=status, body=body)
         )
+
+    async def prune(self, before: datetime, *, limit: int = 10_000) -> int:
+        """Forget keys claimed before ``before`` (at most ``limit`` of them: the oldest, by
+        the index on ``created_at``), with the answers kept for their retries."""
+        oldest = (
+            select(idempotency_keys.c.key)
+            .where(idempotency_keys.c.created_at < before)
+            .order_by(idempotency_keys.c.created_at)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        result = await self._conn.execute(
+            delete(idempotency_keys).where(idempotency_keys.c.key.in_(oldest))
+        )
+        return int(result.rowcount or 0)

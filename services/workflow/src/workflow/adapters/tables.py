@@ -147,6 +147,8 @@ idempotency_keys = Table(
     Column("status", Integer),
     Column("body", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Forgotten past WORKFLOW_IDEMPOTENCY_KEY_RETENTION_HOURS, oldest first (migration 0022).
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 # Timeline entries that no journalled input wrote (the work queues' task entries), and

@@ -69,6 +69,10 @@ class IdempotencyKeys(Protocol):
 
     async def keep(self, key: str, status: int, body: dict[str, Any]) -> None: ...
 
+    async def prune(self, before: datetime, *, limit: int = 10_000) -> int:
+        """Forget keys claimed before ``before``, at most ``limit``; how many."""
+        ...
+
 
 class TimerStore(Protocol):
     async def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:

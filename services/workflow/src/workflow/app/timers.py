@@ -34,6 +34,7 @@ class TimerWorker(RunsOnAPollingWorker):
         batch: int = 200,
         poll_s: float = 1.0,
         money_seen_retention: timedelta = timedelta(days=3),
+        idempotency_key_retention: timedelta = timedelta(days=30),
     ) -> None:
         self._uow = uow
         self._clock = clock
@@ -41,6 +42,7 @@ class TimerWorker(RunsOnAPollingWorker):
         self._batch = batch
         self._measured_at = 0.0
         self._money_seen_retention = money_seen_retention
+        self._idempotency_key_retention = idempotency_key_retention
         self._pruned_at = 0.0
         # Polls at most poll_s apart: another replica or a REST call may add an earlier timer.
         self._worker = PollingWorker(
@@ -51,7 +53,7 @@ class TimerWorker(RunsOnAPollingWorker):
         """Fire what is due; a full batch means more may be due already."""
         fired = await self.fire_due()
         await self._measure_overdue()
-        await self.prune_money_seen()
+        await self.prune_expired()
         return fired >= self._batch
 
     async def _measure_overdue(self) -> None:
@@ -66,16 +68,17 @@ class TimerWorker(RunsOnAPollingWorker):
         TIMERS_OVERDUE.set(count)
         TIMERS_OLDEST_OVERDUE.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
 
-    async def prune_money_seen(self, *, every_s: float = 60.0) -> int:
-        """Forget repayments of loans without a case once past their retention (a minute
-        apart at most: rows expire by the hour)."""
+    async def prune_expired(self, *, every_s: float = 60.0) -> int:
+        """Forget what is kept for a while only, once past its retention (a minute apart at
+        most: rows expire by the hour): repayments of loans without a case, and the REST
+        writes' idempotency keys with their answers."""
         if time.monotonic() - self._pruned_at < every_s:
             return 0
         self._pruned_at = time.monotonic()
         async with self._uow() as uow:
-            pruned = await uow.cases.prune_money_seen(
-                self._clock.now() - self._money_seen_retention
-            )
+            now = self._clock.now()
+            pruned = await uow.cases.prune_money_seen(now - self._money_seen_retention)
+            pruned += await uow.idempotency_keys.prune(now - self._idempotency_key_retention)
             await uow.commit()
             return pruned
 

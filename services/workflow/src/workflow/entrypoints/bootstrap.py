@@ -73,6 +73,7 @@ def build_runtime(
         clock,
         workflow,
         money_seen_retention=timedelta(hours=settings.money_seen_retention_hours),
+        idempotency_key_retention=timedelta(hours=settings.idempotency_key_retention_hours),
     )
     work = WorkQueues(uow, workflow, queue_policy)
     handlers = WorkflowHandlers(workflow)
