@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -18,6 +19,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from collections_kit.envelope import Envelope, MalformedMessageError, decode
 from collections_kit.runtime import Runtime
 from scripts.infra import read_to_end
+from scripts.services import CLEAN_EXIT, Fleet
 
 if TYPE_CHECKING:
     from workflow.domain.placement import Placement, PlacementPolicy
@@ -63,6 +65,37 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s (last: {last!r})")
+
+
+@asynccontextmanager
+async def fleet_running(
+    stack: dict[str, str],
+    database_url: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    *,
+    base_port: int,
+    smtp_port: int,
+    extra_env: dict[str, dict[str, str]] | None = None,
+) -> AsyncIterator[Fleet]:
+    """Every service as a process of its own on the test's database and topics (ports from
+    ``base_port``, logs under ``tmp_path``), stopped after the test: each must exit cleanly,
+    a crash on the way out fails the test too."""
+    fleet = Fleet(
+        database_url=database_url,
+        kafka_bootstrap=stack["kafka_bootstrap"],
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path / "logs",
+        base_port=base_port,
+        smtp_port=smtp_port,
+        extra_env=extra_env or {},
+    )
+    await asyncio.to_thread(fleet.start)
+    try:
+        yield fleet
+    finally:
+        codes = await asyncio.to_thread(fleet.stop)
+        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 @asynccontextmanager

@@ -9,7 +9,6 @@ notifier: the agency's read is refused from then on, in both services.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +18,9 @@ import pytest
 
 from collections_kit.auth import dev_headers
 from scripts import lending
-from scripts.services import CLEAN_EXIT, Fleet
+from scripts.services import Fleet
 from tests.smtp_sink import SmtpSink
-from tests.support import eventually
+from tests.support import eventually, fleet_running
 
 POLICY = """
 version = "placements/e2e"
@@ -54,21 +53,16 @@ async def fleet(
 ) -> AsyncIterator[Fleet]:
     policy = tmp_path / "placements.toml"
     policy.write_text(POLICY)
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18320,
         smtp_port=smtp_sink.port,
         extra_env={"workflow": {"WORKFLOW_PLACEMENT_POLICY_FILE": str(policy)}},
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 async def status(url: str, headers: dict[str, str]) -> int:

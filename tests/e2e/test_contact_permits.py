@@ -24,9 +24,9 @@ import pytest
 
 from collections_kit.auth import dev_headers
 from scripts import lending
-from scripts.services import CLEAN_EXIT, Fleet
+from scripts.services import Fleet
 from tests.smtp_sink import SmtpSink
-from tests.support import eventually, zone_at_midday
+from tests.support import eventually, fleet_running, zone_at_midday
 
 COLLECTOR = dev_headers(["contacts:permit", "collections:work"], subject="col-e2e")
 SUPERVISOR = dev_headers(["cases:read", "cases:write"], subject="supervisor-e2e")
@@ -40,20 +40,15 @@ async def fleet(
     smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18290,
         smtp_port=smtp_sink.port,
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 async def test_a_repayment_while_a_task_is_leased_refuses_the_collectors_next_permit(
@@ -146,21 +141,16 @@ async def short_lived(
     smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18440,
         smtp_port=smtp_sink.port,
         extra_env={"ledger-sync": {"LEDGER_SYNC_CONFIRMATION_VALIDITY_S": str(VALIDITY_S)}},
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 async def test_leasing_a_task_renews_the_lapsed_confirmation_the_collectors_permits_rest_on(

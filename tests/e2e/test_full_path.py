@@ -23,9 +23,9 @@ from collections_kit.envelope import Envelope
 from collections_kit.topics import Topic
 from scripts import lending
 from scripts.infra import producer
-from scripts.services import CLEAN_EXIT, Fleet
+from scripts.services import Fleet
 from tests.smtp_sink import SmtpSink
-from tests.support import eventually, read_topic, zone_at_midday
+from tests.support import eventually, fleet_running, read_topic, zone_at_midday
 
 
 @pytest.fixture
@@ -36,20 +36,15 @@ async def fleet(
     smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18210,
         smtp_port=smtp_sink.port,
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 async def commands_for(stack: dict[str, str], prefix: str, loan_id: str) -> list[c.ContactCommand]:

@@ -21,7 +21,7 @@ from scripts import lending
 from scripts.infra import producer, read_to_end
 from scripts.services import CLEAN_EXIT, Fleet
 from tests.smtp_sink import SmtpSink
-from tests.support import eventually
+from tests.support import eventually, fleet_running
 
 BORROWERS = [
     {
@@ -64,11 +64,11 @@ async def fleet(
     smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> AsyncIterator[Fleet]:
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18230,
         smtp_port=smtp_sink.port,
         # The most talkative the services get: nothing may slip out even there.
@@ -80,12 +80,8 @@ async def fleet(
                 ("notifier", "NOTIFIER_"),
             )
         },
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        await asyncio.to_thread(fleet.stop)
 
 
 def zone_at_midday() -> str:

@@ -25,8 +25,8 @@ import pytest
 from collections_kit.auth import ALL_SCOPES, dev_headers, dev_token
 from scripts import lending
 from scripts.infra import producer
-from scripts.services import CLEAN_EXIT, ROOT, Fleet
-from tests.support import eventually
+from scripts.services import ROOT, Fleet
+from tests.support import eventually, fleet_running
 
 pytestmark = pytest.mark.e2e
 
@@ -38,20 +38,15 @@ SEED = os.environ.get("SCHEMATHESIS_SEED", "20261122")
 async def fleet(
     stack: dict[str, str], database_url: str, topic_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Fleet]:
-    fleet = Fleet(
-        database_url=database_url,
-        kafka_bootstrap=stack["kafka_bootstrap"],
-        topic_prefix=topic_prefix,
-        log_dir=tmp_path / "logs",
+    async with fleet_running(
+        stack,
+        database_url,
+        topic_prefix,
+        tmp_path,
         base_port=18260,
         smtp_port=2539,
-    )
-    await asyncio.to_thread(fleet.start)
-    try:
+    ) as fleet:
         yield fleet
-    finally:
-        codes = await asyncio.to_thread(fleet.stop)
-        assert all(code in CLEAN_EXIT for code in codes.values()), codes
 
 
 async def seed(fleet: Fleet, stack: dict[str, str], prefix: str) -> None:
