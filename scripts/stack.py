@@ -301,6 +301,9 @@ def _java_base(java: str) -> list[str]:
     return [
         java,
         *KAFKA_JVM_OPTS,
+        # The broker's pauses, beside its logs: the first suspect when a latency figure
+        # (suppression_ms) has a tail the services' own hops do not explain.
+        f"-Xlog:gc:file={KAFKA_LOG_DIR / 'gc.log'}:time,uptime:filecount=5,filesize=10m",
         f"-Dlog4j.configuration=file:{KAFKA_LOG4J}",
         f"-Dkafka.logs.dir={KAFKA_LOG_DIR}",
         "-cp",
