@@ -298,6 +298,9 @@ def _write_kafka_properties() -> None:
 
 
 def _java_base(java: str) -> list[str]:
+    # The GC log goes there, and the JVM refuses to start when its directory is missing
+    # (the storage format runs before the broker has made it, on a fresh clone).
+    KAFKA_LOG_DIR.mkdir(parents=True, exist_ok=True)
     return [
         java,
         *KAFKA_JVM_OPTS,
