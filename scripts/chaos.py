@@ -801,9 +801,7 @@ async def check(
     engine = make_engine(database_url, schema="workflow")
     try:
         mismatched = await mismatched_replays(engine, _placement_policy(cfg))
-        total_cases = await _count_cases(engine)
-        total_placements = await _count_placements(engine)
-        early_warned = await _count_pre_delinquency_openings(engine)
+        total_cases, total_placements, early_warned = await _workflow_counts(engine)
     finally:
         await engine.dispose()
     return {
@@ -859,38 +857,24 @@ def _placement_policy(cfg: Config) -> PlacementPolicy | None:
     return load_placement_policy(PLACEMENT_POLICY_FILE) if cfg.placements else None
 
 
-async def _count_placements(engine: Any) -> int:
+async def _workflow_counts(engine: Any) -> tuple[int, int, int]:
+    """Cases, placements, and cases a risk signal opened, read in one connection."""
     from sqlalchemy import func, select
 
-    from workflow.adapters.tables import placements
+    from workflow.adapters.tables import cases, placements, timeline
 
+    queries = (
+        select(func.count()).select_from(cases),
+        select(func.count()).select_from(placements),
+        select(func.count(func.distinct(timeline.c.case_id))).where(
+            timeline.c.kind == "pre_delinquency_opened"
+        ),
+    )
     async with engine.connect() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(placements)) or 0)
-
-
-async def _count_pre_delinquency_openings(engine: Any) -> int:
-    from sqlalchemy import func, select
-
-    from workflow.adapters.tables import timeline
-
-    async with engine.connect() as conn:
-        return int(
-            await conn.scalar(
-                select(func.count(func.distinct(timeline.c.case_id))).where(
-                    timeline.c.kind == "pre_delinquency_opened"
-                )
-            )
-            or 0
-        )
-
-
-async def _count_cases(engine: Any) -> int:
-    from sqlalchemy import func, select
-
-    from workflow.adapters.tables import cases
-
-    async with engine.connect() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(cases)) or 0)
+        total_cases, total_placements, early_warned = [
+            int(await conn.scalar(query) or 0) for query in queries
+        ]
+    return total_cases, total_placements, early_warned
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
